@@ -1,0 +1,375 @@
+//! Commands and `decide`: every business rule lives here. `decide` sees only the
+//! state handed to it (prefetched by the caller), so it is pure and deterministic.
+
+use crate::events::*;
+use crate::money::{Amount, Currency, Money};
+use crate::state::{AccountStatus, Aggregate, Ledger, WithdrawalStatus};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The id of the one system account per currency, through which money enters and
+/// leaves the ledger. Derived from the currency so no look-up is needed to find it.
+pub fn system_account_id(currency: Currency) -> Uuid {
+    let mut bytes = *b"ledger-system\0\0\0";
+    bytes[13..16].copy_from_slice(&currency.bytes());
+    Uuid::new_v8(bytes)
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenAccount {
+    pub account_id: Uuid,
+    pub currency: Currency,
+    pub owner: Option<String>,
+    pub overdraft_limit: Money,
+    pub metadata: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MakeDeposit {
+    pub deposit_id: Uuid,
+    pub account_id: Uuid,
+    pub amount: Amount,
+    pub currency: Currency,
+    pub reference: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostTransfer {
+    pub transfer_id: Uuid,
+    pub from: Uuid,
+    pub to: Uuid,
+    pub amount: Amount,
+    pub currency: Currency,
+    pub reference: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReverseTransfer {
+    pub reversal_id: Uuid,
+    pub transfer_id: Uuid,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestWithdrawal {
+    pub withdrawal_id: Uuid,
+    pub account_id: Uuid,
+    pub amount: Amount,
+    pub currency: Currency,
+    pub destination: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettleWithdrawal {
+    pub withdrawal_id: Uuid,
+    pub provider_ref: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailWithdrawal {
+    pub withdrawal_id: Uuid,
+    pub reason: String,
+}
+
+/// Everything the ledger can be asked to do.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    OpenAccount(OpenAccount),
+    CloseAccount { account_id: Uuid },
+    MakeDeposit(MakeDeposit),
+    PostTransfer(PostTransfer),
+    ReverseTransfer(ReverseTransfer),
+    RequestWithdrawal(RequestWithdrawal),
+    SettleWithdrawal(SettleWithdrawal),
+    FailWithdrawal(FailWithdrawal),
+}
+
+/// A business rule a command would break. Each maps to one stable API error code.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DomainError {
+    #[error("account {account_id} not found")]
+    AccountNotFound { account_id: Uuid },
+    #[error("transfer {transfer_id} not found")]
+    TransferNotFound { transfer_id: Uuid },
+    #[error("withdrawal {withdrawal_id} not found")]
+    WithdrawalNotFound { withdrawal_id: Uuid },
+    #[error("stream {id} already exists")]
+    AlreadyExists { id: Uuid },
+    #[error("insufficient funds: available {available}, overdraft limit {overdraft_limit}, requested {requested}")]
+    InsufficientFunds { available: Money, overdraft_limit: Money, requested: Amount },
+    #[error("currency mismatch: account is {expected}, command is {found}")]
+    CurrencyMismatch { expected: Currency, found: Currency },
+    #[error("account {account_id} is closed")]
+    AccountClosed { account_id: Uuid },
+    #[error("source and destination are the same account")]
+    SameAccount,
+    #[error("account not empty: balance {balance}, pending holds {pending_holds}")]
+    AccountNotEmpty { balance: Money, pending_holds: Money },
+    #[error("transfer {transfer_id} was already reversed by {reversed_by}")]
+    AlreadyReversed { transfer_id: Uuid, reversed_by: Uuid },
+    #[error("the balance of account {account_id} would overflow")]
+    BalanceOverflow { account_id: Uuid },
+    #[error("overdraft limit must be zero or positive, got {0}")]
+    NegativeOverdraftLimit(Money),
+    #[error("system accounts cannot be used directly")]
+    SystemAccount { account_id: Uuid },
+    #[error("withdrawal {withdrawal_id} is no longer pending")]
+    WithdrawalNotPending { withdrawal_id: Uuid, status: WithdrawalStatus },
+}
+
+impl Command {
+    /// The streams `decide` needs that `state` has not loaded yet. The caller loads
+    /// them and asks again until the list is empty (a reversal needs the original
+    /// transfer before it knows which accounts to load).
+    pub fn missing_streams(&self, state: &Ledger) -> Vec<Uuid> {
+        let wanted: Vec<Uuid> = match self {
+            Command::OpenAccount(c) => vec![c.account_id, system_account_id(c.currency)],
+            Command::CloseAccount { account_id } => vec![*account_id],
+            Command::MakeDeposit(c) => vec![c.account_id, system_account_id(c.currency)],
+            Command::PostTransfer(c) => vec![c.transfer_id, c.from, c.to],
+            Command::ReverseTransfer(c) => {
+                let mut ids = vec![c.reversal_id, c.transfer_id];
+                if let Some(t) = state.transfer(c.transfer_id) {
+                    ids.extend([t.from, t.to]);
+                }
+                ids
+            }
+            Command::RequestWithdrawal(c) => vec![c.withdrawal_id, c.account_id],
+            Command::SettleWithdrawal(SettleWithdrawal { withdrawal_id, .. })
+            | Command::FailWithdrawal(FailWithdrawal { withdrawal_id, .. }) => {
+                let mut ids = vec![*withdrawal_id];
+                if let Some(w) = state.withdrawal(*withdrawal_id) {
+                    ids.extend([w.account_id, system_account_id(w.currency)]);
+                }
+                ids
+            }
+        };
+        let mut missing: Vec<Uuid> = wanted.into_iter().filter(|id| !state.is_loaded(*id)).collect();
+        missing.dedup();
+        missing
+    }
+}
+
+/// Decides what a command records, or which rule it breaks.
+pub fn decide(command: &Command, state: &Ledger) -> Result<Vec<Event>, DomainError> {
+    match command {
+        Command::OpenAccount(c) => open_account(c, state),
+        Command::CloseAccount { account_id } => close_account(*account_id, state),
+        Command::MakeDeposit(c) => deposit(c, state),
+        Command::PostTransfer(c) => transfer(c, state),
+        Command::ReverseTransfer(c) => reverse(c, state),
+        Command::RequestWithdrawal(c) => request_withdrawal(c, state),
+        Command::SettleWithdrawal(c) => settle_withdrawal(c, state),
+        Command::FailWithdrawal(c) => fail_withdrawal(c, state),
+    }
+}
+
+fn ensure_new(state: &Ledger, id: Uuid) -> Result<(), DomainError> {
+    match state.stream(id) {
+        Some(s) if s.aggregate != Aggregate::Empty => Err(DomainError::AlreadyExists { id }),
+        _ => Ok(()),
+    }
+}
+
+fn open_account(c: &OpenAccount, state: &Ledger) -> Result<Vec<Event>, DomainError> {
+    if c.overdraft_limit < Money::ZERO {
+        return Err(DomainError::NegativeOverdraftLimit(c.overdraft_limit));
+    }
+    ensure_new(state, c.account_id)?;
+    let mut events = Vec::with_capacity(2);
+    let system_id = system_account_id(c.currency);
+    if state.account(system_id).is_none() {
+        ensure_new(state, system_id)?;
+        events.push(Event::AccountOpened(AccountOpened {
+            account_id: system_id,
+            currency: c.currency,
+            owner: None,
+            overdraft_limit: Money::ZERO,
+            system: true,
+            metadata: None,
+        }));
+    }
+    events.push(Event::AccountOpened(AccountOpened {
+        account_id: c.account_id,
+        currency: c.currency,
+        owner: c.owner.clone(),
+        overdraft_limit: c.overdraft_limit,
+        system: false,
+        metadata: c.metadata.clone(),
+    }));
+    Ok(events)
+}
+
+/// A customer account that is open and in the command's currency.
+fn usable_account<'a>(
+    state: &'a Ledger,
+    id: Uuid,
+    currency: Currency,
+) -> Result<&'a crate::state::Account, DomainError> {
+    let account = state.account(id).ok_or(DomainError::AccountNotFound { account_id: id })?;
+    if account.system {
+        return Err(DomainError::SystemAccount { account_id: id });
+    }
+    if account.status == AccountStatus::Closed {
+        return Err(DomainError::AccountClosed { account_id: id });
+    }
+    if account.currency != currency {
+        return Err(DomainError::CurrencyMismatch { expected: account.currency, found: currency });
+    }
+    Ok(account)
+}
+
+/// Checks that `amount` can leave `account` without breaching its overdraft limit.
+fn ensure_funds(account: &crate::state::Account, amount: Amount) -> Result<(), DomainError> {
+    let floor = account.overdraft_limit.checked_neg().expect("overdraft limits are non-negative");
+    let after = account.available().checked_sub(amount.money());
+    match after {
+        Some(after) if after >= floor => Ok(()),
+        _ => Err(DomainError::InsufficientFunds {
+            available: account.available(),
+            overdraft_limit: account.overdraft_limit,
+            requested: amount,
+        }),
+    }
+}
+
+/// Checks that no balance the event touches would overflow.
+fn ensure_no_overflow(state: &Ledger, event: &Event) -> Result<(), DomainError> {
+    for p in event.postings() {
+        let balance = state.account(p.account_id).map_or(Money::ZERO, |a| a.balance);
+        if balance.checked_add(p.delta).is_none() {
+            return Err(DomainError::BalanceOverflow { account_id: p.account_id });
+        }
+    }
+    Ok(())
+}
+
+fn close_account(account_id: Uuid, state: &Ledger) -> Result<Vec<Event>, DomainError> {
+    let account = state.account(account_id).ok_or(DomainError::AccountNotFound { account_id })?;
+    if account.system {
+        return Err(DomainError::SystemAccount { account_id });
+    }
+    if account.status == AccountStatus::Closed {
+        return Err(DomainError::AccountClosed { account_id });
+    }
+    if account.balance != Money::ZERO || account.pending_holds != Money::ZERO {
+        return Err(DomainError::AccountNotEmpty {
+            balance: account.balance,
+            pending_holds: account.pending_holds,
+        });
+    }
+    Ok(vec![Event::AccountClosed(AccountClosed { account_id })])
+}
+
+fn deposit(c: &MakeDeposit, state: &Ledger) -> Result<Vec<Event>, DomainError> {
+    usable_account(state, c.account_id, c.currency)?;
+    let system_account_id = system_account_id(c.currency);
+    let event = Event::DepositRecorded(DepositRecorded {
+        deposit_id: c.deposit_id,
+        account_id: c.account_id,
+        system_account_id,
+        amount: c.amount,
+        currency: c.currency,
+        reference: c.reference.clone(),
+    });
+    ensure_no_overflow(state, &event)?;
+    Ok(vec![event])
+}
+
+fn transfer(c: &PostTransfer, state: &Ledger) -> Result<Vec<Event>, DomainError> {
+    if c.from == c.to {
+        return Err(DomainError::SameAccount);
+    }
+    ensure_new(state, c.transfer_id)?;
+    let from = usable_account(state, c.from, c.currency)?;
+    usable_account(state, c.to, c.currency)?;
+    ensure_funds(from, c.amount)?;
+    let event = Event::TransferPosted(TransferPosted {
+        transfer_id: c.transfer_id,
+        from: c.from,
+        to: c.to,
+        amount: c.amount,
+        currency: c.currency,
+        reference: c.reference.clone(),
+        reverses: None,
+        reason: None,
+    });
+    ensure_no_overflow(state, &event)?;
+    Ok(vec![event])
+}
+
+fn reverse(c: &ReverseTransfer, state: &Ledger) -> Result<Vec<Event>, DomainError> {
+    let original = state
+        .transfer(c.transfer_id)
+        .ok_or(DomainError::TransferNotFound { transfer_id: c.transfer_id })?;
+    if let Some(reversed_by) = original.reversed_by {
+        return Err(DomainError::AlreadyReversed { transfer_id: original.id, reversed_by });
+    }
+    ensure_new(state, c.reversal_id)?;
+    // The compensating transfer moves the same amount back; the original stays in the log.
+    let payer = usable_account(state, original.to, original.currency)?;
+    usable_account(state, original.from, original.currency)?;
+    ensure_funds(payer, original.amount)?;
+    let event = Event::TransferPosted(TransferPosted {
+        transfer_id: c.reversal_id,
+        from: original.to,
+        to: original.from,
+        amount: original.amount,
+        currency: original.currency,
+        reference: original.reference.clone(),
+        reverses: Some(original.id),
+        reason: Some(c.reason.clone()),
+    });
+    ensure_no_overflow(state, &event)?;
+    Ok(vec![event])
+}
+
+fn request_withdrawal(c: &RequestWithdrawal, state: &Ledger) -> Result<Vec<Event>, DomainError> {
+    ensure_new(state, c.withdrawal_id)?;
+    let account = usable_account(state, c.account_id, c.currency)?;
+    ensure_funds(account, c.amount)?;
+    account
+        .pending_holds
+        .checked_add(c.amount.money())
+        .ok_or(DomainError::BalanceOverflow { account_id: c.account_id })?;
+    Ok(vec![Event::WithdrawalRequested(WithdrawalRequested {
+        withdrawal_id: c.withdrawal_id,
+        account_id: c.account_id,
+        amount: c.amount,
+        currency: c.currency,
+        destination: c.destination.clone(),
+    })])
+}
+
+fn pending_withdrawal(state: &Ledger, id: Uuid) -> Result<&crate::state::Withdrawal, DomainError> {
+    let w = state.withdrawal(id).ok_or(DomainError::WithdrawalNotFound { withdrawal_id: id })?;
+    if w.status != WithdrawalStatus::Pending {
+        return Err(DomainError::WithdrawalNotPending { withdrawal_id: id, status: w.status });
+    }
+    Ok(w)
+}
+
+fn settle_withdrawal(c: &SettleWithdrawal, state: &Ledger) -> Result<Vec<Event>, DomainError> {
+    let w = pending_withdrawal(state, c.withdrawal_id)?;
+    let event = Event::WithdrawalSettled(WithdrawalSettled {
+        withdrawal_id: w.id,
+        account_id: w.account_id,
+        system_account_id: system_account_id(w.currency),
+        amount: w.amount,
+        currency: w.currency,
+        provider_ref: c.provider_ref.clone(),
+    });
+    ensure_no_overflow(state, &event)?;
+    Ok(vec![event])
+}
+
+fn fail_withdrawal(c: &FailWithdrawal, state: &Ledger) -> Result<Vec<Event>, DomainError> {
+    let w = pending_withdrawal(state, c.withdrawal_id)?;
+    Ok(vec![Event::WithdrawalFailed(WithdrawalFailed {
+        withdrawal_id: w.id,
+        account_id: w.account_id,
+        amount: w.amount,
+        currency: w.currency,
+        reason: c.reason.clone(),
+    })])
+}

@@ -1,0 +1,177 @@
+//! Events: the facts the ledger records. Every event that moves money carries both
+//! legs (who loses, who gains), so a single event at a single log position keeps the
+//! sum of all balances per currency at zero.
+
+use crate::money::{Amount, Currency, Money};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// How the store must check a stream's version when appending an event to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Concurrency {
+    /// The stream must still be at the version the decision was made against.
+    Exact,
+    /// No decision depended on the stream's state (system accounts, which may go
+    /// negative without limit); the event is appended at whatever version is next.
+    Any,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountOpened {
+    pub account_id: Uuid,
+    pub currency: Currency,
+    pub owner: Option<String>,
+    pub overdraft_limit: Money,
+    pub system: bool,
+    #[serde(default)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountClosed {
+    pub account_id: Uuid,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DepositRecorded {
+    pub deposit_id: Uuid,
+    pub account_id: Uuid,
+    pub system_account_id: Uuid,
+    pub amount: Amount,
+    pub currency: Currency,
+    pub reference: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferPosted {
+    pub transfer_id: Uuid,
+    pub from: Uuid,
+    pub to: Uuid,
+    pub amount: Amount,
+    pub currency: Currency,
+    pub reference: Option<String>,
+    /// Set when this transfer compensates an earlier one.
+    pub reverses: Option<Uuid>,
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WithdrawalRequested {
+    pub withdrawal_id: Uuid,
+    pub account_id: Uuid,
+    pub amount: Amount,
+    pub currency: Currency,
+    pub destination: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WithdrawalSettled {
+    pub withdrawal_id: Uuid,
+    pub account_id: Uuid,
+    pub system_account_id: Uuid,
+    pub amount: Amount,
+    pub currency: Currency,
+    pub provider_ref: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WithdrawalFailed {
+    pub withdrawal_id: Uuid,
+    pub account_id: Uuid,
+    pub amount: Amount,
+    pub currency: Currency,
+    pub reason: String,
+}
+
+/// Every fact the ledger can record. Serialized adjacently tagged so the store can
+/// keep the variant name in its own `type` column and the payload in `data`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum Event {
+    AccountOpened(AccountOpened),
+    AccountClosed(AccountClosed),
+    DepositRecorded(DepositRecorded),
+    TransferPosted(TransferPosted),
+    WithdrawalRequested(WithdrawalRequested),
+    WithdrawalSettled(WithdrawalSettled),
+    WithdrawalFailed(WithdrawalFailed),
+}
+
+/// One balance change of one account caused by an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Posting {
+    pub account_id: Uuid,
+    pub currency: Currency,
+    pub delta: Money,
+}
+
+impl Event {
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            Event::AccountOpened(_) => "AccountOpened",
+            Event::AccountClosed(_) => "AccountClosed",
+            Event::DepositRecorded(_) => "DepositRecorded",
+            Event::TransferPosted(_) => "TransferPosted",
+            Event::WithdrawalRequested(_) => "WithdrawalRequested",
+            Event::WithdrawalSettled(_) => "WithdrawalSettled",
+            Event::WithdrawalFailed(_) => "WithdrawalFailed",
+        }
+    }
+
+    /// The streams this event belongs to, in a fixed order; the first is its primary
+    /// stream. Each stream gets the next version of its own sequence.
+    pub fn streams(&self) -> Vec<(Uuid, Concurrency)> {
+        use Concurrency::{Any, Exact};
+        match self {
+            Event::AccountOpened(e) => vec![(e.account_id, Exact)],
+            Event::AccountClosed(e) => vec![(e.account_id, Exact)],
+            Event::DepositRecorded(e) => vec![(e.account_id, Exact), (e.system_account_id, Any)],
+            Event::TransferPosted(e) => {
+                let mut streams = vec![(e.transfer_id, Exact), (e.from, Exact), (e.to, Exact)];
+                if let Some(original) = e.reverses {
+                    streams.push((original, Exact));
+                }
+                streams
+            }
+            Event::WithdrawalRequested(e) => vec![(e.withdrawal_id, Exact), (e.account_id, Exact)],
+            Event::WithdrawalSettled(e) => vec![
+                (e.withdrawal_id, Exact),
+                (e.account_id, Exact),
+                (e.system_account_id, Any),
+            ],
+            Event::WithdrawalFailed(e) => vec![(e.withdrawal_id, Exact), (e.account_id, Exact)],
+        }
+    }
+
+    /// The balance changes this event makes. For every event they sum to zero per
+    /// currency: double entry.
+    pub fn postings(&self) -> Vec<Posting> {
+        let pair = |from: Uuid, to: Uuid, amount: Amount, currency: Currency| {
+            vec![
+                Posting { account_id: from, currency, delta: Money::new(-amount.minor_units()) },
+                Posting { account_id: to, currency, delta: amount.money() },
+            ]
+        };
+        match self {
+            Event::DepositRecorded(e) => pair(e.system_account_id, e.account_id, e.amount, e.currency),
+            Event::TransferPosted(e) => pair(e.from, e.to, e.amount, e.currency),
+            Event::WithdrawalSettled(e) => pair(e.account_id, e.system_account_id, e.amount, e.currency),
+            Event::AccountOpened(_)
+            | Event::AccountClosed(_)
+            | Event::WithdrawalRequested(_)
+            | Event::WithdrawalFailed(_) => Vec::new(),
+        }
+    }
+
+    /// Serializes into the store's (type, data) pair.
+    pub fn to_parts(&self) -> (&'static str, serde_json::Value) {
+        let mut tagged = serde_json::to_value(self).expect("events serialize: all keys are strings");
+        let data = tagged.get_mut("data").map(serde_json::Value::take).unwrap_or_default();
+        (self.event_type(), data)
+    }
+
+    /// Rebuilds an event from the store's (type, data) pair.
+    pub fn from_parts(event_type: &str, data: serde_json::Value) -> Result<Event, serde_json::Error> {
+        serde_json::from_value(serde_json::json!({ "type": event_type, "data": data }))
+    }
+}

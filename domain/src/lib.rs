@@ -1,0 +1,17 @@
+//! The ledger's domain: money, commands, events and the Decider functions
+//! (`decide`, `evolve`). Pure: it must not depend on tokio, sqlx, async-nats, moka,
+//! axum or any other I/O crate, and it reads no clock and no randomness. Ids and
+//! anything looked up travel inside commands and the prefetched state.
+
+pub mod decide;
+pub mod events;
+pub mod money;
+pub mod state;
+
+#[cfg(test)]
+mod tests;
+
+pub use decide::{Command, DomainError, decide, system_account_id};
+pub use events::{Concurrency, Event, Posting};
+pub use money::{AMOUNT_MAX, Amount, AmountError, Currency, CurrencyError, Money};
+pub use state::{Account, AccountStatus, Aggregate, Ledger, StreamState, Transfer, Withdrawal, WithdrawalStatus, evolve};

@@ -1,0 +1,261 @@
+//! Stream state and `evolve`: how each event changes the streams it belongs to.
+//! `evolve` makes no choices and cannot fail; it asserts the invariants instead.
+
+use crate::events::*;
+use crate::money::{Amount, Currency, Money};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountStatus {
+    Open,
+    Closed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub id: Uuid,
+    pub currency: Currency,
+    pub owner: Option<String>,
+    pub overdraft_limit: Money,
+    pub system: bool,
+    pub status: AccountStatus,
+    pub balance: Money,
+    pub pending_holds: Money,
+    pub metadata: Option<serde_json::Value>,
+}
+
+impl Account {
+    /// Balance less the funds held for pending withdrawals.
+    pub fn available(&self) -> Money {
+        self.balance
+            .checked_sub(self.pending_holds)
+            .expect("holds are bounded by amounts that passed the funds check")
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transfer {
+    pub id: Uuid,
+    pub from: Uuid,
+    pub to: Uuid,
+    pub amount: Amount,
+    pub currency: Currency,
+    pub reference: Option<String>,
+    pub reverses: Option<Uuid>,
+    pub reason: Option<String>,
+    pub reversed_by: Option<Uuid>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WithdrawalStatus {
+    Pending,
+    Settled,
+    Failed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Withdrawal {
+    pub id: Uuid,
+    pub account_id: Uuid,
+    pub amount: Amount,
+    pub currency: Currency,
+    pub destination: String,
+    pub status: WithdrawalStatus,
+    pub provider_ref: Option<String>,
+    pub failure_reason: Option<String>,
+}
+
+/// What a stream is, once its first event has been seen.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Aggregate {
+    #[default]
+    Empty,
+    Account(Account),
+    Transfer(Transfer),
+    Withdrawal(Withdrawal),
+}
+
+/// The folded state of one stream, with the version of its last event.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamState {
+    pub version: i64,
+    pub aggregate: Aggregate,
+}
+
+fn add(a: Money, b: Money) -> Money {
+    a.checked_add(b).expect("decide rejects any command whose balances would overflow")
+}
+
+fn sub(a: Money, b: Money) -> Money {
+    a.checked_sub(b).expect("decide rejects any command whose balances would overflow")
+}
+
+/// Applies `event`, recorded as `version` of stream `stream_id`, to that stream's state.
+pub fn evolve(state: StreamState, stream_id: Uuid, version: i64, event: &Event) -> StreamState {
+    assert_eq!(version, state.version + 1, "stream {stream_id}: versions must have no gaps");
+    let aggregate = match (state.aggregate, event) {
+        (Aggregate::Empty, Event::AccountOpened(e)) => Aggregate::Account(Account {
+            id: e.account_id,
+            currency: e.currency,
+            owner: e.owner.clone(),
+            overdraft_limit: e.overdraft_limit,
+            system: e.system,
+            status: AccountStatus::Open,
+            balance: Money::ZERO,
+            pending_holds: Money::ZERO,
+            metadata: e.metadata.clone(),
+        }),
+        (Aggregate::Account(a), event) => Aggregate::Account(evolve_account(a, event)),
+        (Aggregate::Empty, Event::TransferPosted(e)) if e.transfer_id == stream_id => {
+            Aggregate::Transfer(Transfer {
+                id: e.transfer_id,
+                from: e.from,
+                to: e.to,
+                amount: e.amount,
+                currency: e.currency,
+                reference: e.reference.clone(),
+                reverses: e.reverses,
+                reason: e.reason.clone(),
+                reversed_by: None,
+            })
+        }
+        (Aggregate::Transfer(mut t), Event::TransferPosted(e)) => {
+            assert_eq!(e.reverses, Some(t.id), "only a reversal touches another transfer's stream");
+            assert!(t.reversed_by.is_none(), "transfer {} reversed twice", t.id);
+            t.reversed_by = Some(e.transfer_id);
+            Aggregate::Transfer(t)
+        }
+        (Aggregate::Empty, Event::WithdrawalRequested(e)) => Aggregate::Withdrawal(Withdrawal {
+            id: e.withdrawal_id,
+            account_id: e.account_id,
+            amount: e.amount,
+            currency: e.currency,
+            destination: e.destination.clone(),
+            status: WithdrawalStatus::Pending,
+            provider_ref: None,
+            failure_reason: None,
+        }),
+        (Aggregate::Withdrawal(mut w), Event::WithdrawalSettled(e)) => {
+            assert_eq!(w.status, WithdrawalStatus::Pending, "withdrawal {} settled when not pending", w.id);
+            w.status = WithdrawalStatus::Settled;
+            w.provider_ref = e.provider_ref.clone();
+            Aggregate::Withdrawal(w)
+        }
+        (Aggregate::Withdrawal(mut w), Event::WithdrawalFailed(e)) => {
+            assert_eq!(w.status, WithdrawalStatus::Pending, "withdrawal {} failed when not pending", w.id);
+            w.status = WithdrawalStatus::Failed;
+            w.failure_reason = Some(e.reason.clone());
+            Aggregate::Withdrawal(w)
+        }
+        (aggregate, event) => panic!(
+            "stream {stream_id}: event {} cannot apply to {aggregate:?}",
+            event.event_type()
+        ),
+    };
+    StreamState { version, aggregate }
+}
+
+fn evolve_account(mut a: Account, event: &Event) -> Account {
+    for posting in event.postings() {
+        if posting.account_id == a.id {
+            assert_eq!(posting.currency, a.currency, "account {}: posting in a foreign currency", a.id);
+            a.balance = add(a.balance, posting.delta);
+        }
+    }
+    match event {
+        Event::AccountClosed(_) => a.status = AccountStatus::Closed,
+        Event::WithdrawalRequested(e) => a.pending_holds = add(a.pending_holds, e.amount.money()),
+        Event::WithdrawalSettled(e) if e.account_id == a.id => {
+            a.pending_holds = sub(a.pending_holds, e.amount.money());
+        }
+        Event::WithdrawalFailed(e) => a.pending_holds = sub(a.pending_holds, e.amount.money()),
+        _ => {}
+    }
+    assert!(a.pending_holds >= Money::ZERO, "account {}: negative holds", a.id);
+    a
+}
+
+/// A set of folded streams: the state a decision needs (loaded for one command) or,
+/// in tests and verification, the whole ledger folded from the log.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ledger {
+    streams: BTreeMap<Uuid, StreamState>,
+}
+
+impl Ledger {
+    pub fn new() -> Ledger {
+        Ledger::default()
+    }
+
+    /// Records a stream's state as loaded from the store.
+    pub fn insert(&mut self, stream_id: Uuid, state: StreamState) {
+        self.streams.insert(stream_id, state);
+    }
+
+    pub fn is_loaded(&self, stream_id: Uuid) -> bool {
+        self.streams.contains_key(&stream_id)
+    }
+
+    pub fn stream(&self, stream_id: Uuid) -> Option<&StreamState> {
+        self.streams.get(&stream_id)
+    }
+
+    pub fn streams(&self) -> impl Iterator<Item = (&Uuid, &StreamState)> {
+        self.streams.iter()
+    }
+
+    pub fn account(&self, id: Uuid) -> Option<&Account> {
+        match self.streams.get(&id).map(|s| &s.aggregate) {
+            Some(Aggregate::Account(a)) => Some(a),
+            _ => None,
+        }
+    }
+
+    pub fn transfer(&self, id: Uuid) -> Option<&Transfer> {
+        match self.streams.get(&id).map(|s| &s.aggregate) {
+            Some(Aggregate::Transfer(t)) => Some(t),
+            _ => None,
+        }
+    }
+
+    pub fn withdrawal(&self, id: Uuid) -> Option<&Withdrawal> {
+        match self.streams.get(&id).map(|s| &s.aggregate) {
+            Some(Aggregate::Withdrawal(w)) => Some(w),
+            _ => None,
+        }
+    }
+
+    pub fn version(&self, stream_id: Uuid) -> i64 {
+        self.streams.get(&stream_id).map_or(0, |s| s.version)
+    }
+
+    /// Applies an event to every stream it belongs to, each at its next version.
+    pub fn apply(&mut self, event: &Event) {
+        let mut per_currency: BTreeMap<Currency, i64> = BTreeMap::new();
+        for p in event.postings() {
+            let sum = per_currency.entry(p.currency).or_default();
+            *sum = sum.checked_add(p.delta.minor_units()).expect("postings are bounded amounts");
+        }
+        assert!(per_currency.values().all(|s| *s == 0), "event {} is not balanced", event.event_type());
+        for (stream_id, _) in event.streams() {
+            let state = self.streams.remove(&stream_id).unwrap_or_default();
+            let version = state.version + 1;
+            self.streams.insert(stream_id, evolve(state, stream_id, version, event));
+        }
+    }
+
+    /// Sum of all balances per currency; zero for every currency in a sound ledger.
+    pub fn balance_sums(&self) -> BTreeMap<Currency, i128> {
+        let mut sums = BTreeMap::new();
+        for state in self.streams.values() {
+            if let Aggregate::Account(a) = &state.aggregate {
+                *sums.entry(a.currency).or_insert(0i128) += i128::from(a.balance.minor_units());
+            }
+        }
+        sums
+    }
+}
