@@ -7,9 +7,11 @@
 create table log_head (
     id boolean primary key default true check (id), -- at most one row
     position bigint not null check (position >= 0),
-    hash bytea not null check (length(hash) = 32)   -- hash of the event at `position`
+    hash bytea not null check (length(hash) = 32),  -- hash of the event at `position`
+    recorded_at timestamptz not null                 -- keeps recorded_at non-decreasing in position order
 );
-insert into log_head (id, position, hash) values (true, 0, decode(repeat('00', 32), 'hex'));
+insert into log_head (id, position, hash, recorded_at)
+values (true, 0, decode(repeat('00', 32), 'hex'), '1970-01-01T00:00:00Z');
 
 create table events (
     position bigint primary key check (position > 0), -- gapless, commit-ordered

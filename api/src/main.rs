@@ -1,1 +1,82 @@
-fn main() {}
+//! The `ledger` binary: thin wrapper over the library's subcommands.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ledger_api::serve;
+use ledger_infrastructure::Config;
+
+#[derive(Parser)]
+#[command(name = "ledger", version, about = "Event-sourced double-entry ledger")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Runs the HTTP API and all workers in one process.
+    Serve,
+    /// Runs only the HTTP API.
+    Api,
+    /// Creates the database if missing and applies migrations.
+    Migrate,
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        builder.with_writer(std::io::stderr).init();
+    } else {
+        builder.json().with_writer(std::io::stderr).init();
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutdown requested");
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    init_tracing();
+    let cli = Cli::parse();
+    let mut config = Config::from_env()?;
+    match cli.command {
+        Cmd::Migrate => {
+            ledger_infrastructure::connect_and_migrate(&config).await.context("migrating the database")?;
+            println!("database migrated");
+        }
+        Cmd::Serve | Cmd::Api => {
+            if config.admin_token.is_none() {
+                // Dev mode: pick a token and print it so the operator can use the API.
+                let token = format!("dev-{}", uuid::Uuid::new_v4().simple());
+                println!("LEDGER_ADMIN_TOKEN not set; generated dev admin token: {token}");
+                config.admin_token = Some(token);
+            }
+            let addr = config.http_addr.clone();
+            let state = serve::build_state(config).await.context("connecting to Postgres")?;
+            serve::spawn_idempotency_sweeper(&state);
+            let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
+            println!("ledger listening on http://{}", listener.local_addr()?);
+            serve::serve(state.clone(), listener, shutdown_signal()).await?;
+            state.pool.close().await;
+        }
+    }
+    Ok(())
+}

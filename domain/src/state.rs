@@ -233,6 +233,13 @@ impl Ledger {
         self.streams.get(&stream_id).map_or(0, |s| s.version)
     }
 
+    /// Applies an event recorded as `version` of one stream to that stream only (used
+    /// when folding a stream read from the store).
+    pub fn apply_to_stream(&mut self, stream_id: Uuid, version: i64, event: &Event) {
+        let state = self.streams.remove(&stream_id).unwrap_or_default();
+        self.streams.insert(stream_id, evolve(state, stream_id, version, event));
+    }
+
     /// Applies an event to every stream it belongs to, each at its next version.
     pub fn apply(&mut self, event: &Event) {
         let mut per_currency: BTreeMap<Currency, i64> = BTreeMap::new();

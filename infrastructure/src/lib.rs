@@ -1,1 +1,14 @@
-//! stub
+//! Infrastructure: the Postgres event store and idempotency records, the command
+//! writer (group commit), the hash chain, configuration and migrations. Depends on the
+//! domain; must not depend on the HTTP layer or on projections.
+
+pub mod config;
+pub mod db;
+pub mod hash;
+pub mod store;
+pub mod writer;
+
+pub use config::Config;
+pub use db::{MIGRATOR, connect, connect_and_migrate, ensure_database};
+pub use store::{EventMetadata, EventStore, IdempotencyClaim, RecordedEvent, StoredResponse};
+pub use writer::{CommandBus, CommandError, CommandReply, CommandRequest, Executed, Render, StateLoader, WriterLimits};

@@ -1,0 +1,142 @@
+//! Running a command from an HTTP request: the Idempotency-Key rules of API.md, the
+//! request body (bounded, parsed, fingerprinted), and the hand-off to the writer.
+
+use crate::context::{Principal, RequestContext};
+use crate::error::ApiError;
+use crate::state::AppState;
+use axum::body::Body;
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use ledger_domain::Command;
+use ledger_infrastructure::hash::canonical_json;
+use ledger_infrastructure::{CommandRequest, EventMetadata, IdempotencyClaim, Render, StoredResponse};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
+/// A command request: its JSON body (bounded by `body_bytes_max`) and what identifies
+/// it for idempotency.
+pub struct CommandBody {
+    pub json: Value,
+    pub fingerprint: Vec<u8>,
+    pub key: String,
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
+    let raw = headers.get(IDEMPOTENCY_KEY).ok_or_else(|| {
+        ApiError::new(StatusCode::BAD_REQUEST, "idempotency_key_missing", "the Idempotency-Key header is required")
+    })?;
+    let key = raw.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| (0x20..=0x7e).contains(&b)));
+    key.map(str::to_owned)
+        .ok_or_else(|| ApiError::bad_request("Idempotency-Key must be 1 to 255 printable ASCII characters"))
+}
+
+impl FromRequest<AppState> for CommandBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let key = idempotency_key(request.headers())?;
+        let method: Method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let bytes = axum::body::to_bytes(Body::new(request.into_body()), state.config.body_bytes_max)
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!("the body must be at most {} bytes", state.config.body_bytes_max),
+                )
+            })?;
+        let json: Value = if bytes.is_empty() {
+            Value::Object(Default::default())
+        } else {
+            serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?
+        };
+        let mut canonical = format!("{method} {path}\n");
+        canonical_json(&json, &mut canonical);
+        let fingerprint = Sha256::digest(canonical.as_bytes()).to_vec();
+        Ok(CommandBody { json, fingerprint, key })
+    }
+}
+
+/// Removes an in-flight key when the request ends, however it ends.
+struct InFlightGuard<'a> {
+    state: &'a AppState,
+    key: (String, String),
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.state.in_flight.lock() {
+            set.remove(&self.key);
+        }
+    }
+}
+
+/// Executes `command` once per idempotency key and answers with its (possibly stored) response.
+pub async fn execute(
+    state: &AppState,
+    principal: &Principal,
+    context: &RequestContext,
+    body: CommandBody,
+    command: Command,
+    causation_id: Option<String>,
+    render: Render,
+) -> Result<Response, ApiError> {
+    let scoped = (principal.name.clone(), body.key.clone());
+    if let Some(record) = state.store.idempotency_records(std::slice::from_ref(&scoped)).await?.remove(&scoped) {
+        if record.fingerprint != body.fingerprint {
+            return Err(ledger_infrastructure::CommandError::IdempotencyKeyReused.into());
+        }
+        return Ok(respond(record.response, true));
+    }
+    let _guard = {
+        let mut set = state.in_flight.lock().map_err(|_| ApiError::internal(&"in-flight set poisoned"))?;
+        if !set.insert(scoped.clone()) {
+            return Err(ledger_infrastructure::CommandError::IdempotencyKeyInFlight.into());
+        }
+        InFlightGuard { state, key: scoped }
+    };
+    let request = CommandRequest {
+        command,
+        metadata: EventMetadata {
+            actor: principal.name.clone(),
+            request_id: Some(context.request_id.clone()),
+            correlation_id: Some(context.correlation_id.clone()),
+            causation_id,
+            idempotency_key: Some(body.key.clone()),
+        },
+        idempotency: Some(IdempotencyClaim {
+            principal: principal.name.clone(),
+            key: body.key,
+            fingerprint: body.fingerprint,
+            expires_at: chrono::Utc::now()
+                + chrono::Duration::from_std(state.config.idempotency_ttl).unwrap_or(chrono::Duration::hours(24)),
+        }),
+        render,
+    };
+    let reply = state.bus.execute(request).await?;
+    Ok(respond(reply.response, reply.replayed))
+}
+
+/// Turns a stored response into an HTTP response.
+pub fn respond(stored: StoredResponse, replayed: bool) -> Response {
+    let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let content_type = if status.is_success() { "application/json" } else { "application/problem+json" };
+    let mut response = (status, stored.body.to_string()).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if replayed {
+        headers.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
+    response
+}
+
+/// The stored form of a business rejection.
+pub fn rejection(error: &ledger_domain::DomainError) -> StoredResponse {
+    let api = ApiError::from(error);
+    StoredResponse { status: api.status.as_u16(), body: api.body() }
+}

@@ -1,0 +1,107 @@
+//! Per-request context: who is calling (bearer token → principal), the request id and
+//! the correlation id (taken from `X-Correlation-Id` or generated, and echoed back).
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+
+pub const CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// What a token may do (API.md "Auth").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Admin,
+    Operator,
+    Client,
+}
+
+/// The authenticated caller.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    pub name: String,
+    pub role: Role,
+}
+
+/// Ids that tie a request to the events it records and to the log lines it writes.
+#[derive(Clone, Debug)]
+pub struct RequestContext {
+    pub request_id: String,
+    pub correlation_id: String,
+}
+
+fn printable(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 255 && s.bytes().all(|b| (0x20..=0x7e).contains(&b))
+}
+
+/// Adds the request context to every request and echoes its ids on the response.
+pub async fn request_context(mut request: Request, next: Next) -> Response {
+    let request_id = uuid::Uuid::now_v7().to_string();
+    let correlation_id = request
+        .headers()
+        .get(&CORRELATION_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| printable(s))
+        .map_or_else(|| request_id.clone(), str::to_owned);
+    let context = RequestContext { request_id, correlation_id };
+    request.extensions_mut().insert(context.clone());
+    let span = tracing::info_span!("request", request_id = %context.request_id, correlation_id = %context.correlation_id);
+    let mut response = tracing::Instrument::instrument(next.run(request), span).await;
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&context.correlation_id) {
+        headers.insert(CORRELATION_ID, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&context.request_id) {
+        headers.insert(REQUEST_ID, v);
+    }
+    response
+}
+
+/// Compares two secrets in time independent of where they differ (hashes first, so
+/// lengths leak nothing either).
+pub fn constant_time_eq(a: &str, b: &str) -> bool {
+    let (x, y) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
+    x.iter().zip(y.iter()).fold(0u8, |acc, (p, q)| acc | (p ^ q)) == 0
+}
+
+/// Requires a valid bearer token on every /v1 route and records the principal.
+pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let token = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let principal = match (token, state.config.admin_token.as_deref()) {
+        (Some(t), Some(admin)) if constant_time_eq(t, admin) => Principal { name: "admin".into(), role: Role::Admin },
+        _ => return ApiError::unauthorized().into_response(),
+    };
+    let admin_area = request.uri().path().starts_with("/v1/admin");
+    if admin_area && principal.role == Role::Client {
+        return ApiError::forbidden().into_response();
+    }
+    request.extensions_mut().insert(principal);
+    next.run(request).await
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Principal {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<Principal>().cloned().ok_or_else(ApiError::unauthorized)
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts.extensions.get::<RequestContext>().cloned().unwrap_or_else(|| {
+            let id = uuid::Uuid::now_v7().to_string();
+            RequestContext { request_id: id.clone(), correlation_id: id }
+        }))
+    }
+}

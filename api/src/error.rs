@@ -1,0 +1,143 @@
+//! The one error type of the HTTP layer. Every error leaves as an RFC 9457 problem
+//! document with a stable `code`; 5xx bodies say nothing internal (the cause is logged).
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use ledger_domain::DomainError;
+use ledger_infrastructure::CommandError;
+use serde_json::json;
+
+/// An error answered to the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub detail: String,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after_s: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> ApiError {
+        ApiError { status, code, detail: detail.into(), retry_after_s: None }
+    }
+
+    pub fn validation(detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_error", detail)
+    }
+
+    pub fn bad_request(detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "validation_error", detail)
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", detail)
+    }
+
+    pub fn unauthorized() -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required")
+    }
+
+    pub fn forbidden() -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this token's role does not allow this request")
+    }
+
+    /// A dependency failed: the cause is logged here and never shown to the client.
+    pub fn unavailable(cause: &dyn std::fmt::Display) -> ApiError {
+        tracing::error!(error = %cause, "dependency unavailable");
+        ApiError { retry_after_s: Some(1), ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "a dependency is unavailable; retry later") }
+    }
+
+    pub fn internal(cause: &dyn std::fmt::Display) -> ApiError {
+        tracing::error!(error = %cause, "internal error");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+    }
+
+    /// The problem document.
+    pub fn body(&self) -> serde_json::Value {
+        json!({
+            "type": format!("urn:ledger:problem:{}", self.code),
+            "title": self.status.canonical_reason().unwrap_or("error"),
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+            "code": self.code,
+        })
+    }
+}
+
+/// Maps a broken business rule to its status and stable code.
+impl From<&DomainError> for ApiError {
+    fn from(e: &DomainError) -> ApiError {
+        use DomainError as D;
+        let (status, code) = match e {
+            D::AccountNotFound { .. } => (StatusCode::NOT_FOUND, "account_not_found"),
+            D::TransferNotFound { .. } | D::WithdrawalNotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            D::AlreadyExists { .. } => (StatusCode::CONFLICT, "version_conflict"),
+            D::InsufficientFunds { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "insufficient_funds"),
+            D::CurrencyMismatch { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "currency_mismatch"),
+            D::AccountClosed { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "account_closed"),
+            D::SameAccount => (StatusCode::UNPROCESSABLE_ENTITY, "same_account"),
+            D::AccountNotEmpty { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "account_not_empty"),
+            D::AlreadyReversed { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "already_reversed"),
+            D::BalanceOverflow { .. }
+            | D::NegativeOverdraftLimit(_)
+            | D::SystemAccount { .. }
+            | D::WithdrawalNotPending { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "validation_error"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(e: CommandError) -> ApiError {
+        match e {
+            CommandError::IdempotencyKeyReused => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "this Idempotency-Key was used with a different request",
+            ),
+            CommandError::IdempotencyKeyInFlight => ApiError {
+                retry_after_s: Some(1),
+                ..ApiError::new(StatusCode::CONFLICT, "idempotency_key_in_flight", "a request with this Idempotency-Key is still executing")
+            },
+            CommandError::VersionConflict(n) => ApiError {
+                retry_after_s: Some(1),
+                ..ApiError::new(StatusCode::CONFLICT, "version_conflict", format!("concurrent updates conflicted {n} times; retry"))
+            },
+            CommandError::Unavailable(cause) => ApiError::unavailable(&cause),
+            CommandError::ShuttingDown => ApiError::unavailable(&"the command writer is shutting down"),
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> ApiError {
+        ApiError::unavailable(&e)
+    }
+}
+
+impl From<ledger_infrastructure::store::StoreError> for ApiError {
+    fn from(e: ledger_infrastructure::store::StoreError) -> ApiError {
+        match e {
+            ledger_infrastructure::store::StoreError::Database(e) => ApiError::unavailable(&e),
+            other => ApiError::internal(&other),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        problem_response(self.status, &self.body(), self.retry_after_s)
+    }
+}
+
+/// A problem+json response with the given body.
+pub fn problem_response(status: StatusCode, body: &serde_json::Value, retry_after_s: Option<u64>) -> Response {
+    let mut response = (status, body.to_string()).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    if let Some(s) = retry_after_s {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(s));
+    }
+    response
+}

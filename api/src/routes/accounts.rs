@@ -1,0 +1,98 @@
+//! Accounts: open, close, read, and the account's own event stream.
+
+use crate::command::{CommandBody, execute, rejection};
+use crate::context::{Principal, RequestContext};
+use crate::error::ApiError;
+use crate::routes::strong_state;
+use crate::state::AppState;
+use crate::validate::{Fields, limit_param, path_uuid, position_param};
+use crate::views;
+use axum::extract::{Path, Query, State};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use ledger_domain::decide::OpenAccount;
+use ledger_domain::Command;
+use ledger_infrastructure::{Executed, StoredResponse};
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::Arc;
+use uuid::Uuid;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/accounts", post(open))
+        .route("/v1/accounts/{id}", get(read))
+        .route("/v1/accounts/{id}/close", post(close))
+        .route("/v1/accounts/{id}/events", get(events))
+}
+
+fn account_not_found(raw: &str) -> ApiError {
+    ApiError::new(axum::http::StatusCode::NOT_FOUND, "account_not_found", format!("account {raw} not found"))
+}
+
+/// Renders the account a command touched, with the given status.
+fn render_account(account_id: Uuid, status: u16) -> ledger_infrastructure::Render {
+    Arc::new(move |outcome| match outcome {
+        Ok(Executed { state, position, .. }) => {
+            let account = state.account(account_id).expect("the command touched this account");
+            StoredResponse { status, body: views::account(account, state.version(account_id), position) }
+        }
+        Err(e) => rejection(e),
+    })
+}
+
+async fn open(
+    State(state): State<AppState>,
+    principal: Principal,
+    context: RequestContext,
+    body: CommandBody,
+) -> Result<Response, ApiError> {
+    let f = Fields::of(&body.json)?;
+    let account_id = f.optional_uuid("id")?.unwrap_or_else(Uuid::now_v7);
+    let command = Command::OpenAccount(OpenAccount {
+        account_id,
+        currency: f.currency("currency")?,
+        owner: f.optional_text("owner")?,
+        overdraft_limit: f.limit("overdraft_limit")?,
+        metadata: f.metadata("metadata")?,
+    });
+    execute(&state, &principal, &context, body, command, None, render_account(account_id, 201)).await
+}
+
+async fn close(
+    State(state): State<AppState>,
+    principal: Principal,
+    context: RequestContext,
+    Path(raw): Path<String>,
+    body: CommandBody,
+) -> Result<Response, ApiError> {
+    let account_id = path_uuid(&raw, || account_not_found(&raw))?;
+    Fields::of(&body.json)?;
+    let command = Command::CloseAccount { account_id };
+    execute(&state, &principal, &context, body, command, None, render_account(account_id, 200)).await
+}
+
+async fn read(State(state): State<AppState>, Path(raw): Path<String>) -> Result<Response, ApiError> {
+    let id = path_uuid(&raw, || account_not_found(&raw))?;
+    let (ledger, head) = strong_state(&state, &[id]).await?;
+    let account = ledger.account(id).ok_or_else(|| account_not_found(&raw))?;
+    Ok(views::read(views::account(account, ledger.version(id), head), head))
+}
+
+async fn events(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let id = path_uuid(&raw, || account_not_found(&raw))?;
+    let from_version = position_param("from_version", q.get("from_version").map(String::as_str))?.unwrap_or(1);
+    let limit = limit_param(q.get("limit").map(String::as_str), 100, 1000)?;
+    let head = state.store.head().await?;
+    let events = state.store.read_stream(id, from_version.max(1), limit).await?;
+    if events.is_empty() && state.store.read_stream(id, 1, 1).await?.is_empty() {
+        return Err(account_not_found(&raw));
+    }
+    let next = events.last().map(|e| e.version + 1);
+    Ok(views::read(json!({ "events": events, "next_from_version": next }), head))
+}

@@ -1,0 +1,51 @@
+//! Deposits: money entering the ledger from the outside world, through the
+//! currency's system account.
+
+use crate::command::{CommandBody, execute, rejection};
+use crate::context::{Principal, RequestContext};
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::validate::Fields;
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::post;
+use axum::Router;
+use ledger_domain::decide::MakeDeposit;
+use ledger_domain::Command;
+use ledger_infrastructure::{Executed, StoredResponse};
+use serde_json::json;
+use std::sync::Arc;
+use uuid::Uuid;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/deposits", post(deposit))
+}
+
+async fn deposit(
+    State(state): State<AppState>,
+    principal: Principal,
+    context: RequestContext,
+    body: CommandBody,
+) -> Result<Response, ApiError> {
+    let f = Fields::of(&body.json)?;
+    let c = MakeDeposit {
+        deposit_id: Uuid::now_v7(),
+        account_id: f.uuid("account_id")?,
+        amount: f.amount("amount")?,
+        currency: f.currency("currency")?,
+        reference: f.optional_text("reference")?,
+    };
+    let view = json!({
+        "id": c.deposit_id, "account_id": c.account_id, "amount": c.amount,
+        "currency": c.currency, "reference": c.reference,
+    });
+    let render = Arc::new(move |outcome: Result<Executed<'_>, &ledger_domain::DomainError>| match outcome {
+        Ok(Executed { position, .. }) => {
+            let mut body = view.clone();
+            body["position"] = json!(position);
+            StoredResponse { status: 201, body }
+        }
+        Err(e) => rejection(e),
+    });
+    execute(&state, &principal, &context, body, Command::MakeDeposit(c), None, render).await
+}

@@ -1,0 +1,39 @@
+//! The global log and the system accounts.
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::validate::{limit_param, position_param};
+use crate::views;
+use axum::extract::{Query, State};
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use serde_json::json;
+use std::collections::HashMap;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/events", get(events)).route("/v1/system-accounts", get(system_accounts))
+}
+
+/// Pages through the log in position order. Positions are gapless and in commit
+/// order, so `after` is a stable cursor: nothing can appear behind it later.
+async fn events(State(state): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Result<Response, ApiError> {
+    let after = position_param("after", q.get("after").map(String::as_str))?.unwrap_or(0);
+    let limit = limit_param(q.get("limit").map(String::as_str), 100, 1000)?;
+    let head = state.store.head().await?;
+    let events = state.store.read_all(after, limit).await?;
+    let next_after = events.last().map_or(after, |e| e.position);
+    Ok(views::read(json!({ "events": events, "next_after": next_after }), head))
+}
+
+async fn system_accounts(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let head = state.store.head().await?;
+    let accounts: Vec<_> = state
+        .store
+        .system_accounts()
+        .await?
+        .into_iter()
+        .map(|(currency, id)| json!({ "currency": currency, "id": id }))
+        .collect();
+    Ok(views::read(json!({ "accounts": accounts }), head))
+}

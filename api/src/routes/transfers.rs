@@ -1,0 +1,78 @@
+//! Transfers between accounts, and their reversal as a compensating transfer.
+
+use crate::command::{CommandBody, execute, rejection};
+use crate::context::{Principal, RequestContext};
+use crate::error::ApiError;
+use crate::routes::strong_state;
+use crate::state::AppState;
+use crate::validate::{Fields, path_uuid};
+use crate::views;
+use axum::extract::{Path, State};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use ledger_domain::decide::{PostTransfer, ReverseTransfer};
+use ledger_domain::Command;
+use ledger_infrastructure::{Executed, Render, StoredResponse};
+use std::sync::Arc;
+use uuid::Uuid;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/transfers", post(transfer))
+        .route("/v1/transfers/{id}", get(read))
+        .route("/v1/transfers/{id}/reverse", post(reverse))
+}
+
+fn render_transfer(transfer_id: Uuid) -> Render {
+    Arc::new(move |outcome| match outcome {
+        Ok(Executed { state, position, .. }) => {
+            let t = state.transfer(transfer_id).expect("the command created this transfer");
+            StoredResponse { status: 201, body: views::transfer(t, Some(position)) }
+        }
+        Err(e) => rejection(e),
+    })
+}
+
+async fn transfer(
+    State(state): State<AppState>,
+    principal: Principal,
+    context: RequestContext,
+    body: CommandBody,
+) -> Result<Response, ApiError> {
+    let f = Fields::of(&body.json)?;
+    let transfer_id = Uuid::now_v7();
+    let command = Command::PostTransfer(PostTransfer {
+        transfer_id,
+        from: f.uuid("from")?,
+        to: f.uuid("to")?,
+        amount: f.amount("amount")?,
+        currency: f.currency("currency")?,
+        reference: f.optional_text("reference")?,
+    });
+    execute(&state, &principal, &context, body, command, None, render_transfer(transfer_id)).await
+}
+
+async fn reverse(
+    State(state): State<AppState>,
+    principal: Principal,
+    context: RequestContext,
+    Path(raw): Path<String>,
+    body: CommandBody,
+) -> Result<Response, ApiError> {
+    let transfer_id = path_uuid(&raw, || ApiError::not_found(format!("transfer {raw} not found")))?;
+    let f = Fields::of(&body.json)?;
+    let reversal_id = Uuid::now_v7();
+    let command = Command::ReverseTransfer(ReverseTransfer { reversal_id, transfer_id, reason: f.text("reason")? });
+    // The reversal is caused by the original transfer: the audit trail links them.
+    let causation = Some(transfer_id.to_string());
+    execute(&state, &principal, &context, body, command, causation, render_transfer(reversal_id)).await
+}
+
+async fn read(State(state): State<AppState>, Path(raw): Path<String>) -> Result<Response, ApiError> {
+    let not_found = || ApiError::not_found(format!("transfer {raw} not found"));
+    let id = path_uuid(&raw, not_found)?;
+    let (ledger, head) = strong_state(&state, &[id]).await?;
+    let t = ledger.transfer(id).ok_or_else(not_found)?;
+    Ok(views::read(views::transfer(t, None), head))
+}

@@ -1,0 +1,105 @@
+//! One `Config` read from environment variables with documented defaults. Every limit
+//! the service enforces lives here, named `*_max` or with its unit last.
+
+use std::time::Duration;
+
+/// The service's configuration. Tests build it with [`Config::for_tests`] and set fields.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `DATABASE_URL`: Postgres; the database is created if missing.
+    pub database_url: String,
+    /// `NATS_URL`.
+    pub nats_url: String,
+    /// `LEDGER_NATS_PREFIX`: prefixes every stream, consumer and subject.
+    pub nats_prefix: String,
+    /// `LEDGER_HTTP_ADDR`.
+    pub http_addr: String,
+    /// `LEDGER_ADMIN_TOKEN`: accepted as an admin token.
+    pub admin_token: Option<String>,
+    /// `LEDGER_PROVIDER_URL`.
+    pub provider_url: String,
+    /// `LEDGER_IDEMPOTENCY_TTL` (seconds, default 24h).
+    pub idempotency_ttl: Duration,
+    /// `LEDGER_CONSISTENCY_WAIT_MS` (default 2000).
+    pub consistency_wait: Duration,
+    /// `LEDGER_DB_POOL_MAX` (default 16).
+    pub db_pool_max: u32,
+    /// `LEDGER_DB_ACQUIRE_TIMEOUT_MS` (default 3000): a command fails fast instead of hanging.
+    pub db_acquire_timeout: Duration,
+    /// `LEDGER_BODY_BYTES_MAX` (default 64 KiB).
+    pub body_bytes_max: usize,
+    /// `LEDGER_REQUEST_TIMEOUT_MS` (default 10000).
+    pub request_timeout: Duration,
+    /// `LEDGER_APPEND_BATCH_MAX` (default 256): commands per append transaction.
+    pub append_batch_max: usize,
+    /// `LEDGER_COMMAND_QUEUE_MAX` (default 4096): commands waiting for the writer.
+    pub command_queue_max: usize,
+    /// `LEDGER_CONFLICT_RETRIES_MAX` (default 8): re-decisions after a version conflict.
+    pub conflict_retries_max: u32,
+    /// `LEDGER_STATE_CACHE_MAX` (default 100000): folded streams kept by the writer.
+    pub state_cache_max: u64,
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_owned())
+}
+
+fn env_num<T: std::str::FromStr>(name: &str, default: T) -> Result<T, ConfigError> {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => v.parse().map_err(|_| ConfigError::Invalid { name: name.to_owned(), value: v }),
+        _ => Ok(default),
+    }
+}
+
+/// A configuration variable that does not parse.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("environment variable {name} has an invalid value {value:?}")]
+    Invalid { name: String, value: String },
+}
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Ok(Config {
+            database_url: env_or("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/ledger"),
+            nats_url: env_or("NATS_URL", "nats://127.0.0.1:4222"),
+            nats_prefix: env_or("LEDGER_NATS_PREFIX", "ledger"),
+            http_addr: env_or("LEDGER_HTTP_ADDR", "127.0.0.1:8080"),
+            admin_token: std::env::var("LEDGER_ADMIN_TOKEN").ok().filter(|v| !v.is_empty()),
+            provider_url: env_or("LEDGER_PROVIDER_URL", "http://127.0.0.1:9090"),
+            idempotency_ttl: Duration::from_secs(env_num("LEDGER_IDEMPOTENCY_TTL", 24 * 3600)?),
+            consistency_wait: Duration::from_millis(env_num("LEDGER_CONSISTENCY_WAIT_MS", 2000)?),
+            db_pool_max: env_num("LEDGER_DB_POOL_MAX", 16)?,
+            db_acquire_timeout: Duration::from_millis(env_num("LEDGER_DB_ACQUIRE_TIMEOUT_MS", 3000)?),
+            body_bytes_max: env_num("LEDGER_BODY_BYTES_MAX", 64 * 1024)?,
+            request_timeout: Duration::from_millis(env_num("LEDGER_REQUEST_TIMEOUT_MS", 10_000)?),
+            append_batch_max: env_num("LEDGER_APPEND_BATCH_MAX", 256)?,
+            command_queue_max: env_num("LEDGER_COMMAND_QUEUE_MAX", 4096)?,
+            conflict_retries_max: env_num("LEDGER_CONFLICT_RETRIES_MAX", 8)?,
+            state_cache_max: env_num("LEDGER_STATE_CACHE_MAX", 100_000)?,
+        })
+    }
+
+    /// Defaults for tests: the given database, a private NATS prefix, port 0.
+    pub fn for_tests(database_url: &str, nats_prefix: &str) -> Config {
+        Config {
+            database_url: database_url.to_owned(),
+            nats_url: "nats://127.0.0.1:4222".to_owned(),
+            nats_prefix: nats_prefix.to_owned(),
+            http_addr: "127.0.0.1:0".to_owned(),
+            admin_token: Some("test-admin-token".to_owned()),
+            provider_url: "http://127.0.0.1:9090".to_owned(),
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+            consistency_wait: Duration::from_millis(2000),
+            db_pool_max: 16,
+            db_acquire_timeout: Duration::from_millis(3000),
+            body_bytes_max: 64 * 1024,
+            request_timeout: Duration::from_millis(10_000),
+            append_batch_max: 256,
+            command_queue_max: 4096,
+            conflict_retries_max: 8,
+            state_cache_max: 100_000,
+        }
+    }
+}

@@ -1,0 +1,496 @@
+//! The Postgres event store: the single source of truth. Appends take a batch of
+//! commits and write them in one transaction under the log-head lock, so positions are
+//! gapless and in commit order, every stream's version is checked (optimistic
+//! concurrency) and every command's idempotency record commits with its events.
+
+use crate::hash::{HashedContent, chain_hash};
+use chrono::{DateTime, SubsecRound, Utc};
+use ledger_domain::{Concurrency, Event};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::{PgPool, Row};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// Who asked for an event and why: stored as the event's `metadata`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventMetadata {
+    pub actor: String,
+    pub request_id: Option<String>,
+    pub correlation_id: Option<String>,
+    pub causation_id: Option<String>,
+    pub idempotency_key: Option<String>,
+}
+
+/// A response as stored for idempotent replay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredResponse {
+    pub status: u16,
+    pub body: Value,
+}
+
+/// The idempotency record a command writes with its events.
+#[derive(Clone, Debug)]
+pub struct IdempotencyClaim {
+    pub principal: String,
+    pub key: String,
+    pub fingerprint: Vec<u8>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Builds a command's response once the position of its last event is known.
+pub type Respond = Arc<dyn Fn(Option<i64>) -> StoredResponse + Send + Sync>;
+
+/// One command's share of an append: its events (possibly none, for a rejection that
+/// must still be remembered for replay), the stream versions its decision saw, and
+/// its idempotency record.
+pub struct Commit {
+    pub events: Vec<Event>,
+    /// `(stream, version)` for every stream appended with [`Concurrency::Exact`].
+    pub expected: Vec<(Uuid, i64)>,
+    pub metadata: EventMetadata,
+    pub idempotency: Option<IdempotencyClaim>,
+    pub respond: Respond,
+}
+
+/// An event as it is in the log.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RecordedEvent {
+    pub position: i64,
+    pub event_id: Uuid,
+    pub stream_id: Uuid,
+    pub version: i64,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub data: Value,
+    pub metadata: Value,
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl RecordedEvent {
+    pub fn event(&self) -> Result<Event, serde_json::Error> {
+        Event::from_parts(&self.event_type, self.data.clone())
+    }
+}
+
+/// What an append made of one commit.
+#[derive(Clone, Debug)]
+pub struct CommitResult {
+    pub recorded: Vec<RecordedEvent>,
+    pub response: StoredResponse,
+}
+
+/// Why an append did not happen. Nothing was written in either case.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error("version conflict on streams {streams:?}, idempotency keys already used: {keys:?}")]
+    Conflict { streams: Vec<Uuid>, keys: Vec<(String, String)> },
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// A stored idempotency record.
+#[derive(Clone, Debug)]
+pub struct IdempotencyRecord {
+    pub fingerprint: Vec<u8>,
+    pub response: StoredResponse,
+}
+
+/// The event store over one Postgres pool.
+#[derive(Clone)]
+pub struct EventStore {
+    pool: PgPool,
+}
+
+/// Column arrays for the batch insert (one statement for all rows).
+#[derive(Default)]
+struct Rows {
+    positions: Vec<i64>,
+    event_ids: Vec<Uuid>,
+    stream_ids: Vec<Uuid>,
+    versions: Vec<i64>,
+    types: Vec<String>,
+    data: Vec<Value>,
+    metadata: Vec<Value>,
+    recorded_at: Vec<DateTime<Utc>>,
+    hashes: Vec<Vec<u8>>,
+    entry_streams: Vec<Uuid>,
+    entry_versions: Vec<i64>,
+    entry_positions: Vec<i64>,
+    key_principals: Vec<String>,
+    key_keys: Vec<String>,
+    key_fingerprints: Vec<Vec<u8>>,
+    key_statuses: Vec<i16>,
+    key_bodies: Vec<Value>,
+    key_expiry: Vec<DateTime<Utc>>,
+}
+
+impl EventStore {
+    pub fn new(pool: PgPool) -> EventStore {
+        EventStore { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Appends a batch of commits atomically: all of them or none. A version conflict or
+    /// an idempotency key that was used meanwhile (by another process) rejects the
+    /// whole batch with [`AppendError::Conflict`] so the caller can decide again.
+    pub async fn append_batch(&self, commits: &[Commit]) -> Result<Vec<CommitResult>, AppendError> {
+        let mut tx = self.pool.begin().await?;
+        // The lock on the head row is what serializes appends; see migration 0001.
+        let head = sqlx::query("select position, hash, recorded_at from log_head for update")
+            .fetch_one(&mut *tx)
+            .await?;
+        let mut position: i64 = head.try_get("position")?;
+        let mut hash: Vec<u8> = head.try_get("hash")?;
+        let head_recorded_at: DateTime<Utc> = head.try_get("recorded_at")?;
+        let recorded_at = Utc::now().trunc_subsecs(6).max(head_recorded_at);
+
+        let mut versions = self.current_versions(&mut tx, commits).await?;
+        let used_keys = self.used_keys(&mut tx, commits).await?;
+        let conflicts = check_expectations(commits, &mut versions.clone());
+        if !conflicts.is_empty() || !used_keys.is_empty() {
+            return Err(AppendError::Conflict { streams: conflicts, keys: used_keys });
+        }
+
+        let mut rows = Rows::default();
+        let mut results = Vec::with_capacity(commits.len());
+        for commit in commits {
+            let metadata = serde_json::to_value(&commit.metadata).expect("metadata serializes");
+            let mut recorded = Vec::with_capacity(commit.events.len());
+            for event in &commit.events {
+                position += 1;
+                let (event_type, data) = event.to_parts();
+                let mut primary = None;
+                for (stream_id, _) in event.streams() {
+                    let version = versions.entry(stream_id).or_insert(0);
+                    *version += 1;
+                    primary.get_or_insert((stream_id, *version));
+                    rows.entry_streams.push(stream_id);
+                    rows.entry_versions.push(*version);
+                    rows.entry_positions.push(position);
+                }
+                let (stream_id, version) = primary.expect("every event belongs to at least one stream");
+                let event = RecordedEvent {
+                    position,
+                    event_id: Uuid::now_v7(),
+                    stream_id,
+                    version,
+                    event_type: event_type.to_owned(),
+                    data,
+                    metadata: metadata.clone(),
+                    recorded_at,
+                };
+                hash = chain_hash(&hash, &hashed_content(&event)).to_vec();
+                rows.push_event(&event, hash.clone());
+                recorded.push(event);
+            }
+            let last_position = recorded.last().map(|e| e.position);
+            let response = (commit.respond)(last_position);
+            if let Some(claim) = &commit.idempotency {
+                rows.push_key(claim, &response);
+            }
+            results.push(CommitResult { recorded, response });
+        }
+        self.insert_rows(&mut tx, rows, position, hash, recorded_at).await?;
+        tx.commit().await?;
+        Ok(results)
+    }
+
+    async fn current_versions(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        commits: &[Commit],
+    ) -> Result<HashMap<Uuid, i64>, sqlx::Error> {
+        let mut ids: HashSet<Uuid> = HashSet::new();
+        for c in commits {
+            ids.extend(c.expected.iter().map(|(id, _)| *id));
+            for e in &c.events {
+                ids.extend(e.streams().into_iter().map(|(id, _)| id));
+            }
+        }
+        let ids: Vec<Uuid> = ids.into_iter().collect();
+        let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+            "select stream_id, max(version) from stream_entries where stream_id = any($1) group by stream_id",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        Ok(rows.into_iter().collect())
+    }
+
+    async fn used_keys(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        commits: &[Commit],
+    ) -> Result<Vec<(String, String)>, sqlx::Error> {
+        let (principals, keys): (Vec<String>, Vec<String>) = commits
+            .iter()
+            .filter_map(|c| c.idempotency.as_ref().map(|k| (k.principal.clone(), k.key.clone())))
+            .unzip();
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        sqlx::query_as(
+            "select i.principal, i.key from idempotency_keys i
+             join unnest($1::text[], $2::text[]) as k(principal, key)
+               on i.principal = k.principal and i.key = k.key",
+        )
+        .bind(&principals)
+        .bind(&keys)
+        .fetch_all(&mut *tx)
+        .await
+    }
+
+    async fn insert_rows(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        rows: Rows,
+        head: i64,
+        hash: Vec<u8>,
+        recorded_at: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
+        // One statement: the events, their stream entries, the idempotency records and
+        // the new head (with a notification for listeners, delivered at commit).
+        sqlx::query(
+            "with ev as (
+                insert into events (position, event_id, stream_id, version, type, data, metadata, recorded_at, hash)
+                select * from unnest($1::bigint[], $2::uuid[], $3::uuid[], $4::bigint[], $5::text[],
+                                     $6::jsonb[], $7::jsonb[], $8::timestamptz[], $9::bytea[])
+             ), se as (
+                insert into stream_entries (stream_id, version, position)
+                select * from unnest($10::uuid[], $11::bigint[], $12::bigint[])
+             ), ik as (
+                insert into idempotency_keys (principal, key, fingerprint, status_code, body, expires_at)
+                select * from unnest($13::text[], $14::text[], $15::bytea[], $16::int2[], $17::jsonb[], $18::timestamptz[])
+             )
+             update log_head set position = $19, hash = $20, recorded_at = $21
+             returning pg_notify('ledger_events', $19::text)",
+        )
+        .bind(rows.positions)
+        .bind(rows.event_ids)
+        .bind(rows.stream_ids)
+        .bind(rows.versions)
+        .bind(rows.types)
+        .bind(rows.data)
+        .bind(rows.metadata)
+        .bind(rows.recorded_at)
+        .bind(rows.hashes)
+        .bind(rows.entry_streams)
+        .bind(rows.entry_versions)
+        .bind(rows.entry_positions)
+        .bind(rows.key_principals)
+        .bind(rows.key_keys)
+        .bind(rows.key_fingerprints)
+        .bind(rows.key_statuses)
+        .bind(rows.key_bodies)
+        .bind(rows.key_expiry)
+        .bind(head)
+        .bind(hash)
+        .bind(recorded_at)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+
+    /// The events of the given streams after the given versions, in version order per
+    /// stream: how a cached state catches up with the log.
+    pub async fn events_after(&self, known: &[(Uuid, i64)]) -> Result<Vec<(Uuid, i64, Event)>, StoreError> {
+        let (ids, versions): (Vec<Uuid>, Vec<i64>) = known.iter().copied().unzip();
+        let rows: Vec<(Uuid, i64, String, Value)> = sqlx::query_as(
+            "select s.stream_id, s.version, e.type, e.data
+             from unnest($1::uuid[], $2::bigint[]) as k(stream_id, known)
+             join stream_entries s on s.stream_id = k.stream_id and s.version > k.known
+             join events e on e.position = s.position
+             order by s.stream_id, s.version",
+        )
+        .bind(&ids)
+        .bind(&versions)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(stream, version, t, data)| Ok((stream, version, Event::from_parts(&t, data)?)))
+            .collect()
+    }
+
+    /// The position of the last committed event.
+    pub async fn head(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("select position from log_head").fetch_one(&self.pool).await
+    }
+
+    /// One stream's events in its own version order; `version` is the stream's version.
+    pub async fn read_stream(&self, stream_id: Uuid, from_version: i64, limit: i64) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+        sqlx::query_as::<_, RecordedRow>(
+            "select e.position, e.event_id, s.stream_id, s.version, e.type, e.data, e.metadata, e.recorded_at
+             from stream_entries s join events e on e.position = s.position
+             where s.stream_id = $1 and s.version >= $2
+             order by s.version limit $3",
+        )
+        .bind(stream_id)
+        .bind(from_version)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map(|rows| rows.into_iter().map(RecordedEvent::from).collect())
+    }
+
+    /// The global log after `after`, in position order.
+    pub async fn read_all(&self, after: i64, limit: i64) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+        sqlx::query_as::<_, RecordedRow>(
+            "select position, event_id, stream_id, version, type, data, metadata, recorded_at
+             from events where position > $1 order by position limit $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map(|rows| rows.into_iter().map(RecordedEvent::from).collect())
+    }
+
+    /// The system account of every currency that has one.
+    pub async fn system_accounts(&self) -> Result<Vec<(String, Uuid)>, sqlx::Error> {
+        sqlx::query_as(
+            "select data ->> 'currency', stream_id from events
+             where type = 'AccountOpened' and (data ->> 'system') = 'true' order by 1",
+        )
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Stored idempotency records for the given (principal, key) pairs.
+    pub async fn idempotency_records(
+        &self,
+        keys: &[(String, String)],
+    ) -> Result<HashMap<(String, String), IdempotencyRecord>, sqlx::Error> {
+        let (principals, names): (Vec<String>, Vec<String>) = keys.iter().cloned().unzip();
+        let rows: Vec<(String, String, Vec<u8>, i16, Value)> = sqlx::query_as(
+            "select i.principal, i.key, i.fingerprint, i.status_code, i.body from idempotency_keys i
+             join unnest($1::text[], $2::text[]) as k(principal, key)
+               on i.principal = k.principal and i.key = k.key",
+        )
+        .bind(&principals)
+        .bind(&names)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(p, k, fingerprint, status, body)| {
+                let status = u16::try_from(status).unwrap_or(500);
+                ((p, k), IdempotencyRecord { fingerprint, response: StoredResponse { status, body } })
+            })
+            .collect())
+    }
+
+    /// Deletes up to `batch_max` idempotency records past their expiry.
+    pub async fn sweep_expired_keys(&self, batch_max: i64) -> Result<u64, sqlx::Error> {
+        let done = sqlx::query(
+            "delete from idempotency_keys where (principal, key) in
+               (select principal, key from idempotency_keys where expires_at < now() limit $1)",
+        )
+        .bind(batch_max)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+/// Reading or decoding the log failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("an event in the log does not decode: {0}")]
+    Decode(#[from] serde_json::Error),
+}
+
+/// Checks every commit's expected versions against the versions in the log as the
+/// batch advances them; returns the streams that conflict.
+fn check_expectations(commits: &[Commit], versions: &mut HashMap<Uuid, i64>) -> Vec<Uuid> {
+    let mut conflicts = Vec::new();
+    for commit in commits {
+        for (stream, expected) in &commit.expected {
+            if versions.get(stream).copied().unwrap_or(0) != *expected {
+                conflicts.push(*stream);
+            }
+        }
+        for event in &commit.events {
+            for (stream, concurrency) in event.streams() {
+                debug_assert!(concurrency == Concurrency::Any || commit.expected.iter().any(|(s, _)| *s == stream));
+                *versions.entry(stream).or_insert(0) += 1;
+            }
+        }
+    }
+    conflicts
+}
+
+fn hashed_content(e: &RecordedEvent) -> HashedContent<'_> {
+    HashedContent {
+        position: e.position,
+        event_id: e.event_id,
+        stream_id: e.stream_id,
+        version: e.version,
+        event_type: &e.event_type,
+        data: &e.data,
+        metadata: &e.metadata,
+        recorded_at_us: e.recorded_at.timestamp_micros(),
+    }
+}
+
+impl Rows {
+    fn push_event(&mut self, e: &RecordedEvent, hash: Vec<u8>) {
+        self.positions.push(e.position);
+        self.event_ids.push(e.event_id);
+        self.stream_ids.push(e.stream_id);
+        self.versions.push(e.version);
+        self.types.push(e.event_type.clone());
+        self.data.push(e.data.clone());
+        self.metadata.push(e.metadata.clone());
+        self.recorded_at.push(e.recorded_at);
+        self.hashes.push(hash);
+    }
+
+    fn push_key(&mut self, claim: &IdempotencyClaim, response: &StoredResponse) {
+        self.key_principals.push(claim.principal.clone());
+        self.key_keys.push(claim.key.clone());
+        self.key_fingerprints.push(claim.fingerprint.clone());
+        self.key_statuses.push(i16::try_from(response.status).expect("HTTP statuses fit in i16"));
+        self.key_bodies.push(response.body.clone());
+        self.key_expiry.push(claim.expires_at);
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct RecordedRow {
+    position: i64,
+    event_id: Uuid,
+    stream_id: Uuid,
+    version: i64,
+    #[sqlx(rename = "type")]
+    event_type: String,
+    data: Value,
+    metadata: Value,
+    recorded_at: DateTime<Utc>,
+}
+
+impl From<RecordedRow> for RecordedEvent {
+    fn from(r: RecordedRow) -> RecordedEvent {
+        RecordedEvent {
+            position: r.position,
+            event_id: r.event_id,
+            stream_id: r.stream_id,
+            version: r.version,
+            event_type: r.event_type,
+            data: r.data,
+            metadata: r.metadata,
+            recorded_at: r.recorded_at,
+        }
+    }
+}
+
+/// Recomputes the hash of a stored event (for verification).
+pub fn recompute_hash(previous: &[u8], e: &RecordedEvent) -> [u8; 32] {
+    chain_hash(previous, &hashed_content(e))
+}

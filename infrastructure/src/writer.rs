@@ -1,0 +1,391 @@
+//! The command writer: one task per process that takes commands from a bounded queue,
+//! gathers those waiting into a batch, loads the streams they need (from a cache of
+//! folded states, caught up from the log), decides each command in order against the
+//! state its predecessors left, and appends the whole batch in one transaction: one
+//! commit (one fsync) for many commands, each still decided, answered and remembered
+//! for idempotent replay on its own. A rejected command never fails its neighbours.
+
+use crate::store::{
+    AppendError, Commit, EventMetadata, EventStore, IdempotencyClaim, RecordedEvent, Respond, StoreError,
+    StoredResponse,
+};
+use ledger_domain::{Command, Concurrency, DomainError, Event, Ledger, StreamState, decide};
+use moka::sync::Cache;
+use std::collections::HashSet;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+/// What a decided command's response is made from.
+pub struct Executed<'a> {
+    /// The state of the streams the command touched, right after its events.
+    pub state: &'a Ledger,
+    pub events: &'a [Event],
+    /// The position of the command's last event.
+    pub position: i64,
+}
+
+/// Renders the HTTP response of a command from its outcome.
+pub type Render = Arc<dyn Fn(Result<Executed<'_>, &DomainError>) -> StoredResponse + Send + Sync>;
+
+/// A command with everything needed to record and answer it.
+pub struct CommandRequest {
+    pub command: Command,
+    pub metadata: EventMetadata,
+    pub idempotency: Option<IdempotencyClaim>,
+    pub render: Render,
+}
+
+/// The answer to a command.
+#[derive(Clone, Debug)]
+pub struct CommandReply {
+    pub response: StoredResponse,
+    /// True when this is the stored answer of an earlier request with the same key.
+    pub replayed: bool,
+    pub recorded: Vec<RecordedEvent>,
+}
+
+/// Why a command got no answer of its own.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("the idempotency key was used with a different request")]
+    IdempotencyKeyReused,
+    #[error("a request with this idempotency key is still executing")]
+    IdempotencyKeyInFlight,
+    #[error("version conflicts persisted after {0} attempts")]
+    VersionConflict(u32),
+    #[error("the event store is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the writer has shut down")]
+    ShuttingDown,
+}
+
+struct Job {
+    request: CommandRequest,
+    reply: oneshot::Sender<Result<CommandReply, CommandError>>,
+}
+
+/// Handle to the writer task; cheap to clone.
+#[derive(Clone)]
+pub struct CommandBus {
+    tx: mpsc::Sender<Job>,
+    loader: StateLoader,
+}
+
+/// Folded stream states, cached, always caught up with the log before use.
+#[derive(Clone)]
+pub struct StateLoader {
+    store: EventStore,
+    cache: Cache<Uuid, StreamState>,
+}
+
+impl StateLoader {
+    pub fn new(store: EventStore, cache_max: u64) -> StateLoader {
+        StateLoader { store, cache: Cache::new(cache_max) }
+    }
+
+    /// Loads the given streams into `ledger`, exactly as the log has them now.
+    pub async fn load(&self, ledger: &mut Ledger, ids: &[Uuid]) -> Result<(), StoreError> {
+        let mut known = Vec::with_capacity(ids.len());
+        for id in ids {
+            let state = self.cache.get(id).unwrap_or_default();
+            known.push((*id, state.version));
+            ledger.insert(*id, state);
+        }
+        for (stream, version, event) in self.store.events_after(&known).await? {
+            ledger.apply_to_stream(stream, version, &event);
+        }
+        for id in ids {
+            self.remember(*id, ledger.stream(*id));
+        }
+        Ok(())
+    }
+
+    fn remember(&self, id: Uuid, state: Option<&StreamState>) {
+        if let Some(state) = state.filter(|s| s.version > 0) {
+            let newer = self.cache.get(&id).is_none_or(|cached| cached.version < state.version);
+            if newer {
+                self.cache.insert(id, state.clone());
+            }
+        }
+    }
+}
+
+/// Limits of the writer.
+#[derive(Clone, Copy, Debug)]
+pub struct WriterLimits {
+    pub batch_max: usize,
+    pub queue_max: usize,
+    pub conflict_retries_max: u32,
+    pub cache_max: u64,
+}
+
+impl CommandBus {
+    /// Starts the writer task. It stops when every handle has been dropped.
+    pub fn start(store: EventStore, limits: WriterLimits) -> CommandBus {
+        let (tx, rx) = mpsc::channel(limits.queue_max);
+        let loader = StateLoader::new(store.clone(), limits.cache_max);
+        let writer = Writer { store, loader: loader.clone(), limits };
+        tokio::spawn(writer.run(rx));
+        CommandBus { tx, loader }
+    }
+
+    /// Executes a command (queued behind others, batched with them).
+    pub async fn execute(&self, request: CommandRequest) -> Result<CommandReply, CommandError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send(Job { request, reply }).await.map_err(|_| CommandError::ShuttingDown)?;
+        answer.await.map_err(|_| CommandError::ShuttingDown)?
+    }
+
+    /// The loader, for strong reads of the write-side state.
+    pub fn loader(&self) -> &StateLoader {
+        &self.loader
+    }
+}
+
+struct Writer {
+    store: EventStore,
+    loader: StateLoader,
+    limits: WriterLimits,
+}
+
+impl Writer {
+    async fn run(self, mut rx: mpsc::Receiver<Job>) {
+        while let Some(first) = rx.recv().await {
+            let mut jobs = vec![first];
+            while jobs.len() < self.limits.batch_max {
+                match rx.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.process(jobs).await;
+        }
+    }
+
+    async fn process(&self, mut jobs: Vec<Job>) {
+        jobs = reject_duplicate_keys(jobs);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.attempt(&jobs).await {
+                Ok(replies) => {
+                    for (job, reply) in jobs.into_iter().zip(replies) {
+                        let _ = job.reply.send(Ok(reply));
+                    }
+                    return;
+                }
+                Err(AttemptError::Conflict { keys_used }) if attempt <= self.limits.conflict_retries_max => {
+                    tracing::debug!(attempt, "append conflicted; deciding the batch again");
+                    if keys_used {
+                        jobs = match self.answer_used_keys(jobs).await {
+                            Ok(rest) => rest,
+                            Err(e) => return fail_all(jobs_of(e), CommandError::Unavailable("store".into())),
+                        };
+                        if jobs.is_empty() {
+                            return;
+                        }
+                    }
+                }
+                Err(AttemptError::Conflict { .. }) => {
+                    return fail_all(jobs, CommandError::VersionConflict(attempt));
+                }
+                Err(AttemptError::Store(e)) => {
+                    tracing::error!(error = %e, "append failed");
+                    return fail_all(jobs, CommandError::Unavailable(e.to_string()));
+                }
+            }
+        }
+    }
+
+    /// Loads, decides and appends the batch once.
+    async fn attempt(&self, jobs: &[Job]) -> Result<Vec<CommandReply>, AttemptError> {
+        let mut working = Ledger::new();
+        let mut outcomes: Vec<Option<Commit>> = Vec::with_capacity(jobs.len());
+        let mut direct: Vec<Option<StoredResponse>> = Vec::with_capacity(jobs.len());
+        self.load_missing(&mut working, jobs.iter().map(|j| &j.request.command)).await?;
+        for job in jobs {
+            // Rare: a command whose needs depend on an earlier command of this batch.
+            self.load_missing(&mut working, std::iter::once(&job.request.command)).await?;
+            let request = &job.request;
+            let respond = decide_one(request, &mut working);
+            if request.idempotency.is_none() && !respond.1 {
+                // A rejection of an internal command has nothing to record.
+                direct.push(Some((respond.0.respond)(None)));
+                outcomes.push(None);
+            } else {
+                direct.push(None);
+                outcomes.push(Some(respond.0));
+            }
+        }
+        let commits: Vec<Commit> = outcomes.iter_mut().filter_map(Option::take).collect();
+        let mut results = if commits.is_empty() {
+            Vec::new()
+        } else {
+            self.store.append_batch(&commits).await?
+        }
+        .into_iter();
+        for (stream, _) in working.streams() {
+            self.loader.remember(*stream, working.stream(*stream));
+        }
+        Ok(direct
+            .into_iter()
+            .map(|d| match d {
+                Some(response) => CommandReply { response, replayed: false, recorded: Vec::new() },
+                None => {
+                    let r = results.next().expect("one result per commit");
+                    CommandReply { response: r.response, replayed: false, recorded: r.recorded }
+                }
+            })
+            .collect())
+    }
+
+    async fn load_missing<'a>(
+        &self,
+        working: &mut Ledger,
+        commands: impl Iterator<Item = &'a Command> + Clone,
+    ) -> Result<(), StoreError> {
+        // A reversal or settlement needs a second round: the accounts of the loaded transfer.
+        for _round in 0..3 {
+            let mut missing: Vec<Uuid> = commands.clone().flat_map(|c| c.missing_streams(working)).collect();
+            missing.sort_unstable();
+            missing.dedup();
+            if missing.is_empty() {
+                break;
+            }
+            self.loader.load(working, &missing).await?;
+        }
+        Ok(())
+    }
+
+    /// Answers the jobs whose keys were used meanwhile; returns the others.
+    async fn answer_used_keys(&self, jobs: Vec<Job>) -> Result<Vec<Job>, (Vec<Job>, sqlx::Error)> {
+        let keys: Vec<(String, String)> = jobs
+            .iter()
+            .filter_map(|j| j.request.idempotency.as_ref().map(|k| (k.principal.clone(), k.key.clone())))
+            .collect();
+        let records = match self.store.idempotency_records(&keys).await {
+            Ok(r) => r,
+            Err(e) => return Err((jobs, e)),
+        };
+        let mut rest = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let found = job
+                .request
+                .idempotency
+                .as_ref()
+                .and_then(|k| records.get(&(k.principal.clone(), k.key.clone())).map(|r| (k, r)));
+            match found {
+                Some((claim, record)) if record.fingerprint == claim.fingerprint => {
+                    let reply = CommandReply { response: record.response.clone(), replayed: true, recorded: Vec::new() };
+                    let _ = job.reply.send(Ok(reply));
+                }
+                Some(_) => {
+                    let _ = job.reply.send(Err(CommandError::IdempotencyKeyReused));
+                }
+                None => rest.push(job),
+            }
+        }
+        Ok(rest)
+    }
+}
+
+enum AttemptError {
+    Conflict { keys_used: bool },
+    Store(String),
+}
+
+impl From<StoreError> for AttemptError {
+    fn from(e: StoreError) -> Self {
+        AttemptError::Store(e.to_string())
+    }
+}
+
+impl From<AppendError> for AttemptError {
+    fn from(e: AppendError) -> Self {
+        match e {
+            AppendError::Conflict { keys, .. } => AttemptError::Conflict { keys_used: !keys.is_empty() },
+            AppendError::Database(e) => AttemptError::Store(e.to_string()),
+        }
+    }
+}
+
+fn jobs_of(e: (Vec<Job>, sqlx::Error)) -> Vec<Job> {
+    tracing::error!(error = %e.1, "reading idempotency records failed");
+    e.0
+}
+
+fn fail_all(jobs: Vec<Job>, error: CommandError) {
+    for job in jobs {
+        let _ = job.reply.send(Err(error.clone()));
+    }
+}
+
+/// A second job with the same key as an earlier one in the batch is still in flight.
+fn reject_duplicate_keys(jobs: Vec<Job>) -> Vec<Job> {
+    let mut seen = HashSet::new();
+    let mut kept = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let key = job.request.idempotency.as_ref().map(|k| (k.principal.clone(), k.key.clone()));
+        match key {
+            Some(key) if !seen.insert(key.clone()) => {
+                let _ = job.reply.send(Err(CommandError::IdempotencyKeyInFlight));
+            }
+            _ => kept.push(job),
+        }
+    }
+    kept
+}
+
+/// Decides one command against the working state and applies its events to it.
+/// Returns the commit and whether it has events.
+fn decide_one(request: &CommandRequest, working: &mut Ledger) -> (Commit, bool) {
+    let render = request.render.clone();
+    match decide(&request.command, working) {
+        Ok(events) => {
+            let mut expected: Vec<(Uuid, i64)> = Vec::new();
+            for event in &events {
+                for (stream, concurrency) in event.streams() {
+                    if concurrency == Concurrency::Exact && !expected.iter().any(|(s, _)| *s == stream) {
+                        expected.push((stream, working.version(stream)));
+                    }
+                }
+            }
+            let mut snapshot = Ledger::new();
+            for event in &events {
+                working.apply(event);
+            }
+            for event in &events {
+                for (stream, _) in event.streams() {
+                    if let Some(state) = working.stream(stream) {
+                        snapshot.insert(stream, state.clone());
+                    }
+                }
+            }
+            let events_for_response = events.clone();
+            let respond: Respond = Arc::new(move |position| {
+                let position = position.expect("a command with events has a last position");
+                render(Ok(Executed { state: &snapshot, events: &events_for_response, position }))
+            });
+            let commit = Commit {
+                events,
+                expected,
+                metadata: request.metadata.clone(),
+                idempotency: request.idempotency.clone(),
+                respond,
+            };
+            (commit, true)
+        }
+        Err(error) => {
+            let respond: Respond = Arc::new(move |_| render(Err(&error)));
+            let commit = Commit {
+                events: Vec::new(),
+                expected: Vec::new(),
+                metadata: request.metadata.clone(),
+                idempotency: request.idempotency.clone(),
+                respond,
+            };
+            (commit, false)
+        }
+    }
+}
