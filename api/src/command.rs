@@ -29,7 +29,8 @@ fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
     let raw = headers.get(IDEMPOTENCY_KEY).ok_or_else(|| {
         ApiError::new(StatusCode::BAD_REQUEST, "idempotency_key_missing", "the Idempotency-Key header is required")
     })?;
-    let key = raw.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| (0x20..=0x7e).contains(&b)));
+    let key =
+        raw.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| (0x20..=0x7e).contains(&b)));
     key.map(str::to_owned)
         .ok_or_else(|| ApiError::bad_request("Idempotency-Key must be 1 to 255 printable ASCII characters"))
 }
@@ -41,9 +42,8 @@ impl FromRequest<AppState> for CommandBody {
         let key = idempotency_key(request.headers())?;
         let method: Method = request.method().clone();
         let path = request.uri().path().to_owned();
-        let bytes = axum::body::to_bytes(Body::new(request.into_body()), state.config.body_bytes_max)
-            .await
-            .map_err(|_| {
+        let bytes =
+            axum::body::to_bytes(Body::new(request.into_body()), state.config.body_bytes_max).await.map_err(|_| {
                 ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "payload_too_large",
@@ -53,7 +53,8 @@ impl FromRequest<AppState> for CommandBody {
         let json: Value = if bytes.is_empty() {
             Value::Object(Default::default())
         } else {
-            serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?
+            serde_json::from_slice(&bytes)
+                .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?
         };
         let mut canonical = format!("{method} {path}\n");
         canonical_json(&json, &mut canonical);

@@ -50,7 +50,8 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
         .map_or_else(|| request_id.clone(), str::to_owned);
     let context = RequestContext { request_id, correlation_id };
     request.extensions_mut().insert(context.clone());
-    let span = tracing::info_span!("request", request_id = %context.request_id, correlation_id = %context.correlation_id);
+    let span =
+        tracing::info_span!("request", request_id = %context.request_id, correlation_id = %context.correlation_id);
     let mut response = tracing::Instrument::instrument(next.run(request), span).await;
     let headers = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&context.correlation_id) {

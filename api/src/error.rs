@@ -45,7 +45,10 @@ impl ApiError {
     /// A dependency failed: the cause is logged here and never shown to the client.
     pub fn unavailable(cause: &dyn std::fmt::Display) -> ApiError {
         tracing::error!(error = %cause, "dependency unavailable");
-        ApiError { retry_after_s: Some(1), ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "a dependency is unavailable; retry later") }
+        ApiError {
+            retry_after_s: Some(1),
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "a dependency is unavailable; retry later")
+        }
     }
 
     pub fn internal(cause: &dyn std::fmt::Display) -> ApiError {
@@ -98,11 +101,19 @@ impl From<CommandError> for ApiError {
             ),
             CommandError::IdempotencyKeyInFlight => ApiError {
                 retry_after_s: Some(1),
-                ..ApiError::new(StatusCode::CONFLICT, "idempotency_key_in_flight", "a request with this Idempotency-Key is still executing")
+                ..ApiError::new(
+                    StatusCode::CONFLICT,
+                    "idempotency_key_in_flight",
+                    "a request with this Idempotency-Key is still executing",
+                )
             },
             CommandError::VersionConflict(n) => ApiError {
                 retry_after_s: Some(1),
-                ..ApiError::new(StatusCode::CONFLICT, "version_conflict", format!("concurrent updates conflicted {n} times; retry"))
+                ..ApiError::new(
+                    StatusCode::CONFLICT,
+                    "version_conflict",
+                    format!("concurrent updates conflicted {n} times; retry"),
+                )
             },
             CommandError::Unavailable(cause) => ApiError::unavailable(&cause),
             CommandError::ShuttingDown => ApiError::unavailable(&"the command writer is shutting down"),

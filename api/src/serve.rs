@@ -34,7 +34,11 @@ pub fn spawn_idempotency_sweeper(state: &AppState) -> tokio::task::JoinHandle<()
 
 /// Serves the API on `listener` until `shutdown` resolves, then lets in-flight
 /// requests finish.
-pub async fn serve(state: AppState, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let timeout = state.config.request_timeout;
     let app = crate::app(state).layer(tower_http::timeout::TimeoutLayer::with_status_code(
         axum::http::StatusCode::SERVICE_UNAVAILABLE,

@@ -35,7 +35,8 @@ impl<'a> Fields<'a> {
     }
 
     pub fn currency(&self, name: &str) -> Result<Currency, ApiError> {
-        let s = self.required(name)?.as_str().ok_or_else(|| ApiError::validation(format!("`{name}` must be a string")))?;
+        let s =
+            self.required(name)?.as_str().ok_or_else(|| ApiError::validation(format!("`{name}` must be a string")))?;
         Currency::parse(s).map_err(|e| ApiError::validation(e.to_string()))
     }
 
@@ -65,7 +66,9 @@ impl<'a> Fields<'a> {
             Some(Value::String(s)) if s.len() > TEXT_BYTES_MAX => {
                 Err(ApiError::validation(format!("`{name}` must be at most {TEXT_BYTES_MAX} bytes")))
             }
-            Some(Value::String(s)) if s.contains('\0') => Err(ApiError::validation(format!("`{name}` must not contain NUL"))),
+            Some(Value::String(s)) if s.contains('\0') => {
+                Err(ApiError::validation(format!("`{name}` must not contain NUL")))
+            }
             Some(Value::String(s)) => Ok(Some(s.clone())),
             Some(_) => Err(ApiError::validation(format!("`{name}` must be a string"))),
         }

@@ -201,11 +201,7 @@ fn open_account(c: &OpenAccount, state: &Ledger) -> Result<Vec<Event>, DomainErr
 }
 
 /// A customer account that is open and in the command's currency.
-fn usable_account<'a>(
-    state: &'a Ledger,
-    id: Uuid,
-    currency: Currency,
-) -> Result<&'a crate::state::Account, DomainError> {
+fn usable_account(state: &Ledger, id: Uuid, currency: Currency) -> Result<&crate::state::Account, DomainError> {
     let account = state.account(id).ok_or(DomainError::AccountNotFound { account_id: id })?;
     if account.system {
         return Err(DomainError::SystemAccount { account_id: id });
@@ -253,10 +249,7 @@ fn close_account(account_id: Uuid, state: &Ledger) -> Result<Vec<Event>, DomainE
         return Err(DomainError::AccountClosed { account_id });
     }
     if account.balance != Money::ZERO || account.pending_holds != Money::ZERO {
-        return Err(DomainError::AccountNotEmpty {
-            balance: account.balance,
-            pending_holds: account.pending_holds,
-        });
+        return Err(DomainError::AccountNotEmpty { balance: account.balance, pending_holds: account.pending_holds });
     }
     Ok(vec![Event::AccountClosed(AccountClosed { account_id })])
 }
@@ -299,9 +292,7 @@ fn transfer(c: &PostTransfer, state: &Ledger) -> Result<Vec<Event>, DomainError>
 }
 
 fn reverse(c: &ReverseTransfer, state: &Ledger) -> Result<Vec<Event>, DomainError> {
-    let original = state
-        .transfer(c.transfer_id)
-        .ok_or(DomainError::TransferNotFound { transfer_id: c.transfer_id })?;
+    let original = state.transfer(c.transfer_id).ok_or(DomainError::TransferNotFound { transfer_id: c.transfer_id })?;
     if let Some(reversed_by) = original.reversed_by {
         return Err(DomainError::AlreadyReversed { transfer_id: original.id, reversed_by });
     }

@@ -134,11 +134,9 @@ impl Event {
                 streams
             }
             Event::WithdrawalRequested(e) => vec![(e.withdrawal_id, Exact), (e.account_id, Exact)],
-            Event::WithdrawalSettled(e) => vec![
-                (e.withdrawal_id, Exact),
-                (e.account_id, Exact),
-                (e.system_account_id, Any),
-            ],
+            Event::WithdrawalSettled(e) => {
+                vec![(e.withdrawal_id, Exact), (e.account_id, Exact), (e.system_account_id, Any)]
+            }
             Event::WithdrawalFailed(e) => vec![(e.withdrawal_id, Exact), (e.account_id, Exact)],
         }
     }

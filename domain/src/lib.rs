@@ -14,4 +14,6 @@ mod tests;
 pub use decide::{Command, DomainError, decide, system_account_id};
 pub use events::{Concurrency, Event, Posting};
 pub use money::{AMOUNT_MAX, Amount, AmountError, Currency, CurrencyError, Money};
-pub use state::{Account, AccountStatus, Aggregate, Ledger, StreamState, Transfer, Withdrawal, WithdrawalStatus, evolve};
+pub use state::{
+    Account, AccountStatus, Aggregate, Ledger, StreamState, Transfer, Withdrawal, WithdrawalStatus, evolve,
+};

@@ -177,7 +177,9 @@ mod tests {
 
     #[test]
     fn currency_codes() {
-        for (input, ok) in [("EUR", true), ("eur", false), ("EU", false), ("EURO", false), ("E1R", false), ("ÉUR", false)] {
+        for (input, ok) in
+            [("EUR", true), ("eur", false), ("EU", false), ("EURO", false), ("E1R", false), ("ÉUR", false)]
+        {
             assert_eq!(Currency::parse(input).is_ok(), ok, "currency {input}");
         }
         let c = Currency::parse("USD").expect("valid code");

@@ -30,9 +30,7 @@ pub struct Account {
 impl Account {
     /// Balance less the funds held for pending withdrawals.
     pub fn available(&self) -> Money {
-        self.balance
-            .checked_sub(self.pending_holds)
-            .expect("holds are bounded by amounts that passed the funds check")
+        self.balance.checked_sub(self.pending_holds).expect("holds are bounded by amounts that passed the funds check")
     }
 }
 
@@ -110,19 +108,17 @@ pub fn evolve(state: StreamState, stream_id: Uuid, version: i64, event: &Event) 
             metadata: e.metadata.clone(),
         }),
         (Aggregate::Account(a), event) => Aggregate::Account(evolve_account(a, event)),
-        (Aggregate::Empty, Event::TransferPosted(e)) if e.transfer_id == stream_id => {
-            Aggregate::Transfer(Transfer {
-                id: e.transfer_id,
-                from: e.from,
-                to: e.to,
-                amount: e.amount,
-                currency: e.currency,
-                reference: e.reference.clone(),
-                reverses: e.reverses,
-                reason: e.reason.clone(),
-                reversed_by: None,
-            })
-        }
+        (Aggregate::Empty, Event::TransferPosted(e)) if e.transfer_id == stream_id => Aggregate::Transfer(Transfer {
+            id: e.transfer_id,
+            from: e.from,
+            to: e.to,
+            amount: e.amount,
+            currency: e.currency,
+            reference: e.reference.clone(),
+            reverses: e.reverses,
+            reason: e.reason.clone(),
+            reversed_by: None,
+        }),
         (Aggregate::Transfer(mut t), Event::TransferPosted(e)) => {
             assert_eq!(e.reverses, Some(t.id), "only a reversal touches another transfer's stream");
             assert!(t.reversed_by.is_none(), "transfer {} reversed twice", t.id);
@@ -151,10 +147,7 @@ pub fn evolve(state: StreamState, stream_id: Uuid, version: i64, event: &Event) 
             w.failure_reason = Some(e.reason.clone());
             Aggregate::Withdrawal(w)
         }
-        (aggregate, event) => panic!(
-            "stream {stream_id}: event {} cannot apply to {aggregate:?}",
-            event.event_type()
-        ),
+        (aggregate, event) => panic!("stream {stream_id}: event {} cannot apply to {aggregate:?}", event.event_type()),
     };
     StreamState { version, aggregate }
 }

@@ -1,5 +1,6 @@
 //! Given/when/then tests of the Decider, and a property test against a tiny
 //! reference model.
+#![allow(clippy::type_complexity, clippy::needless_range_loop)]
 
 use crate::decide::*;
 use crate::*;
@@ -161,7 +162,8 @@ fn withdrawal_holds_then_settles_or_fails() {
         .expect("settle");
     let a = ledger.account(id(1)).expect("account").clone();
     assert_eq!((a.balance, a.pending_holds), (Money::new(40), Money::ZERO));
-    let again = run(&mut ledger, Command::FailWithdrawal(FailWithdrawal { withdrawal_id: id(200), reason: "x".into() }));
+    let again =
+        run(&mut ledger, Command::FailWithdrawal(FailWithdrawal { withdrawal_id: id(200), reason: "x".into() }));
     assert!(matches!(again, Err(DomainError::WithdrawalNotPending { .. })));
     run(&mut ledger, request(202, 40)).expect("hold");
     run(&mut ledger, Command::FailWithdrawal(FailWithdrawal { withdrawal_id: id(202), reason: "rejected".into() }))

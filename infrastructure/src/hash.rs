@@ -74,7 +74,12 @@ pub fn chain_hash(previous: &[u8], content: &HashedContent<'_>) -> [u8; 32] {
     let _ = write!(
         text,
         "{}|{}|{}|{}|{}|{}|",
-        content.position, content.event_id, content.stream_id, content.version, content.event_type, content.recorded_at_us
+        content.position,
+        content.event_id,
+        content.stream_id,
+        content.version,
+        content.event_type,
+        content.recorded_at_us
     );
     canonical_json(content.data, &mut text);
     text.push('|');

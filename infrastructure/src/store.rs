@@ -141,9 +141,8 @@ impl EventStore {
     pub async fn append_batch(&self, commits: &[Commit]) -> Result<Vec<CommitResult>, AppendError> {
         let mut tx = self.pool.begin().await?;
         // The lock on the head row is what serializes appends; see migration 0001.
-        let head = sqlx::query("select position, hash, recorded_at from log_head for update")
-            .fetch_one(&mut *tx)
-            .await?;
+        let head =
+            sqlx::query("select position, hash, recorded_at from log_head for update").fetch_one(&mut *tx).await?;
         let mut position: i64 = head.try_get("position")?;
         let mut hash: Vec<u8> = head.try_get("hash")?;
         let head_recorded_at: DateTime<Utc> = head.try_get("recorded_at")?;
@@ -227,10 +226,8 @@ impl EventStore {
         tx: &mut sqlx::PgConnection,
         commits: &[Commit],
     ) -> Result<Vec<(String, String)>, sqlx::Error> {
-        let (principals, keys): (Vec<String>, Vec<String>) = commits
-            .iter()
-            .filter_map(|c| c.idempotency.as_ref().map(|k| (k.principal.clone(), k.key.clone())))
-            .unzip();
+        let (principals, keys): (Vec<String>, Vec<String>) =
+            commits.iter().filter_map(|c| c.idempotency.as_ref().map(|k| (k.principal.clone(), k.key.clone()))).unzip();
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -311,9 +308,7 @@ impl EventStore {
         .bind(&versions)
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|(stream, version, t, data)| Ok((stream, version, Event::from_parts(&t, data)?)))
-            .collect()
+        rows.into_iter().map(|(stream, version, t, data)| Ok((stream, version, Event::from_parts(&t, data)?))).collect()
     }
 
     /// The position of the last committed event.
@@ -322,7 +317,12 @@ impl EventStore {
     }
 
     /// One stream's events in its own version order; `version` is the stream's version.
-    pub async fn read_stream(&self, stream_id: Uuid, from_version: i64, limit: i64) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+    pub async fn read_stream(
+        &self,
+        stream_id: Uuid,
+        from_version: i64,
+        limit: i64,
+    ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
         sqlx::query_as::<_, RecordedRow>(
             "select e.position, e.event_id, s.stream_id, s.version, e.type, e.data, e.metadata, e.recorded_at
              from stream_entries s join events e on e.position = s.position

@@ -219,12 +219,8 @@ impl Writer {
             }
         }
         let commits: Vec<Commit> = outcomes.iter_mut().filter_map(Option::take).collect();
-        let mut results = if commits.is_empty() {
-            Vec::new()
-        } else {
-            self.store.append_batch(&commits).await?
-        }
-        .into_iter();
+        let mut results =
+            if commits.is_empty() { Vec::new() } else { self.store.append_batch(&commits).await? }.into_iter();
         for (stream, _) in working.streams() {
             self.loader.remember(*stream, working.stream(*stream));
         }
@@ -277,7 +273,8 @@ impl Writer {
                 .and_then(|k| records.get(&(k.principal.clone(), k.key.clone())).map(|r| (k, r)));
             match found {
                 Some((claim, record)) if record.fingerprint == claim.fingerprint => {
-                    let reply = CommandReply { response: record.response.clone(), replayed: true, recorded: Vec::new() };
+                    let reply =
+                        CommandReply { response: record.response.clone(), replayed: true, recorded: Vec::new() };
                     let _ = job.reply.send(Ok(reply));
                 }
                 Some(_) => {

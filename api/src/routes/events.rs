@@ -4,10 +4,10 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use crate::validate::{limit_param, position_param};
 use crate::views;
+use axum::Router;
 use axum::extract::{Query, State};
 use axum::response::Response;
 use axum::routing::get;
-use axum::Router;
 use serde_json::json;
 use std::collections::HashMap;
 

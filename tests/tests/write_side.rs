@@ -1,0 +1,369 @@
+//! The write side against real Postgres: money conserved under concurrency,
+//! idempotency, gapless commit-ordered positions, the append-only log, bad input.
+
+use futures::future::join_all;
+use ledger_infrastructure::store::{Commit, EventMetadata, StoredResponse};
+use ledger_tests::{TestApp, test_config};
+use reqwest::StatusCode;
+use serde_json::json;
+use std::collections::HashSet;
+use std::sync::Arc;
+use uuid::Uuid;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_transfers_conserve_money_and_keep_versions_gapless() {
+    let app = Arc::new(TestApp::spawn().await);
+    let mut accounts = Vec::new();
+    for i in 0..5 {
+        let id = app.open_account("EUR", if i == 0 { 500 } else { 0 }).await;
+        assert_eq!(app.deposit(id, 1_000, "EUR").await.status, StatusCode::CREATED);
+        accounts.push(id);
+    }
+    let tasks = (0..200u64).map(|i| {
+        let app = app.clone();
+        let from = accounts[(i % 5) as usize];
+        let to = accounts[((i * 7 + 3) % 5) as usize];
+        let to = if to == from { accounts[((i + 1) % 5) as usize] } else { to };
+        let amount = (i * 37 % 400 + 1) as i64;
+        tokio::spawn(async move { app.transfer(from, to, amount, "EUR").await })
+    });
+    let replies: Vec<_> = join_all(tasks).await.into_iter().map(|r| r.expect("task ran")).collect();
+    let mut completed = 0;
+    for r in &replies {
+        match r.status {
+            StatusCode::CREATED => completed += 1,
+            StatusCode::UNPROCESSABLE_ENTITY => assert_eq!(r.code(), "insufficient_funds", "{r:?}"),
+            other => panic!("unexpected {other}: {r:?}"),
+        }
+    }
+    assert!(completed > 100, "most transfers succeed, got {completed}");
+
+    let ledger = app.fold_log().await;
+    for (i, id) in accounts.iter().enumerate() {
+        let view = app.account(*id).await;
+        let folded = ledger.account(*id).expect("account in log");
+        assert_eq!(view["balance"], json!(folded.balance.minor_units()));
+        let floor = if i == 0 { -500 } else { 0 };
+        assert!(view["available"].as_i64().expect("number") >= floor, "overdraft breached: {view}");
+        let versions: Vec<i64> =
+            sqlx::query_scalar("select version from stream_entries where stream_id = $1 order by version")
+                .bind(id)
+                .fetch_all(&app.pool)
+                .await
+                .expect("versions");
+        assert_eq!(versions, (1..=versions.len() as i64).collect::<Vec<_>>(), "versions have no gaps");
+        assert_eq!(view["version"], json!(versions.len()));
+    }
+    let transfers: i64 = sqlx::query_scalar("select count(*) from events where type = 'TransferPosted'")
+        .fetch_one(&app.pool)
+        .await
+        .expect("count");
+    assert_eq!(transfers, completed, "every 201 is exactly one event");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_idempotency_key_moves_money_once() {
+    let app = Arc::new(TestApp::spawn().await);
+    let a = app.open_account("EUR", 0).await;
+    let b = app.open_account("EUR", 0).await;
+    app.deposit(a, 1_000, "EUR").await;
+    let body = json!({ "from": a, "to": b, "amount": 250, "currency": "EUR" });
+    let tasks = (0..20).map(|_| {
+        let (app, body) = (app.clone(), body.clone());
+        tokio::spawn(async move { app.post("/v1/transfers", "same-key", &body).await })
+    });
+    let replies: Vec<_> = join_all(tasks).await.into_iter().map(|r| r.expect("task ran")).collect();
+    let created: Vec<_> = replies.iter().filter(|r| r.status == StatusCode::CREATED).collect();
+    assert!(!created.is_empty());
+    for r in &replies {
+        assert!(
+            r.status == StatusCode::CREATED
+                || (r.status == StatusCode::CONFLICT && r.code() == "idempotency_key_in_flight"),
+            "{r:?}"
+        );
+    }
+    let originals = created.iter().filter(|r| r.header("idempotent-replayed").is_none()).count();
+    assert_eq!(originals, 1, "exactly one request executed");
+    assert!(created.iter().all(|r| r.body == created[0].body), "replays carry the original body");
+
+    let replay = app.post("/v1/transfers", "same-key", &body).await;
+    assert_eq!(replay.status, StatusCode::CREATED);
+    assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+    assert_eq!(replay.body, created[0].body);
+    assert_eq!(app.account(a).await["balance"], json!(750), "money moved once");
+
+    let changed = json!({ "from": a, "to": b, "amount": 251, "currency": "EUR" });
+    let reused = app.post("/v1/transfers", "same-key", &changed).await;
+    assert_eq!((reused.status, reused.code()), (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"));
+
+    let too_much = json!({ "from": a, "to": b, "amount": 10_000, "currency": "EUR" });
+    let first = app.post("/v1/transfers", "poor-key", &too_much).await;
+    assert_eq!((first.status, first.code()), (StatusCode::UNPROCESSABLE_ENTITY, "insufficient_funds"));
+    app.deposit(a, 100_000, "EUR").await;
+    let again = app.post("/v1/transfers", "poor-key", &too_much).await;
+    assert_eq!(again.status, StatusCode::UNPROCESSABLE_ENTITY, "a rejection replays as itself");
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.body, first.body);
+}
+
+fn account_opening(n: usize) -> Commit {
+    let event = ledger_domain::Event::AccountOpened(ledger_domain::events::AccountOpened {
+        account_id: Uuid::now_v7(),
+        currency: ledger_domain::Currency::parse("EUR").expect("valid"),
+        owner: Some(format!("appender-{n}")),
+        overdraft_limit: ledger_domain::Money::ZERO,
+        system: false,
+        metadata: None,
+    });
+    let (id, _) = event.streams()[0];
+    Commit {
+        events: vec![event],
+        expected: vec![(id, 0)],
+        metadata: EventMetadata { actor: "test".into(), ..EventMetadata::default() },
+        idempotency: None,
+        respond: Arc::new(|_| StoredResponse { status: 201, body: json!({}) }),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn positions_are_gapless_and_commit_ordered_under_concurrent_appends() {
+    let app = TestApp::spawn().await;
+    let store = app.state.store.clone();
+    const APPENDERS: usize = 16;
+    const BATCHES: usize = 25;
+    let total = APPENDERS * BATCHES * 2;
+    let appenders = (0..APPENDERS).map(|a| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for b in 0..BATCHES {
+                let batch = vec![account_opening(a * 1000 + b), account_opening(a * 1000 + b + 500)];
+                store.append_batch(&batch).await.expect("append");
+                if b % 5 == 0 {
+                    // A transaction that fails after taking positions must leave no hole:
+                    // Postgres refuses NUL in jsonb, so this one rolls back.
+                    let mut bad = account_opening(a);
+                    if let ledger_domain::Event::AccountOpened(e) = &mut bad.events[0] {
+                        e.owner = Some("nul\u{0}".into());
+                    }
+                    assert!(store.append_batch(&[bad]).await.is_err());
+                }
+            }
+        })
+    });
+    let tailer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut after = 0i64;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while after < total as i64 && std::time::Instant::now() < deadline {
+                for e in store.read_all(after, 50).await.expect("read") {
+                    assert_eq!(e.position, after + 1, "a reader never sees a hole or a late arrival behind it");
+                    after = e.position;
+                }
+                tokio::task::yield_now().await;
+            }
+            after
+        })
+    };
+    for a in join_all(appenders).await {
+        a.expect("appender finished");
+    }
+    assert_eq!(tailer.await.expect("tailer finished"), total as i64);
+    assert_eq!(store.head().await.expect("head"), total as i64);
+    let positions: Vec<i64> = sqlx::query_scalar("select position from events order by position")
+        .fetch_all(&app.pool)
+        .await
+        .expect("positions");
+    assert_eq!(positions, (1..=total as i64).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn the_log_refuses_update_delete_and_truncate() {
+    let app = TestApp::spawn().await;
+    app.open_account("EUR", 0).await;
+    for sql in [
+        "update events set data = '{}' where position = 1",
+        "delete from events where position = 1",
+        "truncate events cascade",
+        "update stream_entries set version = 9",
+        "delete from stream_entries",
+    ] {
+        let err = sqlx::query(sql).execute(&app.pool).await.expect_err(sql);
+        let code = err.as_database_error().and_then(|d| d.code()).map(|c| c.to_string());
+        assert_eq!(code.as_deref(), Some("23001"), "{sql}: {err}");
+    }
+    let count: i64 = sqlx::query_scalar("select count(*) from events").fetch_one(&app.pool).await.expect("count");
+    assert_eq!(count, 2);
+}
+
+#[tokio::test]
+async fn bad_input_gets_its_documented_status_and_code() {
+    let app = TestApp::spawn().await;
+    let a = app.open_account("EUR", 0).await;
+    let b = app.open_account("EUR", 0).await;
+    let usd = app.open_account("USD", 0).await;
+    let closed = app.open_account("EUR", 0).await;
+    let close = app.post(&format!("/v1/accounts/{closed}/close"), "close-it", &json!({})).await;
+    assert_eq!(close.status, StatusCode::OK, "{close:?}");
+    assert_eq!(close.body["status"], "closed");
+    app.deposit(a, 1_000, "EUR").await;
+    let t = |amount: serde_json::Value| json!({ "from": a, "to": b, "amount": amount, "currency": "EUR" });
+    let unknown = Uuid::now_v7();
+    let cases: Vec<(&str, serde_json::Value, StatusCode, &str)> = vec![
+        ("zero", t(json!(0)), StatusCode::UNPROCESSABLE_ENTITY, "validation_error"),
+        ("negative", t(json!(-5)), StatusCode::UNPROCESSABLE_ENTITY, "validation_error"),
+        ("fraction", t(json!(1.5)), StatusCode::UNPROCESSABLE_ENTITY, "validation_error"),
+        ("string", t(json!("100")), StatusCode::UNPROCESSABLE_ENTITY, "validation_error"),
+        ("10^18", t(json!(1_000_000_000_000_000_000i64)), StatusCode::UNPROCESSABLE_ENTITY, "validation_error"),
+        ("huge", t(json!(1e30)), StatusCode::UNPROCESSABLE_ENTITY, "validation_error"),
+        (
+            "currency",
+            json!({ "from": a, "to": b, "amount": 1, "currency": "eur" }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_error",
+        ),
+        (
+            "missing",
+            json!({ "from": a, "amount": 1, "currency": "EUR" }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_error",
+        ),
+        (
+            "unknown",
+            json!({ "from": a, "to": unknown, "amount": 1, "currency": "EUR" }),
+            StatusCode::NOT_FOUND,
+            "account_not_found",
+        ),
+        (
+            "same",
+            json!({ "from": a, "to": a, "amount": 1, "currency": "EUR" }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "same_account",
+        ),
+        (
+            "closed",
+            json!({ "from": a, "to": closed, "amount": 1, "currency": "EUR" }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "account_closed",
+        ),
+        (
+            "mismatch",
+            json!({ "from": a, "to": usd, "amount": 1, "currency": "EUR" }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "currency_mismatch",
+        ),
+        ("funds", t(json!(5_000)), StatusCode::UNPROCESSABLE_ENTITY, "insufficient_funds"),
+    ];
+    for (name, body, status, code) in cases {
+        let r = app.post("/v1/transfers", &format!("bad-{name}"), &body).await;
+        assert_eq!((r.status, r.code()), (status, code), "case {name}: {r:?}");
+        assert_eq!(r.header("content-type"), Some("application/problem+json"), "case {name}");
+    }
+    let invalid = app.post_raw("/v1/transfers", Some("bad-json"), b"{\"from\": ".to_vec()).await;
+    assert_eq!((invalid.status, invalid.code()), (StatusCode::BAD_REQUEST, "validation_error"));
+    let big = vec![b' '; 70 * 1024];
+    let too_large = app.post_raw("/v1/transfers", Some("bad-size"), big).await;
+    assert_eq!((too_large.status, too_large.code()), (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"));
+    let no_key = app.post_raw("/v1/transfers", None, t(json!(1)).to_string().into_bytes()).await;
+    assert_eq!((no_key.status, no_key.code()), (StatusCode::BAD_REQUEST, "idempotency_key_missing"));
+    let bad_key = app.post("/v1/transfers", &"k".repeat(256), &t(json!(1))).await;
+    assert_eq!(bad_key.status, StatusCode::BAD_REQUEST);
+    let not_empty = app.post(&format!("/v1/accounts/{a}/close"), "close-a", &json!({})).await;
+    assert_eq!((not_empty.status, not_empty.code()), (StatusCode::UNPROCESSABLE_ENTITY, "account_not_empty"));
+    let deposit_closed = app.deposit(closed, 5, "EUR").await;
+    assert_eq!(deposit_closed.code(), "account_closed");
+    let unknown_read = app.get(&format!("/v1/accounts/{unknown}")).await;
+    assert_eq!((unknown_read.status, unknown_read.code()), (StatusCode::NOT_FOUND, "account_not_found"));
+    app.fold_log().await;
+}
+
+#[tokio::test]
+async fn every_v1_route_requires_a_token() {
+    let app = TestApp::spawn().await;
+    for path in ["/v1/events", "/v1/system-accounts", "/v1/accounts/x"] {
+        let r = app.client.get(format!("{}{path}", app.base)).send().await.expect("sent");
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{path}");
+        let r = app.client.get(format!("{}{path}", app.base)).bearer_auth("wrong").send().await.expect("sent");
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{path}");
+    }
+    let live = app.client.get(format!("{}/health/live", app.base)).send().await.expect("sent");
+    assert_eq!(live.status(), StatusCode::OK);
+    let ready = app.client.get(format!("{}/health/ready", app.base)).send().await.expect("sent");
+    assert_eq!(ready.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn reversal_withdrawal_and_history_reads() {
+    let app = TestApp::spawn().await;
+    let a = app.open_account("EUR", 0).await;
+    let b = app.open_account("EUR", 0).await;
+    app.deposit(a, 1_000, "EUR").await;
+    let t = app.transfer(a, b, 400, "EUR").await;
+    let transfer_id = t.id();
+    let reverse = |key: &'static str| {
+        let app = &app;
+        async move {
+            app.post(&format!("/v1/transfers/{transfer_id}/reverse"), key, &json!({ "reason": "duplicate" })).await
+        }
+    };
+    let r = reverse("rev-1").await;
+    assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+    assert_eq!(r.body["reverses"], json!(transfer_id));
+    assert_eq!((r.body["from"].clone(), r.body["to"].clone()), (json!(b), json!(a)));
+    let twice = reverse("rev-2").await;
+    assert_eq!((twice.status, twice.code()), (StatusCode::UNPROCESSABLE_ENTITY, "already_reversed"));
+    let original = app.get(&format!("/v1/transfers/{transfer_id}")).await;
+    assert_eq!(original.body["reversed_by"], json!(r.id()));
+    assert!(original.header("x-ledger-position").is_some());
+
+    let w = app
+        .post(
+            "/v1/withdrawals",
+            "w-1",
+            &json!({ "account_id": a, "amount": 300, "currency": "EUR", "destination": "NL00BANK0123" }),
+        )
+        .await;
+    assert_eq!((w.status, w.body["status"].clone()), (StatusCode::ACCEPTED, json!("pending")), "{w:?}");
+    let view = app.account(a).await;
+    assert_eq!(
+        (view["balance"].clone(), view["available"].clone(), view["pending_holds"].clone()),
+        (json!(1_000), json!(700), json!(300))
+    );
+    let read = app.get(&format!("/v1/withdrawals/{}", w.id())).await;
+    assert_eq!(read.body["status"], "pending");
+
+    let history = app.get(&format!("/v1/accounts/{a}/events?limit=10")).await;
+    let types: Vec<&str> =
+        history.body["events"].as_array().expect("events").iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(types, ["AccountOpened", "DepositRecorded", "TransferPosted", "TransferPosted", "WithdrawalRequested"]);
+    let versions: HashSet<i64> =
+        history.body["events"].as_array().expect("events").iter().filter_map(|e| e["version"].as_i64()).collect();
+    assert_eq!(versions, (1..=5).collect());
+    let reversal = &history.body["events"][3];
+    assert_eq!(reversal["metadata"]["causation_id"], json!(transfer_id.to_string()));
+
+    let page = app.get("/v1/events?after=2&limit=2").await;
+    let positions: Vec<i64> =
+        page.body["events"].as_array().expect("events").iter().filter_map(|e| e["position"].as_i64()).collect();
+    assert_eq!(positions, [3, 4]);
+    let systems = app.get("/v1/system-accounts").await;
+    assert_eq!(systems.body["accounts"][0]["currency"], "EUR");
+    app.fold_log().await;
+}
+
+#[tokio::test]
+async fn a_second_process_sees_conflicts_and_decides_again() {
+    // Two API instances (two writers, two caches) on one database.
+    let config = test_config();
+    let first = TestApp::spawn_with(config.clone()).await;
+    let second = TestApp::spawn_with(config).await;
+    let a = first.open_account("EUR", 0).await;
+    let b = first.open_account("EUR", 0).await;
+    first.deposit(a, 100, "EUR").await;
+    // Warm both caches, then spend from both sides: the second must see the first's write.
+    assert_eq!(second.account(a).await["balance"], json!(100));
+    assert_eq!(first.transfer(a, b, 80, "EUR").await.status, StatusCode::CREATED);
+    let r = second.transfer(a, b, 80, "EUR").await;
+    assert_eq!((r.status, r.code()), (StatusCode::UNPROCESSABLE_ENTITY, "insufficient_funds"));
+    first.fold_log().await;
+}
