@@ -4,6 +4,7 @@
 pub mod command;
 pub mod context;
 pub mod error;
+pub mod read;
 pub mod routes;
 pub mod serve;
 pub mod state;
@@ -23,6 +24,7 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::transfers::router())
         .merge(routes::withdrawals::router())
         .merge(routes::events::router())
+        .merge(routes::admin::router())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), context::authenticate));
     Router::new()
         .merge(v1)

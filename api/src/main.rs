@@ -2,8 +2,12 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use ledger_api::serve;
+use ledger_api::serve::{self, Mode};
 use ledger_infrastructure::Config;
+use std::time::Duration;
+
+/// How long shutdown may take before the process exits anyway.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(15);
 
 #[derive(Parser)]
 #[command(name = "ledger", version, about = "Event-sourced double-entry ledger")]
@@ -18,6 +22,8 @@ enum Cmd {
     Serve,
     /// Runs only the HTTP API.
     Api,
+    /// Runs only the outbox relay and the projection workers.
+    Worker,
     /// Creates the database if missing and applies migrations.
     Migrate,
 }
@@ -37,7 +43,6 @@ async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    #[cfg(unix)]
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {
@@ -46,8 +51,6 @@ async fn shutdown_signal() {
             Err(_) => std::future::pending::<()>().await,
         }
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
     tracing::info!("shutdown requested");
 }
@@ -57,26 +60,27 @@ async fn main() -> anyhow::Result<()> {
     init_tracing();
     let cli = Cli::parse();
     let mut config = Config::from_env()?;
-    match cli.command {
+    let mode = match cli.command {
         Cmd::Migrate => {
             ledger_infrastructure::connect_and_migrate(&config).await.context("migrating the database")?;
             println!("database migrated");
+            return Ok(());
         }
-        Cmd::Serve | Cmd::Api => {
-            if config.admin_token.is_none() {
-                // Dev mode: pick a token and print it so the operator can use the API.
-                let token = format!("dev-{}", uuid::Uuid::new_v4().simple());
-                println!("LEDGER_ADMIN_TOKEN not set; generated dev admin token: {token}");
-                config.admin_token = Some(token);
-            }
-            let addr = config.http_addr.clone();
-            let state = serve::build_state(config).await.context("connecting to Postgres")?;
-            serve::spawn_idempotency_sweeper(&state);
-            let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
-            println!("ledger listening on http://{}", listener.local_addr()?);
-            serve::serve(state.clone(), listener, shutdown_signal()).await?;
-            state.pool.close().await;
-        }
+        Cmd::Serve => Mode::All,
+        Cmd::Api => Mode::Api,
+        Cmd::Worker => Mode::Worker,
+    };
+    if config.admin_token.is_none() && mode != Mode::Worker {
+        // Dev mode: pick a token and print it so the operator can use the API.
+        let token = format!("dev-{}", uuid::Uuid::new_v4().simple());
+        println!("LEDGER_ADMIN_TOKEN not set; generated dev admin token: {token}");
+        config.admin_token = Some(token);
     }
+    let running = serve::start(config, mode).await.context("starting the ledger")?;
+    if let Some(addr) = running.addr {
+        println!("ledger listening on http://{addr}");
+    }
+    shutdown_signal().await;
+    running.stop(SHUTDOWN_DEADLINE).await;
     Ok(())
 }

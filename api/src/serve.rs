@@ -1,28 +1,41 @@
-//! Starting the service: state, background tasks and the HTTP server with graceful
-//! shutdown.
+//! Starting the service: state, background tasks (relay, projection workers, cache
+//! invalidation, projection-position listener, idempotency sweeper) and the HTTP server
+//! with graceful shutdown.
 
 use crate::state::AppState;
+use futures::StreamExt;
 use ledger_infrastructure::Config;
+use ledger_infrastructure::breaker::{BreakerConfig, CircuitBreaker};
+use ledger_infrastructure::relay::{Relay, RelayLimits};
+use ledger_projections::{OnApplied, Projection, ProjectionWorker, WorkerLimits};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 /// Connects (creating and migrating the database if needed) and builds the state.
+/// NATS is connected in the background: the service starts without it.
 pub async fn build_state(config: Config) -> Result<AppState, sqlx::Error> {
     let pool = ledger_infrastructure::connect_and_migrate(&config).await?;
-    Ok(AppState::new(config, pool))
+    let nats = ledger_infrastructure::nats::connect(&config.nats_url)
+        .await
+        .map_err(|e| sqlx::Error::Configuration(format!("invalid NATS_URL: {e}").into()))?;
+    Ok(AppState::new(config, pool, nats))
 }
 
 /// How many expired idempotency records one sweep deletes at most.
 const SWEEP_BATCH_MAX: i64 = 10_000;
 
 /// Deletes expired idempotency records every minute.
-pub fn spawn_idempotency_sweeper(state: &AppState) -> tokio::task::JoinHandle<()> {
+pub fn spawn_idempotency_sweeper(state: &AppState, shutdown: CancellationToken) -> JoinHandle<()> {
     let store = state.store.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {
-            tick.tick().await;
+            tokio::select! { _ = shutdown.cancelled() => return, _ = tick.tick() => {} }
             match store.sweep_expired_keys(SWEEP_BATCH_MAX).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(deleted = n, "swept expired idempotency keys"),
@@ -30,6 +43,121 @@ pub fn spawn_idempotency_sweeper(state: &AppState) -> tokio::task::JoinHandle<()
             }
         }
     })
+}
+
+/// The outbox relay's breaker, shown by `GET /v1/admin/circuit-breakers`.
+pub fn relay_breaker() -> CircuitBreaker {
+    CircuitBreaker::new("nats-relay", BreakerConfig::default())
+}
+
+/// Starts the relay and the projection workers (what `ledger worker` runs).
+pub fn spawn_workers(state: &AppState, shutdown: CancellationToken) -> Vec<JoinHandle<()>> {
+    let relay = Relay {
+        database_url: state.config.database_url.clone(),
+        stream_ready: Default::default(),
+        js: async_nats::jetstream::new(state.nats.clone()),
+        names: state.names.clone(),
+        breaker: relay_breaker(),
+        limits: RelayLimits::default(),
+        leader: Default::default(),
+    };
+    let mut handles = vec![tokio::spawn(relay.run(shutdown.clone()))];
+    for projection in Projection::ALL {
+        let worker = ProjectionWorker {
+            pool: state.pool.clone(),
+            js: async_nats::jetstream::new(state.nats.clone()),
+            names: state.names.clone(),
+            projection,
+            limits: WorkerLimits::default(),
+            on_applied: on_applied(state),
+        };
+        handles.push(tokio::spawn(worker.run(shutdown.clone())));
+    }
+    handles
+}
+
+/// After a projection batch: drop this process's cached views, tell other API
+/// instances over NATS, and wake `min_position` readers (in that order).
+fn on_applied(state: &AppState) -> OnApplied {
+    let (cache, positions, nats, subject) =
+        (state.cache.clone(), state.positions.clone(), state.nats.clone(), state.names.cache_invalidation_subject());
+    Arc::new(move |projection, position, accounts: &[Uuid]| {
+        let (cache, positions, nats, subject) = (cache.clone(), positions.clone(), nats.clone(), subject.clone());
+        let accounts = accounts.to_vec();
+        tokio::spawn(async move {
+            cache.invalidate(&accounts).await;
+            positions.advance(projection, position);
+            if !accounts.is_empty() {
+                let payload = serde_json::to_vec(&accounts).expect("uuids serialize");
+                let _ = nats.publish(subject, payload.into()).await;
+            }
+        });
+    })
+}
+
+/// Keeps this instance's read side current when other processes run the workers:
+/// projection positions from Postgres `NOTIFY` (plus a slow refresh as a safety net)
+/// and cache invalidations from NATS.
+pub fn spawn_read_side(state: &AppState, shutdown: CancellationToken) -> Vec<JoinHandle<()>> {
+    let listener_state = state.clone();
+    let listener_shutdown = shutdown.clone();
+    let positions = tokio::spawn(async move {
+        while !listener_shutdown.is_cancelled() {
+            if let Err(e) = follow_positions(&listener_state, &listener_shutdown).await {
+                tracing::warn!(error = %e, "projection position listener failed; reconnecting");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    });
+    let sub_state = state.clone();
+    let invalidations = tokio::spawn(async move {
+        let Ok(mut sub) = sub_state.nats.subscribe(sub_state.names.cache_invalidation_subject()).await else {
+            tracing::warn!("cannot subscribe to cache invalidations");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                message = sub.next() => match message {
+                    Some(m) => {
+                        if let Ok(ids) = serde_json::from_slice::<Vec<Uuid>>(&m.payload) {
+                            sub_state.cache.invalidate(&ids).await;
+                        }
+                    }
+                    None => return,
+                },
+            }
+        }
+    });
+    vec![positions, invalidations]
+}
+
+async fn follow_positions(state: &AppState, shutdown: &CancellationToken) -> Result<(), sqlx::Error> {
+    let mut listener = sqlx::postgres::PgListener::connect_with(&state.pool).await?;
+    listener.listen("ledger_projection").await?;
+    let mut refresh = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = refresh.tick() => {
+                let rows: Vec<(String, i64)> =
+                    sqlx::query_as("select name, position from projection_checkpoints").fetch_all(&state.pool).await?;
+                for (name, position) in rows {
+                    if let Some(p) = Projection::from_name(&name) {
+                        state.positions.advance(p, position);
+                    }
+                }
+            }
+            n = listener.recv() => {
+                let n = n?;
+                if let Some((name, pos)) = n.payload().split_once(':')
+                    && let (Some(p), Ok(pos)) = (Projection::from_name(name), pos.parse())
+                {
+                    state.positions.advance(p, pos);
+                }
+            }
+        }
+    }
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then lets in-flight
@@ -45,4 +173,87 @@ pub async fn serve(
         timeout,
     ));
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+/// Which parts of the service a process runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// API and workers (`ledger serve`).
+    All,
+    /// Only the HTTP API (`ledger api`).
+    Api,
+    /// Only the relay and projection workers (`ledger worker`).
+    Worker,
+}
+
+/// A started service.
+pub struct Running {
+    pub state: AppState,
+    /// Where the API listens (not for `Mode::Worker`).
+    pub addr: Option<std::net::SocketAddr>,
+    pub shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    server: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+/// Why the service did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("postgres: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+}
+
+/// Starts the parts of the service that `mode` names.
+pub async fn start(config: Config, mode: Mode) -> Result<Running, StartError> {
+    let addr = config.http_addr.clone();
+    let state = build_state(config).await?;
+    let shutdown = CancellationToken::new();
+    let mut tasks = Vec::new();
+    if mode != Mode::Api {
+        tasks.extend(spawn_workers(&state, shutdown.clone()));
+    }
+    let (mut bound, mut server) = (None, None);
+    if mode != Mode::Worker {
+        tasks.push(spawn_idempotency_sweeper(&state, shutdown.clone()));
+        tasks.extend(spawn_read_side(&state, shutdown.clone()));
+        let listener =
+            TcpListener::bind(&addr).await.map_err(|source| StartError::Bind { addr: addr.clone(), source })?;
+        bound = listener.local_addr().ok();
+        let stop = shutdown.clone();
+        server = Some(tokio::spawn(serve(state.clone(), listener, async move { stop.cancelled().await })));
+    }
+    Ok(Running { state, addr: bound, shutdown, tasks, server })
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests and the workers' current batches
+    /// finish, flushes NATS and closes the pool, all within `deadline`.
+    pub async fn stop(self, deadline: Duration) {
+        self.shutdown.cancel();
+        let drain = async {
+            if let Some(server) = self.server {
+                let _ = server.await;
+            }
+            for task in self.tasks {
+                let _ = task.await;
+            }
+            let _ = self.state.nats.flush().await;
+        };
+        if tokio::time::timeout(deadline, drain).await.is_err() {
+            tracing::warn!(?deadline, "shutdown deadline passed; exiting with work in flight");
+        }
+        self.state.pool.close().await;
+    }
+
+    /// Resolves when the HTTP server has stopped (after shutdown).
+    pub async fn wait(&mut self) {
+        if let Some(server) = self.server.as_mut() {
+            let _ = server.await;
+            self.server = None;
+        } else {
+            self.shutdown.cancelled().await;
+        }
+    }
 }

@@ -1,9 +1,16 @@
 //! Shared state of the HTTP layer.
 
+use crate::read::{AccountCache, ProjectionPositions};
+use ledger_infrastructure::nats::Names;
 use ledger_infrastructure::{CommandBus, Config, EventStore};
 use sqlx::PgPool;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Limits of the account cache.
+pub const ACCOUNT_CACHE_ENTRIES_MAX: u64 = 100_000;
+pub const ACCOUNT_CACHE_TTL: Duration = Duration::from_secs(30);
 
 /// Everything a handler needs; cheap to clone.
 #[derive(Clone)]
@@ -14,10 +21,15 @@ pub struct AppState {
     pub bus: CommandBus,
     /// Idempotency keys whose request is executing in this process.
     pub in_flight: Arc<Mutex<HashSet<(String, String)>>>,
+    pub cache: AccountCache,
+    pub positions: ProjectionPositions,
+    pub names: Names,
+    /// NATS (connected in the background; commands never wait for it).
+    pub nats: async_nats::Client,
 }
 
 impl AppState {
-    pub fn new(config: Config, pool: PgPool) -> AppState {
+    pub fn new(config: Config, pool: PgPool, nats: async_nats::Client) -> AppState {
         let store = EventStore::new(pool.clone());
         let bus = CommandBus::start(
             store.clone(),
@@ -28,6 +40,16 @@ impl AppState {
                 cache_max: config.state_cache_max,
             },
         );
-        AppState { config: Arc::new(config), pool, store, bus, in_flight: Arc::default() }
+        AppState {
+            names: Names::new(&config.nats_prefix),
+            config: Arc::new(config),
+            pool,
+            store,
+            bus,
+            in_flight: Arc::default(),
+            cache: AccountCache::new(ACCOUNT_CACHE_ENTRIES_MAX, ACCOUNT_CACHE_TTL),
+            positions: ProjectionPositions::default(),
+            nats,
+        }
     }
 }

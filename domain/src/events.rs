@@ -161,6 +161,29 @@ impl Event {
         }
     }
 
+    /// The accounts whose state this event changes (balances, holds or status).
+    pub fn accounts(&self) -> Vec<Uuid> {
+        match self {
+            Event::AccountOpened(e) => vec![e.account_id],
+            Event::AccountClosed(e) => vec![e.account_id],
+            Event::DepositRecorded(e) => vec![e.account_id, e.system_account_id],
+            Event::TransferPosted(e) => vec![e.from, e.to],
+            Event::WithdrawalRequested(e) => vec![e.account_id],
+            Event::WithdrawalSettled(e) => vec![e.account_id, e.system_account_id],
+            Event::WithdrawalFailed(e) => vec![e.account_id],
+        }
+    }
+
+    /// The id of the money movement this event records, if it moves money.
+    pub fn movement_id(&self) -> Option<Uuid> {
+        match self {
+            Event::DepositRecorded(e) => Some(e.deposit_id),
+            Event::TransferPosted(e) => Some(e.transfer_id),
+            Event::WithdrawalSettled(e) => Some(e.withdrawal_id),
+            _ => None,
+        }
+    }
+
     /// Serializes into the store's (type, data) pair.
     pub fn to_parts(&self) -> (&'static str, serde_json::Value) {
         let mut tagged = serde_json::to_value(self).expect("events serialize: all keys are strings");

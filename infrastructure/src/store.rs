@@ -55,7 +55,7 @@ pub struct Commit {
 }
 
 /// An event as it is in the log.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RecordedEvent {
     pub position: i64,
     pub event_id: Uuid,
@@ -333,6 +333,24 @@ impl EventStore {
         .bind(from_version)
         .bind(limit)
         .fetch_all(&self.pool)
+        .await
+        .map(|rows| rows.into_iter().map(RecordedEvent::from).collect())
+    }
+
+    /// The log in (`after`, `up_to`], in position order, on any executor (a projection
+    /// reads it inside its own transaction).
+    pub async fn read_range<'e, E: sqlx::PgExecutor<'e>>(
+        executor: E,
+        after: i64,
+        up_to: i64,
+    ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+        sqlx::query_as::<_, RecordedRow>(
+            "select position, event_id, stream_id, version, type, data, metadata, recorded_at
+             from events where position > $1 and position <= $2 order by position",
+        )
+        .bind(after)
+        .bind(up_to)
+        .fetch_all(executor)
         .await
         .map(|rows| rows.into_iter().map(RecordedEvent::from).collect())
     }

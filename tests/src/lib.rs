@@ -2,6 +2,7 @@
 //! and its own NATS prefix, and the server listens on a free loopback port.
 
 use ledger_api::AppState;
+use ledger_api::serve::Mode;
 use ledger_infrastructure::Config;
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
@@ -28,6 +29,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub state: AppState,
     pub pool: PgPool,
+    pub running: Option<ledger_api::serve::Running>,
 }
 
 /// A response, decoded.
@@ -58,14 +60,27 @@ impl TestApp {
     }
 
     pub async fn spawn_with(config: Config) -> TestApp {
-        let state = ledger_api::serve::build_state(config).await.expect("database reachable and migrated");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
-        let addr = listener.local_addr().expect("bound address");
-        let serving = state.clone();
-        tokio::spawn(async move {
-            let _ = ledger_api::serve::serve(serving, listener, std::future::pending()).await;
-        });
-        TestApp { base: format!("http://{addr}"), client: reqwest::Client::new(), pool: state.pool.clone(), state }
+        TestApp::spawn_mode(config, Mode::All).await
+    }
+
+    /// Starts the given parts of the service (API, workers or both).
+    pub async fn spawn_mode(config: Config, mode: Mode) -> TestApp {
+        let running = ledger_api::serve::start(config, mode).await.expect("database reachable and migrated");
+        let base = running.addr.map(|a| format!("http://{a}")).unwrap_or_default();
+        TestApp {
+            base,
+            client: reqwest::Client::new(),
+            pool: running.state.pool.clone(),
+            state: running.state.clone(),
+            running: Some(running),
+        }
+    }
+
+    /// Stops the service gracefully (as on SIGTERM).
+    pub async fn stop(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop(std::time::Duration::from_secs(10)).await;
+        }
     }
 
     async fn decode(response: reqwest::Response) -> Reply {
@@ -143,5 +158,124 @@ impl TestApp {
             assert_eq!(sum, 0, "money not conserved in {currency}");
         }
         ledger
+    }
+}
+
+/// Waits (bounded) until `check` holds, polling every 20 ms: for conditions that no
+/// notification announces to a test.
+pub async fn eventually<F, Fut>(what: &str, timeout_s: u64, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout_s);
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "timed out after {timeout_s} s waiting for: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+impl TestApp {
+    /// Checks the read models against a fold of the log: every account's balance,
+    /// holds, version and statement, and every event applied exactly once.
+    pub async fn assert_read_models_match_log(&self) {
+        let ledger = self.fold_log().await;
+        let mut accounts = 0;
+        for (id, state) in ledger.streams() {
+            let ledger_domain::Aggregate::Account(a) = &state.aggregate else { continue };
+            accounts += 1;
+            let row: (i64, i64, i64, String) =
+                sqlx::query_as("select balance, pending_holds, version, status from accounts_view where id = $1")
+                    .bind(id)
+                    .fetch_one(&self.pool)
+                    .await
+                    .unwrap_or_else(|e| panic!("account {id} missing from the read model: {e}"));
+            assert_eq!(
+                (row.0, row.1, row.2),
+                (a.balance.minor_units(), a.pending_holds.minor_units(), state.version),
+                "account {id}"
+            );
+            let sum: Option<i64> =
+                sqlx::query_scalar("select sum(amount)::bigint from account_entries where account_id = $1")
+                    .bind(id)
+                    .fetch_one(&self.pool)
+                    .await
+                    .expect("entries");
+            assert_eq!(sum.unwrap_or(0), a.balance.minor_units(), "statement of {id} sums to its balance");
+        }
+        let rows: i64 =
+            sqlx::query_scalar("select count(*) from accounts_view").fetch_one(&self.pool).await.expect("count");
+        assert_eq!(rows, accounts, "no extra accounts in the read model");
+    }
+
+    /// Drives both projections straight from the log up to the head.
+    pub async fn catch_up(&self) {
+        for p in ledger_projections::Projection::ALL {
+            ledger_projections::catch_up(&self.pool, p, None, 1000).await.expect("projection catches up");
+        }
+    }
+
+    pub async fn checkpoint(&self, name: &str) -> i64 {
+        sqlx::query_scalar("select position from projection_checkpoints where name = $1")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await
+            .expect("checkpoint")
+    }
+}
+
+/// A private nats-server with JetStream on a free loopback port, for fault tests
+/// (never the machine's shared one).
+pub struct NatsServer {
+    pub port: u16,
+    dir: std::path::PathBuf,
+    child: Option<tokio::process::Child>,
+}
+
+impl NatsServer {
+    pub async fn start() -> NatsServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
+        let dir = std::env::temp_dir().join(format!("ledger-nats-{}", Uuid::new_v4().simple()));
+        let mut server = NatsServer { port, dir, child: None };
+        server.resume().await;
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server again (same port, same storage).
+    pub async fn resume(&mut self) {
+        let child = tokio::process::Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .arg(&self.dir)
+            .kill_on_drop(true)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server installed");
+        self.child = Some(child);
+        let port = self.port;
+        eventually("nats-server accepts connections", 10, || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+        })
+        .await;
+    }
+
+    /// Kills the server (SIGKILL).
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -3,7 +3,8 @@
 use crate::command::{CommandBody, execute, rejection};
 use crate::context::{Principal, RequestContext};
 use crate::error::ApiError;
-use crate::routes::strong_state;
+use crate::read::Consistency;
+use crate::routes::{read_model_ready, strong_state};
 use crate::state::AppState;
 use crate::validate::{Fields, limit_param, path_uuid, position_param};
 use crate::views;
@@ -14,6 +15,7 @@ use axum::routing::{get, post};
 use ledger_domain::Command;
 use ledger_domain::decide::OpenAccount;
 use ledger_infrastructure::{Executed, StoredResponse};
+use ledger_projections::Projection;
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,10 +23,11 @@ use uuid::Uuid;
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/v1/accounts", post(open))
+        .route("/v1/accounts", post(open).get(by_owner))
         .route("/v1/accounts/{id}", get(read))
         .route("/v1/accounts/{id}/close", post(close))
         .route("/v1/accounts/{id}/events", get(events))
+        .route("/v1/accounts/{id}/transactions", get(transactions))
 }
 
 fn account_not_found(raw: &str) -> ApiError {
@@ -73,11 +76,59 @@ async fn close(
     execute(&state, &principal, &context, body, command, None, render_account(account_id, 200)).await
 }
 
-async fn read(State(state): State<AppState>, Path(raw): Path<String>) -> Result<Response, ApiError> {
+async fn read(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
     let id = path_uuid(&raw, || account_not_found(&raw))?;
-    let (ledger, head) = strong_state(&state, &[id]).await?;
-    let account = ledger.account(id).ok_or_else(|| account_not_found(&raw))?;
-    Ok(views::read(views::account(account, ledger.version(id), head), head))
+    let consistency = Consistency::from_query(&q)?;
+    if consistency == Consistency::Strong {
+        let (ledger, head) = strong_state(&state, &[id]).await?;
+        let account = ledger.account(id).ok_or_else(|| account_not_found(&raw))?;
+        return Ok(views::read(views::account(account, ledger.version(id), head), head));
+    }
+    let min = read_model_ready(&state, Projection::Accounts, consistency).await?;
+    if let Some((view, position)) = state.cache.get(id, min).await {
+        return Ok(views::read(view, position));
+    }
+    let (view, position) = ledger_projections::queries::account(&state.pool, id).await?;
+    let view = view.ok_or_else(|| account_not_found(&raw))?;
+    state.cache.insert(id, view.clone(), position).await;
+    Ok(views::read(view, position))
+}
+
+async fn by_owner(
+    State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let owner = q.get("owner").filter(|o| !o.is_empty()).ok_or_else(|| ApiError::bad_request("`owner` is required"))?;
+    read_model_ready(&state, Projection::Accounts, Consistency::from_query(&q)?).await?;
+    let (accounts, position) = ledger_projections::queries::accounts_by_owner(&state.pool, owner, 1000).await?;
+    Ok(views::read(json!({ "accounts": accounts }), position))
+}
+
+async fn transactions(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let id = path_uuid(&raw, || account_not_found(&raw))?;
+    let limit = limit_param(q.get("limit").map(String::as_str), 50, 1000)?;
+    let cursor = match q.get("cursor") {
+        None => None,
+        Some(c) => Some(c.parse::<i64>().map_err(|_| ApiError::bad_request("`cursor` is not a cursor from this API"))?),
+    };
+    read_model_ready(&state, Projection::Accounts, Consistency::from_query(&q)?).await?;
+    let (entries, position) = ledger_projections::queries::entries(&state.pool, id, cursor, limit).await?;
+    if entries.is_empty()
+        && cursor.is_none()
+        && ledger_projections::queries::account(&state.pool, id).await?.0.is_none()
+    {
+        return Err(account_not_found(&raw));
+    }
+    let next = if entries.len() as i64 == limit { entries.last().map(|e| e["position"].to_string()) } else { None };
+    Ok(views::read(json!({ "entries": entries, "next_cursor": next }), position))
 }
 
 async fn events(

@@ -1,6 +1,7 @@
 //! One `router()` per resource.
 
 pub mod accounts;
+pub mod admin;
 pub mod deposits;
 pub mod events;
 pub mod health;
@@ -19,4 +20,30 @@ pub async fn strong_state(state: &AppState, ids: &[Uuid]) -> Result<(Ledger, i64
     let mut ledger = Ledger::new();
     state.bus.loader().load(&mut ledger, ids).await?;
     Ok((ledger, head))
+}
+
+/// Reads a read model at the requested consistency: eventual as is, `min_position`
+/// after waiting for the projection, strong after catching the projection up to the
+/// head from the Postgres log itself (so it holds even while NATS is down).
+pub async fn read_model_ready(
+    state: &AppState,
+    projection: ledger_projections::Projection,
+    consistency: crate::read::Consistency,
+) -> Result<i64, ApiError> {
+    use crate::read::Consistency;
+    match consistency {
+        Consistency::Eventual => Ok(0),
+        Consistency::MinPosition(n) => {
+            state.positions.wait(projection, n, state.config.consistency_wait).await?;
+            Ok(n)
+        }
+        Consistency::Strong => {
+            let head = state.store.head().await?;
+            let reached = ledger_projections::catch_up(&state.pool, projection, Some(head), 1000)
+                .await
+                .map_err(|e| ApiError::unavailable(&e))?;
+            state.positions.advance(projection, reached);
+            Ok(head)
+        }
+    }
 }

@@ -3,17 +3,20 @@
 use crate::command::{CommandBody, execute, rejection};
 use crate::context::{Principal, RequestContext};
 use crate::error::ApiError;
-use crate::routes::strong_state;
+use crate::read::Consistency;
+use crate::routes::{read_model_ready, strong_state};
 use crate::state::AppState;
 use crate::validate::{Fields, path_uuid};
 use crate::views;
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use axum::routing::{get, post};
 use ledger_domain::Command;
 use ledger_domain::decide::{PostTransfer, ReverseTransfer};
 use ledger_infrastructure::{Executed, Render, StoredResponse};
+use ledger_projections::Projection;
+use std::collections::HashMap;
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -69,10 +72,20 @@ async fn reverse(
     execute(&state, &principal, &context, body, command, causation, render_transfer(reversal_id)).await
 }
 
-async fn read(State(state): State<AppState>, Path(raw): Path<String>) -> Result<Response, ApiError> {
+async fn read(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
     let not_found = || ApiError::not_found(format!("transfer {raw} not found"));
     let id = path_uuid(&raw, not_found)?;
-    let (ledger, head) = strong_state(&state, &[id]).await?;
-    let t = ledger.transfer(id).ok_or_else(not_found)?;
-    Ok(views::read(views::transfer(t, None), head))
+    let consistency = Consistency::from_query(&q)?;
+    if consistency == Consistency::Strong {
+        let (ledger, head) = strong_state(&state, &[id]).await?;
+        let found = ledger.transfer(id).ok_or_else(not_found)?;
+        return Ok(views::read(views::transfer(found, None), head));
+    }
+    read_model_ready(&state, Projection::Transfers, consistency).await?;
+    let (view, position) = ledger_projections::queries::transfer(&state.pool, id).await?;
+    Ok(views::read(view.ok_or_else(not_found)?, position))
 }

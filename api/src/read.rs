@@ -1,0 +1,125 @@
+//! Read consistency (API.md "Consistency"): eventual reads come from the read models
+//! through a bounded moka cache; `min_position` waits (on a notification, never a
+//! sleep loop) until the projection has applied that position; `strong` answers from
+//! the write side. Every read says which log position it reflects.
+
+use crate::error::ApiError;
+use axum::http::StatusCode;
+use ledger_projections::Projection;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// How a read wants to see the ledger.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consistency {
+    Eventual,
+    MinPosition(i64),
+    Strong,
+}
+
+impl Consistency {
+    pub fn from_query(q: &HashMap<String, String>) -> Result<Consistency, ApiError> {
+        match q.get("consistency").map(String::as_str) {
+            Some("strong") => return Ok(Consistency::Strong),
+            None | Some("eventual") => {}
+            Some(other) => return Err(ApiError::bad_request(format!("unknown consistency {other:?}"))),
+        }
+        match crate::validate::position_param("min_position", q.get("min_position").map(String::as_str))? {
+            Some(p) => Ok(Consistency::MinPosition(p)),
+            None => Ok(Consistency::Eventual),
+        }
+    }
+}
+
+/// The latest known position of each projection, for `min_position` waits.
+#[derive(Clone)]
+pub struct ProjectionPositions {
+    senders: Arc<HashMap<Projection, watch::Sender<i64>>>,
+}
+
+impl Default for ProjectionPositions {
+    fn default() -> Self {
+        let senders = Projection::ALL.into_iter().map(|p| (p, watch::Sender::new(0))).collect();
+        ProjectionPositions { senders: Arc::new(senders) }
+    }
+}
+
+impl ProjectionPositions {
+    /// Records that `projection` has applied everything up to `position`.
+    pub fn advance(&self, projection: Projection, position: i64) {
+        if let Some(s) = self.senders.get(&projection) {
+            s.send_if_modified(|current| {
+                let newer = position > *current;
+                if newer {
+                    *current = position;
+                }
+                newer
+            });
+        }
+    }
+
+    pub fn current(&self, projection: Projection) -> i64 {
+        self.senders.get(&projection).map_or(0, |s| *s.borrow())
+    }
+
+    /// Waits until `projection` reached `position`, or fails with 503
+    /// `consistency_timeout` after `timeout`.
+    pub async fn wait(&self, projection: Projection, position: i64, timeout: Duration) -> Result<(), ApiError> {
+        let Some(sender) = self.senders.get(&projection) else { return Ok(()) };
+        let mut rx = sender.subscribe();
+        match tokio::time::timeout(timeout, rx.wait_for(|p| *p >= position)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(ApiError {
+                retry_after_s: Some(1),
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "consistency_timeout",
+                    format!("the read model has not reached position {position} yet"),
+                )
+            }),
+        }
+    }
+}
+
+/// Cached account views with the position each reflects; bounded in size and age.
+#[derive(Clone)]
+pub struct AccountCache {
+    cache: moka::future::Cache<Uuid, (Value, i64)>,
+    hits: Arc<AtomicU64>,
+    misses: Arc<AtomicU64>,
+}
+
+impl AccountCache {
+    pub fn new(capacity_max: u64, ttl: Duration) -> AccountCache {
+        let cache = moka::future::Cache::builder().max_capacity(capacity_max).time_to_live(ttl).build();
+        AccountCache { cache, hits: Arc::default(), misses: Arc::default() }
+    }
+
+    /// A cached view reflecting at least `min_position`.
+    pub async fn get(&self, id: Uuid, min_position: i64) -> Option<(Value, i64)> {
+        let found = self.cache.get(&id).await.filter(|(_, p)| *p >= min_position);
+        let counter = if found.is_some() { &self.hits } else { &self.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    pub async fn insert(&self, id: Uuid, view: Value, position: i64) {
+        self.cache.insert(id, (view, position)).await;
+    }
+
+    pub async fn invalidate(&self, ids: &[Uuid]) {
+        for id in ids {
+            self.cache.invalidate(id).await;
+        }
+    }
+
+    /// (hits, misses, entries).
+    pub fn stats(&self) -> (u64, u64, u64) {
+        (self.hits.load(Ordering::Relaxed), self.misses.load(Ordering::Relaxed), self.cache.entry_count())
+    }
+}

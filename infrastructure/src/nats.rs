@@ -1,0 +1,74 @@
+//! NATS JetStream: the connection, and the names of every stream, subject and
+//! consumer this instance creates, all under `LEDGER_NATS_PREFIX`.
+
+use async_nats::jetstream::{self, stream};
+use std::time::Duration;
+
+/// How long JetStream remembers a `Nats-Msg-Id` to drop a re-published event.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// Names derived from the prefix.
+#[derive(Clone, Debug)]
+pub struct Names {
+    prefix: String,
+}
+
+impl Names {
+    pub fn new(prefix: &str) -> Names {
+        // Stream and consumer names allow letters, digits, '-' and '_' only.
+        let prefix = prefix.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+        Names { prefix }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The JetStream stream that carries the log.
+    pub fn events_stream(&self) -> String {
+        format!("{}_events", self.prefix)
+    }
+
+    /// The subject of an event of the given type.
+    pub fn event_subject(&self, event_type: &str) -> String {
+        format!("{}.events.{event_type}", self.prefix)
+    }
+
+    pub fn events_subjects(&self) -> String {
+        format!("{}.events.>", self.prefix)
+    }
+
+    /// The durable consumer of a projection.
+    pub fn projection_consumer(&self, projection: &str) -> String {
+        format!("{}_projection_{projection}", self.prefix)
+    }
+
+    /// Core NATS subject on which applied projections announce touched accounts, so
+    /// every API instance can drop its cached views of them.
+    pub fn cache_invalidation_subject(&self) -> String {
+        format!("{}.cache.accounts", self.prefix)
+    }
+}
+
+/// Connects to NATS; the connection is made in the background if the server is down,
+/// so the service starts (and takes commands) without it.
+pub async fn connect(url: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+    async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(2))
+        .request_timeout(Some(Duration::from_secs(5)))
+        .connect(url)
+        .await
+}
+
+/// Creates (or finds) the events stream: file storage, deduplication window.
+pub async fn ensure_events_stream(js: &jetstream::Context, names: &Names) -> Result<stream::Stream, async_nats::Error> {
+    let config = stream::Config {
+        name: names.events_stream(),
+        subjects: vec![names.events_subjects()],
+        storage: stream::StorageType::File,
+        duplicate_window: DUPLICATE_WINDOW,
+        ..Default::default()
+    };
+    Ok(js.get_or_create_stream(config).await?)
+}

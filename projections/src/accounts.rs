@@ -1,0 +1,190 @@
+//! The accounts projection: `accounts_view` (balance, available, holds, owner) and
+//! `account_entries` (the statement, with `balance_after`). The state is folded with
+//! the domain's own `evolve`, so the view cannot drift from the write side's rules.
+
+use crate::apply::ApplyError;
+use ledger_domain::{Account, AccountStatus, Aggregate, Currency, Event, Money, StreamState, evolve};
+use ledger_infrastructure::RecordedEvent;
+use sqlx::{Postgres, Transaction};
+use std::collections::{BTreeSet, HashMap};
+use uuid::Uuid;
+
+/// A statement line.
+struct Entry {
+    account_id: Uuid,
+    position: i64,
+    kind: &'static str,
+    movement_id: Uuid,
+    amount: i64,
+    balance_after: i64,
+    counterparty: Uuid,
+    occurred_at: chrono::DateTime<chrono::Utc>,
+}
+
+fn kind(event: &Event) -> &'static str {
+    match event {
+        Event::DepositRecorded(_) => "deposit",
+        Event::TransferPosted(t) if t.reverses.is_some() => "reversal",
+        Event::TransferPosted(_) => "transfer",
+        Event::WithdrawalSettled(_) => "withdrawal",
+        _ => "other",
+    }
+}
+
+type Row = (Uuid, String, Option<String>, String, i64, i64, i64, bool, Option<serde_json::Value>, i64, i64);
+
+async fn load(
+    tx: &mut Transaction<'_, Postgres>,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, (StreamState, i64)>, ApplyError> {
+    let rows: Vec<Row> = sqlx::query_as(
+        "select id, currency, owner, status, balance, pending_holds, overdraft_limit, system, metadata, version, position
+         from accounts_view where id = any($1)",
+    )
+    .bind(ids)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut states = HashMap::with_capacity(rows.len());
+    for (id, currency, owner, status, balance, holds, limit, system, metadata, version, position) in rows {
+        let account = Account {
+            id,
+            currency: Currency::parse(&currency).expect("the view stores valid currencies"),
+            owner,
+            overdraft_limit: Money::new(limit),
+            system,
+            status: if status == "closed" { AccountStatus::Closed } else { AccountStatus::Open },
+            balance: Money::new(balance),
+            pending_holds: Money::new(holds),
+            metadata,
+        };
+        states.insert(id, (StreamState { version, aggregate: Aggregate::Account(account) }, position));
+    }
+    Ok(states)
+}
+
+/// Applies events (in position order, above the checkpoint) to the accounts view.
+pub async fn apply(tx: &mut Transaction<'_, Postgres>, events: &[RecordedEvent]) -> Result<Vec<Uuid>, ApplyError> {
+    let decoded: Vec<(&RecordedEvent, Event)> =
+        events.iter().map(|r| Ok((r, r.event()?))).collect::<Result<_, serde_json::Error>>()?;
+    let ids: BTreeSet<Uuid> = decoded.iter().flat_map(|(_, e)| e.accounts()).collect();
+    let ids: Vec<Uuid> = ids.into_iter().collect();
+    let mut states = load(tx, &ids).await?;
+    let mut entries = Vec::new();
+    for (recorded, event) in &decoded {
+        for id in event.accounts() {
+            let (state, _) = states.remove(&id).unwrap_or_default();
+            let version = state.version + 1;
+            states.insert(id, (evolve(state, id, version, event), recorded.position));
+        }
+        let postings = event.postings();
+        for p in &postings {
+            let Some((StreamState { aggregate: Aggregate::Account(a), .. }, _)) = states.get(&p.account_id) else {
+                unreachable!("a posting's account was just evolved");
+            };
+            let counterparty =
+                postings.iter().find(|o| o.account_id != p.account_id).map_or(p.account_id, |o| o.account_id);
+            entries.push(Entry {
+                account_id: p.account_id,
+                position: recorded.position,
+                kind: kind(event),
+                movement_id: event.movement_id().expect("money-moving events have a movement id"),
+                amount: p.delta.minor_units(),
+                balance_after: a.balance.minor_units(),
+                counterparty,
+                occurred_at: recorded.recorded_at,
+            });
+        }
+    }
+    write_accounts(tx, &ids, &states).await?;
+    write_entries(tx, entries).await?;
+    Ok(ids)
+}
+
+async fn write_accounts(
+    tx: &mut Transaction<'_, Postgres>,
+    ids: &[Uuid],
+    states: &HashMap<Uuid, (StreamState, i64)>,
+) -> Result<(), ApplyError> {
+    let mut cols: (Vec<Uuid>, Vec<String>, Vec<Option<String>>, Vec<&str>, Vec<i64>, Vec<i64>) = Default::default();
+    let mut more: (Vec<i64>, Vec<bool>, Vec<Option<serde_json::Value>>, Vec<i64>, Vec<i64>) = Default::default();
+    for id in ids {
+        let Some((StreamState { version, aggregate: Aggregate::Account(a) }, position)) = states.get(id) else {
+            continue;
+        };
+        cols.0.push(a.id);
+        cols.1.push(a.currency.to_string());
+        cols.2.push(a.owner.clone());
+        cols.3.push(if a.status == AccountStatus::Closed { "closed" } else { "open" });
+        cols.4.push(a.balance.minor_units());
+        cols.5.push(a.pending_holds.minor_units());
+        more.0.push(a.overdraft_limit.minor_units());
+        more.1.push(a.system);
+        more.2.push(a.metadata.clone());
+        more.3.push(*version);
+        more.4.push(*position);
+    }
+    sqlx::query(
+        "insert into accounts_view (id, currency, owner, status, balance, pending_holds, overdraft_limit, system,
+                                    metadata, version, position, updated_at)
+         select *, now() from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[],
+                                     $7::int8[], $8::bool[], $9::jsonb[], $10::int8[], $11::int8[])
+         on conflict (id) do update set status = excluded.status, balance = excluded.balance,
+             pending_holds = excluded.pending_holds, version = excluded.version,
+             position = excluded.position, updated_at = excluded.updated_at",
+    )
+    .bind(cols.0)
+    .bind(cols.1)
+    .bind(cols.2)
+    .bind(cols.3)
+    .bind(cols.4)
+    .bind(cols.5)
+    .bind(more.0)
+    .bind(more.1)
+    .bind(more.2)
+    .bind(more.3)
+    .bind(more.4)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn write_entries(tx: &mut Transaction<'_, Postgres>, entries: Vec<Entry>) -> Result<(), ApplyError> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let mut c: (
+        Vec<Uuid>,
+        Vec<i64>,
+        Vec<&str>,
+        Vec<Uuid>,
+        Vec<i64>,
+        Vec<i64>,
+        Vec<Uuid>,
+        Vec<chrono::DateTime<chrono::Utc>>,
+    ) = Default::default();
+    for e in entries {
+        c.0.push(e.account_id);
+        c.1.push(e.position);
+        c.2.push(e.kind);
+        c.3.push(e.movement_id);
+        c.4.push(e.amount);
+        c.5.push(e.balance_after);
+        c.6.push(e.counterparty);
+        c.7.push(e.occurred_at);
+    }
+    sqlx::query(
+        "insert into account_entries (account_id, position, kind, movement_id, amount, balance_after, counterparty, occurred_at)
+         select * from unnest($1::uuid[], $2::int8[], $3::text[], $4::uuid[], $5::int8[], $6::int8[], $7::uuid[], $8::timestamptz[])",
+    )
+    .bind(c.0)
+    .bind(c.1)
+    .bind(c.2)
+    .bind(c.3)
+    .bind(c.4)
+    .bind(c.5)
+    .bind(c.6)
+    .bind(c.7)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

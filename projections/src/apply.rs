@@ -1,0 +1,128 @@
+//! Applying a batch of events to a projection, exactly once, with its checkpoint.
+
+use ledger_infrastructure::RecordedEvent;
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+/// The read models, each with its own checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Projection {
+    /// `accounts_view` and `account_entries` (balances, holds, statements).
+    Accounts,
+    /// `transfers_view` and `withdrawals_view`.
+    Transfers,
+}
+
+impl Projection {
+    pub const ALL: [Projection; 2] = [Projection::Accounts, Projection::Transfers];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Projection::Accounts => "accounts",
+            Projection::Transfers => "transfers",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Projection> {
+        Projection::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    async fn apply(
+        self,
+        tx: &mut Transaction<'_, Postgres>,
+        events: &[RecordedEvent],
+    ) -> Result<Vec<Uuid>, ApplyError> {
+        match self {
+            Projection::Accounts => crate::accounts::apply(tx, events).await,
+            Projection::Transfers => crate::transfers::apply(tx, events).await.map(|()| Vec::new()),
+        }
+    }
+}
+
+/// Why a batch was not applied (nothing was written).
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("an event does not decode: {0}")]
+    Decode(#[from] serde_json::Error),
+}
+
+/// What a batch did.
+#[derive(Debug, Default, Clone)]
+pub struct Applied {
+    /// The checkpoint after the batch.
+    pub position: i64,
+    /// Events applied (not counting those at or below the old checkpoint).
+    pub applied: usize,
+    /// Accounts whose view changed.
+    pub accounts: Vec<Uuid>,
+}
+
+/// Applies `delivered` (events as received, possibly duplicated, out of order or with
+/// gaps) in one transaction. Events at or below the checkpoint are ignored; if the
+/// delivered positions above it are not exactly checkpoint+1 ..= max, the whole range
+/// is read from the Postgres log instead, so nothing is skipped.
+pub async fn apply_delivered(
+    pool: &PgPool,
+    projection: Projection,
+    delivered: &[RecordedEvent],
+) -> Result<Applied, ApplyError> {
+    let mut tx = pool.begin().await?;
+    let checkpoint: i64 = sqlx::query_scalar("select position from projection_checkpoints where name = $1 for update")
+        .bind(projection.name())
+        .fetch_one(&mut *tx)
+        .await?;
+    let mut fresh: Vec<&RecordedEvent> = delivered.iter().filter(|e| e.position > checkpoint).collect();
+    fresh.sort_by_key(|e| e.position);
+    fresh.dedup_by_key(|e| e.position);
+    let Some(max) = fresh.last().map(|e| e.position) else {
+        return Ok(Applied { position: checkpoint, ..Applied::default() });
+    };
+    let contiguous = fresh.iter().enumerate().all(|(i, e)| e.position == checkpoint + 1 + i as i64);
+    let events: Vec<RecordedEvent> = if contiguous {
+        fresh.into_iter().cloned().collect()
+    } else {
+        tracing::info!(projection = projection.name(), checkpoint, max, "gap in delivery; reading the log");
+        ledger_infrastructure::EventStore::read_range(&mut *tx, checkpoint, max).await?
+    };
+    let accounts = projection.apply(&mut tx, &events).await?;
+    sqlx::query("update projection_checkpoints set position = $2, updated_at = now() where name = $1;")
+        .bind(projection.name())
+        .bind(max)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("select pg_notify('ledger_projection', $1)")
+        .bind(format!("{}:{max}", projection.name()))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Applied { position: max, applied: events.len(), accounts })
+}
+
+/// Applies the log straight from Postgres, in batches of `batch_max`, until the
+/// projection has reached `up_to` (or the head when `None`). Used to catch up without
+/// NATS and by tests to drive a projection deterministically.
+pub async fn catch_up(
+    pool: &PgPool,
+    projection: Projection,
+    up_to: Option<i64>,
+    batch_max: i64,
+) -> Result<i64, ApplyError> {
+    let target = match up_to {
+        Some(p) => p,
+        None => sqlx::query_scalar("select position from log_head").fetch_one(pool).await?,
+    };
+    loop {
+        let checkpoint: i64 = sqlx::query_scalar("select position from projection_checkpoints where name = $1")
+            .bind(projection.name())
+            .fetch_one(pool)
+            .await?;
+        if checkpoint >= target {
+            return Ok(checkpoint);
+        }
+        let store = ledger_infrastructure::EventStore::new(pool.clone());
+        let page = store.read_all(checkpoint, batch_max.min(target - checkpoint)).await?;
+        apply_delivered(pool, projection, &page).await?;
+    }
+}

@@ -1,0 +1,135 @@
+//! A projection worker: a durable JetStream pull consumer with explicit acks and
+//! bounded `max_ack_pending`, `ack_wait` and `max_deliver`. Messages are acked only
+//! after the batch and its checkpoint committed; a failed batch is NAKed with a delay.
+
+use crate::apply::{Projection, apply_delivered};
+use async_nats::jetstream::{self, AckKind, consumer::pull};
+use futures::StreamExt;
+use ledger_infrastructure::RecordedEvent;
+use ledger_infrastructure::breaker::backoff_delay;
+use ledger_infrastructure::nats::{Names, ensure_events_stream};
+use sqlx::PgPool;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Called after a batch committed: the projection, its new position and the accounts
+/// whose views changed (to invalidate caches and wake `min_position` readers).
+pub type OnApplied = Arc<dyn Fn(Projection, i64, &[Uuid]) + Send + Sync>;
+
+/// Limits of a projection worker.
+#[derive(Clone, Copy, Debug)]
+pub struct WorkerLimits {
+    pub batch_max: usize,
+    pub max_ack_pending: i64,
+    pub ack_wait: Duration,
+    pub max_deliver: i64,
+    pub fetch_expires: Duration,
+}
+
+impl Default for WorkerLimits {
+    fn default() -> Self {
+        WorkerLimits {
+            batch_max: 500,
+            max_ack_pending: 5_000,
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 50,
+            fetch_expires: Duration::from_millis(500),
+        }
+    }
+}
+
+/// One projection's worker.
+pub struct ProjectionWorker {
+    pub pool: PgPool,
+    pub js: jetstream::Context,
+    pub names: Names,
+    pub projection: Projection,
+    pub limits: WorkerLimits,
+    pub on_applied: OnApplied,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum WorkerError {
+    #[error("nats: {0}")]
+    Nats(String),
+    #[error("apply: {0}")]
+    Apply(#[from] crate::apply::ApplyError),
+}
+
+impl ProjectionWorker {
+    /// Consumes until `shutdown`, finishing (and acking) the batch in hand first.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut attempt = 0u32;
+        while !shutdown.is_cancelled() {
+            match self.consume(&shutdown).await {
+                Ok(()) => attempt = 0,
+                Err(e) => {
+                    attempt += 1;
+                    let delay = backoff_delay(attempt, Duration::from_millis(100), Duration::from_secs(5));
+                    tracing::warn!(projection = self.projection.name(), error = %e, ?delay, "projection worker backing off");
+                    tokio::select! { _ = shutdown.cancelled() => {}, _ = tokio::time::sleep(delay) => {} }
+                }
+            }
+        }
+    }
+
+    async fn consumer(&self) -> Result<jetstream::consumer::Consumer<pull::Config>, WorkerError> {
+        let stream = ensure_events_stream(&self.js, &self.names).await.map_err(|e| WorkerError::Nats(e.to_string()))?;
+        let name = self.names.projection_consumer(self.projection.name());
+        let config = pull::Config {
+            durable_name: Some(name.clone()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: self.limits.ack_wait,
+            max_deliver: self.limits.max_deliver,
+            max_ack_pending: self.limits.max_ack_pending,
+            filter_subject: self.names.events_subjects(),
+            ..Default::default()
+        };
+        stream.get_or_create_consumer(&name, config).await.map_err(|e| WorkerError::Nats(e.to_string()))
+    }
+
+    async fn consume(&self, shutdown: &CancellationToken) -> Result<(), WorkerError> {
+        let consumer = self.consumer().await?;
+        while !shutdown.is_cancelled() {
+            let mut batch = consumer
+                .fetch()
+                .max_messages(self.limits.batch_max)
+                .expires(self.limits.fetch_expires)
+                .messages()
+                .await
+                .map_err(|e| WorkerError::Nats(e.to_string()))?;
+            let mut messages = Vec::new();
+            while let Some(message) = batch.next().await {
+                messages.push(message.map_err(|e| WorkerError::Nats(e.to_string()))?);
+            }
+            if messages.is_empty() {
+                continue;
+            }
+            let mut events = Vec::with_capacity(messages.len());
+            for m in &messages {
+                match serde_json::from_slice::<RecordedEvent>(&m.payload) {
+                    Ok(e) => events.push(e),
+                    // The gap this leaves is filled from the Postgres log.
+                    Err(e) => tracing::error!(error = %e, "undecodable event message"),
+                }
+            }
+            match apply_delivered(&self.pool, self.projection, &events).await {
+                Ok(applied) => {
+                    for m in &messages {
+                        let _ = m.ack().await;
+                    }
+                    (self.on_applied)(self.projection, applied.position, &applied.accounts);
+                }
+                Err(e) => {
+                    for m in &messages {
+                        let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(())
+    }
+}

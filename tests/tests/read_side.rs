@@ -1,0 +1,256 @@
+//! The read side against real Postgres and NATS: outbox relay, projections, cache and
+//! the consistency choices of API.md.
+
+use futures::StreamExt;
+use futures::future::join_all;
+use ledger_api::serve::Mode;
+use ledger_tests::{NatsServer, TestApp, eventually, test_config};
+use reqwest::StatusCode;
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use uuid::Uuid;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn read_your_writes_and_read_models_equal_the_log() {
+    let app = Arc::new(TestApp::spawn().await);
+    let a = app.open_account("EUR", 0).await;
+    let deposit = app.deposit(a, 500, "EUR").await;
+    let position = deposit.body["position"].as_i64().expect("position");
+    let read = app.get(&format!("/v1/accounts/{a}?min_position={position}")).await;
+    assert_eq!(read.status, StatusCode::OK, "{read:?}");
+    assert_eq!(read.body["balance"], json!(500));
+    assert!(read.header("x-ledger-position").and_then(|p| p.parse::<i64>().ok()).expect("header") >= position);
+
+    let mut accounts = vec![a];
+    for _ in 0..9 {
+        let id = app.open_account("EUR", 100).await;
+        app.deposit(id, 1_000, "EUR").await;
+        accounts.push(id);
+    }
+    let accounts = Arc::new(accounts);
+    let tasks = (0..16).map(|worker| {
+        let (app, accounts) = (app.clone(), accounts.clone());
+        tokio::spawn(async move {
+            let mut last = 0;
+            for i in 0..63usize {
+                let from = accounts[(worker + i) % 10];
+                let to = accounts[(worker + 3 * i + 1) % 10];
+                if from == to {
+                    continue;
+                }
+                let r = app.transfer(from, to, (i % 50 + 1) as i64, "EUR").await;
+                if let Some(p) = r.body["position"].as_i64() {
+                    last = last.max(p);
+                }
+            }
+            last
+        })
+    });
+    let last = join_all(tasks).await.into_iter().map(|r| r.expect("task")).max().expect("positions");
+    for id in accounts.iter() {
+        let eventual = app.get(&format!("/v1/accounts/{id}?min_position={last}")).await;
+        assert_eq!(eventual.status, StatusCode::OK, "{eventual:?}");
+        let strong = app.account(*id).await;
+        for field in ["balance", "available", "pending_holds", "version", "status"] {
+            assert_eq!(eventual.body[field], strong[field], "{field} of {id}");
+        }
+    }
+    eventually("transfers projection reaches the last position", 20, || {
+        let app = app.clone();
+        async move { app.checkpoint("transfers").await >= last }
+    })
+    .await;
+    app.assert_read_models_match_log().await;
+
+    let owned = app.get(&format!("/v1/accounts?owner=owner@example.com&min_position={last}")).await;
+    assert_eq!(owned.body["accounts"].as_array().map(Vec::len), Some(10));
+    let page = app.get(&format!("/v1/accounts/{a}/transactions?limit=2&min_position={last}")).await;
+    let entries = page.body["entries"].as_array().expect("entries").clone();
+    assert_eq!(entries.len(), 2);
+    assert!(entries[0]["position"].as_i64() > entries[1]["position"].as_i64(), "newest first");
+    let cursor = page.body["next_cursor"].as_str().expect("cursor");
+    let next = app.get(&format!("/v1/accounts/{a}/transactions?limit=1000&cursor={cursor}")).await;
+    let older = next.body["entries"].as_array().expect("entries");
+    assert!(older.iter().all(|e| e["position"].as_i64() < entries[1]["position"].as_i64()));
+    let last_entry = older.last().expect("oldest entry");
+    assert_eq!((last_entry["kind"].clone(), last_entry["balance_after"].clone()), (json!("deposit"), json!(500)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn commands_survive_nats_outage_and_projections_converge_exactly_once() {
+    let mut nats = NatsServer::start().await;
+    let mut config = test_config();
+    config.nats_url = nats.url();
+    config.consistency_wait = std::time::Duration::from_millis(300);
+    let app = TestApp::spawn_with(config).await;
+    let a = app.open_account("EUR", 0).await;
+    let b = app.open_account("EUR", 0).await;
+    let first = app.deposit(a, 1_000, "EUR").await.body["position"].as_i64().expect("position");
+    let read = app.get(&format!("/v1/accounts/{a}?min_position={first}")).await;
+    assert_eq!(read.status, StatusCode::OK, "projections run while NATS is up");
+
+    nats.kill().await;
+    let mut last = first;
+    for _ in 0..20 {
+        let r = app.transfer(a, b, 10, "EUR").await;
+        assert_eq!(r.status, StatusCode::CREATED, "commands succeed without NATS: {r:?}");
+        last = r.body["position"].as_i64().expect("position");
+    }
+    assert_eq!(app.account(a).await["balance"], json!(800), "strong reads stay exact");
+    let lagging = app.get(&format!("/v1/accounts/{a}?min_position={last}")).await;
+    assert_eq!((lagging.status, lagging.code()), (StatusCode::SERVICE_UNAVAILABLE, "consistency_timeout"));
+    assert!(lagging.header("retry-after").is_some());
+    let eventual = app.get(&format!("/v1/accounts/{a}")).await;
+    assert_eq!(eventual.body["balance"], json!(1_000), "eventual reads lag");
+
+    nats.resume().await;
+    let state = app.state.clone();
+    eventually("projections catch up after NATS returns", 30, || {
+        let app = &app;
+        async move { app.checkpoint("accounts").await >= last && app.checkpoint("transfers").await >= last }
+    })
+    .await;
+    drop(state);
+    let read = app.get(&format!("/v1/accounts/{a}?min_position={last}")).await;
+    assert_eq!(read.body["balance"], json!(800));
+    app.assert_read_models_match_log().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_restarting_before_its_checkpoint_applies_nothing_twice() {
+    let app = TestApp::spawn().await;
+    let a = app.open_account("EUR", 0).await;
+    let b = app.open_account("EUR", 0).await;
+    app.deposit(a, 1_000, "EUR").await;
+    let last = app.transfer(a, b, 100, "EUR").await.body["position"].as_i64().expect("position");
+    eventually("relay and projections caught up", 20, || async {
+        app.checkpoint("accounts").await >= last && app.checkpoint("transfers").await >= last
+    })
+    .await;
+    let entries_before: i64 =
+        sqlx::query_scalar("select count(*) from account_entries").fetch_one(&app.pool).await.expect("count");
+    // As if the relay died after publishing but before advancing its checkpoint.
+    sqlx::query("update relay_checkpoints set position = 0").execute(&app.pool).await.expect("rewind");
+    let last = app.transfer(b, a, 50, "EUR").await.body["position"].as_i64().expect("position");
+    eventually("projections apply the new event", 20, || async { app.checkpoint("accounts").await >= last }).await;
+    let relayed: i64 =
+        sqlx::query_scalar("select position from relay_checkpoints").fetch_one(&app.pool).await.expect("cp");
+    assert_eq!(relayed, last, "the relay re-published everything and caught up");
+    let entries_after: i64 =
+        sqlx::query_scalar("select count(*) from account_entries").fetch_one(&app.pool).await.expect("count");
+    assert_eq!(entries_after, entries_before + 2, "only the new transfer's two entries were added");
+    let js = async_nats::jetstream::new(app.state.nats.clone());
+    let mut stream = js.get_stream(app.state.names.events_stream()).await.expect("stream");
+    let info = stream.info().await.expect("info");
+    assert_eq!(info.state.messages as i64, last, "JetStream dropped the re-published duplicates");
+    app.assert_read_models_match_log().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_relay_leads_and_another_takes_over() {
+    use ledger_infrastructure::relay::{Relay, RelayLimits};
+    let api = TestApp::spawn_mode(test_config(), Mode::Api).await;
+    let config = api.state.config.clone();
+    let start = |shutdown: tokio_util::sync::CancellationToken| {
+        let relay = Relay {
+            database_url: config.database_url.clone(),
+            stream_ready: Default::default(),
+            js: async_nats::jetstream::new(api.state.nats.clone()),
+            names: api.state.names.clone(),
+            breaker: ledger_api::serve::relay_breaker(),
+            limits: RelayLimits::default(),
+            leader: Default::default(),
+        };
+        let leader = relay.leader.clone();
+        tokio::spawn(relay.run(shutdown));
+        leader
+    };
+    let (stop_a, stop_b) = (tokio_util::sync::CancellationToken::new(), tokio_util::sync::CancellationToken::new());
+    let (lead_a, lead_b) = (start(stop_a.clone()), start(stop_b.clone()));
+    eventually("one relay leads", 10, || async { lead_a.load(Ordering::SeqCst) || lead_b.load(Ordering::SeqCst) })
+        .await;
+    assert!(!(lead_a.load(Ordering::SeqCst) && lead_b.load(Ordering::SeqCst)), "never two leaders");
+    let (stop_leader, follower) = if lead_a.load(Ordering::SeqCst) { (stop_a, lead_b) } else { (stop_b, lead_a) };
+    let a = api.open_account("EUR", 0).await;
+    let relayed = |at_least: i64| {
+        let pool = api.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("select position from relay_checkpoints")
+                .fetch_optional(&pool)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|p| p >= at_least)
+        }
+    };
+    eventually("the leader relays", 10, || relayed(2)).await;
+    stop_leader.cancel();
+    eventually("the follower takes over", 10, || async { follower.load(Ordering::SeqCst) }).await;
+    let p = api.deposit(a, 10, "EUR").await.body["position"].as_i64().expect("position");
+    eventually("the new leader relays", 10, || relayed(p)).await;
+}
+
+#[tokio::test]
+async fn hot_queries_use_their_indexes() {
+    let app = TestApp::spawn().await;
+    app.open_account("EUR", 0).await;
+    let mut conn = app.pool.acquire().await.expect("connection");
+    sqlx::query("set enable_seqscan = off").execute(&mut *conn).await.expect("set");
+    let id = Uuid::now_v7();
+    let cases = [
+        ("select * from accounts_view where owner = 'x'", "accounts_view_owner"),
+        ("select * from accounts_view where id = '{id}'", "accounts_view_pkey"),
+        (
+            "select * from account_entries where account_id = '{id}' and position < 10 order by position desc limit 50",
+            "account_entries_pkey",
+        ),
+        (
+            "select * from stream_entries where stream_id = '{id}' and version > 3 order by version",
+            "stream_entries_pkey",
+        ),
+        ("select * from events where position > 5 order by position limit 100", "events_pkey"),
+        ("select * from idempotency_keys where principal = 'a' and key = 'b'", "idempotency_keys_pkey"),
+    ];
+    for (sql, index) in cases {
+        let sql = format!("explain {}", sql.replace("{id}", &id.to_string()));
+        let plan: Vec<String> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone())).fetch_all(&mut *conn).await.expect("explain");
+        let plan = plan.join("\n");
+        assert!(plan.contains(index), "{sql} does not use {index}:\n{plan}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_cache_hits_and_is_invalidated_by_projections() {
+    let app = TestApp::spawn().await;
+    let a = app.open_account("EUR", 0).await;
+    let p = app.deposit(a, 100, "EUR").await.body["position"].as_i64().expect("position");
+    // The first read misses; the projection's own invalidation may race one more miss.
+    for _ in 0..10 {
+        let r = app.get(&format!("/v1/accounts/{a}?min_position={p}")).await;
+        assert_eq!(r.body["balance"], json!(100));
+    }
+    let (hits, _, _) = app.state.cache.stats();
+    assert!(hits >= 8, "repeated reads are served from the cache ({:?})", app.state.cache.stats());
+    let p = app.deposit(a, 1, "EUR").await.body["position"].as_i64().expect("position");
+    eventually("projection applied the deposit", 20, || async { app.checkpoint("accounts").await >= p }).await;
+    // Invalidation ran before readers were woken: a plain eventual read sees it now.
+    eventually("cache invalidated", 5, || async {
+        app.get(&format!("/v1/accounts/{a}")).await.body["balance"] == json!(101)
+    })
+    .await;
+    let admin = app.get("/v1/admin/projections").await;
+    assert!(admin.body["account_cache"]["hits"].as_u64().expect("hits") >= 4);
+    let names: Vec<&str> =
+        admin.body["projections"].as_array().expect("list").iter().filter_map(|p| p["name"].as_str()).collect();
+    assert_eq!(names, ["accounts", "transfers"]);
+    // Cache invalidations also travel over NATS for other API instances.
+    let mut sub = app.state.nats.subscribe(app.state.names.cache_invalidation_subject()).await.expect("subscribe");
+    app.state.nats.flush().await.expect("flush");
+    app.deposit(a, 1, "EUR").await;
+    let message =
+        tokio::time::timeout(std::time::Duration::from_secs(10), sub.next()).await.expect("in time").expect("message");
+    let ids: Vec<Uuid> = serde_json::from_slice(&message.payload).expect("ids");
+    assert!(ids.contains(&a));
+}
