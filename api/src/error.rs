@@ -85,7 +85,8 @@ impl From<&DomainError> for ApiError {
             D::BalanceOverflow { .. }
             | D::NegativeOverdraftLimit(_)
             | D::SystemAccount { .. }
-            | D::WithdrawalNotPending { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "validation_error"),
+            | D::WithdrawalNotPending { .. }
+            | D::DeadLetterNotOpen { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "validation_error"),
         };
         ApiError::new(status, code, e.to_string())
     }

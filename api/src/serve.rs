@@ -5,7 +5,7 @@
 use crate::state::AppState;
 use futures::StreamExt;
 use ledger_infrastructure::Config;
-use ledger_infrastructure::breaker::{BreakerConfig, CircuitBreaker};
+use ledger_infrastructure::payouts::{PayoutLimits, PayoutWorker};
 use ledger_infrastructure::relay::{Relay, RelayLimits};
 use ledger_projections::{OnApplied, Projection, ProjectionWorker, WorkerLimits};
 use std::future::Future;
@@ -45,11 +45,6 @@ pub fn spawn_idempotency_sweeper(state: &AppState, shutdown: CancellationToken) 
     })
 }
 
-/// The outbox relay's breaker, shown by `GET /v1/admin/circuit-breakers`.
-pub fn relay_breaker() -> CircuitBreaker {
-    CircuitBreaker::new("nats-relay", BreakerConfig::default())
-}
-
 /// Starts the relay and the projection workers (what `ledger worker` runs).
 pub fn spawn_workers(state: &AppState, shutdown: CancellationToken) -> Vec<JoinHandle<()>> {
     let relay = Relay {
@@ -57,11 +52,27 @@ pub fn spawn_workers(state: &AppState, shutdown: CancellationToken) -> Vec<JoinH
         stream_ready: Default::default(),
         js: async_nats::jetstream::new(state.nats.clone()),
         names: state.names.clone(),
-        breaker: relay_breaker(),
+        breaker: state.relay_breaker.clone(),
         limits: RelayLimits::default(),
         leader: Default::default(),
     };
-    let mut handles = vec![tokio::spawn(relay.run(shutdown.clone()))];
+    let config = &state.config;
+    let payouts = PayoutWorker {
+        pool: state.pool.clone(),
+        js: async_nats::jetstream::new(state.nats.clone()),
+        names: state.names.clone(),
+        bus: state.bus.clone(),
+        provider: state.provider.clone(),
+        breaker: state.provider_breaker.clone(),
+        limits: PayoutLimits {
+            attempts_max: config.payout_attempts_max,
+            retry_total: config.payout_retry_total,
+            backoff_base: config.payout_backoff_base,
+            backoff_max: config.payout_backoff_max,
+            ..PayoutLimits::default()
+        },
+    };
+    let mut handles = vec![tokio::spawn(relay.run(shutdown.clone())), tokio::spawn(payouts.run(shutdown.clone()))];
     for projection in Projection::ALL {
         let worker = ProjectionWorker {
             pool: state.pool.clone(),

@@ -1,7 +1,9 @@
 //! Shared state of the HTTP layer.
 
 use crate::read::{AccountCache, ProjectionPositions};
+use ledger_infrastructure::breaker::{BreakerConfig, CircuitBreaker};
 use ledger_infrastructure::nats::Names;
+use ledger_infrastructure::provider::ProviderClient;
 use ledger_infrastructure::{CommandBus, Config, EventStore};
 use sqlx::PgPool;
 use std::collections::HashSet;
@@ -26,6 +28,11 @@ pub struct AppState {
     pub names: Names,
     /// NATS (connected in the background; commands never wait for it).
     pub nats: async_nats::Client,
+    /// The breaker around JetStream publishing (outbox relay).
+    pub relay_breaker: CircuitBreaker,
+    /// The breaker around the payment provider (payouts, reconciliation).
+    pub provider_breaker: CircuitBreaker,
+    pub provider: ProviderClient,
 }
 
 impl AppState {
@@ -42,7 +49,6 @@ impl AppState {
         );
         AppState {
             names: Names::new(&config.nats_prefix),
-            config: Arc::new(config),
             pool,
             store,
             bus,
@@ -50,6 +56,17 @@ impl AppState {
             cache: AccountCache::new(ACCOUNT_CACHE_ENTRIES_MAX, ACCOUNT_CACHE_TTL),
             positions: ProjectionPositions::default(),
             nats,
+            relay_breaker: CircuitBreaker::new("nats-relay", BreakerConfig::default()),
+            provider_breaker: CircuitBreaker::new(
+                "payment-provider",
+                BreakerConfig {
+                    failure_threshold: config.provider_breaker_failures,
+                    window: config.provider_breaker_window,
+                    cooldown: config.provider_breaker_cooldown,
+                },
+            ),
+            provider: ProviderClient::new(&config.provider_url, config.provider_timeout),
+            config: Arc::new(config),
         }
     }
 }

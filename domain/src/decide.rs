@@ -71,17 +71,41 @@ pub struct FailWithdrawal {
     pub reason: String,
 }
 
+/// The payout worker gives up on a payout after its attempts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetterPayout {
+    pub dead_letter_id: Uuid,
+    pub withdrawal_id: Uuid,
+    pub attempts: u32,
+    pub last_error: String,
+    pub source_position: i64,
+}
+
+/// An operator acts on a dead-lettered payout.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolveDeadLetter {
+    pub dead_letter_id: Uuid,
+    pub withdrawal_id: Uuid,
+}
+
 /// Everything the ledger can be asked to do.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     OpenAccount(OpenAccount),
-    CloseAccount { account_id: Uuid },
+    CloseAccount {
+        account_id: Uuid,
+    },
     MakeDeposit(MakeDeposit),
     PostTransfer(PostTransfer),
     ReverseTransfer(ReverseTransfer),
     RequestWithdrawal(RequestWithdrawal),
     SettleWithdrawal(SettleWithdrawal),
     FailWithdrawal(FailWithdrawal),
+    DeadLetterPayout(DeadLetterPayout),
+    /// Try the payout again.
+    RedrivePayout(ResolveDeadLetter),
+    /// Give up: the withdrawal fails and its hold is released.
+    DiscardPayout(ResolveDeadLetter),
 }
 
 /// A business rule a command would break. Each maps to one stable API error code.
@@ -115,6 +139,8 @@ pub enum DomainError {
     SystemAccount { account_id: Uuid },
     #[error("withdrawal {withdrawal_id} is no longer pending")]
     WithdrawalNotPending { withdrawal_id: Uuid, status: WithdrawalStatus },
+    #[error("dead letter {dead_letter_id} is not open")]
+    DeadLetterNotOpen { dead_letter_id: Uuid },
 }
 
 impl Command {
@@ -136,7 +162,10 @@ impl Command {
             }
             Command::RequestWithdrawal(c) => vec![c.withdrawal_id, c.account_id],
             Command::SettleWithdrawal(SettleWithdrawal { withdrawal_id, .. })
-            | Command::FailWithdrawal(FailWithdrawal { withdrawal_id, .. }) => {
+            | Command::FailWithdrawal(FailWithdrawal { withdrawal_id, .. })
+            | Command::DeadLetterPayout(DeadLetterPayout { withdrawal_id, .. })
+            | Command::RedrivePayout(ResolveDeadLetter { withdrawal_id, .. })
+            | Command::DiscardPayout(ResolveDeadLetter { withdrawal_id, .. }) => {
                 let mut ids = vec![*withdrawal_id];
                 if let Some(w) = state.withdrawal(*withdrawal_id) {
                     ids.extend([w.account_id, system_account_id(w.currency)]);
@@ -161,6 +190,9 @@ pub fn decide(command: &Command, state: &Ledger) -> Result<Vec<Event>, DomainErr
         Command::RequestWithdrawal(c) => request_withdrawal(c, state),
         Command::SettleWithdrawal(c) => settle_withdrawal(c, state),
         Command::FailWithdrawal(c) => fail_withdrawal(c, state),
+        Command::DeadLetterPayout(c) => dead_letter(c, state),
+        Command::RedrivePayout(c) => redrive(c, state),
+        Command::DiscardPayout(c) => discard(c, state),
     }
 }
 
@@ -362,5 +394,45 @@ fn fail_withdrawal(c: &FailWithdrawal, state: &Ledger) -> Result<Vec<Event>, Dom
         amount: w.amount,
         currency: w.currency,
         reason: c.reason.clone(),
+    })])
+}
+
+fn dead_letter(c: &DeadLetterPayout, state: &Ledger) -> Result<Vec<Event>, DomainError> {
+    let w = pending_withdrawal(state, c.withdrawal_id)?;
+    if let Some(open) = w.dead_letter {
+        // Already dead-lettered (a second worker gave up too): nothing new to record.
+        return Err(DomainError::DeadLetterNotOpen { dead_letter_id: open });
+    }
+    Ok(vec![Event::PayoutDeadLettered(PayoutDeadLettered {
+        dead_letter_id: c.dead_letter_id,
+        withdrawal_id: w.id,
+        attempts: c.attempts,
+        last_error: c.last_error.clone(),
+        source_position: c.source_position,
+    })])
+}
+
+fn open_dead_letter<'a>(c: &ResolveDeadLetter, state: &'a Ledger) -> Result<&'a crate::state::Withdrawal, DomainError> {
+    let w =
+        state.withdrawal(c.withdrawal_id).ok_or(DomainError::WithdrawalNotFound { withdrawal_id: c.withdrawal_id })?;
+    if w.status != WithdrawalStatus::Pending || w.dead_letter != Some(c.dead_letter_id) {
+        return Err(DomainError::DeadLetterNotOpen { dead_letter_id: c.dead_letter_id });
+    }
+    Ok(w)
+}
+
+fn redrive(c: &ResolveDeadLetter, state: &Ledger) -> Result<Vec<Event>, DomainError> {
+    let w = open_dead_letter(c, state)?;
+    Ok(vec![Event::PayoutRedriven(PayoutRedriven { dead_letter_id: c.dead_letter_id, withdrawal_id: w.id })])
+}
+
+fn discard(c: &ResolveDeadLetter, state: &Ledger) -> Result<Vec<Event>, DomainError> {
+    let w = open_dead_letter(c, state)?;
+    Ok(vec![Event::WithdrawalFailed(WithdrawalFailed {
+        withdrawal_id: w.id,
+        account_id: w.account_id,
+        amount: w.amount,
+        currency: w.currency,
+        reason: format!("discarded from the dead-letter queue ({})", c.dead_letter_id),
     })])
 }

@@ -83,6 +83,24 @@ pub struct WithdrawalFailed {
     pub reason: String,
 }
 
+/// A payout exhausted its attempts; the withdrawal stays pending with its hold.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PayoutDeadLettered {
+    pub dead_letter_id: Uuid,
+    pub withdrawal_id: Uuid,
+    pub attempts: u32,
+    pub last_error: String,
+    /// Position of the event whose processing failed.
+    pub source_position: i64,
+}
+
+/// An operator sent a dead-lettered payout back to the provider.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PayoutRedriven {
+    pub dead_letter_id: Uuid,
+    pub withdrawal_id: Uuid,
+}
+
 /// Every fact the ledger can record. Serialized adjacently tagged so the store can
 /// keep the variant name in its own `type` column and the payload in `data`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +113,8 @@ pub enum Event {
     WithdrawalRequested(WithdrawalRequested),
     WithdrawalSettled(WithdrawalSettled),
     WithdrawalFailed(WithdrawalFailed),
+    PayoutDeadLettered(PayoutDeadLettered),
+    PayoutRedriven(PayoutRedriven),
 }
 
 /// One balance change of one account caused by an event.
@@ -115,6 +135,8 @@ impl Event {
             Event::WithdrawalRequested(_) => "WithdrawalRequested",
             Event::WithdrawalSettled(_) => "WithdrawalSettled",
             Event::WithdrawalFailed(_) => "WithdrawalFailed",
+            Event::PayoutDeadLettered(_) => "PayoutDeadLettered",
+            Event::PayoutRedriven(_) => "PayoutRedriven",
         }
     }
 
@@ -138,6 +160,8 @@ impl Event {
                 vec![(e.withdrawal_id, Exact), (e.account_id, Exact), (e.system_account_id, Any)]
             }
             Event::WithdrawalFailed(e) => vec![(e.withdrawal_id, Exact), (e.account_id, Exact)],
+            Event::PayoutDeadLettered(e) => vec![(e.withdrawal_id, Exact)],
+            Event::PayoutRedriven(e) => vec![(e.withdrawal_id, Exact)],
         }
     }
 
@@ -157,7 +181,9 @@ impl Event {
             Event::AccountOpened(_)
             | Event::AccountClosed(_)
             | Event::WithdrawalRequested(_)
-            | Event::WithdrawalFailed(_) => Vec::new(),
+            | Event::WithdrawalFailed(_)
+            | Event::PayoutDeadLettered(_)
+            | Event::PayoutRedriven(_) => Vec::new(),
         }
     }
 
@@ -171,6 +197,7 @@ impl Event {
             Event::WithdrawalRequested(e) => vec![e.account_id],
             Event::WithdrawalSettled(e) => vec![e.account_id, e.system_account_id],
             Event::WithdrawalFailed(e) => vec![e.account_id],
+            Event::PayoutDeadLettered(_) | Event::PayoutRedriven(_) => Vec::new(),
         }
     }
 

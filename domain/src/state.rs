@@ -65,6 +65,8 @@ pub struct Withdrawal {
     pub status: WithdrawalStatus,
     pub provider_ref: Option<String>,
     pub failure_reason: Option<String>,
+    /// The open dead letter of its payout, if it is dead-lettered.
+    pub dead_letter: Option<Uuid>,
 }
 
 /// What a stream is, once its first event has been seen.
@@ -134,17 +136,30 @@ pub fn evolve(state: StreamState, stream_id: Uuid, version: i64, event: &Event) 
             status: WithdrawalStatus::Pending,
             provider_ref: None,
             failure_reason: None,
+            dead_letter: None,
         }),
         (Aggregate::Withdrawal(mut w), Event::WithdrawalSettled(e)) => {
             assert_eq!(w.status, WithdrawalStatus::Pending, "withdrawal {} settled when not pending", w.id);
             w.status = WithdrawalStatus::Settled;
             w.provider_ref = e.provider_ref.clone();
+            w.dead_letter = None;
             Aggregate::Withdrawal(w)
         }
         (Aggregate::Withdrawal(mut w), Event::WithdrawalFailed(e)) => {
             assert_eq!(w.status, WithdrawalStatus::Pending, "withdrawal {} failed when not pending", w.id);
             w.status = WithdrawalStatus::Failed;
             w.failure_reason = Some(e.reason.clone());
+            w.dead_letter = None;
+            Aggregate::Withdrawal(w)
+        }
+        (Aggregate::Withdrawal(mut w), Event::PayoutDeadLettered(e)) => {
+            assert!(w.dead_letter.is_none(), "withdrawal {} dead-lettered twice", w.id);
+            w.dead_letter = Some(e.dead_letter_id);
+            Aggregate::Withdrawal(w)
+        }
+        (Aggregate::Withdrawal(mut w), Event::PayoutRedriven(e)) => {
+            assert_eq!(w.dead_letter, Some(e.dead_letter_id), "withdrawal {}: redrive of another dead letter", w.id);
+            w.dead_letter = None;
             Aggregate::Withdrawal(w)
         }
         (aggregate, event) => panic!("stream {stream_id}: event {} cannot apply to {aggregate:?}", event.event_type()),

@@ -38,6 +38,20 @@ pub struct Config {
     pub conflict_retries_max: u32,
     /// `LEDGER_STATE_CACHE_MAX` (default 100000): folded streams kept by the writer.
     pub state_cache_max: u64,
+    /// `LEDGER_PROVIDER_TIMEOUT_MS` (default 2000): one provider call.
+    pub provider_timeout: Duration,
+    /// `LEDGER_PAYOUT_ATTEMPTS_MAX` (default 8): provider calls before dead-lettering.
+    pub payout_attempts_max: u32,
+    /// `LEDGER_PAYOUT_RETRY_TOTAL_MS` (default 600000): time from the first call before dead-lettering.
+    pub payout_retry_total: Duration,
+    /// `LEDGER_PAYOUT_BACKOFF_BASE_MS` (default 200) and `LEDGER_PAYOUT_BACKOFF_MAX_MS` (default 30000).
+    pub payout_backoff_base: Duration,
+    pub payout_backoff_max: Duration,
+    /// `LEDGER_PROVIDER_BREAKER_FAILURES` (default 5) within `LEDGER_PROVIDER_BREAKER_WINDOW_MS`
+    /// (default 30000) open the provider's breaker for `LEDGER_PROVIDER_BREAKER_COOLDOWN_MS` (default 5000).
+    pub provider_breaker_failures: u32,
+    pub provider_breaker_window: Duration,
+    pub provider_breaker_cooldown: Duration,
 }
 
 fn env_or(name: &str, default: &str) -> String {
@@ -78,6 +92,14 @@ impl Config {
             command_queue_max: env_num("LEDGER_COMMAND_QUEUE_MAX", 4096)?,
             conflict_retries_max: env_num("LEDGER_CONFLICT_RETRIES_MAX", 8)?,
             state_cache_max: env_num("LEDGER_STATE_CACHE_MAX", 100_000)?,
+            provider_timeout: Duration::from_millis(env_num("LEDGER_PROVIDER_TIMEOUT_MS", 2000)?),
+            payout_attempts_max: env_num("LEDGER_PAYOUT_ATTEMPTS_MAX", 8)?,
+            payout_retry_total: Duration::from_millis(env_num("LEDGER_PAYOUT_RETRY_TOTAL_MS", 600_000)?),
+            payout_backoff_base: Duration::from_millis(env_num("LEDGER_PAYOUT_BACKOFF_BASE_MS", 200)?),
+            payout_backoff_max: Duration::from_millis(env_num("LEDGER_PAYOUT_BACKOFF_MAX_MS", 30_000)?),
+            provider_breaker_failures: env_num("LEDGER_PROVIDER_BREAKER_FAILURES", 5)?,
+            provider_breaker_window: Duration::from_millis(env_num("LEDGER_PROVIDER_BREAKER_WINDOW_MS", 30_000)?),
+            provider_breaker_cooldown: Duration::from_millis(env_num("LEDGER_PROVIDER_BREAKER_COOLDOWN_MS", 5000)?),
         })
     }
 
@@ -100,6 +122,14 @@ impl Config {
             command_queue_max: 4096,
             conflict_retries_max: 8,
             state_cache_max: 100_000,
+            provider_timeout: Duration::from_millis(500),
+            payout_attempts_max: 8,
+            payout_retry_total: Duration::from_secs(60),
+            payout_backoff_base: Duration::from_millis(5),
+            payout_backoff_max: Duration::from_millis(50),
+            provider_breaker_failures: 5,
+            provider_breaker_window: Duration::from_secs(30),
+            provider_breaker_cooldown: Duration::from_millis(500),
         }
     }
 }

@@ -14,4 +14,6 @@ pub use store::{EventMetadata, EventStore, IdempotencyClaim, RecordedEvent, Stor
 pub use writer::{CommandBus, CommandError, CommandReply, CommandRequest, Executed, Render, StateLoader, WriterLimits};
 pub mod breaker;
 pub mod nats;
+pub mod payouts;
+pub mod provider;
 pub mod relay;

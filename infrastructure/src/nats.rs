@@ -38,6 +38,11 @@ impl Names {
         format!("{}.events.>", self.prefix)
     }
 
+    /// Dead-lettered work, kept in the same file-backed stream for inspection.
+    pub fn dead_letter_subjects(&self) -> String {
+        format!("{}.dead_letters.>", self.prefix)
+    }
+
     /// The durable consumer of a projection.
     pub fn projection_consumer(&self, projection: &str) -> String {
         format!("{}_projection_{projection}", self.prefix)
@@ -65,7 +70,7 @@ pub async fn connect(url: &str) -> Result<async_nats::Client, async_nats::Connec
 pub async fn ensure_events_stream(js: &jetstream::Context, names: &Names) -> Result<stream::Stream, async_nats::Error> {
     let config = stream::Config {
         name: names.events_stream(),
-        subjects: vec![names.events_subjects()],
+        subjects: vec![names.events_subjects(), names.dead_letter_subjects()],
         storage: stream::StorageType::File,
         duplicate_window: DUPLICATE_WINDOW,
         ..Default::default()

@@ -108,3 +108,25 @@ pub async fn statuses(
         .await?;
     Ok((head, rows))
 }
+
+/// The open dead letters, oldest first, and the position they reflect.
+pub async fn open_dead_letters(pool: &PgPool) -> Result<(Vec<Value>, i64), sqlx::Error> {
+    let (list, position): (Value, i64) = sqlx::query_as(
+        "select coalesce((select json_agg(d order by d.dead_lettered_at) from (
+                    select id, source, withdrawal_id, event_position, attempts, last_error, dead_lettered_at
+                    from dead_letters where status = 'open') d), '[]'::json),
+                (select position from projection_checkpoints where name = 'transfers')",
+    )
+    .fetch_one(pool)
+    .await?;
+    let list = match list {
+        Value::Array(items) => items,
+        _ => Vec::new(),
+    };
+    Ok((list, position))
+}
+
+/// The withdrawal a dead letter belongs to.
+pub async fn dead_letter_withdrawal(pool: &PgPool, id: Uuid) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("select withdrawal_id from dead_letters where id = $1").bind(id).fetch_optional(pool).await
+}

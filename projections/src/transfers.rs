@@ -63,6 +63,7 @@ pub async fn apply(tx: &mut Transaction<'_, Postgres>, events: &[RecordedEvent])
                 .bind(at)
                 .execute(&mut **tx)
                 .await?;
+                resolve_dead_letters(tx, w.withdrawal_id, "settled", at).await?;
             }
             Event::WithdrawalFailed(w) => {
                 sqlx::query(
@@ -75,9 +76,47 @@ pub async fn apply(tx: &mut Transaction<'_, Postgres>, events: &[RecordedEvent])
                 .bind(at)
                 .execute(&mut **tx)
                 .await?;
+                resolve_dead_letters(tx, w.withdrawal_id, "failed", at).await?;
+            }
+            Event::PayoutDeadLettered(d) => {
+                sqlx::query(
+                    "insert into dead_letters (id, source, withdrawal_id, event_position, attempts, last_error, status,
+                                               dead_lettered_at)
+                     values ($1, 'payouts', $2, $3, $4, $5, 'open', $6)",
+                )
+                .bind(d.dead_letter_id)
+                .bind(d.withdrawal_id)
+                .bind(d.source_position)
+                .bind(i32::try_from(d.attempts).unwrap_or(i32::MAX))
+                .bind(&d.last_error)
+                .bind(at)
+                .execute(&mut **tx)
+                .await?;
+            }
+            Event::PayoutRedriven(r) => {
+                sqlx::query("update dead_letters set status = 'redriven', resolved_at = $2 where id = $1")
+                    .bind(r.dead_letter_id)
+                    .bind(at)
+                    .execute(&mut **tx)
+                    .await?;
             }
             Event::AccountOpened(_) | Event::AccountClosed(_) | Event::DepositRecorded(_) => {}
         }
     }
+    Ok(())
+}
+
+async fn resolve_dead_letters(
+    tx: &mut Transaction<'_, Postgres>,
+    withdrawal_id: uuid::Uuid,
+    status: &str,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<(), ApplyError> {
+    sqlx::query("update dead_letters set status = $2, resolved_at = $3 where withdrawal_id = $1 and status = 'open'")
+        .bind(withdrawal_id)
+        .bind(status)
+        .bind(at)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }

@@ -76,6 +76,17 @@ impl TestApp {
         }
     }
 
+    /// A second handle on the same running service (no ownership of its lifetime).
+    pub fn clone_handle(&self) -> TestApp {
+        TestApp {
+            base: self.base.clone(),
+            client: self.client.clone(),
+            state: self.state.clone(),
+            pool: self.pool.clone(),
+            running: None,
+        }
+    }
+
     /// Stops the service gracefully (as on SIGTERM).
     pub async fn stop(&mut self) {
         if let Some(running) = self.running.take() {

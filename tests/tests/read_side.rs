@@ -158,7 +158,7 @@ async fn one_relay_leads_and_another_takes_over() {
             stream_ready: Default::default(),
             js: async_nats::jetstream::new(api.state.nats.clone()),
             names: api.state.names.clone(),
-            breaker: ledger_api::serve::relay_breaker(),
+            breaker: api.state.relay_breaker.clone(),
             limits: RelayLimits::default(),
             leader: Default::default(),
         };

@@ -1,16 +1,95 @@
-//! Operations (operator or admin): projection status.
+//! Operations (operator or admin): projection status, circuit breakers, the
+//! dead-letter queue.
 
+use crate::command::{CommandBody, execute, rejection};
+use crate::context::{Principal, RequestContext};
 use crate::error::ApiError;
+use crate::read::Consistency;
+use crate::routes::read_model_ready;
 use crate::state::AppState;
 use crate::views;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Path, Query, State};
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{get, post};
+use ledger_domain::Command;
+use ledger_domain::decide::ResolveDeadLetter;
+use ledger_infrastructure::{Executed, StoredResponse};
+use ledger_projections::Projection;
 use serde_json::json;
+use std::collections::HashMap;
+use std::sync::Arc;
+use uuid::Uuid;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/admin/projections", get(projections))
+    Router::new()
+        .route("/v1/admin/projections", get(projections))
+        .route("/v1/admin/circuit-breakers", get(breakers))
+        .route("/v1/admin/dead-letters", get(dead_letters))
+        .route("/v1/admin/dead-letters/{id}/redrive", post(redrive))
+        .route("/v1/admin/dead-letters/{id}/discard", post(discard))
+}
+
+async fn breakers(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let head = state.store.head().await?;
+    let breakers = vec![state.relay_breaker.snapshot(), state.provider_breaker.snapshot()];
+    Ok(views::read(json!({ "breakers": breakers }), head))
+}
+
+async fn dead_letters(
+    State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let consistency = Consistency::from_query(&q)?;
+    read_model_ready(&state, Projection::Transfers, consistency).await?;
+    let (list, position) = ledger_projections::queries::open_dead_letters(&state.pool).await?;
+    Ok(views::read(json!({ "dead_letters": list }), position))
+}
+
+/// The withdrawal of an open dead letter, from the read model caught up to the head.
+async fn dead_letter_withdrawal(state: &AppState, raw: &str) -> Result<(Uuid, Uuid), ApiError> {
+    let not_found = || ApiError::not_found(format!("dead letter {raw} not found"));
+    let id = crate::validate::path_uuid(raw, not_found)?;
+    read_model_ready(state, Projection::Transfers, Consistency::Strong).await?;
+    let withdrawal =
+        ledger_projections::queries::dead_letter_withdrawal(&state.pool, id).await?.ok_or_else(not_found)?;
+    Ok((id, withdrawal))
+}
+
+fn render_resolution(dead_letter_id: Uuid, withdrawal_id: Uuid, status: &'static str) -> ledger_infrastructure::Render {
+    Arc::new(move |outcome| match outcome {
+        Ok(Executed { position, .. }) => StoredResponse {
+            status: 200,
+            body: json!({ "id": dead_letter_id, "withdrawal_id": withdrawal_id, "status": status, "position": position }),
+        },
+        Err(e) => rejection(e),
+    })
+}
+
+async fn redrive(
+    State(state): State<AppState>,
+    principal: Principal,
+    context: RequestContext,
+    Path(raw): Path<String>,
+    body: CommandBody,
+) -> Result<Response, ApiError> {
+    let (id, withdrawal_id) = dead_letter_withdrawal(&state, &raw).await?;
+    let command = Command::RedrivePayout(ResolveDeadLetter { dead_letter_id: id, withdrawal_id });
+    let render = render_resolution(id, withdrawal_id, "redriven");
+    execute(&state, &principal, &context, body, command, Some(id.to_string()), render).await
+}
+
+async fn discard(
+    State(state): State<AppState>,
+    principal: Principal,
+    context: RequestContext,
+    Path(raw): Path<String>,
+    body: CommandBody,
+) -> Result<Response, ApiError> {
+    let (id, withdrawal_id) = dead_letter_withdrawal(&state, &raw).await?;
+    let command = Command::DiscardPayout(ResolveDeadLetter { dead_letter_id: id, withdrawal_id });
+    let render = render_resolution(id, withdrawal_id, "discarded");
+    execute(&state, &principal, &context, body, command, Some(id.to_string()), render).await
 }
 
 /// A worker that has not written for this long while behind is reported `stopped`.

@@ -1,0 +1,257 @@
+//! The payout worker: a durable JetStream work-queue consumer of the log that pays
+//! each `WithdrawalRequested` out through the provider (Idempotency-Key = withdrawal
+//! id, so the provider never pays twice), then records `WithdrawalSettled` or
+//! `WithdrawalFailed` as a command (the domain refuses to settle twice).
+//!
+//! Retries are redeliveries: a transient failure NAKs the message with exponential
+//! backoff and full jitter (or the provider's `Retry-After`); attempts are counted in
+//! Postgres, so only real provider calls count. While the provider's circuit breaker
+//! is open, messages are NAKed until the cool-down ends, with no call made. A payout
+//! out of attempts or time is dead-lettered (an event, a row, a JetStream message);
+//! the withdrawal stays pending with its hold until an operator redrives or discards it.
+
+use crate::breaker::{CircuitBreaker, backoff_delay};
+use crate::nats::{Names, ensure_events_stream};
+use crate::provider::{PayoutStatus, ProviderClient, ProviderError};
+use crate::store::{EventMetadata, RecordedEvent, StoredResponse};
+use crate::writer::{CommandBus, CommandRequest};
+use async_nats::jetstream::{self, AckKind, consumer::pull};
+use futures::StreamExt;
+use ledger_domain::decide::{DeadLetterPayout, FailWithdrawal, SettleWithdrawal};
+use ledger_domain::{Command, Event, Ledger, WithdrawalStatus};
+use sqlx::PgPool;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Limits of the payout worker.
+#[derive(Clone, Copy, Debug)]
+pub struct PayoutLimits {
+    pub attempts_max: u32,
+    pub retry_total: Duration,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub concurrency_max: usize,
+    pub batch_max: usize,
+    pub max_ack_pending: i64,
+    pub ack_wait: Duration,
+}
+
+impl Default for PayoutLimits {
+    fn default() -> Self {
+        PayoutLimits {
+            attempts_max: 8,
+            retry_total: Duration::from_secs(600),
+            backoff_base: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(30),
+            concurrency_max: 16,
+            batch_max: 64,
+            max_ack_pending: 1_000,
+            ack_wait: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The payout worker of one ledger.
+#[derive(Clone)]
+pub struct PayoutWorker {
+    pub pool: PgPool,
+    pub js: jetstream::Context,
+    pub names: Names,
+    pub bus: CommandBus,
+    pub provider: ProviderClient,
+    pub breaker: CircuitBreaker,
+    pub limits: PayoutLimits,
+}
+
+/// What to do with a message after handling it.
+enum Disposition {
+    Ack,
+    Retry(Duration),
+}
+
+impl PayoutWorker {
+    /// Consumes until `shutdown`, finishing the payouts in hand first.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut attempt = 0u32;
+        while !shutdown.is_cancelled() {
+            if let Err(e) = self.consume(&shutdown).await {
+                attempt += 1;
+                let delay = backoff_delay(attempt, Duration::from_millis(100), Duration::from_secs(5));
+                tracing::warn!(error = %e, ?delay, "payout worker backing off");
+                tokio::select! { _ = shutdown.cancelled() => {}, _ = tokio::time::sleep(delay) => {} }
+            } else {
+                attempt = 0;
+            }
+        }
+    }
+
+    async fn consume(&self, shutdown: &CancellationToken) -> Result<(), async_nats::Error> {
+        let stream = ensure_events_stream(&self.js, &self.names).await?;
+        let name = format!("{}_payouts", self.names.prefix());
+        let config = pull::Config {
+            durable_name: Some(name.clone()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: self.limits.ack_wait,
+            // Unbounded on purpose: NAKs while the breaker is open must not burn the
+            // message; real provider calls are counted (and bounded) in Postgres.
+            max_deliver: -1,
+            max_ack_pending: self.limits.max_ack_pending,
+            filter_subject: self.names.events_subjects(),
+            ..Default::default()
+        };
+        let consumer = stream.get_or_create_consumer(&name, config).await?;
+        while !shutdown.is_cancelled() {
+            let batch = consumer
+                .fetch()
+                .max_messages(self.limits.batch_max)
+                .expires(Duration::from_millis(500))
+                .messages()
+                .await?;
+            batch
+                .for_each_concurrent(self.limits.concurrency_max, |message| async move {
+                    let Ok(message) = message else { return };
+                    let disposition = match serde_json::from_slice::<RecordedEvent>(&message.payload) {
+                        Ok(event) => self.handle(&event).await,
+                        Err(e) => {
+                            tracing::error!(error = %e, "undecodable event message");
+                            Disposition::Ack
+                        }
+                    };
+                    let _ = match disposition {
+                        Disposition::Ack => message.ack().await,
+                        Disposition::Retry(delay) => message.ack_with(AckKind::Nak(Some(delay))).await,
+                    };
+                })
+                .await;
+        }
+        Ok(())
+    }
+
+    async fn handle(&self, recorded: &RecordedEvent) -> Disposition {
+        let withdrawal_id = match recorded.event() {
+            Ok(Event::WithdrawalRequested(w)) => w.withdrawal_id,
+            Ok(Event::PayoutRedriven(r)) => {
+                if let Err(e) = sqlx::query("delete from payout_attempts where withdrawal_id = $1")
+                    .bind(r.withdrawal_id)
+                    .execute(&self.pool)
+                    .await
+                {
+                    tracing::warn!(error = %e, "resetting payout attempts failed");
+                    return Disposition::Retry(Duration::from_secs(1));
+                }
+                r.withdrawal_id
+            }
+            _ => return Disposition::Ack,
+        };
+        match self.pay(withdrawal_id, recorded.position).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, %withdrawal_id, "payout step failed; will retry");
+                Disposition::Retry(Duration::from_secs(1))
+            }
+        }
+    }
+
+    async fn pay(&self, withdrawal_id: Uuid, source_position: i64) -> Result<Disposition, PayoutStepError> {
+        let mut state = Ledger::new();
+        self.bus.loader().load(&mut state, &[withdrawal_id]).await.map_err(|e| PayoutStepError(e.to_string()))?;
+        let Some(w) = state.withdrawal(withdrawal_id).cloned() else { return Ok(Disposition::Ack) };
+        if w.status != WithdrawalStatus::Pending || w.dead_letter.is_some() {
+            return Ok(Disposition::Ack);
+        }
+        if let Err(open) = self.breaker.try_acquire() {
+            return Ok(Disposition::Retry(open.retry_in.max(Duration::from_millis(10))));
+        }
+        let (attempts, elapsed) = self.count_attempt(withdrawal_id).await?;
+        let outcome = self.provider.pay(w.id, w.amount.minor_units(), w.currency.as_str(), &w.destination).await;
+        let command = match outcome {
+            Ok(payout) => {
+                self.breaker.record_success();
+                match payout.status {
+                    PayoutStatus::Settled => Command::SettleWithdrawal(SettleWithdrawal {
+                        withdrawal_id,
+                        provider_ref: Some(payout.provider_ref),
+                    }),
+                    PayoutStatus::Rejected => Command::FailWithdrawal(FailWithdrawal {
+                        withdrawal_id,
+                        reason: payout.reason.unwrap_or_else(|| "rejected by the provider".into()),
+                    }),
+                }
+            }
+            Err(ProviderError::Permanent { detail, .. }) => {
+                self.breaker.record_success();
+                Command::FailWithdrawal(FailWithdrawal { withdrawal_id, reason: detail })
+            }
+            Err(ProviderError::Transient { detail, retry_after }) => {
+                self.breaker.record_failure();
+                self.record_error(withdrawal_id, &detail).await?;
+                if attempts < self.limits.attempts_max && elapsed < self.limits.retry_total {
+                    let backoff = backoff_delay(attempts, self.limits.backoff_base, self.limits.backoff_max);
+                    return Ok(Disposition::Retry(retry_after.map_or(backoff, |r| r.max(backoff))));
+                }
+                let dead = DeadLetterPayout {
+                    dead_letter_id: Uuid::now_v7(),
+                    withdrawal_id,
+                    attempts,
+                    last_error: detail,
+                    source_position,
+                };
+                self.publish_dead_letter(&dead).await;
+                Command::DeadLetterPayout(dead)
+            }
+        };
+        self.record(command).await?;
+        Ok(Disposition::Ack)
+    }
+
+    /// Counts one more provider call; returns the count and the time since the first.
+    async fn count_attempt(&self, withdrawal_id: Uuid) -> Result<(u32, Duration), PayoutStepError> {
+        let (attempts, elapsed_s): (i32, f64) = sqlx::query_as(
+            "insert into payout_attempts (withdrawal_id, attempts, first_attempt_at, updated_at)
+             values ($1, 1, now(), now())
+             on conflict (withdrawal_id) do update set attempts = payout_attempts.attempts + 1, updated_at = now()
+             returning attempts, extract(epoch from now() - first_attempt_at)::float8",
+        )
+        .bind(withdrawal_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| PayoutStepError(e.to_string()))?;
+        Ok((u32::try_from(attempts).unwrap_or(u32::MAX), Duration::from_secs_f64(elapsed_s.max(0.0))))
+    }
+
+    async fn record_error(&self, withdrawal_id: Uuid, error: &str) -> Result<(), PayoutStepError> {
+        sqlx::query("update payout_attempts set last_error = $2 where withdrawal_id = $1")
+            .bind(withdrawal_id)
+            .bind(error)
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(|e| PayoutStepError(e.to_string()))
+    }
+
+    async fn publish_dead_letter(&self, dead: &DeadLetterPayout) {
+        let subject = format!("{}.dead_letters.payouts", self.names.prefix());
+        let payload = serde_json::to_vec(dead).expect("dead letters serialize");
+        if let Err(e) = self.js.publish(subject, payload.into()).await {
+            tracing::warn!(error = %e, "publishing the dead letter to JetStream failed (the event still records it)");
+        }
+    }
+
+    /// Records the outcome; a rejection (already settled, failed or dead-lettered by
+    /// another worker) means there is nothing left to do.
+    async fn record(&self, command: Command) -> Result<(), PayoutStepError> {
+        let request = CommandRequest {
+            command,
+            metadata: EventMetadata { actor: "payout-worker".into(), ..EventMetadata::default() },
+            idempotency: None,
+            render: Arc::new(|_| StoredResponse { status: 200, body: serde_json::Value::Null }),
+        };
+        self.bus.execute(request).await.map(|_| ()).map_err(|e| PayoutStepError(e.to_string()))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct PayoutStepError(String);
