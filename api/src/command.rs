@@ -87,12 +87,26 @@ pub async fn execute(
     causation_id: Option<String>,
     render: Render,
 ) -> Result<Response, ApiError> {
+    let (stored, replayed) = execute_reply(state, principal, context, body, command, causation_id, render).await?;
+    Ok(respond(stored, replayed))
+}
+
+/// Like [`execute`], returning the stored response and whether it is a replay.
+pub async fn execute_reply(
+    state: &AppState,
+    principal: &Principal,
+    context: &RequestContext,
+    body: CommandBody,
+    command: Command,
+    causation_id: Option<String>,
+    render: Render,
+) -> Result<(StoredResponse, bool), ApiError> {
     let scoped = (principal.name.clone(), body.key.clone());
     if let Some(record) = state.store.idempotency_records(std::slice::from_ref(&scoped)).await?.remove(&scoped) {
         if record.fingerprint != body.fingerprint {
             return Err(ledger_infrastructure::CommandError::IdempotencyKeyReused.into());
         }
-        return Ok(respond(record.response, true));
+        return Ok((record.response, true));
     }
     let _guard = {
         let mut set = state.in_flight.lock().map_err(|_| ApiError::internal(&"in-flight set poisoned"))?;
@@ -120,7 +134,7 @@ pub async fn execute(
         render,
     };
     let reply = state.bus.execute(request).await?;
-    Ok(respond(reply.response, reply.replayed))
+    Ok((reply.response, reply.replayed))
 }
 
 /// Turns a stored response into an HTTP response.

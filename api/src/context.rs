@@ -2,12 +2,11 @@
 //! the correlation id (taken from `X-Correlation-Id` or generated, and echoed back).
 
 use crate::error::ApiError;
-use crate::state::AppState;
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use sha2::{Digest, Sha256};
 
 pub const CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
@@ -68,26 +67,6 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
 pub fn constant_time_eq(a: &str, b: &str) -> bool {
     let (x, y) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
     x.iter().zip(y.iter()).fold(0u8, |acc, (p, q)| acc | (p ^ q)) == 0
-}
-
-/// Requires a valid bearer token on every /v1 route and records the principal.
-pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let token = request
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let principal = match (token, state.config.admin_token.as_deref()) {
-        (Some(t), Some(admin)) if constant_time_eq(t, admin) => Principal { name: "admin".into(), role: Role::Admin },
-        _ => return ApiError::unauthorized().into_response(),
-    };
-    let admin_area = request.uri().path().starts_with("/v1/admin");
-    if admin_area && principal.role == Role::Client {
-        return ApiError::forbidden().into_response();
-    }
-    request.extensions_mut().insert(principal);
-    next.run(request).await
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Principal {

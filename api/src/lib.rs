@@ -1,9 +1,12 @@
 //! The HTTP API (axum) and the `ledger` binary's subcommands. Depends on the domain,
 //! infrastructure and projections; nothing depends on it.
 
+pub mod auth;
+pub mod cli;
 pub mod command;
 pub mod context;
 pub mod error;
+pub mod progress;
 pub mod read;
 pub mod routes;
 pub mod serve;
@@ -25,7 +28,8 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::withdrawals::router())
         .merge(routes::events::router())
         .merge(routes::admin::router())
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), context::authenticate));
+        .merge(routes::audit::router())
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate));
     Router::new()
         .merge(v1)
         .merge(routes::health::router())

@@ -26,6 +26,33 @@ enum Cmd {
     Worker,
     /// Creates the database if missing and applies migrations.
     Migrate,
+    /// API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCmd,
+    },
+    /// The audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Issues a token and prints it (once; only its hash is stored).
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        role: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Walks the tamper-evident hash chain; exits non-zero if it is broken.
+    Verify,
 }
 
 fn init_tracing() {
@@ -64,6 +91,19 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Migrate => {
             ledger_infrastructure::connect_and_migrate(&config).await.context("migrating the database")?;
             println!("database migrated");
+            return Ok(());
+        }
+        Cmd::Token { command: TokenCmd::Create { name, role } } => {
+            let token = ledger_api::cli::create_token(&config, &name, &role).await?;
+            println!("{token}");
+            return Ok(());
+        }
+        Cmd::Audit { command: AuditCmd::Verify } => {
+            let report = ledger_api::cli::audit_verify(&config).await?;
+            println!("{}", serde_json::to_string(&report)?);
+            if !report.ok {
+                std::process::exit(1);
+            }
             return Ok(());
         }
         Cmd::Serve => Mode::All,

@@ -33,6 +33,7 @@ pub struct AppState {
     /// The breaker around the payment provider (payouts, reconciliation).
     pub provider_breaker: CircuitBreaker,
     pub provider: ProviderClient,
+    pub tokens: crate::auth::TokenCache,
 }
 
 impl AppState {
@@ -67,6 +68,7 @@ impl AppState {
             ),
             provider: ProviderClient::new(&config.provider_url, config.provider_timeout),
             config: Arc::new(config),
+            tokens: crate::auth::TokenCache::default(),
         }
     }
 }

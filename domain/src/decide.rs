@@ -88,6 +88,16 @@ pub struct ResolveDeadLetter {
     pub withdrawal_id: Uuid,
 }
 
+/// Issue an API token. The caller derives `token_id` from the name, so a name is
+/// issued once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssueToken {
+    pub token_id: Uuid,
+    pub name: String,
+    pub role: String,
+    pub token_sha256: String,
+}
+
 /// Everything the ledger can be asked to do.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
@@ -106,6 +116,7 @@ pub enum Command {
     RedrivePayout(ResolveDeadLetter),
     /// Give up: the withdrawal fails and its hold is released.
     DiscardPayout(ResolveDeadLetter),
+    IssueToken(IssueToken),
 }
 
 /// A business rule a command would break. Each maps to one stable API error code.
@@ -161,6 +172,7 @@ impl Command {
                 ids
             }
             Command::RequestWithdrawal(c) => vec![c.withdrawal_id, c.account_id],
+            Command::IssueToken(c) => vec![c.token_id],
             Command::SettleWithdrawal(SettleWithdrawal { withdrawal_id, .. })
             | Command::FailWithdrawal(FailWithdrawal { withdrawal_id, .. })
             | Command::DeadLetterPayout(DeadLetterPayout { withdrawal_id, .. })
@@ -193,6 +205,15 @@ pub fn decide(command: &Command, state: &Ledger) -> Result<Vec<Event>, DomainErr
         Command::DeadLetterPayout(c) => dead_letter(c, state),
         Command::RedrivePayout(c) => redrive(c, state),
         Command::DiscardPayout(c) => discard(c, state),
+        Command::IssueToken(c) => {
+            ensure_new(state, c.token_id)?;
+            Ok(vec![Event::TokenIssued(TokenIssued {
+                token_id: c.token_id,
+                name: c.name.clone(),
+                role: c.role.clone(),
+                token_sha256: c.token_sha256.clone(),
+            })])
+        }
     }
 }
 

@@ -101,6 +101,16 @@ pub struct PayoutRedriven {
     pub withdrawal_id: Uuid,
 }
 
+/// An API token was issued. Only a hash of the secret is recorded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenIssued {
+    pub token_id: Uuid,
+    pub name: String,
+    pub role: String,
+    /// Hex sha256 of the token (the token itself is shown once and never stored).
+    pub token_sha256: String,
+}
+
 /// Every fact the ledger can record. Serialized adjacently tagged so the store can
 /// keep the variant name in its own `type` column and the payload in `data`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,6 +125,7 @@ pub enum Event {
     WithdrawalFailed(WithdrawalFailed),
     PayoutDeadLettered(PayoutDeadLettered),
     PayoutRedriven(PayoutRedriven),
+    TokenIssued(TokenIssued),
 }
 
 /// One balance change of one account caused by an event.
@@ -137,6 +148,7 @@ impl Event {
             Event::WithdrawalFailed(_) => "WithdrawalFailed",
             Event::PayoutDeadLettered(_) => "PayoutDeadLettered",
             Event::PayoutRedriven(_) => "PayoutRedriven",
+            Event::TokenIssued(_) => "TokenIssued",
         }
     }
 
@@ -162,6 +174,7 @@ impl Event {
             Event::WithdrawalFailed(e) => vec![(e.withdrawal_id, Exact), (e.account_id, Exact)],
             Event::PayoutDeadLettered(e) => vec![(e.withdrawal_id, Exact)],
             Event::PayoutRedriven(e) => vec![(e.withdrawal_id, Exact)],
+            Event::TokenIssued(e) => vec![(e.token_id, Exact)],
         }
     }
 
@@ -183,7 +196,8 @@ impl Event {
             | Event::WithdrawalRequested(_)
             | Event::WithdrawalFailed(_)
             | Event::PayoutDeadLettered(_)
-            | Event::PayoutRedriven(_) => Vec::new(),
+            | Event::PayoutRedriven(_)
+            | Event::TokenIssued(_) => Vec::new(),
         }
     }
 
@@ -197,7 +211,7 @@ impl Event {
             Event::WithdrawalRequested(e) => vec![e.account_id],
             Event::WithdrawalSettled(e) => vec![e.account_id, e.system_account_id],
             Event::WithdrawalFailed(e) => vec![e.account_id],
-            Event::PayoutDeadLettered(_) | Event::PayoutRedriven(_) => Vec::new(),
+            Event::PayoutDeadLettered(_) | Event::PayoutRedriven(_) | Event::TokenIssued(_) => Vec::new(),
         }
     }
 

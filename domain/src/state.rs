@@ -77,6 +77,11 @@ pub enum Aggregate {
     Account(Account),
     Transfer(Transfer),
     Withdrawal(Withdrawal),
+    /// An API token (name and role; the secret is not part of the state).
+    Token {
+        name: String,
+        role: String,
+    },
 }
 
 /// The folded state of one stream, with the version of its last event.
@@ -138,6 +143,7 @@ pub fn evolve(state: StreamState, stream_id: Uuid, version: i64, event: &Event) 
             failure_reason: None,
             dead_letter: None,
         }),
+        (Aggregate::Empty, Event::TokenIssued(e)) => Aggregate::Token { name: e.name.clone(), role: e.role.clone() },
         (Aggregate::Withdrawal(mut w), Event::WithdrawalSettled(e)) => {
             assert_eq!(w.status, WithdrawalStatus::Pending, "withdrawal {} settled when not pending", w.id);
             w.status = WithdrawalStatus::Settled;

@@ -52,6 +52,10 @@ pub struct Config {
     pub provider_breaker_failures: u32,
     pub provider_breaker_window: Duration,
     pub provider_breaker_cooldown: Duration,
+    /// `LEDGER_RATE_LIMIT_PER_S` (default 5000) and `LEDGER_RATE_LIMIT_BURST` (default 10000):
+    /// requests per token; past them 429 with `Retry-After`.
+    pub rate_limit_per_s: u32,
+    pub rate_limit_burst: u32,
 }
 
 fn env_or(name: &str, default: &str) -> String {
@@ -100,6 +104,8 @@ impl Config {
             provider_breaker_failures: env_num("LEDGER_PROVIDER_BREAKER_FAILURES", 5)?,
             provider_breaker_window: Duration::from_millis(env_num("LEDGER_PROVIDER_BREAKER_WINDOW_MS", 30_000)?),
             provider_breaker_cooldown: Duration::from_millis(env_num("LEDGER_PROVIDER_BREAKER_COOLDOWN_MS", 5000)?),
+            rate_limit_per_s: env_num("LEDGER_RATE_LIMIT_PER_S", 5000)?,
+            rate_limit_burst: env_num("LEDGER_RATE_LIMIT_BURST", 10_000)?,
         })
     }
 
@@ -130,6 +136,8 @@ impl Config {
             provider_breaker_failures: 5,
             provider_breaker_window: Duration::from_secs(30),
             provider_breaker_cooldown: Duration::from_millis(500),
+            rate_limit_per_s: 5000,
+            rate_limit_burst: 10_000,
         }
     }
 }

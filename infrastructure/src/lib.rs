@@ -12,6 +12,7 @@ pub use config::Config;
 pub use db::{MIGRATOR, connect, connect_and_migrate, ensure_database};
 pub use store::{EventMetadata, EventStore, IdempotencyClaim, RecordedEvent, StoredResponse};
 pub use writer::{CommandBus, CommandError, CommandReply, CommandRequest, Executed, Render, StateLoader, WriterLimits};
+pub mod audit;
 pub mod breaker;
 pub mod nats;
 pub mod payouts;

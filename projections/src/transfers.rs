@@ -100,7 +100,7 @@ pub async fn apply(tx: &mut Transaction<'_, Postgres>, events: &[RecordedEvent])
                     .execute(&mut **tx)
                     .await?;
             }
-            Event::AccountOpened(_) | Event::AccountClosed(_) | Event::DepositRecorded(_) => {}
+            Event::AccountOpened(_) | Event::AccountClosed(_) | Event::DepositRecorded(_) | Event::TokenIssued(_) => {}
         }
     }
     Ok(())

@@ -17,6 +17,7 @@ use ledger_domain::decide::ResolveDeadLetter;
 use ledger_infrastructure::{Executed, StoredResponse};
 use ledger_projections::Projection;
 use serde_json::json;
+use sha2::Digest;
 use std::collections::HashMap;
 use std::sync::Arc;
 use uuid::Uuid;
@@ -28,6 +29,54 @@ pub fn router() -> Router<AppState> {
         .route("/v1/admin/dead-letters", get(dead_letters))
         .route("/v1/admin/dead-letters/{id}/redrive", post(redrive))
         .route("/v1/admin/dead-letters/{id}/discard", post(discard))
+        .route("/v1/admin/tokens", post(create_token))
+}
+
+/// Issues a token. The secret is in the first response only: the stored response
+/// (replayed for the same Idempotency-Key) carries `"token": null`, because the
+/// idempotency record must not keep the secret in plain text.
+async fn create_token(
+    State(state): State<AppState>,
+    principal: Principal,
+    context: RequestContext,
+    body: CommandBody,
+) -> Result<Response, ApiError> {
+    let f = crate::validate::Fields::of(&body.json)?;
+    let name = f.text("name")?;
+    if name.len() > 100 || !name.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        return Err(ApiError::validation("`name` must be 1 to 100 printable ASCII characters without spaces"));
+    }
+    let role = f.text("role")?;
+    crate::auth::parse_role(&role).ok_or_else(|| ApiError::validation("`role` must be admin, operator or client"))?;
+    let token = format!("ltk_{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
+    let token_sha256 = crate::auth::token_hash(&token);
+    let token_id = token_id(&name);
+    let command = Command::IssueToken(ledger_domain::decide::IssueToken {
+        token_id,
+        name: name.clone(),
+        role: role.clone(),
+        token_sha256,
+    });
+    let render: ledger_infrastructure::Render = Arc::new(move |outcome| match outcome {
+        Ok(_) => {
+            StoredResponse { status: 201, body: json!({ "id": token_id, "name": name, "role": role, "token": null }) }
+        }
+        Err(e) => rejection(e),
+    });
+    let (mut stored, replayed) =
+        crate::command::execute_reply(&state, &principal, &context, body, command, None, render).await?;
+    if stored.status == 201 && !replayed {
+        stored.body["token"] = json!(token);
+    }
+    Ok(crate::command::respond(stored, replayed))
+}
+
+/// A token's stream id, derived from its name so each name is issued once.
+pub fn token_id(name: &str) -> Uuid {
+    let digest = sha2::Sha256::digest(format!("ledger-token:{name}").as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    Uuid::new_v8(bytes)
 }
 
 async fn breakers(State(state): State<AppState>) -> Result<Response, ApiError> {

@@ -1,0 +1,153 @@
+//! Authentication and authorization: bearer tokens (the bootstrap admin token from
+//! `LEDGER_ADMIN_TOKEN`, compared in constant time, and issued tokens, looked up by the
+//! sha256 of the secret), the role table of API.md, and a per-token rate limit.
+
+use crate::context::{Principal, Role, constant_time_eq};
+use crate::error::ApiError;
+use crate::state::AppState;
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a token look-up is remembered (a valid one, and an unknown one).
+const TOKEN_CACHE_TTL: Duration = Duration::from_secs(60);
+const UNKNOWN_TOKEN_CACHE_TTL: Duration = Duration::from_secs(5);
+const TOKEN_CACHE_ENTRIES_MAX: u64 = 10_000;
+
+/// Known and unknown tokens, by the hex sha256 of the secret.
+#[derive(Clone)]
+pub struct TokenCache {
+    known: moka::sync::Cache<String, Principal>,
+    unknown: moka::sync::Cache<String, ()>,
+    buckets: moka::sync::Cache<String, Arc<Mutex<Bucket>>>,
+}
+
+impl Default for TokenCache {
+    fn default() -> Self {
+        TokenCache {
+            known: moka::sync::Cache::builder()
+                .max_capacity(TOKEN_CACHE_ENTRIES_MAX)
+                .time_to_live(TOKEN_CACHE_TTL)
+                .build(),
+            unknown: moka::sync::Cache::builder()
+                .max_capacity(TOKEN_CACHE_ENTRIES_MAX)
+                .time_to_live(UNKNOWN_TOKEN_CACHE_TTL)
+                .build(),
+            buckets: moka::sync::Cache::builder()
+                .max_capacity(TOKEN_CACHE_ENTRIES_MAX)
+                .time_to_idle(Duration::from_secs(600))
+                .build(),
+        }
+    }
+}
+
+/// A token bucket.
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+pub fn parse_role(role: &str) -> Option<Role> {
+    match role {
+        "admin" => Some(Role::Admin),
+        "operator" => Some(Role::Operator),
+        "client" => Some(Role::Client),
+        _ => None,
+    }
+}
+
+async fn principal(state: &AppState, token: &str) -> Result<Option<Principal>, ApiError> {
+    if let Some(admin) = state.config.admin_token.as_deref()
+        && constant_time_eq(token, admin)
+    {
+        return Ok(Some(Principal { name: "admin".into(), role: Role::Admin }));
+    }
+    let hash = token_hash(token);
+    if let Some(p) = state.tokens.known.get(&hash) {
+        return Ok(Some(p));
+    }
+    if state.tokens.unknown.contains_key(&hash) {
+        return Ok(None);
+    }
+    match ledger_infrastructure::audit::token_by_hash(&state.store, &hash).await? {
+        Some((name, role)) => {
+            let role = parse_role(&role).ok_or_else(|| ApiError::internal(&"a stored token has an unknown role"))?;
+            let p = Principal { name, role };
+            state.tokens.known.insert(hash, p.clone());
+            Ok(Some(p))
+        }
+        None => {
+            state.tokens.unknown.insert(hash, ());
+            Ok(None)
+        }
+    }
+}
+
+/// The role table of API.md: admin everything; operator everything under
+/// /v1/admin except tokens, plus all reads; client commands and reads outside /v1/admin.
+pub fn allowed(role: Role, method: &Method, path: &str) -> bool {
+    let admin_area = path.starts_with("/v1/admin");
+    let read = method == Method::GET || method == Method::HEAD;
+    match role {
+        Role::Admin => true,
+        Role::Operator => (admin_area && !path.starts_with("/v1/admin/tokens")) || read,
+        Role::Client => !admin_area,
+    }
+}
+
+/// Takes one request from the principal's bucket, or says how long to wait.
+fn take(state: &AppState, name: &str) -> Result<(), u64> {
+    let rate = f64::from(state.config.rate_limit_per_s.max(1));
+    let burst = f64::from(state.config.rate_limit_burst.max(1));
+    let bucket = state
+        .tokens
+        .buckets
+        .get_with(name.to_owned(), || Arc::new(Mutex::new(Bucket { tokens: burst, at: Instant::now() })));
+    let mut b = bucket.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let now = Instant::now();
+    b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(burst);
+    b.at = now;
+    if b.tokens >= 1.0 {
+        b.tokens -= 1.0;
+        Ok(())
+    } else {
+        Err(((1.0 - b.tokens) / rate).ceil().max(1.0) as u64)
+    }
+}
+
+/// Requires a valid bearer token with a role that allows the route, within its rate.
+pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let token = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    let principal = match token {
+        None => return ApiError::unauthorized().into_response(),
+        Some(t) => match principal(&state, t).await {
+            Ok(Some(p)) => p,
+            Ok(None) => return ApiError::unauthorized().into_response(),
+            Err(e) => return e.into_response(),
+        },
+    };
+    if !allowed(principal.role, request.method(), request.uri().path()) {
+        return ApiError::forbidden().into_response();
+    }
+    if let Err(retry_after_s) = take(&state, &principal.name) {
+        let e =
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "unavailable", "too many requests for this token; slow down");
+        return ApiError { retry_after_s: Some(retry_after_s), ..e }.into_response();
+    }
+    request.extensions_mut().insert(principal);
+    next.run(request).await
+}

@@ -1,0 +1,67 @@
+//! The CLI subcommands that work on the database directly (no HTTP): tokens, the
+//! audit chain. Progress goes to stderr; results to stdout.
+
+use crate::auth::{parse_role, token_hash};
+use crate::routes::admin::token_id;
+use ledger_domain::Command;
+use ledger_domain::decide::IssueToken;
+use ledger_infrastructure::audit::verify_chain;
+use ledger_infrastructure::{
+    CommandBus, CommandRequest, Config, EventMetadata, EventStore, StoredResponse, WriterLimits,
+};
+use std::sync::Arc;
+
+/// Why a CLI command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("command failed: {0}")]
+    Command(String),
+}
+
+async fn store(config: &Config) -> Result<EventStore, CliError> {
+    Ok(EventStore::new(ledger_infrastructure::connect_and_migrate(config).await?))
+}
+
+/// `ledger token create --name N --role R`: prints the new token once.
+pub async fn create_token(config: &Config, name: &str, role: &str) -> Result<String, CliError> {
+    parse_role(role).ok_or_else(|| CliError::Invalid("role must be admin, operator or client".into()))?;
+    let store = store(config).await?;
+    let bus = CommandBus::start(
+        store,
+        WriterLimits { batch_max: 1, queue_max: 1, conflict_retries_max: config.conflict_retries_max, cache_max: 16 },
+    );
+    let token = format!("ltk_{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let command = Command::IssueToken(IssueToken {
+        token_id: token_id(name),
+        name: name.to_owned(),
+        role: role.to_owned(),
+        token_sha256: token_hash(&token),
+    });
+    let request = CommandRequest {
+        command,
+        metadata: EventMetadata { actor: "cli".into(), ..EventMetadata::default() },
+        idempotency: None,
+        render: Arc::new(|outcome| match outcome {
+            Ok(_) => StoredResponse { status: 201, body: serde_json::Value::Null },
+            Err(e) => StoredResponse { status: 422, body: serde_json::json!(e.to_string()) },
+        }),
+    };
+    let reply = bus.execute(request).await.map_err(|e| CliError::Command(e.to_string()))?;
+    if reply.response.status != 201 {
+        return Err(CliError::Command(reply.response.body.to_string()));
+    }
+    Ok(token)
+}
+
+/// `ledger audit verify`: walks the chain; Ok(report) whether or not it verified.
+pub async fn audit_verify(config: &Config) -> Result<ledger_infrastructure::audit::ChainReport, CliError> {
+    let store = store(config).await?;
+    let bar = crate::progress::Progress::new("verifying the hash chain");
+    let report = verify_chain(&store, 5_000, |done, total| bar.update(done, total)).await?;
+    bar.finish();
+    Ok(report)
+}
