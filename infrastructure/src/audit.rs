@@ -98,21 +98,8 @@ pub async fn audit_events(store: &EventStore, f: &AuditFilter) -> Result<Vec<Rec
         q.push(" and e.recorded_at < ").push_bind(to);
     }
     q.push(" order by e.position limit ").push_bind(f.limit);
-    let rows: Vec<(i64, Uuid, Uuid, i64, String, serde_json::Value, serde_json::Value, DateTime<Utc>)> =
-        q.build_query_as().fetch_all(store.pool()).await?;
-    Ok(rows
-        .into_iter()
-        .map(|(position, event_id, stream_id, version, event_type, data, metadata, recorded_at)| RecordedEvent {
-            position,
-            event_id,
-            stream_id,
-            version,
-            event_type,
-            data,
-            metadata,
-            recorded_at,
-        })
-        .collect())
+    let rows: Vec<crate::store::RecordedRow> = q.build_query_as().fetch_all(store.pool()).await?;
+    Ok(rows.into_iter().map(RecordedEvent::from).collect())
 }
 
 /// The name and role of the token whose sha256 (hex) is given.

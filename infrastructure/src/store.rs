@@ -481,7 +481,7 @@ impl Rows {
 }
 
 #[derive(sqlx::FromRow)]
-struct RecordedRow {
+pub(crate) struct RecordedRow {
     position: i64,
     event_id: Uuid,
     stream_id: Uuid,
