@@ -32,7 +32,13 @@ pub async fn create_token(config: &Config, name: &str, role: &str) -> Result<Str
     let store = store(config).await?;
     let bus = CommandBus::start(
         store,
-        WriterLimits { batch_max: 1, queue_max: 1, conflict_retries_max: config.conflict_retries_max, cache_max: 16 },
+        WriterLimits {
+            batch_max: 1,
+            queue_max: 1,
+            conflict_retries_max: config.conflict_retries_max,
+            cache_max: 16,
+            snapshot_every: 0,
+        },
     );
     let token = format!("ltk_{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
     let command = Command::IssueToken(IssueToken {
@@ -64,4 +70,62 @@ pub async fn audit_verify(config: &Config) -> Result<ledger_infrastructure::audi
     let report = verify_chain(&store, 5_000, |done, total| bar.update(done, total)).await?;
     bar.finish();
     Ok(report)
+}
+
+/// `ledger projections rebuild NAME`: blue-green rebuild from the log.
+pub async fn rebuild_projection(config: &Config, name: &str) -> Result<i64, CliError> {
+    let projection = ledger_projections::Projection::from_name(name)
+        .ok_or_else(|| CliError::Invalid(format!("no projection named {name} (accounts, transfers)")))?;
+    let store = store(config).await?;
+    let lock = ledger_projections::rebuild::RebuildLock::acquire(&config.database_url, projection)
+        .await
+        .map_err(|e| CliError::Command(e.to_string()))?;
+    let bar = crate::progress::Progress::new(&format!("rebuilding {name}"));
+    let position = lock
+        .rebuild(store.pool(), |done, total| bar.update(done, total))
+        .await
+        .map_err(|e| CliError::Command(e.to_string()))?;
+    bar.finish();
+    Ok(position)
+}
+
+/// `ledger projections verify`: the differences between read models and the log.
+pub async fn verify_projections(config: &Config) -> Result<Vec<String>, CliError> {
+    let store = store(config).await?;
+    let bar = crate::progress::Progress::new("folding the log");
+    let diffs = ledger_projections::verify::verify(store.pool(), |done, total| bar.update(done, total))
+        .await
+        .map_err(|e| CliError::Command(e.to_string()))?;
+    bar.finish();
+    Ok(diffs)
+}
+
+/// `ledger replay --stream ID [--to-position N]`: each event of the stream with the
+/// stream's state after it, as JSON lines on `out`.
+pub async fn replay(
+    config: &Config,
+    stream: uuid::Uuid,
+    to_position: Option<i64>,
+    out: &mut impl std::io::Write,
+) -> Result<usize, CliError> {
+    let store = store(config).await?;
+    let mut state = ledger_domain::StreamState::default();
+    let mut printed = 0;
+    loop {
+        let page = store.read_stream(stream, state.version + 1, 1000).await?;
+        if page.is_empty() {
+            break;
+        }
+        for e in page {
+            if to_position.is_some_and(|p| e.position > p) {
+                return Ok(printed);
+            }
+            let event = e.event().map_err(|err| CliError::Command(err.to_string()))?;
+            state = ledger_domain::evolve(state, stream, e.version, &event);
+            let line = serde_json::json!({ "event": e, "state_after": state });
+            writeln!(out, "{line}").map_err(|err| CliError::Command(err.to_string()))?;
+            printed += 1;
+        }
+    }
+    Ok(printed)
 }

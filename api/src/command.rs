@@ -77,6 +77,17 @@ impl Drop for InFlightGuard<'_> {
     }
 }
 
+/// The idempotency record a request will write.
+pub fn claim(state: &AppState, principal: &Principal, body: &CommandBody) -> IdempotencyClaim {
+    IdempotencyClaim {
+        principal: principal.name.clone(),
+        key: body.key.clone(),
+        fingerprint: body.fingerprint.clone(),
+        expires_at: chrono::Utc::now()
+            + chrono::Duration::from_std(state.config.idempotency_ttl).unwrap_or(chrono::Duration::hours(24)),
+    }
+}
+
 /// Executes `command` once per idempotency key and answers with its (possibly stored) response.
 pub async fn execute(
     state: &AppState,
@@ -124,13 +135,7 @@ pub async fn execute_reply(
             causation_id,
             idempotency_key: Some(body.key.clone()),
         },
-        idempotency: Some(IdempotencyClaim {
-            principal: principal.name.clone(),
-            key: body.key,
-            fingerprint: body.fingerprint,
-            expires_at: chrono::Utc::now()
-                + chrono::Duration::from_std(state.config.idempotency_ttl).unwrap_or(chrono::Duration::hours(24)),
-        }),
+        idempotency: Some(claim(state, principal, &body)),
         render,
     };
     let reply = state.bus.execute(request).await?;

@@ -31,6 +31,18 @@ enum Cmd {
         #[command(subcommand)]
         command: TokenCmd,
     },
+    /// Read models.
+    Projections {
+        #[command(subcommand)]
+        command: ProjectionsCmd,
+    },
+    /// Prints a stream's events, each with the stream's state after it.
+    Replay {
+        #[arg(long)]
+        stream: uuid::Uuid,
+        #[arg(long)]
+        to_position: Option<i64>,
+    },
     /// The audit trail.
     Audit {
         #[command(subcommand)]
@@ -47,6 +59,14 @@ enum TokenCmd {
         #[arg(long)]
         role: String,
     },
+}
+
+#[derive(Subcommand)]
+enum ProjectionsCmd {
+    /// Rebuilds a projection from the log without downtime (blue-green).
+    Rebuild { name: String },
+    /// Compares every read model with the log; exits non-zero on any difference.
+    Verify,
 }
 
 #[derive(Subcommand)]
@@ -104,6 +124,27 @@ async fn main() -> anyhow::Result<()> {
             if !report.ok {
                 std::process::exit(1);
             }
+            return Ok(());
+        }
+        Cmd::Projections { command: ProjectionsCmd::Rebuild { name } } => {
+            let position = ledger_api::cli::rebuild_projection(&config, &name).await?;
+            println!("{name} rebuilt and switched at position {position}");
+            return Ok(());
+        }
+        Cmd::Projections { command: ProjectionsCmd::Verify } => {
+            let diffs = ledger_api::cli::verify_projections(&config).await?;
+            for d in &diffs {
+                println!("{d}");
+            }
+            if !diffs.is_empty() {
+                eprintln!("{} differences", diffs.len());
+                std::process::exit(1);
+            }
+            println!("read models match the log");
+            return Ok(());
+        }
+        Cmd::Replay { stream, to_position } => {
+            ledger_api::cli::replay(&config, stream, to_position, &mut std::io::stdout().lock()).await?;
             return Ok(());
         }
         Cmd::Serve => Mode::All,

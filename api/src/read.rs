@@ -118,6 +118,10 @@ impl AccountCache {
         }
     }
 
+    pub fn invalidate_all(&self) {
+        self.cache.invalidate_all();
+    }
+
     /// (hits, misses, entries).
     pub fn stats(&self) -> (u64, u64, u64) {
         (self.hits.load(Ordering::Relaxed), self.misses.load(Ordering::Relaxed), self.cache.entry_count())

@@ -131,8 +131,11 @@ pub fn spawn_read_side(state: &AppState, shutdown: CancellationToken) -> Vec<Joi
                 _ = shutdown.cancelled() => return,
                 message = sub.next() => match message {
                     Some(m) => {
-                        if let Ok(ids) = serde_json::from_slice::<Vec<Uuid>>(&m.payload) {
-                            sub_state.cache.invalidate(&ids).await;
+                        match serde_json::from_slice::<Vec<Uuid>>(&m.payload) {
+                            // An empty list means every entry (a projection was rebuilt).
+                            Ok(ids) if ids.is_empty() => sub_state.cache.invalidate_all(),
+                            Ok(ids) => sub_state.cache.invalidate(&ids).await,
+                            Err(_) => {}
                         }
                     }
                     None => return,

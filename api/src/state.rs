@@ -46,6 +46,7 @@ impl AppState {
                 queue_max: config.command_queue_max,
                 conflict_retries_max: config.conflict_retries_max,
                 cache_max: config.state_cache_max,
+                snapshot_every: config.snapshot_every,
             },
         );
         AppState {

@@ -15,5 +15,6 @@ pub use decide::{Command, DomainError, decide, system_account_id};
 pub use events::{Concurrency, Event, Posting};
 pub use money::{AMOUNT_MAX, Amount, AmountError, Currency, CurrencyError, Money};
 pub use state::{
-    Account, AccountStatus, Aggregate, Ledger, StreamState, Transfer, Withdrawal, WithdrawalStatus, evolve,
+    Account, AccountStatus, Aggregate, EVOLVE_VERSION, Ledger, StreamState, Transfer, Withdrawal, WithdrawalStatus,
+    evolve,
 };

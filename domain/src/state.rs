@@ -69,6 +69,10 @@ pub struct Withdrawal {
     pub dead_letter: Option<Uuid>,
 }
 
+/// The version of `evolve` and of the state it folds into. Bump it whenever either
+/// changes: snapshots taken under another version are then ignored and rebuilt.
+pub const EVOLVE_VERSION: i32 = 1;
+
 /// What a stream is, once its first event has been seen.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Aggregate {

@@ -56,6 +56,9 @@ pub struct Config {
     /// requests per token; past them 429 with `Retry-After`.
     pub rate_limit_per_s: u32,
     pub rate_limit_burst: u32,
+    /// `LEDGER_SNAPSHOT_EVERY` (default 100): snapshot a stream after this many events
+    /// were folded to load it; 0 disables snapshots.
+    pub snapshot_every: usize,
 }
 
 fn env_or(name: &str, default: &str) -> String {
@@ -106,6 +109,7 @@ impl Config {
             provider_breaker_cooldown: Duration::from_millis(env_num("LEDGER_PROVIDER_BREAKER_COOLDOWN_MS", 5000)?),
             rate_limit_per_s: env_num("LEDGER_RATE_LIMIT_PER_S", 5000)?,
             rate_limit_burst: env_num("LEDGER_RATE_LIMIT_BURST", 10_000)?,
+            snapshot_every: env_num("LEDGER_SNAPSHOT_EVERY", 100)?,
         })
     }
 
@@ -138,6 +142,7 @@ impl Config {
             provider_breaker_cooldown: Duration::from_millis(500),
             rate_limit_per_s: 5000,
             rate_limit_burst: 10_000,
+            snapshot_every: 100,
         }
     }
 }

@@ -18,3 +18,4 @@ pub mod nats;
 pub mod payouts;
 pub mod provider;
 pub mod relay;
+pub mod snapshots;

@@ -311,6 +311,18 @@ impl EventStore {
         rows.into_iter().map(|(stream, version, t, data)| Ok((stream, version, Event::from_parts(&t, data)?))).collect()
     }
 
+    /// The last position recorded at or before `at` (0 before the first event).
+    /// `recorded_at` never decreases along the log, so this is a cut of history.
+    pub async fn position_at(&self, at: DateTime<Utc>) -> Result<i64, sqlx::Error> {
+        let p: Option<i64> = sqlx::query_scalar(
+            "select position from events where recorded_at <= $1 order by recorded_at desc, position desc limit 1",
+        )
+        .bind(at)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(p.unwrap_or(0))
+    }
+
     /// The position of the last committed event.
     pub async fn head(&self) -> Result<i64, sqlx::Error> {
         sqlx::query_scalar("select position from log_head").fetch_one(&self.pool).await
@@ -400,6 +412,28 @@ impl EventStore {
                 ((p, k), IdempotencyRecord { fingerprint, response: StoredResponse { status, body } })
             })
             .collect())
+    }
+
+    /// Remembers the response of a request that records no event (an operation such
+    /// as starting a rebuild), for idempotent replay. A record already there wins.
+    pub async fn remember_response(
+        &self,
+        claim: &IdempotencyClaim,
+        response: &StoredResponse,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "insert into idempotency_keys (principal, key, fingerprint, status_code, body, expires_at)
+             values ($1, $2, $3, $4, $5, $6) on conflict do nothing",
+        )
+        .bind(&claim.principal)
+        .bind(&claim.key)
+        .bind(&claim.fingerprint)
+        .bind(i16::try_from(response.status).expect("HTTP statuses fit in i16"))
+        .bind(&response.body)
+        .bind(claim.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// Deletes up to `batch_max` idempotency records past their expiry.

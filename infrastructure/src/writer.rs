@@ -72,31 +72,56 @@ pub struct CommandBus {
     loader: StateLoader,
 }
 
-/// Folded stream states, cached, always caught up with the log before use.
+/// Folded stream states, cached, always caught up with the log before use. A stream
+/// not in the cache starts from its latest snapshot; one that needed `snapshot_every`
+/// or more events folded from the log gets a new snapshot.
 #[derive(Clone)]
 pub struct StateLoader {
     store: EventStore,
     cache: Cache<Uuid, StreamState>,
+    /// 0 disables snapshots.
+    snapshot_every: usize,
 }
 
 impl StateLoader {
-    pub fn new(store: EventStore, cache_max: u64) -> StateLoader {
-        StateLoader { store, cache: Cache::new(cache_max) }
+    pub fn new(store: EventStore, cache_max: u64, snapshot_every: usize) -> StateLoader {
+        StateLoader { store, cache: Cache::new(cache_max), snapshot_every }
     }
 
     /// Loads the given streams into `ledger`, exactly as the log has them now.
     pub async fn load(&self, ledger: &mut Ledger, ids: &[Uuid]) -> Result<(), StoreError> {
-        let mut known = Vec::with_capacity(ids.len());
+        let mut missing = Vec::new();
         for id in ids {
-            let state = self.cache.get(id).unwrap_or_default();
-            known.push((*id, state.version));
-            ledger.insert(*id, state);
+            match self.cache.get(id) {
+                Some(state) => ledger.insert(*id, state),
+                None => {
+                    missing.push(*id);
+                    ledger.insert(*id, StreamState::default());
+                }
+            }
         }
+        if self.snapshot_every > 0 && !missing.is_empty() {
+            for (id, state) in crate::snapshots::latest(self.store.pool(), &missing).await? {
+                ledger.insert(id, state);
+            }
+        }
+        let known: Vec<(Uuid, i64)> = ids.iter().map(|id| (*id, ledger.version(*id))).collect();
+        let mut folded: std::collections::HashMap<Uuid, usize> = std::collections::HashMap::new();
         for (stream, version, event) in self.store.events_after(&known).await? {
             ledger.apply_to_stream(stream, version, &event);
+            *folded.entry(stream).or_default() += 1;
         }
         for id in ids {
             self.remember(*id, ledger.stream(*id));
+        }
+        if self.snapshot_every > 0 {
+            for (id, count) in folded.into_iter().filter(|(_, n)| *n >= self.snapshot_every) {
+                if let Some(state) = ledger.stream(id)
+                    && let Err(e) = crate::snapshots::save(self.store.pool(), id, state).await
+                {
+                    tracing::warn!(error = %e, stream = %id, count, "saving a snapshot failed");
+                }
+            }
         }
         Ok(())
     }
@@ -118,13 +143,15 @@ pub struct WriterLimits {
     pub queue_max: usize,
     pub conflict_retries_max: u32,
     pub cache_max: u64,
+    /// Snapshot a stream whenever this many events had to be folded (0: never).
+    pub snapshot_every: usize,
 }
 
 impl CommandBus {
     /// Starts the writer task. It stops when every handle has been dropped.
     pub fn start(store: EventStore, limits: WriterLimits) -> CommandBus {
         let (tx, rx) = mpsc::channel(limits.queue_max);
-        let loader = StateLoader::new(store.clone(), limits.cache_max);
+        let loader = StateLoader::new(store.clone(), limits.cache_max, limits.snapshot_every);
         let writer = Writer { store, loader: loader.clone(), limits };
         tokio::spawn(writer.run(rx));
         CommandBus { tx, loader }

@@ -2,7 +2,7 @@
 //! `account_entries` (the statement, with `balance_after`). The state is folded with
 //! the domain's own `evolve`, so the view cannot drift from the write side's rules.
 
-use crate::apply::ApplyError;
+use crate::apply::{ApplyError, Tables};
 use ledger_domain::{Account, AccountStatus, Aggregate, Currency, Event, Money, StreamState, evolve};
 use ledger_infrastructure::RecordedEvent;
 use sqlx::{Postgres, Transaction};
@@ -35,15 +35,15 @@ type Row = (Uuid, String, Option<String>, String, i64, i64, i64, bool, Option<se
 
 async fn load(
     tx: &mut Transaction<'_, Postgres>,
+    t: &Tables,
     ids: &[Uuid],
 ) -> Result<HashMap<Uuid, (StreamState, i64)>, ApplyError> {
-    let rows: Vec<Row> = sqlx::query_as(
+    let sql = format!(
         "select id, currency, owner, status, balance, pending_holds, overdraft_limit, system, metadata, version, position
-         from accounts_view where id = any($1)",
-    )
-    .bind(ids)
-    .fetch_all(&mut **tx)
-    .await?;
+         from {} where id = any($1)",
+        t.name("accounts_view")
+    );
+    let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(ids).fetch_all(&mut **tx).await?;
     let mut states = HashMap::with_capacity(rows.len());
     for (id, currency, owner, status, balance, holds, limit, system, metadata, version, position) in rows {
         let account = Account {
@@ -63,12 +63,16 @@ async fn load(
 }
 
 /// Applies events (in position order, above the checkpoint) to the accounts view.
-pub async fn apply(tx: &mut Transaction<'_, Postgres>, events: &[RecordedEvent]) -> Result<Vec<Uuid>, ApplyError> {
+pub async fn apply(
+    tx: &mut Transaction<'_, Postgres>,
+    t: &Tables,
+    events: &[RecordedEvent],
+) -> Result<Vec<Uuid>, ApplyError> {
     let decoded: Vec<(&RecordedEvent, Event)> =
         events.iter().map(|r| Ok((r, r.event()?))).collect::<Result<_, serde_json::Error>>()?;
     let ids: BTreeSet<Uuid> = decoded.iter().flat_map(|(_, e)| e.accounts()).collect();
     let ids: Vec<Uuid> = ids.into_iter().collect();
-    let mut states = load(tx, &ids).await?;
+    let mut states = load(tx, t, &ids).await?;
     let mut entries = Vec::new();
     for (recorded, event) in &decoded {
         for id in event.accounts() {
@@ -95,13 +99,14 @@ pub async fn apply(tx: &mut Transaction<'_, Postgres>, events: &[RecordedEvent])
             });
         }
     }
-    write_accounts(tx, &ids, &states).await?;
-    write_entries(tx, entries).await?;
+    write_accounts(tx, t, &ids, &states).await?;
+    write_entries(tx, t, entries).await?;
     Ok(ids)
 }
 
 async fn write_accounts(
     tx: &mut Transaction<'_, Postgres>,
+    t: &Tables,
     ids: &[Uuid],
     states: &HashMap<Uuid, (StreamState, i64)>,
 ) -> Result<(), ApplyError> {
@@ -123,32 +128,34 @@ async fn write_accounts(
         more.3.push(*version);
         more.4.push(*position);
     }
-    sqlx::query(
-        "insert into accounts_view (id, currency, owner, status, balance, pending_holds, overdraft_limit, system,
+    let sql = format!(
+        "insert into {} (id, currency, owner, status, balance, pending_holds, overdraft_limit, system,
                                     metadata, version, position, updated_at)
          select *, now() from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[],
                                      $7::int8[], $8::bool[], $9::jsonb[], $10::int8[], $11::int8[])
          on conflict (id) do update set status = excluded.status, balance = excluded.balance,
              pending_holds = excluded.pending_holds, version = excluded.version,
              position = excluded.position, updated_at = excluded.updated_at",
-    )
-    .bind(cols.0)
-    .bind(cols.1)
-    .bind(cols.2)
-    .bind(cols.3)
-    .bind(cols.4)
-    .bind(cols.5)
-    .bind(more.0)
-    .bind(more.1)
-    .bind(more.2)
-    .bind(more.3)
-    .bind(more.4)
-    .execute(&mut **tx)
-    .await?;
+        t.name("accounts_view")
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(cols.0)
+        .bind(cols.1)
+        .bind(cols.2)
+        .bind(cols.3)
+        .bind(cols.4)
+        .bind(cols.5)
+        .bind(more.0)
+        .bind(more.1)
+        .bind(more.2)
+        .bind(more.3)
+        .bind(more.4)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
-async fn write_entries(tx: &mut Transaction<'_, Postgres>, entries: Vec<Entry>) -> Result<(), ApplyError> {
+async fn write_entries(tx: &mut Transaction<'_, Postgres>, t: &Tables, entries: Vec<Entry>) -> Result<(), ApplyError> {
     if entries.is_empty() {
         return Ok(());
     }
@@ -172,19 +179,21 @@ async fn write_entries(tx: &mut Transaction<'_, Postgres>, entries: Vec<Entry>) 
         c.6.push(e.counterparty);
         c.7.push(e.occurred_at);
     }
-    sqlx::query(
-        "insert into account_entries (account_id, position, kind, movement_id, amount, balance_after, counterparty, occurred_at)
+    let sql = format!(
+        "insert into {} (account_id, position, kind, movement_id, amount, balance_after, counterparty, occurred_at)
          select * from unnest($1::uuid[], $2::int8[], $3::text[], $4::uuid[], $5::int8[], $6::int8[], $7::uuid[], $8::timestamptz[])",
-    )
-    .bind(c.0)
-    .bind(c.1)
-    .bind(c.2)
-    .bind(c.3)
-    .bind(c.4)
-    .bind(c.5)
-    .bind(c.6)
-    .bind(c.7)
-    .execute(&mut **tx)
-    .await?;
+        t.name("account_entries")
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(c.0)
+        .bind(c.1)
+        .bind(c.2)
+        .bind(c.3)
+        .bind(c.4)
+        .bind(c.5)
+        .bind(c.6)
+        .bind(c.7)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }

@@ -27,15 +27,39 @@ impl Projection {
         Projection::ALL.into_iter().find(|p| p.name() == name)
     }
 
-    async fn apply(
+    /// The tables this projection writes.
+    pub fn tables(self) -> &'static [&'static str] {
+        match self {
+            Projection::Accounts => &["accounts_view", "account_entries"],
+            Projection::Transfers => &["transfers_view", "withdrawals_view", "dead_letters"],
+        }
+    }
+
+    pub(crate) async fn apply(
         self,
         tx: &mut Transaction<'_, Postgres>,
+        tables: &Tables,
         events: &[RecordedEvent],
     ) -> Result<Vec<Uuid>, ApplyError> {
         match self {
-            Projection::Accounts => crate::accounts::apply(tx, events).await,
-            Projection::Transfers => crate::transfers::apply(tx, events).await.map(|()| Vec::new()),
+            Projection::Accounts => crate::accounts::apply(tx, tables, events).await,
+            Projection::Transfers => crate::transfers::apply(tx, tables, events).await.map(|()| Vec::new()),
         }
+    }
+}
+
+/// Which set of a projection's tables to write: the live ones, or a rebuild's.
+#[derive(Clone, Debug, Default)]
+pub struct Tables {
+    suffix: &'static str,
+}
+
+impl Tables {
+    pub const LIVE: Tables = Tables { suffix: "" };
+    pub const REBUILD: Tables = Tables { suffix: "_rebuild" };
+
+    pub fn name(&self, base: &str) -> String {
+        format!("{base}{}", self.suffix)
     }
 }
 
@@ -86,7 +110,7 @@ pub async fn apply_delivered(
         tracing::info!(projection = projection.name(), checkpoint, max, "gap in delivery; reading the log");
         ledger_infrastructure::EventStore::read_range(&mut *tx, checkpoint, max).await?
     };
-    let accounts = projection.apply(&mut tx, &events).await?;
+    let accounts = projection.apply(&mut tx, &Tables::LIVE, &events).await?;
     sqlx::query("update projection_checkpoints set position = $2, updated_at = now() where name = $1;")
         .bind(projection.name())
         .bind(max)

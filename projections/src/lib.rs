@@ -10,7 +10,9 @@
 pub mod accounts;
 pub mod apply;
 pub mod queries;
+pub mod rebuild;
 pub mod transfers;
+pub mod verify;
 pub mod worker;
 
 pub use apply::{ApplyError, Projection, catch_up};

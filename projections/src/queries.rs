@@ -98,14 +98,18 @@ pub async fn withdrawal(pool: &PgPool, id: Uuid) -> Result<(Option<Value>, i64),
     .await
 }
 
-/// Each projection's checkpoint, status and last update.
-pub async fn statuses(
-    pool: &PgPool,
-) -> Result<(i64, Vec<(String, i64, String, chrono::DateTime<chrono::Utc>)>), sqlx::Error> {
+/// A projection's checkpoint, status, last update and rebuild progress.
+pub type StatusRow = (String, i64, String, chrono::DateTime<chrono::Utc>, Option<i64>, Option<i64>);
+
+/// Each projection's status, and the head of the log.
+pub async fn statuses(pool: &PgPool) -> Result<(i64, Vec<StatusRow>), sqlx::Error> {
     let head: i64 = sqlx::query_scalar("select position from log_head").fetch_one(pool).await?;
-    let rows = sqlx::query_as("select name, position, status, updated_at from projection_checkpoints order by name")
-        .fetch_all(pool)
-        .await?;
+    let rows = sqlx::query_as(
+        "select name, position, status, updated_at, rebuild_position, rebuild_target
+         from projection_checkpoints order by name",
+    )
+    .fetch_all(pool)
+    .await?;
     Ok((head, rows))
 }
 

@@ -28,6 +28,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/accounts/{id}/close", post(close))
         .route("/v1/accounts/{id}/events", get(events))
         .route("/v1/accounts/{id}/transactions", get(transactions))
+        .route("/v1/accounts/{id}/balance", get(balance))
 }
 
 fn account_not_found(raw: &str) -> ApiError {
@@ -146,4 +147,41 @@ async fn events(
     }
     let next = events.last().map(|e| e.version + 1);
     Ok(views::read(json!({ "events": events, "next_from_version": next }), head))
+}
+
+/// The balance as it was at a position or a time, folded from the log (from the
+/// latest snapshot before it). Before the account existed: 404 `account_not_found`.
+async fn balance(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let id = path_uuid(&raw, || account_not_found(&raw))?;
+    let head = state.store.head().await?;
+    let at = match (q.get("at_position"), q.get("as_of")) {
+        (Some(_), Some(_)) => return Err(ApiError::bad_request("give either `as_of` or `at_position`, not both")),
+        (None, None) => return Err(ApiError::bad_request("`as_of` or `at_position` is required")),
+        (Some(p), None) => {
+            let p = position_param("at_position", Some(p))?.unwrap_or(0);
+            if p > head {
+                return Err(ApiError::bad_request(format!("`at_position` {p} is beyond the head {head}")));
+            }
+            p
+        }
+        (None, Some(t)) => {
+            let t = chrono::DateTime::parse_from_rfc3339(t)
+                .map_err(|_| ApiError::bad_request("`as_of` must be an RFC 3339 timestamp"))?;
+            state.store.position_at(t.with_timezone(&chrono::Utc)).await?
+        }
+    };
+    let use_snapshots = state.config.snapshot_every > 0;
+    let (stream, _) = ledger_infrastructure::snapshots::state_at(&state.pool, id, at, use_snapshots).await?;
+    let ledger_domain::Aggregate::Account(account) = &stream.aggregate else {
+        return Err(account_not_found(&raw));
+    };
+    let body = json!({
+        "id": id, "balance": account.balance, "available": account.available(),
+        "pending_holds": account.pending_holds, "version": stream.version, "as_of_position": at,
+    });
+    Ok(views::read(body, at))
 }

@@ -30,6 +30,51 @@ pub fn router() -> Router<AppState> {
         .route("/v1/admin/dead-letters/{id}/redrive", post(redrive))
         .route("/v1/admin/dead-letters/{id}/discard", post(discard))
         .route("/v1/admin/tokens", post(create_token))
+        .route("/v1/admin/projections/{name}/rebuild", post(rebuild))
+}
+
+/// Starts a blue-green rebuild in the background: 202, then progress in
+/// `GET /v1/admin/projections`. A second rebuild of the same projection while one runs
+/// (in any process) is 409.
+async fn rebuild(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(name): Path<String>,
+    body: CommandBody,
+) -> Result<Response, ApiError> {
+    let projection =
+        Projection::from_name(&name).ok_or_else(|| ApiError::not_found(format!("no projection named {name}")))?;
+    let claim = crate::command::claim(&state, &principal, &body);
+    let key = (principal.name.clone(), body.key.clone());
+    if let Some(record) = state.store.idempotency_records(std::slice::from_ref(&key)).await?.remove(&key) {
+        if record.fingerprint != body.fingerprint {
+            return Err(ledger_infrastructure::CommandError::IdempotencyKeyReused.into());
+        }
+        return Ok(crate::command::respond(record.response, true));
+    }
+    let lock = ledger_projections::rebuild::RebuildLock::acquire(&state.config.database_url, projection)
+        .await
+        .map_err(|e| match e {
+            ledger_projections::rebuild::RebuildError::AlreadyRunning(_) => {
+                ApiError::new(axum::http::StatusCode::CONFLICT, "version_conflict", e.to_string())
+            }
+            other => ApiError::unavailable(&other),
+        })?;
+    let response = StoredResponse { status: 202, body: json!({ "name": name, "status": "rebuilding" }) };
+    state.store.remember_response(&claim, &response).await?;
+    let background = state.clone();
+    tokio::spawn(async move {
+        match lock.rebuild(&background.pool, |_, _| {}).await {
+            Ok(position) => {
+                tracing::info!(projection = projection.name(), position, "projection rebuilt and switched");
+                background.cache.invalidate_all();
+                let _ = background.nats.publish(background.names.cache_invalidation_subject(), "[]".into()).await;
+                background.positions.advance(projection, position);
+            }
+            Err(e) => tracing::error!(projection = projection.name(), error = %e, "projection rebuild failed"),
+        }
+    });
+    Ok(crate::command::respond(response, false))
 }
 
 /// Issues a token. The secret is in the first response only: the stored response
@@ -149,7 +194,7 @@ async fn projections(State(state): State<AppState>) -> Result<Response, ApiError
     let now = chrono::Utc::now();
     let projections: Vec<_> = rows
         .into_iter()
-        .map(|(name, position, status, updated_at)| {
+        .map(|(name, position, status, updated_at, rebuild_position, rebuild_target)| {
             let lag = head - position;
             let status = match status.as_str() {
                 "rebuilding" => "rebuilding",
@@ -157,7 +202,11 @@ async fn projections(State(state): State<AppState>) -> Result<Response, ApiError
                 _ if (now - updated_at).num_seconds() <= STALL_S => "catching_up",
                 _ => "stopped",
             };
-            json!({ "name": name, "position": position, "lag_events": lag, "status": status, "updated_at": updated_at })
+            let rebuild = rebuild_position.map(|done| json!({ "position": done, "target": rebuild_target }));
+            json!({
+                "name": name, "position": position, "lag_events": lag, "status": status,
+                "updated_at": updated_at, "rebuild": rebuild,
+            })
         })
         .collect();
     let (hits, misses, entries) = state.cache.stats();

@@ -1,0 +1,146 @@
+//! Rebuilding a projection without downtime (blue-green): the projection is built
+//! into fresh `*_rebuild` tables straight from the Postgres log in large batches while
+//! the live tables keep answering; once caught up, one short transaction holds the
+//! projection's checkpoint (pausing its live worker), applies the last events, renames
+//! the new tables into place and moves the checkpoint; then the old tables are dropped.
+
+use crate::apply::{ApplyError, Projection, Tables};
+use ledger_infrastructure::EventStore;
+use sqlx::{Connection, PgConnection, PgPool};
+
+/// Events per rebuild batch.
+pub const REBUILD_BATCH_MAX: i64 = 20_000;
+
+/// Why a rebuild did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum RebuildError {
+    #[error("a rebuild of {0} is already running")]
+    AlreadyRunning(&'static str),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+}
+
+impl From<sqlx::Error> for RebuildError {
+    fn from(e: sqlx::Error) -> Self {
+        RebuildError::Apply(ApplyError::Database(e))
+    }
+}
+
+/// Holds the per-projection rebuild lock for as long as it lives.
+pub struct RebuildLock {
+    conn: PgConnection,
+    projection: Projection,
+}
+
+impl RebuildLock {
+    /// Takes the rebuild lock of `projection`, or says a rebuild is already running.
+    pub async fn acquire(database_url: &str, projection: Projection) -> Result<RebuildLock, RebuildError> {
+        let mut conn = PgConnection::connect(database_url).await?;
+        let got: bool = sqlx::query_scalar("select pg_try_advisory_lock(hashtext($1))")
+            .bind(format!("ledger-rebuild:{}", projection.name()))
+            .fetch_one(&mut conn)
+            .await?;
+        if !got {
+            return Err(RebuildError::AlreadyRunning(projection.name()));
+        }
+        Ok(RebuildLock { conn, projection })
+    }
+
+    /// Runs the rebuild; `progress(done, target)` after each batch. Returns the
+    /// position the new tables were switched in at.
+    pub async fn rebuild(self, pool: &PgPool, mut progress: impl FnMut(i64, i64)) -> Result<i64, RebuildError> {
+        let result = rebuild(pool, self.projection, &mut progress).await;
+        if result.is_err() {
+            let _ = sqlx::query(
+                "update projection_checkpoints set status = 'running', rebuild_position = null where name = $1",
+            )
+            .bind(self.projection.name())
+            .execute(pool)
+            .await;
+        }
+        let _ = self.conn.close().await;
+        result
+    }
+}
+
+async fn rebuild(
+    pool: &PgPool,
+    projection: Projection,
+    progress: &mut impl FnMut(i64, i64),
+) -> Result<i64, RebuildError> {
+    let name = projection.name();
+    for table in projection.tables() {
+        let fresh = Tables::REBUILD.name(table);
+        sqlx::query(sqlx::AssertSqlSafe(format!("drop table if exists {fresh}"))).execute(pool).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("create table {fresh} (like {table} including all)")))
+            .execute(pool)
+            .await?;
+    }
+    let mut head: i64 = sqlx::query_scalar("select position from log_head").fetch_one(pool).await?;
+    sqlx::query(
+        "update projection_checkpoints set status = 'rebuilding', rebuild_position = 0, rebuild_target = $2 where name = $1",
+    )
+    .bind(name)
+    .bind(head)
+    .execute(pool)
+    .await?;
+    let mut done = 0i64;
+    // Catch up in large batches, chasing the head, without blocking the live worker.
+    while done < head {
+        let up_to = (done + REBUILD_BATCH_MAX).min(head);
+        let mut tx = pool.begin().await?;
+        let events = EventStore::read_range(&mut *tx, done, up_to).await?;
+        projection.apply(&mut tx, &Tables::REBUILD, &events).await?;
+        sqlx::query("update projection_checkpoints set rebuild_position = $2, rebuild_target = $3 where name = $1")
+            .bind(name)
+            .bind(up_to)
+            .bind(head)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        done = up_to;
+        progress(done, head);
+        if done == head {
+            head = sqlx::query_scalar("select position from log_head").fetch_one(pool).await?;
+        }
+    }
+    switch(pool, projection, done).await
+}
+
+/// The atomic switch: pause the live worker (checkpoint row lock), apply what came
+/// since, rename the new tables in, move the checkpoint.
+async fn switch(pool: &PgPool, projection: Projection, mut done: i64) -> Result<i64, RebuildError> {
+    let name = projection.name();
+    let mut tx = pool.begin().await?;
+    sqlx::query("select position from projection_checkpoints where name = $1 for update")
+        .bind(name)
+        .fetch_one(&mut *tx)
+        .await?;
+    let head: i64 = sqlx::query_scalar("select position from log_head").fetch_one(&mut *tx).await?;
+    while done < head {
+        let up_to = (done + REBUILD_BATCH_MAX).min(head);
+        let events = EventStore::read_range(&mut *tx, done, up_to).await?;
+        projection.apply(&mut tx, &Tables::REBUILD, &events).await?;
+        done = up_to;
+    }
+    for table in projection.tables() {
+        let (fresh, old) = (Tables::REBUILD.name(table), format!("{table}_old"));
+        sqlx::query(sqlx::AssertSqlSafe(format!("drop table if exists {old}"))).execute(&mut *tx).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("alter table {table} rename to {old}"))).execute(&mut *tx).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("alter table {fresh} rename to {table}"))).execute(&mut *tx).await?;
+    }
+    sqlx::query(
+        "update projection_checkpoints set position = $2, status = 'running', rebuild_position = null,
+                rebuild_target = null, updated_at = now() where name = $1",
+    )
+    .bind(name)
+    .bind(done)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("select pg_notify('ledger_projection', $1)").bind(format!("{name}:{done}")).execute(&mut *tx).await?;
+    tx.commit().await?;
+    for table in projection.tables() {
+        sqlx::query(sqlx::AssertSqlSafe(format!("drop table if exists {table}_old"))).execute(pool).await?;
+    }
+    Ok(done)
+}
