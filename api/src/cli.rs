@@ -129,3 +129,43 @@ pub async fn replay(
     }
     Ok(printed)
 }
+
+/// `ledger reconcile [--from TS --to TS]`: one run, with progress; returns its report.
+pub async fn reconcile(
+    config: &Config,
+    from: Option<chrono::DateTime<chrono::Utc>>,
+    to: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<serde_json::Value, CliError> {
+    let store = store(config).await?;
+    let to = to.unwrap_or_else(chrono::Utc::now);
+    let from = from.unwrap_or(to - chrono::Duration::hours(24));
+    let bus = CommandBus::start(
+        store.clone(),
+        WriterLimits {
+            batch_max: 64,
+            queue_max: 64,
+            conflict_retries_max: config.conflict_retries_max,
+            cache_max: 10_000,
+            snapshot_every: 0,
+        },
+    );
+    let reconciler = ledger_infrastructure::reconcile::Reconciler {
+        pool: store.pool().clone(),
+        database_url: config.database_url.clone(),
+        bus,
+        provider: ledger_infrastructure::provider::ProviderClient::new(&config.provider_url, config.provider_timeout),
+        breaker: ledger_infrastructure::breaker::CircuitBreaker::new("payment-provider", Default::default()),
+    };
+    let lock = reconciler.lock().await.map_err(|e| CliError::Command(e.to_string()))?;
+    let run_id = uuid::Uuid::now_v7();
+    reconciler.start(run_id, from, to, "cli").await.map_err(|e| CliError::Command(e.to_string()))?;
+    let bar = crate::progress::Progress::new("reconciling");
+    let outcome = reconciler.run(lock, run_id, (from, to), "cli", |done, total| bar.update(done, total)).await;
+    bar.finish();
+    if let Err(e) = outcome {
+        tracing::warn!(error = %e, "reconciliation failed");
+    }
+    let events = store.read_stream(run_id, 1, 1_000_000).await?;
+    ledger_infrastructure::reconcile::report(run_id, &events)
+        .ok_or_else(|| CliError::Command("run not recorded".into()))
+}

@@ -86,7 +86,8 @@ impl From<&DomainError> for ApiError {
             | D::NegativeOverdraftLimit(_)
             | D::SystemAccount { .. }
             | D::WithdrawalNotPending { .. }
-            | D::DeadLetterNotOpen { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "validation_error"),
+            | D::DeadLetterNotOpen { .. }
+            | D::ReconciliationNotStarted { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "validation_error"),
         };
         ApiError::new(status, code, e.to_string())
     }

@@ -29,6 +29,7 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::events::router())
         .merge(routes::admin::router())
         .merge(routes::audit::router())
+        .merge(routes::reconciliations::router())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate));
     Router::new()
         .merge(v1)

@@ -43,6 +43,13 @@ enum Cmd {
         #[arg(long)]
         to_position: Option<i64>,
     },
+    /// Reconciles the ledger with the provider's statement for a window (default: last 24 h).
+    Reconcile {
+        #[arg(long)]
+        from: Option<chrono::DateTime<chrono::Utc>>,
+        #[arg(long)]
+        to: Option<chrono::DateTime<chrono::Utc>>,
+    },
     /// The audit trail.
     Audit {
         #[command(subcommand)]
@@ -145,6 +152,14 @@ async fn main() -> anyhow::Result<()> {
         }
         Cmd::Replay { stream, to_position } => {
             ledger_api::cli::replay(&config, stream, to_position, &mut std::io::stdout().lock()).await?;
+            return Ok(());
+        }
+        Cmd::Reconcile { from, to } => {
+            let report = ledger_api::cli::reconcile(&config, from, to).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            if report["status"] != "finished" {
+                std::process::exit(1);
+            }
             return Ok(());
         }
         Cmd::Serve => Mode::All,

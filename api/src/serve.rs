@@ -73,6 +73,9 @@ pub fn spawn_workers(state: &AppState, shutdown: CancellationToken) -> Vec<JoinH
         },
     };
     let mut handles = vec![tokio::spawn(relay.run(shutdown.clone())), tokio::spawn(payouts.run(shutdown.clone()))];
+    if !config.reconcile_interval.is_zero() {
+        handles.push(spawn_scheduled_reconciliation(state, shutdown.clone()));
+    }
     for projection in Projection::ALL {
         let worker = ProjectionWorker {
             pool: state.pool.clone(),
@@ -85,6 +88,30 @@ pub fn spawn_workers(state: &AppState, shutdown: CancellationToken) -> Vec<JoinH
         handles.push(tokio::spawn(worker.run(shutdown.clone())));
     }
     handles
+}
+
+/// Reconciles the last `reconcile_window` every `reconcile_interval`; a run already
+/// going in another instance makes this one skip its turn.
+fn spawn_scheduled_reconciliation(state: &AppState, shutdown: CancellationToken) -> JoinHandle<()> {
+    let reconciler = crate::routes::reconciliations::reconciler(state);
+    let (interval, window) = (state.config.reconcile_interval, state.config.reconcile_window);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! { _ = shutdown.cancelled() => return, _ = tokio::time::sleep(interval) => {} }
+            let Ok(lock) = reconciler.lock().await else { continue };
+            let to = chrono::Utc::now();
+            let from = to - chrono::Duration::from_std(window).unwrap_or(chrono::Duration::days(1));
+            let run_id = Uuid::now_v7();
+            if reconciler.start(run_id, from, to, "scheduler").await.is_ok() {
+                match reconciler.run(lock, run_id, (from, to), "scheduler", |_, _| {}).await {
+                    Ok(t) => {
+                        tracing::info!(%run_id, matched = t.matched, mismatches = t.mismatches, "scheduled reconciliation")
+                    }
+                    Err(e) => tracing::warn!(%run_id, error = %e, "scheduled reconciliation failed"),
+                }
+            }
+        }
+    })
 }
 
 /// After a projection batch: drop this process's cached views, tell other API

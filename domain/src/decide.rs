@@ -98,6 +98,40 @@ pub struct IssueToken {
     pub token_sha256: String,
 }
 
+/// What the provider's record says of one payout.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderRecord {
+    pub provider_ref: String,
+    pub settled: bool,
+    pub amount: i64,
+}
+
+/// Start a reconciliation run over a window of the provider's statement.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartReconciliation {
+    pub run_id: Uuid,
+    pub from: chrono::DateTime<chrono::Utc>,
+    pub to: chrono::DateTime<chrono::Utc>,
+}
+
+/// Reconcile one payout with the provider's record of it (`provider: None` when the
+/// provider has no record of a payout the ledger settled).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReconcilePayout {
+    pub run_id: Uuid,
+    pub reference: String,
+    pub withdrawal_id: Option<Uuid>,
+    pub provider: Option<ProviderRecord>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinishReconciliation {
+    pub run_id: Uuid,
+    pub matched: u64,
+    pub mismatches: u64,
+    pub error: Option<String>,
+}
+
 /// Everything the ledger can be asked to do.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
@@ -117,6 +151,9 @@ pub enum Command {
     /// Give up: the withdrawal fails and its hold is released.
     DiscardPayout(ResolveDeadLetter),
     IssueToken(IssueToken),
+    StartReconciliation(StartReconciliation),
+    ReconcilePayout(ReconcilePayout),
+    FinishReconciliation(FinishReconciliation),
 }
 
 /// A business rule a command would break. Each maps to one stable API error code.
@@ -152,6 +189,8 @@ pub enum DomainError {
     WithdrawalNotPending { withdrawal_id: Uuid, status: WithdrawalStatus },
     #[error("dead letter {dead_letter_id} is not open")]
     DeadLetterNotOpen { dead_letter_id: Uuid },
+    #[error("reconciliation {run_id} has not been started")]
+    ReconciliationNotStarted { run_id: Uuid },
 }
 
 impl Command {
@@ -173,6 +212,18 @@ impl Command {
             }
             Command::RequestWithdrawal(c) => vec![c.withdrawal_id, c.account_id],
             Command::IssueToken(c) => vec![c.token_id],
+            Command::StartReconciliation(c) => vec![c.run_id],
+            Command::FinishReconciliation(c) => vec![c.run_id],
+            Command::ReconcilePayout(c) => {
+                let mut ids = vec![c.run_id];
+                if let Some(id) = c.withdrawal_id {
+                    ids.push(id);
+                    if let Some(w) = state.withdrawal(id) {
+                        ids.extend([w.account_id, system_account_id(w.currency)]);
+                    }
+                }
+                ids
+            }
             Command::SettleWithdrawal(SettleWithdrawal { withdrawal_id, .. })
             | Command::FailWithdrawal(FailWithdrawal { withdrawal_id, .. })
             | Command::DeadLetterPayout(DeadLetterPayout { withdrawal_id, .. })
@@ -205,6 +256,17 @@ pub fn decide(command: &Command, state: &Ledger) -> Result<Vec<Event>, DomainErr
         Command::DeadLetterPayout(c) => dead_letter(c, state),
         Command::RedrivePayout(c) => redrive(c, state),
         Command::DiscardPayout(c) => discard(c, state),
+        Command::StartReconciliation(c) => {
+            ensure_new(state, c.run_id)?;
+            Ok(vec![Event::ReconciliationStarted(ReconciliationStarted { run_id: c.run_id, from: c.from, to: c.to })])
+        }
+        Command::ReconcilePayout(c) => crate::reconcile::reconcile(c, state),
+        Command::FinishReconciliation(c) => Ok(vec![Event::ReconciliationFinished(ReconciliationFinished {
+            run_id: c.run_id,
+            matched: c.matched,
+            mismatches: c.mismatches,
+            error: c.error.clone(),
+        })]),
         Command::IssueToken(c) => {
             ensure_new(state, c.token_id)?;
             Ok(vec![Event::TokenIssued(TokenIssued {
@@ -283,7 +345,7 @@ fn ensure_funds(account: &crate::state::Account, amount: Amount) -> Result<(), D
 }
 
 /// Checks that no balance the event touches would overflow.
-fn ensure_no_overflow(state: &Ledger, event: &Event) -> Result<(), DomainError> {
+pub(crate) fn ensure_no_overflow(state: &Ledger, event: &Event) -> Result<(), DomainError> {
     for p in event.postings() {
         let balance = state.account(p.account_id).map_or(Money::ZERO, |a| a.balance);
         if balance.checked_add(p.delta).is_none() {
@@ -385,7 +447,7 @@ fn request_withdrawal(c: &RequestWithdrawal, state: &Ledger) -> Result<Vec<Event
     })])
 }
 
-fn pending_withdrawal(state: &Ledger, id: Uuid) -> Result<&crate::state::Withdrawal, DomainError> {
+pub(crate) fn pending_withdrawal(state: &Ledger, id: Uuid) -> Result<&crate::state::Withdrawal, DomainError> {
     let w = state.withdrawal(id).ok_or(DomainError::WithdrawalNotFound { withdrawal_id: id })?;
     if w.status != WithdrawalStatus::Pending {
         return Err(DomainError::WithdrawalNotPending { withdrawal_id: id, status: w.status });

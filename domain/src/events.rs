@@ -111,6 +111,53 @@ pub struct TokenIssued {
     pub token_sha256: String,
 }
 
+/// Reconciliation corrected a withdrawal to the provider's record: money moves
+/// between the account and the system account by `delta` (positive: out of the
+/// account), and the withdrawal ends in `status_after`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WithdrawalReconciled {
+    pub run_id: Uuid,
+    pub withdrawal_id: Uuid,
+    pub account_id: Uuid,
+    pub system_account_id: Uuid,
+    pub currency: Currency,
+    pub delta: Money,
+    pub status_after: crate::state::WithdrawalStatus,
+    pub provider_ref: Option<String>,
+    pub provider_amount: Option<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReconciliationStarted {
+    pub run_id: Uuid,
+    pub from: chrono::DateTime<chrono::Utc>,
+    pub to: chrono::DateTime<chrono::Utc>,
+}
+
+/// One difference between the provider's statement and the ledger, and how it was
+/// resolved (`settled`, `adjusted`, `credited_back`, `failed` or `flagged`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReconciliationMismatchFound {
+    pub run_id: Uuid,
+    pub kind: String,
+    pub withdrawal_id: Option<Uuid>,
+    pub reference: String,
+    pub provider_ref: Option<String>,
+    pub ours: Option<serde_json::Value>,
+    pub theirs: Option<serde_json::Value>,
+    pub resolution: String,
+    /// The correction left the account below its overdraft limit (reported, not refused).
+    pub account_below_limit: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReconciliationFinished {
+    pub run_id: Uuid,
+    pub matched: u64,
+    pub mismatches: u64,
+    pub error: Option<String>,
+}
+
 /// Every fact the ledger can record. Serialized adjacently tagged so the store can
 /// keep the variant name in its own `type` column and the payload in `data`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,6 +173,10 @@ pub enum Event {
     PayoutDeadLettered(PayoutDeadLettered),
     PayoutRedriven(PayoutRedriven),
     TokenIssued(TokenIssued),
+    WithdrawalReconciled(WithdrawalReconciled),
+    ReconciliationStarted(ReconciliationStarted),
+    ReconciliationMismatchFound(ReconciliationMismatchFound),
+    ReconciliationFinished(ReconciliationFinished),
 }
 
 /// One balance change of one account caused by an event.
@@ -149,6 +200,10 @@ impl Event {
             Event::PayoutDeadLettered(_) => "PayoutDeadLettered",
             Event::PayoutRedriven(_) => "PayoutRedriven",
             Event::TokenIssued(_) => "TokenIssued",
+            Event::WithdrawalReconciled(_) => "WithdrawalReconciled",
+            Event::ReconciliationStarted(_) => "ReconciliationStarted",
+            Event::ReconciliationMismatchFound(_) => "ReconciliationMismatchFound",
+            Event::ReconciliationFinished(_) => "ReconciliationFinished",
         }
     }
 
@@ -175,6 +230,12 @@ impl Event {
             Event::PayoutDeadLettered(e) => vec![(e.withdrawal_id, Exact)],
             Event::PayoutRedriven(e) => vec![(e.withdrawal_id, Exact)],
             Event::TokenIssued(e) => vec![(e.token_id, Exact)],
+            Event::WithdrawalReconciled(e) => {
+                vec![(e.withdrawal_id, Exact), (e.account_id, Exact), (e.system_account_id, Any)]
+            }
+            Event::ReconciliationStarted(e) => vec![(e.run_id, Exact)],
+            Event::ReconciliationMismatchFound(e) => vec![(e.run_id, Exact)],
+            Event::ReconciliationFinished(e) => vec![(e.run_id, Exact)],
         }
     }
 
@@ -191,13 +252,24 @@ impl Event {
             Event::DepositRecorded(e) => pair(e.system_account_id, e.account_id, e.amount, e.currency),
             Event::TransferPosted(e) => pair(e.from, e.to, e.amount, e.currency),
             Event::WithdrawalSettled(e) => pair(e.account_id, e.system_account_id, e.amount, e.currency),
+            Event::WithdrawalReconciled(e) if e.delta == Money::ZERO => Vec::new(),
+            Event::WithdrawalReconciled(e) => {
+                let out = e.delta.checked_neg().expect("reconciliation deltas are bounded amounts");
+                vec![
+                    Posting { account_id: e.account_id, currency: e.currency, delta: out },
+                    Posting { account_id: e.system_account_id, currency: e.currency, delta: e.delta },
+                ]
+            }
             Event::AccountOpened(_)
             | Event::AccountClosed(_)
             | Event::WithdrawalRequested(_)
             | Event::WithdrawalFailed(_)
             | Event::PayoutDeadLettered(_)
             | Event::PayoutRedriven(_)
-            | Event::TokenIssued(_) => Vec::new(),
+            | Event::TokenIssued(_)
+            | Event::ReconciliationStarted(_)
+            | Event::ReconciliationMismatchFound(_)
+            | Event::ReconciliationFinished(_) => Vec::new(),
         }
     }
 
@@ -211,7 +283,13 @@ impl Event {
             Event::WithdrawalRequested(e) => vec![e.account_id],
             Event::WithdrawalSettled(e) => vec![e.account_id, e.system_account_id],
             Event::WithdrawalFailed(e) => vec![e.account_id],
-            Event::PayoutDeadLettered(_) | Event::PayoutRedriven(_) | Event::TokenIssued(_) => Vec::new(),
+            Event::WithdrawalReconciled(e) => vec![e.account_id, e.system_account_id],
+            Event::PayoutDeadLettered(_)
+            | Event::PayoutRedriven(_)
+            | Event::TokenIssued(_)
+            | Event::ReconciliationStarted(_)
+            | Event::ReconciliationMismatchFound(_)
+            | Event::ReconciliationFinished(_) => Vec::new(),
         }
     }
 
@@ -221,6 +299,7 @@ impl Event {
             Event::DepositRecorded(e) => Some(e.deposit_id),
             Event::TransferPosted(e) => Some(e.transfer_id),
             Event::WithdrawalSettled(e) => Some(e.withdrawal_id),
+            Event::WithdrawalReconciled(e) => Some(e.withdrawal_id),
             _ => None,
         }
     }

@@ -6,6 +6,7 @@
 pub mod decide;
 pub mod events;
 pub mod money;
+pub mod reconcile;
 pub mod state;
 
 #[cfg(test)]

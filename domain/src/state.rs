@@ -67,6 +67,8 @@ pub struct Withdrawal {
     pub failure_reason: Option<String>,
     /// The open dead letter of its payout, if it is dead-lettered.
     pub dead_letter: Option<Uuid>,
+    /// What left the account for it, once settled (reconciliation may correct it).
+    pub settled_amount: Option<Money>,
 }
 
 /// The version of `evolve` and of the state it folds into. Bump it whenever either
@@ -86,6 +88,16 @@ pub enum Aggregate {
         name: String,
         role: String,
     },
+    Reconciliation(Reconciliation),
+}
+
+/// A reconciliation run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reconciliation {
+    pub id: Uuid,
+    pub finished: bool,
+    pub matched: u64,
+    pub mismatches: u64,
 }
 
 /// The folded state of one stream, with the version of its last event.
@@ -146,13 +158,40 @@ pub fn evolve(state: StreamState, stream_id: Uuid, version: i64, event: &Event) 
             provider_ref: None,
             failure_reason: None,
             dead_letter: None,
+            settled_amount: None,
         }),
+        (Aggregate::Withdrawal(mut w), Event::WithdrawalReconciled(e)) => {
+            w.settled_amount = match e.status_after {
+                WithdrawalStatus::Settled => Some(add(w.settled_amount.unwrap_or(Money::ZERO), e.delta)),
+                _ => None,
+            };
+            w.status = e.status_after;
+            w.dead_letter = None;
+            if e.provider_ref.is_some() {
+                w.provider_ref = e.provider_ref.clone();
+            }
+            Aggregate::Withdrawal(w)
+        }
+        (Aggregate::Empty, Event::ReconciliationStarted(e)) => {
+            Aggregate::Reconciliation(Reconciliation { id: e.run_id, finished: false, matched: 0, mismatches: 0 })
+        }
+        (Aggregate::Reconciliation(mut r), Event::ReconciliationMismatchFound(_)) => {
+            assert!(!r.finished, "reconciliation {} found a mismatch after finishing", r.id);
+            r.mismatches += 1;
+            Aggregate::Reconciliation(r)
+        }
+        (Aggregate::Reconciliation(mut r), Event::ReconciliationFinished(e)) => {
+            r.finished = true;
+            r.matched = e.matched;
+            Aggregate::Reconciliation(r)
+        }
         (Aggregate::Empty, Event::TokenIssued(e)) => Aggregate::Token { name: e.name.clone(), role: e.role.clone() },
         (Aggregate::Withdrawal(mut w), Event::WithdrawalSettled(e)) => {
             assert_eq!(w.status, WithdrawalStatus::Pending, "withdrawal {} settled when not pending", w.id);
             w.status = WithdrawalStatus::Settled;
             w.provider_ref = e.provider_ref.clone();
             w.dead_letter = None;
+            w.settled_amount = Some(e.amount.money());
             Aggregate::Withdrawal(w)
         }
         (Aggregate::Withdrawal(mut w), Event::WithdrawalFailed(e)) => {

@@ -59,6 +59,10 @@ pub struct Config {
     /// `LEDGER_SNAPSHOT_EVERY` (default 100): snapshot a stream after this many events
     /// were folded to load it; 0 disables snapshots.
     pub snapshot_every: usize,
+    /// `LEDGER_RECONCILE_INTERVAL_S` (default 3600; 0 disables): scheduled reconciliation
+    /// of the last `LEDGER_RECONCILE_WINDOW_S` (default 86400) against the provider.
+    pub reconcile_interval: Duration,
+    pub reconcile_window: Duration,
 }
 
 fn env_or(name: &str, default: &str) -> String {
@@ -110,6 +114,8 @@ impl Config {
             rate_limit_per_s: env_num("LEDGER_RATE_LIMIT_PER_S", 5000)?,
             rate_limit_burst: env_num("LEDGER_RATE_LIMIT_BURST", 10_000)?,
             snapshot_every: env_num("LEDGER_SNAPSHOT_EVERY", 100)?,
+            reconcile_interval: Duration::from_secs(env_num("LEDGER_RECONCILE_INTERVAL_S", 3600)?),
+            reconcile_window: Duration::from_secs(env_num("LEDGER_RECONCILE_WINDOW_S", 86_400)?),
         })
     }
 
@@ -143,6 +149,8 @@ impl Config {
             rate_limit_per_s: 5000,
             rate_limit_burst: 10_000,
             snapshot_every: 100,
+            reconcile_interval: Duration::ZERO,
+            reconcile_window: Duration::from_secs(86_400),
         }
     }
 }

@@ -17,5 +17,6 @@ pub mod breaker;
 pub mod nats;
 pub mod payouts;
 pub mod provider;
+pub mod reconcile;
 pub mod relay;
 pub mod snapshots;

@@ -23,6 +23,15 @@ pub enum PayoutStatus {
     Rejected,
 }
 
+/// A payout looked up by its provider reference (the amount when the provider says).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PayoutLookup {
+    pub provider_ref: String,
+    pub status: PayoutStatus,
+    #[serde(default)]
+    pub amount: Option<i64>,
+}
+
 /// One line of the provider's statement.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatementEntry {
@@ -93,6 +102,16 @@ impl ProviderClient {
             .await
             .map_err(transient)?;
         decode(response).await
+    }
+
+    /// `GET /payouts/{provider_ref}`; `Ok(None)` when the provider has no such payout.
+    pub async fn payout(&self, provider_ref: &str) -> Result<Option<PayoutLookup>, ProviderError> {
+        let response =
+            self.http.get(format!("{}/payouts/{provider_ref}", self.base_url)).send().await.map_err(transient)?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        decode(response).await.map(Some)
     }
 
     /// `GET /statement?from&to`.

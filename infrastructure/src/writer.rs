@@ -186,7 +186,12 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.process(jobs).await;
+            // A panic here is a bug (an invariant assertion); it must not take the
+            // writer down with it: the batch's callers see their reply dropped (503).
+            let outcome = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(self.process(jobs))).await;
+            if outcome.is_err() {
+                tracing::error!("the command writer caught a panic; the batch was not recorded");
+            }
         }
     }
 
@@ -388,7 +393,8 @@ fn decide_one(request: &CommandRequest, working: &mut Ledger) -> (Commit, bool) 
             }
             let events_for_response = events.clone();
             let respond: Respond = Arc::new(move |position| {
-                let position = position.expect("a command with events has a last position");
+                // A decision to record nothing (a reconciliation that matched) has no position.
+                let position = position.unwrap_or_default();
                 render(Ok(Executed { state: &snapshot, events: &events_for_response, position }))
             });
             let commit = Commit {
@@ -398,7 +404,8 @@ fn decide_one(request: &CommandRequest, working: &mut Ledger) -> (Commit, bool) 
                 idempotency: request.idempotency.clone(),
                 respond,
             };
-            (commit, true)
+            let has_events = !commit.events.is_empty();
+            (commit, has_events)
         }
         Err(error) => {
             let respond: Respond = Arc::new(move |_| render(Err(&error)));

@@ -27,6 +27,7 @@ fn kind(event: &Event) -> &'static str {
         Event::TransferPosted(t) if t.reverses.is_some() => "reversal",
         Event::TransferPosted(_) => "transfer",
         Event::WithdrawalSettled(_) => "withdrawal",
+        Event::WithdrawalReconciled(_) => "reconciliation",
         _ => "other",
     }
 }

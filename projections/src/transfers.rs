@@ -102,7 +102,32 @@ pub async fn apply(tx: &mut Transaction<'_, Postgres>, t: &Tables, events: &[Rec
                 .execute(&mut **tx)
                 .await?;
             }
-            Event::AccountOpened(_) | Event::AccountClosed(_) | Event::DepositRecorded(_) | Event::TokenIssued(_) => {}
+            Event::WithdrawalReconciled(w) => {
+                let status = match w.status_after {
+                    ledger_domain::WithdrawalStatus::Pending => "pending",
+                    ledger_domain::WithdrawalStatus::Settled => "settled",
+                    ledger_domain::WithdrawalStatus::Failed => "failed",
+                };
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "update {withdrawals} set status = $2, provider_ref = coalesce($3, provider_ref), position = $4,
+                            updated_at = $5 where id = $1"
+                )))
+                .bind(w.withdrawal_id)
+                .bind(status)
+                .bind(&w.provider_ref)
+                .bind(position)
+                .bind(at)
+                .execute(&mut **tx)
+                .await?;
+                resolve_dead_letters(tx, t, w.withdrawal_id, status, at).await?;
+            }
+            Event::AccountOpened(_)
+            | Event::AccountClosed(_)
+            | Event::DepositRecorded(_)
+            | Event::TokenIssued(_)
+            | Event::ReconciliationStarted(_)
+            | Event::ReconciliationMismatchFound(_)
+            | Event::ReconciliationFinished(_) => {}
         }
     }
     Ok(())

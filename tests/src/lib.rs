@@ -290,3 +290,41 @@ impl Drop for NatsServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A ledger paying out through a fresh provider simulator with the given faults.
+pub async fn with_simulator(
+    faults: ledger_provider_sim::Faults,
+    tweak: impl FnOnce(&mut Config),
+) -> (TestApp, ledger_provider_sim::SimHandle) {
+    let sim = ledger_provider_sim::Simulator::new(faults, 7).start_local().await.expect("simulator starts");
+    let mut config = test_config();
+    config.provider_url = sim.url();
+    tweak(&mut config);
+    (TestApp::spawn_with(config).await, sim)
+}
+
+impl TestApp {
+    pub async fn withdraw(&self, account: Uuid, amount: i64) -> Uuid {
+        let body = json!({ "account_id": account, "amount": amount, "currency": "EUR", "destination": "NL00BANK0001" });
+        let r = self.post("/v1/withdrawals", &Uuid::new_v4().to_string(), &body).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{r:?}");
+        r.id()
+    }
+
+    pub async fn withdrawal_status(&self, id: Uuid) -> String {
+        self.get(&format!("/v1/withdrawals/{id}?consistency=strong")).await.body["status"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    }
+
+    /// Waits (bounded) until every withdrawal has the given status.
+    pub async fn wait_status(&self, ids: &[Uuid], status: &str, timeout_s: u64) {
+        for id in ids {
+            eventually(&format!("withdrawal {id} {status}"), timeout_s, || async {
+                self.withdrawal_status(*id).await == status
+            })
+            .await;
+        }
+    }
+}

@@ -1,40 +1,12 @@
 //! Payouts through the provider simulator: retries with backoff, the circuit breaker,
 //! the dead-letter queue, and "paid but the response was lost".
 
-use ledger_provider_sim::{Faults, SimHandle, Simulator};
-use ledger_tests::{TestApp, eventually, test_config};
+use ledger_provider_sim::Faults;
+use ledger_tests::{TestApp, eventually, with_simulator};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::time::Duration;
 use uuid::Uuid;
-
-async fn setup(faults: Faults, tweak: impl FnOnce(&mut ledger_infrastructure::Config)) -> (TestApp, SimHandle) {
-    let sim = Simulator::new(faults, 7).start_local().await.expect("simulator starts");
-    let mut config = test_config();
-    config.provider_url = sim.url();
-    tweak(&mut config);
-    (TestApp::spawn_with(config).await, sim)
-}
-
-async fn withdraw(app: &TestApp, account: Uuid, amount: i64) -> Uuid {
-    let body = json!({ "account_id": account, "amount": amount, "currency": "EUR", "destination": "NL00BANK0001" });
-    let r = app.post("/v1/withdrawals", &Uuid::new_v4().to_string(), &body).await;
-    assert_eq!(r.status, StatusCode::ACCEPTED, "{r:?}");
-    r.id()
-}
-
-async fn withdrawal_status(app: &TestApp, id: Uuid) -> String {
-    app.get(&format!("/v1/withdrawals/{id}?consistency=strong")).await.body["status"].as_str().unwrap_or("").to_owned()
-}
-
-async fn wait_status(app: &TestApp, ids: &[Uuid], status: &str, timeout_s: u64) {
-    for id in ids {
-        eventually(&format!("withdrawal {id} {status}"), timeout_s, || async {
-            withdrawal_status(app, *id).await == status
-        })
-        .await;
-    }
-}
 
 async fn breaker(app: &TestApp) -> Value {
     let r = app.get("/v1/admin/circuit-breakers").await;
@@ -50,14 +22,14 @@ async fn breaker(app: &TestApp) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn transient_errors_and_timeouts_still_pay_each_withdrawal_once() {
     let faults = Faults { error_rate: 0.15, timeout_rate: 0.15, hang_ms: 400, ..Faults::default() };
-    let (app, sim) = setup(faults, |c| c.provider_timeout = Duration::from_millis(150)).await;
+    let (app, sim) = with_simulator(faults, |c| c.provider_timeout = Duration::from_millis(150)).await;
     let a = app.open_account("EUR", 0).await;
     app.deposit(a, 10_000, "EUR").await;
     let mut ids = Vec::new();
     for _ in 0..20 {
-        ids.push(withdraw(&app, a, 100).await);
+        ids.push(app.withdraw(a, 100).await);
     }
-    wait_status(&app, &ids, "settled", 90).await;
+    app.wait_status(&ids, "settled", 90).await;
     let stats = sim.simulator.stats();
     assert!(stats.double_paid().is_empty(), "nothing paid twice: {stats:?}");
     for id in &ids {
@@ -76,14 +48,14 @@ async fn transient_errors_and_timeouts_still_pay_each_withdrawal_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn permanent_rejection_fails_the_withdrawal_and_releases_the_hold() {
-    let (app, sim) = setup(Faults { permanent_error_rate: 1.0, ..Faults::default() }, |_| {}).await;
+    let (app, sim) = with_simulator(Faults { permanent_error_rate: 1.0, ..Faults::default() }, |_| {}).await;
     let a = app.open_account("EUR", 0).await;
     app.deposit(a, 1_000, "EUR").await;
-    let refused = withdraw(&app, a, 300).await;
-    wait_status(&app, &[refused], "failed", 30).await;
+    let refused = app.withdraw(a, 300).await;
+    app.wait_status(&[refused], "failed", 30).await;
     sim.simulator.set_faults(Faults { reject_rate: 1.0, ..Faults::default() });
-    let rejected = withdraw(&app, a, 200).await;
-    wait_status(&app, &[rejected], "failed", 30).await;
+    let rejected = app.withdraw(a, 200).await;
+    app.wait_status(&[rejected], "failed", 30).await;
     let view = app.account(a).await;
     assert_eq!(
         (view["balance"].clone(), view["available"].clone(), view["pending_holds"].clone()),
@@ -97,7 +69,7 @@ async fn permanent_rejection_fails_the_withdrawal_and_releases_the_hold() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_down_provider_opens_the_breaker_and_the_backlog_drains_after() {
-    let (app, sim) = setup(Faults { down: true, ..Faults::default() }, |c| {
+    let (app, sim) = with_simulator(Faults { down: true, ..Faults::default() }, |c| {
         c.provider_breaker_failures = 3;
         c.provider_breaker_cooldown = Duration::from_millis(800);
         c.payout_attempts_max = 1_000;
@@ -107,7 +79,7 @@ async fn a_down_provider_opens_the_breaker_and_the_backlog_drains_after() {
     app.deposit(a, 1_000, "EUR").await;
     let mut ids = Vec::new();
     for _ in 0..5 {
-        ids.push(withdraw(&app, a, 10).await);
+        ids.push(app.withdraw(a, 10).await);
     }
     eventually("the breaker opens", 30, || async { breaker(&app).await["state"] == "open" }).await;
     let calls_when_opened = sim.simulator.stats().calls;
@@ -120,21 +92,21 @@ async fn a_down_provider_opens_the_breaker_and_the_backlog_drains_after() {
     assert!(observed_open > 0);
     assert!(breaker(&app).await["opened_at"].is_string() || breaker(&app).await["state"] != "open");
     sim.simulator.set_faults(Faults::default());
-    wait_status(&app, &ids, "settled", 60).await;
+    app.wait_status(&ids, "settled", 60).await;
     eventually("the probe closed the breaker", 10, || async { breaker(&app).await["state"] == "closed" }).await;
     assert!(sim.simulator.stats().double_paid().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn exhausted_retries_dead_letter_then_redrive_settles_and_discard_fails() {
-    let (app, sim) = setup(Faults { error_rate: 1.0, ..Faults::default() }, |c| {
+    let (app, sim) = with_simulator(Faults { error_rate: 1.0, ..Faults::default() }, |c| {
         c.payout_attempts_max = 3;
         c.provider_breaker_failures = 1_000;
     })
     .await;
     let a = app.open_account("EUR", 0).await;
     app.deposit(a, 1_000, "EUR").await;
-    let (first, second) = (withdraw(&app, a, 100).await, withdraw(&app, a, 200).await);
+    let (first, second) = (app.withdraw(a, 100).await, app.withdraw(a, 200).await);
     let dead = |app: &TestApp| {
         let app = app.clone_handle();
         async move {
@@ -151,7 +123,7 @@ async fn exhausted_retries_dead_letter_then_redrive_settles_and_discard_fails() 
         assert_eq!(letter["source"], json!("payouts"));
         assert!(letter["last_error"].as_str().expect("error").contains("503"));
     }
-    assert_eq!(withdrawal_status(&app, first).await, "pending", "a dead-lettered withdrawal keeps its hold");
+    assert_eq!(app.withdrawal_status(first).await, "pending", "a dead-lettered withdrawal keeps its hold");
     assert_eq!(app.account(a).await["pending_holds"], json!(300));
     let letter_of = |w: Uuid| {
         letters
@@ -172,8 +144,8 @@ async fn exhausted_retries_dead_letter_then_redrive_settles_and_discard_fails() 
     let again =
         app.post(&format!("/v1/admin/dead-letters/{}/discard", letter_of(second)), "discard-2", &json!({})).await;
     assert_eq!(again.status, StatusCode::UNPROCESSABLE_ENTITY, "a resolved dead letter cannot be resolved again");
-    wait_status(&app, &[first], "settled", 30).await;
-    assert_eq!(withdrawal_status(&app, second).await, "failed");
+    app.wait_status(&[first], "settled", 30).await;
+    assert_eq!(app.withdrawal_status(second).await, "failed");
     let view = app.account(a).await;
     assert_eq!((view["balance"].clone(), view["pending_holds"].clone()), (json!(900), json!(0)));
     let actors: Vec<String> = sqlx::query_scalar(
@@ -189,11 +161,11 @@ async fn exhausted_retries_dead_letter_then_redrive_settles_and_discard_fails() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn paid_but_response_lost_settles_once_with_the_original_payout() {
-    let (app, sim) = setup(Faults { drop_response_rate: 1.0, ..Faults::default() }, |_| {}).await;
+    let (app, sim) = with_simulator(Faults { drop_response_rate: 1.0, ..Faults::default() }, |_| {}).await;
     let a = app.open_account("EUR", 0).await;
     app.deposit(a, 1_000, "EUR").await;
-    let w = withdraw(&app, a, 250).await;
-    wait_status(&app, &[w], "settled", 30).await;
+    let w = app.withdraw(a, 250).await;
+    app.wait_status(&[w], "settled", 30).await;
     let stats = sim.simulator.stats();
     assert_eq!(stats.paid.get(&w.to_string()), Some(&1));
     assert!(stats.payout_calls >= 2, "the lost response was retried");

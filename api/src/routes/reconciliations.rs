@@ -1,0 +1,89 @@
+//! Reconciliation runs (operator or admin): start one, read its report.
+
+use crate::command::CommandBody;
+use crate::context::Principal;
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::validate::path_uuid;
+use crate::views;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
+use ledger_infrastructure::StoredResponse;
+use ledger_infrastructure::reconcile::{ReconcileError, Reconciler, report};
+use serde_json::json;
+use uuid::Uuid;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/admin/reconciliations", post(start)).route("/v1/admin/reconciliations/{id}", get(read))
+}
+
+/// The default window: the last 24 hours.
+const DEFAULT_WINDOW_H: i64 = 24;
+
+pub fn reconciler(state: &AppState) -> Reconciler {
+    Reconciler {
+        pool: state.pool.clone(),
+        database_url: state.config.database_url.clone(),
+        bus: state.bus.clone(),
+        provider: state.provider.clone(),
+        breaker: state.provider_breaker.clone(),
+    }
+}
+
+fn time(body: &serde_json::Value, name: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
+    match body.get(name).filter(|v| !v.is_null()) {
+        None => Ok(None),
+        Some(v) => v
+            .as_str()
+            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+            .map(|t| Some(t.with_timezone(&Utc)))
+            .ok_or_else(|| ApiError::validation(format!("`{name}` must be an RFC 3339 timestamp"))),
+    }
+}
+
+/// Starts a run in the background: 202 `{"id"}`; 409 while another run is going.
+async fn start(State(state): State<AppState>, principal: Principal, body: CommandBody) -> Result<Response, ApiError> {
+    crate::validate::Fields::of(&body.json)?;
+    let to = time(&body.json, "to")?.unwrap_or_else(Utc::now);
+    let from = time(&body.json, "from")?.unwrap_or(to - chrono::Duration::hours(DEFAULT_WINDOW_H));
+    if from >= to {
+        return Err(ApiError::validation("`from` must be before `to`"));
+    }
+    let key = (principal.name.clone(), body.key.clone());
+    if let Some(record) = state.store.idempotency_records(std::slice::from_ref(&key)).await?.remove(&key) {
+        if record.fingerprint != body.fingerprint {
+            return Err(ledger_infrastructure::CommandError::IdempotencyKeyReused.into());
+        }
+        return Ok(crate::command::respond(record.response, true));
+    }
+    let reconciler = reconciler(&state);
+    let lock = reconciler.lock().await.map_err(|e| match e {
+        ReconcileError::AlreadyRunning => ApiError::new(StatusCode::CONFLICT, "version_conflict", e.to_string()),
+        other => ApiError::unavailable(&other),
+    })?;
+    let run_id = Uuid::now_v7();
+    reconciler.start(run_id, from, to, &principal.name).await.map_err(|e| ApiError::unavailable(&e))?;
+    let response = StoredResponse { status: 202, body: json!({ "id": run_id, "from": from, "to": to }) };
+    state.store.remember_response(&crate::command::claim(&state, &principal, &body), &response).await?;
+    let actor = principal.name.clone();
+    tokio::spawn(async move {
+        match reconciler.run(lock, run_id, (from, to), &actor, |_, _| {}).await {
+            Ok(t) => tracing::info!(%run_id, matched = t.matched, mismatches = t.mismatches, "reconciliation finished"),
+            Err(e) => tracing::warn!(%run_id, error = %e, "reconciliation failed"),
+        }
+    });
+    Ok(crate::command::respond(response, false))
+}
+
+async fn read(State(state): State<AppState>, Path(raw): Path<String>) -> Result<Response, ApiError> {
+    let not_found = || ApiError::not_found(format!("reconciliation {raw} not found"));
+    let id = path_uuid(&raw, not_found)?;
+    let head = state.store.head().await?;
+    let events = state.store.read_stream(id, 1, 100_000).await?;
+    let body = report(id, &events).ok_or_else(not_found)?;
+    Ok(views::read(body, head))
+}
