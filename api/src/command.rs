@@ -117,6 +117,7 @@ pub async fn execute_reply(
         if record.fingerprint != body.fingerprint {
             return Err(ledger_infrastructure::CommandError::IdempotencyKeyReused.into());
         }
+        metrics::counter!("ledger_idempotency_replays_total").increment(1);
         return Ok((record.response, true));
     }
     let _guard = {
@@ -138,7 +139,20 @@ pub async fn execute_reply(
         idempotency: Some(claim(state, principal, &body)),
         render,
     };
-    let reply = state.bus.execute(request).await?;
+    let reply = state.bus.execute(request).await;
+    let code = match &reply {
+        Ok(r) if r.replayed => "replayed".to_owned(),
+        Ok(r) => r.response.body["code"].as_str().unwrap_or("ok").to_owned(),
+        Err(ledger_infrastructure::CommandError::IdempotencyKeyReused) => "idempotency_key_reused".to_owned(),
+        Err(ledger_infrastructure::CommandError::IdempotencyKeyInFlight) => "idempotency_key_in_flight".to_owned(),
+        Err(ledger_infrastructure::CommandError::VersionConflict(_)) => "version_conflict".to_owned(),
+        Err(_) => "unavailable".to_owned(),
+    };
+    metrics::counter!("ledger_command_outcomes_total", "code" => code).increment(1);
+    let reply = reply?;
+    if reply.replayed {
+        metrics::counter!("ledger_idempotency_replays_total").increment(1);
+    }
     Ok((reply.response, reply.replayed))
 }
 

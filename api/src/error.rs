@@ -140,7 +140,11 @@ impl From<ledger_infrastructure::store::StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        problem_response(self.status, &self.body(), self.retry_after_s)
+        let mut response = problem_response(self.status, &self.body(), self.retry_after_s);
+        if self.status == StatusCode::SERVICE_UNAVAILABLE && self.code == "unavailable" {
+            response.extensions_mut().insert(crate::guard::DependencyFailed);
+        }
+        response
     }
 }
 

@@ -6,6 +6,8 @@ pub mod cli;
 pub mod command;
 pub mod context;
 pub mod error;
+pub mod guard;
+pub mod metrics;
 pub mod progress;
 pub mod read;
 pub mod routes;
@@ -30,15 +32,18 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::admin::router())
         .merge(routes::audit::router())
         .merge(routes::reconciliations::router())
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate));
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), guard::db_guard));
     Router::new()
         .merge(v1)
         .merge(routes::health::router())
+        .route("/metrics", axum::routing::get(metrics::render))
         .fallback(|| async { error::ApiError::not_found("no such route").into_response() })
         .method_not_allowed_fallback(|| async {
             error::ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "not_found", "method not allowed").into_response()
         })
         .layer(axum::middleware::from_fn(context::request_context))
+        .route_layer(axum::middleware::from_fn(metrics::track))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             error::ApiError::internal(&"a handler panicked").into_response()
         }))

@@ -34,10 +34,13 @@ pub struct AppState {
     pub provider_breaker: CircuitBreaker,
     pub provider: ProviderClient,
     pub tokens: crate::auth::TokenCache,
+    /// The breaker in front of Postgres (see `guard`).
+    pub db_breaker: CircuitBreaker,
 }
 
 impl AppState {
     pub fn new(config: Config, pool: PgPool, nats: async_nats::Client) -> AppState {
+        crate::metrics::handle();
         let store = EventStore::new(pool.clone());
         let bus = CommandBus::start(
             store.clone(),
@@ -70,6 +73,14 @@ impl AppState {
             provider: ProviderClient::new(&config.provider_url, config.provider_timeout),
             config: Arc::new(config),
             tokens: crate::auth::TokenCache::default(),
+            db_breaker: CircuitBreaker::new(
+                "postgres",
+                BreakerConfig {
+                    failure_threshold: 3,
+                    window: Duration::from_secs(10),
+                    cooldown: Duration::from_secs(2),
+                },
+            ),
         }
     }
 }

@@ -187,6 +187,7 @@ impl PayoutWorker {
             Err(ProviderError::Transient { detail, retry_after }) => {
                 self.breaker.record_failure();
                 self.record_error(withdrawal_id, &detail).await?;
+                metrics::counter!("ledger_payout_retries_total").increment(1);
                 if attempts < self.limits.attempts_max && elapsed < self.limits.retry_total {
                     let backoff = backoff_delay(attempts, self.limits.backoff_base, self.limits.backoff_max);
                     return Ok(Disposition::Retry(retry_after.map_or(backoff, |r| r.max(backoff))));
@@ -199,6 +200,7 @@ impl PayoutWorker {
                     source_position,
                 };
                 self.publish_dead_letter(&dead).await;
+                metrics::counter!("ledger_payouts_dead_lettered_total").increment(1);
                 Command::DeadLetterPayout(dead)
             }
         };

@@ -126,6 +126,7 @@ impl Relay {
                 Ok(_) => attempt = 0,
                 Err(RelayError::Nats(e)) => {
                     attempt += 1;
+                    metrics::counter!("ledger_relay_retries_total").increment(1);
                     let delay = backoff_delay(attempt, self.limits.backoff_base, self.limits.backoff_max);
                     tracing::warn!(error = %e, attempt, ?delay, "publishing to JetStream failed; backing off");
                     tokio::select! { _ = shutdown.cancelled() => {}, _ = tokio::time::sleep(delay) => {} }
@@ -172,6 +173,7 @@ impl Relay {
         match published {
             Ok(()) => {
                 self.breaker.record_success();
+                metrics::counter!("ledger_relay_published_total").increment(events.len() as u64);
                 Ok(events.len())
             }
             Err((_, e)) => {

@@ -208,6 +208,7 @@ impl Writer {
                     return;
                 }
                 Err(AttemptError::Conflict { keys_used }) if attempt <= self.limits.conflict_retries_max => {
+                    metrics::counter!("ledger_append_conflicts_total").increment(1);
                     tracing::debug!(attempt, "append conflicted; deciding the batch again");
                     if keys_used {
                         jobs = match self.answer_used_keys(jobs).await {
@@ -251,6 +252,7 @@ impl Writer {
             }
         }
         let commits: Vec<Commit> = outcomes.iter_mut().filter_map(Option::take).collect();
+        metrics::histogram!("ledger_append_batch_size").record(commits.len() as f64);
         let mut results =
             if commits.is_empty() { Vec::new() } else { self.store.append_batch(&commits).await? }.into_iter();
         for (stream, _) in working.streams() {

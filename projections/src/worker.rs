@@ -117,6 +117,11 @@ impl ProjectionWorker {
             }
             match apply_delivered(&self.pool, self.projection, &events).await {
                 Ok(applied) => {
+                    let name = self.projection.name();
+                    metrics::counter!("ledger_projection_events_applied_total", "projection" => name)
+                        .increment(applied.applied as u64);
+                    metrics::histogram!("ledger_projection_batch_size", "projection" => name)
+                        .record(applied.applied as f64);
                     for m in &messages {
                         let _ = m.ack().await;
                     }

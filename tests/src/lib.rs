@@ -1,6 +1,8 @@
 //! Helpers for integration tests: each test gets its own uuid-named, migrated database
 //! and its own NATS prefix, and the server listens on a free loopback port.
 
+pub mod procs;
+
 use ledger_api::AppState;
 use ledger_api::serve::Mode;
 use ledger_infrastructure::Config;

@@ -1,0 +1,43 @@
+//! Fail fast while Postgres is down: a circuit breaker in front of every /v1 request.
+//! When dependency failures (503 `unavailable`) pile up, the breaker opens and requests
+//! are answered 503 at once instead of each waiting for a connection that will not
+//! come; after the cool-down one request probes. Account reads alone may still answer
+//! from the cache while it is open, marked `X-Ledger-Stale: true`.
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+/// Set on a response whose request failed because a dependency did.
+#[derive(Clone, Copy, Debug)]
+pub struct DependencyFailed;
+
+/// The route allowed through an open breaker (to try the cache).
+const CACHED_ROUTE: &str = "/v1/accounts/{id}";
+
+pub async fn db_guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let eventual =
+        request.uri().query().is_none_or(|q| !q.contains("consistency=strong") && !q.contains("min_position="));
+    let cached_read = eventual && request.extensions().get::<MatchedPath>().is_some_and(|p| p.as_str() == CACHED_ROUTE);
+    if let Err(open) = state.db_breaker.try_acquire() {
+        if cached_read {
+            let mut response = next.run(request).await;
+            if response.status().is_success() {
+                response.headers_mut().insert("x-ledger-stale", axum::http::HeaderValue::from_static("true"));
+            }
+            return response;
+        }
+        let retry = open.retry_in.as_secs().max(1);
+        return ApiError { retry_after_s: Some(retry), ..ApiError::unavailable(&"the database breaker is open") }
+            .into_response();
+    }
+    let response = next.run(request).await;
+    if response.extensions().get::<DependencyFailed>().is_some() {
+        state.db_breaker.record_failure();
+    } else {
+        state.db_breaker.record_success();
+    }
+    response
+}
