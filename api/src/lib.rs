@@ -8,9 +8,11 @@ pub mod context;
 pub mod error;
 pub mod guard;
 pub mod metrics;
+pub mod openapi;
 pub mod progress;
 pub mod read;
 pub mod routes;
+pub mod schemas;
 pub mod serve;
 pub mod state;
 pub mod validate;
@@ -37,6 +39,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(v1)
         .merge(routes::health::router())
+        .merge(openapi::router())
         .route("/metrics", axum::routing::get(metrics::render))
         .fallback(|| async { error::ApiError::not_found("no such route").into_response() })
         .method_not_allowed_fallback(|| async {

@@ -46,6 +46,22 @@ fn render_account(account_id: Uuid, status: u16) -> ledger_infrastructure::Rende
     })
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/accounts",
+    operation_id = "open_account",
+    tag = "accounts",
+    summary = "Open an account",
+    description = "Opens an account in one currency; the currency's system account is opened with the first one.",
+    request_body = crate::schemas::OpenAccountRequest,
+    responses(
+        (status = 201, description = "The account, with the `position` of its event.", body = crate::schemas::Account),
+        (status = 409, description = "`version_conflict`: a stream with the given `id` exists already, or concurrent \
+            commands kept conflicting; `idempotency_key_in_flight`: a request with this key is still executing."),
+        (status = 422, description = "`validation_error`: a field is missing or malformed (`currency`, `owner`, \
+            `overdraft_limit`, `id`, `metadata`), or the body is not an object."),
+    )
+)]
 async fn open(
     State(state): State<AppState>,
     principal: Principal,
@@ -64,6 +80,22 @@ async fn open(
     execute(&state, &principal, &context, body, command, None, render_account(account_id, 201)).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/accounts/{id}/close",
+    operation_id = "close_account",
+    tag = "accounts",
+    summary = "Close an account",
+    description = "Closes an account whose balance and pending holds are 0.",
+    params(("id" = Uuid, Path, description = "The account id.")),
+    request_body(content = Option<crate::schemas::EmptyRequest>, description = "`{}` or no body."),
+    responses(
+        (status = 200, description = "The closed account (`\"status\":\"closed\"`).", body = crate::schemas::Account),
+        (status = 404, description = "`account_not_found`: no such account (or the id is not a UUID)."),
+        (status = 422, description = "`account_not_empty`: the balance or the pending holds are not 0; \
+            `account_closed`: it is closed already; `validation_error`: a system account, or the body is not an object."),
+    )
+)]
 async fn close(
     State(state): State<AppState>,
     principal: Principal,
@@ -77,6 +109,23 @@ async fn close(
     execute(&state, &principal, &context, body, command, None, render_account(account_id, 200)).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/accounts/{id}",
+    operation_id = "get_account",
+    tag = "accounts",
+    summary = "Read an account",
+    params(("id" = Uuid, Path, description = "The account id."), crate::schemas::ConsistencyQuery),
+    responses(
+        (status = 200, description = "The account.", body = crate::schemas::Account, headers(
+            ("X-Ledger-Stale" = String, description = "`true` when Postgres is unavailable and this eventual read \
+                was answered from the cache.")
+        )),
+        (status = 400, description = "`validation_error`: `consistency` or `min_position` is invalid."),
+        (status = 404, description = "`account_not_found`: no such account (or the id is not a UUID)."),
+        (status = 503, description = "`consistency_timeout`: the read model did not reach `min_position` in time."),
+    )
+)]
 async fn read(
     State(state): State<AppState>,
     Path(raw): Path<String>,
@@ -99,6 +148,21 @@ async fn read(
     Ok(views::read(view, position))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/accounts",
+    operation_id = "accounts_by_owner",
+    tag = "accounts",
+    summary = "Find accounts by owner",
+    description = "Indexed look-up of the accounts with the given `owner` (at most 1000).",
+    params(crate::schemas::OwnerQuery, crate::schemas::ConsistencyQuery),
+    responses(
+        (status = 200, description = "The owner's accounts.", body = crate::schemas::AccountList),
+        (status = 400, description = "`validation_error`: `owner` is missing or empty, or `consistency` or \
+            `min_position` is invalid."),
+        (status = 503, description = "`consistency_timeout`: the read model did not reach `min_position` in time."),
+    )
+)]
 async fn by_owner(
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
@@ -109,6 +173,21 @@ async fn by_owner(
     Ok(views::read(json!({ "accounts": accounts }), position))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/accounts/{id}/transactions",
+    operation_id = "account_transactions",
+    tag = "accounts",
+    summary = "An account's statement",
+    description = "The account's entries, newest first; `amount` is signed from this account's view.",
+    params(("id" = Uuid, Path, description = "The account id."), crate::schemas::TransactionsQuery, crate::schemas::ConsistencyQuery),
+    responses(
+        (status = 200, description = "One page of entries.", body = crate::schemas::TransactionsPage),
+        (status = 400, description = "`validation_error`: `limit`, `cursor`, `consistency` or `min_position` is invalid."),
+        (status = 404, description = "`account_not_found`: no such account (or the id is not a UUID)."),
+        (status = 503, description = "`consistency_timeout`: the read model did not reach `min_position` in time."),
+    )
+)]
 async fn transactions(
     State(state): State<AppState>,
     Path(raw): Path<String>,
@@ -132,6 +211,20 @@ async fn transactions(
     Ok(views::read(json!({ "entries": entries, "next_cursor": next }), position))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/accounts/{id}/events",
+    operation_id = "account_events",
+    tag = "accounts",
+    summary = "An account's event stream",
+    description = "The account's own events in version order, from the log (replay).",
+    params(("id" = Uuid, Path, description = "The account id."), crate::schemas::StreamEventsQuery),
+    responses(
+        (status = 200, description = "One page of the stream.", body = crate::schemas::StreamEventsPage),
+        (status = 400, description = "`validation_error`: `from_version` or `limit` is invalid."),
+        (status = 404, description = "`account_not_found`: no such stream (or the id is not a UUID)."),
+    )
+)]
 async fn events(
     State(state): State<AppState>,
     Path(raw): Path<String>,
@@ -151,6 +244,23 @@ async fn events(
 
 /// The balance as it was at a position or a time, folded from the log (from the
 /// latest snapshot before it). Before the account existed: 404 `account_not_found`.
+#[utoipa::path(
+    get,
+    path = "/v1/accounts/{id}/balance",
+    operation_id = "account_balance_at",
+    tag = "accounts",
+    summary = "An account's balance in the past",
+    description = "The balance as it was at a time (`as_of`) or a log position (`at_position`): exactly one is \
+        required. Computed from the event log.",
+    params(("id" = Uuid, Path, description = "The account id."), crate::schemas::BalanceQuery),
+    responses(
+        (status = 200, description = "The balance then.", body = crate::schemas::HistoricalBalance),
+        (status = 400, description = "`validation_error`: neither or both of `as_of` and `at_position`, `as_of` is \
+            not RFC 3339, or `at_position` is negative or beyond the head."),
+        (status = 404, description = "`account_not_found`: the account did not exist at that point (or the id is \
+            not a UUID)."),
+    )
+)]
 async fn balance(
     State(state): State<AppState>,
     Path(raw): Path<String>,

@@ -36,6 +36,23 @@ pub fn router() -> Router<AppState> {
 /// Starts a blue-green rebuild in the background: 202, then progress in
 /// `GET /v1/admin/projections`. A second rebuild of the same projection while one runs
 /// (in any process) is 409.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/projections/{name}/rebuild",
+    operation_id = "rebuild_projection",
+    tag = "operations",
+    summary = "Rebuild a projection",
+    description = "Operator or admin. Rebuilds the read model from the log in the background (blue-green: the \
+        live one keeps serving); progress in `GET /v1/admin/projections`.",
+    params(("name" = crate::schemas::ProjectionName, Path, description = "The projection.")),
+    request_body(content = Option<crate::schemas::EmptyRequest>, description = "Ignored; `{}` or no body."),
+    responses(
+        (status = 202, description = "The rebuild started.", body = crate::schemas::RebuildStarted),
+        (status = 404, description = "`not_found`: no projection with that name."),
+        (status = 409, description = "`version_conflict`: a rebuild of this projection is already running (in any \
+            process)."),
+    )
+)]
 async fn rebuild(
     State(state): State<AppState>,
     principal: Principal,
@@ -80,6 +97,21 @@ async fn rebuild(
 /// Issues a token. The secret is in the first response only: the stored response
 /// (replayed for the same Idempotency-Key) carries `"token": null`, because the
 /// idempotency record must not keep the secret in plain text.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/tokens",
+    operation_id = "create_token",
+    tag = "operations",
+    summary = "Issue a token",
+    description = "Admin only. The secret is in this response only; it is stored hashed.",
+    request_body = crate::schemas::TokenRequest,
+    responses(
+        (status = 201, description = "The token.", body = crate::schemas::TokenCreated),
+        (status = 409, description = "`version_conflict`: a token with this name was issued already, or concurrent \
+            commands kept conflicting; `idempotency_key_in_flight`: a request with this key is still executing."),
+        (status = 422, description = "`validation_error`: `name` or `role` is missing or malformed."),
+    )
+)]
 async fn create_token(
     State(state): State<AppState>,
     principal: Principal,
@@ -124,12 +156,35 @@ pub fn token_id(name: &str) -> Uuid {
     Uuid::new_v8(bytes)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/admin/circuit-breakers",
+    operation_id = "circuit_breakers",
+    tag = "operations",
+    summary = "Circuit breakers",
+    description = "Operator or admin. The breakers around NATS publishing and the payment provider, in this process.",
+    responses((status = 200, description = "Each breaker's state.", body = crate::schemas::Breakers))
+)]
 async fn breakers(State(state): State<AppState>) -> Result<Response, ApiError> {
     let head = state.store.head().await?;
     let breakers = vec![state.relay_breaker.snapshot(), state.provider_breaker.snapshot()];
     Ok(views::read(json!({ "breakers": breakers }), head))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/admin/dead-letters",
+    operation_id = "dead_letters",
+    tag = "operations",
+    summary = "Open dead letters",
+    description = "Operator or admin. Payouts that exhausted their retries, oldest first.",
+    params(crate::schemas::ConsistencyQuery),
+    responses(
+        (status = 200, description = "The open dead letters.", body = crate::schemas::DeadLetters),
+        (status = 400, description = "`validation_error`: `consistency` or `min_position` is invalid."),
+        (status = 503, description = "`consistency_timeout`: the read model did not reach `min_position` in time."),
+    )
+)]
 async fn dead_letters(
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
@@ -160,6 +215,21 @@ fn render_resolution(dead_letter_id: Uuid, withdrawal_id: Uuid, status: &'static
     })
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/admin/dead-letters/{id}/redrive",
+    operation_id = "redrive_dead_letter",
+    tag = "operations",
+    summary = "Retry a dead-lettered payout",
+    description = "Operator or admin. Retries the payout now.",
+    params(("id" = Uuid, Path, description = "The dead letter id.")),
+    request_body(content = Option<crate::schemas::EmptyRequest>, description = "Ignored; `{}` or no body."),
+    responses(
+        (status = 200, description = "Redriven.", body = crate::schemas::DeadLetterResolution),
+        (status = 404, description = "`not_found`: no such dead letter (or the id is not a UUID)."),
+        (status = 422, description = "`validation_error`: the dead letter is not open any more."),
+    )
+)]
 async fn redrive(
     State(state): State<AppState>,
     principal: Principal,
@@ -173,6 +243,21 @@ async fn redrive(
     execute(&state, &principal, &context, body, command, Some(id.to_string()), render).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/admin/dead-letters/{id}/discard",
+    operation_id = "discard_dead_letter",
+    tag = "operations",
+    summary = "Give up a dead-lettered payout",
+    description = "Operator or admin. Fails the withdrawal: the hold is released, the balance is unchanged.",
+    params(("id" = Uuid, Path, description = "The dead letter id.")),
+    request_body(content = Option<crate::schemas::EmptyRequest>, description = "Ignored; `{}` or no body."),
+    responses(
+        (status = 200, description = "Discarded.", body = crate::schemas::DeadLetterResolution),
+        (status = 404, description = "`not_found`: no such dead letter (or the id is not a UUID)."),
+        (status = 422, description = "`validation_error`: the dead letter is not open any more."),
+    )
+)]
 async fn discard(
     State(state): State<AppState>,
     principal: Principal,
@@ -189,6 +274,15 @@ async fn discard(
 /// A worker that has not written for this long while behind is reported `stopped`.
 const STALL_S: i64 = 10;
 
+#[utoipa::path(
+    get,
+    path = "/v1/admin/projections",
+    operation_id = "projections",
+    tag = "operations",
+    summary = "Projection status",
+    description = "Operator or admin. Each read model's position, lag and status, and the log's head.",
+    responses((status = 200, description = "The projections.", body = crate::schemas::Projections))
+)]
 async fn projections(State(state): State<AppState>) -> Result<Response, ApiError> {
     let (head, rows) = ledger_projections::queries::statuses(&state.pool).await?;
     let now = chrono::Utc::now();

@@ -26,6 +26,20 @@ fn time_param(name: &str, raw: Option<&String>) -> Result<Option<DateTime<Utc>>,
     .transpose()
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/audit",
+    operation_id = "audit_events",
+    tag = "audit",
+    summary = "Search the audit trail",
+    description = "Events with who/why metadata, in position order, filtered.",
+    params(crate::schemas::AuditQuery),
+    responses(
+        (status = 200, description = "One page of events.", body = crate::schemas::AuditPage),
+        (status = 400, description = "`validation_error`: `stream_id` is not a UUID, `from` or `to` is not RFC 3339, \
+            or `limit` or `cursor` is invalid."),
+    )
+)]
 async fn audit(State(state): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Result<Response, ApiError> {
     let stream_id = match q.get("stream_id") {
         None => None,
@@ -61,6 +75,15 @@ async fn audit(State(state): State<AppState>, Query(q): Query<HashMap<String, St
 /// Batch size of a chain walk.
 const VERIFY_BATCH_MAX: i64 = 5_000;
 
+#[utoipa::path(
+    get,
+    path = "/v1/audit/verify",
+    operation_id = "audit_verify",
+    tag = "audit",
+    summary = "Verify the hash chain",
+    description = "Walks the tamper-evident hash chain over the whole log.",
+    responses((status = 200, description = "The outcome (`ok` false names the first bad position).", body = crate::schemas::ChainReport))
+)]
 async fn verify(State(state): State<AppState>) -> Result<Response, ApiError> {
     let report = verify_chain(&state.store, VERIFY_BATCH_MAX, |_, _| {}).await?;
     let position = report.checked;

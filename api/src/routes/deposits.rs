@@ -21,6 +21,22 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/v1/deposits", post(deposit))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/deposits",
+    operation_id = "deposit",
+    tag = "deposits",
+    summary = "Record a deposit",
+    description = "Credits the account and debits the currency's system account.",
+    request_body = crate::schemas::DepositRequest,
+    responses(
+        (status = 201, description = "The deposit, with the `position` of its event.", body = crate::schemas::Deposit),
+        (status = 404, description = "`account_not_found`: no such account."),
+        (status = 422, description = "`currency_mismatch`: not the account's currency; `account_closed`; \
+            `validation_error`: a field is missing or malformed (e.g. `amount` not in 1 ..= 10^15), a system \
+            account, or the balance would overflow."),
+    )
+)]
 async fn deposit(
     State(state): State<AppState>,
     principal: Principal,

@@ -17,6 +17,20 @@ pub fn router() -> Router<AppState> {
 
 /// Pages through the log in position order. Positions are gapless and in commit
 /// order, so `after` is a stable cursor: nothing can appear behind it later.
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    operation_id = "log_events",
+    tag = "log",
+    summary = "Page through the global log",
+    description = "Events in position order. Positions are gapless and in commit order, so `after` is a stable \
+        cursor.",
+    params(crate::schemas::EventsQuery),
+    responses(
+        (status = 200, description = "One page of the log.", body = crate::schemas::EventsPage),
+        (status = 400, description = "`validation_error`: `after` or `limit` is invalid."),
+    )
+)]
 async fn events(State(state): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Result<Response, ApiError> {
     let after = position_param("after", q.get("after").map(String::as_str))?.unwrap_or(0);
     let limit = limit_param(q.get("limit").map(String::as_str), 100, 1000)?;
@@ -26,6 +40,15 @@ async fn events(State(state): State<AppState>, Query(q): Query<HashMap<String, S
     Ok(views::read(json!({ "events": events, "next_after": next_after }), head))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/system-accounts",
+    operation_id = "system_accounts",
+    tag = "log",
+    summary = "The system accounts",
+    description = "One per currency: money from or to the outside world moves through it; it may go negative.",
+    responses((status = 200, description = "The system accounts.", body = crate::schemas::SystemAccounts))
+)]
 async fn system_accounts(State(state): State<AppState>) -> Result<Response, ApiError> {
     let head = state.store.head().await?;
     let accounts: Vec<_> = state

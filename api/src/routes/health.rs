@@ -12,11 +12,31 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/health/live", get(live)).route("/health/ready", get(ready))
 }
 
+#[utoipa::path(
+    get,
+    path = "/health/live",
+    operation_id = "live",
+    tag = "infrastructure",
+    summary = "Liveness",
+    responses((status = 200, description = "The process runs.", body = crate::schemas::Live))
+)]
 async fn live() -> Json<serde_json::Value> {
     Json(json!({ "status": "live" }))
 }
 
 /// Ready only while Postgres answers: without it the process can do nothing useful.
+#[utoipa::path(
+    get,
+    path = "/health/ready",
+    operation_id = "ready",
+    tag = "infrastructure",
+    summary = "Readiness",
+    description = "Ready only while Postgres answers.",
+    responses(
+        (status = 200, description = "Ready.", body = crate::schemas::Ready),
+        (status = 503, description = "Not ready: a dependency is down.", body = crate::schemas::Ready),
+    )
+)]
 async fn ready(State(state): State<AppState>) -> Response {
     let postgres = sqlx::query("select 1").execute(&state.pool).await.is_ok();
     let status = if postgres { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };

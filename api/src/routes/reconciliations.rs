@@ -46,6 +46,23 @@ fn time(body: &serde_json::Value, name: &str) -> Result<Option<DateTime<Utc>>, A
 }
 
 /// Starts a run in the background: 202 `{"id"}`; 409 while another run is going.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/reconciliations",
+    operation_id = "start_reconciliation",
+    tag = "operations",
+    summary = "Start a reconciliation",
+    description = "Operator or admin. Compares the provider's statement with the ledger over a window, in the \
+        background; one run at a time.",
+    request_body(content = Option<crate::schemas::ReconciliationRequest>, description = "The window; `{}` or no body for \
+        the last 24 hours."),
+    responses(
+        (status = 202, description = "The run started.", body = crate::schemas::ReconciliationStarted),
+        (status = 409, description = "`version_conflict`: another run is going."),
+        (status = 422, description = "`validation_error`: `from` or `to` is not RFC 3339, `from` is not before `to`, \
+            or the body is not an object."),
+    )
+)]
 async fn start(State(state): State<AppState>, principal: Principal, body: CommandBody) -> Result<Response, ApiError> {
     crate::validate::Fields::of(&body.json)?;
     let to = time(&body.json, "to")?.unwrap_or_else(Utc::now);
@@ -79,6 +96,19 @@ async fn start(State(state): State<AppState>, principal: Principal, body: Comman
     Ok(crate::command::respond(response, false))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/admin/reconciliations/{id}",
+    operation_id = "get_reconciliation",
+    tag = "operations",
+    summary = "A reconciliation's report",
+    description = "Operator or admin.",
+    params(("id" = Uuid, Path, description = "The run id.")),
+    responses(
+        (status = 200, description = "The run and its mismatches.", body = crate::schemas::ReconciliationReport),
+        (status = 404, description = "`not_found`: no such run (or the id is not a UUID)."),
+    )
+)]
 async fn read(State(state): State<AppState>, Path(raw): Path<String>) -> Result<Response, ApiError> {
     let not_found = || ApiError::not_found(format!("reconciliation {raw} not found"));
     let id = path_uuid(&raw, not_found)?;

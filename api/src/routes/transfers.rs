@@ -37,6 +37,22 @@ fn render_transfer(transfer_id: Uuid) -> Render {
     })
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/transfers",
+    operation_id = "transfer",
+    tag = "transfers",
+    summary = "Post a transfer",
+    description = "Moves money between two accounts of the same currency, within the payer's overdraft limit.",
+    request_body = crate::schemas::TransferRequest,
+    responses(
+        (status = 201, description = "The completed transfer, with the `position` of its event.", body = crate::schemas::Transfer),
+        (status = 404, description = "`account_not_found`: `from` or `to` does not exist."),
+        (status = 422, description = "`insufficient_funds`; `currency_mismatch`; `account_closed`; `same_account`: \
+            `from` = `to`; `validation_error`: a field is missing or malformed, a system account, or a balance \
+            would overflow."),
+    )
+)]
 async fn transfer(
     State(state): State<AppState>,
     principal: Principal,
@@ -56,6 +72,23 @@ async fn transfer(
     execute(&state, &principal, &context, body, command, None, render_transfer(transfer_id)).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/transfers/{id}/reverse",
+    operation_id = "reverse_transfer",
+    tag = "transfers",
+    summary = "Reverse a transfer",
+    description = "Posts a compensating transfer (`reverses` = id) moving the amount back; the original stays in \
+        the log.",
+    params(("id" = Uuid, Path, description = "The transfer to reverse.")),
+    request_body = crate::schemas::ReverseRequest,
+    responses(
+        (status = 201, description = "The reversing transfer, with the `position` of its event.", body = crate::schemas::Transfer),
+        (status = 404, description = "`not_found`: no such transfer (or the id is not a UUID)."),
+        (status = 422, description = "`already_reversed`; `insufficient_funds`: the credited account cannot pay it \
+            back; `account_closed`; `validation_error`: `reason` is missing or malformed, or a balance would overflow."),
+    )
+)]
 async fn reverse(
     State(state): State<AppState>,
     principal: Principal,
@@ -72,6 +105,20 @@ async fn reverse(
     execute(&state, &principal, &context, body, command, causation, render_transfer(reversal_id)).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/transfers/{id}",
+    operation_id = "get_transfer",
+    tag = "transfers",
+    summary = "Read a transfer",
+    params(("id" = Uuid, Path, description = "The transfer id."), crate::schemas::ConsistencyQuery),
+    responses(
+        (status = 200, description = "The transfer's current state.", body = crate::schemas::Transfer),
+        (status = 400, description = "`validation_error`: `consistency` or `min_position` is invalid."),
+        (status = 404, description = "`not_found`: no such transfer (or the id is not a UUID)."),
+        (status = 503, description = "`consistency_timeout`: the read model did not reach `min_position` in time."),
+    )
+)]
 async fn read(
     State(state): State<AppState>,
     Path(raw): Path<String>,

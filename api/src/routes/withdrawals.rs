@@ -25,6 +25,22 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/v1/withdrawals", post(withdraw)).route("/v1/withdrawals/{id}", get(read))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/withdrawals",
+    operation_id = "withdraw",
+    tag = "withdrawals",
+    summary = "Request a withdrawal",
+    description = "Holds the funds at once (`available` drops, `balance` does not) and queues a payout to the \
+        payment provider, which settles or fails the withdrawal later.",
+    request_body = crate::schemas::WithdrawalRequest,
+    responses(
+        (status = 202, description = "The pending withdrawal, with the `position` of its event.", body = crate::schemas::Withdrawal),
+        (status = 404, description = "`account_not_found`: no such account."),
+        (status = 422, description = "`insufficient_funds`; `currency_mismatch`; `account_closed`; \
+            `validation_error`: a field is missing or malformed, a system account, or the holds would overflow."),
+    )
+)]
 async fn withdraw(
     State(state): State<AppState>,
     principal: Principal,
@@ -50,6 +66,20 @@ async fn withdraw(
     execute(&state, &principal, &context, body, command, None, render).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/withdrawals/{id}",
+    operation_id = "get_withdrawal",
+    tag = "withdrawals",
+    summary = "Read a withdrawal",
+    params(("id" = Uuid, Path, description = "The withdrawal id."), crate::schemas::ConsistencyQuery),
+    responses(
+        (status = 200, description = "The withdrawal's current state.", body = crate::schemas::Withdrawal),
+        (status = 400, description = "`validation_error`: `consistency` or `min_position` is invalid."),
+        (status = 404, description = "`not_found`: no such withdrawal (or the id is not a UUID)."),
+        (status = 503, description = "`consistency_timeout`: the read model did not reach `min_position` in time."),
+    )
+)]
 async fn read(
     State(state): State<AppState>,
     Path(raw): Path<String>,
