@@ -132,7 +132,7 @@ async fn one_request(
             });
             match post(client, args, "/v1/transfers", &key, &body).await {
                 Ok((status, reply)) => {
-                    if !resend && status == 201 && n % 50 == 0 {
+                    if !resend && status == 201 && n.is_multiple_of(50) {
                         observed.lock().await.sent_keys.push((key, body.clone()));
                     }
                     let code = reply["code"].as_str().unwrap_or(if status < 300 { "ok" } else { "unknown" }).to_owned();
@@ -200,7 +200,7 @@ async fn run(args: Arc<Args>, accounts: Arc<Vec<String>>) -> (Observed, Duration
                 *o.codes.entry(code).or_default() += 1;
                 drop(o);
                 if let (Some(p), Some(a)) = (position, account)
-                    && n % args.lag_sample_every == 0
+                    && n.is_multiple_of(args.lag_sample_every)
                 {
                     tokio::spawn(measure_lag(client.clone(), args.clone(), a, p, observed.clone()));
                 }
