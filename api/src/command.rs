@@ -112,14 +112,8 @@ pub async fn execute_reply(
     causation_id: Option<String>,
     render: Render,
 ) -> Result<(StoredResponse, bool), ApiError> {
+    // Stored responses are looked up by the writer, once per batch of commands.
     let scoped = (principal.name.clone(), body.key.clone());
-    if let Some(record) = state.store.idempotency_records(std::slice::from_ref(&scoped)).await?.remove(&scoped) {
-        if record.fingerprint != body.fingerprint {
-            return Err(ledger_infrastructure::CommandError::IdempotencyKeyReused.into());
-        }
-        metrics::counter!("ledger_idempotency_replays_total").increment(1);
-        return Ok((record.response, true));
-    }
     let _guard = {
         let mut set = state.in_flight.lock().map_err(|_| ApiError::internal(&"in-flight set poisoned"))?;
         if !set.insert(scoped.clone()) {

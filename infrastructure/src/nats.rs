@@ -29,9 +29,20 @@ impl Names {
         format!("{}_events", self.prefix)
     }
 
-    /// The subject of an event of the given type.
+    /// The subject of an event of the given type: `{prefix}.events.{category}.{type}`,
+    /// where the category lets a side-effect worker filter what it needs (NATS 2.9 has
+    /// one filter subject per consumer).
     pub fn event_subject(&self, event_type: &str) -> String {
-        format!("{}.events.{event_type}", self.prefix)
+        let category = match event_type {
+            "WithdrawalRequested" | "PayoutRedriven" => "payouts",
+            _ => "ledger",
+        };
+        format!("{}.events.{category}.{event_type}", self.prefix)
+    }
+
+    /// The events the payout worker acts on.
+    pub fn payout_subjects(&self) -> String {
+        format!("{}.events.payouts.>", self.prefix)
     }
 
     pub fn events_subjects(&self) -> String {

@@ -98,7 +98,7 @@ impl PayoutWorker {
             // message; real provider calls are counted (and bounded) in Postgres.
             max_deliver: -1,
             max_ack_pending: self.limits.max_ack_pending,
-            filter_subject: self.names.events_subjects(),
+            filter_subject: self.names.payout_subjects(),
             ..Default::default()
         };
         let consumer = stream.get_or_create_consumer(&name, config).await?;

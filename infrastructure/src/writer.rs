@@ -197,6 +197,16 @@ impl Writer {
 
     async fn process(&self, mut jobs: Vec<Job>) {
         jobs = reject_duplicate_keys(jobs);
+        // Replays are answered from the stored responses, one look-up for the batch.
+        if jobs.iter().any(|j| j.request.idempotency.is_some()) {
+            jobs = match self.answer_used_keys(jobs).await {
+                Ok(rest) => rest,
+                Err((jobs, e)) => {
+                    tracing::error!(error = %e, "reading idempotency records failed");
+                    return fail_all(jobs, CommandError::Unavailable(e.to_string()));
+                }
+            };
+        }
         let mut attempt = 0;
         loop {
             attempt += 1;

@@ -1,4 +1,5 @@
-//! A projection worker: a durable JetStream pull consumer with explicit acks and
+//! A projection worker: a durable JetStream pull consumer with explicit acks (ack-all:
+//! one ack per committed batch) and
 //! bounded `max_ack_pending`, `ack_wait` and `max_deliver`. Messages are acked only
 //! after the batch and its checkpoint committed; a failed batch is NAKed with a delay.
 
@@ -80,7 +81,8 @@ impl ProjectionWorker {
         let name = self.names.projection_consumer(self.projection.name());
         let config = pull::Config {
             durable_name: Some(name.clone()),
-            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            // Acking the last message of a batch acks the batch: one ack per transaction.
+            ack_policy: jetstream::consumer::AckPolicy::All,
             ack_wait: self.limits.ack_wait,
             max_deliver: self.limits.max_deliver,
             max_ack_pending: self.limits.max_ack_pending,
@@ -122,8 +124,8 @@ impl ProjectionWorker {
                         .increment(applied.applied as u64);
                     metrics::histogram!("ledger_projection_batch_size", "projection" => name)
                         .record(applied.applied as f64);
-                    for m in &messages {
-                        let _ = m.ack().await;
+                    if let Some(last) = messages.last() {
+                        let _ = last.ack().await;
                     }
                     (self.on_applied)(self.projection, applied.position, &applied.accounts);
                 }
