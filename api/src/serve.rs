@@ -114,28 +114,55 @@ fn spawn_scheduled_reconciliation(state: &AppState, shutdown: CancellationToken)
     })
 }
 
-/// After a projection batch: drop this process's cached views, tell other API
-/// instances over NATS, and wake `min_position` readers (in that order).
+/// What a projection worker announces after each batch, on the NATS subject
+/// `{prefix}.cache.accounts`: other API instances drop their cached views of the
+/// accounts (all of them after a rebuild) and wake their `min_position` readers.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Applied {
+    pub projection: String,
+    pub position: i64,
+    pub accounts: Vec<Uuid>,
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// Applies an announcement to this instance's cache and positions (in that order,
+/// so a woken reader never finds a stale entry).
+pub async fn apply_announcement(state: &AppState, applied: &Applied) {
+    if applied.all {
+        state.cache.invalidate_all();
+    } else {
+        state.cache.invalidate(&applied.accounts).await;
+    }
+    if let Some(p) = Projection::from_name(&applied.projection) {
+        state.positions.advance(p, applied.position);
+    }
+}
+
+/// Publishes an announcement for the other instances (best effort: the slow poll of
+/// positions and the cache's time-to-live cover a lost one).
+pub async fn announce(state: &AppState, applied: &Applied) {
+    let payload = serde_json::to_vec(applied).expect("announcements serialize");
+    let _ = state.nats.publish(state.names.cache_invalidation_subject(), payload.into()).await;
+}
+
+/// After a projection batch: apply it here, then tell the other instances.
 fn on_applied(state: &AppState) -> OnApplied {
-    let (cache, positions, nats, subject) =
-        (state.cache.clone(), state.positions.clone(), state.nats.clone(), state.names.cache_invalidation_subject());
+    let state = state.clone();
     Arc::new(move |projection, position, accounts: &[Uuid]| {
-        let (cache, positions, nats, subject) = (cache.clone(), positions.clone(), nats.clone(), subject.clone());
-        let accounts = accounts.to_vec();
+        let state = state.clone();
+        let applied =
+            Applied { projection: projection.name().to_owned(), position, accounts: accounts.to_vec(), all: false };
         tokio::spawn(async move {
-            cache.invalidate(&accounts).await;
-            positions.advance(projection, position);
-            if !accounts.is_empty() {
-                let payload = serde_json::to_vec(&accounts).expect("uuids serialize");
-                let _ = nats.publish(subject, payload.into()).await;
-            }
+            apply_announcement(&state, &applied).await;
+            announce(&state, &applied).await;
         });
     })
 }
 
 /// Keeps this instance's read side current when other processes run the workers:
-/// projection positions from Postgres `NOTIFY` (plus a slow refresh as a safety net)
-/// and cache invalidations from NATS.
+/// announcements over NATS, plus a slow poll of the checkpoints (and Postgres
+/// `NOTIFY` after a rebuild) as the safety net.
 pub fn spawn_read_side(state: &AppState, shutdown: CancellationToken) -> Vec<JoinHandle<()>> {
     let listener_state = state.clone();
     let listener_shutdown = shutdown.clone();
@@ -150,7 +177,7 @@ pub fn spawn_read_side(state: &AppState, shutdown: CancellationToken) -> Vec<Joi
     let sub_state = state.clone();
     let invalidations = tokio::spawn(async move {
         let Ok(mut sub) = sub_state.nats.subscribe(sub_state.names.cache_invalidation_subject()).await else {
-            tracing::warn!("cannot subscribe to cache invalidations");
+            tracing::warn!("cannot subscribe to projection announcements");
             return;
         };
         loop {
@@ -158,11 +185,8 @@ pub fn spawn_read_side(state: &AppState, shutdown: CancellationToken) -> Vec<Joi
                 _ = shutdown.cancelled() => return,
                 message = sub.next() => match message {
                     Some(m) => {
-                        match serde_json::from_slice::<Vec<Uuid>>(&m.payload) {
-                            // An empty list means every entry (a projection was rebuilt).
-                            Ok(ids) if ids.is_empty() => sub_state.cache.invalidate_all(),
-                            Ok(ids) => sub_state.cache.invalidate(&ids).await,
-                            Err(_) => {}
+                        if let Ok(applied) = serde_json::from_slice::<Applied>(&m.payload) {
+                            apply_announcement(&sub_state, &applied).await;
                         }
                     }
                     None => return,

@@ -136,8 +136,9 @@ impl EventStore {
     }
 
     /// Appends a batch of commits atomically: all of them or none. A version conflict or
-    /// an idempotency key that was used meanwhile (by another process) rejects the
-    /// whole batch with [`AppendError::Conflict`] so the caller can decide again.
+    /// an idempotency key that was used meanwhile (by another process; the primary key
+    /// of `idempotency_keys` catches it) rejects the whole batch with
+    /// [`AppendError::Conflict`] so the caller can decide again.
     pub async fn append_batch(&self, commits: &[Commit]) -> Result<Vec<CommitResult>, AppendError> {
         let mut tx = self.pool.begin().await?;
         // The lock on the head row is what serializes appends; see migration 0001.
@@ -149,10 +150,9 @@ impl EventStore {
         let recorded_at = Utc::now().trunc_subsecs(6).max(head_recorded_at);
 
         let mut versions = self.current_versions(&mut tx, commits).await?;
-        let used_keys = self.used_keys(&mut tx, commits).await?;
         let conflicts = check_expectations(commits, &mut versions.clone());
-        if !conflicts.is_empty() || !used_keys.is_empty() {
-            return Err(AppendError::Conflict { streams: conflicts, keys: used_keys });
+        if !conflicts.is_empty() {
+            return Err(AppendError::Conflict { streams: conflicts, keys: Vec::new() });
         }
 
         let mut rows = Rows::default();
@@ -194,7 +194,18 @@ impl EventStore {
             }
             results.push(CommitResult { recorded, response });
         }
-        self.insert_rows(&mut tx, rows, position, hash, recorded_at).await?;
+        let keys: Vec<(String, String)> = commits
+            .iter()
+            .filter_map(|c| c.idempotency.as_ref().map(|k| (k.principal.clone(), k.key.clone())))
+            .collect();
+        if let Err(e) = self.insert_rows(&mut tx, rows, position, hash, recorded_at).await {
+            // The writer checked the keys before deciding; a key taken since then (by
+            // another process) trips the primary key, and the batch is decided again.
+            let key_taken = e.as_database_error().is_some_and(|d| {
+                d.code().as_deref() == Some("23505") && d.constraint() == Some("idempotency_keys_pkey")
+            });
+            return Err(if key_taken { AppendError::Conflict { streams: Vec::new(), keys } } else { e.into() });
+        }
         tx.commit().await?;
         Ok(results)
     }
@@ -219,27 +230,6 @@ impl EventStore {
         .fetch_all(&mut *tx)
         .await?;
         Ok(rows.into_iter().collect())
-    }
-
-    async fn used_keys(
-        &self,
-        tx: &mut sqlx::PgConnection,
-        commits: &[Commit],
-    ) -> Result<Vec<(String, String)>, sqlx::Error> {
-        let (principals, keys): (Vec<String>, Vec<String>) =
-            commits.iter().filter_map(|c| c.idempotency.as_ref().map(|k| (k.principal.clone(), k.key.clone()))).unzip();
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        sqlx::query_as(
-            "select i.principal, i.key from idempotency_keys i
-             join unnest($1::text[], $2::text[]) as k(principal, key)
-               on i.principal = k.principal and i.key = k.key",
-        )
-        .bind(&principals)
-        .bind(&keys)
-        .fetch_all(&mut *tx)
-        .await
     }
 
     async fn insert_rows(
@@ -397,9 +387,10 @@ impl EventStore {
     ) -> Result<HashMap<(String, String), IdempotencyRecord>, sqlx::Error> {
         let (principals, names): (Vec<String>, Vec<String>) = keys.iter().cloned().unzip();
         let rows: Vec<(String, String, Vec<u8>, i16, Value)> = sqlx::query_as(
-            "select i.principal, i.key, i.fingerprint, i.status_code, i.body from idempotency_keys i
-             join unnest($1::text[], $2::text[]) as k(principal, key)
-               on i.principal = k.principal and i.key = k.key",
+            // LATERAL: one primary-key probe per key, never a scan of the whole table.
+            "select i.principal, i.key, i.fingerprint, i.status_code, i.body
+             from unnest($1::text[], $2::text[]) as k(principal, key)
+             join lateral (select * from idempotency_keys x where x.principal = k.principal and x.key = k.key) i on true",
         )
         .bind(&principals)
         .bind(&names)

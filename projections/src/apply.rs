@@ -116,10 +116,8 @@ pub async fn apply_delivered(
         .bind(max)
         .execute(&mut *tx)
         .await?;
-    sqlx::query("select pg_notify('ledger_projection', $1)")
-        .bind(format!("{}:{max}", projection.name()))
-        .execute(&mut *tx)
-        .await?;
+    // No NOTIFY here: it serializes commits on the notification queue. Readers learn of
+    // new positions from the worker's NATS announcement (and a slow poll).
     tx.commit().await?;
     Ok(Applied { position: max, applied: events.len(), accounts })
 }

@@ -249,8 +249,16 @@ async fn account_cache_hits_and_is_invalidated_by_projections() {
     let mut sub = app.state.nats.subscribe(app.state.names.cache_invalidation_subject()).await.expect("subscribe");
     app.state.nats.flush().await.expect("flush");
     app.deposit(a, 1, "EUR").await;
-    let message =
-        tokio::time::timeout(std::time::Duration::from_secs(10), sub.next()).await.expect("in time").expect("message");
-    let ids: Vec<Uuid> = serde_json::from_slice(&message.payload).expect("ids");
-    assert!(ids.contains(&a));
+    let announced = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while let Some(message) = sub.next().await {
+            let applied: ledger_api::serve::Applied = serde_json::from_slice(&message.payload).expect("announcement");
+            if applied.projection == "accounts" {
+                return applied;
+            }
+        }
+        panic!("subscription ended");
+    })
+    .await
+    .expect("announced in time");
+    assert!(announced.accounts.contains(&a));
 }

@@ -84,9 +84,14 @@ async fn rebuild(
         match lock.rebuild(&background.pool, |_, _| {}).await {
             Ok(position) => {
                 tracing::info!(projection = projection.name(), position, "projection rebuilt and switched");
-                background.cache.invalidate_all();
-                let _ = background.nats.publish(background.names.cache_invalidation_subject(), "[]".into()).await;
-                background.positions.advance(projection, position);
+                let applied = crate::serve::Applied {
+                    projection: projection.name().to_owned(),
+                    position,
+                    accounts: Vec::new(),
+                    all: true,
+                };
+                crate::serve::apply_announcement(&background, &applied).await;
+                crate::serve::announce(&background, &applied).await;
             }
             Err(e) => tracing::error!(projection = projection.name(), error = %e, "projection rebuild failed"),
         }
