@@ -223,8 +223,11 @@ impl EventStore {
             }
         }
         let ids: Vec<Uuid> = ids.into_iter().collect();
+        // One backward probe of the primary key per stream (not a scan of its history).
         let rows: Vec<(Uuid, i64)> = sqlx::query_as(
-            "select stream_id, max(version) from stream_entries where stream_id = any($1) group by stream_id",
+            "select k.id, v.version from unnest($1::uuid[]) as k(id)
+             join lateral (select version from stream_entries s where s.stream_id = k.id
+                           order by version desc limit 1) v on true",
         )
         .bind(&ids)
         .fetch_all(&mut *tx)
@@ -288,9 +291,10 @@ impl EventStore {
     pub async fn events_after(&self, known: &[(Uuid, i64)]) -> Result<Vec<(Uuid, i64, Event)>, StoreError> {
         let (ids, versions): (Vec<Uuid>, Vec<i64>) = known.iter().copied().unzip();
         let rows: Vec<(Uuid, i64, String, Value)> = sqlx::query_as(
+            // LATERAL: a primary-key range probe per stream, never a scan of the table.
             "select s.stream_id, s.version, e.type, e.data
              from unnest($1::uuid[], $2::bigint[]) as k(stream_id, known)
-             join stream_entries s on s.stream_id = k.stream_id and s.version > k.known
+             join lateral (select * from stream_entries x where x.stream_id = k.stream_id and x.version > k.known offset 0) s on true
              join events e on e.position = s.position
              order by s.stream_id, s.version",
         )
@@ -390,7 +394,7 @@ impl EventStore {
             // LATERAL: one primary-key probe per key, never a scan of the whole table.
             "select i.principal, i.key, i.fingerprint, i.status_code, i.body
              from unnest($1::text[], $2::text[]) as k(principal, key)
-             join lateral (select * from idempotency_keys x where x.principal = k.principal and x.key = k.key) i on true",
+             join lateral (select * from idempotency_keys x where x.principal = k.principal and x.key = k.key offset 0) i on true",
         )
         .bind(&principals)
         .bind(&names)
