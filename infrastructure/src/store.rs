@@ -210,29 +210,41 @@ impl EventStore {
         Ok(results)
     }
 
+    /// The version each stream of the batch is at before it. For streams a decision
+    /// depended on (`Concurrency::Exact`) that is the version the writer decided
+    /// against, taken on trust: if another process appended meanwhile, the unique
+    /// `(stream_id, version)` constraints reject the batch. Only streams appended
+    /// with `Concurrency::Any` (system accounts) are looked up, under the head lock.
     async fn current_versions(
         &self,
         tx: &mut sqlx::PgConnection,
         commits: &[Commit],
     ) -> Result<HashMap<Uuid, i64>, sqlx::Error> {
-        let mut ids: HashSet<Uuid> = HashSet::new();
+        let mut versions: HashMap<Uuid, i64> = HashMap::new();
+        let mut any: HashSet<Uuid> = HashSet::new();
         for c in commits {
-            ids.extend(c.expected.iter().map(|(id, _)| *id));
+            for (id, expected) in &c.expected {
+                versions.entry(*id).or_insert(*expected);
+            }
             for e in &c.events {
-                ids.extend(e.streams().into_iter().map(|(id, _)| id));
+                any.extend(e.streams().into_iter().filter(|(id, _)| !versions.contains_key(id)).map(|(id, _)| id));
             }
         }
-        let ids: Vec<Uuid> = ids.into_iter().collect();
+        if any.is_empty() {
+            return Ok(versions);
+        }
+        let ids: Vec<Uuid> = any.into_iter().collect();
         // One backward probe of the primary key per stream (not a scan of its history).
         let rows: Vec<(Uuid, i64)> = sqlx::query_as(
-            "select k.id, v.version from unnest($1::uuid[]) as k(id)
-             join lateral (select version from stream_entries s where s.stream_id = k.id
-                           order by version desc limit 1) v on true",
+            "select k.id, coalesce(v.version, 0) from unnest($1::uuid[]) as k(id)
+             left join lateral (select version from stream_entries s where s.stream_id = k.id
+                                order by version desc limit 1) v on true",
         )
         .bind(&ids)
         .fetch_all(&mut *tx)
         .await?;
-        Ok(rows.into_iter().collect())
+        versions.extend(rows);
+        Ok(versions)
     }
 
     async fn insert_rows(

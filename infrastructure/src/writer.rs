@@ -188,7 +188,9 @@ impl Writer {
             }
             // A panic here is a bug (an invariant assertion); it must not take the
             // writer down with it: the batch's callers see their reply dropped (503).
+            let started = std::time::Instant::now();
             let outcome = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(self.process(jobs))).await;
+            metrics::histogram!("ledger_writer_batch_seconds").record(started.elapsed().as_secs_f64());
             if outcome.is_err() {
                 tracing::error!("the command writer caught a panic; the batch was not recorded");
             }
@@ -197,20 +199,36 @@ impl Writer {
 
     async fn process(&self, mut jobs: Vec<Job>) {
         jobs = reject_duplicate_keys(jobs);
-        // Replays are answered from the stored responses, one look-up for the batch.
-        if jobs.iter().any(|j| j.request.idempotency.is_some()) {
-            jobs = match self.answer_used_keys(jobs).await {
-                Ok(rest) => rest,
-                Err((jobs, e)) => {
-                    tracing::error!(error = %e, "reading idempotency records failed");
-                    return fail_all(jobs, CommandError::Unavailable(e.to_string()));
+        // Replays are answered from the stored responses, one look-up for the batch,
+        // while the streams the batch needs are loaded (two round trips at once).
+        let commands: Vec<Command> = jobs.iter().map(|j| j.request.command.clone()).collect();
+        let mut preloaded = Ledger::new();
+        let (checked, loaded) = tokio::join!(
+            async {
+                if jobs.iter().any(|j| j.request.idempotency.is_some()) {
+                    self.answer_used_keys(jobs).await
+                } else {
+                    Ok(jobs)
                 }
-            };
+            },
+            self.load_missing(&mut preloaded, commands.iter())
+        );
+        jobs = match checked {
+            Ok(rest) => rest,
+            Err((jobs, e)) => {
+                tracing::error!(error = %e, "reading idempotency records failed");
+                return fail_all(jobs, CommandError::Unavailable(e.to_string()));
+            }
+        };
+        if let Err(e) = loaded {
+            tracing::error!(error = %e, "loading streams failed");
+            return fail_all(jobs, CommandError::Unavailable(e.to_string()));
         }
+        let mut preloaded = Some(preloaded);
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.attempt(&jobs).await {
+            match self.attempt(&jobs, preloaded.take().unwrap_or_default()).await {
                 Ok(replies) => {
                     for (job, reply) in jobs.into_iter().zip(replies) {
                         let _ = job.reply.send(Ok(reply));
@@ -241,9 +259,8 @@ impl Writer {
         }
     }
 
-    /// Loads, decides and appends the batch once.
-    async fn attempt(&self, jobs: &[Job]) -> Result<Vec<CommandReply>, AttemptError> {
-        let mut working = Ledger::new();
+    /// Loads (on top of what `working` already holds), decides and appends the batch once.
+    async fn attempt(&self, jobs: &[Job], mut working: Ledger) -> Result<Vec<CommandReply>, AttemptError> {
         let mut outcomes: Vec<Option<Commit>> = Vec::with_capacity(jobs.len());
         let mut direct: Vec<Option<StoredResponse>> = Vec::with_capacity(jobs.len());
         self.load_missing(&mut working, jobs.iter().map(|j| &j.request.command)).await?;

@@ -181,11 +181,14 @@ async fn run(args: Arc<Args>, accounts: Arc<Vec<String>>) -> (Observed, Duration
     let deadline = started + Duration::from_secs(args.duration_s);
     let per_worker_interval =
         (args.rate > 0).then(|| Duration::from_secs_f64(args.concurrency as f64 / args.rate as f64));
-    let workers = (0..args.concurrency).map(|_| {
+    let workers = (0..args.concurrency).map(|worker| {
         let (client, args, accounts, observed, counter) =
             (client.clone(), args.clone(), accounts.clone(), observed.clone(), counter.clone());
         tokio::spawn(async move {
-            let mut next = Instant::now();
+            // Paced workers start staggered so arrivals are spread out, not in bursts.
+            let stagger =
+                per_worker_interval.map_or(Duration::ZERO, |i| i.mul_f64(worker as f64 / args.concurrency as f64));
+            let mut next = Instant::now() + stagger;
             while Instant::now() < deadline {
                 if let Some(interval) = per_worker_interval {
                     tokio::time::sleep_until(next.into()).await;
