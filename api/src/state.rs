@@ -53,7 +53,7 @@ impl AppState {
             },
         );
         AppState {
-            names: Names::new(&config.nats_prefix),
+            names: Names::new(&config.nats_prefix).with_replicas(config.nats_replicas),
             pool,
             store,
             bus,

@@ -8,10 +8,12 @@ use std::time::Duration;
 pub struct Config {
     /// `DATABASE_URL`: Postgres; the database is created if missing.
     pub database_url: String,
-    /// `NATS_URL`.
+    /// `NATS_URL` (several servers of a cluster may be listed, comma-separated).
     pub nats_url: String,
     /// `LEDGER_NATS_PREFIX`: prefixes every stream, consumer and subject.
     pub nats_prefix: String,
+    /// `LEDGER_NATS_REPLICAS` (default 1): replicas of the JetStream stream (3 in a cluster).
+    pub nats_replicas: usize,
     /// `LEDGER_HTTP_ADDR`.
     pub http_addr: String,
     /// `LEDGER_ADMIN_TOKEN`: accepted as an admin token.
@@ -90,6 +92,7 @@ impl Config {
             database_url: env_or("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/ledger"),
             nats_url: env_or("NATS_URL", "nats://127.0.0.1:4222"),
             nats_prefix: env_or("LEDGER_NATS_PREFIX", "ledger"),
+            nats_replicas: env_num("LEDGER_NATS_REPLICAS", 1)?,
             http_addr: env_or("LEDGER_HTTP_ADDR", "127.0.0.1:8080"),
             admin_token: std::env::var("LEDGER_ADMIN_TOKEN").ok().filter(|v| !v.is_empty()),
             provider_url: env_or("LEDGER_PROVIDER_URL", "http://127.0.0.1:9090"),
@@ -125,6 +128,7 @@ impl Config {
             database_url: database_url.to_owned(),
             nats_url: "nats://127.0.0.1:4222".to_owned(),
             nats_prefix: nats_prefix.to_owned(),
+            nats_replicas: 1,
             http_addr: "127.0.0.1:0".to_owned(),
             admin_token: Some("test-admin-token".to_owned()),
             provider_url: "http://127.0.0.1:9090".to_owned(),

@@ -7,17 +7,24 @@ use std::time::Duration;
 /// How long JetStream remembers a `Nats-Msg-Id` to drop a re-published event.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
-/// Names derived from the prefix.
+/// Names derived from the prefix, and the replication of what is created under it.
 #[derive(Clone, Debug)]
 pub struct Names {
     prefix: String,
+    /// Stream replicas (`LEDGER_NATS_REPLICAS`; 3 in a three-node cluster).
+    pub replicas: usize,
 }
 
 impl Names {
     pub fn new(prefix: &str) -> Names {
         // Stream and consumer names allow letters, digits, '-' and '_' only.
         let prefix = prefix.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
-        Names { prefix }
+        Names { prefix, replicas: 1 }
+    }
+
+    pub fn with_replicas(mut self, replicas: usize) -> Names {
+        self.replicas = replicas.max(1);
+        self
     }
 
     pub fn prefix(&self) -> &str {
@@ -68,12 +75,14 @@ impl Names {
 
 /// Connects to NATS; the connection is made in the background if the server is down,
 /// so the service starts (and takes commands) without it.
+/// `url` may list several servers of a cluster, comma-separated.
 pub async fn connect(url: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+    let servers: Vec<&str> = url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
     async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(2))
         .request_timeout(Some(Duration::from_secs(5)))
-        .connect(url)
+        .connect(servers)
         .await
 }
 
@@ -84,6 +93,7 @@ pub async fn ensure_events_stream(js: &jetstream::Context, names: &Names) -> Res
         subjects: vec![names.events_subjects(), names.dead_letter_subjects()],
         storage: stream::StorageType::File,
         duplicate_window: DUPLICATE_WINDOW,
+        num_replicas: names.replicas,
         ..Default::default()
     };
     Ok(js.get_or_create_stream(config).await?)

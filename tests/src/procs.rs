@@ -94,37 +94,145 @@ pub fn ledger_bin() -> PathBuf {
     path
 }
 
-/// A `ledger serve` process with the given environment.
+/// A `ledger` process (`serve`, `api` or `worker`) that can be killed and restarted.
 pub struct LedgerProcess {
     pub child: tokio::process::Child,
     pub base: String,
+    mode: String,
+    env: Vec<(String, String)>,
+    http_port: Option<u16>,
 }
 
 impl LedgerProcess {
     /// Starts `ledger serve` and waits (bounded) until it answers `/health/live`.
     pub async fn start(env: &[(&str, String)], http_port: u16) -> LedgerProcess {
+        LedgerProcess::start_mode("serve", env, Some(http_port)).await
+    }
+
+    /// Starts `ledger MODE`; one with an HTTP port is waited for until it answers.
+    pub async fn start_mode(mode: &str, env: &[(&str, String)], http_port: Option<u16>) -> LedgerProcess {
+        let env = env.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
+        let child = LedgerProcess::spawn(mode, &env, http_port);
+        let base = http_port.map(|p| format!("http://127.0.0.1:{p}")).unwrap_or_default();
+        let process = LedgerProcess { child, base, mode: mode.to_owned(), env, http_port };
+        process.wait_live().await;
+        process
+    }
+
+    fn spawn(mode: &str, env: &Vec<(String, String)>, http_port: Option<u16>) -> tokio::process::Child {
         let mut command = tokio::process::Command::new(ledger_bin());
-        command.arg("serve").env("LEDGER_HTTP_ADDR", format!("127.0.0.1:{http_port}")).env("RUST_LOG", "warn");
+        command.arg(mode).env("RUST_LOG", "warn");
+        if let Some(port) = http_port {
+            command.env("LEDGER_HTTP_ADDR", format!("127.0.0.1:{port}"));
+        }
         for (k, v) in env {
             command.env(k, v);
         }
-        let child =
-            command.stdout(Stdio::null()).stderr(Stdio::null()).kill_on_drop(true).spawn().expect("ledger starts");
-        let base = format!("http://127.0.0.1:{http_port}");
+        command.stdout(Stdio::null()).stderr(Stdio::null()).kill_on_drop(true).spawn().expect("ledger starts")
+    }
+
+    async fn wait_live(&self) {
+        if self.http_port.is_none() {
+            return;
+        }
         let client = reqwest::Client::new();
-        let url = format!("{base}/health/live");
+        let url = format!("{}/health/live", self.base);
         crate::eventually("ledger answers /health/live", 60, || {
             let (client, url) = (client.clone(), url.clone());
             async move { client.get(&url).send().await.is_ok() }
         })
         .await;
-        LedgerProcess { child, base }
     }
 
     /// Sends a signal to the process (`"TERM"`, `"KILL"`).
     pub fn signal(&self, signal: &str) {
         if let Some(pid) = self.child.id() {
             let _ = std::process::Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
+        }
+    }
+
+    /// `kill -9`, reaped.
+    pub async fn kill9(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// Starts the same process again (same mode, environment and port).
+    pub async fn restart(&mut self) {
+        self.kill9().await;
+        self.child = LedgerProcess::spawn(&self.mode, &self.env, self.http_port);
+        self.wait_live().await;
+    }
+}
+
+/// Three nats-server processes with JetStream, clustered over loopback routes.
+pub struct NatsCluster {
+    pub ports: Vec<u16>,
+    cluster_ports: Vec<u16>,
+    dirs: Vec<PathBuf>,
+    children: Vec<Option<tokio::process::Child>>,
+}
+
+impl NatsCluster {
+    pub async fn start(nodes: usize) -> NatsCluster {
+        let ports: Vec<u16> = (0..nodes).map(|_| free_port()).collect();
+        let cluster_ports: Vec<u16> = (0..nodes).map(|_| free_port()).collect();
+        let dirs = (0..nodes)
+            .map(|i| std::env::temp_dir().join(format!("ledger-natsc-{i}-{}", uuid::Uuid::new_v4().simple())))
+            .collect();
+        let mut cluster = NatsCluster { ports, cluster_ports, dirs, children: (0..nodes).map(|_| None).collect() };
+        for i in 0..nodes {
+            cluster.resume(i).await;
+        }
+        cluster
+    }
+
+    /// `nats://…` of every node, comma-separated (for `NATS_URL`).
+    pub fn urls(&self) -> String {
+        self.ports.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect::<Vec<_>>().join(",")
+    }
+
+    pub async fn resume(&mut self, i: usize) {
+        let routes: Vec<String> = self
+            .cluster_ports
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, p)| format!("nats://127.0.0.1:{p}"))
+            .collect();
+        let child = tokio::process::Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &self.ports[i].to_string(), "-js", "-n", &format!("node{i}")])
+            .arg("-sd")
+            .arg(&self.dirs[i])
+            .args(["--cluster_name", "ledger-test", "--cluster", &format!("nats://127.0.0.1:{}", self.cluster_ports[i])])
+            .args(["--routes", &routes.join(",")])
+            .kill_on_drop(true)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server installed");
+        self.children[i] = Some(child);
+        let port = self.ports[i];
+        crate::eventually("nats node accepts connections", 10, || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+        })
+        .await;
+    }
+
+    /// `kill -9` one node.
+    pub async fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.children[i].take() {
+            let _ = child.kill().await;
+        }
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for child in self.children.iter_mut().flatten() {
+            let _ = child.start_kill();
+        }
+        for dir in &self.dirs {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }

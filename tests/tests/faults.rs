@@ -1,0 +1,334 @@
+//! Faults and scale-out (run alone with `cargo test -p ledger-tests --test faults`):
+//! a "bank" test under kill -9, NATS and Postgres restarts and provider failures, and
+//! two API plus two worker processes on a three-node JetStream cluster.
+
+use futures::future::join_all;
+use ledger_provider_sim::{Faults, Simulator};
+use ledger_tests::procs::{LedgerProcess, NatsCluster, PgCluster, free_port};
+use ledger_tests::{ADMIN_TOKEN, NatsServer, eventually, test_config};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// One operation as the client saw it in the end.
+#[derive(Debug, Clone)]
+struct Outcome {
+    kind: &'static str,
+    key: String,
+    status: u16,
+}
+
+/// A client that re-sends the same Idempotency-Key after timeouts, connection errors,
+/// 5xx and 409 in-flight, until it gets a final answer or `give_up_at` passes.
+async fn send(client: &reqwest::Client, base: &str, path: &str, key: &str, body: &Value, give_up_at: Instant) -> Option<(u16, Value)> {
+    let mut attempt = 0u32;
+    while Instant::now() < give_up_at {
+        attempt += 1;
+        let r = client
+            .post(format!("{base}{path}"))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("idempotency-key", key)
+            .timeout(Duration::from_secs(2))
+            .json(body)
+            .send()
+            .await;
+        if let Ok(r) = r {
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            let retry = status >= 500 || (status == 409 && body["code"] == "idempotency_key_in_flight") || status == 429;
+            if !retry {
+                return Some((status, body));
+            }
+        }
+        // Client-side retry backoff (not a wait for a condition).
+        tokio::time::sleep(Duration::from_millis((20 * u64::from(attempt)).min(300))).await;
+    }
+    None
+}
+
+async fn open_funded(client: &reqwest::Client, base: &str, deadline: Instant) -> String {
+    let (status, account) =
+        send(client, base, "/v1/accounts", &Uuid::new_v4().to_string(), &json!({ "currency": "EUR" }), deadline).await.expect("open");
+    assert_eq!(status, 201, "{account}");
+    let id = account["id"].as_str().expect("id").to_owned();
+    let deposit = json!({ "account_id": id, "amount": 1_000_000, "currency": "EUR" });
+    let (status, _) = send(client, base, "/v1/deposits", &Uuid::new_v4().to_string(), &deposit, deadline).await.expect("deposit");
+    assert_eq!(status, 201);
+    id
+}
+
+/// Every acknowledged command is in the log exactly once; no key applied twice;
+/// money conserved; read models equal the log; the chain verifies. Returns violations.
+async fn check_invariants(pool: &PgPool, outcomes: &[Outcome]) -> Vec<String> {
+    let mut violations = Vec::new();
+    let (ledger, head) = ledger_projections::verify::fold_log(pool, |_, _| {}).await.expect("log folds");
+    for (currency, sum) in ledger.balance_sums() {
+        if sum != 0 {
+            violations.push(format!("money not conserved in {currency}: {sum}"));
+        }
+    }
+    let per_key: Vec<(String, String, i64)> = sqlx::query_as(
+        "select metadata ->> 'idempotency_key', type, count(*) from events
+         where metadata ->> 'idempotency_key' is not null and type in ('TransferPosted', 'WithdrawalRequested')
+         group by 1, 2",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("keys");
+    let per_key: HashMap<String, i64> = per_key.into_iter().map(|(k, _, n)| (k, n)).collect();
+    for (key, n) in &per_key {
+        if *n > 1 {
+            violations.push(format!("key {key} applied {n} times"));
+        }
+    }
+    for o in outcomes {
+        let recorded = per_key.get(&o.key).copied().unwrap_or(0);
+        match o.status {
+            200..=299 if recorded != 1 => violations.push(format!("acknowledged {} {} recorded {recorded} times", o.kind, o.key)),
+            400..=499 if recorded != 0 => violations.push(format!("rejected {} {} has events", o.kind, o.key)),
+            _ => {}
+        }
+    }
+    let diffs = ledger_projections::verify::verify(pool, |_, _| {}).await.expect("verify runs");
+    violations.extend(diffs);
+    let chain = ledger_infrastructure::audit::verify_chain(&ledger_infrastructure::EventStore::new(pool.clone()), 5_000, |_, _| {})
+        .await
+        .expect("chain");
+    if !chain.ok || chain.checked != head {
+        violations.push(format!("hash chain: {chain:?}"));
+    }
+    for (id, state) in ledger.streams() {
+        if let ledger_domain::Aggregate::Withdrawal(w) = &state.aggregate
+            && w.status == ledger_domain::WithdrawalStatus::Pending
+            && w.dead_letter.is_none()
+        {
+            violations.push(format!("withdrawal {id} neither settled, failed nor dead-lettered"));
+        }
+    }
+    violations
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bank_under_crashes_restarts_and_provider_failures() {
+    let pg = PgCluster::start();
+    let mut nats = NatsServer::start().await;
+    let sim = Simulator::new(Faults { error_rate: 0.2, drop_response_rate: 0.1, ..Faults::default() }, 11)
+        .start_local()
+        .await
+        .expect("simulator");
+    let port = free_port();
+    let env = [
+        ("DATABASE_URL", pg.url("ledger")),
+        ("NATS_URL", nats.url()),
+        ("LEDGER_NATS_PREFIX", format!("bank{}", Uuid::new_v4().simple())),
+        ("LEDGER_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
+        ("LEDGER_PROVIDER_URL", sim.url()),
+        ("LEDGER_PROVIDER_TIMEOUT_MS", "300".to_owned()),
+        ("LEDGER_PAYOUT_ATTEMPTS_MAX", "40".to_owned()),
+        ("LEDGER_PAYOUT_BACKOFF_BASE_MS", "20".to_owned()),
+        ("LEDGER_PAYOUT_BACKOFF_MAX_MS", "300".to_owned()),
+        ("LEDGER_PROVIDER_BREAKER_COOLDOWN_MS", "300".to_owned()),
+        ("LEDGER_DB_ACQUIRE_TIMEOUT_MS", "1000".to_owned()),
+        ("LEDGER_RECONCILE_INTERVAL_S", "0".to_owned()),
+    ];
+    let mut ledger = LedgerProcess::start(&env, port).await;
+    let base = ledger.base.clone();
+    let client = reqwest::Client::new();
+    let setup_deadline = Instant::now() + Duration::from_secs(60);
+    let mut accounts = Vec::new();
+    for _ in 0..6 {
+        accounts.push(open_funded(&client, &base, setup_deadline).await);
+    }
+    let accounts = Arc::new(accounts);
+    let run_for = Duration::from_secs(35);
+    let stop_at = Instant::now() + run_for;
+    let operations = Arc::new(AtomicU64::new(0));
+    let clients = (0..6).map(|c| {
+        let (client, base, accounts, operations) = (client.clone(), base.clone(), accounts.clone(), operations.clone());
+        tokio::spawn(async move {
+            let mut outcomes = Vec::new();
+            let mut i = c;
+            while Instant::now() < stop_at {
+                i += 1;
+                operations.fetch_add(1, Ordering::Relaxed);
+                let key = Uuid::new_v4().to_string();
+                let (kind, path, body) = if i % 5 == 0 {
+                    let body = json!({ "account_id": accounts[i % 6], "amount": 7, "currency": "EUR", "destination": "NL00" });
+                    ("withdrawal", "/v1/withdrawals", body)
+                } else {
+                    let body = json!({ "from": accounts[i % 6], "to": accounts[(i * 7 + 1) % 6], "amount": 1 + (i % 50) as i64, "currency": "EUR" });
+                    ("transfer", "/v1/transfers", body)
+                };
+                // Keep retrying one key well past the fault window: an answer must come.
+                if let Some((status, _)) = send(&client, &base, path, &key, &body, stop_at + Duration::from_secs(60)).await {
+                    outcomes.push(Outcome { kind, key, status });
+                }
+            }
+            outcomes
+        })
+    });
+    let clients: Vec<_> = clients.collect();
+    // The fault schedule: one fault every few seconds, each healed before the next.
+    let mut faults = 0;
+    let mut round = 0;
+    while Instant::now() + Duration::from_secs(5) < stop_at {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        match round % 4 {
+            0 => {
+                ledger.kill9().await;
+                ledger.restart().await;
+            }
+            1 => {
+                nats.kill().await;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                nats.resume().await;
+            }
+            2 => {
+                pg.crash();
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                pg.resume();
+            }
+            _ => {
+                sim.simulator.set_faults(Faults { down: true, ..Faults::default() });
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                sim.simulator.set_faults(Faults { error_rate: 0.2, drop_response_rate: 0.1, ..Faults::default() });
+            }
+        }
+        faults += 1;
+        round += 1;
+    }
+    let outcomes: Vec<Outcome> = join_all(clients).await.into_iter().flat_map(|r| r.expect("client finished")).collect();
+    sim.simulator.set_faults(Faults::default());
+    let pool = PgPool::connect(&pg.url("ledger")).await.expect("pool");
+    eventually("payouts end and projections catch up", 120, || async {
+        let pending: i64 = sqlx::query_scalar(
+            "select count(*) from events w where w.type = 'WithdrawalRequested' and not exists (
+                select 1 from stream_entries s join events e on e.position = s.position
+                where s.stream_id = w.stream_id and e.type in ('WithdrawalSettled', 'WithdrawalFailed', 'PayoutDeadLettered'))",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap_or(1);
+        let lag: i64 = sqlx::query_scalar("select max(h.position - p.position) from projection_checkpoints p cross join log_head h")
+            .fetch_one(&pool)
+            .await
+            .unwrap_or(1);
+        pending == 0 && lag == 0
+    })
+    .await;
+    let violations = check_invariants(&pool, &outcomes).await;
+    let acknowledged = outcomes.iter().filter(|o| (200..300).contains(&o.status)).count();
+    println!(
+        "bank: {} operations, {acknowledged} acknowledged, {} answered, {faults} faults injected, {} violations",
+        operations.load(Ordering::Relaxed),
+        outcomes.len(),
+        violations.len()
+    );
+    let stats = sim.simulator.stats();
+    assert!(stats.double_paid().is_empty(), "paid twice: {:?}", stats.double_paid());
+    assert!(violations.is_empty(), "{violations:#?}");
+    assert!(acknowledged > 50, "the ledger made progress under faults");
+    assert!(faults >= 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_apis_and_two_workers_on_a_three_node_nats_cluster() {
+    let mut cluster = NatsCluster::start(3).await;
+    let config = test_config();
+    ledger_infrastructure::connect_and_migrate(&config).await.expect("database");
+    let env = [
+        ("DATABASE_URL", config.database_url.clone()),
+        ("NATS_URL", cluster.urls()),
+        ("LEDGER_NATS_PREFIX", config.nats_prefix.clone()),
+        ("LEDGER_NATS_REPLICAS", "3".to_owned()),
+        ("LEDGER_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
+        ("LEDGER_PROVIDER_URL", "http://127.0.0.1:9".to_owned()),
+        ("LEDGER_RECONCILE_INTERVAL_S", "0".to_owned()),
+    ];
+    let api1 = LedgerProcess::start_mode("api", &env, Some(free_port())).await;
+    let api2 = LedgerProcess::start_mode("api", &env, Some(free_port())).await;
+    let mut worker1 = LedgerProcess::start_mode("worker", &env, None).await;
+    let mut worker2 = LedgerProcess::start_mode("worker", &env, None).await;
+    let pool = PgPool::connect(&config.database_url).await.expect("pool");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (a, b) = (open_funded(&client, &api1.base, deadline).await, open_funded(&client, &api1.base, deadline).await);
+    let read2 = |path: String| {
+        let (client, base) = (client.clone(), api2.base.clone());
+        async move {
+            let r = client.get(format!("{base}{path}")).bearer_auth(ADMIN_TOKEN).send().await.expect("read");
+            (r.status().as_u16(), r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    // Warm api2's cache, then write through api1 and read through api2.
+    let relayed = |at_least: i64| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("select position from relay_checkpoints").fetch_optional(&pool).await.ok().flatten().is_some_and(|p| p >= at_least)
+        }
+    };
+    // A fresh cluster elects its JetStream leaders and the R3 stream is created first.
+    eventually("the cluster carries the first events to the read models", 60, || async {
+        let lag: i64 = sqlx::query_scalar("select max(h.position - p.position) from projection_checkpoints p cross join log_head h")
+            .fetch_one(&pool)
+            .await
+            .unwrap_or(1);
+        lag == 0
+    })
+    .await;
+    let mut acknowledged = HashSet::new();
+    for round in 0..40 {
+        if round == 15 {
+            cluster.kill(1).await; // a NATS node lost under load
+        }
+        if round == 25 {
+            worker1.kill9().await; // relay leadership (if it was here) fails over
+        }
+        if round == 30 {
+            worker1.restart().await;
+            worker2.kill9().await; // and the other way round
+        }
+        let before = read2(format!("/v1/accounts/{b}")).await;
+        let key = Uuid::new_v4().to_string();
+        let body = json!({ "from": a, "to": b, "amount": 1, "currency": "EUR" });
+        let (status, reply) = send(&client, &api1.base, "/v1/transfers", &key, &body, Instant::now() + Duration::from_secs(30)).await.expect("answered");
+        assert_eq!(status, 201, "{reply}");
+        acknowledged.insert(reply["id"].as_str().expect("id").to_owned());
+        let position = reply["position"].as_i64().expect("position");
+        // While the cluster fails over, a read may answer 503 consistency_timeout with
+        // Retry-After; a client honours it and reads again.
+        let mut answer = read2(format!("/v1/accounts/{b}?min_position={position}")).await;
+        let retry_until = Instant::now() + Duration::from_secs(30);
+        while answer.0 == 503 && answer.1["code"] == "consistency_timeout" && Instant::now() < retry_until {
+            answer = read2(format!("/v1/accounts/{b}?min_position={position}")).await;
+        }
+        let (status, view) = answer;
+        assert_eq!(status, 200, "read-your-writes across instances: {view}");
+        assert!(view["version"].as_i64() > before.1["version"].as_i64(), "api2 does not serve a stale cached view: {view}");
+        assert!(relayed(position - 20).await || round < 2, "the relay keeps up");
+    }
+    eventually("the relay and projections converge after the failovers", 60, || async {
+        let lag: i64 = sqlx::query_scalar("select max(h.position - p.position) from projection_checkpoints p cross join log_head h")
+            .fetch_one(&pool)
+            .await
+            .unwrap_or(1);
+        let head: i64 = sqlx::query_scalar("select position from log_head").fetch_one(&pool).await.unwrap_or(0);
+        lag == 0 && relayed(head).await
+    })
+    .await;
+    let recorded: HashSet<String> = sqlx::query_scalar("select data ->> 'transfer_id' from events where type = 'TransferPosted'")
+        .fetch_all(&pool)
+        .await
+        .expect("transfers")
+        .into_iter()
+        .collect();
+    assert!(acknowledged.is_subset(&recorded), "no acknowledged command lost");
+    let outcomes: Vec<Outcome> = Vec::new();
+    let violations = check_invariants(&pool, &outcomes).await;
+    assert!(violations.is_empty(), "{violations:#?}");
+    drop((api1, api2, worker1, worker2));
+}
