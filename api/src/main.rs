@@ -22,7 +22,7 @@ enum Cmd {
     Serve,
     /// Runs only the HTTP API.
     Api,
-    /// Runs only the outbox relay and the projection workers.
+    /// Runs only the workers: outbox relay, projections, payouts, scheduled reconciliation.
     Worker,
     /// Creates the database if missing and applies migrations.
     Migrate,

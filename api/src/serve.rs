@@ -73,6 +73,12 @@ pub fn spawn_workers(state: &AppState, shutdown: CancellationToken) -> Vec<JoinH
         },
     };
     let mut handles = vec![tokio::spawn(relay.run(shutdown.clone())), tokio::spawn(payouts.run(shutdown.clone()))];
+    let (pool, url) = (state.pool.clone(), state.config.database_url.clone());
+    handles.push(tokio::spawn(async move {
+        if let Err(e) = ledger_projections::rebuild::recover_interrupted(&pool, &url).await {
+            tracing::warn!(error = %e, "checking for interrupted rebuilds failed");
+        }
+    }));
     if !config.reconcile_interval.is_zero() {
         handles.push(spawn_scheduled_reconciliation(state, shutdown.clone()));
     }
@@ -119,6 +125,9 @@ fn spawn_scheduled_reconciliation(state: &AppState, shutdown: CancellationToken)
 /// accounts (all of them after a rebuild) and wake their `min_position` readers.
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct Applied {
+    /// The instance that applied the batch (it ignores its own announcement).
+    #[serde(default)]
+    pub origin: Uuid,
     pub projection: String,
     pub position: i64,
     pub accounts: Vec<Uuid>,
@@ -151,8 +160,13 @@ fn on_applied(state: &AppState) -> OnApplied {
     let state = state.clone();
     Arc::new(move |projection, position, accounts: &[Uuid]| {
         let state = state.clone();
-        let applied =
-            Applied { projection: projection.name().to_owned(), position, accounts: accounts.to_vec(), all: false };
+        let applied = Applied {
+            origin: state.instance_id,
+            projection: projection.name().to_owned(),
+            position,
+            accounts: accounts.to_vec(),
+            all: false,
+        };
         tokio::spawn(async move {
             apply_announcement(&state, &applied).await;
             announce(&state, &applied).await;
@@ -185,7 +199,9 @@ pub fn spawn_read_side(state: &AppState, shutdown: CancellationToken) -> Vec<Joi
                 _ = shutdown.cancelled() => return,
                 message = sub.next() => match message {
                     Some(m) => {
-                        if let Ok(applied) = serde_json::from_slice::<Applied>(&m.payload) {
+                        if let Ok(applied) = serde_json::from_slice::<Applied>(&m.payload)
+                            && applied.origin != sub_state.instance_id
+                        {
                             apply_announcement(&sub_state, &applied).await;
                         }
                     }
@@ -233,10 +249,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let timeout = state.config.request_timeout;
-    let app = crate::app(state).layer(tower_http::timeout::TimeoutLayer::with_status_code(
-        axum::http::StatusCode::SERVICE_UNAVAILABLE,
-        timeout,
-    ));
+    // A request past its deadline gets a problem document, like every other error.
+    let app = crate::app(state).layer(
+        tower::ServiceBuilder::new()
+            .layer(axum::error_handling::HandleErrorLayer::new(|_: tower::BoxError| async {
+                crate::error::ApiError::unavailable(&"the request timed out")
+            }))
+            .layer(tower::timeout::TimeoutLayer::new(timeout)),
+    );
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
 

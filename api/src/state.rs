@@ -36,6 +36,8 @@ pub struct AppState {
     pub tokens: crate::auth::TokenCache,
     /// The breaker in front of Postgres (see `guard`).
     pub db_breaker: CircuitBreaker,
+    /// This process, in announcements to the others.
+    pub instance_id: uuid::Uuid,
 }
 
 impl AppState {
@@ -73,6 +75,7 @@ impl AppState {
             provider: ProviderClient::new(&config.provider_url, config.provider_timeout),
             config: Arc::new(config),
             tokens: crate::auth::TokenCache::default(),
+            instance_id: uuid::Uuid::now_v7(),
             db_breaker: CircuitBreaker::new(
                 "postgres",
                 BreakerConfig {

@@ -60,7 +60,33 @@ impl Reconciler {
         let got: bool = sqlx::query_scalar("select pg_try_advisory_lock(hashtext('ledger-reconcile'))")
             .fetch_one(&mut conn)
             .await?;
-        if got { Ok(RunLock(conn)) } else { Err(ReconcileError::AlreadyRunning) }
+        if !got {
+            return Err(ReconcileError::AlreadyRunning);
+        }
+        self.finish_interrupted().await?;
+        Ok(RunLock(conn))
+    }
+
+    /// Runs that started but never finished died with their process (no run holds the
+    /// lock now): they are recorded as finished with an error, so none shows `running`.
+    async fn finish_interrupted(&self) -> Result<(), ReconcileError> {
+        let open: Vec<Uuid> = sqlx::query_scalar(
+            "select s.stream_id from events s where s.type = 'ReconciliationStarted' and not exists (
+                 select 1 from stream_entries f join events e on e.position = f.position
+                 where f.stream_id = s.stream_id and e.type = 'ReconciliationFinished')",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for run_id in open {
+            let finish = FinishReconciliation {
+                run_id,
+                matched: 0,
+                mismatches: 0,
+                error: Some("interrupted: the process running it stopped".into()),
+            };
+            self.command(Command::FinishReconciliation(finish), run_id, "reconciler").await?;
+        }
+        Ok(())
     }
 
     async fn command(&self, command: Command, run_id: Uuid, actor: &str) -> Result<usize, ReconcileError> {

@@ -199,12 +199,18 @@ impl EventStore {
             .filter_map(|c| c.idempotency.as_ref().map(|k| (k.principal.clone(), k.key.clone())))
             .collect();
         if let Err(e) = self.insert_rows(&mut tx, rows, position, hash, recorded_at).await {
-            // The writer checked the keys before deciding; a key taken since then (by
-            // another process) trips the primary key, and the batch is decided again.
-            let key_taken = e.as_database_error().is_some_and(|d| {
-                d.code().as_deref() == Some("23505") && d.constraint() == Some("idempotency_keys_pkey")
+            // The writer checked keys and versions before deciding; another process that
+            // took a key or a stream version since trips a unique constraint, and the
+            // batch is decided again.
+            let violated =
+                e.as_database_error().filter(|d| d.code().as_deref() == Some("23505")).and_then(|d| d.constraint());
+            return Err(match violated {
+                Some("idempotency_keys_pkey") => AppendError::Conflict { streams: Vec::new(), keys },
+                Some("stream_entries_pkey" | "events_stream_id_version_key") => {
+                    AppendError::Conflict { streams: Vec::new(), keys: Vec::new() }
+                }
+                _ => e.into(),
             });
-            return Err(if key_taken { AppendError::Conflict { streams: Vec::new(), keys } } else { e.into() });
         }
         tx.commit().await?;
         Ok(results)

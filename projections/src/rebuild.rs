@@ -144,3 +144,28 @@ async fn switch(pool: &PgPool, projection: Projection, mut done: i64) -> Result<
     }
     Ok(done)
 }
+
+/// A process that died mid-rebuild leaves its projection marked `rebuilding` and its
+/// `*_rebuild` tables behind; the live tables were never touched. Whoever can take a
+/// projection's rebuild lock knows no rebuild is running and clears that state.
+pub async fn recover_interrupted(pool: &PgPool, database_url: &str) -> Result<(), RebuildError> {
+    for projection in Projection::ALL {
+        let Ok(lock) = RebuildLock::acquire(database_url, projection).await else { continue };
+        let cleared = sqlx::query(
+            "update projection_checkpoints set status = 'running', rebuild_position = null, rebuild_target = null
+             where name = $1 and status = 'rebuilding'",
+        )
+        .bind(projection.name())
+        .execute(pool)
+        .await?;
+        if cleared.rows_affected() > 0 {
+            tracing::warn!(projection = projection.name(), "cleared an interrupted rebuild");
+            for table in projection.tables() {
+                let fresh = Tables::REBUILD.name(table);
+                sqlx::query(sqlx::AssertSqlSafe(format!("drop table if exists {fresh}"))).execute(pool).await?;
+            }
+        }
+        let _ = lock.conn.close().await;
+    }
+    Ok(())
+}

@@ -203,7 +203,12 @@ impl NatsCluster {
             .args(["-a", "127.0.0.1", "-p", &self.ports[i].to_string(), "-js", "-n", &format!("node{i}")])
             .arg("-sd")
             .arg(&self.dirs[i])
-            .args(["--cluster_name", "ledger-test", "--cluster", &format!("nats://127.0.0.1:{}", self.cluster_ports[i])])
+            .args([
+                "--cluster_name",
+                "ledger-test",
+                "--cluster",
+                &format!("nats://127.0.0.1:{}", self.cluster_ports[i]),
+            ])
             .args(["--routes", &routes.join(",")])
             .kill_on_drop(true)
             .stdout(Stdio::null())

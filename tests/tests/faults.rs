@@ -24,7 +24,14 @@ struct Outcome {
 
 /// A client that re-sends the same Idempotency-Key after timeouts, connection errors,
 /// 5xx and 409 in-flight, until it gets a final answer or `give_up_at` passes.
-async fn send(client: &reqwest::Client, base: &str, path: &str, key: &str, body: &Value, give_up_at: Instant) -> Option<(u16, Value)> {
+async fn send(
+    client: &reqwest::Client,
+    base: &str,
+    path: &str,
+    key: &str,
+    body: &Value,
+    give_up_at: Instant,
+) -> Option<(u16, Value)> {
     let mut attempt = 0u32;
     while Instant::now() < give_up_at {
         attempt += 1;
@@ -39,7 +46,8 @@ async fn send(client: &reqwest::Client, base: &str, path: &str, key: &str, body:
         if let Ok(r) = r {
             let status = r.status().as_u16();
             let body: Value = r.json().await.unwrap_or(Value::Null);
-            let retry = status >= 500 || (status == 409 && body["code"] == "idempotency_key_in_flight") || status == 429;
+            let retry =
+                status >= 500 || (status == 409 && body["code"] == "idempotency_key_in_flight") || status == 429;
             if !retry {
                 return Some((status, body));
             }
@@ -52,11 +60,14 @@ async fn send(client: &reqwest::Client, base: &str, path: &str, key: &str, body:
 
 async fn open_funded(client: &reqwest::Client, base: &str, deadline: Instant) -> String {
     let (status, account) =
-        send(client, base, "/v1/accounts", &Uuid::new_v4().to_string(), &json!({ "currency": "EUR" }), deadline).await.expect("open");
+        send(client, base, "/v1/accounts", &Uuid::new_v4().to_string(), &json!({ "currency": "EUR" }), deadline)
+            .await
+            .expect("open");
     assert_eq!(status, 201, "{account}");
     let id = account["id"].as_str().expect("id").to_owned();
     let deposit = json!({ "account_id": id, "amount": 1_000_000, "currency": "EUR" });
-    let (status, _) = send(client, base, "/v1/deposits", &Uuid::new_v4().to_string(), &deposit, deadline).await.expect("deposit");
+    let (status, _) =
+        send(client, base, "/v1/deposits", &Uuid::new_v4().to_string(), &deposit, deadline).await.expect("deposit");
     assert_eq!(status, 201);
     id
 }
@@ -88,16 +99,22 @@ async fn check_invariants(pool: &PgPool, outcomes: &[Outcome]) -> Vec<String> {
     for o in outcomes {
         let recorded = per_key.get(&o.key).copied().unwrap_or(0);
         match o.status {
-            200..=299 if recorded != 1 => violations.push(format!("acknowledged {} {} recorded {recorded} times", o.kind, o.key)),
+            200..=299 if recorded != 1 => {
+                violations.push(format!("acknowledged {} {} recorded {recorded} times", o.kind, o.key))
+            }
             400..=499 if recorded != 0 => violations.push(format!("rejected {} {} has events", o.kind, o.key)),
             _ => {}
         }
     }
     let diffs = ledger_projections::verify::verify(pool, |_, _| {}).await.expect("verify runs");
     violations.extend(diffs);
-    let chain = ledger_infrastructure::audit::verify_chain(&ledger_infrastructure::EventStore::new(pool.clone()), 5_000, |_, _| {})
-        .await
-        .expect("chain");
+    let chain = ledger_infrastructure::audit::verify_chain(
+        &ledger_infrastructure::EventStore::new(pool.clone()),
+        5_000,
+        |_, _| {},
+    )
+    .await
+    .expect("chain");
     if !chain.ok || chain.checked != head {
         violations.push(format!("hash chain: {chain:?}"));
     }
@@ -201,7 +218,8 @@ async fn bank_under_crashes_restarts_and_provider_failures() {
         faults += 1;
         round += 1;
     }
-    let outcomes: Vec<Outcome> = join_all(clients).await.into_iter().flat_map(|r| r.expect("client finished")).collect();
+    let outcomes: Vec<Outcome> =
+        join_all(clients).await.into_iter().flat_map(|r| r.expect("client finished")).collect();
     sim.simulator.set_faults(Faults::default());
     let pool = PgPool::connect(&pg.url("ledger")).await.expect("pool");
     eventually("payouts end and projections catch up", 120, || async {
@@ -268,15 +286,22 @@ async fn two_apis_and_two_workers_on_a_three_node_nats_cluster() {
     let relayed = |at_least: i64| {
         let pool = pool.clone();
         async move {
-            sqlx::query_scalar::<_, i64>("select position from relay_checkpoints").fetch_optional(&pool).await.ok().flatten().is_some_and(|p| p >= at_least)
+            sqlx::query_scalar::<_, i64>("select position from relay_checkpoints")
+                .fetch_optional(&pool)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|p| p >= at_least)
         }
     };
     // A fresh cluster elects its JetStream leaders and the R3 stream is created first.
     eventually("the cluster carries the first events to the read models", 60, || async {
-        let lag: i64 = sqlx::query_scalar("select max(h.position - p.position) from projection_checkpoints p cross join log_head h")
-            .fetch_one(&pool)
-            .await
-            .unwrap_or(1);
+        let lag: i64 = sqlx::query_scalar(
+            "select max(h.position - p.position) from projection_checkpoints p cross join log_head h",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap_or(1);
         lag == 0
     })
     .await;
@@ -295,7 +320,10 @@ async fn two_apis_and_two_workers_on_a_three_node_nats_cluster() {
         let before = read2(format!("/v1/accounts/{b}")).await;
         let key = Uuid::new_v4().to_string();
         let body = json!({ "from": a, "to": b, "amount": 1, "currency": "EUR" });
-        let (status, reply) = send(&client, &api1.base, "/v1/transfers", &key, &body, Instant::now() + Duration::from_secs(30)).await.expect("answered");
+        let (status, reply) =
+            send(&client, &api1.base, "/v1/transfers", &key, &body, Instant::now() + Duration::from_secs(30))
+                .await
+                .expect("answered");
         assert_eq!(status, 201, "{reply}");
         acknowledged.insert(reply["id"].as_str().expect("id").to_owned());
         let position = reply["position"].as_i64().expect("position");
@@ -308,24 +336,30 @@ async fn two_apis_and_two_workers_on_a_three_node_nats_cluster() {
         }
         let (status, view) = answer;
         assert_eq!(status, 200, "read-your-writes across instances: {view}");
-        assert!(view["version"].as_i64() > before.1["version"].as_i64(), "api2 does not serve a stale cached view: {view}");
+        assert!(
+            view["version"].as_i64() > before.1["version"].as_i64(),
+            "api2 does not serve a stale cached view: {view}"
+        );
         assert!(relayed(position - 20).await || round < 2, "the relay keeps up");
     }
     eventually("the relay and projections converge after the failovers", 60, || async {
-        let lag: i64 = sqlx::query_scalar("select max(h.position - p.position) from projection_checkpoints p cross join log_head h")
-            .fetch_one(&pool)
-            .await
-            .unwrap_or(1);
+        let lag: i64 = sqlx::query_scalar(
+            "select max(h.position - p.position) from projection_checkpoints p cross join log_head h",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap_or(1);
         let head: i64 = sqlx::query_scalar("select position from log_head").fetch_one(&pool).await.unwrap_or(0);
         lag == 0 && relayed(head).await
     })
     .await;
-    let recorded: HashSet<String> = sqlx::query_scalar("select data ->> 'transfer_id' from events where type = 'TransferPosted'")
-        .fetch_all(&pool)
-        .await
-        .expect("transfers")
-        .into_iter()
-        .collect();
+    let recorded: HashSet<String> =
+        sqlx::query_scalar("select data ->> 'transfer_id' from events where type = 'TransferPosted'")
+            .fetch_all(&pool)
+            .await
+            .expect("transfers")
+            .into_iter()
+            .collect();
     assert!(acknowledged.is_subset(&recorded), "no acknowledged command lost");
     let outcomes: Vec<Outcome> = Vec::new();
     let violations = check_invariants(&pool, &outcomes).await;

@@ -367,3 +367,33 @@ async fn a_second_process_sees_conflicts_and_decides_again() {
     assert_eq!((r.status, r.code()), (StatusCode::UNPROCESSABLE_ENTITY, "insufficient_funds"));
     first.fold_log().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_writers_racing_on_the_same_accounts_decide_again_and_never_fail() {
+    // Two API instances (two writers, two caches) on one database, appending at once.
+    let config = test_config();
+    let first = Arc::new(TestApp::spawn_with(config.clone()).await);
+    let second = Arc::new(TestApp::spawn_with(config).await);
+    let a = first.open_account("EUR", 0).await;
+    let b = first.open_account("EUR", 0).await;
+    first.deposit(a, 100_000, "EUR").await;
+    first.deposit(b, 100_000, "EUR").await;
+    let tasks = (0..60u32).map(|i| {
+        let app = if i % 2 == 0 { first.clone() } else { second.clone() };
+        let (from, to) = if i % 3 == 0 { (b, a) } else { (a, b) };
+        tokio::spawn(async move { app.transfer(from, to, 1 + i64::from(i), "EUR").await })
+    });
+    for r in join_all(tasks).await {
+        let r = r.expect("task");
+        assert_eq!(r.status, StatusCode::CREATED, "a conflict with the other writer is retried, not failed: {r:?}");
+    }
+    let conflicts: i64 = sqlx::query_scalar("select count(*) from events where type = 'TransferPosted'")
+        .fetch_one(&first.pool)
+        .await
+        .expect("count");
+    assert_eq!(conflicts, 60);
+    let metrics = ledger_api::metrics::handle().render();
+    assert!(metrics.contains("ledger_append_conflicts_total"), "the writers did conflict and decided again");
+    first.fold_log().await;
+    assert_eq!(first.account(a).await["balance"], second.account(a).await["balance"]);
+}

@@ -85,6 +85,7 @@ async fn rebuild(
             Ok(position) => {
                 tracing::info!(projection = projection.name(), position, "projection rebuilt and switched");
                 let applied = crate::serve::Applied {
+                    origin: background.instance_id,
                     projection: projection.name().to_owned(),
                     position,
                     accounts: Vec::new(),

@@ -31,7 +31,7 @@ async fn live() -> Json<serde_json::Value> {
     operation_id = "ready",
     tag = "infrastructure",
     summary = "Readiness",
-    description = "Ready only while Postgres answers.",
+    description = "Ready only while Postgres answers; the body also reports NATS and the circuit breakers.",
     responses(
         (status = 200, description = "Ready.", body = crate::schemas::Ready),
         (status = 503, description = "Not ready: a dependency is down.", body = crate::schemas::Ready),
@@ -39,10 +39,23 @@ async fn live() -> Json<serde_json::Value> {
 )]
 async fn ready(State(state): State<AppState>) -> Response {
     let postgres = sqlx::query("select 1").execute(&state.pool).await.is_ok();
+    let nats = match state.nats.connection_state() {
+        async_nats::connection::State::Connected => "up",
+        async_nats::connection::State::Pending => "connecting",
+        async_nats::connection::State::Disconnected => "down",
+    };
     let status = if postgres { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    // Only Postgres is required: without NATS commands and strong reads still work
+    // (projections lag); without the provider payouts wait behind the breaker.
     let body = json!({
         "status": if postgres { "ready" } else { "not_ready" },
-        "dependencies": { "postgres": if postgres { "up" } else { "down" } },
+        "dependencies": {
+            "postgres": if postgres { "up" } else { "down" },
+            "nats": nats,
+            "provider_breaker": state.provider_breaker.state(),
+            "relay_breaker": state.relay_breaker.state(),
+            "postgres_breaker": state.db_breaker.state(),
+        },
     });
     (status, Json(body)).into_response()
 }
