@@ -312,7 +312,7 @@ async fn reversal_withdrawal_and_history_reads() {
     assert_eq!((r.body["from"].clone(), r.body["to"].clone()), (json!(b), json!(a)));
     let twice = reverse("rev-2").await;
     assert_eq!((twice.status, twice.code()), (StatusCode::UNPROCESSABLE_ENTITY, "already_reversed"));
-    let original = app.get(&format!("/v1/transfers/{transfer_id}")).await;
+    let original = app.get(&format!("/v1/transfers/{transfer_id}?consistency=strong")).await;
     assert_eq!(original.body["reversed_by"], json!(r.id()));
     assert!(original.header("x-ledger-position").is_some());
 
@@ -329,7 +329,8 @@ async fn reversal_withdrawal_and_history_reads() {
         (view["balance"].clone(), view["available"].clone(), view["pending_holds"].clone()),
         (json!(1_000), json!(700), json!(300))
     );
-    let read = app.get(&format!("/v1/withdrawals/{}", w.id())).await;
+    let at = w.body["position"].as_i64().expect("position");
+    let read = app.get(&format!("/v1/withdrawals/{}?min_position={at}", w.id())).await;
     assert_eq!(read.body["status"], "pending");
 
     let history = app.get(&format!("/v1/accounts/{a}/events?limit=10")).await;
