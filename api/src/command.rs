@@ -88,6 +88,23 @@ pub fn claim(state: &AppState, principal: &Principal, body: &CommandBody) -> Ide
     }
 }
 
+/// For an operation that records no event (starting a rebuild or a reconciliation):
+/// the stored response of an earlier request with the same key, if any.
+pub async fn stored_replay(
+    state: &AppState,
+    principal: &Principal,
+    body: &CommandBody,
+) -> Result<Option<Response>, ApiError> {
+    let key = (principal.name.clone(), body.key.clone());
+    match state.store.idempotency_records(std::slice::from_ref(&key)).await?.remove(&key) {
+        Some(record) if record.fingerprint != body.fingerprint => {
+            Err(ledger_infrastructure::CommandError::IdempotencyKeyReused.into())
+        }
+        Some(record) => Ok(Some(respond(record.response, true))),
+        None => Ok(None),
+    }
+}
+
 /// Executes `command` once per idempotency key and answers with its (possibly stored) response.
 pub async fn execute(
     state: &AppState,

@@ -62,12 +62,8 @@ async fn rebuild(
     let projection =
         Projection::from_name(&name).ok_or_else(|| ApiError::not_found(format!("no projection named {name}")))?;
     let claim = crate::command::claim(&state, &principal, &body);
-    let key = (principal.name.clone(), body.key.clone());
-    if let Some(record) = state.store.idempotency_records(std::slice::from_ref(&key)).await?.remove(&key) {
-        if record.fingerprint != body.fingerprint {
-            return Err(ledger_infrastructure::CommandError::IdempotencyKeyReused.into());
-        }
-        return Ok(crate::command::respond(record.response, true));
+    if let Some(replay) = crate::command::stored_replay(&state, &principal, &body).await? {
+        return Ok(replay);
     }
     let lock = ledger_projections::rebuild::RebuildLock::acquire(&state.config.database_url, projection)
         .await

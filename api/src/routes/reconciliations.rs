@@ -70,12 +70,8 @@ async fn start(State(state): State<AppState>, principal: Principal, body: Comman
     if from >= to {
         return Err(ApiError::validation("`from` must be before `to`"));
     }
-    let key = (principal.name.clone(), body.key.clone());
-    if let Some(record) = state.store.idempotency_records(std::slice::from_ref(&key)).await?.remove(&key) {
-        if record.fingerprint != body.fingerprint {
-            return Err(ledger_infrastructure::CommandError::IdempotencyKeyReused.into());
-        }
-        return Ok(crate::command::respond(record.response, true));
+    if let Some(replay) = crate::command::stored_replay(&state, &principal, &body).await? {
+        return Ok(replay);
     }
     let reconciler = reconciler(&state);
     let lock = reconciler.lock().await.map_err(|e| match e {
