@@ -7,37 +7,14 @@ use sqlx::{Postgres, Transaction};
 
 /// Applies events (in position order, above the checkpoint).
 pub async fn apply(tx: &mut Transaction<'_, Postgres>, t: &Tables, events: &[RecordedEvent]) -> Result<(), ApplyError> {
-    let (transfers, withdrawals, dead) = (t.name("transfers_view"), t.name("withdrawals_view"), t.name("dead_letters"));
+    let (withdrawals, dead) = (t.name("withdrawals_view"), t.name("dead_letters"));
+    write_transfers(tx, t, events).await?;
     for recorded in events {
         let at = recorded.recorded_at;
         let position = recorded.position;
         match recorded.event()? {
-            Event::TransferPosted(t) => {
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "insert into {transfers} (id, from_account, to_account, amount, currency, reference, reverses,
-                                                 reason, position, created_at)
-                     values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-                )))
-                .bind(t.transfer_id)
-                .bind(t.from)
-                .bind(t.to)
-                .bind(t.amount.minor_units())
-                .bind(t.currency.as_str())
-                .bind(&t.reference)
-                .bind(t.reverses)
-                .bind(&t.reason)
-                .bind(position)
-                .bind(at)
-                .execute(&mut **tx)
-                .await?;
-                if let Some(original) = t.reverses {
-                    sqlx::query(sqlx::AssertSqlSafe(format!("update {transfers} set reversed_by = $2 where id = $1")))
-                        .bind(original)
-                        .bind(t.transfer_id)
-                        .execute(&mut **tx)
-                        .await?;
-                }
-            }
+            // Written in bulk before this loop.
+            Event::TransferPosted(_) => {}
             Event::WithdrawalRequested(w) => {
                 sqlx::query(sqlx::AssertSqlSafe(format!("insert into {withdrawals} (id, account_id, amount, currency, destination, status, position, updated_at)
                      values ($1, $2, $3, $4, $5, 'pending', $6, $7)")),
@@ -149,5 +126,68 @@ async fn resolve_dead_letters(
     .bind(at)
     .execute(&mut **tx)
     .await?;
+    Ok(())
+}
+
+/// All transfers of the batch in one insert, then all reversal links in one update
+/// (transfers are the bulk of the log; one statement per row made rebuilds slow).
+async fn write_transfers(
+    tx: &mut Transaction<'_, Postgres>,
+    t: &Tables,
+    events: &[RecordedEvent],
+) -> Result<(), ApplyError> {
+    let mut rows: (Vec<uuid::Uuid>, Vec<uuid::Uuid>, Vec<uuid::Uuid>, Vec<i64>, Vec<String>, Vec<Option<String>>) =
+        Default::default();
+    let mut more: (Vec<Option<uuid::Uuid>>, Vec<Option<String>>, Vec<i64>, Vec<chrono::DateTime<chrono::Utc>>) =
+        Default::default();
+    let mut reversals: (Vec<uuid::Uuid>, Vec<uuid::Uuid>) = Default::default();
+    for recorded in events.iter().filter(|e| e.event_type == "TransferPosted") {
+        let Event::TransferPosted(e) = recorded.event()? else { continue };
+        rows.0.push(e.transfer_id);
+        rows.1.push(e.from);
+        rows.2.push(e.to);
+        rows.3.push(e.amount.minor_units());
+        rows.4.push(e.currency.to_string());
+        rows.5.push(e.reference);
+        more.0.push(e.reverses);
+        more.1.push(e.reason);
+        more.2.push(recorded.position);
+        more.3.push(recorded.recorded_at);
+        if let Some(original) = e.reverses {
+            reversals.0.push(original);
+            reversals.1.push(e.transfer_id);
+        }
+    }
+    if rows.0.is_empty() {
+        return Ok(());
+    }
+    let transfers = t.name("transfers_view");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "insert into {transfers} (id, from_account, to_account, amount, currency, reference, reverses, reason,
+                                  position, created_at)
+         select * from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::int8[], $5::text[], $6::text[], $7::uuid[],
+                              $8::text[], $9::int8[], $10::timestamptz[])"
+    )))
+    .bind(rows.0)
+    .bind(rows.1)
+    .bind(rows.2)
+    .bind(rows.3)
+    .bind(rows.4)
+    .bind(rows.5)
+    .bind(more.0)
+    .bind(more.1)
+    .bind(more.2)
+    .bind(more.3)
+    .execute(&mut **tx)
+    .await?;
+    if !reversals.0.is_empty() {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "update {transfers} v set reversed_by = r.by from unnest($1::uuid[], $2::uuid[]) as r(id, by) where v.id = r.id"
+        )))
+        .bind(reversals.0)
+        .bind(reversals.1)
+        .execute(&mut **tx)
+        .await?;
+    }
     Ok(())
 }

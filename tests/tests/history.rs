@@ -130,6 +130,23 @@ async fn a_corrupted_read_model_is_reported_and_repaired_by_a_rebuild() {
     ledger_api::cli::rebuild_projection(&app.state.config, "accounts").await.expect("rebuild");
     let diffs = ledger_api::cli::verify_projections(&app.state.config).await.expect("verify");
     assert!(diffs.is_empty(), "{diffs:?}");
+    // Again, and the other projection: the rebuilt tables carry every index and key.
+    for name in ["accounts", "transfers", "accounts"] {
+        ledger_api::cli::rebuild_projection(&app.state.config, name).await.expect("rebuild");
+    }
+    for table in ["account_entries", "transfers_view", "accounts_view"] {
+        let (indexes, primary): (i64, bool) = sqlx::query_as(
+            "select count(*), bool_or(x.indisprimary) from pg_index x join pg_class t on t.oid = x.indrelid where t.relname = $1",
+        )
+        .bind(table)
+        .fetch_one(&app.pool)
+        .await
+        .expect("indexes");
+        assert!(indexes >= 1 && primary, "{table} keeps its primary key after rebuilds");
+    }
+    app.transfer(b, a, 1, "EUR").await;
+    app.catch_up().await;
+    assert!(ledger_api::cli::verify_projections(&app.state.config).await.expect("verify").is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
