@@ -223,3 +223,35 @@ async fn tokens_from_the_cli_work_and_rate_limits_answer_429() {
     let other = app.get("/v1/events").await;
     assert_eq!(other.status, StatusCode::OK, "limits are per token");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_runs_with_least_privilege() {
+    // A login role that is only a member of ledger_app (as an operator would set up).
+    let admin = sqlx::PgPool::connect(&format!("{}/postgres", ledger_tests::server_url())).await.expect("admin");
+    let _ = sqlx::query(
+        "do $$ begin
+           if not exists (select 1 from pg_roles where rolname = 'ledger_svc_test') then
+             create role ledger_svc_test login in role ledger_app;
+           end if;
+         exception when duplicate_object or unique_violation then null; end $$",
+    )
+    .execute(&admin)
+    .await;
+    // The owner creates and migrates the database first (`ledger migrate`).
+    let mut config = test_config();
+    ledger_infrastructure::connect_and_migrate(&config).await.expect("migrated by the owner");
+    config.database_url = config.database_url.replacen("postgres@", "ledger_svc_test@", 1);
+    let app = TestApp::spawn_with(config).await;
+    let a = app.open_account("EUR", 0).await;
+    let b = app.open_account("EUR", 0).await;
+    app.deposit(a, 100, "EUR").await;
+    let t = app.transfer(a, b, 40, "EUR").await;
+    assert_eq!(t.status, StatusCode::CREATED, "{t:?}");
+    let p = t.body["position"].as_i64().expect("position");
+    let read = app.get(&format!("/v1/accounts/{b}?min_position={p}")).await;
+    assert_eq!(read.body["balance"], json!(40));
+    ledger_api::cli::rebuild_projection(&app.state.config, "accounts").await.expect("a rebuild as the service role");
+    let err =
+        sqlx::query("delete from events").execute(&app.pool).await.expect_err("the service cannot delete history");
+    assert_eq!(err.as_database_error().and_then(|d| d.code()).as_deref(), Some("42501"));
+}
