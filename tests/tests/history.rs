@@ -192,6 +192,14 @@ async fn rebuilding_under_load_keeps_reads_answering_and_never_older() {
         })
     });
     let (writers, readers): (Vec<_>, Vec<_>) = (writers.collect(), readers.collect());
+    // The switch replaces the live table: its oid changes.
+    let table_oid = || async {
+        sqlx::query_scalar::<_, i64>("select 'accounts_view'::regclass::oid::int8")
+            .fetch_one(&app.pool)
+            .await
+            .expect("oid")
+    };
+    let before = table_oid().await;
     let started = app.post("/v1/admin/projections/accounts/rebuild", "rebuild-1", &json!({})).await;
     assert_eq!(started.status, StatusCode::ACCEPTED, "{started:?}");
     let twice = app.post("/v1/admin/projections/accounts/rebuild", "rebuild-2", &json!({})).await;
@@ -202,7 +210,16 @@ async fn rebuilding_under_load_keeps_reads_answering_and_never_older() {
     }
     eventually("the rebuild switches over", 60, || async {
         let s = app.get("/v1/admin/projections").await;
-        s.body["projections"][0]["status"] == "running" && s.body["projections"][0]["rebuild"].is_null()
+        let leftovers: i64 = sqlx::query_scalar(
+            "select count(*) from pg_tables where tablename like 'account%_old' or tablename like 'account%_rebuild'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .expect("tables");
+        table_oid().await != before
+            && leftovers == 0
+            && s.body["projections"][0]["status"] == "running"
+            && s.body["projections"][0]["rebuild"].is_null()
     })
     .await;
     let remains: i64 = sqlx::query_scalar(

@@ -201,10 +201,8 @@ async fn transactions(
     };
     read_model_ready(&state, Projection::Accounts, Consistency::from_query(&q)?).await?;
     let (entries, position) = ledger_projections::queries::entries(&state.pool, id, cursor, limit).await?;
-    if entries.is_empty()
-        && cursor.is_none()
-        && ledger_projections::queries::account(&state.pool, id).await?.0.is_none()
-    {
+    // An unknown account is 404 with or without a cursor; a known one's last page is empty.
+    if entries.is_empty() && ledger_projections::queries::account(&state.pool, id).await?.0.is_none() {
         return Err(account_not_found(&raw));
     }
     let next = if entries.len() as i64 == limit { entries.last().map(|e| e["position"].to_string()) } else { None };
