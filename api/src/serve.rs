@@ -300,6 +300,22 @@ pub async fn start(config: Config, mode: Mode) -> Result<Running, StartError> {
         tasks.extend(spawn_workers(&state, shutdown.clone()));
     }
     let (mut bound, mut server) = (None, None);
+    if mode == Mode::Worker
+        && let Some(metrics_addr) = state.config.metrics_addr.clone()
+    {
+        // A worker has no API; it still exposes its metrics (relay, projections, payouts).
+        let listener =
+            TcpListener::bind(&metrics_addr).await.map_err(|source| StartError::Bind { addr: metrics_addr, source })?;
+        bound = listener.local_addr().ok();
+        let app = axum::Router::new()
+            .route("/metrics", axum::routing::get(crate::metrics::render))
+            .route("/health/live", axum::routing::get(|| async { "live" }))
+            .with_state(state.clone());
+        let stop = shutdown.clone();
+        server = Some(tokio::spawn(async move {
+            axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await
+        }));
+    }
     if mode != Mode::Worker {
         tasks.push(spawn_idempotency_sweeper(&state, shutdown.clone()));
         tasks.extend(spawn_read_side(&state, shutdown.clone()));

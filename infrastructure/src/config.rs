@@ -16,6 +16,9 @@ pub struct Config {
     pub nats_replicas: usize,
     /// `LEDGER_HTTP_ADDR`.
     pub http_addr: String,
+    /// `LEDGER_METRICS_ADDR` (unset by default): where `ledger worker`, which has no
+    /// HTTP API, serves `/metrics` and `/health/live`.
+    pub metrics_addr: Option<String>,
     /// `LEDGER_ADMIN_TOKEN`: accepted as an admin token.
     pub admin_token: Option<String>,
     /// `LEDGER_PROVIDER_URL`.
@@ -95,6 +98,7 @@ impl Config {
             nats_replicas: env_num("LEDGER_NATS_REPLICAS", 1)?,
             http_addr: env_or("LEDGER_HTTP_ADDR", "127.0.0.1:8080"),
             admin_token: std::env::var("LEDGER_ADMIN_TOKEN").ok().filter(|v| !v.is_empty()),
+            metrics_addr: std::env::var("LEDGER_METRICS_ADDR").ok().filter(|v| !v.is_empty()),
             provider_url: env_or("LEDGER_PROVIDER_URL", "http://127.0.0.1:9090"),
             idempotency_ttl: Duration::from_secs(env_num("LEDGER_IDEMPOTENCY_TTL", 24 * 3600)?),
             consistency_wait: Duration::from_millis(env_num("LEDGER_CONSISTENCY_WAIT_MS", 2000)?),
@@ -131,6 +135,7 @@ impl Config {
             nats_replicas: 1,
             http_addr: "127.0.0.1:0".to_owned(),
             admin_token: Some("test-admin-token".to_owned()),
+            metrics_addr: None,
             provider_url: "http://127.0.0.1:9090".to_owned(),
             idempotency_ttl: Duration::from_secs(24 * 3600),
             consistency_wait: Duration::from_millis(2000),

@@ -178,3 +178,16 @@ async fn sigterm_under_load_keeps_every_acknowledged_command() {
     }
     assert!(ledger.balance_sums().values().all(|s| *s == 0), "nothing half-applied");
 }
+
+#[tokio::test]
+async fn a_worker_serves_its_metrics() {
+    let mut config = test_config();
+    config.metrics_addr = Some("127.0.0.1:0".to_owned());
+    let worker = TestApp::spawn_mode(config, ledger_api::serve::Mode::Worker).await;
+    let text =
+        worker.client.get(format!("{}/metrics", worker.base)).send().await.expect("sent").text().await.expect("text");
+    assert!(text.contains("ledger_projection_lag_events"), "{text}");
+    assert!(text.contains("ledger_circuit_breaker_state{name=\"nats-relay\"}"), "{text}");
+    let v1 = worker.client.get(format!("{}/v1/events", worker.base)).send().await.expect("sent");
+    assert_eq!(v1.status(), StatusCode::NOT_FOUND, "a worker serves no API");
+}
