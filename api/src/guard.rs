@@ -18,8 +18,10 @@ pub struct DependencyFailed;
 const CACHED_ROUTE: &str = "/v1/accounts/{id}";
 
 pub async fn db_guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let eventual =
-        request.uri().query().is_none_or(|q| !q.contains("consistency=strong") && !q.contains("min_position="));
+    let eventual = axum::extract::Query::<std::collections::HashMap<String, String>>::try_from_uri(request.uri())
+        .ok()
+        .and_then(|q| crate::read::Consistency::from_query(&q).ok())
+        == Some(crate::read::Consistency::Eventual);
     let cached_read = eventual && request.extensions().get::<MatchedPath>().is_some_and(|p| p.as_str() == CACHED_ROUTE);
     if let Err(open) = state.db_breaker.try_acquire() {
         if cached_read {

@@ -4,7 +4,7 @@
 //! no longer decodes) is ignored, so a change to `evolve` rebuilds them from the log.
 
 use crate::store::StoreError;
-use ledger_domain::{EVOLVE_VERSION, Event, Ledger, StreamState, evolve};
+use ledger_domain::{EVOLVE_VERSION, Event, StreamState, evolve};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -78,11 +78,4 @@ pub async fn state_at(
         state = evolve(state, stream_id, version, &event);
     }
     Ok((state, folded))
-}
-
-/// Folds a whole stream into a one-stream ledger (for replay and checks).
-pub fn single(stream_id: Uuid, state: StreamState) -> Ledger {
-    let mut ledger = Ledger::new();
-    ledger.insert(stream_id, state);
-    ledger
 }

@@ -241,7 +241,10 @@ impl Writer {
                     if keys_used {
                         jobs = match self.answer_used_keys(jobs).await {
                             Ok(rest) => rest,
-                            Err(e) => return fail_all(jobs_of(e), CommandError::Unavailable("store".into())),
+                            Err((jobs, e)) => {
+                                tracing::error!(error = %e, "reading idempotency records failed");
+                                return fail_all(jobs, CommandError::Unavailable(e.to_string()));
+                            }
                         };
                         if jobs.is_empty() {
                             return;
@@ -366,11 +369,6 @@ impl From<AppendError> for AttemptError {
             AppendError::Database(e) => AttemptError::Store(e.to_string()),
         }
     }
-}
-
-fn jobs_of(e: (Vec<Job>, sqlx::Error)) -> Vec<Job> {
-    tracing::error!(error = %e.1, "reading idempotency records failed");
-    e.0
 }
 
 fn fail_all(jobs: Vec<Job>, error: CommandError) {
