@@ -51,6 +51,26 @@ struct Bucket {
     at: Instant,
 }
 
+/// The principal of the bootstrap token (`LEDGER_ADMIN_TOKEN`). Principals name the
+/// actor of every event, scope idempotency keys and own a rate bucket; issued tokens
+/// are `token:<name>` and the service's own workers use names without a colon, so
+/// no issued token can pass for the bootstrap token or an internal actor.
+pub const BOOTSTRAP_PRINCIPAL: &str = "env:LEDGER_ADMIN_TOKEN";
+
+/// The principal of an issued token.
+pub fn token_principal(name: &str) -> String {
+    format!("token:{name}")
+}
+
+/// Longest token name.
+pub const TOKEN_NAME_CHARS_MAX: usize = 64;
+
+/// Whether `name` is a valid token name: 1–64 characters of `[A-Za-z0-9_.-]`.
+pub fn valid_token_name(name: &str) -> bool {
+    (1..=TOKEN_NAME_CHARS_MAX).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
 pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
@@ -68,7 +88,7 @@ async fn principal(state: &AppState, token: &str) -> Result<Option<Principal>, A
     if let Some(admin) = state.config.admin_token.as_deref()
         && constant_time_eq(token, admin)
     {
-        return Ok(Some(Principal { name: "admin".into(), role: Role::Admin }));
+        return Ok(Some(Principal { name: BOOTSTRAP_PRINCIPAL.into(), role: Role::Admin }));
     }
     let hash = token_hash(token);
     if let Some(p) = state.tokens.known.get(&hash) {
@@ -80,7 +100,7 @@ async fn principal(state: &AppState, token: &str) -> Result<Option<Principal>, A
     match ledger_infrastructure::audit::token_by_hash(&state.store, &hash).await? {
         Some((name, role)) => {
             let role = parse_role(&role).ok_or_else(|| ApiError::internal(&"a stored token has an unknown role"))?;
-            let p = Principal { name, role };
+            let p = Principal { name: token_principal(&name), role };
             state.tokens.known.insert(hash, p.clone());
             Ok(Some(p))
         }
@@ -145,7 +165,7 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
     }
     if let Err(retry_after_s) = take(&state, &principal.name) {
         let e =
-            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "unavailable", "too many requests for this token; slow down");
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests for this token; slow down");
         return ApiError { retry_after_s: Some(retry_after_s), ..e }.into_response();
     }
     request.extensions_mut().insert(principal);

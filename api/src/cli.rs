@@ -29,6 +29,9 @@ async fn store(config: &Config) -> Result<EventStore, CliError> {
 /// `ledger token create --name N --role R`: prints the new token once.
 pub async fn create_token(config: &Config, name: &str, role: &str) -> Result<String, CliError> {
     parse_role(role).ok_or_else(|| CliError::Invalid("role must be admin, operator or client".into()))?;
+    if !crate::auth::valid_token_name(name) {
+        return Err(CliError::Invalid("name must be 1 to 64 characters of [A-Za-z0-9_.-]".into()));
+    }
     let store = store(config).await?;
     let bus = CommandBus::start(
         store,

@@ -53,7 +53,7 @@ impl FromRequest<AppState> for CommandBody {
         let json: Value = if bytes.is_empty() {
             Value::Object(Default::default())
         } else {
-            serde_json::from_slice(&bytes)
+            crate::validate::parse_json(&bytes)
                 .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?
         };
         let mut canonical = format!("{method} {path}\n");

@@ -38,8 +38,17 @@ fn printable(s: &str) -> bool {
     !s.is_empty() && s.len() <= 255 && s.bytes().all(|b| (0x20..=0x7e).contains(&b))
 }
 
-/// Adds the request context to every request and echoes its ids on the response.
+/// The route template a request matched (`/v1/accounts/{id}`), put on the response
+/// by the metrics layer for the request log line.
+#[derive(Clone, Debug)]
+pub struct RouteTemplate(pub String);
+
+/// Adds the request context to every request, echoes its ids on the response, and
+/// writes one log line per request at info level (method, route template, status,
+/// latency, request id, correlation id), so an operator finds a request by its ids.
 pub async fn request_context(mut request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let started = std::time::Instant::now();
     let request_id = uuid::Uuid::now_v7().to_string();
     let correlation_id = request
         .headers()
@@ -52,6 +61,17 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
     let span =
         tracing::info_span!("request", request_id = %context.request_id, correlation_id = %context.correlation_id);
     let mut response = tracing::Instrument::instrument(next.run(request), span).await;
+    let route = response.extensions().get::<RouteTemplate>().map_or("unmatched", |r| r.0.as_str());
+    tracing::info!(
+        target: "ledger::request",
+        method = %method,
+        route,
+        status = response.status().as_u16(),
+        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        request_id = %context.request_id,
+        correlation_id = %context.correlation_id,
+        "request"
+    );
     let headers = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&context.correlation_id) {
         headers.insert(CORRELATION_ID, v);

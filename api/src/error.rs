@@ -87,7 +87,8 @@ impl From<&DomainError> for ApiError {
             | D::SystemAccount { .. }
             | D::WithdrawalNotPending { .. }
             | D::DeadLetterNotOpen { .. }
-            | D::ReconciliationNotStarted { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "validation_error"),
+            | D::ReconciliationNotStarted { .. }
+            | D::ReservedId { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "validation_error"),
         };
         ApiError::new(status, code, e.to_string())
     }
@@ -119,12 +120,19 @@ impl From<CommandError> for ApiError {
             },
             CommandError::Unavailable(cause) => ApiError::unavailable(&cause),
             CommandError::ShuttingDown => ApiError::unavailable(&"the command writer is shutting down"),
+            CommandError::Internal => ApiError::internal(&"the command met an internal error and was not recorded"),
         }
     }
 }
 
+/// A database error is a dependency failure (503, counted by the breaker) unless the
+/// data sent caused it: then it is the request's fault, 422, and counts for nothing.
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> ApiError {
+        if ledger_infrastructure::store::is_input_error(&e) {
+            tracing::warn!(error = %e, "the database refused a value of the request");
+            return ApiError::validation("a value of the request is outside what the ledger can store or look up");
+        }
         ApiError::unavailable(&e)
     }
 }
@@ -132,7 +140,7 @@ impl From<sqlx::Error> for ApiError {
 impl From<ledger_infrastructure::store::StoreError> for ApiError {
     fn from(e: ledger_infrastructure::store::StoreError) -> ApiError {
         match e {
-            ledger_infrastructure::store::StoreError::Database(e) => ApiError::unavailable(&e),
+            ledger_infrastructure::store::StoreError::Database(e) => e.into(),
             other => ApiError::internal(&other),
         }
     }

@@ -3,6 +3,10 @@
 //! are answered 503 at once instead of each waiting for a connection that will not
 //! come; after the cool-down one request probes. Account reads alone may still answer
 //! from the cache while it is open, marked `X-Ledger-Stale: true`.
+//!
+//! The breaker's permit is held across the request: a request dropped before it
+//! answers (by the request time-out, or because the client hung up) releases it on drop
+//! without a verdict, so a dropped probe never leaves the breaker half-open for good.
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -23,23 +27,27 @@ pub async fn db_guard(State(state): State<AppState>, request: Request, next: Nex
         .and_then(|q| crate::read::Consistency::from_query(&q).ok())
         == Some(crate::read::Consistency::Eventual);
     let cached_read = eventual && request.extensions().get::<MatchedPath>().is_some_and(|p| p.as_str() == CACHED_ROUTE);
-    if let Err(open) = state.db_breaker.try_acquire() {
-        if cached_read {
-            let mut response = next.run(request).await;
-            if response.status().is_success() {
-                response.headers_mut().insert("x-ledger-stale", axum::http::HeaderValue::from_static("true"));
+    let permit = match state.db_breaker.acquire() {
+        Ok(permit) => permit,
+        Err(open) => {
+            if cached_read {
+                let mut response = next.run(request).await;
+                if response.status().is_success() {
+                    response.headers_mut().insert("x-ledger-stale", axum::http::HeaderValue::from_static("true"));
+                }
+                return response;
             }
-            return response;
+            let retry = open.retry_in.as_secs().max(1);
+            return ApiError { retry_after_s: Some(retry), ..ApiError::unavailable(&"the database breaker is open") }
+                .into_response();
         }
-        let retry = open.retry_in.as_secs().max(1);
-        return ApiError { retry_after_s: Some(retry), ..ApiError::unavailable(&"the database breaker is open") }
-            .into_response();
-    }
+    };
+    // If this future is dropped here (time-out, client gone), so is the permit.
     let response = next.run(request).await;
     if response.extensions().get::<DependencyFailed>().is_some() {
-        state.db_breaker.record_failure();
+        permit.failure();
     } else {
-        state.db_breaker.record_success();
+        permit.success();
     }
     response
 }

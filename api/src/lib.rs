@@ -6,6 +6,7 @@ pub mod cli;
 pub mod command;
 pub mod context;
 pub mod error;
+pub mod extract;
 pub mod guard;
 pub mod metrics;
 pub mod openapi;

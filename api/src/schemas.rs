@@ -395,8 +395,13 @@ pub struct AuditPage {
 pub struct AuditEvent {
     pub position: i64,
     pub event_id: Uuid,
+    /// The event's primary stream; with the `stream_id` filter, the filtered stream.
     pub stream_id: Uuid,
+    /// The event's version in `stream_id`.
     pub version: i64,
+    /// Every stream the event belongs to (a transfer: itself and both accounts), the
+    /// primary one first.
+    pub streams: Vec<Uuid>,
     #[serde(rename = "type")]
     pub event_type: String,
     #[schema(value_type = Object)]

@@ -88,22 +88,140 @@ impl<'a> Fields<'a> {
         }
     }
 
-    /// Free-form JSON metadata; strings may not hold NUL (Postgres `jsonb` refuses it).
+    /// Metadata by the rules of API.md ("Metadata", "Numbers"): an object of at most
+    /// [`METADATA_KEYS_MAX`] keys of 1–64 characters of `[A-Za-z0-9_.-]`, each value a
+    /// string (at most [`METADATA_STRING_CHARS_MAX`] characters, no U+0000), a signed
+    /// 64-bit integer written without fraction or exponent, `true`, `false` or `null`;
+    /// at most [`METADATA_BYTES_MAX`] bytes compact. Such a value reads back from
+    /// `jsonb` exactly as sent, so it hashes the same when the chain is verified.
     pub fn metadata(&self, name: &str) -> Result<Option<Value>, ApiError> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(v @ Value::Object(_)) if !contains_nul(v) => Ok(Some(v.clone())),
-            Some(_) => Err(ApiError::validation(format!("`{name}` must be a JSON object without NUL characters"))),
+        let Some(value) = self.get(name) else { return Ok(None) };
+        let Value::Object(map) = value else {
+            return Err(ApiError::validation(format!("`{name}` must be a JSON object")));
+        };
+        if map.len() > METADATA_KEYS_MAX {
+            return Err(ApiError::validation(format!("`{name}` may have at most {METADATA_KEYS_MAX} keys")));
+        }
+        for (key, v) in map {
+            let key_ok = (1..=METADATA_KEY_CHARS_MAX).contains(&key.len())
+                && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+            if !key_ok {
+                return Err(ApiError::validation(format!(
+                    "`{name}` keys must be 1 to {METADATA_KEY_CHARS_MAX} characters of [A-Za-z0-9_.-], got {:?}",
+                    key.escape_debug().to_string()
+                )));
+            }
+            let value_ok = match v {
+                Value::Null | Value::Bool(_) => true,
+                Value::Number(n) => n.is_i64(),
+                Value::String(s) => s.chars().count() <= METADATA_STRING_CHARS_MAX && !s.contains('\0'),
+                Value::Array(_) | Value::Object(_) => false,
+            };
+            if !value_ok {
+                return Err(ApiError::validation(format!(
+                    "`{name}.{key}` must be a string of at most {METADATA_STRING_CHARS_MAX} characters without \
+                     U+0000, a 64-bit integer, true, false or null"
+                )));
+            }
+        }
+        if value.to_string().len() > METADATA_BYTES_MAX {
+            return Err(ApiError::validation(format!("`{name}` must be at most {METADATA_BYTES_MAX} bytes")));
+        }
+        Ok(Some(value.clone()))
+    }
+
+    /// An id the client chooses for a new stream: a UUID outside the space the ledger
+    /// reserves for its own streams (API.md "Ids").
+    pub fn new_id(&self, name: &str) -> Result<Option<Uuid>, ApiError> {
+        match self.optional_uuid(name)? {
+            Some(id) if ledger_domain::decide::is_reserved_id(id) => Err(ApiError::validation(format!(
+                "`{name}` is in the range the ledger reserves for its own ids (UUID version 8)"
+            ))),
+            other => Ok(other),
         }
     }
 }
 
-fn contains_nul(v: &Value) -> bool {
-    match v {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(items) => items.iter().any(contains_nul),
-        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
-        _ => false,
+/// Most keys in a metadata object.
+pub const METADATA_KEYS_MAX: usize = 64;
+/// Longest metadata key, in characters.
+pub const METADATA_KEY_CHARS_MAX: usize = 64;
+/// Longest metadata string value, in characters.
+pub const METADATA_STRING_CHARS_MAX: usize = 1024;
+/// Largest metadata object, in bytes of its compact serialization.
+pub const METADATA_BYTES_MAX: usize = 8 * 1024;
+
+/// Parses a request body as JSON, refusing what `serde_json` would accept silently:
+/// an object with a duplicate key (the last would win, so two readers of one body
+/// could disagree). Invalid UTF-8 and lone surrogates are refused by the parser itself;
+/// nesting is bounded by its recursion limit.
+pub fn parse_json(bytes: &[u8]) -> Result<Value, serde_json::Error> {
+    serde_json::from_slice::<Strict>(bytes).map(|Strict(v)| v)
+}
+
+struct Strict(Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Value, E> {
+        serde_json::Number::from_f64(v).map(Value::Number).ok_or_else(|| E::custom("a number out of range"))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Strict(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let Strict(value) = map.next_value()?;
+            if object.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!("duplicate key {:?}", key.escape_debug().to_string())));
+            }
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
     }
 }
 

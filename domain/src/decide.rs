@@ -7,8 +7,16 @@ use crate::state::{AccountStatus, Aggregate, Ledger, WithdrawalStatus};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+/// Whether an id belongs to the space the ledger derives its own ids in (UUID
+/// version 8: system accounts, token streams). No client may claim one: a command that
+/// names a reserved id as a new stream is refused, so a derived id is never taken.
+pub fn is_reserved_id(id: Uuid) -> bool {
+    id.get_version_num() == 8
+}
+
 /// The id of the one system account per currency, through which money enters and
-/// leaves the ledger. Derived from the currency so no look-up is needed to find it.
+/// leaves the ledger. Derived from the currency so no look-up is needed to find it;
+/// it lies in the reserved space ([`is_reserved_id`]).
 pub fn system_account_id(currency: Currency) -> Uuid {
     let mut bytes = *b"ledger-system\0\0\0";
     bytes[13..16].copy_from_slice(&currency.bytes());
@@ -98,12 +106,21 @@ pub struct IssueToken {
     pub token_sha256: String,
 }
 
-/// What the provider's record says of one payout.
+/// What the provider's record says of one payout: one statement line, or a look-up.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProviderRecord {
     pub provider_ref: String,
     pub settled: bool,
     pub amount: i64,
+    /// The line's currency as the provider wrote it (`None` where it does not say).
+    #[serde(default)]
+    pub currency: Option<String>,
+    /// Why the line could not be read as written; `settled` and `amount` then mean nothing.
+    #[serde(default)]
+    pub defect: Option<crate::reconcile::LineDefect>,
+    /// The unreadable line as the provider wrote it, for the person who resolves it.
+    #[serde(default)]
+    pub line: Option<serde_json::Value>,
 }
 
 /// Start a reconciliation run over a window of the provider's statement.
@@ -122,6 +139,10 @@ pub struct ReconcilePayout {
     pub reference: String,
     pub withdrawal_id: Option<Uuid>,
     pub provider: Option<ProviderRecord>,
+    /// The statement's further lines with the same reference (PROVIDER.md v1.1: never
+    /// corrected automatically).
+    #[serde(default)]
+    pub also_listed: Vec<ProviderRecord>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -191,6 +212,8 @@ pub enum DomainError {
     DeadLetterNotOpen { dead_letter_id: Uuid },
     #[error("reconciliation {run_id} has not been started")]
     ReconciliationNotStarted { run_id: Uuid },
+    #[error("id {id} is in the space the ledger reserves for its own streams")]
+    ReservedId { id: Uuid },
 }
 
 impl Command {
@@ -290,10 +313,16 @@ fn open_account(c: &OpenAccount, state: &Ledger) -> Result<Vec<Event>, DomainErr
     if c.overdraft_limit < Money::ZERO {
         return Err(DomainError::NegativeOverdraftLimit(c.overdraft_limit));
     }
+    if is_reserved_id(c.account_id) {
+        return Err(DomainError::ReservedId { id: c.account_id });
+    }
     ensure_new(state, c.account_id)?;
     let mut events = Vec::with_capacity(2);
     let system_id = system_account_id(c.currency);
-    if state.account(system_id).is_none() {
+    if let Some(existing) = state.account(system_id) {
+        // Only the ledger opens streams in the reserved space, and only this way.
+        assert!(existing.system && existing.currency == c.currency, "system account {system_id} is not {}", c.currency);
+    } else {
         ensure_new(state, system_id)?;
         events.push(Event::AccountOpened(AccountOpened {
             account_id: system_id,
@@ -328,6 +357,37 @@ fn usable_account(state: &Ledger, id: Uuid, currency: Currency) -> Result<&crate
         return Err(DomainError::CurrencyMismatch { expected: account.currency, found: currency });
     }
     Ok(account)
+}
+
+/// The payer of a posting, after the checks in the contract's order: both accounts
+/// exist, are customer accounts, are open, differ, and share the posting's currency.
+fn posting_accounts(
+    state: &Ledger,
+    from: Uuid,
+    to: Uuid,
+    currency: Currency,
+) -> Result<&crate::state::Account, DomainError> {
+    let found = |id| state.account(id).ok_or(DomainError::AccountNotFound { account_id: id });
+    let (payer, payee) = (found(from)?, found(to)?);
+    for a in [payer, payee] {
+        if a.system {
+            return Err(DomainError::SystemAccount { account_id: a.id });
+        }
+    }
+    for a in [payer, payee] {
+        if a.status == AccountStatus::Closed {
+            return Err(DomainError::AccountClosed { account_id: a.id });
+        }
+    }
+    if from == to {
+        return Err(DomainError::SameAccount);
+    }
+    for a in [payer, payee] {
+        if a.currency != currency {
+            return Err(DomainError::CurrencyMismatch { expected: a.currency, found: currency });
+        }
+    }
+    Ok(payer)
 }
 
 /// Checks that `amount` can leave `account` without breaching its overdraft limit.
@@ -385,12 +445,8 @@ fn deposit(c: &MakeDeposit, state: &Ledger) -> Result<Vec<Event>, DomainError> {
 }
 
 fn transfer(c: &PostTransfer, state: &Ledger) -> Result<Vec<Event>, DomainError> {
-    if c.from == c.to {
-        return Err(DomainError::SameAccount);
-    }
     ensure_new(state, c.transfer_id)?;
-    let from = usable_account(state, c.from, c.currency)?;
-    usable_account(state, c.to, c.currency)?;
+    let from = posting_accounts(state, c.from, c.to, c.currency)?;
     ensure_funds(from, c.amount)?;
     let event = Event::TransferPosted(TransferPosted {
         transfer_id: c.transfer_id,
@@ -413,8 +469,7 @@ fn reverse(c: &ReverseTransfer, state: &Ledger) -> Result<Vec<Event>, DomainErro
     }
     ensure_new(state, c.reversal_id)?;
     // The compensating transfer moves the same amount back; the original stays in the log.
-    let payer = usable_account(state, original.to, original.currency)?;
-    usable_account(state, original.from, original.currency)?;
+    let payer = posting_accounts(state, original.to, original.from, original.currency)?;
     ensure_funds(payer, original.amount)?;
     let event = Event::TransferPosted(TransferPosted {
         transfer_id: c.reversal_id,

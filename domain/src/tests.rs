@@ -320,3 +320,51 @@ proptest! {
         prop_assert_eq!(non_empty(&replayed), non_empty(&ledger));
     }
 }
+
+#[test]
+fn reserved_ids_cannot_be_claimed() {
+    let usd = Currency::parse("USD").expect("valid");
+    for reserved in [system_account_id(usd), system_account_id(eur()), Uuid::new_v8([7; 16])] {
+        let mut ledger = Ledger::new();
+        let before = ledger.clone();
+        let opened = run(
+            &mut ledger,
+            Command::OpenAccount(OpenAccount {
+                account_id: reserved,
+                currency: usd,
+                owner: None,
+                overdraft_limit: Money::ZERO,
+                metadata: None,
+            }),
+        );
+        assert_eq!(opened, Err(DomainError::ReservedId { id: reserved }));
+        assert_eq!(ledger.balance_sums(), before.balance_sums());
+    }
+    // A currency's system account is still opened by the ledger itself, with its first account.
+    let mut ledger = Ledger::new();
+    open(&mut ledger, 1, 0);
+    assert!(ledger.account(system_account_id(eur())).is_some_and(|a| a.system));
+}
+
+#[test]
+fn transfer_checks_run_in_the_contracts_order() {
+    let mut ledger = Ledger::new();
+    open(&mut ledger, 1, 0);
+    let transfer = |from: u128, to: u128, currency: Currency| {
+        Command::PostTransfer(PostTransfer {
+            transfer_id: id(0x7000 + from * 16 + to),
+            from: id(from),
+            to: id(to),
+            amount: amount(1),
+            currency,
+            reference: None,
+        })
+    };
+    // Unknown beats same-account; same-account beats currency; funds come last.
+    assert_eq!(run(&mut ledger, transfer(9, 9, eur())), Err(DomainError::AccountNotFound { account_id: id(9) }));
+    let usd = Currency::parse("USD").expect("valid");
+    assert_eq!(run(&mut ledger, transfer(1, 1, usd)), Err(DomainError::SameAccount));
+    open(&mut ledger, 2, 0);
+    assert!(matches!(run(&mut ledger, transfer(1, 2, usd)), Err(DomainError::CurrencyMismatch { .. })));
+    assert!(matches!(run(&mut ledger, transfer(1, 2, eur())), Err(DomainError::InsufficientFunds { .. })));
+}

@@ -88,9 +88,16 @@ pub struct AuditFilter {
 
 /// Events matching the filter, in position order.
 pub async fn audit_events(store: &EventStore, f: &AuditFilter) -> Result<Vec<RecordedEvent>, sqlx::Error> {
-    let mut q = sqlx::QueryBuilder::new(
-        "select e.position, e.event_id, e.stream_id, e.version, e.type, e.data, e.metadata, e.recorded_at from events e",
-    );
+    // An event belongs to several streams: filtered by one, each row names that stream
+    // and the event's version in it (not the event's primary stream).
+    let mut q = sqlx::QueryBuilder::new(match f.stream_id {
+        Some(_) => {
+            "select e.position, e.event_id, s.stream_id, s.version, e.type, e.data, e.metadata, e.recorded_at \
+             from events e"
+        }
+        None => "select e.position, e.event_id, e.stream_id, e.version, e.type, e.data, e.metadata, e.recorded_at \
+                 from events e",
+    });
     if let Some(stream) = f.stream_id {
         q.push(" join stream_entries s on s.position = e.position and s.stream_id = ").push_bind(stream);
     }

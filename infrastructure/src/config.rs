@@ -31,6 +31,17 @@ pub struct Config {
     pub db_pool_max: u32,
     /// `LEDGER_DB_ACQUIRE_TIMEOUT_MS` (default 3000): a command fails fast instead of hanging.
     pub db_acquire_timeout: Duration,
+    /// `LEDGER_DB_STATEMENT_TIMEOUT_MS` (default 30000; 0 disables): Postgres cancels a
+    /// statement of a pool connection running longer, even if its client has gone (a
+    /// request dropped by its time-out does not stop its query). Migrations run on a
+    /// connection of their own without it.
+    pub db_statement_timeout: Duration,
+    /// `LEDGER_DB_LOCK_TIMEOUT_MS` (default 10000; 0 disables): a pool connection's
+    /// statement waiting longer for a lock (a row, a table, an advisory lock) fails.
+    pub db_lock_timeout: Duration,
+    /// `LEDGER_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS` (default 60000; 0 disables): Postgres
+    /// ends a pool connection's session whose transaction sat idle longer, releasing its locks.
+    pub db_idle_in_transaction_timeout: Duration,
     /// `LEDGER_BODY_BYTES_MAX` (default 64 KiB).
     pub body_bytes_max: usize,
     /// `LEDGER_REQUEST_TIMEOUT_MS` (default 10000).
@@ -104,6 +115,12 @@ impl Config {
             consistency_wait: Duration::from_millis(env_num("LEDGER_CONSISTENCY_WAIT_MS", 2000)?),
             db_pool_max: env_num("LEDGER_DB_POOL_MAX", 16)?,
             db_acquire_timeout: Duration::from_millis(env_num("LEDGER_DB_ACQUIRE_TIMEOUT_MS", 3000)?),
+            db_statement_timeout: Duration::from_millis(env_num("LEDGER_DB_STATEMENT_TIMEOUT_MS", 30_000)?),
+            db_lock_timeout: Duration::from_millis(env_num("LEDGER_DB_LOCK_TIMEOUT_MS", 10_000)?),
+            db_idle_in_transaction_timeout: Duration::from_millis(env_num(
+                "LEDGER_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+                60_000,
+            )?),
             body_bytes_max: env_num("LEDGER_BODY_BYTES_MAX", 64 * 1024)?,
             request_timeout: Duration::from_millis(env_num("LEDGER_REQUEST_TIMEOUT_MS", 10_000)?),
             append_batch_max: env_num("LEDGER_APPEND_BATCH_MAX", 256)?,
@@ -141,6 +158,9 @@ impl Config {
             consistency_wait: Duration::from_millis(2000),
             db_pool_max: 16,
             db_acquire_timeout: Duration::from_millis(3000),
+            db_statement_timeout: Duration::from_millis(30_000),
+            db_lock_timeout: Duration::from_millis(10_000),
+            db_idle_in_transaction_timeout: Duration::from_millis(60_000),
             body_bytes_max: 64 * 1024,
             request_timeout: Duration::from_millis(10_000),
             append_batch_max: 256,

@@ -1,10 +1,18 @@
 //! Connecting to Postgres: creates the database if it is missing and runs the
 //! embedded migrations.
+//!
+//! Every pool connection starts with `statement_timeout`, `lock_timeout` and
+//! `idle_in_transaction_session_timeout` from the config, so Postgres itself ends a
+//! statement, a lock wait or an abandoned transaction past its limit, even when the
+//! client that started it has gone. Connections made outside the pool (migrations
+//! here; the advisory-lock sessions of the relay, reconciliation and rebuilds) do not
+//! get them.
 
 use crate::config::Config;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
 use std::str::FromStr;
+use std::time::Duration;
 
 /// The migrations in `migrations/`, embedded at compile time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
@@ -32,9 +40,20 @@ pub async fn ensure_database(url: &str) -> Result<(), sqlx::Error> {
     conn.close().await
 }
 
-/// Connects a bounded pool (size and acquire timeout from the config).
+/// The session limits of a pool connection, as Postgres settings (0 disables one).
+fn session_limits(config: &Config) -> [(&'static str, String); 3] {
+    let ms = |d: Duration| format!("{}ms", d.as_millis());
+    [
+        ("statement_timeout", ms(config.db_statement_timeout)),
+        ("lock_timeout", ms(config.db_lock_timeout)),
+        ("idle_in_transaction_session_timeout", ms(config.db_idle_in_transaction_timeout)),
+    ]
+}
+
+/// Connects a bounded pool (size and acquire timeout from the config) whose
+/// connections carry the config's statement, lock-wait and idle-transaction limits.
 pub async fn connect(config: &Config) -> Result<PgPool, sqlx::Error> {
-    let options = PgConnectOptions::from_str(&config.database_url)?;
+    let options = PgConnectOptions::from_str(&config.database_url)?.options(session_limits(config));
     PgPoolOptions::new()
         .max_connections(config.db_pool_max)
         .acquire_timeout(config.db_acquire_timeout)
@@ -42,10 +61,20 @@ pub async fn connect(config: &Config) -> Result<PgPool, sqlx::Error> {
         .await
 }
 
+/// Runs the migrations on a connection of their own, without the pool's limits: a
+/// migration may build an index on a large table for longer than any request may take,
+/// and the migrator waits on its advisory lock while another instance migrates.
+pub async fn migrate(database_url: &str) -> Result<(), sqlx::Error> {
+    let mut conn = PgConnectOptions::from_str(database_url)?.connect().await?;
+    let migrated = MIGRATOR.run(&mut conn).await;
+    let _ = conn.close().await;
+    Ok(migrated?)
+}
+
 /// Creates the database if needed, connects and migrates.
 pub async fn connect_and_migrate(config: &Config) -> Result<PgPool, sqlx::Error> {
     ensure_database(&config.database_url).await?;
     let pool = connect(config).await?;
-    MIGRATOR.run(&pool).await?;
+    migrate(&config.database_url).await?;
     Ok(pool)
 }

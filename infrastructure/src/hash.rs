@@ -56,6 +56,35 @@ pub fn canonical_json(value: &Value, out: &mut String) {
     }
 }
 
+/// Why a JSON value would not read back from Postgres `jsonb` exactly as written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Unstorable {
+    /// `jsonb` keeps numbers as `numeric`: a float may come back in another form
+    /// (`1e17` as `100000000000000000`), so only integers are stored.
+    #[error("a number that is not an integer")]
+    Float,
+    /// `jsonb` refuses U+0000 in strings and keys.
+    #[error("a string holding U+0000")]
+    Nul,
+}
+
+/// Checks that `value` round-trips through `jsonb` unchanged: integers only, and no
+/// U+0000 in any string or key. Every event and its metadata pass this before they
+/// are hashed and stored.
+pub fn check_storable(value: &Value) -> Result<(), Unstorable> {
+    match value {
+        Value::Null | Value::Bool(_) => Ok(()),
+        Value::Number(n) if n.is_i64() || n.is_u64() => Ok(()),
+        Value::Number(_) => Err(Unstorable::Float),
+        Value::String(s) if s.contains('\0') => Err(Unstorable::Nul),
+        Value::String(_) => Ok(()),
+        Value::Array(items) => items.iter().try_for_each(check_storable),
+        Value::Object(map) => map.iter().try_for_each(|(k, v)| {
+            if k.contains('\0') { Err(Unstorable::Nul) } else { check_storable(v) }
+        }),
+    }
+}
+
 /// The fields of an event that the chain covers.
 pub struct HashedContent<'a> {
     pub position: i64,
@@ -93,6 +122,23 @@ pub fn chain_hash(previous: &[u8], content: &HashedContent<'_>) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_values_that_read_back_unchanged_are_storable() {
+        for (text, ok) in [
+            (r#"{"n":1}"#, true),
+            (r#"{"n":-9223372036854775808,"u":18446744073709551615}"#, true),
+            (r#"{"n":1e17}"#, false),
+            (r#"{"n":7.0}"#, false),
+            (r#"{"a":[{"b":0.5}]}"#, false),
+            (r#"{"s":"a\u0000b"}"#, false),
+            (r#"{"k\u0000":1}"#, false),
+            (r#"{"s":"\u00e9\ud83d\ude00","t":true,"z":null}"#, true),
+        ] {
+            let v: Value = serde_json::from_str(text).expect("json");
+            assert_eq!(check_storable(&v).is_ok(), ok, "{text}");
+        }
+    }
 
     #[test]
     fn canonical_form_ignores_key_order_and_number_spelling() {

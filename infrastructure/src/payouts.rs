@@ -161,14 +161,18 @@ impl PayoutWorker {
         if w.status != WithdrawalStatus::Pending || w.dead_letter.is_some() {
             return Ok(Disposition::Ack);
         }
-        if let Err(open) = self.breaker.try_acquire() {
-            return Ok(Disposition::Retry(open.retry_in.max(Duration::from_millis(10))));
-        }
+        // Held until the provider answers; any earlier exit (a database error counting
+        // the attempt) drops it, which frees the probe slot with no verdict.
+        let permit = match self.breaker.acquire() {
+            Ok(permit) => permit,
+            Err(open) => return Ok(Disposition::Retry(open.retry_in.max(Duration::from_millis(10)))),
+        };
         let (attempts, elapsed) = self.count_attempt(withdrawal_id).await?;
         let outcome = self.provider.pay(w.id, w.amount.minor_units(), w.currency.as_str(), &w.destination).await;
+        // The verdict is the provider's answer, given before anything after it can fail.
         let command = match outcome {
             Ok(payout) => {
-                self.breaker.record_success();
+                permit.success();
                 match payout.status {
                     PayoutStatus::Settled => Command::SettleWithdrawal(SettleWithdrawal {
                         withdrawal_id,
@@ -181,11 +185,11 @@ impl PayoutWorker {
                 }
             }
             Err(ProviderError::Permanent { detail, .. }) => {
-                self.breaker.record_success();
+                permit.success();
                 Command::FailWithdrawal(FailWithdrawal { withdrawal_id, reason: detail })
             }
             Err(ProviderError::Transient { detail, retry_after }) => {
-                self.breaker.record_failure();
+                permit.failure();
                 self.record_error(withdrawal_id, &detail).await?;
                 metrics::counter!("ledger_payout_retries_total").increment(1);
                 if attempts < self.limits.attempts_max && elapsed < self.limits.retry_total {

@@ -154,14 +154,21 @@ impl Relay {
         if rows.is_empty() {
             return Ok(0);
         }
-        if let Err(open) = self.breaker.try_acquire() {
-            return Err(RelayError::Nats(open.to_string()));
-        }
+        // Any exit before JetStream answered (an undecodable row) drops the permit, which
+        // frees the probe slot with no verdict.
+        let permit = self.breaker.acquire().map_err(|open| RelayError::Nats(open.to_string()))?;
         let events: Vec<RecordedEvent> = rows.iter().map(row_to_event).collect::<Result<_, _>>()?;
         let published = self.publish(&events).await;
+        // The verdict is JetStream's answer, given before the checkpoint update can fail.
         let last_acked = match &published {
-            Ok(()) => events.last().map(|e| e.position),
-            Err((last, _)) => *last,
+            Ok(()) => {
+                permit.success();
+                events.last().map(|e| e.position)
+            }
+            Err((last, _)) => {
+                permit.failure();
+                *last
+            }
         };
         if let Some(position) = last_acked {
             sqlx::query("update relay_checkpoints set position = $2, updated_at = now() where name = $1")
@@ -172,14 +179,10 @@ impl Relay {
         }
         match published {
             Ok(()) => {
-                self.breaker.record_success();
                 metrics::counter!("ledger_relay_published_total").increment(events.len() as u64);
                 Ok(events.len())
             }
-            Err((_, e)) => {
-                self.breaker.record_failure();
-                Err(RelayError::Nats(e))
-            }
+            Err((_, e)) => Err(RelayError::Nats(e)),
         }
     }
 

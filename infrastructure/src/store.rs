@@ -81,11 +81,24 @@ pub struct CommitResult {
     pub response: StoredResponse,
 }
 
-/// Why an append did not happen. Nothing was written in either case.
+/// What an append wrote: one result per commit, and the version every stream the
+/// batch touched is at after it (as the log has it, which for streams appended with
+/// [`Concurrency::Any`] may be past what the writer computed: another process appended).
+#[derive(Clone, Debug)]
+pub struct Appended {
+    pub results: Vec<CommitResult>,
+    pub versions: HashMap<Uuid, i64>,
+}
+
+/// Why an append did not happen. Nothing was written in any case.
 #[derive(Debug, thiserror::Error)]
 pub enum AppendError {
     #[error("version conflict on streams {streams:?}, idempotency keys already used: {keys:?}")]
     Conflict { streams: Vec<Uuid>, keys: Vec<(String, String)> },
+    /// Commit `commit` holds content that would not read back as it is hashed; the
+    /// others are sound.
+    #[error("commit {commit} cannot be stored: {reason}")]
+    Unstorable { commit: usize, reason: crate::hash::Unstorable },
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
 }
@@ -139,7 +152,17 @@ impl EventStore {
     /// an idempotency key that was used meanwhile (by another process; the primary key
     /// of `idempotency_keys` catches it) rejects the whole batch with
     /// [`AppendError::Conflict`] so the caller can decide again.
-    pub async fn append_batch(&self, commits: &[Commit]) -> Result<Vec<CommitResult>, AppendError> {
+    pub async fn append_batch(&self, commits: &[Commit]) -> Result<Appended, AppendError> {
+        // What is hashed must be exactly what `jsonb` gives back, or the chain would
+        // report a sound event as tampered with forever: checked before anything is written.
+        for (index, commit) in commits.iter().enumerate() {
+            let metadata = serde_json::to_value(&commit.metadata).expect("metadata serializes");
+            let unstorable = crate::hash::check_storable(&metadata)
+                .and_then(|()| commit.events.iter().try_for_each(|e| crate::hash::check_storable(&e.to_parts().1)));
+            if let Err(reason) = unstorable {
+                return Err(AppendError::Unstorable { commit: index, reason });
+            }
+        }
         let mut tx = self.pool.begin().await?;
         // The lock on the head row is what serializes appends; see migration 0001.
         let head =
@@ -213,7 +236,7 @@ impl EventStore {
             });
         }
         tx.commit().await?;
-        Ok(results)
+        Ok(Appended { results, versions })
     }
 
     /// The version each stream of the batch is at before it. For streams a decision
@@ -459,6 +482,22 @@ impl EventStore {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())
+    }
+}
+
+/// Whether a database error was caused by the data sent to it (a value out of range,
+/// a malformed value, a constraint no conflict check explains, a value too large)
+/// rather than by the database being unavailable. Such an error is never a dependency
+/// failure: it must not open a breaker, and it fails only the command that caused it.
+pub fn is_input_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => {
+            let code = d.code();
+            let class = code.as_deref().map(|c| &c[..c.len().min(2)]);
+            matches!(class, Some("22" | "23" | "54"))
+        }
+        sqlx::Error::Encode(_) | sqlx::Error::Decode(_) | sqlx::Error::ColumnDecode { .. } => true,
+        _ => false,
     }
 }
 

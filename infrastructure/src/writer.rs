@@ -6,7 +6,7 @@
 //! for idempotent replay on its own. A rejected command never fails its neighbours.
 
 use crate::store::{
-    AppendError, Commit, EventMetadata, EventStore, IdempotencyClaim, RecordedEvent, Respond, StoreError,
+    AppendError, Appended, Commit, EventMetadata, EventStore, IdempotencyClaim, RecordedEvent, Respond, StoreError,
     StoredResponse,
 };
 use ledger_domain::{Command, Concurrency, DomainError, Event, Ledger, StreamState, decide};
@@ -58,6 +58,9 @@ pub enum CommandError {
     Unavailable(String),
     #[error("the writer has shut down")]
     ShuttingDown,
+    /// The command met a bug and was not recorded; nothing of it was stored.
+    #[error("the command could not be recorded (an internal error; nothing was stored)")]
+    Internal,
 }
 
 struct Job {
@@ -124,6 +127,11 @@ impl StateLoader {
             }
         }
         Ok(())
+    }
+
+    /// Drops a stream's cached state; its next load folds it from the log.
+    fn forget(&self, id: Uuid) {
+        self.cache.invalidate(&id);
     }
 
     fn remember(&self, id: Uuid, state: Option<&StreamState>) {
@@ -215,10 +223,7 @@ impl Writer {
         );
         jobs = match checked {
             Ok(rest) => rest,
-            Err((jobs, e)) => {
-                tracing::error!(error = %e, "reading idempotency records failed");
-                return fail_all(jobs, CommandError::Unavailable(e.to_string()));
-            }
+            Err((jobs, e)) => return fail_store(jobs, &e),
         };
         if let Err(e) = loaded {
             tracing::error!(error = %e, "loading streams failed");
@@ -226,7 +231,7 @@ impl Writer {
         }
         let mut preloaded = Some(preloaded);
         let mut attempt = 0;
-        loop {
+        while !jobs.is_empty() {
             attempt += 1;
             match self.attempt(&jobs, preloaded.take().unwrap_or_default()).await {
                 Ok(replies) => {
@@ -241,22 +246,35 @@ impl Writer {
                     if keys_used {
                         jobs = match self.answer_used_keys(jobs).await {
                             Ok(rest) => rest,
-                            Err((jobs, e)) => {
-                                tracing::error!(error = %e, "reading idempotency records failed");
-                                return fail_all(jobs, CommandError::Unavailable(e.to_string()));
-                            }
+                            Err((jobs, e)) => return fail_store(jobs, &e),
                         };
-                        if jobs.is_empty() {
-                            return;
-                        }
                     }
                 }
                 Err(AttemptError::Conflict { .. }) => {
                     return fail_all(jobs, CommandError::VersionConflict(attempt));
                 }
+                Err(AttemptError::Command { index, cause }) => {
+                    // One command is at fault: it alone fails, the others are decided again.
+                    tracing::error!(%cause, "a command could not be recorded; its batch neighbours go on");
+                    metrics::counter!("ledger_commands_isolated_total").increment(1);
+                    let job = jobs.remove(index);
+                    let _ = job.reply.send(Err(CommandError::Internal));
+                }
+                Err(AttemptError::Batch { cause }) if jobs.len() > 1 => {
+                    // Not a dependency failure, so perhaps one command's: each runs alone.
+                    tracing::error!(%cause, commands = jobs.len(), "a batch failed; running its commands one by one");
+                    for job in jobs {
+                        Box::pin(self.process(vec![job])).await;
+                    }
+                    return;
+                }
+                Err(AttemptError::Batch { cause }) => {
+                    tracing::error!(%cause, "a command could not be recorded");
+                    return fail_all(jobs, CommandError::Internal);
+                }
                 Err(AttemptError::Store(e)) => {
                     tracing::error!(error = %e, "append failed");
-                    return fail_all(jobs, CommandError::Unavailable(e.to_string()));
+                    return fail_all(jobs, CommandError::Unavailable(e));
                 }
             }
         }
@@ -266,28 +284,50 @@ impl Writer {
     async fn attempt(&self, jobs: &[Job], mut working: Ledger) -> Result<Vec<CommandReply>, AttemptError> {
         let mut outcomes: Vec<Option<Commit>> = Vec::with_capacity(jobs.len());
         let mut direct: Vec<Option<StoredResponse>> = Vec::with_capacity(jobs.len());
+        // For each commit, the index of its job.
+        let mut commit_jobs: Vec<usize> = Vec::with_capacity(jobs.len());
         self.load_missing(&mut working, jobs.iter().map(|j| &j.request.command)).await?;
-        for job in jobs {
+        for (index, job) in jobs.iter().enumerate() {
             // Rare: a command whose needs depend on an earlier command of this batch.
             self.load_missing(&mut working, std::iter::once(&job.request.command)).await?;
             let request = &job.request;
-            let respond = decide_one(request, &mut working);
-            if request.idempotency.is_none() && !respond.1 {
+            // A panic here is a bug an input reached; it costs only this command. The
+            // working state it may have half-changed is thrown away with this attempt.
+            let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decide_one(request, &mut working)));
+            let (commit, has_events) =
+                decided.map_err(|_| AttemptError::Command { index, cause: "deciding the command panicked".into() })?;
+            if request.idempotency.is_none() && !has_events {
                 // A rejection of an internal command has nothing to record.
-                direct.push(Some((respond.0.respond)(None)));
+                let rendered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (commit.respond)(None)));
+                direct.push(Some(rendered.map_err(|_| AttemptError::Command {
+                    index,
+                    cause: "rendering the response panicked".into(),
+                })?));
                 outcomes.push(None);
             } else {
                 direct.push(None);
-                outcomes.push(Some(respond.0));
+                outcomes.push(Some(commit));
+                commit_jobs.push(index);
             }
         }
         let commits: Vec<Commit> = outcomes.iter_mut().filter_map(Option::take).collect();
         metrics::histogram!("ledger_append_batch_size").record(commits.len() as f64);
-        let mut results =
-            if commits.is_empty() { Vec::new() } else { self.store.append_batch(&commits).await? }.into_iter();
-        for (stream, _) in working.streams() {
-            self.loader.remember(*stream, working.stream(*stream));
-        }
+        let appended = if commits.is_empty() {
+            Appended { results: Vec::new(), versions: Default::default() }
+        } else {
+            let append = std::panic::AssertUnwindSafe(self.store.append_batch(&commits));
+            match futures::FutureExt::catch_unwind(append).await {
+                Ok(Ok(appended)) => appended,
+                Ok(Err(AppendError::Unstorable { commit, reason })) => {
+                    let cause = format!("its events cannot be stored: {reason}");
+                    return Err(AttemptError::Command { index: commit_jobs[commit], cause });
+                }
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => return Err(AttemptError::Batch { cause: "appending the batch panicked".into() }),
+            }
+        };
+        self.remember_appended(&working, &appended.versions);
+        let mut results = appended.results.into_iter();
         Ok(direct
             .into_iter()
             .map(|d| match d {
@@ -298,6 +338,19 @@ impl Writer {
                 }
             })
             .collect())
+    }
+
+    /// Caches the working states that are exactly what the log now holds. A stream
+    /// appended at a version other than the one the writer computed (a system account
+    /// another process appended to meanwhile) is dropped from the cache instead, so
+    /// its next load folds it from the log: the cache never holds a state the log does not.
+    fn remember_appended(&self, working: &Ledger, versions: &std::collections::HashMap<Uuid, i64>) {
+        for (stream, state) in working.streams() {
+            match versions.get(stream) {
+                Some(logged) if *logged != state.version => self.loader.forget(*stream),
+                _ => self.loader.remember(*stream, Some(state)),
+            }
+        }
     }
 
     async fn load_missing<'a>(
@@ -352,7 +405,14 @@ impl Writer {
 }
 
 enum AttemptError {
+    /// Another process appended or used a key meanwhile: decide the batch again.
     Conflict { keys_used: bool },
+    /// The command at `index` cannot be recorded (a bug its input reached).
+    Command { index: usize, cause: String },
+    /// The batch failed for a reason that is not a dependency failure and may be any
+    /// one command's fault.
+    Batch { cause: String },
+    /// A dependency failed.
     Store(String),
 }
 
@@ -366,9 +426,25 @@ impl From<AppendError> for AttemptError {
     fn from(e: AppendError) -> Self {
         match e {
             AppendError::Conflict { keys, .. } => AttemptError::Conflict { keys_used: !keys.is_empty() },
+            AppendError::Database(e) if crate::store::is_input_error(&e) => AttemptError::Batch { cause: e.to_string() },
             AppendError::Database(e) => AttemptError::Store(e.to_string()),
+            AppendError::Unstorable { commit, reason } => {
+                AttemptError::Batch { cause: format!("commit {commit} cannot be stored: {reason}") }
+            }
         }
     }
+}
+
+/// Reading idempotency records failed: input-caused errors fail the commands as
+/// internal errors, anything else as a dependency failure.
+fn fail_store(jobs: Vec<Job>, e: &sqlx::Error) {
+    tracing::error!(error = %e, "reading idempotency records failed");
+    let error = if crate::store::is_input_error(e) {
+        CommandError::Internal
+    } else {
+        CommandError::Unavailable(e.to_string())
+    };
+    fail_all(jobs, error);
 }
 
 fn fail_all(jobs: Vec<Job>, error: CommandError) {

@@ -101,6 +101,8 @@ pub struct LedgerProcess {
     mode: String,
     env: Vec<(String, String)>,
     http_port: Option<u16>,
+    /// Where the process's log (stderr) goes, if anywhere.
+    log: Option<PathBuf>,
 }
 
 impl LedgerProcess {
@@ -111,24 +113,54 @@ impl LedgerProcess {
 
     /// Starts `ledger MODE`; one with an HTTP port is waited for until it answers.
     pub async fn start_mode(mode: &str, env: &[(&str, String)], http_port: Option<u16>) -> LedgerProcess {
+        LedgerProcess::start_logged(mode, env, http_port, None).await
+    }
+
+    /// Like [`LedgerProcess::start_mode`], appending the process's log (stderr, JSON
+    /// lines at the default level unless `RUST_LOG` is in `env`) to `log`.
+    pub async fn start_logged(
+        mode: &str,
+        env: &[(&str, String)],
+        http_port: Option<u16>,
+        log: Option<PathBuf>,
+    ) -> LedgerProcess {
         let env = env.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
-        let child = LedgerProcess::spawn(mode, &env, http_port);
+        let child = LedgerProcess::spawn(mode, &env, http_port, log.as_ref());
         let base = http_port.map(|p| format!("http://127.0.0.1:{p}")).unwrap_or_default();
-        let process = LedgerProcess { child, base, mode: mode.to_owned(), env, http_port };
+        let process = LedgerProcess { child, base, mode: mode.to_owned(), env, http_port, log };
         process.wait_live().await;
         process
     }
 
-    fn spawn(mode: &str, env: &Vec<(String, String)>, http_port: Option<u16>) -> tokio::process::Child {
+    fn spawn(
+        mode: &str,
+        env: &Vec<(String, String)>,
+        http_port: Option<u16>,
+        log: Option<&PathBuf>,
+    ) -> tokio::process::Child {
         let mut command = tokio::process::Command::new(ledger_bin());
-        command.arg(mode).env("RUST_LOG", "warn");
+        command.arg(mode);
+        if log.is_none() {
+            command.env("RUST_LOG", "warn");
+        } else {
+            command.env_remove("RUST_LOG");
+        }
         if let Some(port) = http_port {
             command.env("LEDGER_HTTP_ADDR", format!("127.0.0.1:{port}"));
         }
         for (k, v) in env {
             command.env(k, v);
         }
-        command.stdout(Stdio::null()).stderr(Stdio::null()).kill_on_drop(true).spawn().expect("ledger starts")
+        let stderr = match log {
+            None => Stdio::null(),
+            Some(path) => std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map(Stdio::from)
+                .expect("the log file opens"),
+        };
+        command.stdout(Stdio::null()).stderr(stderr).kill_on_drop(true).spawn().expect("ledger starts")
     }
 
     async fn wait_live(&self) {
@@ -159,7 +191,7 @@ impl LedgerProcess {
     /// Starts the same process again (same mode, environment and port).
     pub async fn restart(&mut self) {
         self.kill9().await;
-        self.child = LedgerProcess::spawn(&self.mode, &self.env, self.http_port);
+        self.child = LedgerProcess::spawn(&self.mode, &self.env, self.http_port, self.log.as_ref());
         self.wait_live().await;
     }
 }

@@ -135,10 +135,10 @@ async fn audit_finds_a_transfer_by_correlation_id_and_a_reversal_by_causation() 
     let events = found.body["events"].as_array().expect("events");
     assert_eq!(events.len(), 1, "{found:?}");
     assert_eq!(events[0]["type"], "TransferPosted");
-    assert_eq!(events[0]["actor"], "shop");
+    assert_eq!(events[0]["actor"], "token:shop");
     assert_eq!(events[0]["idempotency_key"], "pay-42");
     assert_eq!(events[0]["data"]["transfer_id"], transfer["id"]);
-    let by_actor = app.get("/v1/audit?actor=shop").await;
+    let by_actor = app.get("/v1/audit?actor=token:shop").await;
     assert_eq!(by_actor.body["events"].as_array().map(Vec::len), Some(1));
 
     let id = transfer["id"].as_str().expect("id");

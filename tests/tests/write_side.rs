@@ -140,11 +140,14 @@ async fn positions_are_gapless_and_commit_ordered_under_concurrent_appends() {
                 store.append_batch(&batch).await.expect("append");
                 if b % 5 == 0 {
                     // A transaction that fails after taking positions must leave no hole:
-                    // Postgres refuses NUL in jsonb, so this one rolls back.
+                    // Postgres refuses NUL in text, so this one rolls back.
                     let mut bad = account_opening(a);
-                    if let ledger_domain::Event::AccountOpened(e) = &mut bad.events[0] {
-                        e.owner = Some("nul\u{0}".into());
-                    }
+                    bad.idempotency = Some(ledger_infrastructure::IdempotencyClaim {
+                        principal: "nul\u{0}".into(),
+                        key: format!("k{a}-{b}"),
+                        fingerprint: vec![0; 32],
+                        expires_at: chrono::Utc::now(),
+                    });
                     assert!(store.append_batch(&[bad]).await.is_err());
                 }
             }

@@ -3,13 +3,14 @@
 use crate::command::{CommandBody, execute, rejection};
 use crate::context::{Principal, RequestContext};
 use crate::error::ApiError;
+use crate::extract::{Params, Segment};
 use crate::read::Consistency;
 use crate::routes::{read_model_ready, strong_state};
 use crate::state::AppState;
 use crate::validate::{Fields, limit_param, path_uuid, position_param};
 use crate::views;
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::routing::{get, post};
 use ledger_domain::Command;
@@ -17,7 +18,6 @@ use ledger_domain::decide::OpenAccount;
 use ledger_infrastructure::{Executed, StoredResponse};
 use ledger_projections::Projection;
 use serde_json::json;
-use std::collections::HashMap;
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -69,7 +69,7 @@ async fn open(
     body: CommandBody,
 ) -> Result<Response, ApiError> {
     let f = Fields::of(&body.json)?;
-    let account_id = f.optional_uuid("id")?.unwrap_or_else(Uuid::now_v7);
+    let account_id = f.new_id("id")?.unwrap_or_else(Uuid::now_v7);
     let command = Command::OpenAccount(OpenAccount {
         account_id,
         currency: f.currency("currency")?,
@@ -100,7 +100,7 @@ async fn close(
     State(state): State<AppState>,
     principal: Principal,
     context: RequestContext,
-    Path(raw): Path<String>,
+    Segment(raw): Segment,
     body: CommandBody,
 ) -> Result<Response, ApiError> {
     let account_id = path_uuid(&raw, || account_not_found(&raw))?;
@@ -128,8 +128,8 @@ async fn close(
 )]
 async fn read(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
+    Segment(raw): Segment,
+    Params(q): Params,
 ) -> Result<Response, ApiError> {
     let id = path_uuid(&raw, || account_not_found(&raw))?;
     let consistency = Consistency::from_query(&q)?;
@@ -143,7 +143,13 @@ async fn read(
         return Ok(views::read(view, position));
     }
     let (view, position) = ledger_projections::queries::account(&state.pool, id).await?;
-    let view = view.ok_or_else(|| account_not_found(&raw))?;
+    let Some(view) = view else {
+        // Not in the read model yet (it lags): an id the service returned is never 404,
+        // so the answer comes from the log.
+        let (ledger, head) = strong_state(&state, &[id]).await?;
+        let account = ledger.account(id).ok_or_else(|| account_not_found(&raw))?;
+        return Ok(views::read(views::account(account, ledger.version(id), head), head));
+    };
     state.cache.insert(id, view.clone(), position).await;
     Ok(views::read(view, position))
 }
@@ -165,7 +171,7 @@ async fn read(
 )]
 async fn by_owner(
     State(state): State<AppState>,
-    Query(q): Query<HashMap<String, String>>,
+    Params(q): Params,
 ) -> Result<Response, ApiError> {
     let owner = q.get("owner").filter(|o| !o.is_empty()).ok_or_else(|| ApiError::bad_request("`owner` is required"))?;
     read_model_ready(&state, Projection::Accounts, Consistency::from_query(&q)?).await?;
@@ -190,8 +196,8 @@ async fn by_owner(
 )]
 async fn transactions(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
+    Segment(raw): Segment,
+    Params(q): Params,
 ) -> Result<Response, ApiError> {
     let id = path_uuid(&raw, || account_not_found(&raw))?;
     let limit = limit_param(q.get("limit").map(String::as_str), 50, 1000)?;
@@ -225,8 +231,8 @@ async fn transactions(
 )]
 async fn events(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
+    Segment(raw): Segment,
+    Params(q): Params,
 ) -> Result<Response, ApiError> {
     let id = path_uuid(&raw, || account_not_found(&raw))?;
     let from_version = position_param("from_version", q.get("from_version").map(String::as_str))?.unwrap_or(1);
@@ -261,8 +267,8 @@ async fn events(
 )]
 async fn balance(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
+    Segment(raw): Segment,
+    Params(q): Params,
 ) -> Result<Response, ApiError> {
     let id = path_uuid(&raw, || account_not_found(&raw))?;
     let head = state.store.head().await?;
@@ -272,7 +278,7 @@ async fn balance(
         (Some(p), None) => {
             let p = position_param("at_position", Some(p))?.unwrap_or(0);
             if p > head {
-                return Err(ApiError::bad_request(format!("`at_position` {p} is beyond the head {head}")));
+                return Err(ApiError::validation(format!("`at_position` {p} is beyond the head {head}")));
             }
             p
         }

@@ -4,12 +4,13 @@
 use crate::command::{CommandBody, execute, rejection};
 use crate::context::{Principal, RequestContext};
 use crate::error::ApiError;
+use crate::extract::{Params, Segment};
 use crate::read::Consistency;
 use crate::routes::read_model_ready;
 use crate::state::AppState;
 use crate::views;
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::routing::{get, post};
 use ledger_domain::Command;
@@ -18,7 +19,6 @@ use ledger_infrastructure::{Executed, StoredResponse};
 use ledger_projections::Projection;
 use serde_json::json;
 use sha2::Digest;
-use std::collections::HashMap;
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -56,7 +56,7 @@ pub fn router() -> Router<AppState> {
 async fn rebuild(
     State(state): State<AppState>,
     principal: Principal,
-    Path(name): Path<String>,
+    Segment(name): Segment,
     body: CommandBody,
 ) -> Result<Response, ApiError> {
     let projection =
@@ -122,8 +122,11 @@ async fn create_token(
 ) -> Result<Response, ApiError> {
     let f = crate::validate::Fields::of(&body.json)?;
     let name = f.text("name")?;
-    if name.len() > 100 || !name.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
-        return Err(ApiError::validation("`name` must be 1 to 100 printable ASCII characters without spaces"));
+    if !crate::auth::valid_token_name(&name) {
+        return Err(ApiError::validation(format!(
+            "`name` must be 1 to {} characters of [A-Za-z0-9_.-]",
+            crate::auth::TOKEN_NAME_CHARS_MAX
+        )));
     }
     let role = f.text("role")?;
     crate::auth::parse_role(&role).ok_or_else(|| ApiError::validation("`role` must be admin, operator or client"))?;
@@ -189,7 +192,7 @@ async fn breakers(State(state): State<AppState>) -> Result<Response, ApiError> {
 )]
 async fn dead_letters(
     State(state): State<AppState>,
-    Query(q): Query<HashMap<String, String>>,
+    Params(q): Params,
 ) -> Result<Response, ApiError> {
     let consistency = Consistency::from_query(&q)?;
     read_model_ready(&state, Projection::Transfers, consistency).await?;
@@ -236,7 +239,7 @@ async fn redrive(
     State(state): State<AppState>,
     principal: Principal,
     context: RequestContext,
-    Path(raw): Path<String>,
+    Segment(raw): Segment,
     body: CommandBody,
 ) -> Result<Response, ApiError> {
     let (id, withdrawal_id) = dead_letter_withdrawal(&state, &raw).await?;
@@ -264,7 +267,7 @@ async fn discard(
     State(state): State<AppState>,
     principal: Principal,
     context: RequestContext,
-    Path(raw): Path<String>,
+    Segment(raw): Segment,
     body: CommandBody,
 ) -> Result<Response, ApiError> {
     let (id, withdrawal_id) = dead_letter_withdrawal(&state, &raw).await?;

@@ -1,17 +1,17 @@
 //! The audit trail: events with who/why metadata, filtered; and the hash-chain check.
 
 use crate::error::ApiError;
+use crate::extract::Params;
 use crate::state::AppState;
 use crate::validate::{limit_param, position_param};
 use crate::views;
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::Response;
 use axum::routing::get;
 use chrono::{DateTime, Utc};
 use ledger_infrastructure::audit::{AuditFilter, audit_events, verify_chain};
 use serde_json::json;
-use std::collections::HashMap;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/audit", get(audit)).route("/v1/audit/verify", get(verify))
@@ -40,7 +40,7 @@ fn time_param(name: &str, raw: Option<&String>) -> Result<Option<DateTime<Utc>>,
             or `limit` or `cursor` is invalid."),
     )
 )]
-async fn audit(State(state): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Result<Response, ApiError> {
+async fn audit(State(state): State<AppState>, Params(q): Params) -> Result<Response, ApiError> {
     let stream_id = match q.get("stream_id") {
         None => None,
         Some(s) => Some(uuid::Uuid::parse_str(s).map_err(|_| ApiError::bad_request("`stream_id` must be a UUID"))?),
@@ -61,9 +61,12 @@ async fn audit(State(state): State<AppState>, Query(q): Query<HashMap<String, St
         .into_iter()
         .map(|e| {
             let m = &e.metadata;
+            // Every stream the event belongs to, the primary one first.
+            let streams: Vec<uuid::Uuid> =
+                e.event().map(|ev| ev.streams().into_iter().map(|(id, _)| id).collect()).unwrap_or_default();
             json!({
                 "position": e.position, "event_id": e.event_id, "stream_id": e.stream_id, "version": e.version,
-                "type": e.event_type, "data": e.data, "recorded_at": e.recorded_at,
+                "streams": streams, "type": e.event_type, "data": e.data, "recorded_at": e.recorded_at,
                 "actor": m["actor"], "request_id": m["request_id"], "correlation_id": m["correlation_id"],
                 "causation_id": m["causation_id"], "idempotency_key": m["idempotency_key"],
             })

@@ -1,15 +1,15 @@
 //! The global log and the system accounts.
 
 use crate::error::ApiError;
+use crate::extract::Params;
 use crate::state::AppState;
 use crate::validate::{limit_param, position_param};
 use crate::views;
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::Response;
 use axum::routing::get;
 use serde_json::json;
-use std::collections::HashMap;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/events", get(events)).route("/v1/system-accounts", get(system_accounts))
@@ -31,7 +31,7 @@ pub fn router() -> Router<AppState> {
         (status = 400, description = "`validation_error`: `after` or `limit` is invalid."),
     )
 )]
-async fn events(State(state): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Result<Response, ApiError> {
+async fn events(State(state): State<AppState>, Params(q): Params) -> Result<Response, ApiError> {
     let after = position_param("after", q.get("after").map(String::as_str))?.unwrap_or(0);
     let limit = limit_param(q.get("limit").map(String::as_str), 100, 1000)?;
     let head = state.store.head().await?;

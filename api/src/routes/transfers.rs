@@ -3,20 +3,20 @@
 use crate::command::{CommandBody, execute, rejection};
 use crate::context::{Principal, RequestContext};
 use crate::error::ApiError;
+use crate::extract::{Params, Segment};
 use crate::read::Consistency;
 use crate::routes::{read_model_ready, strong_state};
 use crate::state::AppState;
 use crate::validate::{Fields, path_uuid};
 use crate::views;
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::routing::{get, post};
 use ledger_domain::Command;
 use ledger_domain::decide::{PostTransfer, ReverseTransfer};
 use ledger_infrastructure::{Executed, Render, StoredResponse};
 use ledger_projections::Projection;
-use std::collections::HashMap;
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -93,7 +93,7 @@ async fn reverse(
     State(state): State<AppState>,
     principal: Principal,
     context: RequestContext,
-    Path(raw): Path<String>,
+    Segment(raw): Segment,
     body: CommandBody,
 ) -> Result<Response, ApiError> {
     let transfer_id = path_uuid(&raw, || ApiError::not_found(format!("transfer {raw} not found")))?;
@@ -121,8 +121,8 @@ async fn reverse(
 )]
 async fn read(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
+    Segment(raw): Segment,
+    Params(q): Params,
 ) -> Result<Response, ApiError> {
     let not_found = || ApiError::not_found(format!("transfer {raw} not found"));
     let id = path_uuid(&raw, not_found)?;
@@ -133,6 +133,13 @@ async fn read(
         return Ok(views::read(views::transfer(found, None), head));
     }
     read_model_ready(&state, Projection::Transfers, consistency).await?;
-    let (view, position) = ledger_projections::queries::transfer(&state.pool, id).await?;
-    Ok(views::read(view.ok_or_else(not_found)?, position))
+    match ledger_projections::queries::transfer(&state.pool, id).await? {
+        (Some(view), position) => Ok(views::read(view, position)),
+        (None, _) => {
+            // Not in the read model yet: an id the service returned is never 404.
+            let (ledger, head) = strong_state(&state, &[id]).await?;
+            let found = ledger.transfer(id).ok_or_else(not_found)?;
+            Ok(views::read(views::transfer(found, None), head))
+        }
+    }
 }

@@ -207,7 +207,7 @@ impl Appender {
         let store = self.store.clone();
         self.inflight = Some(tokio::spawn(async move {
             let results = store.append_batch(&batch).await?;
-            Ok(results.iter().map(|r| r.recorded.len()).sum())
+            Ok(results.results.iter().map(|r| r.recorded.len()).sum())
         }));
         Ok(())
     }

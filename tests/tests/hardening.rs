@@ -1,0 +1,342 @@
+//! Hostile input and a second writer (issue 13): reserved ids, values that would not
+//! read back as hashed, malformed query strings, reads of a just-returned id, token
+//! principals, the audit filter by stream, and two writer processes on one database.
+
+use ledger_domain::Currency;
+use ledger_domain::decide::system_account_id;
+use ledger_infrastructure::breaker::BreakerState;
+use ledger_tests::procs::{LedgerProcess, free_port};
+use ledger_tests::{ADMIN_TOKEN, TestApp, test_config};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+fn key() -> String {
+    Uuid::new_v4().to_string()
+}
+
+#[tokio::test]
+async fn reserved_ids_are_refused_and_the_currency_keeps_working() {
+    let app = TestApp::spawn().await;
+    let jpy = Currency::parse("JPY").expect("valid");
+    let reserved = system_account_id(jpy);
+    for (id, currency) in [(reserved, "JPY"), (reserved, "EUR"), (Uuid::new_v8([1; 16]), "EUR")] {
+        let reply = app.post("/v1/accounts", &key(), &json!({ "currency": currency, "id": id })).await;
+        assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{reply:?}");
+        assert_eq!(reply.code(), "validation_error");
+    }
+    // The currency nobody had used still gets its own system account, and money moves.
+    let account = app.open_account("JPY", 0).await;
+    let deposit = app.deposit(account, 500, "JPY").await;
+    assert_eq!(deposit.status, StatusCode::CREATED, "{deposit:?}");
+    let system = app.account(reserved).await;
+    assert_eq!((system["system"].clone(), system["balance"].clone()), (json!(true), json!(-500)));
+    // A client-chosen id that exists is 409, whatever the body.
+    let mine = Uuid::now_v7();
+    let first = app.post("/v1/accounts", &key(), &json!({ "currency": "EUR", "id": mine })).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let again = app.post("/v1/accounts", &key(), &json!({ "currency": "USD", "id": mine, "owner": "x" })).await;
+    assert_eq!((again.status, again.code()), (StatusCode::CONFLICT, "version_conflict"));
+    app.fold_log().await;
+}
+
+#[tokio::test]
+async fn metadata_follows_the_contract_and_every_accepted_value_verifies() {
+    let app = TestApp::spawn().await;
+    let long_key = "k".repeat(65);
+    let many: serde_json::Map<String, Value> = (0..65).map(|i| (format!("k{i}"), json!(i))).collect();
+    let refused: Vec<String> = vec![
+        r#"{"n":1e17}"#.into(),
+        r#"{"n":7.0}"#.into(),
+        r#"{"n":1e3}"#.into(),
+        r#"{"n":9223372036854775808}"#.into(),
+        r#"{"n":{"nested":1}}"#.into(),
+        r#"{"n":[1]}"#.into(),
+        r#"{"s":"a\u0000b"}"#.into(),
+        r#"{"bad key":1}"#.into(),
+        r#"{"":1}"#.into(),
+        format!(r#"{{"{long_key}":1}}"#),
+        format!(r#"{{"s":"{}"}}"#, "x".repeat(1025)),
+        Value::Object(many).to_string(),
+        r#""a string""#.into(),
+    ];
+    for metadata in &refused {
+        let body = format!(r#"{{"currency":"EUR","metadata":{metadata}}}"#);
+        let reply = app.post_raw("/v1/accounts", Some(&key()), body.into_bytes()).await;
+        assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{metadata}: {reply:?}");
+        assert_eq!(reply.code(), "validation_error", "{metadata}");
+    }
+    // Not JSON the contract accepts at all: a duplicate key, a lone surrogate.
+    for body in [r#"{"currency":"EUR","metadata":{"a":1,"a":2}}"#, r#"{"currency":"EUR","owner":"\ud800"}"#] {
+        let reply = app.post_raw("/v1/accounts", Some(&key()), body.as_bytes().to_vec()).await;
+        assert!(reply.status == StatusCode::BAD_REQUEST || reply.status == StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(reply.code(), "validation_error", "{body}");
+    }
+    // Every kind of value the contract accepts, at its limits, comes back as sent.
+    let eight_kib: serde_json::Map<String, Value> =
+        (0..7).map(|i| (format!("key.{i}-_"), json!("é".repeat(500)))).collect();
+    let accepted = [
+        json!({ "s": "x", "i": i64::MIN, "j": i64::MAX, "t": true, "f": false, "z": null, "u": "\u{1F600}" }),
+        Value::Object(eight_kib),
+        json!({}),
+    ];
+    for metadata in accepted {
+        let reply = app.post("/v1/accounts", &key(), &json!({ "currency": "EUR", "metadata": metadata })).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{reply:?}");
+        assert_eq!(reply.body["metadata"], metadata);
+        assert_eq!(app.account(reply.id()).await["metadata"], metadata);
+    }
+    let verify = app.get("/v1/audit/verify").await;
+    assert_eq!(verify.body["ok"], json!(true), "{verify:?}");
+}
+
+#[tokio::test]
+async fn malformed_query_strings_are_the_clients_fault_not_an_outage() {
+    let app = TestApp::spawn().await;
+    let id = app.open_account("EUR", 0).await;
+    let paths = [
+        "/v1/accounts?owner=%00".to_owned(),
+        "/v1/accounts?owner=a%00b".to_owned(),
+        "/v1/accounts?owner=%FF".to_owned(),
+        format!("/v1/accounts?owner={}", "o".repeat(5000)),
+        "/v1/accounts?owner=a&owner=b".to_owned(),
+        "/v1/audit?actor=%00".to_owned(),
+        "/v1/audit?correlation_id=x%00y".to_owned(),
+        "/v1/audit?stream_id=%00".to_owned(),
+        "/v1/events?after=99999999999999999999".to_owned(),
+        format!("/v1/accounts/{id}?consistency=%00"),
+        format!("/v1/accounts/{id}/transactions?cursor=%00"),
+        format!("/v1/accounts/{id}/balance?as_of=%00"),
+        format!("/v1/accounts/{id}/balance?at_position=-1"),
+    ];
+    for _round in 0..3 {
+        for path in &paths {
+            let reply = app.get(path).await;
+            assert!(reply.status.is_client_error(), "{path}: {reply:?}");
+            assert_eq!(reply.code(), "validation_error", "{path}");
+            assert_eq!(reply.header("content-type"), Some("application/problem+json"), "{path}");
+        }
+    }
+    assert_eq!(app.state.db_breaker.state(), BreakerState::Closed, "bad input never opens the breaker");
+    let invalid_path = app.get("/v1/accounts/%FF").await;
+    assert_eq!(invalid_path.status, StatusCode::NOT_FOUND);
+    // Positions beyond the head are 422 (Clarifications: "Positions and time").
+    let beyond = app.get(&format!("/v1/accounts/{id}/balance?at_position=1000000")).await;
+    assert_eq!((beyond.status, beyond.code()), (StatusCode::UNPROCESSABLE_ENTITY, "validation_error"));
+    assert_eq!(app.get(&format!("/v1/accounts/{id}")).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_returned_id_is_never_not_found_even_before_the_read_models_have_it() {
+    // The API alone: no projection worker runs, so the read models never catch up.
+    let app = TestApp::spawn_mode(test_config(), ledger_api::serve::Mode::Api).await;
+    let a = app.open_account("EUR", 0).await;
+    let b = app.open_account("EUR", 0).await;
+    assert_eq!(app.deposit(a, 100, "EUR").await.status, StatusCode::CREATED);
+    let transfer = app.transfer(a, b, 40, "EUR").await;
+    assert_eq!(transfer.status, StatusCode::CREATED, "{transfer:?}");
+    let body = json!({ "account_id": a, "amount": 10, "currency": "EUR", "destination": "x" });
+    let withdrawal = app.post("/v1/withdrawals", &key(), &body).await;
+    assert_eq!(withdrawal.status, StatusCode::ACCEPTED, "{withdrawal:?}");
+    let paths =
+        [format!("/v1/accounts/{a}"), format!("/v1/transfers/{}", transfer.id()), format!("/v1/withdrawals/{}", withdrawal.id())];
+    for path in &paths {
+        let reply = app.get(path).await;
+        assert_eq!(reply.status, StatusCode::OK, "{path}: {reply:?}");
+        assert!(reply.header("x-ledger-position").is_some());
+    }
+    assert_eq!(app.get(&format!("/v1/accounts/{a}")).await.body["balance"], json!(60));
+    assert_eq!(app.get(&format!("/v1/accounts/{}", Uuid::now_v7())).await.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn token_principals_cannot_pass_for_the_bootstrap_token_or_each_other() {
+    let app = TestApp::spawn().await;
+    for name in ["", "has space", "colon:name", "nul\u{0}", &"n".repeat(65), "émile"] {
+        let reply = app.post("/v1/admin/tokens", &key(), &json!({ "name": name, "role": "admin" })).await;
+        assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{name:?}: {reply:?}");
+    }
+    let issued = app.post("/v1/admin/tokens", &key(), &json!({ "name": "admin", "role": "admin" })).await;
+    assert_eq!(issued.status, StatusCode::CREATED, "{issued:?}");
+    let token = issued.body["token"].as_str().expect("token").to_owned();
+    // One key, two principals: each its own scope, so neither replays the other's answer.
+    let shared_key = key();
+    let body = json!({ "currency": "EUR" });
+    let bootstrap = app.post("/v1/accounts", &shared_key, &body).await;
+    let request = app
+        .client
+        .post(format!("{}/v1/accounts", app.base))
+        .bearer_auth(&token)
+        .header("idempotency-key", &shared_key)
+        .json(&body);
+    let other = request.send().await.expect("sent");
+    assert_eq!(other.status(), StatusCode::CREATED);
+    assert!(other.headers().get("idempotent-replayed").is_none());
+    let other: Value = other.json().await.expect("json");
+    assert_ne!(other["id"], bootstrap.body["id"]);
+    let actors = app.get(&format!("/v1/audit?stream_id={}", other["id"].as_str().expect("id"))).await;
+    assert_eq!(actors.body["events"][0]["actor"], json!("token:admin"));
+    let bootstrap_actor = app.get(&format!("/v1/audit?stream_id={}", bootstrap.id())).await;
+    assert_eq!(bootstrap_actor.body["events"][0]["actor"], json!(ledger_api::auth::BOOTSTRAP_PRINCIPAL));
+}
+
+#[tokio::test]
+async fn audit_by_stream_names_the_filtered_stream_and_every_stream_of_the_event() {
+    let app = TestApp::spawn().await;
+    let a = app.open_account("EUR", 0).await;
+    let b = app.open_account("EUR", 0).await;
+    app.deposit(a, 100, "EUR").await;
+    let t = app.transfer(a, b, 30, "EUR").await.id();
+    let page = app.get(&format!("/v1/audit?stream_id={b}")).await;
+    let events = page.body["events"].as_array().expect("events");
+    assert_eq!(events.len(), 2, "{page:?}");
+    for (e, version) in events.iter().zip([1, 2]) {
+        assert_eq!((e["stream_id"].clone(), e["version"].clone()), (json!(b), json!(version)));
+    }
+    assert_eq!(events[1]["streams"], json!([t, a, b]));
+}
+
+/// Reads one account's view from a process.
+async fn read(client: &reqwest::Client, base: &str, path: &str) -> Value {
+    let reply = client.get(format!("{base}{path}")).bearer_auth(ADMIN_TOKEN).send().await.expect("request sent");
+    assert_eq!(reply.status(), StatusCode::OK, "{path}");
+    reply.json().await.expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_writer_processes_keep_system_accounts_equal_to_the_log() {
+    let app = TestApp::spawn_mode(test_config(), ledger_api::serve::Mode::Api).await;
+    let env = [
+        ("DATABASE_URL", app.state.config.database_url.clone()),
+        ("LEDGER_NATS_PREFIX", app.state.config.nats_prefix.clone()),
+        ("LEDGER_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
+        ("LEDGER_PROVIDER_URL", "http://127.0.0.1:9".to_owned()),
+        ("LEDGER_RECONCILE_INTERVAL_S", "0".to_owned()),
+        // Snapshots often, so wrong states would be saved if the writers kept any.
+        ("LEDGER_SNAPSHOT_EVERY", "5".to_owned()),
+    ];
+    let mut writers = [
+        LedgerProcess::start_mode("api", &env, Some(free_port())).await,
+        LedgerProcess::start_mode("api", &env, Some(free_port())).await,
+    ];
+    let client = reqwest::Client::new();
+    let post = |base: String, path: &'static str, body: Value| {
+        let client = client.clone();
+        async move {
+            let r = client
+                .post(format!("{base}{path}"))
+                .bearer_auth(ADMIN_TOKEN)
+                .header("idempotency-key", key())
+                .json(&body)
+                .send()
+                .await
+                .expect("request sent");
+            assert!(r.status().is_success(), "{path}: {}", r.status());
+            r.json::<Value>().await.expect("json")
+        }
+    };
+    let accounts: Vec<Value> = futures::future::join_all(
+        (0..4).map(|i| post(writers[i % 2].base.clone(), "/v1/accounts", json!({ "currency": "EUR" }))),
+    )
+    .await;
+    let system = system_account_id(Currency::parse("EUR").expect("valid"));
+    for round in 0..2 {
+        // Both processes deposit at once: each appends to the system account at a version
+        // it does not decide (Concurrency::Any), between the other's appends.
+        let load = (0..4).map(|task| {
+            let (base, account) = (writers[task % 2].base.clone(), accounts[task]["id"].clone());
+            let post = &post;
+            async move {
+                for _ in 0..40 {
+                    post(base.clone(), "/v1/deposits", json!({ "account_id": account, "amount": 3, "currency": "EUR" }))
+                        .await;
+                }
+            }
+        });
+        futures::future::join_all(load).await;
+        let log = app.fold_log().await;
+        let folded = log.account(system).expect("system account").clone();
+        let version = log.version(system);
+        for w in &writers {
+            let strong = read(&client, &w.base, &format!("/v1/accounts/{system}?consistency=strong")).await;
+            assert_eq!(strong["balance"], json!(folded.balance), "round {round}: strong read of {}", w.base);
+            assert_eq!(strong["version"], json!(version), "round {round}");
+        }
+        // Historical reads fold from snapshots: each must equal the log folded to there.
+        let head = app.state.store.head().await.expect("head");
+        for at in [head / 3, head / 2, head] {
+            let mut cut = ledger_domain::Ledger::new();
+            for e in app.state.store.read_all(0, at).await.expect("log") {
+                cut.apply(&e.event().expect("decodes"));
+            }
+            let expected = cut.account(system).map_or(0, |a| a.balance.minor_units());
+            for w in &writers {
+                let past = read(&client, &w.base, &format!("/v1/accounts/{system}/balance?at_position={at}")).await;
+                assert_eq!(past["balance"], json!(expected), "round {round}: at_position {at}");
+            }
+        }
+        let snapshots: Vec<(i64, Value)> =
+            sqlx::query_as("select version, state from snapshots where stream_id = $1 order by version")
+                .bind(system)
+                .fetch_all(&app.pool)
+                .await
+                .expect("snapshots");
+        assert!(round == 0 || !snapshots.is_empty(), "the writers saved snapshots of the system account");
+        for (version, state) in snapshots {
+            let saved: ledger_domain::StreamState = serde_json::from_value(state).expect("snapshot decodes");
+            let mut exact = ledger_domain::StreamState::default();
+            for e in app.state.store.read_stream(system, 1, version).await.expect("stream") {
+                exact = ledger_domain::evolve(exact, system, e.version, &e.event().expect("decodes"));
+            }
+            assert_eq!(saved, exact, "round {round}: the snapshot at version {version} is the log folded to it");
+        }
+        // Restart both writers: what they load afterwards comes from snapshots and the log.
+        for w in &mut writers {
+            w.restart().await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_has_a_log_line_found_by_its_correlation_id() {
+    let config = test_config();
+    ledger_infrastructure::connect_and_migrate(&config).await.expect("database");
+    let log = std::env::temp_dir().join(format!("ledger-log-{}.jsonl", Uuid::new_v4().simple()));
+    let env = [
+        ("DATABASE_URL", config.database_url.clone()),
+        ("LEDGER_NATS_PREFIX", config.nats_prefix.clone()),
+        ("LEDGER_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
+        ("LEDGER_PROVIDER_URL", "http://127.0.0.1:9".to_owned()),
+        ("LEDGER_RECONCILE_INTERVAL_S", "0".to_owned()),
+    ];
+    let process = LedgerProcess::start_logged("api", &env, Some(free_port()), Some(log.clone())).await;
+    let correlation = format!("find-me-{}", Uuid::new_v4().simple());
+    let id = Uuid::now_v7();
+    let reply = reqwest::Client::new()
+        .get(format!("{}/v1/accounts/{id}", process.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("x-correlation-id", &correlation)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(reply.status(), StatusCode::NOT_FOUND);
+    let line = {
+        let mut found = None;
+        ledger_tests::eventually("the request's log line is written", 10, || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            found = text.lines().find(|l| l.contains(&correlation) && l.contains("\"route\"")).map(str::to_owned);
+            std::future::ready(found.is_some())
+        })
+        .await;
+        found.expect("found")
+    };
+    let line: Value = serde_json::from_str(&line).expect("a JSON log line");
+    assert_eq!(line["level"], json!("INFO"), "{line}");
+    let fields = &line["fields"];
+    assert_eq!(fields["method"], json!("GET"), "{line}");
+    assert_eq!(fields["route"], json!("/v1/accounts/{id}"), "{line}");
+    assert_eq!(fields["status"], json!(404), "{line}");
+    assert_eq!(fields["correlation_id"], json!(correlation), "{line}");
+    assert!(fields["request_id"].is_string() && fields["latency_ms"].is_number(), "{line}");
+    let _ = std::fs::remove_file(&log);
+}
