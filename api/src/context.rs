@@ -38,16 +38,12 @@ fn printable(s: &str) -> bool {
     !s.is_empty() && s.len() <= 255 && s.bytes().all(|b| (0x20..=0x7e).contains(&b))
 }
 
-/// The route template a request matched (`/v1/accounts/{id}`), put on the response
-/// by the metrics layer for the request log line.
-#[derive(Clone, Debug)]
-pub struct RouteTemplate(pub String);
-
 /// Adds the request context to every request, echoes its ids on the response, and
 /// writes one log line per request at info level (method, route template, status,
 /// latency, request id, correlation id), so an operator finds a request by its ids.
 pub async fn request_context(mut request: Request, next: Next) -> Response {
     let method = request.method().clone();
+    let route = request.extensions().get::<axum::extract::MatchedPath>().map(|p| p.as_str().to_owned());
     let started = std::time::Instant::now();
     let request_id = uuid::Uuid::now_v7().to_string();
     let correlation_id = request
@@ -61,7 +57,7 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
     let span =
         tracing::info_span!("request", request_id = %context.request_id, correlation_id = %context.correlation_id);
     let mut response = tracing::Instrument::instrument(next.run(request), span).await;
-    let route = response.extensions().get::<RouteTemplate>().map_or("unmatched", |r| r.0.as_str());
+    let route = route.as_deref().unwrap_or("unmatched");
     tracing::info!(
         target: "ledger::request",
         method = %method,

@@ -4,7 +4,7 @@
 //! request is always a problem document, never a plain-text rejection.
 
 use crate::error::ApiError;
-use axum::extract::{FromRequestParts, Path, Query};
+use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;
 use std::collections::HashMap;
 
@@ -31,23 +31,50 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
-            .map_err(|_| ApiError::bad_request("the query string is not valid UTF-8 form encoding"))?;
-        if pairs.len() > PARAMS_MAX {
+        parse_query(parts.uri.query().unwrap_or("")).map(Params)
+    }
+}
+
+/// Parses `application/x-www-form-urlencoded` query text strictly: a parameter whose
+/// decoded bytes are not UTF-8 is refused (never replaced by U+FFFD).
+pub fn parse_query(raw: &str) -> Result<HashMap<String, String>, ApiError> {
+    let mut params = HashMap::new();
+    for pair in raw.split('&').filter(|p| !p.is_empty()) {
+        if params.len() == PARAMS_MAX {
             return Err(ApiError::bad_request(format!("at most {PARAMS_MAX} query parameters are accepted")));
         }
-        let mut params = HashMap::with_capacity(pairs.len());
-        for (name, value) in pairs {
-            if let Some(why) = refused(&name).or_else(|| refused(&value)) {
-                return Err(ApiError::bad_request(format!("query parameter `{}` {why}", name.escape_debug())));
-            }
-            if params.contains_key(&name) {
-                return Err(ApiError::bad_request(format!("query parameter `{name}` is given more than once")));
-            }
-            params.insert(name, value);
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let (name, value) = (decode(name)?, decode(value)?);
+        if let Some(why) = refused(&name).or_else(|| refused(&value)) {
+            return Err(ApiError::bad_request(format!("query parameter `{}` {why}", name.escape_debug())));
         }
-        Ok(Params(params))
+        if params.contains_key(&name) {
+            return Err(ApiError::bad_request(format!("query parameter `{name}` is given more than once")));
+        }
+        params.insert(name, value);
     }
+    Ok(params)
+}
+
+/// Percent-decodes one form-encoded component (`+` is a space).
+fn decode(component: &str) -> Result<String, ApiError> {
+    let malformed = || ApiError::bad_request("the query string is not valid UTF-8 form encoding");
+    let bytes = component.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).ok_or_else(malformed)?;
+                out.push(u8::from_str_radix(hex, 16).map_err(|_| malformed())?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| malformed())
 }
 
 /// The one path parameter of a route (an id), as text; one that is not valid UTF-8
@@ -62,5 +89,24 @@ impl<S: Send + Sync> FromRequestParts<S> for Segment {
             Ok(Path(raw)) if refused(&raw).is_none() => Ok(Segment(raw)),
             _ => Err(ApiError::not_found("no such resource")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings_are_decoded_strictly() {
+        let ok = parse_query("owner=a%40b.c&x=1+2&empty=&flag").expect("valid");
+        assert_eq!(ok["owner"], "a@b.c");
+        assert_eq!(ok["x"], "1 2");
+        assert_eq!((ok["empty"].as_str(), ok["flag"].as_str()), ("", ""));
+        for bad in ["owner=%FF", "owner=%", "owner=%4", "owner=%zz", "owner=%00", "a=1&a=2", "x=%C3%28", "k%0A=v"] {
+            assert!(parse_query(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_query("owner=%C3%A9").expect("valid")["owner"], "é");
+        let many: Vec<String> = (0..=PARAMS_MAX).map(|i| format!("p{i}=1")).collect();
+        assert!(parse_query(&many.join("&")).is_err());
     }
 }

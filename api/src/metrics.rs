@@ -32,8 +32,7 @@ pub async fn track(request: Request, next: Next) -> Response {
     let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
     let method = request.method().to_string();
     let started = Instant::now();
-    let mut response = next.run(request).await;
-    response.extensions_mut().insert(crate::context::RouteTemplate(route.clone()));
+    let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
     let labels = [("route", route), ("method", method), ("status", status)];
     metrics::counter!("ledger_http_requests_total", &labels).increment(1);

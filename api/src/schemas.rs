@@ -66,9 +66,14 @@ pub struct OpenAccountRequest {
     /// How far below zero `available` may go, in minor units (default 0).
     #[schema(minimum = 0, maximum = 1_000_000_000_000_000_i64)]
     pub overdraft_limit: Option<i64>,
-    /// The account's id; the server generates a v7 UUID when absent.
+    /// The account's id; the server generates a v7 UUID when absent. An id that exists
+    /// is 409 `version_conflict`; a version-8 UUID is 422 `validation_error` (that space
+    /// is reserved for the ledger's own streams, such as system accounts).
     pub id: Option<Uuid>,
-    /// Any JSON object (strings without NUL), kept with the account.
+    /// Kept with the account and returned as sent: an object of at most 64 keys, each
+    /// 1–64 characters of `[A-Za-z0-9_.-]`; each value a string (≤ 1,024 characters, no
+    /// U+0000), a signed 64-bit integer (no fraction, no exponent), `true`, `false` or
+    /// `null`; at most 8 KiB compact. Anything else is 422 `validation_error`.
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
 }
@@ -340,7 +345,9 @@ pub struct RecordedEvent {
 /// Who caused an event, and why.
 #[derive(Serialize, ToSchema)]
 pub struct EventMetadata {
-    /// The token name (principal) that issued the command, or the worker that did.
+    /// Who issued the command: `token:<name>` for an issued token,
+    /// `env:LEDGER_ADMIN_TOKEN` for the bootstrap token, or a worker of the service
+    /// (`payout-worker`, `cli`, …: names without a colon, which no token can take).
     pub actor: String,
     pub request_id: Option<String>,
     pub correlation_id: Option<String>,

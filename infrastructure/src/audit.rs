@@ -95,8 +95,10 @@ pub async fn audit_events(store: &EventStore, f: &AuditFilter) -> Result<Vec<Rec
             "select e.position, e.event_id, s.stream_id, s.version, e.type, e.data, e.metadata, e.recorded_at \
              from events e"
         }
-        None => "select e.position, e.event_id, e.stream_id, e.version, e.type, e.data, e.metadata, e.recorded_at \
-                 from events e",
+        None => {
+            "select e.position, e.event_id, e.stream_id, e.version, e.type, e.data, e.metadata, e.recorded_at \
+                 from events e"
+        }
     });
     if let Some(stream) = f.stream_id {
         q.push(" join stream_entries s on s.position = e.position and s.stream_id = ").push_bind(stream);

@@ -79,9 +79,9 @@ pub fn check_storable(value: &Value) -> Result<(), Unstorable> {
         Value::String(s) if s.contains('\0') => Err(Unstorable::Nul),
         Value::String(_) => Ok(()),
         Value::Array(items) => items.iter().try_for_each(check_storable),
-        Value::Object(map) => map.iter().try_for_each(|(k, v)| {
-            if k.contains('\0') { Err(Unstorable::Nul) } else { check_storable(v) }
-        }),
+        Value::Object(map) => {
+            map.iter().try_for_each(|(k, v)| if k.contains('\0') { Err(Unstorable::Nul) } else { check_storable(v) })
+        }
     }
 }
 

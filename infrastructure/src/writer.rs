@@ -299,10 +299,12 @@ impl Writer {
             if request.idempotency.is_none() && !has_events {
                 // A rejection of an internal command has nothing to record.
                 let rendered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (commit.respond)(None)));
-                direct.push(Some(rendered.map_err(|_| AttemptError::Command {
-                    index,
-                    cause: "rendering the response panicked".into(),
-                })?));
+                direct.push(Some(
+                    rendered.map_err(|_| AttemptError::Command {
+                        index,
+                        cause: "rendering the response panicked".into(),
+                    })?,
+                ));
                 outcomes.push(None);
             } else {
                 direct.push(None);
@@ -426,7 +428,9 @@ impl From<AppendError> for AttemptError {
     fn from(e: AppendError) -> Self {
         match e {
             AppendError::Conflict { keys, .. } => AttemptError::Conflict { keys_used: !keys.is_empty() },
-            AppendError::Database(e) if crate::store::is_input_error(&e) => AttemptError::Batch { cause: e.to_string() },
+            AppendError::Database(e) if crate::store::is_input_error(&e) => {
+                AttemptError::Batch { cause: e.to_string() }
+            }
             AppendError::Database(e) => AttemptError::Store(e.to_string()),
             AppendError::Unstorable { commit, reason } => {
                 AttemptError::Batch { cause: format!("commit {commit} cannot be stored: {reason}") }
@@ -439,11 +443,8 @@ impl From<AppendError> for AttemptError {
 /// internal errors, anything else as a dependency failure.
 fn fail_store(jobs: Vec<Job>, e: &sqlx::Error) {
     tracing::error!(error = %e, "reading idempotency records failed");
-    let error = if crate::store::is_input_error(e) {
-        CommandError::Internal
-    } else {
-        CommandError::Unavailable(e.to_string())
-    };
+    let error =
+        if crate::store::is_input_error(e) { CommandError::Internal } else { CommandError::Unavailable(e.to_string()) };
     fail_all(jobs, error);
 }
 

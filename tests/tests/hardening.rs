@@ -138,8 +138,11 @@ async fn a_returned_id_is_never_not_found_even_before_the_read_models_have_it() 
     let body = json!({ "account_id": a, "amount": 10, "currency": "EUR", "destination": "x" });
     let withdrawal = app.post("/v1/withdrawals", &key(), &body).await;
     assert_eq!(withdrawal.status, StatusCode::ACCEPTED, "{withdrawal:?}");
-    let paths =
-        [format!("/v1/accounts/{a}"), format!("/v1/transfers/{}", transfer.id()), format!("/v1/withdrawals/{}", withdrawal.id())];
+    let paths = [
+        format!("/v1/accounts/{a}"),
+        format!("/v1/transfers/{}", transfer.id()),
+        format!("/v1/withdrawals/{}", withdrawal.id()),
+    ];
     for path in &paths {
         let reply = app.get(path).await;
         assert_eq!(reply.status, StatusCode::OK, "{path}: {reply:?}");
@@ -247,9 +250,16 @@ async fn two_writer_processes_keep_system_accounts_equal_to_the_log() {
             let (base, account) = (writers[task % 2].base.clone(), accounts[task]["id"].clone());
             let post = &post;
             async move {
-                for _ in 0..40 {
-                    post(base.clone(), "/v1/deposits", json!({ "account_id": account, "amount": 3, "currency": "EUR" }))
-                        .await;
+                // Distinct amounts: a writer that re-applied its own deposit in place of
+                // the other's would show a different balance, not just a different version.
+                for i in 0..40 {
+                    let amount = 1 + task * 1000 + i;
+                    post(
+                        base.clone(),
+                        "/v1/deposits",
+                        json!({ "account_id": account, "amount": amount, "currency": "EUR" }),
+                    )
+                    .await;
                 }
             }
         });

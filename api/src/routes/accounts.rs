@@ -10,7 +10,7 @@ use crate::state::AppState;
 use crate::validate::{Fields, limit_param, path_uuid, position_param};
 use crate::views;
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
 use axum::routing::{get, post};
 use ledger_domain::Command;
@@ -126,11 +126,7 @@ async fn close(
         (status = 503, description = "`consistency_timeout`: the read model did not reach `min_position` in time."),
     )
 )]
-async fn read(
-    State(state): State<AppState>,
-    Segment(raw): Segment,
-    Params(q): Params,
-) -> Result<Response, ApiError> {
+async fn read(State(state): State<AppState>, Segment(raw): Segment, Params(q): Params) -> Result<Response, ApiError> {
     let id = path_uuid(&raw, || account_not_found(&raw))?;
     let consistency = Consistency::from_query(&q)?;
     if consistency == Consistency::Strong {
@@ -169,10 +165,7 @@ async fn read(
         (status = 503, description = "`consistency_timeout`: the read model did not reach `min_position` in time."),
     )
 )]
-async fn by_owner(
-    State(state): State<AppState>,
-    Params(q): Params,
-) -> Result<Response, ApiError> {
+async fn by_owner(State(state): State<AppState>, Params(q): Params) -> Result<Response, ApiError> {
     let owner = q.get("owner").filter(|o| !o.is_empty()).ok_or_else(|| ApiError::bad_request("`owner` is required"))?;
     read_model_ready(&state, Projection::Accounts, Consistency::from_query(&q)?).await?;
     let (accounts, position) = ledger_projections::queries::accounts_by_owner(&state.pool, owner, 1000).await?;
@@ -229,11 +222,7 @@ async fn transactions(
         (status = 404, description = "`account_not_found`: no such stream (or the id is not a UUID)."),
     )
 )]
-async fn events(
-    State(state): State<AppState>,
-    Segment(raw): Segment,
-    Params(q): Params,
-) -> Result<Response, ApiError> {
+async fn events(State(state): State<AppState>, Segment(raw): Segment, Params(q): Params) -> Result<Response, ApiError> {
     let id = path_uuid(&raw, || account_not_found(&raw))?;
     let from_version = position_param("from_version", q.get("from_version").map(String::as_str))?.unwrap_or(1);
     let limit = limit_param(q.get("limit").map(String::as_str), 100, 1000)?;

@@ -10,7 +10,7 @@ use crate::routes::read_model_ready;
 use crate::state::AppState;
 use crate::views;
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
 use axum::routing::{get, post};
 use ledger_domain::Command;
@@ -190,10 +190,7 @@ async fn breakers(State(state): State<AppState>) -> Result<Response, ApiError> {
         (status = 503, description = "`consistency_timeout`: the read model did not reach `min_position` in time."),
     )
 )]
-async fn dead_letters(
-    State(state): State<AppState>,
-    Params(q): Params,
-) -> Result<Response, ApiError> {
+async fn dead_letters(State(state): State<AppState>, Params(q): Params) -> Result<Response, ApiError> {
     let consistency = Consistency::from_query(&q)?;
     read_model_ready(&state, Projection::Transfers, consistency).await?;
     let (list, position) = ledger_projections::queries::open_dead_letters(&state.pool).await?;

@@ -11,7 +11,7 @@ use crate::state::AppState;
 use crate::validate::{Fields, path_uuid};
 use crate::views;
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
 use axum::routing::{get, post};
 use ledger_domain::Command;
@@ -80,11 +80,7 @@ async fn withdraw(
         (status = 503, description = "`consistency_timeout`: the read model did not reach `min_position` in time."),
     )
 )]
-async fn read(
-    State(state): State<AppState>,
-    Segment(raw): Segment,
-    Params(q): Params,
-) -> Result<Response, ApiError> {
+async fn read(State(state): State<AppState>, Segment(raw): Segment, Params(q): Params) -> Result<Response, ApiError> {
     let not_found = || ApiError::not_found(format!("withdrawal {raw} not found"));
     let id = path_uuid(&raw, not_found)?;
     let consistency = Consistency::from_query(&q)?;
