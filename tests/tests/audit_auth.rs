@@ -216,7 +216,12 @@ async fn tokens_from_the_cli_work_and_rate_limits_answer_429() {
     for _ in 0..6 {
         let r = app.client.get(format!("{}/v1/events", app.base)).bearer_auth(&token).send().await.expect("sent");
         let retry_after = r.headers().get("retry-after").is_some();
-        statuses.push((r.status(), retry_after));
+        let status = r.status();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            let body: serde_json::Value = r.json().await.expect("a problem document");
+            assert_eq!(body["code"], "rate_limited", "API.md v1.1: 429 answers `rate_limited`");
+        }
+        statuses.push((status, retry_after));
     }
     assert_eq!(statuses[0].0, StatusCode::OK, "a CLI-issued token authenticates");
     assert!(statuses.iter().any(|(s, retry)| *s == StatusCode::TOO_MANY_REQUESTS && *retry), "{statuses:?}");

@@ -94,8 +94,9 @@ async fn temporal_queries_match_a_fold_of_the_log() {
     }
     let ancient = app.get(&format!("/v1/accounts/{a}/balance?as_of=2000-01-01T00:00:00Z")).await;
     assert_eq!(ancient.status, StatusCode::NOT_FOUND);
+    // API.md Clarifications, "Positions and time": beyond the head is 422.
     let bad = app.get(&format!("/v1/accounts/{a}/balance?at_position={}", head + 1)).await;
-    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!((bad.status, bad.code()), (StatusCode::UNPROCESSABLE_ENTITY, "validation_error"));
 
     let mut out = Vec::new();
     let lines = ledger_api::cli::replay(&app.state.config, a, None, &mut out).await.expect("replay");

@@ -249,7 +249,8 @@ async fn events(State(state): State<AppState>, Segment(raw): Segment, Params(q):
     responses(
         (status = 200, description = "The balance then.", body = crate::schemas::HistoricalBalance),
         (status = 400, description = "`validation_error`: neither or both of `as_of` and `at_position`, `as_of` is \
-            not RFC 3339, or `at_position` is negative or beyond the head."),
+            not RFC 3339, or `at_position` is negative."),
+        (status = 422, description = "`validation_error`: `at_position` is beyond the head."),
         (status = 404, description = "`account_not_found`: the account did not exist at that point (or the id is \
             not a UUID)."),
     )
