@@ -628,7 +628,9 @@ pub struct Mismatch {
     /// The ledger's side: `{"status","amount"}`.
     #[schema(value_type = Option<Object>, required = true)]
     pub ours: Option<Value>,
-    /// The provider's side: `{"status","amount","provider_ref"}`.
+    /// The provider's side: `{"status","amount","currency","provider_ref"}`; for a line
+    /// that could not be read, `{"unreadable","provider_ref","line"}`; for a duplicated
+    /// reference, `{"lines","lines_total"}`.
     #[schema(value_type = Option<Object>, required = true)]
     pub theirs: Option<Value>,
     pub resolution: Resolution,
@@ -647,6 +649,14 @@ pub enum MismatchKind {
     AmountMismatch,
     SettledAtProvider,
     RejectedAtProvider,
+    /// The statement lists the reference more than once: never corrected automatically.
+    DuplicateReference,
+    /// The line's currency is not the withdrawal's: never corrected automatically.
+    CurrencyMismatch,
+    /// The line's amount is not an integer in 1 ..= 10^15: never corrected automatically.
+    InvalidAmount,
+    /// A field is missing or garbled: never corrected automatically.
+    MalformedLine,
 }
 
 #[derive(Serialize, ToSchema)]

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// The largest amount a single command may move (API.md: 1 ..= 10^18 minor units).
+/// The largest amount a single command may move (API.md: 1 ..= 10^15 minor units).
 pub const AMOUNT_MAX: i64 = 1_000_000_000_000_000;
 
 /// A signed quantity of minor units (balances, limits, deltas).

@@ -207,32 +207,6 @@ impl CircuitBreaker {
         }
     }
 
-    /// Asks to make a call now, without a permit: the caller must follow with
-    /// [`record_success`](Self::record_success) or [`record_failure`](Self::record_failure)
-    /// on every path, or a probe stays out for good. Prefer [`acquire`](Self::acquire);
-    /// this remains for callers not yet moved to permits.
-    pub fn try_acquire(&self) -> Result<(), BreakerOpen> {
-        let mut inner = self.lock();
-        self.admit(&mut inner).map(|_| ())
-    }
-
-    /// The call let through by [`try_acquire`](Self::try_acquire) succeeded: closes the breaker.
-    pub fn record_success(&self) {
-        let mut inner = self.lock();
-        self.close(&mut inner);
-    }
-
-    /// The call let through by [`try_acquire`](Self::try_acquire) failed.
-    pub fn record_failure(&self) {
-        let mut inner = self.lock();
-        let now = Instant::now();
-        inner.probe_in_flight = false;
-        match inner.state {
-            BreakerState::HalfOpen => self.open(&mut inner, now),
-            BreakerState::Open => {}
-            BreakerState::Closed => self.count_failure(&mut inner, now),
-        }
-    }
 
     fn count_failure(&self, inner: &mut Inner, now: Instant) {
         inner.failures.push_back(now);
@@ -435,22 +409,6 @@ mod tests {
         // From before the outage: not counted in the new closed spell either.
         stale.next().expect("a fourth stale permit").failure();
         assert_eq!(b.snapshot().failures, 0);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_permitless_api_still_works() {
-        let b = breaker();
-        for _ in 0..3 {
-            b.try_acquire().expect("closed");
-            b.record_failure();
-        }
-        assert_eq!(b.state(), BreakerState::Open);
-        assert!(b.try_acquire().is_err());
-        tokio::time::advance(COOLDOWN).await;
-        b.try_acquire().expect("the probe");
-        assert!(b.try_acquire().is_err(), "only one probe at a time");
-        b.record_success();
-        assert_eq!(b.state(), BreakerState::Closed);
     }
 
     /// A random mix of acquisitions, verdicts, drops and waits never leaves the breaker

@@ -1,11 +1,18 @@
 //! The payment provider client (`shared/spec/PROVIDER.md`): one call per method, each
 //! bounded by a timeout, classifying every outcome as a payout, a permanent rejection
-//! or a transient failure (408, 429, 5xx, connection errors, timeouts).
+//! or a transient failure (408, 429, 5xx, connection errors, timeouts). Statement lines
+//! and look-up answers are read one by one into the domain's terms (`lines`); what
+//! cannot be read is kept with its defect, for reconciliation to flag.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use std::time::Duration;
 use uuid::Uuid;
+
+mod lines;
+
+pub use lines::{LINE_BYTES_MAX, ProviderLine, TEXT_BYTES_MAX};
 
 /// A payout as the provider reports it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,26 +28,6 @@ pub struct Payout {
 pub enum PayoutStatus {
     Settled,
     Rejected,
-}
-
-/// A payout looked up by its provider reference (the amount when the provider says).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PayoutLookup {
-    pub provider_ref: String,
-    pub status: PayoutStatus,
-    #[serde(default)]
-    pub amount: Option<i64>,
-}
-
-/// One line of the provider's statement.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StatementEntry {
-    pub provider_ref: String,
-    pub reference: String,
-    pub amount: i64,
-    pub currency: String,
-    pub status: PayoutStatus,
-    pub settled_at: DateTime<Utc>,
 }
 
 /// Why a provider call gave no payout.
@@ -69,9 +56,11 @@ struct PayoutRequest<'a> {
     destination: &'a str,
 }
 
+/// The statement's envelope. Each entry stays raw text until it is read on its own,
+/// so one bad entry (even a number beyond `f64`) spoils only itself.
 #[derive(Deserialize)]
 struct Statement {
-    entries: Vec<StatementEntry>,
+    entries: Vec<Box<RawValue>>,
 }
 
 impl ProviderClient {
@@ -105,21 +94,21 @@ impl ProviderClient {
     }
 
     /// `GET /payouts/{provider_ref}`; `Ok(None)` when the provider has no such payout.
-    pub async fn payout(&self, provider_ref: &str) -> Result<Option<PayoutLookup>, ProviderError> {
+    /// An answer that is JSON but not a readable payout is a line with a defect.
+    pub async fn payout(&self, provider_ref: &str) -> Result<Option<ProviderLine>, ProviderError> {
         let response =
             self.http.get(format!("{}/payouts/{provider_ref}", self.base_url)).send().await.map_err(transient)?;
         if response.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        decode(response).await.map(Some)
+        let raw: Box<RawValue> = decode(response).await?;
+        Ok(Some(lines::read(&raw, lines::Shape::LookUp)))
     }
 
-    /// `GET /statement?from&to`.
-    pub async fn statement(
-        &self,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-    ) -> Result<Vec<StatementEntry>, ProviderError> {
+    /// `GET /statement?from&to`: every entry, read one by one (PROVIDER.md v1.1: no
+    /// line, however malformed, may stop a run). A body that is not a JSON object with
+    /// an `entries` array is a failed call.
+    pub async fn statement(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<Vec<ProviderLine>, ProviderError> {
         let response = self
             .http
             .get(format!(
@@ -133,7 +122,7 @@ impl ProviderClient {
             .await
             .map_err(transient)?;
         let statement: Statement = decode(response).await?;
-        Ok(statement.entries)
+        Ok(statement.entries.iter().map(|raw| lines::read(raw, lines::Shape::StatementLine)).collect())
     }
 }
 

@@ -1,20 +1,23 @@
 //! Reconciliation runs: fetch the provider's statement for a window (through the same
-//! retry and circuit-breaker policy as payouts), reconcile each entry with the ledger,
-//! then look for payouts the ledger settled in the window that the statement lacks.
+//! retry and circuit-breaker policy as payouts), group its lines by reference (one
+//! decision per withdrawal, however many lines name it: PROVIDER.md v1.1), reconcile
+//! each group with the ledger, then look for payouts the ledger settled in the window
+//! that the statement lacks. Lines that cannot be read are grouped and decided too
+//! (the domain flags them); only a statement that is not JSON at all fails the run.
 //! Every step is a command, so the run, each mismatch and each correction are events
 //! carrying the run id as causation and the run's actor. Only one run at a time
 //! across instances (a Postgres advisory lock).
 
 use crate::breaker::{CircuitBreaker, backoff_delay};
-use crate::provider::{PayoutStatus, ProviderClient, ProviderError, StatementEntry};
+use crate::provider::{ProviderClient, ProviderError, ProviderLine};
 use crate::store::{EventMetadata, StoredResponse};
 use crate::writer::{CommandBus, CommandRequest};
 use chrono::{DateTime, Utc};
-use ledger_domain::Command;
 use ledger_domain::decide::{FinishReconciliation, ProviderRecord, ReconcilePayout, StartReconciliation};
+use ledger_domain::{Command, DomainError};
 use sqlx::{Connection, PgConnection, PgPool};
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -41,6 +44,10 @@ pub enum ReconcileError {
     Database(#[from] sqlx::Error),
     #[error("recording the run failed: {0}")]
     Command(String),
+    /// The domain refused a step of the run: a bug, never a statement line (the domain
+    /// flags what it cannot decide), so the run fails rather than count it as matched.
+    #[error("the ledger refused a reconciliation step: {0}")]
+    Refused(DomainError),
 }
 
 /// The totals of a finished run.
@@ -89,7 +96,11 @@ impl Reconciler {
         Ok(())
     }
 
+    /// Executes one step of a run: the number of events it recorded.
     async fn command(&self, command: Command, run_id: Uuid, actor: &str) -> Result<usize, ReconcileError> {
+        // The writer answers an internal command's rejection through `render` only.
+        let refused: Arc<Mutex<Option<DomainError>>> = Arc::default();
+        let seen = refused.clone();
         let request = CommandRequest {
             command,
             metadata: EventMetadata {
@@ -99,9 +110,17 @@ impl Reconciler {
                 ..EventMetadata::default()
             },
             idempotency: None,
-            render: Arc::new(|_| StoredResponse { status: 200, body: serde_json::Value::Null }),
+            render: Arc::new(move |outcome| {
+                if let Err(e) = outcome {
+                    *seen.lock().unwrap_or_else(PoisonError::into_inner) = Some(e.clone());
+                }
+                StoredResponse { status: 200, body: serde_json::Value::Null }
+            }),
         };
         let reply = self.bus.execute(request).await.map_err(|e| ReconcileError::Command(e.to_string()))?;
+        if let Some(e) = refused.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            return Err(ReconcileError::Refused(e));
+        }
         Ok(reply.recorded.len())
     }
 
@@ -145,46 +164,49 @@ impl Reconciler {
         actor: &str,
         progress: &mut impl FnMut(i64, i64),
     ) -> Result<RunTotals, ReconcileError> {
-        let entries = self.with_retries(|| self.provider.statement(from, to)).await?;
+        let lines = self.with_retries(|| self.provider.statement(from, to)).await?;
         let mut totals = RunTotals::default();
         let mut seen = HashSet::new();
-        let total = entries.len() as i64;
-        for (i, entry) in entries.iter().enumerate() {
-            seen.insert(entry.reference.clone());
-            self.reconcile(run_id, actor, entry_command(run_id, entry), &mut totals).await?;
+        let groups = by_reference(lines);
+        let total = groups.len() as i64;
+        for (i, (reference, records)) in groups.into_iter().enumerate() {
+            let command = group_command(run_id, reference, records);
+            seen.extend(command.withdrawal_id);
+            self.reconcile(run_id, actor, command, &mut totals).await?;
             progress(i as i64 + 1, total);
         }
         // Payouts the ledger settled in the window that the statement does not list.
-        for (withdrawal_id, provider_ref) in self.settled_in_window(from, to).await? {
-            if seen.contains(&withdrawal_id.to_string()) {
+        for settled in self.settled_in_window(from, to).await? {
+            if seen.contains(&settled.withdrawal_id) {
                 continue;
             }
-            let lookup = match provider_ref.as_deref() {
+            let withdrawal_id = settled.withdrawal_id;
+            let lookup = match settled.provider_ref.as_deref() {
                 Some(r) => self.with_retries(|| self.provider.payout(r)).await?,
                 None => None,
             };
             let provider = match lookup {
                 None => None,
-                Some(p) => match (p.status, p.amount) {
-                    // Settled, but this provider's look-up does not say how much: no
-                    // basis for a correction; the statement of a wider window will.
-                    (PayoutStatus::Settled, None) => {
-                        tracing::warn!(%withdrawal_id, "provider look-up without an amount; left as is");
-                        totals.matched += 1;
-                        continue;
-                    }
-                    (status, amount) => Some(ProviderRecord {
-                        provider_ref: p.provider_ref,
-                        settled: status == PayoutStatus::Settled,
-                        amount: amount.unwrap_or_default(),
-                    }),
-                },
+                // Settled, but this provider's look-up does not say how much: no basis
+                // for a correction; the statement of a wider window will.
+                Some(line) if !line.amount_given && line.record.defect.is_none() && line.record.settled => {
+                    tracing::warn!(%withdrawal_id, "provider look-up without an amount; left as is");
+                    totals.matched += 1;
+                    continue;
+                }
+                // Rejected without an amount: a rejection moves back what left, whatever
+                // the amount, so ours stands in for the one the provider did not give.
+                Some(line) if !line.amount_given && line.record.defect.is_none() => {
+                    Some(ProviderRecord { amount: settled.amount, ..line.record })
+                }
+                Some(line) => Some(line.record),
             };
             let command = ReconcilePayout {
                 run_id,
                 reference: withdrawal_id.to_string(),
                 withdrawal_id: Some(withdrawal_id),
                 provider,
+                also_listed: Vec::new(),
             };
             self.reconcile(run_id, actor, command, &mut totals).await?;
         }
@@ -205,20 +227,37 @@ impl Reconciler {
         Ok(())
     }
 
-    /// Withdrawals whose settlement was recorded in the window, from the log.
-    async fn settled_in_window(
-        &self,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-    ) -> Result<Vec<(Uuid, Option<String>)>, sqlx::Error> {
-        sqlx::query_as(
-            "select (data ->> 'withdrawal_id')::uuid, data ->> 'provider_ref' from events
-             where type = 'WithdrawalSettled' and recorded_at >= $1 and recorded_at < $2 order by position",
+    /// Withdrawals whose settlement was recorded in the window, from the log: by the
+    /// payout worker or by an earlier run's correction, once each, with the latest
+    /// provider reference and amount. A withdrawal an earlier run flagged as missing at
+    /// the provider is here again, so every run over the window lists it again.
+    async fn settled_in_window(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<Vec<Settled>, sqlx::Error> {
+        let rows: Vec<(Uuid, Option<String>, i64)> = sqlx::query_as(
+            "select (data ->> 'withdrawal_id')::uuid, data ->> 'provider_ref',
+                    coalesce(data ->> 'amount', data ->> 'provider_amount', '0')::bigint
+             from events
+             where recorded_at >= $1 and recorded_at < $2
+               and type in ('WithdrawalSettled', 'WithdrawalReconciled')
+               and (type = 'WithdrawalSettled' or data ->> 'status_after' = 'settled')
+             order by position",
         )
         .bind(from)
         .bind(to)
         .fetch_all(&self.pool)
-        .await
+        .await?;
+        let mut settled: Vec<Settled> = Vec::with_capacity(rows.len());
+        let mut index: HashMap<Uuid, usize> = HashMap::with_capacity(rows.len());
+        for (withdrawal_id, provider_ref, amount) in rows {
+            let latest = Settled { withdrawal_id, provider_ref, amount };
+            match index.get(&withdrawal_id) {
+                Some(&i) => settled[i] = latest,
+                None => {
+                    index.insert(withdrawal_id, settled.len());
+                    settled.push(latest);
+                }
+            }
+        }
+        Ok(settled)
     }
 
     /// A provider call with the payouts' policy: the breaker first, then backoff with
@@ -231,24 +270,29 @@ impl Reconciler {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            if let Err(open) = self.breaker.try_acquire() {
-                if attempt >= PROVIDER_ATTEMPTS_MAX {
-                    return Err(ReconcileError::Command(format!("provider unavailable: {open}")));
+            // Dropped on any path without a verdict (the run cancelled mid-call), the
+            // permit frees the probe slot.
+            let permit = match self.breaker.acquire() {
+                Ok(permit) => permit,
+                Err(open) => {
+                    if attempt >= PROVIDER_ATTEMPTS_MAX {
+                        return Err(ReconcileError::Command(format!("provider unavailable: {open}")));
+                    }
+                    tokio::time::sleep(open.retry_in).await;
+                    continue;
                 }
-                tokio::time::sleep(open.retry_in).await;
-                continue;
-            }
+            };
             match call().await {
                 Ok(v) => {
-                    self.breaker.record_success();
+                    permit.success();
                     return Ok(v);
                 }
                 Err(ProviderError::Permanent { detail, .. }) => {
-                    self.breaker.record_success();
+                    permit.success();
                     return Err(ReconcileError::Command(format!("provider refused: {detail}")));
                 }
                 Err(ProviderError::Transient { detail, retry_after }) => {
-                    self.breaker.record_failure();
+                    permit.failure();
                     if attempt >= PROVIDER_ATTEMPTS_MAX {
                         return Err(ReconcileError::Command(format!("provider unavailable: {detail}")));
                     }
@@ -260,22 +304,66 @@ impl Reconciler {
     }
 }
 
-fn entry_command(run_id: Uuid, entry: &StatementEntry) -> ReconcilePayout {
+/// A withdrawal the ledger settled in a run's window.
+struct Settled {
+    withdrawal_id: Uuid,
+    provider_ref: Option<String>,
+    /// What the ledger recorded as paid out.
+    amount: i64,
+}
+
+/// What a group of statement lines is about: one of our withdrawals (however its id is
+/// spelled, so two spellings cannot split one withdrawal's lines) or another reference.
+/// A line without a readable reference stands alone.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum GroupKey {
+    Withdrawal(Uuid),
+    Reference(String),
+}
+
+/// The statement's lines grouped by what they are about, in the order each group first
+/// appears: one decision per withdrawal, so two lines about one withdrawal can never
+/// correct it back and forth.
+fn by_reference(lines: Vec<ProviderLine>) -> Vec<(Option<String>, Vec<ProviderRecord>)> {
+    let mut groups: Vec<(Option<String>, Vec<ProviderRecord>)> = Vec::new();
+    let mut index: HashMap<GroupKey, usize> = HashMap::new();
+    for line in lines {
+        let Some(reference) = line.reference else {
+            groups.push((None, vec![line.record]));
+            continue;
+        };
+        let key =
+            Uuid::parse_str(&reference).map_or_else(|_| GroupKey::Reference(reference.clone()), GroupKey::Withdrawal);
+        match index.get(&key) {
+            Some(&i) => groups[i].1.push(line.record),
+            None => {
+                index.insert(key, groups.len());
+                groups.push((Some(reference), vec![line.record]));
+            }
+        }
+    }
+    groups
+}
+
+/// The command deciding one group: its first line and the others listed with it.
+fn group_command(run_id: Uuid, reference: Option<String>, records: Vec<ProviderRecord>) -> ReconcilePayout {
+    let mut records = records.into_iter();
     ReconcilePayout {
         run_id,
-        reference: entry.reference.clone(),
-        withdrawal_id: Uuid::parse_str(&entry.reference).ok(),
-        provider: Some(ProviderRecord {
-            provider_ref: entry.provider_ref.clone(),
-            settled: entry.status == PayoutStatus::Settled,
-            amount: entry.amount,
-        }),
+        withdrawal_id: reference.as_deref().and_then(|r| Uuid::parse_str(r).ok()),
+        reference: reference.unwrap_or_default(),
+        provider: records.next(),
+        also_listed: records.collect(),
     }
 }
 
 /// The report of a run, folded from its stream: `{"id","status","from","to","matched",
 /// "mismatches":[{"kind","withdrawal_id","provider_ref","ours","theirs","resolution",
 /// "resolution_position","account_below_limit"}],"error"}`; `None` if there is no such run.
+/// The kinds are those of `ledger_domain::reconcile::MismatchKind`; `theirs` is one
+/// line (`{"status","amount","currency","provider_ref"}`, or `{"unreadable","provider_ref",
+/// "line"}` for a line that could not be read) or, for a duplicated reference,
+/// `{"lines":[…],"lines_total"}`.
 pub fn report(run_id: Uuid, events: &[crate::store::RecordedEvent]) -> Option<serde_json::Value> {
     use ledger_domain::Event;
     let mut report = None;

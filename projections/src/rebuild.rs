@@ -135,11 +135,16 @@ async fn copy_indexes(pool: &PgPool, table: &str) -> Result<(), RebuildError> {
             &format!(" ON public.{fresh} "),
             1,
         );
-        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(pool).await?;
+        // Building an index over a long log may take longer than the pool's statement
+        // timeout allows an ordinary statement: this one alone runs without it.
+        let mut tx = pool.begin().await?;
+        sqlx::query("set local statement_timeout = 0").execute(&mut *tx).await?;
+        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *tx).await?;
         if primary {
             let sql = format!("alter table {fresh} add constraint {renamed} primary key using index {renamed}");
-            sqlx::query(sqlx::AssertSqlSafe(sql)).execute(pool).await?;
+            sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *tx).await?;
         }
+        tx.commit().await?;
     }
     Ok(())
 }

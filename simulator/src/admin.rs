@@ -22,6 +22,7 @@ pub(crate) fn routes() -> Router<Simulator> {
         .route("/_sim/payouts", get(payouts))
         .route("/_sim/payouts/{reference}/override", post(override_payout))
         .route("/_sim/statement/extra", post(add_extra_entry))
+        .route("/_sim/statement/raw", post(add_raw_line).delete(clear_raw_lines))
 }
 
 /// Parses a JSON body, answering a JSON 400 rather than axum's plain-text rejection.
@@ -63,6 +64,19 @@ async fn override_payout(
     let changed = sim.override_payout(&reference, &change)?;
     tracing::info!(%reference, ?change, "payout record overridden");
     Ok(Json(changed))
+}
+
+/// `POST /_sim/statement/raw`: the body, as text, becomes a statement line as is.
+async fn add_raw_line(State(sim): State<Simulator>, body: String) -> StatusCode {
+    tracing::info!(bytes = body.len(), "raw statement line added");
+    sim.add_raw_statement_line(body);
+    StatusCode::CREATED
+}
+
+/// `DELETE /_sim/statement/raw`: removes every raw statement line.
+async fn clear_raw_lines(State(sim): State<Simulator>) -> StatusCode {
+    sim.clear_raw_statement_lines();
+    StatusCode::NO_CONTENT
 }
 
 /// `POST /_sim/statement/extra`: adds an entry the ledger knows nothing of.

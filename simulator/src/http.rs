@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -104,19 +104,32 @@ async fn get_payout(State(sim): State<Simulator>, Path(provider_ref): Path<Strin
     Ok(Json(payout).into_response())
 }
 
-/// `GET /statement?from=<RFC3339>&to=<RFC3339>`: entries with `from <= settled_at < to`.
+/// `GET /statement?from=<RFC3339>&to=<RFC3339>`: entries with `from <= settled_at < to`,
+/// then the raw lines, spliced in as written (so they may be anything at all).
 async fn statement(
     State(sim): State<Simulator>,
     Query(params): Query<HashMap<String, String>>,
-) -> Result<Json<Statement>, SimError> {
+) -> Result<Response, SimError> {
     gate(&sim, Route::Statement).await?;
     let from = time_param(&params, "from")?;
     let to = time_param(&params, "to")?;
     if from > to {
         return Err(SimError::MalformedQuery { detail: format!("from ({from}) is after to ({to})") });
     }
-    let entries = sim.lock().statement(from, to);
-    Ok(Json(Statement { entries }))
+    let (entries, raw_lines) = {
+        let state = sim.lock();
+        (state.statement(from, to), state.raw_lines())
+    };
+    if raw_lines.is_empty() {
+        return Ok(Json(Statement { entries }).into_response());
+    }
+    let mut lines: Vec<String> = entries
+        .iter()
+        .map(|e| serde_json::to_string(e).expect("an entry serializes: string keys, no floats"))
+        .collect();
+    lines.extend(raw_lines);
+    let body = format!("{{\"entries\":[{}]}}", lines.join(","));
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 /// Parses an RFC 3339 query parameter. A `+` offset sent without percent-encoding

@@ -4,7 +4,8 @@
 //! It owns an in-memory provider: idempotent payouts keyed by `Idempotency-Key`, the
 //! provider's statement, seeded random faults (outages, timeouts, rejections,
 //! permanent errors, lost responses), and `/_sim/` admin routes to steer faults,
-//! alter records for reconciliation tests and read call statistics. It depends on
+//! alter records and inject raw statement lines for reconciliation tests, and read
+//! call statistics. It depends on
 //! nothing else in the workspace, so the ledger can be tested against it exactly as
 //! it would be against any other server that speaks the contract.
 //!
@@ -96,6 +97,21 @@ impl Simulator {
     /// `POST /_sim/statement/extra`.
     pub fn add_statement_entry(&self, entry: StatementEntry) {
         self.lock().add_extra_entry(entry);
+    }
+
+    /// Adds a statement line exactly as `text` says, for tests of lines the ledger
+    /// cannot trust (PROVIDER.md v1.1): a duplicate, a float or out-of-range amount, a
+    /// missing field, anything. It is listed in every statement, after the entries of
+    /// the window, whatever its `settled_at`. Text that is not JSON makes the whole
+    /// statement unreadable, as a provider sending garbage would. Same as
+    /// `POST /_sim/statement/raw`.
+    pub fn add_raw_statement_line(&self, text: impl Into<String>) {
+        self.lock().add_raw_line(text.into());
+    }
+
+    /// Removes every raw statement line; same as `DELETE /_sim/statement/raw`.
+    pub fn clear_raw_statement_lines(&self) {
+        self.lock().clear_raw_lines();
     }
 
     /// Serves the simulator on `listener` in a background task.

@@ -1,5 +1,5 @@
 //! The provider's memory: recorded payouts indexed by idempotency key and provider
-//! reference, extra statement entries, call counters, the current faults and the
+//! reference, extra statement entries (typed and raw), call counters, the current faults and the
 //! seeded RNG that decides them.
 //!
 //! Everything lives in one struct behind one lock, so that "look up the key, decide
@@ -77,6 +77,8 @@ pub(crate) struct State {
     /// Idempotency key → provider_ref.
     by_key: HashMap<String, String>,
     extra_entries: Vec<StatementEntry>,
+    /// Statement lines as JSON text, listed as written in every statement.
+    raw_lines: Vec<String>,
     calls: u64,
     payout_calls: u64,
     paid: BTreeMap<String, u64>,
@@ -90,6 +92,7 @@ impl State {
             records: HashMap::new(),
             by_key: HashMap::new(),
             extra_entries: Vec::new(),
+            raw_lines: Vec::new(),
             calls: 0,
             payout_calls: 0,
             paid: BTreeMap::new(),
@@ -234,6 +237,20 @@ impl State {
     /// Adds a statement entry that matches no recorded payout.
     pub fn add_extra_entry(&mut self, entry: StatementEntry) {
         self.extra_entries.push(entry);
+    }
+
+    /// Adds a statement line as raw JSON text, listed in every statement after the
+    /// entries of its window, whatever its `settled_at` says (it may say nothing).
+    pub fn add_raw_line(&mut self, text: String) {
+        self.raw_lines.push(text);
+    }
+
+    pub fn clear_raw_lines(&mut self) {
+        self.raw_lines.clear();
+    }
+
+    pub fn raw_lines(&self) -> Vec<String> {
+        self.raw_lines.clone()
     }
 
     pub fn stats(&self) -> Stats {

@@ -271,3 +271,31 @@ async fn shutdown_stops_the_server() {
     handle.shutdown().await.unwrap();
     assert!(client.get(url).send().await.is_err());
 }
+
+#[tokio::test]
+async fn raw_statement_lines_are_listed_as_written_until_cleared() {
+    let sim = start(Faults::default()).await;
+    let paid = sim.pay_expecting("w1", 100, StatusCode::CREATED).await;
+    let window = format!(
+        "/statement?from={}&to={}",
+        common::rfc3339(paid.settled_at),
+        common::rfc3339(paid.settled_at + TimeDelta::seconds(1))
+    );
+    for text in [r#"{"reference":"w1","amount":1.5}"#, "42", r#"{"amount":1e400}"#] {
+        let response = sim.client.post(sim.url("/_sim/statement/raw")).body(text).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+    let body = sim.get(&window).await.text().await.unwrap();
+    assert!(body.starts_with(r#"{"entries":[{"provider_ref":""#), "{body}");
+    assert!(body.ends_with(r#",{"reference":"w1","amount":1.5},42,{"amount":1e400}]}"#), "{body}");
+
+    // Text that is not JSON spoils the whole statement, as a provider's garbage would.
+    sim.handle.simulator.add_raw_statement_line("{\"reference\": ");
+    let garbage = sim.get(&window).await.text().await.unwrap();
+    assert!(serde_json::from_str::<serde_json::Value>(&garbage).is_err(), "{garbage}");
+
+    let cleared = sim.client.delete(sim.url("/_sim/statement/raw")).send().await.unwrap();
+    assert_eq!(cleared.status(), StatusCode::NO_CONTENT);
+    let entries = sim.statement(paid.settled_at, paid.settled_at + TimeDelta::seconds(1)).await.entries;
+    assert_eq!(entries.len(), 1);
+}

@@ -3,11 +3,12 @@
 use crate::command::CommandBody;
 use crate::context::Principal;
 use crate::error::ApiError;
+use crate::extract::Segment;
 use crate::state::AppState;
 use crate::validate::path_uuid;
 use crate::views;
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -98,14 +99,22 @@ async fn start(State(state): State<AppState>, principal: Principal, body: Comman
     operation_id = "get_reconciliation",
     tag = "operations",
     summary = "A reconciliation's report",
-    description = "Operator or admin.",
+    description = "Operator or admin. One mismatch per reference the run could not match. Corrected \
+        (PROVIDER.md's table, well-formed lines only): `amount_mismatch` (`adjusted`), `settled_at_provider` \
+        (`settled`), `rejected_at_provider` (`credited_back` or `failed`). Flagged for a person, with no \
+        `resolution_position`, on this run and every later run over the window until resolved: \
+        `unknown_reference`, `missing_at_provider`, `duplicate_reference` (the statement lists the reference \
+        more than once; `theirs` is `{\"lines\",\"lines_total\"}`), `currency_mismatch` (not the \
+        withdrawal's currency), `invalid_amount` (not an integer in 1..=10^15: zero, negative, too large, a \
+        fraction), `malformed_line` (a field missing or garbled, or not an object; `theirs.line` is the line \
+        as written). A correction that would overflow a balance is flagged under its own kind instead.",
     params(("id" = Uuid, Path, description = "The run id.")),
     responses(
         (status = 200, description = "The run and its mismatches.", body = crate::schemas::ReconciliationReport),
         (status = 404, description = "`not_found`: no such run (or the id is not a UUID)."),
     )
 )]
-async fn read(State(state): State<AppState>, Path(raw): Path<String>) -> Result<Response, ApiError> {
+async fn read(State(state): State<AppState>, Segment(raw): Segment) -> Result<Response, ApiError> {
     let not_found = || ApiError::not_found(format!("reconciliation {raw} not found"));
     let id = path_uuid(&raw, not_found)?;
     let head = state.store.head().await?;
