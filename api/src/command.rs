@@ -53,8 +53,7 @@ impl FromRequest<AppState> for CommandBody {
         let json: Value = if bytes.is_empty() {
             Value::Object(Default::default())
         } else {
-            crate::validate::parse_json(&bytes)
-                .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?
+            crate::validate::parse_json(&bytes).map_err(crate::validate::body_rejection)?
         };
         let mut canonical = format!("{method} {path}\n");
         canonical_json(&json, &mut canonical);

@@ -125,15 +125,20 @@ impl From<CommandError> for ApiError {
     }
 }
 
-/// A database error is a dependency failure (503, counted by the breaker) unless the
-/// data sent caused it: then it is the request's fault, 422, and counts for nothing.
+/// A database error is a dependency failure (503, counted by the breaker) only when the
+/// database is unavailable; caused by the request's data it is 422, caused by a bug of
+/// ours 500, and neither counts for the breaker.
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> ApiError {
-        if ledger_infrastructure::store::is_input_error(&e) {
-            tracing::warn!(error = %e, "the database refused a value of the request");
-            return ApiError::validation("a value of the request is outside what the ledger can store or look up");
+        use ledger_infrastructure::store::{DbFault, db_fault};
+        match db_fault(&e) {
+            DbFault::Input => {
+                tracing::warn!(error = %e, "the database refused a value of the request");
+                ApiError::validation("a value of the request is outside what the ledger can store or look up")
+            }
+            DbFault::Bug => ApiError::internal(&e),
+            DbFault::Unavailable => ApiError::unavailable(&e),
         }
-        ApiError::unavailable(&e)
     }
 }
 

@@ -95,6 +95,9 @@ pub struct DepositRequest {
     pub currency: String,
     /// Free text, 1–1024 bytes.
     pub reference: Option<String>,
+    /// The client's metadata, returned as sent (the rules of `OpenAccountRequest.metadata`).
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Value>,
 }
 
 /// `POST /v1/transfers`.
@@ -112,6 +115,9 @@ pub struct TransferRequest {
     pub currency: String,
     /// Free text, 1–1024 bytes.
     pub reference: Option<String>,
+    /// The client's metadata, returned as sent (the rules of `OpenAccountRequest.metadata`).
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Value>,
 }
 
 /// `POST /v1/transfers/{id}/reverse`.
@@ -133,6 +139,9 @@ pub struct WithdrawalRequest {
     /// Where the provider pays out to (1–1024 bytes), e.g. an IBAN.
     #[schema(example = "NL00BANK0001")]
     pub destination: String,
+    /// The client's metadata, returned as sent (the rules of `OpenAccountRequest.metadata`).
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Value>,
 }
 
 /// `POST /v1/admin/tokens`.
@@ -209,6 +218,9 @@ pub struct Deposit {
     pub currency: String,
     #[schema(required = true)]
     pub reference: Option<String>,
+    /// The client's metadata as sent (null when none was).
+    #[schema(value_type = Option<Object>, required = true)]
+    pub metadata: Option<Value>,
     /// The log position of the deposit's event.
     pub position: i64,
 }
@@ -234,6 +246,9 @@ pub struct Transfer {
     /// The transfer that reversed this one.
     #[schema(required = true)]
     pub reversed_by: Option<Uuid>,
+    /// The client's metadata as sent (null when none was).
+    #[schema(value_type = Option<Object>, required = true)]
+    pub metadata: Option<Value>,
     /// In command responses only: the log position of the transfer's event.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
@@ -261,6 +276,9 @@ pub struct Withdrawal {
     pub provider_ref: Option<String>,
     #[schema(required = true)]
     pub failure_reason: Option<String>,
+    /// The client's metadata as sent (null when none was).
+    #[schema(value_type = Option<Object>, required = true)]
+    pub metadata: Option<Value>,
     /// In command responses only: the log position of the withdrawal's event.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]

@@ -159,6 +159,19 @@ pub fn parse_json(bytes: &[u8]) -> Result<Value, serde_json::Error> {
     serde_json::from_slice::<Strict>(bytes).map(|Strict(v)| v)
 }
 
+/// The answer to a body that does not parse: 400 when it is not JSON at all (cut
+/// short, a syntax error), 422 when it is JSON-shaped but holds what the contract
+/// refuses (a duplicate key, a lone surrogate, a number no integer type holds).
+pub fn body_rejection(e: serde_json::Error) -> ApiError {
+    let text = e.to_string();
+    let refused_value = ["surrogate", "hex escape", "unicode code point", "number out of range", "duplicate key"];
+    if e.classify() == serde_json::error::Category::Data || refused_value.iter().any(|r| text.contains(r)) {
+        ApiError::validation(format!("the body holds a value the contract refuses: {text}"))
+    } else {
+        ApiError::bad_request(format!("the body is not valid JSON: {text}"))
+    }
+}
+
 struct Strict(Value);
 
 impl<'de> serde::Deserialize<'de> for Strict {
@@ -223,6 +236,15 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
         }
         Ok(Value::Object(object))
     }
+}
+
+/// Parses an RFC 3339 timestamp whose UTC form is still RFC 3339 (years 0000–9999:
+/// `0000-01-01T00:00:00+23:59` is refused, it would be year -1 in UTC), so every time
+/// the ledger stores, compares or sends on to the provider can be written back.
+pub fn timestamp(raw: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    use chrono::Datelike;
+    let t = chrono::DateTime::parse_from_rfc3339(raw).ok()?.with_timezone(&chrono::Utc);
+    (0..=9999).contains(&t.year()).then_some(t)
 }
 
 /// Parses a UUID path segment; anything else is unknown, so 404.

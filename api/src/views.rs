@@ -36,6 +36,7 @@ pub fn transfer(t: &Transfer, position: Option<i64>) -> Value {
         "reverses": t.reverses,
         "reason": t.reason,
         "reversed_by": t.reversed_by,
+        "metadata": t.metadata,
     });
     if let Some(p) = position {
         v["position"] = json!(p);
@@ -57,6 +58,7 @@ pub fn withdrawal(w: &Withdrawal, position: Option<i64>) -> Value {
         },
         "provider_ref": w.provider_ref,
         "failure_reason": w.failure_reason,
+        "metadata": w.metadata,
     });
     if let Some(p) = position {
         v["position"] = json!(p);

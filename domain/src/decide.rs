@@ -39,6 +39,8 @@ pub struct MakeDeposit {
     pub amount: Amount,
     pub currency: Currency,
     pub reference: Option<String>,
+    #[serde(default)]
+    pub metadata: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +51,8 @@ pub struct PostTransfer {
     pub amount: Amount,
     pub currency: Currency,
     pub reference: Option<String>,
+    #[serde(default)]
+    pub metadata: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +69,8 @@ pub struct RequestWithdrawal {
     pub amount: Amount,
     pub currency: Currency,
     pub destination: String,
+    #[serde(default)]
+    pub metadata: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -320,8 +326,12 @@ fn open_account(c: &OpenAccount, state: &Ledger) -> Result<Vec<Event>, DomainErr
     let mut events = Vec::with_capacity(2);
     let system_id = system_account_id(c.currency);
     if let Some(existing) = state.account(system_id) {
-        // Only the ledger opens streams in the reserved space, and only this way.
-        assert!(existing.system && existing.currency == c.currency, "system account {system_id} is not {}", c.currency);
+        // Only the ledger opens streams in the reserved space, and only this way; a log
+        // written before ids were reserved may hold a client's account there, which
+        // needs a person, not a panic.
+        if !existing.system || existing.currency != c.currency {
+            return Err(DomainError::ReservedId { id: system_id });
+        }
     } else {
         ensure_new(state, system_id)?;
         events.push(Event::AccountOpened(AccountOpened {
@@ -439,6 +449,7 @@ fn deposit(c: &MakeDeposit, state: &Ledger) -> Result<Vec<Event>, DomainError> {
         amount: c.amount,
         currency: c.currency,
         reference: c.reference.clone(),
+        metadata: c.metadata.clone(),
     });
     ensure_no_overflow(state, &event)?;
     Ok(vec![event])
@@ -457,6 +468,7 @@ fn transfer(c: &PostTransfer, state: &Ledger) -> Result<Vec<Event>, DomainError>
         reference: c.reference.clone(),
         reverses: None,
         reason: None,
+        metadata: c.metadata.clone(),
     });
     ensure_no_overflow(state, &event)?;
     Ok(vec![event])
@@ -480,6 +492,7 @@ fn reverse(c: &ReverseTransfer, state: &Ledger) -> Result<Vec<Event>, DomainErro
         reference: original.reference.clone(),
         reverses: Some(original.id),
         reason: Some(c.reason.clone()),
+        metadata: None,
     });
     ensure_no_overflow(state, &event)?;
     Ok(vec![event])
@@ -499,6 +512,7 @@ fn request_withdrawal(c: &RequestWithdrawal, state: &Ledger) -> Result<Vec<Event
         amount: c.amount,
         currency: c.currency,
         destination: c.destination.clone(),
+        metadata: c.metadata.clone(),
     })])
 }
 

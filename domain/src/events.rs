@@ -40,6 +40,9 @@ pub struct DepositRecorded {
     pub amount: Amount,
     pub currency: Currency,
     pub reference: Option<String>,
+    /// The client's metadata, returned as sent (API.md "Metadata").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +56,9 @@ pub struct TransferPosted {
     /// Set when this transfer compensates an earlier one.
     pub reverses: Option<Uuid>,
     pub reason: Option<String>,
+    /// The client's metadata, returned as sent (API.md "Metadata").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +68,9 @@ pub struct WithdrawalRequested {
     pub amount: Amount,
     pub currency: Currency,
     pub destination: String,
+    /// The client's metadata, returned as sent (API.md "Metadata").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

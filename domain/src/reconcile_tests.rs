@@ -36,8 +36,14 @@ fn run(ledger: &mut Ledger, command: Command) -> Result<Vec<Event>, DomainError>
 
 fn deposit(ledger: &mut Ledger, n: u128, minor: i64) {
     let deposit_id = Uuid::from_u128(0xD000_0000 + n);
-    let c =
-        MakeDeposit { deposit_id, account_id: id(ACCOUNT), amount: amount(minor), currency: eur(), reference: None };
+    let c = MakeDeposit {
+        metadata: None,
+        deposit_id,
+        account_id: id(ACCOUNT),
+        amount: amount(minor),
+        currency: eur(),
+        reference: None,
+    };
     run(ledger, Command::MakeDeposit(c)).expect("deposit");
 }
 
@@ -47,6 +53,7 @@ fn amount(minor: i64) -> Amount {
 
 fn withdraw(ledger: &mut Ledger, w: u128, minor: i64) {
     let c = RequestWithdrawal {
+        metadata: None,
         withdrawal_id: id(w),
         account_id: id(ACCOUNT),
         amount: amount(minor),

@@ -45,6 +45,8 @@ pub struct Transfer {
     pub reverses: Option<Uuid>,
     pub reason: Option<String>,
     pub reversed_by: Option<Uuid>,
+    #[serde(default)]
+    pub metadata: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,11 +71,13 @@ pub struct Withdrawal {
     pub dead_letter: Option<Uuid>,
     /// What left the account for it, once settled (reconciliation may correct it).
     pub settled_amount: Option<Money>,
+    #[serde(default)]
+    pub metadata: Option<serde_json::Value>,
 }
 
 /// The version of `evolve` and of the state it folds into. Bump it whenever either
 /// changes: snapshots taken under another version are then ignored and rebuilt.
-pub const EVOLVE_VERSION: i32 = 1;
+pub const EVOLVE_VERSION: i32 = 2;
 
 /// What a stream is, once its first event has been seen.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,6 +145,7 @@ pub fn evolve(state: StreamState, stream_id: Uuid, version: i64, event: &Event) 
             reverses: e.reverses,
             reason: e.reason.clone(),
             reversed_by: None,
+            metadata: e.metadata.clone(),
         }),
         (Aggregate::Transfer(mut t), Event::TransferPosted(e)) => {
             assert_eq!(e.reverses, Some(t.id), "only a reversal touches another transfer's stream");
@@ -159,6 +164,7 @@ pub fn evolve(state: StreamState, stream_id: Uuid, version: i64, event: &Event) 
             failure_reason: None,
             dead_letter: None,
             settled_amount: None,
+            metadata: e.metadata.clone(),
         }),
         (Aggregate::Withdrawal(mut w), Event::WithdrawalReconciled(e)) => {
             w.settled_amount = match e.status_after {

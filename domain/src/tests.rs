@@ -49,6 +49,7 @@ fn deposit(ledger: &mut Ledger, n: u128, minor: i64) -> Result<Vec<Event>, Domai
     run(
         ledger,
         Command::MakeDeposit(MakeDeposit {
+            metadata: None,
             deposit_id: Uuid::from_u128(0xD000 + n + minor as u128),
             account_id: id(n),
             amount: amount(minor),
@@ -60,6 +61,7 @@ fn deposit(ledger: &mut Ledger, n: u128, minor: i64) -> Result<Vec<Event>, Domai
 
 fn transfer_cmd(t: u128, from: u128, to: u128, minor: i64) -> Command {
     Command::PostTransfer(PostTransfer {
+        metadata: None,
         transfer_id: id(t),
         from: id(from),
         to: id(to),
@@ -104,6 +106,7 @@ fn transfer_rejections() {
         (transfer_cmd(12, 1, 9, 5), |e| matches!(e, DomainError::AccountNotFound { .. })),
         (
             Command::PostTransfer(PostTransfer {
+                metadata: None,
                 transfer_id: id(13),
                 from: id(1),
                 to: id(2),
@@ -147,6 +150,7 @@ fn withdrawal_holds_then_settles_or_fails() {
     deposit(&mut ledger, 1, 100).expect("deposit");
     let request = |w: u128, minor: i64| {
         Command::RequestWithdrawal(RequestWithdrawal {
+            metadata: None,
             withdrawal_id: id(w),
             account_id: id(1),
             amount: amount(minor),
@@ -261,7 +265,7 @@ proptest! {
             let acct = |i: usize| id(i as u128 + 1);
             let (command, expect_ok) = match s.clone() {
                 Step::Deposit(a, m) => (
-                    Command::MakeDeposit(MakeDeposit { deposit_id: fresh, account_id: acct(a), amount: amount(m), currency: eur(), reference: None }),
+                    Command::MakeDeposit(MakeDeposit { metadata: None, deposit_id: fresh, account_id: acct(a), amount: amount(m), currency: eur(), reference: None }),
                     !model.closed[a],
                 ),
                 Step::Transfer(a, b, m) => (
@@ -269,7 +273,7 @@ proptest! {
                     a != b && !model.closed[a] && !model.closed[b] && model.balance[a] - model.holds[a] - m >= -LIMITS[a],
                 ),
                 Step::Withdraw(a, m) => (
-                    Command::RequestWithdrawal(RequestWithdrawal { withdrawal_id: fresh, account_id: acct(a), amount: amount(m), currency: eur(), destination: "d".into() }),
+                    Command::RequestWithdrawal(RequestWithdrawal { metadata: None, withdrawal_id: fresh, account_id: acct(a), amount: amount(m), currency: eur(), destination: "d".into() }),
                     !model.closed[a] && model.balance[a] - model.holds[a] - m >= -LIMITS[a],
                 ),
                 Step::Settle(k) | Step::Fail(k) if withdrawals.is_empty() || k >= withdrawals.len() => continue,
@@ -352,6 +356,7 @@ fn transfer_checks_run_in_the_contracts_order() {
     open(&mut ledger, 1, 0);
     let transfer = |from: u128, to: u128, currency: Currency| {
         Command::PostTransfer(PostTransfer {
+            metadata: None,
             transfer_id: id(0x7000 + from * 16 + to),
             from: id(from),
             to: id(to),

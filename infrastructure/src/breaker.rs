@@ -207,7 +207,6 @@ impl CircuitBreaker {
         }
     }
 
-
     fn count_failure(&self, inner: &mut Inner, now: Instant) {
         inner.failures.push_back(now);
         while inner.failures.front().is_some_and(|t| now.duration_since(*t) > self.config.window) {

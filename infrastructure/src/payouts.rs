@@ -190,7 +190,11 @@ impl PayoutWorker {
             }
             Err(ProviderError::Transient { detail, retry_after }) => {
                 permit.failure();
-                self.record_error(withdrawal_id, &detail).await?;
+                // Only a note for operators: failing to write it must not stop the
+                // attempt from counting towards the dead letter.
+                if let Err(e) = self.record_error(withdrawal_id, &detail).await {
+                    tracing::warn!(error = %e.0, %withdrawal_id, "recording the payout's last error failed");
+                }
                 metrics::counter!("ledger_payout_retries_total").increment(1);
                 if attempts < self.limits.attempts_max && elapsed < self.limits.retry_total {
                     let backoff = backoff_delay(attempts, self.limits.backoff_base, self.limits.backoff_max);

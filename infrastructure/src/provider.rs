@@ -90,7 +90,12 @@ impl ProviderClient {
             .send()
             .await
             .map_err(transient)?;
-        decode(response).await
+        let payout: Payout = decode(response).await?;
+        Ok(Payout {
+            provider_ref: provider_text(&payout.provider_ref),
+            status: payout.status,
+            reason: payout.reason.as_deref().map(provider_text),
+        })
     }
 
     /// `GET /payouts/{provider_ref}`; `Ok(None)` when the provider has no such payout.
@@ -127,7 +132,25 @@ impl ProviderClient {
 }
 
 fn transient(e: reqwest::Error) -> ProviderError {
-    ProviderError::Transient { detail: e.to_string(), retry_after: None }
+    ProviderError::Transient { detail: provider_text(&e.to_string()), retry_after: None }
+}
+
+/// Longest text taken from a provider's answer into an event or a table, in bytes.
+pub const PROVIDER_TEXT_BYTES_MAX: usize = 1024;
+
+/// Text from the provider as the ledger may record it: control characters (U+0000
+/// among them, which Postgres refuses) replaced by U+FFFD, at most
+/// [`PROVIDER_TEXT_BYTES_MAX`] bytes. Whatever a provider answers, recording it can
+/// neither fail nor grow an event without bound.
+pub fn provider_text(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len().min(PROVIDER_TEXT_BYTES_MAX));
+    for c in raw.chars().map(|c| if c.is_control() { '\u{FFFD}' } else { c }) {
+        if out.len() + c.len_utf8() > PROVIDER_TEXT_BYTES_MAX {
+            break;
+        }
+        out.push(c);
+    }
+    out
 }
 
 async fn decode<T: serde::de::DeserializeOwned>(response: reqwest::Response) -> Result<T, ProviderError> {
@@ -141,11 +164,26 @@ async fn decode<T: serde::de::DeserializeOwned>(response: reqwest::Response) -> 
     if status.is_success() {
         return response.json::<T>().await.map_err(transient);
     }
-    let detail = format!("HTTP {status}: {}", response.text().await.unwrap_or_default());
+    let detail = provider_text(&format!("HTTP {status}: {}", response.text().await.unwrap_or_default()));
     let code = status.as_u16();
     if code == 408 || code == 429 || status.is_server_error() {
         Err(ProviderError::Transient { detail, retry_after })
     } else {
         Err(ProviderError::Permanent { status: code, detail })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_text_is_always_storable_and_bounded() {
+        assert_eq!(provider_text("bad\u{0}request\n"), "bad\u{FFFD}request\u{FFFD}");
+        let long = "é".repeat(PROVIDER_TEXT_BYTES_MAX);
+        let cut = provider_text(&long);
+        assert!(cut.len() <= PROVIDER_TEXT_BYTES_MAX && cut.chars().all(|c| c == 'é'));
+        let value = serde_json::Value::String(provider_text("x\u{0}\u{7f}\u{1b}y"));
+        assert!(crate::hash::check_storable(&value).is_ok());
     }
 }

@@ -485,19 +485,39 @@ impl EventStore {
     }
 }
 
-/// Whether a database error was caused by the data sent to it (a value out of range,
-/// a malformed value, a constraint no conflict check explains, a value too large)
-/// rather than by the database being unavailable. Such an error is never a dependency
-/// failure: it must not open a breaker, and it fails only the command that caused it.
-pub fn is_input_error(e: &sqlx::Error) -> bool {
+/// Who is to blame for a database error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DbFault {
+    /// The data sent caused it (a value out of range or malformed, a check or not-null
+    /// rule, a value too large): the request's fault, never a dependency failure.
+    Input,
+    /// A bug of ours (a statement or schema mismatch, a row that does not decode, an
+    /// unexpected constraint): an internal error, never a dependency failure either.
+    Bug,
+    /// The database is unreachable, overloaded, shutting down, or timed a statement
+    /// or lock out: a dependency failure, which breakers count.
+    Unavailable,
+}
+
+/// Classifies a database error by SQLSTATE (PostgreSQL appendix A) and by kind.
+pub fn db_fault(e: &sqlx::Error) -> DbFault {
     match e {
         sqlx::Error::Database(d) => {
-            let code = d.code();
-            let class = code.as_deref().map(|c| &c[..c.len().min(2)]);
-            matches!(class, Some("22" | "23" | "54"))
+            let code = d.code().map(|c| c.into_owned()).unwrap_or_default();
+            match (code.get(..2).unwrap_or(""), code.as_str()) {
+                ("22" | "54", _) | (_, "23502" | "23514") => DbFault::Input,
+                ("08" | "25" | "40" | "53" | "57" | "58", _) | (_, "55P03") => DbFault::Unavailable,
+                _ => DbFault::Bug,
+            }
         }
-        sqlx::Error::Encode(_) | sqlx::Error::Decode(_) | sqlx::Error::ColumnDecode { .. } => true,
-        _ => false,
+        sqlx::Error::Encode(_) => DbFault::Input,
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => DbFault::Unavailable,
+        _ => DbFault::Bug,
     }
 }
 

@@ -6,8 +6,8 @@
 //! for idempotent replay on its own. A rejected command never fails its neighbours.
 
 use crate::store::{
-    AppendError, Appended, Commit, EventMetadata, EventStore, IdempotencyClaim, RecordedEvent, Respond, StoreError,
-    StoredResponse,
+    AppendError, Appended, Commit, DbFault, EventMetadata, EventStore, IdempotencyClaim, RecordedEvent, Respond,
+    StoreError, StoredResponse,
 };
 use ledger_domain::{Command, Concurrency, DomainError, Event, Ledger, StreamState, decide};
 use moka::sync::Cache;
@@ -230,9 +230,9 @@ impl Writer {
             return fail_all(jobs, CommandError::Unavailable(e.to_string()));
         }
         let mut preloaded = Some(preloaded);
-        let mut attempt = 0;
+        // Only version conflicts use up retries; isolating a failed command does not.
+        let mut conflicts = 0;
         while !jobs.is_empty() {
-            attempt += 1;
             match self.attempt(&jobs, preloaded.take().unwrap_or_default()).await {
                 Ok(replies) => {
                     for (job, reply) in jobs.into_iter().zip(replies) {
@@ -240,9 +240,10 @@ impl Writer {
                     }
                     return;
                 }
-                Err(AttemptError::Conflict { keys_used }) if attempt <= self.limits.conflict_retries_max => {
+                Err(AttemptError::Conflict { keys_used }) if conflicts < self.limits.conflict_retries_max => {
+                    conflicts += 1;
                     metrics::counter!("ledger_append_conflicts_total").increment(1);
-                    tracing::debug!(attempt, "append conflicted; deciding the batch again");
+                    tracing::debug!(conflicts, "append conflicted; deciding the batch again");
                     if keys_used {
                         jobs = match self.answer_used_keys(jobs).await {
                             Ok(rest) => rest,
@@ -251,7 +252,7 @@ impl Writer {
                     }
                 }
                 Err(AttemptError::Conflict { .. }) => {
-                    return fail_all(jobs, CommandError::VersionConflict(attempt));
+                    return fail_all(jobs, CommandError::VersionConflict(conflicts + 1));
                 }
                 Err(AttemptError::Command { index, cause }) => {
                     // One command is at fault: it alone fails, the others are decided again.
@@ -428,7 +429,8 @@ impl From<AppendError> for AttemptError {
     fn from(e: AppendError) -> Self {
         match e {
             AppendError::Conflict { keys, .. } => AttemptError::Conflict { keys_used: !keys.is_empty() },
-            AppendError::Database(e) if crate::store::is_input_error(&e) => {
+            // Not a dependency failure, so perhaps one command's: the batch is split.
+            AppendError::Database(e) if crate::store::db_fault(&e) != DbFault::Unavailable => {
                 AttemptError::Batch { cause: e.to_string() }
             }
             AppendError::Database(e) => AttemptError::Store(e.to_string()),
@@ -439,12 +441,14 @@ impl From<AppendError> for AttemptError {
     }
 }
 
-/// Reading idempotency records failed: input-caused errors fail the commands as
-/// internal errors, anything else as a dependency failure.
+/// Reading idempotency records failed: a dependency failure fails the commands as
+/// unavailable, anything else as internal errors.
 fn fail_store(jobs: Vec<Job>, e: &sqlx::Error) {
     tracing::error!(error = %e, "reading idempotency records failed");
-    let error =
-        if crate::store::is_input_error(e) { CommandError::Internal } else { CommandError::Unavailable(e.to_string()) };
+    let error = match crate::store::db_fault(e) {
+        DbFault::Unavailable => CommandError::Unavailable(e.to_string()),
+        DbFault::Input | DbFault::Bug => CommandError::Internal,
+    };
     fail_all(jobs, error);
 }
 

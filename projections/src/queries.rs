@@ -77,7 +77,7 @@ pub async fn transfer(pool: &PgPool, id: Uuid) -> Result<(Option<Value>, i64), s
     sqlx::query_as(
         "select (select json_build_object('id', id, 'from', from_account, 'to', to_account, 'amount', amount,
                     'currency', currency, 'status', 'completed', 'reference', reference, 'reverses', reverses,
-                    'reason', reason, 'reversed_by', reversed_by) from transfers_view where id = $1),
+                    'reason', reason, 'reversed_by', reversed_by, 'metadata', metadata) from transfers_view where id = $1),
                 (select position from projection_checkpoints where name = 'transfers')",
     )
     .bind(id)
@@ -90,7 +90,7 @@ pub async fn withdrawal(pool: &PgPool, id: Uuid) -> Result<(Option<Value>, i64),
     sqlx::query_as(
         "select (select json_build_object('id', id, 'account_id', account_id, 'amount', amount, 'currency', currency,
                     'destination', destination, 'status', status, 'provider_ref', provider_ref,
-                    'failure_reason', failure_reason) from withdrawals_view where id = $1),
+                    'failure_reason', failure_reason, 'metadata', metadata) from withdrawals_view where id = $1),
                 (select position from projection_checkpoints where name = 'transfers')",
     )
     .bind(id)

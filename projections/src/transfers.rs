@@ -16,8 +16,8 @@ pub async fn apply(tx: &mut Transaction<'_, Postgres>, t: &Tables, events: &[Rec
             // Written in bulk before this loop.
             Event::TransferPosted(_) => {}
             Event::WithdrawalRequested(w) => {
-                sqlx::query(sqlx::AssertSqlSafe(format!("insert into {withdrawals} (id, account_id, amount, currency, destination, status, position, updated_at)
-                     values ($1, $2, $3, $4, $5, 'pending', $6, $7)")),
+                sqlx::query(sqlx::AssertSqlSafe(format!("insert into {withdrawals} (id, account_id, amount, currency, destination, status, position, updated_at, metadata)
+                     values ($1, $2, $3, $4, $5, 'pending', $6, $7, $8)")),
                 )
                 .bind(w.withdrawal_id)
                 .bind(w.account_id)
@@ -26,6 +26,7 @@ pub async fn apply(tx: &mut Transaction<'_, Postgres>, t: &Tables, events: &[Rec
                 .bind(&w.destination)
                 .bind(position)
                 .bind(at)
+                .bind(&w.metadata)
                 .execute(&mut **tx)
                 .await?;
             }
@@ -140,6 +141,7 @@ async fn write_transfers(
         Default::default();
     let mut more: (Vec<Option<uuid::Uuid>>, Vec<Option<String>>, Vec<i64>, Vec<chrono::DateTime<chrono::Utc>>) =
         Default::default();
+    let mut metadata: Vec<Option<serde_json::Value>> = Vec::new();
     let mut reversals: (Vec<uuid::Uuid>, Vec<uuid::Uuid>) = Default::default();
     for recorded in events.iter().filter(|e| e.event_type == "TransferPosted") {
         let Event::TransferPosted(e) = recorded.event()? else { continue };
@@ -153,6 +155,7 @@ async fn write_transfers(
         more.1.push(e.reason);
         more.2.push(recorded.position);
         more.3.push(recorded.recorded_at);
+        metadata.push(e.metadata);
         if let Some(original) = e.reverses {
             reversals.0.push(original);
             reversals.1.push(e.transfer_id);
@@ -164,9 +167,9 @@ async fn write_transfers(
     let transfers = t.name("transfers_view");
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "insert into {transfers} (id, from_account, to_account, amount, currency, reference, reverses, reason,
-                                  position, created_at)
+                                  position, created_at, metadata)
          select * from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::int8[], $5::text[], $6::text[], $7::uuid[],
-                              $8::text[], $9::int8[], $10::timestamptz[])"
+                              $8::text[], $9::int8[], $10::timestamptz[], $11::jsonb[])"
     )))
     .bind(rows.0)
     .bind(rows.1)
@@ -178,6 +181,7 @@ async fn write_transfers(
     .bind(more.1)
     .bind(more.2)
     .bind(more.3)
+    .bind(metadata)
     .execute(&mut **tx)
     .await?;
     if !reversals.0.is_empty() {

@@ -67,10 +67,15 @@ async fn metadata_follows_the_contract_and_every_accepted_value_verifies() {
         assert_eq!(reply.code(), "validation_error", "{metadata}");
     }
     // Not JSON the contract accepts at all: a duplicate key, a lone surrogate.
-    for body in [r#"{"currency":"EUR","metadata":{"a":1,"a":2}}"#, r#"{"currency":"EUR","owner":"\ud800"}"#] {
+    for body in [
+        r#"{"currency":"EUR","metadata":{"a":1,"a":2}}"#,
+        r#"{"currency":"EUR","currency":"USD"}"#,
+        r#"{"currency":"EUR","owner":"\ud800"}"#,
+        r#"{"currency":"EUR","metadata":{"s":"\udc00x"}}"#,
+        r#"{"currency":"EUR","overdraft_limit":1e400}"#,
+    ] {
         let reply = app.post_raw("/v1/accounts", Some(&key()), body.as_bytes().to_vec()).await;
-        assert!(reply.status == StatusCode::BAD_REQUEST || reply.status == StatusCode::UNPROCESSABLE_ENTITY);
-        assert_eq!(reply.code(), "validation_error", "{body}");
+        assert_eq!((reply.status, reply.code()), (StatusCode::UNPROCESSABLE_ENTITY, "validation_error"), "{body}");
     }
     // Every kind of value the contract accepts, at its limits, comes back as sent.
     let eight_kib: serde_json::Map<String, Value> =
@@ -86,8 +91,42 @@ async fn metadata_follows_the_contract_and_every_accepted_value_verifies() {
         assert_eq!(reply.body["metadata"], metadata);
         assert_eq!(app.account(reply.id()).await["metadata"], metadata);
     }
+    // Deposits, transfers and withdrawals: the same rules, and kept with the movement.
+    let a = app.open_account("EUR", 0).await;
+    let b = app.open_account("EUR", 0).await;
+    let meta = json!({ "order": "o-17", "n": 42, "ok": true, "none": null });
+    let deposit = json!({ "account_id": a, "amount": 100, "currency": "EUR", "metadata": meta });
+    let transfer = json!({ "from": a, "to": b, "amount": 10, "currency": "EUR", "metadata": meta });
+    let withdrawal = json!({ "account_id": a, "amount": 5, "currency": "EUR", "destination": "x", "metadata": meta });
+    for (path, body) in [("/v1/deposits", &deposit), ("/v1/transfers", &transfer), ("/v1/withdrawals", &withdrawal)] {
+        let mut bad = body.clone();
+        bad["metadata"] = json!({ "n": 1e17 });
+        let refused = app.post(path, &key(), &bad).await;
+        assert_eq!((refused.status, refused.code()), (StatusCode::UNPROCESSABLE_ENTITY, "validation_error"), "{path}");
+        let reply = app.post(path, &key(), body).await;
+        assert!(reply.status.is_success(), "{path}: {reply:?}");
+        assert_eq!(reply.body["metadata"], meta, "{path}");
+        let read = match path {
+            "/v1/transfers" => Some(format!("/v1/transfers/{}", reply.id())),
+            "/v1/withdrawals" => Some(format!("/v1/withdrawals/{}", reply.id())),
+            _ => None,
+        };
+        for consistency in ["strong", "eventual"] {
+            if let Some(read) = &read {
+                let min = reply.body["position"].as_i64().expect("position");
+                let query = if consistency == "strong" {
+                    "consistency=strong".to_owned()
+                } else {
+                    format!("min_position={min}")
+                };
+                let view = app.get(&format!("{read}?{query}")).await;
+                assert_eq!(view.body["metadata"], meta, "{read} {consistency}: {view:?}");
+            }
+        }
+    }
     let verify = app.get("/v1/audit/verify").await;
     assert_eq!(verify.body["ok"], json!(true), "{verify:?}");
+    app.assert_read_models_match_log().await;
 }
 
 #[tokio::test]
@@ -108,6 +147,9 @@ async fn malformed_query_strings_are_the_clients_fault_not_an_outage() {
         format!("/v1/accounts/{id}/transactions?cursor=%00"),
         format!("/v1/accounts/{id}/balance?as_of=%00"),
         format!("/v1/accounts/{id}/balance?at_position=-1"),
+        // Valid RFC 3339 whose UTC form is year -1 or 10000: not storable as written.
+        format!("/v1/accounts/{id}/balance?as_of=0000-01-01T00:00:00%2B23:59"),
+        "/v1/audit?to=9999-12-31T23:59:59-23:59".to_owned(),
     ];
     for _round in 0..3 {
         for path in &paths {
@@ -117,6 +159,9 @@ async fn malformed_query_strings_are_the_clients_fault_not_an_outage() {
             assert_eq!(reply.header("content-type"), Some("application/problem+json"), "{path}");
         }
     }
+    let window = json!({ "from": "0000-01-01T00:00:00+23:59", "to": "9999-12-31T23:59:59-23:59" });
+    let run = app.post("/v1/admin/reconciliations", &key(), &window).await;
+    assert_eq!((run.status, run.code()), (StatusCode::UNPROCESSABLE_ENTITY, "validation_error"), "{run:?}");
     assert_eq!(app.state.db_breaker.state(), BreakerState::Closed, "bad input never opens the breaker");
     let invalid_path = app.get("/v1/accounts/%FF").await;
     assert_eq!(invalid_path.status, StatusCode::NOT_FOUND);
@@ -149,6 +194,8 @@ async fn a_returned_id_is_never_not_found_even_before_the_read_models_have_it() 
         assert!(reply.header("x-ledger-position").is_some());
     }
     assert_eq!(app.get(&format!("/v1/accounts/{a}")).await.body["balance"], json!(60));
+    let statement = app.get(&format!("/v1/accounts/{a}/transactions")).await;
+    assert_eq!(statement.status, StatusCode::OK, "a statement the read model has not started yet: {statement:?}");
     assert_eq!(app.get(&format!("/v1/accounts/{}", Uuid::now_v7())).await.status, StatusCode::NOT_FOUND);
 }
 
@@ -179,6 +226,10 @@ async fn token_principals_cannot_pass_for_the_bootstrap_token_or_each_other() {
     assert_ne!(other["id"], bootstrap.body["id"]);
     let actors = app.get(&format!("/v1/audit?stream_id={}", other["id"].as_str().expect("id"))).await;
     assert_eq!(actors.body["events"][0]["actor"], json!("token:admin"));
+    // A token's stream is not an account: its event (name, role, hash) is not served there.
+    let token_stream = ledger_api::routes::admin::token_id("admin");
+    let events = app.get(&format!("/v1/accounts/{token_stream}/events")).await;
+    assert_eq!((events.status, events.code()), (StatusCode::NOT_FOUND, "account_not_found"));
     let bootstrap_actor = app.get(&format!("/v1/audit?stream_id={}", bootstrap.id())).await;
     assert_eq!(bootstrap_actor.body["events"][0]["actor"], json!(ledger_api::auth::BOOTSTRAP_PRINCIPAL));
 }
@@ -405,4 +456,47 @@ async fn one_failing_command_never_fails_its_batch_neighbours() {
         "nothing of a failed command is stored"
     );
     assert_eq!(app.get("/v1/audit/verify").await.body["ok"], json!(true));
+}
+
+/// A provider that answers every request with `status` and `body` (raw bytes, NUL
+/// included), on a loopback port; returns its URL.
+async fn hostile_provider(status: &'static str, body: &'static [u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = vec![0u8; 16 * 1024];
+                let _ = socket.read(&mut request).await;
+                let head = format!("HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
+                let _ = socket.write_all(head.as_bytes()).await;
+                let _ = socket.write_all(body).await;
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn whatever_the_provider_answers_the_withdrawal_is_recorded() {
+    for (status, body, expected) in [
+        ("422 Unprocessable Entity", &b"bad\x00request"[..], "failed"),
+        ("200 OK", &br#"{"provider_ref":"p\u0000\u001b","status":"rejected","reason":"no\u0000pe"}"#[..], "failed"),
+        ("200 OK", &br#"{"provider_ref":"ref\u0000x","status":"settled"}"#[..], "settled"),
+    ] {
+        let mut config = test_config();
+        config.provider_url = hostile_provider(status, body).await;
+        let app = TestApp::spawn_with(config).await;
+        let a = app.open_account("EUR", 0).await;
+        app.deposit(a, 100, "EUR").await;
+        let w = app.withdraw(a, 40).await;
+        app.wait_status(&[w], expected, 20).await;
+        let view = app.get(&format!("/v1/withdrawals/{w}?consistency=strong")).await.body;
+        for field in ["provider_ref", "failure_reason"] {
+            assert!(!view[field].as_str().unwrap_or("").contains('\u{0}'), "{field}: {view}");
+        }
+        app.fold_log().await;
+        assert_eq!(app.get("/v1/audit/verify").await.body["ok"], json!(true));
+    }
 }

@@ -200,8 +200,12 @@ async fn transactions(
     };
     read_model_ready(&state, Projection::Accounts, Consistency::from_query(&q)?).await?;
     let (entries, position) = ledger_projections::queries::entries(&state.pool, id, cursor, limit).await?;
-    // An unknown account is 404 with or without a cursor; a known one's last page is empty.
-    if entries.is_empty() && ledger_projections::queries::account(&state.pool, id).await?.0.is_none() {
+    // An unknown account is 404 with or without a cursor; a known one's last page is
+    // empty, and so is the page of one the read model does not have yet (the log has it).
+    if entries.is_empty()
+        && ledger_projections::queries::account(&state.pool, id).await?.0.is_none()
+        && strong_state(&state, &[id]).await?.0.account(id).is_none()
+    {
         return Err(account_not_found(&raw));
     }
     let next = if entries.len() as i64 == limit { entries.last().map(|e| e["position"].to_string()) } else { None };
@@ -227,10 +231,12 @@ async fn events(State(state): State<AppState>, Segment(raw): Segment, Params(q):
     let from_version = position_param("from_version", q.get("from_version").map(String::as_str))?.unwrap_or(1);
     let limit = limit_param(q.get("limit").map(String::as_str), 100, 1000)?;
     let head = state.store.head().await?;
-    let events = state.store.read_stream(id, from_version.max(1), limit).await?;
-    if events.is_empty() && state.store.read_stream(id, 1, 1).await?.is_empty() {
+    // Only an account's stream is served here: a token's or a run's is not an account.
+    let first = state.store.read_stream(id, 1, 1).await?;
+    if first.first().is_none_or(|e| e.event_type != "AccountOpened") {
         return Err(account_not_found(&raw));
     }
+    let events = state.store.read_stream(id, from_version.max(1), limit).await?;
     let next = events.last().map(|e| e.version + 1);
     Ok(views::read(json!({ "events": events, "next_from_version": next }), head))
 }
@@ -273,9 +279,9 @@ async fn balance(
             p
         }
         (None, Some(t)) => {
-            let t = chrono::DateTime::parse_from_rfc3339(t)
-                .map_err(|_| ApiError::bad_request("`as_of` must be an RFC 3339 timestamp"))?;
-            state.store.position_at(t.with_timezone(&chrono::Utc)).await?
+            let t = crate::validate::timestamp(t)
+                .ok_or_else(|| ApiError::bad_request("`as_of` must be an RFC 3339 timestamp"))?;
+            state.store.position_at(t).await?
         }
     };
     let use_snapshots = state.config.snapshot_every > 0;

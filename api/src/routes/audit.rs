@@ -19,9 +19,8 @@ pub fn router() -> Router<AppState> {
 
 fn time_param(name: &str, raw: Option<&String>) -> Result<Option<DateTime<Utc>>, ApiError> {
     raw.map(|s| {
-        DateTime::parse_from_rfc3339(s)
-            .map(|t| t.with_timezone(&Utc))
-            .map_err(|_| ApiError::bad_request(format!("`{name}` must be an RFC 3339 timestamp")))
+        crate::validate::timestamp(s)
+            .ok_or_else(|| ApiError::bad_request(format!("`{name}` must be an RFC 3339 timestamp")))
     })
     .transpose()
 }

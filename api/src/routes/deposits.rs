@@ -50,10 +50,11 @@ async fn deposit(
         amount: f.amount("amount")?,
         currency: f.currency("currency")?,
         reference: f.optional_text("reference")?,
+        metadata: f.metadata("metadata")?,
     };
     let view = json!({
         "id": c.deposit_id, "account_id": c.account_id, "amount": c.amount,
-        "currency": c.currency, "reference": c.reference,
+        "currency": c.currency, "reference": c.reference, "metadata": c.metadata,
     });
     let render = Arc::new(move |outcome: Result<Executed<'_>, &ledger_domain::DomainError>| match outcome {
         Ok(Executed { position, .. }) => {

@@ -40,8 +40,8 @@ fn time(body: &serde_json::Value, name: &str) -> Result<Option<DateTime<Utc>>, A
         None => Ok(None),
         Some(v) => v
             .as_str()
-            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-            .map(|t| Some(t.with_timezone(&Utc)))
+            .and_then(crate::validate::timestamp)
+            .map(Some)
             .ok_or_else(|| ApiError::validation(format!("`{name}` must be an RFC 3339 timestamp"))),
     }
 }

@@ -68,6 +68,7 @@ async fn transfer(
         amount: f.amount("amount")?,
         currency: f.currency("currency")?,
         reference: f.optional_text("reference")?,
+        metadata: f.metadata("metadata")?,
     });
     execute(&state, &principal, &context, body, command, None, render_transfer(transfer_id)).await
 }

@@ -55,6 +55,7 @@ async fn withdraw(
         amount: f.amount("amount")?,
         currency: f.currency("currency")?,
         destination: f.text("destination")?,
+        metadata: f.metadata("metadata")?,
     });
     let render = Arc::new(move |outcome: Result<Executed<'_>, &ledger_domain::DomainError>| match outcome {
         Ok(Executed { state, position, .. }) => {

@@ -123,6 +123,7 @@ impl LogGen {
         self.deposits += 1;
         let deposit_id = Uuid::now_v7();
         Ok(self.commit(Event::DepositRecorded(DepositRecorded {
+            metadata: None,
             deposit_id,
             account_id,
             system_account_id: self.system,
@@ -145,6 +146,7 @@ impl LogGen {
         self.balances[to] += amount;
         self.transfers += 1;
         Ok(self.commit(Event::TransferPosted(TransferPosted {
+            metadata: None,
             transfer_id: Uuid::now_v7(),
             from: from_id,
             to: to_id,
