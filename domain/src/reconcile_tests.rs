@@ -21,18 +21,7 @@ fn eur() -> Currency {
     Currency::parse("EUR").expect("valid")
 }
 
-/// Runs `command` against `ledger` (loading empty streams for what it lacks) and
-/// applies what it decided, as the writer does.
-fn run(ledger: &mut Ledger, command: Command) -> Result<Vec<Event>, DomainError> {
-    for stream in command.missing_streams(ledger) {
-        ledger.insert(stream, StreamState::default());
-    }
-    let events = decide(&command, ledger)?;
-    for e in &events {
-        ledger.apply(e);
-    }
-    Ok(events)
-}
+use crate::tests::run;
 
 fn deposit(ledger: &mut Ledger, n: u128, minor: i64) {
     let deposit_id = Uuid::from_u128(0xD000_0000 + n);

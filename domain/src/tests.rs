@@ -20,7 +20,7 @@ fn amount(n: i64) -> Amount {
 }
 
 /// Runs `command` against the ledger built from `given`; applies what it decided.
-fn run(given: &mut Ledger, command: Command) -> Result<Vec<Event>, DomainError> {
+pub(crate) fn run(given: &mut Ledger, command: Command) -> Result<Vec<Event>, DomainError> {
     for stream in command.missing_streams(given) {
         given.insert(stream, StreamState::default());
     }

@@ -94,6 +94,18 @@ pub fn ledger_bin() -> PathBuf {
     path
 }
 
+/// The environment of a `ledger` process on `config`'s database and NATS prefix, with
+/// the test admin token, a provider nothing listens on and no scheduled reconciliation.
+pub fn base_env(config: &ledger_infrastructure::Config) -> Vec<(&'static str, String)> {
+    vec![
+        ("DATABASE_URL", config.database_url.clone()),
+        ("LEDGER_NATS_PREFIX", config.nats_prefix.clone()),
+        ("LEDGER_ADMIN_TOKEN", crate::ADMIN_TOKEN.to_owned()),
+        ("LEDGER_PROVIDER_URL", "http://127.0.0.1:9".to_owned()),
+        ("LEDGER_RECONCILE_INTERVAL_S", "0".to_owned()),
+    ]
+}
+
 /// A `ledger` process (`serve`, `api` or `worker`) that can be killed and restarted.
 pub struct LedgerProcess {
     pub child: tokio::process::Child,

@@ -5,7 +5,7 @@
 use ledger_domain::Currency;
 use ledger_domain::decide::system_account_id;
 use ledger_infrastructure::breaker::BreakerState;
-use ledger_tests::procs::{LedgerProcess, free_port};
+use ledger_tests::procs::{LedgerProcess, base_env, free_port};
 use ledger_tests::{ADMIN_TOKEN, TestApp, test_config};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -260,15 +260,9 @@ async fn read(client: &reqwest::Client, base: &str, path: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_writer_processes_keep_system_accounts_equal_to_the_log() {
     let app = TestApp::spawn_mode(test_config(), ledger_api::serve::Mode::Api).await;
-    let env = [
-        ("DATABASE_URL", app.state.config.database_url.clone()),
-        ("LEDGER_NATS_PREFIX", app.state.config.nats_prefix.clone()),
-        ("LEDGER_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
-        ("LEDGER_PROVIDER_URL", "http://127.0.0.1:9".to_owned()),
-        ("LEDGER_RECONCILE_INTERVAL_S", "0".to_owned()),
-        // Snapshots often, so wrong states would be saved if the writers kept any.
-        ("LEDGER_SNAPSHOT_EVERY", "5".to_owned()),
-    ];
+    let mut env = base_env(&app.state.config);
+    // Snapshots often, so wrong states would be saved if the writers kept any.
+    env.push(("LEDGER_SNAPSHOT_EVERY", "5".to_owned()));
     let mut writers = [
         LedgerProcess::start_mode("api", &env, Some(free_port())).await,
         LedgerProcess::start_mode("api", &env, Some(free_port())).await,
@@ -363,13 +357,7 @@ async fn every_request_has_a_log_line_found_by_its_correlation_id() {
     let config = test_config();
     ledger_infrastructure::connect_and_migrate(&config).await.expect("database");
     let log = std::env::temp_dir().join(format!("ledger-log-{}.jsonl", Uuid::new_v4().simple()));
-    let env = [
-        ("DATABASE_URL", config.database_url.clone()),
-        ("LEDGER_NATS_PREFIX", config.nats_prefix.clone()),
-        ("LEDGER_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
-        ("LEDGER_PROVIDER_URL", "http://127.0.0.1:9".to_owned()),
-        ("LEDGER_RECONCILE_INTERVAL_S", "0".to_owned()),
-    ];
+    let env = base_env(&config);
     let process = LedgerProcess::start_logged("api", &env, Some(free_port()), Some(log.clone())).await;
     let correlation = format!("find-me-{}", Uuid::new_v4().simple());
     let id = Uuid::now_v7();

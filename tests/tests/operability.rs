@@ -3,7 +3,7 @@
 
 use futures::future::join_all;
 use ledger_infrastructure::breaker::BreakerState;
-use ledger_tests::procs::{LedgerProcess, PgCluster, free_port};
+use ledger_tests::procs::{LedgerProcess, PgCluster, base_env, free_port};
 use ledger_tests::{ADMIN_TOKEN, TestApp, eventually, test_config};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -100,13 +100,7 @@ async fn sigterm_under_load_keeps_every_acknowledged_command() {
     let config = test_config();
     ledger_infrastructure::connect_and_migrate(&config).await.expect("database");
     let port = free_port();
-    let env = [
-        ("DATABASE_URL", config.database_url.clone()),
-        ("LEDGER_NATS_PREFIX", config.nats_prefix.clone()),
-        ("LEDGER_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
-        ("LEDGER_PROVIDER_URL", "http://127.0.0.1:9".to_owned()),
-        ("LEDGER_RECONCILE_INTERVAL_S", "0".to_owned()),
-    ];
+    let env = base_env(&config);
     let mut process = LedgerProcess::start(&env, port).await;
     let client = reqwest::Client::new();
     let post = |path: &str, body: Value| {
