@@ -3,7 +3,7 @@
 //! sha256 of the secret), the role table of API.md, and a per-token rate limit.
 
 use crate::context::{Principal, Role, constant_time_eq};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode};
@@ -164,8 +164,11 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
         return ApiError::forbidden().into_response();
     }
     if let Err(retry_after_s) = take(&state, &principal.name) {
-        let e =
-            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests for this token; slow down");
+        let e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            "too many requests for this token; slow down",
+        );
         return ApiError { retry_after_s: Some(retry_after_s), ..e }.into_response();
     }
     request.extensions_mut().insert(principal);

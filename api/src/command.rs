@@ -2,7 +2,7 @@
 //! request body (bounded, parsed, fingerprinted), and the hand-off to the writer.
 
 use crate::context::{Principal, RequestContext};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
 use axum::body::Body;
 use axum::extract::{FromRequest, Request};
@@ -27,7 +27,11 @@ pub struct CommandBody {
 
 fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
     let raw = headers.get(IDEMPOTENCY_KEY).ok_or_else(|| {
-        ApiError::new(StatusCode::BAD_REQUEST, "idempotency_key_missing", "the Idempotency-Key header is required")
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::IdempotencyKeyMissing,
+            "the Idempotency-Key header is required",
+        )
     })?;
     let key =
         raw.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| (0x20..=0x7e).contains(&b)));
@@ -46,7 +50,7 @@ impl FromRequest<AppState> for CommandBody {
             axum::body::to_bytes(Body::new(request.into_body()), state.config.body_bytes_max).await.map_err(|_| {
                 ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
+                    ErrorCode::PayloadTooLarge,
                     format!("the body must be at most {} bytes", state.config.body_bytes_max),
                 )
             })?;

@@ -7,39 +7,99 @@ use ledger_domain::DomainError;
 use ledger_infrastructure::CommandError;
 use serde_json::json;
 
+/// The stable error codes of API.md: clients match on these, never on `detail`. The
+/// one list of them: problem documents and the OpenAPI schema both come from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    ValidationError,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    AccountNotFound,
+    IdempotencyKeyMissing,
+    IdempotencyKeyReused,
+    IdempotencyKeyInFlight,
+    InsufficientFunds,
+    CurrencyMismatch,
+    AccountClosed,
+    SameAccount,
+    AccountNotEmpty,
+    AlreadyReversed,
+    VersionConflict,
+    ConsistencyTimeout,
+    PayloadTooLarge,
+    Unavailable,
+    Internal,
+    RateLimited,
+}
+
+impl ErrorCode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::ValidationError => "validation_error",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::AccountNotFound => "account_not_found",
+            ErrorCode::IdempotencyKeyMissing => "idempotency_key_missing",
+            ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
+            ErrorCode::IdempotencyKeyInFlight => "idempotency_key_in_flight",
+            ErrorCode::InsufficientFunds => "insufficient_funds",
+            ErrorCode::CurrencyMismatch => "currency_mismatch",
+            ErrorCode::AccountClosed => "account_closed",
+            ErrorCode::SameAccount => "same_account",
+            ErrorCode::AccountNotEmpty => "account_not_empty",
+            ErrorCode::AlreadyReversed => "already_reversed",
+            ErrorCode::VersionConflict => "version_conflict",
+            ErrorCode::ConsistencyTimeout => "consistency_timeout",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+            ErrorCode::RateLimited => "rate_limited",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// An error answered to the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub detail: String,
     /// Seconds for a `Retry-After` header.
     pub retry_after_s: Option<u64>,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> ApiError {
+    pub fn new(status: StatusCode, code: ErrorCode, detail: impl Into<String>) -> ApiError {
         ApiError { status, code, detail: detail.into(), retry_after_s: None }
     }
 
     pub fn validation(detail: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_error", detail)
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::ValidationError, detail)
     }
 
     pub fn bad_request(detail: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, "validation_error", detail)
+        ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::ValidationError, detail)
     }
 
     pub fn not_found(detail: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", detail)
+        ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, detail)
     }
 
     pub fn unauthorized() -> ApiError {
-        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required")
+        ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "a valid bearer token is required")
     }
 
     pub fn forbidden() -> ApiError {
-        ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this token's role does not allow this request")
+        ApiError::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, "this token's role does not allow this request")
     }
 
     /// A dependency failed: the cause is logged here and never shown to the client.
@@ -47,13 +107,17 @@ impl ApiError {
         tracing::error!(error = %cause, "dependency unavailable");
         ApiError {
             retry_after_s: Some(1),
-            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "a dependency is unavailable; retry later")
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unavailable,
+                "a dependency is unavailable; retry later",
+            )
         }
     }
 
     pub fn internal(cause: &dyn std::fmt::Display) -> ApiError {
         tracing::error!(error = %cause, "internal error");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, "internal error")
     }
 
     /// The problem document.
@@ -63,7 +127,7 @@ impl ApiError {
             "title": self.status.canonical_reason().unwrap_or("error"),
             "status": self.status.as_u16(),
             "detail": self.detail,
-            "code": self.code,
+            "code": self.code.as_str(),
         })
     }
 }
@@ -73,22 +137,22 @@ impl From<&DomainError> for ApiError {
     fn from(e: &DomainError) -> ApiError {
         use DomainError as D;
         let (status, code) = match e {
-            D::AccountNotFound { .. } => (StatusCode::NOT_FOUND, "account_not_found"),
-            D::TransferNotFound { .. } | D::WithdrawalNotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
-            D::AlreadyExists { .. } => (StatusCode::CONFLICT, "version_conflict"),
-            D::InsufficientFunds { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "insufficient_funds"),
-            D::CurrencyMismatch { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "currency_mismatch"),
-            D::AccountClosed { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "account_closed"),
-            D::SameAccount => (StatusCode::UNPROCESSABLE_ENTITY, "same_account"),
-            D::AccountNotEmpty { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "account_not_empty"),
-            D::AlreadyReversed { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "already_reversed"),
+            D::AccountNotFound { .. } => (StatusCode::NOT_FOUND, ErrorCode::AccountNotFound),
+            D::TransferNotFound { .. } | D::WithdrawalNotFound { .. } => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+            D::AlreadyExists { .. } => (StatusCode::CONFLICT, ErrorCode::VersionConflict),
+            D::InsufficientFunds { .. } => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InsufficientFunds),
+            D::CurrencyMismatch { .. } => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::CurrencyMismatch),
+            D::AccountClosed { .. } => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::AccountClosed),
+            D::SameAccount => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::SameAccount),
+            D::AccountNotEmpty { .. } => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::AccountNotEmpty),
+            D::AlreadyReversed { .. } => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::AlreadyReversed),
             D::BalanceOverflow { .. }
             | D::NegativeOverdraftLimit(_)
             | D::SystemAccount { .. }
             | D::WithdrawalNotPending { .. }
             | D::DeadLetterNotOpen { .. }
             | D::ReconciliationNotStarted { .. }
-            | D::ReservedId { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "validation_error"),
+            | D::ReservedId { .. } => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::ValidationError),
         };
         ApiError::new(status, code, e.to_string())
     }
@@ -99,14 +163,14 @@ impl From<CommandError> for ApiError {
         match e {
             CommandError::IdempotencyKeyReused => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency_key_reused",
+                ErrorCode::IdempotencyKeyReused,
                 "this Idempotency-Key was used with a different request",
             ),
             CommandError::IdempotencyKeyInFlight => ApiError {
                 retry_after_s: Some(1),
                 ..ApiError::new(
                     StatusCode::CONFLICT,
-                    "idempotency_key_in_flight",
+                    ErrorCode::IdempotencyKeyInFlight,
                     "a request with this Idempotency-Key is still executing",
                 )
             },
@@ -114,7 +178,7 @@ impl From<CommandError> for ApiError {
                 retry_after_s: Some(1),
                 ..ApiError::new(
                     StatusCode::CONFLICT,
-                    "version_conflict",
+                    ErrorCode::VersionConflict,
                     format!("concurrent updates conflicted {n} times; retry"),
                 )
             },
@@ -154,7 +218,7 @@ impl From<ledger_infrastructure::store::StoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = problem_response(self.status, &self.body(), self.retry_after_s);
-        if self.status == StatusCode::SERVICE_UNAVAILABLE && self.code == "unavailable" {
+        if self.status == StatusCode::SERVICE_UNAVAILABLE && self.code == ErrorCode::Unavailable {
             response.extensions_mut().insert(crate::guard::DependencyFailed);
         }
         response

@@ -44,7 +44,8 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", axum::routing::get(metrics::render))
         .fallback(|| async { error::ApiError::not_found("no such route").into_response() })
         .method_not_allowed_fallback(|| async {
-            error::ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "not_found", "method not allowed").into_response()
+            error::ApiError::new(StatusCode::METHOD_NOT_ALLOWED, error::ErrorCode::NotFound, "method not allowed")
+                .into_response()
         })
         .layer(axum::middleware::from_fn(context::request_context))
         .route_layer(axum::middleware::from_fn(metrics::track))

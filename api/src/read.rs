@@ -3,7 +3,7 @@
 //! sleep loop) until the projection has applied that position; `strong` answers from
 //! the write side. Every read says which log position it reflects.
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use axum::http::StatusCode;
 use ledger_projections::Projection;
 use serde_json::Value;
@@ -78,7 +78,7 @@ impl ProjectionPositions {
                 retry_after_s: Some(1),
                 ..ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "consistency_timeout",
+                    ErrorCode::ConsistencyTimeout,
                     format!("the read model has not reached position {position} yet"),
                 )
             }),

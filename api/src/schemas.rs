@@ -27,30 +27,7 @@ pub struct Problem {
     pub code: ErrorCode,
 }
 
-/// The stable error codes of API.md: clients match on these, never on `detail`.
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorCode {
-    ValidationError,
-    Unauthorized,
-    Forbidden,
-    NotFound,
-    AccountNotFound,
-    IdempotencyKeyMissing,
-    IdempotencyKeyReused,
-    IdempotencyKeyInFlight,
-    InsufficientFunds,
-    CurrencyMismatch,
-    AccountClosed,
-    SameAccount,
-    AccountNotEmpty,
-    AlreadyReversed,
-    VersionConflict,
-    ConsistencyTimeout,
-    PayloadTooLarge,
-    Unavailable,
-    Internal,
-}
+pub use crate::error::ErrorCode;
 
 // ---- Commands: request bodies ----
 

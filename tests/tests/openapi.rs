@@ -64,6 +64,8 @@ const API_MD_CODES: &[&str] = &[
     "payload_too_large",
     "unavailable",
     "internal",
+    // v1.1 codes, as the service comes to answer them.
+    "rate_limited",
 ];
 
 const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];

@@ -2,7 +2,7 @@
 
 use crate::command::{CommandBody, execute, rejection};
 use crate::context::{Principal, RequestContext};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::extract::{Params, Segment};
 use crate::read::Consistency;
 use crate::routes::{read_model_ready, strong_state};
@@ -32,7 +32,7 @@ pub fn router() -> Router<AppState> {
 }
 
 fn account_not_found(raw: &str) -> ApiError {
-    ApiError::new(axum::http::StatusCode::NOT_FOUND, "account_not_found", format!("account {raw} not found"))
+    ApiError::new(axum::http::StatusCode::NOT_FOUND, ErrorCode::AccountNotFound, format!("account {raw} not found"))
 }
 
 /// Renders the account a command touched, with the given status.

@@ -3,7 +3,7 @@
 
 use crate::command::{CommandBody, execute, rejection};
 use crate::context::{Principal, RequestContext};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::extract::{Params, Segment};
 use crate::read::Consistency;
 use crate::routes::read_model_ready;
@@ -69,7 +69,7 @@ async fn rebuild(
         .await
         .map_err(|e| match e {
             ledger_projections::rebuild::RebuildError::AlreadyRunning(_) => {
-                ApiError::new(axum::http::StatusCode::CONFLICT, "version_conflict", e.to_string())
+                ApiError::new(axum::http::StatusCode::CONFLICT, ErrorCode::VersionConflict, e.to_string())
             }
             other => ApiError::unavailable(&other),
         })?;

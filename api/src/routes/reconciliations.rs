@@ -2,7 +2,7 @@
 
 use crate::command::CommandBody;
 use crate::context::Principal;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::extract::Segment;
 use crate::state::AppState;
 use crate::validate::path_uuid;
@@ -76,7 +76,9 @@ async fn start(State(state): State<AppState>, principal: Principal, body: Comman
     }
     let reconciler = reconciler(&state);
     let lock = reconciler.lock().await.map_err(|e| match e {
-        ReconcileError::AlreadyRunning => ApiError::new(StatusCode::CONFLICT, "version_conflict", e.to_string()),
+        ReconcileError::AlreadyRunning => {
+            ApiError::new(StatusCode::CONFLICT, ErrorCode::VersionConflict, e.to_string())
+        }
         other => ApiError::unavailable(&other),
     })?;
     let run_id = Uuid::now_v7();
