@@ -153,16 +153,7 @@ impl EventStore {
     /// of `idempotency_keys` catches it) rejects the whole batch with
     /// [`AppendError::Conflict`] so the caller can decide again.
     pub async fn append_batch(&self, commits: &[Commit]) -> Result<Appended, AppendError> {
-        // What is hashed must be exactly what `jsonb` gives back, or the chain would
-        // report a sound event as tampered with forever: checked before anything is written.
-        for (index, commit) in commits.iter().enumerate() {
-            let metadata = serde_json::to_value(&commit.metadata).expect("metadata serializes");
-            let unstorable = crate::hash::check_storable(&metadata)
-                .and_then(|()| commit.events.iter().try_for_each(|e| crate::hash::check_storable(&e.to_parts().1)));
-            if let Err(reason) = unstorable {
-                return Err(AppendError::Unstorable { commit: index, reason });
-            }
-        }
+        let staged = stage(commits)?;
         let mut tx = self.pool.begin().await?;
         // The lock on the head row is what serializes appends; see migration 0001.
         let head =
@@ -180,12 +171,10 @@ impl EventStore {
 
         let mut rows = Rows::default();
         let mut results = Vec::with_capacity(commits.len());
-        for commit in commits {
-            let metadata = serde_json::to_value(&commit.metadata).expect("metadata serializes");
+        for (commit, (metadata, parts)) in commits.iter().zip(staged) {
             let mut recorded = Vec::with_capacity(commit.events.len());
-            for event in &commit.events {
+            for (event, (event_type, data)) in commit.events.iter().zip(parts) {
                 position += 1;
-                let (event_type, data) = event.to_parts();
                 let mut primary = None;
                 for (stream_id, _) in event.streams() {
                     let version = versions.entry(stream_id).or_insert(0);
@@ -528,6 +517,28 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("an event in the log does not decode: {0}")]
     Decode(#[from] serde_json::Error),
+}
+
+/// One commit's metadata and events as stored: `(metadata, [(type, data)])`.
+type Staged = (Value, Vec<(&'static str, Value)>);
+
+/// Serializes every commit's metadata and events once, before the head lock is taken,
+/// and checks that each reads back from `jsonb` as written: what is hashed must be
+/// exactly what `jsonb` gives back, or the chain would report a sound event as tampered
+/// with forever. The first commit that fails is named; nothing is written.
+fn stage(commits: &[Commit]) -> Result<Vec<Staged>, AppendError> {
+    commits
+        .iter()
+        .enumerate()
+        .map(|(index, commit)| {
+            let metadata = serde_json::to_value(&commit.metadata).expect("metadata serializes");
+            let parts: Vec<(&'static str, Value)> = commit.events.iter().map(Event::to_parts).collect();
+            crate::hash::check_storable(&metadata)
+                .and_then(|()| parts.iter().try_for_each(|(_, data)| crate::hash::check_storable(data)))
+                .map_err(|reason| AppendError::Unstorable { commit: index, reason })?;
+            Ok((metadata, parts))
+        })
+        .collect()
 }
 
 /// Checks every commit's expected versions against the versions in the log as the
