@@ -22,7 +22,7 @@ pub struct DependencyFailed;
 const CACHED_ROUTE: &str = "/v1/accounts/{id}";
 
 pub async fn db_guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let eventual = axum::extract::Query::<std::collections::HashMap<String, String>>::try_from_uri(request.uri())
+    let eventual = crate::extract::parse_query(request.uri().query().unwrap_or(""))
         .ok()
         .and_then(|q| crate::read::Consistency::from_query(&q).ok())
         == Some(crate::read::Consistency::Eventual);
@@ -46,8 +46,19 @@ pub async fn db_guard(State(state): State<AppState>, request: Request, next: Nex
     let response = next.run(request).await;
     if response.extensions().get::<DependencyFailed>().is_some() {
         permit.failure();
-    } else {
+    } else if answered_from_the_database(response.status()) {
         permit.success();
     }
+    // Anything else (a request refused at the edge: malformed, unauthenticated, too
+    // large, rate-limited; or an internal error) says nothing of Postgres: the permit is
+    // dropped with no verdict, so such a probe neither closes nor reopens the breaker.
     response
+}
+
+/// Whether a response shows that Postgres answered: a success, or a business answer
+/// that needed a look-up (not found, conflict, a rule the request breaks).
+fn answered_from_the_database(status: axum::http::StatusCode) -> bool {
+    use axum::http::StatusCode;
+    status.is_success()
+        || matches!(status, StatusCode::NOT_FOUND | StatusCode::CONFLICT | StatusCode::UNPROCESSABLE_ENTITY)
 }

@@ -147,3 +147,16 @@ async fn migrations_are_not_bound_by_the_pools_statement_timeout() {
     assert_eq!(applied, ledger_infrastructure::MIGRATOR.iter().count() as i64);
     conn.close().await.expect("close");
 }
+
+#[tokio::test]
+async fn a_probe_refused_at_the_edge_says_nothing_about_postgres() {
+    let app = TestApp::spawn().await;
+    let account = app.open_account("EUR", 0).await;
+    half_open_db_breaker(&app).await;
+    // Malformed: answered before any SQL, so no verdict; the breaker stays half-open.
+    let malformed = app.get(&format!("/v1/accounts/{account}?consistency=%00")).await;
+    assert_eq!(malformed.status, StatusCode::BAD_REQUEST);
+    assert_eq!(app.state.db_breaker.state(), BreakerState::HalfOpen, "a 400 neither closes nor reopens it");
+    assert!(!app.state.db_breaker.probe_in_flight());
+    assert_next_request_closes_the_breaker(&app, account).await;
+}
