@@ -26,6 +26,10 @@ pub struct RelayLimits {
     pub election_interval: Duration,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// Statement and lock-wait limits of the leader's own connection (it is not a pool
+    /// connection, so it does not get the pool's; 0 disables one).
+    pub statement_timeout: Duration,
+    pub lock_timeout: Duration,
 }
 
 impl Default for RelayLimits {
@@ -36,6 +40,8 @@ impl Default for RelayLimits {
             election_interval: Duration::from_millis(500),
             backoff_base: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(30),
+            lock_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -84,6 +90,12 @@ impl Relay {
     /// this instance led.
     async fn lead(&self, shutdown: &CancellationToken) -> Result<bool, RelayError> {
         let mut conn = PgConnection::connect(&self.database_url).await?;
+        let ms = |d: Duration| format!("{}ms", d.as_millis());
+        sqlx::query("select set_config('statement_timeout', $1, false), set_config('lock_timeout', $2, false)")
+            .bind(ms(self.limits.statement_timeout))
+            .bind(ms(self.limits.lock_timeout))
+            .execute(&mut conn)
+            .await?;
         let lock_key = format!("ledger-relay:{}", self.names.prefix());
         let leader: bool = sqlx::query_scalar("select pg_try_advisory_lock(hashtext($1))")
             .bind(&lock_key)
