@@ -6,10 +6,7 @@ use crate::routes::admin::token_id;
 use ledger_domain::Command;
 use ledger_domain::decide::IssueToken;
 use ledger_infrastructure::audit::verify_chain;
-use ledger_infrastructure::{
-    CommandBus, CommandRequest, Config, EventMetadata, EventStore, StoredResponse, WriterLimits,
-};
-use std::sync::Arc;
+use ledger_infrastructure::{CommandBus, CommandRequest, Config, EventMetadata, EventStore, WriterLimits};
 
 /// Why a CLI command failed.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +17,8 @@ pub enum CliError {
     Invalid(String),
     #[error("command failed: {0}")]
     Command(String),
+    #[error("refused: {0}")]
+    Rejected(ledger_domain::DomainError),
 }
 
 async fn store(config: &Config) -> Result<EventStore, CliError> {
@@ -54,14 +53,10 @@ pub async fn create_token(config: &Config, name: &str, role: &str) -> Result<Str
         command,
         metadata: EventMetadata { actor: "cli".into(), ..EventMetadata::default() },
         idempotency: None,
-        render: Arc::new(|outcome| match outcome {
-            Ok(_) => StoredResponse { status: 201, body: serde_json::Value::Null },
-            Err(e) => StoredResponse { status: 422, body: serde_json::json!(e.to_string()) },
-        }),
     };
     let reply = bus.execute(request).await.map_err(|e| CliError::Command(e.to_string()))?;
-    if reply.response.status != 201 {
-        return Err(CliError::Command(reply.response.body.to_string()));
+    if let Some(ledger_infrastructure::Outcome::Rejected(e)) = reply.outcome() {
+        return Err(CliError::Rejected(e.clone()));
     }
     Ok(token)
 }

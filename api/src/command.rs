@@ -10,7 +10,10 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ledger_domain::Command;
 use ledger_infrastructure::hash::canonical_json;
-use ledger_infrastructure::{CommandRequest, EventMetadata, IdempotencyClaim, Render, StoredResponse};
+use ledger_infrastructure::store::IdempotencyRecord;
+use ledger_infrastructure::{
+    CommandRequest, EventMetadata, IdempotencyClaim, Outcome, Recorded, Stored, StoredResponse,
+};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -103,8 +106,27 @@ pub async fn stored_replay(
         Some(record) if record.fingerprint != body.fingerprint => {
             Err(ledger_infrastructure::CommandError::IdempotencyKeyReused.into())
         }
-        Some(record) => Ok(Some(respond(record.response, true))),
+        Some(IdempotencyRecord { stored: Stored::Response(response), .. }) => Ok(Some(respond(response, true))),
+        // Same method, path and body as a command's: not an operation's record.
+        Some(IdempotencyRecord { stored: Stored::Outcome(_), .. }) => {
+            Err(ApiError::internal(&"an operation's key holds a command's outcome"))
+        }
         None => Ok(None),
+    }
+}
+
+/// How a route answers a recorded command: from its outcome alone (never from values
+/// made up for this request, such as a freshly generated id), so a replay rendered from
+/// the stored outcome is the first answer again.
+pub trait RenderRecorded: Fn(&Recorded) -> StoredResponse {}
+impl<F: Fn(&Recorded) -> StoredResponse> RenderRecorded for F {}
+
+/// The response to an outcome: `recorded` renders what was appended; a broken rule is
+/// its problem document.
+pub fn render(outcome: &Outcome, recorded: impl RenderRecorded) -> StoredResponse {
+    match outcome {
+        Outcome::Recorded(r) => recorded(r),
+        Outcome::Rejected(e) => rejection(e),
     }
 }
 
@@ -116,7 +138,7 @@ pub async fn execute(
     body: CommandBody,
     command: Command,
     causation_id: Option<String>,
-    render: Render,
+    render: impl RenderRecorded,
 ) -> Result<Response, ApiError> {
     let (stored, replayed) = execute_reply(state, principal, context, body, command, causation_id, render).await?;
     Ok(respond(stored, replayed))
@@ -130,7 +152,7 @@ pub async fn execute_reply(
     body: CommandBody,
     command: Command,
     causation_id: Option<String>,
-    render: Render,
+    recorded: impl RenderRecorded,
 ) -> Result<(StoredResponse, bool), ApiError> {
     // Stored responses are looked up by the writer, once per batch of commands.
     let scoped = (principal.name.clone(), body.key.clone());
@@ -151,23 +173,29 @@ pub async fn execute_reply(
             idempotency_key: Some(body.key.clone()),
         },
         idempotency: Some(claim(state, principal, &body)),
-        render,
     };
-    let reply = state.bus.execute(request).await;
+    // Rendered here, from the outcome (first answer) or the stored outcome (replay).
+    let reply = state.bus.execute(request).await.map(|reply| {
+        let response = match &reply.answer {
+            Stored::Outcome(outcome) => render(outcome, &recorded),
+            Stored::Response(stored) => stored.clone(),
+        };
+        (response, reply.replayed)
+    });
     let code = match &reply {
-        Ok(r) if r.replayed => "replayed".to_owned(),
-        Ok(r) => r.response.body["code"].as_str().unwrap_or("ok").to_owned(),
+        Ok((_, true)) => "replayed".to_owned(),
+        Ok((response, false)) => response.body["code"].as_str().unwrap_or("ok").to_owned(),
         Err(ledger_infrastructure::CommandError::IdempotencyKeyReused) => "idempotency_key_reused".to_owned(),
         Err(ledger_infrastructure::CommandError::IdempotencyKeyInFlight) => "idempotency_key_in_flight".to_owned(),
         Err(ledger_infrastructure::CommandError::VersionConflict(_)) => "version_conflict".to_owned(),
         Err(_) => "unavailable".to_owned(),
     };
     metrics::counter!("ledger_command_outcomes_total", "code" => code).increment(1);
-    let reply = reply?;
-    if reply.replayed {
+    let (response, replayed) = reply?;
+    if replayed {
         metrics::counter!("ledger_idempotency_replays_total").increment(1);
     }
-    Ok((reply.response, reply.replayed))
+    Ok((response, replayed))
 }
 
 /// Turns a stored response into an HTTP response.

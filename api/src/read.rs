@@ -6,6 +6,7 @@
 use crate::error::{ApiError, ErrorCode};
 use axum::http::StatusCode;
 use ledger_projections::Projection;
+use moka::ops::compute::Op;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -87,9 +88,13 @@ impl ProjectionPositions {
 }
 
 /// Cached account views with the position each reflects; bounded in size and age.
+/// An entry only ever moves forward: a view read from the read model replaces a view
+/// or a tombstone only if it reflects a later position, so two reads racing to fill
+/// the cache (or a read racing an invalidation) never leave an older view behind.
 #[derive(Clone)]
 pub struct AccountCache {
-    cache: moka::future::Cache<Uuid, (Value, i64)>,
+    /// `(Some(view), position)`, or `(None, position)`: invalidated at that position.
+    cache: moka::future::Cache<Uuid, (Option<Value>, i64)>,
     hits: Arc<AtomicU64>,
     misses: Arc<AtomicU64>,
 }
@@ -102,19 +107,42 @@ impl AccountCache {
 
     /// A cached view reflecting at least `min_position`.
     pub async fn get(&self, id: Uuid, min_position: i64) -> Option<(Value, i64)> {
-        let found = self.cache.get(&id).await.filter(|(_, p)| *p >= min_position);
+        let found = match self.cache.get(&id).await {
+            Some((Some(view), p)) if p >= min_position => Some((view, p)),
+            _ => None,
+        };
         let counter = if found.is_some() { &self.hits } else { &self.misses };
         counter.fetch_add(1, Ordering::Relaxed);
         found
     }
 
+    /// Caches a view read at `position`, unless the entry already reflects a later
+    /// one (a newer view, or an invalidation after `position`).
     pub async fn insert(&self, id: Uuid, view: Value, position: i64) {
-        self.cache.insert(id, (view, position)).await;
+        self.cache
+            .entry(id)
+            .and_compute_with(|current| {
+                let op = match current.map(|e| e.into_value()) {
+                    Some((Some(_), p)) if p >= position => Op::Nop,
+                    Some((None, p)) if p > position => Op::Nop,
+                    _ => Op::Put((Some(view), position)),
+                };
+                std::future::ready(op)
+            })
+            .await;
     }
 
-    pub async fn invalidate(&self, ids: &[Uuid]) {
+    /// Invalidates the given accounts as of `position` (the projection applied a change
+    /// to them there): reads at earlier positions can no longer fill their entries.
+    pub async fn invalidate(&self, ids: &[Uuid], position: i64) {
         for id in ids {
-            self.cache.invalidate(id).await;
+            self.cache
+                .entry(*id)
+                .and_compute_with(|current| {
+                    let newest = current.map_or(position, |e| e.into_value().1.max(position));
+                    std::future::ready(Op::Put((None, newest)))
+                })
+                .await;
         }
     }
 

@@ -145,7 +145,7 @@ pub async fn apply_announcement(state: &AppState, applied: &Applied) {
     if applied.all {
         state.cache.invalidate_all();
     } else {
-        state.cache.invalidate(&applied.accounts).await;
+        state.cache.invalidate(&applied.accounts, applied.position).await;
     }
     if let Some(p) = Projection::from_name(&applied.projection) {
         state.positions.advance(p, applied.position);

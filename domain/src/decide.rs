@@ -184,7 +184,7 @@ pub enum Command {
 }
 
 /// A business rule a command would break. Each maps to one stable API error code.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum DomainError {
     #[error("account {account_id} not found")]
     AccountNotFound { account_id: Uuid },

@@ -5,13 +5,15 @@
 pub mod config;
 pub mod db;
 pub mod hash;
+pub mod outcome;
 pub mod store;
 pub mod writer;
 
 pub use config::Config;
 pub use db::{MIGRATOR, connect, connect_and_migrate, ensure_database};
+pub use outcome::{Outcome, Recorded, Stored};
 pub use store::{EventMetadata, EventStore, IdempotencyClaim, RecordedEvent, StoredResponse};
-pub use writer::{CommandBus, CommandError, CommandReply, CommandRequest, Executed, Render, StateLoader, WriterLimits};
+pub use writer::{CommandBus, CommandError, CommandReply, CommandRequest, StateLoader, WriterLimits};
 pub mod audit;
 pub mod breaker;
 pub mod nats;

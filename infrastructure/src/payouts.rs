@@ -13,14 +13,13 @@
 use crate::breaker::{CircuitBreaker, backoff_delay};
 use crate::nats::{Names, ensure_events_stream};
 use crate::provider::{PayoutStatus, ProviderClient, ProviderError};
-use crate::store::{EventMetadata, RecordedEvent, StoredResponse};
+use crate::store::{EventMetadata, RecordedEvent};
 use crate::writer::{CommandBus, CommandRequest};
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use futures::StreamExt;
 use ledger_domain::decide::{DeadLetterPayout, FailWithdrawal, SettleWithdrawal};
 use ledger_domain::{Command, Event, Ledger, WithdrawalStatus};
 use sqlx::PgPool;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -256,7 +255,6 @@ impl PayoutWorker {
             command,
             metadata: EventMetadata { actor: "payout-worker".into(), ..EventMetadata::default() },
             idempotency: None,
-            render: Arc::new(|_| StoredResponse { status: 200, body: serde_json::Value::Null }),
         };
         self.bus.execute(request).await.map(|_| ()).map_err(|e| PayoutStepError(e.to_string()))
     }

@@ -9,15 +9,15 @@
 //! across instances (a Postgres advisory lock).
 
 use crate::breaker::{CircuitBreaker, backoff_delay};
+use crate::outcome::Outcome;
 use crate::provider::{ProviderClient, ProviderError, ProviderLine};
-use crate::store::{EventMetadata, StoredResponse};
+use crate::store::EventMetadata;
 use crate::writer::{CommandBus, CommandRequest};
 use chrono::{DateTime, Utc};
 use ledger_domain::decide::{FinishReconciliation, ProviderRecord, ReconcilePayout, StartReconciliation};
 use ledger_domain::{Command, DomainError};
 use sqlx::{Connection, PgConnection, PgPool};
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -98,9 +98,6 @@ impl Reconciler {
 
     /// Executes one step of a run: the number of events it recorded.
     async fn command(&self, command: Command, run_id: Uuid, actor: &str) -> Result<usize, ReconcileError> {
-        // The writer answers an internal command's rejection through `render` only.
-        let refused: Arc<Mutex<Option<DomainError>>> = Arc::default();
-        let seen = refused.clone();
         let request = CommandRequest {
             command,
             metadata: EventMetadata {
@@ -110,16 +107,10 @@ impl Reconciler {
                 ..EventMetadata::default()
             },
             idempotency: None,
-            render: Arc::new(move |outcome| {
-                if let Err(e) = outcome {
-                    *seen.lock().unwrap_or_else(PoisonError::into_inner) = Some(e.clone());
-                }
-                StoredResponse { status: 200, body: serde_json::Value::Null }
-            }),
         };
         let reply = self.bus.execute(request).await.map_err(|e| ReconcileError::Command(e.to_string()))?;
-        if let Some(e) = refused.lock().unwrap_or_else(PoisonError::into_inner).take() {
-            return Err(ReconcileError::Refused(e));
+        if let Some(Outcome::Rejected(e)) = reply.outcome() {
+            return Err(ReconcileError::Refused(e.clone()));
         }
         Ok(reply.recorded.len())
     }

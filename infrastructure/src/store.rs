@@ -4,13 +4,14 @@
 //! concurrency) and every command's idempotency record commits with its events.
 
 use crate::hash::{HashedContent, chain_hash};
+use crate::outcome::{Outcome, Stored};
 use chrono::{DateTime, SubsecRound, Utc};
 use ledger_domain::{Concurrency, Event};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::{PgPool, Row};
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+
 use uuid::Uuid;
 
 /// Who asked for an event and why: stored as the event's `metadata`.
@@ -39,19 +40,33 @@ pub struct IdempotencyClaim {
     pub expires_at: DateTime<Utc>,
 }
 
-/// Builds a command's response once the position of its last event is known.
-pub type Respond = Arc<dyn Fn(Option<i64>) -> StoredResponse + Send + Sync>;
-
 /// One command's share of an append: its events (possibly none, for a rejection that
-/// must still be remembered for replay), the stream versions its decision saw, and
-/// its idempotency record.
+/// must still be remembered for replay), the stream versions its decision saw, its
+/// idempotency record, and what its outcome is made of.
 pub struct Commit {
     pub events: Vec<Event>,
     /// `(stream, version)` for every stream appended with [`Concurrency::Exact`].
     pub expected: Vec<(Uuid, i64)>,
     pub metadata: EventMetadata,
     pub idempotency: Option<IdempotencyClaim>,
-    pub respond: Respond,
+    /// The state of the streams the events touch, right after them.
+    pub streams: Vec<(Uuid, ledger_domain::StreamState)>,
+    /// The rule the command broke (then `events` is empty).
+    pub rejection: Option<ledger_domain::DomainError>,
+}
+
+impl Commit {
+    /// The command's outcome, once the position of its last event is known.
+    pub fn outcome(&self, last_position: Option<i64>) -> Outcome {
+        match &self.rejection {
+            Some(e) => Outcome::Rejected(e.clone()),
+            None => Outcome::Recorded(crate::outcome::Recorded {
+                position: last_position.unwrap_or(0),
+                events: self.events.clone(),
+                streams: self.streams.clone(),
+            }),
+        }
+    }
 }
 
 /// An event as it is in the log.
@@ -78,7 +93,7 @@ impl RecordedEvent {
 #[derive(Clone, Debug)]
 pub struct CommitResult {
     pub recorded: Vec<RecordedEvent>,
-    pub response: StoredResponse,
+    pub outcome: Outcome,
 }
 
 /// What an append wrote: one result per commit, and the version every stream the
@@ -107,7 +122,7 @@ pub enum AppendError {
 #[derive(Clone, Debug)]
 pub struct IdempotencyRecord {
     pub fingerprint: Vec<u8>,
-    pub response: StoredResponse,
+    pub stored: Stored,
 }
 
 /// The event store over one Postgres pool.
@@ -134,8 +149,9 @@ struct Rows {
     key_principals: Vec<String>,
     key_keys: Vec<String>,
     key_fingerprints: Vec<Vec<u8>>,
-    key_statuses: Vec<i16>,
-    key_bodies: Vec<Value>,
+    key_statuses: Vec<Option<i16>>,
+    key_bodies: Vec<Option<Value>>,
+    key_outcomes: Vec<Option<Value>>,
     key_expiry: Vec<DateTime<Utc>>,
 }
 
@@ -199,12 +215,11 @@ impl EventStore {
                 rows.push_event(&event, hash.clone());
                 recorded.push(event);
             }
-            let last_position = recorded.last().map(|e| e.position);
-            let response = (commit.respond)(last_position);
+            let outcome = commit.outcome(recorded.last().map(|e| e.position));
             if let Some(claim) = &commit.idempotency {
-                rows.push_key(claim, &response);
+                rows.push_key(claim, &outcome);
             }
-            results.push(CommitResult { recorded, response });
+            results.push(CommitResult { recorded, outcome });
         }
         let keys: Vec<(String, String)> = commits
             .iter()
@@ -284,11 +299,12 @@ impl EventStore {
                 insert into stream_entries (stream_id, version, position)
                 select * from unnest($10::uuid[], $11::bigint[], $12::bigint[])
              ), ik as (
-                insert into idempotency_keys (principal, key, fingerprint, status_code, body, expires_at)
-                select * from unnest($13::text[], $14::text[], $15::bytea[], $16::int2[], $17::jsonb[], $18::timestamptz[])
+                insert into idempotency_keys (principal, key, fingerprint, status_code, body, outcome, expires_at)
+                select * from unnest($13::text[], $14::text[], $15::bytea[], $16::int2[], $17::jsonb[], $18::jsonb[],
+                                     $19::timestamptz[])
              )
-             update log_head set position = $19, hash = $20, recorded_at = $21
-             returning pg_notify('ledger_events', $19::text)",
+             update log_head set position = $20, hash = $21, recorded_at = $22
+             returning pg_notify('ledger_events', $20::text)",
         )
         .bind(rows.positions)
         .bind(rows.event_ids)
@@ -307,6 +323,7 @@ impl EventStore {
         .bind(rows.key_fingerprints)
         .bind(rows.key_statuses)
         .bind(rows.key_bodies)
+        .bind(rows.key_outcomes)
         .bind(rows.key_expiry)
         .bind(head)
         .bind(hash)
@@ -420,9 +437,10 @@ impl EventStore {
         keys: &[(String, String)],
     ) -> Result<HashMap<(String, String), IdempotencyRecord>, sqlx::Error> {
         let (principals, names): (Vec<String>, Vec<String>) = keys.iter().cloned().unzip();
-        let rows: Vec<(String, String, Vec<u8>, i16, Value)> = sqlx::query_as(
+        type Row = (String, String, Vec<u8>, Option<i16>, Option<Value>, Option<Value>);
+        let rows: Vec<Row> = sqlx::query_as(
             // LATERAL: one primary-key probe per key, never a scan of the whole table.
-            "select i.principal, i.key, i.fingerprint, i.status_code, i.body
+            "select i.principal, i.key, i.fingerprint, i.status_code, i.body, i.outcome
              from unnest($1::text[], $2::text[]) as k(principal, key)
              join lateral (select * from idempotency_keys x where x.principal = k.principal and x.key = k.key offset 0) i on true",
         )
@@ -430,13 +448,18 @@ impl EventStore {
         .bind(&names)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(p, k, fingerprint, status, body)| {
-                let status = u16::try_from(status).unwrap_or(500);
-                ((p, k), IdempotencyRecord { fingerprint, response: StoredResponse { status, body } })
+        rows.into_iter()
+            .map(|(p, k, fingerprint, status, body, outcome)| {
+                let stored = match outcome {
+                    Some(outcome) => Stored::Outcome(serde_json::from_value(outcome).map_err(sqlx::Error::decode)?),
+                    None => Stored::Response(StoredResponse {
+                        status: status.and_then(|s| u16::try_from(s).ok()).unwrap_or(500),
+                        body: body.unwrap_or_default(),
+                    }),
+                };
+                Ok(((p, k), IdempotencyRecord { fingerprint, stored }))
             })
-            .collect())
+            .collect()
     }
 
     /// Remembers the response of a request that records no event (an operation such
@@ -587,12 +610,13 @@ impl Rows {
         self.hashes.push(hash);
     }
 
-    fn push_key(&mut self, claim: &IdempotencyClaim, response: &StoredResponse) {
+    fn push_key(&mut self, claim: &IdempotencyClaim, outcome: &Outcome) {
         self.key_principals.push(claim.principal.clone());
         self.key_keys.push(claim.key.clone());
         self.key_fingerprints.push(claim.fingerprint.clone());
-        self.key_statuses.push(i16::try_from(response.status).expect("HTTP statuses fit in i16"));
-        self.key_bodies.push(response.body.clone());
+        self.key_statuses.push(None);
+        self.key_bodies.push(None);
+        self.key_outcomes.push(Some(serde_json::to_value(outcome).expect("outcomes serialize")));
         self.key_expiry.push(claim.expires_at);
     }
 }

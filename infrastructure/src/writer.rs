@@ -5,44 +5,41 @@
 //! commit (one fsync) for many commands, each still decided, answered and remembered
 //! for idempotent replay on its own. A rejected command never fails its neighbours.
 
+use crate::outcome::{Outcome, Stored};
 use crate::store::{
-    AppendError, Appended, Commit, DbFault, EventMetadata, EventStore, IdempotencyClaim, RecordedEvent, Respond,
-    StoreError, StoredResponse,
+    AppendError, Appended, Commit, DbFault, EventMetadata, EventStore, IdempotencyClaim, RecordedEvent, StoreError,
 };
-use ledger_domain::{Command, Concurrency, DomainError, Event, Ledger, StreamState, decide};
+use ledger_domain::{Command, Concurrency, Ledger, StreamState, decide};
 use moka::sync::Cache;
 use std::collections::HashSet;
-use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-/// What a decided command's response is made from.
-pub struct Executed<'a> {
-    /// The state of the streams the command touched, right after its events.
-    pub state: &'a Ledger,
-    pub events: &'a [Event],
-    /// The position of the command's last event.
-    pub position: i64,
-}
-
-/// Renders the HTTP response of a command from its outcome.
-pub type Render = Arc<dyn Fn(Result<Executed<'_>, &DomainError>) -> StoredResponse + Send + Sync>;
-
-/// A command with everything needed to record and answer it.
+/// A command with everything needed to record it.
 pub struct CommandRequest {
     pub command: Command,
     pub metadata: EventMetadata,
     pub idempotency: Option<IdempotencyClaim>,
-    pub render: Render,
 }
 
-/// The answer to a command.
+/// The answer to a command: its outcome (or, for a replay of a record written before
+/// outcomes were kept, the response stored then). Only the API renders it.
 #[derive(Clone, Debug)]
 pub struct CommandReply {
-    pub response: StoredResponse,
+    pub answer: Stored,
     /// True when this is the stored answer of an earlier request with the same key.
     pub replayed: bool,
     pub recorded: Vec<RecordedEvent>,
+}
+
+impl CommandReply {
+    /// The outcome, unless this replays a response stored by an older version.
+    pub fn outcome(&self) -> Option<&Outcome> {
+        match &self.answer {
+            Stored::Outcome(o) => Some(o),
+            Stored::Response(_) => None,
+        }
+    }
 }
 
 /// Why a command got no answer of its own.
@@ -223,7 +220,7 @@ impl Writer {
         );
         jobs = match checked {
             Ok(rest) => rest,
-            Err((jobs, e)) => return fail_store(jobs, &e),
+            Err((jobs, e)) => return self.fail_or_split(jobs, &e).await,
         };
         if let Err(e) = loaded {
             tracing::error!(error = %e, "loading streams failed");
@@ -247,7 +244,7 @@ impl Writer {
                     if keys_used {
                         jobs = match self.answer_used_keys(jobs).await {
                             Ok(rest) => rest,
-                            Err((jobs, e)) => return fail_store(jobs, &e),
+                            Err((jobs, e)) => return self.fail_or_split(jobs, &e).await,
                         };
                     }
                 }
@@ -262,12 +259,8 @@ impl Writer {
                     let _ = job.reply.send(Err(CommandError::Internal));
                 }
                 Err(AttemptError::Batch { cause }) if jobs.len() > 1 => {
-                    // Not a dependency failure, so perhaps one command's: each runs alone.
                     tracing::error!(%cause, commands = jobs.len(), "a batch failed; running its commands one by one");
-                    for job in jobs {
-                        Box::pin(self.process(vec![job])).await;
-                    }
-                    return;
+                    return self.one_by_one(jobs).await;
                 }
                 Err(AttemptError::Batch { cause }) => {
                     tracing::error!(%cause, "a command could not be recorded");
@@ -281,10 +274,30 @@ impl Writer {
         }
     }
 
+    /// A batch failed for a reason that is not a dependency failure, so perhaps one
+    /// command's: each runs alone, and only the one at fault fails.
+    async fn one_by_one(&self, jobs: Vec<Job>) {
+        for job in jobs {
+            Box::pin(self.process(vec![job])).await;
+        }
+    }
+
+    /// Reading idempotency records failed: a dependency failure fails the batch as
+    /// unavailable; anything else may be one command's fault (a key Postgres refuses),
+    /// so a batch runs one by one and a single command fails as an internal error.
+    async fn fail_or_split(&self, jobs: Vec<Job>, e: &sqlx::Error) {
+        tracing::error!(error = %e, "reading idempotency records failed");
+        match crate::store::db_fault(e) {
+            DbFault::Unavailable => fail_all(jobs, CommandError::Unavailable(e.to_string())),
+            DbFault::Input | DbFault::Bug if jobs.len() > 1 => self.one_by_one(jobs).await,
+            DbFault::Input | DbFault::Bug => fail_all(jobs, CommandError::Internal),
+        }
+    }
+
     /// Loads (on top of what `working` already holds), decides and appends the batch once.
     async fn attempt(&self, jobs: &[Job], mut working: Ledger) -> Result<Vec<CommandReply>, AttemptError> {
         let mut outcomes: Vec<Option<Commit>> = Vec::with_capacity(jobs.len());
-        let mut direct: Vec<Option<StoredResponse>> = Vec::with_capacity(jobs.len());
+        let mut direct: Vec<Option<Outcome>> = Vec::with_capacity(jobs.len());
         // For each commit, the index of its job.
         let mut commit_jobs: Vec<usize> = Vec::with_capacity(jobs.len());
         self.load_missing(&mut working, jobs.iter().map(|j| &j.request.command)).await?;
@@ -299,13 +312,7 @@ impl Writer {
                 decided.map_err(|_| AttemptError::Command { index, cause: "deciding the command panicked".into() })?;
             if request.idempotency.is_none() && !has_events {
                 // A rejection of an internal command has nothing to record.
-                let rendered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (commit.respond)(None)));
-                direct.push(Some(
-                    rendered.map_err(|_| AttemptError::Command {
-                        index,
-                        cause: "rendering the response panicked".into(),
-                    })?,
-                ));
+                direct.push(Some(commit.outcome(None)));
                 outcomes.push(None);
             } else {
                 direct.push(None);
@@ -334,10 +341,12 @@ impl Writer {
         Ok(direct
             .into_iter()
             .map(|d| match d {
-                Some(response) => CommandReply { response, replayed: false, recorded: Vec::new() },
+                Some(outcome) => {
+                    CommandReply { answer: Stored::Outcome(outcome), replayed: false, recorded: Vec::new() }
+                }
                 None => {
                     let r = results.next().expect("one result per commit");
-                    CommandReply { response: r.response, replayed: false, recorded: r.recorded }
+                    CommandReply { answer: Stored::Outcome(r.outcome), replayed: false, recorded: r.recorded }
                 }
             })
             .collect())
@@ -393,8 +402,7 @@ impl Writer {
                 .and_then(|k| records.get(&(k.principal.clone(), k.key.clone())).map(|r| (k, r)));
             match found {
                 Some((claim, record)) if record.fingerprint == claim.fingerprint => {
-                    let reply =
-                        CommandReply { response: record.response.clone(), replayed: true, recorded: Vec::new() };
+                    let reply = CommandReply { answer: record.stored.clone(), replayed: true, recorded: Vec::new() };
                     let _ = job.reply.send(Ok(reply));
                 }
                 Some(_) => {
@@ -441,17 +449,6 @@ impl From<AppendError> for AttemptError {
     }
 }
 
-/// Reading idempotency records failed: a dependency failure fails the commands as
-/// unavailable, anything else as internal errors.
-fn fail_store(jobs: Vec<Job>, e: &sqlx::Error) {
-    tracing::error!(error = %e, "reading idempotency records failed");
-    let error = match crate::store::db_fault(e) {
-        DbFault::Unavailable => CommandError::Unavailable(e.to_string()),
-        DbFault::Input | DbFault::Bug => CommandError::Internal,
-    };
-    fail_all(jobs, error);
-}
-
 fn fail_all(jobs: Vec<Job>, error: CommandError) {
     for job in jobs {
         let _ = job.reply.send(Err(error.clone()));
@@ -477,8 +474,7 @@ fn reject_duplicate_keys(jobs: Vec<Job>) -> Vec<Job> {
 /// Decides one command against the working state and applies its events to it.
 /// Returns the commit and whether it has events.
 fn decide_one(request: &CommandRequest, working: &mut Ledger) -> (Commit, bool) {
-    let render = request.render.clone();
-    match decide(&request.command, working) {
+    let (events, expected, streams, rejection) = match decide(&request.command, working) {
         Ok(events) => {
             let mut expected: Vec<(Uuid, i64)> = Vec::new();
             for event in &events {
@@ -488,43 +484,29 @@ fn decide_one(request: &CommandRequest, working: &mut Ledger) -> (Commit, bool) 
                     }
                 }
             }
-            let mut snapshot = Ledger::new();
             for event in &events {
                 working.apply(event);
             }
+            let mut streams: Vec<(Uuid, StreamState)> = Vec::new();
             for event in &events {
                 for (stream, _) in event.streams() {
-                    if let Some(state) = working.stream(stream) {
-                        snapshot.insert(stream, state.clone());
+                    if let Some(state) = working.stream(stream).filter(|_| !streams.iter().any(|(s, _)| *s == stream)) {
+                        streams.push((stream, state.clone()));
                     }
                 }
             }
-            let events_for_response = events.clone();
-            let respond: Respond = Arc::new(move |position| {
-                // A decision to record nothing (a reconciliation that matched) has no position.
-                let position = position.unwrap_or_default();
-                render(Ok(Executed { state: &snapshot, events: &events_for_response, position }))
-            });
-            let commit = Commit {
-                events,
-                expected,
-                metadata: request.metadata.clone(),
-                idempotency: request.idempotency.clone(),
-                respond,
-            };
-            let has_events = !commit.events.is_empty();
-            (commit, has_events)
+            (events, expected, streams, None)
         }
-        Err(error) => {
-            let respond: Respond = Arc::new(move |_| render(Err(&error)));
-            let commit = Commit {
-                events: Vec::new(),
-                expected: Vec::new(),
-                metadata: request.metadata.clone(),
-                idempotency: request.idempotency.clone(),
-                respond,
-            };
-            (commit, false)
-        }
-    }
+        Err(error) => (Vec::new(), Vec::new(), Vec::new(), Some(error)),
+    };
+    let has_events = !events.is_empty();
+    let commit = Commit {
+        events,
+        expected,
+        metadata: request.metadata.clone(),
+        idempotency: request.idempotency.clone(),
+        streams,
+        rejection,
+    };
+    (commit, has_events)
 }

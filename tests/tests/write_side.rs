@@ -2,7 +2,7 @@
 //! idempotency, gapless commit-ordered positions, the append-only log, bad input.
 
 use futures::future::join_all;
-use ledger_infrastructure::store::{Commit, EventMetadata, StoredResponse};
+use ledger_infrastructure::store::{Commit, EventMetadata};
 use ledger_tests::{TestApp, test_config};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -121,7 +121,8 @@ fn account_opening(n: usize) -> Commit {
         expected: vec![(id, 0)],
         metadata: EventMetadata { actor: "test".into(), ..EventMetadata::default() },
         idempotency: None,
-        respond: Arc::new(|_| StoredResponse { status: 201, body: json!({}) }),
+        streams: Vec::new(),
+        rejection: None,
     }
 }
 
@@ -400,4 +401,38 @@ async fn two_writers_racing_on_the_same_accounts_decide_again_and_never_fail() {
     assert!(metrics.contains("ledger_append_conflicts_total"), "the writers did conflict and decided again");
     first.fold_log().await;
     assert_eq!(first.account(a).await["balance"], second.account(a).await["balance"]);
+}
+
+#[tokio::test]
+async fn idempotency_records_keep_outcomes_and_records_from_before_replay_as_stored() {
+    let app = TestApp::spawn().await;
+    let a = app.open_account("EUR", 0).await;
+    let body = json!({ "account_id": a, "amount": 25, "currency": "EUR" });
+    let first = app.post("/v1/deposits", "outcome-key", &body).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    // The record keeps the typed outcome, not a rendered response.
+    let (status, outcome): (Option<i16>, Option<serde_json::Value>) =
+        sqlx::query_as("select status_code, outcome from idempotency_keys where key = 'outcome-key'")
+            .fetch_one(&app.pool)
+            .await
+            .expect("record");
+    assert_eq!(status, None);
+    let outcome = outcome.expect("an outcome");
+    assert_eq!(outcome["Recorded"]["position"], first.body["position"], "{outcome}");
+    // A replay is rendered from it: the very first answer again.
+    let replay = app.post("/v1/deposits", "outcome-key", &body).await;
+    assert_eq!((replay.status, &replay.body), (first.status, &first.body));
+    assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+    // A record written by a version that stored rendered responses replays as stored.
+    sqlx::query(
+        "update idempotency_keys set outcome = null, status_code = 201, body = '{\"legacy\":true}'
+         where key = 'outcome-key'",
+    )
+    .execute(&app.pool)
+    .await
+    .expect("rewritten");
+    let legacy = app.post("/v1/deposits", "outcome-key", &body).await;
+    assert_eq!((legacy.status, legacy.body.clone()), (StatusCode::CREATED, json!({ "legacy": true })));
+    assert_eq!(legacy.header("idempotent-replayed"), Some("true"));
+    assert_eq!(app.account(a).await["balance"], json!(25), "nothing ran twice");
 }

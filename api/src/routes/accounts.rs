@@ -1,6 +1,6 @@
 //! Accounts: open, close, read, and the account's own event stream.
 
-use crate::command::{CommandBody, execute, rejection};
+use crate::command::{CommandBody, execute};
 use crate::context::{Principal, RequestContext};
 use crate::error::{ApiError, ErrorCode};
 use crate::extract::{Params, Segment};
@@ -14,11 +14,11 @@ use axum::extract::State;
 use axum::response::Response;
 use axum::routing::{get, post};
 use ledger_domain::Command;
+use ledger_domain::Event;
 use ledger_domain::decide::OpenAccount;
-use ledger_infrastructure::{Executed, StoredResponse};
+use ledger_infrastructure::{Recorded, StoredResponse};
 use ledger_projections::Projection;
 use serde_json::json;
-use std::sync::Arc;
 use uuid::Uuid;
 
 pub fn router() -> Router<AppState> {
@@ -35,15 +35,22 @@ fn account_not_found(raw: &str) -> ApiError {
     ApiError::new(axum::http::StatusCode::NOT_FOUND, ErrorCode::AccountNotFound, format!("account {raw} not found"))
 }
 
-/// Renders the account a command touched, with the given status.
-fn render_account(account_id: Uuid, status: u16) -> ledger_infrastructure::Render {
-    Arc::new(move |outcome| match outcome {
-        Ok(Executed { state, position, .. }) => {
-            let account = state.account(account_id).expect("the command touched this account");
-            StoredResponse { status, body: views::account(account, state.version(account_id), position) }
-        }
-        Err(e) => rejection(e),
-    })
+/// Renders the customer account a command opened or closed, with the given status.
+fn render_account(status: u16) -> impl Fn(&Recorded) -> StoredResponse {
+    move |recorded| {
+        let account_id = recorded
+            .events
+            .iter()
+            .find_map(|e| match e {
+                Event::AccountOpened(o) if !o.system => Some(o.account_id),
+                Event::AccountClosed(c) => Some(c.account_id),
+                _ => None,
+            })
+            .expect("an account command records its account's event");
+        let state = recorded.state();
+        let account = state.account(account_id).expect("the command touched this account");
+        StoredResponse { status, body: views::account(account, state.version(account_id), recorded.position) }
+    }
 }
 
 #[utoipa::path(
@@ -77,7 +84,7 @@ async fn open(
         overdraft_limit: f.limit("overdraft_limit")?,
         metadata: f.metadata("metadata")?,
     });
-    execute(&state, &principal, &context, body, command, None, render_account(account_id, 201)).await
+    execute(&state, &principal, &context, body, command, None, render_account(201)).await
 }
 
 #[utoipa::path(
@@ -106,7 +113,7 @@ async fn close(
     let account_id = path_uuid(&raw, || account_not_found(&raw))?;
     Fields::of(&body.json)?;
     let command = Command::CloseAccount { account_id };
-    execute(&state, &principal, &context, body, command, None, render_account(account_id, 200)).await
+    execute(&state, &principal, &context, body, command, None, render_account(200)).await
 }
 
 #[utoipa::path(

@@ -1,7 +1,7 @@
 //! Operations (operator or admin): projection status, circuit breakers, the
 //! dead-letter queue.
 
-use crate::command::{CommandBody, execute, rejection};
+use crate::command::{CommandBody, execute};
 use crate::context::{Principal, RequestContext};
 use crate::error::{ApiError, ErrorCode};
 use crate::extract::{Params, Segment};
@@ -15,11 +15,10 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use ledger_domain::Command;
 use ledger_domain::decide::ResolveDeadLetter;
-use ledger_infrastructure::{Executed, StoredResponse};
+use ledger_infrastructure::{Recorded, StoredResponse};
 use ledger_projections::Projection;
 use serde_json::json;
 use sha2::Digest;
-use std::sync::Arc;
 use uuid::Uuid;
 
 pub fn router() -> Router<AppState> {
@@ -139,12 +138,11 @@ async fn create_token(
         role: role.clone(),
         token_sha256,
     });
-    let render: ledger_infrastructure::Render = Arc::new(move |outcome| match outcome {
-        Ok(_) => {
-            StoredResponse { status: 201, body: json!({ "id": token_id, "name": name, "role": role, "token": null }) }
-        }
-        Err(e) => rejection(e),
-    });
+    // The id, name and role come from the request, which a replay repeats exactly.
+    let render = move |_: &Recorded| StoredResponse {
+        status: 201,
+        body: json!({ "id": token_id, "name": name, "role": role, "token": null }),
+    };
     let (mut stored, replayed) =
         crate::command::execute_reply(&state, &principal, &context, body, command, None, render).await?;
     if stored.status == 201 && !replayed {
@@ -207,14 +205,18 @@ async fn dead_letter_withdrawal(state: &AppState, raw: &str) -> Result<(Uuid, Uu
     Ok((id, withdrawal))
 }
 
-fn render_resolution(dead_letter_id: Uuid, withdrawal_id: Uuid, status: &'static str) -> ledger_infrastructure::Render {
-    Arc::new(move |outcome| match outcome {
-        Ok(Executed { position, .. }) => StoredResponse {
-            status: 200,
-            body: json!({ "id": dead_letter_id, "withdrawal_id": withdrawal_id, "status": status, "position": position }),
-        },
-        Err(e) => rejection(e),
-    })
+/// The dead letter's and withdrawal's ids come from the path (a replay repeats it).
+fn render_resolution(
+    dead_letter_id: Uuid,
+    withdrawal_id: Uuid,
+    status: &'static str,
+) -> impl Fn(&Recorded) -> StoredResponse {
+    move |recorded| StoredResponse {
+        status: 200,
+        body: json!({
+            "id": dead_letter_id, "withdrawal_id": withdrawal_id, "status": status, "position": recorded.position,
+        }),
+    }
 }
 
 #[utoipa::path(

@@ -1,7 +1,7 @@
 //! Deposits: money entering the ledger from the outside world, through the
 //! currency's system account.
 
-use crate::command::{CommandBody, execute, rejection};
+use crate::command::{CommandBody, execute};
 use crate::context::{Principal, RequestContext};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -12,9 +12,8 @@ use axum::response::Response;
 use axum::routing::post;
 use ledger_domain::Command;
 use ledger_domain::decide::MakeDeposit;
-use ledger_infrastructure::{Executed, StoredResponse};
+use ledger_infrastructure::{Recorded, StoredResponse};
 use serde_json::json;
-use std::sync::Arc;
 use uuid::Uuid;
 
 pub fn router() -> Router<AppState> {
@@ -52,17 +51,22 @@ async fn deposit(
         reference: f.optional_text("reference")?,
         metadata: f.metadata("metadata")?,
     };
-    let view = json!({
-        "id": c.deposit_id, "account_id": c.account_id, "amount": c.amount,
-        "currency": c.currency, "reference": c.reference, "metadata": c.metadata,
+    execute(&state, &principal, &context, body, Command::MakeDeposit(c), None, render_deposit).await
+}
+
+/// Renders the deposit a command recorded.
+fn render_deposit(recorded: &Recorded) -> StoredResponse {
+    let d = recorded
+        .events
+        .iter()
+        .find_map(|e| match e {
+            ledger_domain::Event::DepositRecorded(d) => Some(d),
+            _ => None,
+        })
+        .expect("a deposit command records its deposit");
+    let body = json!({
+        "id": d.deposit_id, "account_id": d.account_id, "amount": d.amount, "currency": d.currency,
+        "reference": d.reference, "metadata": d.metadata, "position": recorded.position,
     });
-    let render = Arc::new(move |outcome: Result<Executed<'_>, &ledger_domain::DomainError>| match outcome {
-        Ok(Executed { position, .. }) => {
-            let mut body = view.clone();
-            body["position"] = json!(position);
-            StoredResponse { status: 201, body }
-        }
-        Err(e) => rejection(e),
-    });
-    execute(&state, &principal, &context, body, Command::MakeDeposit(c), None, render).await
+    StoredResponse { status: 201, body }
 }

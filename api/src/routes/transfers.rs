@@ -1,6 +1,6 @@
 //! Transfers between accounts, and their reversal as a compensating transfer.
 
-use crate::command::{CommandBody, execute, rejection};
+use crate::command::{CommandBody, execute};
 use crate::context::{Principal, RequestContext};
 use crate::error::ApiError;
 use crate::extract::{Params, Segment};
@@ -14,10 +14,10 @@ use axum::extract::State;
 use axum::response::Response;
 use axum::routing::{get, post};
 use ledger_domain::Command;
+use ledger_domain::Event;
 use ledger_domain::decide::{PostTransfer, ReverseTransfer};
-use ledger_infrastructure::{Executed, Render, StoredResponse};
+use ledger_infrastructure::{Recorded, StoredResponse};
 use ledger_projections::Projection;
-use std::sync::Arc;
 use uuid::Uuid;
 
 pub fn router() -> Router<AppState> {
@@ -27,14 +27,19 @@ pub fn router() -> Router<AppState> {
         .route("/v1/transfers/{id}/reverse", post(reverse))
 }
 
-fn render_transfer(transfer_id: Uuid) -> Render {
-    Arc::new(move |outcome| match outcome {
-        Ok(Executed { state, position, .. }) => {
-            let t = state.transfer(transfer_id).expect("the command created this transfer");
-            StoredResponse { status: 201, body: views::transfer(t, Some(position)) }
-        }
-        Err(e) => rejection(e),
-    })
+/// Renders the transfer a command posted (a transfer or a reversal).
+fn render_transfer(recorded: &Recorded) -> StoredResponse {
+    let transfer_id = recorded
+        .events
+        .iter()
+        .find_map(|e| match e {
+            Event::TransferPosted(t) => Some(t.transfer_id),
+            _ => None,
+        })
+        .expect("a transfer command records its transfer");
+    let state = recorded.state();
+    let t = state.transfer(transfer_id).expect("the command created this transfer");
+    StoredResponse { status: 201, body: views::transfer(t, Some(recorded.position)) }
 }
 
 #[utoipa::path(
@@ -70,7 +75,7 @@ async fn transfer(
         reference: f.optional_text("reference")?,
         metadata: f.metadata("metadata")?,
     });
-    execute(&state, &principal, &context, body, command, None, render_transfer(transfer_id)).await
+    execute(&state, &principal, &context, body, command, None, render_transfer).await
 }
 
 #[utoipa::path(
@@ -103,7 +108,7 @@ async fn reverse(
     let command = Command::ReverseTransfer(ReverseTransfer { reversal_id, transfer_id, reason: f.text("reason")? });
     // The reversal is caused by the original transfer: the audit trail links them.
     let causation = Some(transfer_id.to_string());
-    execute(&state, &principal, &context, body, command, causation, render_transfer(reversal_id)).await
+    execute(&state, &principal, &context, body, command, causation, render_transfer).await
 }
 
 #[utoipa::path(

@@ -1,7 +1,7 @@
 //! Withdrawals: funds are held at once; the payout to the provider settles or fails
 //! the withdrawal later.
 
-use crate::command::{CommandBody, execute, rejection};
+use crate::command::{CommandBody, execute};
 use crate::context::{Principal, RequestContext};
 use crate::error::ApiError;
 use crate::extract::{Params, Segment};
@@ -16,9 +16,8 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use ledger_domain::Command;
 use ledger_domain::decide::RequestWithdrawal;
-use ledger_infrastructure::{Executed, StoredResponse};
+use ledger_infrastructure::{Recorded, StoredResponse};
 use ledger_projections::Projection;
-use std::sync::Arc;
 use uuid::Uuid;
 
 pub fn router() -> Router<AppState> {
@@ -57,14 +56,22 @@ async fn withdraw(
         destination: f.text("destination")?,
         metadata: f.metadata("metadata")?,
     });
-    let render = Arc::new(move |outcome: Result<Executed<'_>, &ledger_domain::DomainError>| match outcome {
-        Ok(Executed { state, position, .. }) => {
-            let w = state.withdrawal(withdrawal_id).expect("the command created this withdrawal");
-            StoredResponse { status: 202, body: views::withdrawal(w, Some(position)) }
-        }
-        Err(e) => rejection(e),
-    });
-    execute(&state, &principal, &context, body, command, None, render).await
+    execute(&state, &principal, &context, body, command, None, render_withdrawal).await
+}
+
+/// Renders the withdrawal a command requested.
+fn render_withdrawal(recorded: &Recorded) -> StoredResponse {
+    let withdrawal_id = recorded
+        .events
+        .iter()
+        .find_map(|e| match e {
+            ledger_domain::Event::WithdrawalRequested(w) => Some(w.withdrawal_id),
+            _ => None,
+        })
+        .expect("a withdrawal command records its withdrawal");
+    let state = recorded.state();
+    let w = state.withdrawal(withdrawal_id).expect("the command created this withdrawal");
+    StoredResponse { status: 202, body: views::withdrawal(w, Some(recorded.position)) }
 }
 
 #[utoipa::path(

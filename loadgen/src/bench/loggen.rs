@@ -6,12 +6,11 @@
 use anyhow::{Context, bail};
 use ledger_domain::events::{AccountOpened, DepositRecorded, TransferPosted};
 use ledger_domain::{Amount, Concurrency, Currency, Event, Money, system_account_id};
-use ledger_infrastructure::store::{AppendError, Commit, Respond};
-use ledger_infrastructure::{EventMetadata, EventStore, StoredResponse};
+use ledger_infrastructure::store::{AppendError, Commit};
+use ledger_infrastructure::{EventMetadata, EventStore};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Instant;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -29,7 +28,6 @@ pub struct LogGen {
     /// not kept: they are always at version 0 and never appended to again.
     versions: HashMap<Uuid, i64>,
     metadata: EventMetadata,
-    respond: Respond,
     pub events: u64,
     pub opened: u64,
     pub deposits: u64,
@@ -39,8 +37,6 @@ pub struct LogGen {
 impl LogGen {
     pub fn new(seed: u64) -> anyhow::Result<LogGen> {
         let currency = Currency::parse("EUR")?;
-        let respond: Respond =
-            Arc::new(|position| StoredResponse { status: 201, body: serde_json::json!({ "position": position }) });
         Ok(LogGen {
             rng: SmallRng::seed_from_u64(seed),
             currency,
@@ -50,7 +46,6 @@ impl LogGen {
             balances: Vec::new(),
             versions: HashMap::new(),
             metadata: EventMetadata { actor: "ledger-bench".to_owned(), ..EventMetadata::default() },
-            respond,
             events: 0,
             opened: 0,
             deposits: 0,
@@ -81,7 +76,8 @@ impl LogGen {
             expected,
             metadata: self.metadata.clone(),
             idempotency: None,
-            respond: self.respond.clone(),
+            streams: Vec::new(),
+            rejection: None,
         }
     }
 
