@@ -125,7 +125,15 @@ impl<F: Fn(&Recorded) -> StoredResponse> RenderRecorded for F {}
 /// its problem document.
 pub fn render(outcome: &Outcome, recorded: impl RenderRecorded) -> StoredResponse {
     match outcome {
-        Outcome::Recorded(r) => recorded(r),
+        Outcome::Recorded(r) => {
+            // The command is committed: a renderer's bug must not turn that into an error
+            // a client would retry with a new key (and so execute twice).
+            let rendered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| recorded(r)));
+            rendered.unwrap_or_else(|_| {
+                tracing::error!(position = r.position, "rendering a recorded command failed; answering its position");
+                StoredResponse { status: 200, body: serde_json::json!({ "position": r.position }) }
+            })
+        }
         Outcome::Rejected(e) => rejection(e),
     }
 }
@@ -215,4 +223,18 @@ pub fn respond(stored: StoredResponse, replayed: bool) -> Response {
 pub fn rejection(error: &ledger_domain::DomainError) -> StoredResponse {
     let api = ApiError::from(error);
     StoredResponse { status: api.status.as_u16(), body: api.body() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_renderer_bug_still_answers_the_recorded_command() {
+        let outcome = Outcome::Recorded(Recorded { position: 42, events: Vec::new(), streams: Vec::new() });
+        let answer = render(&outcome, |_: &Recorded| -> StoredResponse { panic!("a renderer bug") });
+        assert_eq!((answer.status, answer.body), (200, serde_json::json!({ "position": 42 })));
+        let rejected = Outcome::Rejected(ledger_domain::DomainError::SameAccount);
+        assert_eq!(render(&rejected, |_: &Recorded| unreachable!()).status, 422);
+    }
 }

@@ -95,6 +95,8 @@ impl ProjectionPositions {
 pub struct AccountCache {
     /// `(Some(view), position)`, or `(None, position)`: invalidated at that position.
     cache: moka::future::Cache<Uuid, (Option<Value>, i64)>,
+    /// Views read before this position are not cached (set when everything is invalidated).
+    floor: Arc<std::sync::atomic::AtomicI64>,
     hits: Arc<AtomicU64>,
     misses: Arc<AtomicU64>,
 }
@@ -102,7 +104,7 @@ pub struct AccountCache {
 impl AccountCache {
     pub fn new(capacity_max: u64, ttl: Duration) -> AccountCache {
         let cache = moka::future::Cache::builder().max_capacity(capacity_max).time_to_live(ttl).build();
-        AccountCache { cache, hits: Arc::default(), misses: Arc::default() }
+        AccountCache { cache, floor: Arc::default(), hits: Arc::default(), misses: Arc::default() }
     }
 
     /// A cached view reflecting at least `min_position`.
@@ -119,6 +121,9 @@ impl AccountCache {
     /// Caches a view read at `position`, unless the entry already reflects a later
     /// one (a newer view, or an invalidation after `position`).
     pub async fn insert(&self, id: Uuid, view: Value, position: i64) {
+        if position < self.floor.load(Ordering::Acquire) {
+            return;
+        }
         self.cache
             .entry(id)
             .and_compute_with(|current| {
@@ -146,7 +151,9 @@ impl AccountCache {
         }
     }
 
-    pub fn invalidate_all(&self) {
+    /// Invalidates every account as of `position` (a rebuilt read model was switched in).
+    pub fn invalidate_all(&self, position: i64) {
+        self.floor.fetch_max(position, Ordering::AcqRel);
         self.cache.invalidate_all();
     }
 

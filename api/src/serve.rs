@@ -143,7 +143,7 @@ pub struct Applied {
 /// so a woken reader never finds a stale entry).
 pub async fn apply_announcement(state: &AppState, applied: &Applied) {
     if applied.all {
-        state.cache.invalidate_all();
+        state.cache.invalidate_all(applied.position);
     } else {
         state.cache.invalidate(&applied.accounts, applied.position).await;
     }

@@ -487,10 +487,14 @@ fn decide_one(request: &CommandRequest, working: &mut Ledger) -> (Commit, bool) 
             for event in &events {
                 working.apply(event);
             }
+            // The outcome keeps the streams the decision depended on (`Exact`): never a
+            // system account's state as this writer computed it, which another process
+            // may have appended to meanwhile.
             let mut streams: Vec<(Uuid, StreamState)> = Vec::new();
             for event in &events {
-                for (stream, _) in event.streams() {
-                    if let Some(state) = working.stream(stream).filter(|_| !streams.iter().any(|(s, _)| *s == stream)) {
+                for (stream, concurrency) in event.streams() {
+                    let new = concurrency == Concurrency::Exact && !streams.iter().any(|(s, _)| *s == stream);
+                    if let Some(state) = working.stream(stream).filter(|_| new) {
                         streams.push((stream, state.clone()));
                     }
                 }
