@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod progress;
 pub mod read;
+pub mod requests;
 pub mod routes;
 pub mod schemas;
 pub mod serve;

@@ -1,7 +1,7 @@
-//! The JSON shapes of the HTTP API as OpenAPI schemas (API.md). The handlers build
-//! their bodies with `serde_json::json!` and read requests field by field
-//! (`crate::validate::Fields`), so these types exist only to describe those bodies in
-//! `GET /openapi.json`; nothing constructs them. Depends on serde and utoipa only.
+//! The JSON shapes of the HTTP API as OpenAPI schemas (API.md). Request bodies are the
+//! handlers' own types (`crate::requests`, re-exported here). Responses are still built
+//! with `serde_json::json!` (`crate::views`), so the response types below exist only to
+//! describe them in `GET /openapi.json`; nothing constructs them yet (issue 14).
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -31,122 +31,11 @@ pub use crate::error::ErrorCode;
 
 // ---- Commands: request bodies ----
 
-/// `POST /v1/accounts`.
-#[derive(Serialize, ToSchema)]
-pub struct OpenAccountRequest {
-    /// ISO-4217 style code: three upper-case letters.
-    #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]
-    pub currency: String,
-    /// Free text (e.g. an e-mail, 1–1024 bytes, no NUL) for the indexed look-up `GET /v1/accounts?owner=`.
-    #[schema(example = "alice@example.com")]
-    pub owner: Option<String>,
-    /// How far below zero `available` may go, in minor units (default 0).
-    #[schema(minimum = 0, maximum = 1_000_000_000_000_000_i64)]
-    pub overdraft_limit: Option<i64>,
-    /// The account's id; the server generates a v7 UUID when absent. An id that exists
-    /// is 409 `version_conflict`; a version-8 UUID is 422 `validation_error` (that space
-    /// is reserved for the ledger's own streams, such as system accounts).
-    pub id: Option<Uuid>,
-    /// Kept with the account and returned as sent: an object of at most 64 keys, each
-    /// 1–64 characters of `[A-Za-z0-9_.-]`; each value a string (≤ 1,024 characters, no
-    /// U+0000), a signed 64-bit integer (no fraction, no exponent), `true`, `false` or
-    /// `null`; at most 8 KiB compact. Anything else is 422 `validation_error`.
-    #[schema(value_type = Option<Object>)]
-    pub metadata: Option<Value>,
-}
-
-/// A command that takes no fields: an empty object (or no body at all).
-#[derive(Serialize, ToSchema)]
-pub struct EmptyRequest {}
-
-/// `POST /v1/deposits`: money entering from the outside world through the currency's
-/// system account.
-#[derive(Serialize, ToSchema)]
-pub struct DepositRequest {
-    pub account_id: Uuid,
-    /// Minor units (cents), 1 ..= 10^15.
-    #[schema(minimum = 1, maximum = 1_000_000_000_000_000_i64, example = 2500)]
-    pub amount: i64,
-    /// Must be the account's currency.
-    #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]
-    pub currency: String,
-    /// Free text, 1–1024 bytes.
-    pub reference: Option<String>,
-    /// The client's metadata, returned as sent (the rules of `OpenAccountRequest.metadata`).
-    #[schema(value_type = Option<Object>)]
-    pub metadata: Option<Value>,
-}
-
-/// `POST /v1/transfers`.
-#[derive(Serialize, ToSchema)]
-pub struct TransferRequest {
-    /// The debited account.
-    pub from: Uuid,
-    /// The credited account (not `from`).
-    pub to: Uuid,
-    /// Minor units (cents), 1 ..= 10^15.
-    #[schema(minimum = 1, maximum = 1_000_000_000_000_000_i64, example = 1000)]
-    pub amount: i64,
-    /// The currency of both accounts.
-    #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]
-    pub currency: String,
-    /// Free text, 1–1024 bytes.
-    pub reference: Option<String>,
-    /// The client's metadata, returned as sent (the rules of `OpenAccountRequest.metadata`).
-    #[schema(value_type = Option<Object>)]
-    pub metadata: Option<Value>,
-}
-
-/// `POST /v1/transfers/{id}/reverse`.
-#[derive(Serialize, ToSchema)]
-pub struct ReverseRequest {
-    /// Why the transfer is reversed (1–1024 bytes); recorded on the reversing transfer.
-    pub reason: String,
-}
-
-/// `POST /v1/withdrawals`.
-#[derive(Serialize, ToSchema)]
-pub struct WithdrawalRequest {
-    pub account_id: Uuid,
-    /// Minor units (cents), 1 ..= 10^15.
-    #[schema(minimum = 1, maximum = 1_000_000_000_000_000_i64, example = 700)]
-    pub amount: i64,
-    #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]
-    pub currency: String,
-    /// Where the provider pays out to (1–1024 bytes), e.g. an IBAN.
-    #[schema(example = "NL00BANK0001")]
-    pub destination: String,
-    /// The client's metadata, returned as sent (the rules of `OpenAccountRequest.metadata`).
-    #[schema(value_type = Option<Object>)]
-    pub metadata: Option<Value>,
-}
-
-/// `POST /v1/admin/tokens`.
-#[derive(Serialize, ToSchema)]
-pub struct TokenRequest {
-    /// 1–100 printable ASCII characters without spaces; each name is issued once.
-    #[schema(pattern = "^[!-~]{1,100}$", example = "checkout-service")]
-    pub name: String,
-    pub role: Role,
-}
-
-/// What a token may do: `admin` everything; `operator` /v1/admin except tokens, plus all
-/// reads; `client` commands and reads outside /v1/admin.
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    Admin,
-    Operator,
-    Client,
-}
-
-/// `POST /v1/admin/reconciliations`: the window to compare (default: the 24 hours
-/// before `to`, which defaults to now); `from` must be before `to`.
-#[derive(Serialize, ToSchema)]
-pub struct ReconciliationRequest {
-    pub from: Option<DateTime<Utc>>,
-    pub to: Option<DateTime<Utc>>,
-}
+// The request bodies are the handlers' own types.
+pub use crate::requests::{
+    DepositRequest, EmptyRequest, OpenAccountRequest, ReconciliationRequest, ReverseRequest, Role, TokenRequest,
+    TransferRequest, WithdrawalRequest,
+};
 
 // ---- Commands and queries: response bodies ----
 

@@ -1,145 +1,54 @@
-//! Reading command bodies: JSON values checked field by field so every malformed
-//! input gets a precise 422 `validation_error` instead of a generic parse failure.
+//! The edge's checks of text: JSON bodies parsed strictly (duplicate keys refused),
+//! the metadata rules, timestamps, and query parameters. The typed request bodies of
+//! `crate::requests` use these.
 
 use crate::error::ApiError;
-use ledger_domain::{Amount, Currency, Money};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
 /// Longest free-text field accepted (owner, reference, destination, reason).
 pub const TEXT_BYTES_MAX: usize = 1024;
 
-/// A JSON object body.
-pub struct Fields<'a>(&'a Map<String, Value>);
-
-impl<'a> Fields<'a> {
-    pub fn of(body: &'a Value) -> Result<Fields<'a>, ApiError> {
-        body.as_object().map(Fields).ok_or_else(|| ApiError::validation("the body must be a JSON object"))
+/// Why `value` is refused as metadata by the rules of API.md ("Metadata", "Numbers"),
+/// if it is: an object of at most [`METADATA_KEYS_MAX`] keys of 1–64 characters of
+/// `[A-Za-z0-9_.-]`, each value a string (at most [`METADATA_STRING_CHARS_MAX`]
+/// characters, no U+0000), a signed 64-bit integer written without fraction or
+/// exponent, `true`, `false` or `null`; at most [`METADATA_BYTES_MAX`] bytes compact.
+/// Such a value reads back from `jsonb` exactly as sent, so it hashes the same when the
+/// chain is verified.
+pub fn metadata_refusal(value: &Value) -> Option<String> {
+    let Value::Object(map) = value else {
+        return Some("must be a JSON object".into());
+    };
+    if map.len() > METADATA_KEYS_MAX {
+        return Some(format!("may have at most {METADATA_KEYS_MAX} keys"));
     }
-
-    fn get(&self, name: &str) -> Option<&'a Value> {
-        self.0.get(name).filter(|v| !v.is_null())
-    }
-
-    fn required(&self, name: &str) -> Result<&'a Value, ApiError> {
-        self.get(name).ok_or_else(|| ApiError::validation(format!("`{name}` is required")))
-    }
-
-    /// An amount: a JSON integer in 1 ..= 10^15 minor units.
-    pub fn amount(&self, name: &str) -> Result<Amount, ApiError> {
-        let value = self.required(name)?;
-        let n = value
-            .as_i64()
-            .ok_or_else(|| ApiError::validation(format!("`{name}` must be an integer number of minor units")))?;
-        Amount::new(n).map_err(|e| ApiError::validation(format!("`{name}`: {e}")))
-    }
-
-    pub fn currency(&self, name: &str) -> Result<Currency, ApiError> {
-        let s =
-            self.required(name)?.as_str().ok_or_else(|| ApiError::validation(format!("`{name}` must be a string")))?;
-        Currency::parse(s).map_err(|e| ApiError::validation(e.to_string()))
-    }
-
-    pub fn uuid(&self, name: &str) -> Result<Uuid, ApiError> {
-        self.optional_uuid(name)?.ok_or_else(|| ApiError::validation(format!("`{name}` is required")))
-    }
-
-    pub fn optional_uuid(&self, name: &str) -> Result<Option<Uuid>, ApiError> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(v) => v
-                .as_str()
-                .and_then(|s| Uuid::parse_str(s).ok())
-                .map(Some)
-                .ok_or_else(|| ApiError::validation(format!("`{name}` must be a UUID"))),
+    for (key, v) in map {
+        let key_ok = (1..=METADATA_KEY_CHARS_MAX).contains(&key.len())
+            && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        if !key_ok {
+            return Some(format!(
+                "keys must be 1 to {METADATA_KEY_CHARS_MAX} characters of [A-Za-z0-9_.-], got {:?}",
+                key.escape_debug().to_string()
+            ));
         }
-    }
-
-    pub fn text(&self, name: &str) -> Result<String, ApiError> {
-        self.optional_text(name)?.ok_or_else(|| ApiError::validation(format!("`{name}` is required")))
-    }
-
-    pub fn optional_text(&self, name: &str) -> Result<Option<String>, ApiError> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(Value::String(s)) if s.is_empty() => Err(ApiError::validation(format!("`{name}` must not be empty"))),
-            Some(Value::String(s)) if s.len() > TEXT_BYTES_MAX => {
-                Err(ApiError::validation(format!("`{name}` must be at most {TEXT_BYTES_MAX} bytes")))
-            }
-            Some(Value::String(s)) if s.contains('\0') => {
-                Err(ApiError::validation(format!("`{name}` must not contain NUL")))
-            }
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(_) => Err(ApiError::validation(format!("`{name}` must be a string"))),
-        }
-    }
-
-    /// A non-negative amount of money (the overdraft limit), default zero.
-    pub fn limit(&self, name: &str) -> Result<Money, ApiError> {
-        match self.get(name) {
-            None => Ok(Money::ZERO),
-            Some(v) => match v.as_i64() {
-                Some(n) if (0..=ledger_domain::AMOUNT_MAX).contains(&n) => Ok(Money::new(n)),
-                _ => Err(ApiError::validation(format!(
-                    "`{name}` must be an integer from 0 to {}",
-                    ledger_domain::AMOUNT_MAX
-                ))),
-            },
-        }
-    }
-
-    /// Metadata by the rules of API.md ("Metadata", "Numbers"): an object of at most
-    /// [`METADATA_KEYS_MAX`] keys of 1–64 characters of `[A-Za-z0-9_.-]`, each value a
-    /// string (at most [`METADATA_STRING_CHARS_MAX`] characters, no U+0000), a signed
-    /// 64-bit integer written without fraction or exponent, `true`, `false` or `null`;
-    /// at most [`METADATA_BYTES_MAX`] bytes compact. Such a value reads back from
-    /// `jsonb` exactly as sent, so it hashes the same when the chain is verified.
-    pub fn metadata(&self, name: &str) -> Result<Option<Value>, ApiError> {
-        let Some(value) = self.get(name) else { return Ok(None) };
-        let Value::Object(map) = value else {
-            return Err(ApiError::validation(format!("`{name}` must be a JSON object")));
+        let value_ok = match v {
+            Value::Null | Value::Bool(_) => true,
+            Value::Number(n) => n.is_i64(),
+            Value::String(s) => s.chars().count() <= METADATA_STRING_CHARS_MAX && !s.contains('\0'),
+            Value::Array(_) | Value::Object(_) => false,
         };
-        if map.len() > METADATA_KEYS_MAX {
-            return Err(ApiError::validation(format!("`{name}` may have at most {METADATA_KEYS_MAX} keys")));
-        }
-        for (key, v) in map {
-            let key_ok = (1..=METADATA_KEY_CHARS_MAX).contains(&key.len())
-                && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-            if !key_ok {
-                return Err(ApiError::validation(format!(
-                    "`{name}` keys must be 1 to {METADATA_KEY_CHARS_MAX} characters of [A-Za-z0-9_.-], got {:?}",
-                    key.escape_debug().to_string()
-                )));
-            }
-            let value_ok = match v {
-                Value::Null | Value::Bool(_) => true,
-                Value::Number(n) => n.is_i64(),
-                Value::String(s) => s.chars().count() <= METADATA_STRING_CHARS_MAX && !s.contains('\0'),
-                Value::Array(_) | Value::Object(_) => false,
-            };
-            if !value_ok {
-                return Err(ApiError::validation(format!(
-                    "`{name}.{key}` must be a string of at most {METADATA_STRING_CHARS_MAX} characters without \
-                     U+0000, a 64-bit integer, true, false or null"
-                )));
-            }
-        }
-        if value.to_string().len() > METADATA_BYTES_MAX {
-            return Err(ApiError::validation(format!("`{name}` must be at most {METADATA_BYTES_MAX} bytes")));
-        }
-        Ok(Some(value.clone()))
-    }
-
-    /// An id the client chooses for a new stream: a UUID outside the space the ledger
-    /// reserves for its own streams (API.md "Ids").
-    pub fn new_id(&self, name: &str) -> Result<Option<Uuid>, ApiError> {
-        match self.optional_uuid(name)? {
-            Some(id) if ledger_domain::decide::is_reserved_id(id) => Err(ApiError::validation(format!(
-                "`{name}` is in the range the ledger reserves for its own ids (UUID version 8)"
-            ))),
-            other => Ok(other),
+        if !value_ok {
+            return Some(format!(
+                "`{key}` must be a string of at most {METADATA_STRING_CHARS_MAX} characters without U+0000, \
+                 a 64-bit integer, true, false or null"
+            ));
         }
     }
+    if value.to_string().len() > METADATA_BYTES_MAX {
+        return Some(format!("must be at most {METADATA_BYTES_MAX} bytes"));
+    }
+    None
 }
 
 /// Most keys in a metadata object.

@@ -5,9 +5,10 @@ use crate::context::{Principal, RequestContext};
 use crate::error::{ApiError, ErrorCode};
 use crate::extract::{Params, Segment};
 use crate::read::Consistency;
+use crate::requests::{EmptyRequest, OpenAccountRequest, parse};
 use crate::routes::{read_model_ready, strong_state};
 use crate::state::AppState;
-use crate::validate::{Fields, limit_param, path_uuid, position_param};
+use crate::validate::{limit_param, path_uuid, position_param};
 use crate::views;
 use axum::Router;
 use axum::extract::State;
@@ -75,14 +76,13 @@ async fn open(
     context: RequestContext,
     body: CommandBody,
 ) -> Result<Response, ApiError> {
-    let f = Fields::of(&body.json)?;
-    let account_id = f.new_id("id")?.unwrap_or_else(Uuid::now_v7);
+    let r: OpenAccountRequest = parse(&body.json)?;
     let command = Command::OpenAccount(OpenAccount {
-        account_id,
-        currency: f.currency("currency")?,
-        owner: f.optional_text("owner")?,
-        overdraft_limit: f.limit("overdraft_limit")?,
-        metadata: f.metadata("metadata")?,
+        account_id: r.id.map_or_else(Uuid::now_v7, |id| id.0),
+        currency: r.currency,
+        owner: r.owner.map(|t| t.0),
+        overdraft_limit: r.overdraft_limit.map_or(ledger_domain::Money::ZERO, |l| l.0),
+        metadata: r.metadata.map(|m| m.0),
     });
     execute(&state, &principal, &context, body, command, None, render_account(201)).await
 }
@@ -111,7 +111,7 @@ async fn close(
     body: CommandBody,
 ) -> Result<Response, ApiError> {
     let account_id = path_uuid(&raw, || account_not_found(&raw))?;
-    Fields::of(&body.json)?;
+    let _: EmptyRequest = parse(&body.json)?;
     let command = Command::CloseAccount { account_id };
     execute(&state, &principal, &context, body, command, None, render_account(200)).await
 }

@@ -119,16 +119,8 @@ async fn create_token(
     context: RequestContext,
     body: CommandBody,
 ) -> Result<Response, ApiError> {
-    let f = crate::validate::Fields::of(&body.json)?;
-    let name = f.text("name")?;
-    if !crate::auth::valid_token_name(&name) {
-        return Err(ApiError::validation(format!(
-            "`name` must be 1 to {} characters of [A-Za-z0-9_.-]",
-            crate::auth::TOKEN_NAME_CHARS_MAX
-        )));
-    }
-    let role = f.text("role")?;
-    crate::auth::parse_role(&role).ok_or_else(|| ApiError::validation("`role` must be admin, operator or client"))?;
+    let r: crate::requests::TokenRequest = crate::requests::parse(&body.json)?;
+    let (name, role) = (r.name.0, r.role.as_str().to_owned());
     let token = format!("ltk_{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
     let token_sha256 = crate::auth::token_hash(&token);
     let token_id = token_id(&name);

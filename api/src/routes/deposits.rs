@@ -4,8 +4,8 @@
 use crate::command::{CommandBody, execute};
 use crate::context::{Principal, RequestContext};
 use crate::error::ApiError;
+use crate::requests::{DepositRequest, parse};
 use crate::state::AppState;
-use crate::validate::Fields;
 use axum::Router;
 use axum::extract::State;
 use axum::response::Response;
@@ -42,14 +42,14 @@ async fn deposit(
     context: RequestContext,
     body: CommandBody,
 ) -> Result<Response, ApiError> {
-    let f = Fields::of(&body.json)?;
+    let r: DepositRequest = parse(&body.json)?;
     let c = MakeDeposit {
         deposit_id: Uuid::now_v7(),
-        account_id: f.uuid("account_id")?,
-        amount: f.amount("amount")?,
-        currency: f.currency("currency")?,
-        reference: f.optional_text("reference")?,
-        metadata: f.metadata("metadata")?,
+        account_id: r.account_id,
+        amount: r.amount,
+        currency: r.currency,
+        reference: r.reference.map(|t| t.0),
+        metadata: r.metadata.map(|m| m.0),
     };
     execute(&state, &principal, &context, body, Command::MakeDeposit(c), None, render_deposit).await
 }

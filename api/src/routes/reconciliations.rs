@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use ledger_infrastructure::StoredResponse;
 use ledger_infrastructure::reconcile::{ReconcileError, Reconciler, report};
 use serde_json::json;
@@ -35,17 +35,6 @@ pub fn reconciler(state: &AppState) -> Reconciler {
     }
 }
 
-fn time(body: &serde_json::Value, name: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
-    match body.get(name).filter(|v| !v.is_null()) {
-        None => Ok(None),
-        Some(v) => v
-            .as_str()
-            .and_then(crate::validate::timestamp)
-            .map(Some)
-            .ok_or_else(|| ApiError::validation(format!("`{name}` must be an RFC 3339 timestamp"))),
-    }
-}
-
 /// Starts a run in the background: 202 `{"id"}`; 409 while another run is going.
 #[utoipa::path(
     post,
@@ -65,9 +54,9 @@ fn time(body: &serde_json::Value, name: &str) -> Result<Option<DateTime<Utc>>, A
     )
 )]
 async fn start(State(state): State<AppState>, principal: Principal, body: CommandBody) -> Result<Response, ApiError> {
-    crate::validate::Fields::of(&body.json)?;
-    let to = time(&body.json, "to")?.unwrap_or_else(Utc::now);
-    let from = time(&body.json, "from")?.unwrap_or(to - chrono::Duration::hours(DEFAULT_WINDOW_H));
+    let window: crate::requests::ReconciliationRequest = crate::requests::parse(&body.json)?;
+    let to = window.to.map_or_else(Utc::now, |t| t.0);
+    let from = window.from.map_or(to - chrono::Duration::hours(DEFAULT_WINDOW_H), |t| t.0);
     if from >= to {
         return Err(ApiError::validation("`from` must be before `to`"));
     }

@@ -5,9 +5,10 @@ use crate::context::{Principal, RequestContext};
 use crate::error::ApiError;
 use crate::extract::{Params, Segment};
 use crate::read::Consistency;
+use crate::requests::{ReverseRequest, TransferRequest, parse};
 use crate::routes::{read_model_ready, strong_state};
 use crate::state::AppState;
-use crate::validate::{Fields, path_uuid};
+use crate::validate::path_uuid;
 use crate::views;
 use axum::Router;
 use axum::extract::State;
@@ -64,16 +65,15 @@ async fn transfer(
     context: RequestContext,
     body: CommandBody,
 ) -> Result<Response, ApiError> {
-    let f = Fields::of(&body.json)?;
-    let transfer_id = Uuid::now_v7();
+    let r: TransferRequest = parse(&body.json)?;
     let command = Command::PostTransfer(PostTransfer {
-        transfer_id,
-        from: f.uuid("from")?,
-        to: f.uuid("to")?,
-        amount: f.amount("amount")?,
-        currency: f.currency("currency")?,
-        reference: f.optional_text("reference")?,
-        metadata: f.metadata("metadata")?,
+        transfer_id: Uuid::now_v7(),
+        from: r.from,
+        to: r.to,
+        amount: r.amount,
+        currency: r.currency,
+        reference: r.reference.map(|t| t.0),
+        metadata: r.metadata.map(|m| m.0),
     });
     execute(&state, &principal, &context, body, command, None, render_transfer).await
 }
@@ -103,9 +103,9 @@ async fn reverse(
     body: CommandBody,
 ) -> Result<Response, ApiError> {
     let transfer_id = path_uuid(&raw, || ApiError::not_found(format!("transfer {raw} not found")))?;
-    let f = Fields::of(&body.json)?;
+    let r: ReverseRequest = parse(&body.json)?;
     let reversal_id = Uuid::now_v7();
-    let command = Command::ReverseTransfer(ReverseTransfer { reversal_id, transfer_id, reason: f.text("reason")? });
+    let command = Command::ReverseTransfer(ReverseTransfer { reversal_id, transfer_id, reason: r.reason.0 });
     // The reversal is caused by the original transfer: the audit trail links them.
     let causation = Some(transfer_id.to_string());
     execute(&state, &principal, &context, body, command, causation, render_transfer).await

@@ -6,9 +6,10 @@ use crate::context::{Principal, RequestContext};
 use crate::error::ApiError;
 use crate::extract::{Params, Segment};
 use crate::read::Consistency;
+use crate::requests::{WithdrawalRequest, parse};
 use crate::routes::{read_model_ready, strong_state};
 use crate::state::AppState;
-use crate::validate::{Fields, path_uuid};
+use crate::validate::path_uuid;
 use crate::views;
 use axum::Router;
 use axum::extract::State;
@@ -46,15 +47,14 @@ async fn withdraw(
     context: RequestContext,
     body: CommandBody,
 ) -> Result<Response, ApiError> {
-    let f = Fields::of(&body.json)?;
-    let withdrawal_id = Uuid::now_v7();
+    let r: WithdrawalRequest = parse(&body.json)?;
     let command = Command::RequestWithdrawal(RequestWithdrawal {
-        withdrawal_id,
-        account_id: f.uuid("account_id")?,
-        amount: f.amount("amount")?,
-        currency: f.currency("currency")?,
-        destination: f.text("destination")?,
-        metadata: f.metadata("metadata")?,
+        withdrawal_id: Uuid::now_v7(),
+        account_id: r.account_id,
+        amount: r.amount,
+        currency: r.currency,
+        destination: r.destination.0,
+        metadata: r.metadata.map(|m| m.0),
     });
     execute(&state, &principal, &context, body, command, None, render_withdrawal).await
 }
