@@ -73,17 +73,17 @@ impl AppState {
                 },
             ),
             provider: ProviderClient::new(&config.provider_url, config.provider_timeout),
-            config: Arc::new(config),
-            tokens: crate::auth::TokenCache::default(),
-            instance_id: uuid::Uuid::now_v7(),
             db_breaker: CircuitBreaker::new(
                 "postgres",
                 BreakerConfig {
-                    failure_threshold: 3,
-                    window: Duration::from_secs(10),
-                    cooldown: Duration::from_secs(2),
+                    failure_threshold: config.db_breaker_failures,
+                    window: config.db_breaker_window,
+                    cooldown: config.db_breaker_cooldown,
                 },
             ),
+            config: Arc::new(config),
+            tokens: crate::auth::TokenCache::default(),
+            instance_id: uuid::Uuid::now_v7(),
         }
     }
 }

@@ -42,6 +42,12 @@ pub struct Config {
     /// `LEDGER_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS` (default 60000; 0 disables): Postgres
     /// ends a pool connection's session whose transaction sat idle longer, releasing its locks.
     pub db_idle_in_transaction_timeout: Duration,
+    /// `LEDGER_DB_BREAKER_FAILURES` (default 3) dependency failures within
+    /// `LEDGER_DB_BREAKER_WINDOW_MS` (default 10000) open the Postgres breaker in front
+    /// of /v1 for `LEDGER_DB_BREAKER_COOLDOWN_MS` (default 2000).
+    pub db_breaker_failures: u32,
+    pub db_breaker_window: Duration,
+    pub db_breaker_cooldown: Duration,
     /// `LEDGER_BODY_BYTES_MAX` (default 64 KiB).
     pub body_bytes_max: usize,
     /// `LEDGER_REQUEST_TIMEOUT_MS` (default 10000).
@@ -99,60 +105,17 @@ pub enum ConfigError {
     Invalid { name: String, value: String },
 }
 
-impl Config {
-    /// Reads the configuration from the process environment.
-    pub fn from_env() -> Result<Config, ConfigError> {
-        Ok(Config {
-            database_url: env_or("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/ledger"),
-            nats_url: env_or("NATS_URL", "nats://127.0.0.1:4222"),
-            nats_prefix: env_or("LEDGER_NATS_PREFIX", "ledger"),
-            nats_replicas: env_num("LEDGER_NATS_REPLICAS", 1)?,
-            http_addr: env_or("LEDGER_HTTP_ADDR", "127.0.0.1:8080"),
-            admin_token: std::env::var("LEDGER_ADMIN_TOKEN").ok().filter(|v| !v.is_empty()),
-            metrics_addr: std::env::var("LEDGER_METRICS_ADDR").ok().filter(|v| !v.is_empty()),
-            provider_url: env_or("LEDGER_PROVIDER_URL", "http://127.0.0.1:9090"),
-            idempotency_ttl: Duration::from_secs(env_num("LEDGER_IDEMPOTENCY_TTL", 24 * 3600)?),
-            consistency_wait: Duration::from_millis(env_num("LEDGER_CONSISTENCY_WAIT_MS", 2000)?),
-            db_pool_max: env_num("LEDGER_DB_POOL_MAX", 16)?,
-            db_acquire_timeout: Duration::from_millis(env_num("LEDGER_DB_ACQUIRE_TIMEOUT_MS", 3000)?),
-            db_statement_timeout: Duration::from_millis(env_num("LEDGER_DB_STATEMENT_TIMEOUT_MS", 30_000)?),
-            db_lock_timeout: Duration::from_millis(env_num("LEDGER_DB_LOCK_TIMEOUT_MS", 10_000)?),
-            db_idle_in_transaction_timeout: Duration::from_millis(env_num(
-                "LEDGER_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS",
-                60_000,
-            )?),
-            body_bytes_max: env_num("LEDGER_BODY_BYTES_MAX", 64 * 1024)?,
-            request_timeout: Duration::from_millis(env_num("LEDGER_REQUEST_TIMEOUT_MS", 10_000)?),
-            append_batch_max: env_num("LEDGER_APPEND_BATCH_MAX", 256)?,
-            command_queue_max: env_num("LEDGER_COMMAND_QUEUE_MAX", 4096)?,
-            conflict_retries_max: env_num("LEDGER_CONFLICT_RETRIES_MAX", 8)?,
-            state_cache_max: env_num("LEDGER_STATE_CACHE_MAX", 100_000)?,
-            provider_timeout: Duration::from_millis(env_num("LEDGER_PROVIDER_TIMEOUT_MS", 2000)?),
-            payout_attempts_max: env_num("LEDGER_PAYOUT_ATTEMPTS_MAX", 8)?,
-            payout_retry_total: Duration::from_millis(env_num("LEDGER_PAYOUT_RETRY_TOTAL_MS", 600_000)?),
-            payout_backoff_base: Duration::from_millis(env_num("LEDGER_PAYOUT_BACKOFF_BASE_MS", 200)?),
-            payout_backoff_max: Duration::from_millis(env_num("LEDGER_PAYOUT_BACKOFF_MAX_MS", 30_000)?),
-            provider_breaker_failures: env_num("LEDGER_PROVIDER_BREAKER_FAILURES", 5)?,
-            provider_breaker_window: Duration::from_millis(env_num("LEDGER_PROVIDER_BREAKER_WINDOW_MS", 30_000)?),
-            provider_breaker_cooldown: Duration::from_millis(env_num("LEDGER_PROVIDER_BREAKER_COOLDOWN_MS", 5000)?),
-            rate_limit_per_s: env_num("LEDGER_RATE_LIMIT_PER_S", 5000)?,
-            rate_limit_burst: env_num("LEDGER_RATE_LIMIT_BURST", 10_000)?,
-            snapshot_every: env_num("LEDGER_SNAPSHOT_EVERY", 100)?,
-            reconcile_interval: Duration::from_secs(env_num("LEDGER_RECONCILE_INTERVAL_S", 3600)?),
-            reconcile_window: Duration::from_secs(env_num("LEDGER_RECONCILE_WINDOW_S", 86_400)?),
-        })
-    }
-
-    /// Defaults for tests: the given database, a private NATS prefix, port 0.
-    pub fn for_tests(database_url: &str, nats_prefix: &str) -> Config {
+/// The defaults of every setting: the one set production and tests start from.
+impl Default for Config {
+    fn default() -> Config {
         Config {
-            database_url: database_url.to_owned(),
+            database_url: "postgres://postgres@127.0.0.1:5432/ledger".to_owned(),
             nats_url: "nats://127.0.0.1:4222".to_owned(),
-            nats_prefix: nats_prefix.to_owned(),
+            nats_prefix: "ledger".to_owned(),
             nats_replicas: 1,
-            http_addr: "127.0.0.1:0".to_owned(),
-            admin_token: Some("test-admin-token".to_owned()),
+            http_addr: "127.0.0.1:8080".to_owned(),
             metrics_addr: None,
+            admin_token: None,
             provider_url: "http://127.0.0.1:9090".to_owned(),
             idempotency_ttl: Duration::from_secs(24 * 3600),
             consistency_wait: Duration::from_millis(2000),
@@ -161,25 +124,109 @@ impl Config {
             db_statement_timeout: Duration::from_millis(30_000),
             db_lock_timeout: Duration::from_millis(10_000),
             db_idle_in_transaction_timeout: Duration::from_millis(60_000),
+            db_breaker_failures: 3,
+            db_breaker_window: Duration::from_millis(10_000),
+            db_breaker_cooldown: Duration::from_millis(2000),
             body_bytes_max: 64 * 1024,
             request_timeout: Duration::from_millis(10_000),
             append_batch_max: 256,
             command_queue_max: 4096,
             conflict_retries_max: 8,
             state_cache_max: 100_000,
-            provider_timeout: Duration::from_millis(500),
+            provider_timeout: Duration::from_millis(2000),
             payout_attempts_max: 8,
-            payout_retry_total: Duration::from_secs(60),
-            payout_backoff_base: Duration::from_millis(5),
-            payout_backoff_max: Duration::from_millis(50),
+            payout_retry_total: Duration::from_millis(600_000),
+            payout_backoff_base: Duration::from_millis(200),
+            payout_backoff_max: Duration::from_millis(30_000),
             provider_breaker_failures: 5,
-            provider_breaker_window: Duration::from_secs(30),
-            provider_breaker_cooldown: Duration::from_millis(500),
+            provider_breaker_window: Duration::from_millis(30_000),
+            provider_breaker_cooldown: Duration::from_millis(5000),
             rate_limit_per_s: 5000,
             rate_limit_burst: 10_000,
             snapshot_every: 100,
-            reconcile_interval: Duration::ZERO,
+            reconcile_interval: Duration::from_secs(3600),
             reconcile_window: Duration::from_secs(86_400),
+        }
+    }
+}
+
+/// A duration in milliseconds from `name`, else `default`.
+fn env_ms(name: &str, default: Duration) -> Result<Duration, ConfigError> {
+    env_num(name, u64::try_from(default.as_millis()).unwrap_or(u64::MAX)).map(Duration::from_millis)
+}
+
+/// A duration in seconds from `name`, else `default`.
+fn env_s(name: &str, default: Duration) -> Result<Duration, ConfigError> {
+    env_num(name, default.as_secs()).map(Duration::from_secs)
+}
+
+impl Config {
+    /// Reads the configuration from the process environment; what is not set keeps its
+    /// [`Default`].
+    pub fn from_env() -> Result<Config, ConfigError> {
+        let d = Config::default();
+        let optional = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        Ok(Config {
+            database_url: env_or("DATABASE_URL", &d.database_url),
+            nats_url: env_or("NATS_URL", &d.nats_url),
+            nats_prefix: env_or("LEDGER_NATS_PREFIX", &d.nats_prefix),
+            nats_replicas: env_num("LEDGER_NATS_REPLICAS", d.nats_replicas)?,
+            http_addr: env_or("LEDGER_HTTP_ADDR", &d.http_addr),
+            admin_token: optional("LEDGER_ADMIN_TOKEN"),
+            metrics_addr: optional("LEDGER_METRICS_ADDR"),
+            provider_url: env_or("LEDGER_PROVIDER_URL", &d.provider_url),
+            idempotency_ttl: env_s("LEDGER_IDEMPOTENCY_TTL", d.idempotency_ttl)?,
+            consistency_wait: env_ms("LEDGER_CONSISTENCY_WAIT_MS", d.consistency_wait)?,
+            db_pool_max: env_num("LEDGER_DB_POOL_MAX", d.db_pool_max)?,
+            db_acquire_timeout: env_ms("LEDGER_DB_ACQUIRE_TIMEOUT_MS", d.db_acquire_timeout)?,
+            db_statement_timeout: env_ms("LEDGER_DB_STATEMENT_TIMEOUT_MS", d.db_statement_timeout)?,
+            db_lock_timeout: env_ms("LEDGER_DB_LOCK_TIMEOUT_MS", d.db_lock_timeout)?,
+            db_idle_in_transaction_timeout: env_ms(
+                "LEDGER_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+                d.db_idle_in_transaction_timeout,
+            )?,
+            db_breaker_failures: env_num("LEDGER_DB_BREAKER_FAILURES", d.db_breaker_failures)?,
+            db_breaker_window: env_ms("LEDGER_DB_BREAKER_WINDOW_MS", d.db_breaker_window)?,
+            db_breaker_cooldown: env_ms("LEDGER_DB_BREAKER_COOLDOWN_MS", d.db_breaker_cooldown)?,
+            body_bytes_max: env_num("LEDGER_BODY_BYTES_MAX", d.body_bytes_max)?,
+            request_timeout: env_ms("LEDGER_REQUEST_TIMEOUT_MS", d.request_timeout)?,
+            append_batch_max: env_num("LEDGER_APPEND_BATCH_MAX", d.append_batch_max)?,
+            command_queue_max: env_num("LEDGER_COMMAND_QUEUE_MAX", d.command_queue_max)?,
+            conflict_retries_max: env_num("LEDGER_CONFLICT_RETRIES_MAX", d.conflict_retries_max)?,
+            state_cache_max: env_num("LEDGER_STATE_CACHE_MAX", d.state_cache_max)?,
+            provider_timeout: env_ms("LEDGER_PROVIDER_TIMEOUT_MS", d.provider_timeout)?,
+            payout_attempts_max: env_num("LEDGER_PAYOUT_ATTEMPTS_MAX", d.payout_attempts_max)?,
+            payout_retry_total: env_ms("LEDGER_PAYOUT_RETRY_TOTAL_MS", d.payout_retry_total)?,
+            payout_backoff_base: env_ms("LEDGER_PAYOUT_BACKOFF_BASE_MS", d.payout_backoff_base)?,
+            payout_backoff_max: env_ms("LEDGER_PAYOUT_BACKOFF_MAX_MS", d.payout_backoff_max)?,
+            provider_breaker_failures: env_num("LEDGER_PROVIDER_BREAKER_FAILURES", d.provider_breaker_failures)?,
+            provider_breaker_window: env_ms("LEDGER_PROVIDER_BREAKER_WINDOW_MS", d.provider_breaker_window)?,
+            provider_breaker_cooldown: env_ms("LEDGER_PROVIDER_BREAKER_COOLDOWN_MS", d.provider_breaker_cooldown)?,
+            rate_limit_per_s: env_num("LEDGER_RATE_LIMIT_PER_S", d.rate_limit_per_s)?,
+            rate_limit_burst: env_num("LEDGER_RATE_LIMIT_BURST", d.rate_limit_burst)?,
+            snapshot_every: env_num("LEDGER_SNAPSHOT_EVERY", d.snapshot_every)?,
+            reconcile_interval: env_s("LEDGER_RECONCILE_INTERVAL_S", d.reconcile_interval)?,
+            reconcile_window: env_s("LEDGER_RECONCILE_WINDOW_S", d.reconcile_window)?,
+        })
+    }
+
+    /// The defaults, for a test: the given database, a private NATS prefix, port 0, the
+    /// test admin token, no scheduled reconciliation, and a provider and payout retries
+    /// that give up in milliseconds rather than minutes (so failure tests run fast).
+    /// Everything else is [`Config::default`]; tests set other fields themselves.
+    pub fn for_tests(database_url: &str, nats_prefix: &str) -> Config {
+        Config {
+            database_url: database_url.to_owned(),
+            nats_prefix: nats_prefix.to_owned(),
+            http_addr: "127.0.0.1:0".to_owned(),
+            admin_token: Some("test-admin-token".to_owned()),
+            provider_timeout: Duration::from_millis(500),
+            payout_retry_total: Duration::from_secs(60),
+            payout_backoff_base: Duration::from_millis(5),
+            payout_backoff_max: Duration::from_millis(50),
+            provider_breaker_cooldown: Duration::from_millis(500),
+            reconcile_interval: Duration::ZERO,
+            ..Config::default()
         }
     }
 }
