@@ -4,6 +4,7 @@
 
 use crate::context::{Principal, Role, constant_time_eq};
 use crate::error::{ApiError, ErrorCode};
+use crate::limits::{TOKEN_CACHE_ENTRIES_MAX, TOKEN_CACHE_TTL, TOKEN_NAME_CHARS_MAX, UNKNOWN_TOKEN_CACHE_TTL};
 use crate::state::AppState;
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode};
@@ -12,11 +13,6 @@ use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// How long a token look-up is remembered (a valid one, and an unknown one).
-const TOKEN_CACHE_TTL: Duration = Duration::from_secs(60);
-const UNKNOWN_TOKEN_CACHE_TTL: Duration = Duration::from_secs(5);
-const TOKEN_CACHE_ENTRIES_MAX: u64 = 10_000;
 
 /// Known and unknown tokens, by the hex sha256 of the secret.
 #[derive(Clone)]
@@ -61,9 +57,6 @@ pub const BOOTSTRAP_PRINCIPAL: &str = "env:LEDGER_ADMIN_TOKEN";
 pub fn token_principal(name: &str) -> String {
     format!("token:{name}")
 }
-
-/// Longest token name.
-pub const TOKEN_NAME_CHARS_MAX: usize = 64;
 
 /// Whether `name` is a valid token name: 1–64 characters of `[A-Za-z0-9_.-]`.
 pub fn valid_token_name(name: &str) -> bool {

@@ -36,8 +36,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
             "the Idempotency-Key header is required",
         )
     })?;
-    let key =
-        raw.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| (0x20..=0x7e).contains(&b)));
+    let key = raw.to_str().ok().filter(|k| crate::context::printable(k));
     key.map(str::to_owned)
         .ok_or_else(|| ApiError::bad_request("Idempotency-Key must be 1 to 255 printable ASCII characters"))
 }

@@ -34,8 +34,10 @@ pub struct RequestContext {
     pub correlation_id: String,
 }
 
-fn printable(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 255 && s.bytes().all(|b| (0x20..=0x7e).contains(&b))
+/// 1 to [`crate::limits::HEADER_ID_BYTES_MAX`] printable ASCII bytes: an
+/// `Idempotency-Key` or an `X-Correlation-Id`.
+pub fn printable(s: &str) -> bool {
+    !s.is_empty() && s.len() <= crate::limits::HEADER_ID_BYTES_MAX && s.bytes().all(|b| (0x20..=0x7e).contains(&b))
 }
 
 /// Adds the request context to every request, echoes its ids on the response, and

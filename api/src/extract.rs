@@ -4,14 +4,10 @@
 //! request is always a problem document, never a plain-text rejection.
 
 use crate::error::ApiError;
+use crate::limits::{PARAM_BYTES_MAX, PARAMS_MAX};
 use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;
 use std::collections::HashMap;
-
-/// Longest query parameter value accepted, in bytes.
-pub const PARAM_BYTES_MAX: usize = 1024;
-/// Most query parameters accepted on one request.
-pub const PARAMS_MAX: usize = 32;
 
 /// The query parameters of a request, checked.
 pub struct Params(pub HashMap<String, String>);

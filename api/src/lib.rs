@@ -8,6 +8,7 @@ pub mod context;
 pub mod error;
 pub mod extract;
 pub mod guard;
+pub mod limits;
 pub mod metrics;
 pub mod openapi;
 pub mod progress;

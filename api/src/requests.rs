@@ -23,7 +23,7 @@ pub fn parse<T: serde::de::DeserializeOwned>(json: &Value) -> Result<T, ApiError
 }
 
 /// Free text (`owner`, `reference`, `destination`, `reason`): 1 to
-/// [`crate::validate::TEXT_BYTES_MAX`] bytes, no U+0000.
+/// [`crate::limits::TEXT_BYTES_MAX`] bytes, no U+0000.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
 pub struct Text(pub String);
@@ -31,7 +31,7 @@ pub struct Text(pub String);
 impl TryFrom<String> for Text {
     type Error = String;
     fn try_from(s: String) -> Result<Text, String> {
-        let max = crate::validate::TEXT_BYTES_MAX;
+        let max = crate::limits::TEXT_BYTES_MAX;
         match () {
             _ if s.is_empty() => Err("must not be empty".into()),
             _ if s.len() > max => Err(format!("must be at most {max} bytes")),
@@ -195,7 +195,7 @@ impl TryFrom<String> for TokenName {
         if crate::auth::valid_token_name(&name) {
             Ok(TokenName(name))
         } else {
-            Err(format!("must be 1 to {} characters of [A-Za-z0-9_.-]", crate::auth::TOKEN_NAME_CHARS_MAX))
+            Err(format!("must be 1 to {} characters of [A-Za-z0-9_.-]", crate::limits::TOKEN_NAME_CHARS_MAX))
         }
     }
 }

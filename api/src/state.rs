@@ -1,5 +1,6 @@
 //! Shared state of the HTTP layer.
 
+use crate::limits::{ACCOUNT_CACHE_ENTRIES_MAX, ACCOUNT_CACHE_TTL};
 use crate::read::{AccountCache, ProjectionPositions};
 use ledger_infrastructure::breaker::{BreakerConfig, CircuitBreaker};
 use ledger_infrastructure::nats::Names;
@@ -8,11 +9,6 @@ use ledger_infrastructure::{CommandBus, Config, EventStore};
 use sqlx::PgPool;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-/// Limits of the account cache.
-pub const ACCOUNT_CACHE_ENTRIES_MAX: u64 = 100_000;
-pub const ACCOUNT_CACHE_TTL: Duration = Duration::from_secs(30);
 
 /// Everything a handler needs; cheap to clone.
 #[derive(Clone)]

@@ -3,11 +3,9 @@
 //! `crate::requests` use these.
 
 use crate::error::ApiError;
+use crate::limits::{METADATA_BYTES_MAX, METADATA_KEY_CHARS_MAX, METADATA_KEYS_MAX, METADATA_STRING_CHARS_MAX};
 use serde_json::{Map, Value};
 use uuid::Uuid;
-
-/// Longest free-text field accepted (owner, reference, destination, reason).
-pub const TEXT_BYTES_MAX: usize = 1024;
 
 /// Why `value` is refused as metadata by the rules of API.md ("Metadata", "Numbers"),
 /// if it is: an object of at most [`METADATA_KEYS_MAX`] keys of 1–64 characters of
@@ -50,15 +48,6 @@ pub fn metadata_refusal(value: &Value) -> Option<String> {
     }
     None
 }
-
-/// Most keys in a metadata object.
-pub const METADATA_KEYS_MAX: usize = 64;
-/// Longest metadata key, in characters.
-pub const METADATA_KEY_CHARS_MAX: usize = 64;
-/// Longest metadata string value, in characters.
-pub const METADATA_STRING_CHARS_MAX: usize = 1024;
-/// Largest metadata object, in bytes of its compact serialization.
-pub const METADATA_BYTES_MAX: usize = 8 * 1024;
 
 /// Parses a request body as JSON, refusing what `serde_json` would accept silently:
 /// an object with a duplicate key (the last would win, so two readers of one body
