@@ -227,6 +227,7 @@ impl Fuzz {
                     self.query_fail("final/eventual", &what, &req, &resp);
                     break;
                 }
+                // The step of a bounded poll (the deadline above), as in `ledger_tests::eventually`.
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
