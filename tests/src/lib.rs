@@ -14,6 +14,33 @@ use uuid::Uuid;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
+/// The stable error codes of API.md (v1, then the v1.1 additions), in its order.
+pub const API_MD_ERROR_CODES: &[&str] = &[
+    "validation_error",
+    "unauthorized",
+    "forbidden",
+    "not_found",
+    "account_not_found",
+    "idempotency_key_missing",
+    "idempotency_key_reused",
+    "idempotency_key_in_flight",
+    "insufficient_funds",
+    "currency_mismatch",
+    "account_closed",
+    "same_account",
+    "account_not_empty",
+    "already_reversed",
+    "version_conflict",
+    "consistency_timeout",
+    "payload_too_large",
+    "unavailable",
+    "internal",
+    "condition_failed",
+    "hold_not_pending",
+    "hold_expired",
+    "rate_limited",
+];
+
 /// The Postgres server tests create their databases on.
 pub fn server_url() -> String {
     std::env::var("LEDGER_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())

@@ -43,30 +43,8 @@ const API_MD_ROUTES: &[(&str, &str)] = &[
     ("GET", "/docs"),
 ];
 
-/// The error codes of API.md, in its order.
-const API_MD_CODES: &[&str] = &[
-    "validation_error",
-    "unauthorized",
-    "forbidden",
-    "not_found",
-    "account_not_found",
-    "idempotency_key_missing",
-    "idempotency_key_reused",
-    "idempotency_key_in_flight",
-    "insufficient_funds",
-    "currency_mismatch",
-    "account_closed",
-    "same_account",
-    "account_not_empty",
-    "already_reversed",
-    "version_conflict",
-    "consistency_timeout",
-    "payload_too_large",
-    "unavailable",
-    "internal",
-    // v1.1 codes, as the service comes to answer them.
-    "rate_limited",
-];
+/// The v1.1 codes of API.md that belong to features not built yet (holds, conditions).
+const NOT_ANSWERED_YET: &[&str] = &["condition_failed", "hold_not_pending", "hold_expired"];
 
 const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
 
@@ -123,7 +101,9 @@ async fn the_document_is_valid_openapi_3_1_and_needs_no_token() {
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    assert_eq!(codes, API_MD_CODES, "the problem `code` enum is API.md's list");
+    let answered: Vec<&str> =
+        ledger_tests::API_MD_ERROR_CODES.iter().copied().filter(|c| !NOT_ANSWERED_YET.contains(c)).collect();
+    assert_eq!(codes, answered, "the problem `code` enum is API.md's list");
 
     // What middleware and extractors apply to whole groups of routes is documented on each.
     for (method, path) in operations(&doc) {

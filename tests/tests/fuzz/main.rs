@@ -91,31 +91,7 @@ const ACCOUNTS_MAX: usize = 40;
 const LOG_MAX: usize = 20;
 const VERIFY_EVERY: usize = 25;
 const REPLAYS_AT_END_MAX: usize = 30;
-const STABLE_CODES: &[&str] = &[
-    "validation_error",
-    "unauthorized",
-    "forbidden",
-    "not_found",
-    "account_not_found",
-    "idempotency_key_missing",
-    "idempotency_key_reused",
-    "idempotency_key_in_flight",
-    "insufficient_funds",
-    "currency_mismatch",
-    "account_closed",
-    "same_account",
-    "account_not_empty",
-    "already_reversed",
-    "version_conflict",
-    "consistency_timeout",
-    "payload_too_large",
-    "unavailable",
-    "internal",
-    "condition_failed",
-    "hold_not_pending",
-    "hold_expired",
-    "rate_limited",
-];
+const STABLE_CODES: &[&str] = ledger_tests::API_MD_ERROR_CODES;
 
 /// Rejections the contract says are stored and replayed like successes.
 const BUSINESS_CODES: &[&str] = &[
