@@ -4,7 +4,7 @@
 
 use crate::context::{Principal, Role, constant_time_eq};
 use crate::error::{ApiError, ErrorCode};
-use crate::limits::{TOKEN_CACHE_ENTRIES_MAX, TOKEN_CACHE_TTL, TOKEN_NAME_CHARS_MAX, UNKNOWN_TOKEN_CACHE_TTL};
+use crate::limits::{TOKEN_CACHE_ENTRIES_MAX, TOKEN_CACHE_TTL, UNKNOWN_TOKEN_CACHE_TTL};
 use crate::state::AppState;
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode};
@@ -58,23 +58,10 @@ pub fn token_principal(name: &str) -> String {
     format!("token:{name}")
 }
 
-/// Whether `name` is a valid token name: 1–64 characters of `[A-Za-z0-9_.-]`.
-pub fn valid_token_name(name: &str) -> bool {
-    (1..=TOKEN_NAME_CHARS_MAX).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-}
+pub use ledger_wire::fields::valid_token_name;
 
 pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
-}
-
-pub fn parse_role(role: &str) -> Option<Role> {
-    match role {
-        "admin" => Some(Role::Admin),
-        "operator" => Some(Role::Operator),
-        "client" => Some(Role::Client),
-        _ => None,
-    }
 }
 
 async fn principal(state: &AppState, token: &str) -> Result<Option<Principal>, ApiError> {
@@ -92,7 +79,7 @@ async fn principal(state: &AppState, token: &str) -> Result<Option<Principal>, A
     }
     match ledger_infrastructure::audit::token_by_hash(&state.store, &hash).await? {
         Some((name, role)) => {
-            let role = parse_role(&role).ok_or_else(|| ApiError::internal(&"a stored token has an unknown role"))?;
+            let role = Role::parse(&role).ok_or_else(|| ApiError::internal(&"a stored token has an unknown role"))?;
             let p = Principal { name: token_principal(&name), role };
             state.tokens.known.insert(hash, p.clone());
             Ok(Some(p))

@@ -1,7 +1,7 @@
 //! The CLI subcommands that work on the database directly (no HTTP): tokens, the
 //! audit chain. Progress goes to stderr; results to stdout.
 
-use crate::auth::{parse_role, token_hash};
+use crate::auth::token_hash;
 use crate::routes::admin::token_id;
 use ledger_domain::Command;
 use ledger_domain::decide::IssueToken;
@@ -27,7 +27,8 @@ async fn store(config: &Config) -> Result<EventStore, CliError> {
 
 /// `ledger token create --name N --role R`: prints the new token once.
 pub async fn create_token(config: &Config, name: &str, role: &str) -> Result<String, CliError> {
-    parse_role(role).ok_or_else(|| CliError::Invalid("role must be admin, operator or client".into()))?;
+    let role = ledger_domain::Role::parse(role)
+        .ok_or_else(|| CliError::Invalid("role must be admin, operator or client".into()))?;
     if !crate::auth::valid_token_name(name) {
         return Err(CliError::Invalid("name must be 1 to 64 characters of [A-Za-z0-9_.-]".into()));
     }
@@ -46,7 +47,7 @@ pub async fn create_token(config: &Config, name: &str, role: &str) -> Result<Str
     let command = Command::IssueToken(IssueToken {
         token_id: token_id(name),
         name: name.to_owned(),
-        role: role.to_owned(),
+        role,
         token_sha256: token_hash(&token),
     });
     let request = CommandRequest {
@@ -133,7 +134,7 @@ pub async fn reconcile(
     config: &Config,
     from: Option<chrono::DateTime<chrono::Utc>>,
     to: Option<chrono::DateTime<chrono::Utc>>,
-) -> Result<serde_json::Value, CliError> {
+) -> Result<ledger_wire::ReconciliationReport, CliError> {
     let store = store(config).await?;
     let to = to.unwrap_or_else(chrono::Utc::now);
     let from = from.unwrap_or(to - chrono::Duration::hours(24));
@@ -165,5 +166,6 @@ pub async fn reconcile(
     }
     let events = store.read_stream(run_id, 1, 1_000_000).await?;
     ledger_infrastructure::reconcile::report(run_id, &events)
+        .map(crate::views::reconciliation)
         .ok_or_else(|| CliError::Command("run not recorded".into()))
 }

@@ -137,6 +137,12 @@ pub fn render(outcome: &Outcome, recorded: impl RenderRecorded) -> StoredRespons
     }
 }
 
+/// A response body as stored for replay. The wire types always serialize; a failure
+/// would be a bug, caught by `render` (the command is then answered with its position).
+pub fn stored(status: u16, body: &impl serde::Serialize) -> StoredResponse {
+    StoredResponse { status, body: serde_json::to_value(body).expect("wire types serialize") }
+}
+
 /// Executes `command` once per idempotency key and answers with its (possibly stored) response.
 pub async fn execute(
     state: &AppState,

@@ -12,13 +12,7 @@ use sha2::{Digest, Sha256};
 pub const CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// What a token may do (API.md "Auth").
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    Admin,
-    Operator,
-    Client,
-}
+pub use ledger_domain::Role;
 
 /// The authenticated caller.
 #[derive(Clone, Debug)]

@@ -5,67 +5,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ledger_domain::DomainError;
 use ledger_infrastructure::CommandError;
-use serde_json::json;
+use ledger_wire::Problem;
 
-/// The stable error codes of API.md: clients match on these, never on `detail`. The
-/// one list of them: problem documents and the OpenAPI schema both come from it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorCode {
-    ValidationError,
-    Unauthorized,
-    Forbidden,
-    NotFound,
-    AccountNotFound,
-    IdempotencyKeyMissing,
-    IdempotencyKeyReused,
-    IdempotencyKeyInFlight,
-    InsufficientFunds,
-    CurrencyMismatch,
-    AccountClosed,
-    SameAccount,
-    AccountNotEmpty,
-    AlreadyReversed,
-    VersionConflict,
-    ConsistencyTimeout,
-    PayloadTooLarge,
-    Unavailable,
-    Internal,
-    RateLimited,
-}
-
-impl ErrorCode {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::ValidationError => "validation_error",
-            ErrorCode::Unauthorized => "unauthorized",
-            ErrorCode::Forbidden => "forbidden",
-            ErrorCode::NotFound => "not_found",
-            ErrorCode::AccountNotFound => "account_not_found",
-            ErrorCode::IdempotencyKeyMissing => "idempotency_key_missing",
-            ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
-            ErrorCode::IdempotencyKeyInFlight => "idempotency_key_in_flight",
-            ErrorCode::InsufficientFunds => "insufficient_funds",
-            ErrorCode::CurrencyMismatch => "currency_mismatch",
-            ErrorCode::AccountClosed => "account_closed",
-            ErrorCode::SameAccount => "same_account",
-            ErrorCode::AccountNotEmpty => "account_not_empty",
-            ErrorCode::AlreadyReversed => "already_reversed",
-            ErrorCode::VersionConflict => "version_conflict",
-            ErrorCode::ConsistencyTimeout => "consistency_timeout",
-            ErrorCode::PayloadTooLarge => "payload_too_large",
-            ErrorCode::Unavailable => "unavailable",
-            ErrorCode::Internal => "internal",
-            ErrorCode::RateLimited => "rate_limited",
-        }
-    }
-}
-
-impl std::fmt::Display for ErrorCode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use ledger_wire::ErrorCode;
 
 /// An error answered to the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,14 +63,13 @@ impl ApiError {
     }
 
     /// The problem document.
+    pub fn problem(&self) -> Problem {
+        Problem::new(self.status.as_u16(), self.status.canonical_reason().unwrap_or("error"), self.code, &self.detail)
+    }
+
+    /// The problem document as JSON.
     pub fn body(&self) -> serde_json::Value {
-        json!({
-            "type": format!("urn:ledger:problem:{}", self.code),
-            "title": self.status.canonical_reason().unwrap_or("error"),
-            "status": self.status.as_u16(),
-            "detail": self.detail,
-            "code": self.code.as_str(),
-        })
+        serde_json::to_value(self.problem()).unwrap_or_default()
     }
 }
 

@@ -15,7 +15,6 @@ pub mod progress;
 pub mod read;
 pub mod requests;
 pub mod routes;
-pub mod schemas;
 pub mod serve;
 pub mod state;
 pub mod validate;

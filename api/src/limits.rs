@@ -1,28 +1,13 @@
-//! Every limit of what one request may hold, in one place (TigerBeetle's
-//! `constants.zig`): text and metadata sizes, query strings, header ids, token names,
-//! and the in-process caches of the HTTP layer. Operational limits (pool, timeouts,
+//! The HTTP layer's limits in one place (TigerBeetle's `constants.zig`): what one
+//! request may hold (text and metadata sizes, query strings, header ids, token names,
+//! pages) is part of the contract and comes from `ledger_wire::limits`; the in-process
+//! caches of the HTTP layer are here. Operational limits (pool, timeouts,
 //! batches, rates, retries) are settings: `ledger_infrastructure::Config`.
 
 use std::time::Duration;
 
-/// Longest free-text field (`owner`, `reference`, `destination`, `reason`), in bytes.
-pub const TEXT_BYTES_MAX: usize = 1024;
-/// Most keys in a metadata object.
-pub const METADATA_KEYS_MAX: usize = 64;
-/// Longest metadata key, in characters.
-pub const METADATA_KEY_CHARS_MAX: usize = 64;
-/// Longest metadata string value, in characters.
-pub const METADATA_STRING_CHARS_MAX: usize = 1024;
-/// Largest metadata object, in bytes of its compact serialization.
-pub const METADATA_BYTES_MAX: usize = 8 * 1024;
-/// Longest query parameter value accepted, in bytes.
-pub const PARAM_BYTES_MAX: usize = 1024;
-/// Most query parameters accepted on one request.
-pub const PARAMS_MAX: usize = 32;
-/// Longest `Idempotency-Key` and `X-Correlation-Id`, in (printable ASCII) bytes.
-pub const HEADER_ID_BYTES_MAX: usize = 255;
-/// Longest token name, in characters of `[A-Za-z0-9_.-]`.
-pub const TOKEN_NAME_CHARS_MAX: usize = 64;
+pub use ledger_wire::limits::*;
+
 /// Issued tokens remembered by this process (known, unknown, rate buckets: each).
 pub const TOKEN_CACHE_ENTRIES_MAX: u64 = 10_000;
 /// How long a known token's look-up is remembered.
@@ -35,7 +20,4 @@ pub const ACCOUNT_CACHE_ENTRIES_MAX: u64 = 100_000;
 pub const ACCOUNT_CACHE_TTL: Duration = Duration::from_secs(30);
 
 // How the limits relate.
-const _: () = assert!(PARAM_BYTES_MAX >= TEXT_BYTES_MAX, "an owner look-up takes every owner an account may have");
-const _: () = assert!(METADATA_KEY_CHARS_MAX + 4 < METADATA_BYTES_MAX, "one key and a small value fit in an object");
-const _: () = assert!(TOKEN_NAME_CHARS_MAX + "token:".len() <= HEADER_ID_BYTES_MAX, "principals stay short");
 const _: () = assert!(UNKNOWN_TOKEN_CACHE_TTL.as_secs() <= TOKEN_CACHE_TTL.as_secs(), "a new token is found soon");

@@ -157,7 +157,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Reconcile { from, to } => {
             let report = ledger_api::cli::reconcile(&config, from, to).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
-            if report["status"] != "finished" {
+            if report.status != ledger_wire::ReconciliationStatus::Finished {
                 std::process::exit(1);
             }
             return Ok(());

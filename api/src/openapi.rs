@@ -1,5 +1,5 @@
 //! The OpenAPI 3.1 document of the HTTP API, generated from the handlers'
-//! `#[utoipa::path]` attributes and the schemas in [`crate::schemas`], served at
+//! `#[utoipa::path]` attributes and the wire types of `ledger_wire`, served at
 //! `GET /openapi.json`, and Swagger UI at `GET /docs` with its assets compiled into the
 //! binary (no network at build or view time). Both need no token.
 //!
@@ -9,8 +9,8 @@
 //! particular to it. Depends on the routes' attributes only, never on their logic.
 
 use crate::routes::{accounts, admin, audit, deposits, events, health, reconciliations, transfers, withdrawals};
-use crate::schemas;
 use axum::Router;
+use ledger_wire as schemas;
 use utoipa::openapi::header::{Header, HeaderBuilder};
 use utoipa::openapi::path::{Operation, Parameter, ParameterBuilder, ParameterIn};
 use utoipa::openapi::response::{Response, ResponseBuilder};

@@ -7,7 +7,6 @@ use crate::error::{ApiError, ErrorCode};
 use axum::http::StatusCode;
 use ledger_projections::Projection;
 use moka::ops::compute::Op;
-use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -94,7 +93,7 @@ impl ProjectionPositions {
 #[derive(Clone)]
 pub struct AccountCache {
     /// `(Some(view), position)`, or `(None, position)`: invalidated at that position.
-    cache: moka::future::Cache<Uuid, (Option<Value>, i64)>,
+    cache: moka::future::Cache<Uuid, (Option<ledger_wire::Account>, i64)>,
     /// Views read before this position are not cached (set when everything is invalidated).
     floor: Arc<std::sync::atomic::AtomicI64>,
     hits: Arc<AtomicU64>,
@@ -108,7 +107,7 @@ impl AccountCache {
     }
 
     /// A cached view reflecting at least `min_position`.
-    pub async fn get(&self, id: Uuid, min_position: i64) -> Option<(Value, i64)> {
+    pub async fn get(&self, id: Uuid, min_position: i64) -> Option<(ledger_wire::Account, i64)> {
         let found = match self.cache.get(&id).await {
             Some((Some(view), p)) if p >= min_position => Some((view, p)),
             _ => None,
@@ -120,7 +119,7 @@ impl AccountCache {
 
     /// Caches a view read at `position`, unless the entry already reflects a later
     /// one (a newer view, or an invalidation after `position`).
-    pub async fn insert(&self, id: Uuid, view: Value, position: i64) {
+    pub async fn insert(&self, id: Uuid, view: ledger_wire::Account, position: i64) {
         if position < self.floor.load(Ordering::Acquire) {
             return;
         }

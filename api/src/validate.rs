@@ -1,53 +1,12 @@
 //! The edge's checks of text: JSON bodies parsed strictly (duplicate keys refused),
-//! the metadata rules, timestamps, and query parameters. The typed request bodies of
-//! `crate::requests` use these.
+//! the metadata rules, timestamps, and query parameters. The metadata and timestamp
+//! rules are the wire types' own (`ledger_wire::fields`).
 
 use crate::error::ApiError;
-use crate::limits::{METADATA_BYTES_MAX, METADATA_KEY_CHARS_MAX, METADATA_KEYS_MAX, METADATA_STRING_CHARS_MAX};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-/// Why `value` is refused as metadata by the rules of API.md ("Metadata", "Numbers"),
-/// if it is: an object of at most [`METADATA_KEYS_MAX`] keys of 1–64 characters of
-/// `[A-Za-z0-9_.-]`, each value a string (at most [`METADATA_STRING_CHARS_MAX`]
-/// characters, no U+0000), a signed 64-bit integer written without fraction or
-/// exponent, `true`, `false` or `null`; at most [`METADATA_BYTES_MAX`] bytes compact.
-/// Such a value reads back from `jsonb` exactly as sent, so it hashes the same when the
-/// chain is verified.
-pub fn metadata_refusal(value: &Value) -> Option<String> {
-    let Value::Object(map) = value else {
-        return Some("must be a JSON object".into());
-    };
-    if map.len() > METADATA_KEYS_MAX {
-        return Some(format!("may have at most {METADATA_KEYS_MAX} keys"));
-    }
-    for (key, v) in map {
-        let key_ok = (1..=METADATA_KEY_CHARS_MAX).contains(&key.len())
-            && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-        if !key_ok {
-            return Some(format!(
-                "keys must be 1 to {METADATA_KEY_CHARS_MAX} characters of [A-Za-z0-9_.-], got {:?}",
-                key.escape_debug().to_string()
-            ));
-        }
-        let value_ok = match v {
-            Value::Null | Value::Bool(_) => true,
-            Value::Number(n) => n.is_i64(),
-            Value::String(s) => s.chars().count() <= METADATA_STRING_CHARS_MAX && !s.contains('\0'),
-            Value::Array(_) | Value::Object(_) => false,
-        };
-        if !value_ok {
-            return Some(format!(
-                "`{key}` must be a string of at most {METADATA_STRING_CHARS_MAX} characters without U+0000, \
-                 a 64-bit integer, true, false or null"
-            ));
-        }
-    }
-    if value.to_string().len() > METADATA_BYTES_MAX {
-        return Some(format!("must be at most {METADATA_BYTES_MAX} bytes"));
-    }
-    None
-}
+pub use ledger_wire::fields::{metadata_refusal, timestamp};
 
 /// Parses a request body as JSON, refusing what `serde_json` would accept silently:
 /// an object with a duplicate key (the last would win, so two readers of one body
@@ -134,15 +93,6 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
         }
         Ok(Value::Object(object))
     }
-}
-
-/// Parses an RFC 3339 timestamp whose UTC form is still RFC 3339 (years 0000–9999:
-/// `0000-01-01T00:00:00+23:59` is refused, it would be year -1 in UTC), so every time
-/// the ledger stores, compares or sends on to the provider can be written back.
-pub fn timestamp(raw: &str) -> Option<chrono::DateTime<chrono::Utc>> {
-    use chrono::Datelike;
-    let t = chrono::DateTime::parse_from_rfc3339(raw).ok()?.with_timezone(&chrono::Utc);
-    (0..=9999).contains(&t.year()).then_some(t)
 }
 
 /// Parses a UUID path segment; anything else is unknown, so 404.

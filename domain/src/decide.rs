@@ -108,7 +108,7 @@ pub struct ResolveDeadLetter {
 pub struct IssueToken {
     pub token_id: Uuid,
     pub name: String,
-    pub role: String,
+    pub role: crate::access::Role,
     pub token_sha256: String,
 }
 
@@ -301,7 +301,7 @@ pub fn decide(command: &Command, state: &Ledger) -> Result<Vec<Event>, DomainErr
             Ok(vec![Event::TokenIssued(TokenIssued {
                 token_id: c.token_id,
                 name: c.name.clone(),
-                role: c.role.clone(),
+                role: c.role,
                 token_sha256: c.token_sha256.clone(),
             })])
         }

@@ -115,7 +115,7 @@ pub struct PayoutRedriven {
 pub struct TokenIssued {
     pub token_id: Uuid,
     pub name: String,
-    pub role: String,
+    pub role: crate::access::Role,
     /// Hex sha256 of the token (the token itself is shown once and never stored).
     pub token_sha256: String,
 }
@@ -148,13 +148,13 @@ pub struct ReconciliationStarted {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReconciliationMismatchFound {
     pub run_id: Uuid,
-    pub kind: String,
+    pub kind: crate::reconcile::MismatchKind,
     pub withdrawal_id: Option<Uuid>,
     pub reference: String,
     pub provider_ref: Option<String>,
     pub ours: Option<serde_json::Value>,
     pub theirs: Option<serde_json::Value>,
-    pub resolution: String,
+    pub resolution: crate::reconcile::Resolution,
     /// The correction left the account below its overdraft limit (reported, not refused).
     pub account_below_limit: bool,
 }

@@ -3,6 +3,7 @@
 //! axum or any other I/O crate, and it reads no clock and no randomness. Ids and
 //! anything looked up travel inside commands and the prefetched state.
 
+pub mod access;
 pub mod decide;
 pub mod events;
 pub mod money;
@@ -12,9 +13,11 @@ pub mod state;
 #[cfg(test)]
 mod tests;
 
+pub use access::Role;
 pub use decide::{Command, DomainError, decide, system_account_id};
 pub use events::{Concurrency, Event, Posting};
 pub use money::{AMOUNT_MAX, Amount, AmountError, Currency, CurrencyError, Money};
+pub use reconcile::{MismatchKind, Resolution};
 pub use state::{
     Account, AccountStatus, Aggregate, EVOLVE_VERSION, Ledger, StreamState, Transfer, Withdrawal, WithdrawalStatus,
     evolve,

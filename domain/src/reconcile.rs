@@ -39,7 +39,9 @@ use serde_json::json;
 pub const STATEMENT_LINES_SHOWN_MAX: usize = 16;
 
 /// What a reconciliation found for one reference: the `kind` of its mismatch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
 pub enum MismatchKind {
     UnknownReference,
     MissingAtProvider,
@@ -77,6 +79,32 @@ impl MismatchKind {
             MismatchKind::CurrencyMismatch => "currency_mismatch",
             MismatchKind::InvalidAmount => "invalid_amount",
             MismatchKind::MalformedLine => "malformed_line",
+        }
+    }
+}
+
+/// What was done about a mismatch: corrected by compensating events (`adjusted`,
+/// `settled`, `credited_back`, `failed`), or left for a person (`flagged`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Resolution {
+    Flagged,
+    Adjusted,
+    Settled,
+    CreditedBack,
+    Failed,
+}
+
+impl Resolution {
+    /// The name recorded in the event and shown in the report.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Resolution::Flagged => "flagged",
+            Resolution::Adjusted => "adjusted",
+            Resolution::Settled => "settled",
+            Resolution::CreditedBack => "credited_back",
+            Resolution::Failed => "failed",
         }
     }
 }
@@ -162,7 +190,7 @@ fn untrusted(c: &ReconcilePayout, w: Option<&Withdrawal>) -> Option<MismatchKind
 
 /// The events that bring a withdrawal in line with a well-formed record, with the
 /// mismatch's kind and resolution.
-type Correction = (Vec<Event>, MismatchKind, &'static str);
+type Correction = (Vec<Event>, MismatchKind, Resolution);
 
 /// Decides how to bring one payout in line with the provider's record.
 pub fn reconcile(c: &ReconcilePayout, state: &Ledger) -> Result<Vec<Event>, DomainError> {
@@ -170,10 +198,10 @@ pub fn reconcile(c: &ReconcilePayout, state: &Ledger) -> Result<Vec<Event>, Doma
         return Err(DomainError::ReconciliationNotStarted { run_id: c.run_id });
     }
     let withdrawal = c.withdrawal_id.and_then(|id| state.withdrawal(id));
-    let mismatch = |kind: MismatchKind, resolution: &str, below: bool| {
+    let mismatch = |kind: MismatchKind, resolution: Resolution, below: bool| {
         Event::ReconciliationMismatchFound(ReconciliationMismatchFound {
             run_id: c.run_id,
-            kind: kind.as_str().to_owned(),
+            kind,
             withdrawal_id: withdrawal.map(|w| w.id).or(c.withdrawal_id),
             reference: c.reference.clone(),
             provider_ref: c
@@ -183,19 +211,19 @@ pub fn reconcile(c: &ReconcilePayout, state: &Ledger) -> Result<Vec<Event>, Doma
                 .or_else(|| withdrawal.and_then(|w| w.provider_ref.clone())),
             ours: withdrawal.map(ours),
             theirs: theirs(c),
-            resolution: resolution.to_owned(),
+            resolution,
             account_below_limit: below,
         })
     };
     if let Some(kind) = untrusted(c, withdrawal) {
-        return Ok(vec![mismatch(kind, "flagged", false)]);
+        return Ok(vec![mismatch(kind, Resolution::Flagged, false)]);
     }
     let Some(w) = withdrawal else {
-        return Ok(vec![mismatch(MismatchKind::UnknownReference, "flagged", false)]);
+        return Ok(vec![mismatch(MismatchKind::UnknownReference, Resolution::Flagged, false)]);
     };
     let Some(record) = &c.provider else {
         return Ok(match w.status {
-            WithdrawalStatus::Settled => vec![mismatch(MismatchKind::MissingAtProvider, "flagged", false)],
+            WithdrawalStatus::Settled => vec![mismatch(MismatchKind::MissingAtProvider, Resolution::Flagged, false)],
             _ => Vec::new(),
         });
     };
@@ -203,12 +231,12 @@ pub fn reconcile(c: &ReconcilePayout, state: &Ledger) -> Result<Vec<Event>, Doma
         Ok(None) => return Ok(Vec::new()),
         Ok(Some(correction)) => correction,
         // No correction that overflows a balance: a person decides.
-        Err(kind) => return Ok(vec![mismatch(kind, "flagged", false)]),
+        Err(kind) => return Ok(vec![mismatch(kind, Resolution::Flagged, false)]),
     };
     let mut after = state.clone();
     for e in &events {
         if ensure_no_overflow(&after, e).is_err() {
-            return Ok(vec![mismatch(kind, "flagged", false)]);
+            return Ok(vec![mismatch(kind, Resolution::Flagged, false)]);
         }
         after.apply(e);
     }
@@ -247,7 +275,7 @@ fn correct(c: &ReconcilePayout, record: &ProviderRecord, w: &Withdrawal) -> Resu
             if delta == Money::ZERO {
                 return Ok(None);
             }
-            (vec![correction(delta, WithdrawalStatus::Settled, kind)?], kind, "adjusted")
+            (vec![correction(delta, WithdrawalStatus::Settled, kind)?], kind, Resolution::Adjusted)
         }
         (true, WithdrawalStatus::Pending) => {
             let kind = MismatchKind::SettledAtProvider;
@@ -263,16 +291,16 @@ fn correct(c: &ReconcilePayout, record: &ProviderRecord, w: &Withdrawal) -> Resu
             if delta != Money::ZERO {
                 events.push(correction(delta, WithdrawalStatus::Settled, kind)?);
             }
-            (events, kind, "settled")
+            (events, kind, Resolution::Settled)
         }
         (true, WithdrawalStatus::Failed) => {
             let kind = MismatchKind::SettledAtProvider;
-            (vec![correction(provider_amount, WithdrawalStatus::Settled, kind)?], kind, "settled")
+            (vec![correction(provider_amount, WithdrawalStatus::Settled, kind)?], kind, Resolution::Settled)
         }
         (false, WithdrawalStatus::Settled) => {
             let kind = MismatchKind::RejectedAtProvider;
             let back = settled_amount.checked_neg().ok_or(kind)?;
-            (vec![correction(back, WithdrawalStatus::Failed, kind)?], kind, "credited_back")
+            (vec![correction(back, WithdrawalStatus::Failed, kind)?], kind, Resolution::CreditedBack)
         }
         (false, WithdrawalStatus::Pending) => {
             let failed = Event::WithdrawalFailed(WithdrawalFailed {
@@ -282,7 +310,7 @@ fn correct(c: &ReconcilePayout, record: &ProviderRecord, w: &Withdrawal) -> Resu
                 currency: w.currency,
                 reason: format!("rejected by the provider (reconciliation {})", c.run_id),
             });
-            (vec![failed], MismatchKind::RejectedAtProvider, "failed")
+            (vec![failed], MismatchKind::RejectedAtProvider, Resolution::Failed)
         }
         (false, WithdrawalStatus::Failed) => return Ok(None),
     }))

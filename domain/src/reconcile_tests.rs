@@ -469,7 +469,7 @@ proptest! {
             let events = run(&mut ledger, Command::ReconcilePayout(c.clone()));
             prop_assert!(events.is_ok(), "{:?} refused: {:?}", c, events);
             for e in events.unwrap_or_default() {
-                let flagged = matches!(&e, Event::ReconciliationMismatchFound(m) if m.resolution == "flagged");
+                let flagged = matches!(&e, Event::ReconciliationMismatchFound(m) if m.resolution == crate::reconcile::Resolution::Flagged);
                 prop_assert!(flagged, "the second run decided more than a flag: {:?}", e);
             }
         }

@@ -90,7 +90,7 @@ pub enum Aggregate {
     /// An API token (name and role; the secret is not part of the state).
     Token {
         name: String,
-        role: String,
+        role: crate::access::Role,
     },
     Reconciliation(Reconciliation),
 }
@@ -191,7 +191,7 @@ pub fn evolve(state: StreamState, stream_id: Uuid, version: i64, event: &Event) 
             r.matched = e.matched;
             Aggregate::Reconciliation(r)
         }
-        (Aggregate::Empty, Event::TokenIssued(e)) => Aggregate::Token { name: e.name.clone(), role: e.role.clone() },
+        (Aggregate::Empty, Event::TokenIssued(e)) => Aggregate::Token { name: e.name.clone(), role: e.role },
         (Aggregate::Withdrawal(mut w), Event::WithdrawalSettled(e)) => {
             assert_eq!(w.status, WithdrawalStatus::Pending, "withdrawal {} settled when not pending", w.id);
             w.status = WithdrawalStatus::Settled;

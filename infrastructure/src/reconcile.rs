@@ -348,47 +348,80 @@ fn group_command(run_id: Uuid, reference: Option<String>, records: Vec<ProviderR
     }
 }
 
-/// The report of a run, folded from its stream: `{"id","status","from","to","matched",
-/// "mismatches":[{"kind","withdrawal_id","provider_ref","ours","theirs","resolution",
-/// "resolution_position","account_below_limit"}],"error"}`; `None` if there is no such run.
-/// The kinds are those of `ledger_domain::reconcile::MismatchKind`; `theirs` is one
-/// line (`{"status","amount","currency","provider_ref"}`, or `{"unreadable","provider_ref",
-/// "line"}` for a line that could not be read) or, for a duplicated reference,
-/// `{"lines":[…],"lines_total"}`.
-pub fn report(run_id: Uuid, events: &[crate::store::RecordedEvent]) -> Option<serde_json::Value> {
+/// Where a reconciliation run is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Running,
+    Finished,
+    Failed,
+}
+
+/// A mismatch as recorded, and the log position of the event correcting it (none when
+/// it was only flagged).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FoundMismatch {
+    pub found: ledger_domain::events::ReconciliationMismatchFound,
+    pub resolution_position: Option<i64>,
+}
+
+/// The report of a run, folded from its stream. The kinds are those of
+/// `ledger_domain::MismatchKind`; `theirs` is one line (`{"status","amount","currency",
+/// "provider_ref"}`, or `{"unreadable","provider_ref","line"}` for a line that could not
+/// be read) or, for a duplicated reference, `{"lines":[…],"lines_total"}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunReport {
+    pub id: Uuid,
+    pub status: RunStatus,
+    pub from: chrono::DateTime<chrono::Utc>,
+    pub to: chrono::DateTime<chrono::Utc>,
+    pub matched: u64,
+    pub started_position: i64,
+    pub mismatches: Vec<FoundMismatch>,
+    /// Once finished: why a failed run failed.
+    pub error: Option<String>,
+    /// Once finished: the log position of its last event.
+    pub finished_position: Option<i64>,
+}
+
+/// The report of a run folded from its stream; `None` if there is no such run.
+pub fn report(run_id: Uuid, events: &[crate::store::RecordedEvent]) -> Option<RunReport> {
     use ledger_domain::Event;
     let mut report = None;
     let mut mismatches = Vec::new();
     for recorded in events {
         match recorded.event().ok()? {
             Event::ReconciliationStarted(e) => {
-                report = Some(serde_json::json!({
-                    "id": run_id, "status": "running", "from": e.from, "to": e.to, "matched": 0,
-                    "started_position": recorded.position,
-                }));
+                report = Some(RunReport {
+                    id: run_id,
+                    status: RunStatus::Running,
+                    from: e.from,
+                    to: e.to,
+                    matched: 0,
+                    started_position: recorded.position,
+                    mismatches: Vec::new(),
+                    error: None,
+                    finished_position: None,
+                });
             }
-            Event::ReconciliationMismatchFound(m) => {
+            Event::ReconciliationMismatchFound(found) => {
                 // A correction is appended in the same commit right before its mismatch.
-                let resolution_position = (m.resolution != "flagged").then_some(recorded.position - 1);
-                mismatches.push(serde_json::json!({
-                    "kind": m.kind, "withdrawal_id": m.withdrawal_id, "reference": m.reference,
-                    "provider_ref": m.provider_ref, "ours": m.ours, "theirs": m.theirs,
-                    "resolution": m.resolution, "resolution_position": resolution_position,
-                    "account_below_limit": m.account_below_limit,
-                }));
+                let corrected = found.resolution != ledger_domain::Resolution::Flagged;
+                let resolution_position = corrected.then_some(recorded.position - 1);
+                mismatches.push(FoundMismatch { found, resolution_position });
             }
             Event::ReconciliationFinished(f) => {
                 if let Some(r) = report.as_mut() {
-                    r["status"] = serde_json::json!(if f.error.is_some() { "failed" } else { "finished" });
-                    r["matched"] = serde_json::json!(f.matched);
-                    r["error"] = serde_json::json!(f.error);
-                    r["finished_position"] = serde_json::json!(recorded.position);
+                    r.status = if f.error.is_some() { RunStatus::Failed } else { RunStatus::Finished };
+                    r.matched = f.matched;
+                    r.error = f.error;
+                    r.finished_position = Some(recorded.position);
                 }
             }
             _ => {}
         }
     }
     let mut report = report?;
-    report["mismatches"] = serde_json::Value::Array(mismatches);
+    report.mismatches = mismatches;
     Some(report)
 }

@@ -1,105 +1,236 @@
-//! Queries over the read models. Every query returns the projection's checkpoint
-//! read in the same snapshot, which is the log position the data reflects.
+//! Queries over the read models. Every query returns typed rows and the projection's
+//! checkpoint read in the same statement, which is the log position the data reflects.
+//! No JSON is built here: the API turns rows into its wire types.
 
-use serde_json::{Value, json};
+use chrono::{DateTime, Utc};
+use ledger_domain::{AccountStatus, WithdrawalStatus};
+use serde_json::Value;
 use sqlx::PgPool;
+use sqlx::postgres::PgRow;
 use uuid::Uuid;
 
-/// The columns of `accounts_view` as the API shows them.
-const ACCOUNT_COLUMNS: &str = "json_build_object('id', id, 'currency', currency, 'owner', owner, 'status', status,
-    'balance', balance, 'available', balance - pending_holds, 'pending_holds', pending_holds,
-    'overdraft_limit', overdraft_limit, 'system', system, 'metadata', metadata, 'version', version,
-    'position', position)";
-
-async fn checkpoint(pool: &PgPool, name: &str) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("select position from projection_checkpoints where name = $1").bind(name).fetch_one(pool).await
+/// A row of `accounts_view`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccountRow {
+    pub id: Uuid,
+    pub currency: String,
+    pub owner: Option<String>,
+    pub status: AccountStatus,
+    pub balance: i64,
+    pub pending_holds: i64,
+    pub overdraft_limit: i64,
+    pub system: bool,
+    pub metadata: Option<Value>,
+    pub version: i64,
+    pub position: i64,
 }
 
-/// An account view and the position it reflects.
-pub async fn account(pool: &PgPool, id: Uuid) -> Result<(Option<Value>, i64), sqlx::Error> {
-    let sql = format!(
-        "select (select {ACCOUNT_COLUMNS} from accounts_view where id = $1),
-                (select position from projection_checkpoints where name = 'accounts')"
-    );
-    let (view, position): (Option<Value>, i64) =
-        sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_one(pool).await?;
-    Ok((view, position))
+/// A row of `transfers_view`.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct TransferRow {
+    pub id: Uuid,
+    pub from_account: Uuid,
+    pub to_account: Uuid,
+    pub amount: i64,
+    pub currency: String,
+    pub reference: Option<String>,
+    pub reverses: Option<Uuid>,
+    pub reason: Option<String>,
+    pub reversed_by: Option<Uuid>,
+    pub metadata: Option<Value>,
 }
 
-/// Accounts with the given owner (indexed), at most `limit`.
-pub async fn accounts_by_owner(pool: &PgPool, owner: &str, limit: i64) -> Result<(Vec<Value>, i64), sqlx::Error> {
-    let sql = format!(
-        "select coalesce((select json_agg(a) from (select {ACCOUNT_COLUMNS} as a from accounts_view
-                          where owner = $1 order by id limit $2) s), '[]'::json),
-                (select position from projection_checkpoints where name = 'accounts')"
-    );
-    let (list, position): (Value, i64) =
-        sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(owner).bind(limit).fetch_one(pool).await?;
-    let list = match list {
-        Value::Array(items) => items,
-        _ => Vec::new(),
-    };
-    Ok((list, position))
+/// A row of `withdrawals_view`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WithdrawalRow {
+    pub id: Uuid,
+    pub account_id: Uuid,
+    pub amount: i64,
+    pub currency: String,
+    pub destination: String,
+    pub status: WithdrawalStatus,
+    pub provider_ref: Option<String>,
+    pub failure_reason: Option<String>,
+    pub metadata: Option<Value>,
 }
 
-/// One page of an account's statement, newest first, before `cursor` (a position).
+/// One line of an account's statement (`account_entries`).
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct EntryRow {
+    pub position: i64,
+    pub kind: String,
+    pub movement_id: Uuid,
+    pub amount: i64,
+    pub balance_after: i64,
+    pub counterparty: Uuid,
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// An open dead letter.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct DeadLetterRow {
+    pub id: Uuid,
+    pub source: String,
+    pub withdrawal_id: Uuid,
+    pub event_position: i64,
+    pub attempts: i32,
+    pub last_error: String,
+    pub dead_lettered_at: DateTime<Utc>,
+}
+
+/// A status column holds the snake_case name of a domain enum; anything else is a
+/// corrupted read model, refused rather than shown as something it is not.
+fn status<T: serde::de::DeserializeOwned>(row: &PgRow, column: &str) -> Result<T, sqlx::Error> {
+    use sqlx::Row;
+    let raw: String = row.try_get(column)?;
+    serde_json::from_value(Value::String(raw.clone()))
+        .map_err(|_| sqlx::Error::Decode(format!("{column} {raw:?} is not a known status").into()))
+}
+
+impl<'r> sqlx::FromRow<'r, PgRow> for AccountRow {
+    fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
+        use sqlx::Row;
+        Ok(AccountRow {
+            id: row.try_get("id")?,
+            currency: row.try_get("currency")?,
+            owner: row.try_get("owner")?,
+            status: status(row, "status")?,
+            balance: row.try_get("balance")?,
+            pending_holds: row.try_get("pending_holds")?,
+            overdraft_limit: row.try_get("overdraft_limit")?,
+            system: row.try_get("system")?,
+            metadata: row.try_get("metadata")?,
+            version: row.try_get("version")?,
+            position: row.try_get("position")?,
+        })
+    }
+}
+
+impl<'r> sqlx::FromRow<'r, PgRow> for WithdrawalRow {
+    fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
+        use sqlx::Row;
+        Ok(WithdrawalRow {
+            id: row.try_get("id")?,
+            account_id: row.try_get("account_id")?,
+            amount: row.try_get("amount")?,
+            currency: row.try_get("currency")?,
+            destination: row.try_get("destination")?,
+            status: status(row, "status")?,
+            provider_ref: row.try_get("provider_ref")?,
+            failure_reason: row.try_get("failure_reason")?,
+            metadata: row.try_get("metadata")?,
+        })
+    }
+}
+
+/// A query's rows and the checkpoint of its projection, from one statement (so one
+/// snapshot): the checkpoint row left-joined to the rows, so that it comes back even
+/// when they are none (their columns are then null).
+struct Checked<R> {
+    checkpoint: i64,
+    row: Option<R>,
+}
+
+impl<'r, R: sqlx::FromRow<'r, PgRow>> sqlx::FromRow<'r, PgRow> for Checked<R> {
+    fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
+        use sqlx::Row;
+        let checkpoint = row.try_get("checkpoint")?;
+        let id: Option<Uuid> = row.try_get("id")?;
+        Ok(Checked { checkpoint, row: id.map(|_| R::from_row(row)).transpose()? })
+    }
+}
+
+/// The rows and the checkpoint of `Checked` rows (at least one: the checkpoint's).
+fn unchecked<R>(rows: Vec<Checked<R>>) -> Result<(Vec<R>, i64), sqlx::Error> {
+    let checkpoint = rows.first().map(|r| r.checkpoint).ok_or(sqlx::Error::RowNotFound)?;
+    Ok((rows.into_iter().filter_map(|r| r.row).collect(), checkpoint))
+}
+
+/// `select` of a projection's checkpoint with `rows` (a query aliased `v`) joined in.
+fn with_checkpoint(projection: &str, columns: &str, rows: &str, order: &str) -> String {
+    format!(
+        "select c.position as checkpoint, {columns} from projection_checkpoints c
+         left join lateral ({rows}) v on true where c.name = '{projection}' {order}"
+    )
+}
+
+const ACCOUNT_COLUMNS: &str = "v.id, v.currency, v.owner, v.status, v.balance, v.pending_holds, v.overdraft_limit, \
+     v.system, v.metadata, v.version, v.position";
+
+/// The statement of [`account`] (`$1`: the id), for benchmarks to explain.
+pub fn account_sql() -> String {
+    with_checkpoint("accounts", ACCOUNT_COLUMNS, "select * from accounts_view where id = $1", "")
+}
+
+/// The statement of [`accounts_by_owner`] (`$1`: the owner, `$2`: the limit).
+pub fn accounts_by_owner_sql() -> String {
+    let rows = "select * from accounts_view where owner = $1 order by id limit $2";
+    with_checkpoint("accounts", ACCOUNT_COLUMNS, rows, "order by v.id")
+}
+
+/// An account row and the position it reflects.
+pub async fn account(pool: &PgPool, id: Uuid) -> Result<(Option<AccountRow>, i64), sqlx::Error> {
+    let sql = account_sql();
+    let row: Checked<AccountRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_one(pool).await?;
+    Ok((row.row, row.checkpoint))
+}
+
+/// Accounts with the given owner (indexed), at most `limit`, ordered by id.
+pub async fn accounts_by_owner(pool: &PgPool, owner: &str, limit: i64) -> Result<(Vec<AccountRow>, i64), sqlx::Error> {
+    let sql = accounts_by_owner_sql();
+    unchecked(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(owner).bind(limit).fetch_all(pool).await?)
+}
+
+/// The rows of the given accounts (those the read model has), in no order.
+pub async fn accounts(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<AccountRow>, sqlx::Error> {
+    let sql = format!("select {} from accounts_view v where id = any($1)", ACCOUNT_COLUMNS);
+    sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(ids).fetch_all(pool).await
+}
+
+/// One page of an account's statement, newest first, before `before` (a position).
 pub async fn entries(
     pool: &PgPool,
     account: Uuid,
     before: Option<i64>,
     limit: i64,
-) -> Result<(Vec<Value>, i64), sqlx::Error> {
-    let rows: Vec<(i64, String, Uuid, i64, i64, Uuid, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
-        "select position, kind, movement_id, amount, balance_after, counterparty, occurred_at
-         from account_entries where account_id = $1 and position < $2
-         order by position desc limit $3",
-    )
-    .bind(account)
-    .bind(before.unwrap_or(i64::MAX))
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
-    let position = checkpoint(pool, "accounts").await?;
-    let entries = rows
-        .into_iter()
-        .map(|(position, kind, movement, amount, balance_after, counterparty, occurred_at)| {
-            json!({
-                "position": position, "kind": kind, "transfer_id": movement, "amount": amount,
-                "balance_after": balance_after, "counterparty": counterparty, "occurred_at": occurred_at,
-            })
-        })
-        .collect();
-    Ok((entries, position))
+) -> Result<(Vec<EntryRow>, i64), sqlx::Error> {
+    let rows = "select position, kind, movement_id as id, amount, balance_after, counterparty, occurred_at
+                from account_entries where account_id = $1 and position < $2 order by position desc limit $3";
+    let columns = "v.position, v.kind, v.id as movement_id, v.id, v.amount, v.balance_after, v.counterparty, \
+                   v.occurred_at";
+    let sql = with_checkpoint("accounts", columns, rows, "order by v.position desc");
+    let query = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(account).bind(before.unwrap_or(i64::MAX)).bind(limit);
+    unchecked(query.fetch_all(pool).await?)
 }
 
-/// A transfer view and the position it reflects.
-pub async fn transfer(pool: &PgPool, id: Uuid) -> Result<(Option<Value>, i64), sqlx::Error> {
-    sqlx::query_as(
-        "select (select json_build_object('id', id, 'from', from_account, 'to', to_account, 'amount', amount,
-                    'currency', currency, 'status', 'completed', 'reference', reference, 'reverses', reverses,
-                    'reason', reason, 'reversed_by', reversed_by, 'metadata', metadata) from transfers_view where id = $1),
-                (select position from projection_checkpoints where name = 'transfers')",
-    )
-    .bind(id)
-    .fetch_one(pool)
-    .await
+/// A transfer row and the position it reflects.
+pub async fn transfer(pool: &PgPool, id: Uuid) -> Result<(Option<TransferRow>, i64), sqlx::Error> {
+    let columns = "v.id, v.from_account, v.to_account, v.amount, v.currency, v.reference, v.reverses, v.reason, \
+                   v.reversed_by, v.metadata";
+    let sql = with_checkpoint("transfers", columns, "select * from transfers_view where id = $1", "");
+    let row: Checked<TransferRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_one(pool).await?;
+    Ok((row.row, row.checkpoint))
 }
 
-/// A withdrawal view and the position it reflects.
-pub async fn withdrawal(pool: &PgPool, id: Uuid) -> Result<(Option<Value>, i64), sqlx::Error> {
-    sqlx::query_as(
-        "select (select json_build_object('id', id, 'account_id', account_id, 'amount', amount, 'currency', currency,
-                    'destination', destination, 'status', status, 'provider_ref', provider_ref,
-                    'failure_reason', failure_reason, 'metadata', metadata) from withdrawals_view where id = $1),
-                (select position from projection_checkpoints where name = 'transfers')",
-    )
-    .bind(id)
-    .fetch_one(pool)
-    .await
+/// A withdrawal row and the position it reflects.
+pub async fn withdrawal(pool: &PgPool, id: Uuid) -> Result<(Option<WithdrawalRow>, i64), sqlx::Error> {
+    let columns = "v.id, v.account_id, v.amount, v.currency, v.destination, v.status, v.provider_ref, \
+                   v.failure_reason, v.metadata";
+    let sql = with_checkpoint("transfers", columns, "select * from withdrawals_view where id = $1", "");
+    let row: Checked<WithdrawalRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_one(pool).await?;
+    Ok((row.row, row.checkpoint))
 }
 
 /// A projection's checkpoint, status, last update and rebuild progress.
-pub type StatusRow = (String, i64, String, chrono::DateTime<chrono::Utc>, Option<i64>, Option<i64>);
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct StatusRow {
+    pub name: String,
+    pub position: i64,
+    pub status: String,
+    pub updated_at: DateTime<Utc>,
+    pub rebuild_position: Option<i64>,
+    pub rebuild_target: Option<i64>,
+}
 
 /// Each projection's status, and the head of the log.
 pub async fn statuses(pool: &PgPool) -> Result<(i64, Vec<StatusRow>), sqlx::Error> {
@@ -114,20 +245,12 @@ pub async fn statuses(pool: &PgPool) -> Result<(i64, Vec<StatusRow>), sqlx::Erro
 }
 
 /// The open dead letters, oldest first, and the position they reflect.
-pub async fn open_dead_letters(pool: &PgPool) -> Result<(Vec<Value>, i64), sqlx::Error> {
-    let (list, position): (Value, i64) = sqlx::query_as(
-        "select coalesce((select json_agg(d order by d.dead_lettered_at) from (
-                    select id, source, withdrawal_id, event_position, attempts, last_error, dead_lettered_at
-                    from dead_letters where status = 'open') d), '[]'::json),
-                (select position from projection_checkpoints where name = 'transfers')",
-    )
-    .fetch_one(pool)
-    .await?;
-    let list = match list {
-        Value::Array(items) => items,
-        _ => Vec::new(),
-    };
-    Ok((list, position))
+pub async fn open_dead_letters(pool: &PgPool) -> Result<(Vec<DeadLetterRow>, i64), sqlx::Error> {
+    let rows = "select id, source, withdrawal_id, event_position, attempts, last_error, dead_lettered_at
+                from dead_letters where status = 'open' order by dead_lettered_at";
+    let columns = "v.id, v.source, v.withdrawal_id, v.event_position, v.attempts, v.last_error, v.dead_lettered_at";
+    let sql = with_checkpoint("transfers", columns, rows, "order by v.dead_lettered_at");
+    unchecked(sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(pool).await?)
 }
 
 /// The withdrawal a dead letter belongs to.

@@ -5,7 +5,7 @@ use crate::context::{Principal, RequestContext};
 use crate::error::{ApiError, ErrorCode};
 use crate::extract::{Params, Segment};
 use crate::read::Consistency;
-use crate::requests::{EmptyRequest, OpenAccountRequest, parse};
+use crate::requests::parse;
 use crate::routes::{read_model_ready, strong_state};
 use crate::state::AppState;
 use crate::validate::{limit_param, path_uuid, position_param};
@@ -19,7 +19,7 @@ use ledger_domain::Event;
 use ledger_domain::decide::OpenAccount;
 use ledger_infrastructure::{Recorded, StoredResponse};
 use ledger_projections::Projection;
-use serde_json::json;
+use ledger_wire::{EmptyRequest, OpenAccountRequest};
 use uuid::Uuid;
 
 pub fn router() -> Router<AppState> {
@@ -50,7 +50,7 @@ fn render_account(status: u16) -> impl Fn(&Recorded) -> StoredResponse {
             .expect("an account command records its account's event");
         let state = recorded.state();
         let account = state.account(account_id).expect("the command touched this account");
-        StoredResponse { status, body: views::account(account, state.version(account_id), recorded.position) }
+        crate::command::stored(status, &views::account(account, state.version(account_id), recorded.position))
     }
 }
 
@@ -61,9 +61,9 @@ fn render_account(status: u16) -> impl Fn(&Recorded) -> StoredResponse {
     tag = "accounts",
     summary = "Open an account",
     description = "Opens an account in one currency; the currency's system account is opened with the first one.",
-    request_body = crate::schemas::OpenAccountRequest,
+    request_body = ledger_wire::OpenAccountRequest,
     responses(
-        (status = 201, description = "The account, with the `position` of its event.", body = crate::schemas::Account),
+        (status = 201, description = "The account, with the `position` of its event.", body = ledger_wire::Account),
         (status = 409, description = "`version_conflict`: a stream with the given `id` exists already, or concurrent \
             commands kept conflicting; `idempotency_key_in_flight`: a request with this key is still executing."),
         (status = 422, description = "`validation_error`: a field is missing or malformed (`currency`, `owner`, \
@@ -95,9 +95,9 @@ async fn open(
     summary = "Close an account",
     description = "Closes an account whose balance and pending holds are 0.",
     params(("id" = Uuid, Path, description = "The account id.")),
-    request_body(content = Option<crate::schemas::EmptyRequest>, description = "`{}` or no body."),
+    request_body(content = Option<ledger_wire::EmptyRequest>, description = "`{}` or no body."),
     responses(
-        (status = 200, description = "The closed account (`\"status\":\"closed\"`).", body = crate::schemas::Account),
+        (status = 200, description = "The closed account (`\"status\":\"closed\"`).", body = ledger_wire::Account),
         (status = 404, description = "`account_not_found`: no such account (or the id is not a UUID)."),
         (status = 422, description = "`account_not_empty`: the balance or the pending holds are not 0; \
             `account_closed`: it is closed already; `validation_error`: a system account, or the body is not an object."),
@@ -122,9 +122,9 @@ async fn close(
     operation_id = "get_account",
     tag = "accounts",
     summary = "Read an account",
-    params(("id" = Uuid, Path, description = "The account id."), crate::schemas::ConsistencyQuery),
+    params(("id" = Uuid, Path, description = "The account id."), ledger_wire::ConsistencyQuery),
     responses(
-        (status = 200, description = "The account.", body = crate::schemas::Account, headers(
+        (status = 200, description = "The account.", body = ledger_wire::Account, headers(
             ("X-Ledger-Stale" = String, description = "`true` when Postgres is unavailable and this eventual read \
                 was answered from the cache.")
         )),
@@ -139,11 +139,11 @@ async fn read(State(state): State<AppState>, Segment(raw): Segment, Params(q): P
     if consistency == Consistency::Strong {
         let (ledger, head) = strong_state(&state, &[id]).await?;
         let account = ledger.account(id).ok_or_else(|| account_not_found(&raw))?;
-        return Ok(views::read(views::account(account, ledger.version(id), head), head));
+        return Ok(views::read(&views::account(account, ledger.version(id), head), head));
     }
     let min = read_model_ready(&state, Projection::Accounts, consistency).await?;
     if let Some((view, position)) = state.cache.get(id, min).await {
-        return Ok(views::read(view, position));
+        return Ok(views::read(&view, position));
     }
     let (view, position) = ledger_projections::queries::account(&state.pool, id).await?;
     let Some(view) = view else {
@@ -151,10 +151,11 @@ async fn read(State(state): State<AppState>, Segment(raw): Segment, Params(q): P
         // so the answer comes from the log.
         let (ledger, head) = strong_state(&state, &[id]).await?;
         let account = ledger.account(id).ok_or_else(|| account_not_found(&raw))?;
-        return Ok(views::read(views::account(account, ledger.version(id), head), head));
+        return Ok(views::read(&views::account(account, ledger.version(id), head), head));
     };
+    let view = views::account_row(view);
     state.cache.insert(id, view.clone(), position).await;
-    Ok(views::read(view, position))
+    Ok(views::read(&view, position))
 }
 
 #[utoipa::path(
@@ -164,9 +165,9 @@ async fn read(State(state): State<AppState>, Segment(raw): Segment, Params(q): P
     tag = "accounts",
     summary = "Find accounts by owner",
     description = "Indexed look-up of the accounts with the given `owner` (at most 1000).",
-    params(crate::schemas::OwnerQuery, crate::schemas::ConsistencyQuery),
+    params(ledger_wire::OwnerQuery, ledger_wire::ConsistencyQuery),
     responses(
-        (status = 200, description = "The owner's accounts.", body = crate::schemas::AccountList),
+        (status = 200, description = "The owner's accounts.", body = ledger_wire::AccountList),
         (status = 400, description = "`validation_error`: `owner` is missing or empty, or `consistency` or \
             `min_position` is invalid."),
         (status = 503, description = "`consistency_timeout`: the read model did not reach `min_position` in time."),
@@ -175,8 +176,11 @@ async fn read(State(state): State<AppState>, Segment(raw): Segment, Params(q): P
 async fn by_owner(State(state): State<AppState>, Params(q): Params) -> Result<Response, ApiError> {
     let owner = q.get("owner").filter(|o| !o.is_empty()).ok_or_else(|| ApiError::bad_request("`owner` is required"))?;
     read_model_ready(&state, Projection::Accounts, Consistency::from_query(&q)?).await?;
-    let (accounts, position) = ledger_projections::queries::accounts_by_owner(&state.pool, owner, 1000).await?;
-    Ok(views::read(json!({ "accounts": accounts }), position))
+    let (rows, position) =
+        ledger_projections::queries::accounts_by_owner(&state.pool, owner, ledger_wire::limits::OWNER_ACCOUNTS_MAX)
+            .await?;
+    let accounts = rows.into_iter().map(views::account_row).collect();
+    Ok(views::read(&ledger_wire::AccountList { accounts }, position))
 }
 
 #[utoipa::path(
@@ -186,9 +190,9 @@ async fn by_owner(State(state): State<AppState>, Params(q): Params) -> Result<Re
     tag = "accounts",
     summary = "An account's statement",
     description = "The account's entries, newest first; `amount` is signed from this account's view.",
-    params(("id" = Uuid, Path, description = "The account id."), crate::schemas::TransactionsQuery, crate::schemas::ConsistencyQuery),
+    params(("id" = Uuid, Path, description = "The account id."), ledger_wire::TransactionsQuery, ledger_wire::ConsistencyQuery),
     responses(
-        (status = 200, description = "One page of entries.", body = crate::schemas::TransactionsPage),
+        (status = 200, description = "One page of entries.", body = ledger_wire::TransactionsPage),
         (status = 400, description = "`validation_error`: `limit`, `cursor`, `consistency` or `min_position` is invalid."),
         (status = 404, description = "`account_not_found`: no such account (or the id is not a UUID)."),
         (status = 503, description = "`consistency_timeout`: the read model did not reach `min_position` in time."),
@@ -200,7 +204,7 @@ async fn transactions(
     Params(q): Params,
 ) -> Result<Response, ApiError> {
     let id = path_uuid(&raw, || account_not_found(&raw))?;
-    let limit = limit_param(q.get("limit").map(String::as_str), 50, 1000)?;
+    let limit = limit_param(q.get("limit").map(String::as_str), 50, ledger_wire::limits::PAGE_MAX)?;
     let cursor = match q.get("cursor") {
         None => None,
         Some(c) => Some(c.parse::<i64>().map_err(|_| ApiError::bad_request("`cursor` is not a cursor from this API"))?),
@@ -215,8 +219,9 @@ async fn transactions(
     {
         return Err(account_not_found(&raw));
     }
-    let next = if entries.len() as i64 == limit { entries.last().map(|e| e["position"].to_string()) } else { None };
-    Ok(views::read(json!({ "entries": entries, "next_cursor": next }), position))
+    let next_cursor = if entries.len() as i64 == limit { entries.last().map(|e| e.position.to_string()) } else { None };
+    let entries = entries.into_iter().map(views::entry).collect::<Result<_, _>>()?;
+    Ok(views::read(&ledger_wire::TransactionsPage { entries, next_cursor }, position))
 }
 
 #[utoipa::path(
@@ -226,9 +231,9 @@ async fn transactions(
     tag = "accounts",
     summary = "An account's event stream",
     description = "The account's own events in version order, from the log (replay).",
-    params(("id" = Uuid, Path, description = "The account id."), crate::schemas::StreamEventsQuery),
+    params(("id" = Uuid, Path, description = "The account id."), ledger_wire::StreamEventsQuery),
     responses(
-        (status = 200, description = "One page of the stream.", body = crate::schemas::StreamEventsPage),
+        (status = 200, description = "One page of the stream.", body = ledger_wire::StreamEventsPage),
         (status = 400, description = "`validation_error`: `from_version` or `limit` is invalid."),
         (status = 404, description = "`account_not_found`: no such stream (or the id is not a UUID)."),
     )
@@ -236,7 +241,7 @@ async fn transactions(
 async fn events(State(state): State<AppState>, Segment(raw): Segment, Params(q): Params) -> Result<Response, ApiError> {
     let id = path_uuid(&raw, || account_not_found(&raw))?;
     let from_version = position_param("from_version", q.get("from_version").map(String::as_str))?.unwrap_or(1);
-    let limit = limit_param(q.get("limit").map(String::as_str), 100, 1000)?;
+    let limit = limit_param(q.get("limit").map(String::as_str), 100, ledger_wire::limits::PAGE_MAX)?;
     let head = state.store.head().await?;
     // Only an account's stream is served here: a token's or a run's is not an account.
     let first = state.store.read_stream(id, 1, 1).await?;
@@ -244,8 +249,9 @@ async fn events(State(state): State<AppState>, Segment(raw): Segment, Params(q):
         return Err(account_not_found(&raw));
     }
     let events = state.store.read_stream(id, from_version.max(1), limit).await?;
-    let next = events.last().map(|e| e.version + 1);
-    Ok(views::read(json!({ "events": events, "next_from_version": next }), head))
+    let next_from_version = events.last().map(|e| e.version + 1);
+    let events = events.into_iter().map(views::recorded_event).collect::<Result<_, _>>()?;
+    Ok(views::read(&ledger_wire::StreamEventsPage { events, next_from_version }, head))
 }
 
 /// The balance as it was at a position or a time, folded from the log (from the
@@ -258,9 +264,9 @@ async fn events(State(state): State<AppState>, Segment(raw): Segment, Params(q):
     summary = "An account's balance in the past",
     description = "The balance as it was at a time (`as_of`) or a log position (`at_position`): exactly one is \
         required. Computed from the event log.",
-    params(("id" = Uuid, Path, description = "The account id."), crate::schemas::BalanceQuery),
+    params(("id" = Uuid, Path, description = "The account id."), ledger_wire::BalanceQuery),
     responses(
-        (status = 200, description = "The balance then.", body = crate::schemas::HistoricalBalance),
+        (status = 200, description = "The balance then.", body = ledger_wire::HistoricalBalance),
         (status = 400, description = "`validation_error`: neither or both of `as_of` and `at_position`, `as_of` is \
             not RFC 3339, or `at_position` is negative."),
         (status = 422, description = "`validation_error`: `at_position` is beyond the head."),
@@ -296,9 +302,13 @@ async fn balance(
     let ledger_domain::Aggregate::Account(account) = &stream.aggregate else {
         return Err(account_not_found(&raw));
     };
-    let body = json!({
-        "id": id, "balance": account.balance, "available": account.available(),
-        "pending_holds": account.pending_holds, "version": stream.version, "as_of_position": at,
-    });
-    Ok(views::read(body, at))
+    let body = ledger_wire::HistoricalBalance {
+        id,
+        balance: account.balance.minor_units(),
+        available: account.available().minor_units(),
+        pending_holds: account.pending_holds.minor_units(),
+        version: stream.version,
+        as_of_position: at,
+    };
+    Ok(views::read(&body, at))
 }

@@ -17,7 +17,6 @@ use ledger_domain::Command;
 use ledger_domain::decide::ResolveDeadLetter;
 use ledger_infrastructure::{Recorded, StoredResponse};
 use ledger_projections::Projection;
-use serde_json::json;
 use sha2::Digest;
 use uuid::Uuid;
 
@@ -43,10 +42,10 @@ pub fn router() -> Router<AppState> {
     summary = "Rebuild a projection",
     description = "Operator or admin. Rebuilds the read model from the log in the background (blue-green: the \
         live one keeps serving); progress in `GET /v1/admin/projections`.",
-    params(("name" = crate::schemas::ProjectionName, Path, description = "The projection.")),
-    request_body(content = Option<crate::schemas::EmptyRequest>, description = "Ignored; `{}` or no body."),
+    params(("name" = ledger_wire::ProjectionName, Path, description = "The projection.")),
+    request_body(content = Option<ledger_wire::EmptyRequest>, description = "Ignored; `{}` or no body."),
     responses(
-        (status = 202, description = "The rebuild started.", body = crate::schemas::RebuildStarted),
+        (status = 202, description = "The rebuild started.", body = ledger_wire::RebuildStarted),
         (status = 404, description = "`not_found`: no projection with that name."),
         (status = 409, description = "`version_conflict`: a rebuild of this projection is already running (in any \
             process)."),
@@ -72,7 +71,8 @@ async fn rebuild(
             }
             other => ApiError::unavailable(&other),
         })?;
-    let response = StoredResponse { status: 202, body: json!({ "name": name, "status": "rebuilding" }) };
+    let started = ledger_wire::RebuildStarted { name: views::projection_name(projection), status: "rebuilding".into() };
+    let response = crate::command::stored(202, &started);
     state.store.remember_response(&claim, &response).await?;
     let background = state.clone();
     tokio::spawn(async move {
@@ -105,9 +105,9 @@ async fn rebuild(
     tag = "operations",
     summary = "Issue a token",
     description = "Admin only. The secret is in this response only; it is stored hashed.",
-    request_body = crate::schemas::TokenRequest,
+    request_body = ledger_wire::TokenRequest,
     responses(
-        (status = 201, description = "The token.", body = crate::schemas::TokenCreated),
+        (status = 201, description = "The token.", body = ledger_wire::TokenCreated),
         (status = 409, description = "`version_conflict`: a token with this name was issued already, or concurrent \
             commands kept conflicting; `idempotency_key_in_flight`: a request with this key is still executing."),
         (status = 422, description = "`validation_error`: `name` or `role` is missing or malformed."),
@@ -119,26 +119,21 @@ async fn create_token(
     context: RequestContext,
     body: CommandBody,
 ) -> Result<Response, ApiError> {
-    let r: crate::requests::TokenRequest = crate::requests::parse(&body.json)?;
-    let (name, role) = (r.name.0, r.role.as_str().to_owned());
+    let r: ledger_wire::TokenRequest = crate::requests::parse(&body.json)?;
+    let (name, role) = (r.name.0, r.role);
     let token = format!("ltk_{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
     let token_sha256 = crate::auth::token_hash(&token);
     let token_id = token_id(&name);
-    let command = Command::IssueToken(ledger_domain::decide::IssueToken {
-        token_id,
-        name: name.clone(),
-        role: role.clone(),
-        token_sha256,
-    });
+    let command =
+        Command::IssueToken(ledger_domain::decide::IssueToken { token_id, name: name.clone(), role, token_sha256 });
     // The id, name and role come from the request, which a replay repeats exactly.
-    let render = move |_: &Recorded| StoredResponse {
-        status: 201,
-        body: json!({ "id": token_id, "name": name, "role": role, "token": null }),
-    };
+    let created = ledger_wire::TokenCreated { id: token_id, name, role, token: None };
+    let stored_form = created.clone();
+    let render = move |_: &Recorded| crate::command::stored(201, &stored_form);
     let (mut stored, replayed) =
         crate::command::execute_reply(&state, &principal, &context, body, command, None, render).await?;
     if stored.status == 201 && !replayed {
-        stored.body["token"] = json!(token);
+        stored = crate::command::stored(201, &ledger_wire::TokenCreated { token: Some(token), ..created });
     }
     Ok(crate::command::respond(stored, replayed))
 }
@@ -158,12 +153,13 @@ pub fn token_id(name: &str) -> Uuid {
     tag = "operations",
     summary = "Circuit breakers",
     description = "Operator or admin. The breakers around NATS publishing and the payment provider, in this process.",
-    responses((status = 200, description = "Each breaker's state.", body = crate::schemas::Breakers))
+    responses((status = 200, description = "Each breaker's state.", body = ledger_wire::Breakers))
 )]
 async fn breakers(State(state): State<AppState>) -> Result<Response, ApiError> {
     let head = state.store.head().await?;
-    let breakers = vec![state.relay_breaker.snapshot(), state.provider_breaker.snapshot()];
-    Ok(views::read(json!({ "breakers": breakers }), head))
+    let breakers = [state.relay_breaker.snapshot(), state.provider_breaker.snapshot()];
+    let breakers = breakers.into_iter().map(views::breaker).collect();
+    Ok(views::read(&ledger_wire::Breakers { breakers }, head))
 }
 
 #[utoipa::path(
@@ -173,9 +169,9 @@ async fn breakers(State(state): State<AppState>) -> Result<Response, ApiError> {
     tag = "operations",
     summary = "Open dead letters",
     description = "Operator or admin. Payouts that exhausted their retries, oldest first.",
-    params(crate::schemas::ConsistencyQuery),
+    params(ledger_wire::ConsistencyQuery),
     responses(
-        (status = 200, description = "The open dead letters.", body = crate::schemas::DeadLetters),
+        (status = 200, description = "The open dead letters.", body = ledger_wire::DeadLetters),
         (status = 400, description = "`validation_error`: `consistency` or `min_position` is invalid."),
         (status = 503, description = "`consistency_timeout`: the read model did not reach `min_position` in time."),
     )
@@ -183,8 +179,9 @@ async fn breakers(State(state): State<AppState>) -> Result<Response, ApiError> {
 async fn dead_letters(State(state): State<AppState>, Params(q): Params) -> Result<Response, ApiError> {
     let consistency = Consistency::from_query(&q)?;
     read_model_ready(&state, Projection::Transfers, consistency).await?;
-    let (list, position) = ledger_projections::queries::open_dead_letters(&state.pool).await?;
-    Ok(views::read(json!({ "dead_letters": list }), position))
+    let (rows, position) = ledger_projections::queries::open_dead_letters(&state.pool).await?;
+    let dead_letters = rows.into_iter().map(views::dead_letter).collect();
+    Ok(views::read(&ledger_wire::DeadLetters { dead_letters }, position))
 }
 
 /// The withdrawal of an open dead letter, from the read model caught up to the head.
@@ -201,13 +198,16 @@ async fn dead_letter_withdrawal(state: &AppState, raw: &str) -> Result<(Uuid, Uu
 fn render_resolution(
     dead_letter_id: Uuid,
     withdrawal_id: Uuid,
-    status: &'static str,
+    status: ledger_wire::DeadLetterOutcome,
 ) -> impl Fn(&Recorded) -> StoredResponse {
-    move |recorded| StoredResponse {
-        status: 200,
-        body: json!({
-            "id": dead_letter_id, "withdrawal_id": withdrawal_id, "status": status, "position": recorded.position,
-        }),
+    move |recorded| {
+        let body = ledger_wire::DeadLetterResolution {
+            id: dead_letter_id,
+            withdrawal_id,
+            status,
+            position: recorded.position,
+        };
+        crate::command::stored(200, &body)
     }
 }
 
@@ -219,9 +219,9 @@ fn render_resolution(
     summary = "Retry a dead-lettered payout",
     description = "Operator or admin. Retries the payout now.",
     params(("id" = Uuid, Path, description = "The dead letter id.")),
-    request_body(content = Option<crate::schemas::EmptyRequest>, description = "Ignored; `{}` or no body."),
+    request_body(content = Option<ledger_wire::EmptyRequest>, description = "Ignored; `{}` or no body."),
     responses(
-        (status = 200, description = "Redriven.", body = crate::schemas::DeadLetterResolution),
+        (status = 200, description = "Redriven.", body = ledger_wire::DeadLetterResolution),
         (status = 404, description = "`not_found`: no such dead letter (or the id is not a UUID)."),
         (status = 422, description = "`validation_error`: the dead letter is not open any more."),
     )
@@ -235,7 +235,7 @@ async fn redrive(
 ) -> Result<Response, ApiError> {
     let (id, withdrawal_id) = dead_letter_withdrawal(&state, &raw).await?;
     let command = Command::RedrivePayout(ResolveDeadLetter { dead_letter_id: id, withdrawal_id });
-    let render = render_resolution(id, withdrawal_id, "redriven");
+    let render = render_resolution(id, withdrawal_id, ledger_wire::DeadLetterOutcome::Redriven);
     execute(&state, &principal, &context, body, command, Some(id.to_string()), render).await
 }
 
@@ -247,9 +247,9 @@ async fn redrive(
     summary = "Give up a dead-lettered payout",
     description = "Operator or admin. Fails the withdrawal: the hold is released, the balance is unchanged.",
     params(("id" = Uuid, Path, description = "The dead letter id.")),
-    request_body(content = Option<crate::schemas::EmptyRequest>, description = "Ignored; `{}` or no body."),
+    request_body(content = Option<ledger_wire::EmptyRequest>, description = "Ignored; `{}` or no body."),
     responses(
-        (status = 200, description = "Discarded.", body = crate::schemas::DeadLetterResolution),
+        (status = 200, description = "Discarded.", body = ledger_wire::DeadLetterResolution),
         (status = 404, description = "`not_found`: no such dead letter (or the id is not a UUID)."),
         (status = 422, description = "`validation_error`: the dead letter is not open any more."),
     )
@@ -263,7 +263,7 @@ async fn discard(
 ) -> Result<Response, ApiError> {
     let (id, withdrawal_id) = dead_letter_withdrawal(&state, &raw).await?;
     let command = Command::DiscardPayout(ResolveDeadLetter { dead_letter_id: id, withdrawal_id });
-    let render = render_resolution(id, withdrawal_id, "discarded");
+    let render = render_resolution(id, withdrawal_id, ledger_wire::DeadLetterOutcome::Discarded);
     execute(&state, &principal, &context, body, command, Some(id.to_string()), render).await
 }
 
@@ -277,29 +277,35 @@ const STALL_S: i64 = 10;
     tag = "operations",
     summary = "Projection status",
     description = "Operator or admin. Each read model's position, lag and status, and the log's head.",
-    responses((status = 200, description = "The projections.", body = crate::schemas::Projections))
+    responses((status = 200, description = "The projections.", body = ledger_wire::Projections))
 )]
 async fn projections(State(state): State<AppState>) -> Result<Response, ApiError> {
     let (head, rows) = ledger_projections::queries::statuses(&state.pool).await?;
     let now = chrono::Utc::now();
-    let projections: Vec<_> = rows
-        .into_iter()
-        .map(|(name, position, status, updated_at, rebuild_position, rebuild_target)| {
-            let lag = head - position;
-            let status = match status.as_str() {
-                "rebuilding" => "rebuilding",
-                _ if lag == 0 => "running",
-                _ if (now - updated_at).num_seconds() <= STALL_S => "catching_up",
-                _ => "stopped",
-            };
-            let rebuild = rebuild_position.map(|done| json!({ "position": done, "target": rebuild_target }));
-            json!({
-                "name": name, "position": position, "lag_events": lag, "status": status,
-                "updated_at": updated_at, "rebuild": rebuild,
-            })
-        })
-        .collect();
+    let mut projections = Vec::with_capacity(rows.len());
+    for row in rows {
+        use ledger_wire::ProjectionState as S;
+        let name = Projection::from_name(&row.name)
+            .ok_or_else(|| ApiError::internal(&format!("unknown projection {:?} in the checkpoints", row.name)))?;
+        let lag = head - row.position;
+        let status = match row.status.as_str() {
+            "rebuilding" => S::Rebuilding,
+            _ if lag == 0 => S::Running,
+            _ if (now - row.updated_at).num_seconds() <= STALL_S => S::CatchingUp,
+            _ => S::Stopped,
+        };
+        let rebuild =
+            row.rebuild_position.map(|position| ledger_wire::RebuildProgress { position, target: row.rebuild_target });
+        projections.push(ledger_wire::ProjectionStatus {
+            name: views::projection_name(name),
+            position: row.position,
+            lag_events: lag,
+            status,
+            updated_at: row.updated_at,
+            rebuild,
+        });
+    }
     let (hits, misses, entries) = state.cache.stats();
-    let cache = json!({ "hits": hits, "misses": misses, "entries": entries });
-    Ok(views::read(json!({ "head": head, "projections": projections, "account_cache": cache }), head))
+    let account_cache = ledger_wire::CacheStats { hits, misses, entries };
+    Ok(views::read(&ledger_wire::Projections { head, projections, account_cache }, head))
 }

@@ -4,7 +4,7 @@
 use crate::command::{CommandBody, execute};
 use crate::context::{Principal, RequestContext};
 use crate::error::ApiError;
-use crate::requests::{DepositRequest, parse};
+use crate::requests::parse;
 use crate::state::AppState;
 use axum::Router;
 use axum::extract::State;
@@ -13,7 +13,7 @@ use axum::routing::post;
 use ledger_domain::Command;
 use ledger_domain::decide::MakeDeposit;
 use ledger_infrastructure::{Recorded, StoredResponse};
-use serde_json::json;
+use ledger_wire::DepositRequest;
 use uuid::Uuid;
 
 pub fn router() -> Router<AppState> {
@@ -27,9 +27,9 @@ pub fn router() -> Router<AppState> {
     tag = "deposits",
     summary = "Record a deposit",
     description = "Credits the account and debits the currency's system account.",
-    request_body = crate::schemas::DepositRequest,
+    request_body = ledger_wire::DepositRequest,
     responses(
-        (status = 201, description = "The deposit, with the `position` of its event.", body = crate::schemas::Deposit),
+        (status = 201, description = "The deposit, with the `position` of its event.", body = ledger_wire::Deposit),
         (status = 404, description = "`account_not_found`: no such account."),
         (status = 422, description = "`currency_mismatch`: not the account's currency; `account_closed`; \
             `validation_error`: a field is missing or malformed (e.g. `amount` not in 1 ..= 10^15), a system \
@@ -64,9 +64,14 @@ fn render_deposit(recorded: &Recorded) -> StoredResponse {
             _ => None,
         })
         .expect("a deposit command records its deposit");
-    let body = json!({
-        "id": d.deposit_id, "account_id": d.account_id, "amount": d.amount, "currency": d.currency,
-        "reference": d.reference, "metadata": d.metadata, "position": recorded.position,
-    });
-    StoredResponse { status: 201, body }
+    let body = ledger_wire::Deposit {
+        id: d.deposit_id,
+        account_id: d.account_id,
+        amount: d.amount.minor_units(),
+        currency: d.currency.as_str().to_owned(),
+        reference: d.reference.clone(),
+        metadata: d.metadata.clone(),
+        position: recorded.position,
+    };
+    crate::command::stored(201, &body)
 }

@@ -9,7 +9,6 @@ use axum::Router;
 use axum::extract::State;
 use axum::response::Response;
 use axum::routing::get;
-use serde_json::json;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/events", get(events)).route("/v1/system-accounts", get(system_accounts))
@@ -25,19 +24,20 @@ pub fn router() -> Router<AppState> {
     summary = "Page through the global log",
     description = "Events in position order. Positions are gapless and in commit order, so `after` is a stable \
         cursor.",
-    params(crate::schemas::EventsQuery),
+    params(ledger_wire::EventsQuery),
     responses(
-        (status = 200, description = "One page of the log.", body = crate::schemas::EventsPage),
+        (status = 200, description = "One page of the log.", body = ledger_wire::EventsPage),
         (status = 400, description = "`validation_error`: `after` or `limit` is invalid."),
     )
 )]
 async fn events(State(state): State<AppState>, Params(q): Params) -> Result<Response, ApiError> {
     let after = position_param("after", q.get("after").map(String::as_str))?.unwrap_or(0);
-    let limit = limit_param(q.get("limit").map(String::as_str), 100, 1000)?;
+    let limit = limit_param(q.get("limit").map(String::as_str), 100, ledger_wire::limits::PAGE_MAX)?;
     let head = state.store.head().await?;
     let events = state.store.read_all(after, limit).await?;
     let next_after = events.last().map_or(after, |e| e.position);
-    Ok(views::read(json!({ "events": events, "next_after": next_after }), head))
+    let events = events.into_iter().map(views::recorded_event).collect::<Result<_, _>>()?;
+    Ok(views::read(&ledger_wire::EventsPage { events, next_after }, head))
 }
 
 #[utoipa::path(
@@ -47,7 +47,7 @@ async fn events(State(state): State<AppState>, Params(q): Params) -> Result<Resp
     tag = "log",
     summary = "The system accounts",
     description = "One per currency: money from or to the outside world moves through it; it may go negative.",
-    responses((status = 200, description = "The system accounts.", body = crate::schemas::SystemAccounts))
+    responses((status = 200, description = "The system accounts.", body = ledger_wire::SystemAccounts))
 )]
 async fn system_accounts(State(state): State<AppState>) -> Result<Response, ApiError> {
     let head = state.store.head().await?;
@@ -56,7 +56,7 @@ async fn system_accounts(State(state): State<AppState>) -> Result<Response, ApiE
         .system_accounts()
         .await?
         .into_iter()
-        .map(|(currency, id)| json!({ "currency": currency, "id": id }))
+        .map(|(currency, id)| ledger_wire::SystemAccount { currency: currency.as_str().to_owned(), id })
         .collect();
-    Ok(views::read(json!({ "accounts": accounts }), head))
+    Ok(views::read(&ledger_wire::SystemAccounts { accounts }, head))
 }

@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::json;
+use ledger_wire as wire;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/health/live", get(live)).route("/health/ready", get(ready))
@@ -18,10 +18,10 @@ pub fn router() -> Router<AppState> {
     operation_id = "live",
     tag = "infrastructure",
     summary = "Liveness",
-    responses((status = 200, description = "The process runs.", body = crate::schemas::Live))
+    responses((status = 200, description = "The process runs.", body = ledger_wire::Live))
 )]
-async fn live() -> Json<serde_json::Value> {
-    Json(json!({ "status": "live" }))
+async fn live() -> Json<ledger_wire::Live> {
+    Json(ledger_wire::Live { status: "live".to_owned() })
 }
 
 /// Ready only while Postgres answers: without it the process can do nothing useful.
@@ -33,29 +33,29 @@ async fn live() -> Json<serde_json::Value> {
     summary = "Readiness",
     description = "Ready only while Postgres answers; the body also reports NATS and the circuit breakers.",
     responses(
-        (status = 200, description = "Ready.", body = crate::schemas::Ready),
-        (status = 503, description = "Not ready: a dependency is down.", body = crate::schemas::Ready),
+        (status = 200, description = "Ready.", body = ledger_wire::Ready),
+        (status = 503, description = "Not ready: a dependency is down.", body = ledger_wire::Ready),
     )
 )]
 async fn ready(State(state): State<AppState>) -> Response {
     let postgres = sqlx::query("select 1").execute(&state.pool).await.is_ok();
     let nats = match state.nats.connection_state() {
-        async_nats::connection::State::Connected => "up",
-        async_nats::connection::State::Pending => "connecting",
-        async_nats::connection::State::Disconnected => "down",
+        async_nats::connection::State::Connected => wire::NatsState::Up,
+        async_nats::connection::State::Pending => wire::NatsState::Connecting,
+        async_nats::connection::State::Disconnected => wire::NatsState::Down,
     };
     let status = if postgres { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     // Only Postgres is required: without NATS commands and strong reads still work
     // (projections lag); without the provider payouts wait behind the breaker.
-    let body = json!({
-        "status": if postgres { "ready" } else { "not_ready" },
-        "dependencies": {
-            "postgres": if postgres { "up" } else { "down" },
-            "nats": nats,
-            "provider_breaker": state.provider_breaker.state(),
-            "relay_breaker": state.relay_breaker.state(),
-            "postgres_breaker": state.db_breaker.state(),
+    let body = wire::Ready {
+        status: if postgres { wire::ReadyStatus::Ready } else { wire::ReadyStatus::NotReady },
+        dependencies: wire::Dependencies {
+            postgres: if postgres { wire::DependencyState::Up } else { wire::DependencyState::Down },
+            nats,
+            provider_breaker: crate::views::breaker_state(state.provider_breaker.state()),
+            relay_breaker: crate::views::breaker_state(state.relay_breaker.state()),
+            postgres_breaker: crate::views::breaker_state(state.db_breaker.state()),
         },
-    });
+    };
     (status, Json(body)).into_response()
 }

@@ -13,9 +13,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
 use chrono::Utc;
-use ledger_infrastructure::StoredResponse;
 use ledger_infrastructure::reconcile::{ReconcileError, Reconciler, report};
-use serde_json::json;
 use uuid::Uuid;
 
 pub fn router() -> Router<AppState> {
@@ -44,17 +42,17 @@ pub fn reconciler(state: &AppState) -> Reconciler {
     summary = "Start a reconciliation",
     description = "Operator or admin. Compares the provider's statement with the ledger over a window, in the \
         background; one run at a time.",
-    request_body(content = Option<crate::schemas::ReconciliationRequest>, description = "The window; `{}` or no body for \
+    request_body(content = Option<ledger_wire::ReconciliationRequest>, description = "The window; `{}` or no body for \
         the last 24 hours."),
     responses(
-        (status = 202, description = "The run started.", body = crate::schemas::ReconciliationStarted),
+        (status = 202, description = "The run started.", body = ledger_wire::ReconciliationStarted),
         (status = 409, description = "`version_conflict`: another run is going."),
         (status = 422, description = "`validation_error`: `from` or `to` is not RFC 3339, `from` is not before `to`, \
             or the body is not an object."),
     )
 )]
 async fn start(State(state): State<AppState>, principal: Principal, body: CommandBody) -> Result<Response, ApiError> {
-    let window: crate::requests::ReconciliationRequest = crate::requests::parse(&body.json)?;
+    let window: ledger_wire::ReconciliationRequest = crate::requests::parse(&body.json)?;
     let to = window.to.map_or_else(Utc::now, |t| t.0);
     let from = window.from.map_or(to - chrono::Duration::hours(DEFAULT_WINDOW_H), |t| t.0);
     if from >= to {
@@ -72,7 +70,7 @@ async fn start(State(state): State<AppState>, principal: Principal, body: Comman
     })?;
     let run_id = Uuid::now_v7();
     reconciler.start(run_id, from, to, &principal.name).await.map_err(|e| ApiError::unavailable(&e))?;
-    let response = StoredResponse { status: 202, body: json!({ "id": run_id, "from": from, "to": to }) };
+    let response = crate::command::stored(202, &ledger_wire::ReconciliationStarted { id: run_id, from, to });
     state.store.remember_response(&crate::command::claim(&state, &principal, &body), &response).await?;
     let actor = principal.name.clone();
     tokio::spawn(async move {
@@ -101,7 +99,7 @@ async fn start(State(state): State<AppState>, principal: Principal, body: Comman
         as written). A correction that would overflow a balance is flagged under its own kind instead.",
     params(("id" = Uuid, Path, description = "The run id.")),
     responses(
-        (status = 200, description = "The run and its mismatches.", body = crate::schemas::ReconciliationReport),
+        (status = 200, description = "The run and its mismatches.", body = ledger_wire::ReconciliationReport),
         (status = 404, description = "`not_found`: no such run (or the id is not a UUID)."),
     )
 )]
@@ -110,6 +108,6 @@ async fn read(State(state): State<AppState>, Segment(raw): Segment) -> Result<Re
     let id = path_uuid(&raw, not_found)?;
     let head = state.store.head().await?;
     let events = state.store.read_stream(id, 1, 100_000).await?;
-    let body = report(id, &events).ok_or_else(not_found)?;
-    Ok(views::read(body, head))
+    let report = report(id, &events).ok_or_else(not_found)?;
+    Ok(views::read(&views::reconciliation(report), head))
 }

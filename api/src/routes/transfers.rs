@@ -5,7 +5,7 @@ use crate::context::{Principal, RequestContext};
 use crate::error::ApiError;
 use crate::extract::{Params, Segment};
 use crate::read::Consistency;
-use crate::requests::{ReverseRequest, TransferRequest, parse};
+use crate::requests::parse;
 use crate::routes::{read_model_ready, strong_state};
 use crate::state::AppState;
 use crate::validate::path_uuid;
@@ -19,6 +19,7 @@ use ledger_domain::Event;
 use ledger_domain::decide::{PostTransfer, ReverseTransfer};
 use ledger_infrastructure::{Recorded, StoredResponse};
 use ledger_projections::Projection;
+use ledger_wire::{ReverseRequest, TransferRequest};
 use uuid::Uuid;
 
 pub fn router() -> Router<AppState> {
@@ -40,7 +41,7 @@ fn render_transfer(recorded: &Recorded) -> StoredResponse {
         .expect("a transfer command records its transfer");
     let state = recorded.state();
     let t = state.transfer(transfer_id).expect("the command created this transfer");
-    StoredResponse { status: 201, body: views::transfer(t, Some(recorded.position)) }
+    crate::command::stored(201, &views::transfer(t, Some(recorded.position)))
 }
 
 #[utoipa::path(
@@ -50,9 +51,9 @@ fn render_transfer(recorded: &Recorded) -> StoredResponse {
     tag = "transfers",
     summary = "Post a transfer",
     description = "Moves money between two accounts of the same currency, within the payer's overdraft limit.",
-    request_body = crate::schemas::TransferRequest,
+    request_body = ledger_wire::TransferRequest,
     responses(
-        (status = 201, description = "The completed transfer, with the `position` of its event.", body = crate::schemas::Transfer),
+        (status = 201, description = "The completed transfer, with the `position` of its event.", body = ledger_wire::Transfer),
         (status = 404, description = "`account_not_found`: `from` or `to` does not exist."),
         (status = 422, description = "`insufficient_funds`; `currency_mismatch`; `account_closed`; `same_account`: \
             `from` = `to`; `validation_error`: a field is missing or malformed, a system account, or a balance \
@@ -87,9 +88,9 @@ async fn transfer(
     description = "Posts a compensating transfer (`reverses` = id) moving the amount back; the original stays in \
         the log.",
     params(("id" = Uuid, Path, description = "The transfer to reverse.")),
-    request_body = crate::schemas::ReverseRequest,
+    request_body = ledger_wire::ReverseRequest,
     responses(
-        (status = 201, description = "The reversing transfer, with the `position` of its event.", body = crate::schemas::Transfer),
+        (status = 201, description = "The reversing transfer, with the `position` of its event.", body = ledger_wire::Transfer),
         (status = 404, description = "`not_found`: no such transfer (or the id is not a UUID)."),
         (status = 422, description = "`already_reversed`; `insufficient_funds`: the credited account cannot pay it \
             back; `account_closed`; `validation_error`: `reason` is missing or malformed, or a balance would overflow."),
@@ -117,9 +118,9 @@ async fn reverse(
     operation_id = "get_transfer",
     tag = "transfers",
     summary = "Read a transfer",
-    params(("id" = Uuid, Path, description = "The transfer id."), crate::schemas::ConsistencyQuery),
+    params(("id" = Uuid, Path, description = "The transfer id."), ledger_wire::ConsistencyQuery),
     responses(
-        (status = 200, description = "The transfer's current state.", body = crate::schemas::Transfer),
+        (status = 200, description = "The transfer's current state.", body = ledger_wire::Transfer),
         (status = 400, description = "`validation_error`: `consistency` or `min_position` is invalid."),
         (status = 404, description = "`not_found`: no such transfer (or the id is not a UUID)."),
         (status = 503, description = "`consistency_timeout`: the read model did not reach `min_position` in time."),
@@ -132,16 +133,16 @@ async fn read(State(state): State<AppState>, Segment(raw): Segment, Params(q): P
     if consistency == Consistency::Strong {
         let (ledger, head) = strong_state(&state, &[id]).await?;
         let found = ledger.transfer(id).ok_or_else(not_found)?;
-        return Ok(views::read(views::transfer(found, None), head));
+        return Ok(views::read(&views::transfer(found, None), head));
     }
     read_model_ready(&state, Projection::Transfers, consistency).await?;
     match ledger_projections::queries::transfer(&state.pool, id).await? {
-        (Some(view), position) => Ok(views::read(view, position)),
+        (Some(row), position) => Ok(views::read(&views::transfer_row(row), position)),
         (None, _) => {
             // Not in the read model yet: an id the service returned is never 404.
             let (ledger, head) = strong_state(&state, &[id]).await?;
             let found = ledger.transfer(id).ok_or_else(not_found)?;
-            Ok(views::read(views::transfer(found, None), head))
+            Ok(views::read(&views::transfer(found, None), head))
         }
     }
 }

@@ -6,7 +6,7 @@ use crate::context::{Principal, RequestContext};
 use crate::error::ApiError;
 use crate::extract::{Params, Segment};
 use crate::read::Consistency;
-use crate::requests::{WithdrawalRequest, parse};
+use crate::requests::parse;
 use crate::routes::{read_model_ready, strong_state};
 use crate::state::AppState;
 use crate::validate::path_uuid;
@@ -19,6 +19,7 @@ use ledger_domain::Command;
 use ledger_domain::decide::RequestWithdrawal;
 use ledger_infrastructure::{Recorded, StoredResponse};
 use ledger_projections::Projection;
+use ledger_wire::WithdrawalRequest;
 use uuid::Uuid;
 
 pub fn router() -> Router<AppState> {
@@ -33,9 +34,9 @@ pub fn router() -> Router<AppState> {
     summary = "Request a withdrawal",
     description = "Holds the funds at once (`available` drops, `balance` does not) and queues a payout to the \
         payment provider, which settles or fails the withdrawal later.",
-    request_body = crate::schemas::WithdrawalRequest,
+    request_body = ledger_wire::WithdrawalRequest,
     responses(
-        (status = 202, description = "The pending withdrawal, with the `position` of its event.", body = crate::schemas::Withdrawal),
+        (status = 202, description = "The pending withdrawal, with the `position` of its event.", body = ledger_wire::Withdrawal),
         (status = 404, description = "`account_not_found`: no such account."),
         (status = 422, description = "`insufficient_funds`; `currency_mismatch`; `account_closed`; \
             `validation_error`: a field is missing or malformed, a system account, or the holds would overflow."),
@@ -71,7 +72,7 @@ fn render_withdrawal(recorded: &Recorded) -> StoredResponse {
         .expect("a withdrawal command records its withdrawal");
     let state = recorded.state();
     let w = state.withdrawal(withdrawal_id).expect("the command created this withdrawal");
-    StoredResponse { status: 202, body: views::withdrawal(w, Some(recorded.position)) }
+    crate::command::stored(202, &views::withdrawal(w, Some(recorded.position)))
 }
 
 #[utoipa::path(
@@ -80,9 +81,9 @@ fn render_withdrawal(recorded: &Recorded) -> StoredResponse {
     operation_id = "get_withdrawal",
     tag = "withdrawals",
     summary = "Read a withdrawal",
-    params(("id" = Uuid, Path, description = "The withdrawal id."), crate::schemas::ConsistencyQuery),
+    params(("id" = Uuid, Path, description = "The withdrawal id."), ledger_wire::ConsistencyQuery),
     responses(
-        (status = 200, description = "The withdrawal's current state.", body = crate::schemas::Withdrawal),
+        (status = 200, description = "The withdrawal's current state.", body = ledger_wire::Withdrawal),
         (status = 400, description = "`validation_error`: `consistency` or `min_position` is invalid."),
         (status = 404, description = "`not_found`: no such withdrawal (or the id is not a UUID)."),
         (status = 503, description = "`consistency_timeout`: the read model did not reach `min_position` in time."),
@@ -95,16 +96,16 @@ async fn read(State(state): State<AppState>, Segment(raw): Segment, Params(q): P
     if consistency == Consistency::Strong {
         let (ledger, head) = strong_state(&state, &[id]).await?;
         let found = ledger.withdrawal(id).ok_or_else(not_found)?;
-        return Ok(views::read(views::withdrawal(found, None), head));
+        return Ok(views::read(&views::withdrawal(found, None), head));
     }
     read_model_ready(&state, Projection::Transfers, consistency).await?;
     match ledger_projections::queries::withdrawal(&state.pool, id).await? {
-        (Some(view), position) => Ok(views::read(view, position)),
+        (Some(row), position) => Ok(views::read(&views::withdrawal_row(row), position)),
         (None, _) => {
             // Not in the read model yet: an id the service returned is never 404.
             let (ledger, head) = strong_state(&state, &[id]).await?;
             let found = ledger.withdrawal(id).ok_or_else(not_found)?;
-            Ok(views::read(views::withdrawal(found, None), head))
+            Ok(views::read(&views::withdrawal(found, None), head))
         }
     }
 }

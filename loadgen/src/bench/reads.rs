@@ -14,13 +14,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-/// A copy of the columns `queries::account` selects (private there), for the cache
-/// fill and the EXPLAIN.
-const ACCOUNT_COLUMNS: &str = "json_build_object('id', id, 'currency', currency, 'owner', owner, 'status', status,
-    'balance', balance, 'available', balance - pending_holds, 'pending_holds', pending_holds,
-    'overdraft_limit', overdraft_limit, 'system', system, 'metadata', metadata, 'version', version,
-    'position', position)";
-
 const CACHE_ENTRIES: u64 = 100_000;
 const WARMUP: Duration = Duration::from_secs(1);
 const SERIAL: Duration = Duration::from_secs(2);
@@ -65,24 +58,12 @@ pub async fn run(db: &BenchDb, p: &Params) -> anyhow::Result<Value> {
 
     let explain_owner = explain(
         &db.pool,
-        &format!(
-            "select coalesce((select json_agg(a) from (select {ACCOUNT_COLUMNS} as a from accounts_view
-                          where owner = '{}' order by id limit 1000) s), '[]'::json),
-                (select position from projection_checkpoints where name = 'accounts')",
-            owner(owners / 2)
-        ),
+        &queries::accounts_by_owner_sql().replace("$1", &format!("'{}'", owner(owners / 2))).replace("$2", "1000"),
     )
     .await?;
     let owner_index_used = explain_owner.iter().any(|l| l.contains("accounts_view_owner"));
-    let explain_account = explain(
-        &db.pool,
-        &format!(
-            "select (select {ACCOUNT_COLUMNS} from accounts_view where id = '{}'),
-                (select position from projection_checkpoints where name = 'accounts')",
-            ids[ids.len() / 2]
-        ),
-    )
-    .await?;
+    let explain_account =
+        explain(&db.pool, &queries::account_sql().replace("$1", &format!("'{}'", ids[ids.len() / 2]))).await?;
 
     // Uncached: one query per read.
     let account_op = {
@@ -103,11 +84,8 @@ pub async fn run(db: &BenchDb, p: &Params) -> anyhow::Result<Value> {
     let cached_ids: Arc<Vec<Uuid>> = Arc::new(ids.iter().take(CACHE_ENTRIES as usize).copied().collect());
     let t = Instant::now();
     for chunk in cached_ids.chunks(10_000) {
-        let sql = format!("select id, {ACCOUNT_COLUMNS} from accounts_view where id = any($1)");
-        let rows: Vec<(Uuid, Value)> =
-            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(chunk).fetch_all(&db.pool).await.context("cache fill")?;
-        for (id, view) in rows {
-            cache.insert(id, view, 0).await;
+        for row in queries::accounts(&db.pool, chunk).await.context("cache fill")? {
+            cache.insert(row.id, ledger_api::views::account_row(row), 0).await;
         }
     }
     let fill_s = t.elapsed().as_secs_f64();

@@ -1,46 +1,18 @@
-//! The JSON shapes of the HTTP API as OpenAPI schemas (API.md). Request bodies are the
-//! handlers' own types (`crate::requests`, re-exported here). Responses are still built
-//! with `serde_json::json!` (`crate::views`), so the response types below exist only to
-//! describe them in `GET /openapi.json`; nothing constructs them yet (issue 14).
+//! The response bodies of the API: one type per answer, built by the server's
+//! handlers, read by the client, and the schemas of the OpenAPI document. Error
+//! answers are [`crate::Problem`].
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use ledger_domain::{MismatchKind, Resolution, Role};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 use uuid::Uuid;
-
-/// An RFC 9457 problem document (`application/problem+json`): every error answer.
-#[derive(Serialize, ToSchema)]
-pub struct Problem {
-    /// `urn:ledger:problem:<code>`.
-    #[serde(rename = "type")]
-    #[schema(example = "urn:ledger:problem:insufficient_funds")]
-    pub problem_type: String,
-    /// The HTTP reason phrase of `status`.
-    #[schema(example = "Unprocessable Entity")]
-    pub title: String,
-    /// The HTTP status code.
-    #[schema(example = 422, minimum = 400, maximum = 599)]
-    pub status: u16,
-    /// What went wrong, for humans; 5xx details say nothing internal.
-    pub detail: String,
-    pub code: ErrorCode,
-}
-
-pub use crate::error::ErrorCode;
-
-// ---- Commands: request bodies ----
-
-// The request bodies are the handlers' own types.
-pub use crate::requests::{
-    DepositRequest, EmptyRequest, OpenAccountRequest, ReconciliationRequest, ReverseRequest, Role, TokenRequest,
-    TransferRequest, WithdrawalRequest,
-};
 
 // ---- Commands and queries: response bodies ----
 
 /// An account. Amounts are minor units; `available` = `balance` − `pending_holds`.
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Account {
     pub id: Uuid,
     #[schema(example = "EUR")]
@@ -62,7 +34,7 @@ pub struct Account {
     pub position: i64,
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AccountStatus {
     Open,
@@ -70,13 +42,13 @@ pub enum AccountStatus {
 }
 
 /// `GET /v1/accounts?owner=`: at most 1000 accounts, ordered by id.
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct AccountList {
     pub accounts: Vec<Account>,
 }
 
 /// A recorded deposit.
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Deposit {
     pub id: Uuid,
     pub account_id: Uuid,
@@ -93,7 +65,7 @@ pub struct Deposit {
 
 /// A transfer. A reversal is a transfer of its own with `reverses` set; the original
 /// then has `reversed_by`.
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Transfer {
     pub id: Uuid,
     pub from: Uuid,
@@ -122,14 +94,14 @@ pub struct Transfer {
 }
 
 /// Transfers complete at once.
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TransferStatus {
     Completed,
 }
 
 /// A withdrawal: `pending` (funds held, payout queued) → `settled` | `failed`.
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Withdrawal {
     pub id: Uuid,
     pub account_id: Uuid,
@@ -151,7 +123,7 @@ pub struct Withdrawal {
     pub position: Option<i64>,
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WithdrawalStatus {
     Pending,
@@ -160,7 +132,7 @@ pub enum WithdrawalStatus {
 }
 
 /// `GET /v1/accounts/{id}/transactions`: one page of the statement, newest first.
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TransactionsPage {
     pub entries: Vec<Entry>,
     /// Pass as `cursor` for the next (older) page; null on the last page.
@@ -169,7 +141,7 @@ pub struct TransactionsPage {
 }
 
 /// One line of an account's statement.
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Entry {
     pub position: i64,
     pub kind: EntryKind,
@@ -183,7 +155,7 @@ pub struct Entry {
     pub occurred_at: DateTime<Utc>,
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EntryKind {
     Deposit,
@@ -195,7 +167,7 @@ pub enum EntryKind {
 }
 
 /// `GET /v1/accounts/{id}/balance`: the account as it was, folded from the log.
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct HistoricalBalance {
     pub id: Uuid,
     pub balance: i64,
@@ -208,7 +180,7 @@ pub struct HistoricalBalance {
 }
 
 /// An event as it is in the log.
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RecordedEvent {
     /// Global, gapless, in commit order.
     pub position: i64,
@@ -227,7 +199,7 @@ pub struct RecordedEvent {
 }
 
 /// Who caused an event, and why.
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct EventMetadata {
     /// Who issued the command: `token:<name>` for an issued token,
     /// `env:LEDGER_ADMIN_TOKEN` for the bootstrap token, or a worker of the service
@@ -240,7 +212,7 @@ pub struct EventMetadata {
 }
 
 /// `GET /v1/accounts/{id}/events`: the account's own stream in version order.
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct StreamEventsPage {
     pub events: Vec<RecordedEvent>,
     /// Pass as `from_version` for the next page; null when the page is empty.
@@ -249,7 +221,7 @@ pub struct StreamEventsPage {
 }
 
 /// `GET /v1/events`: the global log in position order.
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct EventsPage {
     pub events: Vec<RecordedEvent>,
     /// Pass as `after` for the next page (the last position returned, or `after` itself).
@@ -257,13 +229,13 @@ pub struct EventsPage {
 }
 
 /// `GET /v1/system-accounts`.
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct SystemAccounts {
     pub accounts: Vec<SystemAccount>,
 }
 
 /// The system account of one currency.
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct SystemAccount {
     #[schema(example = "EUR")]
     pub currency: String,
@@ -273,7 +245,7 @@ pub struct SystemAccount {
 // ---- Audit ----
 
 /// `GET /v1/audit`: events with who/why metadata, in position order.
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct AuditPage {
     pub events: Vec<AuditEvent>,
     /// Pass as `cursor` for the next page; null on the last page.
@@ -282,7 +254,7 @@ pub struct AuditPage {
 }
 
 /// An event with its metadata spelled out.
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct AuditEvent {
     pub position: i64,
     pub event_id: Uuid,
@@ -312,7 +284,7 @@ pub struct AuditEvent {
 
 /// `GET /v1/audit/verify`: `{"ok":true,"checked":N,"head":"<hex>"}` or
 /// `{"ok":false,"checked":N,"first_bad_position":P}`.
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ChainReport {
     pub ok: bool,
     /// Events checked.
@@ -330,7 +302,7 @@ pub struct ChainReport {
 // ---- Operations ----
 
 /// `GET /v1/admin/projections`.
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Projections {
     /// The log's head position.
     pub head: i64,
@@ -339,7 +311,7 @@ pub struct Projections {
 }
 
 /// One read model's progress.
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ProjectionStatus {
     pub name: ProjectionName,
     /// The last log position it applied.
@@ -352,14 +324,14 @@ pub struct ProjectionStatus {
     pub rebuild: Option<RebuildProgress>,
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ProjectionName {
     Accounts,
     Transfers,
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ProjectionState {
     Running,
@@ -368,14 +340,14 @@ pub enum ProjectionState {
     Stopped,
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RebuildProgress {
     pub position: i64,
     pub target: Option<i64>,
 }
 
 /// This process's account cache.
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct CacheStats {
     pub hits: u64,
     pub misses: u64,
@@ -383,7 +355,7 @@ pub struct CacheStats {
 }
 
 /// `POST /v1/admin/projections/{name}/rebuild`: the rebuild runs in the background.
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RebuildStarted {
     pub name: ProjectionName,
     #[schema(example = "rebuilding")]
@@ -391,12 +363,12 @@ pub struct RebuildStarted {
 }
 
 /// `GET /v1/admin/circuit-breakers`.
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Breakers {
     pub breakers: Vec<Breaker>,
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Breaker {
     #[schema(example = "payment-provider")]
     pub name: String,
@@ -407,7 +379,7 @@ pub struct Breaker {
     pub opened_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BreakerState {
     Closed,
@@ -416,13 +388,13 @@ pub enum BreakerState {
 }
 
 /// `GET /v1/admin/dead-letters`: the open ones, oldest first.
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct DeadLetters {
     pub dead_letters: Vec<DeadLetter>,
 }
 
 /// A payout that exhausted its retries; its withdrawal stays `pending`.
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct DeadLetter {
     pub id: Uuid,
     #[schema(example = "payout")]
@@ -436,7 +408,7 @@ pub struct DeadLetter {
 }
 
 /// `POST /v1/admin/dead-letters/{id}/redrive` and `/discard`.
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct DeadLetterResolution {
     pub id: Uuid,
     pub withdrawal_id: Uuid,
@@ -444,7 +416,7 @@ pub struct DeadLetterResolution {
     pub position: i64,
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeadLetterOutcome {
     Redriven,
@@ -452,7 +424,7 @@ pub enum DeadLetterOutcome {
 }
 
 /// `POST /v1/admin/tokens`.
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TokenCreated {
     /// The token's stream id (derived from its name).
     pub id: Uuid,
@@ -465,7 +437,7 @@ pub struct TokenCreated {
 }
 
 /// `POST /v1/admin/reconciliations`: the run goes on in the background.
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ReconciliationStarted {
     pub id: Uuid,
     pub from: DateTime<Utc>,
@@ -473,14 +445,14 @@ pub struct ReconciliationStarted {
 }
 
 /// `GET /v1/admin/reconciliations/{id}`.
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ReconciliationReport {
     pub id: Uuid,
     pub status: ReconciliationStatus,
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
     /// Provider records that matched the ledger.
-    pub matched: i64,
+    pub matched: u64,
     pub started_position: i64,
     pub mismatches: Vec<Mismatch>,
     /// Once finished: why a `failed` run failed (null when it did not).
@@ -491,7 +463,7 @@ pub struct ReconciliationReport {
     pub finished_position: Option<i64>,
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ReconciliationStatus {
     Running,
@@ -500,7 +472,7 @@ pub enum ReconciliationStatus {
 }
 
 /// A difference between the provider's statement and the ledger, and what was done.
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Mismatch {
     pub kind: MismatchKind,
     #[schema(required = true)]
@@ -525,166 +497,53 @@ pub struct Mismatch {
     pub account_below_limit: bool,
 }
 
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum MismatchKind {
-    UnknownReference,
-    MissingAtProvider,
-    AmountMismatch,
-    SettledAtProvider,
-    RejectedAtProvider,
-    /// The statement lists the reference more than once: never corrected automatically.
-    DuplicateReference,
-    /// The line's currency is not the withdrawal's: never corrected automatically.
-    CurrencyMismatch,
-    /// The line's amount is not an integer in 1 ..= 10^15: never corrected automatically.
-    InvalidAmount,
-    /// A field is missing or garbled: never corrected automatically.
-    MalformedLine,
-}
-
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Resolution {
-    Flagged,
-    Adjusted,
-    Settled,
-    CreditedBack,
-    Failed,
-}
-
 // ---- Infrastructure ----
 
 /// `GET /health/live`.
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Live {
     #[schema(example = "live")]
     pub status: String,
 }
 
 /// `GET /health/ready`.
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Ready {
     pub status: ReadyStatus,
     pub dependencies: Dependencies,
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ReadyStatus {
     Ready,
     NotReady,
 }
 
-/// Each dependency's state.
-#[derive(Serialize, ToSchema)]
+/// Each dependency's state. Only Postgres decides readiness: without NATS commands and
+/// strong reads still work (projections lag); without the provider payouts wait behind
+/// its breaker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Dependencies {
     pub postgres: DependencyState,
+    pub nats: NatsState,
+    pub provider_breaker: BreakerState,
+    pub relay_breaker: BreakerState,
+    pub postgres_breaker: BreakerState,
 }
 
-#[derive(Serialize, ToSchema)]
+/// This process's connection to NATS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NatsState {
+    Up,
+    Connecting,
+    Down,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DependencyState {
     Up,
     Down,
-}
-
-// ---- Query parameters ----
-
-/// How a read wants to see the ledger (API.md "Consistency").
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Consistency {
-    /// From the read model (and cache); may lag.
-    Eventual,
-    /// From the write side: reflects every command acknowledged before the request.
-    Strong,
-}
-
-/// Read consistency of read-model queries.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct ConsistencyQuery {
-    /// `eventual` (default) answers from the read model and may lag; `strong` reflects
-    /// every command acknowledged before the request.
-    #[param(inline)]
-    pub consistency: Option<Consistency>,
-    /// Wait until the read model has applied this log position (at most
-    /// `LEDGER_CONSISTENCY_WAIT_MS`, else 503 `consistency_timeout`).
-    #[param(minimum = 0)]
-    pub min_position: Option<i64>,
-}
-
-/// `GET /v1/accounts`.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct OwnerQuery {
-    /// The owner to look up (required, non-empty).
-    #[param(min_length = 1, example = "alice@example.com")]
-    pub owner: String,
-}
-
-/// `GET /v1/accounts/{id}/transactions`.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct TransactionsQuery {
-    /// Page size, 1–1000 (default 50).
-    #[param(minimum = 1, maximum = 1000)]
-    pub limit: Option<i64>,
-    /// `next_cursor` of the previous page.
-    pub cursor: Option<String>,
-}
-
-/// `GET /v1/accounts/{id}/events`.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct StreamEventsQuery {
-    /// The first version to return (default 1).
-    #[param(minimum = 0)]
-    pub from_version: Option<i64>,
-    /// Page size, 1–1000 (default 100).
-    #[param(minimum = 1, maximum = 1000)]
-    pub limit: Option<i64>,
-}
-
-/// `GET /v1/accounts/{id}/balance`: exactly one of the two.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct BalanceQuery {
-    /// A time (RFC 3339): the balance after every event recorded up to then.
-    pub as_of: Option<DateTime<Utc>>,
-    /// A log position, at most the head.
-    #[param(minimum = 0)]
-    pub at_position: Option<i64>,
-}
-
-/// `GET /v1/events`.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct EventsQuery {
-    /// Return events after this position (default 0).
-    #[param(minimum = 0)]
-    pub after: Option<i64>,
-    /// Page size, 1–1000 (default 100).
-    #[param(minimum = 1, maximum = 1000)]
-    pub limit: Option<i64>,
-}
-
-/// `GET /v1/audit`: all filters are optional and combine with "and".
-#[derive(IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct AuditQuery {
-    /// The token name that caused the event.
-    pub actor: Option<String>,
-    pub correlation_id: Option<String>,
-    pub stream_id: Option<Uuid>,
-    /// Recorded at or after (RFC 3339).
-    pub from: Option<DateTime<Utc>>,
-    /// Recorded before (RFC 3339).
-    pub to: Option<DateTime<Utc>>,
-    /// Page size, 1–1000 (default 100).
-    #[param(minimum = 1, maximum = 1000)]
-    pub limit: Option<i64>,
-    /// `next_cursor` of the previous page.
-    pub cursor: Option<String>,
 }

@@ -1,0 +1,135 @@
+//! The request bodies of the commands: one type per route, deserialized by the
+//! server's handler, serialized by the client, and the schema of the OpenAPI document,
+//! so the three cannot drift. Each field's type parses it fully (parse, don't
+//! validate): a body that deserializes is valid, and whatever does not is one 422
+//! `validation_error` naming the field.
+
+use crate::fields::{Metadata, NewId, OverdraftLimit, Text, Timestamp, TokenName};
+use ledger_domain::{Amount, Currency, Role};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// `POST /v1/accounts`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+pub struct OpenAccountRequest {
+    /// ISO-4217 style code: three upper-case letters.
+    #[schema(value_type = String, pattern = "^[A-Z]{3}$", example = "EUR")]
+    pub currency: Currency,
+    /// Free text (e.g. an e-mail, 1–1024 bytes, no NUL) for the indexed look-up `GET /v1/accounts?owner=`.
+    #[schema(value_type = Option<String>, example = "alice@example.com")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Text>,
+    /// How far below zero `available` may go, in minor units (default 0).
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 1_000_000_000_000_000_i64)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overdraft_limit: Option<OverdraftLimit>,
+    /// The account's id; the server generates a v7 UUID when absent. An id that exists
+    /// is 409 `version_conflict`; a version-8 UUID is 422 `validation_error` (that space
+    /// is reserved for the ledger's own streams, such as system accounts).
+    #[schema(value_type = Option<Uuid>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<NewId>,
+    /// Kept with the account and returned as sent: an object of at most 64 keys, each
+    /// 1–64 characters of `[A-Za-z0-9_.-]`; each value a string (≤ 1,024 characters, no
+    /// U+0000), a signed 64-bit integer (no fraction, no exponent), `true`, `false` or
+    /// `null`; at most 8 KiB compact. Anything else is 422 `validation_error`.
+    #[schema(value_type = Option<Object>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Metadata>,
+}
+
+/// A command that takes no fields: an empty object (or no body at all).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+pub struct EmptyRequest {}
+
+/// `POST /v1/deposits`: money entering from the outside world through the currency's
+/// system account.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+pub struct DepositRequest {
+    pub account_id: Uuid,
+    /// Minor units (cents), 1 ..= 10^15.
+    #[schema(value_type = i64, minimum = 1, maximum = 1_000_000_000_000_000_i64, example = 2500)]
+    pub amount: Amount,
+    /// Must be the account's currency.
+    #[schema(value_type = String, pattern = "^[A-Z]{3}$", example = "EUR")]
+    pub currency: Currency,
+    /// Free text, 1–1024 bytes.
+    #[schema(value_type = Option<String>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<Text>,
+    /// The client's metadata, returned as sent (the rules of `OpenAccountRequest.metadata`).
+    #[schema(value_type = Option<Object>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Metadata>,
+}
+
+/// `POST /v1/transfers`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+pub struct TransferRequest {
+    /// The debited account.
+    pub from: Uuid,
+    /// The credited account (not `from`).
+    pub to: Uuid,
+    /// Minor units (cents), 1 ..= 10^15.
+    #[schema(value_type = i64, minimum = 1, maximum = 1_000_000_000_000_000_i64, example = 1000)]
+    pub amount: Amount,
+    /// The currency of both accounts.
+    #[schema(value_type = String, pattern = "^[A-Z]{3}$", example = "EUR")]
+    pub currency: Currency,
+    /// Free text, 1–1024 bytes.
+    #[schema(value_type = Option<String>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<Text>,
+    /// The client's metadata, returned as sent (the rules of `OpenAccountRequest.metadata`).
+    #[schema(value_type = Option<Object>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Metadata>,
+}
+
+/// `POST /v1/transfers/{id}/reverse`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+pub struct ReverseRequest {
+    /// Why the transfer is reversed (1–1024 bytes); recorded on the reversing transfer.
+    #[schema(value_type = String)]
+    pub reason: Text,
+}
+
+/// `POST /v1/withdrawals`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+pub struct WithdrawalRequest {
+    pub account_id: Uuid,
+    /// Minor units (cents), 1 ..= 10^15.
+    #[schema(value_type = i64, minimum = 1, maximum = 1_000_000_000_000_000_i64, example = 700)]
+    pub amount: Amount,
+    #[schema(value_type = String, pattern = "^[A-Z]{3}$", example = "EUR")]
+    pub currency: Currency,
+    /// Where the provider pays out to (1–1024 bytes), e.g. an IBAN.
+    #[schema(value_type = String, example = "NL00BANK0001")]
+    pub destination: Text,
+    /// The client's metadata, returned as sent (the rules of `OpenAccountRequest.metadata`).
+    #[schema(value_type = Option<Object>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Metadata>,
+}
+
+/// `POST /v1/admin/tokens`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+pub struct TokenRequest {
+    /// 1–64 characters of `[A-Za-z0-9_.-]`; each name is issued once.
+    #[schema(value_type = String, pattern = "^[A-Za-z0-9_.-]{1,64}$", example = "checkout-service")]
+    pub name: TokenName,
+    pub role: Role,
+}
+
+/// `POST /v1/admin/reconciliations`: the window to compare (default: the 24 hours
+/// before `to`, which defaults to now); `from` must be before `to`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+pub struct ReconciliationRequest {
+    #[schema(value_type = Option<chrono::DateTime<chrono::Utc>>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<Timestamp>,
+    #[schema(value_type = Option<chrono::DateTime<chrono::Utc>>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<Timestamp>,
+}
