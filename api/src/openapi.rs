@@ -268,7 +268,7 @@ fn authenticated(operation: &mut Operation) {
     operation.security = Some(vec![SecurityRequirement::new(BEARER, Vec::<String>::new())]);
     add_response(operation, 401, "`unauthorized`: the bearer token is missing or unknown.");
     add_response(operation, 403, "`forbidden`: this token's role does not allow this request.");
-    add_response(operation, 429, "`unavailable`: this token exceeded its rate limit; see `Retry-After`.");
+    add_response(operation, 429, "`rate_limited`: this token exceeded its rate limit; see `Retry-After`.");
     add_response(operation, 503, "`unavailable`: a dependency (Postgres) is unavailable; retry later.");
 }
 

@@ -1,6 +1,7 @@
 //! Helpers for integration tests: each test gets its own uuid-named, migrated database
 //! and its own NATS prefix, and the server listens on a free loopback port.
 
+pub mod conformance;
 pub mod procs;
 
 use ledger_api::AppState;
@@ -41,6 +42,15 @@ pub const API_MD_ERROR_CODES: &[&str] = &[
     "rate_limited",
 ];
 
+/// The typed client of a test: retries as in production, every answer checked against
+/// the OpenAPI document.
+pub fn typed_client(base: &str, token: &str) -> ledger_client::Client {
+    ledger_client::Client::builder(base, token)
+        .observe(|seen| conformance::check(seen.method.as_str(), seen.path, seen.status, seen.content_type, seen.body))
+        .build()
+        .expect("a loopback base URL")
+}
+
 /// The Postgres server tests create their databases on.
 pub fn server_url() -> String {
     std::env::var("LEDGER_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
@@ -52,9 +62,12 @@ pub fn test_config() -> Config {
     Config::for_tests(&format!("{}/{name}", server_url()), &name)
 }
 
-/// A running server and a client for it.
+/// A running server and clients for it: `ledger`, the typed client (admin token), and
+/// `client`, raw HTTP for what a typed client cannot send. Every answer either sees is
+/// checked against the OpenAPI document ([`conformance`]).
 pub struct TestApp {
     pub base: String,
+    pub ledger: ledger_client::Client,
     pub client: reqwest::Client,
     pub state: AppState,
     pub pool: PgPool,
@@ -97,6 +110,7 @@ impl TestApp {
         let running = ledger_api::serve::start(config, mode).await.expect("database reachable and migrated");
         let base = running.addr.map(|a| format!("http://{a}")).unwrap_or_default();
         TestApp {
+            ledger: typed_client(if base.is_empty() { "http://127.0.0.1:9" } else { &base }, ADMIN_TOKEN),
             base,
             client: reqwest::Client::new(),
             pool: running.state.pool.clone(),
@@ -109,6 +123,7 @@ impl TestApp {
     pub fn clone_handle(&self) -> TestApp {
         TestApp {
             base: self.base.clone(),
+            ledger: self.ledger.clone(),
             client: self.client.clone(),
             state: self.state.clone(),
             pool: self.pool.clone(),
@@ -123,10 +138,15 @@ impl TestApp {
         }
     }
 
-    async fn decode(response: reqwest::Response) -> Reply {
+    /// Reads a response, after checking it against the OpenAPI document
+    /// ([`conformance::check`]).
+    pub async fn decode(method: &str, response: reqwest::Response) -> Reply {
         let status = response.status();
         let headers = response.headers().clone();
+        let path = response.url().path().to_owned();
         let bytes = response.bytes().await.expect("body readable");
+        let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
+        conformance::check(method, &path, status.as_u16(), content_type, &bytes);
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         Reply { status, headers, body }
     }
@@ -146,19 +166,25 @@ impl TestApp {
         if let Some(key) = key {
             request = request.header("idempotency-key", key);
         }
-        TestApp::decode(request.send().await.expect("request sent")).await
+        TestApp::decode("POST", request.send().await.expect("request sent")).await
     }
 
     pub async fn get(&self, path: &str) -> Reply {
         let request = self.client.get(format!("{}{path}", self.base)).bearer_auth(ADMIN_TOKEN);
-        TestApp::decode(request.send().await.expect("request sent")).await
+        TestApp::decode("GET", request.send().await.expect("request sent")).await
     }
 
     pub async fn open_account(&self, currency: &str, overdraft_limit: i64) -> Uuid {
-        let body = json!({ "currency": currency, "overdraft_limit": overdraft_limit, "owner": "owner@example.com" });
-        let reply = self.post("/v1/accounts", &Uuid::new_v4().to_string(), &body).await;
-        assert_eq!(reply.status, StatusCode::CREATED, "{reply:?}");
-        reply.id()
+        let request = ledger_wire::OpenAccountRequest {
+            currency: ledger_wire::Currency::parse(currency).expect("a currency code"),
+            owner: Some("owner@example.com".try_into().expect("an owner")),
+            overdraft_limit: Some(overdraft_limit.try_into().expect("an overdraft limit")),
+            id: None,
+            metadata: None,
+        };
+        let reply = self.ledger.open_account(&request, None).await.expect("the account opens");
+        assert_eq!(reply.http_status, 201);
+        reply.id
     }
 
     pub async fn deposit(&self, account: Uuid, amount: i64, currency: &str) -> Reply {
@@ -334,17 +360,21 @@ pub async fn with_simulator(
 
 impl TestApp {
     pub async fn withdraw(&self, account: Uuid, amount: i64) -> Uuid {
-        let body = json!({ "account_id": account, "amount": amount, "currency": "EUR", "destination": "NL00BANK0001" });
-        let r = self.post("/v1/withdrawals", &Uuid::new_v4().to_string(), &body).await;
-        assert_eq!(r.status, StatusCode::ACCEPTED, "{r:?}");
-        r.id()
+        let request = ledger_wire::WithdrawalRequest {
+            account_id: account,
+            amount: ledger_wire::Amount::new(amount).expect("an amount"),
+            currency: ledger_wire::Currency::parse("EUR").expect("a currency code"),
+            destination: "NL00BANK0001".try_into().expect("a destination"),
+            metadata: None,
+        };
+        let reply = self.ledger.withdraw(&request, None).await.expect("the withdrawal is accepted");
+        assert_eq!(reply.http_status, 202);
+        reply.id
     }
 
     pub async fn withdrawal_status(&self, id: Uuid) -> String {
-        self.get(&format!("/v1/withdrawals/{id}?consistency=strong")).await.body["status"]
-            .as_str()
-            .unwrap_or("")
-            .to_owned()
+        let reply = self.ledger.get_withdrawal(id, ledger_client::Read::Strong).await.expect("the withdrawal reads");
+        serde_json::to_value(reply.status).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
     }
 
     /// Waits (bounded) until every withdrawal has the given status.

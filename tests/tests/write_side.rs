@@ -423,16 +423,17 @@ async fn idempotency_records_keep_outcomes_and_records_from_before_replay_as_sto
     let replay = app.post("/v1/deposits", "outcome-key", &body).await;
     assert_eq!((replay.status, &replay.body), (first.status, &first.body));
     assert_eq!(replay.header("idempotent-replayed"), Some("true"));
-    // A record written by a version that stored rendered responses replays as stored.
-    sqlx::query(
-        "update idempotency_keys set outcome = null, status_code = 201, body = '{\"legacy\":true}'
-         where key = 'outcome-key'",
-    )
-    .execute(&app.pool)
-    .await
-    .expect("rewritten");
+    // A record written by a version that stored rendered responses replays as stored
+    // (marked here by a reference the request never had).
+    let mut stored = first.body.clone();
+    stored["reference"] = json!("rendered by an earlier version");
+    sqlx::query("update idempotency_keys set outcome = null, status_code = 201, body = $1 where key = 'outcome-key'")
+        .bind(&stored)
+        .execute(&app.pool)
+        .await
+        .expect("rewritten");
     let legacy = app.post("/v1/deposits", "outcome-key", &body).await;
-    assert_eq!((legacy.status, legacy.body.clone()), (StatusCode::CREATED, json!({ "legacy": true })));
+    assert_eq!((legacy.status, &legacy.body), (StatusCode::CREATED, &stored));
     assert_eq!(legacy.header("idempotent-replayed"), Some("true"));
     assert_eq!(app.account(a).await["balance"], json!(25), "nothing ran twice");
 }

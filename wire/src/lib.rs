@@ -22,7 +22,7 @@ pub mod requests;
 pub mod responses;
 
 pub use fields::{Metadata, NewId, OverdraftLimit, Text, Timestamp, TokenName};
-pub use ledger_domain::{MismatchKind, Resolution, Role};
+pub use ledger_domain::{Amount, Currency, MismatchKind, Resolution, Role};
 pub use problem::{ErrorCode, Problem};
 pub use queries::*;
 pub use requests::*;
