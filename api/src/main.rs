@@ -55,6 +55,8 @@ enum Cmd {
         #[command(subcommand)]
         command: AuditCmd,
     },
+    /// Prints the OpenAPI 3.1 document of the HTTP API (as served at /openapi.json).
+    Openapi,
 }
 
 #[derive(Subcommand)]
@@ -123,6 +125,10 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Token { command: TokenCmd::Create { name, role } } => {
             let token = ledger_api::cli::create_token(&config, &name, &role).await?;
             println!("{token}");
+            return Ok(());
+        }
+        Cmd::Openapi => {
+            println!("{}", serde_json::to_string_pretty(&ledger_api::openapi::document())?);
             return Ok(());
         }
         Cmd::Audit { command: AuditCmd::Verify } => {

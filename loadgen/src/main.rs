@@ -1,10 +1,13 @@
-//! `ledger-load`: drives the ledger's HTTP API and reports throughput, latency
-//! percentiles, errors by code and projection lag. Loopback targets only; every run is
-//! bounded in time.
+//! `ledger-load`: drives the ledger's HTTP API through the typed client
+//! (`ledger-client`, retries off so every failure is counted) and reports throughput,
+//! latency percentiles, errors by code and projection lag. Loopback targets only; every
+//! run is bounded in time.
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::{Parser, ValueEnum};
-use serde_json::{Value, json};
+use ledger_client::wire::{self, Amount, Currency};
+use ledger_client::{Client, Read, RetryPolicy};
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,7 +57,7 @@ struct Observed {
     latencies_us: Vec<u64>,
     codes: BTreeMap<String, u64>,
     lags_us: Vec<u64>,
-    sent_keys: Vec<(String, Value)>,
+    sent_keys: Vec<(String, wire::TransferRequest)>,
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -73,53 +76,59 @@ fn main_url(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn post(
-    client: &reqwest::Client,
-    args: &Args,
-    path: &str,
-    key: &str,
-    body: &Value,
-) -> anyhow::Result<(u16, Value)> {
-    let r = client
-        .post(format!("{}{path}", args.url))
-        .bearer_auth(&args.token)
-        .header("idempotency-key", key)
-        .json(body)
-        .send()
-        .await?;
-    let status = r.status().as_u16();
-    Ok((status, r.json().await.unwrap_or(Value::Null)))
+fn eur() -> Currency {
+    Currency::parse("EUR").expect("a currency code")
 }
 
-async fn setup_accounts(client: &reqwest::Client, args: &Args) -> anyhow::Result<Vec<String>> {
+/// The client of a run: one connection pool of `pool` idle connections, no retries.
+fn client(args: &Args, pool: usize) -> anyhow::Result<Client> {
+    let http = reqwest::Client::builder().pool_max_idle_per_host(pool).build()?;
+    Ok(Client::builder(&args.url, &args.token).http(http).retry(RetryPolicy::none()).build()?)
+}
+
+/// The stable code of a failure, for the report.
+fn code(e: &ledger_client::Error) -> String {
+    match (e.code(), e) {
+        (Some(code), _) => code.as_str().to_owned(),
+        (None, ledger_client::Error::Transport(_)) => "connection_error".to_owned(),
+        (None, _) => e.status().map_or_else(|| "unknown".to_owned(), |s| s.to_string()),
+    }
+}
+
+async fn setup_accounts(ledger: &Client, args: &Args) -> anyhow::Result<Vec<Uuid>> {
     let mut ids = Vec::with_capacity(args.accounts);
+    let owner: wire::Text = "load@example.com".try_into().map_err(anyhow::Error::msg)?;
     for _ in 0..args.accounts {
-        let (status, body) = post(
-            client,
-            args,
-            "/v1/accounts",
-            &Uuid::new_v4().to_string(),
-            &json!({ "currency": "EUR", "owner": "load@example.com" }),
-        )
-        .await?;
-        if status != 201 {
-            bail!("opening an account failed: {status} {body}");
-        }
-        let id = body["id"].as_str().context("account id")?.to_owned();
-        let deposit = json!({ "account_id": id, "amount": 1_000_000_000_000i64, "currency": "EUR" });
-        post(client, args, "/v1/deposits", &Uuid::new_v4().to_string(), &deposit).await?;
-        ids.push(id);
+        let open = wire::OpenAccountRequest {
+            currency: eur(),
+            owner: Some(owner.clone()),
+            overdraft_limit: None,
+            id: None,
+            metadata: None,
+        };
+        let account = ledger.open_account(&open, None).await?;
+        let deposit = wire::DepositRequest {
+            account_id: account.id,
+            amount: Amount::new(1_000_000_000_000)?,
+            currency: eur(),
+            reference: None,
+            metadata: None,
+        };
+        ledger.deposit(&deposit, None).await?;
+        ids.push(account.id);
     }
     Ok(ids)
 }
 
+/// One request of the run: its code (`ok` or the error code), and for a transfer the
+/// position it was recorded at and its payer (for the lag probe).
 async fn one_request(
-    client: &reqwest::Client,
+    ledger: &Client,
     args: &Args,
-    accounts: &[String],
+    accounts: &[Uuid],
     n: u64,
     observed: &Mutex<Observed>,
-) -> (u16, String, Option<i64>, Option<String>) {
+) -> (String, Option<i64>, Option<Uuid>) {
     match args.mode {
         Mode::Transfers => {
             let resend = args.resend_share > 0.0 && rand::random::<f64>() < args.resend_share;
@@ -127,54 +136,46 @@ async fn one_request(
             let (key, body) = earlier.unwrap_or_else(|| {
                 let from = rand::random_range(0..accounts.len());
                 let to = (from + 1 + rand::random_range(0..accounts.len() - 1)) % accounts.len();
-                let body = json!({ "from": accounts[from], "to": accounts[to], "amount": 1 + (n % 100) as i64, "currency": "EUR" });
+                let body = wire::TransferRequest {
+                    from: accounts[from],
+                    to: accounts[to],
+                    amount: Amount::new(1 + (n % 100) as i64).expect("1 ..= 100"),
+                    currency: eur(),
+                    reference: None,
+                    metadata: None,
+                };
                 (Uuid::new_v4().to_string(), body)
             });
-            match post(client, args, "/v1/transfers", &key, &body).await {
-                Ok((status, reply)) => {
-                    if !resend && status == 201 && n.is_multiple_of(50) {
+            match ledger.transfer(&body, Some(&key)).await {
+                Ok(reply) => {
+                    if !resend && n.is_multiple_of(50) {
                         observed.lock().await.sent_keys.push((key, body.clone()));
                     }
-                    let code = reply["code"].as_str().unwrap_or(if status < 300 { "ok" } else { "unknown" }).to_owned();
-                    (status, code, reply["position"].as_i64(), body["from"].as_str().map(str::to_owned))
+                    ("ok".to_owned(), reply.position, Some(body.from))
                 }
-                Err(_) => (0, "connection_error".into(), None, None),
+                Err(e) => (code(&e), None, None),
             }
         }
         Mode::Reads | Mode::StrongReads => {
-            let id = &accounts[rand::random_range(0..accounts.len())];
-            let suffix = if args.mode == Mode::StrongReads { "?consistency=strong" } else { "" };
-            match client.get(format!("{}/v1/accounts/{id}{suffix}", args.url)).bearer_auth(&args.token).send().await {
-                Ok(r) => {
-                    let status = r.status().as_u16();
-                    let _ = r.bytes().await;
-                    (status, if status == 200 { "ok".into() } else { status.to_string() }, None, None)
-                }
-                Err(_) => (0, "connection_error".into(), None, None),
+            let id = accounts[rand::random_range(0..accounts.len())];
+            let read = if args.mode == Mode::StrongReads { Read::Strong } else { Read::Eventual };
+            match ledger.account_read(id, read).await {
+                Ok(_) => ("ok".to_owned(), None, None),
+                Err(e) => (code(&e), None, None),
             }
         }
     }
 }
 
 /// Time from a command's answer until the read model shows its position.
-async fn measure_lag(
-    client: reqwest::Client,
-    args: Arc<Args>,
-    account: String,
-    position: i64,
-    observed: Arc<Mutex<Observed>>,
-) {
+async fn measure_lag(ledger: Client, account: Uuid, position: i64, observed: Arc<Mutex<Observed>>) {
     let started = Instant::now();
-    let url = format!("{}/v1/accounts/{account}?min_position={position}", args.url);
-    if let Ok(r) = client.get(url).bearer_auth(&args.token).send().await
-        && r.status().is_success()
-    {
+    if ledger.account_read(account, Read::AtLeast(position)).await.is_ok() {
         observed.lock().await.lags_us.push(started.elapsed().as_micros() as u64);
     }
 }
 
-async fn run(args: Arc<Args>, accounts: Arc<Vec<String>>) -> (Observed, Duration) {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).build().expect("client builds");
+async fn run(ledger: Client, args: Arc<Args>, accounts: Arc<Vec<Uuid>>) -> (Observed, Duration) {
     let observed = Arc::new(Mutex::new(Observed::default()));
     let counter = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -182,8 +183,8 @@ async fn run(args: Arc<Args>, accounts: Arc<Vec<String>>) -> (Observed, Duration
     let per_worker_interval =
         (args.rate > 0).then(|| Duration::from_secs_f64(args.concurrency as f64 / args.rate as f64));
     let workers = (0..args.concurrency).map(|worker| {
-        let (client, args, accounts, observed, counter) =
-            (client.clone(), args.clone(), accounts.clone(), observed.clone(), counter.clone());
+        let (ledger, args, accounts, observed, counter) =
+            (ledger.clone(), args.clone(), accounts.clone(), observed.clone(), counter.clone());
         tokio::spawn(async move {
             // Paced workers start staggered so arrivals are spread out, not in bursts.
             let stagger =
@@ -196,7 +197,7 @@ async fn run(args: Arc<Args>, accounts: Arc<Vec<String>>) -> (Observed, Duration
                 }
                 let n = counter.fetch_add(1, Ordering::Relaxed);
                 let t = Instant::now();
-                let (_, code, position, account) = one_request(&client, &args, &accounts, n, &observed).await;
+                let (code, position, account) = one_request(&ledger, &args, &accounts, n, &observed).await;
                 let us = t.elapsed().as_micros() as u64;
                 let mut o = observed.lock().await;
                 o.latencies_us.push(us);
@@ -205,7 +206,7 @@ async fn run(args: Arc<Args>, accounts: Arc<Vec<String>>) -> (Observed, Duration
                 if let (Some(p), Some(a)) = (position, account)
                     && n.is_multiple_of(args.lag_sample_every)
                 {
-                    tokio::spawn(measure_lag(client.clone(), args.clone(), a, p, observed.clone()));
+                    tokio::spawn(measure_lag(ledger.clone(), a, p, observed.clone()));
                 }
             }
         })
@@ -227,16 +228,16 @@ async fn main() -> anyhow::Result<()> {
     if args.duration_s > 600 {
         bail!("a run is at most 600 s");
     }
-    let client = reqwest::Client::new();
-    let accounts = Arc::new(setup_accounts(&client, &args).await?);
+    let ledger = client(&args, args.concurrency)?;
+    let accounts = Arc::new(setup_accounts(&ledger, &args).await?);
     let args = Arc::new(args);
     if args.mode != Mode::Transfers {
         // Warm the read model and the cache before measuring.
         for id in accounts.iter() {
-            let _ = client.get(format!("{}/v1/accounts/{id}", args.url)).bearer_auth(&args.token).send().await;
+            let _ = ledger.account(*id).await;
         }
     }
-    let (mut o, elapsed) = run(args.clone(), accounts).await;
+    let (mut o, elapsed) = run(ledger, args.clone(), accounts).await;
     o.latencies_us.sort_unstable();
     o.lags_us.sort_unstable();
     let total: u64 = o.codes.values().sum();
