@@ -4,8 +4,8 @@
 
 use ledger_tests::{ADMIN_TOKEN, TestApp};
 use std::path::{Path, PathBuf};
-use tokio::process::Command;
 use std::time::Duration;
+use tokio::process::Command;
 
 /// The generator may take a while on a cold machine; the smoke run much less.
 const GENERATE_TIMEOUT: Duration = Duration::from_secs(180);
