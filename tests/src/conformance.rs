@@ -91,7 +91,7 @@ impl Checker {
         if !media.ends_with("json") {
             return None;
         }
-        let Some(schema) = declared.get("schema") else { return None };
+        let schema = declared.get("schema")?;
         let value: Value = match serde_json::from_slice(body) {
             Ok(v) => v,
             Err(e) => return Some(format!("{route} {status}: the body is not JSON: {e}")),
