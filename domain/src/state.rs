@@ -122,8 +122,24 @@ fn sub(a: Money, b: Money) -> Money {
 /// Applies `event`, recorded as `version` of stream `stream_id`, to that stream's state.
 pub fn evolve(state: StreamState, stream_id: Uuid, version: i64, event: &Event) -> StreamState {
     assert_eq!(version, state.version + 1, "stream {stream_id}: versions must have no gaps");
-    let aggregate = match (state.aggregate, event) {
-        (Aggregate::Empty, Event::AccountOpened(e)) => Aggregate::Account(Account {
+    let aggregate = match state.aggregate {
+        Aggregate::Empty => created(stream_id, event),
+        Aggregate::Account(a) => Some(Aggregate::Account(evolve_account(a, event))),
+        Aggregate::Transfer(t) => evolve_transfer(t, event).map(Aggregate::Transfer),
+        Aggregate::Withdrawal(w) => evolve_withdrawal(w, event).map(Aggregate::Withdrawal),
+        Aggregate::Reconciliation(r) => evolve_reconciliation(r, event).map(Aggregate::Reconciliation),
+        Aggregate::Token { .. } => None,
+    };
+    let aggregate = aggregate.unwrap_or_else(|| {
+        panic!("stream {stream_id}: event {} cannot apply at version {version}", event.event_type())
+    });
+    StreamState { version, aggregate }
+}
+
+/// The aggregate a stream's first event creates (`None`: that event creates nothing).
+fn created(stream_id: Uuid, event: &Event) -> Option<Aggregate> {
+    Some(match event {
+        Event::AccountOpened(e) => Aggregate::Account(Account {
             id: e.account_id,
             currency: e.currency,
             owner: e.owner.clone(),
@@ -134,8 +150,7 @@ pub fn evolve(state: StreamState, stream_id: Uuid, version: i64, event: &Event) 
             pending_holds: Money::ZERO,
             metadata: e.metadata.clone(),
         }),
-        (Aggregate::Account(a), event) => Aggregate::Account(evolve_account(a, event)),
-        (Aggregate::Empty, Event::TransferPosted(e)) if e.transfer_id == stream_id => Aggregate::Transfer(Transfer {
+        Event::TransferPosted(e) if e.transfer_id == stream_id => Aggregate::Transfer(Transfer {
             id: e.transfer_id,
             from: e.from,
             to: e.to,
@@ -147,13 +162,7 @@ pub fn evolve(state: StreamState, stream_id: Uuid, version: i64, event: &Event) 
             reversed_by: None,
             metadata: e.metadata.clone(),
         }),
-        (Aggregate::Transfer(mut t), Event::TransferPosted(e)) => {
-            assert_eq!(e.reverses, Some(t.id), "only a reversal touches another transfer's stream");
-            assert!(t.reversed_by.is_none(), "transfer {} reversed twice", t.id);
-            t.reversed_by = Some(e.transfer_id);
-            Aggregate::Transfer(t)
-        }
-        (Aggregate::Empty, Event::WithdrawalRequested(e)) => Aggregate::Withdrawal(Withdrawal {
+        Event::WithdrawalRequested(e) => Aggregate::Withdrawal(Withdrawal {
             id: e.withdrawal_id,
             account_id: e.account_id,
             amount: e.amount,
@@ -166,7 +175,49 @@ pub fn evolve(state: StreamState, stream_id: Uuid, version: i64, event: &Event) 
             settled_amount: None,
             metadata: e.metadata.clone(),
         }),
-        (Aggregate::Withdrawal(mut w), Event::WithdrawalReconciled(e)) => {
+        Event::ReconciliationStarted(e) => {
+            Aggregate::Reconciliation(Reconciliation { id: e.run_id, finished: false, matched: 0, mismatches: 0 })
+        }
+        Event::TokenIssued(e) => Aggregate::Token { name: e.name.clone(), role: e.role },
+        _ => return None,
+    })
+}
+
+/// A transfer's stream sees one more event: the reversal that reverses it.
+fn evolve_transfer(mut t: Transfer, event: &Event) -> Option<Transfer> {
+    let Event::TransferPosted(e) = event else { return None };
+    assert_eq!(e.reverses, Some(t.id), "only a reversal touches another transfer's stream");
+    assert!(t.reversed_by.is_none(), "transfer {} reversed twice", t.id);
+    t.reversed_by = Some(e.transfer_id);
+    Some(t)
+}
+
+/// A withdrawal: pending until settled or failed; its payout may be dead-lettered and
+/// redriven meanwhile; reconciliation may correct it afterwards.
+fn evolve_withdrawal(mut w: Withdrawal, event: &Event) -> Option<Withdrawal> {
+    match event {
+        Event::WithdrawalSettled(e) => {
+            assert_eq!(w.status, WithdrawalStatus::Pending, "withdrawal {} settled when not pending", w.id);
+            w.status = WithdrawalStatus::Settled;
+            w.provider_ref = e.provider_ref.clone();
+            w.dead_letter = None;
+            w.settled_amount = Some(e.amount.money());
+        }
+        Event::WithdrawalFailed(e) => {
+            assert_eq!(w.status, WithdrawalStatus::Pending, "withdrawal {} failed when not pending", w.id);
+            w.status = WithdrawalStatus::Failed;
+            w.failure_reason = Some(e.reason.clone());
+            w.dead_letter = None;
+        }
+        Event::PayoutDeadLettered(e) => {
+            assert!(w.dead_letter.is_none(), "withdrawal {} dead-lettered twice", w.id);
+            w.dead_letter = Some(e.dead_letter_id);
+        }
+        Event::PayoutRedriven(e) => {
+            assert_eq!(w.dead_letter, Some(e.dead_letter_id), "withdrawal {}: redrive of another dead letter", w.id);
+            w.dead_letter = None;
+        }
+        Event::WithdrawalReconciled(e) => {
             w.settled_amount = match e.status_after {
                 WithdrawalStatus::Settled => Some(add(w.settled_amount.unwrap_or(Money::ZERO), e.delta)),
                 _ => None,
@@ -176,50 +227,26 @@ pub fn evolve(state: StreamState, stream_id: Uuid, version: i64, event: &Event) 
             if e.provider_ref.is_some() {
                 w.provider_ref = e.provider_ref.clone();
             }
-            Aggregate::Withdrawal(w)
         }
-        (Aggregate::Empty, Event::ReconciliationStarted(e)) => {
-            Aggregate::Reconciliation(Reconciliation { id: e.run_id, finished: false, matched: 0, mismatches: 0 })
-        }
-        (Aggregate::Reconciliation(mut r), Event::ReconciliationMismatchFound(_)) => {
+        _ => return None,
+    }
+    Some(w)
+}
+
+/// A reconciliation run: its mismatches, then its end.
+fn evolve_reconciliation(mut r: Reconciliation, event: &Event) -> Option<Reconciliation> {
+    match event {
+        Event::ReconciliationMismatchFound(_) => {
             assert!(!r.finished, "reconciliation {} found a mismatch after finishing", r.id);
             r.mismatches += 1;
-            Aggregate::Reconciliation(r)
         }
-        (Aggregate::Reconciliation(mut r), Event::ReconciliationFinished(e)) => {
+        Event::ReconciliationFinished(e) => {
             r.finished = true;
             r.matched = e.matched;
-            Aggregate::Reconciliation(r)
         }
-        (Aggregate::Empty, Event::TokenIssued(e)) => Aggregate::Token { name: e.name.clone(), role: e.role },
-        (Aggregate::Withdrawal(mut w), Event::WithdrawalSettled(e)) => {
-            assert_eq!(w.status, WithdrawalStatus::Pending, "withdrawal {} settled when not pending", w.id);
-            w.status = WithdrawalStatus::Settled;
-            w.provider_ref = e.provider_ref.clone();
-            w.dead_letter = None;
-            w.settled_amount = Some(e.amount.money());
-            Aggregate::Withdrawal(w)
-        }
-        (Aggregate::Withdrawal(mut w), Event::WithdrawalFailed(e)) => {
-            assert_eq!(w.status, WithdrawalStatus::Pending, "withdrawal {} failed when not pending", w.id);
-            w.status = WithdrawalStatus::Failed;
-            w.failure_reason = Some(e.reason.clone());
-            w.dead_letter = None;
-            Aggregate::Withdrawal(w)
-        }
-        (Aggregate::Withdrawal(mut w), Event::PayoutDeadLettered(e)) => {
-            assert!(w.dead_letter.is_none(), "withdrawal {} dead-lettered twice", w.id);
-            w.dead_letter = Some(e.dead_letter_id);
-            Aggregate::Withdrawal(w)
-        }
-        (Aggregate::Withdrawal(mut w), Event::PayoutRedriven(e)) => {
-            assert_eq!(w.dead_letter, Some(e.dead_letter_id), "withdrawal {}: redrive of another dead letter", w.id);
-            w.dead_letter = None;
-            Aggregate::Withdrawal(w)
-        }
-        (aggregate, event) => panic!("stream {stream_id}: event {} cannot apply to {aggregate:?}", event.event_type()),
-    };
-    StreamState { version, aggregate }
+        _ => return None,
+    }
+    Some(r)
 }
 
 fn evolve_account(mut a: Account, event: &Event) -> Account {

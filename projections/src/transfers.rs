@@ -5,80 +5,24 @@ use ledger_domain::Event;
 use ledger_infrastructure::RecordedEvent;
 use sqlx::{Postgres, Transaction};
 
-/// Applies events (in position order, above the checkpoint).
+/// Applies events (in position order, above the checkpoint): the batch's transfers in
+/// bulk, then each withdrawal and dead-letter event in order.
 pub async fn apply(tx: &mut Transaction<'_, Postgres>, t: &Tables, events: &[RecordedEvent]) -> Result<(), ApplyError> {
-    let (withdrawals, dead) = (t.name("withdrawals_view"), t.name("dead_letters"));
     write_transfers(tx, t, events).await?;
     for recorded in events {
-        let at = recorded.recorded_at;
-        let position = recorded.position;
+        let at = At { position: recorded.position, time: recorded.recorded_at };
         match recorded.event()? {
-            // Written in bulk before this loop.
+            // Written in bulk above.
             Event::TransferPosted(_) => {}
-            Event::WithdrawalRequested(w) => {
-                sqlx::query(sqlx::AssertSqlSafe(format!("insert into {withdrawals} (id, account_id, amount, currency, destination, status, position, updated_at, metadata)
-                     values ($1, $2, $3, $4, $5, 'pending', $6, $7, $8)")),
-                )
-                .bind(w.withdrawal_id)
-                .bind(w.account_id)
-                .bind(w.amount.minor_units())
-                .bind(w.currency.as_str())
-                .bind(&w.destination)
-                .bind(position)
-                .bind(at)
-                .bind(&w.metadata)
-                .execute(&mut **tx)
-                .await?;
-            }
+            Event::WithdrawalRequested(w) => withdrawal_requested(tx, t, &w, at).await?,
             Event::WithdrawalSettled(w) => {
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "update {withdrawals} set status = 'settled', provider_ref = $2, position = $3, updated_at = $4
-                     where id = $1"
-                )))
-                .bind(w.withdrawal_id)
-                .bind(&w.provider_ref)
-                .bind(position)
-                .bind(at)
-                .execute(&mut **tx)
-                .await?;
-                resolve_dead_letters(tx, t, w.withdrawal_id, "settled", at).await?;
+                let end =
+                    Ended { status: "settled", provider_ref: Set::To(w.provider_ref.as_deref()), failure_reason: None };
+                withdrawal_ended(tx, t, w.withdrawal_id, end, at).await?;
             }
             Event::WithdrawalFailed(w) => {
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "update {withdrawals} set status = 'failed', failure_reason = $2, position = $3, updated_at = $4
-                     where id = $1"
-                )))
-                .bind(w.withdrawal_id)
-                .bind(&w.reason)
-                .bind(position)
-                .bind(at)
-                .execute(&mut **tx)
-                .await?;
-                resolve_dead_letters(tx, t, w.withdrawal_id, "failed", at).await?;
-            }
-            Event::PayoutDeadLettered(d) => {
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "insert into {dead} (id, source, withdrawal_id, event_position, attempts, last_error, status,
-                                               dead_lettered_at)
-                     values ($1, 'payouts', $2, $3, $4, $5, 'open', $6)"
-                )))
-                .bind(d.dead_letter_id)
-                .bind(d.withdrawal_id)
-                .bind(d.source_position)
-                .bind(i32::try_from(d.attempts).unwrap_or(i32::MAX))
-                .bind(&d.last_error)
-                .bind(at)
-                .execute(&mut **tx)
-                .await?;
-            }
-            Event::PayoutRedriven(r) => {
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "update {dead} set status = 'redriven', resolved_at = $2 where id = $1"
-                )))
-                .bind(r.dead_letter_id)
-                .bind(at)
-                .execute(&mut **tx)
-                .await?;
+                let end = Ended { status: "failed", provider_ref: Set::Keep, failure_reason: Some(&w.reason) };
+                withdrawal_ended(tx, t, w.withdrawal_id, end, at).await?;
             }
             Event::WithdrawalReconciled(w) => {
                 let status = match w.status_after {
@@ -86,19 +30,12 @@ pub async fn apply(tx: &mut Transaction<'_, Postgres>, t: &Tables, events: &[Rec
                     ledger_domain::WithdrawalStatus::Settled => "settled",
                     ledger_domain::WithdrawalStatus::Failed => "failed",
                 };
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "update {withdrawals} set status = $2, provider_ref = coalesce($3, provider_ref), position = $4,
-                            updated_at = $5 where id = $1"
-                )))
-                .bind(w.withdrawal_id)
-                .bind(status)
-                .bind(&w.provider_ref)
-                .bind(position)
-                .bind(at)
-                .execute(&mut **tx)
-                .await?;
-                resolve_dead_letters(tx, t, w.withdrawal_id, status, at).await?;
+                let provider_ref = w.provider_ref.as_deref().map_or(Set::Keep, |r| Set::To(Some(r)));
+                let end = Ended { status, provider_ref, failure_reason: None };
+                withdrawal_ended(tx, t, w.withdrawal_id, end, at).await?;
             }
+            Event::PayoutDeadLettered(d) => dead_lettered(tx, t, &d, at).await?,
+            Event::PayoutRedriven(r) => redriven(tx, t, r.dead_letter_id, at).await?,
             Event::AccountOpened(_)
             | Event::AccountClosed(_)
             | Event::DepositRecorded(_)
@@ -108,6 +45,119 @@ pub async fn apply(tx: &mut Transaction<'_, Postgres>, t: &Tables, events: &[Rec
             | Event::ReconciliationFinished(_) => {}
         }
     }
+    Ok(())
+}
+
+/// Where and when an event was recorded.
+#[derive(Clone, Copy)]
+struct At {
+    position: i64,
+    time: chrono::DateTime<chrono::Utc>,
+}
+
+/// How a withdrawal's payout ended (or was corrected to end), as the view shows it
+/// (the fields `evolve` sets on the withdrawal, set the same way).
+struct Ended<'a> {
+    status: &'a str,
+    provider_ref: Set<&'a str>,
+    /// Kept as it was when `None`.
+    failure_reason: Option<&'a str>,
+}
+
+/// A column's new value, or the one it has.
+enum Set<T> {
+    To(Option<T>),
+    Keep,
+}
+
+async fn withdrawal_requested(
+    tx: &mut Transaction<'_, Postgres>,
+    t: &Tables,
+    w: &ledger_domain::events::WithdrawalRequested,
+    at: At,
+) -> Result<(), ApplyError> {
+    let withdrawals = t.name("withdrawals_view");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "insert into {withdrawals} (id, account_id, amount, currency, destination, status, position, updated_at, metadata)
+         values ($1, $2, $3, $4, $5, 'pending', $6, $7, $8)"
+    )))
+    .bind(w.withdrawal_id)
+    .bind(w.account_id)
+    .bind(w.amount.minor_units())
+    .bind(w.currency.as_str())
+    .bind(&w.destination)
+    .bind(at.position)
+    .bind(at.time)
+    .bind(&w.metadata)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// A withdrawal settled, failed or was corrected by reconciliation: its row, and the
+/// dead letters its payout left open, which are resolved with it.
+async fn withdrawal_ended(
+    tx: &mut Transaction<'_, Postgres>,
+    t: &Tables,
+    withdrawal_id: uuid::Uuid,
+    end: Ended<'_>,
+    at: At,
+) -> Result<(), ApplyError> {
+    let withdrawals = t.name("withdrawals_view");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "update {withdrawals} set status = $2, provider_ref = case when $7 then $3 else provider_ref end,
+                failure_reason = coalesce($4, failure_reason), position = $5, updated_at = $6
+         where id = $1"
+    )))
+    .bind(withdrawal_id)
+    .bind(end.status)
+    .bind(match end.provider_ref {
+        Set::To(r) => r,
+        Set::Keep => None,
+    })
+    .bind(end.failure_reason)
+    .bind(at.position)
+    .bind(at.time)
+    .bind(matches!(end.provider_ref, Set::To(_)))
+    .execute(&mut **tx)
+    .await?;
+    resolve_dead_letters(tx, t, withdrawal_id, end.status, at.time).await
+}
+
+async fn dead_lettered(
+    tx: &mut Transaction<'_, Postgres>,
+    t: &Tables,
+    d: &ledger_domain::events::PayoutDeadLettered,
+    at: At,
+) -> Result<(), ApplyError> {
+    let dead = t.name("dead_letters");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "insert into {dead} (id, source, withdrawal_id, event_position, attempts, last_error, status, dead_lettered_at)
+         values ($1, 'payouts', $2, $3, $4, $5, 'open', $6)"
+    )))
+    .bind(d.dead_letter_id)
+    .bind(d.withdrawal_id)
+    .bind(d.source_position)
+    .bind(i32::try_from(d.attempts).unwrap_or(i32::MAX))
+    .bind(&d.last_error)
+    .bind(at.time)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn redriven(
+    tx: &mut Transaction<'_, Postgres>,
+    t: &Tables,
+    dead_letter_id: uuid::Uuid,
+    at: At,
+) -> Result<(), ApplyError> {
+    let dead = t.name("dead_letters");
+    sqlx::query(sqlx::AssertSqlSafe(format!("update {dead} set status = 'redriven', resolved_at = $2 where id = $1")))
+        .bind(dead_letter_id)
+        .bind(at.time)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 

@@ -1,5 +1,23 @@
 //! Commands and `decide`: every business rule lives here. `decide` sees only the
 //! state handed to it (prefetched by the caller), so it is pure and deterministic.
+//! This module holds the commands, the rules they can break and the dispatch; the
+//! rules of each aggregate are in its own file:
+//!
+//! - [`accounts`]: opening and closing accounts, deposits, and the checks every
+//!   posting makes (usable accounts, funds, no overflow);
+//! - [`transfers`]: transfers and their reversal;
+//! - [`withdrawals`]: withdrawals, their payout's outcome and its dead letter;
+//! - tokens and reconciliation runs are decided here; reconciling one payout is
+//!   `crate::reconcile`.
+
+mod accounts;
+mod transfers;
+mod withdrawals;
+
+pub(crate) use accounts::ensure_no_overflow;
+use accounts::{close_account, deposit, open_account};
+use transfers::{reverse, transfer};
+use withdrawals::{dead_letter, discard, fail_withdrawal, redrive, request_withdrawal, settle_withdrawal};
 
 use crate::events::*;
 use crate::money::{Amount, Currency, Money};
@@ -308,283 +326,9 @@ pub fn decide(command: &Command, state: &Ledger) -> Result<Vec<Event>, DomainErr
     }
 }
 
-fn ensure_new(state: &Ledger, id: Uuid) -> Result<(), DomainError> {
+pub(crate) fn ensure_new(state: &Ledger, id: Uuid) -> Result<(), DomainError> {
     match state.stream(id) {
         Some(s) if s.aggregate != Aggregate::Empty => Err(DomainError::AlreadyExists { id }),
         _ => Ok(()),
     }
-}
-
-fn open_account(c: &OpenAccount, state: &Ledger) -> Result<Vec<Event>, DomainError> {
-    if c.overdraft_limit < Money::ZERO {
-        return Err(DomainError::NegativeOverdraftLimit(c.overdraft_limit));
-    }
-    if is_reserved_id(c.account_id) {
-        return Err(DomainError::ReservedId { id: c.account_id });
-    }
-    ensure_new(state, c.account_id)?;
-    let mut events = Vec::with_capacity(2);
-    let system_id = system_account_id(c.currency);
-    if let Some(existing) = state.account(system_id) {
-        // Only the ledger opens streams in the reserved space, and only this way; a log
-        // written before ids were reserved may hold a client's account there, which
-        // needs a person, not a panic.
-        if !existing.system || existing.currency != c.currency {
-            return Err(DomainError::ReservedId { id: system_id });
-        }
-    } else {
-        ensure_new(state, system_id)?;
-        events.push(Event::AccountOpened(AccountOpened {
-            account_id: system_id,
-            currency: c.currency,
-            owner: None,
-            overdraft_limit: Money::ZERO,
-            system: true,
-            metadata: None,
-        }));
-    }
-    events.push(Event::AccountOpened(AccountOpened {
-        account_id: c.account_id,
-        currency: c.currency,
-        owner: c.owner.clone(),
-        overdraft_limit: c.overdraft_limit,
-        system: false,
-        metadata: c.metadata.clone(),
-    }));
-    Ok(events)
-}
-
-/// A customer account that is open and in the command's currency.
-fn usable_account(state: &Ledger, id: Uuid, currency: Currency) -> Result<&crate::state::Account, DomainError> {
-    let account = state.account(id).ok_or(DomainError::AccountNotFound { account_id: id })?;
-    if account.system {
-        return Err(DomainError::SystemAccount { account_id: id });
-    }
-    if account.status == AccountStatus::Closed {
-        return Err(DomainError::AccountClosed { account_id: id });
-    }
-    if account.currency != currency {
-        return Err(DomainError::CurrencyMismatch { expected: account.currency, found: currency });
-    }
-    Ok(account)
-}
-
-/// The payer of a posting, after the checks in the contract's order: both accounts
-/// exist, are customer accounts, are open, differ, and share the posting's currency.
-fn posting_accounts(
-    state: &Ledger,
-    from: Uuid,
-    to: Uuid,
-    currency: Currency,
-) -> Result<&crate::state::Account, DomainError> {
-    let found = |id| state.account(id).ok_or(DomainError::AccountNotFound { account_id: id });
-    let (payer, payee) = (found(from)?, found(to)?);
-    for a in [payer, payee] {
-        if a.system {
-            return Err(DomainError::SystemAccount { account_id: a.id });
-        }
-    }
-    for a in [payer, payee] {
-        if a.status == AccountStatus::Closed {
-            return Err(DomainError::AccountClosed { account_id: a.id });
-        }
-    }
-    if from == to {
-        return Err(DomainError::SameAccount);
-    }
-    for a in [payer, payee] {
-        if a.currency != currency {
-            return Err(DomainError::CurrencyMismatch { expected: a.currency, found: currency });
-        }
-    }
-    Ok(payer)
-}
-
-/// Checks that `amount` can leave `account` without breaching its overdraft limit.
-fn ensure_funds(account: &crate::state::Account, amount: Amount) -> Result<(), DomainError> {
-    let floor = account.overdraft_limit.checked_neg().expect("overdraft limits are non-negative");
-    let after = account.available().checked_sub(amount.money());
-    match after {
-        Some(after) if after >= floor => Ok(()),
-        _ => Err(DomainError::InsufficientFunds {
-            available: account.available(),
-            overdraft_limit: account.overdraft_limit,
-            requested: amount,
-        }),
-    }
-}
-
-/// Checks that no balance the event touches would overflow.
-pub(crate) fn ensure_no_overflow(state: &Ledger, event: &Event) -> Result<(), DomainError> {
-    for p in event.postings() {
-        let balance = state.account(p.account_id).map_or(Money::ZERO, |a| a.balance);
-        if balance.checked_add(p.delta).is_none() {
-            return Err(DomainError::BalanceOverflow { account_id: p.account_id });
-        }
-    }
-    Ok(())
-}
-
-fn close_account(account_id: Uuid, state: &Ledger) -> Result<Vec<Event>, DomainError> {
-    let account = state.account(account_id).ok_or(DomainError::AccountNotFound { account_id })?;
-    if account.system {
-        return Err(DomainError::SystemAccount { account_id });
-    }
-    if account.status == AccountStatus::Closed {
-        return Err(DomainError::AccountClosed { account_id });
-    }
-    if account.balance != Money::ZERO || account.pending_holds != Money::ZERO {
-        return Err(DomainError::AccountNotEmpty { balance: account.balance, pending_holds: account.pending_holds });
-    }
-    Ok(vec![Event::AccountClosed(AccountClosed { account_id })])
-}
-
-fn deposit(c: &MakeDeposit, state: &Ledger) -> Result<Vec<Event>, DomainError> {
-    usable_account(state, c.account_id, c.currency)?;
-    let system_account_id = system_account_id(c.currency);
-    let event = Event::DepositRecorded(DepositRecorded {
-        deposit_id: c.deposit_id,
-        account_id: c.account_id,
-        system_account_id,
-        amount: c.amount,
-        currency: c.currency,
-        reference: c.reference.clone(),
-        metadata: c.metadata.clone(),
-    });
-    ensure_no_overflow(state, &event)?;
-    Ok(vec![event])
-}
-
-fn transfer(c: &PostTransfer, state: &Ledger) -> Result<Vec<Event>, DomainError> {
-    ensure_new(state, c.transfer_id)?;
-    let from = posting_accounts(state, c.from, c.to, c.currency)?;
-    ensure_funds(from, c.amount)?;
-    let event = Event::TransferPosted(TransferPosted {
-        transfer_id: c.transfer_id,
-        from: c.from,
-        to: c.to,
-        amount: c.amount,
-        currency: c.currency,
-        reference: c.reference.clone(),
-        reverses: None,
-        reason: None,
-        metadata: c.metadata.clone(),
-    });
-    ensure_no_overflow(state, &event)?;
-    Ok(vec![event])
-}
-
-fn reverse(c: &ReverseTransfer, state: &Ledger) -> Result<Vec<Event>, DomainError> {
-    let original = state.transfer(c.transfer_id).ok_or(DomainError::TransferNotFound { transfer_id: c.transfer_id })?;
-    if let Some(reversed_by) = original.reversed_by {
-        return Err(DomainError::AlreadyReversed { transfer_id: original.id, reversed_by });
-    }
-    ensure_new(state, c.reversal_id)?;
-    // The compensating transfer moves the same amount back; the original stays in the log.
-    let payer = posting_accounts(state, original.to, original.from, original.currency)?;
-    ensure_funds(payer, original.amount)?;
-    let event = Event::TransferPosted(TransferPosted {
-        transfer_id: c.reversal_id,
-        from: original.to,
-        to: original.from,
-        amount: original.amount,
-        currency: original.currency,
-        reference: original.reference.clone(),
-        reverses: Some(original.id),
-        reason: Some(c.reason.clone()),
-        metadata: None,
-    });
-    ensure_no_overflow(state, &event)?;
-    Ok(vec![event])
-}
-
-fn request_withdrawal(c: &RequestWithdrawal, state: &Ledger) -> Result<Vec<Event>, DomainError> {
-    ensure_new(state, c.withdrawal_id)?;
-    let account = usable_account(state, c.account_id, c.currency)?;
-    ensure_funds(account, c.amount)?;
-    account
-        .pending_holds
-        .checked_add(c.amount.money())
-        .ok_or(DomainError::BalanceOverflow { account_id: c.account_id })?;
-    Ok(vec![Event::WithdrawalRequested(WithdrawalRequested {
-        withdrawal_id: c.withdrawal_id,
-        account_id: c.account_id,
-        amount: c.amount,
-        currency: c.currency,
-        destination: c.destination.clone(),
-        metadata: c.metadata.clone(),
-    })])
-}
-
-pub(crate) fn pending_withdrawal(state: &Ledger, id: Uuid) -> Result<&crate::state::Withdrawal, DomainError> {
-    let w = state.withdrawal(id).ok_or(DomainError::WithdrawalNotFound { withdrawal_id: id })?;
-    if w.status != WithdrawalStatus::Pending {
-        return Err(DomainError::WithdrawalNotPending { withdrawal_id: id, status: w.status });
-    }
-    Ok(w)
-}
-
-fn settle_withdrawal(c: &SettleWithdrawal, state: &Ledger) -> Result<Vec<Event>, DomainError> {
-    let w = pending_withdrawal(state, c.withdrawal_id)?;
-    let event = Event::WithdrawalSettled(WithdrawalSettled {
-        withdrawal_id: w.id,
-        account_id: w.account_id,
-        system_account_id: system_account_id(w.currency),
-        amount: w.amount,
-        currency: w.currency,
-        provider_ref: c.provider_ref.clone(),
-    });
-    ensure_no_overflow(state, &event)?;
-    Ok(vec![event])
-}
-
-fn fail_withdrawal(c: &FailWithdrawal, state: &Ledger) -> Result<Vec<Event>, DomainError> {
-    let w = pending_withdrawal(state, c.withdrawal_id)?;
-    Ok(vec![Event::WithdrawalFailed(WithdrawalFailed {
-        withdrawal_id: w.id,
-        account_id: w.account_id,
-        amount: w.amount,
-        currency: w.currency,
-        reason: c.reason.clone(),
-    })])
-}
-
-fn dead_letter(c: &DeadLetterPayout, state: &Ledger) -> Result<Vec<Event>, DomainError> {
-    let w = pending_withdrawal(state, c.withdrawal_id)?;
-    if let Some(open) = w.dead_letter {
-        // Already dead-lettered (a second worker gave up too): nothing new to record.
-        return Err(DomainError::DeadLetterNotOpen { dead_letter_id: open });
-    }
-    Ok(vec![Event::PayoutDeadLettered(PayoutDeadLettered {
-        dead_letter_id: c.dead_letter_id,
-        withdrawal_id: w.id,
-        attempts: c.attempts,
-        last_error: c.last_error.clone(),
-        source_position: c.source_position,
-    })])
-}
-
-fn open_dead_letter<'a>(c: &ResolveDeadLetter, state: &'a Ledger) -> Result<&'a crate::state::Withdrawal, DomainError> {
-    let w =
-        state.withdrawal(c.withdrawal_id).ok_or(DomainError::WithdrawalNotFound { withdrawal_id: c.withdrawal_id })?;
-    if w.status != WithdrawalStatus::Pending || w.dead_letter != Some(c.dead_letter_id) {
-        return Err(DomainError::DeadLetterNotOpen { dead_letter_id: c.dead_letter_id });
-    }
-    Ok(w)
-}
-
-fn redrive(c: &ResolveDeadLetter, state: &Ledger) -> Result<Vec<Event>, DomainError> {
-    let w = open_dead_letter(c, state)?;
-    Ok(vec![Event::PayoutRedriven(PayoutRedriven { dead_letter_id: c.dead_letter_id, withdrawal_id: w.id })])
-}
-
-fn discard(c: &ResolveDeadLetter, state: &Ledger) -> Result<Vec<Event>, DomainError> {
-    let w = open_dead_letter(c, state)?;
-    Ok(vec![Event::WithdrawalFailed(WithdrawalFailed {
-        withdrawal_id: w.id,
-        account_id: w.account_id,
-        amount: w.amount,
-        currency: w.currency,
-        reason: format!("discarded from the dead-letter queue ({})", c.dead_letter_id),
-    })])
 }
