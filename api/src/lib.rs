@@ -1,29 +1,24 @@
 //! The HTTP API (axum) and the `ledger` binary's subcommands. Depends on the domain,
-//! infrastructure and projections; nothing depends on it.
+//! infrastructure, projections and the wire types; nothing depends on it.
+//!
+//! - [`http`]: the edge every request crosses: context, auth, the Postgres guard,
+//!   strict extraction, idempotent command execution, errors, limits, metrics, OpenAPI.
+//! - [`routes`]: one module per resource of API.md; each handler parses its
+//!   `ledger_wire` request, builds a domain `Command` or runs a query, and answers
+//!   with a `ledger_wire` response.
+//! - [`read`]: how reads see the ledger (eventual, `min_position`, strong), the account
+//!   cache, and [`read::views`], domain state and read-model rows as wire types.
+//! - [`run`]: process state, start-up and shutdown of each mode, the CLI.
 
-pub mod auth;
-pub mod cli;
-pub mod command;
-pub mod context;
-pub mod error;
-pub mod extract;
-pub mod guard;
-pub mod limits;
-pub mod metrics;
-pub mod openapi;
-pub mod progress;
+pub mod http;
 pub mod read;
-pub mod requests;
 pub mod routes;
-pub mod serve;
-pub mod state;
-pub mod validate;
-pub mod views;
+pub mod run;
 
 use axum::Router;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-pub use state::AppState;
+pub use run::state::AppState;
 
 /// The whole HTTP application; testable without a socket.
 pub fn app(state: AppState) -> Router {
@@ -36,22 +31,26 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::admin::router())
         .merge(routes::audit::router())
         .merge(routes::reconciliations::router())
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), guard::db_guard));
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), http::auth::authenticate))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), http::guard::db_guard));
     Router::new()
         .merge(v1)
         .merge(routes::health::router())
-        .merge(openapi::router())
-        .route("/metrics", axum::routing::get(metrics::render))
-        .fallback(|| async { error::ApiError::not_found("no such route").into_response() })
+        .merge(http::openapi::router())
+        .route("/metrics", axum::routing::get(http::metrics::render))
+        .fallback(|| async { http::error::ApiError::not_found("no such route").into_response() })
         .method_not_allowed_fallback(|| async {
-            error::ApiError::new(StatusCode::METHOD_NOT_ALLOWED, error::ErrorCode::NotFound, "method not allowed")
-                .into_response()
+            http::error::ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                http::error::ErrorCode::NotFound,
+                "method not allowed",
+            )
+            .into_response()
         })
-        .layer(axum::middleware::from_fn(context::request_context))
-        .route_layer(axum::middleware::from_fn(metrics::track))
+        .layer(axum::middleware::from_fn(http::context::request_context))
+        .route_layer(axum::middleware::from_fn(http::metrics::track))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
-            error::ApiError::internal(&"a handler panicked").into_response()
+            http::error::ApiError::internal(&"a handler panicked").into_response()
         }))
         .with_state(state)
 }

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use ledger_api::serve::{self, Mode};
+use ledger_api::run::serve::{self, Mode};
 use ledger_infrastructure::Config;
 use std::time::Duration;
 
@@ -123,16 +123,16 @@ async fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Cmd::Token { command: TokenCmd::Create { name, role } } => {
-            let token = ledger_api::cli::create_token(&config, &name, &role).await?;
+            let token = ledger_api::run::cli::create_token(&config, &name, &role).await?;
             println!("{token}");
             return Ok(());
         }
         Cmd::Openapi => {
-            println!("{}", serde_json::to_string_pretty(&ledger_api::openapi::document())?);
+            println!("{}", serde_json::to_string_pretty(&ledger_api::http::openapi::document())?);
             return Ok(());
         }
         Cmd::Audit { command: AuditCmd::Verify } => {
-            let report = ledger_api::cli::audit_verify(&config).await?;
+            let report = ledger_api::run::cli::audit_verify(&config).await?;
             println!("{}", serde_json::to_string(&report)?);
             if !report.ok {
                 std::process::exit(1);
@@ -140,12 +140,12 @@ async fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Cmd::Projections { command: ProjectionsCmd::Rebuild { name } } => {
-            let position = ledger_api::cli::rebuild_projection(&config, &name).await?;
+            let position = ledger_api::run::cli::rebuild_projection(&config, &name).await?;
             println!("{name} rebuilt and switched at position {position}");
             return Ok(());
         }
         Cmd::Projections { command: ProjectionsCmd::Verify } => {
-            let diffs = ledger_api::cli::verify_projections(&config).await?;
+            let diffs = ledger_api::run::cli::verify_projections(&config).await?;
             for d in &diffs {
                 println!("{d}");
             }
@@ -157,11 +157,11 @@ async fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Cmd::Replay { stream, to_position } => {
-            ledger_api::cli::replay(&config, stream, to_position, &mut std::io::stdout().lock()).await?;
+            ledger_api::run::cli::replay(&config, stream, to_position, &mut std::io::stdout().lock()).await?;
             return Ok(());
         }
         Cmd::Reconcile { from, to } => {
-            let report = ledger_api::cli::reconcile(&config, from, to).await?;
+            let report = ledger_api::run::cli::reconcile(&config, from, to).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             if report.status != ledger_wire::ReconciliationStatus::Finished {
                 std::process::exit(1);

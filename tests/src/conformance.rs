@@ -18,7 +18,7 @@ struct Checker {
 fn checker() -> &'static Checker {
     static CHECKER: OnceLock<Checker> = OnceLock::new();
     CHECKER.get_or_init(|| Checker {
-        document: serde_json::to_value(ledger_api::openapi::document()).expect("the document serializes"),
+        document: serde_json::to_value(ledger_api::http::openapi::document()).expect("the document serializes"),
         validators: Mutex::new(HashMap::new()),
     })
 }

@@ -5,7 +5,7 @@ pub mod conformance;
 pub mod procs;
 
 use ledger_api::AppState;
-use ledger_api::serve::Mode;
+use ledger_api::run::serve::Mode;
 use ledger_infrastructure::Config;
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
@@ -71,7 +71,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub state: AppState,
     pub pool: PgPool,
-    pub running: Option<ledger_api::serve::Running>,
+    pub running: Option<ledger_api::run::serve::Running>,
 }
 
 /// A response, decoded.
@@ -107,7 +107,7 @@ impl TestApp {
 
     /// Starts the given parts of the service (API, workers or both).
     pub async fn spawn_mode(config: Config, mode: Mode) -> TestApp {
-        let running = ledger_api::serve::start(config, mode).await.expect("database reachable and migrated");
+        let running = ledger_api::run::serve::start(config, mode).await.expect("database reachable and migrated");
         let base = running.addr.map(|a| format!("http://{a}")).unwrap_or_default();
         TestApp {
             ledger: typed_client(if base.is_empty() { "http://127.0.0.1:9" } else { &base }, ADMIN_TOKEN),

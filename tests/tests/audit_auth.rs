@@ -177,7 +177,7 @@ async fn tampering_is_found_at_exactly_its_position() {
     tx.commit().await.expect("commit");
     let bad = app.get("/v1/audit/verify").await;
     assert_eq!((bad.body["ok"].clone(), bad.body["first_bad_position"].clone()), (json!(false), json!(4)), "{bad:?}");
-    let cli = ledger_api::cli::audit_verify(&app.state.config).await.expect("cli runs");
+    let cli = ledger_api::run::cli::audit_verify(&app.state.config).await.expect("cli runs");
     assert_eq!(cli.first_bad_position, Some(4));
 }
 
@@ -211,7 +211,7 @@ async fn tokens_from_the_cli_work_and_rate_limits_answer_429() {
     config.rate_limit_per_s = 1;
     config.rate_limit_burst = 3;
     let app = TestApp::spawn_with(config).await;
-    let token = ledger_api::cli::create_token(&app.state.config, "batch-job", "client").await.expect("token");
+    let token = ledger_api::run::cli::create_token(&app.state.config, "batch-job", "client").await.expect("token");
     let mut statuses = Vec::new();
     for _ in 0..6 {
         let r = app.client.get(format!("{}/v1/events", app.base)).bearer_auth(&token).send().await.expect("sent");
@@ -255,7 +255,9 @@ async fn the_service_runs_with_least_privilege() {
     let p = t.body["position"].as_i64().expect("position");
     let read = app.get(&format!("/v1/accounts/{b}?min_position={p}")).await;
     assert_eq!(read.body["balance"], json!(40));
-    ledger_api::cli::rebuild_projection(&app.state.config, "accounts").await.expect("a rebuild as the service role");
+    ledger_api::run::cli::rebuild_projection(&app.state.config, "accounts")
+        .await
+        .expect("a rebuild as the service role");
     let err =
         sqlx::query("delete from events").execute(&app.pool).await.expect_err("the service cannot delete history");
     assert_eq!(err.as_database_error().and_then(|d| d.code()).as_deref(), Some("42501"));

@@ -174,7 +174,7 @@ async fn malformed_query_strings_are_the_clients_fault_not_an_outage() {
 #[tokio::test]
 async fn a_returned_id_is_never_not_found_even_before_the_read_models_have_it() {
     // The API alone: no projection worker runs, so the read models never catch up.
-    let app = TestApp::spawn_mode(test_config(), ledger_api::serve::Mode::Api).await;
+    let app = TestApp::spawn_mode(test_config(), ledger_api::run::serve::Mode::Api).await;
     let a = app.open_account("EUR", 0).await;
     let b = app.open_account("EUR", 0).await;
     assert_eq!(app.deposit(a, 100, "EUR").await.status, StatusCode::CREATED);
@@ -231,7 +231,7 @@ async fn token_principals_cannot_pass_for_the_bootstrap_token_or_each_other() {
     let events = app.get(&format!("/v1/accounts/{token_stream}/events")).await;
     assert_eq!((events.status, events.code()), (StatusCode::NOT_FOUND, "account_not_found"));
     let bootstrap_actor = app.get(&format!("/v1/audit?stream_id={}", bootstrap.id())).await;
-    assert_eq!(bootstrap_actor.body["events"][0]["actor"], json!(ledger_api::auth::BOOTSTRAP_PRINCIPAL));
+    assert_eq!(bootstrap_actor.body["events"][0]["actor"], json!(ledger_api::http::auth::BOOTSTRAP_PRINCIPAL));
 }
 
 #[tokio::test]
@@ -259,7 +259,7 @@ async fn read(client: &reqwest::Client, base: &str, path: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_writer_processes_keep_system_accounts_equal_to_the_log() {
-    let app = TestApp::spawn_mode(test_config(), ledger_api::serve::Mode::Api).await;
+    let app = TestApp::spawn_mode(test_config(), ledger_api::run::serve::Mode::Api).await;
     let mut env = base_env(&app.state.config);
     // Snapshots often, so wrong states would be saved if the writers kept any.
     env.push(("LEDGER_SNAPSHOT_EVERY", "5".to_owned()));

@@ -99,7 +99,7 @@ async fn temporal_queries_match_a_fold_of_the_log() {
     assert_eq!((bad.status, bad.code()), (StatusCode::UNPROCESSABLE_ENTITY, "validation_error"));
 
     let mut out = Vec::new();
-    let lines = ledger_api::cli::replay(&app.state.config, a, None, &mut out).await.expect("replay");
+    let lines = ledger_api::run::cli::replay(&app.state.config, a, None, &mut out).await.expect("replay");
     let version: i64 = sqlx::query_scalar("select max(version) from stream_entries where stream_id = $1")
         .bind(a)
         .fetch_one(&app.pool)
@@ -119,21 +119,21 @@ async fn a_corrupted_read_model_is_reported_and_repaired_by_a_rebuild() {
     app.deposit(a, 500, "EUR").await;
     app.transfer(a, b, 200, "EUR").await;
     app.catch_up().await;
-    assert!(ledger_api::cli::verify_projections(&app.state.config).await.expect("verify").is_empty());
+    assert!(ledger_api::run::cli::verify_projections(&app.state.config).await.expect("verify").is_empty());
     sqlx::query("update accounts_view set balance = balance + 1 where id = $1")
         .bind(a)
         .execute(&app.pool)
         .await
         .expect("corrupt");
-    let diffs = ledger_api::cli::verify_projections(&app.state.config).await.expect("verify");
+    let diffs = ledger_api::run::cli::verify_projections(&app.state.config).await.expect("verify");
     assert_eq!(diffs.len(), 1, "{diffs:?}");
     assert!(diffs.iter().all(|d| d.contains(&a.to_string())));
-    ledger_api::cli::rebuild_projection(&app.state.config, "accounts").await.expect("rebuild");
-    let diffs = ledger_api::cli::verify_projections(&app.state.config).await.expect("verify");
+    ledger_api::run::cli::rebuild_projection(&app.state.config, "accounts").await.expect("rebuild");
+    let diffs = ledger_api::run::cli::verify_projections(&app.state.config).await.expect("verify");
     assert!(diffs.is_empty(), "{diffs:?}");
     // Again, and the other projection: the rebuilt tables carry every index and key.
     for name in ["accounts", "transfers", "accounts"] {
-        ledger_api::cli::rebuild_projection(&app.state.config, name).await.expect("rebuild");
+        ledger_api::run::cli::rebuild_projection(&app.state.config, name).await.expect("rebuild");
     }
     for table in ["account_entries", "transfers_view", "accounts_view"] {
         let (indexes, primary): (i64, bool) = sqlx::query_as(
@@ -147,7 +147,7 @@ async fn a_corrupted_read_model_is_reported_and_repaired_by_a_rebuild() {
     }
     app.transfer(b, a, 1, "EUR").await;
     app.catch_up().await;
-    assert!(ledger_api::cli::verify_projections(&app.state.config).await.expect("verify").is_empty());
+    assert!(ledger_api::run::cli::verify_projections(&app.state.config).await.expect("verify").is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -237,6 +237,6 @@ async fn rebuilding_under_load_keeps_reads_answering_and_never_older() {
     let reads: usize = join_all(readers).await.into_iter().map(|r| r.expect("reader finished cleanly")).sum();
     assert!(reads > 0);
     app.catch_up().await;
-    let diffs = ledger_api::cli::verify_projections(&app.state.config).await.expect("verify");
+    let diffs = ledger_api::run::cli::verify_projections(&app.state.config).await.expect("verify");
     assert!(diffs.is_empty(), "{diffs:?}");
 }

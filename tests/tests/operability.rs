@@ -177,7 +177,7 @@ async fn sigterm_under_load_keeps_every_acknowledged_command() {
 async fn a_worker_serves_its_metrics() {
     let mut config = test_config();
     config.metrics_addr = Some("127.0.0.1:0".to_owned());
-    let worker = TestApp::spawn_mode(config, ledger_api::serve::Mode::Worker).await;
+    let worker = TestApp::spawn_mode(config, ledger_api::run::serve::Mode::Worker).await;
     let text =
         worker.client.get(format!("{}/metrics", worker.base)).send().await.expect("sent").text().await.expect("text");
     assert!(text.contains("ledger_projection_lag_events"), "{text}");

@@ -163,7 +163,7 @@ async fn exhausted_retries_dead_letter_then_redrive_settles_and_discard_fails() 
     .expect("actors");
     assert_eq!(
         actors,
-        [ledger_api::auth::BOOTSTRAP_PRINCIPAL; 2],
+        [ledger_api::http::auth::BOOTSTRAP_PRINCIPAL; 2],
         "operator actions are events with the operator as actor"
     );
     assert!(dead(&app).await.is_empty());

@@ -3,7 +3,7 @@
 
 use futures::StreamExt;
 use futures::future::join_all;
-use ledger_api::serve::Mode;
+use ledger_api::run::serve::Mode;
 use ledger_tests::{NatsServer, TestApp, eventually, test_config};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -251,7 +251,8 @@ async fn account_cache_hits_and_is_invalidated_by_projections() {
     app.deposit(a, 1, "EUR").await;
     let announced = tokio::time::timeout(std::time::Duration::from_secs(10), async {
         while let Some(message) = sub.next().await {
-            let applied: ledger_api::serve::Applied = serde_json::from_slice(&message.payload).expect("announcement");
+            let applied: ledger_api::run::serve::Applied =
+                serde_json::from_slice(&message.payload).expect("announcement");
             if applied.projection == "accounts" {
                 return applied;
             }

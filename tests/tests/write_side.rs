@@ -397,7 +397,7 @@ async fn two_writers_racing_on_the_same_accounts_decide_again_and_never_fail() {
         .await
         .expect("count");
     assert_eq!(conflicts, 60);
-    let metrics = ledger_api::metrics::handle().render();
+    let metrics = ledger_api::http::metrics::handle().render();
     assert!(metrics.contains("ledger_append_conflicts_total"), "the writers did conflict and decided again");
     first.fold_log().await;
     assert_eq!(first.account(a).await["balance"], second.account(a).await["balance"]);

@@ -1,15 +1,15 @@
 //! Accounts: open, close, read, and the account's own event stream.
 
-use crate::command::{CommandBody, execute};
-use crate::context::{Principal, RequestContext};
-use crate::error::{ApiError, ErrorCode};
-use crate::extract::{Params, Segment};
+use crate::http::command::{CommandBody, execute};
+use crate::http::context::{Principal, RequestContext};
+use crate::http::error::{ApiError, ErrorCode};
+use crate::http::extract::{Params, Segment};
+use crate::http::requests::parse;
+use crate::http::validate::{limit_param, path_uuid, position_param};
 use crate::read::Consistency;
-use crate::requests::parse;
+use crate::read::views;
 use crate::routes::{read_model_ready, strong_state};
-use crate::state::AppState;
-use crate::validate::{limit_param, path_uuid, position_param};
-use crate::views;
+use crate::run::state::AppState;
 use axum::Router;
 use axum::extract::State;
 use axum::response::Response;
@@ -50,7 +50,7 @@ fn render_account(status: u16) -> impl Fn(&Recorded) -> StoredResponse {
             .expect("an account command records its account's event");
         let state = recorded.state();
         let account = state.account(account_id).expect("the command touched this account");
-        crate::command::stored(status, &views::account(account, state.version(account_id), recorded.position))
+        crate::http::command::stored(status, &views::account(account, state.version(account_id), recorded.position))
     }
 }
 
@@ -292,7 +292,7 @@ async fn balance(
             p
         }
         (None, Some(t)) => {
-            let t = crate::validate::timestamp(t)
+            let t = crate::http::validate::timestamp(t)
                 .ok_or_else(|| ApiError::bad_request("`as_of` must be an RFC 3339 timestamp"))?;
             state.store.position_at(t).await?
         }

@@ -1,14 +1,14 @@
 //! Operations (operator or admin): projection status, circuit breakers, the
 //! dead-letter queue.
 
-use crate::command::{CommandBody, execute};
-use crate::context::{Principal, RequestContext};
-use crate::error::{ApiError, ErrorCode};
-use crate::extract::{Params, Segment};
+use crate::http::command::{CommandBody, execute};
+use crate::http::context::{Principal, RequestContext};
+use crate::http::error::{ApiError, ErrorCode};
+use crate::http::extract::{Params, Segment};
 use crate::read::Consistency;
+use crate::read::views;
 use crate::routes::read_model_ready;
-use crate::state::AppState;
-use crate::views;
+use crate::run::state::AppState;
 use axum::Router;
 use axum::extract::State;
 use axum::response::Response;
@@ -59,8 +59,8 @@ async fn rebuild(
 ) -> Result<Response, ApiError> {
     let projection =
         Projection::from_name(&name).ok_or_else(|| ApiError::not_found(format!("no projection named {name}")))?;
-    let claim = crate::command::claim(&state, &principal, &body);
-    if let Some(replay) = crate::command::stored_replay(&state, &principal, &body).await? {
+    let claim = crate::http::command::claim(&state, &principal, &body);
+    if let Some(replay) = crate::http::command::stored_replay(&state, &principal, &body).await? {
         return Ok(replay);
     }
     let lock = ledger_projections::rebuild::RebuildLock::acquire(&state.config.database_url, projection)
@@ -72,27 +72,27 @@ async fn rebuild(
             other => ApiError::unavailable(&other),
         })?;
     let started = ledger_wire::RebuildStarted { name: views::projection_name(projection), status: "rebuilding".into() };
-    let response = crate::command::stored(202, &started);
+    let response = crate::http::command::stored(202, &started);
     state.store.remember_response(&claim, &response).await?;
     let background = state.clone();
     tokio::spawn(async move {
         match lock.rebuild(&background.pool, |_, _| {}).await {
             Ok(position) => {
                 tracing::info!(projection = projection.name(), position, "projection rebuilt and switched");
-                let applied = crate::serve::Applied {
+                let applied = crate::run::serve::Applied {
                     origin: background.instance_id,
                     projection: projection.name().to_owned(),
                     position,
                     accounts: Vec::new(),
                     all: true,
                 };
-                crate::serve::apply_announcement(&background, &applied).await;
-                crate::serve::announce(&background, &applied).await;
+                crate::run::serve::apply_announcement(&background, &applied).await;
+                crate::run::serve::announce(&background, &applied).await;
             }
             Err(e) => tracing::error!(projection = projection.name(), error = %e, "projection rebuild failed"),
         }
     });
-    Ok(crate::command::respond(response, false))
+    Ok(crate::http::command::respond(response, false))
 }
 
 /// Issues a token. The secret is in the first response only: the stored response
@@ -119,23 +119,23 @@ async fn create_token(
     context: RequestContext,
     body: CommandBody,
 ) -> Result<Response, ApiError> {
-    let r: ledger_wire::TokenRequest = crate::requests::parse(&body.json)?;
+    let r: ledger_wire::TokenRequest = crate::http::requests::parse(&body.json)?;
     let (name, role) = (r.name.0, r.role);
     let token = format!("ltk_{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
-    let token_sha256 = crate::auth::token_hash(&token);
+    let token_sha256 = crate::http::auth::token_hash(&token);
     let token_id = token_id(&name);
     let command =
         Command::IssueToken(ledger_domain::decide::IssueToken { token_id, name: name.clone(), role, token_sha256 });
     // The id, name and role come from the request, which a replay repeats exactly.
     let created = ledger_wire::TokenCreated { id: token_id, name, role, token: None };
     let stored_form = created.clone();
-    let render = move |_: &Recorded| crate::command::stored(201, &stored_form);
+    let render = move |_: &Recorded| crate::http::command::stored(201, &stored_form);
     let (mut stored, replayed) =
-        crate::command::execute_reply(&state, &principal, &context, body, command, None, render).await?;
+        crate::http::command::execute_reply(&state, &principal, &context, body, command, None, render).await?;
     if stored.status == 201 && !replayed {
-        stored = crate::command::stored(201, &ledger_wire::TokenCreated { token: Some(token), ..created });
+        stored = crate::http::command::stored(201, &ledger_wire::TokenCreated { token: Some(token), ..created });
     }
-    Ok(crate::command::respond(stored, replayed))
+    Ok(crate::http::command::respond(stored, replayed))
 }
 
 /// A token's stream id, derived from its name so each name is issued once.
@@ -187,7 +187,7 @@ async fn dead_letters(State(state): State<AppState>, Params(q): Params) -> Resul
 /// The withdrawal of an open dead letter, from the read model caught up to the head.
 async fn dead_letter_withdrawal(state: &AppState, raw: &str) -> Result<(Uuid, Uuid), ApiError> {
     let not_found = || ApiError::not_found(format!("dead letter {raw} not found"));
-    let id = crate::validate::path_uuid(raw, not_found)?;
+    let id = crate::http::validate::path_uuid(raw, not_found)?;
     read_model_ready(state, Projection::Transfers, Consistency::Strong).await?;
     let withdrawal =
         ledger_projections::queries::dead_letter_withdrawal(&state.pool, id).await?.ok_or_else(not_found)?;
@@ -207,7 +207,7 @@ fn render_resolution(
             status,
             position: recorded.position,
         };
-        crate::command::stored(200, &body)
+        crate::http::command::stored(200, &body)
     }
 }
 

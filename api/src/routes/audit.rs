@@ -1,10 +1,10 @@
 //! The audit trail: events with who/why metadata, filtered; and the hash-chain check.
 
-use crate::error::ApiError;
-use crate::extract::Params;
-use crate::state::AppState;
-use crate::validate::{limit_param, position_param};
-use crate::views;
+use crate::http::error::ApiError;
+use crate::http::extract::Params;
+use crate::http::validate::{limit_param, position_param};
+use crate::read::views;
+use crate::run::state::AppState;
 use axum::Router;
 use axum::extract::State;
 use axum::response::Response;
@@ -18,7 +18,7 @@ pub fn router() -> Router<AppState> {
 
 fn time_param(name: &str, raw: Option<&String>) -> Result<Option<DateTime<Utc>>, ApiError> {
     raw.map(|s| {
-        crate::validate::timestamp(s)
+        crate::http::validate::timestamp(s)
             .ok_or_else(|| ApiError::bad_request(format!("`{name}` must be an RFC 3339 timestamp")))
     })
     .transpose()

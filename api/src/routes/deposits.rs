@@ -1,11 +1,11 @@
 //! Deposits: money entering the ledger from the outside world, through the
 //! currency's system account.
 
-use crate::command::{CommandBody, execute};
-use crate::context::{Principal, RequestContext};
-use crate::error::ApiError;
-use crate::requests::parse;
-use crate::state::AppState;
+use crate::http::command::{CommandBody, execute};
+use crate::http::context::{Principal, RequestContext};
+use crate::http::error::ApiError;
+use crate::http::requests::parse;
+use crate::run::state::AppState;
 use axum::Router;
 use axum::extract::State;
 use axum::response::Response;
@@ -73,5 +73,5 @@ fn render_deposit(recorded: &Recorded) -> StoredResponse {
         metadata: d.metadata.clone(),
         position: recorded.position,
     };
-    crate::command::stored(201, &body)
+    crate::http::command::stored(201, &body)
 }

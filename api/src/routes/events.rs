@@ -1,10 +1,10 @@
 //! The global log and the system accounts.
 
-use crate::error::ApiError;
-use crate::extract::Params;
-use crate::state::AppState;
-use crate::validate::{limit_param, position_param};
-use crate::views;
+use crate::http::error::ApiError;
+use crate::http::extract::Params;
+use crate::http::validate::{limit_param, position_param};
+use crate::read::views;
+use crate::run::state::AppState;
 use axum::Router;
 use axum::extract::State;
 use axum::response::Response;

@@ -1,6 +1,6 @@
 //! Liveness and readiness (no token needed).
 
-use crate::state::AppState;
+use crate::run::state::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -52,9 +52,9 @@ async fn ready(State(state): State<AppState>) -> Response {
         dependencies: wire::Dependencies {
             postgres: if postgres { wire::DependencyState::Up } else { wire::DependencyState::Down },
             nats,
-            provider_breaker: crate::views::breaker_state(state.provider_breaker.state()),
-            relay_breaker: crate::views::breaker_state(state.relay_breaker.state()),
-            postgres_breaker: crate::views::breaker_state(state.db_breaker.state()),
+            provider_breaker: crate::read::views::breaker_state(state.provider_breaker.state()),
+            relay_breaker: crate::read::views::breaker_state(state.relay_breaker.state()),
+            postgres_breaker: crate::read::views::breaker_state(state.db_breaker.state()),
         },
     };
     (status, Json(body)).into_response()

@@ -10,8 +10,8 @@ pub mod reconciliations;
 pub mod transfers;
 pub mod withdrawals;
 
-use crate::error::ApiError;
-use crate::state::AppState;
+use crate::http::error::ApiError;
+use crate::run::state::AppState;
 use ledger_domain::Ledger;
 use uuid::Uuid;
 

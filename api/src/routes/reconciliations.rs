@@ -1,12 +1,12 @@
 //! Reconciliation runs (operator or admin): start one, read its report.
 
-use crate::command::CommandBody;
-use crate::context::Principal;
-use crate::error::{ApiError, ErrorCode};
-use crate::extract::Segment;
-use crate::state::AppState;
-use crate::validate::path_uuid;
-use crate::views;
+use crate::http::command::CommandBody;
+use crate::http::context::Principal;
+use crate::http::error::{ApiError, ErrorCode};
+use crate::http::extract::Segment;
+use crate::http::validate::path_uuid;
+use crate::read::views;
+use crate::run::state::AppState;
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -52,13 +52,13 @@ pub fn reconciler(state: &AppState) -> Reconciler {
     )
 )]
 async fn start(State(state): State<AppState>, principal: Principal, body: CommandBody) -> Result<Response, ApiError> {
-    let window: ledger_wire::ReconciliationRequest = crate::requests::parse(&body.json)?;
+    let window: ledger_wire::ReconciliationRequest = crate::http::requests::parse(&body.json)?;
     let to = window.to.map_or_else(Utc::now, |t| t.0);
     let from = window.from.map_or(to - chrono::Duration::hours(DEFAULT_WINDOW_H), |t| t.0);
     if from >= to {
         return Err(ApiError::validation("`from` must be before `to`"));
     }
-    if let Some(replay) = crate::command::stored_replay(&state, &principal, &body).await? {
+    if let Some(replay) = crate::http::command::stored_replay(&state, &principal, &body).await? {
         return Ok(replay);
     }
     let reconciler = reconciler(&state);
@@ -70,8 +70,8 @@ async fn start(State(state): State<AppState>, principal: Principal, body: Comman
     })?;
     let run_id = Uuid::now_v7();
     reconciler.start(run_id, from, to, &principal.name).await.map_err(|e| ApiError::unavailable(&e))?;
-    let response = crate::command::stored(202, &ledger_wire::ReconciliationStarted { id: run_id, from, to });
-    state.store.remember_response(&crate::command::claim(&state, &principal, &body), &response).await?;
+    let response = crate::http::command::stored(202, &ledger_wire::ReconciliationStarted { id: run_id, from, to });
+    state.store.remember_response(&crate::http::command::claim(&state, &principal, &body), &response).await?;
     let actor = principal.name.clone();
     tokio::spawn(async move {
         match reconciler.run(lock, run_id, (from, to), &actor, |_, _| {}).await {
@@ -79,7 +79,7 @@ async fn start(State(state): State<AppState>, principal: Principal, body: Comman
             Err(e) => tracing::warn!(%run_id, error = %e, "reconciliation failed"),
         }
     });
-    Ok(crate::command::respond(response, false))
+    Ok(crate::http::command::respond(response, false))
 }
 
 #[utoipa::path(

@@ -1,15 +1,15 @@
 //! Transfers between accounts, and their reversal as a compensating transfer.
 
-use crate::command::{CommandBody, execute};
-use crate::context::{Principal, RequestContext};
-use crate::error::ApiError;
-use crate::extract::{Params, Segment};
+use crate::http::command::{CommandBody, execute};
+use crate::http::context::{Principal, RequestContext};
+use crate::http::error::ApiError;
+use crate::http::extract::{Params, Segment};
+use crate::http::requests::parse;
+use crate::http::validate::path_uuid;
 use crate::read::Consistency;
-use crate::requests::parse;
+use crate::read::views;
 use crate::routes::{read_model_ready, strong_state};
-use crate::state::AppState;
-use crate::validate::path_uuid;
-use crate::views;
+use crate::run::state::AppState;
 use axum::Router;
 use axum::extract::State;
 use axum::response::Response;
@@ -41,7 +41,7 @@ fn render_transfer(recorded: &Recorded) -> StoredResponse {
         .expect("a transfer command records its transfer");
     let state = recorded.state();
     let t = state.transfer(transfer_id).expect("the command created this transfer");
-    crate::command::stored(201, &views::transfer(t, Some(recorded.position)))
+    crate::http::command::stored(201, &views::transfer(t, Some(recorded.position)))
 }
 
 #[utoipa::path(

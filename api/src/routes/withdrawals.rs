@@ -1,16 +1,16 @@
 //! Withdrawals: funds are held at once; the payout to the provider settles or fails
 //! the withdrawal later.
 
-use crate::command::{CommandBody, execute};
-use crate::context::{Principal, RequestContext};
-use crate::error::ApiError;
-use crate::extract::{Params, Segment};
+use crate::http::command::{CommandBody, execute};
+use crate::http::context::{Principal, RequestContext};
+use crate::http::error::ApiError;
+use crate::http::extract::{Params, Segment};
+use crate::http::requests::parse;
+use crate::http::validate::path_uuid;
 use crate::read::Consistency;
-use crate::requests::parse;
+use crate::read::views;
 use crate::routes::{read_model_ready, strong_state};
-use crate::state::AppState;
-use crate::validate::path_uuid;
-use crate::views;
+use crate::run::state::AppState;
 use axum::Router;
 use axum::extract::State;
 use axum::response::Response;
@@ -72,7 +72,7 @@ fn render_withdrawal(recorded: &Recorded) -> StoredResponse {
         .expect("a withdrawal command records its withdrawal");
     let state = recorded.state();
     let w = state.withdrawal(withdrawal_id).expect("the command created this withdrawal");
-    crate::command::stored(202, &views::withdrawal(w, Some(recorded.position)))
+    crate::http::command::stored(202, &views::withdrawal(w, Some(recorded.position)))
 }
 
 #[utoipa::path(

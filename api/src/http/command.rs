@@ -1,9 +1,9 @@
 //! Running a command from an HTTP request: the Idempotency-Key rules of API.md, the
 //! request body (bounded, parsed, fingerprinted), and the hand-off to the writer.
 
-use crate::context::{Principal, RequestContext};
-use crate::error::{ApiError, ErrorCode};
-use crate::state::AppState;
+use crate::http::context::{Principal, RequestContext};
+use crate::http::error::{ApiError, ErrorCode};
+use crate::run::state::AppState;
 use axum::body::Body;
 use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -36,7 +36,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
             "the Idempotency-Key header is required",
         )
     })?;
-    let key = raw.to_str().ok().filter(|k| crate::context::printable(k));
+    let key = raw.to_str().ok().filter(|k| crate::http::context::printable(k));
     key.map(str::to_owned)
         .ok_or_else(|| ApiError::bad_request("Idempotency-Key must be 1 to 255 printable ASCII characters"))
 }
@@ -59,7 +59,7 @@ impl FromRequest<AppState> for CommandBody {
         let json: Value = if bytes.is_empty() {
             Value::Object(Default::default())
         } else {
-            crate::validate::parse_json(&bytes).map_err(crate::validate::body_rejection)?
+            crate::http::validate::parse_json(&bytes).map_err(crate::http::validate::body_rejection)?
         };
         let mut canonical = format!("{method} {path}\n");
         canonical_json(&json, &mut canonical);

@@ -3,8 +3,8 @@
 //! length, no parameter given twice), so no malformed input reaches SQL, and a bad
 //! request is always a problem document, never a plain-text rejection.
 
-use crate::error::ApiError;
-use crate::limits::{PARAM_BYTES_MAX, PARAMS_MAX};
+use crate::http::error::ApiError;
+use crate::http::limits::{PARAM_BYTES_MAX, PARAMS_MAX};
 use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;
 use std::collections::HashMap;

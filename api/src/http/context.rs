@@ -1,7 +1,7 @@
 //! Per-request context: who is calling (bearer token → principal), the request id and
 //! the correlation id (taken from `X-Correlation-Id` or generated, and echoed back).
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue};
@@ -28,10 +28,12 @@ pub struct RequestContext {
     pub correlation_id: String,
 }
 
-/// 1 to [`crate::limits::HEADER_ID_BYTES_MAX`] printable ASCII bytes: an
+/// 1 to [`crate::http::limits::HEADER_ID_BYTES_MAX`] printable ASCII bytes: an
 /// `Idempotency-Key` or an `X-Correlation-Id`.
 pub fn printable(s: &str) -> bool {
-    !s.is_empty() && s.len() <= crate::limits::HEADER_ID_BYTES_MAX && s.bytes().all(|b| (0x20..=0x7e).contains(&b))
+    !s.is_empty()
+        && s.len() <= crate::http::limits::HEADER_ID_BYTES_MAX
+        && s.bytes().all(|b| (0x20..=0x7e).contains(&b))
 }
 
 /// Adds the request context to every request, echoes its ids on the response, and

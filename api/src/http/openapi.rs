@@ -263,7 +263,7 @@ fn every_route(operation: &mut Operation) {
     }
 }
 
-/// The bearer token, the role table and the per-token rate limit (`crate::auth`).
+/// The bearer token, the role table and the per-token rate limit (`crate::http::auth`).
 fn authenticated(operation: &mut Operation) {
     operation.security = Some(vec![SecurityRequirement::new(BEARER, Vec::<String>::new())]);
     add_response(operation, 401, "`unauthorized`: the bearer token is missing or unknown.");
@@ -272,7 +272,7 @@ fn authenticated(operation: &mut Operation) {
     add_response(operation, 503, "`unavailable`: a dependency (Postgres) is unavailable; retry later.");
 }
 
-/// A command: the Idempotency-Key rules and the bounded JSON body (`crate::command`).
+/// A command: the Idempotency-Key rules and the bounded JSON body (`crate::http::command`).
 fn command(operation: &mut Operation) {
     operation.parameters.get_or_insert_with(Vec::new).insert(0, parameter_ref("IdempotencyKey"));
     add_response(
@@ -301,14 +301,14 @@ fn replayable(status: &str) -> bool {
     status.starts_with('2') || ["404", "409", "422"].contains(&status)
 }
 
-/// A read: every 200 says which log position it reflects (`crate::views::read`).
+/// A read: every 200 says which log position it reflects (`crate::read::views::read`).
 fn read(operation: &mut Operation) {
     if let Some(RefOr::T(ok)) = operation.responses.responses.get_mut("200") {
         ok.headers.insert("X-Ledger-Position".into(), header_ref("XLedgerPosition"));
     }
 }
 
-/// Every error without a body of its own is a problem document (`crate::error`).
+/// Every error without a body of its own is a problem document (`crate::http::error`).
 fn problem_bodies(operation: &mut Operation) {
     let problem = Content::new(Some(Ref::from_schema_name("Problem")));
     for (status, response) in operation.responses.responses.iter_mut() {
@@ -350,7 +350,7 @@ fn add_response(operation: &mut Operation, status: u16, description: &str) {
     match operation.responses.responses.get_mut(&key) {
         Some(RefOr::T(existing)) if !existing.description.contains(description) => {
             // A route's own 409 lists its conflicts; the shared in-flight text applies only
-            // to commands that run through `crate::command::execute`, which say so themselves.
+            // to commands that run through `crate::http::command::execute`, which say so themselves.
             if status != 409 {
                 existing.description = format!("{}\n\n{description}", existing.description);
             }

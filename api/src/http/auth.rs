@@ -2,10 +2,10 @@
 //! `LEDGER_ADMIN_TOKEN`, compared in constant time, and issued tokens, looked up by the
 //! sha256 of the secret), the role table of API.md, and a per-token rate limit.
 
-use crate::context::{Principal, Role, constant_time_eq};
-use crate::error::{ApiError, ErrorCode};
-use crate::limits::{TOKEN_CACHE_ENTRIES_MAX, TOKEN_CACHE_TTL, UNKNOWN_TOKEN_CACHE_TTL};
-use crate::state::AppState;
+use crate::http::context::{Principal, Role, constant_time_eq};
+use crate::http::error::{ApiError, ErrorCode};
+use crate::http::limits::{TOKEN_CACHE_ENTRIES_MAX, TOKEN_CACHE_TTL, UNKNOWN_TOKEN_CACHE_TTL};
+use crate::run::state::AppState;
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;

@@ -2,7 +2,7 @@
 //! the metadata rules, timestamps, and query parameters. The metadata and timestamp
 //! rules are the wire types' own (`ledger_wire::fields`).
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 

@@ -1,6 +1,6 @@
 //! Shared state of the HTTP layer.
 
-use crate::limits::{ACCOUNT_CACHE_ENTRIES_MAX, ACCOUNT_CACHE_TTL};
+use crate::http::limits::{ACCOUNT_CACHE_ENTRIES_MAX, ACCOUNT_CACHE_TTL};
 use crate::read::{AccountCache, ProjectionPositions};
 use ledger_infrastructure::breaker::{BreakerConfig, CircuitBreaker};
 use ledger_infrastructure::nats::Names;
@@ -29,7 +29,7 @@ pub struct AppState {
     /// The breaker around the payment provider (payouts, reconciliation).
     pub provider_breaker: CircuitBreaker,
     pub provider: ProviderClient,
-    pub tokens: crate::auth::TokenCache,
+    pub tokens: crate::http::auth::TokenCache,
     /// The breaker in front of Postgres (see `guard`).
     pub db_breaker: CircuitBreaker,
     /// This process, in announcements to the others.
@@ -38,7 +38,7 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(config: Config, pool: PgPool, nats: async_nats::Client) -> AppState {
-        crate::metrics::handle();
+        crate::http::metrics::handle();
         let store = EventStore::new(pool.clone());
         let bus = CommandBus::start(
             store.clone(),
@@ -78,7 +78,7 @@ impl AppState {
                 },
             ),
             config: Arc::new(config),
-            tokens: crate::auth::TokenCache::default(),
+            tokens: crate::http::auth::TokenCache::default(),
             instance_id: uuid::Uuid::now_v7(),
         }
     }

@@ -2,7 +2,7 @@
 //! invalidation, projection-position listener, idempotency sweeper) and the HTTP server
 //! with graceful shutdown.
 
-use crate::state::AppState;
+use crate::run::state::AppState;
 use futures::StreamExt;
 use ledger_infrastructure::Config;
 use ledger_infrastructure::payouts::{PayoutLimits, PayoutWorker};
@@ -257,7 +257,7 @@ pub async fn serve(
     let app = crate::app(state).layer(
         tower::ServiceBuilder::new()
             .layer(axum::error_handling::HandleErrorLayer::new(|_: tower::BoxError| async {
-                crate::error::ApiError::unavailable(&"the request timed out")
+                crate::http::error::ApiError::unavailable(&"the request timed out")
             }))
             .layer(tower::timeout::TimeoutLayer::new(timeout)),
     );
@@ -312,7 +312,7 @@ pub async fn start(config: Config, mode: Mode) -> Result<Running, StartError> {
             TcpListener::bind(&metrics_addr).await.map_err(|source| StartError::Bind { addr: metrics_addr, source })?;
         bound = listener.local_addr().ok();
         let app = axum::Router::new()
-            .route("/metrics", axum::routing::get(crate::metrics::render))
+            .route("/metrics", axum::routing::get(crate::http::metrics::render))
             .route("/health/live", axum::routing::get(|| async { "live" }))
             .with_state(state.clone());
         let stop = shutdown.clone();

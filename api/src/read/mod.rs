@@ -1,9 +1,12 @@
 //! Read consistency (API.md "Consistency"): eventual reads come from the read models
 //! through a bounded moka cache; `min_position` waits (on a notification, never a
 //! sleep loop) until the projection has applied that position; `strong` answers from
-//! the write side. Every read says which log position it reflects.
+//! the write side. Every read says which log position it reflects. [`views`] turns
+//! domain state and read-model rows into the wire types reads and commands answer with.
 
-use crate::error::{ApiError, ErrorCode};
+pub mod views;
+
+use crate::http::error::{ApiError, ErrorCode};
 use axum::http::StatusCode;
 use ledger_projections::Projection;
 use moka::ops::compute::Op;
@@ -29,7 +32,7 @@ impl Consistency {
             None | Some("eventual") => {}
             Some(other) => return Err(ApiError::bad_request(format!("unknown consistency {other:?}"))),
         }
-        match crate::validate::position_param("min_position", q.get("min_position").map(String::as_str))? {
+        match crate::http::validate::position_param("min_position", q.get("min_position").map(String::as_str))? {
             Some(p) => Ok(Consistency::MinPosition(p)),
             None => Ok(Consistency::Eventual),
         }

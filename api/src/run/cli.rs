@@ -1,7 +1,7 @@
 //! The CLI subcommands that work on the database directly (no HTTP): tokens, the
 //! audit chain. Progress goes to stderr; results to stdout.
 
-use crate::auth::token_hash;
+use crate::http::auth::token_hash;
 use crate::routes::admin::token_id;
 use ledger_domain::Command;
 use ledger_domain::decide::IssueToken;
@@ -29,7 +29,7 @@ async fn store(config: &Config) -> Result<EventStore, CliError> {
 pub async fn create_token(config: &Config, name: &str, role: &str) -> Result<String, CliError> {
     let role = ledger_domain::Role::parse(role)
         .ok_or_else(|| CliError::Invalid("role must be admin, operator or client".into()))?;
-    if !crate::auth::valid_token_name(name) {
+    if !crate::http::auth::valid_token_name(name) {
         return Err(CliError::Invalid("name must be 1 to 64 characters of [A-Za-z0-9_.-]".into()));
     }
     let store = store(config).await?;
@@ -65,7 +65,7 @@ pub async fn create_token(config: &Config, name: &str, role: &str) -> Result<Str
 /// `ledger audit verify`: walks the chain; Ok(report) whether or not it verified.
 pub async fn audit_verify(config: &Config) -> Result<ledger_infrastructure::audit::ChainReport, CliError> {
     let store = store(config).await?;
-    let bar = crate::progress::Progress::new("verifying the hash chain");
+    let bar = crate::run::progress::Progress::new("verifying the hash chain");
     let report = verify_chain(&store, 5_000, |done, total| bar.update(done, total)).await?;
     bar.finish();
     Ok(report)
@@ -79,7 +79,7 @@ pub async fn rebuild_projection(config: &Config, name: &str) -> Result<i64, CliE
     let lock = ledger_projections::rebuild::RebuildLock::acquire(&config.database_url, projection)
         .await
         .map_err(|e| CliError::Command(e.to_string()))?;
-    let bar = crate::progress::Progress::new(&format!("rebuilding {name}"));
+    let bar = crate::run::progress::Progress::new(&format!("rebuilding {name}"));
     let position = lock
         .rebuild(store.pool(), |done, total| bar.update(done, total))
         .await
@@ -91,7 +91,7 @@ pub async fn rebuild_projection(config: &Config, name: &str) -> Result<i64, CliE
 /// `ledger projections verify`: the differences between read models and the log.
 pub async fn verify_projections(config: &Config) -> Result<Vec<String>, CliError> {
     let store = store(config).await?;
-    let bar = crate::progress::Progress::new("folding the log");
+    let bar = crate::run::progress::Progress::new("folding the log");
     let diffs = ledger_projections::verify::verify(store.pool(), |done, total| bar.update(done, total))
         .await
         .map_err(|e| CliError::Command(e.to_string()))?;
@@ -158,7 +158,7 @@ pub async fn reconcile(
     let lock = reconciler.lock().await.map_err(|e| CliError::Command(e.to_string()))?;
     let run_id = uuid::Uuid::now_v7();
     reconciler.start(run_id, from, to, "cli").await.map_err(|e| CliError::Command(e.to_string()))?;
-    let bar = crate::progress::Progress::new("reconciling");
+    let bar = crate::run::progress::Progress::new("reconciling");
     let outcome = reconciler.run(lock, run_id, (from, to), "cli", |done, total| bar.update(done, total)).await;
     bar.finish();
     if let Err(e) = outcome {
@@ -166,6 +166,6 @@ pub async fn reconcile(
     }
     let events = store.read_stream(run_id, 1, 1_000_000).await?;
     ledger_infrastructure::reconcile::report(run_id, &events)
-        .map(crate::views::reconciliation)
+        .map(crate::read::views::reconciliation)
         .ok_or_else(|| CliError::Command("run not recorded".into()))
 }

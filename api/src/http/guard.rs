@@ -8,8 +8,8 @@
 //! answers (by the request time-out, or because the client hung up) releases it on drop
 //! without a verdict, so a dropped probe never leaves the breaker half-open for good.
 
-use crate::error::ApiError;
-use crate::state::AppState;
+use crate::http::error::ApiError;
+use crate::run::state::AppState;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -22,7 +22,7 @@ pub struct DependencyFailed;
 const CACHED_ROUTE: &str = "/v1/accounts/{id}";
 
 pub async fn db_guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let eventual = crate::extract::parse_query(request.uri().query().unwrap_or(""))
+    let eventual = crate::http::extract::parse_query(request.uri().query().unwrap_or(""))
         .ok()
         .and_then(|q| crate::read::Consistency::from_query(&q).ok())
         == Some(crate::read::Consistency::Eventual);

@@ -1,7 +1,7 @@
 //! Parsing a command's body into its request type (`ledger_wire::requests`): one 422
 //! `validation_error` naming the field that does not parse.
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use serde_json::Value;
 
 /// Parses a command's JSON body (already checked to be JSON by `CommandBody`) as `T`;
@@ -27,7 +27,11 @@ mod tests {
         match parse::<T>(&body) {
             Ok(_) => panic!("{body} should be refused"),
             Err(e) => {
-                assert_eq!((e.status.as_u16(), e.code), (422, crate::error::ErrorCode::ValidationError), "{body}");
+                assert_eq!(
+                    (e.status.as_u16(), e.code),
+                    (422, crate::http::error::ErrorCode::ValidationError),
+                    "{body}"
+                );
                 e.detail
             }
         }

@@ -2,7 +2,7 @@
 //! which also samples the gauges that live elsewhere (pool, cache, breakers, lags,
 //! dead-letter depth) at scrape time.
 
-use crate::state::AppState;
+use crate::run::state::AppState;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, header};
 use axum::middleware::Next;

@@ -160,7 +160,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = problem_response(self.status, &self.body(), self.retry_after_s);
         if self.status == StatusCode::SERVICE_UNAVAILABLE && self.code == ErrorCode::Unavailable {
-            response.extensions_mut().insert(crate::guard::DependencyFailed);
+            response.extensions_mut().insert(crate::http::guard::DependencyFailed);
         }
         response
     }

@@ -1,7 +1,7 @@
 //! The wire types of domain state and read-model rows (`ledger_wire::responses`),
 //! shared by command responses and queries, and the one way a read is answered.
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use ledger_domain::{AccountStatus, WithdrawalStatus};

@@ -1,0 +1,22 @@
+//! The edge: what every request goes through before and after its handler.
+//!
+//! - [`context`]: request and correlation ids, the principal; [`auth`]: bearer tokens,
+//!   roles and the per-token rate limit; [`guard`]: the Postgres circuit breaker.
+//! - [`extract`]: strict path and query parsing; [`validate`]: strict JSON, query
+//!   parameters; [`requests`]: a command's body into its `ledger_wire` request type.
+//! - [`command`]: running a command once per `Idempotency-Key`, rendering its outcome.
+//! - [`error`]: `ApiError`, the one error type, as RFC 9457 problem documents.
+//! - [`limits`]: the request limits of the contract and the HTTP layer's caches.
+//! - [`metrics`]: Prometheus metrics; [`openapi`]: the OpenAPI document and Swagger UI.
+
+pub mod auth;
+pub mod command;
+pub mod context;
+pub mod error;
+pub mod extract;
+pub mod guard;
+pub mod limits;
+pub mod metrics;
+pub mod openapi;
+pub mod requests;
+pub mod validate;
