@@ -1,0 +1,311 @@
+//! Appending a batch: pure staging (serialize and check every event) and planning
+//! (positions, versions, hashes, outcomes) around the I/O of one transaction (the head
+//! lock, the versions of unchecked streams, one insert of everything).
+
+use super::{AppendError, Appended, Commit, CommitResult, EventStore, IdempotencyClaim, RecordedEvent};
+use crate::hash::{HashedContent, chain_hash};
+use crate::outcome::Outcome;
+use chrono::{DateTime, SubsecRound, Utc};
+use ledger_domain::{Concurrency, Event};
+use serde_json::Value;
+use sqlx::Row;
+use std::collections::{HashMap, HashSet};
+use uuid::Uuid;
+
+/// Column arrays for the batch insert (one statement for all rows).
+#[derive(Default)]
+struct Rows {
+    positions: Vec<i64>,
+    event_ids: Vec<Uuid>,
+    stream_ids: Vec<Uuid>,
+    versions: Vec<i64>,
+    types: Vec<String>,
+    data: Vec<Value>,
+    metadata: Vec<Value>,
+    recorded_at: Vec<DateTime<Utc>>,
+    hashes: Vec<Vec<u8>>,
+    entry_streams: Vec<Uuid>,
+    entry_versions: Vec<i64>,
+    entry_positions: Vec<i64>,
+    key_principals: Vec<String>,
+    key_keys: Vec<String>,
+    key_fingerprints: Vec<Vec<u8>>,
+    key_statuses: Vec<Option<i16>>,
+    key_bodies: Vec<Option<Value>>,
+    key_outcomes: Vec<Option<Value>>,
+    key_expiry: Vec<DateTime<Utc>>,
+}
+
+impl EventStore {
+    /// Appends a batch of commits atomically: all of them or none. A version conflict or
+    /// an idempotency key that was used meanwhile (by another process; the primary key
+    /// of `idempotency_keys` catches it) rejects the whole batch with
+    /// [`AppendError::Conflict`] so the caller can decide again.
+    pub async fn append_batch(&self, commits: &[Commit]) -> Result<Appended, AppendError> {
+        let staged = stage(commits)?;
+        let mut tx = self.pool.begin().await?;
+        // The lock on the head row is what serializes appends; see migration 0001.
+        let head =
+            sqlx::query("select position, hash, recorded_at from log_head for update").fetch_one(&mut *tx).await?;
+        let head = Head {
+            position: head.try_get("position")?,
+            hash: head.try_get("hash")?,
+            recorded_at: Utc::now().trunc_subsecs(6).max(head.try_get("recorded_at")?),
+        };
+        let versions = self.current_versions(&mut tx, commits).await?;
+        let conflicts = check_expectations(commits, &mut versions.clone());
+        if !conflicts.is_empty() {
+            return Err(AppendError::Conflict { streams: conflicts, keys: Vec::new() });
+        }
+        let plan = plan(commits, staged, head, versions);
+        let keys: Vec<(String, String)> = commits
+            .iter()
+            .filter_map(|c| c.idempotency.as_ref().map(|k| (k.principal.clone(), k.key.clone())))
+            .collect();
+        if let Err(e) = self.insert_rows(&mut tx, plan.rows, &plan.head).await {
+            // The writer checked keys and versions before deciding; another process that
+            // took a key or a stream version since trips a unique constraint, and the
+            // batch is decided again.
+            let violated =
+                e.as_database_error().filter(|d| d.code().as_deref() == Some("23505")).and_then(|d| d.constraint());
+            return Err(match violated {
+                Some("idempotency_keys_pkey") => AppendError::Conflict { streams: Vec::new(), keys },
+                Some("stream_entries_pkey" | "events_stream_id_version_key") => {
+                    AppendError::Conflict { streams: Vec::new(), keys: Vec::new() }
+                }
+                _ => e.into(),
+            });
+        }
+        tx.commit().await?;
+        Ok(Appended { results: plan.results, versions: plan.versions })
+    }
+
+    /// The version each stream of the batch is at before it. For streams a decision
+    /// depended on (`Concurrency::Exact`) that is the version the writer decided
+    /// against, taken on trust: if another process appended meanwhile, the unique
+    /// `(stream_id, version)` constraints reject the batch. Only streams appended
+    /// with `Concurrency::Any` (system accounts) are looked up, under the head lock.
+    async fn current_versions(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        commits: &[Commit],
+    ) -> Result<HashMap<Uuid, i64>, sqlx::Error> {
+        let mut versions: HashMap<Uuid, i64> = HashMap::new();
+        let mut any: HashSet<Uuid> = HashSet::new();
+        for c in commits {
+            for (id, expected) in &c.expected {
+                versions.entry(*id).or_insert(*expected);
+            }
+            for e in &c.events {
+                any.extend(e.streams().into_iter().filter(|(id, _)| !versions.contains_key(id)).map(|(id, _)| id));
+            }
+        }
+        if any.is_empty() {
+            return Ok(versions);
+        }
+        let ids: Vec<Uuid> = any.into_iter().collect();
+        // One backward probe of the primary key per stream (not a scan of its history).
+        let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+            "select k.id, coalesce(v.version, 0) from unnest($1::uuid[]) as k(id)
+             left join lateral (select version from stream_entries s where s.stream_id = k.id
+                                order by version desc limit 1) v on true",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        versions.extend(rows);
+        Ok(versions)
+    }
+
+    async fn insert_rows(&self, tx: &mut sqlx::PgConnection, rows: Rows, head: &Head) -> Result<(), sqlx::Error> {
+        // One statement: the events, their stream entries, the idempotency records and
+        // the new head (with a notification for listeners, delivered at commit).
+        sqlx::query(
+            "with ev as (
+                insert into events (position, event_id, stream_id, version, type, data, metadata, recorded_at, hash)
+                select * from unnest($1::bigint[], $2::uuid[], $3::uuid[], $4::bigint[], $5::text[],
+                                     $6::jsonb[], $7::jsonb[], $8::timestamptz[], $9::bytea[])
+             ), se as (
+                insert into stream_entries (stream_id, version, position)
+                select * from unnest($10::uuid[], $11::bigint[], $12::bigint[])
+             ), ik as (
+                insert into idempotency_keys (principal, key, fingerprint, status_code, body, outcome, expires_at)
+                select * from unnest($13::text[], $14::text[], $15::bytea[], $16::int2[], $17::jsonb[], $18::jsonb[],
+                                     $19::timestamptz[])
+             )
+             update log_head set position = $20, hash = $21, recorded_at = $22
+             returning pg_notify('ledger_events', $20::text)",
+        )
+        .bind(rows.positions)
+        .bind(rows.event_ids)
+        .bind(rows.stream_ids)
+        .bind(rows.versions)
+        .bind(rows.types)
+        .bind(rows.data)
+        .bind(rows.metadata)
+        .bind(rows.recorded_at)
+        .bind(rows.hashes)
+        .bind(rows.entry_streams)
+        .bind(rows.entry_versions)
+        .bind(rows.entry_positions)
+        .bind(rows.key_principals)
+        .bind(rows.key_keys)
+        .bind(rows.key_fingerprints)
+        .bind(rows.key_statuses)
+        .bind(rows.key_bodies)
+        .bind(rows.key_outcomes)
+        .bind(rows.key_expiry)
+        .bind(head.position)
+        .bind(&head.hash)
+        .bind(head.recorded_at)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+}
+
+/// The log's head: its position, the hash of its last event, and the time the next
+/// events are recorded at (never before the head's, so `recorded_at` never decreases).
+struct Head {
+    position: i64,
+    hash: Vec<u8>,
+    recorded_at: DateTime<Utc>,
+}
+
+/// What a batch writes, decided before any of it is written.
+struct Plan {
+    rows: Rows,
+    results: Vec<CommitResult>,
+    /// The new head.
+    head: Head,
+    /// Each stream's version after the batch.
+    versions: HashMap<Uuid, i64>,
+}
+
+/// Lays the batch out after `head` (pure): each event at the next position, in each of
+/// its streams at that stream's next version, chained to its predecessor's hash; each
+/// command's outcome and idempotency record.
+fn plan(commits: &[Commit], staged: Vec<Staged>, head: Head, mut versions: HashMap<Uuid, i64>) -> Plan {
+    let Head { mut position, mut hash, recorded_at } = head;
+    let mut rows = Rows::default();
+    let mut results = Vec::with_capacity(commits.len());
+    for (commit, (metadata, parts)) in commits.iter().zip(staged) {
+        let mut recorded = Vec::with_capacity(commit.events.len());
+        for (event, (event_type, data)) in commit.events.iter().zip(parts) {
+            position += 1;
+            let mut primary = None;
+            for (stream_id, _) in event.streams() {
+                let version = versions.entry(stream_id).or_insert(0);
+                *version += 1;
+                primary.get_or_insert((stream_id, *version));
+                rows.entry_streams.push(stream_id);
+                rows.entry_versions.push(*version);
+                rows.entry_positions.push(position);
+            }
+            let (stream_id, version) = primary.expect("every event belongs to at least one stream");
+            let event = RecordedEvent {
+                position,
+                event_id: Uuid::now_v7(),
+                stream_id,
+                version,
+                event_type: event_type.to_owned(),
+                data,
+                metadata: metadata.clone(),
+                recorded_at,
+            };
+            hash = chain_hash(&hash, &hashed_content(&event)).to_vec();
+            rows.push_event(&event, hash.clone());
+            recorded.push(event);
+        }
+        let outcome = commit.outcome(recorded.last().map(|e| e.position));
+        if let Some(claim) = &commit.idempotency {
+            rows.push_key(claim, &outcome);
+        }
+        results.push(CommitResult { recorded, outcome });
+    }
+    Plan { rows, results, head: Head { position, hash, recorded_at }, versions }
+}
+
+/// One commit's metadata and events as stored: `(metadata, [(type, data)])`.
+type Staged = (Value, Vec<(&'static str, Value)>);
+
+/// Serializes every commit's metadata and events once, before the head lock is taken,
+/// and checks that each reads back from `jsonb` as written: what is hashed must be
+/// exactly what `jsonb` gives back, or the chain would report a sound event as tampered
+/// with forever. The first commit that fails is named; nothing is written.
+fn stage(commits: &[Commit]) -> Result<Vec<Staged>, AppendError> {
+    commits
+        .iter()
+        .enumerate()
+        .map(|(index, commit)| {
+            let metadata = serde_json::to_value(&commit.metadata).expect("metadata serializes");
+            let parts: Vec<(&'static str, Value)> = commit.events.iter().map(Event::to_parts).collect();
+            crate::hash::check_storable(&metadata)
+                .and_then(|()| parts.iter().try_for_each(|(_, data)| crate::hash::check_storable(data)))
+                .map_err(|reason| AppendError::Unstorable { commit: index, reason })?;
+            Ok((metadata, parts))
+        })
+        .collect()
+}
+
+/// Checks every commit's expected versions against the versions in the log as the
+/// batch advances them; returns the streams that conflict.
+fn check_expectations(commits: &[Commit], versions: &mut HashMap<Uuid, i64>) -> Vec<Uuid> {
+    let mut conflicts = Vec::new();
+    for commit in commits {
+        for (stream, expected) in &commit.expected {
+            if versions.get(stream).copied().unwrap_or(0) != *expected {
+                conflicts.push(*stream);
+            }
+        }
+        for event in &commit.events {
+            for (stream, concurrency) in event.streams() {
+                debug_assert!(concurrency == Concurrency::Any || commit.expected.iter().any(|(s, _)| *s == stream));
+                *versions.entry(stream).or_insert(0) += 1;
+            }
+        }
+    }
+    conflicts
+}
+
+fn hashed_content(e: &RecordedEvent) -> HashedContent<'_> {
+    HashedContent {
+        position: e.position,
+        event_id: e.event_id,
+        stream_id: e.stream_id,
+        version: e.version,
+        event_type: &e.event_type,
+        data: &e.data,
+        metadata: &e.metadata,
+        recorded_at_us: e.recorded_at.timestamp_micros(),
+    }
+}
+
+impl Rows {
+    fn push_event(&mut self, e: &RecordedEvent, hash: Vec<u8>) {
+        self.positions.push(e.position);
+        self.event_ids.push(e.event_id);
+        self.stream_ids.push(e.stream_id);
+        self.versions.push(e.version);
+        self.types.push(e.event_type.clone());
+        self.data.push(e.data.clone());
+        self.metadata.push(e.metadata.clone());
+        self.recorded_at.push(e.recorded_at);
+        self.hashes.push(hash);
+    }
+
+    fn push_key(&mut self, claim: &IdempotencyClaim, outcome: &Outcome) {
+        self.key_principals.push(claim.principal.clone());
+        self.key_keys.push(claim.key.clone());
+        self.key_fingerprints.push(claim.fingerprint.clone());
+        self.key_statuses.push(None);
+        self.key_bodies.push(None);
+        self.key_outcomes.push(Some(serde_json::to_value(outcome).expect("outcomes serialize")));
+        self.key_expiry.push(claim.expires_at);
+    }
+}
+
+/// Recomputes the hash of a stored event (for verification).
+pub fn recompute_hash(previous: &[u8], e: &RecordedEvent) -> [u8; 32] {
+    chain_hash(previous, &hashed_content(e))
+}

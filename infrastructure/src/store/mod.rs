@@ -1,0 +1,288 @@
+//! The Postgres event store: the single source of truth. Appends take a batch of
+//! commits and write them in one transaction under the log-head lock, so positions are
+//! gapless and in commit order, every stream's version is checked (optimistic
+//! concurrency) and every command's idempotency record commits with its events.
+//!
+//! - this module: the store's types, and reading the log;
+//! - [`append`]: `append_batch`, as pure staging and planning around its I/O;
+//! - [`idempotency`]: idempotency records (look-up, operations' responses, expiry);
+//! - [`faults`]: who is to blame for a database error.
+
+use crate::outcome::{Outcome, Stored};
+use chrono::{DateTime, Utc};
+use ledger_domain::Event;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::PgPool;
+use std::collections::HashMap;
+
+use uuid::Uuid;
+
+/// Who asked for an event and why: stored as the event's `metadata`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventMetadata {
+    pub actor: String,
+    pub request_id: Option<String>,
+    pub correlation_id: Option<String>,
+    pub causation_id: Option<String>,
+    pub idempotency_key: Option<String>,
+}
+
+/// A response as stored for idempotent replay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredResponse {
+    pub status: u16,
+    pub body: Value,
+}
+
+/// The idempotency record a command writes with its events.
+#[derive(Clone, Debug)]
+pub struct IdempotencyClaim {
+    pub principal: String,
+    pub key: String,
+    pub fingerprint: Vec<u8>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// One command's share of an append: its events (possibly none, for a rejection that
+/// must still be remembered for replay), the stream versions its decision saw, its
+/// idempotency record, and what its outcome is made of.
+pub struct Commit {
+    pub events: Vec<Event>,
+    /// `(stream, version)` for every stream appended with [`Concurrency::Exact`].
+    pub expected: Vec<(Uuid, i64)>,
+    pub metadata: EventMetadata,
+    pub idempotency: Option<IdempotencyClaim>,
+    /// The state of the streams the events touch, right after them.
+    pub streams: Vec<(Uuid, ledger_domain::StreamState)>,
+    /// The rule the command broke (then `events` is empty).
+    pub rejection: Option<ledger_domain::DomainError>,
+}
+
+impl Commit {
+    /// The command's outcome, once the position of its last event is known.
+    pub fn outcome(&self, last_position: Option<i64>) -> Outcome {
+        match &self.rejection {
+            Some(e) => Outcome::Rejected(e.clone()),
+            None => Outcome::Recorded(crate::outcome::Recorded {
+                position: last_position.unwrap_or(0),
+                events: self.events.clone(),
+                streams: self.streams.clone(),
+            }),
+        }
+    }
+}
+
+/// An event as it is in the log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecordedEvent {
+    pub position: i64,
+    pub event_id: Uuid,
+    pub stream_id: Uuid,
+    pub version: i64,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub data: Value,
+    pub metadata: Value,
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl RecordedEvent {
+    pub fn event(&self) -> Result<Event, serde_json::Error> {
+        Event::from_parts(&self.event_type, self.data.clone())
+    }
+}
+
+/// What an append made of one commit.
+#[derive(Clone, Debug)]
+pub struct CommitResult {
+    pub recorded: Vec<RecordedEvent>,
+    pub outcome: Outcome,
+}
+
+/// What an append wrote: one result per commit, and the version every stream the
+/// batch touched is at after it (as the log has it, which for streams appended with
+/// [`Concurrency::Any`] may be past what the writer computed: another process appended).
+#[derive(Clone, Debug)]
+pub struct Appended {
+    pub results: Vec<CommitResult>,
+    pub versions: HashMap<Uuid, i64>,
+}
+
+/// Why an append did not happen. Nothing was written in any case.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error("version conflict on streams {streams:?}, idempotency keys already used: {keys:?}")]
+    Conflict { streams: Vec<Uuid>, keys: Vec<(String, String)> },
+    /// Commit `commit` holds content that would not read back as it is hashed; the
+    /// others are sound.
+    #[error("commit {commit} cannot be stored: {reason}")]
+    Unstorable { commit: usize, reason: crate::hash::Unstorable },
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// A stored idempotency record.
+#[derive(Clone, Debug)]
+pub struct IdempotencyRecord {
+    pub fingerprint: Vec<u8>,
+    pub stored: Stored,
+}
+
+/// The event store over one Postgres pool.
+#[derive(Clone)]
+pub struct EventStore {
+    pool: PgPool,
+}
+
+mod append;
+mod faults;
+mod idempotency;
+
+pub use append::recompute_hash;
+pub use faults::{DbFault, db_fault};
+
+impl EventStore {
+    pub fn new(pool: PgPool) -> EventStore {
+        EventStore { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The events of the given streams after the given versions, in version order per
+    /// stream: how a cached state catches up with the log.
+    pub async fn events_after(&self, known: &[(Uuid, i64)]) -> Result<Vec<(Uuid, i64, Event)>, StoreError> {
+        let (ids, versions): (Vec<Uuid>, Vec<i64>) = known.iter().copied().unzip();
+        let rows: Vec<(Uuid, i64, String, Value)> = sqlx::query_as(
+            // LATERAL: a primary-key range probe per stream, never a scan of the table.
+            "select s.stream_id, s.version, e.type, e.data
+             from unnest($1::uuid[], $2::bigint[]) as k(stream_id, known)
+             join lateral (select * from stream_entries x where x.stream_id = k.stream_id and x.version > k.known offset 0) s on true
+             join events e on e.position = s.position
+             order by s.stream_id, s.version",
+        )
+        .bind(&ids)
+        .bind(&versions)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(|(stream, version, t, data)| Ok((stream, version, Event::from_parts(&t, data)?))).collect()
+    }
+
+    /// The last position recorded at or before `at` (0 before the first event).
+    /// `recorded_at` never decreases along the log, so this is a cut of history.
+    pub async fn position_at(&self, at: DateTime<Utc>) -> Result<i64, sqlx::Error> {
+        let p: Option<i64> = sqlx::query_scalar(
+            "select position from events where recorded_at <= $1 order by recorded_at desc, position desc limit 1",
+        )
+        .bind(at)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(p.unwrap_or(0))
+    }
+
+    /// The position of the last committed event.
+    pub async fn head(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("select position from log_head").fetch_one(&self.pool).await
+    }
+
+    /// One stream's events in its own version order; `version` is the stream's version.
+    pub async fn read_stream(
+        &self,
+        stream_id: Uuid,
+        from_version: i64,
+        limit: i64,
+    ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+        sqlx::query_as::<_, RecordedRow>(
+            "select e.position, e.event_id, s.stream_id, s.version, e.type, e.data, e.metadata, e.recorded_at
+             from stream_entries s join events e on e.position = s.position
+             where s.stream_id = $1 and s.version >= $2
+             order by s.version limit $3",
+        )
+        .bind(stream_id)
+        .bind(from_version)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map(|rows| rows.into_iter().map(RecordedEvent::from).collect())
+    }
+
+    /// The log in (`after`, `up_to`], in position order, on any executor (a projection
+    /// reads it inside its own transaction).
+    pub async fn read_range<'e, E: sqlx::PgExecutor<'e>>(
+        executor: E,
+        after: i64,
+        up_to: i64,
+    ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+        sqlx::query_as::<_, RecordedRow>(
+            "select position, event_id, stream_id, version, type, data, metadata, recorded_at
+             from events where position > $1 and position <= $2 order by position",
+        )
+        .bind(after)
+        .bind(up_to)
+        .fetch_all(executor)
+        .await
+        .map(|rows| rows.into_iter().map(RecordedEvent::from).collect())
+    }
+
+    /// The global log after `after`, in position order.
+    pub async fn read_all(&self, after: i64, limit: i64) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+        sqlx::query_as::<_, RecordedRow>(
+            "select position, event_id, stream_id, version, type, data, metadata, recorded_at
+             from events where position > $1 order by position limit $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map(|rows| rows.into_iter().map(RecordedEvent::from).collect())
+    }
+
+    /// The system account of every currency that has one.
+    pub async fn system_accounts(&self) -> Result<Vec<(String, Uuid)>, sqlx::Error> {
+        sqlx::query_as(
+            "select data ->> 'currency', stream_id from events
+             where type = 'AccountOpened' and (data ->> 'system') = 'true' order by 1",
+        )
+        .fetch_all(&self.pool)
+        .await
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct RecordedRow {
+    position: i64,
+    event_id: Uuid,
+    stream_id: Uuid,
+    version: i64,
+    #[sqlx(rename = "type")]
+    event_type: String,
+    data: Value,
+    metadata: Value,
+    recorded_at: DateTime<Utc>,
+}
+
+impl From<RecordedRow> for RecordedEvent {
+    fn from(r: RecordedRow) -> RecordedEvent {
+        RecordedEvent {
+            position: r.position,
+            event_id: r.event_id,
+            stream_id: r.stream_id,
+            version: r.version,
+            event_type: r.event_type,
+            data: r.data,
+            metadata: r.metadata,
+            recorded_at: r.recorded_at,
+        }
+    }
+}
+
+/// Reading or decoding the log failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("an event in the log does not decode: {0}")]
+    Decode(#[from] serde_json::Error),
+}
