@@ -155,7 +155,7 @@ impl PayoutWorker {
 
     async fn pay(&self, withdrawal_id: Uuid, source_position: i64) -> Result<Disposition, PayoutStepError> {
         let mut state = Ledger::new();
-        self.bus.loader().load(&mut state, &[withdrawal_id]).await.map_err(|e| PayoutStepError(e.to_string()))?;
+        self.bus.loader().load(&mut state, &[withdrawal_id]).await?;
         let Some(w) = state.withdrawal(withdrawal_id).cloned() else { return Ok(Disposition::Ack) };
         if w.status != WithdrawalStatus::Pending || w.dead_letter.is_some() {
             return Ok(Disposition::Ack);
@@ -192,7 +192,7 @@ impl PayoutWorker {
                 // Only a note for operators: failing to write it must not stop the
                 // attempt from counting towards the dead letter.
                 if let Err(e) = self.record_error(withdrawal_id, &detail).await {
-                    tracing::warn!(error = %e.0, %withdrawal_id, "recording the payout's last error failed");
+                    tracing::warn!(error = %e, %withdrawal_id, "recording the payout's last error failed");
                 }
                 metrics::counter!("ledger_payout_retries_total").increment(1);
                 if attempts < self.limits.attempts_max && elapsed < self.limits.retry_total {
@@ -225,8 +225,7 @@ impl PayoutWorker {
         )
         .bind(withdrawal_id)
         .fetch_one(&self.pool)
-        .await
-        .map_err(|e| PayoutStepError(e.to_string()))?;
+        .await?;
         Ok((u32::try_from(attempts).unwrap_or(u32::MAX), Duration::from_secs_f64(elapsed_s.max(0.0))))
     }
 
@@ -237,7 +236,7 @@ impl PayoutWorker {
             .execute(&self.pool)
             .await
             .map(|_| ())
-            .map_err(|e| PayoutStepError(e.to_string()))
+            .map_err(PayoutStepError::from)
     }
 
     async fn publish_dead_letter(&self, dead: &DeadLetterPayout) {
@@ -256,10 +255,17 @@ impl PayoutWorker {
             metadata: EventMetadata { actor: "payout-worker".into(), ..EventMetadata::default() },
             idempotency: None,
         };
-        self.bus.execute(request).await.map(|_| ()).map_err(|e| PayoutStepError(e.to_string()))
+        self.bus.execute(request).await.map(|_| ()).map_err(PayoutStepError::from)
     }
 }
 
+/// Why a payout step could not finish (it is retried later).
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct PayoutStepError(String);
+enum PayoutStepError {
+    #[error("loading the withdrawal: {0}")]
+    Load(#[from] crate::store::StoreError),
+    #[error("counting the attempt: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("recording the outcome: {0}")]
+    Record(#[from] crate::writer::CommandError),
+}

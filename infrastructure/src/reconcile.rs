@@ -43,7 +43,13 @@ pub enum ReconcileError {
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     #[error("recording the run failed: {0}")]
-    Command(String),
+    Command(#[from] crate::writer::CommandError),
+    /// The provider's breaker stayed open through every attempt.
+    #[error("the provider is unavailable: {0}")]
+    ProviderOpen(#[from] crate::breaker::BreakerOpen),
+    /// The provider refused the look-up, or kept failing through every attempt.
+    #[error("the provider failed: {0}")]
+    Provider(crate::provider::ProviderError),
     /// The domain refused a step of the run: a bug, never a statement line (the domain
     /// flags what it cannot decide), so the run fails rather than count it as matched.
     #[error("the ledger refused a reconciliation step: {0}")]
@@ -108,7 +114,7 @@ impl Reconciler {
             },
             idempotency: None,
         };
-        let reply = self.bus.execute(request).await.map_err(|e| ReconcileError::Command(e.to_string()))?;
+        let reply = self.bus.execute(request).await?;
         if let Some(Outcome::Rejected(e)) = reply.outcome() {
             return Err(ReconcileError::Refused(e.clone()));
         }
@@ -267,7 +273,7 @@ impl Reconciler {
                 Ok(permit) => permit,
                 Err(open) => {
                     if attempt >= PROVIDER_ATTEMPTS_MAX {
-                        return Err(ReconcileError::Command(format!("provider unavailable: {open}")));
+                        return Err(ReconcileError::ProviderOpen(open));
                     }
                     tokio::time::sleep(open.retry_in).await;
                     continue;
@@ -278,14 +284,14 @@ impl Reconciler {
                     permit.success();
                     return Ok(v);
                 }
-                Err(ProviderError::Permanent { detail, .. }) => {
+                Err(refused @ ProviderError::Permanent { .. }) => {
                     permit.success();
-                    return Err(ReconcileError::Command(format!("provider refused: {detail}")));
+                    return Err(ReconcileError::Provider(refused));
                 }
                 Err(ProviderError::Transient { detail, retry_after }) => {
                     permit.failure();
                     if attempt >= PROVIDER_ATTEMPTS_MAX {
-                        return Err(ReconcileError::Command(format!("provider unavailable: {detail}")));
+                        return Err(ReconcileError::Provider(ProviderError::Transient { detail, retry_after }));
                     }
                     let backoff = backoff_delay(attempt, Duration::from_millis(100), Duration::from_secs(5));
                     tokio::time::sleep(retry_after.map_or(backoff, |r| r.max(backoff))).await;

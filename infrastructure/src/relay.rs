@@ -64,7 +64,22 @@ enum RelayError {
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     #[error("nats: {0}")]
-    Nats(String),
+    Nats(#[from] PublishError),
+}
+
+/// Why events did not reach JetStream.
+#[derive(Debug, thiserror::Error)]
+enum PublishError {
+    #[error(transparent)]
+    Open(#[from] crate::breaker::BreakerOpen),
+    #[error("ensuring the events stream: {0}")]
+    Stream(async_nats::Error),
+    #[error("sending: {0}")]
+    Send(async_nats::jetstream::context::PublishError),
+    #[error("awaiting the ack: {0}")]
+    Ack(async_nats::jetstream::context::PublishError),
+    #[error("timed out waiting for a JetStream ack")]
+    AckTimeout,
 }
 
 impl Relay {
@@ -168,7 +183,7 @@ impl Relay {
         }
         // Any exit before JetStream answered (an undecodable row) drops the permit, which
         // frees the probe slot with no verdict.
-        let permit = self.breaker.acquire().map_err(|open| RelayError::Nats(open.to_string()))?;
+        let permit = self.breaker.acquire().map_err(PublishError::from)?;
         let events: Vec<RecordedEvent> = rows.iter().map(row_to_event).collect::<Result<_, _>>()?;
         let published = self.publish(&events).await;
         // The verdict is JetStream's answer, given before the checkpoint update can fail.
@@ -200,11 +215,11 @@ impl Relay {
 
     /// Publishes in order, awaiting the acks after sending the whole batch. On failure
     /// returns the last position acknowledged without a gap before it.
-    async fn publish(&self, events: &[RecordedEvent]) -> Result<(), (Option<i64>, String)> {
+    async fn publish(&self, events: &[RecordedEvent]) -> Result<(), (Option<i64>, PublishError)> {
         use std::sync::atomic::Ordering;
         let js = &self.js;
         if !self.stream_ready.load(Ordering::Relaxed) {
-            ensure_events_stream(js, &self.names).await.map_err(|e| (None, e.to_string()))?;
+            ensure_events_stream(js, &self.names).await.map_err(|e| (None, PublishError::Stream(e)))?;
             self.stream_ready.store(true, Ordering::Relaxed);
         }
         let mut acks = Vec::with_capacity(events.len());
@@ -218,7 +233,7 @@ impl Relay {
             match js.send_publish(self.names.event_subject(&e.event_type), publish).await {
                 Ok(ack) => acks.push((e.position, ack)),
                 Err(err) => {
-                    send_error = Some(err.to_string());
+                    send_error = Some(PublishError::Send(err));
                     break;
                 }
             }
@@ -230,8 +245,8 @@ impl Relay {
                     last = Some(position);
                     continue;
                 }
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => "timed out waiting for a JetStream ack".to_owned(),
+                Ok(Err(e)) => PublishError::Ack(e),
+                Err(_) => PublishError::AckTimeout,
             };
             self.stream_ready.store(false, Ordering::Relaxed);
             return Err((last, error));

@@ -51,8 +51,10 @@ pub enum CommandError {
     IdempotencyKeyInFlight,
     #[error("version conflicts persisted after {0} attempts")]
     VersionConflict(u32),
+    /// Postgres failed as a dependency (unreachable, overloaded, timed out); the
+    /// command may or may not have been recorded only if the failure came at commit.
     #[error("the event store is unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(std::sync::Arc<StoreError>),
     #[error("the writer has shut down")]
     ShuttingDown,
     /// The command met a bug and was not recorded; nothing of it was stored.
@@ -220,11 +222,11 @@ impl Writer {
         );
         jobs = match checked {
             Ok(rest) => rest,
-            Err((jobs, e)) => return self.fail_or_split(jobs, &e).await,
+            Err((jobs, e)) => return self.fail_or_split(jobs, e).await,
         };
         if let Err(e) = loaded {
             tracing::error!(error = %e, "loading streams failed");
-            return fail_all(jobs, CommandError::Unavailable(e.to_string()));
+            return fail_all(jobs, CommandError::Unavailable(std::sync::Arc::new(e)));
         }
         let mut preloaded = Some(preloaded);
         // Only version conflicts use up retries; isolating a failed command does not.
@@ -244,7 +246,7 @@ impl Writer {
                     if keys_used {
                         jobs = match self.answer_used_keys(jobs).await {
                             Ok(rest) => rest,
-                            Err((jobs, e)) => return self.fail_or_split(jobs, &e).await,
+                            Err((jobs, e)) => return self.fail_or_split(jobs, e).await,
                         };
                     }
                 }
@@ -268,7 +270,7 @@ impl Writer {
                 }
                 Err(AttemptError::Store(e)) => {
                     tracing::error!(error = %e, "append failed");
-                    return fail_all(jobs, CommandError::Unavailable(e));
+                    return fail_all(jobs, CommandError::Unavailable(std::sync::Arc::new(e)));
                 }
             }
         }
@@ -285,10 +287,12 @@ impl Writer {
     /// Reading idempotency records failed: a dependency failure fails the batch as
     /// unavailable; anything else may be one command's fault (a key Postgres refuses),
     /// so a batch runs one by one and a single command fails as an internal error.
-    async fn fail_or_split(&self, jobs: Vec<Job>, e: &sqlx::Error) {
+    async fn fail_or_split(&self, jobs: Vec<Job>, e: sqlx::Error) {
         tracing::error!(error = %e, "reading idempotency records failed");
-        match crate::store::db_fault(e) {
-            DbFault::Unavailable => fail_all(jobs, CommandError::Unavailable(e.to_string())),
+        match crate::store::db_fault(&e) {
+            DbFault::Unavailable => {
+                fail_all(jobs, CommandError::Unavailable(std::sync::Arc::new(StoreError::Database(e))))
+            }
             DbFault::Input | DbFault::Bug if jobs.len() > 1 => self.one_by_one(jobs).await,
             DbFault::Input | DbFault::Bug => fail_all(jobs, CommandError::Internal),
         }
@@ -424,12 +428,12 @@ enum AttemptError {
     /// one command's fault.
     Batch { cause: String },
     /// A dependency failed.
-    Store(String),
+    Store(StoreError),
 }
 
 impl From<StoreError> for AttemptError {
     fn from(e: StoreError) -> Self {
-        AttemptError::Store(e.to_string())
+        AttemptError::Store(e)
     }
 }
 
@@ -441,7 +445,7 @@ impl From<AppendError> for AttemptError {
             AppendError::Database(e) if crate::store::db_fault(&e) != DbFault::Unavailable => {
                 AttemptError::Batch { cause: e.to_string() }
             }
-            AppendError::Database(e) => AttemptError::Store(e.to_string()),
+            AppendError::Database(e) => AttemptError::Store(StoreError::Database(e)),
             AppendError::Unstorable { commit, reason } => {
                 AttemptError::Batch { cause: format!("commit {commit} cannot be stored: {reason}") }
             }

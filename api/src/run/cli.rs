@@ -13,12 +13,28 @@ use ledger_infrastructure::{CommandBus, CommandRequest, Config, EventMetadata, E
 pub enum CliError {
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
-    #[error("{0}")]
-    Invalid(String),
-    #[error("command failed: {0}")]
-    Command(String),
+    #[error("role must be admin, operator or client, not {0:?}")]
+    UnknownRole(String),
+    #[error("a token name must be 1 to 64 characters of [A-Za-z0-9_.-], not {0:?}")]
+    InvalidTokenName(String),
+    #[error("no projection named {0:?} (accounts, transfers)")]
+    UnknownProjection(String),
+    #[error("the command was not recorded: {0}")]
+    Command(#[from] ledger_infrastructure::CommandError),
     #[error("refused: {0}")]
     Rejected(ledger_domain::DomainError),
+    #[error("rebuild: {0}")]
+    Rebuild(#[from] ledger_projections::rebuild::RebuildError),
+    #[error("reading the read models: {0}")]
+    Apply(#[from] ledger_projections::apply::ApplyError),
+    #[error("reconciliation: {0}")]
+    Reconcile(#[from] ledger_infrastructure::reconcile::ReconcileError),
+    #[error("reconciliation {0} left no record of its run")]
+    RunNotRecorded(uuid::Uuid),
+    #[error("an event of the log does not decode: {0}")]
+    Decode(#[from] serde_json::Error),
+    #[error("writing the output: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 async fn store(config: &Config) -> Result<EventStore, CliError> {
@@ -27,10 +43,9 @@ async fn store(config: &Config) -> Result<EventStore, CliError> {
 
 /// `ledger token create --name N --role R`: prints the new token once.
 pub async fn create_token(config: &Config, name: &str, role: &str) -> Result<String, CliError> {
-    let role = ledger_domain::Role::parse(role)
-        .ok_or_else(|| CliError::Invalid("role must be admin, operator or client".into()))?;
+    let role = ledger_domain::Role::parse(role).ok_or_else(|| CliError::UnknownRole(role.to_owned()))?;
     if !crate::http::auth::valid_token_name(name) {
-        return Err(CliError::Invalid("name must be 1 to 64 characters of [A-Za-z0-9_.-]".into()));
+        return Err(CliError::InvalidTokenName(name.to_owned()));
     }
     let store = store(config).await?;
     let bus = CommandBus::start(
@@ -55,7 +70,7 @@ pub async fn create_token(config: &Config, name: &str, role: &str) -> Result<Str
         metadata: EventMetadata { actor: "cli".into(), ..EventMetadata::default() },
         idempotency: None,
     };
-    let reply = bus.execute(request).await.map_err(|e| CliError::Command(e.to_string()))?;
+    let reply = bus.execute(request).await?;
     if let Some(ledger_infrastructure::Outcome::Rejected(e)) = reply.outcome() {
         return Err(CliError::Rejected(e.clone()));
     }
@@ -73,17 +88,12 @@ pub async fn audit_verify(config: &Config) -> Result<ledger_infrastructure::audi
 
 /// `ledger projections rebuild NAME`: blue-green rebuild from the log.
 pub async fn rebuild_projection(config: &Config, name: &str) -> Result<i64, CliError> {
-    let projection = ledger_projections::Projection::from_name(name)
-        .ok_or_else(|| CliError::Invalid(format!("no projection named {name} (accounts, transfers)")))?;
+    let projection =
+        ledger_projections::Projection::from_name(name).ok_or_else(|| CliError::UnknownProjection(name.to_owned()))?;
     let store = store(config).await?;
-    let lock = ledger_projections::rebuild::RebuildLock::acquire(&config.database_url, projection)
-        .await
-        .map_err(|e| CliError::Command(e.to_string()))?;
+    let lock = ledger_projections::rebuild::RebuildLock::acquire(&config.database_url, projection).await?;
     let bar = crate::run::progress::Progress::new(&format!("rebuilding {name}"));
-    let position = lock
-        .rebuild(store.pool(), |done, total| bar.update(done, total))
-        .await
-        .map_err(|e| CliError::Command(e.to_string()))?;
+    let position = lock.rebuild(store.pool(), |done, total| bar.update(done, total)).await?;
     bar.finish();
     Ok(position)
 }
@@ -92,9 +102,7 @@ pub async fn rebuild_projection(config: &Config, name: &str) -> Result<i64, CliE
 pub async fn verify_projections(config: &Config) -> Result<Vec<String>, CliError> {
     let store = store(config).await?;
     let bar = crate::run::progress::Progress::new("folding the log");
-    let diffs = ledger_projections::verify::verify(store.pool(), |done, total| bar.update(done, total))
-        .await
-        .map_err(|e| CliError::Command(e.to_string()))?;
+    let diffs = ledger_projections::verify::verify(store.pool(), |done, total| bar.update(done, total)).await?;
     bar.finish();
     Ok(diffs)
 }
@@ -119,10 +127,10 @@ pub async fn replay(
             if to_position.is_some_and(|p| e.position > p) {
                 return Ok(printed);
             }
-            let event = e.event().map_err(|err| CliError::Command(err.to_string()))?;
+            let event = e.event()?;
             state = ledger_domain::evolve(state, stream, e.version, &event);
             let line = serde_json::json!({ "event": e, "state_after": state });
-            writeln!(out, "{line}").map_err(|err| CliError::Command(err.to_string()))?;
+            writeln!(out, "{line}")?;
             printed += 1;
         }
     }
@@ -155,9 +163,9 @@ pub async fn reconcile(
         provider: ledger_infrastructure::provider::ProviderClient::new(&config.provider_url, config.provider_timeout),
         breaker: ledger_infrastructure::breaker::CircuitBreaker::new("payment-provider", Default::default()),
     };
-    let lock = reconciler.lock().await.map_err(|e| CliError::Command(e.to_string()))?;
+    let lock = reconciler.lock().await?;
     let run_id = uuid::Uuid::now_v7();
-    reconciler.start(run_id, from, to, "cli").await.map_err(|e| CliError::Command(e.to_string()))?;
+    reconciler.start(run_id, from, to, "cli").await?;
     let bar = crate::run::progress::Progress::new("reconciling");
     let outcome = reconciler.run(lock, run_id, (from, to), "cli", |done, total| bar.update(done, total)).await;
     bar.finish();
@@ -167,5 +175,5 @@ pub async fn reconcile(
     let events = store.read_stream(run_id, 1, 1_000_000).await?;
     ledger_infrastructure::reconcile::report(run_id, &events)
         .map(crate::read::views::reconciliation)
-        .ok_or_else(|| CliError::Command("run not recorded".into()))
+        .ok_or(CliError::RunNotRecorded(run_id))
 }
