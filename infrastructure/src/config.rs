@@ -85,6 +85,19 @@ pub struct Config {
     /// of the last `LEDGER_RECONCILE_WINDOW_S` (default 86400) against the provider.
     pub reconcile_interval: Duration,
     pub reconcile_window: Duration,
+    /// `LEDGER_RECONCILE_PROVIDER_ATTEMPTS_MAX` (default 5): look-ups of one statement
+    /// page or payout before a run fails.
+    pub reconcile_provider_attempts_max: u32,
+    /// `LEDGER_RELAY_BATCH_MAX` (default 1000): events per JetStream publish batch.
+    pub relay_batch_max: i64,
+    /// `LEDGER_RELAY_POLL_MS` (default 1000): the relay's poll when no notification came.
+    pub relay_poll_interval: Duration,
+    /// `LEDGER_RELAY_ELECTION_MS` (default 500): how often a follower tries to lead.
+    pub relay_election_interval: Duration,
+    /// `LEDGER_RELAY_BACKOFF_BASE_MS` (default 50) and `LEDGER_RELAY_BACKOFF_MAX_MS`
+    /// (default 5000): the relay's backoff while JetStream fails.
+    pub relay_backoff_base: Duration,
+    pub relay_backoff_max: Duration,
 }
 
 fn env_or(name: &str, default: &str) -> String {
@@ -146,6 +159,12 @@ impl Default for Config {
             snapshot_every: 100,
             reconcile_interval: Duration::from_secs(3600),
             reconcile_window: Duration::from_secs(86_400),
+            reconcile_provider_attempts_max: 5,
+            relay_batch_max: 1000,
+            relay_poll_interval: Duration::from_millis(1000),
+            relay_election_interval: Duration::from_millis(500),
+            relay_backoff_base: Duration::from_millis(50),
+            relay_backoff_max: Duration::from_millis(5000),
         }
     }
 }
@@ -207,7 +226,25 @@ impl Config {
             snapshot_every: env_num("LEDGER_SNAPSHOT_EVERY", d.snapshot_every)?,
             reconcile_interval: env_s("LEDGER_RECONCILE_INTERVAL_S", d.reconcile_interval)?,
             reconcile_window: env_s("LEDGER_RECONCILE_WINDOW_S", d.reconcile_window)?,
+            reconcile_provider_attempts_max: env_num(
+                "LEDGER_RECONCILE_PROVIDER_ATTEMPTS_MAX",
+                d.reconcile_provider_attempts_max,
+            )?,
+            relay_batch_max: env_num("LEDGER_RELAY_BATCH_MAX", d.relay_batch_max)?,
+            relay_poll_interval: env_ms("LEDGER_RELAY_POLL_MS", d.relay_poll_interval)?,
+            relay_election_interval: env_ms("LEDGER_RELAY_ELECTION_MS", d.relay_election_interval)?,
+            relay_backoff_base: env_ms("LEDGER_RELAY_BACKOFF_BASE_MS", d.relay_backoff_base)?,
+            relay_backoff_max: env_ms("LEDGER_RELAY_BACKOFF_MAX_MS", d.relay_backoff_max)?,
         })
+    }
+
+    /// The provider's circuit breaker, as configured.
+    pub fn provider_breaker(&self) -> crate::breaker::BreakerConfig {
+        crate::breaker::BreakerConfig {
+            failure_threshold: self.provider_breaker_failures,
+            window: self.provider_breaker_window,
+            cooldown: self.provider_breaker_cooldown,
+        }
     }
 
     /// The defaults, for a test: the given database, a private NATS prefix, port 0, the

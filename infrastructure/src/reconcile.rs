@@ -22,7 +22,6 @@ use std::time::Duration;
 use uuid::Uuid;
 
 /// Provider calls a run makes per request before giving up.
-const PROVIDER_ATTEMPTS_MAX: u32 = 5;
 
 /// What a run needs.
 #[derive(Clone)]
@@ -32,6 +31,8 @@ pub struct Reconciler {
     pub bus: CommandBus,
     pub provider: ProviderClient,
     pub breaker: CircuitBreaker,
+    /// Provider look-ups of one page or payout before the run fails.
+    pub provider_attempts_max: u32,
 }
 
 /// Why a run did not happen (a run that started and failed is recorded as finished
@@ -272,7 +273,7 @@ impl Reconciler {
             let permit = match self.breaker.acquire() {
                 Ok(permit) => permit,
                 Err(open) => {
-                    if attempt >= PROVIDER_ATTEMPTS_MAX {
+                    if attempt >= self.provider_attempts_max {
                         return Err(ReconcileError::ProviderOpen(open));
                     }
                     tokio::time::sleep(open.retry_in).await;
@@ -290,7 +291,7 @@ impl Reconciler {
                 }
                 Err(ProviderError::Transient { detail, retry_after }) => {
                     permit.failure();
-                    if attempt >= PROVIDER_ATTEMPTS_MAX {
+                    if attempt >= self.provider_attempts_max {
                         return Err(ReconcileError::Provider(ProviderError::Transient { detail, retry_after }));
                     }
                     let backoff = backoff_delay(attempt, Duration::from_millis(100), Duration::from_secs(5));

@@ -32,16 +32,17 @@ pub struct RelayLimits {
     pub lock_timeout: Duration,
 }
 
-impl Default for RelayLimits {
-    fn default() -> Self {
+impl RelayLimits {
+    /// The relay's settings (`LEDGER_RELAY_*`, and the pool's statement and lock limits).
+    pub fn from_config(c: &crate::Config) -> RelayLimits {
         RelayLimits {
-            batch_max: 1000,
-            poll_interval: Duration::from_secs(1),
-            election_interval: Duration::from_millis(500),
-            backoff_base: Duration::from_millis(50),
-            backoff_max: Duration::from_secs(5),
-            statement_timeout: Duration::from_secs(30),
-            lock_timeout: Duration::from_secs(10),
+            batch_max: c.relay_batch_max,
+            poll_interval: c.relay_poll_interval,
+            election_interval: c.relay_election_interval,
+            backoff_base: c.relay_backoff_base,
+            backoff_max: c.relay_backoff_max,
+            statement_timeout: c.db_statement_timeout,
+            lock_timeout: c.db_lock_timeout,
         }
     }
 }

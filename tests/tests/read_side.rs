@@ -159,7 +159,7 @@ async fn one_relay_leads_and_another_takes_over() {
             js: async_nats::jetstream::new(api.state.nats.clone()),
             names: api.state.names.clone(),
             breaker: api.state.relay_breaker.clone(),
-            limits: RelayLimits::default(),
+            limits: RelayLimits::from_config(&ledger_infrastructure::Config::default()),
             leader: Default::default(),
         };
         let leader = relay.leader.clone();

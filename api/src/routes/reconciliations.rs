@@ -30,6 +30,7 @@ pub fn reconciler(state: &AppState) -> Reconciler {
         bus: state.bus.clone(),
         provider: state.provider.clone(),
         breaker: state.provider_breaker.clone(),
+        provider_attempts_max: state.config.reconcile_provider_attempts_max,
     }
 }
 

@@ -161,7 +161,8 @@ pub async fn reconcile(
         database_url: config.database_url.clone(),
         bus,
         provider: ledger_infrastructure::provider::ProviderClient::new(&config.provider_url, config.provider_timeout),
-        breaker: ledger_infrastructure::breaker::CircuitBreaker::new("payment-provider", Default::default()),
+        breaker: ledger_infrastructure::breaker::CircuitBreaker::new("payment-provider", config.provider_breaker()),
+        provider_attempts_max: config.reconcile_provider_attempts_max,
     };
     let lock = reconciler.lock().await?;
     let run_id = uuid::Uuid::now_v7();

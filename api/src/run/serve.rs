@@ -53,11 +53,7 @@ pub fn spawn_workers(state: &AppState, shutdown: CancellationToken) -> Vec<JoinH
         js: async_nats::jetstream::new(state.nats.clone()),
         names: state.names.clone(),
         breaker: state.relay_breaker.clone(),
-        limits: RelayLimits {
-            statement_timeout: state.config.db_statement_timeout,
-            lock_timeout: state.config.db_lock_timeout,
-            ..RelayLimits::default()
-        },
+        limits: RelayLimits::from_config(&state.config),
         leader: Default::default(),
     };
     let config = &state.config;

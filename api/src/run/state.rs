@@ -60,14 +60,7 @@ impl AppState {
             positions: ProjectionPositions::default(),
             nats,
             relay_breaker: CircuitBreaker::new("nats-relay", BreakerConfig::default()),
-            provider_breaker: CircuitBreaker::new(
-                "payment-provider",
-                BreakerConfig {
-                    failure_threshold: config.provider_breaker_failures,
-                    window: config.provider_breaker_window,
-                    cooldown: config.provider_breaker_cooldown,
-                },
-            ),
+            provider_breaker: CircuitBreaker::new("payment-provider", config.provider_breaker()),
             provider: ProviderClient::new(&config.provider_url, config.provider_timeout),
             db_breaker: CircuitBreaker::new(
                 "postgres",
