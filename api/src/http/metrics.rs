@@ -2,7 +2,7 @@
 //! which also samples the gauges that live elsewhere (pool, cache, breakers, lags,
 //! dead-letter depth) at scrape time.
 
-use crate::run::state::AppState;
+use crate::run::state::{AppState, Core};
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
@@ -50,16 +50,22 @@ fn breaker_gauge(b: &BreakerSnapshot) {
     metrics::gauge!("ledger_circuit_breaker_failures", "name" => b.name.clone()).set(f64::from(b.failures));
 }
 
-/// Samples the gauges kept outside the metrics registry; a failing database leaves
-/// the database-derived gauges as they were.
+/// Samples the HTTP layer's gauges (cache, Postgres breaker), then the process's.
 async fn sample(state: &AppState) {
-    metrics::gauge!("ledger_db_pool_connections").set(f64::from(state.pool.size()));
-    metrics::gauge!("ledger_db_pool_idle_connections").set(state.pool.num_idle() as f64);
     let (hits, misses, entries) = state.cache.stats();
     metrics::gauge!("ledger_cache_hits").set(hits as f64);
     metrics::gauge!("ledger_cache_misses").set(misses as f64);
     metrics::gauge!("ledger_cache_entries").set(entries as f64);
-    for b in [state.relay_breaker.snapshot(), state.provider_breaker.snapshot(), state.db_breaker.snapshot()] {
+    breaker_gauge(&state.db_breaker.snapshot());
+    sample_core(&state.core).await;
+}
+
+/// Samples the gauges kept outside the metrics registry that every process has; a
+/// failing database leaves the database-derived gauges as they were.
+async fn sample_core(state: &Core) {
+    metrics::gauge!("ledger_db_pool_connections").set(f64::from(state.pool.size()));
+    metrics::gauge!("ledger_db_pool_idle_connections").set(state.pool.num_idle() as f64);
+    for b in [state.relay_breaker.snapshot(), state.provider_breaker.snapshot()] {
         breaker_gauge(&b);
     }
     let lags: Result<Vec<(String, i64, f64)>, sqlx::Error> = sqlx::query_as(
@@ -93,6 +99,16 @@ async fn sample(state: &AppState) {
 /// `GET /metrics` in the Prometheus text format.
 pub async fn render(State(state): State<AppState>) -> Response {
     sample(&state).await;
+    exposition()
+}
+
+/// `GET /metrics` of a worker process (no HTTP layer, so no cache or Postgres breaker).
+pub async fn render_core(State(core): State<Core>) -> Response {
+    sample_core(&core).await;
+    exposition()
+}
+
+fn exposition() -> Response {
     let mut response = handle().render().into_response();
     response
         .headers_mut()

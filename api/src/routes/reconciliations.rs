@@ -23,7 +23,7 @@ pub fn router() -> Router<AppState> {
 /// The default window: the last 24 hours.
 const DEFAULT_WINDOW_H: i64 = 24;
 
-pub fn reconciler(state: &AppState) -> Reconciler {
+pub fn reconciler(state: &crate::run::state::Core) -> Reconciler {
     Reconciler {
         pool: state.pool.clone(),
         database_url: state.config.database_url.clone(),

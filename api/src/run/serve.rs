@@ -2,7 +2,7 @@
 //! invalidation, projection-position listener, idempotency sweeper) and the HTTP server
 //! with graceful shutdown.
 
-use crate::run::state::AppState;
+use crate::run::state::{AppState, Core};
 use futures::StreamExt;
 use ledger_infrastructure::Config;
 use ledger_infrastructure::payouts::{PayoutLimits, PayoutWorker};
@@ -16,14 +16,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// Connects (creating and migrating the database if needed) and builds the state.
-/// NATS is connected in the background: the service starts without it.
-pub async fn build_state(config: Config) -> Result<AppState, sqlx::Error> {
+/// Connects (creating and migrating the database if needed) and builds the process's
+/// core. NATS is connected in the background: the service starts without it.
+pub async fn build_core(config: Config) -> Result<Core, sqlx::Error> {
     let pool = ledger_infrastructure::connect_and_migrate(&config).await?;
     let nats = ledger_infrastructure::nats::connect(&config.nats_url)
         .await
         .map_err(|e| sqlx::Error::Configuration(format!("invalid NATS_URL: {e}").into()))?;
-    Ok(AppState::new(config, pool, nats))
+    Ok(Core::new(config, pool, nats))
 }
 
 /// How many expired idempotency records one sweep deletes at most.
@@ -45,8 +45,10 @@ pub fn spawn_idempotency_sweeper(state: &AppState, shutdown: CancellationToken) 
     })
 }
 
-/// Starts the relay and the projection workers (what `ledger worker` runs).
-pub fn spawn_workers(state: &AppState, shutdown: CancellationToken) -> Vec<JoinHandle<()>> {
+/// Starts the relay, the payout worker, the projection workers (each calling
+/// `on_applied` after a batch) and the scheduled reconciliation: what `ledger worker`
+/// runs. Workers get only the process's core.
+pub fn spawn_workers(state: &Core, on_applied: OnApplied, shutdown: CancellationToken) -> Vec<JoinHandle<()>> {
     let relay = Relay {
         database_url: state.config.database_url.clone(),
         stream_ready: Default::default(),
@@ -89,7 +91,7 @@ pub fn spawn_workers(state: &AppState, shutdown: CancellationToken) -> Vec<JoinH
             names: state.names.clone(),
             projection,
             limits: WorkerLimits::default(),
-            on_applied: on_applied(state),
+            on_applied: on_applied.clone(),
         };
         handles.push(tokio::spawn(worker.run(shutdown.clone())));
     }
@@ -98,7 +100,7 @@ pub fn spawn_workers(state: &AppState, shutdown: CancellationToken) -> Vec<JoinH
 
 /// Reconciles the last `reconcile_window` every `reconcile_interval`; a run already
 /// going in another instance makes this one skip its turn.
-fn spawn_scheduled_reconciliation(state: &AppState, shutdown: CancellationToken) -> JoinHandle<()> {
+fn spawn_scheduled_reconciliation(state: &Core, shutdown: CancellationToken) -> JoinHandle<()> {
     let reconciler = crate::routes::reconciliations::reconciler(state);
     let (interval, window) = (state.config.reconcile_interval, state.config.reconcile_window);
     tokio::spawn(async move {
@@ -150,26 +152,29 @@ pub async fn apply_announcement(state: &AppState, applied: &Applied) {
 
 /// Publishes an announcement for the other instances (best effort: the slow poll of
 /// positions and the cache's time-to-live cover a lost one).
-pub async fn announce(state: &AppState, applied: &Applied) {
+pub async fn announce(state: &Core, applied: &Applied) {
     let payload = serde_json::to_vec(applied).expect("announcements serialize");
     let _ = state.nats.publish(state.names.cache_invalidation_subject(), payload.into()).await;
 }
 
-/// After a projection batch: apply it here, then tell the other instances.
-fn on_applied(state: &AppState) -> OnApplied {
-    let state = state.clone();
+/// After a projection batch: apply it to this process's HTTP state if it has one,
+/// then tell the other instances.
+fn on_applied(core: &Core, local: Option<AppState>) -> OnApplied {
+    let core = core.clone();
     Arc::new(move |projection, position, accounts: &[Uuid]| {
-        let state = state.clone();
+        let (core, local) = (core.clone(), local.clone());
         let applied = Applied {
-            origin: state.instance_id,
+            origin: core.instance_id,
             projection: projection.name().to_owned(),
             position,
             accounts: accounts.to_vec(),
             all: false,
         };
         tokio::spawn(async move {
-            apply_announcement(&state, &applied).await;
-            announce(&state, &applied).await;
+            if let Some(state) = local {
+                apply_announcement(&state, &applied).await;
+            }
+            announce(&core, &applied).await;
         });
     })
 }
@@ -273,6 +278,8 @@ pub enum Mode {
 
 /// A started service.
 pub struct Running {
+    /// The process's HTTP state (for `Mode::Worker`, built over its core but serving
+    /// nothing: tests read the core through it).
     pub state: AppState,
     /// Where the API listens (not for `Mode::Worker`).
     pub addr: Option<std::net::SocketAddr>,
@@ -293,11 +300,13 @@ pub enum StartError {
 /// Starts the parts of the service that `mode` names.
 pub async fn start(config: Config, mode: Mode) -> Result<Running, StartError> {
     let addr = config.http_addr.clone();
-    let state = build_state(config).await?;
+    let core = build_core(config).await?;
+    let state = AppState::new(core.clone());
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();
     if mode != Mode::Api {
-        tasks.extend(spawn_workers(&state, shutdown.clone()));
+        let local = (mode == Mode::All).then(|| state.clone());
+        tasks.extend(spawn_workers(&core, on_applied(&core, local), shutdown.clone()));
     }
     let (mut bound, mut server) = (None, None);
     if mode == Mode::Worker
@@ -308,9 +317,9 @@ pub async fn start(config: Config, mode: Mode) -> Result<Running, StartError> {
             TcpListener::bind(&metrics_addr).await.map_err(|source| StartError::Bind { addr: metrics_addr, source })?;
         bound = listener.local_addr().ok();
         let app = axum::Router::new()
-            .route("/metrics", axum::routing::get(crate::http::metrics::render))
+            .route("/metrics", axum::routing::get(crate::http::metrics::render_core))
             .route("/health/live", axum::routing::get(|| async { "live" }))
-            .with_state(state.clone());
+            .with_state(core.clone());
         let stop = shutdown.clone();
         server = Some(tokio::spawn(async move {
             axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await

@@ -1,4 +1,8 @@
-//! Shared state of the HTTP layer.
+//! Process state, split by who needs it. [`Core`] is what every process of the service
+//! holds (the database, the command writer, NATS, the provider and their breakers):
+//! the workers get only this. [`AppState`] is what HTTP handlers need on top of it
+//! (in-flight keys, the account cache, projection positions, the token cache, the
+//! Postgres breaker) and dereferences to its `Core`.
 
 use crate::http::limits::{ACCOUNT_CACHE_ENTRIES_MAX, ACCOUNT_CACHE_TTL};
 use crate::read::{AccountCache, ProjectionPositions};
@@ -10,17 +14,14 @@ use sqlx::PgPool;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-/// Everything a handler needs; cheap to clone.
+/// What every process of the service holds; cheap to clone.
 #[derive(Clone)]
-pub struct AppState {
+pub struct Core {
     pub config: Arc<Config>,
     pub pool: PgPool,
     pub store: EventStore,
+    /// This process's command writer.
     pub bus: CommandBus,
-    /// Idempotency keys whose request is executing in this process.
-    pub in_flight: Arc<Mutex<HashSet<(String, String)>>>,
-    pub cache: AccountCache,
-    pub positions: ProjectionPositions,
     pub names: Names,
     /// NATS (connected in the background; commands never wait for it).
     pub nats: async_nats::Client,
@@ -29,15 +30,13 @@ pub struct AppState {
     /// The breaker around the payment provider (payouts, reconciliation).
     pub provider_breaker: CircuitBreaker,
     pub provider: ProviderClient,
-    pub tokens: crate::http::auth::TokenCache,
-    /// The breaker in front of Postgres (see `guard`).
-    pub db_breaker: CircuitBreaker,
     /// This process, in announcements to the others.
     pub instance_id: uuid::Uuid,
 }
 
-impl AppState {
-    pub fn new(config: Config, pool: PgPool, nats: async_nats::Client) -> AppState {
+impl Core {
+    /// Starts this process's command writer over `pool`.
+    pub fn new(config: Config, pool: PgPool, nats: async_nats::Client) -> Core {
         crate::http::metrics::handle();
         let store = EventStore::new(pool.clone());
         let bus = CommandBus::start(
@@ -50,29 +49,60 @@ impl AppState {
                 snapshot_every: config.snapshot_every,
             },
         );
-        AppState {
+        Core {
             names: Names::new(&config.nats_prefix).with_replicas(config.nats_replicas),
             pool,
             store,
             bus,
-            in_flight: Arc::default(),
-            cache: AccountCache::new(ACCOUNT_CACHE_ENTRIES_MAX, ACCOUNT_CACHE_TTL),
-            positions: ProjectionPositions::default(),
             nats,
             relay_breaker: CircuitBreaker::new("nats-relay", BreakerConfig::default()),
             provider_breaker: CircuitBreaker::new("payment-provider", config.provider_breaker()),
             provider: ProviderClient::new(&config.provider_url, config.provider_timeout),
-            db_breaker: CircuitBreaker::new(
-                "postgres",
-                BreakerConfig {
-                    failure_threshold: config.db_breaker_failures,
-                    window: config.db_breaker_window,
-                    cooldown: config.db_breaker_cooldown,
-                },
-            ),
             config: Arc::new(config),
-            tokens: crate::http::auth::TokenCache::default(),
             instance_id: uuid::Uuid::now_v7(),
+        }
+    }
+}
+
+/// What an HTTP handler needs: the process's [`Core`] and the HTTP layer's own state.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub core: Core,
+    /// Idempotency keys whose request is executing in this process.
+    pub in_flight: Arc<Mutex<HashSet<(String, String)>>>,
+    pub cache: AccountCache,
+    pub positions: ProjectionPositions,
+    pub tokens: crate::http::auth::TokenCache,
+    /// The breaker in front of Postgres (see `guard`).
+    pub db_breaker: CircuitBreaker,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.core
+    }
+}
+
+impl AppState {
+    pub fn new(core: Core) -> AppState {
+        let config = &core.config;
+        let db_breaker = CircuitBreaker::new(
+            "postgres",
+            BreakerConfig {
+                failure_threshold: config.db_breaker_failures,
+                window: config.db_breaker_window,
+                cooldown: config.db_breaker_cooldown,
+            },
+        );
+        AppState {
+            in_flight: Arc::default(),
+            cache: AccountCache::new(ACCOUNT_CACHE_ENTRIES_MAX, ACCOUNT_CACHE_TTL),
+            positions: ProjectionPositions::default(),
+            tokens: crate::http::auth::TokenCache::default(),
+            db_breaker,
+            core,
         }
     }
 }
