@@ -155,6 +155,8 @@ impl Reconciler {
         outcome
     }
 
+    /// The run's comparison: every group of statement lines, then every payout the
+    /// ledger settled in the window that the statement does not list.
     async fn compare(
         &self,
         run_id: Uuid,
@@ -164,51 +166,64 @@ impl Reconciler {
     ) -> Result<RunTotals, ReconcileError> {
         let lines = self.with_retries(|| self.provider.statement(from, to)).await?;
         let mut totals = RunTotals::default();
-        let mut seen = HashSet::new();
+        let listed = self.compare_statement(run_id, actor, lines, &mut totals, progress).await?;
+        self.compare_unlisted(run_id, actor, (from, to), &listed, &mut totals).await?;
+        Ok(totals)
+    }
+
+    /// Decides each group of the statement's lines; returns the withdrawals it listed.
+    async fn compare_statement(
+        &self,
+        run_id: Uuid,
+        actor: &str,
+        lines: Vec<ProviderLine>,
+        totals: &mut RunTotals,
+        progress: &mut impl FnMut(i64, i64),
+    ) -> Result<HashSet<Uuid>, ReconcileError> {
+        let mut listed = HashSet::new();
         let groups = by_reference(lines);
         let total = groups.len() as i64;
         for (i, (reference, records)) in groups.into_iter().enumerate() {
             let command = group_command(run_id, reference, records);
-            seen.extend(command.withdrawal_id);
-            self.reconcile(run_id, actor, command, &mut totals).await?;
+            listed.extend(command.withdrawal_id);
+            self.reconcile(run_id, actor, command, totals).await?;
             progress(i as i64 + 1, total);
         }
-        // Payouts the ledger settled in the window that the statement does not list.
+        Ok(listed)
+    }
+
+    /// Payouts the ledger settled in the window that the statement does not list: each
+    /// is looked up at the provider and decided on what the look-up says.
+    async fn compare_unlisted(
+        &self,
+        run_id: Uuid,
+        actor: &str,
+        (from, to): (DateTime<Utc>, DateTime<Utc>),
+        listed: &HashSet<Uuid>,
+        totals: &mut RunTotals,
+    ) -> Result<(), ReconcileError> {
         for settled in self.settled_in_window(from, to).await? {
-            if seen.contains(&settled.withdrawal_id) {
+            if listed.contains(&settled.withdrawal_id) {
                 continue;
             }
-            let withdrawal_id = settled.withdrawal_id;
             let lookup = match settled.provider_ref.as_deref() {
                 Some(r) => self.with_retries(|| self.provider.payout(r)).await?,
                 None => None,
             };
-            let provider = match lookup {
-                None => None,
-                // Settled, but this provider's look-up does not say how much: no basis
-                // for a correction; the statement of a wider window will.
-                Some(line) if !line.amount_given && line.record.defect.is_none() && line.record.settled => {
-                    tracing::warn!(%withdrawal_id, "provider look-up without an amount; left as is");
-                    totals.matched += 1;
-                    continue;
-                }
-                // Rejected without an amount: a rejection moves back what left, whatever
-                // the amount, so ours stands in for the one the provider did not give.
-                Some(line) if !line.amount_given && line.record.defect.is_none() => {
-                    Some(ProviderRecord { amount: settled.amount, ..line.record })
-                }
-                Some(line) => Some(line.record),
+            let Some(provider) = unlisted_record(&settled, lookup) else {
+                totals.matched += 1;
+                continue;
             };
             let command = ReconcilePayout {
                 run_id,
-                reference: withdrawal_id.to_string(),
-                withdrawal_id: Some(withdrawal_id),
+                reference: settled.withdrawal_id.to_string(),
+                withdrawal_id: Some(settled.withdrawal_id),
                 provider,
                 also_listed: Vec::new(),
             };
-            self.reconcile(run_id, actor, command, &mut totals).await?;
+            self.reconcile(run_id, actor, command, totals).await?;
         }
-        Ok(totals)
+        Ok(())
     }
 
     async fn reconcile(
@@ -308,6 +323,26 @@ struct Settled {
     provider_ref: Option<String>,
     /// What the ledger recorded as paid out.
     amount: i64,
+}
+
+/// The provider's record of a settled payout the statement did not list, from its
+/// look-up: `Some(None)` when the provider has none, `None` when there is nothing to
+/// decide (settled there too, but the look-up gives no amount to compare: the
+/// statement of a wider window will).
+fn unlisted_record(settled: &Settled, lookup: Option<ProviderLine>) -> Option<Option<ProviderRecord>> {
+    match lookup {
+        None => Some(None),
+        Some(line) if !line.amount_given && line.record.defect.is_none() && line.record.settled => {
+            tracing::warn!(withdrawal_id = %settled.withdrawal_id, "provider look-up without an amount; left as is");
+            None
+        }
+        // Rejected without an amount: a rejection moves back what left, whatever the
+        // amount, so ours stands in for the one the provider did not give.
+        Some(line) if !line.amount_given && line.record.defect.is_none() => {
+            Some(Some(ProviderRecord { amount: settled.amount, ..line.record }))
+        }
+        Some(line) => Some(Some(line.record)),
+    }
 }
 
 /// What a group of statement lines is about: one of our withdrawals (however its id is
