@@ -21,8 +21,6 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use uuid::Uuid;
 
-/// Provider calls a run makes per request before giving up.
-
 /// What a run needs.
 #[derive(Clone)]
 pub struct Reconciler {
