@@ -26,6 +26,7 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::accounts::router())
         .merge(routes::deposits::router())
         .merge(routes::transfers::router())
+        .merge(routes::transactions::router())
         .merge(routes::withdrawals::router())
         .merge(routes::events::router())
         .merge(routes::admin::router())

@@ -417,6 +417,47 @@ impl Client {
         self.command(&format!("/v1/transfers/{id}/reverse"), r, key).await
     }
 
+    pub async fn post_transaction(
+        &self,
+        r: &TransactionRequest,
+        key: Option<&str>,
+    ) -> Result<Reply<Transaction>, Error> {
+        self.command("/v1/transactions", r, key).await
+    }
+
+    pub async fn get_transaction(&self, id: Uuid, read: Read) -> Result<Reply<Transaction>, Error> {
+        self.get(&format!("/v1/transactions/{id}"), &self.consistency(read)).await
+    }
+
+    pub async fn reverse_transaction(
+        &self,
+        id: Uuid,
+        r: &ReverseRequest,
+        key: Option<&str>,
+    ) -> Result<Reply<Transaction>, Error> {
+        self.command(&format!("/v1/transactions/{id}/reverse"), r, key).await
+    }
+
+    /// `GET /v1/transactions`: one page (pass its `next_cursor` as `q.cursor` for the
+    /// next); `q.metadata` is sent as `metadata.KEY=VALUE` parameters.
+    pub async fn search_transactions(
+        &self,
+        q: &TransactionSearch,
+        read: Read,
+    ) -> Result<Reply<TransactionList>, Error> {
+        let mut query = query::encode(q)?;
+        let consistency = query::encode(&self.consistency(read))?;
+        for part in [consistency.trim_start_matches('?').to_owned()]
+            .into_iter()
+            .chain(q.metadata.iter().map(|(k, v)| query::pair(&format!("metadata.{k}"), v)))
+            .filter(|p| !p.is_empty())
+        {
+            query.push(if query.is_empty() { '?' } else { '&' });
+            query.push_str(&part);
+        }
+        self.call(Method::GET, "/v1/transactions", &query, None, None).await
+    }
+
     pub async fn withdraw(&self, r: &WithdrawalRequest, key: Option<&str>) -> Result<Reply<Withdrawal>, Error> {
         self.command("/v1/withdrawals", r, key).await
     }

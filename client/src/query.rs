@@ -29,6 +29,15 @@ pub fn encode(query: &impl Serialize) -> Result<String, Error> {
     Ok(out)
 }
 
+/// One `name=value` pair, percent-encoded.
+pub fn pair(name: &str, value: &str) -> String {
+    let mut out = String::new();
+    percent(name, &mut out);
+    out.push('=');
+    percent(value, &mut out);
+    out
+}
+
 fn percent(s: &str, out: &mut String) {
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
@@ -49,7 +58,7 @@ mod tests {
         assert_eq!(encode(&q).expect("encodes"), "?actor=token%3Aa%20b%26c&limit=5");
         assert_eq!(encode(&()).expect("encodes"), "");
         let t = chrono::DateTime::parse_from_rfc3339("2026-01-02T03:04:05+01:00").expect("a time").to_utc();
-        let q = ledger_wire::BalanceQuery { as_of: Some(t), at_position: None };
+        let q = ledger_wire::BalanceQuery { as_of: Some(t), at_position: None, effective_at: None };
         assert_eq!(encode(&q).expect("encodes"), "?as_of=2026-01-02T02%3A04%3A05Z");
     }
 }

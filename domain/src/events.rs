@@ -43,6 +43,9 @@ pub struct DepositRecorded {
     /// The client's metadata, returned as sent (API.md "Metadata").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<serde_json::Value>,
+    /// Business time (API.md "Effective dates"); `None`: the time it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effective_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +62,51 @@ pub struct TransferPosted {
     /// The client's metadata, returned as sent (API.md "Metadata").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<serde_json::Value>,
+    /// Business time (API.md "Effective dates"); `None`: the time it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effective_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// One posting of a transaction: `amount` of `currency` moves from `from` to `to`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Leg {
+    pub from: Uuid,
+    pub to: Uuid,
+    pub amount: Amount,
+    pub currency: Currency,
+}
+
+/// A transaction of 1..=100 postings, recorded whole at one position (API.md
+/// "Transactions"); a reversal is one with every posting swapped and `reverses` set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransactionPosted {
+    pub transaction_id: Uuid,
+    pub postings: Vec<Leg>,
+    pub reference: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Value>,
+    /// Business time; `None`: the time it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effective_at: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reverses: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl TransactionPosted {
+    /// The accounts the postings touch, each once, in posting order (`from` before `to`).
+    pub fn accounts(&self) -> Vec<Uuid> {
+        let mut accounts = Vec::with_capacity(self.postings.len() * 2);
+        for leg in &self.postings {
+            for id in [leg.from, leg.to] {
+                if !accounts.contains(&id) {
+                    accounts.push(id);
+                }
+            }
+        }
+        accounts
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,6 +224,7 @@ pub enum Event {
     AccountClosed(AccountClosed),
     DepositRecorded(DepositRecorded),
     TransferPosted(TransferPosted),
+    TransactionPosted(TransactionPosted),
     WithdrawalRequested(WithdrawalRequested),
     WithdrawalSettled(WithdrawalSettled),
     WithdrawalFailed(WithdrawalFailed),
@@ -203,6 +252,7 @@ impl Event {
             Event::AccountClosed(_) => "AccountClosed",
             Event::DepositRecorded(_) => "DepositRecorded",
             Event::TransferPosted(_) => "TransferPosted",
+            Event::TransactionPosted(_) => "TransactionPosted",
             Event::WithdrawalRequested(_) => "WithdrawalRequested",
             Event::WithdrawalSettled(_) => "WithdrawalSettled",
             Event::WithdrawalFailed(_) => "WithdrawalFailed",
@@ -226,6 +276,14 @@ impl Event {
             Event::DepositRecorded(e) => vec![(e.account_id, Exact), (e.system_account_id, Any)],
             Event::TransferPosted(e) => {
                 let mut streams = vec![(e.transfer_id, Exact), (e.from, Exact), (e.to, Exact)];
+                if let Some(original) = e.reverses {
+                    streams.push((original, Exact));
+                }
+                streams
+            }
+            Event::TransactionPosted(e) => {
+                let mut streams = vec![(e.transaction_id, Exact)];
+                streams.extend(e.accounts().into_iter().map(|id| (id, Exact)));
                 if let Some(original) = e.reverses {
                     streams.push((original, Exact));
                 }
@@ -260,6 +318,9 @@ impl Event {
         match self {
             Event::DepositRecorded(e) => pair(e.system_account_id, e.account_id, e.amount, e.currency),
             Event::TransferPosted(e) => pair(e.from, e.to, e.amount, e.currency),
+            Event::TransactionPosted(e) => {
+                e.postings.iter().flat_map(|l| pair(l.from, l.to, l.amount, l.currency)).collect()
+            }
             Event::WithdrawalSettled(e) => pair(e.account_id, e.system_account_id, e.amount, e.currency),
             Event::WithdrawalReconciled(e) if e.delta == Money::ZERO => Vec::new(),
             Event::WithdrawalReconciled(e) => {
@@ -289,6 +350,7 @@ impl Event {
             Event::AccountClosed(e) => vec![e.account_id],
             Event::DepositRecorded(e) => vec![e.account_id, e.system_account_id],
             Event::TransferPosted(e) => vec![e.from, e.to],
+            Event::TransactionPosted(e) => e.accounts(),
             Event::WithdrawalRequested(e) => vec![e.account_id],
             Event::WithdrawalSettled(e) => vec![e.account_id, e.system_account_id],
             Event::WithdrawalFailed(e) => vec![e.account_id],
@@ -307,8 +369,20 @@ impl Event {
         match self {
             Event::DepositRecorded(e) => Some(e.deposit_id),
             Event::TransferPosted(e) => Some(e.transfer_id),
+            Event::TransactionPosted(e) => Some(e.transaction_id),
             Event::WithdrawalSettled(e) => Some(e.withdrawal_id),
             Event::WithdrawalReconciled(e) => Some(e.withdrawal_id),
+            _ => None,
+        }
+    }
+
+    /// The business time the event states, if it states one (API.md "Effective
+    /// dates"); otherwise its effective time is the time it was recorded.
+    pub fn effective_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        match self {
+            Event::DepositRecorded(e) => e.effective_at,
+            Event::TransferPosted(e) => e.effective_at,
+            Event::TransactionPosted(e) => e.effective_at,
             _ => None,
         }
     }

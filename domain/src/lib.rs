@@ -15,10 +15,10 @@ mod tests;
 
 pub use access::Role;
 pub use decide::{Command, DomainError, decide, system_account_id};
-pub use events::{Concurrency, Event, Posting};
+pub use events::{Concurrency, Event, Leg, Posting};
 pub use money::{AMOUNT_MAX, Amount, AmountError, Currency, CurrencyError, Money};
 pub use reconcile::{MismatchKind, Resolution};
 pub use state::{
-    Account, AccountStatus, Aggregate, EVOLVE_VERSION, Ledger, StreamState, Transfer, Withdrawal, WithdrawalStatus,
-    evolve,
+    Account, AccountStatus, Aggregate, EVOLVE_VERSION, Ledger, StreamState, Transaction, Transfer, Withdrawal,
+    WithdrawalStatus, evolve,
 };

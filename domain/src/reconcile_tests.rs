@@ -26,6 +26,7 @@ use crate::tests::run;
 fn deposit(ledger: &mut Ledger, n: u128, minor: i64) {
     let deposit_id = Uuid::from_u128(0xD000_0000 + n);
     let c = MakeDeposit {
+        effective_at: None,
         metadata: None,
         deposit_id,
         account_id: id(ACCOUNT),

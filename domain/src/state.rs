@@ -47,6 +47,21 @@ pub struct Transfer {
     pub reversed_by: Option<Uuid>,
     #[serde(default)]
     pub metadata: Option<serde_json::Value>,
+    #[serde(default)]
+    pub effective_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// A transaction of many postings (API.md v1.1).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transaction {
+    pub id: Uuid,
+    pub postings: Vec<crate::events::Leg>,
+    pub reference: Option<String>,
+    pub metadata: Option<serde_json::Value>,
+    pub effective_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub reverses: Option<Uuid>,
+    pub reason: Option<String>,
+    pub reversed_by: Option<Uuid>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,7 +92,7 @@ pub struct Withdrawal {
 
 /// The version of `evolve` and of the state it folds into. Bump it whenever either
 /// changes: snapshots taken under another version are then ignored and rebuilt.
-pub const EVOLVE_VERSION: i32 = 2;
+pub const EVOLVE_VERSION: i32 = 3;
 
 /// What a stream is, once its first event has been seen.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +101,7 @@ pub enum Aggregate {
     Empty,
     Account(Account),
     Transfer(Transfer),
+    Transaction(Transaction),
     Withdrawal(Withdrawal),
     /// An API token (name and role; the secret is not part of the state).
     Token {
@@ -126,6 +142,7 @@ pub fn evolve(state: StreamState, stream_id: Uuid, version: i64, event: &Event) 
         Aggregate::Empty => created(stream_id, event),
         Aggregate::Account(a) => Some(Aggregate::Account(evolve_account(a, event))),
         Aggregate::Transfer(t) => evolve_transfer(t, event).map(Aggregate::Transfer),
+        Aggregate::Transaction(t) => evolve_transaction(t, event).map(Aggregate::Transaction),
         Aggregate::Withdrawal(w) => evolve_withdrawal(w, event).map(Aggregate::Withdrawal),
         Aggregate::Reconciliation(r) => evolve_reconciliation(r, event).map(Aggregate::Reconciliation),
         Aggregate::Token { .. } => None,
@@ -161,6 +178,17 @@ fn created(stream_id: Uuid, event: &Event) -> Option<Aggregate> {
             reason: e.reason.clone(),
             reversed_by: None,
             metadata: e.metadata.clone(),
+            effective_at: e.effective_at,
+        }),
+        Event::TransactionPosted(e) if e.transaction_id == stream_id => Aggregate::Transaction(Transaction {
+            id: e.transaction_id,
+            postings: e.postings.clone(),
+            reference: e.reference.clone(),
+            metadata: e.metadata.clone(),
+            effective_at: e.effective_at,
+            reverses: e.reverses,
+            reason: e.reason.clone(),
+            reversed_by: None,
         }),
         Event::WithdrawalRequested(e) => Aggregate::Withdrawal(Withdrawal {
             id: e.withdrawal_id,
@@ -189,6 +217,15 @@ fn evolve_transfer(mut t: Transfer, event: &Event) -> Option<Transfer> {
     assert_eq!(e.reverses, Some(t.id), "only a reversal touches another transfer's stream");
     assert!(t.reversed_by.is_none(), "transfer {} reversed twice", t.id);
     t.reversed_by = Some(e.transfer_id);
+    Some(t)
+}
+
+/// A transaction's stream sees one more event: the transaction that reverses it.
+fn evolve_transaction(mut t: Transaction, event: &Event) -> Option<Transaction> {
+    let Event::TransactionPosted(e) = event else { return None };
+    assert_eq!(e.reverses, Some(t.id), "only a reversal touches another transaction's stream");
+    assert!(t.reversed_by.is_none(), "transaction {} reversed twice", t.id);
+    t.reversed_by = Some(e.transaction_id);
     Some(t)
 }
 
@@ -308,6 +345,13 @@ impl Ledger {
     pub fn transfer(&self, id: Uuid) -> Option<&Transfer> {
         match self.streams.get(&id).map(|s| &s.aggregate) {
             Some(Aggregate::Transfer(t)) => Some(t),
+            _ => None,
+        }
+    }
+
+    pub fn transaction(&self, id: Uuid) -> Option<&Transaction> {
+        match self.streams.get(&id).map(|s| &s.aggregate) {
+            Some(Aggregate::Transaction(t)) => Some(t),
             _ => None,
         }
     }

@@ -49,6 +49,7 @@ fn deposit(ledger: &mut Ledger, n: u128, minor: i64) -> Result<Vec<Event>, Domai
     run(
         ledger,
         Command::MakeDeposit(MakeDeposit {
+            effective_at: None,
             metadata: None,
             deposit_id: Uuid::from_u128(0xD000 + n + minor as u128),
             account_id: id(n),
@@ -61,6 +62,7 @@ fn deposit(ledger: &mut Ledger, n: u128, minor: i64) -> Result<Vec<Event>, Domai
 
 fn transfer_cmd(t: u128, from: u128, to: u128, minor: i64) -> Command {
     Command::PostTransfer(PostTransfer {
+        effective_at: None,
         metadata: None,
         transfer_id: id(t),
         from: id(from),
@@ -106,6 +108,7 @@ fn transfer_rejections() {
         (transfer_cmd(12, 1, 9, 5), |e| matches!(e, DomainError::AccountNotFound { .. })),
         (
             Command::PostTransfer(PostTransfer {
+                effective_at: None,
                 metadata: None,
                 transfer_id: id(13),
                 from: id(1),
@@ -265,7 +268,7 @@ proptest! {
             let acct = |i: usize| id(i as u128 + 1);
             let (command, expect_ok) = match s.clone() {
                 Step::Deposit(a, m) => (
-                    Command::MakeDeposit(MakeDeposit { metadata: None, deposit_id: fresh, account_id: acct(a), amount: amount(m), currency: eur(), reference: None }),
+                    Command::MakeDeposit(MakeDeposit { effective_at: None, metadata: None, deposit_id: fresh, account_id: acct(a), amount: amount(m), currency: eur(), reference: None }),
                     !model.closed[a],
                 ),
                 Step::Transfer(a, b, m) => (
@@ -356,6 +359,7 @@ fn transfer_checks_run_in_the_contracts_order() {
     open(&mut ledger, 1, 0);
     let transfer = |from: u128, to: u128, currency: Currency| {
         Command::PostTransfer(PostTransfer {
+            effective_at: None,
             metadata: None,
             transfer_id: id(0x7000 + from * 16 + to),
             from: id(from),

@@ -88,6 +88,9 @@ pub struct Config {
     /// `LEDGER_RECONCILE_PROVIDER_ATTEMPTS_MAX` (default 5): look-ups of one statement
     /// page or payout before a run fails.
     pub reconcile_provider_attempts_max: u32,
+    /// `LEDGER_BACKDATE_MAX_S` (default 2592000 = 30 days): how far in the past an
+    /// `effective_at` may be.
+    pub backdate_max: Duration,
     /// `LEDGER_RELAY_BATCH_MAX` (default 1000): events per JetStream publish batch.
     pub relay_batch_max: i64,
     /// `LEDGER_RELAY_POLL_MS` (default 1000): the relay's poll when no notification came.
@@ -160,6 +163,7 @@ impl Default for Config {
             reconcile_interval: Duration::from_secs(3600),
             reconcile_window: Duration::from_secs(86_400),
             reconcile_provider_attempts_max: 5,
+            backdate_max: Duration::from_secs(2_592_000),
             relay_batch_max: 1000,
             relay_poll_interval: Duration::from_millis(1000),
             relay_election_interval: Duration::from_millis(500),
@@ -230,6 +234,7 @@ impl Config {
                 "LEDGER_RECONCILE_PROVIDER_ATTEMPTS_MAX",
                 d.reconcile_provider_attempts_max,
             )?,
+            backdate_max: env_s("LEDGER_BACKDATE_MAX_S", d.backdate_max)?,
             relay_batch_max: env_num("LEDGER_RELAY_BATCH_MAX", d.relay_batch_max)?,
             relay_poll_interval: env_ms("LEDGER_RELAY_POLL_MS", d.relay_poll_interval)?,
             relay_election_interval: env_ms("LEDGER_RELAY_ELECTION_MS", d.relay_election_interval)?,

@@ -24,6 +24,9 @@ pub struct Recorded {
     pub events: Vec<Event>,
     /// The state of every stream its events touched, right after them.
     pub streams: Vec<(Uuid, StreamState)>,
+    /// When its events were recorded (absent in outcomes stored before it was kept).
+    #[serde(default)]
+    pub recorded_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Recorded {

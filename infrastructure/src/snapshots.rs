@@ -79,3 +79,54 @@ pub async fn state_at(
     }
     Ok((state, folded))
 }
+
+/// A stream's state as of business time `effective` with what the log held at
+/// position `at` (API.md "Effective dates"): the fold of its events at positions up to
+/// `at` whose effective time (the `effective_at` they state, else when they were
+/// recorded) is at or before `effective`, and its first event (it exists regardless). Returns that state, whose `version` counts
+/// the events folded, and the stream's version at `at`.
+///
+/// An `effective_at` is never more than [`EFFECTIVE_AHEAD`] after its recording, so
+/// every event recorded by `effective - EFFECTIVE_AHEAD` counts: that prefix comes from
+/// [`state_at`], snapshots included, and only the events after it are looked at one by
+/// one (those recorded since, at most the backdating window's worth for a recent time).
+pub async fn effective_state_at(
+    pool: &PgPool,
+    stream_id: Uuid,
+    at: i64,
+    effective: chrono::DateTime<chrono::Utc>,
+    use_snapshots: bool,
+) -> Result<(StreamState, i64), StoreError> {
+    let settled: Option<i64> = sqlx::query_scalar(
+        "select position from events where recorded_at <= $1 order by recorded_at desc, position desc limit 1",
+    )
+    .bind(effective - EFFECTIVE_AHEAD)
+    .fetch_optional(pool)
+    .await?;
+    let base = settled.unwrap_or(0).min(at);
+    let (mut state, _) = state_at(pool, stream_id, base, use_snapshots).await?;
+    let mut version = state.version;
+    let rows: Vec<(i64, String, serde_json::Value, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "select s.version, e.type, e.data, e.recorded_at from stream_entries s join events e on e.position = s.position
+         where s.stream_id = $1 and s.position > $2 and s.position <= $3 order by s.version",
+    )
+    .bind(stream_id)
+    .bind(base)
+    .bind(at)
+    .fetch_all(pool)
+    .await?;
+    for (stream_version, event_type, data, recorded_at) in rows {
+        version = stream_version;
+        let event = Event::from_parts(&event_type, data)?;
+        // The stream's first event (an account's opening) always counts: business time
+        // filters what happened to the account, not whether it exists.
+        if stream_version == 1 || event.effective_at().unwrap_or(recorded_at) <= effective {
+            let next = state.version + 1;
+            state = evolve(state, stream_id, next, &event);
+        }
+    }
+    Ok((state, version))
+}
+
+/// How far after its recording an `effective_at` may be (API.md: 60 s).
+pub const EFFECTIVE_AHEAD: chrono::Duration = chrono::Duration::seconds(60);

@@ -316,7 +316,7 @@ impl Writer {
                 decided.map_err(|_| AttemptError::Command { index, cause: "deciding the command panicked".into() })?;
             if request.idempotency.is_none() && !has_events {
                 // A rejection of an internal command has nothing to record.
-                direct.push(Some(commit.outcome(None)));
+                direct.push(Some(commit.outcome(None, chrono::Utc::now())));
                 outcomes.push(None);
             } else {
                 direct.push(None);

@@ -108,6 +108,7 @@ async fn setup_accounts(ledger: &Client, args: &Args) -> anyhow::Result<Vec<Uuid
         };
         let account = ledger.open_account(&open, None).await?;
         let deposit = wire::DepositRequest {
+            effective_at: None,
             account_id: account.id,
             amount: Amount::new(1_000_000_000_000)?,
             currency: eur(),
@@ -137,6 +138,7 @@ async fn one_request(
                 let from = rand::random_range(0..accounts.len());
                 let to = (from + 1 + rand::random_range(0..accounts.len() - 1)) % accounts.len();
                 let body = wire::TransferRequest {
+                    effective_at: None,
                     from: accounts[from],
                     to: accounts[to],
                     amount: Amount::new(1 + (n % 100) as i64).expect("1 ..= 100"),

@@ -9,7 +9,7 @@ use sqlx::{Postgres, Transaction};
 use std::collections::{BTreeSet, HashMap};
 use uuid::Uuid;
 
-/// A statement line.
+/// A statement line: one per account per money-moving event, with the account's net.
 struct Entry {
     account_id: Uuid,
     position: i64,
@@ -17,8 +17,10 @@ struct Entry {
     movement_id: Uuid,
     amount: i64,
     balance_after: i64,
-    counterparty: Uuid,
+    /// The other side when all of the account's postings in the event share one.
+    counterparty: Option<Uuid>,
     occurred_at: chrono::DateTime<chrono::Utc>,
+    effective_at: chrono::DateTime<chrono::Utc>,
 }
 
 fn kind(event: &Event) -> &'static str {
@@ -26,6 +28,8 @@ fn kind(event: &Event) -> &'static str {
         Event::DepositRecorded(_) => "deposit",
         Event::TransferPosted(t) if t.reverses.is_some() => "reversal",
         Event::TransferPosted(_) => "transfer",
+        Event::TransactionPosted(t) if t.reverses.is_some() => "reversal",
+        Event::TransactionPosted(_) => "transaction",
         Event::WithdrawalSettled(_) => "withdrawal",
         Event::WithdrawalReconciled(_) => "reconciliation",
         _ => "other",
@@ -81,22 +85,20 @@ pub async fn apply(
             let version = state.version + 1;
             states.insert(id, (evolve(state, id, version, event), recorded.position));
         }
-        let postings = event.postings();
-        for p in &postings {
-            let Some((StreamState { aggregate: Aggregate::Account(a), .. }, _)) = states.get(&p.account_id) else {
+        for (account_id, amount, counterparty) in net_entries(event) {
+            let Some((StreamState { aggregate: Aggregate::Account(a), .. }, _)) = states.get(&account_id) else {
                 unreachable!("a posting's account was just evolved");
             };
-            let counterparty =
-                postings.iter().find(|o| o.account_id != p.account_id).map_or(p.account_id, |o| o.account_id);
             entries.push(Entry {
-                account_id: p.account_id,
+                account_id,
                 position: recorded.position,
                 kind: kind(event),
                 movement_id: event.movement_id().expect("money-moving events have a movement id"),
-                amount: p.delta.minor_units(),
+                amount,
                 balance_after: a.balance.minor_units(),
                 counterparty,
                 occurred_at: recorded.recorded_at,
+                effective_at: event.effective_at().unwrap_or(recorded.recorded_at),
             });
         }
     }
@@ -156,6 +158,29 @@ async fn write_accounts(
     Ok(())
 }
 
+/// Each account an event posts to, in order: its net amount, and its counterparty when
+/// all of its postings in the event have the same other side (else none). An event
+/// has its legs in pairs (`postings` is `from, to, from, to, …`).
+fn net_entries(event: &Event) -> Vec<(Uuid, i64, Option<Uuid>)> {
+    let postings = event.postings();
+    let mut out: Vec<(Uuid, i64, Option<Option<Uuid>>)> = Vec::new();
+    for pair in postings.chunks(2) {
+        let [a, b] = pair else { continue };
+        for (p, other) in [(a, b.account_id), (b, a.account_id)] {
+            match out.iter_mut().find(|(id, _, _)| *id == p.account_id) {
+                Some((_, amount, counterparty)) => {
+                    *amount += p.delta.minor_units();
+                    if *counterparty != Some(Some(other)) {
+                        *counterparty = Some(None);
+                    }
+                }
+                None => out.push((p.account_id, p.delta.minor_units(), Some(Some(other)))),
+            }
+        }
+    }
+    out.into_iter().map(|(id, amount, counterparty)| (id, amount, counterparty.flatten())).collect()
+}
+
 async fn write_entries(tx: &mut Transaction<'_, Postgres>, t: &Tables, entries: Vec<Entry>) -> Result<(), ApplyError> {
     if entries.is_empty() {
         return Ok(());
@@ -167,7 +192,8 @@ async fn write_entries(tx: &mut Transaction<'_, Postgres>, t: &Tables, entries: 
         Vec<Uuid>,
         Vec<i64>,
         Vec<i64>,
-        Vec<Uuid>,
+        Vec<Option<Uuid>>,
+        Vec<chrono::DateTime<chrono::Utc>>,
         Vec<chrono::DateTime<chrono::Utc>>,
     ) = Default::default();
     for e in entries {
@@ -179,10 +205,13 @@ async fn write_entries(tx: &mut Transaction<'_, Postgres>, t: &Tables, entries: 
         c.5.push(e.balance_after);
         c.6.push(e.counterparty);
         c.7.push(e.occurred_at);
+        c.8.push(e.effective_at);
     }
     let sql = format!(
-        "insert into {} (account_id, position, kind, movement_id, amount, balance_after, counterparty, occurred_at)
-         select * from unnest($1::uuid[], $2::int8[], $3::text[], $4::uuid[], $5::int8[], $6::int8[], $7::uuid[], $8::timestamptz[])",
+        "insert into {} (account_id, position, kind, movement_id, amount, balance_after, counterparty, occurred_at,
+                        effective_at)
+         select * from unnest($1::uuid[], $2::int8[], $3::text[], $4::uuid[], $5::int8[], $6::int8[], $7::uuid[],
+                              $8::timestamptz[], $9::timestamptz[])",
         t.name("account_entries")
     );
     sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -194,6 +223,7 @@ async fn write_entries(tx: &mut Transaction<'_, Postgres>, t: &Tables, entries: 
         .bind(c.5)
         .bind(c.6)
         .bind(c.7)
+        .bind(c.8)
         .execute(&mut **tx)
         .await?;
     Ok(())

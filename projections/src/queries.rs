@@ -38,6 +38,43 @@ pub struct TransferRow {
     pub reason: Option<String>,
     pub reversed_by: Option<Uuid>,
     pub metadata: Option<Value>,
+    /// When it was recorded.
+    pub created_at: DateTime<Utc>,
+    /// Business time (null only in rows projected before effective dates existed,
+    /// which the migration filled in).
+    pub effective_at: Option<DateTime<Utc>>,
+}
+
+/// A row of `transactions_view` (transfers included).
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct TransactionRow {
+    pub id: Uuid,
+    /// `[{"from","to","amount","currency"}]`.
+    pub postings: Value,
+    pub reference: Option<String>,
+    pub metadata: Option<Value>,
+    pub effective_at: DateTime<Utc>,
+    pub recorded_at: DateTime<Utc>,
+    pub reverses: Option<Uuid>,
+    pub reversed_by: Option<Uuid>,
+    pub position: i64,
+}
+
+/// The filters of `GET /v1/transactions`, combined with AND.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TransactionFilter {
+    pub account_id: Option<Uuid>,
+    pub reference: Option<String>,
+    /// `(key, value)`: a top-level key whose value is the string, or the integer
+    /// written in decimal.
+    pub metadata: Vec<(String, String)>,
+    pub recorded_from: Option<DateTime<Utc>>,
+    pub recorded_to: Option<DateTime<Utc>>,
+    pub effective_from: Option<DateTime<Utc>>,
+    pub effective_to: Option<DateTime<Utc>>,
+    /// Only transactions at positions below this one (the cursor).
+    pub before: Option<i64>,
+    pub limit: i64,
 }
 
 /// A row of `withdrawals_view`.
@@ -62,8 +99,9 @@ pub struct EntryRow {
     pub movement_id: Uuid,
     pub amount: i64,
     pub balance_after: i64,
-    pub counterparty: Uuid,
+    pub counterparty: Option<Uuid>,
     pub occurred_at: DateTime<Utc>,
+    pub effective_at: DateTime<Utc>,
 }
 
 /// An open dead letter.
@@ -194,10 +232,11 @@ pub async fn entries(
     before: Option<i64>,
     limit: i64,
 ) -> Result<(Vec<EntryRow>, i64), sqlx::Error> {
-    let rows = "select position, kind, movement_id as id, amount, balance_after, counterparty, occurred_at
+    let rows = "select position, kind, movement_id as id, amount, balance_after, counterparty, occurred_at,
+                       effective_at
                 from account_entries where account_id = $1 and position < $2 order by position desc limit $3";
     let columns = "v.position, v.kind, v.id as movement_id, v.id, v.amount, v.balance_after, v.counterparty, \
-                   v.occurred_at";
+                   v.occurred_at, v.effective_at";
     let sql = with_checkpoint("accounts", columns, rows, "order by v.position desc");
     let query = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(account).bind(before.unwrap_or(i64::MAX)).bind(limit);
     unchecked(query.fetch_all(pool).await?)
@@ -206,10 +245,112 @@ pub async fn entries(
 /// A transfer row and the position it reflects.
 pub async fn transfer(pool: &PgPool, id: Uuid) -> Result<(Option<TransferRow>, i64), sqlx::Error> {
     let columns = "v.id, v.from_account, v.to_account, v.amount, v.currency, v.reference, v.reverses, v.reason, \
-                   v.reversed_by, v.metadata";
+                   v.reversed_by, v.metadata, v.created_at, v.effective_at";
     let sql = with_checkpoint("transfers", columns, "select * from transfers_view where id = $1", "");
     let row: Checked<TransferRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_one(pool).await?;
     Ok((row.row, row.checkpoint))
+}
+
+const TRANSACTION_COLUMNS: &str =
+    "v.id, v.postings, v.reference, v.metadata, v.effective_at, v.recorded_at, v.reverses, v.reversed_by, v.position";
+
+/// A transaction row (transfers included) and the position it reflects.
+pub async fn transaction(pool: &PgPool, id: Uuid) -> Result<(Option<TransactionRow>, i64), sqlx::Error> {
+    let sql = with_checkpoint("transfers", TRANSACTION_COLUMNS, "select * from transactions_view where id = $1", "");
+    let row: Checked<TransactionRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_one(pool).await?;
+    Ok((row.row, row.checkpoint))
+}
+
+/// The statement of [`transactions`] for a filter, and its binds in order: each filter
+/// adds its condition only when given, so the planner sees exactly the conditions its
+/// index serves (`$1` is always the limit).
+pub fn transactions_sql(f: &TransactionFilter) -> (String, Vec<Bind>) {
+    let mut conditions = Vec::new();
+    let mut binds = vec![Bind::Int(f.limit)];
+    let next = |b: Bind, binds: &mut Vec<Bind>| {
+        binds.push(b);
+        format!("${}", binds.len())
+    };
+    let mut from = "transactions_view t".to_owned();
+    let ordered = if let Some(account) = f.account_id {
+        let p = next(Bind::Uuid(account), &mut binds);
+        from = "transaction_accounts a join transactions_view t on t.position = a.position".to_owned();
+        conditions.push(format!("a.account_id = {p}"));
+        "a.position"
+    } else {
+        "t.position"
+    };
+    if let Some(before) = f.before {
+        let p = next(Bind::Int(before), &mut binds);
+        conditions.push(format!("{ordered} < {p}"));
+    }
+    if let Some(reference) = &f.reference {
+        let p = next(Bind::Text(reference.clone()), &mut binds);
+        conditions.push(format!("t.reference = {p}"));
+    }
+    for (key, value) in &f.metadata {
+        let as_string = serde_json::json!({ key.as_str(): value });
+        let p = next(Bind::Json(as_string), &mut binds);
+        match value.parse::<i64>() {
+            // An integer written in decimal matches the integer too (never `007`: not
+            // how that integer is written).
+            Ok(n) if n.to_string() == *value => {
+                let q = next(Bind::Json(serde_json::json!({ key.as_str(): n })), &mut binds);
+                conditions.push(format!("(t.metadata @> {p} or t.metadata @> {q})"));
+            }
+            _ => conditions.push(format!("t.metadata @> {p}")),
+        }
+    }
+    for (column, op, value) in [
+        ("recorded_at", ">=", f.recorded_from),
+        ("recorded_at", "<", f.recorded_to),
+        ("effective_at", ">=", f.effective_from),
+        ("effective_at", "<", f.effective_to),
+    ] {
+        if let Some(t) = value {
+            let p = next(Bind::Time(t), &mut binds);
+            conditions.push(format!("t.{column} {op} {p}"));
+        }
+    }
+    let columns = TRANSACTION_COLUMNS.replace("v.", "t.");
+    let filter = if conditions.is_empty() { String::new() } else { format!("where {}", conditions.join(" and ")) };
+    let rows = format!("select {columns} from {from} {filter} order by {ordered} desc limit $1");
+    (rows, binds)
+}
+
+/// A value bound to a statement of [`transactions_sql`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Bind {
+    Int(i64),
+    Uuid(Uuid),
+    Text(String),
+    Json(Value),
+    Time(DateTime<Utc>),
+}
+
+/// One page of transactions matching `filter`, newest first, and the position the
+/// read model reflects.
+pub async fn transactions(
+    pool: &PgPool,
+    filter: &TransactionFilter,
+) -> Result<(Vec<TransactionRow>, i64), sqlx::Error> {
+    let (rows, binds) = transactions_sql(filter);
+    let sql = format!(
+        "select c.position as checkpoint, {} from projection_checkpoints c
+         left join lateral ({rows}) v on true where c.name = 'transfers' order by v.position desc",
+        TRANSACTION_COLUMNS
+    );
+    let mut query = sqlx::query_as::<_, Checked<TransactionRow>>(sqlx::AssertSqlSafe(sql));
+    for b in binds {
+        query = match b {
+            Bind::Int(n) => query.bind(n),
+            Bind::Uuid(u) => query.bind(u),
+            Bind::Text(t) => query.bind(t),
+            Bind::Json(j) => query.bind(j),
+            Bind::Time(t) => query.bind(t),
+        };
+    }
+    unchecked(query.fetch_all(pool).await?)
 }
 
 /// A withdrawal row and the position it reflects.

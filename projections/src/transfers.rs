@@ -1,4 +1,6 @@
-//! The transfers projection: `transfers_view` and `withdrawals_view`.
+//! The transfers projection: `transfers_view`, `withdrawals_view`, `dead_letters`, and
+//! `transactions_view` with `transaction_accounts` (every transaction, transfers
+//! included: a transfer is a one-posting transaction).
 
 use crate::apply::{ApplyError, Tables};
 use ledger_domain::Event;
@@ -14,6 +16,7 @@ pub async fn apply(tx: &mut Transaction<'_, Postgres>, t: &Tables, events: &[Rec
         match recorded.event()? {
             // Written in bulk above.
             Event::TransferPosted(_) => {}
+            Event::TransactionPosted(posted) => transaction_posted(tx, t, &posted, at).await?,
             Event::WithdrawalRequested(w) => withdrawal_requested(tx, t, &w, at).await?,
             Event::WithdrawalSettled(w) => {
                 let end =
@@ -68,6 +71,49 @@ struct Ended<'a> {
 enum Set<T> {
     To(Option<T>),
     Keep,
+}
+
+/// A transaction: its row, one row per account it touches, and the original's
+/// `reversed_by` when it is a reversal.
+async fn transaction_posted(
+    tx: &mut Transaction<'_, Postgres>,
+    t: &Tables,
+    p: &ledger_domain::events::TransactionPosted,
+    at: At,
+) -> Result<(), ApplyError> {
+    let (transactions, accounts) = (t.name("transactions_view"), t.name("transaction_accounts"));
+    let postings = serde_json::to_value(&p.postings)?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "insert into {transactions} (id, postings, reference, metadata, effective_at, recorded_at, reverses, position)
+         values ($1, $2, $3, $4, $5, $6, $7, $8)"
+    )))
+    .bind(p.transaction_id)
+    .bind(postings)
+    .bind(&p.reference)
+    .bind(&p.metadata)
+    .bind(p.effective_at.unwrap_or(at.time))
+    .bind(at.time)
+    .bind(p.reverses)
+    .bind(at.position)
+    .execute(&mut **tx)
+    .await?;
+    let ids = p.accounts();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "insert into {accounts} (account_id, position, transaction_id) select a, $2, $3 from unnest($1::uuid[]) a"
+    )))
+    .bind(&ids)
+    .bind(at.position)
+    .bind(p.transaction_id)
+    .execute(&mut **tx)
+    .await?;
+    if let Some(original) = p.reverses {
+        sqlx::query(sqlx::AssertSqlSafe(format!("update {transactions} set reversed_by = $2 where id = $1")))
+            .bind(original)
+            .bind(p.transaction_id)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
 }
 
 async fn withdrawal_requested(
@@ -192,6 +238,8 @@ async fn write_transfers(
     let mut more: (Vec<Option<uuid::Uuid>>, Vec<Option<String>>, Vec<i64>, Vec<chrono::DateTime<chrono::Utc>>) =
         Default::default();
     let mut metadata: Vec<Option<serde_json::Value>> = Vec::new();
+    let mut effective: Vec<chrono::DateTime<chrono::Utc>> = Vec::new();
+    let mut postings: Vec<serde_json::Value> = Vec::new();
     let mut reversals: (Vec<uuid::Uuid>, Vec<uuid::Uuid>) = Default::default();
     for recorded in events.iter().filter(|e| e.event_type == "TransferPosted") {
         let Event::TransferPosted(e) = recorded.event()? else { continue };
@@ -205,6 +253,8 @@ async fn write_transfers(
         more.1.push(e.reason);
         more.2.push(recorded.position);
         more.3.push(recorded.recorded_at);
+        effective.push(e.effective_at.unwrap_or(recorded.recorded_at));
+        postings.push(serde_json::json!([{ "from": e.from, "to": e.to, "amount": e.amount, "currency": e.currency }]));
         metadata.push(e.metadata);
         if let Some(original) = e.reverses {
             reversals.0.push(original);
@@ -214,12 +264,29 @@ async fn write_transfers(
     if rows.0.is_empty() {
         return Ok(());
     }
-    let transfers = t.name("transfers_view");
+    let (transfers, transactions, accounts) =
+        (t.name("transfers_view"), t.name("transactions_view"), t.name("transaction_accounts"));
+    // The transfers, and the same transfers as one-posting transactions with their two
+    // accounts, in one statement.
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "insert into {transfers} (id, from_account, to_account, amount, currency, reference, reverses, reason,
-                                  position, created_at, metadata)
-         select * from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::int8[], $5::text[], $6::text[], $7::uuid[],
-                              $8::text[], $9::int8[], $10::timestamptz[], $11::jsonb[])"
+        "with rows as (
+            select * from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::int8[], $5::text[], $6::text[], $7::uuid[],
+                                 $8::text[], $9::int8[], $10::timestamptz[], $11::jsonb[], $12::timestamptz[],
+                                 $13::jsonb[])
+                as r(id, from_account, to_account, amount, currency, reference, reverses, reason, position,
+                     created_at, metadata, effective_at, postings)
+         ), tv as (
+            insert into {transfers} (id, from_account, to_account, amount, currency, reference, reverses, reason,
+                                     position, created_at, metadata, effective_at)
+            select id, from_account, to_account, amount, currency, reference, reverses, reason, position, created_at,
+                   metadata, effective_at from rows
+         ), xv as (
+            insert into {transactions} (id, postings, reference, metadata, effective_at, recorded_at, reverses,
+                                        position)
+            select id, postings, reference, metadata, effective_at, created_at, reverses, position from rows
+         )
+         insert into {accounts} (account_id, position, transaction_id)
+         select from_account, position, id from rows union all select to_account, position, id from rows"
     )))
     .bind(rows.0)
     .bind(rows.1)
@@ -232,11 +299,15 @@ async fn write_transfers(
     .bind(more.2)
     .bind(more.3)
     .bind(metadata)
+    .bind(effective)
+    .bind(postings)
     .execute(&mut **tx)
     .await?;
     if !reversals.0.is_empty() {
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "update {transfers} v set reversed_by = r.by from unnest($1::uuid[], $2::uuid[]) as r(id, by) where v.id = r.id"
+            "with r as (select * from unnest($1::uuid[], $2::uuid[]) as r(id, by)),
+                  tv as (update {transfers} v set reversed_by = r.by from r where v.id = r.id)
+             update {transactions} v set reversed_by = r.by from r where v.id = r.id"
         )))
         .bind(reversals.0)
         .bind(reversals.1)

@@ -91,5 +91,14 @@ pub async fn verify(pool: &PgPool, progress: impl FnMut(i64, i64)) -> Result<Vec
     if transfers != want {
         diffs.push(format!("transfers_view has {transfers} transfers, the log {want}"));
     }
+    // Every transfer is also a transaction.
+    let transactions: i64 = sqlx::query_scalar("select count(*) from transactions_view").fetch_one(pool).await?;
+    let want = ledger
+        .streams()
+        .filter(|(_, s)| matches!(s.aggregate, Aggregate::Transfer(_) | Aggregate::Transaction(_)))
+        .count() as i64;
+    if transactions != want {
+        diffs.push(format!("transactions_view has {transactions} transactions, the log {want}"));
+    }
     Ok(diffs)
 }

@@ -40,6 +40,7 @@ async fn every_route_through_the_typed_client() {
 
     let metadata = wire::Metadata::try_from(serde_json::json!({ "order": 42 })).expect("metadata");
     let deposit = wire::DepositRequest {
+        effective_at: None,
         account_id: alice.id,
         amount: amount(2500),
         currency: eur(),
@@ -53,6 +54,7 @@ async fn every_route_through_the_typed_client() {
     assert_eq!(first.metadata, Some(metadata.0));
 
     let transfer = wire::TransferRequest {
+        effective_at: None,
         from: alice.id,
         to: bob.id,
         amount: amount(1000),
@@ -68,14 +70,14 @@ async fn every_route_through_the_typed_client() {
     assert_eq!(back.reverses, Some(t.id));
 
     // A broken rule is a typed problem, with its stable code.
-    let too_much = wire::TransferRequest { amount: amount(1_000_000), ..transfer.clone() };
+    let too_much = wire::TransferRequest { effective_at: None, amount: amount(1_000_000), ..transfer.clone() };
     let refused = ledger.transfer(&too_much, None).await.expect_err("insufficient funds");
     assert_eq!((refused.status(), refused.code()), (Some(422), Some(ErrorCode::InsufficientFunds)));
-    let unknown = wire::TransferRequest { to: Uuid::now_v7(), ..transfer.clone() };
+    let unknown = wire::TransferRequest { effective_at: None, to: Uuid::now_v7(), ..transfer.clone() };
     let missing = ledger.transfer(&unknown, None).await.expect_err("no such account");
     assert_eq!(missing.code(), Some(ErrorCode::AccountNotFound));
     // A key used for another request is refused, not retried.
-    let other = wire::DepositRequest { amount: amount(1), ..deposit.clone() };
+    let other = wire::DepositRequest { effective_at: None, amount: amount(1), ..deposit.clone() };
     let reused = ledger.deposit(&other, Some("client-deposit")).await.expect_err("key reused");
     assert_eq!(reused.code(), Some(ErrorCode::IdempotencyKeyReused));
 
@@ -96,7 +98,7 @@ async fn every_route_through_the_typed_client() {
     assert_eq!(ledger.transactions(alice.id, &rest).await.expect("the next page").entries.len(), 1);
     let stream = ledger.account_events(alice.id, &wire::StreamEventsQuery::default()).await.expect("its stream");
     assert_eq!(stream.events.first().map(|e| e.event_type.as_str()), Some("AccountOpened"));
-    let then = wire::BalanceQuery { as_of: None, at_position: Some(first.position) };
+    let then = wire::BalanceQuery { effective_at: None, as_of: None, at_position: Some(first.position) };
     assert_eq!(ledger.balance_at(alice.id, &then).await.expect("a past balance").balance, 2500);
 
     let log = ledger.events(&wire::EventsQuery { after: Some(0), limit: Some(1000) }).await.expect("the log");
@@ -136,6 +138,7 @@ async fn read_your_writes_sees_each_write_of_this_client() {
     let a = ledger.open_account(&open("ryw@example.com"), None).await.expect("opens");
     for n in 1..=20_i64 {
         let deposit = wire::DepositRequest {
+            effective_at: None,
             account_id: a.id,
             amount: amount(n),
             currency: eur(),
@@ -195,7 +198,8 @@ fn problem(status: u16, code: &str) -> String {
 async fn retries_resend_the_same_key_and_stop_at_business_answers() {
     let account = Uuid::now_v7();
     let deposit = serde_json::json!({ "id": Uuid::now_v7(), "account_id": account, "amount": 5, "currency": "EUR",
-                                      "reference": null, "metadata": null, "position": 7 });
+                                      "reference": null, "metadata": null, "position": 7,
+                                      "effective_at": "2026-01-02T03:04:05Z", "recorded_at": "2026-01-02T03:04:05Z" });
     let answers = vec![
         http("503 Service Unavailable", "application/problem+json", "retry-after: 0\r\n", &problem(503, "unavailable")),
         http("409 Conflict", "application/problem+json", "", &problem(409, "idempotency_key_in_flight")),
@@ -207,6 +211,7 @@ async fn retries_resend_the_same_key_and_stop_at_business_answers() {
         RetryPolicy { attempts_max: 5, delay_base: Duration::from_millis(5), delay_max: Duration::from_millis(20) };
     let ledger = Client::builder(&base, "t").retry(policy).build().expect("a client");
     let request = wire::DepositRequest {
+        effective_at: None,
         account_id: account,
         amount: amount(5),
         currency: eur(),

@@ -150,6 +150,29 @@ impl From<OverdraftLimit> for i64 {
     }
 }
 
+/// A transaction's postings: 1 to [`crate::limits::POSTINGS_MAX`].
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "Vec<crate::requests::PostingRequest>")]
+pub struct Postings(pub Vec<crate::requests::PostingRequest>);
+
+impl TryFrom<Vec<crate::requests::PostingRequest>> for Postings {
+    type Error = String;
+    fn try_from(postings: Vec<crate::requests::PostingRequest>) -> Result<Postings, String> {
+        let max = crate::limits::POSTINGS_MAX;
+        if (1..=max).contains(&postings.len()) {
+            Ok(Postings(postings))
+        } else {
+            Err(format!("must hold 1 to {max} postings, not {}", postings.len()))
+        }
+    }
+}
+
+impl Serialize for Postings {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
 /// Whether `name` is a token name: 1 to [`TOKEN_NAME_CHARS_MAX`] characters of
 /// `[A-Za-z0-9_.-]`.
 pub fn valid_token_name(name: &str) -> bool {

@@ -22,6 +22,12 @@ pub const HEADER_ID_BYTES_MAX: usize = 255;
 pub const TOKEN_NAME_CHARS_MAX: usize = 64;
 /// Largest page of any listing (`limit`).
 pub const PAGE_MAX: i64 = 1000;
+/// Most postings in one transaction.
+pub const POSTINGS_MAX: usize = 100;
+/// Most `metadata.KEY=VALUE` filters on one transaction query.
+pub const METADATA_FILTERS_MAX: usize = 5;
+/// How far in the future an `effective_at` may be, in seconds.
+pub const EFFECTIVE_AHEAD_S: i64 = 60;
 /// Most accounts `GET /v1/accounts?owner=` answers.
 pub const OWNER_ACCOUNTS_MAX: i64 = 1000;
 

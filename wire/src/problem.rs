@@ -28,6 +28,7 @@ pub enum ErrorCode {
     PayloadTooLarge,
     Unavailable,
     Internal,
+    ConditionFailed,
     RateLimited,
 }
 
@@ -53,6 +54,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::ConditionFailed => "condition_failed",
             ErrorCode::RateLimited => "rate_limited",
         }
     }
@@ -80,6 +82,11 @@ pub struct Problem {
     /// What went wrong, for humans; 5xx details say nothing internal.
     pub detail: String,
     pub code: ErrorCode,
+    /// For `insufficient_funds`: the first account, in posting order, that would end
+    /// below its limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub account_id: Option<uuid::Uuid>,
 }
 
 impl Problem {
@@ -90,6 +97,7 @@ impl Problem {
             status,
             detail: detail.to_owned(),
             code,
+            account_id: None,
         }
     }
 }

@@ -78,6 +78,10 @@ pub struct BalanceQuery {
     /// A time (RFC 3339): the balance after every event recorded up to then.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub as_of: Option<DateTime<Utc>>,
+    /// A business time (RFC 3339): only postings effective at or before it count;
+    /// combined with `as_of` or `at_position`, as known then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub effective_at: Option<DateTime<Utc>>,
     /// A log position, at most the head.
     #[param(minimum = 0)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -122,4 +126,40 @@ pub struct AuditQuery {
     /// `next_cursor` of the previous page.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
+}
+
+/// `GET /v1/transactions`: all filters optional, combined with AND; newest first. Up
+/// to 5 `metadata.KEY=VALUE` filters match a top-level key whose value is that string,
+/// or that integer written in decimal.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TransactionSearch {
+    /// Transactions with a posting from or to this account.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// Recorded at or after (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recorded_from: Option<DateTime<Utc>>,
+    /// Recorded before (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recorded_to: Option<DateTime<Utc>>,
+    /// Effective at or after (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub effective_from: Option<DateTime<Utc>>,
+    /// Effective before (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub effective_to: Option<DateTime<Utc>>,
+    /// Page size, 1–1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    /// `metadata.KEY=VALUE` filters (at most 5): sent as such, not as one parameter.
+    #[serde(skip)]
+    #[param(ignore)]
+    pub metadata: Vec<(String, String)>,
 }

@@ -4,7 +4,7 @@
 //! validate): a body that deserializes is valid, and whatever does not is one 422
 //! `validation_error` naming the field.
 
-use crate::fields::{Metadata, NewId, OverdraftLimit, Text, Timestamp, TokenName};
+use crate::fields::{Metadata, NewId, OverdraftLimit, Postings, Text, Timestamp, TokenName};
 use ledger_domain::{Amount, Currency, Role};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -62,6 +62,11 @@ pub struct DepositRequest {
     #[schema(value_type = Option<Object>)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Metadata>,
+    /// Business time (RFC 3339): at most `LEDGER_BACKDATE_MAX_S` (default 30 days) in
+    /// the past and 60 s in the future; default: when it is recorded.
+    #[schema(value_type = Option<chrono::DateTime<chrono::Utc>>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub effective_at: Option<Timestamp>,
 }
 
 /// `POST /v1/transfers`.
@@ -85,6 +90,11 @@ pub struct TransferRequest {
     #[schema(value_type = Option<Object>)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Metadata>,
+    /// Business time (RFC 3339): at most `LEDGER_BACKDATE_MAX_S` (default 30 days) in
+    /// the past and 60 s in the future; default: when it is recorded.
+    #[schema(value_type = Option<chrono::DateTime<chrono::Utc>>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub effective_at: Option<Timestamp>,
 }
 
 /// `POST /v1/transfers/{id}/reverse`.
@@ -132,4 +142,61 @@ pub struct ReconciliationRequest {
     #[schema(value_type = Option<chrono::DateTime<chrono::Utc>>)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub to: Option<Timestamp>,
+}
+
+/// `POST /v1/transactions`: 1–100 postings recorded as one event at one position,
+/// checked as a whole.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+pub struct TransactionRequest {
+    /// The transaction's id; the server generates a v7 UUID when absent. An id that
+    /// exists is 409 `version_conflict`; a version-8 UUID is 422 `validation_error`.
+    #[schema(value_type = Option<Uuid>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<NewId>,
+    /// 1–100 postings, applied in order; different postings may use different currencies.
+    #[schema(value_type = Vec<PostingRequest>, min_items = 1, max_items = 100)]
+    pub postings: Postings,
+    /// Free text, 1–1024 bytes.
+    #[schema(value_type = Option<String>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<Text>,
+    /// The client's metadata, returned as sent (the rules of `OpenAccountRequest.metadata`).
+    #[schema(value_type = Option<Object>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Metadata>,
+    /// Business time (RFC 3339): at most `LEDGER_BACKDATE_MAX_S` (default 30 days) in
+    /// the past and 60 s in the future; default: when it is recorded.
+    #[schema(value_type = Option<chrono::DateTime<chrono::Utc>>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub effective_at: Option<Timestamp>,
+    /// Checked against the state before the transaction: a different version is 409
+    /// `version_conflict`; less available than asked is 422 `condition_failed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conditions: Option<Vec<ConditionRequest>>,
+}
+
+/// One posting: `amount` of `currency` from `from` to `to`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+pub struct PostingRequest {
+    pub from: Uuid,
+    pub to: Uuid,
+    /// Minor units (cents), 1 ..= 10^15.
+    #[schema(value_type = i64, minimum = 1, maximum = 1_000_000_000_000_000_i64, example = 1000)]
+    pub amount: Amount,
+    /// The currency of both accounts.
+    #[schema(value_type = String, pattern = "^[A-Z]{3}$", example = "EUR")]
+    pub currency: Currency,
+}
+
+/// What must hold of an account before the transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+pub struct ConditionRequest {
+    pub account_id: Uuid,
+    /// The account's `version` (its number of events).
+    #[schema(minimum = 0)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected_version: Option<u32>,
+    /// Minor units the account's `available` must at least be.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub available_at_least: Option<i64>,
 }

@@ -59,6 +59,9 @@ pub struct Deposit {
     /// The client's metadata as sent (null when none was).
     #[schema(value_type = Option<Object>, required = true)]
     pub metadata: Option<Value>,
+    /// Business time: as given, else when it was recorded.
+    pub effective_at: DateTime<Utc>,
+    pub recorded_at: DateTime<Utc>,
     /// The log position of the deposit's event.
     pub position: i64,
 }
@@ -87,6 +90,9 @@ pub struct Transfer {
     /// The client's metadata as sent (null when none was).
     #[schema(value_type = Option<Object>, required = true)]
     pub metadata: Option<Value>,
+    /// Business time: as given, else when it was recorded.
+    pub effective_at: DateTime<Utc>,
+    pub recorded_at: DateTime<Utc>,
     /// In command responses only: the log position of the transfer's event.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
@@ -145,14 +151,19 @@ pub struct TransactionsPage {
 pub struct Entry {
     pub position: i64,
     pub kind: EntryKind,
-    /// The movement: the deposit, transfer, reversal or withdrawal id.
+    /// The movement: the deposit, transfer, transaction, reversal or withdrawal id.
     pub transfer_id: Uuid,
-    /// Signed from this account's view: credits positive, debits negative.
+    /// Signed from this account's view (credits positive, debits negative); for a
+    /// transaction, the account's net over all its postings.
     pub amount: i64,
     pub balance_after: i64,
-    /// The other side of the movement (a system account for deposits and withdrawals).
-    pub counterparty: Uuid,
+    /// The other side of the movement (a system account for deposits and withdrawals);
+    /// null for a transaction whose postings to this account have several.
+    #[schema(required = true)]
+    pub counterparty: Option<Uuid>,
     pub occurred_at: DateTime<Utc>,
+    /// Business time: as given, else when it was recorded.
+    pub effective_at: DateTime<Utc>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
@@ -160,6 +171,7 @@ pub struct Entry {
 pub enum EntryKind {
     Deposit,
     Transfer,
+    Transaction,
     Reversal,
     Withdrawal,
     Reconciliation,
@@ -177,6 +189,57 @@ pub struct HistoricalBalance {
     pub version: i64,
     /// The log position the balance was computed at.
     pub as_of_position: i64,
+    /// With `effective_at`: the business time the balance is at (postings effective
+    /// at or before it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub effective_at: Option<DateTime<Utc>>,
+}
+
+/// A transaction: 1–100 postings recorded as one event. A transfer is a one-posting
+/// transaction with the same id; a reversal is one with every posting swapped.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Transaction {
+    pub id: Uuid,
+    pub postings: Vec<Posting>,
+    #[schema(required = true)]
+    pub reference: Option<String>,
+    /// The client's metadata as sent (null when none was).
+    #[schema(value_type = Option<Object>, required = true)]
+    pub metadata: Option<Value>,
+    /// Business time: as given, else when it was recorded.
+    pub effective_at: DateTime<Utc>,
+    pub recorded_at: DateTime<Utc>,
+    pub status: TransferStatus,
+    /// The transaction this one reverses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub reverses: Option<Uuid>,
+    /// The transaction that reversed this one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub reversed_by: Option<Uuid>,
+    /// The log position of its event.
+    pub position: i64,
+}
+
+/// One posting of a transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Posting {
+    pub from: Uuid,
+    pub to: Uuid,
+    pub amount: i64,
+    #[schema(example = "EUR")]
+    pub currency: String,
+}
+
+/// `GET /v1/transactions`: newest first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TransactionList {
+    pub transactions: Vec<Transaction>,
+    /// Pass as `cursor` for the next (older) page; null on the last page.
+    #[schema(required = true)]
+    pub next_cursor: Option<String>,
 }
 
 /// An event as it is in the log.

@@ -12,7 +12,7 @@ use ledger_domain::Command;
 use ledger_infrastructure::hash::canonical_json;
 use ledger_infrastructure::store::IdempotencyRecord;
 use ledger_infrastructure::{
-    CommandRequest, EventMetadata, IdempotencyClaim, Outcome, Recorded, Stored, StoredResponse,
+    CommandReply, CommandRequest, EventMetadata, IdempotencyClaim, Outcome, Recorded, Stored, StoredResponse,
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -188,7 +188,15 @@ pub async fn execute_reply(
         idempotency: Some(claim(state, principal, &body)),
     };
     // Rendered here, from the outcome (first answer) or the stored outcome (replay).
-    let reply = state.bus.execute(request).await.map(|reply| {
+    let mut reply = state.bus.execute(request).await;
+    // An outcome stored before outcomes kept their time: the time of its position.
+    if let Ok(CommandReply { answer: Stored::Outcome(Outcome::Recorded(r)), .. }) = &mut reply
+        && r.recorded_at.is_none()
+        && r.position > 0
+    {
+        r.recorded_at = state.store.recorded_at(r.position).await?;
+    }
+    let reply = reply.map(|reply| {
         let response = match &reply.answer {
             Stored::Outcome(outcome) => render(outcome, &recorded),
             Stored::Response(stored) => stored.clone(),
@@ -236,7 +244,8 @@ mod tests {
 
     #[test]
     fn a_renderer_bug_still_answers_the_recorded_command() {
-        let outcome = Outcome::Recorded(Recorded { position: 42, events: Vec::new(), streams: Vec::new() });
+        let outcome =
+            Outcome::Recorded(Recorded { position: 42, events: Vec::new(), streams: Vec::new(), recorded_at: None });
         let answer = render(&outcome, |_: &Recorded| -> StoredResponse { panic!("a renderer bug") });
         assert_eq!((answer.status, answer.body), (200, serde_json::json!({ "position": 42 })));
         let rejected = Outcome::Rejected(ledger_domain::DomainError::SameAccount);

@@ -17,11 +17,13 @@ pub struct ApiError {
     pub detail: String,
     /// Seconds for a `Retry-After` header.
     pub retry_after_s: Option<u64>,
+    /// The account a rule names (the problem body's top-level `account_id`).
+    pub account_id: Option<uuid::Uuid>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: ErrorCode, detail: impl Into<String>) -> ApiError {
-        ApiError { status, code, detail: detail.into(), retry_after_s: None }
+        ApiError { status, code, detail: detail.into(), retry_after_s: None, account_id: None }
     }
 
     pub fn validation(detail: impl Into<String>) -> ApiError {
@@ -64,7 +66,8 @@ impl ApiError {
 
     /// The problem document.
     pub fn problem(&self) -> Problem {
-        Problem::new(self.status.as_u16(), self.status.canonical_reason().unwrap_or("error"), self.code, &self.detail)
+        let title = self.status.canonical_reason().unwrap_or("error");
+        Problem { account_id: self.account_id, ..Problem::new(self.status.as_u16(), title, self.code, &self.detail) }
     }
 
     /// The problem document as JSON.
@@ -79,8 +82,11 @@ impl From<&DomainError> for ApiError {
         use DomainError as D;
         let (status, code) = match e {
             D::AccountNotFound { .. } => (StatusCode::NOT_FOUND, ErrorCode::AccountNotFound),
-            D::TransferNotFound { .. } | D::WithdrawalNotFound { .. } => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
-            D::AlreadyExists { .. } => (StatusCode::CONFLICT, ErrorCode::VersionConflict),
+            D::TransferNotFound { .. } | D::WithdrawalNotFound { .. } | D::TransactionNotFound { .. } => {
+                (StatusCode::NOT_FOUND, ErrorCode::NotFound)
+            }
+            D::AlreadyExists { .. } | D::UnexpectedVersion { .. } => (StatusCode::CONFLICT, ErrorCode::VersionConflict),
+            D::ConditionFailed { .. } => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::ConditionFailed),
             D::InsufficientFunds { .. } => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InsufficientFunds),
             D::CurrencyMismatch { .. } => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::CurrencyMismatch),
             D::AccountClosed { .. } => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::AccountClosed),
@@ -93,9 +99,14 @@ impl From<&DomainError> for ApiError {
             | D::WithdrawalNotPending { .. }
             | D::DeadLetterNotOpen { .. }
             | D::ReconciliationNotStarted { .. }
-            | D::ReservedId { .. } => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::ValidationError),
+            | D::ReservedId { .. }
+            | D::PostingsCount { .. } => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::ValidationError),
         };
-        ApiError::new(status, code, e.to_string())
+        let account_id = match e {
+            D::InsufficientFunds { account_id, .. } => *account_id,
+            _ => None,
+        };
+        ApiError { account_id, ..ApiError::new(status, code, e.to_string()) }
     }
 }
 

@@ -8,7 +8,9 @@
 //! added here once, by path and method, so each handler's attribute lists only what is
 //! particular to it. Depends on the routes' attributes only, never on their logic.
 
-use crate::routes::{accounts, admin, audit, deposits, events, health, reconciliations, transfers, withdrawals};
+use crate::routes::{
+    accounts, admin, audit, deposits, events, health, reconciliations, transactions, transfers, withdrawals,
+};
 use axum::Router;
 use ledger_wire as schemas;
 use utoipa::openapi::header::{Header, HeaderBuilder};
@@ -52,6 +54,10 @@ const PROBLEM_JSON: &str = "application/problem+json";
         transfers::transfer,
         transfers::read,
         transfers::reverse,
+        transactions::create,
+        transactions::read,
+        transactions::reverse,
+        transactions::search,
         withdrawals::withdraw,
         withdrawals::read,
         events::events,
@@ -79,6 +85,8 @@ const PROBLEM_JSON: &str = "application/problem+json";
         (name = "accounts", description = "Open, close and read accounts; statements, history, replay."),
         (name = "deposits", description = "Money entering the ledger."),
         (name = "transfers", description = "Movements between accounts, and their reversal."),
+        (name = "transactions", description = "Many postings recorded as one event; every transfer is also a \
+            one-posting transaction."),
         (name = "withdrawals", description = "Money leaving the ledger through the payment provider."),
         (name = "log", description = "The global event log and the system accounts."),
         (name = "audit", description = "Who did what, and the tamper-evident hash chain."),

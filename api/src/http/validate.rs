@@ -95,6 +95,28 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
     }
 }
 
+/// A command's `effective_at` within the backdating window (API.md "Effective dates"):
+/// at most `LEDGER_BACKDATE_MAX_S` before now and 60 s after, else 422.
+pub fn effective_at(
+    state: &crate::run::state::Core,
+    given: Option<ledger_wire::Timestamp>,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+    let Some(ledger_wire::Timestamp(t)) = given else { return Ok(None) };
+    let now = chrono::Utc::now();
+    let earliest = now - chrono::Duration::from_std(state.config.backdate_max).unwrap_or(chrono::Duration::zero());
+    let latest = now + chrono::Duration::seconds(ledger_wire::limits::EFFECTIVE_AHEAD_S);
+    if t < earliest || t > latest {
+        return Err(ApiError::validation(format!(
+            "`effective_at` must be from {} to {} (at most LEDGER_BACKDATE_MAX_S = {} s back, {} s ahead)",
+            earliest.to_rfc3339(),
+            latest.to_rfc3339(),
+            state.config.backdate_max.as_secs(),
+            ledger_wire::limits::EFFECTIVE_AHEAD_S
+        )));
+    }
+    Ok(Some(t))
+}
+
 /// Parses a UUID path segment; anything else is unknown, so 404.
 pub fn path_uuid(raw: &str, not_found: impl FnOnce() -> ApiError) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| not_found())

@@ -4,10 +4,11 @@
 use crate::http::error::ApiError;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
 use ledger_domain::{AccountStatus, WithdrawalStatus};
 use ledger_infrastructure::reconcile::{RunReport, RunStatus};
 use ledger_infrastructure::store::RecordedEvent;
-use ledger_projections::queries::{AccountRow, EntryRow, TransferRow, WithdrawalRow};
+use ledger_projections::queries::{AccountRow, EntryRow, TransactionRow, TransferRow, WithdrawalRow};
 use ledger_wire as wire;
 use serde::Serialize;
 
@@ -55,7 +56,8 @@ pub fn account_row(r: AccountRow) -> wire::Account {
     }
 }
 
-pub fn transfer(t: &ledger_domain::Transfer, position: Option<i64>) -> wire::Transfer {
+/// A transfer from the write side, recorded at `recorded_at`.
+pub fn transfer(t: &ledger_domain::Transfer, recorded_at: DateTime<Utc>, position: Option<i64>) -> wire::Transfer {
     wire::Transfer {
         id: t.id,
         from: t.from,
@@ -68,6 +70,8 @@ pub fn transfer(t: &ledger_domain::Transfer, position: Option<i64>) -> wire::Tra
         reason: t.reason.clone(),
         reversed_by: t.reversed_by,
         metadata: t.metadata.clone(),
+        effective_at: t.effective_at.unwrap_or(recorded_at),
+        recorded_at,
         position,
     }
 }
@@ -86,8 +90,67 @@ pub fn transfer_row(r: TransferRow) -> wire::Transfer {
         reason: r.reason,
         reversed_by: r.reversed_by,
         metadata: r.metadata,
+        effective_at: r.effective_at.unwrap_or(r.created_at),
+        recorded_at: r.created_at,
         position: None,
     }
+}
+
+/// A transaction from the write side, recorded at `recorded_at` and `position`.
+pub fn transaction(t: &ledger_domain::Transaction, recorded_at: DateTime<Utc>, position: i64) -> wire::Transaction {
+    wire::Transaction {
+        id: t.id,
+        postings: t.postings.iter().map(posting).collect(),
+        reference: t.reference.clone(),
+        metadata: t.metadata.clone(),
+        effective_at: t.effective_at.unwrap_or(recorded_at),
+        recorded_at,
+        status: wire::TransferStatus::Completed,
+        reverses: t.reverses,
+        reversed_by: t.reversed_by,
+        position,
+    }
+}
+
+/// A transfer as the one-posting transaction it also is.
+pub fn transfer_as_transaction(
+    t: &ledger_domain::Transfer,
+    recorded_at: DateTime<Utc>,
+    position: i64,
+) -> wire::Transaction {
+    let leg = ledger_domain::Leg { from: t.from, to: t.to, amount: t.amount, currency: t.currency };
+    wire::Transaction {
+        id: t.id,
+        postings: vec![posting(&leg)],
+        reference: t.reference.clone(),
+        metadata: t.metadata.clone(),
+        effective_at: t.effective_at.unwrap_or(recorded_at),
+        recorded_at,
+        status: wire::TransferStatus::Completed,
+        reverses: t.reverses,
+        reversed_by: t.reversed_by,
+        position,
+    }
+}
+
+fn posting(l: &ledger_domain::Leg) -> wire::Posting {
+    wire::Posting { from: l.from, to: l.to, amount: l.amount.minor_units(), currency: l.currency.as_str().to_owned() }
+}
+
+/// A transaction of the read model.
+pub fn transaction_row(r: TransactionRow) -> Result<wire::Transaction, ApiError> {
+    Ok(wire::Transaction {
+        id: r.id,
+        postings: written("a transaction's postings", r.postings)?,
+        reference: r.reference,
+        metadata: r.metadata,
+        effective_at: r.effective_at,
+        recorded_at: r.recorded_at,
+        status: wire::TransferStatus::Completed,
+        reverses: r.reverses,
+        reversed_by: r.reversed_by,
+        position: r.position,
+    })
 }
 
 pub fn withdrawal(w: &ledger_domain::Withdrawal, position: Option<i64>) -> wire::Withdrawal {
@@ -178,6 +241,7 @@ pub fn entry(r: EntryRow) -> Result<wire::Entry, ApiError> {
         balance_after: r.balance_after,
         counterparty: r.counterparty,
         occurred_at: r.occurred_at,
+        effective_at: r.effective_at,
     })
 }
 

@@ -262,8 +262,10 @@ async fn events(State(state): State<AppState>, Segment(raw): Segment, Params(q):
     operation_id = "account_balance_at",
     tag = "accounts",
     summary = "An account's balance in the past",
-    description = "The balance as it was at a time (`as_of`) or a log position (`at_position`): exactly one is \
-        required. Computed from the event log.",
+    description = "The balance as it was at a time (`as_of`) or a log position (`at_position`), at most one of \
+        them; with `effective_at`, as of that business time: every posting effective at or before it, recorded \
+        up to `as_of`/`at_position` (default: the head). One of the three is required. Computed from the event \
+        log (and its snapshots).",
     params(("id" = Uuid, Path, description = "The account id."), ledger_wire::BalanceQuery),
     responses(
         (status = 200, description = "The balance then.", body = ledger_wire::HistoricalBalance),
@@ -281,9 +283,18 @@ async fn balance(
 ) -> Result<Response, ApiError> {
     let id = path_uuid(&raw, || account_not_found(&raw))?;
     let head = state.store.head().await?;
+    let effective = match q.get("effective_at") {
+        None => None,
+        Some(t) => Some(
+            crate::http::validate::timestamp(t)
+                .ok_or_else(|| ApiError::bad_request("`effective_at` must be an RFC 3339 timestamp"))?,
+        ),
+    };
     let at = match (q.get("at_position"), q.get("as_of")) {
         (Some(_), Some(_)) => return Err(ApiError::bad_request("give either `as_of` or `at_position`, not both")),
-        (None, None) => return Err(ApiError::bad_request("`as_of` or `at_position` is required")),
+        // `effective_at` alone: with everything recorded so far.
+        (None, None) if effective.is_some() => head,
+        (None, None) => return Err(ApiError::bad_request("`as_of`, `at_position` or `effective_at` is required")),
         (Some(p), None) => {
             let p = position_param("at_position", Some(p))?.unwrap_or(0);
             if p > head {
@@ -298,7 +309,14 @@ async fn balance(
         }
     };
     let use_snapshots = state.config.snapshot_every > 0;
-    let (stream, _) = ledger_infrastructure::snapshots::state_at(&state.pool, id, at, use_snapshots).await?;
+    let (stream, version) = match effective {
+        None => {
+            let (stream, _) = ledger_infrastructure::snapshots::state_at(&state.pool, id, at, use_snapshots).await?;
+            let version = stream.version;
+            (stream, version)
+        }
+        Some(t) => ledger_infrastructure::snapshots::effective_state_at(&state.pool, id, at, t, use_snapshots).await?,
+    };
     let ledger_domain::Aggregate::Account(account) = &stream.aggregate else {
         return Err(account_not_found(&raw));
     };
@@ -307,8 +325,9 @@ async fn balance(
         balance: account.balance.minor_units(),
         available: account.available().minor_units(),
         pending_holds: account.pending_holds.minor_units(),
-        version: stream.version,
+        version,
         as_of_position: at,
+        effective_at: effective,
     };
     Ok(views::read(&body, at))
 }

@@ -50,6 +50,7 @@ async fn deposit(
         currency: r.currency,
         reference: r.reference.map(|t| t.0),
         metadata: r.metadata.map(|m| m.0),
+        effective_at: crate::http::validate::effective_at(&state, r.effective_at)?,
     };
     execute(&state, &principal, &context, body, Command::MakeDeposit(c), None, render_deposit).await
 }
@@ -64,6 +65,7 @@ fn render_deposit(recorded: &Recorded) -> StoredResponse {
             _ => None,
         })
         .expect("a deposit command records its deposit");
+    let recorded_at = recorded.recorded_at.unwrap_or(chrono::DateTime::UNIX_EPOCH);
     let body = ledger_wire::Deposit {
         id: d.deposit_id,
         account_id: d.account_id,
@@ -71,6 +73,8 @@ fn render_deposit(recorded: &Recorded) -> StoredResponse {
         currency: d.currency.as_str().to_owned(),
         reference: d.reference.clone(),
         metadata: d.metadata.clone(),
+        effective_at: d.effective_at.unwrap_or(recorded_at),
+        recorded_at,
         position: recorded.position,
     };
     crate::http::command::stored(201, &body)

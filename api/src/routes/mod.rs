@@ -7,6 +7,7 @@ pub mod deposits;
 pub mod events;
 pub mod health;
 pub mod reconciliations;
+pub mod transactions;
 pub mod transfers;
 pub mod withdrawals;
 
@@ -22,6 +23,16 @@ pub async fn strong_state(state: &AppState, ids: &[Uuid]) -> Result<(Ledger, i64
     let mut ledger = Ledger::new();
     state.bus.loader().load(&mut ledger, ids).await?;
     Ok((ledger, head))
+}
+
+/// When a stream's first event was recorded, and its position: the time a transfer or
+/// transaction read from the write side was recorded at.
+pub async fn created(state: &AppState, id: Uuid) -> Result<(chrono::DateTime<chrono::Utc>, i64), ApiError> {
+    let first = state.store.read_stream(id, 1, 1).await?;
+    first
+        .first()
+        .map(|e| (e.recorded_at, e.position))
+        .ok_or_else(|| ApiError::internal(&format!("stream {id} has a state but no first event")))
 }
 
 /// Reads a read model at the requested consistency: eventual as is, `min_position`

@@ -41,7 +41,8 @@ fn render_transfer(recorded: &Recorded) -> StoredResponse {
         .expect("a transfer command records its transfer");
     let state = recorded.state();
     let t = state.transfer(transfer_id).expect("the command created this transfer");
-    crate::http::command::stored(201, &views::transfer(t, Some(recorded.position)))
+    let recorded_at = recorded.recorded_at.unwrap_or(chrono::DateTime::UNIX_EPOCH);
+    crate::http::command::stored(201, &views::transfer(t, recorded_at, Some(recorded.position)))
 }
 
 #[utoipa::path(
@@ -75,6 +76,7 @@ async fn transfer(
         currency: r.currency,
         reference: r.reference.map(|t| t.0),
         metadata: r.metadata.map(|m| m.0),
+        effective_at: crate::http::validate::effective_at(&state, r.effective_at)?,
     });
     execute(&state, &principal, &context, body, command, None, render_transfer).await
 }
@@ -133,7 +135,8 @@ async fn read(State(state): State<AppState>, Segment(raw): Segment, Params(q): P
     if consistency == Consistency::Strong {
         let (ledger, head) = strong_state(&state, &[id]).await?;
         let found = ledger.transfer(id).ok_or_else(not_found)?;
-        return Ok(views::read(&views::transfer(found, None), head));
+        let (recorded_at, _) = crate::routes::created(&state, id).await?;
+        return Ok(views::read(&views::transfer(found, recorded_at, None), head));
     }
     read_model_ready(&state, Projection::Transfers, consistency).await?;
     match ledger_projections::queries::transfer(&state.pool, id).await? {
@@ -142,7 +145,8 @@ async fn read(State(state): State<AppState>, Segment(raw): Segment, Params(q): P
             // Not in the read model yet: an id the service returned is never 404.
             let (ledger, head) = strong_state(&state, &[id]).await?;
             let found = ledger.transfer(id).ok_or_else(not_found)?;
-            Ok(views::read(&views::transfer(found, None), head))
+            let (recorded_at, _) = crate::routes::created(&state, id).await?;
+            Ok(views::read(&views::transfer(found, recorded_at, None), head))
         }
     }
 }

@@ -95,20 +95,23 @@ pub(super) fn ensure_funds(account: &Account, amount: Amount) -> Result<(), Doma
     match after {
         Some(after) if after >= floor => Ok(()),
         _ => Err(DomainError::InsufficientFunds {
+            account_id: Some(account.id),
             available: account.available(),
             overdraft_limit: account.overdraft_limit,
-            requested: amount,
+            requested: amount.money(),
         }),
     }
 }
 
-/// Checks that no balance the event touches would overflow.
+/// Checks that no balance the event touches would overflow, its postings applied in
+/// order (a transaction may post to one account many times).
 pub(crate) fn ensure_no_overflow(state: &Ledger, event: &Event) -> Result<(), DomainError> {
+    let mut balances: std::collections::HashMap<Uuid, Money> = std::collections::HashMap::new();
     for p in event.postings() {
-        let balance = state.account(p.account_id).map_or(Money::ZERO, |a| a.balance);
-        if balance.checked_add(p.delta).is_none() {
-            return Err(DomainError::BalanceOverflow { account_id: p.account_id });
-        }
+        let balance = balances
+            .entry(p.account_id)
+            .or_insert_with(|| state.account(p.account_id).map_or(Money::ZERO, |a| a.balance));
+        *balance = balance.checked_add(p.delta).ok_or(DomainError::BalanceOverflow { account_id: p.account_id })?;
     }
     Ok(())
 }
@@ -138,6 +141,7 @@ pub(super) fn deposit(c: &MakeDeposit, state: &Ledger) -> Result<Vec<Event>, Dom
         currency: c.currency,
         reference: c.reference.clone(),
         metadata: c.metadata.clone(),
+        effective_at: c.effective_at,
     });
     ensure_no_overflow(state, &event)?;
     Ok(vec![event])

@@ -6,16 +6,20 @@
 //! - [`accounts`]: opening and closing accounts, deposits, and the checks every
 //!   posting makes (usable accounts, funds, no overflow);
 //! - [`transfers`]: transfers and their reversal;
+//! - [`transactions`]: transactions of many postings, checked as a whole, with
+//!   conditions; their reversal;
 //! - [`withdrawals`]: withdrawals, their payout's outcome and its dead letter;
 //! - tokens and reconciliation runs are decided here; reconciling one payout is
 //!   `crate::reconcile`.
 
 mod accounts;
+mod transactions;
 mod transfers;
 mod withdrawals;
 
 pub(crate) use accounts::ensure_no_overflow;
 use accounts::{close_account, deposit, open_account};
+use transactions::{post_transaction, reverse_transaction};
 use transfers::{reverse, transfer};
 use withdrawals::{dead_letter, discard, fail_withdrawal, redrive, request_withdrawal, settle_withdrawal};
 
@@ -59,6 +63,8 @@ pub struct MakeDeposit {
     pub reference: Option<String>,
     #[serde(default)]
     pub metadata: Option<serde_json::Value>,
+    #[serde(default)]
+    pub effective_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +77,40 @@ pub struct PostTransfer {
     pub reference: Option<String>,
     #[serde(default)]
     pub metadata: Option<serde_json::Value>,
+    #[serde(default)]
+    pub effective_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The most postings one transaction may hold (API.md "Transactions").
+pub const POSTINGS_MAX: usize = 100;
+
+/// What must hold of an account before a transaction (API.md "conditions").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Condition {
+    pub account_id: Uuid,
+    /// The account stream's version (its number of events).
+    pub expected_version: Option<i64>,
+    pub available_at_least: Option<Money>,
+}
+
+/// Post 1..=[`POSTINGS_MAX`] postings as one transaction, checked as a whole.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostTransaction {
+    pub transaction_id: Uuid,
+    pub postings: Vec<Leg>,
+    pub reference: Option<String>,
+    pub metadata: Option<serde_json::Value>,
+    pub effective_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub conditions: Vec<Condition>,
+}
+
+/// Reverse a transaction (or a transfer, which is a one-posting transaction) by a new
+/// one with every posting swapped.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReverseTransaction {
+    pub reversal_id: Uuid,
+    pub transaction_id: Uuid,
+    pub reason: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,6 +227,8 @@ pub enum Command {
     MakeDeposit(MakeDeposit),
     PostTransfer(PostTransfer),
     ReverseTransfer(ReverseTransfer),
+    PostTransaction(PostTransaction),
+    ReverseTransaction(ReverseTransaction),
     RequestWithdrawal(RequestWithdrawal),
     SettleWithdrawal(SettleWithdrawal),
     FailWithdrawal(FailWithdrawal),
@@ -213,7 +255,23 @@ pub enum DomainError {
     #[error("stream {id} already exists")]
     AlreadyExists { id: Uuid },
     #[error("insufficient funds: available {available}, overdraft limit {overdraft_limit}, requested {requested}")]
-    InsufficientFunds { available: Money, overdraft_limit: Money, requested: Amount },
+    InsufficientFunds {
+        /// The account that would end below its limit (absent in outcomes stored
+        /// before transactions existed).
+        #[serde(default)]
+        account_id: Option<Uuid>,
+        available: Money,
+        overdraft_limit: Money,
+        requested: Money,
+    },
+    #[error("transaction {transaction_id} not found")]
+    TransactionNotFound { transaction_id: Uuid },
+    #[error("a transaction holds 1 to {POSTINGS_MAX} postings, not {count}")]
+    PostingsCount { count: usize },
+    #[error("account {account_id} is at version {actual}, not the expected {expected}")]
+    UnexpectedVersion { account_id: Uuid, expected: i64, actual: i64 },
+    #[error("account {account_id} has {available} available, less than the {required} required")]
+    ConditionFailed { account_id: Uuid, available: Money, required: Money },
     #[error("currency mismatch: account is {expected}, command is {found}")]
     CurrencyMismatch { expected: Currency, found: Currency },
     #[error("account {account_id} is closed")]
@@ -250,6 +308,22 @@ impl Command {
             Command::CloseAccount { account_id } => vec![*account_id],
             Command::MakeDeposit(c) => vec![c.account_id, system_account_id(c.currency)],
             Command::PostTransfer(c) => vec![c.transfer_id, c.from, c.to],
+            Command::PostTransaction(c) => {
+                let mut ids = vec![c.transaction_id];
+                ids.extend(c.postings.iter().flat_map(|l| [l.from, l.to]));
+                ids.extend(c.conditions.iter().map(|c| c.account_id));
+                ids
+            }
+            Command::ReverseTransaction(c) => {
+                let mut ids = vec![c.reversal_id, c.transaction_id];
+                if let Some(t) = state.transfer(c.transaction_id) {
+                    ids.extend([t.from, t.to]);
+                }
+                if let Some(t) = state.transaction(c.transaction_id) {
+                    ids.extend(t.postings.iter().flat_map(|l| [l.from, l.to]));
+                }
+                ids
+            }
             Command::ReverseTransfer(c) => {
                 let mut ids = vec![c.reversal_id, c.transfer_id];
                 if let Some(t) = state.transfer(c.transfer_id) {
@@ -283,8 +357,12 @@ impl Command {
                 ids
             }
         };
-        let mut missing: Vec<Uuid> = wanted.into_iter().filter(|id| !state.is_loaded(*id)).collect();
-        missing.dedup();
+        let mut missing: Vec<Uuid> = Vec::with_capacity(wanted.len());
+        for id in wanted {
+            if !state.is_loaded(id) && !missing.contains(&id) {
+                missing.push(id);
+            }
+        }
         missing
     }
 }
@@ -297,6 +375,8 @@ pub fn decide(command: &Command, state: &Ledger) -> Result<Vec<Event>, DomainErr
         Command::MakeDeposit(c) => deposit(c, state),
         Command::PostTransfer(c) => transfer(c, state),
         Command::ReverseTransfer(c) => reverse(c, state),
+        Command::PostTransaction(c) => post_transaction(c, state),
+        Command::ReverseTransaction(c) => reverse_transaction(c, state),
         Command::RequestWithdrawal(c) => request_withdrawal(c, state),
         Command::SettleWithdrawal(c) => settle_withdrawal(c, state),
         Command::FailWithdrawal(c) => fail_withdrawal(c, state),

@@ -17,6 +17,7 @@ pub(super) fn transfer(c: &PostTransfer, state: &Ledger) -> Result<Vec<Event>, D
         reverses: None,
         reason: None,
         metadata: c.metadata.clone(),
+        effective_at: c.effective_at,
     });
     ensure_no_overflow(state, &event)?;
     Ok(vec![event])
@@ -41,6 +42,7 @@ pub(super) fn reverse(c: &ReverseTransfer, state: &Ledger) -> Result<Vec<Event>,
         reverses: Some(original.id),
         reason: Some(c.reason.clone()),
         metadata: None,
+        effective_at: None,
     });
     ensure_no_overflow(state, &event)?;
     Ok(vec![event])

@@ -217,7 +217,7 @@ fn plan(commits: &[Commit], staged: Vec<Staged>, head: Head, mut versions: HashM
             rows.push_event(&event, hash.clone());
             recorded.push(event);
         }
-        let outcome = commit.outcome(recorded.last().map(|e| e.position));
+        let outcome = commit.outcome(recorded.last().map(|e| e.position), recorded_at);
         if let Some(claim) = &commit.idempotency {
             rows.push_key(claim, &outcome);
         }

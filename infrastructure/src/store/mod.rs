@@ -61,13 +61,14 @@ pub struct Commit {
 
 impl Commit {
     /// The command's outcome, once the position of its last event is known.
-    pub fn outcome(&self, last_position: Option<i64>) -> Outcome {
+    pub fn outcome(&self, last_position: Option<i64>, recorded_at: DateTime<Utc>) -> Outcome {
         match &self.rejection {
             Some(e) => Outcome::Rejected(e.clone()),
             None => Outcome::Recorded(crate::outcome::Recorded {
                 position: last_position.unwrap_or(0),
                 events: self.events.clone(),
                 streams: self.streams.clone(),
+                recorded_at: Some(recorded_at),
             }),
         }
     }
@@ -180,6 +181,14 @@ impl EventStore {
         .fetch_optional(&self.pool)
         .await?;
         Ok(p.unwrap_or(0))
+    }
+
+    /// When the event at `position` was recorded.
+    pub async fn recorded_at(&self, position: i64) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+        sqlx::query_scalar("select recorded_at from events where position = $1")
+            .bind(position)
+            .fetch_optional(&self.pool)
+            .await
     }
 
     /// The position of the last committed event.

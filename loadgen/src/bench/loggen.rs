@@ -119,6 +119,7 @@ impl LogGen {
         self.deposits += 1;
         let deposit_id = Uuid::now_v7();
         Ok(self.commit(Event::DepositRecorded(DepositRecorded {
+            effective_at: None,
             metadata: None,
             deposit_id,
             account_id,
@@ -142,6 +143,7 @@ impl LogGen {
         self.balances[to] += amount;
         self.transfers += 1;
         Ok(self.commit(Event::TransferPosted(TransferPosted {
+            effective_at: None,
             metadata: None,
             transfer_id: Uuid::now_v7(),
             from: from_id,
