@@ -242,3 +242,61 @@ async fn retries_resend_the_same_key_and_stop_at_business_answers() {
     assert_eq!(ledger.deposit(&request, None).await.expect_err("gives up").code(), Some(ErrorCode::Internal));
     assert_eq!(keys.lock().expect("keys").len(), 3);
 }
+
+#[tokio::test]
+async fn transactions_through_the_typed_client() {
+    let app = TestApp::spawn().await;
+    let ledger = Client::builder(&app.base, ADMIN_TOKEN).read_your_writes(true).build().expect("a client");
+    let (a, b, c) = (
+        ledger.open_account(&open("tx@example.com"), None).await.expect("opens").id,
+        ledger.open_account(&open("tx@example.com"), None).await.expect("opens").id,
+        ledger.open_account(&open("tx@example.com"), None).await.expect("opens").id,
+    );
+    let deposit = wire::DepositRequest {
+        effective_at: None,
+        account_id: a,
+        amount: amount(500),
+        currency: eur(),
+        reference: None,
+        metadata: None,
+    };
+    ledger.deposit(&deposit, None).await.expect("deposits");
+    let posting = |from, to, n| wire::PostingRequest { from, to, amount: amount(n), currency: eur() };
+    let yesterday = chrono::Utc::now() - chrono::Duration::days(1);
+    let request = wire::TransactionRequest {
+        id: None,
+        postings: wire::Postings::try_from(vec![posting(a, b, 100), posting(a, c, 50)]).expect("two postings"),
+        reference: Some("order-9".try_into().expect("a reference")),
+        metadata: Some(wire::Metadata::try_from(serde_json::json!({ "order": 9 })).expect("metadata")),
+        effective_at: Some(wire::Timestamp::try_from(yesterday.to_rfc3339()).expect("a time")),
+        conditions: Some(vec![wire::ConditionRequest {
+            account_id: a,
+            expected_version: Some(2),
+            available_at_least: Some(150),
+        }]),
+    };
+    let t = ledger.post_transaction(&request, None).await.expect("posts");
+    assert_eq!((t.http_status, t.postings.len(), t.effective_at.timestamp()), (201, 2, yesterday.timestamp()));
+    assert!(wire::Postings::try_from(Vec::new()).is_err(), "the client cannot even build an empty transaction");
+    let again = ledger.post_transaction(&request, None).await.expect_err("the condition's version moved on");
+    assert_eq!(again.code(), Some(ErrorCode::VersionConflict));
+    let found = ledger.get_transaction(t.id, Read::Eventual).await.expect("reads");
+    assert_eq!(found.body, t.body, "read-your-writes: the read model has it");
+    let search = wire::TransactionSearch { metadata: vec![("order".into(), "9".into())], ..Default::default() };
+    let page = ledger.search_transactions(&search, Read::Eventual).await.expect("queries");
+    assert_eq!(page.transactions.iter().map(|t| t.id).collect::<Vec<_>>(), vec![t.id]);
+    let by_account = wire::TransactionSearch { account_id: Some(c), ..Default::default() };
+    assert_eq!(ledger.search_transactions(&by_account, Read::Strong).await.expect("queries").transactions.len(), 1);
+    let reason = wire::ReverseRequest { reason: "refund".try_into().expect("a reason") };
+    let back = ledger.reverse_transaction(t.id, &reason, None).await.expect("reverses");
+    assert_eq!(back.reverses, Some(t.id));
+    let balance = wire::BalanceQuery {
+        effective_at: Some(yesterday + chrono::Duration::seconds(1)),
+        as_of: None,
+        at_position: None,
+    };
+    let then = ledger.balance_at(a, &balance).await.expect("a bitemporal balance");
+    // Yesterday the deposit (recorded today) had not happened; the transaction had, and
+    // its reversal (recorded today) had not.
+    assert_eq!(then.balance, -150);
+}

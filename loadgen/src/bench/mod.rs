@@ -2,6 +2,7 @@
 //! bulk log generator and latency statistics.
 
 pub mod loggen;
+pub mod queries;
 pub mod reads;
 pub mod rebuild;
 pub mod stats;
@@ -20,6 +21,7 @@ pub struct Params {
     pub events: u64,
     pub log_accounts: u64,
     pub accounts: u64,
+    pub transactions: u64,
     pub stream_events: u64,
     pub batch_commits: usize,
     pub iterations: usize,
@@ -85,6 +87,8 @@ impl BenchDb {
                 "stream_entries" => "vacuum (analyze) stream_entries",
                 "accounts_view" => "vacuum (analyze) accounts_view",
                 "snapshots" => "vacuum (analyze) snapshots",
+                "transactions_view" => "vacuum (analyze) transactions_view",
+                "transaction_accounts" => "vacuum (analyze) transaction_accounts",
                 other => bail!("no vacuum statement for {other}"),
             };
             sqlx::raw_sql(sql).execute(&self.pool).await.context(sql)?;

@@ -2,7 +2,8 @@
 //! database per mode (created, migrated, and dropped at the end) and prints JSON:
 //! `rebuild` (projection rebuild rate over a large log), `temporal` (strong and as-of
 //! reads of a long stream, with and without snapshots) and `reads` (cached and
-//! uncached account reads, owner look-ups). Loopback servers only; each mode is
+//! uncached account reads, owner look-ups) and `queries` (each filter of
+//! `GET /v1/transactions` over a large read model). Loopback servers only; each mode is
 //! bounded in time.
 
 #[path = "../bench/mod.rs"]
@@ -23,7 +24,9 @@ enum Mode {
     Temporal,
     /// Cached vs uncached account reads and owner look-ups over --accounts rows.
     Reads,
-    /// The three, one after another, each in its own database.
+    /// Each filter of `GET /v1/transactions` over --transactions transactions.
+    Queries,
+    /// All of them, one after another, each in its own database.
     All,
 }
 
@@ -33,6 +36,7 @@ impl Mode {
             Mode::Rebuild => "rebuild",
             Mode::Temporal => "temporal",
             Mode::Reads => "reads",
+            Mode::Queries => "queries",
             Mode::All => "all",
         }
     }
@@ -55,6 +59,9 @@ struct Args {
     /// reads: rows in accounts_view.
     #[arg(long, default_value_t = 1_000_000)]
     accounts: u64,
+    /// queries: transactions in the read model.
+    #[arg(long, default_value_t = 1_000_000)]
+    transactions: u64,
     /// temporal: events in the hot account's stream.
     #[arg(long, default_value_t = 100_000)]
     stream_events: u64,
@@ -97,6 +104,7 @@ async fn main() -> anyhow::Result<()> {
         events: args.events,
         log_accounts: args.log_accounts,
         accounts: args.accounts,
+        transactions: args.transactions,
         stream_events: args.stream_events,
         batch_commits: args.batch_commits,
         iterations: args.iterations,
@@ -106,7 +114,7 @@ async fn main() -> anyhow::Result<()> {
         seed: args.seed,
     };
     let modes = match args.mode {
-        Mode::All => vec![Mode::Rebuild, Mode::Temporal, Mode::Reads],
+        Mode::All => vec![Mode::Rebuild, Mode::Temporal, Mode::Reads, Mode::Queries],
         mode => vec![mode],
     };
     let environment = bench::environment(&base).await?;
@@ -129,6 +137,7 @@ async fn main() -> anyhow::Result<()> {
         "environment": environment,
         "params": {
             "events": params.events, "log_accounts": params.log_accounts, "accounts": params.accounts,
+            "transactions": params.transactions,
             "stream_events": params.stream_events, "batch_commits": params.batch_commits,
             "iterations": params.iterations, "snapshot_interval": params.snapshot_interval,
             "concurrency": params.concurrency, "duration_s": args.duration_s, "seed": params.seed,
@@ -156,6 +165,7 @@ async fn run_mode(base: &str, mode: Mode, params: &Params, timeout: Duration) ->
             Mode::Rebuild => bench::rebuild::run(&db, params).await,
             Mode::Temporal => bench::temporal::run(&db, params).await,
             Mode::Reads => bench::reads::run(&db, params).await,
+            Mode::Queries => bench::queries::run(&db, params).await,
             Mode::All => Err(anyhow!("`all` is not a single mode")),
         };
         db.close().await;
