@@ -393,3 +393,77 @@ async fn every_query_filter_is_served_by_an_index() {
         assert!(!plan.contains("Seq Scan"), "{name}:\n{plan}");
     }
 }
+
+#[tokio::test]
+async fn effective_dates_on_deposits_and_transfers_within_the_window_and_as_known_then() {
+    let app = TestApp::spawn().await;
+    let (a, b) = (app.open_account("EUR", 0).await, app.open_account("EUR", 0).await);
+    let now = chrono::Utc::now();
+    let week_ago = now - chrono::Duration::days(7);
+    let iso = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    for (path, body) in [
+        ("/v1/deposits", json!({ "account_id": a, "amount": 10, "currency": "EUR" })),
+        ("/v1/transfers", json!({ "from": a, "to": b, "amount": 1, "currency": "EUR" })),
+    ] {
+        for t in [now - chrono::Duration::days(31), now + chrono::Duration::seconds(90)] {
+            let mut late = body.clone();
+            late["effective_at"] = json!(iso(t));
+            assert_refused(&app.post(path, &key(), &late).await, StatusCode::UNPROCESSABLE_ENTITY, "validation_error");
+        }
+        let mut bad = body.clone();
+        bad["effective_at"] = json!("last tuesday");
+        assert_refused(&app.post(path, &key(), &bad).await, StatusCode::UNPROCESSABLE_ENTITY, "validation_error");
+    }
+    // A deposit backdated a week: the view says when it counts and when it was recorded.
+    let deposit = app
+        .post(
+            "/v1/deposits",
+            &key(),
+            &json!({ "account_id": a, "amount": 100, "currency": "EUR", "effective_at": iso(week_ago) }),
+        )
+        .await;
+    assert_eq!(deposit.status, StatusCode::CREATED, "{deposit:?}");
+    assert_eq!(deposit.body["effective_at"].as_str().map(|s| s[..23].to_owned()), Some(iso(week_ago)[..23].to_owned()));
+    assert!(
+        deposit.body["recorded_at"].as_str().is_some_and(|r| r > deposit.body["effective_at"].as_str().unwrap_or(""))
+    );
+    let after_deposit = deposit.body["position"].as_i64().expect("a position");
+    let three_days_ago = now - chrono::Duration::days(3);
+    // Funds are checked against the current state: this transfer, backdated before the
+    // deposit it spends, is accepted, and leaves a past effective balance negative.
+    let transfer = app
+        .post(
+            "/v1/transfers",
+            &key(),
+            &json!({ "from": a, "to": b, "amount": 60, "currency": "EUR",
+                                              "effective_at": iso(week_ago - chrono::Duration::days(1)) }),
+        )
+        .await;
+    assert_eq!(transfer.status, StatusCode::CREATED, "{transfer:?}");
+    let read = app.get(&format!("/v1/transfers/{}?min_position={}", transfer.id(), transfer.body["position"])).await;
+    assert_eq!(read.body["effective_at"], transfer.body["effective_at"]);
+    let strong = app.get(&format!("/v1/transfers/{}?consistency=strong", transfer.id())).await;
+    assert_eq!(
+        (strong.body["effective_at"].clone(), strong.body["recorded_at"].clone()),
+        (transfer.body["effective_at"].clone(), transfer.body["recorded_at"].clone())
+    );
+    let balance = |q: String| {
+        let app = &app;
+        async move {
+            let r = app.get(&format!("/v1/accounts/{a}/balance?{q}")).await;
+            assert_eq!(r.status, StatusCode::OK, "{q}: {r:?}");
+            r.body["balance"].as_i64().expect("a balance")
+        }
+    };
+    let eight_days = iso(week_ago - chrono::Duration::hours(12));
+    assert_eq!(balance(format!("effective_at={eight_days}")).await, -60, "reported, not refused");
+    assert_eq!(balance(format!("effective_at={}", iso(three_days_ago))).await, 40);
+    // As known right after the deposit: the backdated transfer was not known yet.
+    assert_eq!(balance(format!("effective_at={}&at_position={after_deposit}", iso(three_days_ago))).await, 100);
+    let recorded = deposit.body["recorded_at"].as_str().expect("a time").to_owned();
+    assert_eq!(balance(format!("effective_at={}&as_of={recorded}", iso(three_days_ago))).await, 100);
+    let r = app.get(&format!("/v1/accounts/{a}/balance?effective_at=soon")).await;
+    assert_refused(&r, StatusCode::BAD_REQUEST, "validation_error");
+    let page = app.get(&format!("/v1/accounts/{a}/transactions?min_position={}", transfer.body["position"])).await;
+    assert_eq!(page.body["entries"][0]["effective_at"], transfer.body["effective_at"]);
+}

@@ -96,7 +96,8 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
 }
 
 /// A command's `effective_at` within the backdating window (API.md "Effective dates"):
-/// at most `LEDGER_BACKDATE_MAX_S` before now and 60 s after, else 422.
+/// at most `LEDGER_BACKDATE_MAX_S` before now and 60 s after, else 422; kept to the
+/// microsecond, as the read models store it.
 pub fn effective_at(
     state: &crate::run::state::Core,
     given: Option<ledger_wire::Timestamp>,
@@ -114,7 +115,8 @@ pub fn effective_at(
             ledger_wire::limits::EFFECTIVE_AHEAD_S
         )));
     }
-    Ok(Some(t))
+    // Postgres keeps microseconds: the event keeps what every view can show.
+    Ok(Some(chrono::SubsecRound::trunc_subsecs(t, 6)))
 }
 
 /// Parses a UUID path segment; anything else is unknown, so 404.
