@@ -458,6 +458,22 @@ impl Client {
         self.call(Method::GET, "/v1/transactions", &query, None, None).await
     }
 
+    pub async fn place_hold(&self, r: &HoldRequest, key: Option<&str>) -> Result<Reply<Hold>, Error> {
+        self.command("/v1/holds", r, key).await
+    }
+
+    pub async fn capture_hold(&self, id: Uuid, r: &CaptureRequest, key: Option<&str>) -> Result<Reply<Hold>, Error> {
+        self.command(&format!("/v1/holds/{id}/capture"), r, key).await
+    }
+
+    pub async fn void_hold(&self, id: Uuid, key: Option<&str>) -> Result<Reply<Hold>, Error> {
+        self.command(&format!("/v1/holds/{id}/void"), &EmptyRequest {}, key).await
+    }
+
+    pub async fn get_hold(&self, id: Uuid, read: Read) -> Result<Reply<Hold>, Error> {
+        self.get(&format!("/v1/holds/{id}"), &self.consistency(read)).await
+    }
+
     pub async fn withdraw(&self, r: &WithdrawalRequest, key: Option<&str>) -> Result<Reply<Withdrawal>, Error> {
         self.command("/v1/withdrawals", r, key).await
     }

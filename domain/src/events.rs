@@ -109,6 +109,46 @@ impl TransactionPosted {
     }
 }
 
+/// Funds of `account_id` reserved for `to` (API.md v1.1 "Holds"): `available` drops by
+/// `amount`, `balance` does not.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldPlaced {
+    pub hold_id: Uuid,
+    pub account_id: Uuid,
+    pub to: Uuid,
+    pub amount: Amount,
+    pub currency: Currency,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// A hold captured: `amount` (at most what was held) moves from `account_id` to `to`;
+/// the whole hold (`held`) is released.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldCaptured {
+    pub hold_id: Uuid,
+    pub account_id: Uuid,
+    pub to: Uuid,
+    pub amount: Amount,
+    pub held: Amount,
+    pub currency: Currency,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effective_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// A hold released without moving money: voided by a client, or expired.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldReleased {
+    pub hold_id: Uuid,
+    pub account_id: Uuid,
+    pub amount: Amount,
+    pub currency: Currency,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WithdrawalRequested {
     pub withdrawal_id: Uuid,
@@ -225,6 +265,10 @@ pub enum Event {
     DepositRecorded(DepositRecorded),
     TransferPosted(TransferPosted),
     TransactionPosted(TransactionPosted),
+    HoldPlaced(HoldPlaced),
+    HoldCaptured(HoldCaptured),
+    HoldVoided(HoldReleased),
+    HoldExpired(HoldReleased),
     WithdrawalRequested(WithdrawalRequested),
     WithdrawalSettled(WithdrawalSettled),
     WithdrawalFailed(WithdrawalFailed),
@@ -253,6 +297,10 @@ impl Event {
             Event::DepositRecorded(_) => "DepositRecorded",
             Event::TransferPosted(_) => "TransferPosted",
             Event::TransactionPosted(_) => "TransactionPosted",
+            Event::HoldPlaced(_) => "HoldPlaced",
+            Event::HoldCaptured(_) => "HoldCaptured",
+            Event::HoldVoided(_) => "HoldVoided",
+            Event::HoldExpired(_) => "HoldExpired",
             Event::WithdrawalRequested(_) => "WithdrawalRequested",
             Event::WithdrawalSettled(_) => "WithdrawalSettled",
             Event::WithdrawalFailed(_) => "WithdrawalFailed",
@@ -289,6 +337,9 @@ impl Event {
                 }
                 streams
             }
+            Event::HoldPlaced(e) => vec![(e.hold_id, Exact), (e.account_id, Exact)],
+            Event::HoldCaptured(e) => vec![(e.hold_id, Exact), (e.account_id, Exact), (e.to, Exact)],
+            Event::HoldVoided(e) | Event::HoldExpired(e) => vec![(e.hold_id, Exact), (e.account_id, Exact)],
             Event::WithdrawalRequested(e) => vec![(e.withdrawal_id, Exact), (e.account_id, Exact)],
             Event::WithdrawalSettled(e) => {
                 vec![(e.withdrawal_id, Exact), (e.account_id, Exact), (e.system_account_id, Any)]
@@ -321,6 +372,7 @@ impl Event {
             Event::TransactionPosted(e) => {
                 e.postings.iter().flat_map(|l| pair(l.from, l.to, l.amount, l.currency)).collect()
             }
+            Event::HoldCaptured(e) => pair(e.account_id, e.to, e.amount, e.currency),
             Event::WithdrawalSettled(e) => pair(e.account_id, e.system_account_id, e.amount, e.currency),
             Event::WithdrawalReconciled(e) if e.delta == Money::ZERO => Vec::new(),
             Event::WithdrawalReconciled(e) => {
@@ -333,6 +385,9 @@ impl Event {
             Event::AccountOpened(_)
             | Event::AccountClosed(_)
             | Event::WithdrawalRequested(_)
+            | Event::HoldPlaced(_)
+            | Event::HoldVoided(_)
+            | Event::HoldExpired(_)
             | Event::WithdrawalFailed(_)
             | Event::PayoutDeadLettered(_)
             | Event::PayoutRedriven(_)
@@ -351,6 +406,9 @@ impl Event {
             Event::DepositRecorded(e) => vec![e.account_id, e.system_account_id],
             Event::TransferPosted(e) => vec![e.from, e.to],
             Event::TransactionPosted(e) => e.accounts(),
+            Event::HoldPlaced(e) => vec![e.account_id],
+            Event::HoldCaptured(e) => vec![e.account_id, e.to],
+            Event::HoldVoided(e) | Event::HoldExpired(e) => vec![e.account_id],
             Event::WithdrawalRequested(e) => vec![e.account_id],
             Event::WithdrawalSettled(e) => vec![e.account_id, e.system_account_id],
             Event::WithdrawalFailed(e) => vec![e.account_id],
@@ -370,6 +428,7 @@ impl Event {
             Event::DepositRecorded(e) => Some(e.deposit_id),
             Event::TransferPosted(e) => Some(e.transfer_id),
             Event::TransactionPosted(e) => Some(e.transaction_id),
+            Event::HoldCaptured(e) => Some(e.hold_id),
             Event::WithdrawalSettled(e) => Some(e.withdrawal_id),
             Event::WithdrawalReconciled(e) => Some(e.withdrawal_id),
             _ => None,
@@ -383,6 +442,7 @@ impl Event {
             Event::DepositRecorded(e) => e.effective_at,
             Event::TransferPosted(e) => e.effective_at,
             Event::TransactionPosted(e) => e.effective_at,
+            Event::HoldCaptured(e) => e.effective_at,
             _ => None,
         }
     }

@@ -19,6 +19,6 @@ pub use events::{Concurrency, Event, Leg, Posting};
 pub use money::{AMOUNT_MAX, Amount, AmountError, Currency, CurrencyError, Money};
 pub use reconcile::{MismatchKind, Resolution};
 pub use state::{
-    Account, AccountStatus, Aggregate, EVOLVE_VERSION, Ledger, StreamState, Transaction, Transfer, Withdrawal,
-    WithdrawalStatus, evolve,
+    Account, AccountStatus, Aggregate, EVOLVE_VERSION, Hold, HoldStatus, Ledger, StreamState, Transaction, Transfer,
+    Withdrawal, WithdrawalStatus, evolve,
 };

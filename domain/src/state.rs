@@ -51,6 +51,31 @@ pub struct Transfer {
     pub effective_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// Where a hold is: `pending` until captured, voided or expired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldStatus {
+    Pending,
+    Captured,
+    Voided,
+    Expired,
+}
+
+/// Funds reserved on one account for another (API.md v1.1 "Holds").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    pub id: Uuid,
+    pub account_id: Uuid,
+    pub to: Uuid,
+    pub amount: Amount,
+    pub currency: Currency,
+    pub status: HoldStatus,
+    pub captured_amount: Option<Amount>,
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub reference: Option<String>,
+    pub metadata: Option<serde_json::Value>,
+}
+
 /// A transaction of many postings (API.md v1.1).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Transaction {
@@ -102,6 +127,7 @@ pub enum Aggregate {
     Account(Account),
     Transfer(Transfer),
     Transaction(Transaction),
+    Hold(Hold),
     Withdrawal(Withdrawal),
     /// An API token (name and role; the secret is not part of the state).
     Token {
@@ -143,6 +169,7 @@ pub fn evolve(state: StreamState, stream_id: Uuid, version: i64, event: &Event) 
         Aggregate::Account(a) => Some(Aggregate::Account(evolve_account(a, event))),
         Aggregate::Transfer(t) => evolve_transfer(t, event).map(Aggregate::Transfer),
         Aggregate::Transaction(t) => evolve_transaction(t, event).map(Aggregate::Transaction),
+        Aggregate::Hold(h) => evolve_hold(h, event).map(Aggregate::Hold),
         Aggregate::Withdrawal(w) => evolve_withdrawal(w, event).map(Aggregate::Withdrawal),
         Aggregate::Reconciliation(r) => evolve_reconciliation(r, event).map(Aggregate::Reconciliation),
         Aggregate::Token { .. } => None,
@@ -190,6 +217,18 @@ fn created(stream_id: Uuid, event: &Event) -> Option<Aggregate> {
             reason: e.reason.clone(),
             reversed_by: None,
         }),
+        Event::HoldPlaced(e) if e.hold_id == stream_id => Aggregate::Hold(Hold {
+            id: e.hold_id,
+            account_id: e.account_id,
+            to: e.to,
+            amount: e.amount,
+            currency: e.currency,
+            status: HoldStatus::Pending,
+            captured_amount: None,
+            expires_at: e.expires_at,
+            reference: e.reference.clone(),
+            metadata: e.metadata.clone(),
+        }),
         Event::WithdrawalRequested(e) => Aggregate::Withdrawal(Withdrawal {
             id: e.withdrawal_id,
             account_id: e.account_id,
@@ -227,6 +266,22 @@ fn evolve_transaction(mut t: Transaction, event: &Event) -> Option<Transaction> 
     assert!(t.reversed_by.is_none(), "transaction {} reversed twice", t.id);
     t.reversed_by = Some(e.transaction_id);
     Some(t)
+}
+
+/// A hold ends once: captured, voided or expired.
+fn evolve_hold(mut h: Hold, event: &Event) -> Option<Hold> {
+    let status = match event {
+        Event::HoldCaptured(e) => {
+            h.captured_amount = Some(e.amount);
+            HoldStatus::Captured
+        }
+        Event::HoldVoided(_) => HoldStatus::Voided,
+        Event::HoldExpired(_) => HoldStatus::Expired,
+        _ => return None,
+    };
+    assert_eq!(h.status, HoldStatus::Pending, "hold {} ended twice", h.id);
+    h.status = status;
+    Some(h)
 }
 
 /// A withdrawal: pending until settled or failed; its payout may be dead-lettered and
@@ -296,6 +351,9 @@ fn evolve_account(mut a: Account, event: &Event) -> Account {
     match event {
         Event::AccountClosed(_) => a.status = AccountStatus::Closed,
         Event::WithdrawalRequested(e) => a.pending_holds = add(a.pending_holds, e.amount.money()),
+        Event::HoldPlaced(e) => a.pending_holds = add(a.pending_holds, e.amount.money()),
+        Event::HoldCaptured(e) if e.account_id == a.id => a.pending_holds = sub(a.pending_holds, e.held.money()),
+        Event::HoldVoided(e) | Event::HoldExpired(e) => a.pending_holds = sub(a.pending_holds, e.amount.money()),
         Event::WithdrawalSettled(e) if e.account_id == a.id => {
             a.pending_holds = sub(a.pending_holds, e.amount.money());
         }
@@ -345,6 +403,13 @@ impl Ledger {
     pub fn transfer(&self, id: Uuid) -> Option<&Transfer> {
         match self.streams.get(&id).map(|s| &s.aggregate) {
             Some(Aggregate::Transfer(t)) => Some(t),
+            _ => None,
+        }
+    }
+
+    pub fn hold(&self, id: Uuid) -> Option<&Hold> {
+        match self.streams.get(&id).map(|s| &s.aggregate) {
+            Some(Aggregate::Hold(h)) => Some(h),
             _ => None,
         }
     }

@@ -30,6 +30,7 @@ fn kind(event: &Event) -> &'static str {
         Event::TransferPosted(_) => "transfer",
         Event::TransactionPosted(t) if t.reverses.is_some() => "reversal",
         Event::TransactionPosted(_) => "transaction",
+        Event::HoldCaptured(_) => "capture",
         Event::WithdrawalSettled(_) => "withdrawal",
         Event::WithdrawalReconciled(_) => "reconciliation",
         _ => "other",

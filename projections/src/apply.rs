@@ -31,9 +31,14 @@ impl Projection {
     pub fn tables(self) -> &'static [&'static str] {
         match self {
             Projection::Accounts => &["accounts_view", "account_entries"],
-            Projection::Transfers => {
-                &["transfers_view", "withdrawals_view", "dead_letters", "transactions_view", "transaction_accounts"]
-            }
+            Projection::Transfers => &[
+                "transfers_view",
+                "withdrawals_view",
+                "dead_letters",
+                "transactions_view",
+                "transaction_accounts",
+                "holds_view",
+            ],
         }
     }
 

@@ -9,6 +9,7 @@
 
 pub mod accounts;
 pub mod apply;
+pub mod expiry;
 pub mod queries;
 pub mod rebuild;
 pub mod transfers;

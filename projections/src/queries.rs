@@ -353,6 +353,43 @@ pub async fn transactions(
     unchecked(query.fetch_all(pool).await?)
 }
 
+/// A row of `holds_view`.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct HoldRow {
+    pub id: Uuid,
+    pub account_id: Uuid,
+    pub to_account: Uuid,
+    pub amount: i64,
+    pub currency: String,
+    pub status: String,
+    pub captured_amount: Option<i64>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub reference: Option<String>,
+    pub metadata: Option<Value>,
+    pub position: i64,
+}
+
+/// A hold row and the position it reflects.
+pub async fn hold(pool: &PgPool, id: Uuid) -> Result<(Option<HoldRow>, i64), sqlx::Error> {
+    let columns = "v.id, v.account_id, v.to_account, v.amount, v.currency, v.status, v.captured_amount, \
+                   v.expires_at, v.reference, v.metadata, v.position";
+    let sql = with_checkpoint("transfers", columns, "select * from holds_view where id = $1", "");
+    let row: Checked<HoldRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_one(pool).await?;
+    Ok((row.row, row.checkpoint))
+}
+
+/// Pending holds whose `expires_at` is at or before `now`, soonest first, at most `limit`.
+pub async fn expired_holds(pool: &PgPool, now: DateTime<Utc>, limit: i64) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "select id from holds_view where status = 'pending' and expires_at is not null and expires_at <= $1
+         order by expires_at limit $2",
+    )
+    .bind(now)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
 /// A withdrawal row and the position it reflects.
 pub async fn withdrawal(pool: &PgPool, id: Uuid) -> Result<(Option<WithdrawalRow>, i64), sqlx::Error> {
     let columns = "v.id, v.account_id, v.amount, v.currency, v.destination, v.status, v.provider_ref, \

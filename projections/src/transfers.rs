@@ -17,6 +17,12 @@ pub async fn apply(tx: &mut Transaction<'_, Postgres>, t: &Tables, events: &[Rec
             // Written in bulk above.
             Event::TransferPosted(_) => {}
             Event::TransactionPosted(posted) => transaction_posted(tx, t, &posted, at).await?,
+            Event::HoldPlaced(h) => hold_placed(tx, t, &h, at).await?,
+            Event::HoldCaptured(h) => {
+                hold_ended(tx, t, h.hold_id, "captured", Some(h.amount.minor_units()), at).await?
+            }
+            Event::HoldVoided(h) => hold_ended(tx, t, h.hold_id, "voided", None, at).await?,
+            Event::HoldExpired(h) => hold_ended(tx, t, h.hold_id, "expired", None, at).await?,
             Event::WithdrawalRequested(w) => withdrawal_requested(tx, t, &w, at).await?,
             Event::WithdrawalSettled(w) => {
                 let end =
@@ -113,6 +119,53 @@ async fn transaction_posted(
             .execute(&mut **tx)
             .await?;
     }
+    Ok(())
+}
+
+async fn hold_placed(
+    tx: &mut Transaction<'_, Postgres>,
+    t: &Tables,
+    h: &ledger_domain::events::HoldPlaced,
+    at: At,
+) -> Result<(), ApplyError> {
+    let holds = t.name("holds_view");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "insert into {holds} (id, account_id, to_account, amount, currency, status, expires_at, reference, metadata,
+                              position)
+         values ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9)"
+    )))
+    .bind(h.hold_id)
+    .bind(h.account_id)
+    .bind(h.to)
+    .bind(h.amount.minor_units())
+    .bind(h.currency.as_str())
+    .bind(h.expires_at)
+    .bind(&h.reference)
+    .bind(&h.metadata)
+    .bind(at.position)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn hold_ended(
+    tx: &mut Transaction<'_, Postgres>,
+    t: &Tables,
+    hold_id: uuid::Uuid,
+    status: &str,
+    captured_amount: Option<i64>,
+    at: At,
+) -> Result<(), ApplyError> {
+    let holds = t.name("holds_view");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "update {holds} set status = $2, captured_amount = $3, position = $4 where id = $1"
+    )))
+    .bind(hold_id)
+    .bind(status)
+    .bind(captured_amount)
+    .bind(at.position)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 

@@ -243,8 +243,11 @@ where
 
 impl TestApp {
     /// Checks the read models against a fold of the log: every account's balance,
-    /// holds, version and statement, and every event applied exactly once.
+    /// holds, version and statement, and every event applied exactly once. The
+    /// projections are first brought up to the head (with the code the workers run),
+    /// so a worker that is merely behind is not mistaken for a wrong one.
     pub async fn assert_read_models_match_log(&self) {
+        self.catch_up().await;
         let ledger = self.fold_log().await;
         let mut accounts = 0;
         for (id, state) in ledger.streams() {

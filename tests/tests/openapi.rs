@@ -25,6 +25,10 @@ const API_MD_ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/transactions"),
     ("GET", "/v1/transactions/{id}"),
     ("POST", "/v1/transactions/{id}/reverse"),
+    ("POST", "/v1/holds"),
+    ("GET", "/v1/holds/{id}"),
+    ("POST", "/v1/holds/{id}/capture"),
+    ("POST", "/v1/holds/{id}/void"),
     ("POST", "/v1/withdrawals"),
     ("GET", "/v1/withdrawals/{id}"),
     ("GET", "/v1/events"),
@@ -48,7 +52,7 @@ const API_MD_ROUTES: &[(&str, &str)] = &[
 ];
 
 /// The v1.1 codes of API.md that belong to features not built yet (holds, conditions).
-const NOT_ANSWERED_YET: &[&str] = &["hold_not_pending", "hold_expired"];
+const NOT_ANSWERED_YET: &[&str] = &[];
 
 const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
 

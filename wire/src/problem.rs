@@ -29,6 +29,8 @@ pub enum ErrorCode {
     Unavailable,
     Internal,
     ConditionFailed,
+    HoldNotPending,
+    HoldExpired,
     RateLimited,
 }
 
@@ -55,6 +57,8 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
             ErrorCode::ConditionFailed => "condition_failed",
+            ErrorCode::HoldNotPending => "hold_not_pending",
+            ErrorCode::HoldExpired => "hold_expired",
             ErrorCode::RateLimited => "rate_limited",
         }
     }

@@ -200,3 +200,44 @@ pub struct ConditionRequest {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub available_at_least: Option<i64>,
 }
+
+/// `POST /v1/holds`: reserve `amount` of `account_id` for `to`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+pub struct HoldRequest {
+    /// The hold's id; the server generates a v7 UUID when absent (an id that exists is
+    /// 409 `version_conflict`).
+    #[schema(value_type = Option<Uuid>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<NewId>,
+    pub account_id: Uuid,
+    /// Who receives what is captured.
+    pub to: Uuid,
+    /// Minor units (cents), 1 ..= 10^15.
+    #[schema(value_type = i64, minimum = 1, maximum = 1_000_000_000_000_000_i64, example = 1000)]
+    pub amount: Amount,
+    #[schema(value_type = String, pattern = "^[A-Z]{3}$", example = "EUR")]
+    pub currency: Currency,
+    /// When the hold expires (RFC 3339, in the future); none: it waits for a capture or a void.
+    #[schema(value_type = Option<chrono::DateTime<chrono::Utc>>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+    #[schema(value_type = Option<String>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<Text>,
+    #[schema(value_type = Option<Object>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Metadata>,
+}
+
+/// `POST /v1/holds/{id}/capture`: all of the hold unless `amount` says less.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+pub struct CaptureRequest {
+    /// At most the held amount; the rest is released.
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 1_000_000_000_000_000_i64)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amount: Option<Amount>,
+    /// Business time of the capture (the backdating window applies).
+    #[schema(value_type = Option<chrono::DateTime<chrono::Utc>>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub effective_at: Option<Timestamp>,
+}

@@ -172,6 +172,7 @@ pub enum EntryKind {
     Deposit,
     Transfer,
     Transaction,
+    Capture,
     Reversal,
     Withdrawal,
     Reconciliation,
@@ -609,4 +610,38 @@ pub enum NatsState {
 pub enum DependencyState {
     Up,
     Down,
+}
+
+/// A hold: funds of `account_id` reserved for `to` (`available` drops by `amount`,
+/// `balance` does not) until captured, voided or expired.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Hold {
+    pub id: Uuid,
+    pub account_id: Uuid,
+    pub to: Uuid,
+    pub amount: i64,
+    #[schema(example = "EUR")]
+    pub currency: String,
+    pub status: HoldStatus,
+    /// What a capture moved (null unless captured).
+    #[schema(required = true)]
+    pub captured_amount: Option<i64>,
+    #[schema(required = true)]
+    pub expires_at: Option<DateTime<Utc>>,
+    #[schema(required = true)]
+    pub reference: Option<String>,
+    #[schema(value_type = Option<Object>, required = true)]
+    pub metadata: Option<Value>,
+    /// The log position of the hold's last event.
+    pub position: i64,
+}
+
+/// `pending` until `captured`, `voided` or `expired`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldStatus {
+    Pending,
+    Captured,
+    Voided,
+    Expired,
 }

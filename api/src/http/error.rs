@@ -87,6 +87,9 @@ impl From<&DomainError> for ApiError {
             }
             D::AlreadyExists { .. } | D::UnexpectedVersion { .. } => (StatusCode::CONFLICT, ErrorCode::VersionConflict),
             D::ConditionFailed { .. } => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::ConditionFailed),
+            D::HoldNotFound { .. } => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+            D::HoldNotPending { .. } => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::HoldNotPending),
+            D::HoldExpired { .. } => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::HoldExpired),
             D::InsufficientFunds { .. } => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InsufficientFunds),
             D::CurrencyMismatch { .. } => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::CurrencyMismatch),
             D::AccountClosed { .. } => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::AccountClosed),
@@ -100,7 +103,9 @@ impl From<&DomainError> for ApiError {
             | D::DeadLetterNotOpen { .. }
             | D::ReconciliationNotStarted { .. }
             | D::ReservedId { .. }
-            | D::PostingsCount { .. } => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::ValidationError),
+            | D::PostingsCount { .. }
+            | D::CaptureExceedsHold { .. }
+            | D::HoldNotDue { .. } => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::ValidationError),
         };
         let account_id = match e {
             D::InsufficientFunds { account_id, .. } => *account_id,

@@ -9,7 +9,7 @@
 //! particular to it. Depends on the routes' attributes only, never on their logic.
 
 use crate::routes::{
-    accounts, admin, audit, deposits, events, health, reconciliations, transactions, transfers, withdrawals,
+    accounts, admin, audit, deposits, events, health, holds, reconciliations, transactions, transfers, withdrawals,
 };
 use axum::Router;
 use ledger_wire as schemas;
@@ -58,6 +58,10 @@ const PROBLEM_JSON: &str = "application/problem+json";
         transactions::read,
         transactions::reverse,
         transactions::search,
+        holds::place,
+        holds::read,
+        holds::capture,
+        holds::void,
         withdrawals::withdraw,
         withdrawals::read,
         events::events,
@@ -85,6 +89,7 @@ const PROBLEM_JSON: &str = "application/problem+json";
         (name = "accounts", description = "Open, close and read accounts; statements, history, replay."),
         (name = "deposits", description = "Money entering the ledger."),
         (name = "transfers", description = "Movements between accounts, and their reversal."),
+        (name = "holds", description = "Two-phase holds: reserve now, capture or void later, with expiry."),
         (name = "transactions", description = "Many postings recorded as one event; every transfer is also a \
             one-posting transaction."),
         (name = "withdrawals", description = "Money leaving the ledger through the payment provider."),

@@ -96,6 +96,50 @@ pub fn transfer_row(r: TransferRow) -> wire::Transfer {
     }
 }
 
+fn hold_status(s: ledger_domain::HoldStatus) -> wire::HoldStatus {
+    use ledger_domain::HoldStatus as S;
+    match s {
+        S::Pending => wire::HoldStatus::Pending,
+        S::Captured => wire::HoldStatus::Captured,
+        S::Voided => wire::HoldStatus::Voided,
+        S::Expired => wire::HoldStatus::Expired,
+    }
+}
+
+/// A hold from the write side, whose last event is at `position`.
+pub fn hold(h: &ledger_domain::Hold, position: i64) -> wire::Hold {
+    wire::Hold {
+        id: h.id,
+        account_id: h.account_id,
+        to: h.to,
+        amount: h.amount.minor_units(),
+        currency: h.currency.as_str().to_owned(),
+        status: hold_status(h.status),
+        captured_amount: h.captured_amount.map(|a| a.minor_units()),
+        expires_at: h.expires_at,
+        reference: h.reference.clone(),
+        metadata: h.metadata.clone(),
+        position,
+    }
+}
+
+/// A hold of the read model.
+pub fn hold_row(r: ledger_projections::queries::HoldRow) -> Result<wire::Hold, ApiError> {
+    Ok(wire::Hold {
+        id: r.id,
+        account_id: r.account_id,
+        to: r.to_account,
+        amount: r.amount,
+        currency: r.currency,
+        status: written("a hold's status", serde_json::Value::String(r.status))?,
+        captured_amount: r.captured_amount,
+        expires_at: r.expires_at,
+        reference: r.reference,
+        metadata: r.metadata,
+        position: r.position,
+    })
+}
+
 /// A transaction from the write side, recorded at `recorded_at` and `position`.
 pub fn transaction(t: &ledger_domain::Transaction, recorded_at: DateTime<Utc>, position: i64) -> wire::Transaction {
     wire::Transaction {

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod deposits;
 pub mod events;
 pub mod health;
+pub mod holds;
 pub mod reconciliations;
 pub mod transactions;
 pub mod transfers;

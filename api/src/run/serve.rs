@@ -74,7 +74,16 @@ pub fn spawn_workers(state: &Core, on_applied: OnApplied, shutdown: Cancellation
             ..PayoutLimits::default()
         },
     };
-    let mut handles = vec![tokio::spawn(relay.run(shutdown.clone())), tokio::spawn(payouts.run(shutdown.clone()))];
+    let expiry = ledger_projections::expiry::ExpiryWorker {
+        pool: state.pool.clone(),
+        bus: state.bus.clone(),
+        interval: Duration::from_secs(1),
+    };
+    let mut handles = vec![
+        tokio::spawn(relay.run(shutdown.clone())),
+        tokio::spawn(payouts.run(shutdown.clone())),
+        tokio::spawn(expiry.run(shutdown.clone())),
+    ];
     let (pool, url) = (state.pool.clone(), state.config.database_url.clone());
     handles.push(tokio::spawn(async move {
         if let Err(e) = ledger_projections::rebuild::recover_interrupted(&pool, &url).await {

@@ -6,6 +6,7 @@
 //! - [`accounts`]: opening and closing accounts, deposits, and the checks every
 //!   posting makes (usable accounts, funds, no overflow);
 //! - [`transfers`]: transfers and their reversal;
+//! - [`holds`]: two-phase holds: placed, captured, voided, expired;
 //! - [`transactions`]: transactions of many postings, checked as a whole, with
 //!   conditions; their reversal;
 //! - [`withdrawals`]: withdrawals, their payout's outcome and its dead letter;
@@ -13,12 +14,14 @@
 //!   `crate::reconcile`.
 
 mod accounts;
+mod holds;
 mod transactions;
 mod transfers;
 mod withdrawals;
 
 pub(crate) use accounts::ensure_no_overflow;
 use accounts::{close_account, deposit, open_account};
+use holds::{capture_hold, expire_hold, place_hold, void_hold};
 use transactions::{post_transaction, reverse_transaction};
 use transfers::{reverse, transfer};
 use withdrawals::{dead_letter, discard, fail_withdrawal, redrive, request_withdrawal, settle_withdrawal};
@@ -102,6 +105,40 @@ pub struct PostTransaction {
     pub metadata: Option<serde_json::Value>,
     pub effective_at: Option<chrono::DateTime<chrono::Utc>>,
     pub conditions: Vec<Condition>,
+}
+
+/// Reserve `amount` of `account_id` for `to` until captured, voided or `expires_at`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlaceHold {
+    pub hold_id: Uuid,
+    pub account_id: Uuid,
+    pub to: Uuid,
+    pub amount: Amount,
+    pub currency: Currency,
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub reference: Option<String>,
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// Capture a hold (all of it unless `amount` says less), decided at `now`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureHold {
+    pub hold_id: Uuid,
+    pub amount: Option<Amount>,
+    pub effective_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub now: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoidHold {
+    pub hold_id: Uuid,
+}
+
+/// Record a hold's expiry, decided at `now` (the expiry worker's clock).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExpireHold {
+    pub hold_id: Uuid,
+    pub now: chrono::DateTime<chrono::Utc>,
 }
 
 /// Reverse a transaction (or a transfer, which is a one-posting transaction) by a new
@@ -229,6 +266,10 @@ pub enum Command {
     ReverseTransfer(ReverseTransfer),
     PostTransaction(PostTransaction),
     ReverseTransaction(ReverseTransaction),
+    PlaceHold(PlaceHold),
+    CaptureHold(CaptureHold),
+    VoidHold(VoidHold),
+    ExpireHold(ExpireHold),
     RequestWithdrawal(RequestWithdrawal),
     SettleWithdrawal(SettleWithdrawal),
     FailWithdrawal(FailWithdrawal),
@@ -272,6 +313,16 @@ pub enum DomainError {
     UnexpectedVersion { account_id: Uuid, expected: i64, actual: i64 },
     #[error("account {account_id} has {available} available, less than the {required} required")]
     ConditionFailed { account_id: Uuid, available: Money, required: Money },
+    #[error("hold {hold_id} not found")]
+    HoldNotFound { hold_id: Uuid },
+    #[error("hold {hold_id} is {status:?}, not pending")]
+    HoldNotPending { hold_id: Uuid, status: crate::state::HoldStatus },
+    #[error("hold {hold_id} has expired")]
+    HoldExpired { hold_id: Uuid },
+    #[error("hold {hold_id} holds {held}; {requested} cannot be captured")]
+    CaptureExceedsHold { hold_id: Uuid, held: Amount, requested: Amount },
+    #[error("hold {hold_id} has not expired yet")]
+    HoldNotDue { hold_id: Uuid },
     #[error("currency mismatch: account is {expected}, command is {found}")]
     CurrencyMismatch { expected: Currency, found: Currency },
     #[error("account {account_id} is closed")]
@@ -332,6 +383,16 @@ impl Command {
                 ids
             }
             Command::RequestWithdrawal(c) => vec![c.withdrawal_id, c.account_id],
+            Command::PlaceHold(c) => vec![c.hold_id, c.account_id, c.to],
+            Command::CaptureHold(CaptureHold { hold_id, .. })
+            | Command::VoidHold(VoidHold { hold_id })
+            | Command::ExpireHold(ExpireHold { hold_id, .. }) => {
+                let mut ids = vec![*hold_id];
+                if let Some(h) = state.hold(*hold_id) {
+                    ids.extend([h.account_id, h.to]);
+                }
+                ids
+            }
             Command::IssueToken(c) => vec![c.token_id],
             Command::StartReconciliation(c) => vec![c.run_id],
             Command::FinishReconciliation(c) => vec![c.run_id],
@@ -377,6 +438,10 @@ pub fn decide(command: &Command, state: &Ledger) -> Result<Vec<Event>, DomainErr
         Command::ReverseTransfer(c) => reverse(c, state),
         Command::PostTransaction(c) => post_transaction(c, state),
         Command::ReverseTransaction(c) => reverse_transaction(c, state),
+        Command::PlaceHold(c) => place_hold(c, state),
+        Command::CaptureHold(c) => capture_hold(c, state),
+        Command::VoidHold(c) => void_hold(c, state),
+        Command::ExpireHold(c) => expire_hold(c, state),
         Command::RequestWithdrawal(c) => request_withdrawal(c, state),
         Command::SettleWithdrawal(c) => settle_withdrawal(c, state),
         Command::FailWithdrawal(c) => fail_withdrawal(c, state),
