@@ -29,12 +29,25 @@
 //! };
 //! let alice = ledger.open_account(&open("alice@example.com"), None).await?;
 //! let bob = ledger.open_account(&open("bob@example.com"), None).await?;
-//! let deposit =
-//!     DepositRequest { account_id: alice.id, amount: amount(2500), currency: eur, reference: None, metadata: None };
+//! let deposit = DepositRequest {
+//!     account_id: alice.id,
+//!     amount: amount(2500),
+//!     currency: eur,
+//!     reference: None,
+//!     metadata: None,
+//!     effective_at: None,
+//! };
 //! // A key of your own makes the deposit safe to send again, even from another process.
 //! ledger.deposit(&deposit, Some("order-42-deposit")).await?;
-//! let transfer =
-//!     TransferRequest { from: alice.id, to: bob.id, amount: amount(1000), currency: eur, reference: None, metadata: None };
+//! let transfer = TransferRequest {
+//!     from: alice.id,
+//!     to: bob.id,
+//!     amount: amount(1000),
+//!     currency: eur,
+//!     reference: None,
+//!     metadata: None,
+//!     effective_at: None,
+//! };
 //! ledger.transfer(&transfer, None).await?;
 //! // Read-your-writes: this eventual read waits until the read model shows the transfer.
 //! assert_eq!(ledger.account(bob.id).await?.balance, 1000);

@@ -13,7 +13,7 @@ pub use config::Config;
 pub use db::{MIGRATOR, connect, connect_and_migrate, ensure_database};
 pub use outcome::{Outcome, Recorded, Stored};
 pub use store::{EventMetadata, EventStore, IdempotencyClaim, RecordedEvent, StoredResponse};
-pub use writer::{CommandBus, CommandError, CommandReply, CommandRequest, StateLoader, WriterLimits};
+pub use writer::{AtomicError, CommandBus, CommandError, CommandReply, CommandRequest, StateLoader, WriterLimits};
 pub mod audit;
 pub mod breaker;
 pub mod nats;

@@ -9,9 +9,10 @@ use crate::outcome::{Outcome, Stored};
 use crate::store::{
     AppendError, Appended, Commit, DbFault, EventMetadata, EventStore, IdempotencyClaim, RecordedEvent, StoreError,
 };
-use ledger_domain::{Command, Concurrency, Ledger, StreamState, decide};
+use ledger_domain::{Command, Concurrency, DomainError, Ledger, StreamState, decide};
 use moka::sync::Cache;
 use std::collections::HashSet;
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -67,10 +68,32 @@ struct Job {
     reply: oneshot::Sender<Result<CommandReply, CommandError>>,
 }
 
+/// Commands that commit together or not at all (an atomic bulk): decided in order,
+/// each against the state the ones before it left, appended in one transaction.
+struct AtomicJob {
+    requests: Vec<CommandRequest>,
+    reply: oneshot::Sender<Result<Vec<CommandReply>, AtomicError>>,
+}
+
+/// Why an atomic group recorded nothing.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum AtomicError {
+    /// The command at `index` broke a rule (or replayed an earlier answer that did).
+    #[error("command {index} was refused: {error}")]
+    Rejected { index: usize, error: DomainError },
+    /// The command at `index` cannot run as sent (its key was used for another request).
+    #[error("command {index}: {error}")]
+    Command { index: usize, error: CommandError },
+    /// The group as a whole could not be recorded.
+    #[error(transparent)]
+    Failed(#[from] CommandError),
+}
+
 /// Handle to the writer task; cheap to clone.
 #[derive(Clone)]
 pub struct CommandBus {
     tx: mpsc::Sender<Job>,
+    atomic_tx: mpsc::Sender<AtomicJob>,
     loader: StateLoader,
 }
 
@@ -158,10 +181,20 @@ impl CommandBus {
     /// Starts the writer task. It stops when every handle has been dropped.
     pub fn start(store: EventStore, limits: WriterLimits) -> CommandBus {
         let (tx, rx) = mpsc::channel(limits.queue_max);
+        let (atomic_tx, atomic_rx) = mpsc::channel(limits.queue_max.div_ceil(64).max(1));
         let loader = StateLoader::new(store.clone(), limits.cache_max, limits.snapshot_every);
         let writer = Writer { store, loader: loader.clone(), limits };
-        tokio::spawn(writer.run(rx));
-        CommandBus { tx, loader }
+        tokio::spawn(writer.run(rx, atomic_rx));
+        CommandBus { tx, atomic_tx, loader }
+    }
+
+    /// Executes commands as one: all recorded in one transaction, in order, or none
+    /// (nothing stored, not even an idempotency record). A command whose key was used
+    /// for the same request counts with its stored answer.
+    pub async fn execute_atomic(&self, requests: Vec<CommandRequest>) -> Result<Vec<CommandReply>, AtomicError> {
+        let (reply, answer) = oneshot::channel();
+        self.atomic_tx.send(AtomicJob { requests, reply }).await.map_err(|_| CommandError::ShuttingDown)?;
+        answer.await.map_err(|_| CommandError::ShuttingDown)?
     }
 
     /// Executes a command (queued behind others, batched with them).
@@ -184,8 +217,20 @@ struct Writer {
 }
 
 impl Writer {
-    async fn run(self, mut rx: mpsc::Receiver<Job>) {
-        while let Some(first) = rx.recv().await {
+    async fn run(self, mut rx: mpsc::Receiver<Job>, mut atomic_rx: mpsc::Receiver<AtomicJob>) {
+        loop {
+            let first = tokio::select! {
+                job = rx.recv() => match job {
+                    Some(job) => job,
+                    None => return,
+                },
+                Some(group) = atomic_rx.recv() => {
+                    let outcome = std::panic::AssertUnwindSafe(self.process_atomic(group.requests));
+                    let outcome = futures::FutureExt::catch_unwind(outcome).await;
+                    let _ = group.reply.send(outcome.unwrap_or(Err(AtomicError::Failed(CommandError::Internal))));
+                    continue;
+                }
+            };
             let mut jobs = vec![first];
             while jobs.len() < self.limits.batch_max {
                 match rx.try_recv() {
@@ -274,6 +319,119 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// An atomic group: its used keys answered from their records, the others decided
+    /// in order and appended in one transaction, decided again after a conflict.
+    async fn process_atomic(&self, requests: Vec<CommandRequest>) -> Result<Vec<CommandReply>, AtomicError> {
+        let mut seen = HashSet::new();
+        for (index, r) in requests.iter().enumerate() {
+            if let Some(k) = &r.idempotency
+                && !seen.insert((k.principal.clone(), k.key.clone()))
+            {
+                return Err(AtomicError::Command { index, error: CommandError::IdempotencyKeyReused });
+            }
+        }
+        let mut conflicts = 0;
+        loop {
+            let replayed = self.atomic_replays(&requests).await?;
+            let mut working = Ledger::new();
+            let fresh = requests.iter().zip(&replayed).filter(|(_, r)| r.is_none()).map(|(q, _)| &q.command);
+            self.load_missing(&mut working, fresh).await.map_err(|e| CommandError::Unavailable(Arc::new(e)))?;
+            let mut commits = Vec::new();
+            for (index, (request, replay)) in requests.iter().zip(&replayed).enumerate() {
+                if replay.is_some() {
+                    continue;
+                }
+                let command = std::iter::once(&request.command);
+                self.load_missing(&mut working, command).await.map_err(|e| CommandError::Unavailable(Arc::new(e)))?;
+                let (commit, _) = decide_one(request, &mut working);
+                if let Some(error) = &commit.rejection {
+                    return Err(AtomicError::Rejected { index, error: error.clone() });
+                }
+                commits.push(commit);
+            }
+            let appended = if commits.is_empty() {
+                Appended { results: Vec::new(), versions: Default::default() }
+            } else {
+                match self.store.append_batch(&commits).await {
+                    Ok(appended) => appended,
+                    Err(AppendError::Conflict { .. }) if conflicts < self.limits.conflict_retries_max => {
+                        conflicts += 1;
+                        metrics::counter!("ledger_append_conflicts_total").increment(1);
+                        continue;
+                    }
+                    Err(AppendError::Conflict { .. }) => {
+                        return Err(CommandError::VersionConflict(conflicts + 1).into());
+                    }
+                    Err(AppendError::Unstorable { commit, reason }) => {
+                        tracing::error!(%reason, "an atomic group holds a command that cannot be stored");
+                        let index =
+                            requests.iter().zip(&replayed).enumerate().filter(|(_, (_, r))| r.is_none()).nth(commit);
+                        let index = index.map_or(0, |(i, _)| i);
+                        return Err(AtomicError::Command { index, error: CommandError::Internal });
+                    }
+                    Err(AppendError::Database(e)) => {
+                        return Err(CommandError::Unavailable(Arc::new(StoreError::Database(e))).into());
+                    }
+                }
+            };
+            self.remember_appended(&working, &appended.versions);
+            let mut results = appended.results.into_iter();
+            return Ok(replayed
+                .into_iter()
+                .map(|replay| match replay {
+                    Some(reply) => reply,
+                    None => {
+                        let r = results.next().expect("one result per commit");
+                        CommandReply { answer: Stored::Outcome(r.outcome), replayed: false, recorded: r.recorded }
+                    }
+                })
+                .collect());
+        }
+    }
+
+    /// For each command of an atomic group, its stored answer if its key was used for
+    /// the same request; a key used for another request, or a stored refusal, fails
+    /// the group.
+    async fn atomic_replays(&self, requests: &[CommandRequest]) -> Result<Vec<Option<CommandReply>>, AtomicError> {
+        let keys: Vec<(String, String)> = requests
+            .iter()
+            .filter_map(|r| r.idempotency.as_ref().map(|k| (k.principal.clone(), k.key.clone())))
+            .collect();
+        let records = if keys.is_empty() {
+            Default::default()
+        } else {
+            self.store.idempotency_records(&keys).await.map_err(|e| {
+                let fault = crate::store::db_fault(&e);
+                let e = Arc::new(StoreError::Database(e));
+                if fault == DbFault::Unavailable { CommandError::Unavailable(e) } else { CommandError::Internal }
+            })?
+        };
+        let mut out = Vec::with_capacity(requests.len());
+        for (index, r) in requests.iter().enumerate() {
+            let found = r
+                .idempotency
+                .as_ref()
+                .and_then(|k| records.get(&(k.principal.clone(), k.key.clone())).map(|rec| (k, rec)));
+            match found {
+                None => out.push(None),
+                Some((claim, record)) if record.fingerprint != claim.fingerprint => {
+                    return Err(AtomicError::Command { index, error: CommandError::IdempotencyKeyReused });
+                }
+                Some((_, record)) => {
+                    if let Stored::Outcome(Outcome::Rejected(error)) = &record.stored {
+                        return Err(AtomicError::Rejected { index, error: error.clone() });
+                    }
+                    out.push(Some(CommandReply {
+                        answer: record.stored.clone(),
+                        replayed: true,
+                        recorded: Vec::new(),
+                    }));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// A batch failed for a reason that is not a dependency failure, so perhaps one
