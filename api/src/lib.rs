@@ -28,6 +28,7 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::transfers::router())
         .merge(routes::transactions::router())
         .merge(routes::holds::router())
+        .merge(routes::bulk::router())
         .merge(routes::withdrawals::router())
         .merge(routes::events::router())
         .merge(routes::admin::router())

@@ -487,6 +487,11 @@ impl Client {
         self.get(&format!("/v1/holds/{id}"), &self.consistency(read)).await
     }
 
+    /// `POST /v1/bulk`: the items' own keys are theirs; `key` is the bulk's.
+    pub async fn bulk(&self, r: &BulkRequest, key: Option<&str>) -> Result<Reply<BulkResponse>, Error> {
+        self.command("/v1/bulk", r, key).await
+    }
+
     pub async fn withdraw(&self, r: &WithdrawalRequest, key: Option<&str>) -> Result<Reply<Withdrawal>, Error> {
         self.command("/v1/withdrawals", r, key).await
     }

@@ -29,6 +29,7 @@ const API_MD_ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/holds/{id}"),
     ("POST", "/v1/holds/{id}/capture"),
     ("POST", "/v1/holds/{id}/void"),
+    ("POST", "/v1/bulk"),
     ("POST", "/v1/withdrawals"),
     ("GET", "/v1/withdrawals/{id}"),
     ("GET", "/v1/events"),

@@ -28,6 +28,10 @@ pub const POSTINGS_MAX: usize = 100;
 pub const METADATA_FILTERS_MAX: usize = 5;
 /// How far in the future an `effective_at` may be, in seconds.
 pub const EFFECTIVE_AHEAD_S: i64 = 60;
+/// Most items of one `POST /v1/bulk`.
+pub const BULK_ITEMS_MAX: usize = 1000;
+/// Largest `POST /v1/bulk` body, in bytes.
+pub const BULK_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Most accounts `GET /v1/accounts?owner=` answers.
 pub const OWNER_ACCOUNTS_MAX: i64 = 1000;
 

@@ -91,6 +91,10 @@ pub struct Problem {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub account_id: Option<uuid::Uuid>,
+    /// For an atomic bulk that failed: the index of the first failing item.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub failed_index: Option<usize>,
 }
 
 impl Problem {
@@ -102,6 +106,7 @@ impl Problem {
             detail: detail.to_owned(),
             code,
             account_id: None,
+            failed_index: None,
         }
     }
 }

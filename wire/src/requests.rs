@@ -241,3 +241,30 @@ pub struct CaptureRequest {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub effective_at: Option<Timestamp>,
 }
+
+/// `POST /v1/bulk`: 1–1,000 command requests in one (body at most 4 MiB).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+pub struct BulkRequest {
+    /// `false` (default): each item runs as if sent alone. `true`: every item commits
+    /// in one database transaction, or none does and nothing is stored.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub atomic: bool,
+    #[schema(min_items = 1, max_items = 1000)]
+    pub items: Vec<BulkItem>,
+}
+
+/// One command of a bulk: a command route of this contract (POST under /v1, outside
+/// /v1/admin and /v1/bulk) with its own idempotency key.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+pub struct BulkItem {
+    #[schema(example = "POST")]
+    pub method: String,
+    #[schema(example = "/v1/transactions")]
+    pub path: String,
+    /// Scoped to the caller like an `Idempotency-Key` header: 1–255 printable ASCII.
+    pub idempotency_key: String,
+    /// The route's request body (default `{}`).
+    #[schema(value_type = Option<Object>)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<serde_json::Value>,
+}

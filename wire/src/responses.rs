@@ -645,3 +645,19 @@ pub enum HoldStatus {
     Voided,
     Expired,
 }
+
+/// `POST /v1/bulk`: one result per item, in item order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BulkResponse {
+    pub results: Vec<BulkResult>,
+}
+
+/// What one item's route answered: its status and body (a view, or a problem
+/// document), and whether it was the stored answer of an earlier request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BulkResult {
+    pub status: u16,
+    #[schema(value_type = Object)]
+    pub body: Value,
+    pub replayed: bool,
+}

@@ -45,26 +45,39 @@ impl FromRequest<AppState> for CommandBody {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        // A bulk carries up to 1,000 commands: its body may be larger than one command's.
+        let limit = if request.uri().path() == "/v1/bulk" {
+            ledger_wire::limits::BULK_BYTES_MAX
+        } else {
+            state.config.body_bytes_max
+        };
         let key = idempotency_key(request.headers())?;
         let method: Method = request.method().clone();
         let path = request.uri().path().to_owned();
-        let bytes =
-            axum::body::to_bytes(Body::new(request.into_body()), state.config.body_bytes_max).await.map_err(|_| {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    ErrorCode::PayloadTooLarge,
-                    format!("the body must be at most {} bytes", state.config.body_bytes_max),
-                )
-            })?;
+        let bytes = axum::body::to_bytes(Body::new(request.into_body()), limit).await.map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::PayloadTooLarge,
+                format!("the body must be at most {limit} bytes"),
+            )
+        })?;
         let json: Value = if bytes.is_empty() {
             Value::Object(Default::default())
         } else {
             crate::http::validate::parse_json(&bytes).map_err(crate::http::validate::body_rejection)?
         };
+        Ok(CommandBody::new(method.as_str(), &path, json, key))
+    }
+}
+
+impl CommandBody {
+    /// A command's body and key, fingerprinted: sha256 of `"{method} {path}\n"` and the
+    /// body's canonical JSON.
+    pub fn new(method: &str, path: &str, json: Value, key: String) -> CommandBody {
         let mut canonical = format!("{method} {path}\n");
         canonical_json(&json, &mut canonical);
         let fingerprint = Sha256::digest(canonical.as_bytes()).to_vec();
-        Ok(CommandBody { json, fingerprint, key })
+        CommandBody { json, fingerprint, key }
     }
 }
 
@@ -141,6 +154,35 @@ pub fn render(outcome: &Outcome, recorded: impl RenderRecorded) -> StoredRespons
 /// would be a bug, caught by `render` (the command is then answered with its position).
 pub fn stored(status: u16, body: &impl serde::Serialize) -> StoredResponse {
     StoredResponse { status, body: serde_json::to_value(body).expect("wire types serialize") }
+}
+
+/// What a command route runs for a request: the command, what caused it, and how its
+/// outcome is answered. The route's handler and `POST /v1/bulk` run the same plan.
+pub struct Planned {
+    pub command: Command,
+    pub causation: Option<String>,
+    pub render: Box<dyn Fn(&Recorded) -> StoredResponse + Send + Sync>,
+}
+
+impl Planned {
+    pub fn new(
+        command: Command,
+        causation: Option<String>,
+        render: impl Fn(&Recorded) -> StoredResponse + Send + Sync + 'static,
+    ) -> Planned {
+        Planned { command, causation, render: Box::new(render) }
+    }
+}
+
+/// Executes a planned command once per idempotency key.
+pub async fn execute_planned(
+    state: &AppState,
+    principal: &Principal,
+    context: &RequestContext,
+    body: CommandBody,
+    planned: Planned,
+) -> Result<Response, ApiError> {
+    execute(state, principal, context, body, planned.command, planned.causation, planned.render).await
 }
 
 /// Executes `command` once per idempotency key and answers with its (possibly stored) response.

@@ -19,11 +19,13 @@ pub struct ApiError {
     pub retry_after_s: Option<u64>,
     /// The account a rule names (the problem body's top-level `account_id`).
     pub account_id: Option<uuid::Uuid>,
+    /// The failing item of an atomic bulk.
+    pub failed_index: Option<usize>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: ErrorCode, detail: impl Into<String>) -> ApiError {
-        ApiError { status, code, detail: detail.into(), retry_after_s: None, account_id: None }
+        ApiError { status, code, detail: detail.into(), retry_after_s: None, account_id: None, failed_index: None }
     }
 
     pub fn validation(detail: impl Into<String>) -> ApiError {
@@ -67,7 +69,11 @@ impl ApiError {
     /// The problem document.
     pub fn problem(&self) -> Problem {
         let title = self.status.canonical_reason().unwrap_or("error");
-        Problem { account_id: self.account_id, ..Problem::new(self.status.as_u16(), title, self.code, &self.detail) }
+        Problem {
+            account_id: self.account_id,
+            failed_index: self.failed_index,
+            ..Problem::new(self.status.as_u16(), title, self.code, &self.detail)
+        }
     }
 
     /// The problem document as JSON.

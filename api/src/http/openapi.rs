@@ -9,7 +9,8 @@
 //! particular to it. Depends on the routes' attributes only, never on their logic.
 
 use crate::routes::{
-    accounts, admin, audit, deposits, events, health, holds, reconciliations, transactions, transfers, withdrawals,
+    accounts, admin, audit, bulk, deposits, events, health, holds, reconciliations, transactions, transfers,
+    withdrawals,
 };
 use axum::Router;
 use ledger_wire as schemas;
@@ -62,6 +63,7 @@ const PROBLEM_JSON: &str = "application/problem+json";
         holds::read,
         holds::capture,
         holds::void,
+        bulk::bulk,
         withdrawals::withdraw,
         withdrawals::read,
         events::events,
@@ -89,6 +91,7 @@ const PROBLEM_JSON: &str = "application/problem+json";
         (name = "accounts", description = "Open, close and read accounts; statements, history, replay."),
         (name = "deposits", description = "Money entering the ledger."),
         (name = "transfers", description = "Movements between accounts, and their reversal."),
+        (name = "bulk", description = "Many commands in one request, atomically or not."),
         (name = "holds", description = "Two-phase holds: reserve now, capture or void later, with expiry."),
         (name = "transactions", description = "Many postings recorded as one event; every transfer is also a \
             one-posting transaction."),

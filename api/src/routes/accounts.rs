@@ -1,6 +1,6 @@
 //! Accounts: open, close, read, and the account's own event stream.
 
-use crate::http::command::{CommandBody, execute};
+use crate::http::command::CommandBody;
 use crate::http::context::{Principal, RequestContext};
 use crate::http::error::{ApiError, ErrorCode};
 use crate::http::extract::{Params, Segment};
@@ -76,7 +76,12 @@ async fn open(
     context: RequestContext,
     body: CommandBody,
 ) -> Result<Response, ApiError> {
-    let r: OpenAccountRequest = parse(&body.json)?;
+    let planned = plan_open(&body.json)?;
+    crate::http::command::execute_planned(&state, &principal, &context, body, planned).await
+}
+
+pub fn plan_open(json: &serde_json::Value) -> Result<crate::http::command::Planned, ApiError> {
+    let r: OpenAccountRequest = parse(json)?;
     let command = Command::OpenAccount(OpenAccount {
         account_id: r.id.map_or_else(Uuid::now_v7, |id| id.0),
         currency: r.currency,
@@ -84,7 +89,7 @@ async fn open(
         overdraft_limit: r.overdraft_limit.map_or(ledger_domain::Money::ZERO, |l| l.0),
         metadata: r.metadata.map(|m| m.0),
     });
-    execute(&state, &principal, &context, body, command, None, render_account(201)).await
+    Ok(crate::http::command::Planned::new(command, None, render_account(201)))
 }
 
 #[utoipa::path(
@@ -110,10 +115,15 @@ async fn close(
     Segment(raw): Segment,
     body: CommandBody,
 ) -> Result<Response, ApiError> {
-    let account_id = path_uuid(&raw, || account_not_found(&raw))?;
-    let _: EmptyRequest = parse(&body.json)?;
+    let planned = plan_close(&raw, &body.json)?;
+    crate::http::command::execute_planned(&state, &principal, &context, body, planned).await
+}
+
+pub fn plan_close(raw: &str, json: &serde_json::Value) -> Result<crate::http::command::Planned, ApiError> {
+    let account_id = path_uuid(raw, || account_not_found(raw))?;
+    let _: EmptyRequest = parse(json)?;
     let command = Command::CloseAccount { account_id };
-    execute(&state, &principal, &context, body, command, None, render_account(200)).await
+    Ok(crate::http::command::Planned::new(command, None, render_account(200)))
 }
 
 #[utoipa::path(

@@ -1,7 +1,7 @@
 //! Deposits: money entering the ledger from the outside world, through the
 //! currency's system account.
 
-use crate::http::command::{CommandBody, execute};
+use crate::http::command::CommandBody;
 use crate::http::context::{Principal, RequestContext};
 use crate::http::error::ApiError;
 use crate::http::requests::parse;
@@ -42,7 +42,12 @@ async fn deposit(
     context: RequestContext,
     body: CommandBody,
 ) -> Result<Response, ApiError> {
-    let r: DepositRequest = parse(&body.json)?;
+    let planned = plan(&state, &body.json)?;
+    crate::http::command::execute_planned(&state, &principal, &context, body, planned).await
+}
+
+pub fn plan(state: &AppState, json: &serde_json::Value) -> Result<crate::http::command::Planned, ApiError> {
+    let r: DepositRequest = parse(json)?;
     let c = MakeDeposit {
         deposit_id: Uuid::now_v7(),
         account_id: r.account_id,
@@ -50,9 +55,9 @@ async fn deposit(
         currency: r.currency,
         reference: r.reference.map(|t| t.0),
         metadata: r.metadata.map(|m| m.0),
-        effective_at: crate::http::validate::effective_at(&state, r.effective_at)?,
+        effective_at: crate::http::validate::effective_at(state, r.effective_at)?,
     };
-    execute(&state, &principal, &context, body, Command::MakeDeposit(c), None, render_deposit).await
+    Ok(crate::http::command::Planned::new(Command::MakeDeposit(c), None, render_deposit))
 }
 
 /// Renders the deposit a command recorded.

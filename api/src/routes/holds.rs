@@ -3,7 +3,7 @@
 //! decided at the time carried in its command, so one at or after `expires_at` is
 //! refused even before the expiry is recorded.
 
-use crate::http::command::{CommandBody, execute};
+use crate::http::command::CommandBody;
 use crate::http::context::{Principal, RequestContext};
 use crate::http::error::ApiError;
 use crate::http::extract::{Params, Segment};
@@ -78,7 +78,12 @@ async fn place(
     context: RequestContext,
     body: CommandBody,
 ) -> Result<Response, ApiError> {
-    let r: HoldRequest = parse(&body.json)?;
+    let planned = plan_place(&body.json)?;
+    crate::http::command::execute_planned(&state, &principal, &context, body, planned).await
+}
+
+pub fn plan_place(json: &serde_json::Value) -> Result<crate::http::command::Planned, ApiError> {
+    let r: HoldRequest = parse(json)?;
     let expires_at = r.expires_at.map(|t| chrono::SubsecRound::trunc_subsecs(t.0, 6));
     if expires_at.is_some_and(|t| t <= chrono::Utc::now()) {
         return Err(ApiError::validation("`expires_at` must be in the future"));
@@ -93,7 +98,7 @@ async fn place(
         reference: r.reference.map(|t| t.0),
         metadata: r.metadata.map(|m| m.0),
     });
-    execute(&state, &principal, &context, body, command, None, render_hold(201)).await
+    Ok(crate::http::command::Planned::new(command, None, render_hold(201)))
 }
 
 #[utoipa::path(
@@ -120,15 +125,24 @@ async fn capture(
     Segment(raw): Segment,
     body: CommandBody,
 ) -> Result<Response, ApiError> {
-    let hold_id = path_uuid(&raw, || not_found(&raw))?;
-    let r: CaptureRequest = parse(&body.json)?;
+    let planned = plan_capture(&state, &raw, &body.json)?;
+    crate::http::command::execute_planned(&state, &principal, &context, body, planned).await
+}
+
+pub fn plan_capture(
+    state: &AppState,
+    raw: &str,
+    json: &serde_json::Value,
+) -> Result<crate::http::command::Planned, ApiError> {
+    let hold_id = path_uuid(raw, || not_found(raw))?;
+    let r: CaptureRequest = parse(json)?;
     let command = Command::CaptureHold(CaptureHold {
         hold_id,
         amount: r.amount,
-        effective_at: crate::http::validate::effective_at(&state, r.effective_at)?,
+        effective_at: crate::http::validate::effective_at(state, r.effective_at)?,
         now: chrono::Utc::now(),
     });
-    execute(&state, &principal, &context, body, command, Some(hold_id.to_string()), render_hold(200)).await
+    Ok(crate::http::command::Planned::new(command, Some(hold_id.to_string()), render_hold(200)))
 }
 
 #[utoipa::path(
@@ -153,10 +167,15 @@ async fn void(
     Segment(raw): Segment,
     body: CommandBody,
 ) -> Result<Response, ApiError> {
-    let hold_id = path_uuid(&raw, || not_found(&raw))?;
-    let _: EmptyRequest = parse(&body.json)?;
+    let planned = plan_void(&raw, &body.json)?;
+    crate::http::command::execute_planned(&state, &principal, &context, body, planned).await
+}
+
+pub fn plan_void(raw: &str, json: &serde_json::Value) -> Result<crate::http::command::Planned, ApiError> {
+    let hold_id = path_uuid(raw, || not_found(raw))?;
+    let _: EmptyRequest = parse(json)?;
     let command = Command::VoidHold(VoidHold { hold_id });
-    execute(&state, &principal, &context, body, command, Some(hold_id.to_string()), render_hold(200)).await
+    Ok(crate::http::command::Planned::new(command, Some(hold_id.to_string()), render_hold(200)))
 }
 
 #[utoipa::path(

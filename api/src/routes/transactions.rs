@@ -2,7 +2,7 @@
 //! the indexed query over them. Every transfer is also a one-posting transaction with
 //! the same id, read and queried here like the others.
 
-use crate::http::command::{CommandBody, execute};
+use crate::http::command::CommandBody;
 use crate::http::context::{Principal, RequestContext};
 use crate::http::error::ApiError;
 use crate::http::extract::{Params, Segment};
@@ -81,7 +81,12 @@ async fn create(
     context: RequestContext,
     body: CommandBody,
 ) -> Result<Response, ApiError> {
-    let r: TransactionRequest = parse(&body.json)?;
+    let planned = plan_create(&state, &body.json)?;
+    crate::http::command::execute_planned(&state, &principal, &context, body, planned).await
+}
+
+pub fn plan_create(state: &AppState, json: &serde_json::Value) -> Result<crate::http::command::Planned, ApiError> {
+    let r: TransactionRequest = parse(json)?;
     let postings =
         r.postings.0.iter().map(|p| Leg { from: p.from, to: p.to, amount: p.amount, currency: p.currency }).collect();
     let conditions = r
@@ -99,10 +104,10 @@ async fn create(
         postings,
         reference: r.reference.map(|t| t.0),
         metadata: r.metadata.map(|m| m.0),
-        effective_at: crate::http::validate::effective_at(&state, r.effective_at)?,
+        effective_at: crate::http::validate::effective_at(state, r.effective_at)?,
         conditions,
     });
-    execute(&state, &principal, &context, body, command, None, render_transaction).await
+    Ok(crate::http::command::Planned::new(command, None, render_transaction))
 }
 
 #[utoipa::path(
@@ -130,15 +135,20 @@ async fn reverse(
     Segment(raw): Segment,
     body: CommandBody,
 ) -> Result<Response, ApiError> {
-    let transaction_id = path_uuid(&raw, || ApiError::not_found(format!("transaction {raw} not found")))?;
-    let r: ReverseRequest = parse(&body.json)?;
+    let planned = plan_reverse(&raw, &body.json)?;
+    crate::http::command::execute_planned(&state, &principal, &context, body, planned).await
+}
+
+pub fn plan_reverse(raw: &str, json: &serde_json::Value) -> Result<crate::http::command::Planned, ApiError> {
+    let transaction_id = path_uuid(raw, || ApiError::not_found(format!("transaction {raw} not found")))?;
+    let r: ReverseRequest = parse(json)?;
     let command = Command::ReverseTransaction(ReverseTransaction {
         reversal_id: Uuid::now_v7(),
         transaction_id,
         reason: r.reason.0,
     });
     let causation = Some(transaction_id.to_string());
-    execute(&state, &principal, &context, body, command, causation, render_transaction).await
+    Ok(crate::http::command::Planned::new(command, causation, render_transaction))
 }
 
 /// The transaction (or transfer) from the write side, as a transaction view.

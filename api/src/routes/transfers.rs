@@ -1,6 +1,6 @@
 //! Transfers between accounts, and their reversal as a compensating transfer.
 
-use crate::http::command::{CommandBody, execute};
+use crate::http::command::CommandBody;
 use crate::http::context::{Principal, RequestContext};
 use crate::http::error::ApiError;
 use crate::http::extract::{Params, Segment};
@@ -67,7 +67,12 @@ async fn transfer(
     context: RequestContext,
     body: CommandBody,
 ) -> Result<Response, ApiError> {
-    let r: TransferRequest = parse(&body.json)?;
+    let planned = plan_transfer(&state, &body.json)?;
+    crate::http::command::execute_planned(&state, &principal, &context, body, planned).await
+}
+
+pub fn plan_transfer(state: &AppState, json: &serde_json::Value) -> Result<crate::http::command::Planned, ApiError> {
+    let r: TransferRequest = parse(json)?;
     let command = Command::PostTransfer(PostTransfer {
         transfer_id: Uuid::now_v7(),
         from: r.from,
@@ -76,9 +81,9 @@ async fn transfer(
         currency: r.currency,
         reference: r.reference.map(|t| t.0),
         metadata: r.metadata.map(|m| m.0),
-        effective_at: crate::http::validate::effective_at(&state, r.effective_at)?,
+        effective_at: crate::http::validate::effective_at(state, r.effective_at)?,
     });
-    execute(&state, &principal, &context, body, command, None, render_transfer).await
+    Ok(crate::http::command::Planned::new(command, None, render_transfer))
 }
 
 #[utoipa::path(
@@ -105,13 +110,18 @@ async fn reverse(
     Segment(raw): Segment,
     body: CommandBody,
 ) -> Result<Response, ApiError> {
-    let transfer_id = path_uuid(&raw, || ApiError::not_found(format!("transfer {raw} not found")))?;
-    let r: ReverseRequest = parse(&body.json)?;
+    let planned = plan_reverse(&raw, &body.json)?;
+    crate::http::command::execute_planned(&state, &principal, &context, body, planned).await
+}
+
+pub fn plan_reverse(raw: &str, json: &serde_json::Value) -> Result<crate::http::command::Planned, ApiError> {
+    let transfer_id = path_uuid(raw, || ApiError::not_found(format!("transfer {raw} not found")))?;
+    let r: ReverseRequest = parse(json)?;
     let reversal_id = Uuid::now_v7();
     let command = Command::ReverseTransfer(ReverseTransfer { reversal_id, transfer_id, reason: r.reason.0 });
     // The reversal is caused by the original transfer: the audit trail links them.
     let causation = Some(transfer_id.to_string());
-    execute(&state, &principal, &context, body, command, causation, render_transfer).await
+    Ok(crate::http::command::Planned::new(command, causation, render_transfer))
 }
 
 #[utoipa::path(

@@ -1,7 +1,7 @@
 //! Withdrawals: funds are held at once; the payout to the provider settles or fails
 //! the withdrawal later.
 
-use crate::http::command::{CommandBody, execute};
+use crate::http::command::CommandBody;
 use crate::http::context::{Principal, RequestContext};
 use crate::http::error::ApiError;
 use crate::http::extract::{Params, Segment};
@@ -48,7 +48,12 @@ async fn withdraw(
     context: RequestContext,
     body: CommandBody,
 ) -> Result<Response, ApiError> {
-    let r: WithdrawalRequest = parse(&body.json)?;
+    let planned = plan(&body.json)?;
+    crate::http::command::execute_planned(&state, &principal, &context, body, planned).await
+}
+
+pub fn plan(json: &serde_json::Value) -> Result<crate::http::command::Planned, ApiError> {
+    let r: WithdrawalRequest = parse(json)?;
     let command = Command::RequestWithdrawal(RequestWithdrawal {
         withdrawal_id: Uuid::now_v7(),
         account_id: r.account_id,
@@ -57,7 +62,7 @@ async fn withdraw(
         destination: r.destination.0,
         metadata: r.metadata.map(|m| m.0),
     });
-    execute(&state, &principal, &context, body, command, None, render_withdrawal).await
+    Ok(crate::http::command::Planned::new(command, None, render_withdrawal))
 }
 
 /// Renders the withdrawal a command requested.

@@ -1,0 +1,250 @@
+//! `POST /v1/bulk` (API.md v1.1 "Bulk"): up to 1,000 command requests in one. Each
+//! item is planned by its own route's code (`Planned`), so it is parsed, answered and
+//! replayed exactly as if sent alone. Non-atomic items go to the writer together, in
+//! order, and are group-committed like any concurrent commands; an atomic bulk is one
+//! writer group: all items in one database transaction, or nothing stored. The bulk's
+//! own `Idempotency-Key` replays its whole response.
+
+use crate::http::command::{CommandBody, Planned, claim, execute_reply, render, respond, stored_replay};
+use crate::http::context::{Principal, RequestContext};
+use crate::http::error::ApiError;
+use crate::http::requests::parse;
+use crate::routes::{accounts, deposits, holds, transactions, transfers, withdrawals};
+use crate::run::state::AppState;
+use axum::Router;
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::post;
+use ledger_infrastructure::{AtomicError, CommandRequest, EventMetadata, Stored, StoredResponse};
+use ledger_wire::{BulkRequest, BulkResponse, BulkResult};
+use serde_json::Value;
+use std::collections::HashSet;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/bulk", post(bulk))
+}
+
+/// The command routes a bulk item may name.
+enum Route<'a> {
+    OpenAccount,
+    CloseAccount(&'a str),
+    Deposit,
+    Transfer,
+    ReverseTransfer(&'a str),
+    Withdraw,
+    Transaction,
+    ReverseTransaction(&'a str),
+    PlaceHold,
+    CaptureHold(&'a str),
+    VoidHold(&'a str),
+}
+
+fn route(path: &str) -> Option<Route<'_>> {
+    let segments: Vec<&str> = path.split('/').collect();
+    Some(match segments.as_slice() {
+        ["", "v1", "accounts"] => Route::OpenAccount,
+        ["", "v1", "accounts", id, "close"] => Route::CloseAccount(id),
+        ["", "v1", "deposits"] => Route::Deposit,
+        ["", "v1", "transfers"] => Route::Transfer,
+        ["", "v1", "transfers", id, "reverse"] => Route::ReverseTransfer(id),
+        ["", "v1", "withdrawals"] => Route::Withdraw,
+        ["", "v1", "transactions"] => Route::Transaction,
+        ["", "v1", "transactions", id, "reverse"] => Route::ReverseTransaction(id),
+        ["", "v1", "holds"] => Route::PlaceHold,
+        ["", "v1", "holds", id, "capture"] => Route::CaptureHold(id),
+        ["", "v1", "holds", id, "void"] => Route::VoidHold(id),
+        _ => return None,
+    })
+}
+
+/// The plan of one item: its route's own code, run on its body.
+fn plan(state: &AppState, path: &str, json: &Value) -> Result<Planned, ApiError> {
+    match route(path) {
+        Some(Route::OpenAccount) => accounts::plan_open(json),
+        Some(Route::CloseAccount(id)) => accounts::plan_close(id, json),
+        Some(Route::Deposit) => deposits::plan(state, json),
+        Some(Route::Transfer) => transfers::plan_transfer(state, json),
+        Some(Route::ReverseTransfer(id)) => transfers::plan_reverse(id, json),
+        Some(Route::Withdraw) => withdrawals::plan(json),
+        Some(Route::Transaction) => transactions::plan_create(state, json),
+        Some(Route::ReverseTransaction(id)) => transactions::plan_reverse(id, json),
+        Some(Route::PlaceHold) => holds::plan_place(json),
+        Some(Route::CaptureHold(id)) => holds::plan_capture(state, id, json),
+        Some(Route::VoidHold(id)) => holds::plan_void(id, json),
+        None => Err(ApiError::validation(format!("`{path}` is not a command route"))),
+    }
+}
+
+/// One item, checked as a bulk's item: a command route, a valid key, an object body.
+struct Item {
+    body: CommandBody,
+    path: String,
+}
+
+/// Checks every item before any runs (a malformed bulk is refused whole).
+fn items(request: &BulkRequest) -> Result<Vec<Item>, ApiError> {
+    let max = ledger_wire::limits::BULK_ITEMS_MAX;
+    if request.items.is_empty() || request.items.len() > max {
+        return Err(ApiError::validation(format!("`items` must hold 1 to {max} items, not {}", request.items.len())));
+    }
+    let mut keys = HashSet::new();
+    let mut out = Vec::with_capacity(request.items.len());
+    for (i, item) in request.items.iter().enumerate() {
+        if item.method != "POST" {
+            return Err(ApiError::validation(format!("`items[{i}].method` must be POST")));
+        }
+        if route(&item.path).is_none() {
+            return Err(ApiError::validation(format!(
+                "`items[{i}].path` {:?} is not a command route of this contract (POST under /v1, outside /v1/admin \
+                 and /v1/bulk)",
+                item.path
+            )));
+        }
+        if !crate::http::context::printable(&item.idempotency_key) {
+            return Err(ApiError::validation(format!(
+                "`items[{i}].idempotency_key` must be 1 to 255 printable ASCII characters"
+            )));
+        }
+        if !keys.insert(item.idempotency_key.as_str()) {
+            return Err(ApiError::validation(format!("`items[{i}].idempotency_key` is used by an earlier item")));
+        }
+        let json = item.body.clone().unwrap_or_else(|| Value::Object(Default::default()));
+        out.push(Item {
+            body: CommandBody::new("POST", &item.path, json, item.idempotency_key.clone()),
+            path: item.path.clone(),
+        });
+    }
+    Ok(out)
+}
+
+fn result(stored: StoredResponse, replayed: bool) -> BulkResult {
+    BulkResult { status: stored.status, body: stored.body, replayed }
+}
+
+fn problem(e: &ApiError) -> BulkResult {
+    BulkResult { status: e.status.as_u16(), body: e.body(), replayed: false }
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/bulk",
+    operation_id = "bulk",
+    tag = "bulk",
+    summary = "Many commands in one request",
+    description = "1–1,000 items, each a command route of this contract with its own idempotency key (body at \
+        most 4 MiB). `atomic: false`: each item runs as if sent alone, in item order, each seeing the effects of \
+        those before it; 200 with every item's status and body. `atomic: true`: every item commits in one \
+        database transaction, or none does: 422 with the first failing item's problem and `failed_index`, and \
+        nothing is stored. The bulk's own `Idempotency-Key` replays the whole response.",
+    request_body = ledger_wire::BulkRequest,
+    responses(
+        (status = 200, description = "Each item's answer, in item order.", body = ledger_wire::BulkResponse),
+        (status = 413, description = "`payload_too_large`: the body is over 4 MiB."),
+        (status = 422, description = "`validation_error`: a malformed bulk (0 or more than 1,000 items, an item \
+            that is not a command route, a malformed or repeated item key); for `atomic: true`, the first failing \
+            item's problem with `failed_index`."),
+    )
+)]
+async fn bulk(
+    State(state): State<AppState>,
+    principal: Principal,
+    context: RequestContext,
+    body: CommandBody,
+) -> Result<Response, ApiError> {
+    if let Some(replay) = stored_replay(&state, &principal, &body).await? {
+        return Ok(replay);
+    }
+    let request: BulkRequest = parse(&body.json)?;
+    let items = items(&request)?;
+    let answer = if request.atomic {
+        atomic(&state, &principal, &context, items).await?
+    } else {
+        StoredResponse {
+            status: 200,
+            body: serde_json::to_value(separate(&state, &principal, &context, items).await)
+                .map_err(|e| ApiError::internal(&e))?,
+        }
+    };
+    // An item that failed on our side (5xx) is retried with the bulk's key: the bulk's
+    // answer is kept only once every item has one of its own.
+    let settled = answer.body["results"].as_array().is_none_or(|r| r.iter().all(|r| r["status"].as_u64() < Some(500)));
+    if settled {
+        state.store.remember_response(&claim(&state, &principal, &body), &answer).await?;
+    }
+    Ok(respond(answer, false))
+}
+
+/// Non-atomic: every item handed to the writer at once, in order (it decides them in
+/// that order, in as few batches as its batch size allows), each answered as if alone.
+async fn separate(state: &AppState, principal: &Principal, context: &RequestContext, items: Vec<Item>) -> BulkResponse {
+    let runs = items.into_iter().map(|item| async move {
+        match plan(state, &item.path, &item.body.json) {
+            Err(e) => problem(&e),
+            Ok(p) => {
+                match execute_reply(state, principal, context, item.body, p.command, p.causation, p.render).await {
+                    Ok((stored, replayed)) => result(stored, replayed),
+                    Err(e) => problem(&e),
+                }
+            }
+        }
+    });
+    BulkResponse { results: futures::future::join_all(runs).await }
+}
+
+/// Atomic: one writer group, all or nothing. Returns the bulk's answer: 200 with
+/// every item's, or 422 with the first failing item's problem and its index.
+async fn atomic(
+    state: &AppState,
+    principal: &Principal,
+    context: &RequestContext,
+    items: Vec<Item>,
+) -> Result<StoredResponse, ApiError> {
+    // The bulk answers 422 whatever the item's own status, with the item's code.
+    let failed = |index: usize, e: ApiError| {
+        let status = axum::http::StatusCode::UNPROCESSABLE_ENTITY;
+        let e = ApiError { failed_index: Some(index), status, ..e };
+        StoredResponse { status: 422, body: e.body() }
+    };
+    let mut requests = Vec::with_capacity(items.len());
+    let mut renders = Vec::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        let planned = match plan(state, &item.path, &item.body.json) {
+            Ok(p) => p,
+            Err(e) => return Ok(failed(index, e)),
+        };
+        requests.push(CommandRequest {
+            command: planned.command,
+            metadata: EventMetadata {
+                actor: principal.name.clone(),
+                request_id: Some(context.request_id.clone()),
+                correlation_id: Some(context.correlation_id.clone()),
+                causation_id: planned.causation,
+                idempotency_key: Some(item.body.key.clone()),
+            },
+            idempotency: Some(claim(state, principal, &item.body)),
+        });
+        renders.push(planned.render);
+    }
+    match state.bus.execute_atomic(requests).await {
+        Ok(replies) => {
+            let mut results = Vec::with_capacity(replies.len());
+            for (reply, render_item) in replies.into_iter().zip(renders) {
+                let stored = match &reply.answer {
+                    Stored::Outcome(outcome) => render(outcome, &render_item),
+                    Stored::Response(stored) => stored.clone(),
+                };
+                results.push(result(stored, reply.replayed));
+            }
+            let body = serde_json::to_value(BulkResponse { results }).map_err(|e| ApiError::internal(&e))?;
+            Ok(StoredResponse { status: 200, body })
+        }
+        Err(AtomicError::Rejected { index, error }) => Ok(failed(index, ApiError::from(&error))),
+        Err(AtomicError::Command { index, error }) => match ApiError::from(error) {
+            // Only a refusal is the bulk's answer; a failure of ours or a dependency's
+            // is an error, retried with the same key.
+            e if e.status.is_client_error() => Ok(failed(index, e)),
+            e => Err(e),
+        },
+        Err(AtomicError::Failed(e)) => Err(e.into()),
+    }
+}
