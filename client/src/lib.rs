@@ -74,7 +74,7 @@ use uuid::Uuid;
 pub enum Error {
     /// The server answered with a problem document (after any retries).
     #[error("{status} {}: {}", problem.code, problem.detail)]
-    Api { status: u16, problem: Problem, retry_after: Option<Duration> },
+    Api { status: u16, problem: Box<Problem>, retry_after: Option<Duration> },
     /// The server could not be reached or the answer was cut short (after any retries).
     #[error("transport: {0}")]
     Transport(#[from] reqwest::Error),
@@ -327,7 +327,7 @@ impl Client {
         };
         if !status.is_success() {
             let problem: Problem = serde_json::from_slice(&bytes).map_err(|e| decode_error(e.to_string()))?;
-            return Err(Error::Api { status: status.as_u16(), problem, retry_after });
+            return Err(Error::Api { status: status.as_u16(), problem: Box::new(problem), retry_after });
         }
         let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| decode_error(e.to_string()))?;
         // A command's answer carries the position of its last event.
@@ -611,7 +611,7 @@ mod tests {
     use super::*;
 
     fn problem(status: u16, code: ErrorCode) -> Error {
-        Error::Api { status, problem: Problem::new(status, "x", code, "x"), retry_after: None }
+        Error::Api { status, problem: Box::new(Problem::new(status, "x", code, "x")), retry_after: None }
     }
 
     #[test]
