@@ -23,6 +23,8 @@ enum Mode {
     Reads,
     /// GET /v1/accounts/{id}?consistency=strong (folded from the log, no cache).
     StrongReads,
+    /// POST /v1/bulk of --bulk-size one-posting transactions (non-atomic) per request.
+    Bulk,
 }
 
 #[derive(Parser, Debug)]
@@ -46,6 +48,9 @@ struct Args {
     /// Share of transfers that re-send an earlier key (idempotent replays).
     #[arg(long, default_value_t = 0.0)]
     resend_share: f64,
+    /// Items per bulk (mode bulk).
+    #[arg(long, default_value_t = 1000)]
+    bulk_size: usize,
     /// Measure commit → visible-in-read-model lag on every Nth transfer.
     #[arg(long, default_value_t = 20)]
     lag_sample_every: u64,
@@ -58,6 +63,8 @@ struct Observed {
     codes: BTreeMap<String, u64>,
     lags_us: Vec<u64>,
     sent_keys: Vec<(String, wire::TransferRequest)>,
+    /// Transfers recorded (bulk items answered 201).
+    items_ok: u64,
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -158,6 +165,31 @@ async fn one_request(
                 Err(e) => (code(&e), None, None),
             }
         }
+        Mode::Bulk => {
+            let items = (0..args.bulk_size)
+                .map(|i| {
+                    let from = rand::random_range(0..accounts.len());
+                    let to = (from + 1 + rand::random_range(0..accounts.len() - 1)) % accounts.len();
+                    let body = json!({ "postings": [{ "from": accounts[from], "to": accounts[to],
+                                                      "amount": 1 + (n + i as u64) % 100, "currency": "EUR" }] });
+                    wire::BulkItem {
+                        method: "POST".into(),
+                        path: "/v1/transactions".into(),
+                        idempotency_key: Uuid::new_v4().to_string(),
+                        body: Some(body),
+                    }
+                })
+                .collect();
+            match ledger.bulk(&wire::BulkRequest { atomic: false, items }, None).await {
+                Ok(reply) => {
+                    let ok = reply.results.iter().filter(|r| r.status == 201).count() as u64;
+                    let last = reply.results.iter().rev().find_map(|r| r.body["position"].as_i64());
+                    observed.lock().await.items_ok += ok;
+                    ("ok".to_owned(), last, Some(accounts[0]))
+                }
+                Err(e) => (code(&e), None, None),
+            }
+        }
         Mode::Reads | Mode::StrongReads => {
             let id = accounts[rand::random_range(0..accounts.len())];
             let read = if args.mode == Mode::StrongReads { Read::Strong } else { Read::Eventual };
@@ -252,6 +284,7 @@ async fn main() -> anyhow::Result<()> {
         "requests": total,
         "ok": ok,
         "ok_per_s": ok as f64 / elapsed.as_secs_f64(),
+        "transfers_per_s": if args.mode == Mode::Bulk { o.items_ok as f64 / elapsed.as_secs_f64() } else { ok as f64 / elapsed.as_secs_f64() },
         "latency_ms": {
             "p50": percentile(&o.latencies_us, 0.50) as f64 / 1000.0,
             "p95": percentile(&o.latencies_us, 0.95) as f64 / 1000.0,
