@@ -188,3 +188,84 @@ async fn an_expired_hold_cannot_be_captured_and_its_expiry_is_recorded_once() {
     assert_eq!(types, vec!["HoldPlaced", "HoldExpired"], "expired exactly once");
     app.assert_read_models_match_log().await;
 }
+
+/// Random interleavings of holds (some expiring within the run), captures (all or
+/// part), voids and transfers, seeded (`LEDGER_PROPERTY_SEED`): after every step
+/// `available = balance - pending_holds >= -overdraft_limit` on both sides, and at the
+/// end every hold is in one final state, the pending holds of each account are the sum
+/// of its pending holds in the log, and money is conserved.
+#[tokio::test]
+async fn random_holds_captures_voids_expiries_and_transfers_keep_available_consistent() {
+    use rand::{Rng, SeedableRng};
+    let seed = std::env::var("LEDGER_PROPERTY_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    eprintln!("LEDGER_PROPERTY_SEED={seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let app = TestApp::spawn().await;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let id = app.open_account("EUR", if i == 0 { 200 } else { 0 }).await;
+        assert_eq!(app.deposit(id, 500, "EUR").await.status, StatusCode::CREATED);
+        ids.push(id);
+    }
+    let mut holds: Vec<Uuid> = Vec::new();
+    for step in 0..80 {
+        let (x, y) = (rng.random_range(0..4), rng.random_range(0..4));
+        let (from, to) = (ids[x], ids[(x + 1 + y % 3) % 4]);
+        let r = match rng.random_range(0..10) {
+            0..=3 => {
+                let mut body =
+                    json!({ "account_id": from, "to": to, "amount": rng.random_range(1..300), "currency": "EUR" });
+                if rng.random_bool(0.4) {
+                    body["expires_at"] = json!(
+                        (chrono::Utc::now() + chrono::Duration::milliseconds(rng.random_range(300..1500))).to_rfc3339()
+                    );
+                }
+                let r = hold(&app, body).await;
+                if r.status == StatusCode::CREATED {
+                    holds.push(r.id());
+                }
+                r
+            }
+            4..=5 if !holds.is_empty() => {
+                let h = holds[rng.random_range(0..holds.len())];
+                let body = if rng.random_bool(0.5) { json!({}) } else { json!({ "amount": rng.random_range(1..300) }) };
+                app.post(&format!("/v1/holds/{h}/capture"), &key(), &body).await
+            }
+            6 if !holds.is_empty() => {
+                let h = holds[rng.random_range(0..holds.len())];
+                app.post(&format!("/v1/holds/{h}/void"), &key(), &json!({})).await
+            }
+            _ => app.transfer(from, to, rng.random_range(1..300), "EUR").await,
+        };
+        assert!(
+            r.status.is_success()
+                || ["insufficient_funds", "hold_not_pending", "hold_expired", "validation_error"].contains(&r.code()),
+            "step {step}: {r:?}"
+        );
+        for id in [from, to] {
+            let a = app.account(id).await;
+            let (balance, available, pending) =
+                (a["balance"].as_i64(), a["available"].as_i64(), a["pending_holds"].as_i64());
+            assert_eq!(available, balance.zip(pending).map(|(b, p)| b - p), "step {step}: {a}");
+            assert!(available >= a["overdraft_limit"].as_i64().map(|l| -l), "step {step}: {a}");
+        }
+    }
+    eventually("the expiring holds expire", 10, || async {
+        let ledger = app.fold_log().await;
+        holds.iter().all(|h| {
+            ledger.hold(*h).is_some_and(|h| h.status != ledger_domain::HoldStatus::Pending || h.expires_at.is_none())
+        })
+    })
+    .await;
+    let ledger = app.fold_log().await; // also checks that money is conserved
+    for id in &ids {
+        let pending: i64 = holds
+            .iter()
+            .filter_map(|h| ledger.hold(*h))
+            .filter(|h| h.account_id == *id && h.status == ledger_domain::HoldStatus::Pending)
+            .map(|h| h.amount.minor_units())
+            .sum();
+        assert_eq!(app.account(*id).await["pending_holds"], json!(pending), "account {id}");
+    }
+    app.assert_read_models_match_log().await;
+}
