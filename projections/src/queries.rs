@@ -340,17 +340,31 @@ pub async fn transactions(
          left join lateral ({rows}) v on true where c.name = 'transfers' order by v.position desc",
         TRANSACTION_COLUMNS
     );
-    let mut query = sqlx::query_as::<_, Checked<TransactionRow>>(sqlx::AssertSqlSafe(sql));
-    for b in binds {
-        query = match b {
-            Bind::Int(n) => query.bind(n),
-            Bind::Uuid(u) => query.bind(u),
-            Bind::Text(t) => query.bind(t),
-            Bind::Json(j) => query.bind(j),
-            Bind::Time(t) => query.bind(t),
-        };
-    }
+    let query = sqlx::query_as_with::<_, Checked<TransactionRow>, _>(sqlx::AssertSqlSafe(sql), arguments(binds)?);
     unchecked(query.fetch_all(pool).await?)
+}
+
+/// The plan Postgres chooses for a filter's statement (`explain`), one line per row.
+pub async fn explain_transactions(pool: &PgPool, filter: &TransactionFilter) -> Result<Vec<String>, sqlx::Error> {
+    let (sql, binds) = transactions_sql(filter);
+    let explain = format!("explain {sql}");
+    sqlx::query_scalar_with(sqlx::AssertSqlSafe(explain), arguments(binds)?).fetch_all(pool).await
+}
+
+fn arguments(binds: Vec<Bind>) -> Result<sqlx::postgres::PgArguments, sqlx::Error> {
+    use sqlx::Arguments;
+    let mut args = sqlx::postgres::PgArguments::default();
+    for b in binds {
+        match b {
+            Bind::Int(n) => args.add(n),
+            Bind::Uuid(u) => args.add(u),
+            Bind::Text(t) => args.add(t),
+            Bind::Json(j) => args.add(j),
+            Bind::Time(t) => args.add(t),
+        }
+        .map_err(sqlx::Error::Encode)?;
+    }
+    Ok(args)
 }
 
 /// A row of `holds_view`.

@@ -7,7 +7,7 @@
 use super::stats::run_closed_loop;
 use super::{BenchDb, Params, round};
 use anyhow::Context;
-use ledger_projections::queries::{self, Bind, TransactionFilter};
+use ledger_projections::queries::{self, TransactionFilter};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use std::time::Instant;
@@ -135,16 +135,5 @@ pub async fn run(db: &BenchDb, p: &Params) -> anyhow::Result<Value> {
 }
 
 async fn explain(pool: &PgPool, filter: &TransactionFilter) -> anyhow::Result<Vec<String>> {
-    let (sql, binds) = queries::transactions_sql(filter);
-    let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(format!("explain {sql}")));
-    for b in binds {
-        query = match b {
-            Bind::Int(n) => query.bind(n),
-            Bind::Uuid(u) => query.bind(u),
-            Bind::Text(s) => query.bind(s),
-            Bind::Json(j) => query.bind(j),
-            Bind::Time(t) => query.bind(t),
-        };
-    }
-    query.fetch_all(pool).await.context("explain")
+    queries::explain_transactions(pool, filter).await.context("explain")
 }
