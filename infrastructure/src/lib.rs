@@ -1,11 +1,29 @@
-//! Infrastructure: the Postgres event store and idempotency records, the command
-//! writer (group commit), the hash chain, configuration and migrations. Depends on the
-//! domain; must not depend on the HTTP layer or on projections.
+//! Infrastructure: everything the domain needs to run against Postgres, NATS and the
+//! payment provider. Depends on the domain; must not depend on the HTTP layer or on
+//! projections.
+//!
+//! - The log: [`store`] (append as pure staging and planning around one transaction,
+//!   reading, idempotency records, database faults), [`hash`] (the tamper-evident chain),
+//!   [`outcome`] (what a command's idempotency record keeps), [`snapshots`] (folded
+//!   states, and the as-of and bitemporal folds), [`audit`] (walking the chain).
+//! - Writing: [`writer`] (one group-commit writer per process, atomic groups).
+//! - Fan-out and side effects: [`relay`] (the outbox to JetStream, one leader),
+//!   [`nats`] (names and streams), [`payouts`] (the payout worker), [`provider`] (its
+//!   client), [`reconcile`] (runs against the provider's statement), [`breaker`].
+//! - Running: [`config`] (every setting and its default), [`db`] (pool and migrations).
 
+pub mod audit;
+pub mod breaker;
 pub mod config;
 pub mod db;
 pub mod hash;
+pub mod nats;
 pub mod outcome;
+pub mod payouts;
+pub mod provider;
+pub mod reconcile;
+pub mod relay;
+pub mod snapshots;
 pub mod store;
 pub mod writer;
 
@@ -14,11 +32,3 @@ pub use db::{MIGRATOR, connect, connect_and_migrate, ensure_database};
 pub use outcome::{Outcome, Recorded, Stored};
 pub use store::{EventMetadata, EventStore, IdempotencyClaim, RecordedEvent, StoredResponse};
 pub use writer::{AtomicError, CommandBus, CommandError, CommandReply, CommandRequest, StateLoader, WriterLimits};
-pub mod audit;
-pub mod breaker;
-pub mod nats;
-pub mod payouts;
-pub mod provider;
-pub mod reconcile;
-pub mod relay;
-pub mod snapshots;

@@ -3,6 +3,13 @@
 //! is applied exactly once; a gap in what NATS delivered is filled from the Postgres
 //! log, so no event is ever skipped. Depends on the domain and infrastructure; must not
 //! depend on the HTTP layer.
+//!
+//! - [`accounts`]: `accounts_view` and the statements (`account_entries`);
+//!   [`transfers`]: transfers, transactions, withdrawals, holds and dead letters.
+//! - [`apply`]: exactly-once application and catching up from the log; [`worker`]: the
+//!   JetStream consumers; [`rebuild`]: blue-green rebuilds; [`verify`]: read models
+//!   against a fold of the log.
+//! - [`queries`]: typed rows for the API's reads; [`expiry`]: the hold expiry worker.
 
 // Column arrays for `unnest` binds and row tuples read the clearest spelled out.
 #![allow(clippy::type_complexity)]
