@@ -4,9 +4,9 @@
 //! concurrency) and every command's idempotency record commits with its events.
 //!
 //! - this module: the store's types, and reading the log;
-//! - [`append`]: `append_batch`, as pure staging and planning around its I/O;
-//! - [`idempotency`]: idempotency records (look-up, operations' responses, expiry);
-//! - [`faults`]: who is to blame for a database error.
+//! - `append`: `append_batch`, as pure staging and planning around its I/O;
+//! - `idempotency`: idempotency records (look-up, operations' responses, expiry);
+//! - `faults`: who is to blame for a database error.
 
 use crate::outcome::{Outcome, Stored};
 use chrono::{DateTime, Utc};
