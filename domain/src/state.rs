@@ -52,7 +52,8 @@ pub struct Transfer {
 }
 
 /// Where a hold is: `pending` until captured, voided or expired.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum HoldStatus {
     Pending,

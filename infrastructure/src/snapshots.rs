@@ -97,13 +97,8 @@ pub async fn effective_state_at(
     effective: chrono::DateTime<chrono::Utc>,
     use_snapshots: bool,
 ) -> Result<(StreamState, i64), StoreError> {
-    let settled: Option<i64> = sqlx::query_scalar(
-        "select position from events where recorded_at <= $1 order by recorded_at desc, position desc limit 1",
-    )
-    .bind(effective - EFFECTIVE_AHEAD)
-    .fetch_optional(pool)
-    .await?;
-    let base = settled.unwrap_or(0).min(at);
+    let settled = crate::store::EventStore::new(pool.clone()).position_at(effective - EFFECTIVE_AHEAD).await?;
+    let base = settled.min(at);
     let (mut state, _) = state_at(pool, stream_id, base, use_snapshots).await?;
     let mut version = state.version;
     let rows: Vec<(i64, String, serde_json::Value, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(

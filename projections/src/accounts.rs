@@ -164,22 +164,23 @@ async fn write_accounts(
 /// has its legs in pairs (`postings` is `from, to, from, to, …`).
 fn net_entries(event: &Event) -> Vec<(Uuid, i64, Option<Uuid>)> {
     let postings = event.postings();
-    let mut out: Vec<(Uuid, i64, Option<Option<Uuid>>)> = Vec::new();
+    let mut out: Vec<(Uuid, i64, Option<Uuid>)> = Vec::new();
     for pair in postings.chunks(2) {
         let [a, b] = pair else { continue };
         for (p, other) in [(a, b.account_id), (b, a.account_id)] {
             match out.iter_mut().find(|(id, _, _)| *id == p.account_id) {
                 Some((_, amount, counterparty)) => {
                     *amount += p.delta.minor_units();
-                    if *counterparty != Some(Some(other)) {
-                        *counterparty = Some(None);
+                    // A second counterparty: none to name (and none once it is gone).
+                    if *counterparty != Some(other) {
+                        *counterparty = None;
                     }
                 }
-                None => out.push((p.account_id, p.delta.minor_units(), Some(Some(other)))),
+                None => out.push((p.account_id, p.delta.minor_units(), Some(other))),
             }
         }
     }
-    out.into_iter().map(|(id, amount, counterparty)| (id, amount, counterparty.flatten())).collect()
+    out
 }
 
 async fn write_entries(tx: &mut Transaction<'_, Postgres>, t: &Tables, entries: Vec<Entry>) -> Result<(), ApplyError> {

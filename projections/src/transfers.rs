@@ -307,7 +307,8 @@ async fn write_transfers(
         more.2.push(recorded.position);
         more.3.push(recorded.recorded_at);
         effective.push(e.effective_at.unwrap_or(recorded.recorded_at));
-        postings.push(serde_json::json!([{ "from": e.from, "to": e.to, "amount": e.amount, "currency": e.currency }]));
+        let leg = ledger_domain::Leg { from: e.from, to: e.to, amount: e.amount, currency: e.currency };
+        postings.push(serde_json::to_value([leg])?);
         metadata.push(e.metadata);
         if let Some(original) = e.reverses {
             reversals.0.push(original);

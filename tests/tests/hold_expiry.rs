@@ -72,7 +72,8 @@ async fn two_worker_processes_expire_each_hold_exactly_once() {
         holds.push(Uuid::parse_str(h["id"].as_str().expect("an id")).expect("a uuid"));
     }
     eventually("every hold expired", 20, || async { expiries(&pool, &holds).await.iter().all(|n| *n >= 1) }).await;
-    // Give a late second expiry every chance to show up.
+    // A deliberate pause, not a poll: each worker runs a round every second, so two
+    // seconds are two more rounds of each, any of which would record a second expiry.
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     assert_eq!(expiries(&pool, &holds).await, vec![1; 20], "exactly once each");
     let account: Value = client
@@ -108,7 +109,8 @@ async fn holds_that_expired_while_the_service_was_down_expire_at_start_up() {
         .await;
         holds.push(Uuid::parse_str(h["id"].as_str().expect("an id")).expect("a uuid"));
     }
-    // Down across the expiry instant, without a chance to clean up.
+    // Down across the expiry instant, without a chance to clean up: the pause is the
+    // fault's duration (until a second after `expires_at`).
     ledger.kill9().await;
     tokio::time::sleep((expires - chrono::Utc::now()).to_std().unwrap_or_default() + std::time::Duration::from_secs(1))
         .await;
@@ -116,6 +118,7 @@ async fn holds_that_expired_while_the_service_was_down_expire_at_start_up() {
     ledger.restart().await;
     eventually("the holds expire at start-up", 15, || async { expiries(&pool, &holds).await.iter().all(|n| *n >= 1) })
         .await;
+    // Deliberate: one more expiry round, which would record a second expiry.
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     assert_eq!(expiries(&pool, &holds).await, vec![1; 5], "exactly once each");
 }

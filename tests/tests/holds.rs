@@ -169,6 +169,7 @@ async fn an_expired_hold_cannot_be_captured_and_its_expiry_is_recorded_once() {
     )
     .await;
     assert_eq!(h.status, StatusCode::CREATED, "{h:?}");
+    // Deliberate: the hold must reach `expires_at` (a time, not a condition to poll).
     tokio::time::sleep((expires_at - chrono::Utc::now()).to_std().unwrap_or_default()).await;
     // At or after expires_at: refused, whether or not the expiry is recorded yet.
     let late = app.post(&format!("/v1/holds/{}/capture", h.id()), &key(), &json!({})).await;

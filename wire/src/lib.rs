@@ -7,7 +7,8 @@
 //! - [`limits`]: what one request may hold (text, metadata, ids, pages).
 //! - [`fields`]: field types that parse fully (parse, don't validate): `Text`,
 //!   `Metadata`, `NewId`, `OverdraftLimit`, `TokenName`, `Timestamp`. The domain's
-//!   enums that the API shows as they are (`Role`, `MismatchKind`, `Resolution`) are
+//!   enums that the API shows as they are (`Role`, `MismatchKind`, `Resolution`,
+//!   `HoldStatus`) are
 //!   re-exported with their schemas.
 //! - [`requests`]: one body type per command route.
 //! - [`responses`]: one body type per answer, and the problem document of errors.
@@ -22,7 +23,7 @@ pub mod requests;
 pub mod responses;
 
 pub use fields::{Metadata, NewId, OverdraftLimit, Postings, Text, Timestamp, TokenName};
-pub use ledger_domain::{Amount, Currency, MismatchKind, Resolution, Role};
+pub use ledger_domain::{Amount, Currency, HoldStatus, MismatchKind, Resolution, Role};
 pub use problem::{ErrorCode, Problem};
 pub use queries::*;
 pub use requests::*;

@@ -3,7 +3,7 @@
 //! answers are [`crate::Problem`].
 
 use chrono::{DateTime, Utc};
-use ledger_domain::{MismatchKind, Resolution, Role};
+use ledger_domain::{HoldStatus, MismatchKind, Resolution, Role};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -634,16 +634,6 @@ pub struct Hold {
     pub metadata: Option<Value>,
     /// The log position of the hold's last event.
     pub position: i64,
-}
-
-/// `pending` until `captured`, `voided` or `expired`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum HoldStatus {
-    Pending,
-    Captured,
-    Voided,
-    Expired,
 }
 
 /// `POST /v1/bulk`: one result per item, in item order.

@@ -96,16 +96,6 @@ pub fn transfer_row(r: TransferRow) -> wire::Transfer {
     }
 }
 
-fn hold_status(s: ledger_domain::HoldStatus) -> wire::HoldStatus {
-    use ledger_domain::HoldStatus as S;
-    match s {
-        S::Pending => wire::HoldStatus::Pending,
-        S::Captured => wire::HoldStatus::Captured,
-        S::Voided => wire::HoldStatus::Voided,
-        S::Expired => wire::HoldStatus::Expired,
-    }
-}
-
 /// A hold from the write side, whose last event is at `position`.
 pub fn hold(h: &ledger_domain::Hold, position: i64) -> wire::Hold {
     wire::Hold {
@@ -114,7 +104,7 @@ pub fn hold(h: &ledger_domain::Hold, position: i64) -> wire::Hold {
         to: h.to,
         amount: h.amount.minor_units(),
         currency: h.currency.as_str().to_owned(),
-        status: hold_status(h.status),
+        status: h.status,
         captured_amount: h.captured_amount.map(|a| a.minor_units()),
         expires_at: h.expires_at,
         reference: h.reference.clone(),
@@ -162,19 +152,17 @@ pub fn transfer_as_transaction(
     recorded_at: DateTime<Utc>,
     position: i64,
 ) -> wire::Transaction {
-    let leg = ledger_domain::Leg { from: t.from, to: t.to, amount: t.amount, currency: t.currency };
-    wire::Transaction {
+    let as_transaction = ledger_domain::Transaction {
         id: t.id,
-        postings: vec![posting(&leg)],
+        postings: vec![ledger_domain::Leg { from: t.from, to: t.to, amount: t.amount, currency: t.currency }],
         reference: t.reference.clone(),
         metadata: t.metadata.clone(),
-        effective_at: t.effective_at.unwrap_or(recorded_at),
-        recorded_at,
-        status: wire::TransferStatus::Completed,
+        effective_at: t.effective_at,
         reverses: t.reverses,
+        reason: t.reason.clone(),
         reversed_by: t.reversed_by,
-        position,
-    }
+    };
+    transaction(&as_transaction, recorded_at, position)
 }
 
 fn posting(l: &ledger_domain::Leg) -> wire::Posting {
