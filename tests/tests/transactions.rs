@@ -5,6 +5,7 @@
 use ledger_tests::{Reply, TestApp};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use std::collections::HashSet;
 use uuid::Uuid;
 
 fn key() -> String {
@@ -456,4 +457,93 @@ async fn effective_dates_on_deposits_and_transfers_within_the_window_and_as_know
     assert_refused(&r, StatusCode::BAD_REQUEST, "validation_error");
     let page = app.get(&format!("/v1/accounts/{a}/transactions?min_position={}", transfer.body["position"])).await;
     assert_eq!(page.body["entries"][0]["effective_at"], transfer.body["effective_at"]);
+}
+
+/// Two writers (two API instances on one database) posting multi-posting transactions
+/// over the same accounts at once, the same idempotency key sent to both: every
+/// transaction is recorded once or refused, no account that paid ends below its limit,
+/// and money is conserved at every position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_writers_posting_transactions_over_the_same_accounts() {
+    use std::sync::Arc;
+    let config = ledger_tests::test_config();
+    let first = Arc::new(TestApp::spawn_with(config.clone()).await);
+    let second = Arc::new(TestApp::spawn_with(config).await);
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(funded(&first, "EUR", if i == 0 { 100 } else { 0 }, 300).await);
+    }
+    let tasks = (0..60usize).map(|i| {
+        let (one, other) = (first.clone(), second.clone());
+        let (a, b, c) = (ids[i % 4], ids[(i + 1) % 4], ids[(i + 2) % 4]);
+        let body = json!({ "postings": [leg(a, b, 40 + i as i64, "EUR"), leg(b, c, 30, "EUR"), leg(c, a, 5, "EUR")] });
+        let k = key();
+        tokio::spawn(async move {
+            // The same request to both writers: one records it, the other answers the record.
+            let (x, y) =
+                tokio::join!(one.post("/v1/transactions", &k, &body), other.post("/v1/transactions", &k, &body));
+            (x, y)
+        })
+    });
+    let mut created = HashSet::new();
+    let mut same_answer = 0;
+    for r in futures::future::join_all(tasks).await {
+        let (x, y) = r.expect("task");
+        for r in [&x, &y] {
+            assert!(
+                matches!(r.status, StatusCode::CREATED | StatusCode::CONFLICT) || r.code() == "insufficient_funds",
+                "{r:?}"
+            );
+        }
+        if x.status == y.status && x.status != StatusCode::CONFLICT {
+            assert_eq!(x.body, y.body, "one decision, answered by both writers");
+            same_answer += 1;
+        }
+        for r in [x, y] {
+            if r.status == StatusCode::CREATED {
+                created.insert(r.id());
+            }
+        }
+    }
+    let recorded: i64 = sqlx::query_scalar("select count(*) from events where type = 'TransactionPosted'")
+        .fetch_one(&first.pool)
+        .await
+        .expect("count");
+    assert_eq!(recorded, created.len() as i64, "each created transaction recorded once");
+    assert!(same_answer > 30, "most keys answered alike by both writers: {same_answer} of 60");
+    let mut ledger = ledger_domain::Ledger::new();
+    for e in first.state.store.read_all(0, 100_000).await.expect("the log") {
+        ledger.apply(&e.event().expect("decodes"));
+        assert!(ledger.balance_sums().iter().all(|(_, sum)| *sum == 0), "position {}", e.position);
+    }
+    for id in &ids {
+        let a = ledger.account(*id).expect("an account");
+        assert!(a.available().minor_units() >= -a.overdraft_limit.minor_units(), "{a:?}");
+    }
+    first.assert_read_models_match_log().await;
+}
+
+#[tokio::test]
+async fn hostile_conditions_and_postings_are_refused_at_the_edge() {
+    let app = TestApp::spawn().await;
+    let (a, b) = (funded(&app, "EUR", 0, 100).await, funded(&app, "EUR", 0, 0).await);
+    for bad in [
+        json!({ "postings": [leg(a, b, 1, "EUR")], "conditions": [{ "account_id": a, "expected_version": -1 }] }),
+        json!({ "postings": [leg(a, b, 1, "EUR")], "conditions": [{ "account_id": a, "expected_version": 1.5 }] }),
+        json!({ "postings": [leg(a, b, 1, "EUR")], "conditions": [{ "account_id": a, "available_at_least": "10" }] }),
+        json!({ "postings": [leg(a, b, 1, "EUR")], "conditions": [{ "account_id": "x" }] }),
+        json!({ "postings": [leg(a, b, 1, "EUR")], "conditions": {} }),
+        json!({ "postings": [{ "from": a, "to": b, "amount": 1 }] }),
+        json!({ "postings": [{ "from": a, "to": b, "amount": 1, "currency": "eur" }] }),
+        json!({ "postings": "all of them" }),
+        json!({ "postings": [leg(a, b, 1, "EUR")], "reference": "" }),
+        json!({ "postings": [leg(a, b, 1, "EUR")], "reference": "a\u{0}b" }),
+        json!({ "postings": [leg(a, b, 1, "EUR")], "effective_at": "0000-01-01T00:00:00+23:59" }),
+    ] {
+        let r = post(&app, bad.clone()).await;
+        assert_refused(&r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error");
+    }
+    let r = app.post_raw("/v1/transactions", Some(&key()), b"{\"postings\": [".to_vec()).await;
+    assert_refused(&r, StatusCode::BAD_REQUEST, "validation_error");
+    assert_eq!(balance(&app, a).await, 100, "nothing ran");
 }
