@@ -6,6 +6,11 @@ use ledger_api::run::serve::{self, Mode};
 use ledger_infrastructure::Config;
 use std::time::Duration;
 
+/// glibc's malloc took about a fifth of the service's CPU under load (perf, bulk
+/// requests); mimalloc's thread-local free lists cost a fraction of that.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// How long shutdown may take before the process exits anyway.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(15);
 

@@ -58,6 +58,16 @@ pub async fn verify_chain(
     if previous != head_hash {
         return Ok(bad(position, head));
     }
+    // Positions 1..=head are all there (walked above): a stream entry outside them names
+    // an event that does not exist.
+    let stray: Option<i64> =
+        sqlx::query_scalar("select position from stream_entries where position < 1 or position > $1 limit 1")
+            .bind(head)
+            .fetch_optional(pool)
+            .await?;
+    if let Some(at) = stray {
+        return Ok(bad(head, at));
+    }
     Ok(ChainReport { ok: true, checked: head, head: Some(hex::encode(previous)), first_bad_position: None })
 }
 

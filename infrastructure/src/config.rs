@@ -52,9 +52,11 @@ pub struct Config {
     pub body_bytes_max: usize,
     /// `LEDGER_REQUEST_TIMEOUT_MS` (default 10000).
     pub request_timeout: Duration,
-    /// `LEDGER_APPEND_BATCH_MAX` (default 256): commands per append transaction.
+    /// `LEDGER_APPEND_BATCH_MAX` (default 256): commands per append transaction (a bulk's
+    /// items are never split, so a bulk of 1,000 is one append).
     pub append_batch_max: usize,
-    /// `LEDGER_COMMAND_QUEUE_MAX` (default 4096): commands waiting for the writer.
+    /// `LEDGER_COMMAND_QUEUE_MAX` (default 4096): submissions waiting for the writer (a
+    /// command, or a bulk's items).
     pub command_queue_max: usize,
     /// `LEDGER_CONFLICT_RETRIES_MAX` (default 8): re-decisions after a version conflict.
     pub conflict_retries_max: u32,

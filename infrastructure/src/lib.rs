@@ -20,6 +20,7 @@ pub mod hash;
 pub mod nats;
 pub mod outcome;
 pub mod payouts;
+pub mod phases;
 pub mod provider;
 pub mod reconcile;
 pub mod relay;

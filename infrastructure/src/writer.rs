@@ -92,7 +92,9 @@ pub enum AtomicError {
 /// Handle to the writer task; cheap to clone.
 #[derive(Clone)]
 pub struct CommandBus {
-    tx: mpsc::Sender<Job>,
+    /// Submissions: one command, or many sent together (a non-atomic bulk), which the
+    /// writer never splits across batches.
+    tx: mpsc::Sender<Vec<Job>>,
     atomic_tx: mpsc::Sender<AtomicJob>,
     loader: StateLoader,
 }
@@ -200,8 +202,29 @@ impl CommandBus {
     /// Executes a command (queued behind others, batched with them).
     pub async fn execute(&self, request: CommandRequest) -> Result<CommandReply, CommandError> {
         let (reply, answer) = oneshot::channel();
-        self.tx.send(Job { request, reply }).await.map_err(|_| CommandError::ShuttingDown)?;
+        self.tx.send(vec![Job { request, reply }]).await.map_err(|_| CommandError::ShuttingDown)?;
         answer.await.map_err(|_| CommandError::ShuttingDown)?
+    }
+
+    /// Executes commands each as if sent alone (each decided against the state the ones
+    /// before it left, each answered, refused or replayed on its own), handed to the
+    /// writer together so that they are appended in one batch, not one per command.
+    pub async fn execute_many(&self, requests: Vec<CommandRequest>) -> Vec<Result<CommandReply, CommandError>> {
+        let (jobs, answers): (Vec<Job>, Vec<_>) = requests
+            .into_iter()
+            .map(|request| {
+                let (reply, answer) = oneshot::channel();
+                (Job { request, reply }, answer)
+            })
+            .unzip();
+        if self.tx.send(jobs).await.is_err() {
+            return answers.iter().map(|_| Err(CommandError::ShuttingDown)).collect();
+        }
+        let mut out = Vec::with_capacity(answers.len());
+        for answer in answers {
+            out.push(answer.await.unwrap_or(Err(CommandError::ShuttingDown)));
+        }
+        out
     }
 
     /// The loader, for strong reads of the write-side state.
@@ -217,11 +240,11 @@ struct Writer {
 }
 
 impl Writer {
-    async fn run(self, mut rx: mpsc::Receiver<Job>, mut atomic_rx: mpsc::Receiver<AtomicJob>) {
+    async fn run(self, mut rx: mpsc::Receiver<Vec<Job>>, mut atomic_rx: mpsc::Receiver<AtomicJob>) {
         loop {
             let first = tokio::select! {
-                job = rx.recv() => match job {
-                    Some(job) => job,
+                jobs = rx.recv() => match jobs {
+                    Some(jobs) => jobs,
                     None => return,
                 },
                 Some(group) = atomic_rx.recv() => {
@@ -231,12 +254,17 @@ impl Writer {
                     continue;
                 }
             };
-            let mut jobs = vec![first];
+            // Whole submissions only: a bulk's commands share one batch (and one commit),
+            // however many there are; others join until the batch holds `batch_max`.
+            let mut jobs = first;
             while jobs.len() < self.limits.batch_max {
                 match rx.try_recv() {
-                    Ok(job) => jobs.push(job),
+                    Ok(more) => jobs.extend(more),
                     Err(_) => break,
                 }
+            }
+            if jobs.is_empty() {
+                continue;
             }
             // A panic here is a bug (an invariant assertion); it must not take the
             // writer down with it: the batch's callers see their reply dropped (503).
@@ -253,17 +281,27 @@ impl Writer {
         jobs = reject_duplicate_keys(jobs);
         // Replays are answered from the stored responses, one look-up for the batch,
         // while the streams the batch needs are loaded (two round trips at once).
+        let phase = crate::phases::Phases::start("writer", jobs.len());
         let commands: Vec<Command> = jobs.iter().map(|j| j.request.command.clone()).collect();
         let mut preloaded = Ledger::new();
+        let size = jobs.len();
         let (checked, loaded) = tokio::join!(
             async {
-                if jobs.iter().any(|j| j.request.idempotency.is_some()) {
+                let phase = crate::phases::Phases::start("writer", size);
+                let checked = if jobs.iter().any(|j| j.request.idempotency.is_some()) {
                     self.answer_used_keys(jobs).await
                 } else {
                     Ok(jobs)
-                }
+                };
+                phase.next("keys");
+                checked
             },
-            self.load_missing(&mut preloaded, commands.iter())
+            async {
+                let phase = crate::phases::Phases::start("writer", size);
+                let loaded = self.load_missing(&mut preloaded, commands.iter()).await;
+                phase.next("streams");
+                loaded
+            }
         );
         jobs = match checked {
             Ok(rest) => rest,
@@ -273,6 +311,7 @@ impl Writer {
             tracing::error!(error = %e, "loading streams failed");
             return fail_all(jobs, CommandError::Unavailable(std::sync::Arc::new(e)));
         }
+        phase.next("keys_and_streams");
         let mut preloaded = Some(preloaded);
         // Only version conflicts use up retries; isolating a failed command does not.
         let mut conflicts = 0;
@@ -463,6 +502,7 @@ impl Writer {
         // For each commit, the index of its job.
         let mut commit_jobs: Vec<usize> = Vec::with_capacity(jobs.len());
         self.load_missing(&mut working, jobs.iter().map(|j| &j.request.command)).await?;
+        let phase = crate::phases::Phases::start("writer", jobs.len());
         for (index, job) in jobs.iter().enumerate() {
             // Rare: a command whose needs depend on an earlier command of this batch.
             self.load_missing(&mut working, std::iter::once(&job.request.command)).await?;
@@ -483,6 +523,7 @@ impl Writer {
             }
         }
         let commits: Vec<Commit> = outcomes.iter_mut().filter_map(Option::take).collect();
+        phase.next("decide");
         metrics::histogram!("ledger_append_batch_size").record(commits.len() as f64);
         let appended = if commits.is_empty() {
             Appended { results: Vec::new(), versions: Default::default() }

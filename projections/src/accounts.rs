@@ -45,8 +45,11 @@ async fn load(
     ids: &[Uuid],
 ) -> Result<HashMap<Uuid, (StreamState, i64)>, ApplyError> {
     let sql = format!(
-        "select id, currency, owner, status, balance, pending_holds, overdraft_limit, system, metadata, version, position
-         from {} where id = any($1)",
+        // One primary-key probe per id (`offset 0` keeps the planner from turning the
+        // probes into a scan that compares every row with every id).
+        "select v.id, v.currency, v.owner, v.status, v.balance, v.pending_holds, v.overdraft_limit, v.system,
+                v.metadata, v.version, v.position
+         from unnest($1::uuid[]) as k(id) join lateral (select * from {} x where x.id = k.id offset 0) v on true",
         t.name("accounts_view")
     );
     let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(ids).fetch_all(&mut **tx).await?;

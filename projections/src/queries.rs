@@ -221,7 +221,11 @@ pub async fn accounts_by_owner(pool: &PgPool, owner: &str, limit: i64) -> Result
 
 /// The rows of the given accounts (those the read model has), in no order.
 pub async fn accounts(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<AccountRow>, sqlx::Error> {
-    let sql = format!("select {} from accounts_view v where id = any($1)", ACCOUNT_COLUMNS);
+    // One primary-key probe per id, not a scan comparing every row with every id.
+    let sql = format!(
+        "select {} from unnest($1::uuid[]) as k(id) join lateral (select * from accounts_view x where x.id = k.id offset 0) v on true",
+        ACCOUNT_COLUMNS
+    );
     sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(ids).fetch_all(pool).await
 }
 

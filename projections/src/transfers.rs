@@ -11,12 +11,14 @@ use sqlx::{Postgres, Transaction};
 /// bulk, then each withdrawal and dead-letter event in order.
 pub async fn apply(tx: &mut Transaction<'_, Postgres>, t: &Tables, events: &[RecordedEvent]) -> Result<(), ApplyError> {
     write_transfers(tx, t, events).await?;
-    for recorded in events {
+    write_transactions(tx, t, events).await?;
+    // Written in bulk above, so not decoded again.
+    let bulk = |e: &&RecordedEvent| matches!(e.event_type.as_str(), "TransferPosted" | "TransactionPosted");
+    for recorded in events.iter().filter(|e| !bulk(e)) {
         let at = At { position: recorded.position, time: recorded.recorded_at };
         match recorded.event()? {
             // Written in bulk above.
-            Event::TransferPosted(_) => {}
-            Event::TransactionPosted(posted) => transaction_posted(tx, t, &posted, at).await?,
+            Event::TransferPosted(_) | Event::TransactionPosted(_) => {}
             Event::HoldPlaced(h) => hold_placed(tx, t, &h, at).await?,
             Event::HoldCaptured(h) => {
                 hold_ended(tx, t, h.hold_id, "captured", Some(h.amount.minor_units()), at).await?
@@ -79,45 +81,76 @@ enum Set<T> {
     Keep,
 }
 
-/// A transaction: its row, one row per account it touches, and the original's
-/// `reversed_by` when it is a reversal.
-async fn transaction_posted(
+/// The batch's transactions in one statement: their rows and one row per account each
+/// touches; then, for reversals, the original's `reversed_by` (an original in the same
+/// batch is inserted by then).
+async fn write_transactions(
     tx: &mut Transaction<'_, Postgres>,
     t: &Tables,
-    p: &ledger_domain::events::TransactionPosted,
-    at: At,
+    events: &[RecordedEvent],
 ) -> Result<(), ApplyError> {
+    let mut rows: (Vec<uuid::Uuid>, Vec<serde_json::Value>, Vec<Option<String>>, Vec<Option<serde_json::Value>>) =
+        Default::default();
+    let mut more: (Vec<chrono::DateTime<chrono::Utc>>, Vec<chrono::DateTime<chrono::Utc>>, Vec<Option<uuid::Uuid>>) =
+        Default::default();
+    let mut positions: Vec<i64> = Vec::new();
+    let mut touched: (Vec<uuid::Uuid>, Vec<i64>, Vec<uuid::Uuid>) = Default::default();
+    let mut reversals: (Vec<uuid::Uuid>, Vec<uuid::Uuid>) = Default::default();
+    for recorded in events.iter().filter(|e| e.event_type == "TransactionPosted") {
+        let Event::TransactionPosted(p) = recorded.event()? else { continue };
+        for account in p.accounts() {
+            touched.0.push(account);
+            touched.1.push(recorded.position);
+            touched.2.push(p.transaction_id);
+        }
+        if let Some(original) = p.reverses {
+            reversals.0.push(original);
+            reversals.1.push(p.transaction_id);
+        }
+        rows.0.push(p.transaction_id);
+        rows.1.push(serde_json::to_value(&p.postings)?);
+        rows.2.push(p.reference);
+        rows.3.push(p.metadata);
+        more.0.push(p.effective_at.unwrap_or(recorded.recorded_at));
+        more.1.push(recorded.recorded_at);
+        more.2.push(p.reverses);
+        positions.push(recorded.position);
+    }
+    if rows.0.is_empty() {
+        return Ok(());
+    }
     let (transactions, accounts) = (t.name("transactions_view"), t.name("transaction_accounts"));
-    let postings = serde_json::to_value(&p.postings)?;
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "insert into {transactions} (id, postings, reference, metadata, effective_at, recorded_at, reverses, position)
-         values ($1, $2, $3, $4, $5, $6, $7, $8)"
+        "with xv as (
+            insert into {transactions} (id, postings, reference, metadata, effective_at, recorded_at, reverses, position)
+            select * from unnest($1::uuid[], $2::jsonb[], $3::text[], $4::jsonb[], $5::timestamptz[],
+                                 $6::timestamptz[], $7::uuid[], $8::int8[])
+         )
+         insert into {accounts} (account_id, position, transaction_id)
+         select * from unnest($9::uuid[], $10::int8[], $11::uuid[])"
     )))
-    .bind(p.transaction_id)
-    .bind(postings)
-    .bind(&p.reference)
-    .bind(&p.metadata)
-    .bind(p.effective_at.unwrap_or(at.time))
-    .bind(at.time)
-    .bind(p.reverses)
-    .bind(at.position)
+    .bind(rows.0)
+    .bind(rows.1)
+    .bind(rows.2)
+    .bind(rows.3)
+    .bind(more.0)
+    .bind(more.1)
+    .bind(more.2)
+    .bind(positions)
+    .bind(touched.0)
+    .bind(touched.1)
+    .bind(touched.2)
     .execute(&mut **tx)
     .await?;
-    let ids = p.accounts();
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "insert into {accounts} (account_id, position, transaction_id) select a, $2, $3 from unnest($1::uuid[]) a"
-    )))
-    .bind(&ids)
-    .bind(at.position)
-    .bind(p.transaction_id)
-    .execute(&mut **tx)
-    .await?;
-    if let Some(original) = p.reverses {
-        sqlx::query(sqlx::AssertSqlSafe(format!("update {transactions} set reversed_by = $2 where id = $1")))
-            .bind(original)
-            .bind(p.transaction_id)
-            .execute(&mut **tx)
-            .await?;
+    if !reversals.0.is_empty() {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "update {transactions} v set reversed_by = r.by from unnest($1::uuid[], $2::uuid[]) as r(id, by)
+             where v.id = r.id"
+        )))
+        .bind(reversals.0)
+        .bind(reversals.1)
+        .execute(&mut **tx)
+        .await?;
     }
     Ok(())
 }

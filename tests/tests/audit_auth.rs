@@ -182,6 +182,23 @@ async fn tampering_is_found_at_exactly_its_position() {
 }
 
 #[tokio::test]
+async fn a_stream_entry_naming_no_event_fails_verification() {
+    // No foreign key checks entries against events any more (migration 0013): the
+    // verification does, after walking the chain.
+    let app = TestApp::spawn().await;
+    let a = app.open_account("EUR", 0).await;
+    app.deposit(a, 10, "EUR").await;
+    assert_eq!(app.get("/v1/audit/verify").await.body["ok"], json!(true));
+    sqlx::query("insert into stream_entries (stream_id, version, position) values ($1, 1, 9)")
+        .bind(Uuid::now_v7())
+        .execute(&app.pool)
+        .await
+        .expect("an entry past the head");
+    let bad = app.get("/v1/audit/verify").await;
+    assert_eq!((bad.body["ok"].clone(), bad.body["first_bad_position"].clone()), (json!(false), json!(9)), "{bad:?}");
+}
+
+#[tokio::test]
 async fn the_service_role_cannot_change_the_log() {
     let app = TestApp::spawn().await;
     app.open_account("EUR", 0).await;

@@ -175,3 +175,43 @@ async fn a_malformed_bulk_is_refused_whole() {
     assert_eq!((r.status, r.code()), (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"));
     assert_eq!(app.account(a).await["balance"], 0, "nothing ran");
 }
+
+#[tokio::test]
+async fn a_non_atomic_bulk_is_appended_as_one_batch_and_projected_whole() {
+    let app = TestApp::spawn().await;
+    let (a, b) = (app.open_account("EUR", 0).await, app.open_account("EUR", 0).await);
+    assert_eq!(app.deposit(a, 1_000, "EUR").await.status, StatusCode::CREATED);
+    // More items than a writer batch holds by default (256): the bulk is still one
+    // submission, decided in order and appended in one transaction.
+    let original = Uuid::now_v7();
+    let mut items = vec![item(
+        "/v1/transactions",
+        "first",
+        json!({ "id": original, "postings": [{ "from": a, "to": b, "amount": 5, "currency": "EUR" }] }),
+    )];
+    items.push(item(&format!("/v1/transactions/{original}/reverse"), "undo", json!({ "reason": "same bulk" })));
+    for n in 0..298 {
+        let amount = if n == 100 { 1_000_000 } else { 1 };
+        let body = json!({ "postings": [{ "from": a, "to": b, "amount": amount, "currency": "EUR" }] });
+        items.push(item("/v1/transactions", &format!("t{n}"), body));
+    }
+    let before = head(&app).await;
+    let r = bulk(&app, &key(), false, items).await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    let results = r.body["results"].as_array().expect("results");
+    assert_eq!(results.len(), 300);
+    let refused: Vec<usize> = results.iter().enumerate().filter(|(_, x)| x["status"] != 201).map(|(i, _)| i).collect();
+    assert_eq!(refused, vec![102], "only the unfunded item is refused, alone");
+    assert_eq!(results[102]["body"]["code"], "insufficient_funds");
+    let log = app.state.store.read_all(before, 1_000).await.expect("the log");
+    assert_eq!(log.len(), 299, "one event per recorded item");
+    assert!(log.iter().all(|e| e.recorded_at == log[0].recorded_at), "one append, one commit time");
+    assert!(log.windows(2).all(|w| w[1].position == w[0].position + 1), "consecutive positions");
+    // The original and its reversal were projected in one batch: the view links them.
+    let last = log.last().map(|e| e.position).expect("events");
+    let t = app.get(&format!("/v1/transactions/{original}?min_position={last}")).await;
+    assert_eq!(t.status, StatusCode::OK, "{t:?}");
+    assert_eq!(t.body["reversed_by"], results[1]["body"]["id"], "{t:?}");
+    assert_eq!(app.account(a).await["balance"], 1_000 - 297);
+    app.assert_read_models_match_log().await;
+}

@@ -209,9 +209,31 @@ pub async fn execute_reply(
     causation_id: Option<String>,
     recorded: impl RenderRecorded,
 ) -> Result<(StoredResponse, bool), ApiError> {
+    let prepared = prepare(state, principal, context, &body, command, causation_id)?;
+    let reply = state.bus.execute(prepared.request).await;
+    drop(prepared.guard);
+    finish(state, reply, recorded).await
+}
+
+/// A command ready for the writer. Its key counts as in flight (a second request with
+/// it is answered 409) until this is dropped, after its answer.
+pub struct Prepared<'a> {
+    pub request: CommandRequest,
+    guard: InFlightGuard<'a>,
+}
+
+/// Marks the key in flight and builds the writer's request.
+pub fn prepare<'a>(
+    state: &'a AppState,
+    principal: &Principal,
+    context: &RequestContext,
+    body: &CommandBody,
+    command: Command,
+    causation_id: Option<String>,
+) -> Result<Prepared<'a>, ApiError> {
     // Stored responses are looked up by the writer, once per batch of commands.
     let scoped = (principal.name.clone(), body.key.clone());
-    let _guard = {
+    let guard = {
         let mut set = state.in_flight.lock().map_err(|_| ApiError::internal(&"in-flight set poisoned"))?;
         if !set.insert(scoped.clone()) {
             return Err(ledger_infrastructure::CommandError::IdempotencyKeyInFlight.into());
@@ -227,10 +249,25 @@ pub async fn execute_reply(
             causation_id,
             idempotency_key: Some(body.key.clone()),
         },
-        idempotency: Some(claim(state, principal, &body)),
+        idempotency: Some(claim(state, principal, body)),
     };
-    // Rendered here, from the outcome (first answer) or the stored outcome (replay).
-    let mut reply = state.bus.execute(request).await;
+    Ok(Prepared { request, guard })
+}
+
+impl<'a> Prepared<'a> {
+    /// The request, and the guard to drop once it is answered.
+    pub fn into_parts(self) -> (CommandRequest, impl Drop + 'a) {
+        (self.request, self.guard)
+    }
+}
+
+/// Renders the writer's answer (the outcome, or the stored outcome of a replay) and
+/// counts it.
+pub async fn finish(
+    state: &AppState,
+    mut reply: Result<CommandReply, ledger_infrastructure::CommandError>,
+    recorded: impl RenderRecorded,
+) -> Result<(StoredResponse, bool), ApiError> {
     // An outcome stored before outcomes kept their time: the time of its position.
     if let Ok(CommandReply { answer: Stored::Outcome(Outcome::Recorded(r)), .. }) = &mut reply
         && r.recorded_at.is_none()
@@ -246,14 +283,14 @@ pub async fn execute_reply(
         (response, reply.replayed)
     });
     let code = match &reply {
-        Ok((_, true)) => "replayed".to_owned(),
-        Ok((response, false)) => response.body["code"].as_str().unwrap_or("ok").to_owned(),
-        Err(ledger_infrastructure::CommandError::IdempotencyKeyReused) => "idempotency_key_reused".to_owned(),
-        Err(ledger_infrastructure::CommandError::IdempotencyKeyInFlight) => "idempotency_key_in_flight".to_owned(),
-        Err(ledger_infrastructure::CommandError::VersionConflict(_)) => "version_conflict".to_owned(),
-        Err(_) => "unavailable".to_owned(),
+        Ok((_, true)) => "replayed",
+        Ok((response, false)) => response.body["code"].as_str().unwrap_or("ok"),
+        Err(ledger_infrastructure::CommandError::IdempotencyKeyReused) => "idempotency_key_reused",
+        Err(ledger_infrastructure::CommandError::IdempotencyKeyInFlight) => "idempotency_key_in_flight",
+        Err(ledger_infrastructure::CommandError::VersionConflict(_)) => "version_conflict",
+        Err(_) => "unavailable",
     };
-    metrics::counter!("ledger_command_outcomes_total", "code" => code).increment(1);
+    metrics::counter!("ledger_command_outcomes_total", "code" => code.to_owned()).increment(1);
     let (response, replayed) = reply?;
     if replayed {
         metrics::counter!("ledger_idempotency_replays_total").increment(1);

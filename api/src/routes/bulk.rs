@@ -5,7 +5,7 @@
 //! writer group: all items in one database transaction, or nothing stored. The bulk's
 //! own `Idempotency-Key` replays its whole response.
 
-use crate::http::command::{CommandBody, Planned, claim, execute_reply, render, respond, stored_replay};
+use crate::http::command::{CommandBody, Planned, Prepared, claim, finish, prepare, render, respond, stored_replay};
 use crate::http::context::{Principal, RequestContext};
 use crate::http::error::ApiError;
 use crate::http::requests::parse;
@@ -174,21 +174,41 @@ async fn bulk(
     Ok(respond(answer, false))
 }
 
-/// Non-atomic: every item handed to the writer at once, in order (it decides them in
-/// that order, in as few batches as its batch size allows), each answered as if alone.
+/// Non-atomic: every item handed to the writer in one submission, in order: it decides
+/// them in that order, each against the state the ones before it left, and appends them
+/// in one batch (one commit); each is answered, refused or replayed as if sent alone.
 async fn separate(state: &AppState, principal: &Principal, context: &RequestContext, items: Vec<Item>) -> BulkResponse {
-    let runs = items.into_iter().map(|item| async move {
-        match plan(state, &item.path, &item.body.json) {
-            Err(e) => problem(&e),
-            Ok(p) => {
-                match execute_reply(state, principal, context, item.body, p.command, p.causation, p.render).await {
-                    Ok((stored, replayed)) => result(stored, replayed),
-                    Err(e) => problem(&e),
-                }
+    let mut results: Vec<Option<BulkResult>> = Vec::with_capacity(items.len());
+    let mut prepared = Vec::with_capacity(items.len());
+    let mut renders = Vec::with_capacity(items.len());
+    for item in &items {
+        let ready = plan(state, &item.path, &item.body.json).and_then(|p| {
+            let ready = prepare(state, principal, context, &item.body, p.command, p.causation)?;
+            Ok((ready, p.render))
+        });
+        match ready {
+            Ok((ready, render)) => {
+                results.push(None);
+                prepared.push(ready);
+                renders.push(render);
             }
+            Err(e) => results.push(Some(problem(&e))),
         }
-    });
-    BulkResponse { results: futures::future::join_all(runs).await }
+    }
+    let (requests, guards): (Vec<_>, Vec<_>) = prepared.into_iter().map(Prepared::into_parts).unzip();
+    let replies = state.bus.execute_many(requests).await;
+    let mut answers = Vec::with_capacity(replies.len());
+    for (reply, render) in replies.into_iter().zip(renders) {
+        answers.push(match finish(state, reply, render).await {
+            Ok((stored, replayed)) => result(stored, replayed),
+            Err(e) => problem(&e),
+        });
+    }
+    // The keys stay in flight until every item has its answer.
+    drop(guards);
+    let mut answers = answers.into_iter();
+    let results = results.into_iter().map(|r| r.or_else(|| answers.next()).expect("one answer per prepared item"));
+    BulkResponse { results: results.collect() }
 }
 
 /// Atomic: one writer group, all or nothing. Returns the bulk's answer: 200 with

@@ -42,7 +42,9 @@ impl EventStore {
     /// of `idempotency_keys` catches it) rejects the whole batch with
     /// [`AppendError::Conflict`] so the caller can decide again.
     pub async fn append_batch(&self, commits: &[Commit]) -> Result<Appended, AppendError> {
+        let phase = crate::phases::Phases::start("append", commits.len());
         let staged = stage(commits)?;
+        let phase = phase.next("stage");
         let mut tx = self.pool.begin().await?;
         // The lock on the head row is what serializes appends; see migration 0001.
         let head =
@@ -52,12 +54,15 @@ impl EventStore {
             hash: head.try_get("hash")?,
             recorded_at: Utc::now().trunc_subsecs(6).max(head.try_get("recorded_at")?),
         };
+        let phase = phase.next("lock");
         let versions = self.current_versions(&mut tx, commits).await?;
+        let phase = phase.next("versions");
         let conflicts = check_expectations(commits, &mut versions.clone());
         if !conflicts.is_empty() {
             return Err(AppendError::Conflict { streams: conflicts, keys: Vec::new() });
         }
         let plan = plan(commits, staged, head, versions);
+        let phase = phase.next("plan");
         let keys: Vec<(String, String)> = commits
             .iter()
             .filter_map(|c| c.idempotency.as_ref().map(|k| (k.principal.clone(), k.key.clone())))
@@ -76,7 +81,9 @@ impl EventStore {
                 _ => e.into(),
             });
         }
+        let phase = phase.next("insert");
         tx.commit().await?;
+        phase.next("commit");
         Ok(Appended { results: plan.results, versions: plan.versions })
     }
 
@@ -187,6 +194,7 @@ struct Plan {
 /// command's outcome and idempotency record.
 fn plan(commits: &[Commit], staged: Vec<Staged>, head: Head, mut versions: HashMap<Uuid, i64>) -> Plan {
     let Head { mut position, mut hash, recorded_at } = head;
+    let first = position + 1;
     let mut rows = Rows::default();
     let mut results = Vec::with_capacity(commits.len());
     for (commit, (metadata, parts)) in commits.iter().zip(staged) {
@@ -223,6 +231,8 @@ fn plan(commits: &[Commit], staged: Vec<Staged>, head: Head, mut versions: HashM
         }
         results.push(CommitResult { recorded, outcome });
     }
+    // Every stream entry names an event of this batch (no foreign key checks it; 0013).
+    assert!(rows.entry_positions.iter().all(|p| (first..=position).contains(p)), "a stream entry outside its batch");
     Plan { rows, results, head: Head { position, hash, recorded_at }, versions }
 }
 

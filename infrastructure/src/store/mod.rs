@@ -157,11 +157,12 @@ impl EventStore {
     pub async fn events_after(&self, known: &[(Uuid, i64)]) -> Result<Vec<(Uuid, i64, Event)>, StoreError> {
         let (ids, versions): (Vec<Uuid>, Vec<i64>) = known.iter().copied().unzip();
         let rows: Vec<(Uuid, i64, String, Value)> = sqlx::query_as(
-            // LATERAL: a primary-key range probe per stream, never a scan of the table.
+            // LATERAL: a primary-key range probe per stream and one per event, never a
+            // scan of either table (a hash join would read all of `events`).
             "select s.stream_id, s.version, e.type, e.data
              from unnest($1::uuid[], $2::bigint[]) as k(stream_id, known)
              join lateral (select * from stream_entries x where x.stream_id = k.stream_id and x.version > k.known offset 0) s on true
-             join events e on e.position = s.position
+             join lateral (select type, data from events x where x.position = s.position offset 0) e on true
              order by s.stream_id, s.version",
         )
         .bind(&ids)
