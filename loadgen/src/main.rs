@@ -48,6 +48,9 @@ struct Args {
     /// Share of transfers that re-send an earlier key (idempotent replays).
     #[arg(long, default_value_t = 0.0)]
     resend_share: f64,
+    /// Share of transfers that debit the first account (a hot account; mode transfers).
+    #[arg(long, default_value_t = 0.0)]
+    hot_share: f64,
     /// Items per bulk (mode bulk).
     #[arg(long, default_value_t = 1000)]
     bulk_size: usize,
@@ -142,7 +145,8 @@ async fn one_request(
             let resend = args.resend_share > 0.0 && rand::random::<f64>() < args.resend_share;
             let earlier = if resend { observed.lock().await.sent_keys.last().cloned() } else { None };
             let (key, body) = earlier.unwrap_or_else(|| {
-                let from = rand::random_range(0..accounts.len());
+                let hot = args.hot_share > 0.0 && rand::random::<f64>() < args.hot_share;
+                let from = if hot { 0 } else { rand::random_range(0..accounts.len()) };
                 let to = (from + 1 + rand::random_range(0..accounts.len() - 1)) % accounts.len();
                 let body = wire::TransferRequest {
                     effective_at: None,
