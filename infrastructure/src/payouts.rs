@@ -254,6 +254,7 @@ impl PayoutWorker {
             command,
             metadata: EventMetadata { actor: "payout-worker".into(), ..EventMetadata::default() },
             idempotency: None,
+            fresh_stream: None,
         };
         self.bus.execute(request).await.map(|_| ()).map_err(PayoutStepError::from)
     }

@@ -112,6 +112,7 @@ impl Reconciler {
                 ..EventMetadata::default()
             },
             idempotency: None,
+            fresh_stream: None,
         };
         let reply = self.bus.execute(request).await?;
         if let Some(Outcome::Rejected(e)) = reply.outcome() {

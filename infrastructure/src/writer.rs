@@ -21,6 +21,11 @@ pub struct CommandRequest {
     pub command: Command,
     pub metadata: EventMetadata,
     pub idempotency: Option<IdempotencyClaim>,
+    /// A stream id the caller has just minted (a v7 UUID for a new transfer,
+    /// transaction, hold, …): it cannot be in the log yet, so the writer starts it empty
+    /// without asking Postgres (two round trips per batch fewer). Were it there after
+    /// all, the unique `(stream_id, version)` of the append would refuse the batch.
+    pub fresh_stream: Option<Uuid>,
 }
 
 /// The answer to a command: its outcome (or, for a replay of a record written before
@@ -283,7 +288,7 @@ impl Writer {
         // while the streams the batch needs are loaded (two round trips at once).
         let phase = crate::phases::Phases::start("writer", jobs.len());
         let commands: Vec<Command> = jobs.iter().map(|j| j.request.command.clone()).collect();
-        let mut preloaded = Ledger::new();
+        let mut preloaded = fresh_streams(jobs.iter().map(|j| &j.request));
         let size = jobs.len();
         let (checked, loaded) = tokio::join!(
             async {
@@ -374,7 +379,7 @@ impl Writer {
         let mut conflicts = 0;
         loop {
             let replayed = self.atomic_replays(&requests).await?;
-            let mut working = Ledger::new();
+            let mut working = fresh_streams(requests.iter());
             let fresh = requests.iter().zip(&replayed).filter(|(_, r)| r.is_none()).map(|(q, _)| &q.command);
             self.load_missing(&mut working, fresh).await.map_err(|e| CommandError::Unavailable(Arc::new(e)))?;
             let mut commits = Vec::new();
@@ -672,6 +677,16 @@ fn reject_duplicate_keys(jobs: Vec<Job>) -> Vec<Job> {
         }
     }
     kept
+}
+
+/// A working state holding the streams the callers minted, empty: they are new, so
+/// there is nothing to load for them.
+fn fresh_streams<'a>(requests: impl Iterator<Item = &'a CommandRequest>) -> Ledger {
+    let mut working = Ledger::new();
+    for id in requests.filter_map(|r| r.fresh_stream) {
+        working.insert(id, StreamState::default());
+    }
+    working
 }
 
 /// Decides one command against the working state and applies its events to it.

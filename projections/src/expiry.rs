@@ -45,6 +45,7 @@ impl ExpiryWorker {
                 command: Command::ExpireHold(ExpireHold { hold_id, now }),
                 metadata: EventMetadata { actor: "hold-expiry".into(), ..EventMetadata::default() },
                 idempotency: None,
+                fresh_stream: None,
             };
             self.bus.execute(request)
         });

@@ -408,6 +408,7 @@ fn opening(owner: &str, principal: &str) -> ledger_infrastructure::CommandReques
             fingerprint: vec![0; 32],
             expires_at: chrono::Utc::now() + chrono::Duration::hours(1),
         }),
+        fresh_stream: None,
     }
 }
 

@@ -162,6 +162,9 @@ pub struct Planned {
     pub command: Command,
     pub causation: Option<String>,
     pub render: Box<dyn Fn(&Recorded) -> StoredResponse + Send + Sync>,
+    /// The id of the stream the command creates, when the route minted it (not when the
+    /// client chose it): the writer need not look for it in the log.
+    pub fresh_stream: Option<uuid::Uuid>,
 }
 
 impl Planned {
@@ -170,7 +173,12 @@ impl Planned {
         causation: Option<String>,
         render: impl Fn(&Recorded) -> StoredResponse + Send + Sync + 'static,
     ) -> Planned {
-        Planned { command, causation, render: Box::new(render) }
+        Planned { command, causation, render: Box::new(render), fresh_stream: None }
+    }
+
+    /// Marks the stream id this route has just minted, if it did (see `fresh_stream`).
+    pub fn minted(self, id: Option<uuid::Uuid>) -> Planned {
+        Planned { fresh_stream: id, ..self }
     }
 }
 
@@ -182,7 +190,13 @@ pub async fn execute_planned(
     body: CommandBody,
     planned: Planned,
 ) -> Result<Response, ApiError> {
-    execute(state, principal, context, body, planned.command, planned.causation, planned.render).await
+    let prepared = prepare(state, principal, context, &body, planned.command, planned.causation)?;
+    let (mut request, guard) = prepared.into_parts();
+    request.fresh_stream = planned.fresh_stream;
+    let reply = state.bus.execute(request).await;
+    drop(guard);
+    let (stored, replayed) = finish(state, reply, planned.render).await?;
+    Ok(respond(stored, replayed))
 }
 
 /// Executes `command` once per idempotency key and answers with its (possibly stored) response.
@@ -250,6 +264,7 @@ pub fn prepare<'a>(
             idempotency_key: Some(body.key.clone()),
         },
         idempotency: Some(claim(state, principal, body)),
+        fresh_stream: None,
     };
     Ok(Prepared { request, guard })
 }

@@ -82,14 +82,17 @@ async fn open(
 
 pub fn plan_open(json: &serde_json::Value) -> Result<crate::http::command::Planned, ApiError> {
     let r: OpenAccountRequest = parse(json)?;
+    let id = r.id.map_or_else(Uuid::now_v7, |id| id.0);
+    // Minted here (not chosen by the client): it cannot be in the log yet.
+    let minted = r.id.is_none().then_some(id);
     let command = Command::OpenAccount(OpenAccount {
-        account_id: r.id.map_or_else(Uuid::now_v7, |id| id.0),
+        account_id: id,
         currency: r.currency,
         owner: r.owner.map(|t| t.0),
         overdraft_limit: r.overdraft_limit.map_or(ledger_domain::Money::ZERO, |l| l.0),
         metadata: r.metadata.map(|m| m.0),
     });
-    Ok(crate::http::command::Planned::new(command, None, render_account(201)))
+    Ok(crate::http::command::Planned::new(command, None, render_account(201)).minted(minted))
 }
 
 #[utoipa::path(

@@ -183,7 +183,8 @@ async fn separate(state: &AppState, principal: &Principal, context: &RequestCont
     let mut renders = Vec::with_capacity(items.len());
     for item in &items {
         let ready = plan(state, &item.path, &item.body.json).and_then(|p| {
-            let ready = prepare(state, principal, context, &item.body, p.command, p.causation)?;
+            let mut ready = prepare(state, principal, context, &item.body, p.command, p.causation)?;
+            ready.request.fresh_stream = p.fresh_stream;
             Ok((ready, p.render))
         });
         match ready {
@@ -242,6 +243,7 @@ async fn atomic(
                 idempotency_key: Some(item.body.key.clone()),
             },
             idempotency: Some(claim(state, principal, &item.body)),
+            fresh_stream: planned.fresh_stream,
         });
         renders.push(planned.render);
     }

@@ -88,8 +88,11 @@ pub fn plan_place(json: &serde_json::Value) -> Result<crate::http::command::Plan
     if expires_at.is_some_and(|t| t <= chrono::Utc::now()) {
         return Err(ApiError::validation("`expires_at` must be in the future"));
     }
+    let id = r.id.map_or_else(Uuid::now_v7, |id| id.0);
+    // Minted here (not chosen by the client): it cannot be in the log yet.
+    let minted = r.id.is_none().then_some(id);
     let command = Command::PlaceHold(PlaceHold {
-        hold_id: r.id.map_or_else(Uuid::now_v7, |id| id.0),
+        hold_id: id,
         account_id: r.account_id,
         to: r.to,
         amount: r.amount,
@@ -98,7 +101,7 @@ pub fn plan_place(json: &serde_json::Value) -> Result<crate::http::command::Plan
         reference: r.reference.map(|t| t.0),
         metadata: r.metadata.map(|m| m.0),
     });
-    Ok(crate::http::command::Planned::new(command, None, render_hold(201)))
+    Ok(crate::http::command::Planned::new(command, None, render_hold(201)).minted(minted))
 }
 
 #[utoipa::path(

@@ -99,15 +99,18 @@ pub fn plan_create(state: &AppState, json: &serde_json::Value) -> Result<crate::
             available_at_least: c.available_at_least.map(Money::new),
         })
         .collect();
+    let id = r.id.map_or_else(Uuid::now_v7, |id| id.0);
+    // Minted here (not chosen by the client): it cannot be in the log yet.
+    let minted = r.id.is_none().then_some(id);
     let command = Command::PostTransaction(PostTransaction {
-        transaction_id: r.id.map_or_else(Uuid::now_v7, |id| id.0),
+        transaction_id: id,
         postings,
         reference: r.reference.map(|t| t.0),
         metadata: r.metadata.map(|m| m.0),
         effective_at: crate::http::validate::effective_at(state, r.effective_at)?,
         conditions,
     });
-    Ok(crate::http::command::Planned::new(command, None, render_transaction))
+    Ok(crate::http::command::Planned::new(command, None, render_transaction).minted(minted))
 }
 
 #[utoipa::path(
@@ -142,13 +145,10 @@ async fn reverse(
 pub fn plan_reverse(raw: &str, json: &serde_json::Value) -> Result<crate::http::command::Planned, ApiError> {
     let transaction_id = path_uuid(raw, || ApiError::not_found(format!("transaction {raw} not found")))?;
     let r: ReverseRequest = parse(json)?;
-    let command = Command::ReverseTransaction(ReverseTransaction {
-        reversal_id: Uuid::now_v7(),
-        transaction_id,
-        reason: r.reason.0,
-    });
+    let reversal_id = Uuid::now_v7();
+    let command = Command::ReverseTransaction(ReverseTransaction { reversal_id, transaction_id, reason: r.reason.0 });
     let causation = Some(transaction_id.to_string());
-    Ok(crate::http::command::Planned::new(command, causation, render_transaction))
+    Ok(crate::http::command::Planned::new(command, causation, render_transaction).minted(Some(reversal_id)))
 }
 
 /// The transaction (or transfer) from the write side, as a transaction view.

@@ -73,8 +73,9 @@ async fn transfer(
 
 pub fn plan_transfer(state: &AppState, json: &serde_json::Value) -> Result<crate::http::command::Planned, ApiError> {
     let r: TransferRequest = parse(json)?;
+    let transfer_id = Uuid::now_v7();
     let command = Command::PostTransfer(PostTransfer {
-        transfer_id: Uuid::now_v7(),
+        transfer_id,
         from: r.from,
         to: r.to,
         amount: r.amount,
@@ -83,7 +84,7 @@ pub fn plan_transfer(state: &AppState, json: &serde_json::Value) -> Result<crate
         metadata: r.metadata.map(|m| m.0),
         effective_at: crate::http::validate::effective_at(state, r.effective_at)?,
     });
-    Ok(crate::http::command::Planned::new(command, None, render_transfer))
+    Ok(crate::http::command::Planned::new(command, None, render_transfer).minted(Some(transfer_id)))
 }
 
 #[utoipa::path(
@@ -121,7 +122,7 @@ pub fn plan_reverse(raw: &str, json: &serde_json::Value) -> Result<crate::http::
     let command = Command::ReverseTransfer(ReverseTransfer { reversal_id, transfer_id, reason: r.reason.0 });
     // The reversal is caused by the original transfer: the audit trail links them.
     let causation = Some(transfer_id.to_string());
-    Ok(crate::http::command::Planned::new(command, causation, render_transfer))
+    Ok(crate::http::command::Planned::new(command, causation, render_transfer).minted(Some(reversal_id)))
 }
 
 #[utoipa::path(

@@ -54,15 +54,16 @@ async fn withdraw(
 
 pub fn plan(json: &serde_json::Value) -> Result<crate::http::command::Planned, ApiError> {
     let r: WithdrawalRequest = parse(json)?;
+    let withdrawal_id = Uuid::now_v7();
     let command = Command::RequestWithdrawal(RequestWithdrawal {
-        withdrawal_id: Uuid::now_v7(),
+        withdrawal_id,
         account_id: r.account_id,
         amount: r.amount,
         currency: r.currency,
         destination: r.destination.0,
         metadata: r.metadata.map(|m| m.0),
     });
-    Ok(crate::http::command::Planned::new(command, None, render_withdrawal))
+    Ok(crate::http::command::Planned::new(command, None, render_withdrawal).minted(Some(withdrawal_id)))
 }
 
 /// Renders the withdrawal a command requested.

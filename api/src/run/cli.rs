@@ -69,6 +69,7 @@ pub async fn create_token(config: &Config, name: &str, role: &str) -> Result<Str
         command,
         metadata: EventMetadata { actor: "cli".into(), ..EventMetadata::default() },
         idempotency: None,
+        fresh_stream: None,
     };
     let reply = bus.execute(request).await?;
     if let Some(ledger_infrastructure::Outcome::Rejected(e)) = reply.outcome() {
