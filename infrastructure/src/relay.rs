@@ -107,18 +107,11 @@ impl Relay {
     async fn lead(&self, shutdown: &CancellationToken) -> Result<bool, RelayError> {
         let mut conn = PgConnection::connect(&self.database_url).await?;
         let ms = |d: Duration| format!("{}ms", d.as_millis());
-        // `synchronous_commit = off`: the checkpoint is a hint, not a record. One lost in
-        // a crash makes the next leader publish those events again, and JetStream drops
-        // the copies by their `Nats-Msg-Id` (the event id); waiting for an fsync per
-        // relayed batch only took the disk from the writer's commits.
-        sqlx::query(
-            "select set_config('statement_timeout', $1, false), set_config('lock_timeout', $2, false),
-                    set_config('synchronous_commit', 'off', false)",
-        )
-        .bind(ms(self.limits.statement_timeout))
-        .bind(ms(self.limits.lock_timeout))
-        .execute(&mut conn)
-        .await?;
+        sqlx::query("select set_config('statement_timeout', $1, false), set_config('lock_timeout', $2, false)")
+            .bind(ms(self.limits.statement_timeout))
+            .bind(ms(self.limits.lock_timeout))
+            .execute(&mut conn)
+            .await?;
         let lock_key = format!("ledger-relay:{}", self.names.prefix());
         let leader: bool = sqlx::query_scalar("select pg_try_advisory_lock(hashtext($1))")
             .bind(&lock_key)

@@ -215,6 +215,9 @@ impl CommandBus {
     /// before it left, each answered, refused or replayed on its own), handed to the
     /// writer together so that they are appended in one batch, not one per command.
     pub async fn execute_many(&self, requests: Vec<CommandRequest>) -> Vec<Result<CommandReply, CommandError>> {
+        if requests.is_empty() {
+            return Vec::new();
+        }
         let (jobs, answers): (Vec<Job>, Vec<_>) = requests
             .into_iter()
             .map(|request| {
@@ -379,7 +382,8 @@ impl Writer {
         let mut conflicts = 0;
         loop {
             let replayed = self.atomic_replays(&requests).await?;
-            let mut working = fresh_streams(requests.iter());
+            // After a conflict everything is loaded from the log, minted ids included.
+            let mut working = if conflicts == 0 { fresh_streams(requests.iter()) } else { Ledger::new() };
             let fresh = requests.iter().zip(&replayed).filter(|(_, r)| r.is_none()).map(|(q, _)| &q.command);
             self.load_missing(&mut working, fresh).await.map_err(|e| CommandError::Unavailable(Arc::new(e)))?;
             let mut commits = Vec::new();

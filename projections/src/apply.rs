@@ -100,12 +100,6 @@ pub async fn apply_delivered(
     delivered: &[RecordedEvent],
 ) -> Result<Applied, ApplyError> {
     let mut tx = pool.begin().await?;
-    // Read models are derived: a batch whose commit a crash of Postgres loses is lost
-    // whole, with its checkpoint (one transaction), and applied again from the log, since
-    // the next delivery then leaves a gap above the checkpoint. So the commit does not
-    // wait for its fsync, which left the disk to the writer's commits of commands (those
-    // stay synchronous: an acknowledged command is durable).
-    sqlx::query("set local synchronous_commit = off").execute(&mut *tx).await?;
     let checkpoint: i64 = sqlx::query_scalar("select position from projection_checkpoints where name = $1 for update")
         .bind(projection.name())
         .fetch_one(&mut *tx)
