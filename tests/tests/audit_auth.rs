@@ -198,6 +198,30 @@ async fn a_stream_entry_naming_no_event_fails_verification() {
     assert_eq!((bad.body["ok"].clone(), bad.body["first_bad_position"].clone()), (json!(false), json!(9)), "{bad:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verification_while_commands_append_finds_nothing_wrong() {
+    // Entries appended during the walk lie beyond the head it started from; they are
+    // sound, and must not be reported as naming no event.
+    let app = TestApp::spawn().await;
+    let a = app.open_account("EUR", 0).await;
+    let writes = async {
+        for _ in 0..40 {
+            assert_eq!(app.deposit(a, 1, "EUR").await.status, StatusCode::CREATED);
+        }
+    };
+    let verifies = async {
+        let mut reports = Vec::new();
+        for _ in 0..20 {
+            reports.push(app.get("/v1/audit/verify").await.body);
+        }
+        reports
+    };
+    let ((), reports) = tokio::join!(writes, verifies);
+    let bad: Vec<&Value> = reports.iter().filter(|r| r["ok"] != json!(true)).collect();
+    assert!(bad.is_empty(), "{bad:?}");
+    assert_eq!(app.get("/v1/audit/verify").await.body["checked"], json!(42));
+}
+
 #[tokio::test]
 async fn the_service_role_cannot_change_the_log() {
     let app = TestApp::spawn().await;
