@@ -190,12 +190,8 @@ pub async fn execute_planned(
     body: CommandBody,
     planned: Planned,
 ) -> Result<Response, ApiError> {
-    let prepared = prepare(state, principal, context, &body, planned.command, planned.causation)?;
-    let (mut request, guard) = prepared.into_parts();
-    request.fresh_stream = planned.fresh_stream;
-    let reply = state.bus.execute(request).await;
-    drop(guard);
-    let (stored, replayed) = finish(state, reply, planned.render).await?;
+    let prepared = prepare(state, principal, context, &body, planned.command, planned.causation, planned.fresh_stream)?;
+    let (stored, replayed) = run(state, prepared, planned.render).await?;
     Ok(respond(stored, replayed))
 }
 
@@ -223,7 +219,16 @@ pub async fn execute_reply(
     causation_id: Option<String>,
     recorded: impl RenderRecorded,
 ) -> Result<(StoredResponse, bool), ApiError> {
-    let prepared = prepare(state, principal, context, &body, command, causation_id)?;
+    run(state, prepare(state, principal, context, &body, command, causation_id, None)?, recorded).await
+}
+
+/// Sends one prepared command to the writer and renders its answer; the key stops
+/// being in flight once the answer (committed, so replayable) is in.
+async fn run(
+    state: &AppState,
+    prepared: Prepared<'_>,
+    recorded: impl RenderRecorded,
+) -> Result<(StoredResponse, bool), ApiError> {
     let reply = state.bus.execute(prepared.request).await;
     drop(prepared.guard);
     finish(state, reply, recorded).await
@@ -244,6 +249,7 @@ pub fn prepare<'a>(
     body: &CommandBody,
     command: Command,
     causation_id: Option<String>,
+    fresh_stream: Option<uuid::Uuid>,
 ) -> Result<Prepared<'a>, ApiError> {
     // Stored responses are looked up by the writer, once per batch of commands.
     let scoped = (principal.name.clone(), body.key.clone());
@@ -254,7 +260,22 @@ pub fn prepare<'a>(
         }
         InFlightGuard { state, key: scoped }
     };
-    let request = CommandRequest {
+    let request = request(state, principal, context, body, command, causation_id, fresh_stream);
+    Ok(Prepared { request, guard })
+}
+
+/// The writer's request for a command of `body`'s route: its metadata and idempotency
+/// record (no in-flight check; [`prepare`] adds it).
+pub fn request(
+    state: &AppState,
+    principal: &Principal,
+    context: &RequestContext,
+    body: &CommandBody,
+    command: Command,
+    causation_id: Option<String>,
+    fresh_stream: Option<uuid::Uuid>,
+) -> CommandRequest {
+    CommandRequest {
         command,
         metadata: EventMetadata {
             actor: principal.name.clone(),
@@ -264,9 +285,20 @@ pub fn prepare<'a>(
             idempotency_key: Some(body.key.clone()),
         },
         idempotency: Some(claim(state, principal, body)),
-        fresh_stream: None,
-    };
-    Ok(Prepared { request, guard })
+        fresh_stream,
+    }
+}
+
+/// A stream's id as the client gave it, or minted here; the second value is the id
+/// when minted (a stream that cannot be in the log yet: `Planned::minted`).
+pub fn given_or_minted(given: Option<uuid::Uuid>) -> (uuid::Uuid, Option<uuid::Uuid>) {
+    match given {
+        Some(id) => (id, None),
+        None => {
+            let id = uuid::Uuid::now_v7();
+            (id, Some(id))
+        }
+    }
 }
 
 impl<'a> Prepared<'a> {

@@ -20,7 +20,6 @@ use ledger_domain::decide::OpenAccount;
 use ledger_infrastructure::{Recorded, StoredResponse};
 use ledger_projections::Projection;
 use ledger_wire::{EmptyRequest, OpenAccountRequest};
-use uuid::Uuid;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -82,9 +81,7 @@ async fn open(
 
 pub fn plan_open(json: &serde_json::Value) -> Result<crate::http::command::Planned, ApiError> {
     let r: OpenAccountRequest = parse(json)?;
-    let id = r.id.map_or_else(Uuid::now_v7, |id| id.0);
-    // Minted here (not chosen by the client): it cannot be in the log yet.
-    let minted = r.id.is_none().then_some(id);
+    let (id, minted) = crate::http::command::given_or_minted(r.id.map(|id| id.0));
     let command = Command::OpenAccount(OpenAccount {
         account_id: id,
         currency: r.currency,

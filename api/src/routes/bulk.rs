@@ -5,7 +5,9 @@
 //! writer group: all items in one database transaction, or nothing stored. The bulk's
 //! own `Idempotency-Key` replays its whole response.
 
-use crate::http::command::{CommandBody, Planned, Prepared, claim, finish, prepare, render, respond, stored_replay};
+use crate::http::command::{
+    CommandBody, Planned, Prepared, claim, finish, prepare, render, request, respond, stored_replay,
+};
 use crate::http::context::{Principal, RequestContext};
 use crate::http::error::ApiError;
 use crate::http::requests::parse;
@@ -15,7 +17,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::response::Response;
 use axum::routing::post;
-use ledger_infrastructure::{AtomicError, CommandRequest, EventMetadata, Stored, StoredResponse};
+use ledger_infrastructure::{AtomicError, Stored, StoredResponse};
 use ledger_wire::{BulkRequest, BulkResponse, BulkResult};
 use serde_json::Value;
 use std::collections::HashSet;
@@ -183,8 +185,7 @@ async fn separate(state: &AppState, principal: &Principal, context: &RequestCont
     let mut renders = Vec::with_capacity(items.len());
     for item in &items {
         let ready = plan(state, &item.path, &item.body.json).and_then(|p| {
-            let mut ready = prepare(state, principal, context, &item.body, p.command, p.causation)?;
-            ready.request.fresh_stream = p.fresh_stream;
+            let ready = prepare(state, principal, context, &item.body, p.command, p.causation, p.fresh_stream)?;
             Ok((ready, p.render))
         });
         match ready {
@@ -233,18 +234,8 @@ async fn atomic(
             Ok(p) => p,
             Err(e) => return Ok(failed(index, e)),
         };
-        requests.push(CommandRequest {
-            command: planned.command,
-            metadata: EventMetadata {
-                actor: principal.name.clone(),
-                request_id: Some(context.request_id.clone()),
-                correlation_id: Some(context.correlation_id.clone()),
-                causation_id: planned.causation,
-                idempotency_key: Some(item.body.key.clone()),
-            },
-            idempotency: Some(claim(state, principal, &item.body)),
-            fresh_stream: planned.fresh_stream,
-        });
+        let (command, causation) = (planned.command, planned.causation);
+        requests.push(request(state, principal, context, &item.body, command, causation, planned.fresh_stream));
         renders.push(planned.render);
     }
     match state.bus.execute_atomic(requests).await {

@@ -21,7 +21,6 @@ use ledger_domain::decide::{CaptureHold, PlaceHold, VoidHold};
 use ledger_infrastructure::{Recorded, StoredResponse};
 use ledger_projections::Projection;
 use ledger_wire::{CaptureRequest, EmptyRequest, HoldRequest};
-use uuid::Uuid;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -88,9 +87,7 @@ pub fn plan_place(json: &serde_json::Value) -> Result<crate::http::command::Plan
     if expires_at.is_some_and(|t| t <= chrono::Utc::now()) {
         return Err(ApiError::validation("`expires_at` must be in the future"));
     }
-    let id = r.id.map_or_else(Uuid::now_v7, |id| id.0);
-    // Minted here (not chosen by the client): it cannot be in the log yet.
-    let minted = r.id.is_none().then_some(id);
+    let (id, minted) = crate::http::command::given_or_minted(r.id.map(|id| id.0));
     let command = Command::PlaceHold(PlaceHold {
         hold_id: id,
         account_id: r.account_id,

@@ -99,9 +99,7 @@ pub fn plan_create(state: &AppState, json: &serde_json::Value) -> Result<crate::
             available_at_least: c.available_at_least.map(Money::new),
         })
         .collect();
-    let id = r.id.map_or_else(Uuid::now_v7, |id| id.0);
-    // Minted here (not chosen by the client): it cannot be in the log yet.
-    let minted = r.id.is_none().then_some(id);
+    let (id, minted) = crate::http::command::given_or_minted(r.id.map(|id| id.0));
     let command = Command::PostTransaction(PostTransaction {
         transaction_id: id,
         postings,

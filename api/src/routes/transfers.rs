@@ -143,21 +143,15 @@ async fn read(State(state): State<AppState>, Segment(raw): Segment, Params(q): P
     let not_found = || ApiError::not_found(format!("transfer {raw} not found"));
     let id = path_uuid(&raw, not_found)?;
     let consistency = Consistency::from_query(&q)?;
-    if consistency == Consistency::Strong {
-        let (ledger, head) = strong_state(&state, &[id]).await?;
-        let found = ledger.transfer(id).ok_or_else(not_found)?;
-        let (recorded_at, _) = crate::routes::created(&state, id).await?;
-        return Ok(views::read(&views::transfer(found, recorded_at, None), head));
-    }
-    read_model_ready(&state, Projection::Transfers, consistency).await?;
-    match ledger_projections::queries::transfer(&state.pool, id).await? {
-        (Some(row), position) => Ok(views::read(&views::transfer_row(row), position)),
-        (None, _) => {
-            // Not in the read model yet: an id the service returned is never 404.
-            let (ledger, head) = strong_state(&state, &[id]).await?;
-            let found = ledger.transfer(id).ok_or_else(not_found)?;
-            let (recorded_at, _) = crate::routes::created(&state, id).await?;
-            Ok(views::read(&views::transfer(found, recorded_at, None), head))
+    if consistency != Consistency::Strong {
+        read_model_ready(&state, Projection::Transfers, consistency).await?;
+        if let (Some(row), position) = ledger_projections::queries::transfer(&state.pool, id).await? {
+            return Ok(views::read(&views::transfer_row(row), position));
         }
     }
+    // Strong, or not in the read model yet: an id the service returned is never 404.
+    let (ledger, head) = strong_state(&state, &[id]).await?;
+    let found = ledger.transfer(id).ok_or_else(not_found)?;
+    let (recorded_at, _) = crate::routes::created(&state, id).await?;
+    Ok(views::read(&views::transfer(found, recorded_at, None), head))
 }
