@@ -12,8 +12,12 @@ pub struct Config {
     pub nats_url: String,
     /// `LEDGER_NATS_PREFIX`: prefixes every stream, consumer and subject.
     pub nats_prefix: String,
-    /// `LEDGER_NATS_REPLICAS` (default 1): replicas of the JetStream stream (3 in a cluster).
-    pub nats_replicas: usize,
+    /// `LEDGER_NATS_REPLICAS` (default: 3 on a cluster of three or more servers, else 1):
+    /// replicas of the JetStream stream; its consumers follow it.
+    pub nats_replicas: Option<usize>,
+    /// `DATABASE_READ_URL` (unset by default): a streaming replica for eventual reads and
+    /// queries; strong reads, commands and the workers use `DATABASE_URL` only.
+    pub database_read_url: Option<String>,
     /// `LEDGER_HTTP_ADDR`.
     pub http_addr: String,
     /// `LEDGER_METRICS_ADDR` (unset by default): where `ledger worker`, which has no
@@ -130,7 +134,8 @@ impl Default for Config {
             database_url: "postgres://postgres@127.0.0.1:5432/ledger".to_owned(),
             nats_url: "nats://127.0.0.1:4222".to_owned(),
             nats_prefix: "ledger".to_owned(),
-            nats_replicas: 1,
+            nats_replicas: None,
+            database_read_url: None,
             http_addr: "127.0.0.1:8080".to_owned(),
             metrics_addr: None,
             admin_token: None,
@@ -195,7 +200,11 @@ impl Config {
             database_url: env_or("DATABASE_URL", &d.database_url),
             nats_url: env_or("NATS_URL", &d.nats_url),
             nats_prefix: env_or("LEDGER_NATS_PREFIX", &d.nats_prefix),
-            nats_replicas: env_num("LEDGER_NATS_REPLICAS", d.nats_replicas)?,
+            nats_replicas: match optional("LEDGER_NATS_REPLICAS") {
+                None => None,
+                Some(_) => Some(env_num("LEDGER_NATS_REPLICAS", 1usize)?),
+            },
+            database_read_url: optional("DATABASE_READ_URL"),
             http_addr: env_or("LEDGER_HTTP_ADDR", &d.http_addr),
             admin_token: optional("LEDGER_ADMIN_TOKEN"),
             metrics_addr: optional("LEDGER_METRICS_ADDR"),

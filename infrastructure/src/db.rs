@@ -61,6 +61,15 @@ pub async fn connect(config: &Config) -> Result<PgPool, sqlx::Error> {
         .await
 }
 
+/// A pool like [`connect`]'s on another server (a read replica), connecting on first use.
+pub fn connect_lazy(url: &str, config: &Config) -> Result<PgPool, sqlx::Error> {
+    let options = PgConnectOptions::from_str(url)?.options(session_limits(config));
+    Ok(PgPoolOptions::new()
+        .max_connections(config.db_pool_max)
+        .acquire_timeout(config.db_acquire_timeout)
+        .connect_lazy_with(options))
+}
+
 /// Runs the migrations on a connection of their own, without the pool's limits: a
 /// migration may build an index on a large table for longer than any request may take,
 /// and the migrator waits on its advisory lock while another instance migrates.

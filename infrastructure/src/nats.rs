@@ -11,19 +11,20 @@ pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 #[derive(Clone, Debug)]
 pub struct Names {
     prefix: String,
-    /// Stream replicas (`LEDGER_NATS_REPLICAS`; 3 in a three-node cluster).
-    pub replicas: usize,
+    /// Stream replicas (`LEDGER_NATS_REPLICAS`); `None`: from the cluster (see [`replicas_for`]).
+    pub replicas: Option<usize>,
 }
 
 impl Names {
     pub fn new(prefix: &str) -> Names {
         // Stream and consumer names allow letters, digits, '-' and '_' only.
         let prefix = prefix.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
-        Names { prefix, replicas: 1 }
+        Names { prefix, replicas: None }
     }
 
-    pub fn with_replicas(mut self, replicas: usize) -> Names {
-        self.replicas = replicas.max(1);
+    /// A fixed replica count (`LEDGER_NATS_REPLICAS`), or `None` to take it from the cluster.
+    pub fn with_replicas(mut self, replicas: Option<usize>) -> Names {
+        self.replicas = replicas.map(|r| r.max(1));
         self
     }
 
@@ -86,15 +87,46 @@ pub async fn connect(url: &str) -> Result<async_nats::Client, async_nats::Connec
         .await
 }
 
-/// Creates (or finds) the events stream: file storage, deduplication window.
+/// The replicas a stream gets when none are configured: 3 on a cluster of three or more
+/// servers (the servers the connected one advertises, itself included), else 1.
+pub fn replicas_for(server: &async_nats::ServerInfo) -> usize {
+    let mut urls = server.connect_urls.clone();
+    urls.sort();
+    urls.dedup();
+    if server.cluster.is_some() && urls.len() >= 3 { 3 } else { 1 }
+}
+
+/// Creates (or finds) the events stream: file storage, deduplication window, and the
+/// configured replicas or those of the cluster. An existing stream with another
+/// replica count is updated to it (its consumers, created without a count of their
+/// own, follow the stream); if the cluster cannot place the replicas now, the stream
+/// is used as it is and the update is tried again at the next call.
 pub async fn ensure_events_stream(js: &jetstream::Context, names: &Names) -> Result<stream::Stream, async_nats::Error> {
+    let replicas = names.replicas.unwrap_or_else(|| replicas_for(&js.client().server_info()));
     let config = stream::Config {
         name: names.events_stream(),
         subjects: vec![names.events_subjects(), names.dead_letter_subjects()],
         storage: stream::StorageType::File,
         duplicate_window: DUPLICATE_WINDOW,
-        num_replicas: names.replicas,
+        num_replicas: replicas,
         ..Default::default()
     };
-    Ok(js.get_or_create_stream(config).await?)
+    let stream = js.get_or_create_stream(config).await?;
+    let current = stream.cached_info().config.num_replicas;
+    if current == replicas {
+        return Ok(stream);
+    }
+    let mut updated = stream.cached_info().config.clone();
+    updated.num_replicas = replicas;
+    match js.update_stream(updated).await {
+        Ok(_) => {
+            tracing::info!(stream = %names.events_stream(), from = current, to = replicas, "stream replicas updated");
+            Ok(js.get_stream(names.events_stream()).await?)
+        }
+        Err(e) => {
+            tracing::warn!(stream = %names.events_stream(), from = current, to = replicas, error = %e,
+                "cannot change the stream's replicas now; using it as it is");
+            Ok(stream)
+        }
+    }
 }

@@ -47,7 +47,9 @@ impl Default for PayoutLimits {
             concurrency_max: 16,
             batch_max: 64,
             max_ack_pending: 1_000,
-            ack_wait: Duration::from_secs(60),
+            // Short, so that the payouts a dead worker held go to another within
+            // seconds; a payout taking longer keeps its message with progress acks.
+            ack_wait: Duration::from_secs(10),
         }
     }
 }
@@ -112,7 +114,20 @@ impl PayoutWorker {
                 .for_each_concurrent(self.limits.concurrency_max, |message| async move {
                     let Ok(message) = message else { return };
                     let disposition = match serde_json::from_slice::<RecordedEvent>(&message.payload) {
-                        Ok(event) => self.handle(&event).await,
+                        Ok(event) => {
+                            let handling = self.handle(&event);
+                            tokio::pin!(handling);
+                            let mut progress = tokio::time::interval(self.limits.ack_wait / 3);
+                            progress.tick().await;
+                            loop {
+                                tokio::select! {
+                                    disposition = &mut handling => break disposition,
+                                    _ = progress.tick() => {
+                                        let _ = message.ack_with(AckKind::Progress).await;
+                                    }
+                                }
+                            }
+                        }
                         Err(e) => {
                             tracing::error!(error = %e, "undecodable event message");
                             Disposition::Ack

@@ -8,6 +8,12 @@
 //! is released and another instance takes over. The relay is woken by `LISTEN` on the
 //! append's `NOTIFY`, with a slow poll as a safety net. When NATS is unreachable it
 //! backs off with jitter behind a circuit breaker; commands are unaffected.
+//!
+//! A lost stream is filled again from the log: the relay keeps the stream sequence of
+//! its last acknowledged publish, and a stream whose sequences start again below it
+//! (deleted and created anew, or a server that came back without its storage) makes
+//! the relay start over from position 0. JetStream drops what its duplicate window
+//! still holds; consumers ignore what is at or below their checkpoints.
 
 use crate::breaker::{CircuitBreaker, backoff_delay};
 use crate::nats::{Names, ensure_events_stream};
@@ -17,6 +23,9 @@ use sqlx::postgres::{PgConnection, PgListener};
 use sqlx::{Connection, Row};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+/// How often the leader ensures the events stream (replicas, lost messages) again.
+pub const STREAM_RECHECK: Duration = Duration::from_secs(10);
 
 /// Limits of the relay.
 #[derive(Clone, Copy, Debug)]
@@ -50,8 +59,11 @@ impl RelayLimits {
 /// The relay of one ledger (one database, one NATS prefix).
 pub struct Relay {
     pub database_url: String,
-    /// Whether the events stream is known to exist (checked again after any failure).
-    pub stream_ready: std::sync::atomic::AtomicBool,
+    /// When the events stream was last ensured (`None`: not yet, or a publish failed
+    /// since). It is ensured again every [`STREAM_RECHECK`]: a cluster that has grown
+    /// (or whose routes had not formed at start) gets its replicas, and a lost stream
+    /// is noticed even while nothing is published.
+    pub stream_ready: std::sync::Mutex<Option<std::time::Instant>>,
     pub js: jetstream::Context,
     pub names: Names,
     pub breaker: CircuitBreaker,
@@ -81,6 +93,17 @@ enum PublishError {
     Ack(async_nats::jetstream::context::PublishError),
     #[error("timed out waiting for a JetStream ack")]
     AckTimeout,
+}
+
+/// What a publish of a batch achieved.
+struct Published {
+    /// The last position acknowledged without a gap before it.
+    last: Option<i64>,
+    /// The highest stream sequence of a message stored by this publish (not a duplicate).
+    sequence: u64,
+    /// The stream's sequences started again below the relay's: it lost messages.
+    restarted: bool,
+    error: Option<PublishError>,
 }
 
 impl Relay {
@@ -167,10 +190,29 @@ impl Relay {
 
     /// Publishes the next batch after the checkpoint; returns how many were relayed.
     async fn relay_batch(&self, conn: &mut PgConnection) -> Result<usize, RelayError> {
-        let checkpoint: i64 = sqlx::query_scalar("select position from relay_checkpoints where name = $1")
-            .bind(self.names.prefix())
-            .fetch_one(&mut *conn)
-            .await?;
+        let (checkpoint, sequence): (i64, i64) =
+            sqlx::query_as("select position, stream_sequence from relay_checkpoints where name = $1")
+                .bind(self.names.prefix())
+                .fetch_one(&mut *conn)
+                .await?;
+        let known = u64::try_from(sequence).unwrap_or(0);
+        if self.stream_check_due() {
+            let permit = self.breaker.acquire().map_err(PublishError::from)?;
+            match ensure_events_stream(&self.js, &self.names).await {
+                Ok(stream) => {
+                    permit.success();
+                    if stream.cached_info().state.last_sequence < known {
+                        self.restart(conn, checkpoint, sequence).await?;
+                        return Ok(1);
+                    }
+                    *self.stream_ready.lock().expect("not poisoned") = Some(std::time::Instant::now());
+                }
+                Err(e) => {
+                    permit.failure();
+                    return Err(RelayError::Nats(PublishError::Stream(e)));
+                }
+            }
+        }
         let rows = sqlx::query(
             "select position, event_id, stream_id, version, type, data, metadata, recorded_at
              from events where position > $1 order by position limit $2",
@@ -186,43 +228,64 @@ impl Relay {
         // frees the probe slot with no verdict.
         let permit = self.breaker.acquire().map_err(PublishError::from)?;
         let events: Vec<RecordedEvent> = rows.iter().map(row_to_event).collect::<Result<_, _>>()?;
-        let published = self.publish(&events).await;
+        let published = self.publish(&events, known).await;
         // The verdict is JetStream's answer, given before the checkpoint update can fail.
-        let last_acked = match &published {
-            Ok(()) => {
-                permit.success();
-                events.last().map(|e| e.position)
-            }
-            Err((last, _)) => {
-                permit.failure();
-                *last
-            }
-        };
-        if let Some(position) = last_acked {
-            sqlx::query("update relay_checkpoints set position = $2, updated_at = now() where name = $1")
-                .bind(self.names.prefix())
-                .bind(position)
-                .execute(&mut *conn)
-                .await?;
+        if published.error.is_none() {
+            permit.success();
+        } else {
+            permit.failure();
         }
-        match published {
-            Ok(()) => {
+        if published.restarted {
+            self.restart(conn, checkpoint, sequence).await?;
+            return match published.error {
+                None => Ok(events.len()),
+                Some(e) => Err(RelayError::Nats(e)),
+            };
+        }
+        if let Some(position) = published.last {
+            sqlx::query(
+                "update relay_checkpoints set position = $2, stream_sequence = greatest(stream_sequence, $3),
+                 updated_at = now() where name = $1",
+            )
+            .bind(self.names.prefix())
+            .bind(position)
+            .bind(i64::try_from(published.sequence).unwrap_or(i64::MAX))
+            .execute(&mut *conn)
+            .await?;
+        }
+        match published.error {
+            None => {
                 metrics::counter!("ledger_relay_published_total").increment(events.len() as u64);
                 Ok(events.len())
             }
-            Err((_, e)) => Err(RelayError::Nats(e)),
+            Some(e) => Err(RelayError::Nats(e)),
         }
     }
 
-    /// Publishes in order, awaiting the acks after sending the whole batch. On failure
-    /// returns the last position acknowledged without a gap before it.
-    async fn publish(&self, events: &[RecordedEvent]) -> Result<(), (Option<i64>, PublishError)> {
-        use std::sync::atomic::Ordering;
+    /// Whether the events stream is to be ensured before the next publish.
+    fn stream_check_due(&self) -> bool {
+        self.stream_ready.lock().expect("not poisoned").is_none_or(|at| at.elapsed() >= STREAM_RECHECK)
+    }
+
+    /// The stream lost messages: relay the whole log again.
+    async fn restart(&self, conn: &mut PgConnection, checkpoint: i64, sequence: i64) -> Result<(), sqlx::Error> {
+        tracing::warn!(checkpoint, sequence, "the events stream lost messages; relaying the log again from the start");
+        metrics::counter!("ledger_relay_stream_restarts_total").increment(1);
+        sqlx::query(
+            "update relay_checkpoints set position = 0, stream_sequence = 0, updated_at = now() where name = $1",
+        )
+        .bind(self.names.prefix())
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+
+    /// Publishes in order, awaiting the acks after sending the whole batch. `known` is
+    /// the stream sequence of the relay's last stored message: a stream that stores a
+    /// message of this batch at or below it has lost messages.
+    async fn publish(&self, events: &[RecordedEvent], known: u64) -> Published {
         let js = &self.js;
-        if !self.stream_ready.load(Ordering::Relaxed) {
-            ensure_events_stream(js, &self.names).await.map_err(|e| (None, PublishError::Stream(e)))?;
-            self.stream_ready.store(true, Ordering::Relaxed);
-        }
+        let mut published = Published { last: None, sequence: 0, restarted: false, error: None };
         let mut acks = Vec::with_capacity(events.len());
         let mut send_error = None;
         for e in events {
@@ -239,26 +302,28 @@ impl Relay {
                 }
             }
         }
-        let mut last = None;
         for (position, ack) in acks {
             let error = match tokio::time::timeout(Duration::from_secs(10), ack).await {
-                Ok(Ok(_)) => {
-                    last = Some(position);
+                Ok(Ok(ack)) => {
+                    published.last = Some(position);
+                    if !ack.duplicate {
+                        published.restarted |= ack.sequence <= known;
+                        published.sequence = published.sequence.max(ack.sequence);
+                    }
                     continue;
                 }
                 Ok(Err(e)) => PublishError::Ack(e),
                 Err(_) => PublishError::AckTimeout,
             };
-            self.stream_ready.store(false, Ordering::Relaxed);
-            return Err((last, error));
+            *self.stream_ready.lock().expect("not poisoned") = None;
+            published.error = Some(error);
+            return published;
         }
-        match send_error {
-            Some(error) => {
-                self.stream_ready.store(false, Ordering::Relaxed);
-                Err((last, error))
-            }
-            None => Ok(()),
+        if send_error.is_some() {
+            *self.stream_ready.lock().expect("not poisoned") = None;
         }
+        published.error = send_error;
+        published
     }
 }
 

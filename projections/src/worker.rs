@@ -2,6 +2,14 @@
 //! one ack per committed batch) and
 //! bounded `max_ack_pending`, `ack_wait` and `max_deliver`. Messages are acked only
 //! after the batch and its checkpoint committed; a failed batch is NAKed with a delay.
+//!
+//! JetStream is for latency, the Postgres log is the truth: beside the consumer, every
+//! worker watches its projection's checkpoint against the log head. When the
+//! projection is behind and JetStream has moved it no further for `log_stall_after`
+//! (no server, a lost stream, a stuck consumer, a dead relay), the worker applies the
+//! log itself, page by page, through the same exactly-once `apply_delivered`, until
+//! JetStream delivers again. Deliveries of what the log already applied are at or below
+//! the checkpoint and are acked without effect.
 
 use crate::apply::{Projection, apply_delivered};
 use async_nats::jetstream::{self, AckKind, consumer::pull};
@@ -11,7 +19,7 @@ use ledger_infrastructure::breaker::backoff_delay;
 use ledger_infrastructure::nats::{Names, ensure_events_stream};
 use sqlx::PgPool;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -27,6 +35,11 @@ pub struct WorkerLimits {
     pub ack_wait: Duration,
     pub max_deliver: i64,
     pub fetch_expires: Duration,
+    /// How often the checkpoint is compared with the log head.
+    pub log_poll_interval: Duration,
+    /// How long the projection may stay behind the head without progress before the
+    /// worker applies the log itself.
+    pub log_stall_after: Duration,
 }
 
 impl Default for WorkerLimits {
@@ -37,6 +50,8 @@ impl Default for WorkerLimits {
             ack_wait: Duration::from_secs(30),
             max_deliver: 50,
             fetch_expires: Duration::from_millis(500),
+            log_poll_interval: Duration::from_millis(250),
+            log_stall_after: Duration::from_secs(1),
         }
     }
 }
@@ -60,11 +75,16 @@ enum WorkerError {
 }
 
 impl ProjectionWorker {
-    /// Consumes until `shutdown`, finishing (and acking) the batch in hand first.
+    /// Consumes until `shutdown`, finishing (and acking) the batch in hand first, and
+    /// follows the log whenever JetStream does not deliver.
     pub async fn run(self, shutdown: CancellationToken) {
+        tokio::join!(self.consume_jetstream(&shutdown), self.follow_log(&shutdown));
+    }
+
+    async fn consume_jetstream(&self, shutdown: &CancellationToken) {
         let mut attempt = 0u32;
         while !shutdown.is_cancelled() {
-            match self.consume(&shutdown).await {
+            match self.consume(shutdown).await {
                 Ok(()) => attempt = 0,
                 Err(e) => {
                     attempt += 1;
@@ -74,6 +94,61 @@ impl ProjectionWorker {
                 }
             }
         }
+    }
+
+    /// Applies the Postgres log whenever the projection stays behind the head with no
+    /// progress for `log_stall_after`.
+    async fn follow_log(&self, shutdown: &CancellationToken) {
+        let mut progress = (i64::MIN, Instant::now());
+        while !shutdown.is_cancelled() {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(self.limits.log_poll_interval) => {}
+            }
+            if let Err(e) = self.log_step(&mut progress, shutdown).await {
+                tracing::warn!(projection = self.projection.name(), error = %e, "following the log failed; retrying");
+            }
+        }
+    }
+
+    /// One look at the checkpoint and the head; `progress` is the checkpoint last seen
+    /// moving and when.
+    async fn log_step(
+        &self,
+        progress: &mut (i64, Instant),
+        shutdown: &CancellationToken,
+    ) -> Result<(), crate::apply::ApplyError> {
+        let (checkpoint, head): (i64, i64) = sqlx::query_as(
+            "select p.position, h.position from projection_checkpoints p cross join log_head h where p.name = $1",
+        )
+        .bind(self.projection.name())
+        .fetch_one(&self.pool)
+        .await?;
+        if checkpoint >= head || checkpoint > progress.0 {
+            *progress = (checkpoint, Instant::now());
+            return Ok(());
+        }
+        if progress.1.elapsed() < self.limits.log_stall_after {
+            return Ok(());
+        }
+        let name = self.projection.name();
+        tracing::info!(projection = name, checkpoint, head, "JetStream is not delivering; applying the log");
+        let store = ledger_infrastructure::EventStore::new(self.pool.clone());
+        let mut at = checkpoint;
+        while at < head && !shutdown.is_cancelled() {
+            let page = store.read_all(at, (self.limits.batch_max as i64).min(head - at)).await?;
+            if page.is_empty() {
+                break;
+            }
+            let applied = apply_delivered(&self.pool, self.projection, &page).await?;
+            metrics::counter!("ledger_projection_log_events_applied_total", "projection" => name)
+                .increment(applied.applied as u64);
+            (self.on_applied)(self.projection, applied.position, &applied.accounts);
+            at = applied.position;
+        }
+        // Still no JetStream progress of its own: the next look applies again at once.
+        progress.0 = at;
+        Ok(())
     }
 
     async fn consumer(&self) -> Result<jetstream::consumer::Consumer<pull::Config>, WorkerError> {

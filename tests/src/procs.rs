@@ -48,6 +48,26 @@ impl PgCluster {
         cluster
     }
 
+    /// A streaming replica of `primary`: `pg_basebackup -R` of the running primary into
+    /// a directory of its own, started on another free port (hot standby, read-only).
+    pub fn replica_of(primary: &PgCluster) -> PgCluster {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("ledger-pg-replica-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let chown = std::process::Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status();
+        assert!(chown.is_ok_and(|s| s.success()), "chown the replica directory");
+        let backup = as_postgres("pg_basebackup")
+            .args(["-h", "127.0.0.1", "-p", &primary.port.to_string(), "-U", "postgres", "-R", "-X", "stream", "-D"])
+            .arg(dir.join("data"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        assert!(backup.is_ok_and(|s| s.success()), "pg_basebackup of the primary");
+        let replica = PgCluster { port, dir };
+        replica.resume();
+        replica
+    }
+
     pub fn url(&self, database: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
     }

@@ -594,6 +594,10 @@ pub struct Dependencies {
     pub provider_breaker: BreakerState,
     pub relay_breaker: BreakerState,
     pub postgres_breaker: BreakerState,
+    /// The read replica (`DATABASE_READ_URL`), when one is configured; it does not
+    /// decide readiness.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres_replica: Option<DependencyState>,
 }
 
 /// This process's connection to NATS.

@@ -77,7 +77,19 @@ async fn principal(state: &AppState, token: &str) -> Result<Option<Principal>, A
     if state.tokens.unknown.contains_key(&hash) {
         return Ok(None);
     }
-    match ledger_infrastructure::audit::token_by_hash(&state.store, &hash).await? {
+    let found = match ledger_infrastructure::audit::token_by_hash(&state.store, &hash).await {
+        Ok(found) => found,
+        // While the primary is down, a token issued before can still read eventually
+        // from the replica (issuing is an event, so the replica has it).
+        Err(e) => match &state.replica {
+            Some(r) if r.healthy() => {
+                let replica = ledger_infrastructure::EventStore::new(r.pool.clone());
+                ledger_infrastructure::audit::token_by_hash(&replica, &hash).await.map_err(|_| e)?
+            }
+            _ => return Err(e.into()),
+        },
+    };
+    match found {
         Some((name, role)) => {
             let role = Role::parse(&role).ok_or_else(|| ApiError::internal(&"a stored token has an unknown role"))?;
             let p = Principal { name: token_principal(&name), role };

@@ -4,6 +4,11 @@
 //! come; after the cool-down one request probes. Account reads alone may still answer
 //! from the cache while it is open, marked `X-Ledger-Stale: true`.
 //!
+//! With a read replica (`DATABASE_READ_URL`), eventual reads do not depend on the
+//! primary at all: they pass the breaker without a permit (their answers say nothing of
+//! the primary, so they must not close it), and while it is not closed they are
+//! marked `X-Ledger-Stale: true`.
+//!
 //! The breaker's permit is held across the request: a request dropped before it
 //! answers (by the request time-out, or because the client hung up) releases it on drop
 //! without a verdict, so a dropped probe never leaves the breaker half-open for good.
@@ -27,6 +32,14 @@ pub async fn db_guard(State(state): State<AppState>, request: Request, next: Nex
         .and_then(|q| crate::read::Consistency::from_query(&q).ok())
         == Some(crate::read::Consistency::Eventual);
     let cached_read = eventual && request.extensions().get::<MatchedPath>().is_some_and(|p| p.as_str() == CACHED_ROUTE);
+    if eventual && state.replica.is_some() && request.method() == axum::http::Method::GET {
+        let stale = state.db_breaker.state() != ledger_infrastructure::breaker::BreakerState::Closed;
+        let mut response = next.run(request).await;
+        if stale && response.status().is_success() {
+            response.headers_mut().insert("x-ledger-stale", axum::http::HeaderValue::from_static("true"));
+        }
+        return response;
+    }
     let permit = match state.db_breaker.acquire() {
         Ok(permit) => permit,
         Err(open) => {

@@ -99,6 +99,8 @@ pub struct AccountCache {
     cache: moka::future::Cache<Uuid, (Option<ledger_wire::Account>, i64)>,
     /// Views read before this position are not cached (set when everything is invalidated).
     floor: Arc<std::sync::atomic::AtomicI64>,
+    /// The highest position an invalidation (an announcement) has covered.
+    covered: Arc<std::sync::atomic::AtomicI64>,
     hits: Arc<AtomicU64>,
     misses: Arc<AtomicU64>,
 }
@@ -106,7 +108,13 @@ pub struct AccountCache {
 impl AccountCache {
     pub fn new(capacity_max: u64, ttl: Duration) -> AccountCache {
         let cache = moka::future::Cache::builder().max_capacity(capacity_max).time_to_live(ttl).build();
-        AccountCache { cache, floor: Arc::default(), hits: Arc::default(), misses: Arc::default() }
+        AccountCache {
+            cache,
+            floor: Arc::default(),
+            covered: Arc::default(),
+            hits: Arc::default(),
+            misses: Arc::default(),
+        }
     }
 
     /// A cached view reflecting at least `min_position`.
@@ -142,6 +150,7 @@ impl AccountCache {
     /// Invalidates the given accounts as of `position` (the projection applied a change
     /// to them there): reads at earlier positions can no longer fill their entries.
     pub async fn invalidate(&self, ids: &[Uuid], position: i64) {
+        self.covered.fetch_max(position, Ordering::AcqRel);
         for id in ids {
             self.cache
                 .entry(*id)
@@ -156,11 +165,55 @@ impl AccountCache {
     /// Invalidates every account as of `position` (a rebuilt read model was switched in).
     pub fn invalidate_all(&self, position: i64) {
         self.floor.fetch_max(position, Ordering::AcqRel);
+        self.covered.fetch_max(position, Ordering::AcqRel);
         self.cache.invalidate_all();
+    }
+
+    /// The highest position whose changes this cache has been told of.
+    pub fn covered(&self) -> i64 {
+        self.covered.load(Ordering::Acquire)
     }
 
     /// (hits, misses, entries).
     pub fn stats(&self) -> (u64, u64, u64) {
         (self.hits.load(Ordering::Relaxed), self.misses.load(Ordering::Relaxed), self.cache.entry_count())
+    }
+}
+
+/// A streaming replica (`DATABASE_READ_URL`) and how far it has replayed each
+/// projection, polled by `serve::spawn_read_side`.
+pub struct Replica {
+    pub pool: sqlx::PgPool,
+    /// The projections' checkpoints as the replica has replayed them.
+    pub positions: ProjectionPositions,
+    /// When the replica last answered the poll, in ms after `epoch` (0: never).
+    answered_ms: AtomicU64,
+    epoch: std::time::Instant,
+}
+
+/// A replica that has not answered its poll for this long is not read from.
+const REPLICA_SILENCE_MAX: Duration = Duration::from_secs(2);
+
+impl Replica {
+    pub fn new(pool: sqlx::PgPool) -> Replica {
+        Replica {
+            pool,
+            positions: ProjectionPositions::default(),
+            answered_ms: AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
+        }
+    }
+
+    /// Records an answered poll.
+    pub fn answered(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX).max(1);
+        self.answered_ms.store(ms, Ordering::Release);
+    }
+
+    /// Whether the replica answered its poll recently.
+    pub fn healthy(&self) -> bool {
+        let last = self.answered_ms.load(Ordering::Acquire);
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        last > 0 && now.saturating_sub(last) <= REPLICA_SILENCE_MAX.as_millis() as u64
     }
 }

@@ -151,11 +151,11 @@ async fn read(State(state): State<AppState>, Segment(raw): Segment, Params(q): P
         let account = ledger.account(id).ok_or_else(|| account_not_found(&raw))?;
         return Ok(views::read(&views::account(account, ledger.version(id), head), head));
     }
-    let min = read_model_ready(&state, Projection::Accounts, consistency).await?;
-    if let Some((view, position)) = state.cache.get(id, min).await {
+    let ready = read_model_ready(&state, Projection::Accounts, consistency).await?;
+    if let Some((view, position)) = state.cache.get(id, ready.min).await {
         return Ok(views::read(&view, position));
     }
-    let (view, position) = ledger_projections::queries::account(&state.pool, id).await?;
+    let (view, position) = ledger_projections::queries::account(ready.pool, id).await?;
     let Some(view) = view else {
         // Not in the read model yet (it lags): an id the service returned is never 404,
         // so the answer comes from the log.
@@ -185,9 +185,9 @@ async fn read(State(state): State<AppState>, Segment(raw): Segment, Params(q): P
 )]
 async fn by_owner(State(state): State<AppState>, Params(q): Params) -> Result<Response, ApiError> {
     let owner = q.get("owner").filter(|o| !o.is_empty()).ok_or_else(|| ApiError::bad_request("`owner` is required"))?;
-    read_model_ready(&state, Projection::Accounts, Consistency::from_query(&q)?).await?;
+    let ready = read_model_ready(&state, Projection::Accounts, Consistency::from_query(&q)?).await?;
     let (rows, position) =
-        ledger_projections::queries::accounts_by_owner(&state.pool, owner, ledger_wire::limits::OWNER_ACCOUNTS_MAX)
+        ledger_projections::queries::accounts_by_owner(ready.pool, owner, ledger_wire::limits::OWNER_ACCOUNTS_MAX)
             .await?;
     let accounts = rows.into_iter().map(views::account_row).collect();
     Ok(views::read(&ledger_wire::AccountList { accounts }, position))
@@ -219,12 +219,12 @@ async fn transactions(
         None => None,
         Some(c) => Some(c.parse::<i64>().map_err(|_| ApiError::bad_request("`cursor` is not a cursor from this API"))?),
     };
-    read_model_ready(&state, Projection::Accounts, Consistency::from_query(&q)?).await?;
-    let (entries, position) = ledger_projections::queries::entries(&state.pool, id, cursor, limit).await?;
+    let ready = read_model_ready(&state, Projection::Accounts, Consistency::from_query(&q)?).await?;
+    let (entries, position) = ledger_projections::queries::entries(ready.pool, id, cursor, limit).await?;
     // An unknown account is 404 with or without a cursor; a known one's last page is
     // empty, and so is the page of one the read model does not have yet (the log has it).
     if entries.is_empty()
-        && ledger_projections::queries::account(&state.pool, id).await?.0.is_none()
+        && ledger_projections::queries::account(ready.pool, id).await?.0.is_none()
         && strong_state(&state, &[id]).await?.0.account(id).is_none()
     {
         return Err(account_not_found(&raw));

@@ -178,8 +178,8 @@ async fn breakers(State(state): State<AppState>) -> Result<Response, ApiError> {
 )]
 async fn dead_letters(State(state): State<AppState>, Params(q): Params) -> Result<Response, ApiError> {
     let consistency = Consistency::from_query(&q)?;
-    read_model_ready(&state, Projection::Transfers, consistency).await?;
-    let (rows, position) = ledger_projections::queries::open_dead_letters(&state.pool).await?;
+    let ready = read_model_ready(&state, Projection::Transfers, consistency).await?;
+    let (rows, position) = ledger_projections::queries::open_dead_letters(ready.pool).await?;
     let dead_letters = rows.into_iter().map(views::dead_letter).collect();
     Ok(views::read(&ledger_wire::DeadLetters { dead_letters }, position))
 }

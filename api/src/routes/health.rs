@@ -44,17 +44,23 @@ async fn ready(State(state): State<AppState>) -> Response {
         async_nats::connection::State::Pending => wire::NatsState::Connecting,
         async_nats::connection::State::Disconnected => wire::NatsState::Down,
     };
+    let replica = match &state.replica {
+        Some(r) => Some(sqlx::query("select 1").execute(&r.pool).await.is_ok()),
+        None => None,
+    };
+    let up_or_down = |up: bool| if up { wire::DependencyState::Up } else { wire::DependencyState::Down };
     let status = if postgres { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     // Only Postgres is required: without NATS commands and strong reads still work
     // (projections lag); without the provider payouts wait behind the breaker.
     let body = wire::Ready {
         status: if postgres { wire::ReadyStatus::Ready } else { wire::ReadyStatus::NotReady },
         dependencies: wire::Dependencies {
-            postgres: if postgres { wire::DependencyState::Up } else { wire::DependencyState::Down },
+            postgres: up_or_down(postgres),
             nats,
             provider_breaker: crate::read::views::breaker_state(state.provider_breaker.state()),
             relay_breaker: crate::read::views::breaker_state(state.relay_breaker.state()),
             postgres_breaker: crate::read::views::breaker_state(state.db_breaker.state()),
+            postgres_replica: replica.map(up_or_down),
         },
     };
     (status, Json(body)).into_response()

@@ -196,8 +196,8 @@ async fn read(State(state): State<AppState>, Segment(raw): Segment, Params(q): P
     let id = path_uuid(&raw, || not_found(&raw))?;
     let consistency = Consistency::from_query(&q)?;
     if consistency != Consistency::Strong {
-        read_model_ready(&state, Projection::Transfers, consistency).await?;
-        if let (Some(row), position) = ledger_projections::queries::hold(&state.pool, id).await? {
+        let ready = read_model_ready(&state, Projection::Transfers, consistency).await?;
+        if let (Some(row), position) = ledger_projections::queries::hold(ready.pool, id).await? {
             return Ok(views::read(&views::hold_row(row)?, position));
         }
     }

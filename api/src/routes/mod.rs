@@ -37,20 +37,29 @@ pub async fn created(state: &AppState, id: Uuid) -> Result<(chrono::DateTime<chr
         .ok_or_else(|| ApiError::internal(&format!("stream {id} has a state but no first event")))
 }
 
-/// Reads a read model at the requested consistency: eventual as is, `min_position`
-/// after waiting for the projection, strong after catching the projection up to the
-/// head from the Postgres log itself (so it holds even while NATS is down).
+/// A read model ready to be read: the position the answer must reflect at least, and
+/// the pool to read it from.
+pub struct ReadModel<'a> {
+    pub min: i64,
+    pub pool: &'a sqlx::PgPool,
+}
+
+/// Readies a read model at the requested consistency: eventual as is (from the
+/// replica when there is one), `min_position` after waiting for the projection (from
+/// the replica only if it has replayed that far, else the primary), strong after
+/// catching the projection up to the head from the Postgres log itself (so it holds
+/// even while NATS is down), on the primary.
 pub async fn read_model_ready(
     state: &AppState,
     projection: ledger_projections::Projection,
     consistency: crate::read::Consistency,
-) -> Result<i64, ApiError> {
+) -> Result<ReadModel<'_>, ApiError> {
     use crate::read::Consistency;
     match consistency {
-        Consistency::Eventual => Ok(0),
+        Consistency::Eventual => Ok(ReadModel { min: 0, pool: state.read_pool(projection, 0) }),
         Consistency::MinPosition(n) => {
             state.positions.wait(projection, n, state.config.consistency_wait).await?;
-            Ok(n)
+            Ok(ReadModel { min: n, pool: state.read_pool(projection, n) })
         }
         Consistency::Strong => {
             let head = state.store.head().await?;
@@ -58,7 +67,7 @@ pub async fn read_model_ready(
                 .await
                 .map_err(|e| ApiError::unavailable(&e))?;
             state.positions.advance(projection, reached);
-            Ok(head)
+            Ok(ReadModel { min: head, pool: &state.pool })
         }
     }
 }

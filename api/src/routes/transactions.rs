@@ -183,8 +183,8 @@ async fn read(State(state): State<AppState>, Segment(raw): Segment, Params(q): P
     let id = path_uuid(&raw, not_found)?;
     let consistency = Consistency::from_query(&q)?;
     if consistency != Consistency::Strong {
-        read_model_ready(&state, Projection::Transfers, consistency).await?;
-        if let (Some(row), position) = ledger_projections::queries::transaction(&state.pool, id).await? {
+        let ready = read_model_ready(&state, Projection::Transfers, consistency).await?;
+        if let (Some(row), position) = ledger_projections::queries::transaction(ready.pool, id).await? {
             return Ok(views::read(&views::transaction_row(row)?, position));
         }
     }
@@ -255,8 +255,8 @@ fn filter(q: &HashMap<String, String>) -> Result<TransactionFilter, ApiError> {
 )]
 async fn search(State(state): State<AppState>, Params(q): Params) -> Result<Response, ApiError> {
     let filter = filter(&q)?;
-    read_model_ready(&state, Projection::Transfers, Consistency::from_query(&q)?).await?;
-    let (rows, position) = ledger_projections::queries::transactions(&state.pool, &filter).await?;
+    let ready = read_model_ready(&state, Projection::Transfers, Consistency::from_query(&q)?).await?;
+    let (rows, position) = ledger_projections::queries::transactions(ready.pool, &filter).await?;
     let next_cursor =
         if rows.len() as i64 == filter.limit { rows.last().map(|t| t.position.to_string()) } else { None };
     let transactions = rows.into_iter().map(views::transaction_row).collect::<Result<_, _>>()?;

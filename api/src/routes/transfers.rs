@@ -144,8 +144,8 @@ async fn read(State(state): State<AppState>, Segment(raw): Segment, Params(q): P
     let id = path_uuid(&raw, not_found)?;
     let consistency = Consistency::from_query(&q)?;
     if consistency != Consistency::Strong {
-        read_model_ready(&state, Projection::Transfers, consistency).await?;
-        if let (Some(row), position) = ledger_projections::queries::transfer(&state.pool, id).await? {
+        let ready = read_model_ready(&state, Projection::Transfers, consistency).await?;
+        if let (Some(row), position) = ledger_projections::queries::transfer(ready.pool, id).await? {
             return Ok(views::read(&views::transfer_row(row), position));
         }
     }

@@ -104,8 +104,8 @@ async fn read(State(state): State<AppState>, Segment(raw): Segment, Params(q): P
         let found = ledger.withdrawal(id).ok_or_else(not_found)?;
         return Ok(views::read(&views::withdrawal(found, None), head));
     }
-    read_model_ready(&state, Projection::Transfers, consistency).await?;
-    match ledger_projections::queries::withdrawal(&state.pool, id).await? {
+    let ready = read_model_ready(&state, Projection::Transfers, consistency).await?;
+    match ledger_projections::queries::withdrawal(ready.pool, id).await? {
         (Some(row), position) => Ok(views::read(&views::withdrawal_row(row), position)),
         (None, _) => {
             // Not in the read model yet: an id the service returned is never 404.

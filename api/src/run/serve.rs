@@ -23,7 +23,15 @@ pub async fn build_core(config: Config) -> Result<Core, sqlx::Error> {
     let nats = ledger_infrastructure::nats::connect(&config.nats_url)
         .await
         .map_err(|e| sqlx::Error::Configuration(format!("invalid NATS_URL: {e}").into()))?;
-    Ok(Core::new(config, pool, nats))
+    // Lazy: the service starts (and writes) while the replica is down or still
+    // replaying the database's creation; reads go to the primary until it answers.
+    let replica = match &config.database_read_url {
+        Some(url) => Some(ledger_infrastructure::db::connect_lazy(url, &config)?),
+        None => None,
+    };
+    let mut core = Core::new(config, pool, nats);
+    core.replica_pool = replica;
+    Ok(core)
 }
 
 /// How many expired idempotency records one sweep deletes at most.
@@ -203,6 +211,7 @@ pub fn spawn_read_side(state: &AppState, shutdown: CancellationToken) -> Vec<Joi
         }
     });
     let sub_state = state.clone();
+    let replica_shutdown = shutdown.clone();
     let invalidations = tokio::spawn(async move {
         let Ok(mut sub) = sub_state.nats.subscribe(sub_state.names.cache_invalidation_subject()).await else {
             tracing::warn!("cannot subscribe to projection announcements");
@@ -224,22 +233,67 @@ pub fn spawn_read_side(state: &AppState, shutdown: CancellationToken) -> Vec<Joi
             }
         }
     });
-    vec![positions, invalidations]
+    let mut tasks = vec![positions, invalidations];
+    if state.replica.is_some() {
+        tasks.push(tokio::spawn(follow_replica(state.clone(), replica_shutdown)));
+    }
+    tasks
+}
+
+/// How often the replica's replayed checkpoints are read.
+const REPLICA_POLL: Duration = Duration::from_millis(100);
+
+/// Polls how far the replica has replayed each projection (and whether it answers).
+async fn follow_replica(state: AppState, shutdown: CancellationToken) {
+    let Some(replica) = state.replica.as_ref() else { return };
+    loop {
+        tokio::select! { _ = shutdown.cancelled() => return, _ = tokio::time::sleep(REPLICA_POLL) => {} }
+        let polled: Result<Vec<(String, i64)>, sqlx::Error> =
+            sqlx::query_as("select name, position from projection_checkpoints").fetch_all(&replica.pool).await;
+        match polled {
+            Ok(rows) => {
+                replica.answered();
+                for (name, position) in rows {
+                    if let Some(p) = Projection::from_name(&name) {
+                        replica.positions.advance(p, position);
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "the read replica does not answer"),
+        }
+    }
 }
 
 async fn follow_positions(state: &AppState, shutdown: &CancellationToken) -> Result<(), sqlx::Error> {
     let mut listener = sqlx::postgres::PgListener::connect_with(&state.pool).await?;
     listener.listen("ledger_projection").await?;
     let mut refresh = tokio::time::interval(Duration::from_secs(1));
+    // An accounts position this instance polled but was never told of.
+    let mut unannounced: Option<i64> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = refresh.tick() => {
+                let covered = state.cache.covered();
                 let rows: Vec<(String, i64)> =
                     sqlx::query_as("select name, position from projection_checkpoints").fetch_all(&state.pool).await?;
                 for (name, position) in rows {
-                    if let Some(p) = Projection::from_name(&name) {
-                        state.positions.advance(p, position);
+                    let Some(p) = Projection::from_name(&name) else { continue };
+                    state.positions.advance(p, position);
+                    if p != Projection::Accounts {
+                        continue;
+                    }
+                    // Batches applied elsewhere whose announcements did not come for a
+                    // whole tick (NATS down): the cache cannot know which accounts they
+                    // changed, so it drops every view older than them.
+                    if let Some(waiting) = unannounced.take()
+                        && state.cache.covered() < waiting
+                    {
+                        state.cache.invalidate_all(waiting);
+                        metrics::counter!("ledger_cache_unannounced_invalidations_total").increment(1);
+                    }
+                    if position > covered {
+                        unannounced = Some(position);
                     }
                 }
             }

@@ -5,11 +5,12 @@
 //! Postgres breaker) and dereferences to its `Core`.
 
 use crate::http::limits::{ACCOUNT_CACHE_ENTRIES_MAX, ACCOUNT_CACHE_TTL};
-use crate::read::{AccountCache, ProjectionPositions};
+use crate::read::{AccountCache, ProjectionPositions, Replica};
 use ledger_infrastructure::breaker::{BreakerConfig, CircuitBreaker};
 use ledger_infrastructure::nats::Names;
 use ledger_infrastructure::provider::ProviderClient;
 use ledger_infrastructure::{CommandBus, Config, EventStore};
+use ledger_projections::Projection;
 use sqlx::PgPool;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -32,6 +33,8 @@ pub struct Core {
     pub provider: ProviderClient,
     /// This process, in announcements to the others.
     pub instance_id: uuid::Uuid,
+    /// The streaming replica for eventual reads (`DATABASE_READ_URL`), if any.
+    pub replica_pool: Option<PgPool>,
 }
 
 impl Core {
@@ -51,6 +54,7 @@ impl Core {
         );
         Core {
             names: Names::new(&config.nats_prefix).with_replicas(config.nats_replicas),
+            replica_pool: None,
             pool,
             store,
             bus,
@@ -81,6 +85,8 @@ pub struct Http {
     pub tokens: crate::http::auth::TokenCache,
     /// The breaker in front of Postgres (see `guard`).
     pub db_breaker: CircuitBreaker,
+    /// Where eventual reads go when `DATABASE_READ_URL` is set.
+    pub replica: Option<Replica>,
 }
 
 impl std::ops::Deref for AppState {
@@ -114,7 +120,17 @@ impl AppState {
             positions: ProjectionPositions::default(),
             tokens: crate::http::auth::TokenCache::default(),
             db_breaker,
+            replica: core.replica_pool.clone().map(Replica::new),
             core,
         }))
+    }
+
+    /// The pool a read-model read goes to: the replica if it answers and has replayed
+    /// `projection` to `min_position`, else the primary.
+    pub fn read_pool(&self, projection: Projection, min_position: i64) -> &PgPool {
+        match &self.replica {
+            Some(r) if r.healthy() && r.positions.current(projection) >= min_position => &r.pool,
+            _ => &self.pool,
+        }
     }
 }
