@@ -34,6 +34,7 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::admin::router())
         .merge(routes::audit::router())
         .merge(routes::reconciliations::router())
+        .merge(routes::webhooks::router())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), http::auth::authenticate))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), http::guard::db_guard));
     Router::new()

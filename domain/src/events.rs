@@ -289,6 +289,29 @@ pub struct Posting {
     pub delta: Money,
 }
 
+/// Every `type` an event can have (what [`Event::event_type`] answers).
+pub const EVENT_TYPES: &[&str] = &[
+    "AccountOpened",
+    "AccountClosed",
+    "DepositRecorded",
+    "TransferPosted",
+    "TransactionPosted",
+    "HoldPlaced",
+    "HoldCaptured",
+    "HoldVoided",
+    "HoldExpired",
+    "WithdrawalRequested",
+    "WithdrawalSettled",
+    "WithdrawalFailed",
+    "PayoutDeadLettered",
+    "PayoutRedriven",
+    "TokenIssued",
+    "WithdrawalReconciled",
+    "ReconciliationStarted",
+    "ReconciliationMismatchFound",
+    "ReconciliationFinished",
+];
+
 impl Event {
     pub fn event_type(&self) -> &'static str {
         match self {

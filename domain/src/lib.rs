@@ -15,7 +15,7 @@ mod tests;
 
 pub use access::Role;
 pub use decide::{Command, DomainError, decide, system_account_id};
-pub use events::{Concurrency, Event, Leg, Posting};
+pub use events::{Concurrency, EVENT_TYPES, Event, Leg, Posting};
 pub use money::{AMOUNT_MAX, Amount, AmountError, Currency, CurrencyError, Money};
 pub use reconcile::{MismatchKind, Resolution};
 pub use state::{

@@ -75,6 +75,15 @@ pub struct Config {
     /// `LEDGER_PAYOUT_BACKOFF_BASE_MS` (default 200) and `LEDGER_PAYOUT_BACKOFF_MAX_MS` (default 30000).
     pub payout_backoff_base: Duration,
     pub payout_backoff_max: Duration,
+    /// `LEDGER_WEBHOOK_TIMEOUT_MS` (default 5000): one webhook request.
+    pub webhook_timeout: Duration,
+    /// `LEDGER_WEBHOOK_ATTEMPTS_MAX` (default 8): attempts at one event before it is dead-lettered.
+    pub webhook_attempts_max: u32,
+    /// `LEDGER_WEBHOOK_BACKOFF_MAX_MS` (default 60000): the longest backoff between attempts.
+    pub webhook_backoff_max: Duration,
+    /// `LEDGER_WEBHOOK_BREAKER_COOLDOWN_MS` (default 5000): how long a webhook's breaker
+    /// stays open before one request probes (it opens after 5 failures within 60 s).
+    pub webhook_breaker_cooldown: Duration,
     /// `LEDGER_PROVIDER_BREAKER_FAILURES` (default 5) within `LEDGER_PROVIDER_BREAKER_WINDOW_MS`
     /// (default 30000) open the provider's breaker for `LEDGER_PROVIDER_BREAKER_COOLDOWN_MS` (default 5000).
     pub provider_breaker_failures: u32,
@@ -161,6 +170,10 @@ impl Default for Config {
             payout_retry_total: Duration::from_millis(600_000),
             payout_backoff_base: Duration::from_millis(200),
             payout_backoff_max: Duration::from_millis(30_000),
+            webhook_timeout: Duration::from_millis(5000),
+            webhook_attempts_max: 8,
+            webhook_backoff_max: Duration::from_millis(60_000),
+            webhook_breaker_cooldown: Duration::from_millis(5000),
             provider_breaker_failures: 5,
             provider_breaker_window: Duration::from_millis(30_000),
             provider_breaker_cooldown: Duration::from_millis(5000),
@@ -233,6 +246,10 @@ impl Config {
             payout_retry_total: env_ms("LEDGER_PAYOUT_RETRY_TOTAL_MS", d.payout_retry_total)?,
             payout_backoff_base: env_ms("LEDGER_PAYOUT_BACKOFF_BASE_MS", d.payout_backoff_base)?,
             payout_backoff_max: env_ms("LEDGER_PAYOUT_BACKOFF_MAX_MS", d.payout_backoff_max)?,
+            webhook_timeout: env_ms("LEDGER_WEBHOOK_TIMEOUT_MS", d.webhook_timeout)?,
+            webhook_attempts_max: env_num("LEDGER_WEBHOOK_ATTEMPTS_MAX", d.webhook_attempts_max)?,
+            webhook_backoff_max: env_ms("LEDGER_WEBHOOK_BACKOFF_MAX_MS", d.webhook_backoff_max)?,
+            webhook_breaker_cooldown: env_ms("LEDGER_WEBHOOK_BREAKER_COOLDOWN_MS", d.webhook_breaker_cooldown)?,
             provider_breaker_failures: env_num("LEDGER_PROVIDER_BREAKER_FAILURES", d.provider_breaker_failures)?,
             provider_breaker_window: env_ms("LEDGER_PROVIDER_BREAKER_WINDOW_MS", d.provider_breaker_window)?,
             provider_breaker_cooldown: env_ms("LEDGER_PROVIDER_BREAKER_COOLDOWN_MS", d.provider_breaker_cooldown)?,

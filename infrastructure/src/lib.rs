@@ -26,6 +26,7 @@ pub mod reconcile;
 pub mod relay;
 pub mod snapshots;
 pub mod store;
+pub mod webhooks;
 pub mod writer;
 
 pub use config::Config;

@@ -98,7 +98,7 @@ pub fn replicas_for(server: &async_nats::ServerInfo) -> usize {
 
 /// Creates (or finds) the events stream: file storage, deduplication window, and the
 /// configured replicas or those of the cluster. An existing stream with another
-/// replica count is updated to it (its consumers, created without a count of their
+/// configured replica count, or with fewer than the cluster's, is updated to it (its consumers, created without a count of their
 /// own, follow the stream); if the cluster cannot place the replicas now, the stream
 /// is used as it is and the update is tried again at the next call.
 pub async fn ensure_events_stream(js: &jetstream::Context, names: &Names) -> Result<stream::Stream, async_nats::Error> {
@@ -113,7 +113,10 @@ pub async fn ensure_events_stream(js: &jetstream::Context, names: &Names) -> Res
     };
     let stream = js.get_or_create_stream(config).await?;
     let current = stream.cached_info().config.num_replicas;
-    if current == replicas {
+    // Replicas taken from the cluster only ever go up: a client that connected while
+    // a node was down sees fewer servers, and must not shrink the stream. A configured
+    // count is applied either way.
+    if current == replicas || (names.replicas.is_none() && replicas < current) {
         return Ok(stream);
     }
     let mut updated = stream.cached_info().config.clone();

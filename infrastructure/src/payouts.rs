@@ -45,7 +45,9 @@ impl Default for PayoutLimits {
             backoff_base: Duration::from_millis(200),
             backoff_max: Duration::from_secs(30),
             concurrency_max: 16,
-            batch_max: 64,
+            // No more than are handled at once: a fetched message waiting its turn gets
+            // no progress acks and would be redelivered after `ack_wait`.
+            batch_max: 16,
             max_ack_pending: 1_000,
             // Short, so that the payouts a dead worker held go to another within
             // seconds; a payout taking longer keeps its message with progress acks.

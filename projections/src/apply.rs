@@ -82,6 +82,8 @@ pub enum ApplyError {
 /// What a batch did.
 #[derive(Debug, Default, Clone)]
 pub struct Applied {
+    /// The checkpoint before the batch.
+    pub from: i64,
     /// The checkpoint after the batch.
     pub position: i64,
     /// Events applied (not counting those at or below the old checkpoint).
@@ -108,7 +110,7 @@ pub async fn apply_delivered(
     fresh.sort_by_key(|e| e.position);
     fresh.dedup_by_key(|e| e.position);
     let Some(max) = fresh.last().map(|e| e.position) else {
-        return Ok(Applied { position: checkpoint, ..Applied::default() });
+        return Ok(Applied { from: checkpoint, position: checkpoint, ..Applied::default() });
     };
     let contiguous = fresh.iter().enumerate().all(|(i, e)| e.position == checkpoint + 1 + i as i64);
     let events: Vec<RecordedEvent> = if contiguous {
@@ -126,7 +128,7 @@ pub async fn apply_delivered(
     // No NOTIFY here: it serializes commits on the notification queue. Readers learn of
     // new positions from the worker's NATS announcement (and a slow poll).
     tx.commit().await?;
-    Ok(Applied { position: max, applied: events.len(), accounts })
+    Ok(Applied { from: checkpoint, position: max, applied: events.len(), accounts })
 }
 
 /// Applies the log straight from Postgres, in batches of `batch_max`, until the
@@ -138,20 +140,35 @@ pub async fn catch_up(
     up_to: Option<i64>,
     batch_max: i64,
 ) -> Result<i64, ApplyError> {
+    Ok(catch_up_applied(pool, projection, up_to, batch_max).await?.iter().map(|a| a.position).max().unwrap_or(0))
+}
+
+/// [`catch_up`], returning each batch it applied (for cache invalidation), or the
+/// checkpoint alone (an empty batch) when it was already there.
+pub async fn catch_up_applied(
+    pool: &PgPool,
+    projection: Projection,
+    up_to: Option<i64>,
+    batch_max: i64,
+) -> Result<Vec<Applied>, ApplyError> {
     let target = match up_to {
         Some(p) => p,
         None => sqlx::query_scalar("select position from log_head").fetch_one(pool).await?,
     };
+    let mut batches = Vec::new();
     loop {
         let checkpoint: i64 = sqlx::query_scalar("select position from projection_checkpoints where name = $1")
             .bind(projection.name())
             .fetch_one(pool)
             .await?;
         if checkpoint >= target {
-            return Ok(checkpoint);
+            if batches.is_empty() {
+                batches.push(Applied { from: checkpoint, position: checkpoint, ..Applied::default() });
+            }
+            return Ok(batches);
         }
         let store = ledger_infrastructure::EventStore::new(pool.clone());
         let page = store.read_all(checkpoint, batch_max.min(target - checkpoint)).await?;
-        apply_delivered(pool, projection, &page).await?;
+        batches.push(apply_delivered(pool, projection, &page).await?);
     }
 }

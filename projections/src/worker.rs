@@ -21,11 +21,11 @@ use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
-/// Called after a batch committed: the projection, its new position and the accounts
-/// whose views changed (to invalidate caches and wake `min_position` readers).
-pub type OnApplied = Arc<dyn Fn(Projection, i64, &[Uuid]) + Send + Sync>;
+/// Called after a batch committed: the projection and what the batch did (the
+/// positions before and after it and the accounts whose views changed), to invalidate
+/// caches and wake `min_position` readers.
+pub type OnApplied = Arc<dyn Fn(Projection, &crate::apply::Applied) + Send + Sync>;
 
 /// Limits of a projection worker.
 #[derive(Clone, Copy, Debug)]
@@ -143,7 +143,7 @@ impl ProjectionWorker {
             let applied = apply_delivered(&self.pool, self.projection, &page).await?;
             metrics::counter!("ledger_projection_log_events_applied_total", "projection" => name)
                 .increment(applied.applied as u64);
-            (self.on_applied)(self.projection, applied.position, &applied.accounts);
+            (self.on_applied)(self.projection, &applied);
             at = applied.position;
         }
         // Still no JetStream progress of its own: the next look applies again at once.
@@ -202,7 +202,7 @@ impl ProjectionWorker {
                     if let Some(last) = messages.last() {
                         let _ = last.ack().await;
                     }
-                    (self.on_applied)(self.projection, applied.position, &applied.accounts);
+                    (self.on_applied)(self.projection, &applied);
                 }
                 Err(e) => {
                     for m in &messages {

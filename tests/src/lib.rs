@@ -284,6 +284,30 @@ impl TestApp {
         }
     }
 
+    /// Waits until both projection consumers have nothing left to deliver or to be acked,
+    /// so that what JetStream redelivers is counted too.
+    pub async fn wait_consumers_drained(&self) {
+        let js = async_nats::jetstream::new(self.state.nats.clone());
+        let names = self.state.names.clone();
+        eventually("the projection consumers have delivered everything", 30, || {
+            let (js, names) = (js.clone(), names.clone());
+            async move {
+                let Ok(stream) = js.get_stream(names.events_stream()).await else { return false };
+                for p in ["accounts", "transfers"] {
+                    let consumer: Result<async_nats::jetstream::consumer::PullConsumer, _> =
+                        stream.get_consumer(&names.projection_consumer(p)).await;
+                    let Ok(mut consumer) = consumer else { return false };
+                    match consumer.info().await {
+                        Ok(i) if i.num_pending == 0 && i.num_ack_pending == 0 => {}
+                        _ => return false,
+                    }
+                }
+                true
+            }
+        })
+        .await;
+    }
+
     pub async fn checkpoint(&self, name: &str) -> i64 {
         sqlx::query_scalar("select position from projection_checkpoints where name = $1")
             .bind(name)

@@ -305,9 +305,7 @@ async fn two_apis_and_two_workers_on_a_three_node_nats_cluster() {
         lag == 0
     })
     .await;
-    // Three replicas of the stream and of every consumer, although none were asked for
-    // (a stream created before the cluster's routes formed is scaled up by the relay's
-    // next check).
+    // Three replicas of the stream and of every consumer, although none were asked for.
     let nats = async_nats::connect(cluster.urls().split(',').collect::<Vec<_>>()).await.expect("nats");
     let js = async_nats::jetstream::new(nats);
     let stream_name = format!("{}_events", config.nats_prefix);
@@ -389,6 +387,10 @@ async fn two_apis_and_two_workers_on_a_three_node_nats_cluster() {
     })
     .await;
     eprintln!("longest wait for the relay to publish an acknowledged transfer: {relay_stall:?}");
+    // Processes that reconnected while a node was down saw two servers: the stream must
+    // not have been scaled down by them.
+    let after = stream.info().await.expect("stream info").config.num_replicas;
+    assert_eq!(after, 3, "the stream keeps its three replicas through the node loss");
     for account in [&a, &b] {
         eventually("eventual reads equal strong reads on the other instance", 20, || async {
             let eventual = read2(format!("/v1/accounts/{account}")).await;

@@ -132,6 +132,7 @@ async fn with_nats_gone_read_models_follow_the_log_and_the_stream_is_made_whole_
     let c = app.transfer(b, a, 5, "EUR").await.body["position"].as_i64().expect("position");
     let read = other.get(&format!("/v1/accounts/{a}?min_position={c}")).await;
     assert_eq!((read.status, read.body["balance"].clone()), (StatusCode::OK, json!(805)), "{read:?}");
+    app.wait_consumers_drained().await;
     let entries: i64 =
         sqlx::query_scalar("select count(*) from account_entries").fetch_one(&app.pool).await.expect("count");
     // Two lines per money movement (the deposit's other side is the system account).
@@ -193,6 +194,7 @@ async fn a_lost_stream_is_filled_again_from_the_log() {
         app.checkpoint("accounts").await >= last && app.checkpoint("transfers").await >= last
     })
     .await;
+    app.wait_consumers_drained().await;
     let entries: i64 =
         sqlx::query_scalar("select count(*) from account_entries").fetch_one(&app.pool).await.expect("count");
     // Two lines per money movement (the deposit's other side is the system account).

@@ -69,7 +69,6 @@ async fn eventual_reads_come_from_the_replica_and_outlive_the_primary() {
         statement(String::new()).await.body["entries"].as_array().is_some_and(|e| e.len() == 2)
     })
     .await;
-    assert!(first < second);
 
     // The primary stops: commands and strong reads answer 503, eventual reads go on
     // from the replica, marked stale once the breaker has opened.

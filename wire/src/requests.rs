@@ -268,3 +268,66 @@ pub struct BulkItem {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<serde_json::Value>,
 }
+
+/// The `type` of an event, as `GET /v1/events` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize, ToSchema)]
+pub enum EventType {
+    AccountOpened,
+    AccountClosed,
+    DepositRecorded,
+    TransferPosted,
+    TransactionPosted,
+    HoldPlaced,
+    HoldCaptured,
+    HoldVoided,
+    HoldExpired,
+    WithdrawalRequested,
+    WithdrawalSettled,
+    WithdrawalFailed,
+    PayoutDeadLettered,
+    PayoutRedriven,
+    TokenIssued,
+    WithdrawalReconciled,
+    ReconciliationStarted,
+    ReconciliationMismatchFound,
+    ReconciliationFinished,
+}
+
+impl EventType {
+    /// The name, as in the log.
+    pub fn name(self) -> String {
+        serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+    }
+}
+
+/// `POST /v1/admin/webhooks`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+pub struct WebhookRequest {
+    /// Where events are POSTed: an `http` or `https` URL (at most 2048 bytes).
+    #[schema(example = "https://example.com/ledger-events")]
+    pub url: String,
+    /// The event types to deliver; absent or `null`: every type. At least one when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_types: Option<Vec<EventType>>,
+    #[schema(value_type = Option<String>)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<Text>,
+}
+
+#[cfg(test)]
+mod event_type_tests {
+    use super::EventType;
+
+    #[test]
+    fn the_event_types_are_those_of_the_log() {
+        let all: Vec<String> = serde_json::from_str::<Vec<EventType>>(
+            &serde_json::to_string(&ledger_domain::EVENT_TYPES).expect("names serialize"),
+        )
+        .expect("every type of the log is an EventType")
+        .into_iter()
+        .map(EventType::name)
+        .collect();
+        assert_eq!(all, ledger_domain::EVENT_TYPES);
+        assert!(serde_json::from_str::<EventType>("\"NoSuchEvent\"").is_err());
+    }
+}

@@ -463,8 +463,11 @@ pub struct DeadLetter {
     pub id: Uuid,
     #[schema(example = "payout")]
     pub source: String,
-    pub withdrawal_id: Uuid,
-    /// The log position of the event that asked for the payout.
+    /// The withdrawal of a payout's dead letter; `null` for a webhook's.
+    #[schema(required = true)]
+    pub withdrawal_id: Option<Uuid>,
+    /// The log position of the event that asked for the payout, or that the webhook
+    /// could not deliver.
     pub event_position: i64,
     pub attempts: i32,
     pub last_error: String,
@@ -475,7 +478,9 @@ pub struct DeadLetter {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct DeadLetterResolution {
     pub id: Uuid,
-    pub withdrawal_id: Uuid,
+    /// `null` for a webhook's dead letter.
+    #[schema(required = true)]
+    pub withdrawal_id: Option<Uuid>,
     pub status: DeadLetterOutcome,
     pub position: i64,
 }
@@ -654,4 +659,43 @@ pub struct BulkResult {
     #[schema(value_type = Object)]
     pub body: Value,
     pub replayed: bool,
+}
+
+/// `POST /v1/admin/webhooks`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WebhookCreated {
+    pub id: Uuid,
+    pub url: String,
+    /// `null`: every type.
+    #[schema(required = true)]
+    pub event_types: Option<Vec<crate::EventType>>,
+    #[schema(example = "active")]
+    pub status: String,
+    /// The HMAC-SHA256 key of `Ledger-Signature` (its UTF-8 bytes): in the first
+    /// response only. A replay for the same Idempotency-Key answers `null`.
+    #[schema(required = true)]
+    pub secret: Option<String>,
+}
+
+/// A webhook, as `GET /v1/admin/webhooks` lists it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Webhook {
+    pub id: Uuid,
+    pub url: String,
+    #[schema(required = true)]
+    pub event_types: Option<Vec<crate::EventType>>,
+    #[schema(example = "active")]
+    pub status: String,
+    /// Every matching event up to this log position was delivered or dead-lettered.
+    pub delivered_position: i64,
+    /// Failed attempts at the next event so far.
+    pub failures: i32,
+    /// The webhook's circuit breaker (`webhook:<id>` in `/v1/admin/circuit-breakers`).
+    pub breaker: BreakerState,
+}
+
+/// `GET /v1/admin/webhooks`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Webhooks {
+    pub webhooks: Vec<Webhook>,
 }

@@ -26,13 +26,31 @@ pub struct DependencyFailed;
 /// The route allowed through an open breaker (to try the cache).
 const CACHED_ROUTE: &str = "/v1/accounts/{id}";
 
+/// The routes whose eventual reads a replica answers (`AppState::read_pool`).
+const REPLICA_ROUTES: &[&str] = &[
+    "/v1/accounts/{id}",
+    "/v1/accounts",
+    "/v1/accounts/{id}/transactions",
+    "/v1/transfers/{id}",
+    "/v1/transactions",
+    "/v1/transactions/{id}",
+    "/v1/holds/{id}",
+    "/v1/withdrawals/{id}",
+    "/v1/admin/dead-letters",
+];
+
 pub async fn db_guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let eventual = crate::http::extract::parse_query(request.uri().query().unwrap_or(""))
         .ok()
         .and_then(|q| crate::read::Consistency::from_query(&q).ok())
         == Some(crate::read::Consistency::Eventual);
-    let cached_read = eventual && request.extensions().get::<MatchedPath>().is_some_and(|p| p.as_str() == CACHED_ROUTE);
-    if eventual && state.replica.is_some() && request.method() == axum::http::Method::GET {
+    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    let cached_read = eventual && route.as_deref() == Some(CACHED_ROUTE);
+    let replica_read = eventual
+        && request.method() == axum::http::Method::GET
+        && route.as_deref().is_some_and(|r| REPLICA_ROUTES.contains(&r))
+        && state.replica.as_ref().is_some_and(|r| r.healthy());
+    if replica_read {
         let stale = state.db_breaker.state() != ledger_infrastructure::breaker::BreakerState::Closed;
         let mut response = next.run(request).await;
         if stale && response.status().is_success() {

@@ -9,7 +9,7 @@
 //! particular to it. Depends on the routes' attributes only, never on their logic.
 
 use crate::routes::{
-    accounts, admin, audit, bulk, deposits, events, health, holds, reconciliations, transactions, transfers,
+    accounts, admin, audit, bulk, deposits, events, health, holds, reconciliations, transactions, transfers, webhooks,
     withdrawals,
 };
 use axum::Router;
@@ -77,6 +77,9 @@ const PROBLEM_JSON: &str = "application/problem+json";
         admin::redrive,
         admin::discard,
         admin::create_token,
+        webhooks::create,
+        webhooks::list,
+        webhooks::remove,
         reconciliations::start,
         reconciliations::read,
         health::live,
@@ -99,6 +102,7 @@ const PROBLEM_JSON: &str = "application/problem+json";
         (name = "log", description = "The global event log and the system accounts."),
         (name = "audit", description = "Who did what, and the tamper-evident hash chain."),
         (name = "operations", description = "Projections, circuit breakers, dead letters, reconciliation, tokens (operator or admin)."),
+        (name = "webhooks", description = "Committed events pushed to clients' endpoints, signed (operator or admin)."),
         (name = "infrastructure", description = "Health, metrics and these docs (no token)."),
     )
 )]
@@ -176,23 +180,25 @@ impl Modify for CrossCutting {
         }
         for (path, item) in doc.paths.paths.iter_mut() {
             let v1 = path.starts_with("/v1/");
-            // Reads are GETs; everything else under /v1 is a command (API.md has only POSTs).
+            // Webhook routes answer no position, and their DELETE takes no key (API.md).
+            let positioned = !path.starts_with("/v1/admin/webhooks");
+            // Reads are GETs; POSTs under /v1 are commands; a DELETE is neither.
             let operations = [
-                (&mut item.get, false),
-                (&mut item.post, true),
-                (&mut item.put, true),
-                (&mut item.patch, true),
-                (&mut item.delete, true),
+                (&mut item.get, Some(false)),
+                (&mut item.post, Some(true)),
+                (&mut item.put, Some(true)),
+                (&mut item.patch, Some(true)),
+                (&mut item.delete, None),
             ];
             for (operation, write) in operations {
                 let Some(operation) = operation.as_mut() else { continue };
                 optional_body(operation);
                 if v1 {
                     authenticated(operation);
-                    if write {
-                        command(operation);
-                    } else {
-                        read(operation);
+                    match write {
+                        Some(true) => command(operation),
+                        Some(false) if positioned => read(operation),
+                        _ => {}
                     }
                 }
                 every_route(operation);

@@ -147,10 +147,15 @@ impl AccountCache {
             .await;
     }
 
-    /// Invalidates the given accounts as of `position` (the projection applied a change
-    /// to them there): reads at earlier positions can no longer fill their entries.
-    pub async fn invalidate(&self, ids: &[Uuid], position: i64) {
-        self.covered.fetch_max(position, Ordering::AcqRel);
+    /// Invalidates the given accounts as of `position` (a batch after `from` changed
+    /// them): reads at earlier positions can no longer fill their entries. The cache
+    /// counts itself told of everything up to `position` only if it had been told of
+    /// everything up to `from` (an announcement lost before this one leaves a gap that
+    /// the position poll then closes by dropping every entry).
+    pub async fn invalidate(&self, ids: &[Uuid], from: Option<i64>, position: i64) {
+        let _ = self.covered.fetch_update(Ordering::AcqRel, Ordering::Acquire, |covered| {
+            (from.is_none_or(|f| f <= covered) && position > covered).then_some(position)
+        });
         for id in ids {
             self.cache
                 .entry(*id)

@@ -339,7 +339,20 @@ pub fn dead_letter(r: ledger_projections::queries::DeadLetterRow) -> wire::DeadL
     wire::DeadLetter {
         id: r.id,
         source: r.source,
-        withdrawal_id: r.withdrawal_id,
+        withdrawal_id: Some(r.withdrawal_id),
+        event_position: r.event_position,
+        attempts: r.attempts,
+        last_error: r.last_error,
+        dead_lettered_at: r.dead_lettered_at,
+    }
+}
+
+/// A webhook's dead letter.
+pub fn webhook_dead_letter(r: ledger_infrastructure::webhooks::WebhookDeadLetter) -> wire::DeadLetter {
+    wire::DeadLetter {
+        id: r.id,
+        source: format!("webhook:{}", r.webhook_id),
+        withdrawal_id: None,
         event_position: r.event_position,
         attempts: r.attempts,
         last_error: r.last_error,

@@ -219,8 +219,15 @@ async fn transactions(
         None => None,
         Some(c) => Some(c.parse::<i64>().map_err(|_| ApiError::bad_request("`cursor` is not a cursor from this API"))?),
     };
-    let ready = read_model_ready(&state, Projection::Accounts, Consistency::from_query(&q)?).await?;
-    let (entries, position) = ledger_projections::queries::entries(ready.pool, id, cursor, limit).await?;
+    let consistency = Consistency::from_query(&q)?;
+    let ready = read_model_ready(&state, Projection::Accounts, consistency).await?;
+    // A page after a cursor is read where the read model has reached the cursor, so no
+    // entry between it and a lagging replica's position is skipped.
+    let pool = match (consistency, cursor) {
+        (Consistency::Strong, _) | (_, None) => ready.pool,
+        (_, Some(c)) => state.read_pool(Projection::Accounts, ready.min.max(c)),
+    };
+    let (entries, position) = ledger_projections::queries::entries(pool, id, cursor, limit).await?;
     // An unknown account is 404 with or without a cursor; a known one's last page is
     // empty, and so is the page of one the read model does not have yet (the log has it).
     if entries.is_empty()

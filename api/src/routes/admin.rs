@@ -83,6 +83,7 @@ async fn rebuild(
                     origin: background.instance_id,
                     projection: projection.name().to_owned(),
                     position,
+                    from: None,
                     accounts: Vec::new(),
                     all: true,
                 };
@@ -152,12 +153,14 @@ pub fn token_id(name: &str) -> Uuid {
     operation_id = "circuit_breakers",
     tag = "operations",
     summary = "Circuit breakers",
-    description = "Operator or admin. The breakers around NATS publishing and the payment provider, in this process.",
+    description = "Operator or admin. The breakers around NATS publishing and the payment provider, in this \
+        process, and each webhook's (`webhook:<id>`, as its delivering process last recorded it).",
     responses((status = 200, description = "Each breaker's state.", body = ledger_wire::Breakers))
 )]
 async fn breakers(State(state): State<AppState>) -> Result<Response, ApiError> {
     let head = state.store.head().await?;
-    let breakers = [state.relay_breaker.snapshot(), state.provider_breaker.snapshot()];
+    let mut breakers = vec![state.relay_breaker.snapshot(), state.provider_breaker.snapshot()];
+    breakers.extend(ledger_infrastructure::webhooks::breakers(&state.pool).await?);
     let breakers = breakers.into_iter().map(views::breaker).collect();
     Ok(views::read(&ledger_wire::Breakers { breakers }, head))
 }
@@ -168,7 +171,8 @@ async fn breakers(State(state): State<AppState>) -> Result<Response, ApiError> {
     operation_id = "dead_letters",
     tag = "operations",
     summary = "Open dead letters",
-    description = "Operator or admin. Payouts that exhausted their retries, oldest first.",
+    description = "Operator or admin. Payouts that exhausted their retries, and webhook events that exhausted \
+        theirs (source `webhook:<id>`), oldest first.",
     params(ledger_wire::ConsistencyQuery),
     responses(
         (status = 200, description = "The open dead letters.", body = ledger_wire::DeadLetters),
@@ -180,8 +184,58 @@ async fn dead_letters(State(state): State<AppState>, Params(q): Params) -> Resul
     let consistency = Consistency::from_query(&q)?;
     let ready = read_model_ready(&state, Projection::Transfers, consistency).await?;
     let (rows, position) = ledger_projections::queries::open_dead_letters(ready.pool).await?;
-    let dead_letters = rows.into_iter().map(views::dead_letter).collect();
+    let mut dead_letters: Vec<ledger_wire::DeadLetter> = rows.into_iter().map(views::dead_letter).collect();
+    let webhooks = ledger_infrastructure::webhooks::open_dead_letters(ready.pool).await?;
+    dead_letters.extend(webhooks.into_iter().map(views::webhook_dead_letter));
+    dead_letters.sort_by_key(|d| (d.dead_lettered_at, d.id));
     Ok(views::read(&ledger_wire::DeadLetters { dead_letters }, position))
+}
+
+/// Redrives or discards a webhook's dead letter, if `raw` names one: no event is
+/// recorded, the idempotency record keeps the answer for a replay.
+async fn resolve_webhook_dead_letter(
+    state: &AppState,
+    principal: &Principal,
+    body: &CommandBody,
+    raw: &str,
+    resolution: ledger_infrastructure::webhooks::Resolution,
+) -> Result<Option<Response>, ApiError> {
+    use ledger_infrastructure::webhooks::{Resolution, ResolveError, resolve_dead_letter};
+    let Ok(id) = Uuid::parse_str(raw) else { return Ok(None) };
+    let is_webhooks: bool = sqlx::query_scalar("select exists (select 1 from webhook_dead_letters where id = $1)")
+        .bind(id)
+        .fetch_one(&state.pool)
+        .await?;
+    if !is_webhooks {
+        return Ok(None);
+    }
+    if let Some(replay) = crate::http::command::stored_replay(state, principal, body).await? {
+        return Ok(Some(replay));
+    }
+    let claim = crate::http::command::claim(state, principal, body);
+    let response = match resolve_dead_letter(&state.pool, id, resolution).await {
+        Ok(()) => {
+            let status = match resolution {
+                Resolution::Redrive => ledger_wire::DeadLetterOutcome::Redriven,
+                Resolution::Discard => ledger_wire::DeadLetterOutcome::Discarded,
+            };
+            let position = state.store.head().await?;
+            let body = ledger_wire::DeadLetterResolution { id, withdrawal_id: None, status, position };
+            crate::http::command::stored(200, &body)
+        }
+        Err(ResolveError::NotOpen) => {
+            let e = ApiError::new(
+                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::ValidationError,
+                "the dead letter is not open any more",
+            );
+            StoredResponse { status: 422, body: e.body() }
+        }
+        Err(ResolveError::NotFound) => return Err(ApiError::not_found(format!("dead letter {raw} not found"))),
+        Err(ResolveError::Database(e)) => return Err(e.into()),
+    };
+    state.store.remember_response(&claim, &response).await?;
+    Ok(Some(crate::http::command::respond(response, false)))
 }
 
 /// The withdrawal of an open dead letter, from the read model caught up to the head.
@@ -203,7 +257,7 @@ fn render_resolution(
     move |recorded| {
         let body = ledger_wire::DeadLetterResolution {
             id: dead_letter_id,
-            withdrawal_id,
+            withdrawal_id: Some(withdrawal_id),
             status,
             position: recorded.position,
         };
@@ -233,6 +287,10 @@ async fn redrive(
     Segment(raw): Segment,
     body: CommandBody,
 ) -> Result<Response, ApiError> {
+    let redrive = ledger_infrastructure::webhooks::Resolution::Redrive;
+    if let Some(done) = resolve_webhook_dead_letter(&state, &principal, &body, &raw, redrive).await? {
+        return Ok(done);
+    }
     let (id, withdrawal_id) = dead_letter_withdrawal(&state, &raw).await?;
     let command = Command::RedrivePayout(ResolveDeadLetter { dead_letter_id: id, withdrawal_id });
     let render = render_resolution(id, withdrawal_id, ledger_wire::DeadLetterOutcome::Redriven);
@@ -261,6 +319,10 @@ async fn discard(
     Segment(raw): Segment,
     body: CommandBody,
 ) -> Result<Response, ApiError> {
+    let discard = ledger_infrastructure::webhooks::Resolution::Discard;
+    if let Some(done) = resolve_webhook_dead_letter(&state, &principal, &body, &raw, discard).await? {
+        return Ok(done);
+    }
     let (id, withdrawal_id) = dead_letter_withdrawal(&state, &raw).await?;
     let command = Command::DiscardPayout(ResolveDeadLetter { dead_letter_id: id, withdrawal_id });
     let render = render_resolution(id, withdrawal_id, ledger_wire::DeadLetterOutcome::Discarded);

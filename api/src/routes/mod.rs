@@ -11,6 +11,7 @@ pub mod holds;
 pub mod reconciliations;
 pub mod transactions;
 pub mod transfers;
+pub mod webhooks;
 pub mod withdrawals;
 
 use crate::http::error::ApiError;
@@ -63,10 +64,26 @@ pub async fn read_model_ready(
         }
         Consistency::Strong => {
             let head = state.store.head().await?;
-            let reached = ledger_projections::catch_up(&state.pool, projection, Some(head), 1000)
+            let batches = ledger_projections::apply::catch_up_applied(&state.pool, projection, Some(head), 1000)
                 .await
                 .map_err(|e| ApiError::unavailable(&e))?;
-            state.positions.advance(projection, reached);
+            // What the catch-up applied is announced like a worker's batch, so no
+            // cache (here or in another instance) keeps a view from before it.
+            for batch in batches.iter().filter(|b| b.position > b.from) {
+                let applied = crate::run::serve::Applied {
+                    origin: state.instance_id,
+                    projection: projection.name().to_owned(),
+                    position: batch.position,
+                    from: Some(batch.from),
+                    accounts: batch.accounts.clone(),
+                    all: false,
+                };
+                crate::run::serve::apply_announcement(state, &applied).await;
+                crate::run::serve::announce(state, &applied).await;
+            }
+            if let Some(reached) = batches.iter().map(|b| b.position).max() {
+                state.positions.advance(projection, reached);
+            }
             Ok(ReadModel { min: head, pool: &state.pool })
         }
     }

@@ -255,8 +255,14 @@ fn filter(q: &HashMap<String, String>) -> Result<TransactionFilter, ApiError> {
 )]
 async fn search(State(state): State<AppState>, Params(q): Params) -> Result<Response, ApiError> {
     let filter = filter(&q)?;
-    let ready = read_model_ready(&state, Projection::Transfers, Consistency::from_query(&q)?).await?;
-    let (rows, position) = ledger_projections::queries::transactions(ready.pool, &filter).await?;
+    let consistency = Consistency::from_query(&q)?;
+    let ready = read_model_ready(&state, Projection::Transfers, consistency).await?;
+    // A page after a cursor is read where the read model has reached the cursor.
+    let pool = match (consistency, filter.before) {
+        (Consistency::Strong, _) | (_, None) => ready.pool,
+        (_, Some(c)) => state.read_pool(Projection::Transfers, ready.min.max(c)),
+    };
+    let (rows, position) = ledger_projections::queries::transactions(pool, &filter).await?;
     let next_cursor =
         if rows.len() as i64 == filter.limit { rows.last().map(|t| t.position.to_string()) } else { None };
     let transactions = rows.into_iter().map(views::transaction_row).collect::<Result<_, _>>()?;

@@ -87,8 +87,23 @@ pub fn spawn_workers(state: &Core, on_applied: OnApplied, shutdown: Cancellation
         bus: state.bus.clone(),
         interval: Duration::from_secs(1),
     };
+    // A webhook's body is the event exactly as `GET /v1/events` shows it.
+    let render: ledger_infrastructure::webhooks::Render = std::sync::Arc::new(|event| {
+        let view = crate::read::views::recorded_event(event.clone()).map_err(|e| e.detail.clone())?;
+        serde_json::to_vec(&view).map_err(|e| e.to_string())
+    });
+    let webhook_limits = ledger_infrastructure::webhooks::WebhookLimits::from_config(config);
+    let webhooks = ledger_infrastructure::webhooks::Dispatcher {
+        pool: state.pool.clone(),
+        database_url: config.database_url.clone(),
+        http: ledger_infrastructure::webhooks::Dispatcher::client(&webhook_limits),
+        limits: webhook_limits,
+        render,
+        owner: state.instance_id,
+    };
     let mut handles = vec![
         tokio::spawn(relay.run(shutdown.clone())),
+        tokio::spawn(webhooks.run(shutdown.clone())),
         tokio::spawn(payouts.run(shutdown.clone())),
         tokio::spawn(expiry.run(shutdown.clone())),
     ];
@@ -149,6 +164,10 @@ pub struct Applied {
     pub origin: Uuid,
     pub projection: String,
     pub position: i64,
+    /// The position before the batch: an instance's cache counts itself told of
+    /// everything up to `position` only if it was told of everything up to `from`.
+    #[serde(default)]
+    pub from: Option<i64>,
     pub accounts: Vec<Uuid>,
     #[serde(default)]
     pub all: bool,
@@ -159,8 +178,8 @@ pub struct Applied {
 pub async fn apply_announcement(state: &AppState, applied: &Applied) {
     if applied.all {
         state.cache.invalidate_all(applied.position);
-    } else {
-        state.cache.invalidate(&applied.accounts, applied.position).await;
+    } else if applied.projection == Projection::Accounts.name() {
+        state.cache.invalidate(&applied.accounts, applied.from, applied.position).await;
     }
     if let Some(p) = Projection::from_name(&applied.projection) {
         state.positions.advance(p, applied.position);
@@ -178,13 +197,14 @@ pub async fn announce(state: &Core, applied: &Applied) {
 /// then tell the other instances.
 fn on_applied(core: &Core, local: Option<AppState>) -> OnApplied {
     let core = core.clone();
-    Arc::new(move |projection, position, accounts: &[Uuid]| {
+    Arc::new(move |projection, batch: &ledger_projections::apply::Applied| {
         let (core, local) = (core.clone(), local.clone());
         let applied = Applied {
             origin: core.instance_id,
             projection: projection.name().to_owned(),
-            position,
-            accounts: accounts.to_vec(),
+            position: batch.position,
+            from: Some(batch.from),
+            accounts: batch.accounts.clone(),
             all: false,
         };
         tokio::spawn(async move {

@@ -1,0 +1,161 @@
+//! Webhooks (operator or admin): register, list, delete. What they deliver, and how, is
+//! `ledger_infrastructure::webhooks`. Webhook routes answer no `position` (API.md).
+
+use crate::http::command::{CommandBody, claim, respond, stored, stored_replay};
+use crate::http::context::Principal;
+use crate::http::error::ApiError;
+use crate::http::extract::Segment;
+use crate::run::state::AppState;
+use axum::extract::State;
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, post};
+use axum::{Json, Router};
+use ledger_infrastructure::webhooks::{self, NewWebhook};
+use ledger_wire::EventType;
+use uuid::Uuid;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/admin/webhooks", post(create).get(list)).route("/v1/admin/webhooks/{id}", delete(remove))
+}
+
+/// The longest URL a webhook may have.
+pub const URL_BYTES_MAX: usize = 2048;
+
+/// An `http` or `https` URL with a host.
+fn endpoint(url: &str) -> Result<(), ApiError> {
+    if url.len() > URL_BYTES_MAX {
+        return Err(ApiError::validation(format!("`url` must be at most {URL_BYTES_MAX} bytes")));
+    }
+    let uri: Uri = url.parse().map_err(|_| ApiError::validation("`url` is not a URL"))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(ApiError::validation("`url` must be an http or https URL"));
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(ApiError::validation("`url` must name a host"));
+    }
+    Ok(())
+}
+
+/// The stored names back as wire types (names the service stored itself).
+fn event_types(names: Option<Vec<String>>) -> Result<Option<Vec<EventType>>, ApiError> {
+    names
+        .map(|names| {
+            names
+                .into_iter()
+                .map(|n| serde_json::from_value(serde_json::Value::String(n)))
+                .collect::<Result<Vec<EventType>, _>>()
+        })
+        .transpose()
+        .map_err(|e| ApiError::internal(&format!("a stored webhook has an unknown event type: {e}")))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/admin/webhooks",
+    operation_id = "create_webhook",
+    tag = "webhooks",
+    summary = "Register a webhook",
+    description = "Operator or admin. Every event committed after the registration whose `type` is in \
+        `event_types` (default: all) is POSTed to `url`, signed with `Ledger-Signature: t=<unix seconds>,v1=<hex \
+        HMAC-SHA256(secret, \"<t>.<raw body>\")>`, in log order, at least once. The secret is in this response \
+        only.",
+    request_body = ledger_wire::WebhookRequest,
+    responses(
+        (status = 201, description = "Registered.", body = ledger_wire::WebhookCreated),
+        (status = 422, description = "`validation_error`: the URL is not http(s), an event type is unknown, or \
+            `event_types` is empty."),
+    )
+)]
+async fn create(State(state): State<AppState>, principal: Principal, body: CommandBody) -> Result<Response, ApiError> {
+    let request: ledger_wire::WebhookRequest = crate::http::requests::parse(&body.json)?;
+    endpoint(&request.url)?;
+    let mut types = request.event_types.clone();
+    if let Some(t) = types.as_mut() {
+        if t.is_empty() {
+            return Err(ApiError::validation("`event_types` must name at least one type (leave it out for all)"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        t.retain(|x| seen.insert(*x));
+    }
+    if let Some(replay) = stored_replay(&state, &principal, &body).await? {
+        return Ok(replay);
+    }
+    let id = Uuid::now_v7();
+    let secret = webhooks::new_secret();
+    let created = ledger_wire::WebhookCreated {
+        id,
+        url: request.url.clone(),
+        event_types: types.clone(),
+        status: "active".into(),
+        secret: None,
+    };
+    // The idempotency record keeps the answer without the secret.
+    let recorded = stored(201, &created);
+    let new = NewWebhook {
+        id,
+        url: request.url,
+        event_types: types.map(|t| t.into_iter().map(EventType::name).collect()),
+        description: request.description.map(|d| d.0),
+        secret: secret.clone(),
+    };
+    if !webhooks::register(&state.pool, &new, &claim(&state, &principal, &body), &recorded).await? {
+        // A request with the same key was recorded meanwhile: answer as it was answered.
+        return stored_replay(&state, &principal, &body)
+            .await?
+            .ok_or_else(|| ApiError::internal(&"an idempotency key vanished while it was being replayed"));
+    }
+    Ok(respond(stored(201, &ledger_wire::WebhookCreated { secret: Some(secret), ..created }), false))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/admin/webhooks",
+    operation_id = "list_webhooks",
+    tag = "webhooks",
+    summary = "The webhooks",
+    description = "Operator or admin. The active webhooks, oldest first, with how far each has delivered.",
+    responses((status = 200, description = "The webhooks.", body = ledger_wire::Webhooks))
+)]
+async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let rows = webhooks::active(&state.pool).await?;
+    let mut list = Vec::with_capacity(rows.len());
+    for w in rows {
+        list.push(ledger_wire::Webhook {
+            id: w.id,
+            url: w.url,
+            event_types: event_types(w.event_types)?,
+            status: w.status,
+            delivered_position: w.delivered_position,
+            failures: w.attempts,
+            breaker: match w.breaker.as_str() {
+                "open" => ledger_wire::BreakerState::Open,
+                "half_open" => ledger_wire::BreakerState::HalfOpen,
+                _ => ledger_wire::BreakerState::Closed,
+            },
+        });
+    }
+    Ok(Json(ledger_wire::Webhooks { webhooks: list }).into_response())
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/admin/webhooks/{id}",
+    operation_id = "delete_webhook",
+    tag = "webhooks",
+    summary = "Delete a webhook",
+    description = "Operator or admin. Deliveries stop (a request in flight finishes). Deleting it again is 204 too.",
+    params(("id" = Uuid, Path, description = "The webhook id.")),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 404, description = "`not_found`: no such webhook (or the id is not a UUID)."),
+    )
+)]
+async fn remove(State(state): State<AppState>, Segment(raw): Segment) -> Result<Response, ApiError> {
+    let not_found = || ApiError::not_found(format!("webhook {raw} not found"));
+    let id = crate::http::validate::path_uuid(&raw, not_found)?;
+    if !webhooks::delete(&state.pool, id).await? {
+        return Err(not_found());
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
