@@ -84,6 +84,9 @@ pub struct Config {
     /// `LEDGER_WEBHOOK_BREAKER_COOLDOWN_MS` (default 5000): how long a webhook's breaker
     /// stays open before one request probes (it opens after 5 failures within 60 s).
     pub webhook_breaker_cooldown: Duration,
+    /// `LEDGER_WEBHOOK_CA_FILE` (unset by default): PEM certificates trusted for `https`
+    /// webhook endpoints besides the platform's roots (a private CA).
+    pub webhook_ca_file: Option<String>,
     /// `LEDGER_PROVIDER_BREAKER_FAILURES` (default 5) within `LEDGER_PROVIDER_BREAKER_WINDOW_MS`
     /// (default 30000) open the provider's breaker for `LEDGER_PROVIDER_BREAKER_COOLDOWN_MS` (default 5000).
     pub provider_breaker_failures: u32,
@@ -174,6 +177,7 @@ impl Default for Config {
             webhook_attempts_max: 8,
             webhook_backoff_max: Duration::from_millis(60_000),
             webhook_breaker_cooldown: Duration::from_millis(5000),
+            webhook_ca_file: None,
             provider_breaker_failures: 5,
             provider_breaker_window: Duration::from_millis(30_000),
             provider_breaker_cooldown: Duration::from_millis(5000),
@@ -250,6 +254,7 @@ impl Config {
             webhook_attempts_max: env_num("LEDGER_WEBHOOK_ATTEMPTS_MAX", d.webhook_attempts_max)?,
             webhook_backoff_max: env_ms("LEDGER_WEBHOOK_BACKOFF_MAX_MS", d.webhook_backoff_max)?,
             webhook_breaker_cooldown: env_ms("LEDGER_WEBHOOK_BREAKER_COOLDOWN_MS", d.webhook_breaker_cooldown)?,
+            webhook_ca_file: optional("LEDGER_WEBHOOK_CA_FILE"),
             provider_breaker_failures: env_num("LEDGER_PROVIDER_BREAKER_FAILURES", d.provider_breaker_failures)?,
             provider_breaker_window: env_ms("LEDGER_PROVIDER_BREAKER_WINDOW_MS", d.provider_breaker_window)?,
             provider_breaker_cooldown: env_ms("LEDGER_PROVIDER_BREAKER_COOLDOWN_MS", d.provider_breaker_cooldown)?,

@@ -28,6 +28,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+mod https;
+
 /// Limits of the dispatcher.
 #[derive(Clone, Copy, Debug)]
 pub struct WebhookLimits {
@@ -57,9 +59,11 @@ impl Default for WebhookLimits {
             lease: Duration::from_secs(10),
             poll: Duration::from_millis(500),
             response_bytes_max: 16 * 1024,
+            // A success clears the count, so with a day's window this is "5 consecutive
+            // failures", however far apart `Retry-After` spaces them.
             breaker: BreakerConfig {
                 failure_threshold: 5,
-                window: Duration::from_secs(60),
+                window: Duration::from_secs(86_400),
                 cooldown: Duration::from_secs(5),
             },
         }
@@ -70,6 +74,8 @@ impl WebhookLimits {
     pub fn from_config(c: &crate::Config) -> WebhookLimits {
         WebhookLimits {
             timeout: c.webhook_timeout,
+            // Longer than any one request, which runs between two renewals.
+            lease: Duration::from_secs(10).max(c.webhook_timeout * 2 + Duration::from_secs(5)),
             attempts_max: c.webhook_attempts_max.max(1),
             backoff_max: c.webhook_backoff_max,
             breaker: BreakerConfig { cooldown: c.webhook_breaker_cooldown, ..WebhookLimits::default().breaker },
@@ -240,19 +246,29 @@ pub enum ResolveError {
 
 /// Redrives (sends again, when its dispatcher next looks) or discards an open webhook
 /// dead letter.
+/// A redrive needs its webhook active (a deleted one has no dispatcher); a discard also
+/// takes a dead letter whose redrive has not been sent yet.
 pub async fn resolve_dead_letter(pool: &PgPool, id: Uuid, resolution: Resolution) -> Result<(), ResolveError> {
-    let status = match resolution {
-        Resolution::Redrive => "redriving",
-        Resolution::Discard => "discarded",
+    let done = match resolution {
+        Resolution::Redrive => {
+            sqlx::query(
+                "update webhook_dead_letters d set status = 'redriving' from webhooks w
+                 where d.id = $1 and d.status = 'open' and w.id = d.webhook_id and w.status = 'active'",
+            )
+            .bind(id)
+            .execute(pool)
+            .await?
+        }
+        Resolution::Discard => {
+            sqlx::query(
+                "update webhook_dead_letters set status = 'discarded', resolved_at = now()
+                 where id = $1 and status in ('open', 'redriving')",
+            )
+            .bind(id)
+            .execute(pool)
+            .await?
+        }
     };
-    let done = sqlx::query(
-        "update webhook_dead_letters set status = $2, resolved_at = case when $2 = 'discarded' then now() end
-         where id = $1 and status = 'open'",
-    )
-    .bind(id)
-    .bind(status)
-    .execute(pool)
-    .await?;
     if done.rows_affected() == 1 {
         return Ok(());
     }
@@ -271,7 +287,8 @@ pub type Render = Arc<dyn Fn(&RecordedEvent) -> Result<Vec<u8>, String> + Send +
 pub struct Dispatcher {
     pub pool: PgPool,
     pub database_url: String,
-    pub http: reqwest::Client,
+    /// TLS for `https` endpoints.
+    pub tls: tokio_rustls::TlsConnector,
     pub limits: WebhookLimits,
     pub render: Render,
     /// This process, as a lease owner.
@@ -295,17 +312,13 @@ struct Leased {
 }
 
 impl Dispatcher {
-    /// A client for endpoints: no redirects followed (a 3xx is a failure), bounded time.
-    /// This build has no TLS (reqwest without rustls: enabling it here would make every
-    /// other client in the workspace need a crypto provider installed first), so an
-    /// https endpoint fails each attempt with the error saying so.
-    pub fn client(limits: &WebhookLimits) -> reqwest::Client {
-        reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(limits.timeout)
-            .connect_timeout(limits.timeout)
-            .build()
-            .expect("the HTTP client builds")
+    /// The TLS client for `https` endpoints: the platform's roots plus `ca_file`'s
+    /// (`LEDGER_WEBHOOK_CA_FILE`). An unreadable file is logged and left out.
+    pub fn tls(ca_file: Option<&str>) -> tokio_rustls::TlsConnector {
+        https::connector(ca_file).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "LEDGER_WEBHOOK_CA_FILE is unusable; only the platform's roots are trusted");
+            https::connector(None).expect("the platform's roots make a TLS client")
+        })
     }
 
     /// Runs until `shutdown`: takes the leases of active webhooks and delivers each in a
@@ -425,6 +438,8 @@ impl Dispatcher {
             let event = crate::EventStore::read_range(&self.pool, position - 1, position).await?;
             let Some(event) = event.into_iter().next() else { return Ok(Step::Idle) };
             return match self.attempt(&hook, &event, breaker).await {
+                // The breaker is open: nothing sent, the redrive stays due.
+                Err((_, Err(retry_in))) => Ok(Step::Leased(retry_in.max(Duration::from_millis(10)))),
                 Ok(()) => {
                     sqlx::query(
                         "update webhook_dead_letters set status = 'delivered', resolved_at = now() where id = $1",
@@ -448,21 +463,28 @@ impl Dispatcher {
                 }
             };
         }
-        let next =
-            crate::EventStore::next_matching(&self.pool, hook.delivered_position, hook.event_types.as_deref()).await?;
-        let Some(event) = next else { return Ok(Step::Idle) };
+        let head: i64 = sqlx::query_scalar("select position from log_head").fetch_one(&self.pool).await?;
+        let types = hook.event_types.as_deref();
+        let next = crate::EventStore::next_matching(&self.pool, hook.delivered_position, head, types).await?;
+        let Some(event) = next else {
+            // Nothing up to the head is for this webhook: the cursor moves past it, so the
+            // next look scans only what is appended after.
+            if head > hook.delivered_position && hook.attempts == 0 {
+                self.advance(id, head, None).await?;
+            }
+            return Ok(Step::Idle);
+        };
         match self.attempt(&hook, &event, breaker).await {
             Ok(()) => {
                 self.advance(id, event.position, None).await?;
                 Ok(Step::Leased(Duration::ZERO))
             }
-            Err((error, None)) => {
+            Err((error, Err(retry_in))) => {
                 // The breaker is open: nothing was sent, nothing counted.
-                let wait = breaker.acquire().err().map_or(Duration::from_millis(100), |open| open.retry_in);
                 tracing::debug!(webhook = %id, %error, "webhook breaker open");
-                Ok(Step::Leased(wait.max(Duration::from_millis(10))))
+                Ok(Step::Leased(retry_in.max(Duration::from_millis(10))))
             }
-            Err((error, Some(retry_after))) => {
+            Err((error, Ok(retry_after))) => {
                 let attempts = u32::try_from(hook.attempts).unwrap_or(0) + 1;
                 if attempts >= self.limits.attempts_max {
                     self.dead_letter(id, event.position, attempts, &error).await?;
@@ -477,8 +499,9 @@ impl Dispatcher {
                     .await?;
                 metrics::counter!("ledger_webhook_retries_total").increment(1);
                 let backoff = backoff_delay(attempts - 1, self.limits.backoff_base, self.limits.backoff_max);
-                // The endpoint's Retry-After wins when it asks for longer.
-                Ok(Step::Leased(retry_after.map_or(backoff, |r| r.max(backoff))))
+                // The endpoint's Retry-After wins when it asks for longer, up to the cap.
+                let wait = retry_after.map_or(backoff, |r| r.max(backoff)).min(self.limits.backoff_max);
+                Ok(Step::Leased(wait))
             }
         }
     }
@@ -498,9 +521,23 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// Dead-letters the event and moves the cursor past it, in one transaction.
+    /// Dead-letters the event and moves the cursor past it, in one transaction, if this
+    /// process still holds the lease.
     async fn dead_letter(&self, id: Uuid, position: i64, attempts: u32, error: &str) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
+        let moved = sqlx::query(
+            "update webhooks set delivered_position = greatest(delivered_position, $2), attempts = 0, last_error = $3
+             where id = $1 and lease_owner = $4 and delivered_position < $2",
+        )
+        .bind(id)
+        .bind(position)
+        .bind(error)
+        .bind(self.owner)
+        .execute(&mut *tx)
+        .await?;
+        if moved.rows_affected() == 0 {
+            return Ok(());
+        }
         sqlx::query(
             "insert into webhook_dead_letters (id, webhook_id, event_position, attempts, last_error, status)
              values ($1, $2, $3, $4, $5, 'open') on conflict (webhook_id, event_position) do nothing",
@@ -512,30 +549,21 @@ impl Dispatcher {
         .bind(error)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
-            "update webhooks set delivered_position = greatest(delivered_position, $2), attempts = 0, last_error = $3
-             where id = $1",
-        )
-        .bind(id)
-        .bind(position)
-        .bind(error)
-        .execute(&mut *tx)
-        .await?;
         tx.commit().await?;
         metrics::counter!("ledger_webhooks_dead_lettered_total").increment(1);
         tracing::warn!(webhook = %id, position, attempts, error, "webhook event dead-lettered");
         Ok(())
     }
 
-    /// One request behind the breaker. `Err((error, None))`: the breaker refused it
-    /// (nothing sent); `Err((error, Some(retry_after)))`: it was sent and failed.
+    /// One request behind the breaker. `Err((error, Err(retry_in)))`: the breaker
+    /// refused it (nothing sent); `Err((error, Ok(retry_after)))`: it was sent and failed.
     async fn attempt(
         &self,
         hook: &Leased,
         event: &RecordedEvent,
         breaker: &CircuitBreaker,
-    ) -> Result<(), (String, Option<Option<Duration>>)> {
-        let permit = breaker.acquire().map_err(|open| (open.to_string(), None))?;
+    ) -> Result<(), (String, Result<Option<Duration>, Duration>)> {
+        let permit = breaker.acquire().map_err(|open| (open.to_string(), Err(open.retry_in)))?;
         let outcome = self.send(hook, event).await;
         match &outcome {
             Attempt::Delivered => permit.success(),
@@ -549,7 +577,7 @@ impl Dispatcher {
         .increment(1);
         match outcome {
             Attempt::Delivered => Ok(()),
-            Attempt::Failed { error, retry_after } => Err((error, Some(retry_after))),
+            Attempt::Failed { error, retry_after } => Err((error, Ok(retry_after))),
         }
     }
 
@@ -563,54 +591,39 @@ impl Dispatcher {
             BreakerState::HalfOpen => "half_open",
         };
         let _ = sqlx::query(
-            "update webhooks set breaker = $2, breaker_failures = $3, breaker_opened_at = $4 where id = $1",
+            "update webhooks set breaker = $2, breaker_failures = $3, breaker_opened_at = $4
+             where id = $1 and lease_owner = $5",
         )
         .bind(id)
         .bind(state)
         .bind(i32::try_from(snapshot.failures).unwrap_or(i32::MAX))
         .bind(snapshot.opened_at)
+        .bind(self.owner)
         .execute(&self.pool)
         .await;
     }
 
     /// POSTs the event, signed; reads at most `response_bytes_max` of the answer.
+    /// Redirects are not followed (a 3xx is a failure).
     async fn send(&self, hook: &Leased, event: &RecordedEvent) -> Attempt {
         let body = match (self.render)(event) {
             Ok(body) => body,
             Err(e) => return Attempt::Failed { error: format!("the event does not render: {e}"), retry_after: None },
         };
         let t = Utc::now().timestamp();
-        let request = self
-            .http
-            .post(&hook.url)
-            .header("content-type", "application/json")
-            .header("ledger-event-id", event.event_id.to_string())
-            .header("ledger-signature", signature(&hook.secret, t, &body))
-            .body(body);
-        let mut response = match request.send().await {
-            Ok(r) => r,
-            Err(e) if e.is_timeout() => return Attempt::Failed { error: "timed out".into(), retry_after: None },
-            Err(e) => return Attempt::Failed { error: format!("request failed: {e}"), retry_after: None },
-        };
-        let status = response.status();
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        // Read a bounded part of the body (the connection is then dropped).
-        let mut read = 0usize;
-        while read < self.limits.response_bytes_max {
-            match tokio::time::timeout(self.limits.timeout, response.chunk()).await {
-                Ok(Ok(Some(chunk))) => read += chunk.len(),
-                _ => break,
-            }
-        }
-        if status.is_success() {
-            Attempt::Delivered
-        } else {
-            Attempt::Failed { error: format!("the endpoint answered {}", status.as_u16()), retry_after }
+        let headers = [
+            ("content-type", "application/json".to_owned()),
+            ("ledger-event-id", event.event_id.to_string()),
+            ("ledger-signature", signature(&hook.secret, t, &body)),
+        ];
+        let limits = &self.limits;
+        match https::post(&self.tls, &hook.url, &headers, body, limits.timeout, limits.response_bytes_max).await {
+            Ok(answer) if (200..300).contains(&answer.status) => Attempt::Delivered,
+            Ok(answer) => Attempt::Failed {
+                error: format!("the endpoint answered {}", answer.status),
+                retry_after: answer.retry_after,
+            },
+            Err(error) => Attempt::Failed { error, retry_after: None },
         }
     }
 }

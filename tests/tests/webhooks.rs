@@ -41,16 +41,112 @@ struct Receiver {
     url: String,
     mode: Arc<Mutex<Mode>>,
     got: Arc<Mutex<Vec<Received>>>,
+    /// Requests being answered now, and the most there ever were at once.
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    in_flight_max: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Receiver {
+    fn new(url: String, mode: Mode) -> Receiver {
+        Receiver {
+            url,
+            mode: Arc::new(Mutex::new(mode)),
+            got: Arc::default(),
+            in_flight: Arc::default(),
+            in_flight_max: Arc::default(),
+        }
+    }
+
+    fn app(&self) -> axum::Router {
+        axum::Router::new().route("/hook", axum::routing::post(receive)).with_state(self.clone())
+    }
+
     async fn start(mode: Mode) -> Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
-        let receiver = Receiver { url, mode: Arc::new(Mutex::new(mode)), got: Arc::default() };
-        let app = axum::Router::new().route("/hook", axum::routing::post(receive)).with_state(receiver.clone());
+        let receiver = Receiver::new(format!("http://{}/hook", listener.local_addr().expect("addr")), mode);
+        let app = receiver.app();
         tokio::spawn(async move { axum::serve(listener, app).await.ok() });
         receiver
+    }
+
+    /// The same receiver behind TLS, with a certificate for 127.0.0.1 signed by a CA of
+    /// its own; returns the CA's PEM file for `LEDGER_WEBHOOK_CA_FILE`.
+    async fn start_tls(mode: Mode, dir: &std::path::Path) -> (Receiver, String) {
+        use tokio_rustls::rustls::{
+            self,
+            pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+        };
+        std::fs::create_dir_all(dir).expect("the certificate directory");
+        let run = |args: &[&str]| {
+            let ok = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
+            assert!(ok.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&ok.stderr));
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=ledger-test-ca",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        std::fs::write(
+            dir.join("ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("ext");
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext",
+        ]);
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(dir.join("server.pem"))
+            .expect("server.pem")
+            .collect::<Result<_, _>>()
+            .expect("certificates");
+        let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).expect("server.key");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .expect("a certificate");
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let receiver = Receiver::new(format!("https://{}/hook", tcp.local_addr().expect("addr")), mode);
+        let listener = TlsListener { tcp, acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)) };
+        let app = receiver.app();
+        tokio::spawn(async move { axum::serve(listener, app).await.ok() });
+        (receiver, dir.join("ca.pem").display().to_string())
     }
 
     fn set(&self, mode: Mode) {
@@ -72,7 +168,44 @@ impl Receiver {
     }
 }
 
+/// TLS in front of a TCP listener, for `axum::serve`.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else { continue };
+            if let Ok(tls) = self.acceptor.accept(tcp).await {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// Decrements the in-flight count when a request ends, however it ends.
+struct Leaving(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Leaving {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> Response {
+    use std::sync::atomic::Ordering;
+    let now = r.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    r.in_flight_max.fetch_max(now, Ordering::SeqCst);
+    let _leaving = Leaving(r.in_flight.clone());
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     let failures_before = {
         let mut got = r.got.lock().expect("got");
@@ -152,7 +285,11 @@ async fn every_matching_event_is_delivered_in_log_order_and_signed() {
     let replay = app.post("/v1/admin/webhooks", &key, &body).await;
     assert_eq!(replay.status, StatusCode::CREATED);
     assert_eq!(replay.header("idempotent-replayed"), Some("true"));
-    assert_eq!((replay.id(), replay.body["secret"].clone()), (all_id, Value::Null), "the secret is shown once");
+    assert_eq!(replay.body, created.body, "a replay is the same answer, secret included");
+    let reused = app.post("/v1/admin/webhooks", &key, &json!({ "url": transfers_only.url })).await;
+    assert_eq!((reused.status, reused.code()), (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"));
+    let reused = app.post("/v1/admin/webhooks", &key, &json!({ "url": "ftp://x" })).await;
+    assert_eq!(reused.code(), "idempotency_key_reused", "the key is checked before the body");
     let (tr_id, tr_secret) = register(&app, &transfers_only.url, Some(vec!["TransferPosted"])).await;
 
     let a = app.open_account("EUR", 0).await;
@@ -231,7 +368,7 @@ async fn a_failing_endpoint_backs_off_trips_its_breaker_and_dead_letters_then_re
     let mut config = test_config();
     config.webhook_attempts_max = 7;
     config.webhook_backoff_max = Duration::from_millis(1500);
-    config.webhook_breaker_cooldown = Duration::from_millis(1500);
+    config.webhook_breaker_cooldown = Duration::from_millis(3000);
     let app = TestApp::spawn_with(config).await;
     let a = app.open_account("EUR", 0).await;
     let receiver = Receiver::start(Mode::Fail(500)).await;
@@ -367,6 +504,8 @@ async fn a_hanging_endpoint_slows_neither_commands_nor_other_webhooks() {
     assert!(stuck["delivered_position"].as_i64() < Some(head), "the hanging endpoint is still on its first event");
     let requests_in_flight = hanging.got().len();
     assert!(requests_in_flight >= 1, "the hanging endpoint got its request");
+    let at_once = hanging.in_flight_max.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(at_once, 1, "one request in flight per webhook, even when each times out");
     let distinct: HashSet<String> = hanging.got().into_iter().map(|r| r.event_id).collect();
     assert_eq!(distinct.len(), 1, "one request in flight per webhook, in log order: never the next event");
     eprintln!("median transfer latency: {alone:?} without webhooks, {beside:?} beside a hanging endpoint");
@@ -381,6 +520,8 @@ async fn deliveries_survive_kill_9_of_the_service_and_a_nats_restart() {
     env.push(("NATS_URL", nats.url()));
     let port = free_port();
     let mut service = LedgerProcess::start(&env, port).await;
+    // A second process: both run a dispatcher, and the lease lets one deliver at a time.
+    let other = LedgerProcess::start(&env, free_port()).await;
     let client = reqwest::Client::new();
     let base = service.base.clone();
     let post = |path: &'static str, body: Value| {
@@ -441,5 +582,37 @@ async fn deliveries_survive_kill_9_of_the_service_and_a_nats_restart() {
     );
     let positions: Vec<i64> = receiver.events().iter().filter_map(|e| e["position"].as_i64()).collect();
     assert!(positions.windows(2).all(|w| w[0] < w[1]), "first deliveries in log order: {positions:?}");
-    drop(service);
+    let at_once = receiver.in_flight_max.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(at_once, 1, "two processes, one request in flight for the webhook");
+    drop((service, other));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_https_endpoint_is_delivered_over_tls_with_a_private_ca() {
+    let dir = std::env::temp_dir().join(format!("ledger-webhook-tls-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (receiver, ca) = Receiver::start_tls(Mode::Ok, &dir).await;
+    let (untrusted, _) = Receiver::start_tls(Mode::Ok, &dir.join("other")).await;
+    let mut config = test_config();
+    config.webhook_ca_file = Some(ca);
+    config.webhook_attempts_max = 2;
+    let app = TestApp::spawn_with(config).await;
+    let (id, secret) = register(&app, &receiver.url, Some(vec!["DepositRecorded"])).await;
+    let (other_id, _) = register(&app, &untrusted.url, Some(vec!["DepositRecorded"])).await;
+    let a = app.open_account("EUR", 0).await;
+    let position = app.deposit(a, 100, "EUR").await.body["position"].as_i64().expect("position");
+    eventually("delivered over TLS", 30, || async { webhook(&app, id).await["delivered_position"] == json!(position) })
+        .await;
+    assert_eq!(receiver.events().len(), 1);
+    assert!(receiver.got().iter().all(|r| signed(&secret, r)));
+    // A certificate no trusted CA signed is refused: never delivered, dead-lettered.
+    eventually("the untrusted endpoint's event is dead-lettered", 30, || async {
+        app.get("/v1/admin/dead-letters").await.body["dead_letters"].as_array().into_iter().flatten().any(|d| {
+            d["source"] == json!(format!("webhook:{other_id}"))
+                && d["last_error"].as_str().is_some_and(|e| e.contains("TLS"))
+        })
+    })
+    .await;
+    assert!(untrusted.got().is_empty(), "no request reached the endpoint with the unknown certificate");
+    let _ = std::fs::remove_dir_all(&dir);
 }

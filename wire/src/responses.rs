@@ -671,8 +671,8 @@ pub struct WebhookCreated {
     pub event_types: Option<Vec<crate::EventType>>,
     #[schema(example = "active")]
     pub status: String,
-    /// The HMAC-SHA256 key of `Ledger-Signature` (its UTF-8 bytes): in the first
-    /// response only. A replay for the same Idempotency-Key answers `null`.
+    /// The HMAC-SHA256 key of `Ledger-Signature` (its UTF-8 bytes): in this response
+    /// and its replay for the same Idempotency-Key only; never listed.
     #[schema(required = true)]
     pub secret: Option<String>,
 }

@@ -82,7 +82,7 @@ impl CommandBody {
 }
 
 /// Removes an in-flight key when the request ends, however it ends.
-struct InFlightGuard<'a> {
+pub struct InFlightGuard<'a> {
     state: &'a AppState,
     key: (String, String),
 }
@@ -252,16 +252,24 @@ pub fn prepare<'a>(
     fresh_stream: Option<uuid::Uuid>,
 ) -> Result<Prepared<'a>, ApiError> {
     // Stored responses are looked up by the writer, once per batch of commands.
-    let scoped = (principal.name.clone(), body.key.clone());
-    let guard = {
-        let mut set = state.in_flight.lock().map_err(|_| ApiError::internal(&"in-flight set poisoned"))?;
-        if !set.insert(scoped.clone()) {
-            return Err(ledger_infrastructure::CommandError::IdempotencyKeyInFlight.into());
-        }
-        InFlightGuard { state, key: scoped }
-    };
+    let guard = in_flight(state, principal, body)?;
     let request = request(state, principal, context, body, command, causation_id, fresh_stream);
     Ok(Prepared { request, guard })
+}
+
+/// Marks the request's key in flight in this process until the guard is dropped:
+/// 409 `idempotency_key_in_flight` if it already is.
+pub fn in_flight<'a>(
+    state: &'a AppState,
+    principal: &Principal,
+    body: &CommandBody,
+) -> Result<InFlightGuard<'a>, ApiError> {
+    let scoped = (principal.name.clone(), body.key.clone());
+    let mut set = state.in_flight.lock().map_err(|_| ApiError::internal(&"in-flight set poisoned"))?;
+    if !set.insert(scoped.clone()) {
+        return Err(ledger_infrastructure::CommandError::IdempotencyKeyInFlight.into());
+    }
+    Ok(InFlightGuard { state, key: scoped })
 }
 
 /// The writer's request for a command of `body`'s route: its metadata and idempotency

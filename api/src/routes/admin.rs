@@ -212,6 +212,7 @@ async fn resolve_webhook_dead_letter(
     if let Some(replay) = crate::http::command::stored_replay(state, principal, body).await? {
         return Ok(Some(replay));
     }
+    let _in_flight = crate::http::command::in_flight(state, principal, body)?;
     let claim = crate::http::command::claim(state, principal, body);
     let response = match resolve_dead_letter(&state.pool, id, resolution).await {
         Ok(()) => {

@@ -1,7 +1,7 @@
 //! Webhooks (operator or admin): register, list, delete. What they deliver, and how, is
 //! `ledger_infrastructure::webhooks`. Webhook routes answer no `position` (API.md).
 
-use crate::http::command::{CommandBody, claim, respond, stored, stored_replay};
+use crate::http::command::{CommandBody, claim, in_flight, respond, stored, stored_replay};
 use crate::http::context::Principal;
 use crate::http::error::ApiError;
 use crate::http::extract::Segment;
@@ -59,7 +59,7 @@ fn event_types(names: Option<Vec<String>>) -> Result<Option<Vec<EventType>>, Api
     description = "Operator or admin. Every event committed after the registration whose `type` is in \
         `event_types` (default: all) is POSTed to `url`, signed with `Ledger-Signature: t=<unix seconds>,v1=<hex \
         HMAC-SHA256(secret, \"<t>.<raw body>\")>`, in log order, at least once. The secret is in this response \
-        only.",
+        (and its idempotent replay) only; `GET` never shows it.",
     request_body = ledger_wire::WebhookRequest,
     responses(
         (status = 201, description = "Registered.", body = ledger_wire::WebhookCreated),
@@ -68,6 +68,11 @@ fn event_types(names: Option<Vec<String>>) -> Result<Option<Vec<EventType>>, Api
     )
 )]
 async fn create(State(state): State<AppState>, principal: Principal, body: CommandBody) -> Result<Response, ApiError> {
+    // A key used before answers as it did (or 422 for another body) before anything else.
+    if let Some(replay) = stored_replay(&state, &principal, &body).await? {
+        return Ok(replay);
+    }
+    let _in_flight = in_flight(&state, &principal, &body)?;
     let request: ledger_wire::WebhookRequest = crate::http::requests::parse(&body.json)?;
     endpoint(&request.url)?;
     let mut types = request.event_types.clone();
@@ -78,9 +83,6 @@ async fn create(State(state): State<AppState>, principal: Principal, body: Comma
         let mut seen = std::collections::HashSet::new();
         t.retain(|x| seen.insert(*x));
     }
-    if let Some(replay) = stored_replay(&state, &principal, &body).await? {
-        return Ok(replay);
-    }
     let id = Uuid::now_v7();
     let secret = webhooks::new_secret();
     let created = ledger_wire::WebhookCreated {
@@ -88,9 +90,11 @@ async fn create(State(state): State<AppState>, principal: Principal, body: Comma
         url: request.url.clone(),
         event_types: types.clone(),
         status: "active".into(),
-        secret: None,
+        secret: Some(secret.clone()),
     };
-    // The idempotency record keeps the answer without the secret.
+    // The replay answers the same body, secret included: the service keeps the secret
+    // to sign with anyway (unlike a token's, of which only the hash is kept), and a
+    // client that lost the first answer must not be left with a webhook it cannot check.
     let recorded = stored(201, &created);
     let new = NewWebhook {
         id,
@@ -105,7 +109,7 @@ async fn create(State(state): State<AppState>, principal: Principal, body: Comma
             .await?
             .ok_or_else(|| ApiError::internal(&"an idempotency key vanished while it was being replayed"));
     }
-    Ok(respond(stored(201, &ledger_wire::WebhookCreated { secret: Some(secret), ..created }), false))
+    Ok(respond(recorded, false))
 }
 
 #[utoipa::path(

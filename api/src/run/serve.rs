@@ -96,7 +96,7 @@ pub fn spawn_workers(state: &Core, on_applied: OnApplied, shutdown: Cancellation
     let webhooks = ledger_infrastructure::webhooks::Dispatcher {
         pool: state.pool.clone(),
         database_url: config.database_url.clone(),
-        http: ledger_infrastructure::webhooks::Dispatcher::client(&webhook_limits),
+        tls: ledger_infrastructure::webhooks::Dispatcher::tls(config.webhook_ca_file.as_deref()),
         limits: webhook_limits,
         render,
         owner: state.instance_id,

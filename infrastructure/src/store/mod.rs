@@ -236,17 +236,21 @@ impl EventStore {
         .map(|rows| rows.into_iter().map(RecordedEvent::from).collect())
     }
 
-    /// The first event after `after` whose type is one of `types` (any type when `None`).
+    /// The first event in (`after`, `up_to`] whose type is one of `types` (any type
+    /// when `None`).
     pub async fn next_matching<'e, E: sqlx::PgExecutor<'e>>(
         executor: E,
         after: i64,
+        up_to: i64,
         types: Option<&[String]>,
     ) -> Result<Option<RecordedEvent>, sqlx::Error> {
         sqlx::query_as::<_, RecordedRow>(
             "select position, event_id, stream_id, version, type, data, metadata, recorded_at
-             from events where position > $1 and ($2::text[] is null or type = any($2)) order by position limit 1",
+             from events where position > $1 and position <= $2 and ($3::text[] is null or type = any($3))
+             order by position limit 1",
         )
         .bind(after)
+        .bind(up_to)
         .bind(types)
         .fetch_optional(executor)
         .await

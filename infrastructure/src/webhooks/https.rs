@@ -1,0 +1,112 @@
+//! One webhook request: HTTP/1.1 over a fresh connection, TLS (rustls with ring, the
+//! provider already in the tree through async-nats) for `https`, bounded in time as a
+//! whole and in the bytes read back. Not reqwest: reqwest with rustls would make every
+//! other client in the workspace need a crypto provider installed before it is built.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::{self, pki_types::ServerName};
+
+/// The TLS client: the platform's roots, plus those of `ca_file` (PEM) when given.
+pub fn connector(ca_file: Option<&str>) -> Result<TlsConnector, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = ca_file {
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        let certs = CertificateDer::pem_file_iter(path).map_err(|e| format!("{path}: {e}"))?;
+        for cert in certs {
+            roots.add(cert.map_err(|e| format!("{path}: {e}"))?).map_err(|e| format!("{path}: {e}"))?;
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// What an endpoint answered.
+pub struct Answer {
+    pub status: u16,
+    pub retry_after: Option<Duration>,
+}
+
+/// POSTs `body` to `url` with `headers`; the whole exchange (connect, TLS, request,
+/// status and at most `read_max` bytes of the body) within `timeout`.
+pub async fn post(
+    tls: &TlsConnector,
+    url: &str,
+    headers: &[(&str, String)],
+    body: Vec<u8>,
+    timeout: Duration,
+    read_max: usize,
+) -> Result<Answer, String> {
+    let uri: hyper::Uri = url.parse().map_err(|_| "the URL does not parse".to_owned())?;
+    let https = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => return Err("not an http(s) URL".into()),
+    };
+    let host = uri.host().filter(|h| !h.is_empty()).ok_or("the URL names no host")?;
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let authority = uri.authority().map_or(host.clone(), |a| a.as_str().to_owned());
+    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let mut request = hyper::Request::post(path).header("host", authority);
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
+    let request = request.body(Full::new(Bytes::from(body))).map_err(|e| e.to_string())?;
+    let exchange = async {
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| format!("connect: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        if https {
+            let name = ServerName::try_from(host.clone()).map_err(|e| format!("server name: {e}"))?;
+            let stream = tls.connect(name, tcp).await.map_err(|e| format!("TLS: {e}"))?;
+            exchange(TokioIo::new(stream), request, read_max).await
+        } else {
+            exchange(TokioIo::new(tcp), request, read_max).await
+        }
+    };
+    tokio::time::timeout(timeout, exchange).await.map_err(|_| "timed out".to_owned())?
+}
+
+async fn exchange<T>(io: T, request: hyper::Request<Full<Bytes>>, read_max: usize) -> Result<Answer, String>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await.map_err(|e| format!("HTTP: {e}"))?;
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let answered = async {
+        let response = sender.send_request(request).await.map_err(|e| format!("request failed: {e}"))?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let mut body = response.into_body();
+        let mut read = 0usize;
+        while read < read_max {
+            match body.frame().await {
+                Some(Ok(frame)) => read += frame.data_ref().map_or(0, Bytes::len),
+                _ => break,
+            }
+        }
+        Ok(Answer { status, retry_after })
+    }
+    .await;
+    driver.abort();
+    answered
+}
