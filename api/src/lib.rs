@@ -40,6 +40,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(v1)
         .merge(routes::health::router())
+        .merge(routes::console::router())
         .merge(http::openapi::router())
         .route("/metrics", axum::routing::get(http::metrics::render))
         .fallback(|| async { http::error::ApiError::not_found("no such route").into_response() })

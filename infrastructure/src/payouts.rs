@@ -104,8 +104,15 @@ impl PayoutWorker {
             filter_subject: self.names.payout_subjects(),
             ..Default::default()
         };
-        let consumer = stream.get_or_create_consumer(&name, config).await?;
+        let mut consumer: jetstream::consumer::PullConsumer = stream.get_or_create_consumer(&name, config).await?;
+        let mut checked = std::time::Instant::now();
         while !shutdown.is_cancelled() {
+            // A fetch from a consumer that no longer exists comes back empty: look now
+            // and then, so that a lost stream's consumer is created again.
+            if checked.elapsed() >= Duration::from_secs(5) {
+                consumer.info().await?;
+                checked = std::time::Instant::now();
+            }
             let batch = consumer
                 .fetch()
                 .max_messages(self.limits.batch_max)

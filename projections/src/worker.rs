@@ -27,6 +27,9 @@ use tokio_util::sync::CancellationToken;
 /// caches and wake `min_position` readers.
 pub type OnApplied = Arc<dyn Fn(Projection, &crate::apply::Applied) + Send + Sync>;
 
+/// How often an idle worker checks that its consumer still exists.
+pub const CONSUMER_CHECK: Duration = Duration::from_secs(5);
+
 /// Limits of a projection worker.
 #[derive(Clone, Copy, Debug)]
 pub struct WorkerLimits {
@@ -168,8 +171,15 @@ impl ProjectionWorker {
     }
 
     async fn consume(&self, shutdown: &CancellationToken) -> Result<(), WorkerError> {
-        let consumer = self.consumer().await?;
+        let mut consumer = self.consumer().await?;
+        let mut checked = Instant::now();
         while !shutdown.is_cancelled() {
+            // A fetch from a consumer that no longer exists (its stream was deleted or
+            // lost) just comes back empty: look now and then, so that it is created again.
+            if checked.elapsed() >= CONSUMER_CHECK {
+                consumer.info().await.map_err(|e| WorkerError::Nats(format!("the consumer is gone: {e}")))?;
+                checked = Instant::now();
+            }
             let mut batch = consumer
                 .fetch()
                 .max_messages(self.limits.batch_max)

@@ -4,6 +4,7 @@ pub mod accounts;
 pub mod admin;
 pub mod audit;
 pub mod bulk;
+pub mod console;
 pub mod deposits;
 pub mod events;
 pub mod health;

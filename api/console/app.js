@@ -1,0 +1,374 @@
+// The Ledger console: plain JavaScript, no build step, no request to another origin.
+// Every call goes to this API with the token kept in the tab's session storage.
+"use strict";
+
+const TOKEN_KEY = "ledger-console-token";
+const ROLE_KEY = "ledger-console-role";
+const LAST_RUN_KEY = "ledger-console-last-reconciliation";
+let refreshTimer = null;
+
+// ---------- small helpers ----------
+const $ = (sel, root = document) => root.querySelector(sel);
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else if (k === "text") node.textContent = v;
+    else node.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined) continue;
+    node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return node;
+}
+const token = () => sessionStorage.getItem(TOKEN_KEY);
+const role = () => sessionStorage.getItem(ROLE_KEY);
+const isOperator = () => role() === "operator";
+
+// Money: minor units shown as an amount in its currency, in the viewer's locale.
+function money(minor, currency) {
+  if (minor === null || minor === undefined) return "";
+  try {
+    const format = new Intl.NumberFormat(undefined, { style: "currency", currency });
+    const digits = format.resolvedOptions().maximumFractionDigits;
+    return format.format(Number(minor) / 10 ** digits);
+  } catch (_) {
+    return `${minor} ${currency} (minor units)`;
+  }
+}
+
+// Times: the viewer's zone, the UTC value on hover.
+function time(iso) {
+  if (!iso) return el("span", { class: "muted", text: "—" });
+  const d = new Date(iso);
+  return el("time", { datetime: iso, title: `${d.toISOString()} (UTC)`, text: d.toLocaleString() });
+}
+
+function showError(message) {
+  const box = $("#error");
+  box.textContent = message;
+  box.hidden = false;
+  clearTimeout(showError.timer);
+  showError.timer = setTimeout(() => { box.hidden = true; }, 8000);
+}
+
+class ApiError extends Error {
+  constructor(status, problem) {
+    super(problem && problem.detail ? `${problem.detail} (${problem.code || status})` : `HTTP ${status}`);
+    this.status = status;
+    this.problem = problem;
+  }
+}
+
+async function api(method, path, body) {
+  const headers = { Authorization: `Bearer ${token()}` };
+  const init = { method, headers };
+  if (method === "POST") {
+    headers["Idempotency-Key"] = crypto.randomUUID();
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body || {});
+  }
+  const response = await fetch(path, init);
+  if (response.status === 204) return null;
+  const text = await response.text();
+  let json = null;
+  try { json = text ? JSON.parse(text) : null; } catch (_) { json = null; }
+  if (!response.ok) throw new ApiError(response.status, json);
+  return json;
+}
+
+function table(headers, rows) {
+  return el("table", {},
+    el("thead", {}, el("tr", {}, headers.map(h => el("th", { class: h.num ? "num" : null, text: h.label || h })))),
+    el("tbody", {}, rows.length ? rows : [el("tr", {}, el("td", { colspan: headers.length, class: "muted", text: "None." }))]));
+}
+
+function render(title, ...sections) {
+  $("#main").replaceChildren(el("h1", { text: title }), ...sections);
+}
+
+const isUuid = s => /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(s);
+
+// ---------- sign-in ----------
+function signIn() {
+  $("#nav").hidden = true;
+  const input = el("input", { id: "token", type: "password", autocomplete: "off", placeholder: "API token", required: true });
+  render("Sign in",
+    el("section", {},
+      el("p", { class: "muted", text: "Sign in with an API token. It is kept in this tab only (session storage)." }),
+      el("form", { id: "sign-in", onsubmit: async (e) => {
+        e.preventDefault();
+        sessionStorage.setItem(TOKEN_KEY, input.value.trim());
+        try {
+          // Operators and admins may read the admin area; clients may not.
+          await api("GET", "/v1/admin/projections");
+          sessionStorage.setItem(ROLE_KEY, "operator");
+        } catch (err) {
+          if (err.status === 403) sessionStorage.setItem(ROLE_KEY, "client");
+          else {
+            sessionStorage.removeItem(TOKEN_KEY);
+            showError(err.status === 401 ? "This token is not accepted." : err.message);
+            return;
+          }
+        }
+        location.hash = isOperator() ? "#/overview" : "#/accounts";
+        route();
+      } }, input, el("button", { type: "submit", id: "sign-in-button", text: "Sign in" }))));
+  input.focus();
+}
+
+// ---------- overview ----------
+async function overview(ctx) {
+  if (!isOperator()) { location.hash = "#/accounts"; return; }
+  const [projections, breakers, dead] = await Promise.all([
+    api("GET", "/v1/admin/projections"),
+    api("GET", "/v1/admin/circuit-breakers"),
+    api("GET", "/v1/admin/dead-letters"),
+  ]);
+  let last = null;
+  const lastId = sessionStorage.getItem(LAST_RUN_KEY);
+  if (lastId) last = await api("GET", `/v1/admin/reconciliations/${lastId}`).catch(() => null);
+  ctx.page("Overview",
+    el("section", { id: "head" }, el("h2", { text: "Log" }),
+      el("dl", { class: "kv" }, el("dt", { text: "Head position" }), el("dd", { id: "log-head", text: projections.head }))),
+    el("section", {}, el("h2", { text: "Projections" }),
+      table(["Name", { label: "Position", num: true }, { label: "Lag (events)", num: true }, "Status", "Updated"],
+        projections.projections.map(p => el("tr", {}, el("td", { text: p.name }), el("td", { class: "num", text: p.position }),
+          el("td", { class: "num", text: p.lag_events }), el("td", { text: p.status }), el("td", {}, time(p.updated_at)))))),
+    el("section", {}, el("h2", { text: "Circuit breakers" }),
+      table(["Name", "State", { label: "Failures", num: true }, "Opened"],
+        breakers.breakers.map(b => el("tr", {}, el("td", { text: b.name }),
+          el("td", { class: b.state === "closed" ? "ok" : "bad", text: b.state }),
+          el("td", { class: "num", text: b.failures }), el("td", {}, time(b.opened_at)))))),
+    el("section", {}, el("h2", {}, "Open dead letters: ", el("a", { href: "#/dead-letters", id: "dead-letter-count", text: dead.dead_letters.length }))),
+    el("section", {}, el("h2", { text: "Last reconciliation (started here)" }),
+      last ? reconciliationSummary(last) : el("p", { class: "muted", text: "None started from this console yet." })),
+    el("p", { class: "muted", text: "Refreshes every 3 seconds." }));
+  if (ctx.live()) refreshTimer = setTimeout(() => { if (location.hash === "#/overview") run(overview); }, 3000);
+}
+
+// ---------- accounts ----------
+function accounts(ctx) {
+  const input = el("input", { id: "account-query", placeholder: "Account id or owner", required: true });
+  const results = el("div", { id: "account-results" });
+  ctx.page("Accounts",
+    el("section", {},
+      el("form", { id: "account-search", onsubmit: async (e) => {
+        e.preventDefault();
+        const q = input.value.trim();
+        if (isUuid(q)) { location.hash = `#/account/${q}`; return; }
+        const list = await api("GET", `/v1/accounts?owner=${encodeURIComponent(q)}`).catch(err => { showError(err.message); return null; });
+        if (!list) return;
+        results.replaceChildren(table(["Account", "Owner", { label: "Balance", num: true }, "Status"],
+          list.accounts.map(a => el("tr", {}, el("td", {}, el("a", { href: `#/account/${a.id}`, class: "account-link", text: a.id })),
+            el("td", { text: a.owner || "" }), el("td", { class: "num", text: money(a.balance, a.currency) }), el("td", { text: a.status })))));
+      } }, input, el("button", { type: "submit", text: "Find" }))),
+    el("section", {}, results));
+  input.focus();
+}
+
+async function account(ctx, id, cursor) {
+  const a = await api("GET", `/v1/accounts/${id}`);
+  const statementPath = `/v1/accounts/${id}/transactions?limit=10${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`;
+  const [statement, events] = await Promise.all([api("GET", statementPath), api("GET", `/v1/accounts/${id}/events?limit=20`)]);
+  const entries = statement.entries.map(e => el("tr", {},
+    el("td", {}, time(e.occurred_at)), el("td", { text: e.kind }),
+    el("td", { class: "num", text: money(e.amount, a.currency) }), el("td", { class: "num", text: money(e.balance_after, a.currency) }),
+    el("td", {}, el("a", { href: `#/transaction/${e.transfer_id}`, text: "details" }))));
+  ctx.page(`Account ${a.owner ? `of ${a.owner}` : ""}`,
+    el("section", {}, el("dl", { class: "kv", id: "account-summary" },
+      el("dt", { text: "Id" }), el("dd", { text: a.id }),
+      el("dt", { text: "Owner" }), el("dd", { text: a.owner || "—" }),
+      el("dt", { text: "Status" }), el("dd", { text: a.status }),
+      el("dt", { text: "Balance" }), el("dd", { id: "balance", text: money(a.balance, a.currency) }),
+      el("dt", { text: "Available" }), el("dd", { id: "available", text: money(a.available, a.currency) }),
+      el("dt", { text: "Holds" }), el("dd", { text: money(a.pending_holds, a.currency) }),
+      el("dt", { text: "Overdraft limit" }), el("dd", { text: money(a.overdraft_limit, a.currency) }))),
+    el("section", { id: "statement" }, el("h2", { text: "Statement" }),
+      table(["When", "Kind", { label: "Amount", num: true }, { label: "Balance after", num: true }, ""], entries),
+      el("p", {},
+        cursor ? el("a", { href: `#/account/${id}`, text: "Newest" }) : null, " ",
+        statement.next_cursor ? el("a", { href: `#/account/${id}/before/${statement.next_cursor}`, id: "older", text: "Older entries →" }) : null)),
+    el("section", {}, el("h2", { text: "Event stream" }),
+      table([{ label: "Version", num: true }, { label: "Position", num: true }, "Type", "Recorded"],
+        events.events.map(e => el("tr", {}, el("td", { class: "num", text: e.version }), el("td", { class: "num", text: e.position }),
+          el("td", {}, el("a", { href: `#/stream/${e.stream_id}`, text: e.type })), el("td", {}, time(e.recorded_at)))))));
+}
+
+// ---------- a transaction, or any stream's events, with audit metadata ----------
+async function transaction(ctx, id) {
+  const [t, audit] = await Promise.all([
+    api("GET", `/v1/transactions/${id}`).catch(err => { if (err.status === 404) return null; throw err; }),
+    api("GET", `/v1/audit?stream_id=${id}&limit=50`),
+  ]);
+  const sections = [];
+  if (t) {
+    sections.push(el("section", { id: "transaction" }, el("dl", { class: "kv" },
+      el("dt", { text: "Id" }), el("dd", { text: t.id }),
+      el("dt", { text: "Status" }), el("dd", { text: t.status }),
+      el("dt", { text: "Reference" }), el("dd", { text: t.reference || "—" }),
+      el("dt", { text: "Effective" }), el("dd", {}, time(t.effective_at)),
+      el("dt", { text: "Recorded" }), el("dd", {}, time(t.recorded_at)),
+      el("dt", { text: "Position" }), el("dd", { text: t.position })),
+      table(["Account", { label: "Amount", num: true }],
+        t.postings.map(p => el("tr", {}, el("td", {}, el("a", { href: `#/account/${p.account_id}`, text: p.account_id })),
+          el("td", { class: "num", text: money(p.amount, p.currency) }))))));
+  }
+  sections.push(auditSection(audit));
+  ctx.page(t ? "Transaction" : "Stream", ...sections);
+}
+
+function auditSection(audit) {
+  return el("section", { id: "audit" }, el("h2", { text: "Events and their audit metadata" }),
+    table([{ label: "Position", num: true }, "Type", "Actor", "Request", "Correlation", "Causation", "Idempotency key", "Recorded"],
+      audit.events.map(e => el("tr", {}, el("td", { class: "num", text: e.position }), el("td", { text: e.type || e.event_type }),
+        el("td", { text: e.actor || "" }), el("td", { class: "wrap", text: e.request_id || "" }),
+        el("td", { class: "wrap", text: e.correlation_id || "" }), el("td", { class: "wrap", text: e.causation_id || "" }),
+        el("td", { class: "wrap", text: e.idempotency_key || "" }), el("td", {}, time(e.recorded_at))))));
+}
+
+// ---------- dead letters ----------
+async function deadLetters(ctx) {
+  const list = await api("GET", "/v1/admin/dead-letters");
+  const act = (id, what) => async () => {
+    try {
+      await api("POST", `/v1/admin/dead-letters/${id}/${what}`, {});
+      run(deadLetters);
+    } catch (err) { showError(err.message); }
+  };
+  ctx.page("Dead letters", el("section", {},
+    table(["Id", "Source", { label: "Event position", num: true }, { label: "Attempts", num: true }, "Last error", "Since", ""],
+      list.dead_letters.map(d => el("tr", { "data-id": d.id },
+        el("td", { class: "wrap", text: d.id }), el("td", { text: d.source }), el("td", { class: "num", text: d.event_position }),
+        el("td", { class: "num", text: d.attempts }), el("td", { class: "wrap", text: d.last_error }), el("td", {}, time(d.dead_lettered_at)),
+        el("td", {}, el("button", { class: "redrive", type: "button", onclick: act(d.id, "redrive"), text: "Redrive" }), " ",
+          el("button", { class: "discard danger", type: "button", onclick: act(d.id, "discard"), text: "Discard" })))))));
+}
+
+// ---------- reconciliations ----------
+function reconciliationSummary(r) {
+  return el("div", { id: "reconciliation" }, el("dl", { class: "kv" },
+    el("dt", { text: "Run" }), el("dd", { text: r.id }),
+    el("dt", { text: "Status" }), el("dd", { id: "reconciliation-status", text: r.status }),
+    el("dt", { text: "Window" }), el("dd", {}, time(r.from), " – ", time(r.to)),
+    el("dt", { text: "Matched" }), el("dd", { id: "reconciliation-matched", text: r.matched }),
+    el("dt", { text: "Mismatches" }), el("dd", { id: "reconciliation-mismatches", text: r.mismatches.length }),
+    r.error ? el("dt", { text: "Error" }) : null, r.error ? el("dd", { class: "bad", text: r.error }) : null),
+    table(["Kind", "Withdrawal", "Reference", "Resolution"],
+      r.mismatches.map(m => el("tr", {}, el("td", { text: m.kind }), el("td", { class: "wrap", text: m.withdrawal_id || "" }),
+        el("td", { class: "wrap", text: m.reference }), el("td", { text: m.resolution })))));
+}
+
+async function reconciliations(ctx, id) {
+  const from = el("input", { id: "reconcile-from", type: "datetime-local", title: "From (your time zone; default: 24 hours before To)" });
+  const to = el("input", { id: "reconcile-to", type: "datetime-local", title: "To (your time zone; default: now)" });
+  const report = id ? await api("GET", `/v1/admin/reconciliations/${id}`) : null;
+  ctx.page("Reconciliations",
+    el("section", {}, el("h2", { text: "Start a run" }),
+      el("form", { id: "reconcile", onsubmit: async (e) => {
+        e.preventDefault();
+        const body = {};
+        if (from.value) body.from = new Date(from.value).toISOString();
+        if (to.value) body.to = new Date(to.value).toISOString();
+        try {
+          const started = await api("POST", "/v1/admin/reconciliations", body);
+          sessionStorage.setItem(LAST_RUN_KEY, started.id);
+          location.hash = `#/reconciliations/${started.id}`;
+        } catch (err) { showError(err.message); }
+      } }, from, to, el("button", { type: "submit", id: "start-reconciliation", text: "Start" }))),
+    report ? el("section", {}, el("h2", { text: "Run" }), reconciliationSummary(report)) : null);
+  if (report && report.status === "running" && ctx.live()) {
+    refreshTimer = setTimeout(() => { if (location.hash === `#/reconciliations/${id}`) run(c => reconciliations(c, id)); }, 1000);
+  }
+}
+
+// ---------- webhooks ----------
+async function webhooks(ctx, created) {
+  const list = await api("GET", "/v1/admin/webhooks");
+  const url = el("input", { id: "webhook-url", type: "url", placeholder: "https://example.com/hook", required: true });
+  const types = el("input", { id: "webhook-types", placeholder: "Event types, comma-separated (empty: all)" });
+  ctx.page("Webhooks",
+    created ? el("section", { id: "webhook-created" }, el("p", {}, "Created. Its signing secret is shown this once:"),
+      el("p", { class: "secret", text: created.secret })) : null,
+    el("section", {}, el("h2", { text: "Register" }),
+      el("form", { id: "webhook-form", onsubmit: async (e) => {
+        e.preventDefault();
+        const body = { url: url.value.trim() };
+        const names = types.value.split(",").map(s => s.trim()).filter(Boolean);
+        if (names.length) body.event_types = names;
+        try { const made = await api("POST", "/v1/admin/webhooks", body); run(c => webhooks(c, made)); }
+        catch (err) { showError(err.message); }
+      } }, url, types, el("button", { type: "submit", text: "Register" }))),
+    el("section", {}, table(["Id", "URL", "Types", { label: "Delivered up to", num: true }, { label: "Failures", num: true }, "Breaker", ""],
+      list.webhooks.map(w => el("tr", { "data-id": w.id }, el("td", { class: "wrap", text: w.id }), el("td", { class: "wrap", text: w.url }),
+        el("td", { class: "wrap", text: w.event_types ? w.event_types.join(", ") : "all" }), el("td", { class: "num", text: w.delivered_position }),
+        el("td", { class: "num", text: w.failures }), el("td", { class: w.breaker === "closed" ? "ok" : "bad", text: w.breaker }),
+        el("td", {}, el("button", { class: "delete-webhook danger", type: "button", onclick: async () => {
+          try { await api("DELETE", `/v1/admin/webhooks/${w.id}`); run(c => webhooks(c, null)); } catch (err) { showError(err.message); }
+        }, text: "Delete" })))))));
+}
+
+// ---------- hash chain ----------
+function verify(ctx) {
+  const out = el("div", { id: "verify-result" });
+  ctx.page("Hash chain",
+    el("section", {}, el("p", { class: "muted", text: "Walks the tamper-evident hash chain of the whole log." }),
+      el("button", { id: "verify", type: "button", onclick: async () => {
+        out.replaceChildren(el("p", { class: "muted", text: "Verifying…" }));
+        try {
+          const r = await api("GET", "/v1/audit/verify");
+          out.replaceChildren(r.ok
+            ? el("p", { class: "ok", text: `The chain verifies: ${r.checked} events checked, head ${r.head}.` })
+            : el("p", { class: "bad", text: `The chain is broken at position ${r.first_bad_position}.` }));
+        } catch (err) { out.replaceChildren(el("p", { class: "bad", text: err.message })); }
+      }, text: "Verify" }), out));
+}
+
+// ---------- routing ----------
+// A view renders only while its route is still the one shown: an answer that arrives
+// after the operator moved on is dropped, never drawn over the new page.
+async function run(view) {
+  clearTimeout(refreshTimer);
+  const hash = location.hash;
+  const ctx = {
+    live: () => location.hash === hash,
+    page: (...args) => { if (location.hash === hash) render(...args); },
+  };
+  try { await view(ctx); } catch (err) {
+    if (err.status === 401) { sessionStorage.clear(); signIn(); showError("The token is no longer accepted; sign in again."); return; }
+    showError(err.message);
+  }
+}
+
+function route() {
+  $("#error").hidden = true;
+  if (!token()) { signIn(); return; }
+  const nav = $("#nav");
+  nav.hidden = false;
+  for (const a of nav.querySelectorAll("a")) {
+    a.hidden = a.dataset.role === "operator" && !isOperator();
+    a.classList.toggle("active", location.hash.startsWith(a.getAttribute("href")));
+  }
+  const parts = location.hash.replace(/^#\/?/, "").split("/");
+  const operatorOnly = ["overview", "dead-letters", "reconciliations", "webhooks"];
+  if (operatorOnly.includes(parts[0]) && !isOperator()) { location.hash = "#/accounts"; return; }
+  switch (parts[0]) {
+    case "overview": return run(overview);
+    case "account": return run(c => account(c, parts[1], parts[2] === "before" ? parts[3] : null));
+    case "transaction": case "stream": return run(c => transaction(c, parts[1]));
+    case "dead-letters": return run(deadLetters);
+    case "reconciliations": return run(c => reconciliations(c, parts[1]));
+    case "webhooks": return run(c => webhooks(c, null));
+    case "verify": return run(verify);
+    case "accounts": return run(accounts);
+    default: location.hash = isOperator() ? "#/overview" : "#/accounts";
+  }
+}
+
+window.addEventListener("hashchange", route);
+window.addEventListener("DOMContentLoaded", () => {
+  $("#sign-out").addEventListener("click", () => { sessionStorage.clear(); location.hash = ""; signIn(); });
+  route();
+});

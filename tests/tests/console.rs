@@ -1,0 +1,370 @@
+//! The operator console (`GET /console`) driven in headless Chromium through
+//! chromedriver's WebDriver API, the way a person would: sign in, find an account by
+//! owner and read its balance and statement, open a transaction, redrive a dead letter,
+//! start a reconciliation and read its result, register and delete a webhook, verify
+//! the chain; then a client-role token, which is offered no admin action. Screenshots
+//! of every page go to `target/console-screenshots/`. No request leaves the origin.
+
+use ledger_tests::procs::free_port;
+use ledger_tests::{ADMIN_TOKEN, TestApp, eventually, with_simulator};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// A WebDriver session on a chromedriver of its own.
+struct Browser {
+    http: reqwest::Client,
+    base: String,
+    session: String,
+    _driver: tokio::process::Child,
+    shots: PathBuf,
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        let port = free_port();
+        let driver = tokio::process::Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("chromedriver is installed (scripts/test installs chromium-driver)");
+        let http = reqwest::Client::new();
+        let base = format!("http://127.0.0.1:{port}");
+        eventually("chromedriver answers", 30, || {
+            let (http, base) = (http.clone(), base.clone());
+            async move { http.get(format!("{base}/status")).send().await.is_ok() }
+        })
+        .await;
+        let capabilities = json!({ "capabilities": { "alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--window-size=1280,900", "--no-first-run", "--disable-extensions",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+            }
+        } } });
+        let created: Value = http
+            .post(format!("{base}/session"))
+            .json(&capabilities)
+            .send()
+            .await
+            .expect("session")
+            .json()
+            .await
+            .expect("json");
+        let session =
+            created["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {created}")).to_owned();
+        let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/console-screenshots");
+        std::fs::create_dir_all(&shots).expect("screenshot directory");
+        Browser { http, base, session, _driver: driver, shots }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let url = format!("{}/session/{}{path}", self.base, self.session);
+        let request = self.http.request(method, url);
+        let request = match body {
+            Some(b) => request.json(&b),
+            None => request,
+        };
+        let answer: Value = request.send().await.expect("webdriver").json().await.expect("webdriver json");
+        answer["value"].clone()
+    }
+
+    async fn go(&self, url: &str) {
+        self.call(reqwest::Method::POST, "/url", Some(json!({ "url": url }))).await;
+    }
+
+    /// The element for `css`, waiting (bounded) until it is there.
+    async fn find(&self, css: &str) -> String {
+        for _ in 0..200 {
+            let v = self
+                .call(reqwest::Method::POST, "/element", Some(json!({ "using": "css selector", "value": css })))
+                .await;
+            if let Some(id) = v.as_object().and_then(|o| o.values().next()).and_then(Value::as_str) {
+                return id.to_owned();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let shot = self.screenshot("missing-element").await;
+        panic!("no element {css} (screenshot {shot:?})");
+    }
+
+    async fn count(&self, css: &str) -> usize {
+        let v =
+            self.call(reqwest::Method::POST, "/elements", Some(json!({ "using": "css selector", "value": css }))).await;
+        v.as_array().map_or(0, Vec::len)
+    }
+
+    async fn text(&self, css: &str) -> String {
+        let id = self.find(css).await;
+        self.call(reqwest::Method::GET, &format!("/element/{id}/text"), None).await.as_str().unwrap_or("").to_owned()
+    }
+
+    /// Waits (bounded) until the element's text satisfies `check`.
+    async fn text_until(&self, css: &str, check: impl Fn(&str) -> bool) -> String {
+        let mut last = String::new();
+        for _ in 0..200 {
+            if self.count(css).await > 0 {
+                last = self.text(css).await;
+                if check(&last) {
+                    return last;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let shot = self.screenshot("unexpected-text").await;
+        panic!("{css} never matched; last text {last:?} (screenshot {shot:?})");
+    }
+
+    async fn click(&self, css: &str) {
+        let id = self.find(css).await;
+        self.call(reqwest::Method::POST, &format!("/element/{id}/click"), Some(json!({}))).await;
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let id = self.find(css).await;
+        self.call(reqwest::Method::POST, &format!("/element/{id}/clear"), Some(json!({}))).await;
+        self.call(reqwest::Method::POST, &format!("/element/{id}/value"), Some(json!({ "text": text }))).await;
+    }
+
+    async fn script(&self, script: &str) -> Value {
+        self.call(reqwest::Method::POST, "/execute/sync", Some(json!({ "script": script, "args": [] }))).await
+    }
+
+    async fn displayed(&self, css: &str) -> bool {
+        let id = self.find(css).await;
+        self.call(reqwest::Method::GET, &format!("/element/{id}/displayed"), None).await == json!(true)
+    }
+
+    async fn screenshot(&self, name: &str) -> PathBuf {
+        use std::io::Write;
+        let png = self.call(reqwest::Method::GET, "/screenshot", None).await;
+        let bytes = decode_base64(png.as_str().unwrap_or(""));
+        let path = self.shots.join(format!("{name}.png"));
+        std::fs::File::create(&path).and_then(|mut f| f.write_all(&bytes)).expect("screenshot written");
+        path
+    }
+
+    async fn size(&self, width: u32, height: u32) {
+        self.call(reqwest::Method::POST, "/window/rect", Some(json!({ "width": width, "height": height }))).await;
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self._driver.start_kill();
+    }
+}
+
+/// Standard base64 (WebDriver screenshots), without another dependency.
+fn decode_base64(s: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    };
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for v in s.bytes().filter_map(value) {
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operator_and_a_client_use_the_console_in_a_real_browser() {
+    let (app, _sim) = with_simulator(ledger_provider_sim::Faults::default(), |c| c.webhook_attempts_max = 1).await;
+    // What the operator will look at: an account with an owner, money, a statement.
+    let owner = format!("alice-{}", Uuid::new_v4().simple());
+    let opened =
+        app.post("/v1/accounts", &Uuid::new_v4().to_string(), &json!({ "currency": "EUR", "owner": owner })).await;
+    let a = opened.id();
+    let b = app.open_account("EUR", 0).await;
+    app.deposit(a, 12_345, "EUR").await;
+    let transfer = app.transfer(a, b, 2_345, "EUR").await;
+    assert_eq!(transfer.status, StatusCode::CREATED);
+    // A dead letter to redrive: a webhook whose endpoint refuses connections.
+    let dead_port = free_port();
+    let r = app
+        .post(
+            "/v1/admin/webhooks",
+            &Uuid::new_v4().to_string(),
+            &json!({ "url": format!("http://127.0.0.1:{dead_port}/x"), "event_types": ["DepositRecorded"] }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    app.deposit(a, 1, "EUR").await;
+    eventually("a webhook dead letter exists", 30, || async {
+        app.get("/v1/admin/dead-letters").await.body["dead_letters"].as_array().is_some_and(|d| !d.is_empty())
+    })
+    .await;
+    let client_token = app
+        .post(
+            "/v1/admin/tokens",
+            &Uuid::new_v4().to_string(),
+            &json!({ "name": format!("console-client-{}", Uuid::new_v4().simple()), "role": "client" }),
+        )
+        .await
+        .body["token"]
+        .as_str()
+        .expect("a client token")
+        .to_owned();
+    app.catch_up().await;
+
+    // The page itself: static, no token, a policy that allows this origin only.
+    let page = app.client.get(format!("{}/console", app.base)).send().await.expect("console");
+    assert_eq!(page.status(), StatusCode::OK);
+    let csp = page.headers().get("content-security-policy").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    assert!(csp.contains("default-src 'self'") && csp.contains("connect-src 'self'"), "{csp}");
+
+    let browser = Browser::start().await;
+    browser.go(&format!("{}/console", app.base)).await;
+    browser.find("#token").await;
+    browser.screenshot("01-sign-in").await;
+    browser.type_into("#token", "not-a-token").await;
+    browser.click("#sign-in-button").await;
+    let error = browser.text_until("#error", |t| !t.is_empty()).await;
+    assert!(error.contains("not accepted"), "a clear error: {error}");
+    browser.type_into("#token", ADMIN_TOKEN).await;
+    browser.click("#sign-in-button").await;
+    let head = browser.text_until("#log-head", |t| t.parse::<i64>().is_ok()).await;
+    assert!(head.parse::<i64>().expect("head") > 0);
+    browser.screenshot("02-overview").await;
+
+    // Find the account by owner; read balance and statement.
+    browser.go(&format!("{}/console#/accounts", app.base)).await;
+    browser.type_into("#account-query", &owner).await;
+    browser.click("#account-search button").await;
+    browser.click(".account-link").await;
+    let balance = browser.text_until("#balance", |t| t.contains("100.01")).await;
+    assert!(
+        balance.contains('€') || balance.contains("EUR"),
+        "minor units shown as an amount in its currency: {balance}"
+    );
+    assert_eq!(browser.count("#statement tbody tr").await, 3, "the statement: two deposits and a transfer");
+    browser.screenshot("03-account").await;
+    let hover = browser.script("return document.querySelector('#statement time').getAttribute('title')").await;
+    assert!(hover.as_str().is_some_and(|t| t.ends_with("(UTC)")), "the UTC value on hover: {hover}");
+    // A transaction with its audit metadata.
+    browser.go(&format!("{}/console#/transaction/{}", app.base, transfer.id())).await;
+    browser.find("#transaction").await;
+    let audit = browser.text("#audit").await;
+    assert!(audit.contains("TransferPosted") && audit.contains("LEDGER_ADMIN_TOKEN"), "audit metadata shown: {audit}");
+    browser.screenshot("04-transaction").await;
+
+    // Redrive the dead letter.
+    browser.go(&format!("{}/console#/dead-letters", app.base)).await;
+    browser.find("button.redrive").await;
+    browser.screenshot("05-dead-letters").await;
+    browser.click("button.redrive").await;
+    eventually("the dead letter left the open list", 20, || async {
+        app.get("/v1/admin/dead-letters").await.body["dead_letters"].as_array().is_some_and(Vec::is_empty)
+    })
+    .await;
+
+    // Start a reconciliation and read its result.
+    browser.go(&format!("{}/console#/reconciliations", app.base)).await;
+    browser.click("#start-reconciliation").await;
+    let status = browser.text_until("#reconciliation-status", |t| t == "finished" || t == "failed").await;
+    assert_eq!(status, "finished", "the run finished");
+    browser.text_until("#reconciliation-matched", |t| t.parse::<u64>().is_ok()).await;
+    browser.screenshot("06-reconciliation").await;
+
+    // Register and delete a webhook.
+    browser.go(&format!("{}/console#/webhooks", app.base)).await;
+    browser.type_into("#webhook-url", "http://127.0.0.1:9/console-test").await;
+    browser.type_into("#webhook-types", "TransferPosted").await;
+    browser.click("#webhook-form button").await;
+    let secret = browser.text_until("#webhook-created .secret", |t| t.starts_with("whsec_")).await;
+    assert!(secret.len() > 20);
+    browser.screenshot("07-webhooks").await;
+    let before = browser.count("button.delete-webhook").await;
+    browser.click("button.delete-webhook").await;
+    for _ in 0..100 {
+        if browser.count("button.delete-webhook").await < before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(browser.count("button.delete-webhook").await, before - 1, "one webhook deleted");
+
+    // Verify the chain.
+    browser.go(&format!("{}/console#/verify", app.base)).await;
+    browser.click("#verify").await;
+    let verified = browser.text_until("#verify-result", |t| t.contains("verifies") || t.contains("broken")).await;
+    assert!(verified.contains("The chain verifies"), "{verified}");
+    browser.screenshot("08-verify").await;
+
+    // A phone-sized window.
+    browser.size(390, 844).await;
+    browser.go(&format!("{}/console#/overview", app.base)).await;
+    browser.find("#log-head").await;
+    let overflow = browser.script("return document.documentElement.scrollWidth <= window.innerWidth + 1").await;
+    assert_eq!(overflow, json!(true), "no sideways scrolling of the page on a phone");
+    browser.screenshot("09-overview-phone").await;
+    browser.size(1280, 900).await;
+
+    // Nothing was fetched from another origin.
+    let resources = browser.script("return performance.getEntriesByType('resource').map(e => e.name)").await;
+    let origin = app.base.clone();
+    let foreign: Vec<&str> = resources
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .filter(|u| !u.starts_with(&origin))
+        .collect();
+    assert!(foreign.is_empty(), "requests to another origin: {foreign:?}");
+
+    // A client-role token: no admin page, no admin action offered.
+    browser.click("#sign-out").await;
+    browser.type_into("#token", &client_token).await;
+    browser.click("#sign-in-button").await;
+    browser.find("#account-query").await;
+    for link in ["#/overview", "#/dead-letters", "#/reconciliations", "#/webhooks"] {
+        assert!(!browser.displayed(&format!("nav a[href='{link}']")).await, "{link} is not offered to a client");
+    }
+    browser.go(&format!("{}/console#/dead-letters", app.base)).await;
+    browser.find("#account-query").await;
+    assert_eq!(browser.count("button.redrive, button.discard, button.delete-webhook, #start-reconciliation").await, 0);
+    browser.screenshot("10-client").await;
+    let resources = browser.script("return performance.getEntriesByType('resource').map(e => e.name)").await;
+    assert!(
+        resources.as_array().into_iter().flatten().filter_map(Value::as_str).all(|u| u.starts_with(&origin)),
+        "requests to another origin: {resources}"
+    );
+    drop(app);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_console_is_static_and_needs_no_token() {
+    let app = TestApp::spawn().await;
+    for (path, kind) in
+        [("/console", "text/html"), ("/console/app.js", "text/javascript"), ("/console/app.css", "text/css")]
+    {
+        let r = app.client.get(format!("{}{path}", app.base)).send().await.expect("asset");
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        let content_type = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        assert!(content_type.starts_with(kind), "{path}: {content_type}");
+        let body = r.text().await.expect("body");
+        assert!(
+            !body.contains("http://") && !body.contains("https://") || path == "/console/app.js",
+            "{path} links no other host"
+        );
+    }
+    let missing = app.client.get(format!("{}/console/nope.js", app.base)).send().await.expect("missing");
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+}
