@@ -4,7 +4,6 @@
 
 const TOKEN_KEY = "ledger-console-token";
 const ROLE_KEY = "ledger-console-role";
-const LAST_RUN_KEY = "ledger-console-last-reconciliation";
 let refreshTimer = null;
 
 // ---------- small helpers ----------
@@ -127,9 +126,8 @@ async function overview(ctx) {
     api("GET", "/v1/admin/circuit-breakers"),
     api("GET", "/v1/admin/dead-letters"),
   ]);
-  let last = null;
-  const lastId = sessionStorage.getItem(LAST_RUN_KEY);
-  if (lastId) last = await api("GET", `/v1/admin/reconciliations/${lastId}`).catch(() => null);
+  const runs = await api("GET", "/v1/admin/reconciliations?limit=1");
+  const last = runs.reconciliations[0] || null;
   ctx.page("Overview",
     el("section", { id: "head" }, el("h2", { text: "Log" }),
       el("dl", { class: "kv" }, el("dt", { text: "Head position" }), el("dd", { id: "log-head", text: projections.head }))),
@@ -143,8 +141,8 @@ async function overview(ctx) {
           el("td", { class: b.state === "closed" ? "ok" : "bad", text: b.state }),
           el("td", { class: "num", text: b.failures }), el("td", {}, time(b.opened_at)))))),
     el("section", {}, el("h2", {}, "Open dead letters: ", el("a", { href: "#/dead-letters", id: "dead-letter-count", text: dead.dead_letters.length }))),
-    el("section", {}, el("h2", { text: "Last reconciliation (started here)" }),
-      last ? reconciliationSummary(last) : el("p", { class: "muted", text: "None started from this console yet." })),
+    el("section", { id: "last-reconciliation" }, el("h2", { text: "Last reconciliation" }),
+      last ? reconciliationSummary(last) : el("p", { class: "muted", text: "No run yet." })),
     el("p", { class: "muted", text: "Refreshes every 3 seconds." }));
   if (ctx.live()) refreshTimer = setTimeout(() => { if (location.hash === "#/overview") run(overview); }, 3000);
 }
@@ -274,7 +272,6 @@ async function reconciliations(ctx, id) {
         if (to.value) body.to = new Date(to.value).toISOString();
         try {
           const started = await api("POST", "/v1/admin/reconciliations", body);
-          sessionStorage.setItem(LAST_RUN_KEY, started.id);
           location.hash = `#/reconciliations/${started.id}`;
         } catch (err) { showError(err.message); }
       } }, from, to, el("button", { type: "submit", id: "start-reconciliation", text: "Start" }))),

@@ -282,6 +282,9 @@ async fn an_operator_and_a_client_use_the_console_in_a_real_browser() {
     assert_eq!(status, "finished", "the run finished");
     browser.text_until("#reconciliation-matched", |t| t.parse::<u64>().is_ok()).await;
     browser.screenshot("06-reconciliation").await;
+    browser.go(&format!("{}/console#/overview", app.base)).await;
+    let last = browser.text_until("#last-reconciliation #reconciliation-status", |t| !t.is_empty()).await;
+    assert_eq!(last, "finished", "the overview shows the last reconciliation");
 
     // Register and delete a webhook.
     browser.go(&format!("{}/console#/webhooks", app.base)).await;

@@ -163,3 +163,11 @@ pub struct TransactionSearch {
     #[param(ignore)]
     pub metadata: Vec<(String, String)>,
 }
+
+/// `GET /v1/admin/reconciliations`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ReconciliationListQuery {
+    /// How many runs, 1–100 (default 10).
+    pub limit: Option<i64>,
+}

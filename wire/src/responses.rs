@@ -699,3 +699,9 @@ pub struct Webhook {
 pub struct Webhooks {
     pub webhooks: Vec<Webhook>,
 }
+
+/// `GET /v1/admin/reconciliations`: the latest runs, newest first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ReconciliationList {
+    pub reconciliations: Vec<ReconciliationReport>,
+}

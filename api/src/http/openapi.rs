@@ -9,8 +9,8 @@
 //! particular to it. Depends on the routes' attributes only, never on their logic.
 
 use crate::routes::{
-    accounts, admin, audit, bulk, deposits, events, health, holds, reconciliations, transactions, transfers, webhooks,
-    withdrawals,
+    accounts, admin, audit, bulk, console, deposits, events, health, holds, reconciliations, transactions, transfers,
+    webhooks, withdrawals,
 };
 use axum::Router;
 use ledger_wire as schemas;
@@ -77,9 +77,12 @@ const PROBLEM_JSON: &str = "application/problem+json";
         admin::redrive,
         admin::discard,
         admin::create_token,
+        console::index,
+        console::asset,
         webhooks::create,
         webhooks::list,
         webhooks::remove,
+        reconciliations::list,
         reconciliations::start,
         reconciliations::read,
         health::live,

@@ -33,10 +33,32 @@ fn serve(content_type: &'static str, body: &'static str) -> Response {
     response
 }
 
+#[utoipa::path(
+    get,
+    path = "/console",
+    operation_id = "console",
+    tag = "infrastructure",
+    summary = "The operator console",
+    description = "A web app served by the binary (no token needed for the page itself; every call it makes \
+        needs one). See docs/CONSOLE.md.",
+    responses((status = 200, description = "The console's page.", content_type = "text/html"))
+)]
 async fn index() -> Response {
     serve("text/html; charset=utf-8", INDEX)
 }
 
+#[utoipa::path(
+    get,
+    path = "/console/{asset}",
+    operation_id = "console_asset",
+    tag = "infrastructure",
+    summary = "The console's script and style sheet",
+    params(("asset" = String, Path, description = "`app.js` or `app.css`.")),
+    responses(
+        (status = 200, description = "The asset.", content(("text/javascript"), ("text/css"))),
+        (status = 404, description = "`not_found`: no such asset."),
+    )
+)]
 async fn asset(Path(name): Path<String>) -> Response {
     match name.as_str() {
         "app.js" => serve("text/javascript; charset=utf-8", APP_JS),

@@ -17,7 +17,9 @@ use ledger_infrastructure::reconcile::{ReconcileError, Reconciler, report};
 use uuid::Uuid;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/admin/reconciliations", post(start)).route("/v1/admin/reconciliations/{id}", get(read))
+    Router::new()
+        .route("/v1/admin/reconciliations", post(start).get(list))
+        .route("/v1/admin/reconciliations/{id}", get(read))
 }
 
 /// The default window: the last 24 hours.
@@ -81,6 +83,47 @@ async fn start(State(state): State<AppState>, principal: Principal, body: Comman
         }
     });
     Ok(crate::http::command::respond(response, false))
+}
+
+/// The most recent runs a list may hold.
+const LIST_MAX: i64 = 100;
+
+/// The latest runs, newest first (what the console's overview shows). Not in API.md's
+/// table: an addition beside `POST` and `GET /{id}`, read from the log like them.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/reconciliations",
+    operation_id = "list_reconciliations",
+    tag = "operations",
+    summary = "The latest reconciliation runs",
+    description = "Operator or admin. The most recent runs (scheduled or started by hand), newest first, each \
+        with its report.",
+    params(ledger_wire::ReconciliationListQuery),
+    responses(
+        (status = 200, description = "The runs.", body = ledger_wire::ReconciliationList),
+        (status = 400, description = "`validation_error`: `limit` is invalid."),
+    )
+)]
+async fn list(
+    State(state): State<AppState>,
+    crate::http::extract::Params(q): crate::http::extract::Params,
+) -> Result<Response, ApiError> {
+    let limit = crate::http::validate::limit_param(q.get("limit").map(String::as_str), 10, LIST_MAX)?;
+    let head = state.store.head().await?;
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "select stream_id from events where type = 'ReconciliationStarted' order by position desc limit $1",
+    )
+    .bind(limit)
+    .fetch_all(&state.pool)
+    .await?;
+    let mut reconciliations = Vec::with_capacity(ids.len());
+    for id in ids {
+        let events = state.store.read_stream(id, 1, 100_000).await?;
+        if let Some(r) = report(id, &events) {
+            reconciliations.push(views::reconciliation(r));
+        }
+    }
+    Ok(views::read(&ledger_wire::ReconciliationList { reconciliations }, head))
 }
 
 #[utoipa::path(
