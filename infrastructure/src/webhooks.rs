@@ -136,20 +136,8 @@ pub async fn register(
     response: &StoredResponse,
 ) -> Result<bool, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let recorded = sqlx::query(
-        "insert into idempotency_keys (principal, key, fingerprint, status_code, body, expires_at)
-         values ($1, $2, $3, $4, $5, $6) on conflict do nothing",
-    )
-    .bind(&claim.principal)
-    .bind(&claim.key)
-    .bind(&claim.fingerprint)
-    .bind(i16::try_from(response.status).expect("HTTP statuses fit in i16"))
-    .bind(&response.body)
-    .bind(claim.expires_at)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if recorded == 0 {
+    let recorded = crate::EventStore::insert_response(&mut *tx, claim, response).await?;
+    if !recorded {
         return Ok(false);
     }
     // Events committed after this statement's snapshot are delivered; the head is

@@ -47,7 +47,18 @@ impl EventStore {
         claim: &IdempotencyClaim,
         response: &StoredResponse,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query(
+        EventStore::insert_response(&self.pool, claim, response).await.map(|_| ())
+    }
+
+    /// Writes the record of a request that records no event, on any executor (an
+    /// operation writes it in its own transaction); returns whether it was written
+    /// (`false`: a record with that key is already there, and wins).
+    pub async fn insert_response<'e, E: sqlx::PgExecutor<'e>>(
+        executor: E,
+        claim: &IdempotencyClaim,
+        response: &StoredResponse,
+    ) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
             "insert into idempotency_keys (principal, key, fingerprint, status_code, body, expires_at)
              values ($1, $2, $3, $4, $5, $6) on conflict do nothing",
         )
@@ -57,9 +68,9 @@ impl EventStore {
         .bind(i16::try_from(response.status).expect("HTTP statuses fit in i16"))
         .bind(&response.body)
         .bind(claim.expires_at)
-        .execute(&self.pool)
+        .execute(executor)
         .await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
     /// Deletes up to `batch_max` idempotency records past their expiry.
