@@ -61,11 +61,13 @@ class ApiError extends Error {
   }
 }
 
-async function api(method, path, body) {
+// `key`: the Idempotency-Key of a POST; a form keeps one until it succeeds, so that a
+// retry (or a second click) is the same command, never a second one.
+async function api(method, path, body, key) {
   const headers = { Authorization: `Bearer ${token()}` };
   const init = { method, headers };
   if (method === "POST") {
-    headers["Idempotency-Key"] = crypto.randomUUID();
+    headers["Idempotency-Key"] = key || crypto.randomUUID();
     headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body || {});
   }
@@ -88,7 +90,14 @@ function render(title, ...sections) {
   $("#main").replaceChildren(el("h1", { text: title }), ...sections);
 }
 
-const isUuid = s => /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(s);
+const isUuid = s => /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(s || "");
+
+// Runs `action` with `button` disabled, so a second click cannot send it twice.
+async function busy(button, action) {
+  if (button.disabled) return;
+  button.disabled = true;
+  try { await action(); } finally { button.disabled = false; }
+}
 
 // ---------- sign-in ----------
 function signIn() {
@@ -121,6 +130,12 @@ function signIn() {
 // ---------- overview ----------
 async function overview(ctx) {
   if (!isOperator()) { location.hash = "#/accounts"; return; }
+  try { await drawOverview(ctx); } finally {
+    // A failed refresh (a 503 during an incident) must not end the live view.
+    }
+}
+
+async function drawOverview(ctx) {
   const [projections, breakers, dead] = await Promise.all([
     api("GET", "/v1/admin/projections"),
     api("GET", "/v1/admin/circuit-breakers"),
@@ -168,9 +183,9 @@ function accounts(ctx) {
 }
 
 async function account(ctx, id, cursor) {
-  const a = await api("GET", `/v1/accounts/${id}`);
-  const statementPath = `/v1/accounts/${id}/transactions?limit=10${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`;
-  const [statement, events] = await Promise.all([api("GET", statementPath), api("GET", `/v1/accounts/${id}/events?limit=20`)]);
+  const a = await api("GET", `/v1/accounts/${encodeURIComponent(id)}`);
+  const statementPath = `/v1/accounts/${encodeURIComponent(id)}/transactions?limit=10${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`;
+  const [statement, events] = await Promise.all([api("GET", statementPath), api("GET", `/v1/accounts/${encodeURIComponent(id)}/events?limit=20`)]);
   const entries = statement.entries.map(e => el("tr", {},
     el("td", {}, time(e.occurred_at)), el("td", { text: e.kind }),
     el("td", { class: "num", text: money(e.amount, a.currency) }), el("td", { class: "num", text: money(e.balance_after, a.currency) }),
@@ -198,8 +213,8 @@ async function account(ctx, id, cursor) {
 // ---------- a transaction, or any stream's events, with audit metadata ----------
 async function transaction(ctx, id) {
   const [t, audit] = await Promise.all([
-    api("GET", `/v1/transactions/${id}`).catch(err => { if (err.status === 404) return null; throw err; }),
-    api("GET", `/v1/audit?stream_id=${id}&limit=50`),
+    api("GET", `/v1/transactions/${encodeURIComponent(id)}`).catch(err => { if (err.status === 404) return null; throw err; }),
+    api("GET", `/v1/audit?stream_id=${encodeURIComponent(id)}&limit=50`),
   ]);
   const sections = [];
   if (t) {
@@ -230,11 +245,14 @@ function auditSection(audit) {
 // ---------- dead letters ----------
 async function deadLetters(ctx) {
   const list = await api("GET", "/v1/admin/dead-letters");
-  const act = (id, what) => async () => {
-    try {
-      await api("POST", `/v1/admin/dead-letters/${id}/${what}`, {});
-      run(deadLetters);
-    } catch (err) { showError(err.message); }
+  const act = (id, what) => {
+    const key = crypto.randomUUID();
+    return (e) => busy(e.currentTarget, async () => {
+      try {
+        await api("POST", `/v1/admin/dead-letters/${encodeURIComponent(id)}/${what}`, {}, key);
+        if (ctx.live()) run(deadLetters);
+      } catch (err) { showError(err.message); }
+    });
   };
   ctx.page("Dead letters", el("section", {},
     table(["Id", "Source", { label: "Event position", num: true }, { label: "Attempts", num: true }, "Last error", "Since", ""],
@@ -262,18 +280,20 @@ function reconciliationSummary(r) {
 async function reconciliations(ctx, id) {
   const from = el("input", { id: "reconcile-from", type: "datetime-local", title: "From (your time zone; default: 24 hours before To)" });
   const to = el("input", { id: "reconcile-to", type: "datetime-local", title: "To (your time zone; default: now)" });
-  const report = id ? await api("GET", `/v1/admin/reconciliations/${id}`) : null;
+  const report = id ? await api("GET", `/v1/admin/reconciliations/${encodeURIComponent(id)}`) : null;
   ctx.page("Reconciliations",
     el("section", {}, el("h2", { text: "Start a run" }),
-      el("form", { id: "reconcile", onsubmit: async (e) => {
+      el("form", { id: "reconcile", onsubmit: (e) => {
         e.preventDefault();
         const body = {};
         if (from.value) body.from = new Date(from.value).toISOString();
         if (to.value) body.to = new Date(to.value).toISOString();
-        try {
-          const started = await api("POST", "/v1/admin/reconciliations", body);
-          location.hash = `#/reconciliations/${started.id}`;
-        } catch (err) { showError(err.message); }
+        return busy($("#start-reconciliation"), async () => {
+          try {
+            const started = await api("POST", "/v1/admin/reconciliations", body);
+            if (ctx.live()) location.hash = `#/reconciliations/${started.id}`;
+          } catch (err) { showError(err.message); }
+        });
       } }, from, to, el("button", { type: "submit", id: "start-reconciliation", text: "Start" }))),
     report ? el("section", {}, el("h2", { text: "Run" }), reconciliationSummary(report)) : null);
   if (report && report.status === "running" && ctx.live()) {
@@ -284,27 +304,42 @@ async function reconciliations(ctx, id) {
 // ---------- webhooks ----------
 async function webhooks(ctx, created) {
   const list = await api("GET", "/v1/admin/webhooks");
-  const url = el("input", { id: "webhook-url", type: "url", placeholder: "https://example.com/hook", required: true });
+  const url = el("input", { id: "webhook-url", type: "url", placeholder: "URL of your endpoint (http or https)", required: true });
+  let key = crypto.randomUUID();
   const types = el("input", { id: "webhook-types", placeholder: "Event types, comma-separated (empty: all)" });
   ctx.page("Webhooks",
     created ? el("section", { id: "webhook-created" }, el("p", {}, "Created. Its signing secret is shown this once:"),
       el("p", { class: "secret", text: created.secret })) : null,
     el("section", {}, el("h2", { text: "Register" }),
-      el("form", { id: "webhook-form", onsubmit: async (e) => {
+      el("form", { id: "webhook-form", onsubmit: (e) => {
         e.preventDefault();
         const body = { url: url.value.trim() };
         const names = types.value.split(",").map(s => s.trim()).filter(Boolean);
         if (names.length) body.event_types = names;
-        try { const made = await api("POST", "/v1/admin/webhooks", body); run(c => webhooks(c, made)); }
-        catch (err) { showError(err.message); }
+        return busy($("#webhook-form button"), async () => {
+          try {
+            const made = await api("POST", "/v1/admin/webhooks", body, key);
+            key = crypto.randomUUID();
+            // The secret is shown once: if the operator has moved on, say it there.
+            if (ctx.live()) run(c => webhooks(c, made));
+            else window.alert(`Webhook ${made.id} registered. Its signing secret, shown once: ${made.secret}`);
+          } catch (err) {
+            // Another body needs another key; the same body retried keeps it.
+            if (err.problem && err.problem.code === "idempotency_key_reused") key = crypto.randomUUID();
+            showError(err.message);
+          }
+        });
       } }, url, types, el("button", { type: "submit", text: "Register" }))),
     el("section", {}, table(["Id", "URL", "Types", { label: "Delivered up to", num: true }, { label: "Failures", num: true }, "Breaker", ""],
       list.webhooks.map(w => el("tr", { "data-id": w.id }, el("td", { class: "wrap", text: w.id }), el("td", { class: "wrap", text: w.url }),
         el("td", { class: "wrap", text: w.event_types ? w.event_types.join(", ") : "all" }), el("td", { class: "num", text: w.delivered_position }),
         el("td", { class: "num", text: w.failures }), el("td", { class: w.breaker === "closed" ? "ok" : "bad", text: w.breaker }),
-        el("td", {}, el("button", { class: "delete-webhook danger", type: "button", onclick: async () => {
-          try { await api("DELETE", `/v1/admin/webhooks/${w.id}`); run(c => webhooks(c, null)); } catch (err) { showError(err.message); }
-        }, text: "Delete" })))))));
+        el("td", {}, el("button", { class: "delete-webhook danger", type: "button", onclick: (e) => busy(e.currentTarget, async () => {
+          try {
+            await api("DELETE", `/v1/admin/webhooks/${encodeURIComponent(w.id)}`);
+            if (ctx.live()) run(c => webhooks(c, null));
+          } catch (err) { showError(err.message); }
+        }), text: "Delete" })))))));
 }
 
 // ---------- hash chain ----------
@@ -348,7 +383,14 @@ function route() {
     a.hidden = a.dataset.role === "operator" && !isOperator();
     a.classList.toggle("active", location.hash.startsWith(a.getAttribute("href")));
   }
-  const parts = location.hash.replace(/^#\/?/, "").split("/");
+  const parts = location.hash.replace(/^#\/?/, "").split("/").map(p => { try { return decodeURIComponent(p); } catch (_) { return ""; } });
+  // Ids and cursors in a link are checked before they go into an API path.
+  const idRoutes = ["account", "transaction", "stream"];
+  if ((idRoutes.includes(parts[0]) && !isUuid(parts[1])) || (parts[0] === "reconciliations" && parts[1] && !isUuid(parts[1]))
+      || (parts[2] === "before" && !/^[0-9]+$/.test(parts[3] || ""))) {
+    location.hash = isOperator() ? "#/overview" : "#/accounts";
+    return;
+  }
   const operatorOnly = ["overview", "dead-letters", "reconciliations", "webhooks"];
   if (operatorOnly.includes(parts[0]) && !isOperator()) { location.hash = "#/accounts"; return; }
   switch (parts[0]) {

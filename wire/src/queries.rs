@@ -168,6 +168,6 @@ pub struct TransactionSearch {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ReconciliationListQuery {
-    /// How many runs, 1–100 (default 10).
+    /// How many runs, 1–20 (default 10).
     pub limit: Option<i64>,
 }

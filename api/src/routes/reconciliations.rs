@@ -85,8 +85,8 @@ async fn start(State(state): State<AppState>, principal: Principal, body: Comman
     Ok(crate::http::command::respond(response, false))
 }
 
-/// The most recent runs a list may hold.
-const LIST_MAX: i64 = 100;
+/// The most recent runs a list may hold (each is read from its own stream).
+const LIST_MAX: i64 = 20;
 
 /// The latest runs, newest first (what the console's overview shows). Not in API.md's
 /// table: an addition beside `POST` and `GET /{id}`, read from the log like them.
