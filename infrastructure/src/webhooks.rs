@@ -292,6 +292,7 @@ enum Attempt {
 /// One webhook's delivery state, loaded with its lease.
 #[derive(sqlx::FromRow)]
 struct Leased {
+    id: Uuid,
     url: String,
     event_types: Option<Vec<String>>,
     secret: String,
@@ -345,7 +346,7 @@ impl Dispatcher {
             "update webhooks set lease_owner = $2, lease_until = now() + $3 * interval '1 millisecond'
              where id = $1 and status = 'active'
                and (lease_owner is null or lease_owner = $2 or lease_until < now())
-             returning url, event_types, secret, delivered_position, attempts",
+             returning id, url, event_types, secret, delivered_position, attempts",
         )
         .bind(id)
         .bind(self.owner)
@@ -458,13 +459,13 @@ impl Dispatcher {
             // Nothing up to the head is for this webhook: the cursor moves past it, so the
             // next look scans only what is appended after.
             if head > hook.delivered_position && hook.attempts == 0 {
-                self.advance(id, head, None).await?;
+                self.advance(id, head).await?;
             }
             return Ok(Step::Idle);
         };
         match self.attempt(&hook, &event, breaker).await {
             Ok(()) => {
-                self.advance(id, event.position, None).await?;
+                self.advance(id, event.position).await?;
                 Ok(Step::Leased(Duration::ZERO))
             }
             Err((error, Err(retry_in))) => {
@@ -495,14 +496,13 @@ impl Dispatcher {
     }
 
     /// Moves the cursor past `position` (delivered or dead-lettered).
-    async fn advance(&self, id: Uuid, position: i64, error: Option<&str>) -> Result<(), sqlx::Error> {
+    async fn advance(&self, id: Uuid, position: i64) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "update webhooks set delivered_position = greatest(delivered_position, $2), attempts = 0,
-             last_error = coalesce($3, last_error) where id = $1 and lease_owner = $4",
+            "update webhooks set delivered_position = greatest(delivered_position, $2), attempts = 0
+             where id = $1 and lease_owner = $3",
         )
         .bind(id)
         .bind(position)
-        .bind(error)
         .bind(self.owner)
         .execute(&self.pool)
         .await?;
@@ -557,7 +557,7 @@ impl Dispatcher {
             Attempt::Delivered => permit.success(),
             Attempt::Failed { .. } => permit.failure(),
         }
-        self.record_breaker(breaker).await;
+        self.record_breaker(hook.id, breaker).await;
         metrics::counter!("ledger_webhook_attempts_total", "outcome" => match outcome {
             Attempt::Delivered => "delivered",
             Attempt::Failed { .. } => "failed",
@@ -570,9 +570,8 @@ impl Dispatcher {
     }
 
     /// Keeps the breaker's state where every API instance can list it.
-    async fn record_breaker(&self, breaker: &CircuitBreaker) {
+    async fn record_breaker(&self, id: Uuid, breaker: &CircuitBreaker) {
         let snapshot = breaker.snapshot();
-        let Some(id) = snapshot.name.strip_prefix("webhook:").and_then(|s| Uuid::parse_str(s).ok()) else { return };
         let state = match snapshot.state {
             BreakerState::Closed => "closed",
             BreakerState::Open => "open",

@@ -327,13 +327,8 @@ async fn an_operator_and_a_client_use_the_console_in_a_real_browser() {
         ids.len() == 1 && ids[0] != json!(mine)
     })
     .await;
-    for _ in 0..100 {
-        if browser.count(&format!("tr[data-id='{mine}']")).await == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(browser.count(&format!("tr[data-id='{mine}']")).await, 0, "and gone from the page");
+    let row = format!("tr[data-id='{mine}']");
+    eventually("and gone from the page", 5, || async { browser.count(&row).await == 0 }).await;
 
     // Verify the chain.
     browser.go(&format!("{}/console#/verify", app.base)).await;
@@ -372,13 +367,10 @@ async fn an_operator_and_a_client_use_the_console_in_a_real_browser() {
         assert!(!browser.displayed(&format!("nav a[href='{link}']")).await, "{link} is not offered to a client");
     }
     browser.go(&format!("{}/console#/dead-letters", app.base)).await;
-    for _ in 0..100 {
-        if browser.script("return location.hash").await == json!("#/accounts") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(browser.script("return location.hash").await, json!("#/accounts"), "an admin route sends a client back");
+    eventually("an admin route sends a client back", 5, || async {
+        browser.script("return location.hash").await == json!("#/accounts")
+    })
+    .await;
     assert_eq!(
         browser.script("return document.getElementById('error').hidden").await,
         json!(true),

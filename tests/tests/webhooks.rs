@@ -229,6 +229,7 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
             }
         }
         Mode::Hang => {
+            // Deliberate: this endpoint never answers (the dispatcher's time-out ends it).
             tokio::time::sleep(Duration::from_secs(3600)).await;
             AxumStatus::OK.into_response()
         }
@@ -388,6 +389,7 @@ async fn a_failing_endpoint_backs_off_trips_its_breaker_and_dead_letters_then_re
     assert_eq!(webhook(&app, id).await["breaker"], json!("open"));
     let sent_when_opened = receiver.got().len();
     assert_eq!(sent_when_opened, 5, "the breaker opened after exactly five failed requests");
+    // Deliberate: a window (shorter than the 3 s cool-down) in which nothing may be sent.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(receiver.got().len(), sent_when_opened, "nothing is sent while the breaker is open");
     // After the cool-down the probes go on; attempts 6 and 7 exhaust the event.
@@ -543,6 +545,7 @@ async fn deliveries_survive_kill_9_of_the_service_and_a_nats_restart() {
                     {
                         return r.json::<Value>().await.expect("json");
                     }
+                    // A client's retry backoff while the service restarts.
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }

@@ -44,11 +44,11 @@ pub async fn db_guard(State(state): State<AppState>, request: Request, next: Nex
         .ok()
         .and_then(|q| crate::read::Consistency::from_query(&q).ok())
         == Some(crate::read::Consistency::Eventual);
-    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
-    let cached_read = eventual && route.as_deref() == Some(CACHED_ROUTE);
+    let route = request.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
+    let cached_read = eventual && route == Some(CACHED_ROUTE);
     let replica_read = eventual
         && request.method() == axum::http::Method::GET
-        && route.as_deref().is_some_and(|r| REPLICA_ROUTES.contains(&r))
+        && route.is_some_and(|r| REPLICA_ROUTES.contains(&r))
         && state.replica.as_ref().is_some_and(|r| r.healthy());
     if replica_read {
         let stale = state.db_breaker.state() != ledger_infrastructure::breaker::BreakerState::Closed;

@@ -71,14 +71,7 @@ pub async fn read_model_ready(
             // What the catch-up applied is announced like a worker's batch, so no
             // cache (here or in another instance) keeps a view from before it.
             for batch in batches.iter().filter(|b| b.position > b.from) {
-                let applied = crate::run::serve::Applied {
-                    origin: state.instance_id,
-                    projection: projection.name().to_owned(),
-                    position: batch.position,
-                    from: Some(batch.from),
-                    accounts: batch.accounts.clone(),
-                    all: false,
-                };
+                let applied = crate::run::serve::Applied::batch(state.instance_id, projection, batch);
                 crate::run::serve::apply_announcement(state, &applied).await;
                 crate::run::serve::announce(state, &applied).await;
             }

@@ -173,6 +173,20 @@ pub struct Applied {
     pub all: bool,
 }
 
+impl Applied {
+    /// The announcement of a projection batch applied by `origin`.
+    pub fn batch(origin: Uuid, projection: Projection, batch: &ledger_projections::apply::Applied) -> Applied {
+        Applied {
+            origin,
+            projection: projection.name().to_owned(),
+            position: batch.position,
+            from: Some(batch.from),
+            accounts: batch.accounts.clone(),
+            all: false,
+        }
+    }
+}
+
 /// Applies an announcement to this instance's cache and positions (in that order,
 /// so a woken reader never finds a stale entry).
 pub async fn apply_announcement(state: &AppState, applied: &Applied) {
@@ -199,14 +213,7 @@ fn on_applied(core: &Core, local: Option<AppState>) -> OnApplied {
     let core = core.clone();
     Arc::new(move |projection, batch: &ledger_projections::apply::Applied| {
         let (core, local) = (core.clone(), local.clone());
-        let applied = Applied {
-            origin: core.instance_id,
-            projection: projection.name().to_owned(),
-            position: batch.position,
-            from: Some(batch.from),
-            accounts: batch.accounts.clone(),
-            all: false,
-        };
+        let applied = Applied::batch(core.instance_id, projection, batch);
         tokio::spawn(async move {
             if let Some(state) = local {
                 apply_announcement(&state, &applied).await;
