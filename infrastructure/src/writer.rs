@@ -696,7 +696,7 @@ fn fresh_streams<'a>(requests: impl Iterator<Item = &'a CommandRequest>) -> Ledg
 /// Decides one command against the working state and applies its events to it.
 /// Returns the commit and whether it has events.
 fn decide_one(request: &CommandRequest, working: &mut Ledger) -> (Commit, bool) {
-    let (events, expected, streams, rejection) = match decide(&request.command, working) {
+    let (events, expected, read, streams, rejection) = match decide(&request.command, working) {
         Ok(events) => {
             let mut expected: Vec<(Uuid, i64)> = Vec::new();
             for event in &events {
@@ -706,6 +706,7 @@ fn decide_one(request: &CommandRequest, working: &mut Ledger) -> (Commit, bool) 
                     }
                 }
             }
+            let read = read_only(&request.command, working, &events);
             for event in &events {
                 working.apply(event);
             }
@@ -721,18 +722,32 @@ fn decide_one(request: &CommandRequest, working: &mut Ledger) -> (Commit, bool) 
                     }
                 }
             }
-            (events, expected, streams, None)
+            (events, expected, read, streams, None)
         }
-        Err(error) => (Vec::new(), Vec::new(), Vec::new(), Some(error)),
+        Err(error) => (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Some(error)),
     };
     let has_events = !events.is_empty();
     let commit = Commit {
         events,
         expected,
+        read,
         metadata: request.metadata.clone(),
         idempotency: request.idempotency.clone(),
         streams,
         rejection,
     };
     (commit, has_events)
+}
+
+/// The streams a decision read but its events do not append to, at the versions it
+/// read (before its events are applied). System accounts are left out: they are
+/// appended to at any version by design (`Concurrency::Any`), and nothing decided
+/// about one depends on its version.
+fn read_only(command: &Command, working: &Ledger, events: &[ledger_domain::Event]) -> Vec<(Uuid, i64)> {
+    let written: HashSet<Uuid> = events.iter().flat_map(|e| e.streams()).map(|(stream, _)| stream).collect();
+    let mut read = command.read_streams(working);
+    read.retain(|id| !written.contains(id) && !ledger_domain::decide::is_reserved_id(*id));
+    read.sort_unstable();
+    read.dedup();
+    read.into_iter().map(|id| (id, working.version(id))).collect()
 }

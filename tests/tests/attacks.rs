@@ -151,7 +151,6 @@ async fn one_client_cannot_exhaust_a_currency() {
 /// hold's payee, are part of what the decision read: with two writers, neither commits
 /// after another writer changed that account.
 #[tokio::test]
-#[ignore = "issue 26: not fixed yet"]
 async fn conditions_and_hold_payees_are_checked_at_commit_across_two_writers() {
     let (first, second) = two_writers().await;
     let (x, y) = (first.open_account("EUR", 0).await, first.open_account("EUR", 0).await);
@@ -204,7 +203,6 @@ async fn conditions_and_hold_payees_are_checked_at_commit_across_two_writers() {
 
 /// Item 4: the writer's work per command is bounded at the edge.
 #[tokio::test]
-#[ignore = "issue 26: not fixed yet"]
 async fn work_per_command_is_bounded_before_the_writer() {
     let app = TestApp::spawn().await;
     let (a, b) = (app.open_account("EUR", 0).await, app.open_account("EUR", 0).await);

@@ -119,6 +119,7 @@ fn account_opening(n: usize) -> Commit {
     Commit {
         events: vec![event],
         expected: vec![(id, 0)],
+        read: Vec::new(),
         metadata: EventMetadata { actor: "test".into(), ..EventMetadata::default() },
         idempotency: None,
         streams: Vec::new(),

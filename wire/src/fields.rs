@@ -173,6 +173,30 @@ impl Serialize for Postings {
     }
 }
 
+/// A transaction's conditions: at most [`crate::limits::CONDITIONS_MAX`], so the
+/// writer's work per command stays bounded.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "Vec<crate::requests::ConditionRequest>")]
+pub struct Conditions(pub Vec<crate::requests::ConditionRequest>);
+
+impl TryFrom<Vec<crate::requests::ConditionRequest>> for Conditions {
+    type Error = String;
+    fn try_from(conditions: Vec<crate::requests::ConditionRequest>) -> Result<Conditions, String> {
+        let max = crate::limits::CONDITIONS_MAX;
+        if conditions.len() <= max {
+            Ok(Conditions(conditions))
+        } else {
+            Err(format!("must hold at most {max} conditions, not {}", conditions.len()))
+        }
+    }
+}
+
+impl Serialize for Conditions {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
 /// Whether `name` is a token name: 1 to [`TOKEN_NAME_CHARS_MAX`] characters of
 /// `[A-Za-z0-9_.-]`.
 pub fn valid_token_name(name: &str) -> bool {

@@ -24,6 +24,8 @@ pub const TOKEN_NAME_CHARS_MAX: usize = 64;
 pub const PAGE_MAX: i64 = 1000;
 /// Most postings in one transaction.
 pub const POSTINGS_MAX: usize = 100;
+/// Most conditions in one transaction (each is a stream the writer loads and checks).
+pub const CONDITIONS_MAX: usize = 100;
 /// Most `metadata.KEY=VALUE` filters on one transaction query.
 pub const METADATA_FILTERS_MAX: usize = 5;
 /// How far in the future an `effective_at` may be, in seconds.

@@ -170,9 +170,10 @@ pub struct TransactionRequest {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub effective_at: Option<Timestamp>,
     /// Checked against the state before the transaction: a different version is 409
-    /// `version_conflict`; less available than asked is 422 `condition_failed`.
+    /// `version_conflict`; less available than asked is 422 `condition_failed`. At most 100.
+    #[schema(value_type = Option<Vec<ConditionRequest>>, max_items = 100)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub conditions: Option<Vec<ConditionRequest>>,
+    pub conditions: Option<crate::fields::Conditions>,
 }
 
 /// One posting: `amount` of `currency` from `from` to `to`.

@@ -59,8 +59,17 @@ fn route(path: &str) -> Option<Route<'_>> {
     })
 }
 
-/// The plan of one item: its route's own code, run on its body.
+/// The plan of one item: its route's own code, run on its body, which is held to the
+/// body limit of that route (`LEDGER_BODY_BYTES_MAX`) as if it had been sent alone.
 fn plan(state: &AppState, path: &str, json: &Value) -> Result<Planned, ApiError> {
+    let limit = state.config.body_bytes_max;
+    if serialized_len(json) > limit {
+        return Err(ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            ledger_wire::ErrorCode::PayloadTooLarge,
+            format!("an item's body must be at most {limit} bytes"),
+        ));
+    }
     match route(path) {
         Some(Route::OpenAccount) => accounts::plan_open(json),
         Some(Route::CloseAccount(id)) => accounts::plan_close(id, json),
@@ -75,6 +84,22 @@ fn plan(state: &AppState, path: &str, json: &Value) -> Result<Planned, ApiError>
         Some(Route::VoidHold(id)) => holds::plan_void(id, json),
         None => Err(ApiError::validation(format!("`{path}` is not a command route"))),
     }
+}
+
+/// The length of a value's compact serialization, counted without building it.
+fn serialized_len(json: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, json).map_or(usize::MAX, |()| count.0)
 }
 
 /// One item, checked as a bulk's item: a command route, a valid key, an object body.

@@ -91,6 +91,7 @@ pub fn plan_create(state: &AppState, json: &serde_json::Value) -> Result<crate::
         r.postings.0.iter().map(|p| Leg { from: p.from, to: p.to, amount: p.amount, currency: p.currency }).collect();
     let conditions = r
         .conditions
+        .map(|c| c.0)
         .unwrap_or_default()
         .into_iter()
         .map(|c| Condition {

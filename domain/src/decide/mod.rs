@@ -354,7 +354,21 @@ impl Command {
     /// them and asks again until the list is empty (a reversal needs the original
     /// transfer before it knows which accounts to load).
     pub fn missing_streams(&self, state: &Ledger) -> Vec<Uuid> {
-        let wanted: Vec<Uuid> = match self {
+        // Sorted, not searched: a command names at most a few hundred streams, but a
+        // quadratic de-duplication would let one request stall the writer.
+        let mut missing = self.read_streams(state);
+        missing.retain(|id| !state.is_loaded(*id));
+        missing.sort_unstable();
+        missing.dedup();
+        missing
+    }
+
+    /// Every stream `decide` reads for this command, given what `state` holds so far (a
+    /// reversal names the original transfer's accounts once the transfer is loaded);
+    /// possibly with repeats. A stream it reads but does not append to is still part of
+    /// the decision: the writer carries its version as an expectation, checked at commit.
+    pub fn read_streams(&self, state: &Ledger) -> Vec<Uuid> {
+        match self {
             Command::OpenAccount(c) => vec![c.account_id, system_account_id(c.currency)],
             Command::CloseAccount { account_id } => vec![*account_id],
             Command::MakeDeposit(c) => vec![c.account_id, system_account_id(c.currency)],
@@ -417,14 +431,7 @@ impl Command {
                 }
                 ids
             }
-        };
-        let mut missing: Vec<Uuid> = Vec::with_capacity(wanted.len());
-        for id in wanted {
-            if !state.is_loaded(id) && !missing.contains(&id) {
-                missing.push(id);
-            }
         }
-        missing
     }
 }
 

@@ -88,29 +88,33 @@ impl EventStore {
     }
 
     /// The version each stream of the batch is at before it. For streams a decision
-    /// depended on (`Concurrency::Exact`) that is the version the writer decided
+    /// appends to (`Concurrency::Exact`) that is the version the writer decided
     /// against, taken on trust: if another process appended meanwhile, the unique
-    /// `(stream_id, version)` constraints reject the batch. Only streams appended
-    /// with `Concurrency::Any` (system accounts) are looked up, under the head lock.
+    /// `(stream_id, version)` constraints reject the batch. The others are looked up
+    /// under the head lock: streams appended with `Concurrency::Any` (system accounts)
+    /// and streams a decision only read, whose version nothing else would check.
     async fn current_versions(
         &self,
         tx: &mut sqlx::PgConnection,
         commits: &[Commit],
     ) -> Result<HashMap<Uuid, i64>, sqlx::Error> {
         let mut versions: HashMap<Uuid, i64> = HashMap::new();
-        let mut any: HashSet<Uuid> = HashSet::new();
         for c in commits {
             for (id, expected) in &c.expected {
                 versions.entry(*id).or_insert(*expected);
             }
+        }
+        let mut look_up: HashSet<Uuid> = HashSet::new();
+        for c in commits {
+            look_up.extend(c.read.iter().map(|(id, _)| *id).filter(|id| !versions.contains_key(id)));
             for e in &c.events {
-                any.extend(e.streams().into_iter().filter(|(id, _)| !versions.contains_key(id)).map(|(id, _)| id));
+                look_up.extend(e.streams().into_iter().map(|(id, _)| id).filter(|id| !versions.contains_key(id)));
             }
         }
-        if any.is_empty() {
+        if look_up.is_empty() {
             return Ok(versions);
         }
-        let ids: Vec<Uuid> = any.into_iter().collect();
+        let ids: Vec<Uuid> = look_up.into_iter().collect();
         // One backward probe of the primary key per stream (not a scan of its history).
         let rows: Vec<(Uuid, i64)> = sqlx::query_as(
             "select k.id, coalesce(v.version, 0) from unnest($1::uuid[]) as k(id)
@@ -258,12 +262,13 @@ fn stage(commits: &[Commit]) -> Result<Vec<Staged>, AppendError> {
         .collect()
 }
 
-/// Checks every commit's expected versions against the versions in the log as the
-/// batch advances them; returns the streams that conflict.
+/// Checks every commit's expected versions (of the streams it appends to and of those
+/// it only read) against the versions in the log as the batch advances them; returns
+/// the streams that conflict.
 fn check_expectations(commits: &[Commit], versions: &mut HashMap<Uuid, i64>) -> Vec<Uuid> {
     let mut conflicts = Vec::new();
     for commit in commits {
-        for (stream, expected) in &commit.expected {
+        for (stream, expected) in commit.expected.iter().chain(&commit.read) {
             if versions.get(stream).copied().unwrap_or(0) != *expected {
                 conflicts.push(*stream);
             }

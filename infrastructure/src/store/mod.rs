@@ -51,6 +51,11 @@ pub struct Commit {
     pub events: Vec<Event>,
     /// `(stream, version)` for every stream appended with [`Concurrency::Exact`].
     pub expected: Vec<(Uuid, i64)>,
+    /// `(stream, version)` for every stream the decision read without appending to it
+    /// (a transaction's condition on another account, a hold's payee): the append
+    /// checks each under the head lock, so no decision commits over a change it did
+    /// not see, whichever process made it.
+    pub read: Vec<(Uuid, i64)>,
     pub metadata: EventMetadata,
     pub idempotency: Option<IdempotencyClaim>,
     /// The state of the streams the events touch, right after them.

@@ -74,6 +74,7 @@ impl LogGen {
         Commit {
             events: vec![event],
             expected,
+            read: Vec::new(),
             metadata: self.metadata.clone(),
             idempotency: None,
             streams: Vec::new(),
