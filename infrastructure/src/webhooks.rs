@@ -127,17 +127,18 @@ pub fn signature(secret: &str, t: i64, body: &[u8]) -> String {
     format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-/// Registers a webhook and the idempotency record of its creation in one transaction.
-/// Returns `false` (nothing created) if the key was recorded meanwhile.
+/// Registers a webhook and the final answer of its creation (the claim `token` holds
+/// on the key) in one transaction. Returns `false` (nothing created) if the claim was
+/// lost meanwhile.
 pub async fn register(
     pool: &PgPool,
     new: &NewWebhook,
     claim: &IdempotencyClaim,
+    token: Uuid,
     response: &StoredResponse,
 ) -> Result<bool, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let recorded = crate::EventStore::insert_response(&mut *tx, claim, response).await?;
-    if !recorded {
+    if !crate::EventStore::finish_claim(&mut *tx, claim, token, response).await? {
         return Ok(false);
     }
     // Events committed after this statement's snapshot are delivered; the head is

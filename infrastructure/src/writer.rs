@@ -7,7 +7,8 @@
 
 use crate::outcome::{Outcome, Stored};
 use crate::store::{
-    AppendError, Appended, Commit, DbFault, EventMetadata, EventStore, IdempotencyClaim, RecordedEvent, StoreError,
+    AppendError, Appended, Commit, DbFault, EventMetadata, EventStore, IdempotencyClaim, IdempotencyRecord,
+    RecordedEvent, StoreError,
 };
 use ledger_domain::{Command, Concurrency, DomainError, Ledger, StreamState, decide};
 use moka::sync::Cache;
@@ -467,15 +468,14 @@ impl Writer {
                 Some((claim, record)) if record.fingerprint != claim.fingerprint => {
                     return Err(AtomicError::Command { index, error: CommandError::IdempotencyKeyReused });
                 }
-                Some((_, record)) => {
-                    if let Stored::Outcome(Outcome::Rejected(error)) = &record.stored {
+                Some((_, IdempotencyRecord { stored: None, .. })) => {
+                    return Err(AtomicError::Command { index, error: CommandError::IdempotencyKeyInFlight });
+                }
+                Some((_, IdempotencyRecord { stored: Some(stored), .. })) => {
+                    if let Stored::Outcome(Outcome::Rejected(error)) = stored {
                         return Err(AtomicError::Rejected { index, error: error.clone() });
                     }
-                    out.push(Some(CommandReply {
-                        answer: record.stored.clone(),
-                        replayed: true,
-                        recorded: Vec::new(),
-                    }));
+                    out.push(Some(CommandReply { answer: stored.clone(), replayed: true, recorded: Vec::new() }));
                 }
             }
         }
@@ -613,12 +613,16 @@ impl Writer {
                 .as_ref()
                 .and_then(|k| records.get(&(k.principal.clone(), k.key.clone())).map(|r| (k, r)));
             match found {
-                Some((claim, record)) if record.fingerprint == claim.fingerprint => {
-                    let reply = CommandReply { answer: record.stored.clone(), replayed: true, recorded: Vec::new() };
+                Some((claim, record)) if record.fingerprint != claim.fingerprint => {
+                    let _ = job.reply.send(Err(CommandError::IdempotencyKeyReused));
+                }
+                Some((_, IdempotencyRecord { stored: Some(stored), .. })) => {
+                    let reply = CommandReply { answer: stored.clone(), replayed: true, recorded: Vec::new() };
                     let _ = job.reply.send(Ok(reply));
                 }
-                Some(_) => {
-                    let _ = job.reply.send(Err(CommandError::IdempotencyKeyReused));
+                // Claimed by a request of the same fingerprint that is still running.
+                Some((_, IdempotencyRecord { stored: None, .. })) => {
+                    let _ = job.reply.send(Err(CommandError::IdempotencyKeyInFlight));
                 }
                 None => rest.push(job),
             }

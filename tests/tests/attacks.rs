@@ -45,7 +45,6 @@ async fn two_writers() -> (TestApp, TestApp) {
 /// loser is told 409 `idempotency_key_in_flight` or 422 `idempotency_key_reused`, and
 /// what the key replays afterwards is the execution, never a transient refusal.
 #[tokio::test]
-#[ignore = "issue 26: not fixed yet"]
 async fn one_bulk_key_never_moves_money_twice() {
     let (first, second) = two_writers().await;
     let (a, b) = (first.open_account("EUR", 0).await, first.open_account("EUR", 0).await);
@@ -89,7 +88,6 @@ async fn one_bulk_key_never_moves_money_twice() {
 
 /// Item 10: a bulk whose own key is one of its items' keys is refused whole.
 #[tokio::test]
-#[ignore = "issue 26: not fixed yet"]
 async fn a_bulk_key_used_by_its_own_item_is_refused() {
     let app = TestApp::spawn().await;
     let (a, b) = (app.open_account("EUR", 0).await, app.open_account("EUR", 0).await);

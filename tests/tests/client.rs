@@ -269,11 +269,11 @@ async fn transactions_through_the_typed_client() {
         reference: Some("order-9".try_into().expect("a reference")),
         metadata: Some(wire::Metadata::try_from(serde_json::json!({ "order": 9 })).expect("metadata")),
         effective_at: Some(wire::Timestamp::try_from(yesterday.to_rfc3339()).expect("a time")),
-        conditions: Some(vec![wire::ConditionRequest {
-            account_id: a,
-            expected_version: Some(2),
-            available_at_least: Some(150),
-        }]),
+        conditions: Some(
+            vec![wire::ConditionRequest { account_id: a, expected_version: Some(2), available_at_least: Some(150) }]
+                .try_into()
+                .expect("one condition"),
+        ),
     };
     let t = ledger.post_transaction(&request, None).await.expect("posts");
     assert_eq!((t.http_status, t.postings.len(), t.effective_at.timestamp()), (201, 2, yesterday.timestamp()));

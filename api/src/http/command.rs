@@ -10,7 +10,6 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ledger_domain::Command;
 use ledger_infrastructure::hash::canonical_json;
-use ledger_infrastructure::store::IdempotencyRecord;
 use ledger_infrastructure::{
     CommandReply, CommandRequest, EventMetadata, IdempotencyClaim, Outcome, Recorded, Stored, StoredResponse,
 };
@@ -103,27 +102,6 @@ pub fn claim(state: &AppState, principal: &Principal, body: &CommandBody) -> Ide
         fingerprint: body.fingerprint.clone(),
         expires_at: chrono::Utc::now()
             + chrono::Duration::from_std(state.config.idempotency_ttl).unwrap_or(chrono::Duration::hours(24)),
-    }
-}
-
-/// For an operation that records no event (starting a rebuild or a reconciliation):
-/// the stored response of an earlier request with the same key, if any.
-pub async fn stored_replay(
-    state: &AppState,
-    principal: &Principal,
-    body: &CommandBody,
-) -> Result<Option<Response>, ApiError> {
-    let key = (principal.name.clone(), body.key.clone());
-    match state.store.idempotency_records(std::slice::from_ref(&key)).await?.remove(&key) {
-        Some(record) if record.fingerprint != body.fingerprint => {
-            Err(ledger_infrastructure::CommandError::IdempotencyKeyReused.into())
-        }
-        Some(IdempotencyRecord { stored: Stored::Response(response), .. }) => Ok(Some(respond(response, true))),
-        // Same method, path and body as a command's: not an operation's record.
-        Some(IdempotencyRecord { stored: Stored::Outcome(_), .. }) => {
-            Err(ApiError::internal(&"an operation's key holds a command's outcome"))
-        }
-        None => Ok(None),
     }
 }
 

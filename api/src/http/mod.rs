@@ -4,7 +4,8 @@
 //!   roles and the per-token rate limit; [`guard`]: the Postgres circuit breaker.
 //! - [`extract`]: strict path and query parsing; [`validate`]: strict JSON, query
 //!   parameters; [`requests`]: a command's body into its `ledger_wire` request type.
-//! - [`command`]: running a command once per `Idempotency-Key`, rendering its outcome.
+//! - [`command`]: running a command once per `Idempotency-Key`, rendering its outcome;
+//!   [`operation`]: the same key rules for operations, claimed before they run.
 //! - [`error`]: `ApiError`, the one error type, as RFC 9457 problem documents.
 //! - [`limits`]: the request limits of the contract and the HTTP layer's caches.
 //! - [`metrics`]: Prometheus metrics; [`openapi`]: the OpenAPI document and Swagger UI.
@@ -18,5 +19,6 @@ pub mod guard;
 pub mod limits;
 pub mod metrics;
 pub mod openapi;
+pub mod operation;
 pub mod requests;
 pub mod validate;

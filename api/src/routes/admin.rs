@@ -59,10 +59,10 @@ async fn rebuild(
 ) -> Result<Response, ApiError> {
     let projection =
         Projection::from_name(&name).ok_or_else(|| ApiError::not_found(format!("no projection named {name}")))?;
-    let claim = crate::http::command::claim(&state, &principal, &body);
-    if let Some(replay) = crate::http::command::stored_replay(&state, &principal, &body).await? {
-        return Ok(replay);
-    }
+    let key = match crate::http::operation::begin(&state, &principal, &body).await? {
+        crate::http::operation::Begun::Answered(replay) => return Ok(replay),
+        crate::http::operation::Begun::Run(key) => key,
+    };
     let lock = ledger_projections::rebuild::RebuildLock::acquire(&state.config.database_url, projection)
         .await
         .map_err(|e| match e {
@@ -72,8 +72,7 @@ async fn rebuild(
             other => ApiError::unavailable(&other),
         })?;
     let started = ledger_wire::RebuildStarted { name: views::projection_name(projection), status: "rebuilding".into() };
-    let response = crate::http::command::stored(202, &started);
-    state.store.remember_response(&claim, &response).await?;
+    let response = key.finish(crate::http::command::stored(202, &started)).await?;
     let background = state.clone();
     tokio::spawn(async move {
         match lock.rebuild(&background.pool, |_, _| {}).await {
@@ -93,7 +92,7 @@ async fn rebuild(
             Err(e) => tracing::error!(projection = projection.name(), error = %e, "projection rebuild failed"),
         }
     });
-    Ok(crate::http::command::respond(response, false))
+    Ok(response)
 }
 
 /// Issues a token. The secret is in the first response only: the stored response
@@ -209,11 +208,10 @@ async fn resolve_webhook_dead_letter(
     if !is_webhooks {
         return Ok(None);
     }
-    if let Some(replay) = crate::http::command::stored_replay(state, principal, body).await? {
-        return Ok(Some(replay));
-    }
-    let _in_flight = crate::http::command::in_flight(state, principal, body)?;
-    let claim = crate::http::command::claim(state, principal, body);
+    let key = match crate::http::operation::begin(state, principal, body).await? {
+        crate::http::operation::Begun::Answered(replay) => return Ok(Some(replay)),
+        crate::http::operation::Begun::Run(key) => key,
+    };
     let response = match resolve_dead_letter(&state.pool, id, resolution).await {
         Ok(()) => {
             let status = match resolution {
@@ -232,11 +230,12 @@ async fn resolve_webhook_dead_letter(
             );
             StoredResponse { status: 422, body: e.body() }
         }
-        Err(ResolveError::NotFound) => return Err(ApiError::not_found(format!("dead letter {raw} not found"))),
+        Err(ResolveError::NotFound) => {
+            return Err(key.refuse(ApiError::not_found(format!("dead letter {raw} not found"))).await);
+        }
         Err(ResolveError::Database(e)) => return Err(e.into()),
     };
-    state.store.remember_response(&claim, &response).await?;
-    Ok(Some(crate::http::command::respond(response, false)))
+    key.finish(response).await.map(Some)
 }
 
 /// The withdrawal of an open dead letter, from the read model caught up to the head.

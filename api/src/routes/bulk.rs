@@ -5,11 +5,10 @@
 //! writer group: all items in one database transaction, or nothing stored. The bulk's
 //! own `Idempotency-Key` replays its whole response.
 
-use crate::http::command::{
-    CommandBody, Planned, Prepared, claim, finish, prepare, render, request, respond, stored_replay,
-};
+use crate::http::command::{CommandBody, Planned, Prepared, finish, prepare, render, request};
 use crate::http::context::{Principal, RequestContext};
 use crate::http::error::ApiError;
+use crate::http::operation::{self, Begun};
 use crate::http::requests::parse;
 use crate::routes::{accounts, deposits, holds, transactions, transfers, withdrawals};
 use crate::run::state::AppState;
@@ -17,7 +16,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::response::Response;
 use axum::routing::post;
-use ledger_infrastructure::{AtomicError, Stored, StoredResponse};
+use ledger_infrastructure::{AtomicError, CommandError, Stored, StoredResponse};
 use ledger_wire::{BulkRequest, BulkResponse, BulkResult};
 use serde_json::Value;
 use std::collections::HashSet;
@@ -108,8 +107,9 @@ struct Item {
     path: String,
 }
 
-/// Checks every item before any runs (a malformed bulk is refused whole).
-fn items(request: &BulkRequest) -> Result<Vec<Item>, ApiError> {
+/// Checks every item before any runs (a malformed bulk is refused whole). An item may
+/// not use the bulk's own key: the bulk holds it while it runs.
+fn items(request: &BulkRequest, bulk_key: &str) -> Result<Vec<Item>, ApiError> {
     let max = ledger_wire::limits::BULK_ITEMS_MAX;
     if request.items.is_empty() || request.items.len() > max {
         return Err(ApiError::validation(format!("`items` must hold 1 to {max} items, not {}", request.items.len())));
@@ -131,6 +131,9 @@ fn items(request: &BulkRequest) -> Result<Vec<Item>, ApiError> {
             return Err(ApiError::validation(format!(
                 "`items[{i}].idempotency_key` must be 1 to 255 printable ASCII characters"
             )));
+        }
+        if item.idempotency_key == bulk_key {
+            return Err(ApiError::validation(format!("`items[{i}].idempotency_key` is the bulk's own key")));
         }
         if !keys.insert(item.idempotency_key.as_str()) {
             return Err(ApiError::validation(format!("`items[{i}].idempotency_key` is used by an earlier item")));
@@ -178,27 +181,34 @@ async fn bulk(
     context: RequestContext,
     body: CommandBody,
 ) -> Result<Response, ApiError> {
-    if let Some(replay) = stored_replay(&state, &principal, &body).await? {
-        return Ok(replay);
-    }
-    let request: BulkRequest = parse(&body.json)?;
-    let items = items(&request)?;
-    let answer = if request.atomic {
-        atomic(&state, &principal, &context, items).await?
-    } else {
-        StoredResponse {
-            status: 200,
-            body: serde_json::to_value(separate(&state, &principal, &context, items).await)
-                .map_err(|e| ApiError::internal(&e))?,
+    let key = match operation::begin(&state, &principal, &body).await? {
+        Begun::Answered(replay) => return Ok(replay),
+        Begun::Run(key) => key,
+    };
+    let items =
+        match parse(&body.json).and_then(|request: BulkRequest| Ok((items(&request, &body.key)?, request.atomic))) {
+            Ok(items) => items,
+            Err(e) => return Err(key.refuse(e).await),
+        };
+    let (answer, settled) = match items {
+        (items, true) => atomic(&state, &principal, &context, items).await?,
+        (items, false) => {
+            let results = separate(&state, &principal, &context, items).await;
+            // An item that failed on our side (5xx) or met a transient refusal (409:
+            // its key in flight, or conflicts that outlasted the retries) may end
+            // otherwise on a retry with the bulk's key: the bulk's answer is kept only
+            // once every item has a final one.
+            let settled = results.results.iter().all(|r| r.status < 500 && r.status != 409);
+            (
+                StoredResponse {
+                    status: 200,
+                    body: serde_json::to_value(results).map_err(|e| ApiError::internal(&e))?,
+                },
+                settled,
+            )
         }
     };
-    // An item that failed on our side (5xx) is retried with the bulk's key: the bulk's
-    // answer is kept only once every item has one of its own.
-    let settled = answer.body["results"].as_array().is_none_or(|r| r.iter().all(|r| r["status"].as_u64() < Some(500)));
-    if settled {
-        state.store.remember_response(&claim(&state, &principal, &body), &answer).await?;
-    }
-    Ok(respond(answer, false))
+    if settled { key.finish(answer).await } else { Ok(key.unstored(answer).await) }
 }
 
 /// Non-atomic: every item handed to the writer in one submission, in order: it decides
@@ -238,14 +248,15 @@ async fn separate(state: &AppState, principal: &Principal, context: &RequestCont
     BulkResponse { results: results.collect() }
 }
 
-/// Atomic: one writer group, all or nothing. Returns the bulk's answer: 200 with
-/// every item's, or 422 with the first failing item's problem and its index.
+/// Atomic: one writer group, all or nothing. Returns the bulk's answer (200 with every
+/// item's, or 422 with the first failing item's problem and its index) and whether it
+/// is final.
 async fn atomic(
     state: &AppState,
     principal: &Principal,
     context: &RequestContext,
     items: Vec<Item>,
-) -> Result<StoredResponse, ApiError> {
+) -> Result<(StoredResponse, bool), ApiError> {
     // The bulk answers 422 whatever the item's own status, with the item's code.
     let failed = |index: usize, e: ApiError| {
         let status = axum::http::StatusCode::UNPROCESSABLE_ENTITY;
@@ -257,7 +268,7 @@ async fn atomic(
     for (index, item) in items.iter().enumerate() {
         let planned = match plan(state, &item.path, &item.body.json) {
             Ok(p) => p,
-            Err(e) => return Ok(failed(index, e)),
+            Err(e) => return Ok((failed(index, e), true)),
         };
         let (command, causation) = (planned.command, planned.causation);
         requests.push(request(state, principal, context, &item.body, command, causation, planned.fresh_stream));
@@ -274,15 +285,19 @@ async fn atomic(
                 results.push(result(stored, reply.replayed));
             }
             let body = serde_json::to_value(BulkResponse { results }).map_err(|e| ApiError::internal(&e))?;
-            Ok(StoredResponse { status: 200, body })
+            Ok((StoredResponse { status: 200, body }, true))
         }
-        Err(AtomicError::Rejected { index, error }) => Ok(failed(index, ApiError::from(&error))),
-        Err(AtomicError::Command { index, error }) => match ApiError::from(error) {
-            // Only a refusal is the bulk's answer; a failure of ours or a dependency's
-            // is an error, retried with the same key.
-            e if e.status.is_client_error() => Ok(failed(index, e)),
-            e => Err(e),
-        },
+        Err(AtomicError::Rejected { index, error }) => Ok((failed(index, ApiError::from(&error)), true)),
+        Err(AtomicError::Command { index, error }) => {
+            // A key in flight may be free on a retry: that answer is not the bulk's for good.
+            let settled = !matches!(error, CommandError::IdempotencyKeyInFlight);
+            match ApiError::from(error) {
+                // Only a refusal is the bulk's answer; a failure of ours or a dependency's
+                // is an error, retried with the same key.
+                e if e.status.is_client_error() => Ok((failed(index, e), settled)),
+                e => Err(e),
+            }
+        }
         Err(AtomicError::Failed(e)) => Err(e.into()),
     }
 }

@@ -55,15 +55,16 @@ pub fn reconciler(state: &crate::run::state::Core) -> Reconciler {
     )
 )]
 async fn start(State(state): State<AppState>, principal: Principal, body: CommandBody) -> Result<Response, ApiError> {
-    let window: ledger_wire::ReconciliationRequest = crate::http::requests::parse(&body.json)?;
-    let to = window.to.map_or_else(Utc::now, |t| t.0);
-    let from = window.from.map_or(to - chrono::Duration::hours(DEFAULT_WINDOW_H), |t| t.0);
-    if from >= to {
-        return Err(ApiError::validation("`from` must be before `to`"));
-    }
-    if let Some(replay) = crate::http::command::stored_replay(&state, &principal, &body).await? {
-        return Ok(replay);
-    }
+    use crate::http::operation::{Begun, begin};
+    let key = match begin(&state, &principal, &body).await? {
+        Begun::Answered(replay) => return Ok(replay),
+        Begun::Run(key) => key,
+    };
+    let window = match window(&body) {
+        Ok(window) => window,
+        Err(e) => return Err(key.refuse(e).await),
+    };
+    let (from, to) = window;
     let reconciler = reconciler(&state);
     let lock = reconciler.lock().await.map_err(|e| match e {
         ReconcileError::AlreadyRunning => {
@@ -73,8 +74,8 @@ async fn start(State(state): State<AppState>, principal: Principal, body: Comman
     })?;
     let run_id = Uuid::now_v7();
     reconciler.start(run_id, from, to, &principal.name).await.map_err(|e| ApiError::unavailable(&e))?;
-    let response = crate::http::command::stored(202, &ledger_wire::ReconciliationStarted { id: run_id, from, to });
-    state.store.remember_response(&crate::http::command::claim(&state, &principal, &body), &response).await?;
+    let started = crate::http::command::stored(202, &ledger_wire::ReconciliationStarted { id: run_id, from, to });
+    let response = key.finish(started).await?;
     let actor = principal.name.clone();
     tokio::spawn(async move {
         match reconciler.run(lock, run_id, (from, to), &actor, |_, _| {}).await {
@@ -82,7 +83,18 @@ async fn start(State(state): State<AppState>, principal: Principal, body: Comman
             Err(e) => tracing::warn!(%run_id, error = %e, "reconciliation failed"),
         }
     });
-    Ok(crate::http::command::respond(response, false))
+    Ok(response)
+}
+
+/// The run's window from the request: `to` default now, `from` default a day before it.
+fn window(body: &CommandBody) -> Result<(chrono::DateTime<Utc>, chrono::DateTime<Utc>), ApiError> {
+    let window: ledger_wire::ReconciliationRequest = crate::http::requests::parse(&body.json)?;
+    let to = window.to.map_or_else(Utc::now, |t| t.0);
+    let from = window.from.map_or(to - chrono::Duration::hours(DEFAULT_WINDOW_H), |t| t.0);
+    if from >= to {
+        return Err(ApiError::validation("`from` must be before `to`"));
+    }
+    Ok((from, to))
 }
 
 /// The most recent runs a list may hold (each is read from its own stream).

@@ -1,10 +1,11 @@
 //! Webhooks (operator or admin): register, list, delete. What they deliver, and how, is
 //! `ledger_infrastructure::webhooks`. Webhook routes answer no `position` (API.md).
 
-use crate::http::command::{CommandBody, claim, in_flight, respond, stored, stored_replay};
+use crate::http::command::{CommandBody, respond, stored};
 use crate::http::context::Principal;
 use crate::http::error::ApiError;
 use crate::http::extract::Segment;
+use crate::http::operation::{self, Begun};
 use crate::run::state::AppState;
 use axum::extract::State;
 use axum::http::{StatusCode, Uri};
@@ -69,20 +70,14 @@ fn event_types(names: Option<Vec<String>>) -> Result<Option<Vec<EventType>>, Api
 )]
 async fn create(State(state): State<AppState>, principal: Principal, body: CommandBody) -> Result<Response, ApiError> {
     // A key used before answers as it did (or 422 for another body) before anything else.
-    if let Some(replay) = stored_replay(&state, &principal, &body).await? {
-        return Ok(replay);
-    }
-    let _in_flight = in_flight(&state, &principal, &body)?;
-    let request: ledger_wire::WebhookRequest = crate::http::requests::parse(&body.json)?;
-    endpoint(&request.url)?;
-    let mut types = request.event_types.clone();
-    if let Some(t) = types.as_mut() {
-        if t.is_empty() {
-            return Err(ApiError::validation("`event_types` must name at least one type (leave it out for all)"));
-        }
-        let mut seen = std::collections::HashSet::new();
-        t.retain(|x| seen.insert(*x));
-    }
+    let key = match operation::begin(&state, &principal, &body).await? {
+        Begun::Answered(replay) => return Ok(replay),
+        Begun::Run(key) => key,
+    };
+    let (request, types) = match registration(&body) {
+        Ok(valid) => valid,
+        Err(e) => return Err(key.refuse(e).await),
+    };
     let id = Uuid::now_v7();
     let secret = webhooks::new_secret();
     let created = ledger_wire::WebhookCreated {
@@ -103,13 +98,27 @@ async fn create(State(state): State<AppState>, principal: Principal, body: Comma
         description: request.description.map(|d| d.0),
         secret: secret.clone(),
     };
-    if !webhooks::register(&state.pool, &new, &claim(&state, &principal, &body), &recorded).await? {
-        // A request with the same key was recorded meanwhile: answer as it was answered.
-        return stored_replay(&state, &principal, &body)
-            .await?
-            .ok_or_else(|| ApiError::internal(&"an idempotency key vanished while it was being replayed"));
+    if !webhooks::register(&state.pool, &new, key.claim(), key.token(), &recorded).await? {
+        // Our lease lapsed and a retry of this request took the key over: it registers.
+        return Err(ledger_infrastructure::CommandError::IdempotencyKeyInFlight.into());
     }
+    key.finished();
     Ok(respond(recorded, false))
+}
+
+/// A registration's request, checked: its URL, and its event types without repeats.
+fn registration(body: &CommandBody) -> Result<(ledger_wire::WebhookRequest, Option<Vec<EventType>>), ApiError> {
+    let request: ledger_wire::WebhookRequest = crate::http::requests::parse(&body.json)?;
+    endpoint(&request.url)?;
+    let mut types = request.event_types.clone();
+    if let Some(t) = types.as_mut() {
+        if t.is_empty() {
+            return Err(ApiError::validation("`event_types` must name at least one type (leave it out for all)"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        t.retain(|x| seen.insert(*x));
+    }
+    Ok((request, types))
 }
 
 #[utoipa::path(

@@ -1,24 +1,61 @@
 //! Idempotency records: looked up per batch by the writer (one primary-key probe per
-//! key), written for operations that record no event, and swept once expired. The
-//! records of commands are written by `append_batch`, in the same transaction as
-//! their events.
+//! key), claimed by operations before they run, and swept once expired. The records
+//! of commands are written by `append_batch`, in the same transaction as their events.
+//!
+//! An operation (a request that is not one command) follows one protocol
+//! (zero-to-production's `try_processing` → `save_response`): [`EventStore::claim_key`]
+//! takes the key in a row every process sees before anything runs, or says what the key
+//! already holds; [`EventStore::finish_claim`] turns the claim into the final answer
+//! (in the operation's own transaction when it has one); a holder that fails releases
+//! its lease ([`EventStore::release_claim`]) or lets it lapse. Only final answers are
+//! ever stored, and a key stays bound to the fingerprint it was first claimed with.
 
 use super::{EventStore, IdempotencyClaim, IdempotencyRecord, StoredResponse};
 use crate::outcome::Stored;
 use serde_json::Value;
 use std::collections::HashMap;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// What claiming an operation's key found.
+#[derive(Clone, Debug)]
+pub enum KeyClaim {
+    /// The key is this request's (its holder token) until the lease ends.
+    Taken(Uuid),
+    /// A request with this key finished: its answer, for a replay.
+    Done(Stored),
+    /// A request with this key and this fingerprint holds it now.
+    InFlight,
+    /// The key was claimed or used for a request with another fingerprint.
+    Reused,
+}
+
+type RecordRow = (String, String, Vec<u8>, Option<i16>, Option<Value>, Option<Value>, Option<Uuid>);
+
+fn record(
+    (p, k, fingerprint, status, body, outcome, claim): RecordRow,
+) -> Result<((String, String), IdempotencyRecord), sqlx::Error> {
+    let stored = match (outcome, claim) {
+        (_, Some(_)) => None,
+        (Some(outcome), None) => Some(Stored::Outcome(serde_json::from_value(outcome).map_err(sqlx::Error::decode)?)),
+        (None, None) => Some(Stored::Response(StoredResponse {
+            status: status.and_then(|s| u16::try_from(s).ok()).unwrap_or(500),
+            body: body.unwrap_or_default(),
+        })),
+    };
+    Ok(((p, k), IdempotencyRecord { fingerprint, stored }))
+}
 
 impl EventStore {
-    /// Stored idempotency records for the given (principal, key) pairs.
+    /// Stored idempotency records (final or claimed) for the given (principal, key) pairs.
     pub async fn idempotency_records(
         &self,
         keys: &[(String, String)],
     ) -> Result<HashMap<(String, String), IdempotencyRecord>, sqlx::Error> {
         let (principals, names): (Vec<String>, Vec<String>) = keys.iter().cloned().unzip();
-        type Row = (String, String, Vec<u8>, Option<i16>, Option<Value>, Option<Value>);
-        let rows: Vec<Row> = sqlx::query_as(
+        let rows: Vec<RecordRow> = sqlx::query_as(
             // LATERAL: one primary-key probe per key, never a scan of the whole table.
-            "select i.principal, i.key, i.fingerprint, i.status_code, i.body, i.outcome
+            "select i.principal, i.key, i.fingerprint, i.status_code, i.body, i.outcome, i.claim
              from unnest($1::text[], $2::text[]) as k(principal, key)
              join lateral (select * from idempotency_keys x where x.principal = k.principal and x.key = k.key offset 0) i on true",
         )
@@ -26,51 +63,102 @@ impl EventStore {
         .bind(&names)
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|(p, k, fingerprint, status, body, outcome)| {
-                let stored = match outcome {
-                    Some(outcome) => Stored::Outcome(serde_json::from_value(outcome).map_err(sqlx::Error::decode)?),
-                    None => Stored::Response(StoredResponse {
-                        status: status.and_then(|s| u16::try_from(s).ok()).unwrap_or(500),
-                        body: body.unwrap_or_default(),
-                    }),
-                };
-                Ok(((p, k), IdempotencyRecord { fingerprint, stored }))
-            })
-            .collect()
+        rows.into_iter().map(record).collect()
     }
 
-    /// Remembers the response of a request that records no event (an operation such
-    /// as starting a rebuild), for idempotent replay. A record already there wins.
-    pub async fn remember_response(
-        &self,
-        claim: &IdempotencyClaim,
-        response: &StoredResponse,
-    ) -> Result<(), sqlx::Error> {
-        EventStore::insert_response(&self.pool, claim, response).await.map(|_| ())
+    /// Claims `claim`'s key for an operation, for `lease`, in one statement: a new key
+    /// is taken; so is one whose holder's lease lapsed without an answer, if this
+    /// request has the same fingerprint. Otherwise says what the key holds.
+    pub async fn claim_key(&self, claim: &IdempotencyClaim, lease: Duration) -> Result<KeyClaim, sqlx::Error> {
+        let token = Uuid::new_v4();
+        let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+        // Twice at most: a record that expired and was swept between the two
+        // statements leaves the key free for the second try.
+        for _ in 0..2 {
+            let taken: Option<Uuid> = sqlx::query_scalar(
+                "insert into idempotency_keys (principal, key, fingerprint, claim, claimed_until, expires_at)
+                 values ($1, $2, $3, $4, now() + $5 * interval '1 millisecond', $6)
+                 on conflict (principal, key) do update
+                   set claim = excluded.claim, claimed_until = excluded.claimed_until
+                   where idempotency_keys.claim is not null and idempotency_keys.claimed_until < now()
+                     and idempotency_keys.fingerprint = excluded.fingerprint
+                 returning claim",
+            )
+            .bind(&claim.principal)
+            .bind(&claim.key)
+            .bind(&claim.fingerprint)
+            .bind(token)
+            .bind(lease_ms)
+            .bind(claim.expires_at)
+            .fetch_optional(&self.pool)
+            .await?;
+            if taken == Some(token) {
+                return Ok(KeyClaim::Taken(token));
+            }
+            let key = (claim.principal.clone(), claim.key.clone());
+            if let Some(found) = self.idempotency_records(std::slice::from_ref(&key)).await?.remove(&key) {
+                return Ok(match found {
+                    r if r.fingerprint != claim.fingerprint => KeyClaim::Reused,
+                    IdempotencyRecord { stored: Some(stored), .. } => KeyClaim::Done(stored),
+                    IdempotencyRecord { stored: None, .. } => KeyClaim::InFlight,
+                });
+            }
+        }
+        Err(sqlx::Error::Protocol("an idempotency key could be neither claimed nor read".into()))
     }
 
-    /// Writes the record of a request that records no event, on any executor (an
-    /// operation writes it in its own transaction); returns whether it was written
-    /// (`false`: a record with that key is already there, and wins).
-    pub async fn insert_response<'e, E: sqlx::PgExecutor<'e>>(
+    /// Turns the claim held by `token` into the operation's final answer, on any
+    /// executor (an operation writes it in the transaction of its effects). Returns
+    /// `false` if the claim is no longer this holder's (its lease lapsed and another
+    /// request took the key over): the caller must then not commit its effects.
+    pub async fn finish_claim<'e, E: sqlx::PgExecutor<'e>>(
         executor: E,
         claim: &IdempotencyClaim,
+        token: Uuid,
         response: &StoredResponse,
     ) -> Result<bool, sqlx::Error> {
         let done = sqlx::query(
-            "insert into idempotency_keys (principal, key, fingerprint, status_code, body, expires_at)
-             values ($1, $2, $3, $4, $5, $6) on conflict do nothing",
+            "update idempotency_keys set claim = null, claimed_until = null, status_code = $4, body = $5
+             where principal = $1 and key = $2 and claim = $3",
         )
         .bind(&claim.principal)
         .bind(&claim.key)
-        .bind(&claim.fingerprint)
+        .bind(token)
         .bind(i16::try_from(response.status).expect("HTTP statuses fit in i16"))
         .bind(&response.body)
-        .bind(claim.expires_at)
         .execute(executor)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Ends the lease of the claim held by `token` now, keeping the key bound to its
+    /// fingerprint: a retry of the same request may take it over at once, another
+    /// request with this key is still refused. For an operation that may have done
+    /// part of its work (a bulk whose items ran) and has no final answer.
+    pub async fn release_claim(&self, claim: &IdempotencyClaim, token: Uuid) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "update idempotency_keys set claimed_until = now() - interval '1 millisecond'
+             where principal = $1 and key = $2 and claim = $3",
+        )
+        .bind(&claim.principal)
+        .bind(&claim.key)
+        .bind(token)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Gives the key up entirely (the claim row goes): for an operation refused
+    /// before anything of it ran (its body did not parse), so the client may use the
+    /// key again for a corrected request.
+    pub async fn drop_claim(&self, claim: &IdempotencyClaim, token: Uuid) -> Result<(), sqlx::Error> {
+        sqlx::query("delete from idempotency_keys where principal = $1 and key = $2 and claim = $3")
+            .bind(&claim.principal)
+            .bind(&claim.key)
+            .bind(token)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Deletes up to `batch_max` idempotency records past their expiry.

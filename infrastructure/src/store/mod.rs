@@ -132,7 +132,8 @@ pub enum AppendError {
 #[derive(Clone, Debug)]
 pub struct IdempotencyRecord {
     pub fingerprint: Vec<u8>,
-    pub stored: Stored,
+    /// The final answer; `None` while an operation holds the key (a claim).
+    pub stored: Option<Stored>,
 }
 
 /// The event store over one Postgres pool.
@@ -147,6 +148,7 @@ mod idempotency;
 
 pub use append::recompute_hash;
 pub use faults::{DbFault, db_fault};
+pub use idempotency::KeyClaim;
 
 impl EventStore {
     pub fn new(pool: PgPool) -> EventStore {
