@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod decide;
+pub mod effective;
 pub mod events;
 pub mod money;
 pub mod reconcile;

@@ -1,6 +1,7 @@
 //! Stream state and `evolve`: how each event changes the streams it belongs to.
 //! `evolve` makes no choices and cannot fail; it asserts the invariants instead.
 
+use crate::effective::HoldChange;
 use crate::events::*;
 use crate::money::{Amount, Currency, Money};
 use serde::{Deserialize, Serialize};
@@ -349,17 +350,13 @@ fn evolve_account(mut a: Account, event: &Event) -> Account {
             a.balance = add(a.balance, posting.delta);
         }
     }
-    match event {
-        Event::AccountClosed(_) => a.status = AccountStatus::Closed,
-        Event::WithdrawalRequested(e) => a.pending_holds = add(a.pending_holds, e.amount.money()),
-        Event::HoldPlaced(e) => a.pending_holds = add(a.pending_holds, e.amount.money()),
-        Event::HoldCaptured(e) if e.account_id == a.id => a.pending_holds = sub(a.pending_holds, e.held.money()),
-        Event::HoldVoided(e) | Event::HoldExpired(e) => a.pending_holds = sub(a.pending_holds, e.amount.money()),
-        Event::WithdrawalSettled(e) if e.account_id == a.id => {
-            a.pending_holds = sub(a.pending_holds, e.amount.money());
-        }
-        Event::WithdrawalFailed(e) => a.pending_holds = sub(a.pending_holds, e.amount.money()),
-        _ => {}
+    if let Event::AccountClosed(_) = event {
+        a.status = AccountStatus::Closed;
+    }
+    match event.hold_change(a.id) {
+        Some(HoldChange::Placed { amount, .. }) => a.pending_holds = add(a.pending_holds, amount),
+        Some(HoldChange::Released { amount, .. }) => a.pending_holds = sub(a.pending_holds, amount),
+        None => {}
     }
     assert!(a.pending_holds >= Money::ZERO, "account {}: negative holds", a.id);
     a

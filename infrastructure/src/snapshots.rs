@@ -4,7 +4,8 @@
 //! no longer decodes) is ignored, so a change to `evolve` rebuilds them from the log.
 
 use crate::store::StoreError;
-use ledger_domain::{EVOLVE_VERSION, Event, StreamState, evolve};
+use ledger_domain::effective::EffectiveAccount;
+use ledger_domain::{Aggregate, EVOLVE_VERSION, Event, StreamState, evolve};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -85,8 +86,9 @@ pub async fn state_at(
 /// A stream's state as of business time `effective` with what the log held at
 /// position `at` (API.md "Effective dates"): the fold of its events at positions up to
 /// `at` whose effective time (the `effective_at` they state, else when they were
-/// recorded) is at or before `effective`, and its first event (it exists regardless). Returns that state, whose `version` counts
-/// the events folded, and the stream's version at `at`.
+/// recorded) is at or before `effective`, funds held as `EffectiveAccount` counts them,
+/// and its first event (it exists regardless). Returns that state and the stream's
+/// version at `at`.
 ///
 /// An `effective_at` is never more than [`EFFECTIVE_AHEAD`] after its recording, so
 /// every event recorded by `effective - EFFECTIVE_AHEAD` counts: that prefix comes from
@@ -112,15 +114,31 @@ pub async fn effective_state_at(
     .bind(at)
     .fetch_all(pool)
     .await?;
+    // After the prefix, each event counts by its own effective time, and funds held by
+    // when their placement and release count (`EffectiveAccount`): never the recording
+    // order's state machine over a business-time subsequence of its events.
+    let mut seen = match state.aggregate {
+        Aggregate::Account(ref a) => Some(EffectiveAccount::new(a.clone(), effective)),
+        _ => None,
+    };
     for (stream_version, event_type, data, recorded_at) in rows {
         version = stream_version;
         let event = Event::from_parts(&event_type, data)?;
-        // The stream's first event (an account's opening) always counts: business time
-        // filters what happened to the account, not whether it exists.
-        if stream_version == 1 || event.effective_at().unwrap_or(recorded_at) <= effective {
-            let next = state.version + 1;
-            state = evolve(state, stream_id, next, &event);
+        match seen.as_mut() {
+            Some(account) => account.apply(&event, recorded_at),
+            // The stream's first event (an account's opening) always counts: business
+            // time filters what happened to the account, not whether it exists.
+            None if stream_version == 1 => {
+                state = evolve(state, stream_id, 1, &event);
+                if let Aggregate::Account(a) = &state.aggregate {
+                    seen = Some(EffectiveAccount::new(a.clone(), effective));
+                }
+            }
+            None => {}
         }
+    }
+    if let Some(account) = seen {
+        state.aggregate = Aggregate::Account(account.account);
     }
     Ok((state, version))
 }

@@ -159,6 +159,31 @@ impl StateLoader {
         Ok(())
     }
 
+    /// Whether a stream appended up to `version` crossed a multiple of `snapshot_every`
+    /// since its cached (pre-batch) state: a stream that stays in the cache is never
+    /// loaded from the log again, so this is where busy streams get their snapshots
+    /// (and historical reads of them a near starting point).
+    fn snapshot_due(&self, id: Uuid, version: i64) -> bool {
+        let every = i64::try_from(self.snapshot_every).unwrap_or(i64::MAX);
+        let before = self.cache.get(&id).map_or(0, |s| s.version);
+        every > 0 && before / every < version / every
+    }
+
+    /// Saves states that are exactly what the log holds, off the writer's path.
+    fn snapshot_in_background(&self, states: Vec<(Uuid, StreamState)>) {
+        if states.is_empty() {
+            return;
+        }
+        let pool = self.store.pool().clone();
+        tokio::spawn(async move {
+            for (id, state) in states {
+                if let Err(e) = crate::snapshots::save(&pool, id, &state).await {
+                    tracing::warn!(error = %e, stream = %id, "saving a snapshot failed");
+                }
+            }
+        });
+    }
+
     /// Drops a stream's cached state; its next load folds it from the log.
     fn forget(&self, id: Uuid) {
         self.cache.invalidate(&id);
@@ -569,12 +594,20 @@ impl Writer {
     /// another process appended to meanwhile) is dropped from the cache instead, so
     /// its next load folds it from the log: the cache never holds a state the log does not.
     fn remember_appended(&self, working: &Ledger, versions: &std::collections::HashMap<Uuid, i64>) {
+        let mut due = Vec::new();
         for (stream, state) in working.streams() {
             match versions.get(stream) {
                 Some(logged) if *logged != state.version => self.loader.forget(*stream),
-                _ => self.loader.remember(*stream, Some(state)),
+                Some(_) => {
+                    if self.loader.snapshot_due(*stream, state.version) {
+                        due.push((*stream, state.clone()));
+                    }
+                    self.loader.remember(*stream, Some(state));
+                }
+                None => self.loader.remember(*stream, Some(state)),
             }
         }
+        self.loader.snapshot_in_background(due);
     }
 
     async fn load_missing<'a>(

@@ -226,7 +226,6 @@ async fn work_per_command_is_bounded_before_the_writer() {
 /// at every business time answer (no "negative holds" panic), postings by their
 /// effective time, the hold by when it was placed and released.
 #[tokio::test]
-#[ignore = "issue 26: not fixed yet"]
 async fn a_backdated_capture_keeps_effective_balances_answering() {
     let app = TestApp::spawn().await;
     let (a, b) = (app.open_account("EUR", 0).await, app.open_account("EUR", 0).await);
@@ -270,7 +269,6 @@ async fn a_backdated_capture_keeps_effective_balances_answering() {
 /// Item 9: a busy stream, always in the writer's cache, is snapshotted as it grows, so
 /// historical reads start near the position they ask for.
 #[tokio::test]
-#[ignore = "issue 26: not fixed yet"]
 async fn busy_streams_are_snapshotted_as_they_grow() {
     let mut config = test_config();
     config.snapshot_every = 20;
