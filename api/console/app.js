@@ -225,12 +225,17 @@ async function transaction(ctx, id) {
       el("dt", { text: "Effective" }), el("dd", {}, time(t.effective_at)),
       el("dt", { text: "Recorded" }), el("dd", {}, time(t.recorded_at)),
       el("dt", { text: "Position" }), el("dd", { text: t.position })),
-      table(["Account", { label: "Amount", num: true }],
-        t.postings.map(p => el("tr", {}, el("td", {}, el("a", { href: `#/account/${p.account_id}`, text: p.account_id })),
+      table(["From", "To", { label: "Amount", num: true }],
+        t.postings.map(p => el("tr", {}, accountCell(p.from), accountCell(p.to),
           el("td", { class: "num", text: money(p.amount, p.currency) }))))));
   }
   sections.push(auditSection(audit));
   ctx.page(t ? "Transaction" : "Stream", ...sections);
+}
+
+// A posting's account (postings carry `from` and `to`), linked to its page.
+function accountCell(id) {
+  return el("td", { class: "wrap" }, el("a", { href: `#/account/${encodeURIComponent(id)}`, text: id }));
 }
 
 function auditSection(audit) {

@@ -1,19 +1,21 @@
-//! The hold expiry worker: every second (and at once on start, for holds that
-//! expired while the service was down) it asks the writer to record the expiry of
-//! every pending hold past its `expires_at`, found through `holds_view`'s partial
-//! index. Any number of processes may run it: two expiries of one hold race on the
-//! hold stream's version, and the second is decided again and refused (the hold is no
-//! longer pending), so each expiry is recorded exactly once.
+//! The hold expiry worker: every `interval` (and at once on start, for holds that
+//! expired while the service was down) it makes one pass over the pending holds past
+//! their `expires_at`, found through `holds_view`'s partial index a page at a time, and
+//! asks the writer to record each expiry. Any number of processes may run it: two
+//! expiries of one hold race on the hold stream's version, and the second is decided
+//! again and refused (the hold is no longer pending), so each expiry is recorded
+//! exactly once. A pass never looks at a hold twice, so holds that look due in a
+//! lagging read model but are no longer pending cost one look per pass, not a spin.
 
 use ledger_domain::Command;
 use ledger_domain::decide::ExpireHold;
-use ledger_infrastructure::{CommandBus, CommandRequest, EventMetadata};
+use ledger_infrastructure::{CommandBus, CommandRequest, EventMetadata, Outcome, Stored};
 use sqlx::PgPool;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// Holds expired per round at most (the next round takes the rest at once).
-const ROUND_MAX: i64 = 500;
+/// Holds asked to expire per page.
+const PAGE_MAX: i64 = 500;
 
 pub struct ExpiryWorker {
     pub pool: PgPool,
@@ -24,23 +26,35 @@ pub struct ExpiryWorker {
 impl ExpiryWorker {
     pub async fn run(self, shutdown: CancellationToken) {
         loop {
-            let expired = match self.round().await {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::warn!(error = %e, "expiring holds failed; retrying");
-                    0
-                }
-            };
-            let pause = if expired as i64 == ROUND_MAX { Duration::ZERO } else { self.interval };
-            tokio::select! { _ = shutdown.cancelled() => return, _ = tokio::time::sleep(pause) => {} }
+            if let Err(e) = self.pass().await {
+                tracing::warn!(error = %e, "expiring holds failed; the next pass retries");
+            }
+            tokio::select! { _ = shutdown.cancelled() => return, _ = tokio::time::sleep(self.interval) => {} }
         }
     }
 
-    /// One round: returns how many holds it asked to expire.
-    pub async fn round(&self) -> Result<usize, sqlx::Error> {
+    /// One pass over every hold due now, a page at a time: returns how many expiries it
+    /// recorded.
+    pub async fn pass(&self) -> Result<usize, sqlx::Error> {
         let now = chrono::Utc::now();
-        let due = crate::queries::expired_holds(&self.pool, now, ROUND_MAX).await?;
-        let asks = due.iter().map(|&hold_id| {
+        let (mut after, mut recorded) = (None, 0);
+        loop {
+            let due = crate::queries::expired_holds(&self.pool, now, after, PAGE_MAX).await?;
+            recorded += self.expire(&due, now).await;
+            if due.len() < PAGE_MAX as usize {
+                return Ok(recorded);
+            }
+            after = due.last().copied();
+        }
+    }
+
+    /// Asks the writer to record each hold's expiry; returns how many it recorded.
+    async fn expire(
+        &self,
+        due: &[(chrono::DateTime<chrono::Utc>, uuid::Uuid)],
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> usize {
+        let asks = due.iter().map(|&(_, hold_id)| {
             let request = CommandRequest {
                 command: Command::ExpireHold(ExpireHold { hold_id, now }),
                 metadata: EventMetadata { actor: "hold-expiry".into(), ..EventMetadata::default() },
@@ -49,11 +63,16 @@ impl ExpiryWorker {
             };
             self.bus.execute(request)
         });
-        for (hold_id, reply) in due.iter().zip(futures::future::join_all(asks).await) {
-            if let Err(e) = reply {
-                tracing::warn!(%hold_id, error = %e, "recording a hold's expiry failed; the next round retries");
+        let mut recorded = 0;
+        for (&(_, hold_id), reply) in due.iter().zip(futures::future::join_all(asks).await) {
+            match reply {
+                Ok(reply) if matches!(reply.answer, Stored::Outcome(Outcome::Recorded(_))) => recorded += 1,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(%hold_id, error = %e, "recording a hold's expiry failed; the next pass retries")
+                }
             }
         }
-        Ok(due.len())
+        recorded
     }
 }

@@ -397,12 +397,23 @@ pub async fn hold(pool: &PgPool, id: Uuid) -> Result<(Option<HoldRow>, i64), sql
 }
 
 /// Pending holds whose `expires_at` is at or before `now`, soonest first, at most `limit`.
-pub async fn expired_holds(pool: &PgPool, now: DateTime<Utc>, limit: i64) -> Result<Vec<Uuid>, sqlx::Error> {
-    sqlx::query_scalar(
-        "select id from holds_view where status = 'pending' and expires_at is not null and expires_at <= $1
-         order by expires_at limit $2",
+pub async fn expired_holds(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+    after: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<(DateTime<Utc>, Uuid)>, sqlx::Error> {
+    // Pages in `(expires_at, id)` order: a page of holds that turn out not to be
+    // pending any more (the read model lags the log) is passed, never asked again.
+    let (at, id) = after.unwrap_or((DateTime::<Utc>::MIN_UTC, Uuid::nil()));
+    sqlx::query_as(
+        "select expires_at, id from holds_view
+         where status = 'pending' and expires_at is not null and expires_at <= $1 and (expires_at, id) > ($2, $3)
+         order by expires_at, id limit $4",
     )
     .bind(now)
+    .bind(at)
+    .bind(id)
     .bind(limit)
     .fetch_all(pool)
     .await
@@ -426,6 +437,14 @@ pub struct StatusRow {
     pub updated_at: DateTime<Utc>,
     pub rebuild_position: Option<i64>,
     pub rebuild_target: Option<i64>,
+}
+
+/// How far a projection has applied the log, as its checkpoint says.
+pub async fn checkpoint(pool: &PgPool, projection: crate::Projection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("select position from projection_checkpoints where name = $1")
+        .bind(projection.name())
+        .fetch_one(pool)
+        .await
 }
 
 /// Each projection's status, and the head of the log.

@@ -388,7 +388,6 @@ async fn webhook_secrets_are_not_stored_in_clear() {
 /// Item 15: an announcement on NATS is a hint: a forged one claiming a position the
 /// read model has not reached does not make a `min_position` read answer below it.
 #[tokio::test]
-#[ignore = "issue 26: not fixed yet"]
 async fn forged_announcements_do_not_satisfy_min_position() {
     let mut config = test_config();
     config.consistency_wait = Duration::from_millis(500);
@@ -412,7 +411,6 @@ async fn forged_announcements_do_not_satisfy_min_position() {
 /// Item 14: holds that look due in the read model but are no longer pending in the log
 /// do not make the expiry worker spin.
 #[tokio::test]
-#[ignore = "issue 26: not fixed yet"]
 async fn stale_due_holds_do_not_make_the_expiry_worker_spin() {
     let app = TestApp::spawn().await;
     sqlx::query(

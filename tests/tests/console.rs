@@ -266,6 +266,8 @@ async fn an_operator_and_a_client_use_the_console_in_a_real_browser() {
     // A transaction with its audit metadata.
     browser.go(&format!("{}/console#/transaction/{}", app.base, transfer.id())).await;
     browser.find("#transaction").await;
+    let posting = browser.text("#transaction tbody").await;
+    assert!(posting.contains(&a.to_string()) && posting.contains(&b.to_string()), "the posting's accounts: {posting}");
     let audit = browser.text("#audit").await;
     assert!(audit.contains("TransferPosted") && audit.contains("LEDGER_ADMIN_TOKEN"), "audit metadata shown: {audit}");
     browser.screenshot("04-transaction").await;

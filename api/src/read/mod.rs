@@ -39,45 +39,100 @@ impl Consistency {
     }
 }
 
-/// The latest known position of each projection, for `min_position` waits.
+/// How far each projection has applied the log, for `min_position` waits: `verified`
+/// positions come from Postgres (a checkpoint read, this process's own commits);
+/// `hinted` ones from other instances' announcements over NATS, which anyone who can
+/// publish there could forge. A hint only wakes a waiter: no read is answered on one
+/// until Postgres confirms it.
 #[derive(Clone)]
 pub struct ProjectionPositions {
-    senders: Arc<HashMap<Projection, watch::Sender<i64>>>,
+    verified: Arc<HashMap<Projection, watch::Sender<i64>>>,
+    hinted: Arc<HashMap<Projection, watch::Sender<i64>>>,
 }
 
 impl Default for ProjectionPositions {
     fn default() -> Self {
-        let senders = Projection::ALL.into_iter().map(|p| (p, watch::Sender::new(0))).collect();
-        ProjectionPositions { senders: Arc::new(senders) }
+        let senders = || Arc::new(Projection::ALL.into_iter().map(|p| (p, watch::Sender::new(0))).collect());
+        ProjectionPositions { verified: senders(), hinted: senders() }
     }
 }
 
+fn raise(senders: &HashMap<Projection, watch::Sender<i64>>, projection: Projection, position: i64) {
+    if let Some(s) = senders.get(&projection) {
+        s.send_if_modified(|current| {
+            let newer = position > *current;
+            if newer {
+                *current = position;
+            }
+            newer
+        });
+    }
+}
+
+/// How often a waiter whose hint Postgres did not confirm asks Postgres again.
+const VERIFY_POLL: Duration = Duration::from_millis(50);
+
 impl ProjectionPositions {
-    /// Records that `projection` has applied everything up to `position`.
+    /// Records that `projection` has applied everything up to `position`, as Postgres
+    /// says (a checkpoint read, or a batch this process committed).
     pub fn advance(&self, projection: Projection, position: i64) {
-        if let Some(s) = self.senders.get(&projection) {
-            s.send_if_modified(|current| {
-                let newer = position > *current;
-                if newer {
-                    *current = position;
-                }
-                newer
-            });
-        }
+        raise(&self.hinted, projection, position);
+        raise(&self.verified, projection, position);
     }
 
+    /// Records that another instance says `projection` reached `position`.
+    pub fn hint(&self, projection: Projection, position: i64) {
+        raise(&self.hinted, projection, position);
+    }
+
+    /// The verified position.
     pub fn current(&self, projection: Projection) -> i64 {
-        self.senders.get(&projection).map_or(0, |s| *s.borrow())
+        self.verified.get(&projection).map_or(0, |s| *s.borrow())
     }
 
-    /// Waits until `projection` reached `position`, or fails with 503
-    /// `consistency_timeout` after `timeout`.
-    pub async fn wait(&self, projection: Projection, position: i64, timeout: Duration) -> Result<(), ApiError> {
-        let Some(sender) = self.senders.get(&projection) else { return Ok(()) };
-        let mut rx = sender.subscribe();
-        match tokio::time::timeout(timeout, rx.wait_for(|p| *p >= position)).await {
-            Ok(Ok(_)) => Ok(()),
-            _ => Err(ApiError {
+    /// Waits until `projection` has verifiably reached `position`, or fails with 503
+    /// `consistency_timeout` after `timeout`. A hint that it has wakes the waiter, which
+    /// then reads the checkpoint with `checkpoint` (from the pool it will read).
+    pub async fn wait<F, Fut>(
+        &self,
+        projection: Projection,
+        position: i64,
+        timeout: Duration,
+        checkpoint: F,
+    ) -> Result<(), ApiError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<i64, sqlx::Error>>,
+    {
+        let (Some(verified), Some(hinted)) = (self.verified.get(&projection), self.hinted.get(&projection)) else {
+            return Ok(());
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        let (mut verified_rx, mut hinted_rx) = (verified.subscribe(), hinted.subscribe());
+        let reached = async {
+            loop {
+                if *verified_rx.borrow_and_update() >= position {
+                    return Ok::<(), sqlx::Error>(());
+                }
+                if *hinted_rx.borrow_and_update() >= position {
+                    let confirmed = checkpoint().await?;
+                    self.advance(projection, confirmed);
+                    if confirmed >= position {
+                        return Ok(());
+                    }
+                    tokio::time::sleep(VERIFY_POLL).await;
+                    continue;
+                }
+                tokio::select! {
+                    _ = verified_rx.changed() => {}
+                    _ = hinted_rx.changed() => {}
+                }
+            }
+        };
+        match tokio::time::timeout_at(deadline, reached).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(ApiError {
                 retry_after_s: Some(1),
                 ..ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,

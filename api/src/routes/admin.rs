@@ -86,7 +86,7 @@ async fn rebuild(
                     accounts: Vec::new(),
                     all: true,
                 };
-                crate::run::serve::apply_announcement(&background, &applied).await;
+                crate::run::serve::apply_announcement(&background, &applied, true).await;
                 crate::run::serve::announce(&background, &applied).await;
             }
             Err(e) => tracing::error!(projection = projection.name(), error = %e, "projection rebuild failed"),

@@ -60,7 +60,8 @@ pub async fn read_model_ready(
     match consistency {
         Consistency::Eventual => Ok(ReadModel { min: 0, pool: state.read_pool(projection, 0) }),
         Consistency::MinPosition(n) => {
-            state.positions.wait(projection, n, state.config.consistency_wait).await?;
+            let checkpoint = || ledger_projections::queries::checkpoint(&state.pool, projection);
+            state.positions.wait(projection, n, state.config.consistency_wait, checkpoint).await?;
             Ok(ReadModel { min: n, pool: state.read_pool(projection, n) })
         }
         Consistency::Strong => {
@@ -72,7 +73,7 @@ pub async fn read_model_ready(
             // cache (here or in another instance) keeps a view from before it.
             for batch in batches.iter().filter(|b| b.position > b.from) {
                 let applied = crate::run::serve::Applied::batch(state.instance_id, projection, batch);
-                crate::run::serve::apply_announcement(state, &applied).await;
+                crate::run::serve::apply_announcement(state, &applied, true).await;
                 crate::run::serve::announce(state, &applied).await;
             }
             if let Some(reached) = batches.iter().map(|b| b.position).max() {

@@ -188,15 +188,19 @@ impl Applied {
 }
 
 /// Applies an announcement to this instance's cache and positions (in that order,
-/// so a woken reader never finds a stale entry).
-pub async fn apply_announcement(state: &AppState, applied: &Applied) {
+/// so a woken reader never finds a stale entry). One of this process's own (`local`)
+/// states what it committed; one from NATS is a hint, confirmed with Postgres before
+/// any read relies on it.
+pub async fn apply_announcement(state: &AppState, applied: &Applied, local: bool) {
     if applied.all {
         state.cache.invalidate_all(applied.position);
     } else if applied.projection == Projection::Accounts.name() {
         state.cache.invalidate(&applied.accounts, applied.from, applied.position).await;
     }
-    if let Some(p) = Projection::from_name(&applied.projection) {
-        state.positions.advance(p, applied.position);
+    match Projection::from_name(&applied.projection) {
+        Some(p) if local => state.positions.advance(p, applied.position),
+        Some(p) => state.positions.hint(p, applied.position),
+        None => {}
     }
 }
 
@@ -216,7 +220,7 @@ fn on_applied(core: &Core, local: Option<AppState>) -> OnApplied {
         let applied = Applied::batch(core.instance_id, projection, batch);
         tokio::spawn(async move {
             if let Some(state) = local {
-                apply_announcement(&state, &applied).await;
+                apply_announcement(&state, &applied, true).await;
             }
             announce(&core, &applied).await;
         });
@@ -252,7 +256,7 @@ pub fn spawn_read_side(state: &AppState, shutdown: CancellationToken) -> Vec<Joi
                         if let Ok(applied) = serde_json::from_slice::<Applied>(&m.payload)
                             && applied.origin != sub_state.instance_id
                         {
-                            apply_announcement(&sub_state, &applied).await;
+                            apply_announcement(&sub_state, &applied, false).await;
                         }
                     }
                     None => return,
