@@ -329,12 +329,17 @@ impl Client {
             let problem: Problem = serde_json::from_slice(&bytes).map_err(|e| decode_error(e.to_string()))?;
             return Err(Error::Api { status: status.as_u16(), problem: Box::new(problem), retry_after });
         }
-        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| decode_error(e.to_string()))?;
+        // Straight from the bytes, never through a `Value`: a system account's balance may
+        // pass 64 bits, which a `Value` holds only as an inexact float.
+        let body = serde_json::from_slice(&bytes).map_err(|e| decode_error(e.to_string()))?;
         // A command's answer carries the position of its last event.
-        if command && let Some(p) = value.get("position").and_then(serde_json::Value::as_i64) {
+        #[derive(serde::Deserialize)]
+        struct Positioned {
+            position: Option<i64>,
+        }
+        if command && let Ok(Positioned { position: Some(p) }) = serde_json::from_slice(&bytes) {
             self.inner.last_position.fetch_max(p, Ordering::AcqRel);
         }
-        let body = serde_json::from_value(value).map_err(|e| decode_error(e.to_string()))?;
         Ok(Reply { body, http_status: status.as_u16(), replayed, as_of_position: position, attempts })
     }
 

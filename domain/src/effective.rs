@@ -61,13 +61,9 @@ impl EffectiveAccount {
         let a = &mut self.account;
         if counts {
             for p in event.postings().into_iter().filter(|p| p.account_id == a.id) {
-                // A subset of postings may sum past what the recording order ever held;
-                // the answer saturates rather than fail (it is reported, not decided on).
-                a.balance = a.balance.checked_add(p.delta).unwrap_or(if p.delta > Money::ZERO {
-                    Money::new(i64::MAX)
-                } else {
-                    Money::new(i64::MIN)
-                });
+                // A subset of postings may sum past what the recording order ever held,
+                // but never past the `i128` a balance is kept in.
+                a.balance = a.balance.checked_add(p.delta).expect("balances are i128: no log reaches their bounds");
             }
         }
         match event.hold_change(a.id) {
@@ -223,9 +219,9 @@ mod tests {
                 seen.apply(event, *recorded);
             }
             let counts = |e: &Event, r: DateTime<Utc>| e.effective_at().unwrap_or(r) <= when;
-            let balance: i64 = log.iter().filter(|(e, r)| counts(e, *r)).flat_map(|(e, _)| e.postings())
+            let balance: i128 = log.iter().filter(|(e, r)| counts(e, *r)).flat_map(|(e, _)| e.postings())
                 .filter(|p| p.account_id == payer).map(|p| p.delta.minor_units()).sum();
-            let held: i64 = log.iter().filter_map(|(e, r)| match e.hold_change(payer) {
+            let held: i128 = log.iter().filter_map(|(e, r)| match e.hold_change(payer) {
                 Some(HoldChange::Placed { id, amount }) if counts(e, *r) => {
                     let released = log.iter().any(|(e2, r2)| matches!(e2.hold_change(payer), Some(HoldChange::Released { id: i2, .. }) if i2 == id) && counts(e2, *r2));
                     (!released).then_some(amount.minor_units())

@@ -1,5 +1,14 @@
-//! Money and currency value types. Money is an `i64` count of minor units with checked
+//! Money and currency value types. Money is a count of minor units with checked
 //! arithmetic only: a balance never wraps and never panics on overflow.
+//!
+//! Amounts (what one command moves), limits and customer balances fit in an `i64`
+//! (API.md: amounts up to 10^15; `decide` refuses a customer balance past `i64`).
+//! A system account's balance is the negative sum of every customer balance in its
+//! currency, which any number of accounts can push past an `i64` (issue 26: one client
+//! depositing 10^15 at a time drove it to `i64::MIN` in seconds and made the currency
+//! unusable for everyone), so balances are accumulated in an `i128`: the shared
+//! account cannot be exhausted (2^127 minor units is 10^23 deposits of the largest
+//! amount), and every customer still gets an `i64`.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -7,20 +16,67 @@ use std::fmt;
 /// The largest amount a single command may move (API.md: 1 ..= 10^15 minor units).
 pub const AMOUNT_MAX: i64 = 1_000_000_000_000_000;
 
-/// A signed quantity of minor units (balances, limits, deltas).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Money(i64);
+/// A signed quantity of minor units (balances, limits, deltas). Serialized as a JSON
+/// integer when it fits in 64 bits (always, in events: their amounts are bounded), else
+/// as a string of its digits (a system account's balance in a stored state): a
+/// `serde_json::Value` holds no exact integer past 64 bits, and states are read through
+/// one. Both forms are read back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Money(i128);
+
+impl Serialize for Money {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.to_i64() {
+            Some(n) => s.serialize_i64(n),
+            None => s.collect_str(&self.0),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Money {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Money, D::Error> {
+        struct Units;
+        impl serde::de::Visitor<'_> for Units {
+            type Value = Money;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an integer count of minor units, or its digits in a string")
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Money, E> {
+                Ok(Money::new(n))
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Money, E> {
+                Ok(Money(i128::from(n)))
+            }
+            fn visit_i128<E: serde::de::Error>(self, n: i128) -> Result<Money, E> {
+                Ok(Money(n))
+            }
+            fn visit_str<E: serde::de::Error>(self, digits: &str) -> Result<Money, E> {
+                digits.parse().map(Money).map_err(|_| E::invalid_value(serde::de::Unexpected::Str(digits), &self))
+            }
+        }
+        d.deserialize_any(Units)
+    }
+}
 
 impl Money {
     pub const ZERO: Money = Money(0);
 
     pub const fn new(minor_units: i64) -> Money {
+        Money(minor_units as i128)
+    }
+
+    /// Any count of minor units (a system account's balance may pass an `i64`).
+    pub const fn wide(minor_units: i128) -> Money {
         Money(minor_units)
     }
 
-    pub const fn minor_units(self) -> i64 {
+    pub const fn minor_units(self) -> i128 {
         self.0
+    }
+
+    /// The value as an `i64`, if it fits (every customer balance, amount and limit does).
+    pub fn to_i64(self) -> Option<i64> {
+        i64::try_from(self.0).ok()
     }
 
     pub fn checked_add(self, other: Money) -> Option<Money> {
@@ -72,7 +128,7 @@ impl Amount {
     }
 
     pub const fn money(self) -> Money {
-        Money(self.0)
+        Money::new(self.0)
     }
 }
 
@@ -169,10 +225,22 @@ mod tests {
 
     #[test]
     fn money_arithmetic_is_checked() {
-        assert_eq!(Money::new(i64::MAX).checked_add(Money::new(1)), None);
-        assert_eq!(Money::new(i64::MIN).checked_sub(Money::new(1)), None);
-        assert_eq!(Money::new(i64::MIN).checked_neg(), None);
+        assert_eq!(Money::wide(i128::MAX).checked_add(Money::new(1)), None);
+        assert_eq!(Money::wide(i128::MIN).checked_sub(Money::new(1)), None);
+        assert_eq!(Money::wide(i128::MIN).checked_neg(), None);
         assert_eq!(Money::new(2).checked_sub(Money::new(5)), Some(Money::new(-3)));
+        let past = Money::new(i64::MIN).checked_sub(Money::new(1)).expect("an i128 holds it");
+        assert_eq!((past.to_i64(), Money::new(i64::MIN).to_i64()), (None, Some(i64::MIN)));
+        // An integer while it fits in 64 bits, else its digits; both read back, through a
+        // `Value` too.
+        assert_eq!(serde_json::to_string(&Money::new(-7)).expect("serializes"), "-7");
+        assert_eq!(serde_json::to_string(&past).expect("serializes"), "\"-9223372036854775809\"");
+        for m in [Money::new(-7), Money::new(i64::MAX), past, Money::wide(i128::MIN)] {
+            let value = serde_json::to_value(m).expect("a value");
+            assert_eq!(serde_json::from_value::<Money>(value).expect("reads back"), m);
+            let text = serde_json::to_string(&m).expect("text");
+            assert_eq!(serde_json::from_str::<Money>(&text).expect("reads back"), m);
+        }
     }
 
     #[test]

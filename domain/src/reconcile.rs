@@ -132,7 +132,7 @@ impl LineDefect {
 }
 
 fn ours(w: &Withdrawal) -> serde_json::Value {
-    let amount = w.settled_amount.map_or(w.amount.minor_units(), Money::minor_units);
+    let amount = w.settled_amount.map_or(w.amount.money(), |m| m).minor_units();
     json!({ "status": w.status, "amount": amount, "currency": w.currency })
 }
 

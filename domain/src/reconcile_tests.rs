@@ -308,7 +308,7 @@ fn a_correction_that_would_overflow_a_balance_is_flagged_not_made() {
     withdraw(&mut ledger, WITHDRAWAL + 1, AMOUNT_MAX);
     bring_to(&mut ledger, WITHDRAWAL + 1, WithdrawalStatus::Settled);
     let balance = ledger.account(id(ACCOUNT)).map_or(0, |a| a.balance.minor_units());
-    for n in 0..(i64::MAX - balance) / AMOUNT_MAX {
+    for n in 0..(i128::from(i64::MAX) - balance) / i128::from(AMOUNT_MAX) {
         deposit(&mut ledger, 10 + n as u128, AMOUNT_MAX);
     }
     let before = (ledger.account(id(ACCOUNT)).cloned(), ledger.withdrawal(id(WITHDRAWAL + 1)).cloned());

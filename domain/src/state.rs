@@ -439,7 +439,7 @@ impl Ledger {
 
     /// Applies an event to every stream it belongs to, each at its next version.
     pub fn apply(&mut self, event: &Event) {
-        let mut per_currency: BTreeMap<Currency, i64> = BTreeMap::new();
+        let mut per_currency: BTreeMap<Currency, i128> = BTreeMap::new();
         for p in event.postings() {
             let sum = per_currency.entry(p.currency).or_default();
             *sum = sum.checked_add(p.delta.minor_units()).expect("postings are bounded amounts");
@@ -457,7 +457,7 @@ impl Ledger {
         let mut sums = BTreeMap::new();
         for state in self.streams.values() {
             if let Aggregate::Account(a) = &state.aggregate {
-                *sums.entry(a.currency).or_insert(0i128) += i128::from(a.balance.minor_units());
+                *sums.entry(a.currency).or_insert(0i128) += a.balance.minor_units();
             }
         }
         sums

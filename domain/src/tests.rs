@@ -308,9 +308,9 @@ proptest! {
             prop_assert!(ledger.balance_sums().values().all(|s| *s == 0), "money not conserved");
             for i in 0..4 {
                 let acc = ledger.account(id(i as u128 + 1)).expect("opened");
-                prop_assert_eq!(acc.balance.minor_units(), model.balance[i]);
-                prop_assert_eq!(acc.pending_holds.minor_units(), model.holds[i]);
-                prop_assert!(acc.available().minor_units() >= -LIMITS[i], "overdraft breached");
+                prop_assert_eq!(acc.balance.to_i64(), Some(model.balance[i]));
+                prop_assert_eq!(acc.pending_holds.to_i64(), Some(model.holds[i]));
+                prop_assert!(acc.available() >= Money::new(-LIMITS[i]), "overdraft breached");
             }
         }
         // Replaying the recorded events (after the openings) reproduces the state.

@@ -9,12 +9,19 @@ use ledger_domain::{Aggregate, EVOLVE_VERSION, Event, StreamState, evolve};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+/// A snapshot's state, read as text: a system account's balance may pass 64 bits, which
+/// `serde_json::Value` cannot hold exactly (an `i128` parses from text, not from a
+/// `Value`). A snapshot that does not decode is ignored (the log is folded instead).
+fn decode(state: &str) -> Option<StreamState> {
+    serde_json::from_str(state).ok()
+}
+
 /// The latest trusted snapshot of each stream (version and state).
 pub async fn latest(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<(Uuid, StreamState)>, sqlx::Error> {
-    let rows: Vec<(Uuid, serde_json::Value)> = sqlx::query_as(
+    let rows: Vec<(Uuid, String)> = sqlx::query_as(
         // One backward probe of the primary key per stream: `= any($1)` over a
         // thousand ids would be planned as a scan comparing every row with every id.
-        "select k.id, s.state from unnest($1::uuid[]) as k(id)
+        "select k.id, s.state::text from unnest($1::uuid[]) as k(id)
          join lateral (select state from snapshots s where s.stream_id = k.id and s.evolve_version = $2
                        order by s.version desc limit 1) s on true",
     )
@@ -22,15 +29,15 @@ pub async fn latest(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<(Uuid, StreamStat
     .bind(EVOLVE_VERSION)
     .fetch_all(pool)
     .await?;
-    Ok(rows.into_iter().filter_map(|(id, state)| serde_json::from_value(state).ok().map(|s| (id, s))).collect())
+    Ok(rows.into_iter().filter_map(|(id, state)| decode(&state).map(|s| (id, s))).collect())
 }
 
 /// Stores a snapshot (idempotent).
 pub async fn save(pool: &PgPool, stream_id: Uuid, state: &StreamState) -> Result<(), sqlx::Error> {
-    let json = serde_json::to_value(state).expect("stream state serializes");
+    let json = serde_json::to_string(state).expect("stream state serializes");
     sqlx::query(
         "insert into snapshots (stream_id, version, position, evolve_version, state)
-         select $1, $2, position, $3, $4 from stream_entries where stream_id = $1 and version = $2
+         select $1, $2, position, $3, $4::jsonb from stream_entries where stream_id = $1 and version = $2
          on conflict (stream_id, version) do update set evolve_version = excluded.evolve_version, state = excluded.state",
     )
     .bind(stream_id)
@@ -53,8 +60,8 @@ pub async fn state_at(
 ) -> Result<(StreamState, usize), StoreError> {
     let mut state = StreamState::default();
     if use_snapshots {
-        let row: Option<serde_json::Value> = sqlx::query_scalar(
-            "select state from snapshots where stream_id = $1 and position <= $2 and evolve_version = $3
+        let row: Option<String> = sqlx::query_scalar(
+            "select state::text from snapshots where stream_id = $1 and position <= $2 and evolve_version = $3
              order by version desc limit 1",
         )
         .bind(stream_id)
@@ -62,7 +69,7 @@ pub async fn state_at(
         .bind(EVOLVE_VERSION)
         .fetch_optional(pool)
         .await?;
-        if let Some(s) = row.and_then(|v| serde_json::from_value(v).ok()) {
+        if let Some(s) = row.as_deref().and_then(decode) {
             state = s;
         }
     }

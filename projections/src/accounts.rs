@@ -16,7 +16,8 @@ struct Entry {
     kind: &'static str,
     movement_id: Uuid,
     amount: i64,
-    balance_after: i64,
+    /// `numeric`, as text (see `queries::wide_money`).
+    balance_after: String,
     /// The other side when all of the account's postings in the event share one.
     counterparty: Option<Uuid>,
     occurred_at: chrono::DateTime<chrono::Utc>,
@@ -37,7 +38,7 @@ fn kind(event: &Event) -> &'static str {
     }
 }
 
-type Row = (Uuid, String, Option<String>, String, i64, i64, i64, bool, Option<serde_json::Value>, i64, i64);
+type Row = (Uuid, String, Option<String>, String, String, i64, i64, bool, Option<serde_json::Value>, i64, i64);
 
 async fn load(
     tx: &mut Transaction<'_, Postgres>,
@@ -47,7 +48,7 @@ async fn load(
     let sql = format!(
         // One primary-key probe per id (`offset 0` keeps the planner from turning the
         // probes into a scan that compares every row with every id).
-        "select v.id, v.currency, v.owner, v.status, v.balance, v.pending_holds, v.overdraft_limit, v.system,
+        "select v.id, v.currency, v.owner, v.status, v.balance::text, v.pending_holds, v.overdraft_limit, v.system,
                 v.metadata, v.version, v.position
          from unnest($1::uuid[]) as k(id) join lateral (select * from {} x where x.id = k.id offset 0) v on true",
         t.name("accounts_view")
@@ -62,7 +63,7 @@ async fn load(
             overdraft_limit: Money::new(limit),
             system,
             status: if status == "closed" { AccountStatus::Closed } else { AccountStatus::Open },
-            balance: Money::new(balance),
+            balance: crate::queries::wide_money(&balance)?,
             pending_holds: Money::new(holds),
             metadata,
         };
@@ -99,7 +100,7 @@ pub async fn apply(
                 kind: kind(event),
                 movement_id: event.movement_id().expect("money-moving events have a movement id"),
                 amount,
-                balance_after: a.balance.minor_units(),
+                balance_after: a.balance.minor_units().to_string(),
                 counterparty,
                 occurred_at: recorded.recorded_at,
                 effective_at: event.effective_at().unwrap_or(recorded.recorded_at),
@@ -117,7 +118,7 @@ async fn write_accounts(
     ids: &[Uuid],
     states: &HashMap<Uuid, (StreamState, i64)>,
 ) -> Result<(), ApplyError> {
-    let mut cols: (Vec<Uuid>, Vec<String>, Vec<Option<String>>, Vec<&str>, Vec<i64>, Vec<i64>) = Default::default();
+    let mut cols: (Vec<Uuid>, Vec<String>, Vec<Option<String>>, Vec<&str>, Vec<String>, Vec<i64>) = Default::default();
     let mut more: (Vec<i64>, Vec<bool>, Vec<Option<serde_json::Value>>, Vec<i64>, Vec<i64>) = Default::default();
     for id in ids {
         let Some((StreamState { version, aggregate: Aggregate::Account(a) }, position)) = states.get(id) else {
@@ -127,9 +128,9 @@ async fn write_accounts(
         cols.1.push(a.currency.to_string());
         cols.2.push(a.owner.clone());
         cols.3.push(if a.status == AccountStatus::Closed { "closed" } else { "open" });
-        cols.4.push(a.balance.minor_units());
-        cols.5.push(a.pending_holds.minor_units());
-        more.0.push(a.overdraft_limit.minor_units());
+        cols.4.push(a.balance.minor_units().to_string());
+        cols.5.push(customer_units(a.pending_holds));
+        more.0.push(customer_units(a.overdraft_limit));
         more.1.push(a.system);
         more.2.push(a.metadata.clone());
         more.3.push(*version);
@@ -138,7 +139,7 @@ async fn write_accounts(
     let sql = format!(
         "insert into {} (id, currency, owner, status, balance, pending_holds, overdraft_limit, system,
                                     metadata, version, position, updated_at)
-         select *, now() from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[],
+         select *, now() from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::numeric[], $6::int8[],
                                      $7::int8[], $8::bool[], $9::jsonb[], $10::int8[], $11::int8[])
          on conflict (id) do update set status = excluded.status, balance = excluded.balance,
              pending_holds = excluded.pending_holds, version = excluded.version,
@@ -173,17 +174,23 @@ fn net_entries(event: &Event) -> Vec<(Uuid, i64, Option<Uuid>)> {
         for (p, other) in [(a, b.account_id), (b, a.account_id)] {
             match out.iter_mut().find(|(id, _, _)| *id == p.account_id) {
                 Some((_, amount, counterparty)) => {
-                    *amount += p.delta.minor_units();
+                    *amount += customer_units(p.delta);
                     // A second counterparty: none to name (and none once it is gone).
                     if *counterparty != Some(other) {
                         *counterparty = None;
                     }
                 }
-                None => out.push((p.account_id, p.delta.minor_units(), Some(other))),
+                None => out.push((p.account_id, customer_units(p.delta), Some(other))),
             }
         }
     }
     out
+}
+
+/// A value that fits in 64 bits (a posting's delta, a hold, a limit: amounts of at most
+/// 10^15); only balances may pass them.
+fn customer_units(m: Money) -> i64 {
+    m.to_i64().expect("amounts, holds and limits fit in 64 bits")
 }
 
 async fn write_entries(tx: &mut Transaction<'_, Postgres>, t: &Tables, entries: Vec<Entry>) -> Result<(), ApplyError> {
@@ -196,7 +203,7 @@ async fn write_entries(tx: &mut Transaction<'_, Postgres>, t: &Tables, entries: 
         Vec<&str>,
         Vec<Uuid>,
         Vec<i64>,
-        Vec<i64>,
+        Vec<String>,
         Vec<Option<Uuid>>,
         Vec<chrono::DateTime<chrono::Utc>>,
         Vec<chrono::DateTime<chrono::Utc>>,
@@ -215,7 +222,7 @@ async fn write_entries(tx: &mut Transaction<'_, Postgres>, t: &Tables, entries: 
     let sql = format!(
         "insert into {} (account_id, position, kind, movement_id, amount, balance_after, counterparty, occurred_at,
                         effective_at)
-         select * from unnest($1::uuid[], $2::int8[], $3::text[], $4::uuid[], $5::int8[], $6::int8[], $7::uuid[],
+         select * from unnest($1::uuid[], $2::int8[], $3::text[], $4::uuid[], $5::int8[], $6::numeric[], $7::uuid[],
                               $8::timestamptz[], $9::timestamptz[])",
         t.name("account_entries")
     );

@@ -16,7 +16,7 @@ pub struct AccountRow {
     pub currency: String,
     pub owner: Option<String>,
     pub status: AccountStatus,
-    pub balance: i64,
+    pub balance: i128,
     pub pending_holds: i64,
     pub overdraft_limit: i64,
     pub system: bool,
@@ -92,13 +92,13 @@ pub struct WithdrawalRow {
 }
 
 /// One line of an account's statement (`account_entries`).
-#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EntryRow {
     pub position: i64,
     pub kind: String,
     pub movement_id: Uuid,
     pub amount: i64,
-    pub balance_after: i64,
+    pub balance_after: i128,
     pub counterparty: Option<Uuid>,
     pub occurred_at: DateTime<Utc>,
     pub effective_at: DateTime<Utc>,
@@ -133,13 +133,44 @@ impl<'r> sqlx::FromRow<'r, PgRow> for AccountRow {
             currency: row.try_get("currency")?,
             owner: row.try_get("owner")?,
             status: status(row, "status")?,
-            balance: row.try_get("balance")?,
+            balance: wide(row, "balance")?,
             pending_holds: row.try_get("pending_holds")?,
             overdraft_limit: row.try_get("overdraft_limit")?,
             system: row.try_get("system")?,
             metadata: row.try_get("metadata")?,
             version: row.try_get("version")?,
             position: row.try_get("position")?,
+        })
+    }
+}
+
+/// A balance as Postgres keeps it (`numeric`, 128 bits' worth: migration 0018), read as
+/// text: sqlx decodes `numeric` only through a decimal crate.
+pub fn wide_money(text: &str) -> Result<ledger_domain::Money, sqlx::Error> {
+    text.parse::<i128>()
+        .map(ledger_domain::Money::wide)
+        .map_err(|_| sqlx::Error::Decode(format!("{text:?} is not a balance").into()))
+}
+
+/// A `numeric` balance column, selected as `{column}::text as {column}`.
+fn wide(row: &PgRow, column: &str) -> Result<i128, sqlx::Error> {
+    use sqlx::Row;
+    let text: String = row.try_get(column)?;
+    wide_money(&text).map(ledger_domain::Money::minor_units)
+}
+
+impl<'r> sqlx::FromRow<'r, PgRow> for EntryRow {
+    fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
+        use sqlx::Row;
+        Ok(EntryRow {
+            position: row.try_get("position")?,
+            kind: row.try_get("kind")?,
+            movement_id: row.try_get("movement_id")?,
+            amount: row.try_get("amount")?,
+            balance_after: wide(row, "balance_after")?,
+            counterparty: row.try_get("counterparty")?,
+            occurred_at: row.try_get("occurred_at")?,
+            effective_at: row.try_get("effective_at")?,
         })
     }
 }
@@ -192,7 +223,7 @@ fn with_checkpoint(projection: &str, columns: &str, rows: &str, order: &str) -> 
     )
 }
 
-const ACCOUNT_COLUMNS: &str = "v.id, v.currency, v.owner, v.status, v.balance, v.pending_holds, v.overdraft_limit, \
+const ACCOUNT_COLUMNS: &str = "v.id, v.currency, v.owner, v.status, v.balance::text as balance, v.pending_holds, v.overdraft_limit, \
      v.system, v.metadata, v.version, v.position";
 
 /// The statement of [`account`] (`$1`: the id), for benchmarks to explain.
@@ -239,7 +270,7 @@ pub async fn entries(
     let rows = "select position, kind, movement_id as id, amount, balance_after, counterparty, occurred_at,
                        effective_at
                 from account_entries where account_id = $1 and position < $2 order by position desc limit $3";
-    let columns = "v.position, v.kind, v.id as movement_id, v.id, v.amount, v.balance_after, v.counterparty, \
+    let columns = "v.position, v.kind, v.id as movement_id, v.id, v.amount, v.balance_after::text as balance_after, v.counterparty, \
                    v.occurred_at, v.effective_at";
     let sql = with_checkpoint("accounts", columns, rows, "order by v.position desc");
     let query = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(account).bind(before.unwrap_or(i64::MAX)).bind(limit);
@@ -405,10 +436,11 @@ pub async fn expired_holds(
 ) -> Result<Vec<(DateTime<Utc>, Uuid)>, sqlx::Error> {
     // Pages in `(expires_at, id)` order: a page of holds that turn out not to be
     // pending any more (the read model lags the log) is passed, never asked again.
-    let (at, id) = after.unwrap_or((DateTime::<Utc>::MIN_UTC, Uuid::nil()));
+    let (at, id) = after.unzip();
     sqlx::query_as(
         "select expires_at, id from holds_view
-         where status = 'pending' and expires_at is not null and expires_at <= $1 and (expires_at, id) > ($2, $3)
+         where status = 'pending' and expires_at is not null and expires_at <= $1
+           and ($2::timestamptz is null or (expires_at, id) > ($2, $3))
          order by expires_at, id limit $4",
     )
     .bind(now)

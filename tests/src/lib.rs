@@ -253,24 +253,25 @@ impl TestApp {
         for (id, state) in ledger.streams() {
             let ledger_domain::Aggregate::Account(a) = &state.aggregate else { continue };
             accounts += 1;
-            let row: (i64, i64, i64, String) =
-                sqlx::query_as("select balance, pending_holds, version, status from accounts_view where id = $1")
+            let row: (String, i64, i64, String) =
+                sqlx::query_as("select balance::text, pending_holds, version, status from accounts_view where id = $1")
                     .bind(id)
                     .fetch_one(&self.pool)
                     .await
                     .unwrap_or_else(|e| panic!("account {id} missing from the read model: {e}"));
             assert_eq!(
-                (row.0, row.1, row.2),
-                (a.balance.minor_units(), a.pending_holds.minor_units(), state.version),
+                (row.0.parse::<i128>().ok(), i128::from(row.1), row.2),
+                (Some(a.balance.minor_units()), a.pending_holds.minor_units(), state.version),
                 "account {id}"
             );
-            let sum: Option<i64> =
-                sqlx::query_scalar("select sum(amount)::bigint from account_entries where account_id = $1")
+            let sum: Option<String> =
+                sqlx::query_scalar("select sum(amount)::text from account_entries where account_id = $1")
                     .bind(id)
                     .fetch_one(&self.pool)
                     .await
                     .expect("entries");
-            assert_eq!(sum.unwrap_or(0), a.balance.minor_units(), "statement of {id} sums to its balance");
+            let sum = sum.map_or(Some(0), |s| s.parse::<i128>().ok());
+            assert_eq!(sum, Some(a.balance.minor_units()), "statement of {id} sums to its balance");
         }
         let rows: i64 =
             sqlx::query_scalar("select count(*) from accounts_view").fetch_one(&self.pool).await.expect("count");

@@ -149,7 +149,7 @@ async fn read_your_writes_sees_each_write_of_this_client() {
         assert_eq!(ledger.last_position(), d.position);
         // Eventual, yet never older than the client's own last write.
         let read = ledger.account(a.id).await.expect("reads");
-        assert_eq!(read.balance, n * (n + 1) / 2, "after deposit {n}");
+        assert_eq!(read.balance, i128::from(n * (n + 1) / 2), "after deposit {n}");
         assert!(read.as_of_position.expect("X-Ledger-Position") >= d.position);
     }
 }

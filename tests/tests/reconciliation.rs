@@ -239,7 +239,7 @@ async fn a_run_while_payouts_retry_settles_each_withdrawal_once_in_total() {
 }
 
 /// Every balance of the log, folded (which also checks that every currency sums to 0).
-async fn balances(app: &TestApp) -> Vec<(Uuid, i64)> {
+async fn balances(app: &TestApp) -> Vec<(Uuid, i128)> {
     let ledger = app.fold_log().await;
     ledger
         .streams()

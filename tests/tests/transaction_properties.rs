@@ -207,7 +207,7 @@ async fn the_bitemporal_balance_is_the_fold_of_what_was_known_and_effective() {
             .filter_map(|e| Event::from_parts(e["type"].as_str()?, e["data"].clone()).ok())
             .flat_map(|e| e.postings())
             .filter(|p| p.account_id == a)
-            .map(|p| p.delta.minor_units())
+            .map(|p| p.delta.to_i64().expect("a customer posting"))
             .sum()
     };
     let times: Vec<chrono::DateTime<chrono::Utc>> = log.iter().map(effective).collect();

@@ -146,7 +146,7 @@ impl TryFrom<i64> for OverdraftLimit {
 
 impl From<OverdraftLimit> for i64 {
     fn from(limit: OverdraftLimit) -> i64 {
-        limit.0.minor_units()
+        limit.0.to_i64().expect("an overdraft limit is at most 10^15")
     }
 }
 

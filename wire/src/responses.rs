@@ -20,8 +20,12 @@ pub struct Account {
     #[schema(required = true)]
     pub owner: Option<String>,
     pub status: AccountStatus,
-    pub balance: i64,
-    pub available: i64,
+    /// A customer account's balance fits in 64 bits; a system account's (the negative
+    /// sum of its currency's customers) may not: read it as an arbitrary-size integer.
+    #[schema(value_type = i128)]
+    pub balance: i128,
+    #[schema(value_type = i128)]
+    pub available: i128,
     pub pending_holds: i64,
     pub overdraft_limit: i64,
     /// A currency's system account (money from or to the outside world); may go negative.
@@ -156,7 +160,9 @@ pub struct Entry {
     /// Signed from this account's view (credits positive, debits negative); for a
     /// transaction, the account's net over all its postings.
     pub amount: i64,
-    pub balance_after: i64,
+    /// Past 64 bits only for a system account.
+    #[schema(value_type = i128)]
+    pub balance_after: i128,
     /// The other side of the movement (a system account for deposits and withdrawals);
     /// null for a transaction whose postings to this account have several.
     #[schema(required = true)]
@@ -183,8 +189,11 @@ pub enum EntryKind {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct HistoricalBalance {
     pub id: Uuid,
-    pub balance: i64,
-    pub available: i64,
+    /// Past 64 bits only for a system account.
+    #[schema(value_type = i128)]
+    pub balance: i128,
+    #[schema(value_type = i128)]
+    pub available: i128,
     pub pending_holds: i64,
     /// The stream's version at that point.
     pub version: i64,

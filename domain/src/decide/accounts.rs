@@ -104,14 +104,19 @@ pub(super) fn ensure_funds(account: &Account, amount: Amount) -> Result<(), Doma
 }
 
 /// Checks that no balance the event touches would overflow, its postings applied in
-/// order (a transaction may post to one account many times).
+/// order (a transaction may post to one account many times): a customer balance must
+/// stay within an `i64`; a system account's, the sum of many, only within the `i128`
+/// that holds it (see `money`), which no sequence of commands can reach.
 pub(crate) fn ensure_no_overflow(state: &Ledger, event: &Event) -> Result<(), DomainError> {
     let mut balances: std::collections::HashMap<Uuid, Money> = std::collections::HashMap::new();
     for p in event.postings() {
-        let balance = balances
-            .entry(p.account_id)
-            .or_insert_with(|| state.account(p.account_id).map_or(Money::ZERO, |a| a.balance));
-        *balance = balance.checked_add(p.delta).ok_or(DomainError::BalanceOverflow { account_id: p.account_id })?;
+        let account = state.account(p.account_id);
+        let balance = balances.entry(p.account_id).or_insert_with(|| account.map_or(Money::ZERO, |a| a.balance));
+        let after = balance.checked_add(p.delta);
+        let system = account.is_some_and(|a| a.system) || is_reserved_id(p.account_id);
+        *balance = after
+            .filter(|b| system || b.to_i64().is_some())
+            .ok_or(DomainError::BalanceOverflow { account_id: p.account_id })?;
     }
     Ok(())
 }

@@ -138,7 +138,7 @@ async fn load_checked(
     let t = Instant::now();
     loader.load(&mut ledger, &[id]).await?;
     let elapsed = t.elapsed();
-    let got = ledger.account(id).map(|a| a.balance.minor_units());
+    let got = ledger.account(id).and_then(|a| a.balance.to_i64());
     if ledger.version(id) != version || got != Some(balance) {
         bail!(
             "strong load gave version {} balance {got:?}, expected version {version} balance {balance}",
