@@ -87,6 +87,25 @@ pub struct Config {
     /// `LEDGER_WEBHOOK_CA_FILE` (unset by default): PEM certificates trusted for `https`
     /// webhook endpoints besides the platform's roots (a private CA).
     pub webhook_ca_file: Option<String>,
+    /// `LEDGER_WEBHOOK_ALLOW` (unset: every host not denied) and `LEDGER_WEBHOOK_DENY`:
+    /// comma-separated CIDR ranges and host names webhooks may (only) or may not send
+    /// to, checked at registration and on every resolved address at connect time.
+    /// Link-local and cloud metadata addresses, 0.0.0.0/8, multicast and broadcast are
+    /// always denied (`webhooks::hosts::DEFAULT_DENY`).
+    pub webhook_allow: String,
+    pub webhook_deny: String,
+    /// `LEDGER_WEBHOOKS_MAX` (default 100): active webhooks at most.
+    pub webhooks_max: usize,
+    /// `LEDGER_WEBHOOK_DB_POOL_MAX` (default 4): the connections webhook deliveries use,
+    /// apart from the pool of commands and reads.
+    pub webhook_db_pool_max: u32,
+    /// `LEDGER_MASTER_KEY` (unset: dev mode keeps a generated key in the database):
+    /// base64 of 32 bytes; seals secrets at rest (`keys`).
+    pub master_key: Option<String>,
+    /// `LEDGER_BULK_CONCURRENCY_MAX` (default 2): bulks read, parsed and run at once in
+    /// one process; more wait up to `LEDGER_BULK_WAIT_MS` (default 1000), then 503.
+    pub bulk_concurrency_max: usize,
+    pub bulk_wait: Duration,
     /// `LEDGER_PROVIDER_BREAKER_FAILURES` (default 5) within `LEDGER_PROVIDER_BREAKER_WINDOW_MS`
     /// (default 30000) open the provider's breaker for `LEDGER_PROVIDER_BREAKER_COOLDOWN_MS` (default 5000).
     pub provider_breaker_failures: u32,
@@ -178,6 +197,13 @@ impl Default for Config {
             webhook_backoff_max: Duration::from_millis(60_000),
             webhook_breaker_cooldown: Duration::from_millis(5000),
             webhook_ca_file: None,
+            webhook_allow: String::new(),
+            webhook_deny: String::new(),
+            webhooks_max: 100,
+            webhook_db_pool_max: 4,
+            master_key: None,
+            bulk_concurrency_max: 2,
+            bulk_wait: Duration::from_millis(1000),
             provider_breaker_failures: 5,
             provider_breaker_window: Duration::from_millis(30_000),
             provider_breaker_cooldown: Duration::from_millis(5000),
@@ -255,6 +281,13 @@ impl Config {
             webhook_backoff_max: env_ms("LEDGER_WEBHOOK_BACKOFF_MAX_MS", d.webhook_backoff_max)?,
             webhook_breaker_cooldown: env_ms("LEDGER_WEBHOOK_BREAKER_COOLDOWN_MS", d.webhook_breaker_cooldown)?,
             webhook_ca_file: optional("LEDGER_WEBHOOK_CA_FILE"),
+            webhook_allow: env_or("LEDGER_WEBHOOK_ALLOW", &d.webhook_allow),
+            webhook_deny: env_or("LEDGER_WEBHOOK_DENY", &d.webhook_deny),
+            webhooks_max: env_num("LEDGER_WEBHOOKS_MAX", d.webhooks_max)?,
+            webhook_db_pool_max: env_num("LEDGER_WEBHOOK_DB_POOL_MAX", d.webhook_db_pool_max)?,
+            master_key: optional("LEDGER_MASTER_KEY"),
+            bulk_concurrency_max: env_num("LEDGER_BULK_CONCURRENCY_MAX", d.bulk_concurrency_max)?,
+            bulk_wait: env_ms("LEDGER_BULK_WAIT_MS", d.bulk_wait)?,
             provider_breaker_failures: env_num("LEDGER_PROVIDER_BREAKER_FAILURES", d.provider_breaker_failures)?,
             provider_breaker_window: env_ms("LEDGER_PROVIDER_BREAKER_WINDOW_MS", d.provider_breaker_window)?,
             provider_breaker_cooldown: env_ms("LEDGER_PROVIDER_BREAKER_COOLDOWN_MS", d.provider_breaker_cooldown)?,

@@ -61,11 +61,12 @@ pub async fn connect(config: &Config) -> Result<PgPool, sqlx::Error> {
         .await
 }
 
-/// A pool like [`connect`]'s on another server (a read replica), connecting on first use.
-pub fn connect_lazy(url: &str, config: &Config) -> Result<PgPool, sqlx::Error> {
+/// A pool like [`connect`]'s, of `max_connections`, on `url` (a read replica, or the
+/// primary for a worker that must not share the main pool), connecting on first use.
+pub fn connect_lazy(url: &str, config: &Config, max_connections: u32) -> Result<PgPool, sqlx::Error> {
     let options = PgConnectOptions::from_str(url)?.options(session_limits(config));
     Ok(PgPoolOptions::new()
-        .max_connections(config.db_pool_max)
+        .max_connections(max_connections)
         .acquire_timeout(config.db_acquire_timeout)
         .connect_lazy_with(options))
 }

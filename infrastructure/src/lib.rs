@@ -9,14 +9,17 @@
 //! - Writing: [`writer`] (one group-commit writer per process, atomic groups).
 //! - Fan-out and side effects: [`relay`] (the outbox to JetStream, one leader),
 //!   [`nats`] (names and streams), [`payouts`] (the payout worker), [`provider`] (its
-//!   client), [`reconcile`] (runs against the provider's statement), [`breaker`].
-//! - Running: [`config`] (every setting and its default), [`db`] (pool and migrations).
+//!   client), [`reconcile`] (runs against the provider's statement), [`breaker`],
+//!   [`webhooks`] (deliveries to clients' endpoints).
+//! - Running: [`config`] (every setting and its default), [`db`] (pool and migrations),
+//!   [`keys`] (the master key, and what it seals).
 
 pub mod audit;
 pub mod breaker;
 pub mod config;
 pub mod db;
 pub mod hash;
+pub mod keys;
 pub mod nats;
 pub mod outcome;
 pub mod payouts;

@@ -307,7 +307,6 @@ async fn register(app: &TestApp, url: &str) -> Reply {
 /// Item 6: webhook URLs with credentials, link-local and metadata addresses (however
 /// they are spelled) are refused at registration.
 #[tokio::test]
-#[ignore = "issue 26: not fixed yet"]
 async fn webhooks_cannot_target_link_local_metadata_or_carry_credentials() {
     let app = TestApp::spawn().await;
     for url in [
@@ -328,7 +327,6 @@ async fn webhooks_cannot_target_link_local_metadata_or_carry_credentials() {
 /// Item 6: what a dead letter says of a failed endpoint does not tell a closed port
 /// from an open one that speaks something else or from a silent one.
 #[tokio::test]
-#[ignore = "issue 26: not fixed yet"]
 async fn dead_letters_do_not_tell_ports_apart() {
     let mut config = test_config();
     config.webhook_attempts_max = 1;
@@ -373,10 +371,55 @@ async fn dead_letters_do_not_tell_ports_apart() {
     assert!(errors.windows(2).all(|w| w[0] == w[1]), "one coarse class for every unreachable endpoint: {errors:?}");
 }
 
+/// Item 6: the host policy is applied to the address a name resolves to, at connect
+/// time; and registrations are capped.
+#[tokio::test]
+async fn the_host_policy_holds_at_connect_time_and_webhooks_are_capped() {
+    let mut config = test_config();
+    config.webhook_deny = "127.0.0.0/8, ::1/128".into();
+    config.webhook_attempts_max = 1;
+    config.webhooks_max = 2;
+    let app = TestApp::spawn_with(config).await;
+    let receiver = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = receiver.local_addr().expect("addr").port();
+    let reached = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = reached.clone();
+    tokio::spawn(async move {
+        while let Ok(_conn) = receiver.accept().await {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    for literal in
+        [format!("http://127.0.0.1:{port}/"), format!("http://2130706433:{port}/"), format!("http://[::1]:{port}/")]
+    {
+        let r = register(&app, &literal).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{literal}: {r:?}");
+    }
+    // A name passes registration; the address it resolves to is refused when it connects.
+    let by_name = register(&app, &format!("http://localhost:{port}/hook")).await;
+    assert_eq!(by_name.status, StatusCode::CREATED, "{by_name:?}");
+    let a = app.open_account("EUR", 0).await;
+    app.deposit(a, 1, "EUR").await;
+    let source = json!(format!("webhook:{}", by_name.id()));
+    eventually("the event is dead-lettered as refused", 30, || async {
+        let list = app.get("/v1/admin/dead-letters").await;
+        list.body["dead_letters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|d| d["source"] == source && d["last_error"] == json!("refused by the webhook host policy"))
+    })
+    .await;
+    assert!(!reached.load(std::sync::atomic::Ordering::SeqCst), "no connection reached the denied address");
+    let second = register(&app, "http://example.invalid/hook").await;
+    assert_eq!(second.status, StatusCode::CREATED, "{second:?}");
+    let third = register(&app, "http://example.invalid/other").await;
+    assert_eq!((third.status, third.code()), (StatusCode::UNPROCESSABLE_ENTITY, "validation_error"), "{third:?}");
+}
+
 /// Item 11: a webhook's secret is kept encrypted, and no idempotency record holds it;
 /// the replay of the registration still gives it back.
 #[tokio::test]
-#[ignore = "issue 26: not fixed yet"]
 async fn webhook_secrets_are_not_stored_in_clear() {
     let app = TestApp::spawn().await;
     let k = key();
@@ -456,7 +499,13 @@ async fn stale_due_holds_do_not_make_the_expiry_worker_spin() {
     let (a, b) = (app.open_account("EUR", 0).await, app.open_account("EUR", 0).await);
     app.deposit(a, 100, "EUR").await;
     let expires_at = (chrono::Utc::now() + chrono::Duration::milliseconds(500)).to_rfc3339();
-    let hold = app.post("/v1/holds", &key(), &json!({ "account_id": a, "to": b, "amount": 10, "currency": "EUR", "expires_at": expires_at })).await;
+    let hold = app
+        .post(
+            "/v1/holds",
+            &key(),
+            &json!({ "account_id": a, "to": b, "amount": 10, "currency": "EUR", "expires_at": expires_at }),
+        )
+        .await;
     eventually("the real hold expires", 15, || async {
         app.get(&format!("/v1/holds/{}?consistency=strong", hold.id())).await.body["status"] == json!("expired")
     })

@@ -343,11 +343,12 @@ async fn a_delivery_above_a_gap_applies_the_gap_from_the_log_first() {
     let applied =
         ledger_projections::apply::apply_delivered(&app.pool, Projection::Accounts, &last).await.expect("applied");
     assert_eq!((applied.position, applied.applied), (head, 2), "the gap and the delivered event");
-    let (balance, position): (i64, i64) = sqlx::query_as("select balance, position from accounts_view where id = $1")
-        .bind(a)
-        .fetch_one(&app.pool)
-        .await
-        .expect("the view");
+    let (balance, position): (i64, i64) =
+        sqlx::query_as("select balance::bigint, position from accounts_view where id = $1")
+            .bind(a)
+            .fetch_one(&app.pool)
+            .await
+            .expect("the view");
     assert_eq!((balance, position), (60, head));
     let entries: i64 = sqlx::query_scalar("select count(*) from account_entries where account_id = $1")
         .bind(a)

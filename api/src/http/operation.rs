@@ -23,8 +23,9 @@ use uuid::Uuid;
 pub enum Begun {
     /// The key is this request's: run the operation.
     Run(OperationKey),
-    /// The key's request finished before: its stored answer, replayed.
-    Answered(Response),
+    /// The key's request finished before: its stored answer, to replay (with
+    /// `Idempotent-Replayed: true`, `command::respond(answer, true)`).
+    Answered(StoredResponse),
 }
 
 /// An operation's claim on its key, held while it runs.
@@ -50,7 +51,7 @@ pub async fn begin(state: &AppState, principal: &Principal, body: &CommandBody) 
         KeyClaim::Taken(token) => {
             Ok(Begun::Run(OperationKey { store: state.store.clone(), claim, token, settled: false }))
         }
-        KeyClaim::Done(Stored::Response(stored)) => Ok(Begun::Answered(respond(stored, true))),
+        KeyClaim::Done(Stored::Response(stored)) => Ok(Begun::Answered(stored)),
         // Commands and operations have different paths, so never the same fingerprint.
         KeyClaim::Done(Stored::Outcome(_)) => Err(ApiError::internal(&"an operation's key holds a command's outcome")),
         KeyClaim::InFlight => Err(CommandError::IdempotencyKeyInFlight.into()),

@@ -60,7 +60,7 @@ async fn rebuild(
     let projection =
         Projection::from_name(&name).ok_or_else(|| ApiError::not_found(format!("no projection named {name}")))?;
     let key = match crate::http::operation::begin(&state, &principal, &body).await? {
-        crate::http::operation::Begun::Answered(replay) => return Ok(replay),
+        crate::http::operation::Begun::Answered(replay) => return Ok(crate::http::command::respond(replay, true)),
         crate::http::operation::Begun::Run(key) => key,
     };
     let lock = ledger_projections::rebuild::RebuildLock::acquire(&state.config.database_url, projection)
@@ -159,7 +159,7 @@ pub fn token_id(name: &str) -> Uuid {
 async fn breakers(State(state): State<AppState>) -> Result<Response, ApiError> {
     let head = state.store.head().await?;
     let mut breakers = vec![state.relay_breaker.snapshot(), state.provider_breaker.snapshot()];
-    breakers.extend(ledger_infrastructure::webhooks::breakers(&state.pool).await?);
+    breakers.extend(ledger_infrastructure::webhooks::store::breakers(&state.pool).await?);
     let breakers = breakers.into_iter().map(views::breaker).collect();
     Ok(views::read(&ledger_wire::Breakers { breakers }, head))
 }
@@ -184,7 +184,7 @@ async fn dead_letters(State(state): State<AppState>, Params(q): Params) -> Resul
     let ready = read_model_ready(&state, Projection::Transfers, consistency).await?;
     let (rows, position) = ledger_projections::queries::open_dead_letters(ready.pool).await?;
     let mut dead_letters: Vec<ledger_wire::DeadLetter> = rows.into_iter().map(views::dead_letter).collect();
-    let webhooks = ledger_infrastructure::webhooks::open_dead_letters(ready.pool).await?;
+    let webhooks = ledger_infrastructure::webhooks::store::open_dead_letters(ready.pool).await?;
     dead_letters.extend(webhooks.into_iter().map(views::webhook_dead_letter));
     dead_letters.sort_by_key(|d| (d.dead_lettered_at, d.id));
     Ok(views::read(&ledger_wire::DeadLetters { dead_letters }, position))
@@ -197,26 +197,25 @@ async fn resolve_webhook_dead_letter(
     principal: &Principal,
     body: &CommandBody,
     raw: &str,
-    resolution: ledger_infrastructure::webhooks::Resolution,
+    action: ledger_infrastructure::webhooks::DeadLetterAction,
 ) -> Result<Option<Response>, ApiError> {
-    use ledger_infrastructure::webhooks::{Resolution, ResolveError, resolve_dead_letter};
+    use ledger_infrastructure::webhooks::store::{is_dead_letter, resolve_dead_letter};
+    use ledger_infrastructure::webhooks::{DeadLetterAction, ResolveError};
     let Ok(id) = Uuid::parse_str(raw) else { return Ok(None) };
-    let is_webhooks: bool = sqlx::query_scalar("select exists (select 1 from webhook_dead_letters where id = $1)")
-        .bind(id)
-        .fetch_one(&state.pool)
-        .await?;
-    if !is_webhooks {
+    if !is_dead_letter(&state.pool, id).await? {
         return Ok(None);
     }
     let key = match crate::http::operation::begin(state, principal, body).await? {
-        crate::http::operation::Begun::Answered(replay) => return Ok(Some(replay)),
+        crate::http::operation::Begun::Answered(replay) => {
+            return Ok(Some(crate::http::command::respond(replay, true)));
+        }
         crate::http::operation::Begun::Run(key) => key,
     };
-    let response = match resolve_dead_letter(&state.pool, id, resolution).await {
+    let response = match resolve_dead_letter(&state.pool, id, action).await {
         Ok(()) => {
-            let status = match resolution {
-                Resolution::Redrive => ledger_wire::DeadLetterOutcome::Redriven,
-                Resolution::Discard => ledger_wire::DeadLetterOutcome::Discarded,
+            let status = match action {
+                DeadLetterAction::Redrive => ledger_wire::DeadLetterOutcome::Redriven,
+                DeadLetterAction::Discard => ledger_wire::DeadLetterOutcome::Discarded,
             };
             let position = state.store.head().await?;
             let body = ledger_wire::DeadLetterResolution { id, withdrawal_id: None, status, position };
@@ -287,7 +286,7 @@ async fn redrive(
     Segment(raw): Segment,
     body: CommandBody,
 ) -> Result<Response, ApiError> {
-    let redrive = ledger_infrastructure::webhooks::Resolution::Redrive;
+    let redrive = ledger_infrastructure::webhooks::DeadLetterAction::Redrive;
     if let Some(done) = resolve_webhook_dead_letter(&state, &principal, &body, &raw, redrive).await? {
         return Ok(done);
     }
@@ -319,7 +318,7 @@ async fn discard(
     Segment(raw): Segment,
     body: CommandBody,
 ) -> Result<Response, ApiError> {
-    let discard = ledger_infrastructure::webhooks::Resolution::Discard;
+    let discard = ledger_infrastructure::webhooks::DeadLetterAction::Discard;
     if let Some(done) = resolve_webhook_dead_letter(&state, &principal, &body, &raw, discard).await? {
         return Ok(done);
     }

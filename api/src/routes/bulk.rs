@@ -182,7 +182,7 @@ async fn bulk(
     body: CommandBody,
 ) -> Result<Response, ApiError> {
     let key = match operation::begin(&state, &principal, &body).await? {
-        Begun::Answered(replay) => return Ok(replay),
+        Begun::Answered(replay) => return Ok(crate::http::command::respond(replay, true)),
         Begun::Run(key) => key,
     };
     let items =

@@ -57,7 +57,7 @@ pub fn reconciler(state: &crate::run::state::Core) -> Reconciler {
 async fn start(State(state): State<AppState>, principal: Principal, body: CommandBody) -> Result<Response, ApiError> {
     use crate::http::operation::{Begun, begin};
     let key = match begin(&state, &principal, &body).await? {
-        Begun::Answered(replay) => return Ok(replay),
+        Begun::Answered(replay) => return Ok(crate::http::command::respond(replay, true)),
         Begun::Run(key) => key,
     };
     let window = match window(&body) {

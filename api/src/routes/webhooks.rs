@@ -12,6 +12,8 @@ use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
 use axum::{Json, Router};
+use ledger_infrastructure::StoredResponse;
+use ledger_infrastructure::webhooks::store::{self, Registered};
 use ledger_infrastructure::webhooks::{self, NewWebhook};
 use ledger_wire::EventType;
 use uuid::Uuid;
@@ -64,17 +66,19 @@ fn event_types(names: Option<Vec<String>>) -> Result<Option<Vec<EventType>>, Api
     request_body = ledger_wire::WebhookRequest,
     responses(
         (status = 201, description = "Registered.", body = ledger_wire::WebhookCreated),
-        (status = 422, description = "`validation_error`: the URL is not http(s), an event type is unknown, or \
-            `event_types` is empty."),
+        (status = 422, description = "`validation_error`: the URL is not http(s), carries credentials, or names a \
+            host the host policy refuses (link-local and metadata addresses always; `LEDGER_WEBHOOK_ALLOW`, \
+            `LEDGER_WEBHOOK_DENY`); an event type is unknown, or `event_types` is empty; or `LEDGER_WEBHOOKS_MAX` \
+            webhooks are active already."),
     )
 )]
 async fn create(State(state): State<AppState>, principal: Principal, body: CommandBody) -> Result<Response, ApiError> {
     // A key used before answers as it did (or 422 for another body) before anything else.
     let key = match operation::begin(&state, &principal, &body).await? {
-        Begun::Answered(replay) => return Ok(replay),
+        Begun::Answered(replay) => return Ok(respond(with_secret(&state, replay).await?, true)),
         Begun::Run(key) => key,
     };
-    let (request, types) = match registration(&body) {
+    let (request, types) = match registration(&state, &body) {
         Ok(valid) => valid,
         Err(e) => return Err(key.refuse(e).await),
     };
@@ -85,11 +89,10 @@ async fn create(State(state): State<AppState>, principal: Principal, body: Comma
         url: request.url.clone(),
         event_types: types.clone(),
         status: "active".into(),
-        secret: Some(secret.clone()),
+        secret: None,
     };
-    // The replay answers the same body, secret included: the service keeps the secret
-    // to sign with anyway (unlike a token's, of which only the hash is kept), and a
-    // client that lost the first answer must not be left with a webhook it cannot check.
+    // The record keeps no secret (it is sealed in the webhook's row); a replay reads it
+    // back from there, so a client that lost the first answer can still check signatures.
     let recorded = stored(201, &created);
     let new = NewWebhook {
         id,
@@ -98,18 +101,44 @@ async fn create(State(state): State<AppState>, principal: Principal, body: Comma
         description: request.description.map(|d| d.0),
         secret: secret.clone(),
     };
-    if !webhooks::register(&state.pool, &new, key.claim(), key.token(), &recorded).await? {
+    let limit = state.config.webhooks_max;
+    match store::register(&state.pool, &state.master_key, &new, key.claim(), key.token(), &recorded, limit).await? {
+        Registered::Created => {}
         // Our lease lapsed and a retry of this request took the key over: it registers.
-        return Err(ledger_infrastructure::CommandError::IdempotencyKeyInFlight.into());
+        Registered::ClaimLost => return Err(ledger_infrastructure::CommandError::IdempotencyKeyInFlight.into()),
+        Registered::Full => {
+            let e = ApiError::validation(format!("at most {limit} webhooks may be active (LEDGER_WEBHOOKS_MAX)"));
+            return Err(key.refuse(e).await);
+        }
     }
     key.finished();
-    Ok(respond(recorded, false))
+    Ok(respond(stored(201, &ledger_wire::WebhookCreated { secret: Some(secret), ..created }), false))
 }
 
-/// A registration's request, checked: its URL, and its event types without repeats.
-fn registration(body: &CommandBody) -> Result<(ledger_wire::WebhookRequest, Option<Vec<EventType>>), ApiError> {
+/// A stored registration answer with the webhook's secret read back (opened) from it.
+async fn with_secret(state: &AppState, mut answer: StoredResponse) -> Result<StoredResponse, ApiError> {
+    let id = answer.body["id"].as_str().and_then(|id| Uuid::parse_str(id).ok());
+    if let (Some(id), true) = (id, answer.body["secret"].is_null()) {
+        let secret = store::secret(&state.pool, &state.master_key, id)
+            .await
+            .map_err(|e| ApiError::internal(&format!("webhook {id}: {e}")))?;
+        answer.body["secret"] = secret.map_or(serde_json::Value::Null, serde_json::Value::String);
+    }
+    Ok(answer)
+}
+
+/// A registration's request, checked: its URL (against the host policy too), and its
+/// event types without repeats.
+fn registration(
+    state: &AppState,
+    body: &CommandBody,
+) -> Result<(ledger_wire::WebhookRequest, Option<Vec<EventType>>), ApiError> {
     let request: ledger_wire::WebhookRequest = crate::http::requests::parse(&body.json)?;
     endpoint(&request.url)?;
+    state
+        .webhook_policy
+        .check_url(&request.url)
+        .map_err(|refusal| ApiError::validation(format!("`url`: {refusal}")))?;
     let mut types = request.event_types.clone();
     if let Some(t) = types.as_mut() {
         if t.is_empty() {
@@ -131,7 +160,7 @@ fn registration(body: &CommandBody) -> Result<(ledger_wire::WebhookRequest, Opti
     responses((status = 200, description = "The webhooks.", body = ledger_wire::Webhooks))
 )]
 async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let rows = webhooks::active(&state.pool).await?;
+    let rows = store::active(&state.pool).await?;
     let mut list = Vec::with_capacity(rows.len());
     for w in rows {
         list.push(ledger_wire::Webhook {
@@ -167,7 +196,7 @@ async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
 async fn remove(State(state): State<AppState>, Segment(raw): Segment) -> Result<Response, ApiError> {
     let not_found = || ApiError::not_found(format!("webhook {raw} not found"));
     let id = crate::http::validate::path_uuid(&raw, not_found)?;
-    if !webhooks::delete(&state.pool, id).await? {
+    if !store::delete(&state.pool, id).await? {
         return Err(not_found());
     }
     Ok(StatusCode::NO_CONTENT.into_response())

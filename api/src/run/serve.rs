@@ -18,19 +18,29 @@ use uuid::Uuid;
 
 /// Connects (creating and migrating the database if needed) and builds the process's
 /// core. NATS is connected in the background: the service starts without it.
-pub async fn build_core(config: Config) -> Result<Core, sqlx::Error> {
+pub async fn build_core(config: Config) -> Result<Core, StartError> {
     let pool = ledger_infrastructure::connect_and_migrate(&config).await?;
+    // A wrong or missing master key stops start-up here, before anything is served.
+    let master_key = ledger_infrastructure::keys::MasterKey::load(&pool, config.master_key.as_deref()).await?;
+    let sealed = ledger_infrastructure::webhooks::store::seal_legacy(&pool, &master_key).await?;
+    if sealed > 0 {
+        tracing::info!(webhooks = sealed, "sealed webhook secrets kept in clear by an earlier version");
+    }
+    let webhook_policy = ledger_infrastructure::webhooks::HostPolicy::new(&config.webhook_allow, &config.webhook_deny)
+        .map_err(StartError::Config)?;
     let nats = ledger_infrastructure::nats::connect(&config.nats_url)
         .await
         .map_err(|e| sqlx::Error::Configuration(format!("invalid NATS_URL: {e}").into()))?;
     // Lazy: the service starts (and writes) while the replica is down or still
     // replaying the database's creation; reads go to the primary until it answers.
     let replica = match &config.database_read_url {
-        Some(url) => Some(ledger_infrastructure::db::connect_lazy(url, &config)?),
+        Some(url) => Some(ledger_infrastructure::db::connect_lazy(url, &config, config.db_pool_max)?),
         None => None,
     };
     let mut core = Core::new(config, pool, nats);
     core.replica_pool = replica;
+    core.master_key = std::sync::Arc::new(master_key);
+    core.webhook_policy = std::sync::Arc::new(webhook_policy);
     Ok(core)
 }
 
@@ -87,18 +97,14 @@ pub fn spawn_workers(state: &Core, on_applied: OnApplied, shutdown: Cancellation
         bus: state.bus.clone(),
         interval: Duration::from_secs(1),
     };
-    // A webhook's body is the event exactly as `GET /v1/events` shows it.
-    let render: ledger_infrastructure::webhooks::Render = std::sync::Arc::new(|event| {
-        let view = crate::read::views::recorded_event(event.clone()).map_err(|e| e.detail.clone())?;
-        serde_json::to_vec(&view).map_err(|e| e.to_string())
-    });
-    let webhook_limits = ledger_infrastructure::webhooks::WebhookLimits::from_config(config);
     let webhooks = ledger_infrastructure::webhooks::Dispatcher {
-        pool: state.pool.clone(),
+        pool: ledger_infrastructure::db::connect_lazy(&config.database_url, config, config.webhook_db_pool_max)
+            .expect("the database URL parsed when the main pool connected"),
         database_url: config.database_url.clone(),
         tls: ledger_infrastructure::webhooks::Dispatcher::tls(config.webhook_ca_file.as_deref()),
-        limits: webhook_limits,
-        render,
+        policy: state.webhook_policy.clone(),
+        key: state.master_key.clone(),
+        limits: ledger_infrastructure::webhooks::WebhookLimits::from_config(config),
         owner: state.instance_id,
     };
     let mut handles = vec![
@@ -387,6 +393,10 @@ pub struct Running {
 pub enum StartError {
     #[error("postgres: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("master key: {0}")]
+    MasterKey(#[from] ledger_infrastructure::keys::KeyError),
+    #[error("configuration: {0}")]
+    Config(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
 }

@@ -35,6 +35,10 @@ pub struct Core {
     pub instance_id: uuid::Uuid,
     /// The streaming replica for eventual reads (`DATABASE_READ_URL`), if any.
     pub replica_pool: Option<PgPool>,
+    /// Seals and opens secrets at rest (`LEDGER_MASTER_KEY`).
+    pub master_key: Arc<ledger_infrastructure::keys::MasterKey>,
+    /// Where webhooks may send (`LEDGER_WEBHOOK_ALLOW`, `LEDGER_WEBHOOK_DENY`).
+    pub webhook_policy: Arc<ledger_infrastructure::webhooks::HostPolicy>,
 }
 
 impl Core {
@@ -55,6 +59,10 @@ impl Core {
         Core {
             names: Names::new(&config.nats_prefix).with_replicas(config.nats_replicas),
             replica_pool: None,
+            // `build_core` puts the key the database was sealed with here; this one is a
+            // stand-in for a core built without start-up (it matches no stored value).
+            master_key: Arc::new(ledger_infrastructure::keys::MasterKey::generate().0),
+            webhook_policy: Arc::default(),
             pool,
             store,
             bus,

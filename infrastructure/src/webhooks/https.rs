@@ -39,23 +39,41 @@ pub struct Answer {
     pub retry_after: Option<Duration>,
 }
 
-/// POSTs `body` to `url` with `headers`; the whole exchange (connect, TLS, request,
-/// status and at most `read_max` bytes of the body) within `timeout`.
+/// Why a request got no HTTP answer. The cause is logged; what is stored (a dead
+/// letter's `last_error`) is only whether the policy refused the host or the endpoint
+/// could not be reached, so a webhook cannot be used to tell closed, open and filtered
+/// ports of a host apart.
+#[derive(Debug)]
+pub enum Unanswered {
+    /// The host, or every address it resolves to, is refused by the host policy.
+    Denied,
+    /// Resolution, connection, TLS, the HTTP exchange or the time-out failed.
+    Unreachable(String),
+}
+
+/// POSTs `body` to `url` with `headers`; the whole exchange (resolution, connect, TLS,
+/// request, status and at most `read_max` bytes of the body) within `timeout`. The
+/// connection goes to an address of the host that `policy` allows, as resolved here.
 pub async fn post(
     tls: &TlsConnector,
+    policy: &super::hosts::HostPolicy,
     url: &str,
     headers: &[(&str, String)],
     body: Vec<u8>,
     timeout: Duration,
     read_max: usize,
-) -> Result<Answer, String> {
-    let uri: hyper::Uri = url.parse().map_err(|_| "the URL does not parse".to_owned())?;
+) -> Result<Answer, Unanswered> {
+    let unreachable = |why: &str| Unanswered::Unreachable(why.to_owned());
+    if policy.check_url(url).is_err() {
+        return Err(Unanswered::Denied);
+    }
+    let uri: hyper::Uri = url.parse().map_err(|_| unreachable("the URL does not parse"))?;
     let https = match uri.scheme_str() {
         Some("https") => true,
         Some("http") => false,
-        _ => return Err("not an http(s) URL".into()),
+        _ => return Err(unreachable("not an http(s) URL")),
     };
-    let host = uri.host().filter(|h| !h.is_empty()).ok_or("the URL names no host")?;
+    let host = uri.host().filter(|h| !h.is_empty()).ok_or_else(|| unreachable("the URL names no host"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let authority = uri.authority().map_or(host.clone(), |a| a.as_str().to_owned());
@@ -64,19 +82,47 @@ pub async fn post(
     for (name, value) in headers {
         request = request.header(*name, value);
     }
-    let request = request.body(Full::new(Bytes::from(body))).map_err(|e| e.to_string())?;
+    let request = request.body(Full::new(Bytes::from(body))).map_err(|e| Unanswered::Unreachable(e.to_string()))?;
     let exchange = async {
-        let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| format!("connect: {e}"))?;
+        let address = allowed_address(policy, &host, port).await?;
+        let tcp = tokio::net::TcpStream::connect(address)
+            .await
+            .map_err(|e| Unanswered::Unreachable(format!("connect: {e}")))?;
         let _ = tcp.set_nodelay(true);
         if https {
-            let name = ServerName::try_from(host.clone()).map_err(|e| format!("server name: {e}"))?;
-            let stream = tls.connect(name, tcp).await.map_err(|e| format!("TLS: {e}"))?;
-            exchange(TokioIo::new(stream), request, read_max).await
+            let name =
+                ServerName::try_from(host.clone()).map_err(|e| Unanswered::Unreachable(format!("server name: {e}")))?;
+            let stream = tls.connect(name, tcp).await.map_err(|e| Unanswered::Unreachable(format!("TLS: {e}")))?;
+            exchange(TokioIo::new(stream), request, read_max).await.map_err(Unanswered::Unreachable)
         } else {
-            exchange(TokioIo::new(tcp), request, read_max).await
+            exchange(TokioIo::new(tcp), request, read_max).await.map_err(Unanswered::Unreachable)
         }
     };
-    tokio::time::timeout(timeout, exchange).await.map_err(|_| "timed out".to_owned())?
+    tokio::time::timeout(timeout, exchange).await.map_err(|_| unreachable("timed out"))?
+}
+
+/// The first address `host` resolves to that the policy allows (a literal is its own
+/// address, in any spelling the resolver reads; see `hosts::literal_ip`).
+async fn allowed_address(
+    policy: &super::hosts::HostPolicy,
+    host: &str,
+    port: u16,
+) -> Result<std::net::SocketAddr, Unanswered> {
+    let resolved: Vec<std::net::SocketAddr> = match super::hosts::literal_ip(host) {
+        Some(ip) => vec![std::net::SocketAddr::new(ip, port)],
+        None => tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| Unanswered::Unreachable(format!("resolve: {e}")))?
+            .collect(),
+    };
+    let mut denied = false;
+    for address in resolved {
+        if policy.allows_resolved(host, address.ip()) {
+            return Ok(address);
+        }
+        denied = true;
+    }
+    Err(if denied { Unanswered::Denied } else { Unanswered::Unreachable("the host resolves to no address".into()) })
 }
 
 async fn exchange<T>(io: T, request: hyper::Request<Full<Bytes>>, read_max: usize) -> Result<Answer, String>

@@ -125,7 +125,7 @@ async fn time_rebuild(db: &BenchDb, projection: Projection, head: i64) -> anyhow
 /// The rebuilt read models against what the generator knows.
 async fn verify(db: &BenchDb, g: &LogGen) -> anyhow::Result<Value> {
     let rows: Vec<(Uuid, i64, bool)> =
-        sqlx::query_as("select id, balance, system from accounts_view").fetch_all(&db.pool).await?;
+        sqlx::query_as("select id, balance::bigint, system from accounts_view").fetch_all(&db.pool).await?;
     let views: HashMap<Uuid, (i64, bool)> = rows.iter().map(|(id, b, s)| (*id, (*b, *s))).collect();
     let mut mismatches = 0u64;
     for (id, balance) in g.accounts.iter().zip(&g.balances) {

@@ -307,7 +307,7 @@ impl Fuzz {
                 self.fail("replay :: an account the model does not know".into(), what);
                 continue;
             };
-            let (balance, holds) = (i128::from(f.balance.minor_units()), i128::from(f.pending_holds.minor_units()));
+            let (balance, holds) = (f.balance.minor_units(), f.pending_holds.minor_units());
             if (balance, holds) != (a.balance, a.holds) {
                 let what = format!("{id}: folded balance {balance} holds {holds}, model {} {}", a.balance, a.holds);
                 self.fail("replay :: the folded log differs from the model".into(), what);
