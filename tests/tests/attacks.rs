@@ -417,6 +417,48 @@ async fn the_host_policy_holds_at_connect_time_and_webhooks_are_capped() {
     assert_eq!((third.status, third.code()), (StatusCode::UNPROCESSABLE_ENTITY, "validation_error"), "{third:?}");
 }
 
+/// Item 8: bulks are admitted a few at a time, before their bodies are read: one more
+/// than the bound waits briefly, then is refused 503 with `Retry-After`, never read.
+#[tokio::test]
+async fn bulks_beyond_the_concurrency_bound_are_shed_before_their_bodies_are_read() {
+    use tokio::io::AsyncWriteExt;
+    let mut config = test_config();
+    config.bulk_concurrency_max = 1;
+    config.bulk_wait = Duration::from_millis(200);
+    let app = TestApp::spawn_with(config).await;
+    let (a, b) = (app.open_account("EUR", 0).await, app.open_account("EUR", 0).await);
+    app.deposit(a, 100, "EUR").await;
+    // A bulk whose body arrives slowly holds the one permit while it is read.
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let head = format!(
+        "POST /v1/bulk HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {}\r\nidempotency-key: {}\r\n\
+         content-type: application/json\r\ncontent-length: 1000000\r\n\r\n{{\"items\": [",
+        ledger_tests::ADMIN_TOKEN,
+        key()
+    );
+    slow.write_all(head.as_bytes()).await.expect("written");
+    slow.flush().await.expect("flushed");
+    let body = transfers(a, b, 1);
+    eventually("the next bulk is shed while the slow one holds the permit", 10, || async {
+        let r = app.post("/v1/bulk", &key(), &body).await;
+        r.status == StatusCode::SERVICE_UNAVAILABLE && r.code() == "unavailable" && r.header("retry-after") == Some("1")
+    })
+    .await;
+    for _ in 0..4 {
+        assert_eq!(app.post("/v1/bulk", &key(), &body).await.status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    // Shedding says nothing of Postgres: its breaker stays closed, commands go on.
+    assert_eq!(app.deposit(a, 1, "EUR").await.status, StatusCode::CREATED, "no breaker opened by shedding");
+    assert_eq!(balance(&app, b).await, 0, "the shed bulks ran nothing");
+    drop(slow);
+    eventually("a bulk is admitted once the slow one is gone", 10, || async {
+        app.post("/v1/bulk", &key(), &body).await.status == StatusCode::OK
+    })
+    .await;
+    assert_eq!(balance(&app, b).await, 1);
+}
+
 /// Item 11: a webhook's secret is kept encrypted, and no idempotency record holds it;
 /// the replay of the registration still gives it back.
 #[tokio::test]

@@ -44,12 +44,14 @@ impl FromRequest<AppState> for CommandBody {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        // A bulk carries up to 1,000 commands: its body may be larger than one command's.
-        let limit = if request.uri().path() == "/v1/bulk" {
-            ledger_wire::limits::BULK_BYTES_MAX
-        } else {
-            state.config.body_bytes_max
-        };
+        CommandBody::read(request, state.config.body_bytes_max).await
+    }
+}
+
+impl CommandBody {
+    /// Reads a command's request: its key (checked first), then its body, at most
+    /// `limit` bytes (413 `payload_too_large` past it).
+    pub async fn read(request: Request, limit: usize) -> Result<CommandBody, ApiError> {
         let key = idempotency_key(request.headers())?;
         let method: Method = request.method().clone();
         let path = request.uri().path().to_owned();
@@ -67,9 +69,7 @@ impl FromRequest<AppState> for CommandBody {
         };
         Ok(CommandBody::new(method.as_str(), &path, json, key))
     }
-}
 
-impl CommandBody {
     /// A command's body and key, fingerprinted: sha256 of `"{method} {path}\n"` and the
     /// body's canonical JSON.
     pub fn new(method: &str, path: &str, json: Value, key: String) -> CommandBody {

@@ -21,11 +21,22 @@ pub struct ApiError {
     pub account_id: Option<uuid::Uuid>,
     /// The failing item of an atomic bulk.
     pub failed_index: Option<usize>,
+    /// A dependency failed (Postgres, the writer): the Postgres breaker counts it. A 503
+    /// that sheds load says nothing of Postgres and is not counted.
+    pub dependency_failed: bool,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: ErrorCode, detail: impl Into<String>) -> ApiError {
-        ApiError { status, code, detail: detail.into(), retry_after_s: None, account_id: None, failed_index: None }
+        ApiError {
+            status,
+            code,
+            detail: detail.into(),
+            retry_after_s: None,
+            account_id: None,
+            failed_index: None,
+            dependency_failed: false,
+        }
     }
 
     pub fn validation(detail: impl Into<String>) -> ApiError {
@@ -53,11 +64,21 @@ impl ApiError {
         tracing::error!(error = %cause, "dependency unavailable");
         ApiError {
             retry_after_s: Some(1),
+            dependency_failed: true,
             ..ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 ErrorCode::Unavailable,
                 "a dependency is unavailable; retry later",
             )
+        }
+    }
+
+    /// A bound on in-flight work is reached: the request is refused at once, before it
+    /// costs anything, with `Retry-After` (not a dependency failure).
+    pub fn overloaded(detail: impl Into<String>) -> ApiError {
+        ApiError {
+            retry_after_s: Some(1),
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, detail)
         }
     }
 
@@ -181,7 +202,7 @@ impl From<ledger_infrastructure::store::StoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = problem_response(self.status, &self.body(), self.retry_after_s);
-        if self.status == StatusCode::SERVICE_UNAVAILABLE && self.code == ErrorCode::Unavailable {
+        if self.dependency_failed {
             response.extensions_mut().insert(crate::http::guard::DependencyFailed);
         }
         response

@@ -9,11 +9,11 @@ use crate::http::command::{CommandBody, Planned, Prepared, finish, prepare, rend
 use crate::http::context::{Principal, RequestContext};
 use crate::http::error::ApiError;
 use crate::http::operation::{self, Begun};
-use crate::http::requests::parse;
+use crate::http::requests::parse_owned;
 use crate::routes::{accounts, deposits, holds, transactions, transfers, withdrawals};
 use crate::run::state::AppState;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::response::Response;
 use axum::routing::post;
 use ledger_infrastructure::{AtomicError, CommandError, Stored, StoredResponse};
@@ -23,6 +23,31 @@ use std::collections::HashSet;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/bulk", post(bulk))
+}
+
+/// A bulk's turn, held until it is answered: at most `LEDGER_BULK_CONCURRENCY_MAX` bulks
+/// are read, parsed and run at once in a process, so the memory bulks take is bounded
+/// whatever clients send. Another waits up to `LEDGER_BULK_WAIT_MS` for a turn before
+/// its body is read; then it is refused 503 `unavailable` with `Retry-After`, its body
+/// read only to be dropped (so the client, still sending, gets the answer).
+async fn admit(state: &AppState, request: Request) -> Result<(tokio::sync::OwnedSemaphorePermit, Request), ApiError> {
+    let permits = state.bulk_permits.clone();
+    if let Ok(Ok(permit)) = tokio::time::timeout(state.config.bulk_wait, permits.acquire_owned()).await {
+        return Ok((permit, request));
+    }
+    metrics::counter!("ledger_bulks_shed_total").increment(1);
+    let mut body = request.into_body().into_data_stream();
+    let (mut drained, limit) = (0usize, ledger_wire::limits::BULK_BYTES_MAX);
+    let drain = async {
+        while let Some(Ok(chunk)) = futures::StreamExt::next(&mut body).await {
+            drained += chunk.len();
+            if drained > limit {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(state.config.bulk_wait, drain).await;
+    Err(ApiError::overloaded("too many bulks are running; retry later"))
 }
 
 /// The command routes a bulk item may name.
@@ -109,14 +134,14 @@ struct Item {
 
 /// Checks every item before any runs (a malformed bulk is refused whole). An item may
 /// not use the bulk's own key: the bulk holds it while it runs.
-fn items(request: &BulkRequest, bulk_key: &str) -> Result<Vec<Item>, ApiError> {
+fn items(items: Vec<ledger_wire::BulkItem>, bulk_key: &str) -> Result<Vec<Item>, ApiError> {
     let max = ledger_wire::limits::BULK_ITEMS_MAX;
-    if request.items.is_empty() || request.items.len() > max {
-        return Err(ApiError::validation(format!("`items` must hold 1 to {max} items, not {}", request.items.len())));
+    if items.is_empty() || items.len() > max {
+        return Err(ApiError::validation(format!("`items` must hold 1 to {max} items, not {}", items.len())));
     }
     let mut keys = HashSet::new();
-    let mut out = Vec::with_capacity(request.items.len());
-    for (i, item) in request.items.iter().enumerate() {
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
         if item.method != "POST" {
             return Err(ApiError::validation(format!("`items[{i}].method` must be POST")));
         }
@@ -135,14 +160,11 @@ fn items(request: &BulkRequest, bulk_key: &str) -> Result<Vec<Item>, ApiError> {
         if item.idempotency_key == bulk_key {
             return Err(ApiError::validation(format!("`items[{i}].idempotency_key` is the bulk's own key")));
         }
-        if !keys.insert(item.idempotency_key.as_str()) {
+        if !keys.insert(item.idempotency_key.clone()) {
             return Err(ApiError::validation(format!("`items[{i}].idempotency_key` is used by an earlier item")));
         }
-        let json = item.body.clone().unwrap_or_else(|| Value::Object(Default::default()));
-        out.push(Item {
-            body: CommandBody::new("POST", &item.path, json, item.idempotency_key.clone()),
-            path: item.path.clone(),
-        });
+        let json = item.body.unwrap_or_else(|| Value::Object(Default::default()));
+        out.push(Item { body: CommandBody::new("POST", &item.path, json, item.idempotency_key), path: item.path });
     }
     Ok(out)
 }
@@ -179,17 +201,20 @@ async fn bulk(
     State(state): State<AppState>,
     principal: Principal,
     context: RequestContext,
-    body: CommandBody,
+    request: Request,
 ) -> Result<Response, ApiError> {
+    let (_turn, request) = admit(&state, request).await?;
+    // A bulk carries up to 1,000 commands: its body may be larger than one command's.
+    let mut body = CommandBody::read(request, ledger_wire::limits::BULK_BYTES_MAX).await?;
     let key = match operation::begin(&state, &principal, &body).await? {
         Begun::Answered(replay) => return Ok(crate::http::command::respond(replay, true)),
         Begun::Run(key) => key,
     };
-    let items =
-        match parse(&body.json).and_then(|request: BulkRequest| Ok((items(&request, &body.key)?, request.atomic))) {
-            Ok(items) => items,
-            Err(e) => return Err(key.refuse(e).await),
-        };
+    let json = std::mem::take(&mut body.json);
+    let items = match parse_owned(json).and_then(|r: BulkRequest| Ok((items(r.items, &body.key)?, r.atomic))) {
+        Ok(items) => items,
+        Err(e) => return Err(key.refuse(e).await),
+    };
     let (answer, settled) = match items {
         (items, true) => atomic(&state, &principal, &context, items).await?,
         (items, false) => {
@@ -218,7 +243,8 @@ async fn separate(state: &AppState, principal: &Principal, context: &RequestCont
     let mut results: Vec<Option<BulkResult>> = Vec::with_capacity(items.len());
     let mut prepared = Vec::with_capacity(items.len());
     let mut renders = Vec::with_capacity(items.len());
-    for item in &items {
+    // By value: an item's body is not needed once its command is planned.
+    for item in items {
         let ready = plan(state, &item.path, &item.body.json).and_then(|p| {
             let ready = prepare(state, principal, context, &item.body, p.command, p.causation, p.fresh_stream)?;
             Ok((ready, p.render))

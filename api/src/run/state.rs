@@ -95,6 +95,9 @@ pub struct Http {
     pub db_breaker: CircuitBreaker,
     /// Where eventual reads go when `DATABASE_READ_URL` is set.
     pub replica: Option<Replica>,
+    /// Bulks read, parsed and run at once (`LEDGER_BULK_CONCURRENCY_MAX`): what bounds
+    /// the memory bulks take, whatever clients send.
+    pub bulk_permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::ops::Deref for AppState {
@@ -129,6 +132,7 @@ impl AppState {
             tokens: crate::http::auth::TokenCache::default(),
             db_breaker,
             replica: core.replica_pool.clone().map(Replica::new),
+            bulk_permits: Arc::new(tokio::sync::Semaphore::new(config.bulk_concurrency_max.max(1))),
             core,
         }))
     }
