@@ -107,6 +107,9 @@ impl Dispatcher {
             if let Err(e) = self.scan(&running, &scanned).await {
                 tracing::warn!(error = %e, "reading newly committed events for webhooks failed");
             }
+            // Appends under load come every few milliseconds: one look per interval
+            // covers all of them (a notification meanwhile is kept by `appended`).
+            tokio::select! { _ = shutdown.cancelled() => break, _ = tokio::time::sleep(self.limits.scan_interval) => {} }
             let poll = tokio::time::Instant::now() + self.limits.poll;
             tokio::select! {
                 _ = shutdown.cancelled() => break,

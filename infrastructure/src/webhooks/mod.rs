@@ -67,6 +67,8 @@ pub struct WebhookLimits {
     /// Newly committed events whose types one look reads; a longer stretch wakes every
     /// webhook instead (each then finds its next event itself).
     pub scan_max: i64,
+    /// The shortest time between two looks at newly committed events.
+    pub scan_interval: Duration,
     pub breaker: BreakerConfig,
 }
 
@@ -82,6 +84,7 @@ impl Default for WebhookLimits {
             response_bytes_max: 16 * 1024,
             count_max: 100,
             scan_max: 10_000,
+            scan_interval: Duration::from_millis(25),
             // A success clears the count, so with a day's window this is "5 consecutive
             // failures", however far apart `Retry-After` spaces them.
             breaker: BreakerConfig {
