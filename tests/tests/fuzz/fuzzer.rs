@@ -24,6 +24,9 @@ pub(crate) struct Failure {
 
 pub(crate) struct Fuzz {
     pub(crate) app: TestApp,
+    /// A second writer process on the same database (`ledger api`'s parts): what races
+    /// send to it decides against the same log through another writer.
+    pub(crate) second: TestApp,
     pub(crate) rng: StdRng,
     pub(crate) seed: u64,
     pub(crate) steps: usize,
@@ -63,9 +66,11 @@ impl Fuzz {
     pub(crate) async fn start(seed: u64, steps: usize, keep_going: bool, skip: Vec<String>) -> Fuzz {
         let mut config = test_config();
         config.provider_url = format!("http://127.0.0.1:{}", closed_port());
-        let app = TestApp::spawn_with(config).await;
+        let app = TestApp::spawn_with(config.clone()).await;
+        let second = TestApp::spawn_mode(config, ledger_api::run::serve::Mode::Api).await;
         Fuzz {
             app,
+            second,
             rng: StdRng::seed_from_u64(seed),
             seed,
             steps,
@@ -159,34 +164,41 @@ impl Fuzz {
 
     pub(crate) async fn send(&mut self, req: &Req) -> Resp {
         self.requests += 1;
-        let mut r = self
-            .app
-            .client
-            .request(req.method.clone(), format!("{}{}", self.app.base, req.path))
-            .bearer_auth(ADMIN_TOKEN)
-            .timeout(Duration::from_secs(30));
-        if let Some(b) = &req.body {
-            r = r.header("content-type", "application/json").body(b.clone());
-        }
-        if let Some(k) = &req.key {
-            r = r.header("idempotency-key", HeaderValue::from_bytes(k).expect("generated keys are header values"));
-        }
-        if let Some(c) = &req.correlation {
-            r = r.header("x-correlation-id", HeaderValue::from_bytes(c).expect("generated ids are header values"));
-        }
-        match r.send().await {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                let headers = response.headers().clone();
-                let bytes = response.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
-                let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-                Resp { status, headers, body, text: String::from_utf8_lossy(&bytes).into_owned() }
-            }
-            Err(e) => {
-                let label = self.label.clone();
-                self.fail(format!("{label} :: transport error"), format!("{} -> {e}", req.describe()));
-                Resp { status: 0, headers: HeaderMap::new(), body: Value::Null, text: e.to_string() }
-            }
+        match transport(&self.app, req).await {
+            Ok(resp) => resp,
+            Err(e) => self.transport_failed(req, e),
         }
     }
+
+    /// A request that got no HTTP answer: a failure, and an empty answer to go on with.
+    pub(crate) fn transport_failed(&mut self, req: &Req, e: String) -> Resp {
+        let label = self.label.clone();
+        self.fail(format!("{label} :: transport error"), format!("{} -> {e}", req.describe()));
+        Resp { status: 0, headers: HeaderMap::new(), body: Value::Null, text: e }
+    }
+}
+
+/// Sends a request to `app` (the fuzzer's own, or the second writer process), without
+/// borrowing the fuzzer: requests that race are sent at once.
+pub(crate) async fn transport(app: &TestApp, req: &Req) -> Result<Resp, String> {
+    let mut r = app
+        .client
+        .request(req.method.clone(), format!("{}{}", app.base, req.path))
+        .bearer_auth(ADMIN_TOKEN)
+        .timeout(Duration::from_secs(30));
+    if let Some(b) = &req.body {
+        r = r.header("content-type", "application/json").body(b.clone());
+    }
+    if let Some(k) = &req.key {
+        r = r.header("idempotency-key", HeaderValue::from_bytes(k).expect("generated keys are header values"));
+    }
+    if let Some(c) = &req.correlation {
+        r = r.header("x-correlation-id", HeaderValue::from_bytes(c).expect("generated ids are header values"));
+    }
+    let response = r.send().await.map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = response.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Ok(Resp { status, headers, body, text: String::from_utf8_lossy(&bytes).into_owned() })
 }

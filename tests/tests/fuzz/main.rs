@@ -55,6 +55,8 @@
 //! - `query_accounts`: account, owner and balance queries.
 //! - `query_statements`: statements and their paging.
 //! - `query_log`: the event log, the audit search, account streams.
+//! - `races`: steps that race two requests (one bulk key twice; a condition against a
+//!   drain through a second writer process), backdated captures, oversized conditions.
 //! - `run`: one step, the final checks, the report.
 
 mod apply;
@@ -71,6 +73,7 @@ mod query;
 mod query_accounts;
 mod query_log;
 mod query_statements;
+mod races;
 mod run;
 mod wire;
 

@@ -92,10 +92,6 @@ impl Model {
             || self.withdrawals.iter().any(|w| w.id == id)
     }
 
-    pub(crate) fn system_balance(&self, currency: &str) -> i128 {
-        self.systems.get(currency).and_then(|id| self.accounts.get(id)).map_or(0, |a| a.balance)
-    }
-
     pub(crate) fn open_customers(&self) -> Vec<Account> {
         self.customers.iter().filter_map(|id| self.accounts.get(id)).filter(|a| a.open).cloned().collect()
     }

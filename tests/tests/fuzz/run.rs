@@ -31,6 +31,10 @@ impl Fuzz {
             ("replay", 4),
             ("reuse", 3),
             ("query", 30),
+            ("race_bulk", 4),
+            ("race_condition", 3),
+            ("backdated_capture", 3),
+            ("huge_conditions", 2),
         ];
         let kind = kinds.choose_weighted(&mut self.rng, |k| k.1).expect("weights").0;
         let (force, prefer): (Option<&'static str>, &[&'static str]) = match kind {
@@ -62,6 +66,10 @@ impl Fuzz {
             "close" => self.plan_close(),
             "replay" => return self.step_replay().await,
             "reuse" => return self.step_reuse().await,
+            "race_bulk" => return self.step_bulk_race().await,
+            "race_condition" => return self.step_condition_race().await,
+            "backdated_capture" => return self.step_backdated_capture().await,
+            "huge_conditions" => return self.step_huge_conditions().await,
             _ => return self.step_query().await,
         };
         self.force = None;
