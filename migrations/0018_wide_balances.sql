@@ -5,4 +5,7 @@
 -- balances stay within 64 bits (the ledger refuses a command that would pass them).
 -- Both tables are rewritten once (the read models only; the log has no balances).
 alter table accounts_view alter column balance type numeric(39, 0);
+-- Holds on a customer stay within 64 bits (the ledger refuses more), but the read model
+-- keeps what the log says, whatever that is, rather than fail to apply it.
+alter table accounts_view alter column pending_holds type numeric(39, 0);
 alter table account_entries alter column balance_after type numeric(39, 0);

@@ -207,6 +207,59 @@ fn balances_never_overflow() {
 }
 
 #[test]
+fn funds_held_on_a_customer_stay_within_64_bits() {
+    // Given a balance near i64::MAX and the largest overdraft, so that what the funds
+    // check allows to be held exceeds i64::MAX (issue 26: the read models keep holds in
+    // 64 bits, and a projection panicked on more),
+    let mut ledger = Ledger::new();
+    open(&mut ledger, 1, AMOUNT_MAX);
+    open(&mut ledger, 2, 0);
+    for _ in 0..i64::MAX / AMOUNT_MAX {
+        deposit(&mut ledger, 1, AMOUNT_MAX).expect("fits in i64");
+    }
+    let top_up = i64::MAX - ledger.account(id(1)).and_then(|a| a.balance.to_i64()).expect("opened");
+    deposit(&mut ledger, 1, top_up).expect("up to i64::MAX exactly");
+    let mut placed = 0u128;
+    let place = |ledger: &mut Ledger, n: u128| {
+        run(
+            ledger,
+            Command::PlaceHold(PlaceHold {
+                hold_id: id(0x10_0000 + n),
+                account_id: id(1),
+                to: id(2),
+                amount: amount(AMOUNT_MAX),
+                currency: eur(),
+                expires_at: None,
+                reference: None,
+                metadata: None,
+            }),
+        )
+    };
+    // when holds of the largest amount are placed until one is refused,
+    let refused = loop {
+        match place(&mut ledger, placed) {
+            Ok(_) => placed += 1,
+            Err(e) => break e,
+        }
+    };
+    // then it is refused as an overflow while the funds would still allow it, and the
+    // holds never pass 64 bits.
+    assert!(matches!(refused, DomainError::BalanceOverflow { .. }), "{refused:?}");
+    let a = ledger.account(id(1)).expect("opened");
+    assert!(a.pending_holds.to_i64().is_some() && a.available() >= Money::new(-AMOUNT_MAX), "{a:?}");
+    let withdrawal = RequestWithdrawal {
+        withdrawal_id: id(0x20_0000),
+        account_id: id(1),
+        amount: amount(AMOUNT_MAX),
+        currency: eur(),
+        destination: "d".into(),
+        metadata: None,
+    };
+    let refused = run(&mut ledger, Command::RequestWithdrawal(withdrawal)).expect_err("no room for more holds");
+    assert!(matches!(refused, DomainError::BalanceOverflow { .. }), "{refused:?}");
+}
+
+#[test]
 fn events_round_trip_through_store_parts() {
     let mut ledger = Ledger::new();
     open(&mut ledger, 1, 0);

@@ -38,7 +38,7 @@ fn kind(event: &Event) -> &'static str {
     }
 }
 
-type Row = (Uuid, String, Option<String>, String, String, i64, i64, bool, Option<serde_json::Value>, i64, i64);
+type Row = (Uuid, String, Option<String>, String, String, String, i64, bool, Option<serde_json::Value>, i64, i64);
 
 async fn load(
     tx: &mut Transaction<'_, Postgres>,
@@ -48,7 +48,7 @@ async fn load(
     let sql = format!(
         // One primary-key probe per id (`offset 0` keeps the planner from turning the
         // probes into a scan that compares every row with every id).
-        "select v.id, v.currency, v.owner, v.status, v.balance::text, v.pending_holds, v.overdraft_limit, v.system,
+        "select v.id, v.currency, v.owner, v.status, v.balance::text, v.pending_holds::text, v.overdraft_limit, v.system,
                 v.metadata, v.version, v.position
          from unnest($1::uuid[]) as k(id) join lateral (select * from {} x where x.id = k.id offset 0) v on true",
         t.name("accounts_view")
@@ -64,7 +64,7 @@ async fn load(
             system,
             status: if status == "closed" { AccountStatus::Closed } else { AccountStatus::Open },
             balance: crate::queries::wide_money(&balance)?,
-            pending_holds: Money::new(holds),
+            pending_holds: crate::queries::wide_money(&holds)?,
             metadata,
         };
         states.insert(id, (StreamState { version, aggregate: Aggregate::Account(account) }, position));
@@ -118,7 +118,8 @@ async fn write_accounts(
     ids: &[Uuid],
     states: &HashMap<Uuid, (StreamState, i64)>,
 ) -> Result<(), ApplyError> {
-    let mut cols: (Vec<Uuid>, Vec<String>, Vec<Option<String>>, Vec<&str>, Vec<String>, Vec<i64>) = Default::default();
+    let mut cols: (Vec<Uuid>, Vec<String>, Vec<Option<String>>, Vec<&str>, Vec<String>, Vec<String>) =
+        Default::default();
     let mut more: (Vec<i64>, Vec<bool>, Vec<Option<serde_json::Value>>, Vec<i64>, Vec<i64>) = Default::default();
     for id in ids {
         let Some((StreamState { version, aggregate: Aggregate::Account(a) }, position)) = states.get(id) else {
@@ -129,7 +130,7 @@ async fn write_accounts(
         cols.2.push(a.owner.clone());
         cols.3.push(if a.status == AccountStatus::Closed { "closed" } else { "open" });
         cols.4.push(a.balance.minor_units().to_string());
-        cols.5.push(customer_units(a.pending_holds));
+        cols.5.push(a.pending_holds.minor_units().to_string());
         more.0.push(customer_units(a.overdraft_limit));
         more.1.push(a.system);
         more.2.push(a.metadata.clone());
@@ -139,7 +140,7 @@ async fn write_accounts(
     let sql = format!(
         "insert into {} (id, currency, owner, status, balance, pending_holds, overdraft_limit, system,
                                     metadata, version, position, updated_at)
-         select *, now() from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::numeric[], $6::int8[],
+         select *, now() from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::numeric[], $6::numeric[],
                                      $7::int8[], $8::bool[], $9::jsonb[], $10::int8[], $11::int8[])
          on conflict (id) do update set status = excluded.status, balance = excluded.balance,
              pending_holds = excluded.pending_holds, version = excluded.version,
@@ -187,8 +188,8 @@ fn net_entries(event: &Event) -> Vec<(Uuid, i64, Option<Uuid>)> {
     out
 }
 
-/// A value that fits in 64 bits (a posting's delta, a hold, a limit: amounts of at most
-/// 10^15); only balances may pass them.
+/// A value that fits in 64 bits by construction (a posting's delta, an overdraft limit:
+/// amounts of at most 10^15, checked at the edge); balances and holds are kept whole.
 fn customer_units(m: Money) -> i64 {
     m.to_i64().expect("amounts, holds and limits fit in 64 bits")
 }

@@ -17,7 +17,7 @@ pub struct AccountRow {
     pub owner: Option<String>,
     pub status: AccountStatus,
     pub balance: i128,
-    pub pending_holds: i64,
+    pub pending_holds: i128,
     pub overdraft_limit: i64,
     pub system: bool,
     pub metadata: Option<Value>,
@@ -134,7 +134,7 @@ impl<'r> sqlx::FromRow<'r, PgRow> for AccountRow {
             owner: row.try_get("owner")?,
             status: status(row, "status")?,
             balance: wide(row, "balance")?,
-            pending_holds: row.try_get("pending_holds")?,
+            pending_holds: wide(row, "pending_holds")?,
             overdraft_limit: row.try_get("overdraft_limit")?,
             system: row.try_get("system")?,
             metadata: row.try_get("metadata")?,
@@ -223,7 +223,7 @@ fn with_checkpoint(projection: &str, columns: &str, rows: &str, order: &str) -> 
     )
 }
 
-const ACCOUNT_COLUMNS: &str = "v.id, v.currency, v.owner, v.status, v.balance::text as balance, v.pending_holds, v.overdraft_limit, \
+const ACCOUNT_COLUMNS: &str = "v.id, v.currency, v.owner, v.status, v.balance::text as balance, v.pending_holds::text as pending_holds, v.overdraft_limit, \
      v.system, v.metadata, v.version, v.position";
 
 /// The statement of [`account`] (`$1`: the id), for benchmarks to explain.

@@ -24,7 +24,7 @@ pub async fn fold_log(pool: &PgPool, mut progress: impl FnMut(i64, i64)) -> Resu
     Ok((ledger, head))
 }
 
-type AccountRow = (Uuid, String, i64, i64, String, String, i64);
+type AccountRow = (Uuid, String, String, i64, String, String, i64);
 
 /// Differences between the read models and the log, as of the projections' current
 /// positions (call it when they are caught up).
@@ -39,7 +39,7 @@ pub async fn verify(pool: &PgPool, progress: impl FnMut(i64, i64)) -> Result<Vec
         }
     }
     let rows: Vec<AccountRow> = sqlx::query_as(
-        "select a.id, a.balance::text, a.pending_holds, a.version, a.status,
+        "select a.id, a.balance::text, a.pending_holds::text, a.version, a.status,
                 coalesce(sum(e.amount), 0)::text, count(e.position)
          from accounts_view a left join account_entries e on e.account_id = a.id group by a.id",
     )
@@ -54,7 +54,7 @@ pub async fn verify(pool: &PgPool, progress: impl FnMut(i64, i64)) -> Result<Vec
                     let want_status = if a.status == ledger_domain::AccountStatus::Closed { "closed" } else { "open" };
                     let balance = crate::queries::wide_money(&balance)?.minor_units();
                     let sum = crate::queries::wide_money(&sum)?.minor_units();
-                    let holds = i128::from(holds);
+                    let holds = crate::queries::wide_money(&holds)?.minor_units();
                     let want = (a.balance.minor_units(), a.pending_holds.minor_units(), state.version, want_status);
                     if (balance, holds, version, status.as_str()) != want {
                         diffs.push(format!(

@@ -253,15 +253,16 @@ impl TestApp {
         for (id, state) in ledger.streams() {
             let ledger_domain::Aggregate::Account(a) = &state.aggregate else { continue };
             accounts += 1;
-            let row: (String, i64, i64, String) =
-                sqlx::query_as("select balance::text, pending_holds, version, status from accounts_view where id = $1")
-                    .bind(id)
-                    .fetch_one(&self.pool)
-                    .await
-                    .unwrap_or_else(|e| panic!("account {id} missing from the read model: {e}"));
+            let row: (String, String, i64, String) = sqlx::query_as(
+                "select balance::text, pending_holds::text, version, status from accounts_view where id = $1",
+            )
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("account {id} missing from the read model: {e}"));
             assert_eq!(
-                (row.0.parse::<i128>().ok(), i128::from(row.1), row.2),
-                (Some(a.balance.minor_units()), a.pending_holds.minor_units(), state.version),
+                (row.0.parse::<i128>().ok(), row.1.parse::<i128>().ok(), row.2),
+                (Some(a.balance.minor_units()), Some(a.pending_holds.minor_units()), state.version),
                 "account {id}"
             );
             let sum: Option<String> =

@@ -417,10 +417,12 @@ async fn the_host_policy_holds_at_connect_time_and_webhooks_are_capped() {
     assert_eq!((third.status, third.code()), (StatusCode::UNPROCESSABLE_ENTITY, "validation_error"), "{third:?}");
 }
 
-/// Item 8: bulks are admitted a few at a time, before their bodies are read: one more
-/// than the bound waits briefly, then is refused 503 with `Retry-After`, never read.
+/// Item 8: bulks are bounded per principal (a slow upload holds only its own client's
+/// turns: 429 for that client, nothing for another) and per process (a bulk with no turn
+/// to run is refused 503 with `Retry-After`); neither refusal runs anything or counts
+/// against the Postgres breaker.
 #[tokio::test]
-async fn bulks_beyond_the_concurrency_bound_are_shed_before_their_bodies_are_read() {
+async fn bulks_are_bounded_per_client_and_per_process() {
     use tokio::io::AsyncWriteExt;
     let mut config = test_config();
     config.bulk_concurrency_max = 1;
@@ -428,7 +430,9 @@ async fn bulks_beyond_the_concurrency_bound_are_shed_before_their_bodies_are_rea
     let app = TestApp::spawn_with(config).await;
     let (a, b) = (app.open_account("EUR", 0).await, app.open_account("EUR", 0).await);
     app.deposit(a, 100, "EUR").await;
-    // A bulk whose body arrives slowly holds the one permit while it is read.
+    let created = app.post("/v1/admin/tokens", &key(), &json!({ "name": "other-client", "role": "client" })).await;
+    let other = created.body["token"].as_str().expect("a token").to_owned();
+    // The admin token's bulk whose body arrives slowly holds that token's one turn.
     let addr = app.base.trim_start_matches("http://").to_owned();
     let mut slow = tokio::net::TcpStream::connect(&addr).await.expect("connect");
     let head = format!(
@@ -440,23 +444,38 @@ async fn bulks_beyond_the_concurrency_bound_are_shed_before_their_bodies_are_rea
     slow.write_all(head.as_bytes()).await.expect("written");
     slow.flush().await.expect("flushed");
     let body = transfers(a, b, 1);
-    eventually("the next bulk is shed while the slow one holds the permit", 10, || async {
+    eventually("the same client's next bulk is refused while its slow one is read", 10, || async {
         let r = app.post("/v1/bulk", &key(), &body).await;
-        r.status == StatusCode::SERVICE_UNAVAILABLE && r.code() == "unavailable" && r.header("retry-after") == Some("1")
+        r.status == StatusCode::TOO_MANY_REQUESTS && r.code() == "rate_limited" && r.header("retry-after") == Some("1")
     })
     .await;
+    // Another client is not held up by it.
+    let by_other = app
+        .client
+        .post(format!("{}/v1/bulk", app.base))
+        .bearer_auth(&other)
+        .header("idempotency-key", key())
+        .json(&body)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(TestApp::decode("POST", by_other).await.status, StatusCode::OK, "another client's bulk runs");
+    drop(slow);
+    // With every turn to run taken, a bulk is refused 503 after the wait, never run.
+    let turns = app.state.bulk_permits.clone().acquire_many_owned(1).await.expect("the turn");
     for _ in 0..4 {
-        assert_eq!(app.post("/v1/bulk", &key(), &body).await.status, StatusCode::SERVICE_UNAVAILABLE);
+        let r = app.post("/v1/bulk", &key(), &body).await;
+        assert_eq!(
+            (r.status, r.code(), r.header("retry-after")),
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable", Some("1"))
+        );
     }
     // Shedding says nothing of Postgres: its breaker stays closed, commands go on.
     assert_eq!(app.deposit(a, 1, "EUR").await.status, StatusCode::CREATED, "no breaker opened by shedding");
-    assert_eq!(balance(&app, b).await, 0, "the shed bulks ran nothing");
-    drop(slow);
-    eventually("a bulk is admitted once the slow one is gone", 10, || async {
-        app.post("/v1/bulk", &key(), &body).await.status == StatusCode::OK
-    })
-    .await;
-    assert_eq!(balance(&app, b).await, 1);
+    assert_eq!(balance(&app, b).await, 1, "only the other client's bulk ran");
+    drop(turns);
+    assert_eq!(app.post("/v1/bulk", &key(), &body).await.status, StatusCode::OK);
+    assert_eq!(balance(&app, b).await, 2);
 }
 
 /// Item 11: a webhook's secret is kept encrypted, and no idempotency record holds it;

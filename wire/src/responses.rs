@@ -26,7 +26,8 @@ pub struct Account {
     pub balance: i128,
     #[schema(value_type = i128)]
     pub available: i128,
-    pub pending_holds: i64,
+    #[schema(value_type = i128)]
+    pub pending_holds: i128,
     pub overdraft_limit: i64,
     /// A currency's system account (money from or to the outside world); may go negative.
     pub system: bool,
@@ -194,7 +195,8 @@ pub struct HistoricalBalance {
     pub balance: i128,
     #[schema(value_type = i128)]
     pub available: i128,
-    pub pending_holds: i64,
+    #[schema(value_type = i128)]
+    pub pending_holds: i128,
     /// The stream's version at that point.
     pub version: i64,
     /// The log position the balance was computed at.

@@ -76,13 +76,15 @@ impl OperationKey {
         self.settled = true;
     }
 
-    /// Stores the final answer and answers with it.
+    /// Stores the final answer and answers with it. If the claim was taken over (its
+    /// lease lapsed and a retry of the same request holds the key), nothing is stored and
+    /// 409 `idempotency_key_in_flight` is answered: the caller must not go on with work
+    /// that only the answer's holder may start (the retry does it).
     pub async fn finish(mut self, answer: StoredResponse) -> Result<Response, ApiError> {
         self.settled = true;
         if !EventStore::finish_claim(self.store.pool(), &self.claim, self.token, &answer).await? {
-            // Our lease lapsed and a retry of this same request took the key over: it
-            // stores its own answer; this one is still the truth for this client.
             tracing::warn!(key = %self.claim.key, "an operation finished after its claim was taken over");
+            return Err(CommandError::IdempotencyKeyInFlight.into());
         }
         Ok(respond(answer, false))
     }

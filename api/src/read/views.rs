@@ -22,7 +22,7 @@ pub fn account(a: &ledger_domain::Account, version: i64, position: i64) -> wire:
         status: account_status(a.status),
         balance: a.balance.minor_units(),
         available: a.available().minor_units(),
-        pending_holds: units64(a.pending_holds),
+        pending_holds: a.pending_holds.minor_units(),
         overdraft_limit: units64(a.overdraft_limit),
         system: a.system,
         metadata: a.metadata.clone(),
@@ -31,10 +31,10 @@ pub fn account(a: &ledger_domain::Account, version: i64, position: i64) -> wire:
     }
 }
 
-/// Holds and overdraft limits: at most amounts of 10^15 summed per account, so always
-/// within 64 bits (only balances may pass them).
+/// An overdraft limit: at most 10^15, checked at the edge when the account was opened
+/// (system accounts have none), so always within 64 bits.
 pub fn units64(m: ledger_domain::Money) -> i64 {
-    m.to_i64().expect("holds and limits fit in 64 bits")
+    m.to_i64().unwrap_or(i64::MAX)
 }
 
 fn account_status(s: AccountStatus) -> wire::AccountStatus {
@@ -52,7 +52,7 @@ pub fn account_row(r: AccountRow) -> wire::Account {
         owner: r.owner,
         status: account_status(r.status),
         balance: r.balance,
-        available: r.balance - i128::from(r.pending_holds),
+        available: r.balance - r.pending_holds,
         pending_holds: r.pending_holds,
         overdraft_limit: r.overdraft_limit,
         system: r.system,

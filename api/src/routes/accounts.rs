@@ -341,7 +341,7 @@ async fn balance(
         id,
         balance: account.balance.minor_units(),
         available: account.available().minor_units(),
-        pending_holds: views::units64(account.pending_holds),
+        pending_holds: account.pending_holds.minor_units(),
         version,
         as_of_position: at,
         effective_at: effective,

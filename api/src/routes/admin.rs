@@ -200,7 +200,7 @@ async fn resolve_webhook_dead_letter(
     action: ledger_infrastructure::webhooks::DeadLetterAction,
 ) -> Result<Option<Response>, ApiError> {
     use ledger_infrastructure::webhooks::store::{is_dead_letter, resolve_dead_letter};
-    use ledger_infrastructure::webhooks::{DeadLetterAction, ResolveError};
+    use ledger_infrastructure::webhooks::{DeadLetterAction, Resolved};
     let Ok(id) = Uuid::parse_str(raw) else { return Ok(None) };
     if !is_dead_letter(&state.pool, id).await? {
         return Ok(None);
@@ -211,17 +211,18 @@ async fn resolve_webhook_dead_letter(
         }
         crate::http::operation::Begun::Run(key) => key,
     };
-    let response = match resolve_dead_letter(&state.pool, id, action).await {
-        Ok(()) => {
+    // The resolution and its answer commit together: a retry never finds one without the other.
+    let mut tx = state.pool.begin().await?;
+    let response = match resolve_dead_letter(&mut tx, id, action).await? {
+        Resolved::Done { head } => {
             let status = match action {
                 DeadLetterAction::Redrive => ledger_wire::DeadLetterOutcome::Redriven,
                 DeadLetterAction::Discard => ledger_wire::DeadLetterOutcome::Discarded,
             };
-            let position = state.store.head().await?;
-            let body = ledger_wire::DeadLetterResolution { id, withdrawal_id: None, status, position };
+            let body = ledger_wire::DeadLetterResolution { id, withdrawal_id: None, status, position: head };
             crate::http::command::stored(200, &body)
         }
-        Err(ResolveError::NotOpen) => {
+        Resolved::NotOpen => {
             let e = ApiError::new(
                 axum::http::StatusCode::UNPROCESSABLE_ENTITY,
                 ErrorCode::ValidationError,
@@ -229,12 +230,17 @@ async fn resolve_webhook_dead_letter(
             );
             StoredResponse { status: 422, body: e.body() }
         }
-        Err(ResolveError::NotFound) => {
+        Resolved::NotFound => {
+            drop(tx);
             return Err(key.refuse(ApiError::not_found(format!("dead letter {raw} not found"))).await);
         }
-        Err(ResolveError::Database(e)) => return Err(e.into()),
     };
-    key.finish(response).await.map(Some)
+    if !ledger_infrastructure::EventStore::finish_claim(&mut *tx, key.claim(), key.token(), &response).await? {
+        return Err(ledger_infrastructure::CommandError::IdempotencyKeyInFlight.into());
+    }
+    tx.commit().await?;
+    key.finished();
+    Ok(Some(crate::http::command::respond(response, false)))
 }
 
 /// The withdrawal of an open dead letter, from the read model caught up to the head.

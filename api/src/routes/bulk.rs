@@ -14,9 +14,11 @@ use crate::routes::{accounts, deposits, holds, transactions, transfers, withdraw
 use crate::run::state::AppState;
 use axum::Router;
 use axum::extract::{Request, State};
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::post;
 use ledger_infrastructure::{AtomicError, CommandError, Stored, StoredResponse};
+use ledger_wire::ErrorCode;
 use ledger_wire::{BulkRequest, BulkResponse, BulkResult};
 use serde_json::Value;
 use std::collections::HashSet;
@@ -25,29 +27,73 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/v1/bulk", post(bulk))
 }
 
-/// A bulk's turn, held until it is answered: at most `LEDGER_BULK_CONCURRENCY_MAX` bulks
-/// are read, parsed and run at once in a process, so the memory bulks take is bounded
-/// whatever clients send. Another waits up to `LEDGER_BULK_WAIT_MS` for a turn before
-/// its body is read; then it is refused 503 `unavailable` with `Retry-After`, its body
-/// read only to be dropped (so the client, still sending, gets the answer).
-async fn admit(state: &AppState, request: Request) -> Result<(tokio::sync::OwnedSemaphorePermit, Request), ApiError> {
-    let permits = state.bulk_permits.clone();
-    if let Ok(Ok(permit)) = tokio::time::timeout(state.config.bulk_wait, permits.acquire_owned()).await {
-        return Ok((permit, request));
+/// Bulks are bounded twice (issue 26), and neither bound lets one client hold what the
+/// others need. Per principal, at most `LEDGER_BULK_CONCURRENCY_MAX` bulks are in flight,
+/// reading their bodies included (more: 429 `rate_limited`), so a client's slow uploads
+/// hold only its own turns and the raw bodies held are bounded per principal. Per
+/// process, at most that many bulks are parsed and run at once, the memory-hungry part
+/// (another waits `LEDGER_BULK_WAIT_MS` for a turn, then 503 `unavailable`).
+struct InFlight {
+    state: AppState,
+    principal: String,
+}
+
+impl InFlight {
+    fn enter(state: &AppState, principal: &Principal) -> Result<InFlight, ApiError> {
+        let mut counts = state.bulk_principals.lock().map_err(|_| ApiError::internal(&"bulk counts poisoned"))?;
+        let count = counts.entry(principal.name.clone()).or_default();
+        if *count >= state.config.bulk_concurrency_max.max(1) {
+            metrics::counter!("ledger_bulks_shed_total", "bound" => "principal").increment(1);
+            let detail = "this token has as many bulks in flight as it may; retry later";
+            return Err(ApiError {
+                retry_after_s: Some(1),
+                ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited, detail)
+            });
+        }
+        *count += 1;
+        Ok(InFlight { state: state.clone(), principal: principal.name.clone() })
     }
-    metrics::counter!("ledger_bulks_shed_total").increment(1);
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut counts) = self.state.bulk_principals.lock()
+            && let Some(count) = counts.get_mut(&self.principal)
+        {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&self.principal);
+            }
+        }
+    }
+}
+
+/// A turn to parse and run a bulk whose body has been read.
+async fn turn(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    let permits = state.bulk_permits.clone();
+    match tokio::time::timeout(state.config.bulk_wait, permits.acquire_owned()).await {
+        Ok(Ok(permit)) => Ok(permit),
+        _ => {
+            metrics::counter!("ledger_bulks_shed_total", "bound" => "process").increment(1);
+            Err(ApiError::overloaded("too many bulks are running; retry later"))
+        }
+    }
+}
+
+/// Reads a refused request's body only to drop it (bounded in bytes and time), so that
+/// a client still sending gets the answer instead of a broken connection.
+async fn drain(state: &AppState, request: Request) {
     let mut body = request.into_body().into_data_stream();
-    let (mut drained, limit) = (0usize, ledger_wire::limits::BULK_BYTES_MAX);
+    let mut drained = 0usize;
     let drain = async {
         while let Some(Ok(chunk)) = futures::StreamExt::next(&mut body).await {
             drained += chunk.len();
-            if drained > limit {
+            if drained > ledger_wire::limits::BULK_BYTES_MAX {
                 break;
             }
         }
     };
     let _ = tokio::time::timeout(state.config.bulk_wait, drain).await;
-    Err(ApiError::overloaded("too many bulks are running; retry later"))
 }
 
 /// The command routes a bulk item may name.
@@ -203,9 +249,16 @@ async fn bulk(
     context: RequestContext,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let (_turn, request) = admit(&state, request).await?;
+    let _in_flight = match InFlight::enter(&state, &principal) {
+        Ok(in_flight) => in_flight,
+        Err(e) => {
+            drain(&state, request).await;
+            return Err(e);
+        }
+    };
     // A bulk carries up to 1,000 commands: its body may be larger than one command's.
     let mut body = CommandBody::read(request, ledger_wire::limits::BULK_BYTES_MAX).await?;
+    let _turn = turn(&state).await?;
     let key = match operation::begin(&state, &principal, &body).await? {
         Begun::Answered(replay) => return Ok(crate::http::command::respond(replay, true)),
         Begun::Run(key) => key,

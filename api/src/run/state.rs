@@ -98,6 +98,8 @@ pub struct Http {
     /// Bulks read, parsed and run at once (`LEDGER_BULK_CONCURRENCY_MAX`): what bounds
     /// the memory bulks take, whatever clients send.
     pub bulk_permits: Arc<tokio::sync::Semaphore>,
+    /// Bulks in flight per principal (`routes::bulk`), bounded like the permits.
+    pub bulk_principals: Mutex<std::collections::HashMap<String, usize>>,
 }
 
 impl std::ops::Deref for AppState {
@@ -133,6 +135,7 @@ impl AppState {
             db_breaker,
             replica: core.replica_pool.clone().map(Replica::new),
             bulk_permits: Arc::new(tokio::sync::Semaphore::new(config.bulk_concurrency_max.max(1))),
+            bulk_principals: Mutex::default(),
             core,
         }))
     }

@@ -103,6 +103,17 @@ pub(super) fn ensure_funds(account: &Account, amount: Amount) -> Result<(), Doma
     }
 }
 
+/// Checks that the funds held on `account` stay within 64 bits with `amount` more held:
+/// a customer's balance may reach `i64::MAX` and its overdraft limit 10^15, so what
+/// `ensure_funds` allows to be held could otherwise pass what every view and read model
+/// keeps of a customer's holds.
+pub(super) fn ensure_holds_fit(account: &Account, amount: Amount) -> Result<(), DomainError> {
+    match account.pending_holds.checked_add(amount.money()).and_then(Money::to_i64) {
+        Some(_) => Ok(()),
+        None => Err(DomainError::BalanceOverflow { account_id: account.id }),
+    }
+}
+
 /// Checks that no balance the event touches would overflow, its postings applied in
 /// order (a transaction may post to one account many times): a customer balance must
 /// stay within an `i64`; a system account's, the sum of many, only within the `i128`

@@ -4,7 +4,7 @@
 //! at travels in the command, so a capture at or after `expires_at` is refused even
 //! before the expiry is recorded.
 
-use super::accounts::{ensure_funds, ensure_no_overflow, posting_accounts};
+use super::accounts::{ensure_funds, ensure_holds_fit, ensure_no_overflow, posting_accounts};
 use super::*;
 use crate::state::{Hold, HoldStatus};
 
@@ -12,6 +12,7 @@ pub(super) fn place_hold(c: &PlaceHold, state: &Ledger) -> Result<Vec<Event>, Do
     ensure_new(state, c.hold_id)?;
     let payer = posting_accounts(state, c.account_id, c.to, c.currency)?;
     ensure_funds(payer, c.amount)?;
+    ensure_holds_fit(payer, c.amount)?;
     Ok(vec![Event::HoldPlaced(HoldPlaced {
         hold_id: c.hold_id,
         account_id: c.account_id,

@@ -1,7 +1,7 @@
 //! Withdrawals: the request (funds held), the payout's outcome (settled, failed), and
 //! its dead letter (redriven or discarded).
 
-use super::accounts::{ensure_funds, ensure_no_overflow, usable_account};
+use super::accounts::{ensure_funds, ensure_holds_fit, ensure_no_overflow, usable_account};
 use super::*;
 use crate::state::Withdrawal;
 
@@ -9,10 +9,7 @@ pub(super) fn request_withdrawal(c: &RequestWithdrawal, state: &Ledger) -> Resul
     ensure_new(state, c.withdrawal_id)?;
     let account = usable_account(state, c.account_id, c.currency)?;
     ensure_funds(account, c.amount)?;
-    account
-        .pending_holds
-        .checked_add(c.amount.money())
-        .ok_or(DomainError::BalanceOverflow { account_id: c.account_id })?;
+    ensure_holds_fit(account, c.amount)?;
     Ok(vec![Event::WithdrawalRequested(WithdrawalRequested {
         withdrawal_id: c.withdrawal_id,
         account_id: c.account_id,

@@ -23,6 +23,8 @@ pub const DEFAULT_DENY: &[&str] = &[
     "fe80::/10",
     "fd00:ec2::254/128",
     "ff00::/8",
+    "64:ff9b:1::/48",
+    "2001::/32",
     "metadata.google.internal",
     "metadata",
 ];
@@ -41,10 +43,11 @@ impl Rule {
             let base: IpAddr = base.parse().map_err(|_| format!("{text:?} is not a CIDR range"))?;
             let width = if base.is_ipv4() { 32 } else { 128 };
             let prefix: u8 = prefix.parse().ok().filter(|p| *p <= width).ok_or(format!("{text:?}: bad prefix"))?;
-            return Ok(Rule::Range { base, prefix });
+            return Rule::range(base, prefix)
+                .ok_or(format!("{text:?}: an IPv4 range written in IPv6 needs a prefix of at least 96"));
         }
         if let Ok(ip) = text.parse::<IpAddr>() {
-            return Ok(Rule::Range { base: ip, prefix: if ip.is_ipv4() { 32 } else { 128 } });
+            return Ok(Rule::range(ip, if ip.is_ipv4() { 32 } else { 128 }).expect("a whole address is a range"));
         }
         if text.is_empty() || !text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-') {
             return Err(format!("{text:?} is neither a CIDR range nor a host name"));
@@ -52,16 +55,29 @@ impl Rule {
         Ok(Rule::Host(text.trim_end_matches('.').to_ascii_lowercase()))
     }
 
+    /// A range in its canonical family: an IPv4 range written in IPv6 (`::ffff:a.b.c.d/n`,
+    /// or another embedding `canonical` reads) is that IPv4 range, its prefix less 96;
+    /// `None` if such a range is wider than the embedding (its prefix below 96).
+    fn range(base: IpAddr, prefix: u8) -> Option<Rule> {
+        match (base, canonical(base)) {
+            (IpAddr::V6(_), IpAddr::V4(v4)) => {
+                Some(Rule::Range { base: IpAddr::V4(v4), prefix: prefix.checked_sub(96)? })
+            }
+            _ => Some(Rule::Range { base, prefix }),
+        }
+    }
+
     fn covers_ip(&self, ip: IpAddr) -> bool {
         let Rule::Range { base, prefix } = self else { return false };
-        match (canonical(*base), canonical(ip)) {
+        let prefix = u32::from(*prefix);
+        match (*base, canonical(ip)) {
             (IpAddr::V4(b), IpAddr::V4(a)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(*prefix)).unwrap_or(0);
-                u32::from(b) & mask == u32::from(a) & mask
+                let mask = u32::MAX.checked_shl(32u32.saturating_sub(prefix)).unwrap_or(0);
+                prefix <= 32 && u32::from(b) & mask == u32::from(a) & mask
             }
             (IpAddr::V6(b), IpAddr::V6(a)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(*prefix)).unwrap_or(0);
-                u128::from(b) & mask == u128::from(a) & mask
+                let mask = u128::MAX.checked_shl(128u32.saturating_sub(prefix)).unwrap_or(0);
+                prefix <= 128 && u128::from(b) & mask == u128::from(a) & mask
             }
             _ => false,
         }
@@ -72,12 +88,29 @@ impl Rule {
     }
 }
 
-/// An IPv4 address however it is written in IPv6 (`::ffff:a.b.c.d`) is that IPv4 address.
+/// An IPv4 address however an IPv6 address carries it is that IPv4 address: mapped
+/// (`::ffff:a.b.c.d`), SIIT (`::ffff:0:a.b.c.d`), IPv4-compatible (`::a.b.c.d`, but not
+/// `::` and `::1`), NAT64's well-known prefix (`64:ff9b::a.b.c.d`) and 6to4
+/// (`2002:aabb:ccdd::`). A gateway on the way translates each to the IPv4 address, so a
+/// denial of an IPv4 range covers them all. (`64:ff9b:1::/48` and Teredo `2001::/32`
+/// carry it in ways that depend on the network: they are denied outright.)
 fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
+    let IpAddr::V6(v6) = ip else { return ip };
+    let bits = u128::from(v6);
+    let low32 = || IpAddr::V4(Ipv4Addr::from(bits as u32));
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return IpAddr::V4(v4);
     }
+    match bits >> 32 {
+        0xffff_0000 => return low32(),                     // ::ffff:0:a.b.c.d (SIIT)
+        0x0064_ff9b_0000_0000_0000_0000 => return low32(), // 64:ff9b::/96 (NAT64)
+        0 if bits > 1 => return low32(),                   // ::a.b.c.d (IPv4-compatible)
+        _ => {}
+    }
+    if bits >> 112 == 0x2002 {
+        return IpAddr::V4(Ipv4Addr::from((bits >> 80) as u32)); // 6to4
+    }
+    ip
 }
 
 /// Where webhooks may send.
@@ -248,6 +281,34 @@ mod tests {
         ] {
             assert_eq!(p.check_url(bad), Err(why), "{bad}");
         }
+    }
+
+    #[test]
+    fn ipv4_carried_in_ipv6_is_checked_as_ipv4() {
+        let p = HostPolicy::new("", "10.0.0.0/8").expect("parses");
+        for bad in [
+            "http://[::ffff:10.0.0.1]/",
+            "http://[64:ff9b::10.0.0.1]/",
+            "http://[64:ff9b::a9fe:a9fe]/",
+            "http://[::10.0.0.1]/",
+            "http://[2002:a00:1::]/",
+            "http://[::ffff:0:a00:1]/",
+            "http://[64:ff9b:1::a00:1]/",
+            "http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/",
+        ] {
+            assert_eq!(p.check_url(bad), Err(HostRefusal::Denied), "{bad}");
+        }
+        assert_eq!(p.check_url("http://[::1]:9/"), Ok(()), "loopback is IPv6 here, not 0.0.0.1");
+        assert_eq!(p.check_url("http://[2606:4700::1111]/"), Ok(()));
+        // An IPv4 range written in IPv6 is that IPv4 range, never "all of IPv4".
+        let only = HostPolicy::new("::ffff:203.0.113.0/120", "").expect("parses");
+        assert_eq!(only.check_url("http://203.0.113.9/"), Ok(()));
+        assert_eq!(only.check_url("http://127.0.0.1/"), Err(HostRefusal::Denied));
+        assert_eq!(only.check_url("http://10.1.2.3/"), Err(HostRefusal::Denied));
+        let deny = HostPolicy::new("", "::ffff:10.0.0.0/104").expect("parses");
+        assert_eq!(deny.check_url("http://10.9.9.9/"), Err(HostRefusal::Denied));
+        assert_eq!(deny.check_url("http://192.0.2.1/"), Ok(()));
+        assert!(HostPolicy::new("", "::ffff:10.0.0.0/90").is_err(), "wider than the embedding");
     }
 
     #[test]

@@ -44,7 +44,7 @@ use uuid::Uuid;
 
 pub use dispatch::Dispatcher;
 pub use hosts::{HostPolicy, HostRefusal};
-pub use store::{DeadLetterAction, NewWebhook, ResolveError, WebhookDeadLetter, WebhookRow};
+pub use store::{DeadLetterAction, NewWebhook, Resolved, WebhookDeadLetter, WebhookRow};
 
 /// Limits of webhooks and their dispatcher.
 #[derive(Clone, Copy, Debug)]

@@ -211,22 +211,27 @@ pub enum DeadLetterAction {
     Discard,
 }
 
-/// Why a dead letter was not resolved.
-#[derive(Debug, thiserror::Error)]
-pub enum ResolveError {
-    #[error("no such webhook dead letter")]
-    NotFound,
-    #[error("the dead letter is not open any more")]
+/// What resolving a dead letter came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resolved {
+    /// Done; the log's head as the transaction saw it.
+    Done {
+        head: i64,
+    },
+    /// It exists but is not open (redriven or discarded before).
     NotOpen,
-    #[error(transparent)]
-    Database(#[from] sqlx::Error),
+    NotFound,
 }
 
-/// Redrives (sent again by its webhook's dispatcher, woken now) or discards an open
-/// webhook dead letter. A redrive needs its webhook active (a deleted one has no
+/// Redrives (sent again by its webhook's dispatcher, woken at commit) or discards an
+/// open webhook dead letter, in the caller's transaction (which also keeps the answer
+/// for an idempotent replay). A redrive needs its webhook active (a deleted one has no
 /// dispatcher); a discard also takes a dead letter whose redrive has not been sent yet.
-pub async fn resolve_dead_letter(pool: &PgPool, id: Uuid, action: DeadLetterAction) -> Result<(), ResolveError> {
-    let mut tx = pool.begin().await?;
+pub async fn resolve_dead_letter(
+    tx: &mut sqlx::PgConnection,
+    id: Uuid,
+    action: DeadLetterAction,
+) -> Result<Resolved, sqlx::Error> {
     let resolved: Option<Uuid> = match action {
         DeadLetterAction::Redrive => {
             sqlx::query_scalar(
@@ -248,13 +253,16 @@ pub async fn resolve_dead_letter(pool: &PgPool, id: Uuid, action: DeadLetterActi
             .await?
         }
     };
-    if let Some(webhook) = resolved {
-        sqlx::query(NOTIFY).bind(webhook).execute(&mut *tx).await?;
-        tx.commit().await?;
-        return Ok(());
-    }
-    drop(tx);
-    Err(if is_dead_letter(pool, id).await? { ResolveError::NotOpen } else { ResolveError::NotFound })
+    let Some(webhook) = resolved else {
+        let exists: bool = sqlx::query_scalar("select exists (select 1 from webhook_dead_letters where id = $1)")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        return Ok(if exists { Resolved::NotOpen } else { Resolved::NotFound });
+    };
+    sqlx::query(NOTIFY).bind(webhook).execute(&mut *tx).await?;
+    let head: i64 = sqlx::query_scalar("select position from log_head").fetch_one(&mut *tx).await?;
+    Ok(Resolved::Done { head })
 }
 
 // ---- the dispatcher's statements ----
@@ -365,14 +373,19 @@ pub(super) async fn redriven(
 ) -> Result<(), sqlx::Error> {
     match outcome {
         Ok(()) => {
-            sqlx::query("update webhook_dead_letters set status = 'delivered', resolved_at = now() where id = $1")
-                .bind(dead_letter)
-                .execute(pool)
-                .await?;
+            // Guarded by the status: a discard that came meanwhile stands.
+            sqlx::query(
+                "update webhook_dead_letters set status = 'delivered', resolved_at = now()
+                 where id = $1 and status = 'redriving'",
+            )
+            .bind(dead_letter)
+            .execute(pool)
+            .await?;
         }
         Err(failure) => {
             sqlx::query(
-                "update webhook_dead_letters set status = 'open', attempts = attempts + 1, last_error = $2 where id = $1",
+                "update webhook_dead_letters set status = 'open', attempts = attempts + 1, last_error = $2
+                 where id = $1 and status = 'redriving'",
             )
             .bind(dead_letter)
             .bind(failure.to_string())
