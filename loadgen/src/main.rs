@@ -275,7 +275,11 @@ async fn main() -> anyhow::Result<()> {
             let _ = ledger.account(*id).await;
         }
     }
+    // A marker for measurements that sample processes' CPU over the measured run only
+    // (`scripts/measure/transfers-cpu`), not over the set-up.
+    eprintln!("ledger-load: measuring");
     let (mut o, elapsed) = run(ledger, args.clone(), accounts).await;
+    eprintln!("ledger-load: done");
     o.latencies_us.sort_unstable();
     o.lags_us.sort_unstable();
     let total: u64 = o.codes.values().sum();

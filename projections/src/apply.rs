@@ -93,18 +93,46 @@ pub struct Applied {
 }
 
 /// Applies `delivered` (events as received, possibly duplicated, out of order or with
-/// gaps) in one transaction. Events at or below the checkpoint are ignored; if the
-/// delivered positions above it are not exactly checkpoint+1 ..= max, the whole range
-/// is read from the Postgres log instead, so nothing is skipped.
+/// gaps) to one projection in one transaction. See [`apply_in`].
 pub async fn apply_delivered(
     pool: &PgPool,
     projection: Projection,
     delivered: &[RecordedEvent],
 ) -> Result<Applied, ApplyError> {
     let mut tx = pool.begin().await?;
+    let applied = apply_in(&mut tx, projection, delivered).await?;
+    tx.commit().await?;
+    Ok(applied)
+}
+
+/// Applies `delivered` to every projection of `projections` in one transaction (one
+/// commit for all of them: what the projector does with each JetStream batch).
+pub async fn apply_delivered_all(
+    pool: &PgPool,
+    projections: &[Projection],
+    delivered: &[RecordedEvent],
+) -> Result<Vec<(Projection, Applied)>, ApplyError> {
+    let mut tx = pool.begin().await?;
+    let mut applied = Vec::with_capacity(projections.len());
+    for &projection in projections {
+        applied.push((projection, apply_in(&mut tx, projection, delivered).await?));
+    }
+    tx.commit().await?;
+    Ok(applied)
+}
+
+/// Applies `delivered` to one projection inside `tx`, exactly once: events at or below
+/// its checkpoint (locked `for update`) are ignored; if the delivered positions above it
+/// are not exactly checkpoint+1 ..= max, that range is read from the Postgres log
+/// instead, so nothing is skipped; the checkpoint moves to the last applied position.
+async fn apply_in(
+    tx: &mut Transaction<'_, Postgres>,
+    projection: Projection,
+    delivered: &[RecordedEvent],
+) -> Result<Applied, ApplyError> {
     let checkpoint: i64 = sqlx::query_scalar("select position from projection_checkpoints where name = $1 for update")
         .bind(projection.name())
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut **tx)
         .await?;
     let mut fresh: Vec<&RecordedEvent> = delivered.iter().filter(|e| e.position > checkpoint).collect();
     fresh.sort_by_key(|e| e.position);
@@ -117,17 +145,16 @@ pub async fn apply_delivered(
         fresh.into_iter().cloned().collect()
     } else {
         tracing::info!(projection = projection.name(), checkpoint, max, "gap in delivery; reading the log");
-        ledger_infrastructure::EventStore::read_range(&mut *tx, checkpoint, max).await?
+        ledger_infrastructure::EventStore::read_range(&mut **tx, checkpoint, max).await?
     };
-    let accounts = projection.apply(&mut tx, &Tables::LIVE, &events).await?;
+    let accounts = projection.apply(tx, &Tables::LIVE, &events).await?;
     sqlx::query("update projection_checkpoints set position = $2, updated_at = now() where name = $1;")
         .bind(projection.name())
         .bind(max)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
     // No NOTIFY here: it serializes commits on the notification queue. Readers learn of
     // new positions from the worker's NATS announcement (and a slow poll).
-    tx.commit().await?;
     Ok(Applied { from: checkpoint, position: max, applied: events.len(), accounts })
 }
 

@@ -1,17 +1,20 @@
-//! A projection worker: a durable JetStream pull consumer with explicit acks (ack-all:
-//! one ack per committed batch) and
-//! bounded `max_ack_pending`, `ack_wait` and `max_deliver`. Messages are acked only
-//! after the batch and its checkpoint committed; a failed batch is NAKed with a delay.
+//! The projector: one durable JetStream pull consumer for every projection, with
+//! explicit acks (ack-all: one ack per committed batch) and bounded `max_ack_pending`,
+//! `ack_wait` and `max_deliver`. Each batch is applied to every projection in one
+//! transaction (`apply_delivered_all`: each projection from its own checkpoint), so an
+//! event is delivered once and committed once, whatever the number of read models.
+//! Messages are acked only after the batch and its checkpoints committed; a failed batch
+//! is NAKed with a delay.
 //!
-//! JetStream is for latency, the Postgres log is the truth: beside the consumer, every
-//! worker watches its projection's checkpoint against the log head. When the
-//! projection is behind and JetStream has moved it no further for `log_stall_after`
-//! (no server, a lost stream, a stuck consumer, a dead relay), the worker applies the
-//! log itself, page by page, through the same exactly-once `apply_delivered`, until
-//! JetStream delivers again. Deliveries of what the log already applied are at or below
-//! the checkpoint and are acked without effect.
+//! JetStream is for latency, the Postgres log is the truth: beside the consumer, the
+//! projector watches the lowest of its projections' checkpoints against the log head.
+//! When one is behind and JetStream has moved it no further for `log_stall_after` (no
+//! server, a lost stream, a stuck consumer, a dead relay), the projector applies the
+//! log itself, page by page, through the same exactly-once apply, until JetStream
+//! delivers again. Deliveries of what the log already applied are at or below the
+//! checkpoints and are acked without effect.
 
-use crate::apply::{Projection, apply_delivered};
+use crate::apply::{Projection, apply_delivered_all};
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use futures::StreamExt;
 use ledger_infrastructure::RecordedEvent;
@@ -59,15 +62,18 @@ impl Default for WorkerLimits {
     }
 }
 
-/// One projection's worker.
+/// The projector of a worker process: every projection, one consumer.
 pub struct ProjectionWorker {
     pub pool: PgPool,
     pub js: jetstream::Context,
     pub names: Names,
-    pub projection: Projection,
+    pub projections: Vec<Projection>,
     pub limits: WorkerLimits,
     pub on_applied: OnApplied,
 }
+
+/// The projector's durable consumer (`{prefix}_projection_all`).
+pub const CONSUMER: &str = "all";
 
 #[derive(Debug, thiserror::Error)]
 enum WorkerError {
@@ -92,7 +98,7 @@ impl ProjectionWorker {
                 Err(e) => {
                     attempt += 1;
                     let delay = backoff_delay(attempt, Duration::from_millis(100), Duration::from_secs(5));
-                    tracing::warn!(projection = self.projection.name(), error = %e, ?delay, "projection worker backing off");
+                    tracing::warn!(error = %e, ?delay, "projector backing off");
                     tokio::select! { _ = shutdown.cancelled() => {}, _ = tokio::time::sleep(delay) => {} }
                 }
             }
@@ -109,7 +115,7 @@ impl ProjectionWorker {
                 _ = tokio::time::sleep(self.limits.log_poll_interval) => {}
             }
             if let Err(e) = self.log_step(&mut progress, shutdown).await {
-                tracing::warn!(projection = self.projection.name(), error = %e, "following the log failed; retrying");
+                tracing::warn!(error = %e, "following the log failed; retrying");
             }
         }
     }
@@ -121,10 +127,12 @@ impl ProjectionWorker {
         progress: &mut (i64, Instant),
         shutdown: &CancellationToken,
     ) -> Result<(), crate::apply::ApplyError> {
+        let names: Vec<&str> = self.projections.iter().map(|p| p.name()).collect();
         let (checkpoint, head): (i64, i64) = sqlx::query_as(
-            "select p.position, h.position from projection_checkpoints p cross join log_head h where p.name = $1",
+            "select min(p.position), min(h.position) from projection_checkpoints p cross join log_head h
+             where p.name = any($1)",
         )
-        .bind(self.projection.name())
+        .bind(&names)
         .fetch_one(&self.pool)
         .await?;
         if checkpoint >= head || checkpoint > progress.0 {
@@ -134,20 +142,18 @@ impl ProjectionWorker {
         if progress.1.elapsed() < self.limits.log_stall_after {
             return Ok(());
         }
-        let name = self.projection.name();
-        tracing::info!(projection = name, checkpoint, head, "JetStream is not delivering; applying the log");
+        tracing::info!(checkpoint, head, "JetStream is not delivering; applying the log");
         let store = ledger_infrastructure::EventStore::new(self.pool.clone());
         let mut at = checkpoint;
         while at < head && !shutdown.is_cancelled() {
             let page = store.read_all(at, (self.limits.batch_max as i64).min(head - at)).await?;
-            if page.is_empty() {
-                break;
+            let Some(last) = page.last().map(|e| e.position) else { break };
+            for (projection, applied) in apply_delivered_all(&self.pool, &self.projections, &page).await? {
+                metrics::counter!("ledger_projection_log_events_applied_total", "projection" => projection.name())
+                    .increment(applied.applied as u64);
+                (self.on_applied)(projection, &applied);
             }
-            let applied = apply_delivered(&self.pool, self.projection, &page).await?;
-            metrics::counter!("ledger_projection_log_events_applied_total", "projection" => name)
-                .increment(applied.applied as u64);
-            (self.on_applied)(self.projection, &applied);
-            at = applied.position;
+            at = last;
         }
         // Still no JetStream progress of its own: the next look applies again at once.
         progress.0 = at;
@@ -156,7 +162,7 @@ impl ProjectionWorker {
 
     async fn consumer(&self) -> Result<jetstream::consumer::Consumer<pull::Config>, WorkerError> {
         let stream = ensure_events_stream(&self.js, &self.names).await.map_err(|e| WorkerError::Nats(e.to_string()))?;
-        let name = self.names.projection_consumer(self.projection.name());
+        let name = self.names.projection_consumer(CONSUMER);
         let config = pull::Config {
             durable_name: Some(name.clone()),
             // Acking the last message of a batch acks the batch: one ack per transaction.
@@ -167,7 +173,14 @@ impl ProjectionWorker {
             filter_subject: self.names.events_subjects(),
             ..Default::default()
         };
-        stream.get_or_create_consumer(&name, config).await.map_err(|e| WorkerError::Nats(e.to_string()))
+        let consumer =
+            stream.get_or_create_consumer(&name, config).await.map_err(|e| WorkerError::Nats(e.to_string()))?;
+        // Before one projector, each projection had a consumer of its own: gone, nothing
+        // reads them, and the stream would keep counting what they have not acked.
+        for legacy in Projection::ALL {
+            let _ = stream.delete_consumer(&self.names.projection_consumer(legacy.name())).await;
+        }
+        Ok(consumer)
     }
 
     async fn consume(&self, shutdown: &CancellationToken) -> Result<(), WorkerError> {
@@ -202,17 +215,19 @@ impl ProjectionWorker {
                     Err(e) => tracing::error!(error = %e, "undecodable event message"),
                 }
             }
-            match apply_delivered(&self.pool, self.projection, &events).await {
-                Ok(applied) => {
-                    let name = self.projection.name();
-                    metrics::counter!("ledger_projection_events_applied_total", "projection" => name)
-                        .increment(applied.applied as u64);
-                    metrics::histogram!("ledger_projection_batch_size", "projection" => name)
-                        .record(applied.applied as f64);
+            match apply_delivered_all(&self.pool, &self.projections, &events).await {
+                Ok(batches) => {
                     if let Some(last) = messages.last() {
                         let _ = last.ack().await;
                     }
-                    (self.on_applied)(self.projection, &applied);
+                    for (projection, applied) in batches {
+                        let name = projection.name();
+                        metrics::counter!("ledger_projection_events_applied_total", "projection" => name)
+                            .increment(applied.applied as u64);
+                        metrics::histogram!("ledger_projection_batch_size", "projection" => name)
+                            .record(applied.applied as f64);
+                        (self.on_applied)(projection, &applied);
+                    }
                 }
                 Err(e) => {
                     for m in &messages {

@@ -295,7 +295,7 @@ impl TestApp {
             let (js, names) = (js.clone(), names.clone());
             async move {
                 let Ok(stream) = js.get_stream(names.events_stream()).await else { return false };
-                for p in ["accounts", "transfers"] {
+                for p in [ledger_projections::worker::CONSUMER] {
                     let consumer: Result<async_nats::jetstream::consumer::PullConsumer, _> =
                         stream.get_consumer(&names.projection_consumer(p)).await;
                     let Ok(mut consumer) = consumer else { return false };

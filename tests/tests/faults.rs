@@ -319,7 +319,7 @@ async fn two_apis_and_two_workers_on_a_three_node_nats_cluster() {
     .await;
     let mut stream = js.get_stream(&stream_name).await.expect("the events stream");
     let info = stream.info().await.expect("stream info").clone();
-    for name in ["projection_accounts", "projection_transfers", "payouts"] {
+    for name in ["projection_all", "payouts"] {
         let consumer = format!("{}_{name}", config.nats_prefix);
         eventually("the consumer is replicated with its stream", 60, || async {
             let Ok(mut consumer) =

@@ -122,17 +122,15 @@ pub fn spawn_workers(state: &Core, on_applied: OnApplied, shutdown: Cancellation
     if !config.reconcile_interval.is_zero() {
         handles.push(spawn_scheduled_reconciliation(state, shutdown.clone()));
     }
-    for projection in Projection::ALL {
-        let worker = ProjectionWorker {
-            pool: state.pool.clone(),
-            js: async_nats::jetstream::new(state.nats.clone()),
-            names: state.names.clone(),
-            projection,
-            limits: WorkerLimits::default(),
-            on_applied: on_applied.clone(),
-        };
-        handles.push(tokio::spawn(worker.run(shutdown.clone())));
-    }
+    let projector = ProjectionWorker {
+        pool: state.pool.clone(),
+        js: async_nats::jetstream::new(state.nats.clone()),
+        names: state.names.clone(),
+        projections: Projection::ALL.to_vec(),
+        limits: WorkerLimits::default(),
+        on_applied: on_applied.clone(),
+    };
+    handles.push(tokio::spawn(projector.run(shutdown.clone())));
     handles
 }
 
