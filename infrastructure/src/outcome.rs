@@ -40,11 +40,22 @@ impl Recorded {
     }
 }
 
-/// What an idempotency record holds: the outcome of a command, or the rendered
-/// response of an operation that records no event (and of commands recorded by
-/// versions of the service from before outcomes were kept).
+/// What an idempotency record holds: the outcome of a command (a rejection, or a
+/// recording kept whole by an earlier version), a reference to what a command recorded
+/// (read back from the log: `EventStore::resolve`), or the rendered response of an
+/// operation that records no event (and of commands recorded by versions of the
+/// service from before outcomes were kept).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Stored {
     Outcome(Outcome),
+    Reference(OutcomeRef),
     Response(StoredResponse),
+}
+
+/// Where a recorded command's events are in the log: `events` of them, contiguous,
+/// the last at `position`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OutcomeRef {
+    pub position: i64,
+    pub events: i32,
 }

@@ -44,7 +44,7 @@ impl CommandReply {
     pub fn outcome(&self) -> Option<&Outcome> {
         match &self.answer {
             Stored::Outcome(o) => Some(o),
-            Stored::Response(_) => None,
+            Stored::Reference(_) | Stored::Response(_) => None,
         }
     }
 }

@@ -405,25 +405,38 @@ async fn two_writers_racing_on_the_same_accounts_decide_again_and_never_fail() {
 }
 
 #[tokio::test]
-async fn idempotency_records_keep_outcomes_and_records_from_before_replay_as_stored() {
+async fn idempotency_records_refer_to_outcomes_and_records_from_before_replay_as_stored() {
     let app = TestApp::spawn().await;
     let a = app.open_account("EUR", 0).await;
     let body = json!({ "account_id": a, "amount": 25, "currency": "EUR" });
     let first = app.post("/v1/deposits", "outcome-key", &body).await;
     assert_eq!(first.status, StatusCode::CREATED);
-    // The record keeps the typed outcome, not a rendered response.
-    let (status, outcome): (Option<i16>, Option<serde_json::Value>) =
-        sqlx::query_as("select status_code, outcome from idempotency_keys where key = 'outcome-key'")
-            .fetch_one(&app.pool)
-            .await
-            .expect("record");
-    assert_eq!(status, None);
-    let outcome = outcome.expect("an outcome");
-    assert_eq!(outcome["Recorded"]["position"], first.body["position"], "{outcome}");
-    // A replay is rendered from it: the very first answer again.
+    // The record refers to the events it answers for: no copy of them, no rendered response.
+    let (status, outcome, position, events): (Option<i16>, Option<serde_json::Value>, Option<i64>, Option<i32>) =
+        sqlx::query_as(
+            "select status_code, outcome, outcome_position, outcome_events from idempotency_keys where key = 'outcome-key'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .expect("record");
+    assert_eq!((status, outcome, position, events), (None, None, first.body["position"].as_i64(), Some(1)));
+    // A replay reads them back from the log: the very first answer again.
     let replay = app.post("/v1/deposits", "outcome-key", &body).await;
     assert_eq!((replay.status, &replay.body), (first.status, &first.body));
     assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+    // A record written by a version that kept the typed outcome replays from it.
+    let kept = app
+        .state
+        .store
+        .resolve(ledger_infrastructure::outcome::OutcomeRef { position: position.expect("a position"), events: 1 });
+    let kept = serde_json::to_value(kept.await.expect("read back")).expect("serializes");
+    sqlx::query("update idempotency_keys set outcome_position = null, outcome_events = null, outcome = $1 where key = 'outcome-key'")
+        .bind(&kept)
+        .execute(&app.pool)
+        .await
+        .expect("rewritten");
+    let from_outcome = app.post("/v1/deposits", "outcome-key", &body).await;
+    assert_eq!((from_outcome.status, &from_outcome.body), (first.status, &first.body));
     // A record written by a version that stored rendered responses replays as stored
     // (marked here by a reference the request never had).
     let mut stored = first.body.clone();

@@ -301,20 +301,10 @@ pub async fn finish(
     mut reply: Result<CommandReply, ledger_infrastructure::CommandError>,
     recorded: impl RenderRecorded,
 ) -> Result<(StoredResponse, bool), ApiError> {
-    // An outcome stored before outcomes kept their time: the time of its position.
-    if let Ok(CommandReply { answer: Stored::Outcome(Outcome::Recorded(r)), .. }) = &mut reply
-        && r.recorded_at.is_none()
-        && r.position > 0
-    {
-        r.recorded_at = state.store.recorded_at(r.position).await?;
+    if let Ok(r) = &mut reply {
+        r.answer = whole(state, std::mem::replace(&mut r.answer, Stored::Reference(Default::default()))).await?;
     }
-    let reply = reply.map(|reply| {
-        let response = match &reply.answer {
-            Stored::Outcome(outcome) => render(outcome, &recorded),
-            Stored::Response(stored) => stored.clone(),
-        };
-        (response, reply.replayed)
-    });
+    let reply = reply.map(|reply| (rendered(&reply.answer, &recorded), reply.replayed));
     let code = match &reply {
         Ok((_, true)) => "replayed",
         Ok((response, false)) => response.body["code"].as_str().unwrap_or("ok"),
@@ -329,6 +319,32 @@ pub async fn finish(
         metrics::counter!("ledger_idempotency_replays_total").increment(1);
     }
     Ok((response, replayed))
+}
+
+/// An answer as the API renders it: a reference read back from the log (records keep
+/// only where a command's events are); an outcome stored before outcomes kept their
+/// time, given the time of its position.
+pub async fn whole(state: &AppState, answer: Stored) -> Result<Stored, ApiError> {
+    match answer {
+        Stored::Reference(r) => Ok(Stored::Outcome(state.store.resolve(r).await?)),
+        Stored::Outcome(Outcome::Recorded(mut r)) if r.recorded_at.is_none() && r.position > 0 => {
+            r.recorded_at = state.store.recorded_at(r.position).await?;
+            Ok(Stored::Outcome(Outcome::Recorded(r)))
+        }
+        other => Ok(other),
+    }
+}
+
+/// The response to a whole answer (see [`whole`]).
+pub fn rendered(answer: &Stored, recorded: impl RenderRecorded) -> StoredResponse {
+    match answer {
+        Stored::Outcome(outcome) => render(outcome, recorded),
+        Stored::Response(stored) => stored.clone(),
+        Stored::Reference(r) => {
+            let e = ApiError::internal(&format!("a reference at {} was not read back before rendering", r.position));
+            StoredResponse { status: 500, body: e.body() }
+        }
+    }
 }
 
 /// Turns a stored response into an HTTP response.

@@ -53,7 +53,9 @@ pub async fn begin(state: &AppState, principal: &Principal, body: &CommandBody) 
         }
         KeyClaim::Done(Stored::Response(stored)) => Ok(Begun::Answered(stored)),
         // Commands and operations have different paths, so never the same fingerprint.
-        KeyClaim::Done(Stored::Outcome(_)) => Err(ApiError::internal(&"an operation's key holds a command's outcome")),
+        KeyClaim::Done(Stored::Outcome(_) | Stored::Reference(_)) => {
+            Err(ApiError::internal(&"an operation's key holds a command's outcome"))
+        }
         KeyClaim::InFlight => Err(CommandError::IdempotencyKeyInFlight.into()),
         KeyClaim::Reused => Err(CommandError::IdempotencyKeyReused.into()),
     }

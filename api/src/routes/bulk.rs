@@ -5,7 +5,7 @@
 //! writer group: all items in one database transaction, or nothing stored. The bulk's
 //! own `Idempotency-Key` replays its whole response.
 
-use crate::http::command::{CommandBody, Planned, Prepared, finish, prepare, render, request};
+use crate::http::command::{CommandBody, Planned, Prepared, finish, prepare, request};
 use crate::http::context::{Principal, RequestContext};
 use crate::http::error::ApiError;
 use crate::http::operation::{self, Begun};
@@ -17,7 +17,7 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::post;
-use ledger_infrastructure::{AtomicError, CommandError, Stored, StoredResponse};
+use ledger_infrastructure::{AtomicError, CommandError, StoredResponse};
 use ledger_wire::ErrorCode;
 use ledger_wire::{BulkRequest, BulkResponse, BulkResult};
 use serde_json::Value;
@@ -357,11 +357,8 @@ async fn atomic(
         Ok(replies) => {
             let mut results = Vec::with_capacity(replies.len());
             for (reply, render_item) in replies.into_iter().zip(renders) {
-                let stored = match &reply.answer {
-                    Stored::Outcome(outcome) => render(outcome, &render_item),
-                    Stored::Response(stored) => stored.clone(),
-                };
-                results.push(result(stored, reply.replayed));
+                let answer = crate::http::command::whole(state, reply.answer).await?;
+                results.push(result(crate::http::command::rendered(&answer, &render_item), reply.replayed));
             }
             let body = serde_json::to_value(BulkResponse { results }).map_err(|e| ApiError::internal(&e))?;
             Ok((StoredResponse { status: 200, body }, true))

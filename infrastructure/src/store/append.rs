@@ -33,6 +33,8 @@ struct Rows {
     key_statuses: Vec<Option<i16>>,
     key_bodies: Vec<Option<Value>>,
     key_outcomes: Vec<Option<Value>>,
+    key_positions: Vec<Option<i64>>,
+    key_event_counts: Vec<Option<i32>>,
     key_expiry: Vec<DateTime<Utc>>,
 }
 
@@ -140,12 +142,13 @@ impl EventStore {
                 insert into stream_entries (stream_id, version, position)
                 select * from unnest($10::uuid[], $11::bigint[], $12::bigint[])
              ), ik as (
-                insert into idempotency_keys (principal, key, fingerprint, status_code, body, outcome, expires_at)
+                insert into idempotency_keys (principal, key, fingerprint, status_code, body, outcome,
+                                              outcome_position, outcome_events, expires_at)
                 select * from unnest($13::text[], $14::text[], $15::bytea[], $16::int2[], $17::jsonb[], $18::jsonb[],
-                                     $19::timestamptz[])
+                                     $19::int8[], $20::int4[], $21::timestamptz[])
              )
-             update log_head set position = $20, hash = $21, recorded_at = $22
-             returning pg_notify('ledger_events', $20::text)",
+             update log_head set position = $22, hash = $23, recorded_at = $24
+             returning pg_notify('ledger_events', $22::text)",
         )
         .bind(rows.positions)
         .bind(rows.event_ids)
@@ -165,6 +168,8 @@ impl EventStore {
         .bind(rows.key_statuses)
         .bind(rows.key_bodies)
         .bind(rows.key_outcomes)
+        .bind(rows.key_positions)
+        .bind(rows.key_event_counts)
         .bind(rows.key_expiry)
         .bind(head.position)
         .bind(&head.hash)
@@ -309,13 +314,26 @@ impl Rows {
         self.hashes.push(hash);
     }
 
+    /// A command's record: a reference to the events it recorded (a replay reads them
+    /// back), or the rule it broke.
     fn push_key(&mut self, claim: &IdempotencyClaim, outcome: &Outcome) {
         self.key_principals.push(claim.principal.clone());
         self.key_keys.push(claim.key.clone());
         self.key_fingerprints.push(claim.fingerprint.clone());
         self.key_statuses.push(None);
         self.key_bodies.push(None);
-        self.key_outcomes.push(Some(serde_json::to_value(outcome).expect("outcomes serialize")));
+        match outcome {
+            Outcome::Recorded(r) if !r.events.is_empty() => {
+                self.key_outcomes.push(None);
+                self.key_positions.push(Some(r.position));
+                self.key_event_counts.push(Some(i32::try_from(r.events.len()).expect("a command records few events")));
+            }
+            _ => {
+                self.key_outcomes.push(Some(serde_json::to_value(outcome).expect("outcomes serialize")));
+                self.key_positions.push(None);
+                self.key_event_counts.push(None);
+            }
+        }
         self.key_expiry.push(claim.expires_at);
     }
 }

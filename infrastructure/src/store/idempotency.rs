@@ -10,8 +10,8 @@
 //! its lease ([`EventStore::release_claim`]) or lets it lapse. Only final answers are
 //! ever stored, and a key stays bound to the fingerprint it was first claimed with.
 
-use super::{EventStore, IdempotencyClaim, IdempotencyRecord, StoredResponse};
-use crate::outcome::Stored;
+use super::{EventStore, IdempotencyClaim, IdempotencyRecord, RecordedEvent, StoreError, StoredResponse};
+use crate::outcome::{Outcome, OutcomeRef, Recorded, Stored};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -30,15 +30,28 @@ pub enum KeyClaim {
     Reused,
 }
 
-type RecordRow = (String, String, Vec<u8>, Option<i16>, Option<Value>, Option<Value>, Option<Uuid>);
+#[derive(sqlx::FromRow)]
+struct RecordRow {
+    principal: String,
+    key: String,
+    fingerprint: Vec<u8>,
+    status_code: Option<i16>,
+    body: Option<Value>,
+    outcome: Option<Value>,
+    outcome_position: Option<i64>,
+    outcome_events: Option<i32>,
+    claim: Option<Uuid>,
+}
 
-fn record(
-    (p, k, fingerprint, status, body, outcome, claim): RecordRow,
-) -> Result<((String, String), IdempotencyRecord), sqlx::Error> {
-    let stored = match (outcome, claim) {
-        (_, Some(_)) => None,
-        (Some(outcome), None) => Some(Stored::Outcome(serde_json::from_value(outcome).map_err(sqlx::Error::decode)?)),
-        (None, None) => Some(Stored::Response(StoredResponse {
+fn record(row: RecordRow) -> Result<((String, String), IdempotencyRecord), sqlx::Error> {
+    let RecordRow { principal: p, key: k, fingerprint, status_code: status, body, outcome, claim, .. } = row;
+    let stored = match (outcome, claim, row.outcome_position, row.outcome_events) {
+        (_, Some(_), _, _) => None,
+        (_, None, Some(position), Some(events)) => Some(Stored::Reference(OutcomeRef { position, events })),
+        (Some(outcome), None, _, _) => {
+            Some(Stored::Outcome(serde_json::from_value(outcome).map_err(sqlx::Error::decode)?))
+        }
+        (None, None, _, _) => Some(Stored::Response(StoredResponse {
             status: status.and_then(|s| u16::try_from(s).ok()).unwrap_or(500),
             body: body.unwrap_or_default(),
         })),
@@ -55,7 +68,8 @@ impl EventStore {
         let (principals, names): (Vec<String>, Vec<String>) = keys.iter().cloned().unzip();
         let rows: Vec<RecordRow> = sqlx::query_as(
             // LATERAL: one primary-key probe per key, never a scan of the whole table.
-            "select i.principal, i.key, i.fingerprint, i.status_code, i.body, i.outcome, i.claim
+            "select i.principal, i.key, i.fingerprint, i.status_code, i.body, i.outcome, i.outcome_position,
+                    i.outcome_events, i.claim
              from unnest($1::text[], $2::text[]) as k(principal, key)
              join lateral (select * from idempotency_keys x where x.principal = k.principal and x.key = k.key offset 0) i on true",
         )
@@ -64,6 +78,26 @@ impl EventStore {
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter().map(record).collect()
+    }
+
+    /// The outcome a reference stands for, read back from the log: the command's events,
+    /// and the state right after them of every stream it appended to as a decision
+    /// (`Concurrency::Exact`; never a system account's), as the outcome was when the
+    /// command was answered.
+    pub async fn resolve(&self, r: OutcomeRef) -> Result<Outcome, StoreError> {
+        let recorded = EventStore::read_range(&self.pool, r.position - i64::from(r.events), r.position).await?;
+        let events = recorded.iter().map(RecordedEvent::event).collect::<Result<Vec<_>, _>>()?;
+        let mut streams: Vec<(Uuid, ledger_domain::StreamState)> = Vec::new();
+        for event in &events {
+            for (id, concurrency) in event.streams() {
+                if concurrency == ledger_domain::Concurrency::Exact && !streams.iter().any(|(s, _)| *s == id) {
+                    let (state, _) = crate::snapshots::state_at(&self.pool, id, r.position, true).await?;
+                    streams.push((id, state));
+                }
+            }
+        }
+        let recorded_at = recorded.first().map(|e| e.recorded_at);
+        Ok(Outcome::Recorded(Recorded { position: r.position, events, streams, recorded_at }))
     }
 
     /// Claims `claim`'s key for an operation, for `lease`, in one statement: a new key
