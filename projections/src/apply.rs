@@ -31,14 +31,9 @@ impl Projection {
     pub fn tables(self) -> &'static [&'static str] {
         match self {
             Projection::Accounts => &["accounts_view", "account_entries"],
-            Projection::Transfers => &[
-                "transfers_view",
-                "withdrawals_view",
-                "dead_letters",
-                "transactions_view",
-                "transaction_accounts",
-                "holds_view",
-            ],
+            Projection::Transfers => {
+                &["transfers_view", "withdrawals_view", "dead_letters", "transactions_view", "holds_view"]
+            }
         }
     }
 
@@ -167,35 +162,42 @@ pub async fn catch_up(
     up_to: Option<i64>,
     batch_max: i64,
 ) -> Result<i64, ApplyError> {
-    Ok(catch_up_applied(pool, projection, up_to, batch_max).await?.iter().map(|a| a.position).max().unwrap_or(0))
+    let batches = catch_up_applied(pool, &[projection], up_to, batch_max).await?;
+    Ok(batches.iter().map(|(_, a)| a.position).max().unwrap_or(0))
 }
 
-/// [`catch_up`], returning each batch it applied (for cache invalidation), or the
-/// checkpoint alone (an empty batch) when it was already there.
+/// Catches `projections` up together (each batch applied to all of them in one
+/// transaction, as the projector does), returning each batch each applied (for cache
+/// invalidation), or its checkpoint alone (an empty batch) when it was already there.
 pub async fn catch_up_applied(
     pool: &PgPool,
-    projection: Projection,
+    projections: &[Projection],
     up_to: Option<i64>,
     batch_max: i64,
-) -> Result<Vec<Applied>, ApplyError> {
+) -> Result<Vec<(Projection, Applied)>, ApplyError> {
     let target = match up_to {
         Some(p) => p,
         None => sqlx::query_scalar("select position from log_head").fetch_one(pool).await?,
     };
+    let names: Vec<&str> = projections.iter().map(|p| p.name()).collect();
     let mut batches = Vec::new();
     loop {
-        let checkpoint: i64 = sqlx::query_scalar("select position from projection_checkpoints where name = $1")
-            .bind(projection.name())
-            .fetch_one(pool)
-            .await?;
-        if checkpoint >= target {
+        let lowest: Option<i64> =
+            sqlx::query_scalar("select min(position) from projection_checkpoints where name = any($1)")
+                .bind(&names)
+                .fetch_one(pool)
+                .await?;
+        let lowest = lowest.unwrap_or(target);
+        if lowest >= target {
             if batches.is_empty() {
-                batches.push(Applied { from: checkpoint, position: checkpoint, ..Applied::default() });
+                batches.extend(
+                    projections.iter().map(|p| (*p, Applied { from: lowest, position: lowest, ..Applied::default() })),
+                );
             }
             return Ok(batches);
         }
         let store = ledger_infrastructure::EventStore::new(pool.clone());
-        let page = store.read_all(checkpoint, batch_max.min(target - checkpoint)).await?;
-        batches.push(apply_delivered(pool, projection, &page).await?);
+        let page = store.read_all(lowest, batch_max.min(target - lowest)).await?;
+        batches.extend(apply_delivered_all(pool, projections, &page).await?);
     }
 }

@@ -309,7 +309,9 @@ pub fn transactions_sql(f: &TransactionFilter) -> (String, Vec<Bind>) {
     let mut from = "transactions_view t".to_owned();
     let ordered = if let Some(account) = f.account_id {
         let p = next(Bind::Uuid(account), &mut binds);
-        from = "transaction_accounts a join transactions_view t on t.position = a.position".to_owned();
+        // The account's statement entries (the accounts projection; the projector keeps
+        // both projections at one checkpoint) joined to the transactions among them.
+        from = "account_entries a join transactions_view t on t.position = a.position".to_owned();
         conditions.push(format!("a.account_id = {p}"));
         "a.position"
     } else {

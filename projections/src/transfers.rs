@@ -1,5 +1,5 @@
 //! The transfers projection: `transfers_view`, `withdrawals_view`, `dead_letters`, and
-//! `transactions_view` with `transaction_accounts` (every transaction, transfers
+//! `transactions_view` (every transaction, transfers
 //! included: a transfer is a one-posting transaction).
 
 use crate::apply::{ApplyError, Tables};
@@ -94,15 +94,9 @@ async fn write_transactions(
     let mut more: (Vec<chrono::DateTime<chrono::Utc>>, Vec<chrono::DateTime<chrono::Utc>>, Vec<Option<uuid::Uuid>>) =
         Default::default();
     let mut positions: Vec<i64> = Vec::new();
-    let mut touched: (Vec<uuid::Uuid>, Vec<i64>, Vec<uuid::Uuid>) = Default::default();
     let mut reversals: (Vec<uuid::Uuid>, Vec<uuid::Uuid>) = Default::default();
     for recorded in events.iter().filter(|e| e.event_type == "TransactionPosted") {
         let Event::TransactionPosted(p) = recorded.event()? else { continue };
-        for account in p.accounts() {
-            touched.0.push(account);
-            touched.1.push(recorded.position);
-            touched.2.push(p.transaction_id);
-        }
         if let Some(original) = p.reverses {
             reversals.0.push(original);
             reversals.1.push(p.transaction_id);
@@ -119,15 +113,11 @@ async fn write_transactions(
     if rows.0.is_empty() {
         return Ok(());
     }
-    let (transactions, accounts) = (t.name("transactions_view"), t.name("transaction_accounts"));
+    let transactions = t.name("transactions_view");
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "with xv as (
-            insert into {transactions} (id, postings, reference, metadata, effective_at, recorded_at, reverses, position)
-            select * from unnest($1::uuid[], $2::jsonb[], $3::text[], $4::jsonb[], $5::timestamptz[],
-                                 $6::timestamptz[], $7::uuid[], $8::int8[])
-         )
-         insert into {accounts} (account_id, position, transaction_id)
-         select * from unnest($9::uuid[], $10::int8[], $11::uuid[])"
+        "insert into {transactions} (id, postings, reference, metadata, effective_at, recorded_at, reverses, position)
+         select * from unnest($1::uuid[], $2::jsonb[], $3::text[], $4::jsonb[], $5::timestamptz[],
+                              $6::timestamptz[], $7::uuid[], $8::int8[])"
     )))
     .bind(rows.0)
     .bind(rows.1)
@@ -137,9 +127,6 @@ async fn write_transactions(
     .bind(more.1)
     .bind(more.2)
     .bind(positions)
-    .bind(touched.0)
-    .bind(touched.1)
-    .bind(touched.2)
     .execute(&mut **tx)
     .await?;
     if !reversals.0.is_empty() {
@@ -351,10 +338,8 @@ async fn write_transfers(
     if rows.0.is_empty() {
         return Ok(());
     }
-    let (transfers, transactions, accounts) =
-        (t.name("transfers_view"), t.name("transactions_view"), t.name("transaction_accounts"));
-    // The transfers, and the same transfers as one-posting transactions with their two
-    // accounts, in one statement.
+    let (transfers, transactions) = (t.name("transfers_view"), t.name("transactions_view"));
+    // The transfers, and the same transfers as one-posting transactions, in one statement.
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "with rows as (
             select * from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::int8[], $5::text[], $6::text[], $7::uuid[],
@@ -367,13 +352,9 @@ async fn write_transfers(
                                      position, created_at, metadata, effective_at)
             select id, from_account, to_account, amount, currency, reference, reverses, reason, position, created_at,
                    metadata, effective_at from rows
-         ), xv as (
-            insert into {transactions} (id, postings, reference, metadata, effective_at, recorded_at, reverses,
-                                        position)
-            select id, postings, reference, metadata, effective_at, created_at, reverses, position from rows
          )
-         insert into {accounts} (account_id, position, transaction_id)
-         select from_account, position, id from rows union all select to_account, position, id from rows"
+         insert into {transactions} (id, postings, reference, metadata, effective_at, recorded_at, reverses, position)
+         select id, postings, reference, metadata, effective_at, created_at, reverses, position from rows"
     )))
     .bind(rows.0)
     .bind(rows.1)

@@ -339,20 +339,22 @@ async fn every_query_filter_is_served_by_an_index() {
     .await
     .expect("rows");
     sqlx::query(
-        "insert into transaction_accounts (account_id, position, transaction_id)
-         select ('00000000-0000-7000-8000-' || lpad((position % 500)::text, 12, '0'))::uuid, position, id
+        "insert into account_entries (account_id, position, kind, movement_id, amount, balance_after, counterparty,
+                                      occurred_at, effective_at)
+         select ('00000000-0000-7000-8000-' || lpad((position % 500)::text, 12, '0'))::uuid, position, 'transaction',
+                id, 1, 1, null, recorded_at, effective_at
          from transactions_view",
     )
     .execute(&app.pool)
     .await
     .expect("rows");
     // As autovacuum leaves them: statistics gathered, the GIN index's pending list merged.
-    sqlx::query("vacuum (analyze) transactions_view, transaction_accounts").execute(&app.pool).await.expect("vacuum");
+    sqlx::query("vacuum (analyze) transactions_view, account_entries").execute(&app.pool).await.expect("vacuum");
     let t = chrono::Utc::now() - chrono::Duration::seconds(600);
     let minute = Some(t + chrono::Duration::seconds(60));
     let account = Uuid::parse_str("00000000-0000-7000-8000-000000000007").ok();
     let cases = [
-        ("account_id", TransactionFilter { account_id: account, ..Default::default() }, "transaction_accounts_pkey"),
+        ("account_id", TransactionFilter { account_id: account, ..Default::default() }, "account_entries_pkey"),
         (
             "reference",
             TransactionFilter { reference: Some("ref-77".into()), ..Default::default() },

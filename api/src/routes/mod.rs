@@ -66,18 +66,21 @@ pub async fn read_model_ready(
         }
         Consistency::Strong => {
             let head = state.store.head().await?;
-            let batches = ledger_projections::apply::catch_up_applied(&state.pool, projection, Some(head), 1000)
+            // Every projection together, as the projector applies them: a query may join
+            // two (transactions by account read the accounts projection's entries).
+            let all = ledger_projections::Projection::ALL;
+            let batches = ledger_projections::apply::catch_up_applied(&state.pool, &all, Some(head), 1000)
                 .await
                 .map_err(|e| ApiError::unavailable(&e))?;
             // What the catch-up applied is announced like a worker's batch, so no
             // cache (here or in another instance) keeps a view from before it.
-            for batch in batches.iter().filter(|b| b.position > b.from) {
-                let applied = crate::run::serve::Applied::batch(state.instance_id, projection, batch);
+            for (applied_to, batch) in batches.iter().filter(|(_, b)| b.position > b.from) {
+                let applied = crate::run::serve::Applied::batch(state.instance_id, *applied_to, batch);
                 crate::run::serve::apply_announcement(state, &applied, true).await;
                 crate::run::serve::announce(state, &applied).await;
             }
-            if let Some(reached) = batches.iter().map(|b| b.position).max() {
-                state.positions.advance(projection, reached);
+            for (applied_to, batch) in &batches {
+                state.positions.advance(*applied_to, batch.position);
             }
             Ok(ReadModel { min: head, pool: &state.pool })
         }

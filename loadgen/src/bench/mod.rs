@@ -88,7 +88,7 @@ impl BenchDb {
                 "accounts_view" => "vacuum (analyze) accounts_view",
                 "snapshots" => "vacuum (analyze) snapshots",
                 "transactions_view" => "vacuum (analyze) transactions_view",
-                "transaction_accounts" => "vacuum (analyze) transaction_accounts",
+                "account_entries" => "vacuum (analyze) account_entries",
                 other => bail!("no vacuum statement for {other}"),
             };
             sqlx::raw_sql(sql).execute(&self.pool).await.context(sql)?;

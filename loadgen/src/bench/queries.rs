@@ -49,16 +49,19 @@ pub async fn run(db: &BenchDb, p: &Params) -> anyhow::Result<Value> {
     .await
     .context("transactions")?;
     sqlx::query(
-        "insert into transaction_accounts (account_id, position, transaction_id)
-         select (p ->> 'from')::uuid, position, id from transactions_view, jsonb_array_elements(postings) p
+        "insert into account_entries (account_id, position, kind, movement_id, amount, balance_after, counterparty,
+                                      occurred_at, effective_at)
+         select (p ->> 'from')::uuid, position, 'transaction', id, -1, 0, null, recorded_at, effective_at
+         from transactions_view, jsonb_array_elements(postings) p
          union all
-         select (p ->> 'to')::uuid, position, id from transactions_view, jsonb_array_elements(postings) p",
+         select (p ->> 'to')::uuid, position, 'transaction', id, 1, 0, null, recorded_at, effective_at
+         from transactions_view, jsonb_array_elements(postings) p",
     )
     .execute(&db.pool)
     .await
     .context("transaction accounts")?;
     let insert_s = t.elapsed().as_secs_f64();
-    let vacuum_s = db.vacuum_analyze(&["transactions_view", "transaction_accounts"]).await?;
+    let vacuum_s = db.vacuum_analyze(&["transactions_view", "account_entries"]).await?;
     eprintln!("queries: {rows} rows in {insert_s:.1} s, vacuum {vacuum_s:.1} s");
     let now = chrono::Utc::now();
     let span_ms = rows * SPACING_MS;
