@@ -25,10 +25,12 @@ struct Browser {
 impl Browser {
     async fn start() -> Browser {
         let port = free_port();
+        // A process group of its own: chromedriver starts Chromium, which must go with it.
         let driver = tokio::process::Command::new("chromedriver")
             .arg(format!("--port={port}"))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .expect("chromedriver is installed (scripts/test installs chromium-driver)");
@@ -157,6 +159,11 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        // The whole group: chromedriver and the Chromium processes it started (killing
+        // chromedriver alone left them running, and busy, after every test run).
+        if let Some(pid) = self._driver.id() {
+            let _ = std::process::Command::new("kill").args(["-s", "KILL", "--", &format!("-{pid}")]).status();
+        }
         let _ = self._driver.start_kill();
     }
 }
