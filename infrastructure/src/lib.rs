@@ -6,7 +6,8 @@
 //!   reading, idempotency records, database faults), [`hash`] (the tamper-evident chain),
 //!   [`outcome`] (what a command's idempotency record keeps), [`snapshots`] (folded
 //!   states, and the as-of and bitemporal folds), [`audit`] (walking the chain).
-//! - Writing: [`writer`] (one group-commit writer per process, atomic groups).
+//! - Writing: [`writer`] (one pipelined group-commit writer per process: groups of one
+//!   command or all-or-nothing sets).
 //! - Fan-out and side effects: [`relay`] (the outbox to JetStream, one leader),
 //!   [`nats`] (names and streams), [`payouts`] (the payout worker), [`provider`] (its
 //!   client), [`reconcile`] (runs against the provider's statement), [`breaker`],
@@ -36,4 +37,6 @@ pub use config::Config;
 pub use db::{MIGRATOR, connect, connect_and_migrate, ensure_database};
 pub use outcome::{Outcome, Recorded, Stored};
 pub use store::{EventMetadata, EventStore, IdempotencyClaim, RecordedEvent, StoredResponse};
-pub use writer::{AtomicError, CommandBus, CommandError, CommandReply, CommandRequest, StateLoader, WriterLimits};
+pub use writer::{
+    CommandBus, CommandError, CommandReply, CommandRequest, Group, GroupError, GroupResult, StateLoader, WriterLimits,
+};

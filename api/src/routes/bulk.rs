@@ -17,7 +17,7 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::post;
-use ledger_infrastructure::{AtomicError, CommandError, StoredResponse};
+use ledger_infrastructure::{CommandError, GroupError, StoredResponse};
 use ledger_wire::ErrorCode;
 use ledger_wire::{BulkRequest, BulkResponse, BulkResult};
 use serde_json::Value;
@@ -363,8 +363,8 @@ async fn atomic(
             let body = serde_json::to_value(BulkResponse { results }).map_err(|e| ApiError::internal(&e))?;
             Ok((StoredResponse { status: 200, body }, true))
         }
-        Err(AtomicError::Rejected { index, error }) => Ok((failed(index, ApiError::from(&error)), true)),
-        Err(AtomicError::Command { index, error }) => {
+        Err(GroupError::Rejected { index, error }) => Ok((failed(index, ApiError::from(&error)), true)),
+        Err(GroupError::Command { index, error }) => {
             // A key in flight may be free on a retry: that answer is not the bulk's for good.
             let settled = !matches!(error, CommandError::IdempotencyKeyInFlight);
             match ApiError::from(error) {
@@ -374,6 +374,6 @@ async fn atomic(
                 e => Err(e),
             }
         }
-        Err(AtomicError::Failed(e)) => Err(e.into()),
+        Err(GroupError::Failed(e)) => Err(e.into()),
     }
 }

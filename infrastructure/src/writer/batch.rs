@@ -1,0 +1,622 @@
+//! Batches: gathered from whole submissions, prepared (records looked up and streams
+//! loaded at once, replays answered, every other command decided in order), appended
+//! in one transaction, and answered; or, when the append fails, settled: decided again
+//! from the log after a conflict, split group by group after a fault that may be one
+//! command's, failed after a dependency's.
+
+use super::decide::{decide_one, fresh_streams};
+use super::{CommandError, CommandReply, GroupError, GroupResult, Pending, StateLoader, WriterLimits};
+use crate::outcome::{Outcome, Stored};
+use crate::store::{AppendError, Appended, Commit, DbFault, EventStore, IdempotencyRecord, StoreError};
+use ledger_domain::{Command, Ledger};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+pub(super) struct Writer {
+    pub(super) store: EventStore,
+    pub(super) loader: StateLoader,
+    pub(super) limits: WriterLimits,
+}
+
+/// What the writer decided for one group.
+enum Plan {
+    /// Answered without appending anything: replays, keys in use, a refused
+    /// all-or-nothing group, a bug.
+    Answered(GroupResult),
+    /// For each command: a commit of the batch, or an answer of its own (a replay, an
+    /// internal command's rejection, which is not stored).
+    Append(Vec<Item>),
+}
+
+enum Item {
+    Commit(usize),
+    Reply(CommandReply),
+}
+
+/// A batch decided and ready to append.
+struct Prepared {
+    pending: Vec<Pending>,
+    plans: Vec<Plan>,
+    commits: Vec<Commit>,
+    /// For each commit, its group and the command's index in it.
+    owners: Vec<(usize, usize)>,
+    /// The state the batch leaves, if it commits (the next batch is decided on it).
+    working: Ledger,
+}
+
+impl Prepared {
+    /// The states of the streams this batch appends to, as they will be once it
+    /// commits: what the next batch, decided meanwhile, must see instead of the cache's
+    /// (every other stream it loads is as the cache and the log have it).
+    fn changed(&self) -> Ledger {
+        let mut changed = Ledger::new();
+        for commit in &self.commits {
+            for (id, _) in commit.events.iter().flat_map(|e| e.streams()) {
+                if let (false, Some(state)) = (changed.is_loaded(id), self.working.stream(id)) {
+                    changed.insert(id, state.clone());
+                }
+            }
+        }
+        changed
+    }
+}
+
+/// A batch being appended.
+struct Flight {
+    prepared: Prepared,
+    task: JoinHandle<(Vec<Commit>, Result<Appended, AppendError>)>,
+    /// How many commands it holds: the size the next batch gathers to before it is
+    /// prepared early.
+    commands: usize,
+    /// What the batch changes (`Prepared::changed`), for the batch decided meanwhile.
+    changed: Ledger,
+}
+
+/// Why a batch could not be prepared as a whole.
+enum Unprepared {
+    /// A dependency failed: every group fails as unavailable.
+    Unavailable(StoreError),
+    /// A fault that may be one command's: each group is run alone.
+    Split,
+}
+
+impl Writer {
+    /// The writer's loop. While a batch is appended and committed, the commands that
+    /// arrive gather into the next one; as soon as it holds as many as the batch in
+    /// flight (so batches stay as large as the load makes them), it is prepared on top
+    /// of the one in flight, and appended once that one has committed (prepared again
+    /// if it did not). If the batch in flight lands first, the next is prepared then.
+    pub(super) async fn run(self, mut rx: mpsc::Receiver<Vec<Pending>>) {
+        let mut flight: Option<Flight> = None;
+        let mut open = true;
+        loop {
+            let Some(mut current) = flight.take() else {
+                let Some(first) = rx.recv().await else { return };
+                flight = self.launch(self.fill(first, &mut rx), None).await;
+                continue;
+            };
+            let (mut next, mut commands) = (Vec::new(), 0usize);
+            let target = current.commands.clamp(1, self.limits.batch_max);
+            let landed = loop {
+                tokio::select! {
+                    biased;
+                    done = &mut current.task => break Some(done),
+                    more = rx.recv(), if open && commands < target => match more {
+                        Some(more) => {
+                            commands += more.iter().map(|p| p.group.requests.len()).sum::<usize>();
+                            next.extend(more);
+                        }
+                        None => open = false,
+                    },
+                }
+                if commands >= target {
+                    break None;
+                }
+            };
+            flight = match landed {
+                // The batch in flight landed first: the next one is prepared now.
+                Some(done) => {
+                    self.settle_landed(current.prepared, done).await;
+                    if next.is_empty() { None } else { self.launch(self.fill_more(next, &mut rx), None).await }
+                }
+                // Enough gathered (and whatever else is waiting, up to `batch_max`):
+                // decided while the batch in flight commits.
+                None => {
+                    let base = std::mem::take(&mut current.changed);
+                    let next = self.fill_more(next, &mut rx);
+                    let prepared = self.guarded_prepare(next, Some(base)).await;
+                    let committed = self.land(current).await;
+                    match prepared {
+                        Some(p) if committed => self.fly(p),
+                        // Decided on a state that did not commit: decided again.
+                        Some(p) => self.launch(p.pending, None).await,
+                        None => None,
+                    }
+                }
+            };
+            if !open && flight.is_none() {
+                return;
+            }
+        }
+    }
+
+    /// Whole submissions only: a bulk's commands share one batch (and one commit),
+    /// however many there are; others join until the batch holds `batch_max` commands.
+    fn fill(&self, batch: Vec<Pending>, rx: &mut mpsc::Receiver<Vec<Pending>>) -> Vec<Pending> {
+        self.fill_more(batch, rx)
+    }
+
+    /// [`Writer::fill`] on what is gathered already.
+    fn fill_more(&self, mut batch: Vec<Pending>, rx: &mut mpsc::Receiver<Vec<Pending>>) -> Vec<Pending> {
+        let mut commands: usize = batch.iter().map(|p| p.group.requests.len()).sum();
+        while commands < self.limits.batch_max {
+            match rx.try_recv() {
+                Ok(more) => {
+                    commands += more.iter().map(|p| p.group.requests.len()).sum::<usize>();
+                    batch.extend(more);
+                }
+                Err(_) => break,
+            }
+        }
+        batch
+    }
+
+    async fn launch(&self, batch: Vec<Pending>, base: Option<Ledger>) -> Option<Flight> {
+        let prepared = self.guarded_prepare(batch, base).await?;
+        self.fly(prepared)
+    }
+
+    /// Starts appending a prepared batch; a batch with nothing to append is answered at once.
+    fn fly(&self, mut prepared: Prepared) -> Option<Flight> {
+        if prepared.commits.is_empty() {
+            self.reply(prepared, Appended { results: Vec::new(), versions: Default::default() });
+            return None;
+        }
+        let changed = prepared.changed();
+        let commands = prepared.pending.iter().map(|p| p.group.requests.len()).sum();
+        let (store, commits) = (self.store.clone(), std::mem::take(&mut prepared.commits));
+        let task = tokio::spawn(async move {
+            let result = store.append_batch(&commits).await;
+            (commits, result)
+        });
+        Some(Flight { prepared, task, commands, changed })
+    }
+
+    /// Waits for a batch's commit and answers it, or settles its failure. Returns
+    /// whether it committed as decided.
+    async fn land(&self, flight: Flight) -> bool {
+        let Flight { prepared, task, .. } = flight;
+        let started = std::time::Instant::now();
+        let done = task.await;
+        metrics::histogram!("ledger_writer_land_seconds").record(started.elapsed().as_secs_f64());
+        self.settle_landed(prepared, done).await
+    }
+
+    /// Answers a batch whose append ended, or settles its failure; whether it committed.
+    async fn settle_landed(
+        &self,
+        mut prepared: Prepared,
+        done: Result<(Vec<Commit>, Result<Appended, AppendError>), tokio::task::JoinError>,
+    ) -> bool {
+        let Ok((commits, result)) = done else {
+            tracing::error!("appending a batch panicked; its groups run one by one");
+            self.split(prepared.pending).await;
+            return false;
+        };
+        prepared.commits = commits;
+        match result {
+            Ok(appended) => {
+                self.reply(prepared, appended);
+                true
+            }
+            Err(e) => {
+                Box::pin(self.settle(prepared, e, 0)).await;
+                false
+            }
+        }
+    }
+
+    /// Prepares, appends and answers a batch without the pipeline (after a failure).
+    async fn process(&self, batch: Vec<Pending>) {
+        let Some(mut prepared) = self.guarded_prepare(batch, None).await else { return };
+        let commits = std::mem::take(&mut prepared.commits);
+        if commits.is_empty() {
+            return self.reply(prepared, Appended { results: Vec::new(), versions: Default::default() });
+        }
+        let result = self.store.append_batch(&commits).await;
+        prepared.commits = commits;
+        match result {
+            Ok(appended) => self.reply(prepared, appended),
+            Err(e) => Box::pin(self.settle(prepared, e, 0)).await,
+        }
+    }
+
+    /// A failed append: decided again from the log after a conflict (up to
+    /// `conflict_retries_max`), the group of an unstorable command answered alone,
+    /// split group by group after a fault that is not a dependency's, or failed.
+    async fn settle(&self, prepared: Prepared, error: AppendError, conflicts: u32) {
+        let Prepared { mut pending, owners, .. } = prepared;
+        match error {
+            AppendError::Conflict { .. } if conflicts < self.limits.conflict_retries_max => {
+                metrics::counter!("ledger_append_conflicts_total").increment(1);
+                tracing::debug!(conflicts = conflicts + 1, "append conflicted; deciding the batch again");
+            }
+            AppendError::Conflict { .. } => return fail_all(pending, CommandError::VersionConflict(conflicts + 1)),
+            AppendError::Unstorable { commit, reason } => {
+                tracing::error!(%reason, "a command's events cannot be stored; its group fails, the others go on");
+                metrics::counter!("ledger_commands_isolated_total").increment(1);
+                let (group, index) = owners[commit];
+                let bad = pending.remove(group);
+                let _ = bad.reply.send(Err(GroupError::Command { index, error: CommandError::Internal }));
+            }
+            AppendError::Database(e) if crate::store::db_fault(&e) == DbFault::Unavailable => {
+                tracing::error!(error = %e, "append failed");
+                return fail_all(pending, CommandError::Unavailable(Arc::new(StoreError::Database(e))));
+            }
+            AppendError::Database(e) => {
+                tracing::error!(error = %e, groups = pending.len(), "a batch failed; its groups run one by one");
+                return self.split(pending).await;
+            }
+        }
+        let conflicts = conflicts + 1;
+        let Some(mut again) = self.guarded_prepare(pending, None).await else { return };
+        let commits = std::mem::take(&mut again.commits);
+        if commits.is_empty() {
+            return self.reply(again, Appended { results: Vec::new(), versions: Default::default() });
+        }
+        let result = self.store.append_batch(&commits).await;
+        again.commits = commits;
+        match result {
+            Ok(appended) => self.reply(again, appended),
+            Err(e) => Box::pin(self.settle(again, e, conflicts)).await,
+        }
+    }
+
+    /// A batch that failed for a reason that may be one command's: each group alone, so
+    /// only the one at fault fails.
+    async fn split(&self, pending: Vec<Pending>) {
+        if pending.len() == 1 {
+            return fail_all(pending, CommandError::Internal);
+        }
+        for p in pending {
+            Box::pin(self.process(vec![p])).await;
+        }
+    }
+
+    /// [`Writer::prepare`], with its failures answered: `None` when nothing is left to append.
+    async fn guarded_prepare(&self, batch: Vec<Pending>, base: Option<Ledger>) -> Option<Prepared> {
+        let started = std::time::Instant::now();
+        let prepared = std::panic::AssertUnwindSafe(self.prepare(batch, base));
+        // A panic here is a bug (an invariant assertion); it must not take the writer
+        // down with it: the batch's callers see their reply dropped (503).
+        let prepared = match futures::FutureExt::catch_unwind(prepared).await {
+            Ok(prepared) => prepared,
+            Err(_) => {
+                tracing::error!("the command writer caught a panic; the batch was not recorded");
+                return None;
+            }
+        };
+        metrics::histogram!("ledger_writer_prepare_seconds").record(started.elapsed().as_secs_f64());
+        match prepared {
+            Ok(prepared) => Some(prepared),
+            Err((pending, Unprepared::Unavailable(e))) => {
+                tracing::error!(error = %e, "preparing a batch failed");
+                fail_all(pending, CommandError::Unavailable(Arc::new(e)));
+                None
+            }
+            Err((pending, Unprepared::Split)) => {
+                Box::pin(self.split(pending)).await;
+                None
+            }
+        }
+    }
+
+    /// Prepares a batch on `base` (the state the batch in flight leaves) or on the log:
+    /// keys used twice in the batch refused, records looked up and streams loaded at
+    /// once, replays answered, every other command decided in order. A panic while
+    /// deciding (a bug an input reached) fails only its group; the rest is decided again.
+    async fn prepare(&self, batch: Vec<Pending>, base: Option<Ledger>) -> Result<Prepared, (Vec<Pending>, Unprepared)> {
+        let phase = crate::phases::Phases::start("writer", batch.iter().map(|p| p.group.requests.len()).sum());
+        let mut before = repeated_keys(&batch);
+        let retry_base = base.clone();
+        let mut working = base.unwrap_or_default();
+        let (records, loaded) = tokio::join!(self.records(&batch, &before), self.start(&batch, &before, &mut working));
+        let records = match records {
+            Ok(records) => records,
+            Err(e) if crate::store::db_fault(&e) == DbFault::Unavailable => {
+                return Err((batch, Unprepared::Unavailable(StoreError::Database(e))));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reading idempotency records failed");
+                return Err((batch, Unprepared::Split));
+            }
+        };
+        if let Err(e) = loaded {
+            return Err((batch, Unprepared::Unavailable(e)));
+        }
+        let phase = phase.next("keys_and_streams");
+        for (b, p) in before.iter_mut().zip(&batch) {
+            if matches!(b, Before::Decide(_)) {
+                *b = replays(&p.group, &records);
+            }
+        }
+        loop {
+            match self.decide(&batch, &before, working).await {
+                Ok(Decided::All { plans, commits, owners, working }) => {
+                    phase.next("decide");
+                    return Ok(Prepared { pending: batch, plans, commits, owners, working });
+                }
+                Ok(Decided::Panicked { group, index }) => {
+                    tracing::error!("deciding a command panicked; its group fails, the batch is decided again");
+                    metrics::counter!("ledger_commands_isolated_total").increment(1);
+                    before[group] = Before::Answered(Err(GroupError::Command { index, error: CommandError::Internal }));
+                    working = retry_base.clone().unwrap_or_default();
+                    if let Err(e) = self.start(&batch, &before, &mut working).await {
+                        return Err((batch, Unprepared::Unavailable(e)));
+                    }
+                }
+                Err(e) => return Err((batch, Unprepared::Unavailable(e))),
+            }
+        }
+    }
+
+    /// Readies `working` for the groups still to decide: the streams their callers
+    /// minted (empty), and every stream their commands need, loaded.
+    async fn start(&self, batch: &[Pending], before: &[Before], working: &mut Ledger) -> Result<(), StoreError> {
+        let requests = || {
+            batch
+                .iter()
+                .zip(before)
+                .filter(|(_, b)| matches!(b, Before::Decide(_)))
+                .flat_map(|(p, _)| &p.group.requests)
+        };
+        for (id, state) in fresh_streams(requests()).streams() {
+            if !working.is_loaded(*id) {
+                working.insert(*id, state.clone());
+            }
+        }
+        self.load_missing(working, requests().map(|r| &r.command).collect()).await
+    }
+
+    /// The records of every key the batch's undecided groups name (one look-up).
+    async fn records(
+        &self,
+        batch: &[Pending],
+        before: &[Before],
+    ) -> Result<HashMap<(String, String), IdempotencyRecord>, sqlx::Error> {
+        let keys: Vec<(String, String)> = batch
+            .iter()
+            .zip(before)
+            .filter(|(_, b)| matches!(b, Before::Decide(_)))
+            .flat_map(|(p, _)| p.group.requests.iter())
+            .filter_map(|r| r.idempotency.as_ref().map(|k| (k.principal.clone(), k.key.clone())))
+            .collect();
+        if keys.is_empty() { Ok(HashMap::new()) } else { self.store.idempotency_records(&keys).await }
+    }
+
+    /// Decides every group that is not answered yet, in order, on `working`.
+    async fn decide(&self, batch: &[Pending], before: &[Before], mut working: Ledger) -> Result<Decided, StoreError> {
+        let (mut plans, mut commits, mut owners) = (Vec::with_capacity(batch.len()), Vec::new(), Vec::new());
+        for (g, (p, b)) in batch.iter().zip(before).enumerate() {
+            let replayed = match b {
+                Before::Answered(result) => {
+                    plans.push(Plan::Answered(result.clone()));
+                    continue;
+                }
+                Before::Decide(replayed) => replayed,
+            };
+            let first = commits.len();
+            match self.decide_group(&p.group, replayed, &mut working, &mut commits).await? {
+                Ok(items) => {
+                    owners.extend((first..commits.len()).map(|c| (g, index_of(&items, c))));
+                    plans.push(Plan::Append(items));
+                }
+                Err(GroupFailure::Refused(result)) => plans.push(Plan::Answered(result)),
+                Err(GroupFailure::Panicked(index)) => return Ok(Decided::Panicked { group: g, index }),
+            }
+        }
+        Ok(Decided::All { plans, commits, owners, working })
+    }
+}
+
+/// What a group comes to before deciding: answered already, or to decide (with, for
+/// each command, its stored answer if it was done before: an all-or-nothing group's
+/// commands that ran under their keys earlier count as done).
+#[derive(Clone)]
+enum Before {
+    Answered(GroupResult),
+    Decide(Vec<Option<CommandReply>>),
+}
+
+/// A batch decided, or the group whose deciding panicked.
+enum Decided {
+    All { plans: Vec<Plan>, commits: Vec<Commit>, owners: Vec<(usize, usize)>, working: Ledger },
+    Panicked { group: usize, index: usize },
+}
+
+/// The index, in its group, of the command whose commit is `commit`.
+fn index_of(items: &[Item], commit: usize) -> usize {
+    items.iter().position(|i| matches!(i, Item::Commit(c) if *c == commit)).unwrap_or(0)
+}
+
+/// Why a group will not be appended.
+enum GroupFailure {
+    /// Answered as refused (an all-or-nothing group with a rejected command).
+    Refused(GroupResult),
+    /// Deciding the command at this index panicked.
+    Panicked(usize),
+}
+
+impl Writer {
+    /// Decides one group's commands in order on `working`, adding their commits. An
+    /// all-or-nothing group that is refused leaves `working` and `commits` as they were.
+    async fn decide_group(
+        &self,
+        group: &super::Group,
+        replayed: &[Option<CommandReply>],
+        working: &mut Ledger,
+        commits: &mut Vec<Commit>,
+    ) -> Result<Result<Vec<Item>, GroupFailure>, StoreError> {
+        let before = group.all_or_nothing.then(|| (working.clone(), commits.len()));
+        let mut items = Vec::with_capacity(group.requests.len());
+        for (index, request) in group.requests.iter().enumerate() {
+            if let Some(reply) = replayed.get(index).cloned().flatten() {
+                items.push(Item::Reply(reply));
+                continue;
+            }
+            // Rare: a command whose needs depend on an earlier command of this batch.
+            self.load_missing(working, vec![&request.command]).await?;
+            let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decide_one(request, working)));
+            let Ok((commit, has_events)) = decided else {
+                if let Some((state, len)) = before {
+                    *working = state;
+                    commits.truncate(len);
+                }
+                return Ok(Err(GroupFailure::Panicked(index)));
+            };
+            if let (Some((state, len)), Some(error)) = (&before, &commit.rejection) {
+                let error = GroupError::Rejected { index, error: error.clone() };
+                *working = state.clone();
+                commits.truncate(*len);
+                return Ok(Err(GroupFailure::Refused(Err(error))));
+            }
+            if request.idempotency.is_none() && !has_events {
+                // A rejection of an internal command has nothing to record.
+                let answer = Stored::Outcome(commit.outcome(None, chrono::Utc::now()));
+                items.push(Item::Reply(CommandReply { answer, replayed: false, recorded: Vec::new() }));
+            } else {
+                items.push(Item::Commit(commits.len()));
+                commits.push(commit);
+            }
+        }
+        Ok(Ok(items))
+    }
+
+    /// Loads into `working` the streams `commands` need that it does not hold yet (a
+    /// reversal or settlement needs a second round: the accounts of the loaded transfer).
+    async fn load_missing(&self, working: &mut Ledger, commands: Vec<&Command>) -> Result<(), StoreError> {
+        for _round in 0..3 {
+            let mut missing: Vec<Uuid> = commands.iter().flat_map(|c| c.missing_streams(working)).collect();
+            missing.sort_unstable();
+            missing.dedup();
+            if missing.is_empty() {
+                break;
+            }
+            self.loader.load(working, &missing).await?;
+        }
+        Ok(())
+    }
+
+    /// Answers every group of a committed batch, and caches the states that are
+    /// exactly what the log now holds.
+    fn reply(&self, prepared: Prepared, appended: Appended) {
+        self.remember_appended(&prepared.working, &appended.versions);
+        let mut results: Vec<Option<crate::store::CommitResult>> = appended.results.into_iter().map(Some).collect();
+        for (p, plan) in prepared.pending.into_iter().zip(prepared.plans) {
+            let result = match plan {
+                Plan::Answered(result) => result,
+                Plan::Append(items) => Ok(items
+                    .into_iter()
+                    .map(|item| match item {
+                        Item::Reply(reply) => reply,
+                        Item::Commit(c) => {
+                            let r = results[c].take().expect("one result per commit");
+                            CommandReply { answer: Stored::Outcome(r.outcome), replayed: false, recorded: r.recorded }
+                        }
+                    })
+                    .collect()),
+            };
+            let _ = p.reply.send(result);
+        }
+    }
+
+    /// Caches the working states that are exactly what the log now holds. A stream
+    /// appended at a version other than the one the writer computed (a system account
+    /// another process appended to meanwhile) is dropped from the cache instead, so its
+    /// next load folds it from the log: the cache never holds a state the log does not.
+    fn remember_appended(&self, working: &Ledger, versions: &HashMap<Uuid, i64>) {
+        let mut due = Vec::new();
+        for (stream, state) in working.streams() {
+            match versions.get(stream) {
+                Some(logged) if *logged != state.version => self.loader.forget(*stream),
+                Some(_) => {
+                    if self.loader.snapshot_due(*stream, state.version) {
+                        due.push((*stream, state.clone()));
+                    }
+                    self.loader.remember(*stream, Some(state));
+                }
+                None => self.loader.remember(*stream, Some(state)),
+            }
+        }
+        self.loader.snapshot_in_background(due);
+    }
+}
+
+/// Groups that use a key an earlier group of the batch uses (a group of one: still in
+/// flight), or that use one key twice (an all-or-nothing group: reused): answered now.
+fn repeated_keys(batch: &[Pending]) -> Vec<Before> {
+    let mut seen: HashSet<(&str, &str)> = HashSet::new();
+    batch
+        .iter()
+        .map(|p| {
+            let mut mine: HashSet<(&str, &str)> = HashSet::new();
+            for (index, r) in p.group.requests.iter().enumerate() {
+                let Some(k) = &r.idempotency else { continue };
+                let key = (k.principal.as_str(), k.key.as_str());
+                if !mine.insert(key) {
+                    return Before::Answered(Err(GroupError::Command {
+                        index,
+                        error: CommandError::IdempotencyKeyReused,
+                    }));
+                }
+                if seen.contains(&key) {
+                    return Before::Answered(Err(GroupError::Command {
+                        index,
+                        error: CommandError::IdempotencyKeyInFlight,
+                    }));
+                }
+            }
+            seen.extend(mine);
+            Before::Decide(vec![None; p.group.requests.len()])
+        })
+        .collect()
+}
+
+/// A group's commands whose keys were used before: a group of one replays its record
+/// (or is refused: another request's key, or one still running); an all-or-nothing
+/// group counts a command's stored answer as done, and is refused if that answer is a
+/// rejection or a key is another request's or in flight.
+fn replays(group: &super::Group, records: &HashMap<(String, String), IdempotencyRecord>) -> Before {
+    let mut done = Vec::with_capacity(group.requests.len());
+    for (index, r) in group.requests.iter().enumerate() {
+        let found =
+            r.idempotency.as_ref().and_then(|k| records.get(&(k.principal.clone(), k.key.clone())).map(|rec| (k, rec)));
+        let refused = |error| Before::Answered(Err(GroupError::Command { index, error }));
+        match found {
+            None => done.push(None),
+            Some((claim, record)) if record.fingerprint != claim.fingerprint => {
+                return refused(CommandError::IdempotencyKeyReused);
+            }
+            Some((_, IdempotencyRecord { stored: None, .. })) => return refused(CommandError::IdempotencyKeyInFlight),
+            Some((_, IdempotencyRecord { stored: Some(stored), .. })) => {
+                if let (true, Stored::Outcome(Outcome::Rejected(error))) = (group.all_or_nothing, stored) {
+                    return Before::Answered(Err(GroupError::Rejected { index, error: error.clone() }));
+                }
+                done.push(Some(CommandReply { answer: stored.clone(), replayed: true, recorded: Vec::new() }));
+            }
+        }
+    }
+    if done.iter().all(Option::is_some) {
+        return Before::Answered(Ok(done.into_iter().flatten().collect()));
+    }
+    Before::Decide(done)
+}
+
+fn fail_all(pending: Vec<Pending>, error: CommandError) {
+    for p in pending {
+        let _ = p.reply.send(Err(GroupError::Failed(error.clone())));
+    }
+}
