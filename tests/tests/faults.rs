@@ -1,6 +1,7 @@
 //! Faults and scale-out (run alone with `cargo test -p ledger-tests --test faults`):
-//! a "bank" test under kill -9, NATS and Postgres restarts and provider failures, and
-//! two API plus two worker processes on a three-node JetStream cluster.
+//! a "bank" test under kill -9, NATS and Postgres restarts and provider failures, the
+//! pipelined writer losing a batch between its insert and its commit, and two API plus
+//! two worker processes on a three-node JetStream cluster.
 
 use futures::future::join_all;
 use ledger_provider_sim::{Faults, Simulator};
@@ -119,6 +120,12 @@ async fn check_invariants(pool: &PgPool, outcomes: &[Outcome]) -> Vec<String> {
         violations.push(format!("hash chain: {chain:?}"));
     }
     for (id, state) in ledger.streams() {
+        if let ledger_domain::Aggregate::Account(a) = &state.aggregate
+            && !a.system
+            && a.balance.minor_units() + a.overdraft_limit.minor_units() < 0
+        {
+            violations.push(format!("account {id} overdrawn past its limit: {:?}", a.balance));
+        }
         if let ledger_domain::Aggregate::Withdrawal(w) = &state.aggregate
             && w.status == ledger_domain::WithdrawalStatus::Pending
             && w.dead_letter.is_none()
@@ -251,6 +258,135 @@ async fn bank_under_crashes_restarts_and_provider_failures() {
     assert!(violations.is_empty(), "{violations:#?}");
     assert!(acknowledged > 50, "the ledger made progress under faults");
     assert!(faults >= 4);
+}
+
+/// Which way a batch's commit is interrupted while the next batch is decided on top of it.
+#[derive(Debug, Clone, Copy)]
+enum Interruption {
+    /// The process dies (kill -9); the batch's commit, already sent, completes without it.
+    ProcessDies,
+    /// The batch's connection is cut: the commit fails and the process lives on, so the
+    /// batch decided on top of it must be decided again.
+    CommitFails,
+    /// Both: nothing of the batch lands and the process is gone.
+    Both,
+}
+
+/// The pipelined writer: every commit is slowed down (a deferred trigger on `log_head`
+/// sleeps 150 ms at commit), so batch N is between its insert and its commit while
+/// N+1 is gathered and decided on N's state. Then, with 24 clients sending keyed
+/// transfers that drain their accounts, N is interrupted three ways, twice each. After
+/// all: every acknowledged transfer is in the log once, no key twice, no account past
+/// its overdraft limit, money conserved, read models equal to the log, the chain valid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pipelined_writer_loses_a_batch_between_insert_and_commit() {
+    let config = test_config();
+    ledger_infrastructure::connect_and_migrate(&config).await.expect("database");
+    let pool = PgPool::connect(&config.database_url).await.expect("pool");
+    let env = ledger_tests::procs::base_env(&config);
+    let mut ledger = LedgerProcess::start(&env, free_port()).await;
+    let base = ledger.base.clone();
+    let client = reqwest::Client::new();
+    let setup_deadline = Instant::now() + Duration::from_secs(60);
+    let mut accounts = Vec::new();
+    for _ in 0..8 {
+        accounts.push(open_funded(&client, &base, setup_deadline).await);
+    }
+    sqlx::raw_sql(
+        "create function test_slow_commit() returns trigger language plpgsql as
+           $$ begin perform pg_sleep(0.15); return null; end $$;
+         create constraint trigger test_slow_commit after update on log_head
+           deferrable initially deferred for each row execute function test_slow_commit();",
+    )
+    .execute(&pool)
+    .await
+    .expect("slow commits");
+    let accounts = Arc::new(accounts);
+    let stop_at = Instant::now() + Duration::from_secs(30);
+    let clients: Vec<_> = (0..24)
+        .map(|c| {
+            let (client, base, accounts) = (client.clone(), base.clone(), accounts.clone());
+            tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                let mut i = c;
+                while Instant::now() < stop_at {
+                    i += 1;
+                    let key = Uuid::new_v4().to_string();
+                    // Large amounts, so that accounts run dry and the funds check is
+                    // decided on state a lost batch had changed.
+                    let body = json!({ "from": accounts[i % 8], "to": accounts[(i * 3 + 1) % 8],
+                                       "amount": 50_000 + (i % 7) as i64 * 10_000, "currency": "EUR" });
+                    if let Some((status, _)) =
+                        send(&client, &base, "/v1/transfers", &key, &body, stop_at + Duration::from_secs(60)).await
+                    {
+                        outcomes.push(Outcome { kind: "transfer", key, status });
+                    }
+                }
+                outcomes
+            })
+        })
+        .collect();
+    let sleeping_commit = || async {
+        let wait_until = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < wait_until {
+            let pid: Option<i32> = sqlx::query_scalar(
+                "select pid from pg_stat_activity where datname = current_database() and wait_event = 'PgSleep' limit 1",
+            )
+            .fetch_optional(&pool)
+            .await
+            .expect("activity");
+            if pid.is_some() {
+                return pid;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        None
+    };
+    let mut interrupted = Vec::new();
+    for round in 0..6 {
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let how = [Interruption::ProcessDies, Interruption::CommitFails, Interruption::Both][round % 3];
+        let pid = sleeping_commit().await.expect("a batch is committing under load");
+        if !matches!(how, Interruption::CommitFails) {
+            ledger.kill9().await;
+        }
+        if !matches!(how, Interruption::ProcessDies) {
+            let cut: bool =
+                sqlx::query_scalar("select pg_terminate_backend($1)").bind(pid).fetch_one(&pool).await.expect("cut");
+            assert!(cut, "the committing backend is cut");
+        }
+        if !matches!(how, Interruption::CommitFails) {
+            ledger.restart().await;
+        }
+        interrupted.push(how);
+    }
+    let outcomes: Vec<Outcome> =
+        join_all(clients).await.into_iter().flat_map(|r| r.expect("client finished")).collect();
+    sqlx::raw_sql("drop trigger test_slow_commit on log_head; drop function test_slow_commit();")
+        .execute(&pool)
+        .await
+        .expect("commits at full speed again");
+    eventually("projections catch up", 60, || async {
+        let lag: i64 = sqlx::query_scalar(
+            "select max(h.position - p.position) from projection_checkpoints p cross join log_head h",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap_or(1);
+        lag == 0
+    })
+    .await;
+    let violations = check_invariants(&pool, &outcomes).await;
+    let acknowledged = outcomes.iter().filter(|o| (200..300).contains(&o.status)).count();
+    let refused = outcomes.iter().filter(|o| o.status == 422).count();
+    println!(
+        "pipelined writer: {} answered, {acknowledged} acknowledged, {refused} refused for funds, interruptions {interrupted:?}, {} violations",
+        outcomes.len(),
+        violations.len()
+    );
+    assert!(violations.is_empty(), "{violations:#?}");
+    assert!(acknowledged > 100 && refused > 0, "transfers both landed and ran dry: {acknowledged} / {refused}");
+    drop(ledger);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
