@@ -9,6 +9,10 @@
 //! append's `NOTIFY`, with a slow poll as a safety net. When NATS is unreachable it
 //! backs off with jitter behind a circuit breaker; commands are unaffected.
 //!
+//! What this process's writer commits is handed to the relay in memory
+//! (`store::handoff`) and published without being read back; anything else (another
+//! process's appends, a handed batch that found no room, a restart) is read from the log.
+//!
 //! A lost stream is filled again from the log: the relay keeps the stream sequence of
 //! its last acknowledged publish, and a stream whose sequences start again below it
 //! (deleted and created anew, or a server that came back without its storage) makes
@@ -17,10 +21,11 @@
 
 use crate::breaker::{CircuitBreaker, backoff_delay};
 use crate::nats::{Names, ensure_events_stream};
-use crate::store::RecordedEvent;
+use crate::store::EventStore;
+use crate::store::handoff::{Handoff, Inbox, Outgoing};
 use async_nats::jetstream::{self, message::PublishMessage};
+use sqlx::Connection;
 use sqlx::postgres::{PgConnection, PgListener};
-use sqlx::{Connection, Row};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -70,6 +75,8 @@ pub struct Relay {
     pub limits: RelayLimits,
     /// True while this instance holds the relay lock.
     pub leader: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// What this process's writer hands over (taken by [`Relay::run`]).
+    handed: std::sync::Mutex<Inbox>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,11 +114,42 @@ struct Published {
 }
 
 impl Relay {
+    /// The relay of the ledger at `database_url`, publishing to `js` under `names`.
+    pub fn new(
+        database_url: String,
+        js: jetstream::Context,
+        names: Names,
+        breaker: CircuitBreaker,
+        limits: RelayLimits,
+    ) -> Relay {
+        Relay {
+            database_url,
+            stream_ready: Default::default(),
+            js,
+            names,
+            breaker,
+            limits,
+            leader: Default::default(),
+            handed: std::sync::Mutex::new(Inbox::none()),
+        }
+    }
+
+    /// Has `store` (this process's writer) hand what it commits to this relay while it
+    /// leads, instead of the relay reading it back.
+    pub fn fed_by(self, store: &EventStore) -> Relay {
+        let (handoff, inbox) = Handoff::new(self.leader.clone());
+        if store.hand_committed_to(handoff) {
+            *self.handed.lock().expect("not poisoned") = inbox;
+        }
+        self
+    }
+
     /// Runs until `shutdown`: campaigns for leadership, relays while leader.
     pub async fn run(self, shutdown: CancellationToken) {
+        let mut inbox = std::mem::take(&mut *self.handed.lock().expect("not poisoned"));
         let mut attempt = 0u32;
         while !shutdown.is_cancelled() {
-            match self.lead(&shutdown).await {
+            match self.lead(&mut inbox, &shutdown).await {
                 Ok(true) => attempt = 0,
                 Ok(false) => {}
                 Err(e) => {
@@ -127,7 +165,7 @@ impl Relay {
 
     /// Takes the lock if free and relays until shutdown or an error. Returns whether
     /// this instance led.
-    async fn lead(&self, shutdown: &CancellationToken) -> Result<bool, RelayError> {
+    async fn lead(&self, inbox: &mut Inbox, shutdown: &CancellationToken) -> Result<bool, RelayError> {
         let mut conn = PgConnection::connect(&self.database_url).await?;
         let ms = |d: Duration| format!("{}ms", d.as_millis());
         sqlx::query("select set_config('statement_timeout', $1, false), set_config('lock_timeout', $2, false)")
@@ -144,9 +182,11 @@ impl Relay {
             return Ok(false);
         }
         tracing::info!("relay leadership acquired");
+        inbox.clear();
         self.leader.store(true, std::sync::atomic::Ordering::SeqCst);
-        let result = self.relay_while_leader(&mut conn, shutdown).await;
+        let result = self.relay_while_leader(&mut conn, inbox, shutdown).await;
         self.leader.store(false, std::sync::atomic::Ordering::SeqCst);
+        inbox.clear();
         // Closing the connection releases the advisory lock.
         let _ = conn.close().await;
         result.map(|()| true)
@@ -155,6 +195,7 @@ impl Relay {
     async fn relay_while_leader(
         &self,
         conn: &mut PgConnection,
+        inbox: &mut Inbox,
         shutdown: &CancellationToken,
     ) -> Result<(), RelayError> {
         let mut listener = PgListener::connect(&self.database_url).await?;
@@ -165,11 +206,12 @@ impl Relay {
             .await?;
         let mut attempt = 0u32;
         while !shutdown.is_cancelled() {
-            match self.relay_batch(conn).await {
+            match self.relay_batch(conn, inbox).await {
                 Ok(0) => {
                     attempt = 0;
                     tokio::select! {
                         _ = shutdown.cancelled() => {}
+                        _ = inbox.recv() => {}
                         _ = listener.recv() => {}
                         _ = tokio::time::sleep(self.limits.poll_interval) => {}
                     }
@@ -189,7 +231,7 @@ impl Relay {
     }
 
     /// Publishes the next batch after the checkpoint; returns how many were relayed.
-    async fn relay_batch(&self, conn: &mut PgConnection) -> Result<usize, RelayError> {
+    async fn relay_batch(&self, conn: &mut PgConnection, inbox: &mut Inbox) -> Result<usize, RelayError> {
         let (checkpoint, sequence): (i64, i64) =
             sqlx::query_as("select position, stream_sequence from relay_checkpoints where name = $1")
                 .bind(self.names.prefix())
@@ -213,21 +255,22 @@ impl Relay {
                 }
             }
         }
-        let rows = sqlx::query(
-            "select position, event_id, stream_id, version, type, data, metadata, recorded_at
-             from events where position > $1 order by position limit $2",
-        )
-        .bind(checkpoint)
-        .bind(self.limits.batch_max)
-        .fetch_all(&mut *conn)
-        .await?;
-        if rows.is_empty() {
+        let max = usize::try_from(self.limits.batch_max).unwrap_or(1).max(1);
+        let mut events = inbox.next_after_commit(checkpoint, max).await;
+        if events.is_empty() {
+            events = EventStore::read_range(&mut *conn, checkpoint, checkpoint + self.limits.batch_max)
+                .await?
+                .iter()
+                .map(Outgoing::of)
+                .collect();
+            metrics::counter!("ledger_relay_read_back_total").increment(events.len() as u64);
+        }
+        if events.is_empty() {
             return Ok(0);
         }
-        // Any exit before JetStream answered (an undecodable row) drops the permit, which
-        // frees the probe slot with no verdict.
+        // Any exit before JetStream answered drops the permit, which frees the probe
+        // slot with no verdict.
         let permit = self.breaker.acquire().map_err(PublishError::from)?;
-        let events: Vec<RecordedEvent> = rows.iter().map(row_to_event).collect::<Result<_, _>>()?;
         let published = self.publish(&events, known).await;
         // The verdict is JetStream's answer, given before the checkpoint update can fail.
         if published.error.is_none() {
@@ -283,15 +326,14 @@ impl Relay {
     /// Publishes in order, awaiting the acks after sending the whole batch. `known` is
     /// the stream sequence of the relay's last stored message: a stream that stores a
     /// message of this batch at or below it has lost messages.
-    async fn publish(&self, events: &[RecordedEvent], known: u64) -> Published {
+    async fn publish(&self, events: &[Outgoing], known: u64) -> Published {
         let js = &self.js;
         let mut published = Published { last: None, sequence: 0, restarted: false, error: None };
         let mut acks = Vec::with_capacity(events.len());
         let mut send_error = None;
         for e in events {
-            let payload = serde_json::to_vec(e).expect("recorded events serialize");
             let publish = PublishMessage::build()
-                .payload(payload.into())
+                .payload(e.payload.clone())
                 .message_id(e.event_id.to_string())
                 .header("Ledger-Position", e.position.to_string().as_str());
             match js.send_publish(self.names.event_subject(&e.event_type), publish).await {
@@ -325,17 +367,4 @@ impl Relay {
         published.error = send_error;
         published
     }
-}
-
-fn row_to_event(row: &sqlx::postgres::PgRow) -> Result<RecordedEvent, sqlx::Error> {
-    Ok(RecordedEvent {
-        position: row.try_get("position")?,
-        event_id: row.try_get("event_id")?,
-        stream_id: row.try_get("stream_id")?,
-        version: row.try_get("version")?,
-        event_type: row.try_get("type")?,
-        data: row.try_get("data")?,
-        metadata: row.try_get("metadata")?,
-        recorded_at: row.try_get("recorded_at")?,
-    })
 }

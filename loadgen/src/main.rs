@@ -205,6 +205,17 @@ async fn one_request(
     }
 }
 
+/// CPU seconds (user and system) this process has spent so far (Linux; 0 elsewhere).
+fn own_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 /// Time from a command's answer until the read model shows its position.
 async fn measure_lag(ledger: Client, account: Uuid, position: i64, observed: Arc<Mutex<Observed>>) {
     let started = Instant::now();
@@ -278,7 +289,9 @@ async fn main() -> anyhow::Result<()> {
     // A marker for measurements that sample processes' CPU over the measured run only
     // (`scripts/measure/transfers-cpu`), not over the set-up.
     eprintln!("ledger-load: measuring");
+    let cpu_before = own_cpu_seconds();
     let (mut o, elapsed) = run(ledger, args.clone(), accounts).await;
+    let own_cpu_s = own_cpu_seconds() - cpu_before;
     eprintln!("ledger-load: done");
     o.latencies_us.sort_unstable();
     o.lags_us.sort_unstable();
@@ -291,6 +304,8 @@ async fn main() -> anyhow::Result<()> {
         "duration_s": elapsed.as_secs_f64(),
         "requests": total,
         "ok": ok,
+        "items_ok": o.items_ok,
+        "own_cpu_s": own_cpu_s,
         "ok_per_s": ok as f64 / elapsed.as_secs_f64(),
         "transfers_per_s": if args.mode == Mode::Bulk { o.items_ok as f64 / elapsed.as_secs_f64() } else { ok as f64 / elapsed.as_secs_f64() },
         "latency_ms": {

@@ -202,21 +202,70 @@ async fn a_lost_stream_is_filled_again_from_the_log() {
     app.assert_read_models_match_log().await;
 }
 
+/// What the relay's own process commits is handed to it in memory; what another
+/// process commits in between is read from the log. Either way JetStream gets every
+/// event once, in log order, byte for byte the JSON of the log's row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn handed_and_read_back_events_reach_the_stream_once_in_order_as_the_log_has_them() {
+    let config = test_config();
+    let app = TestApp::spawn_with(config.clone()).await;
+    // A second writer on the same log, without a relay of its own.
+    let other = TestApp::spawn_mode(config, Mode::Api).await;
+    let a = app.open_account("EUR", 0).await;
+    let b = other.open_account("EUR", 0).await;
+    app.deposit(a, 100_000, "EUR").await;
+    other.deposit(b, 100_000, "EUR").await;
+    let transfers = (0..60).map(|i| {
+        let (app, other) = (&app, &other);
+        async move {
+            let reply = if i % 2 == 0 {
+                app.transfer(a, b, 1 + i, "EUR").await
+            } else {
+                other.transfer(b, a, 1 + i, "EUR").await
+            };
+            assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+        }
+    });
+    join_all(transfers).await;
+    let last: i64 = sqlx::query_scalar("select position from log_head").fetch_one(&app.pool).await.expect("head");
+    eventually("relayed", 30, || async {
+        sqlx::query_scalar::<_, i64>("select position from relay_checkpoints")
+            .fetch_one(&app.pool)
+            .await
+            .is_ok_and(|p| p >= last)
+    })
+    .await;
+    let js = async_nats::jetstream::new(app.state.nats.clone());
+    let stream = js.get_stream(app.state.names.events_stream()).await.expect("stream");
+    let log = app.state.store.read_all(0, last).await.expect("log");
+    assert_eq!(log.len() as i64, last);
+    for (sequence, event) in (1u64..).zip(&log) {
+        let message = stream.get_raw_message(sequence).await.expect("message");
+        let position = message.headers.get("Ledger-Position").map(|v| v.as_str().to_owned());
+        assert_eq!(position, Some(event.position.to_string()), "message {sequence} is the log's next event");
+        assert_eq!(
+            message.payload.as_ref(),
+            serde_json::to_vec(event).expect("json").as_slice(),
+            "message {sequence} is the log's row"
+        );
+    }
+    assert!(stream.get_raw_message(last as u64 + 1).await.is_err(), "nothing published twice or beyond the log");
+    app.assert_read_models_match_log().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_relay_leads_and_another_takes_over() {
     use ledger_infrastructure::relay::{Relay, RelayLimits};
     let api = TestApp::spawn_mode(test_config(), Mode::Api).await;
     let config = api.state.config.clone();
     let start = |shutdown: tokio_util::sync::CancellationToken| {
-        let relay = Relay {
-            database_url: config.database_url.clone(),
-            stream_ready: Default::default(),
-            js: async_nats::jetstream::new(api.state.nats.clone()),
-            names: api.state.names.clone(),
-            breaker: api.state.relay_breaker.clone(),
-            limits: RelayLimits::from_config(&ledger_infrastructure::Config::default()),
-            leader: Default::default(),
-        };
+        let relay = Relay::new(
+            config.database_url.clone(),
+            async_nats::jetstream::new(api.state.nats.clone()),
+            api.state.names.clone(),
+            api.state.relay_breaker.clone(),
+            RelayLimits::from_config(&ledger_infrastructure::Config::default()),
+        );
         let leader = relay.leader.clone();
         tokio::spawn(relay.run(shutdown));
         leader

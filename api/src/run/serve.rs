@@ -67,15 +67,14 @@ pub fn spawn_idempotency_sweeper(state: &AppState, shutdown: CancellationToken) 
 /// `on_applied` after a batch) and the scheduled reconciliation: what `ledger worker`
 /// runs. Workers get only the process's core.
 pub fn spawn_workers(state: &Core, on_applied: OnApplied, shutdown: CancellationToken) -> Vec<JoinHandle<()>> {
-    let relay = Relay {
-        database_url: state.config.database_url.clone(),
-        stream_ready: Default::default(),
-        js: async_nats::jetstream::new(state.nats.clone()),
-        names: state.names.clone(),
-        breaker: state.relay_breaker.clone(),
-        limits: RelayLimits::from_config(&state.config),
-        leader: Default::default(),
-    };
+    let relay = Relay::new(
+        state.config.database_url.clone(),
+        async_nats::jetstream::new(state.nats.clone()),
+        state.names.clone(),
+        state.relay_breaker.clone(),
+        RelayLimits::from_config(&state.config),
+    )
+    .fed_by(&state.store);
     let config = &state.config;
     let payouts = PayoutWorker {
         pool: state.pool.clone(),

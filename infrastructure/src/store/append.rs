@@ -45,6 +45,9 @@ impl EventStore {
     /// [`AppendError::Conflict`] so the caller can decide again.
     pub async fn append_batch(&self, commits: &[Commit]) -> Result<Appended, AppendError> {
         let phase = crate::phases::Phases::start("append", commits.len());
+        // Marked from before the head lock until the batch is handed (or fails), so that
+        // the relay, woken by the commit, waits for it instead of reading it back.
+        let _appending = self.handoff.get().map(|h| h.begin());
         let staged = stage(commits)?;
         let phase = phase.next("stage");
         let mut tx = self.pool.begin().await?;
@@ -86,6 +89,9 @@ impl EventStore {
         let phase = phase.next("insert");
         tx.commit().await?;
         phase.next("commit");
+        if let Some(handoff) = self.handoff.get() {
+            handoff.hand(&plan.results);
+        }
         Ok(Appended { results: plan.results, versions: plan.versions })
     }
 

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::PgPool;
 use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 
 use uuid::Uuid;
 
@@ -140,10 +141,13 @@ pub struct IdempotencyRecord {
 #[derive(Clone)]
 pub struct EventStore {
     pool: PgPool,
+    /// Where committed batches are handed in memory (this process's relay), if anywhere.
+    handoff: Arc<OnceLock<handoff::Handoff>>,
 }
 
 mod append;
 mod faults;
+pub mod handoff;
 mod idempotency;
 
 pub use append::recompute_hash;
@@ -152,7 +156,13 @@ pub use idempotency::KeyClaim;
 
 impl EventStore {
     pub fn new(pool: PgPool) -> EventStore {
-        EventStore { pool }
+        EventStore { pool, handoff: Arc::default() }
+    }
+
+    /// Has every batch this store (and its clones) commits from now on handed to
+    /// `handoff`; false if one was set already (it stays).
+    pub fn hand_committed_to(&self, handoff: handoff::Handoff) -> bool {
+        self.handoff.set(handoff).is_ok()
     }
 
     pub fn pool(&self) -> &PgPool {
