@@ -12,6 +12,8 @@ pub mod reconcile;
 pub mod state;
 
 #[cfg(test)]
+mod holds_transactions_tests;
+#[cfg(test)]
 mod tests;
 
 pub use access::Role;

@@ -13,6 +13,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 use uuid::Uuid;
 
+/// How long the test waits for the browser to show something: generous, since a loaded
+/// 2-core machine runs Chromium, the service and other tests at once.
+const WAIT: Duration = Duration::from_secs(30);
+
 /// A WebDriver session on a chromedriver of its own.
 struct Browser {
     http: reqwest::Client,
@@ -83,7 +87,8 @@ impl Browser {
 
     /// The element for `css`, waiting (bounded) until it is there.
     async fn find(&self, css: &str) -> String {
-        for _ in 0..200 {
+        let deadline = std::time::Instant::now() + WAIT;
+        while std::time::Instant::now() < deadline {
             let v = self
                 .call(reqwest::Method::POST, "/element", Some(json!({ "using": "css selector", "value": css })))
                 .await;
@@ -110,7 +115,8 @@ impl Browser {
     /// Waits (bounded) until the element's text satisfies `check`.
     async fn text_until(&self, css: &str, check: impl Fn(&str) -> bool) -> String {
         let mut last = String::new();
-        for _ in 0..200 {
+        let deadline = std::time::Instant::now() + WAIT;
+        while std::time::Instant::now() < deadline {
             if self.count(css).await > 0 {
                 last = self.text(css).await;
                 if check(&last) {
@@ -121,6 +127,24 @@ impl Browser {
         }
         let shot = self.screenshot("unexpected-text").await;
         panic!("{css} never matched; last text {last:?} (screenshot {shot:?})");
+    }
+
+    /// Clicks a link and waits (bounded) until the page's hash starts with `hash`,
+    /// clicking again if the first click landed while the page was still settling.
+    async fn follow(&self, css: &str, hash: &str) {
+        for _ in 0..3 {
+            self.click(css).await;
+            let deadline = std::time::Instant::now() + WAIT / 3;
+            while std::time::Instant::now() < deadline {
+                let now = self.script("return location.hash").await;
+                if now.as_str().is_some_and(|h| h.starts_with(hash)) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        let shot = self.screenshot("link-not-followed").await;
+        panic!("{css} never led to {hash} (screenshot {shot:?})");
     }
 
     async fn click(&self, css: &str) {
@@ -260,7 +284,7 @@ async fn an_operator_and_a_client_use_the_console_in_a_real_browser() {
     browser.go(&format!("{}/console#/accounts", app.base)).await;
     browser.type_into("#account-query", &owner).await;
     browser.click("#account-search button").await;
-    browser.click(".account-link").await;
+    browser.follow(".account-link", "#/account/").await;
     let balance = browser.text_until("#balance", |t| t.contains("100.01")).await;
     assert!(
         balance.contains('€') || balance.contains("EUR"),

@@ -134,12 +134,16 @@ pub fn stored(status: u16, body: &impl serde::Serialize) -> StoredResponse {
     StoredResponse { status, body: serde_json::to_value(body).expect("wire types serialize") }
 }
 
+/// How a route renders a recorded command (see [`RenderRecorded`]).
+pub type Render = Box<dyn Fn(&Recorded) -> StoredResponse + Send + Sync>;
+
 /// What a command route runs for a request: the command, what caused it, and how its
-/// outcome is answered. The route's handler and `POST /v1/bulk` run the same plan.
+/// outcome is answered. The route's handler and `POST /v1/bulk` run the same plan, and
+/// [`Planned::run`] is the one way a route's command is run.
 pub struct Planned {
     pub command: Command,
     pub causation: Option<String>,
-    pub render: Box<dyn Fn(&Recorded) -> StoredResponse + Send + Sync>,
+    pub render: Render,
     /// The id of the stream the command creates, when the route minted it (not when the
     /// client chose it): the writer need not look for it in the log.
     pub fresh_stream: Option<uuid::Uuid>,
@@ -158,58 +162,72 @@ impl Planned {
     pub fn minted(self, id: Option<uuid::Uuid>) -> Planned {
         Planned { fresh_stream: id, ..self }
     }
-}
 
-/// Executes a planned command once per idempotency key.
-pub async fn execute_planned(
-    state: &AppState,
-    principal: &Principal,
-    context: &RequestContext,
-    body: CommandBody,
-    planned: Planned,
-) -> Result<Response, ApiError> {
-    let prepared = prepare(state, principal, context, &body, planned.command, planned.causation, planned.fresh_stream)?;
-    let (stored, replayed) = run(state, prepared, planned.render).await?;
-    Ok(respond(stored, replayed))
-}
+    /// Runs the command once per idempotency key and answers with its (possibly
+    /// stored) response.
+    pub async fn run(
+        self,
+        state: &AppState,
+        principal: &Principal,
+        context: &RequestContext,
+        body: CommandBody,
+    ) -> Result<Response, ApiError> {
+        let (stored, replayed) = self.answer(state, principal, context, body).await?;
+        Ok(respond(stored, replayed))
+    }
 
-/// Executes `command` once per idempotency key and answers with its (possibly stored) response.
-pub async fn execute(
-    state: &AppState,
-    principal: &Principal,
-    context: &RequestContext,
-    body: CommandBody,
-    command: Command,
-    causation_id: Option<String>,
-    render: impl RenderRecorded,
-) -> Result<Response, ApiError> {
-    let (stored, replayed) = execute_reply(state, principal, context, body, command, causation_id, render).await?;
-    Ok(respond(stored, replayed))
-}
+    /// Like [`Planned::run`], returning the stored response and whether it is a replay.
+    pub async fn answer(
+        self,
+        state: &AppState,
+        principal: &Principal,
+        context: &RequestContext,
+        body: CommandBody,
+    ) -> Result<(StoredResponse, bool), ApiError> {
+        let (prepared, render) = self.prepare(state, principal, context, &body)?;
+        let reply = state.bus.execute(prepared.request).await;
+        // The key stops being in flight once the answer (committed, so replayable) is in.
+        drop(prepared.guard);
+        finish(state, reply, render).await
+    }
 
-/// Like [`execute`], returning the stored response and whether it is a replay.
-pub async fn execute_reply(
-    state: &AppState,
-    principal: &Principal,
-    context: &RequestContext,
-    body: CommandBody,
-    command: Command,
-    causation_id: Option<String>,
-    recorded: impl RenderRecorded,
-) -> Result<(StoredResponse, bool), ApiError> {
-    run(state, prepare(state, principal, context, &body, command, causation_id, None)?, recorded).await
-}
+    /// Marks the key in flight and builds the writer's request; the render answers it.
+    pub fn prepare<'a>(
+        self,
+        state: &'a AppState,
+        principal: &Principal,
+        context: &RequestContext,
+        body: &CommandBody,
+    ) -> Result<(Prepared<'a>, Render), ApiError> {
+        // Stored responses are looked up by the writer, once per batch of commands.
+        let guard = in_flight(state, principal, body)?;
+        let (request, render) = self.request(state, principal, context, body);
+        Ok((Prepared { request, guard }, render))
+    }
 
-/// Sends one prepared command to the writer and renders its answer; the key stops
-/// being in flight once the answer (committed, so replayable) is in.
-async fn run(
-    state: &AppState,
-    prepared: Prepared<'_>,
-    recorded: impl RenderRecorded,
-) -> Result<(StoredResponse, bool), ApiError> {
-    let reply = state.bus.execute(prepared.request).await;
-    drop(prepared.guard);
-    finish(state, reply, recorded).await
+    /// The writer's request for this plan: its metadata and idempotency record (no
+    /// in-flight check; [`Planned::prepare`] adds it), and the render.
+    pub fn request(
+        self,
+        state: &AppState,
+        principal: &Principal,
+        context: &RequestContext,
+        body: &CommandBody,
+    ) -> (CommandRequest, Render) {
+        let request = CommandRequest {
+            command: self.command,
+            metadata: EventMetadata {
+                actor: principal.name.clone(),
+                request_id: Some(context.request_id.clone()),
+                correlation_id: Some(context.correlation_id.clone()),
+                causation_id: self.causation,
+                idempotency_key: Some(body.key.clone()),
+            },
+            idempotency: Some(claim(state, principal, body)),
+            fresh_stream: self.fresh_stream,
+        };
+        (request, self.render)
+    }
 }
 
 /// A command ready for the writer. Its key counts as in flight (a second request with
@@ -217,22 +235,6 @@ async fn run(
 pub struct Prepared<'a> {
     pub request: CommandRequest,
     guard: InFlightGuard<'a>,
-}
-
-/// Marks the key in flight and builds the writer's request.
-pub fn prepare<'a>(
-    state: &'a AppState,
-    principal: &Principal,
-    context: &RequestContext,
-    body: &CommandBody,
-    command: Command,
-    causation_id: Option<String>,
-    fresh_stream: Option<uuid::Uuid>,
-) -> Result<Prepared<'a>, ApiError> {
-    // Stored responses are looked up by the writer, once per batch of commands.
-    let guard = in_flight(state, principal, body)?;
-    let request = request(state, principal, context, body, command, causation_id, fresh_stream);
-    Ok(Prepared { request, guard })
 }
 
 /// Marks the request's key in flight in this process until the guard is dropped:
@@ -248,31 +250,6 @@ pub fn in_flight<'a>(
         return Err(ledger_infrastructure::CommandError::IdempotencyKeyInFlight.into());
     }
     Ok(InFlightGuard { state, key: scoped })
-}
-
-/// The writer's request for a command of `body`'s route: its metadata and idempotency
-/// record (no in-flight check; [`prepare`] adds it).
-pub fn request(
-    state: &AppState,
-    principal: &Principal,
-    context: &RequestContext,
-    body: &CommandBody,
-    command: Command,
-    causation_id: Option<String>,
-    fresh_stream: Option<uuid::Uuid>,
-) -> CommandRequest {
-    CommandRequest {
-        command,
-        metadata: EventMetadata {
-            actor: principal.name.clone(),
-            request_id: Some(context.request_id.clone()),
-            correlation_id: Some(context.correlation_id.clone()),
-            causation_id,
-            idempotency_key: Some(body.key.clone()),
-        },
-        idempotency: Some(claim(state, principal, body)),
-        fresh_stream,
-    }
 }
 
 /// A stream's id as the client gave it, or minted here; the second value is the id

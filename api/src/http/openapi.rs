@@ -375,7 +375,7 @@ fn add_response(operation: &mut Operation, status: u16, description: &str) {
     match operation.responses.responses.get_mut(&key) {
         Some(RefOr::T(existing)) if !existing.description.contains(description) => {
             // A route's own 409 lists its conflicts; the shared in-flight text applies only
-            // to commands that run through `crate::http::command::execute`, which say so themselves.
+            // to commands that run through `crate::http::command::Planned::run`, which say so themselves.
             if status != 409 {
                 existing.description = format!("{}\n\n{description}", existing.description);
             }

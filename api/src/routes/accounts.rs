@@ -76,7 +76,7 @@ async fn open(
     body: CommandBody,
 ) -> Result<Response, ApiError> {
     let planned = plan_open(&body.json)?;
-    crate::http::command::execute_planned(&state, &principal, &context, body, planned).await
+    planned.run(&state, &principal, &context, body).await
 }
 
 pub fn plan_open(json: &serde_json::Value) -> Result<crate::http::command::Planned, ApiError> {
@@ -116,7 +116,7 @@ async fn close(
     body: CommandBody,
 ) -> Result<Response, ApiError> {
     let planned = plan_close(&raw, &body.json)?;
-    crate::http::command::execute_planned(&state, &principal, &context, body, planned).await
+    planned.run(&state, &principal, &context, body).await
 }
 
 pub fn plan_close(raw: &str, json: &serde_json::Value) -> Result<crate::http::command::Planned, ApiError> {

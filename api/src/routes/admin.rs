@@ -1,7 +1,7 @@
 //! Operations (operator or admin): projection status, circuit breakers, the
 //! dead-letter queue.
 
-use crate::http::command::{CommandBody, execute};
+use crate::http::command::{CommandBody, Planned};
 use crate::http::context::{Principal, RequestContext};
 use crate::http::error::{ApiError, ErrorCode};
 use crate::http::extract::{Params, Segment};
@@ -130,8 +130,8 @@ async fn create_token(
     let created = ledger_wire::TokenCreated { id: token_id, name, role, token: None };
     let stored_form = created.clone();
     let render = move |_: &Recorded| crate::http::command::stored(201, &stored_form);
-    let (mut stored, replayed) =
-        crate::http::command::execute_reply(&state, &principal, &context, body, command, None, render).await?;
+    let planned = crate::http::command::Planned::new(command, None, render);
+    let (mut stored, replayed) = planned.answer(&state, &principal, &context, body).await?;
     if stored.status == 201 && !replayed {
         stored = crate::http::command::stored(201, &ledger_wire::TokenCreated { token: Some(token), ..created });
     }
@@ -299,7 +299,7 @@ async fn redrive(
     let (id, withdrawal_id) = dead_letter_withdrawal(&state, &raw).await?;
     let command = Command::RedrivePayout(ResolveDeadLetter { dead_letter_id: id, withdrawal_id });
     let render = render_resolution(id, withdrawal_id, ledger_wire::DeadLetterOutcome::Redriven);
-    execute(&state, &principal, &context, body, command, Some(id.to_string()), render).await
+    Planned::new(command, Some(id.to_string()), render).run(&state, &principal, &context, body).await
 }
 
 #[utoipa::path(
@@ -331,7 +331,7 @@ async fn discard(
     let (id, withdrawal_id) = dead_letter_withdrawal(&state, &raw).await?;
     let command = Command::DiscardPayout(ResolveDeadLetter { dead_letter_id: id, withdrawal_id });
     let render = render_resolution(id, withdrawal_id, ledger_wire::DeadLetterOutcome::Discarded);
-    execute(&state, &principal, &context, body, command, Some(id.to_string()), render).await
+    Planned::new(command, Some(id.to_string()), render).run(&state, &principal, &context, body).await
 }
 
 /// A worker that has not written for this long while behind is reported `stopped`.

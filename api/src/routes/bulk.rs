@@ -5,7 +5,7 @@
 //! writer group: all items in one database transaction, or nothing stored. The bulk's
 //! own `Idempotency-Key` replays its whole response.
 
-use crate::http::command::{CommandBody, Planned, Prepared, finish, prepare, request};
+use crate::http::command::{CommandBody, Planned, Prepared, finish};
 use crate::http::context::{Principal, RequestContext};
 use crate::http::error::ApiError;
 use crate::http::operation::{self, Begun};
@@ -298,10 +298,8 @@ async fn separate(state: &AppState, principal: &Principal, context: &RequestCont
     let mut renders = Vec::with_capacity(items.len());
     // By value: an item's body is not needed once its command is planned.
     for item in items {
-        let ready = plan(state, &item.path, &item.body.json).and_then(|p| {
-            let ready = prepare(state, principal, context, &item.body, p.command, p.causation, p.fresh_stream)?;
-            Ok((ready, p.render))
-        });
+        let ready =
+            plan(state, &item.path, &item.body.json).and_then(|p| p.prepare(state, principal, context, &item.body));
         match ready {
             Ok((ready, render)) => {
                 results.push(None);
@@ -349,9 +347,9 @@ async fn atomic(
             Ok(p) => p,
             Err(e) => return Ok((failed(index, e), true)),
         };
-        let (command, causation) = (planned.command, planned.causation);
-        requests.push(request(state, principal, context, &item.body, command, causation, planned.fresh_stream));
-        renders.push(planned.render);
+        let (request, render) = planned.request(state, principal, context, &item.body);
+        requests.push(request);
+        renders.push(render);
     }
     match state.bus.execute_atomic(requests).await {
         Ok(replies) => {

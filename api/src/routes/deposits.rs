@@ -43,7 +43,7 @@ async fn deposit(
     body: CommandBody,
 ) -> Result<Response, ApiError> {
     let planned = plan(&state, &body.json)?;
-    crate::http::command::execute_planned(&state, &principal, &context, body, planned).await
+    planned.run(&state, &principal, &context, body).await
 }
 
 pub fn plan(state: &AppState, json: &serde_json::Value) -> Result<crate::http::command::Planned, ApiError> {

@@ -78,7 +78,7 @@ async fn place(
     body: CommandBody,
 ) -> Result<Response, ApiError> {
     let planned = plan_place(&body.json)?;
-    crate::http::command::execute_planned(&state, &principal, &context, body, planned).await
+    planned.run(&state, &principal, &context, body).await
 }
 
 pub fn plan_place(json: &serde_json::Value) -> Result<crate::http::command::Planned, ApiError> {
@@ -126,7 +126,7 @@ async fn capture(
     body: CommandBody,
 ) -> Result<Response, ApiError> {
     let planned = plan_capture(&state, &raw, &body.json)?;
-    crate::http::command::execute_planned(&state, &principal, &context, body, planned).await
+    planned.run(&state, &principal, &context, body).await
 }
 
 pub fn plan_capture(
@@ -168,7 +168,7 @@ async fn void(
     body: CommandBody,
 ) -> Result<Response, ApiError> {
     let planned = plan_void(&raw, &body.json)?;
-    crate::http::command::execute_planned(&state, &principal, &context, body, planned).await
+    planned.run(&state, &principal, &context, body).await
 }
 
 pub fn plan_void(raw: &str, json: &serde_json::Value) -> Result<crate::http::command::Planned, ApiError> {

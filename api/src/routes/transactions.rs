@@ -82,7 +82,7 @@ async fn create(
     body: CommandBody,
 ) -> Result<Response, ApiError> {
     let planned = plan_create(&state, &body.json)?;
-    crate::http::command::execute_planned(&state, &principal, &context, body, planned).await
+    planned.run(&state, &principal, &context, body).await
 }
 
 pub fn plan_create(state: &AppState, json: &serde_json::Value) -> Result<crate::http::command::Planned, ApiError> {
@@ -138,7 +138,7 @@ async fn reverse(
     body: CommandBody,
 ) -> Result<Response, ApiError> {
     let planned = plan_reverse(&raw, &body.json)?;
-    crate::http::command::execute_planned(&state, &principal, &context, body, planned).await
+    planned.run(&state, &principal, &context, body).await
 }
 
 pub fn plan_reverse(raw: &str, json: &serde_json::Value) -> Result<crate::http::command::Planned, ApiError> {

@@ -68,7 +68,7 @@ async fn transfer(
     body: CommandBody,
 ) -> Result<Response, ApiError> {
     let planned = plan_transfer(&state, &body.json)?;
-    crate::http::command::execute_planned(&state, &principal, &context, body, planned).await
+    planned.run(&state, &principal, &context, body).await
 }
 
 pub fn plan_transfer(state: &AppState, json: &serde_json::Value) -> Result<crate::http::command::Planned, ApiError> {
@@ -112,7 +112,7 @@ async fn reverse(
     body: CommandBody,
 ) -> Result<Response, ApiError> {
     let planned = plan_reverse(&raw, &body.json)?;
-    crate::http::command::execute_planned(&state, &principal, &context, body, planned).await
+    planned.run(&state, &principal, &context, body).await
 }
 
 pub fn plan_reverse(raw: &str, json: &serde_json::Value) -> Result<crate::http::command::Planned, ApiError> {

@@ -49,7 +49,7 @@ async fn withdraw(
     body: CommandBody,
 ) -> Result<Response, ApiError> {
     let planned = plan(&body.json)?;
-    crate::http::command::execute_planned(&state, &principal, &context, body, planned).await
+    planned.run(&state, &principal, &context, body).await
 }
 
 pub fn plan(json: &serde_json::Value) -> Result<crate::http::command::Planned, ApiError> {

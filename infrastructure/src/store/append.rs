@@ -45,6 +45,7 @@ impl EventStore {
     /// [`AppendError::Conflict`] so the caller can decide again.
     pub async fn append_batch(&self, commits: &[Commit]) -> Result<Appended, AppendError> {
         let phase = crate::phases::Phases::start("append", commits.len());
+        metrics::histogram!("ledger_append_batch_size").record(commits.len() as f64);
         // Marked from before the head lock until the batch is handed (or fails), so that
         // the relay, woken by the commit, waits for it instead of reading it back.
         let _appending = self.handoff.get().map(|h| h.begin());

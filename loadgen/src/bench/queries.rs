@@ -1,6 +1,6 @@
 //! `queries`: each filter of `GET /v1/transactions` (through
 //! `ledger_projections::queries::transactions`, the statement the API runs) over
-//! `--transactions` rows of `transactions_view` and `transaction_accounts`, inserted
+//! `--transactions` rows of `transactions_view` and their `account_entries`, inserted
 //! directly (as the projection writes them) and vacuumed: latency median and p99 of
 //! a serial run per filter with random values, each with the plan it used.
 
@@ -130,7 +130,7 @@ pub async fn run(db: &BenchDb, p: &Params) -> anyhow::Result<Value> {
             "insert_s": round(insert_s, 1),
             "vacuum_analyze_s": round(vacuum_s, 1),
             "transactions_view_mb": db.relation_mb("transactions_view").await?,
-            "transaction_accounts_mb": db.relation_mb("transaction_accounts").await?,
+            "account_entries_mb": db.relation_mb("account_entries").await?,
         },
         "what": "ledger_projections::queries::transactions(pool, filter) with limit 50, one client, random values",
         "filters": results,
