@@ -24,7 +24,7 @@ pub use run::state::AppState;
 pub fn app(state: AppState) -> Router {
     let v1 = Router::new()
         .merge(routes::accounts::router())
-        .merge(routes::deposits::router())
+        .merge(routes::commands::router())
         .merge(routes::transfers::router())
         .merge(routes::transactions::router())
         .merge(routes::holds::router())

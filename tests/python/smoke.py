@@ -1,6 +1,6 @@
 """A smoke test of a Python client generated from the served /openapi.json with
 openapi-python-client: two accounts, a deposit, a transfer, an account, its statement
-and the log, all through the generated models. Run by tests/tests/python_client.rs,
+and the log, all through the generated models. Run by tests/tests/suite/python_client.rs,
 which generates the package `ledger_http_client` and puts it on PYTHONPATH.
 """
 

@@ -1,5 +1,5 @@
-//! The OpenAPI 3.1 document of the HTTP API, generated from the handlers'
-//! `#[utoipa::path]` attributes and the wire types of `ledger_wire`, served at
+//! The OpenAPI 3.1 document of the HTTP API, generated from the handlers' (for a
+//! command route, its plan's; see `routes::commands`) `#[utoipa::path]` attributes and the wire types of `ledger_wire`, served at
 //! `GET /openapi.json`, and Swagger UI at `GET /docs` with its assets compiled into the
 //! binary (no network at build or view time). Both need no token.
 //!
@@ -44,27 +44,27 @@ const PROBLEM_JSON: &str = "application/problem+json";
             problem documents whose `code` is stable."
     ),
     paths(
-        accounts::open,
+        accounts::plan_open,
         accounts::by_owner,
         accounts::read,
-        accounts::close,
+        accounts::plan_close,
         accounts::events,
         accounts::transactions,
         accounts::balance,
-        deposits::deposit,
-        transfers::transfer,
+        deposits::plan,
+        transfers::plan_transfer,
         transfers::read,
-        transfers::reverse,
-        transactions::create,
+        transfers::plan_reverse,
+        transactions::plan_create,
         transactions::read,
-        transactions::reverse,
+        transactions::plan_reverse,
         transactions::search,
-        holds::place,
+        holds::plan_place,
         holds::read,
-        holds::capture,
-        holds::void,
+        holds::plan_capture,
+        holds::plan_void,
         bulk::bulk,
-        withdrawals::withdraw,
+        withdrawals::plan,
         withdrawals::read,
         events::events,
         events::system_accounts,

@@ -4,6 +4,7 @@
 //! the write side. Every read says which log position it reflects. [`views`] turns
 //! domain state and read-model rows into the wire types reads and commands answer with.
 
+pub mod coherence;
 pub mod views;
 
 use crate::http::error::{ApiError, ErrorCode};
@@ -241,7 +242,7 @@ impl AccountCache {
 }
 
 /// A streaming replica (`DATABASE_READ_URL`) and how far it has replayed each
-/// projection, polled by `serve::spawn_read_side`.
+/// projection, polled by `coherence::spawn_read_side`.
 pub struct Replica {
     pub pool: sqlx::PgPool,
     /// The projections' checkpoints as the replica has replayed them.

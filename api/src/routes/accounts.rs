@@ -1,19 +1,18 @@
 //! Accounts: open, close, read, and the account's own event stream.
 
-use crate::http::command::CommandBody;
-use crate::http::context::{Principal, RequestContext};
 use crate::http::error::{ApiError, ErrorCode};
 use crate::http::extract::{Params, Segment};
 use crate::http::requests::parse;
 use crate::http::validate::{limit_param, path_uuid, position_param};
 use crate::read::Consistency;
+use crate::read::coherence::read_model_ready;
 use crate::read::views;
-use crate::routes::{read_model_ready, strong_state};
+use crate::routes::strong_state;
 use crate::run::state::AppState;
 use axum::Router;
 use axum::extract::State;
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::get;
 use ledger_domain::Command;
 use ledger_domain::Event;
 use ledger_domain::decide::OpenAccount;
@@ -23,9 +22,8 @@ use ledger_wire::{EmptyRequest, OpenAccountRequest};
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/v1/accounts", post(open).get(by_owner))
+        .route("/v1/accounts", get(by_owner))
         .route("/v1/accounts/{id}", get(read))
-        .route("/v1/accounts/{id}/close", post(close))
         .route("/v1/accounts/{id}/events", get(events))
         .route("/v1/accounts/{id}/transactions", get(transactions))
         .route("/v1/accounts/{id}/balance", get(balance))
@@ -69,16 +67,6 @@ fn render_account(status: u16) -> impl Fn(&Recorded) -> StoredResponse {
             `overdraft_limit`, `id`, `metadata`), or the body is not an object."),
     )
 )]
-async fn open(
-    State(state): State<AppState>,
-    principal: Principal,
-    context: RequestContext,
-    body: CommandBody,
-) -> Result<Response, ApiError> {
-    let planned = plan_open(&body.json)?;
-    planned.run(&state, &principal, &context, body).await
-}
-
 pub fn plan_open(json: &serde_json::Value) -> Result<crate::http::command::Planned, ApiError> {
     let r: OpenAccountRequest = parse(json)?;
     let (id, minted) = crate::http::command::given_or_minted(r.id.map(|id| id.0));
@@ -108,17 +96,6 @@ pub fn plan_open(json: &serde_json::Value) -> Result<crate::http::command::Plann
             `account_closed`: it is closed already; `validation_error`: a system account, or the body is not an object."),
     )
 )]
-async fn close(
-    State(state): State<AppState>,
-    principal: Principal,
-    context: RequestContext,
-    Segment(raw): Segment,
-    body: CommandBody,
-) -> Result<Response, ApiError> {
-    let planned = plan_close(&raw, &body.json)?;
-    planned.run(&state, &principal, &context, body).await
-}
-
 pub fn plan_close(raw: &str, json: &serde_json::Value) -> Result<crate::http::command::Planned, ApiError> {
     let account_id = path_uuid(raw, || account_not_found(raw))?;
     let _: EmptyRequest = parse(json)?;

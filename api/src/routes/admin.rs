@@ -6,8 +6,8 @@ use crate::http::context::{Principal, RequestContext};
 use crate::http::error::{ApiError, ErrorCode};
 use crate::http::extract::{Params, Segment};
 use crate::read::Consistency;
+use crate::read::coherence::read_model_ready;
 use crate::read::views;
-use crate::routes::read_model_ready;
 use crate::run::state::AppState;
 use axum::Router;
 use axum::extract::State;
@@ -78,7 +78,7 @@ async fn rebuild(
         match lock.rebuild(&background.pool, |_, _| {}).await {
             Ok(position) => {
                 tracing::info!(projection = projection.name(), position, "projection rebuilt and switched");
-                let applied = crate::run::serve::Applied {
+                let applied = crate::read::coherence::Applied {
                     origin: background.instance_id,
                     projection: projection.name().to_owned(),
                     position,
@@ -86,8 +86,8 @@ async fn rebuild(
                     accounts: Vec::new(),
                     all: true,
                 };
-                crate::run::serve::apply_announcement(&background, &applied, true).await;
-                crate::run::serve::announce(&background, &applied).await;
+                crate::read::coherence::apply_announcement(&background, &applied, true).await;
+                crate::read::coherence::announce(&background, &applied).await;
             }
             Err(e) => tracing::error!(projection = projection.name(), error = %e, "projection rebuild failed"),
         }

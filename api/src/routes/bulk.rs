@@ -10,7 +10,6 @@ use crate::http::context::{Principal, RequestContext};
 use crate::http::error::ApiError;
 use crate::http::operation::{self, Begun};
 use crate::http::requests::parse_owned;
-use crate::routes::{accounts, deposits, holds, transactions, transfers, withdrawals};
 use crate::run::state::AppState;
 use axum::Router;
 use axum::extract::{Request, State};
@@ -96,39 +95,6 @@ async fn drain(state: &AppState, request: Request) {
     let _ = tokio::time::timeout(state.config.bulk_wait, drain).await;
 }
 
-/// The command routes a bulk item may name.
-enum Route<'a> {
-    OpenAccount,
-    CloseAccount(&'a str),
-    Deposit,
-    Transfer,
-    ReverseTransfer(&'a str),
-    Withdraw,
-    Transaction,
-    ReverseTransaction(&'a str),
-    PlaceHold,
-    CaptureHold(&'a str),
-    VoidHold(&'a str),
-}
-
-fn route(path: &str) -> Option<Route<'_>> {
-    let segments: Vec<&str> = path.split('/').collect();
-    Some(match segments.as_slice() {
-        ["", "v1", "accounts"] => Route::OpenAccount,
-        ["", "v1", "accounts", id, "close"] => Route::CloseAccount(id),
-        ["", "v1", "deposits"] => Route::Deposit,
-        ["", "v1", "transfers"] => Route::Transfer,
-        ["", "v1", "transfers", id, "reverse"] => Route::ReverseTransfer(id),
-        ["", "v1", "withdrawals"] => Route::Withdraw,
-        ["", "v1", "transactions"] => Route::Transaction,
-        ["", "v1", "transactions", id, "reverse"] => Route::ReverseTransaction(id),
-        ["", "v1", "holds"] => Route::PlaceHold,
-        ["", "v1", "holds", id, "capture"] => Route::CaptureHold(id),
-        ["", "v1", "holds", id, "void"] => Route::VoidHold(id),
-        _ => return None,
-    })
-}
-
 /// The plan of one item: its route's own code, run on its body, which is held to the
 /// body limit of that route (`LEDGER_BODY_BYTES_MAX`) as if it had been sent alone.
 fn plan(state: &AppState, path: &str, json: &Value) -> Result<Planned, ApiError> {
@@ -140,18 +106,8 @@ fn plan(state: &AppState, path: &str, json: &Value) -> Result<Planned, ApiError>
             format!("an item's body must be at most {limit} bytes"),
         ));
     }
-    match route(path) {
-        Some(Route::OpenAccount) => accounts::plan_open(json),
-        Some(Route::CloseAccount(id)) => accounts::plan_close(id, json),
-        Some(Route::Deposit) => deposits::plan(state, json),
-        Some(Route::Transfer) => transfers::plan_transfer(state, json),
-        Some(Route::ReverseTransfer(id)) => transfers::plan_reverse(id, json),
-        Some(Route::Withdraw) => withdrawals::plan(json),
-        Some(Route::Transaction) => transactions::plan_create(state, json),
-        Some(Route::ReverseTransaction(id)) => transactions::plan_reverse(id, json),
-        Some(Route::PlaceHold) => holds::plan_place(json),
-        Some(Route::CaptureHold(id)) => holds::plan_capture(state, id, json),
-        Some(Route::VoidHold(id)) => holds::plan_void(id, json),
+    match crate::routes::commands::matching(path) {
+        Some((route, id)) => (route.plan)(state, id, json),
         None => Err(ApiError::validation(format!("`{path}` is not a command route"))),
     }
 }
@@ -191,7 +147,7 @@ fn items(items: Vec<ledger_wire::BulkItem>, bulk_key: &str) -> Result<Vec<Item>,
         if item.method != "POST" {
             return Err(ApiError::validation(format!("`items[{i}].method` must be POST")));
         }
-        if route(&item.path).is_none() {
+        if crate::routes::commands::matching(&item.path).is_none() {
             return Err(ApiError::validation(format!(
                 "`items[{i}].path` {:?} is not a command route of this contract (POST under /v1, outside /v1/admin \
                  and /v1/bulk)",

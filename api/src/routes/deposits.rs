@@ -1,24 +1,14 @@
 //! Deposits: money entering the ledger from the outside world, through the
 //! currency's system account.
 
-use crate::http::command::CommandBody;
-use crate::http::context::{Principal, RequestContext};
 use crate::http::error::ApiError;
 use crate::http::requests::parse;
 use crate::run::state::AppState;
-use axum::Router;
-use axum::extract::State;
-use axum::response::Response;
-use axum::routing::post;
 use ledger_domain::Command;
 use ledger_domain::decide::MakeDeposit;
 use ledger_infrastructure::{Recorded, StoredResponse};
 use ledger_wire::DepositRequest;
 use uuid::Uuid;
-
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/deposits", post(deposit))
-}
 
 #[utoipa::path(
     post,
@@ -36,16 +26,6 @@ pub fn router() -> Router<AppState> {
             account, or the balance would overflow."),
     )
 )]
-async fn deposit(
-    State(state): State<AppState>,
-    principal: Principal,
-    context: RequestContext,
-    body: CommandBody,
-) -> Result<Response, ApiError> {
-    let planned = plan(&state, &body.json)?;
-    planned.run(&state, &principal, &context, body).await
-}
-
 pub fn plan(state: &AppState, json: &serde_json::Value) -> Result<crate::http::command::Planned, ApiError> {
     let r: DepositRequest = parse(json)?;
     let c = MakeDeposit {

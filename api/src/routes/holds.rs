@@ -3,19 +3,18 @@
 //! decided at the time carried in its command, so one at or after `expires_at` is
 //! refused even before the expiry is recorded.
 
-use crate::http::command::CommandBody;
-use crate::http::context::{Principal, RequestContext};
 use crate::http::error::ApiError;
 use crate::http::extract::{Params, Segment};
 use crate::http::requests::parse;
 use crate::http::validate::path_uuid;
+use crate::read::coherence::read_model_ready;
 use crate::read::{Consistency, views};
-use crate::routes::{read_model_ready, strong_state};
+use crate::routes::strong_state;
 use crate::run::state::AppState;
 use axum::Router;
 use axum::extract::State;
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::get;
 use ledger_domain::Command;
 use ledger_domain::decide::{CaptureHold, PlaceHold, VoidHold};
 use ledger_infrastructure::{Recorded, StoredResponse};
@@ -23,11 +22,7 @@ use ledger_projections::Projection;
 use ledger_wire::{CaptureRequest, EmptyRequest, HoldRequest};
 
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/holds", post(place))
-        .route("/v1/holds/{id}", get(read))
-        .route("/v1/holds/{id}/capture", post(capture))
-        .route("/v1/holds/{id}/void", post(void))
+    Router::new().route("/v1/holds/{id}", get(read))
 }
 
 /// Renders the hold a command touched, with the given status code.
@@ -71,16 +66,6 @@ fn not_found(raw: &str) -> ApiError {
             account."),
     )
 )]
-async fn place(
-    State(state): State<AppState>,
-    principal: Principal,
-    context: RequestContext,
-    body: CommandBody,
-) -> Result<Response, ApiError> {
-    let planned = plan_place(&body.json)?;
-    planned.run(&state, &principal, &context, body).await
-}
-
 pub fn plan_place(json: &serde_json::Value) -> Result<crate::http::command::Planned, ApiError> {
     let r: HoldRequest = parse(json)?;
     let expires_at = r.expires_at.map(|t| chrono::SubsecRound::trunc_subsecs(t.0, 6));
@@ -118,17 +103,6 @@ pub fn plan_place(json: &serde_json::Value) -> Result<crate::http::command::Plan
             is more than the hold, or `effective_at` outside the backdating window."),
     )
 )]
-async fn capture(
-    State(state): State<AppState>,
-    principal: Principal,
-    context: RequestContext,
-    Segment(raw): Segment,
-    body: CommandBody,
-) -> Result<Response, ApiError> {
-    let planned = plan_capture(&state, &raw, &body.json)?;
-    planned.run(&state, &principal, &context, body).await
-}
-
 pub fn plan_capture(
     state: &AppState,
     raw: &str,
@@ -160,17 +134,6 @@ pub fn plan_capture(
         (status = 422, description = "`hold_not_pending`: captured, voided or expired already."),
     )
 )]
-async fn void(
-    State(state): State<AppState>,
-    principal: Principal,
-    context: RequestContext,
-    Segment(raw): Segment,
-    body: CommandBody,
-) -> Result<Response, ApiError> {
-    let planned = plan_void(&raw, &body.json)?;
-    planned.run(&state, &principal, &context, body).await
-}
-
 pub fn plan_void(raw: &str, json: &serde_json::Value) -> Result<crate::http::command::Planned, ApiError> {
     let hold_id = path_uuid(raw, || not_found(raw))?;
     let _: EmptyRequest = parse(json)?;

@@ -4,6 +4,7 @@ pub mod accounts;
 pub mod admin;
 pub mod audit;
 pub mod bulk;
+pub mod commands;
 pub mod console;
 pub mod deposits;
 pub mod events;
@@ -37,52 +38,4 @@ pub async fn created(state: &AppState, id: Uuid) -> Result<(chrono::DateTime<chr
         .first()
         .map(|e| (e.recorded_at, e.position))
         .ok_or_else(|| ApiError::internal(&format!("stream {id} has a state but no first event")))
-}
-
-/// A read model ready to be read: the position the answer must reflect at least, and
-/// the pool to read it from.
-pub struct ReadModel<'a> {
-    pub min: i64,
-    pub pool: &'a sqlx::PgPool,
-}
-
-/// Readies a read model at the requested consistency: eventual as is (from the
-/// replica when there is one), `min_position` after waiting for the projection (from
-/// the replica only if it has replayed that far, else the primary), strong after
-/// catching the projection up to the head from the Postgres log itself (so it holds
-/// even while NATS is down), on the primary.
-pub async fn read_model_ready(
-    state: &AppState,
-    projection: ledger_projections::Projection,
-    consistency: crate::read::Consistency,
-) -> Result<ReadModel<'_>, ApiError> {
-    use crate::read::Consistency;
-    match consistency {
-        Consistency::Eventual => Ok(ReadModel { min: 0, pool: state.read_pool(projection, 0) }),
-        Consistency::MinPosition(n) => {
-            let checkpoint = || ledger_projections::queries::checkpoint(&state.pool, projection);
-            state.positions.wait(projection, n, state.config.consistency_wait, checkpoint).await?;
-            Ok(ReadModel { min: n, pool: state.read_pool(projection, n) })
-        }
-        Consistency::Strong => {
-            let head = state.store.head().await?;
-            // Every projection together, as the projector applies them: a query may join
-            // two (transactions by account read the accounts projection's entries).
-            let all = ledger_projections::Projection::ALL;
-            let batches = ledger_projections::apply::catch_up_applied(&state.pool, &all, Some(head), 1000)
-                .await
-                .map_err(|e| ApiError::unavailable(&e))?;
-            // What the catch-up applied is announced like a worker's batch, so no
-            // cache (here or in another instance) keeps a view from before it.
-            for (applied_to, batch) in batches.iter().filter(|(_, b)| b.position > b.from) {
-                let applied = crate::run::serve::Applied::batch(state.instance_id, *applied_to, batch);
-                crate::run::serve::apply_announcement(state, &applied, true).await;
-                crate::run::serve::announce(state, &applied).await;
-            }
-            for (applied_to, batch) in &batches {
-                state.positions.advance(*applied_to, batch.position);
-            }
-            Ok(ReadModel { min: head, pool: &state.pool })
-        }
-    }
 }

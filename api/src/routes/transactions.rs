@@ -2,19 +2,18 @@
 //! the indexed query over them. Every transfer is also a one-posting transaction with
 //! the same id, read and queried here like the others.
 
-use crate::http::command::CommandBody;
-use crate::http::context::{Principal, RequestContext};
 use crate::http::error::ApiError;
 use crate::http::extract::{Params, Segment};
 use crate::http::requests::parse;
 use crate::http::validate::{limit_param, path_uuid, position_param};
+use crate::read::coherence::read_model_ready;
 use crate::read::{Consistency, views};
-use crate::routes::{created, read_model_ready, strong_state};
+use crate::routes::{created, strong_state};
 use crate::run::state::AppState;
 use axum::Router;
 use axum::extract::State;
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::get;
 use chrono::{DateTime, Utc};
 use ledger_domain::decide::{Condition, PostTransaction, ReverseTransaction};
 use ledger_domain::{Command, Event, Leg, Money};
@@ -26,10 +25,7 @@ use std::collections::HashMap;
 use uuid::Uuid;
 
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/transactions", post(create).get(search))
-        .route("/v1/transactions/{id}", get(read))
-        .route("/v1/transactions/{id}/reverse", post(reverse))
+    Router::new().route("/v1/transactions", get(search)).route("/v1/transactions/{id}", get(read))
 }
 
 /// Renders the transaction a command posted (a transaction, or a transfer when a
@@ -75,16 +71,6 @@ fn render_transaction(recorded: &Recorded) -> StoredResponse {
             overflow."),
     )
 )]
-async fn create(
-    State(state): State<AppState>,
-    principal: Principal,
-    context: RequestContext,
-    body: CommandBody,
-) -> Result<Response, ApiError> {
-    let planned = plan_create(&state, &body.json)?;
-    planned.run(&state, &principal, &context, body).await
-}
-
 pub fn plan_create(state: &AppState, json: &serde_json::Value) -> Result<crate::http::command::Planned, ApiError> {
     let r: TransactionRequest = parse(json)?;
     let postings =
@@ -130,17 +116,6 @@ pub fn plan_create(state: &AppState, json: &serde_json::Value) -> Result<crate::
             balance would overflow."),
     )
 )]
-async fn reverse(
-    State(state): State<AppState>,
-    principal: Principal,
-    context: RequestContext,
-    Segment(raw): Segment,
-    body: CommandBody,
-) -> Result<Response, ApiError> {
-    let planned = plan_reverse(&raw, &body.json)?;
-    planned.run(&state, &principal, &context, body).await
-}
-
 pub fn plan_reverse(raw: &str, json: &serde_json::Value) -> Result<crate::http::command::Planned, ApiError> {
     let transaction_id = path_uuid(raw, || ApiError::not_found(format!("transaction {raw} not found")))?;
     let r: ReverseRequest = parse(json)?;

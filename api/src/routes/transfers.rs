@@ -1,19 +1,18 @@
 //! Transfers between accounts, and their reversal as a compensating transfer.
 
-use crate::http::command::CommandBody;
-use crate::http::context::{Principal, RequestContext};
 use crate::http::error::ApiError;
 use crate::http::extract::{Params, Segment};
 use crate::http::requests::parse;
 use crate::http::validate::path_uuid;
 use crate::read::Consistency;
+use crate::read::coherence::read_model_ready;
 use crate::read::views;
-use crate::routes::{read_model_ready, strong_state};
+use crate::routes::strong_state;
 use crate::run::state::AppState;
 use axum::Router;
 use axum::extract::State;
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::get;
 use ledger_domain::Command;
 use ledger_domain::Event;
 use ledger_domain::decide::{PostTransfer, ReverseTransfer};
@@ -23,10 +22,7 @@ use ledger_wire::{ReverseRequest, TransferRequest};
 use uuid::Uuid;
 
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/transfers", post(transfer))
-        .route("/v1/transfers/{id}", get(read))
-        .route("/v1/transfers/{id}/reverse", post(reverse))
+    Router::new().route("/v1/transfers/{id}", get(read))
 }
 
 /// Renders the transfer a command posted (a transfer or a reversal).
@@ -61,16 +57,6 @@ fn render_transfer(recorded: &Recorded) -> StoredResponse {
             would overflow."),
     )
 )]
-async fn transfer(
-    State(state): State<AppState>,
-    principal: Principal,
-    context: RequestContext,
-    body: CommandBody,
-) -> Result<Response, ApiError> {
-    let planned = plan_transfer(&state, &body.json)?;
-    planned.run(&state, &principal, &context, body).await
-}
-
 pub fn plan_transfer(state: &AppState, json: &serde_json::Value) -> Result<crate::http::command::Planned, ApiError> {
     let r: TransferRequest = parse(json)?;
     let transfer_id = Uuid::now_v7();
@@ -104,17 +90,6 @@ pub fn plan_transfer(state: &AppState, json: &serde_json::Value) -> Result<crate
             back; `account_closed`; `validation_error`: `reason` is missing or malformed, or a balance would overflow."),
     )
 )]
-async fn reverse(
-    State(state): State<AppState>,
-    principal: Principal,
-    context: RequestContext,
-    Segment(raw): Segment,
-    body: CommandBody,
-) -> Result<Response, ApiError> {
-    let planned = plan_reverse(&raw, &body.json)?;
-    planned.run(&state, &principal, &context, body).await
-}
-
 pub fn plan_reverse(raw: &str, json: &serde_json::Value) -> Result<crate::http::command::Planned, ApiError> {
     let transfer_id = path_uuid(raw, || ApiError::not_found(format!("transfer {raw} not found")))?;
     let r: ReverseRequest = parse(json)?;

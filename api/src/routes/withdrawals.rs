@@ -1,20 +1,19 @@
 //! Withdrawals: funds are held at once; the payout to the provider settles or fails
 //! the withdrawal later.
 
-use crate::http::command::CommandBody;
-use crate::http::context::{Principal, RequestContext};
 use crate::http::error::ApiError;
 use crate::http::extract::{Params, Segment};
 use crate::http::requests::parse;
 use crate::http::validate::path_uuid;
 use crate::read::Consistency;
+use crate::read::coherence::read_model_ready;
 use crate::read::views;
-use crate::routes::{read_model_ready, strong_state};
+use crate::routes::strong_state;
 use crate::run::state::AppState;
 use axum::Router;
 use axum::extract::State;
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::get;
 use ledger_domain::Command;
 use ledger_domain::decide::RequestWithdrawal;
 use ledger_infrastructure::{Recorded, StoredResponse};
@@ -23,7 +22,7 @@ use ledger_wire::WithdrawalRequest;
 use uuid::Uuid;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/withdrawals", post(withdraw)).route("/v1/withdrawals/{id}", get(read))
+    Router::new().route("/v1/withdrawals/{id}", get(read))
 }
 
 #[utoipa::path(
@@ -42,16 +41,6 @@ pub fn router() -> Router<AppState> {
             `validation_error`: a field is missing or malformed, a system account, or the holds would overflow."),
     )
 )]
-async fn withdraw(
-    State(state): State<AppState>,
-    principal: Principal,
-    context: RequestContext,
-    body: CommandBody,
-) -> Result<Response, ApiError> {
-    let planned = plan(&body.json)?;
-    planned.run(&state, &principal, &context, body).await
-}
-
 pub fn plan(json: &serde_json::Value) -> Result<crate::http::command::Planned, ApiError> {
     let r: WithdrawalRequest = parse(json)?;
     let withdrawal_id = Uuid::now_v7();

@@ -1,11 +1,11 @@
 //! Planners for account commands: open (with client-supplied, existing and reserved ids) and
 //! close (with malformed paths and bodies), each with the model's decision.
 
-use crate::expect::{Decision, Effect, Expect, Planned, expectation, path_expectation};
-use crate::fuzzer::Fuzz;
-use crate::model::Account;
-use crate::wire::{Body, Field, Validity, js};
-use crate::{CURRENCIES, OWNERS, VALIDATION};
+use crate::fuzz::expect::{Decision, Effect, Expect, Planned, expectation, path_expectation};
+use crate::fuzz::fuzzer::Fuzz;
+use crate::fuzz::model::Account;
+use crate::fuzz::wire::{Body, Field, Validity, js};
+use crate::fuzz::{CURRENCIES, OWNERS, VALIDATION};
 use rand::Rng;
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;

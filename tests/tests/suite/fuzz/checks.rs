@@ -3,10 +3,10 @@
 //! is conserved, the system-account list, the hash chain), and at the end (eventual reads
 //! converge, historical balances, pending withdrawals, the fold of the whole log).
 
-use crate::STABLE_CODES;
-use crate::fuzzer::Fuzz;
-use crate::model::Account;
-use crate::wire::{Req, Resp};
+use crate::fuzz::STABLE_CODES;
+use crate::fuzz::fuzzer::Fuzz;
+use crate::fuzz::model::Account;
+use crate::fuzz::wire::{Req, Resp};
 use rand::seq::IndexedRandom;
 use reqwest::Method;
 use serde_json::{Value, json};

@@ -1,10 +1,10 @@
 //! Planners for money movements: deposits, transfers, reversals and withdrawals, and the
 //! model's decision for each (following the Clarifications' order of checks).
 
-use crate::expect::{Decision, Effect, Planned, expectation, path_expectation};
-use crate::fuzzer::Fuzz;
-use crate::model::{Account, Class, TransferRec};
-use crate::wire::Body;
+use crate::fuzz::expect::{Decision, Effect, Planned, expectation, path_expectation};
+use crate::fuzz::fuzzer::Fuzz;
+use crate::fuzz::model::{Account, Class, TransferRec};
+use crate::fuzz::wire::Body;
 use rand::Rng;
 use rand::seq::IndexedRandom;
 use serde_json::Value;

@@ -355,7 +355,7 @@ async fn account_cache_hits_and_is_invalidated_by_projections() {
     app.deposit(a, 1, "EUR").await;
     let announced = tokio::time::timeout(std::time::Duration::from_secs(10), async {
         while let Some(message) = sub.next().await {
-            let applied: ledger_api::run::serve::Applied =
+            let applied: ledger_api::read::coherence::Applied =
                 serde_json::from_slice(&message.payload).expect("announcement");
             if applied.projection == "accounts" {
                 return applied;

@@ -1,9 +1,9 @@
 //! Idempotency: the answered commands kept for replay, replays that must answer identically,
 //! and a stored key re-sent with another request.
 
-use crate::expect::Expect;
-use crate::fuzzer::Fuzz;
-use crate::wire::{Req, clip};
+use crate::fuzz::expect::Expect;
+use crate::fuzz::fuzzer::Fuzz;
+use crate::fuzz::wire::{Req, clip};
 use rand::Rng;
 use rand::seq::IndexedRandom;
 use serde_json::Value;

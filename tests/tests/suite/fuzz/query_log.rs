@@ -1,7 +1,7 @@
 //! Log queries: the global event log (gapless pages), the audit search, and an account's own
 //! event stream.
 
-use crate::fuzzer::Fuzz;
+use crate::fuzz::fuzzer::Fuzz;
 use rand::Rng;
 use rand::seq::IndexedRandom;
 use serde_json::Value;

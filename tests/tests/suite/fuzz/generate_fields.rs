@@ -2,10 +2,10 @@
 //! headers, amounts, currencies, ids, free text, overdraft limits and whole-body mutations, and
 //! the request built from a body (`command`). Metadata has its own module.
 
-use crate::expect::Expect;
-use crate::fuzzer::Fuzz;
-use crate::wire::{Body, Field, Req, Validity, js};
-use crate::{AMOUNT_MAX, CURRENCIES, UNUSED_CURRENCIES, VALIDATION};
+use crate::fuzz::expect::Expect;
+use crate::fuzz::fuzzer::Fuzz;
+use crate::fuzz::wire::{Body, Field, Req, Validity, js};
+use crate::fuzz::{AMOUNT_MAX, CURRENCIES, UNUSED_CURRENCIES, VALIDATION};
 use rand::Rng;
 use rand::seq::IndexedRandom;
 use reqwest::Method;

@@ -1,8 +1,8 @@
 //! Generators for metadata fields: valid objects (up to the 8 KiB limit, exactly sized when
 //! asked) and the hostile ones the contract refuses.
 
-use crate::fuzzer::Fuzz;
-use crate::wire::{Field, Validity, js};
+use crate::fuzz::fuzzer::Fuzz;
+use crate::fuzz::wire::{Field, Validity, js};
 use rand::Rng;
 use rand::seq::IndexedRandom;
 use serde_json::Value;

@@ -1,9 +1,9 @@
 //! The run: choosing and running each step, the final checks in their order, and the closing
 //! report (which fails the test with the list when keeping going).
 
-use crate::fuzzer::Fuzz;
-use crate::wire::{clip, pct};
-use crate::{ACCOUNTS_MAX, OWNERS, REPLAYS_AT_END_MAX};
+use crate::fuzz::fuzzer::Fuzz;
+use crate::fuzz::wire::{clip, pct};
+use crate::fuzz::{ACCOUNTS_MAX, OWNERS, REPLAYS_AT_END_MAX};
 use rand::seq::{IndexedRandom, SliceRandom};
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -1,8 +1,8 @@
 //! The query step: its dispatch by kind, the helpers every query uses, and the reads of
 //! transfers, withdrawals and unknown routes.
 
-use crate::fuzzer::Fuzz;
-use crate::wire::{Req, Resp};
+use crate::fuzz::fuzzer::Fuzz;
+use crate::fuzz::wire::{Req, Resp};
 use rand::Rng;
 use rand::seq::IndexedRandom;
 use reqwest::Method;

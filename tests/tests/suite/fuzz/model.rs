@@ -2,7 +2,7 @@
 //! the accepted commands, and the look-ups the planners decide with. It sends nothing; the
 //! fuzzer folds accepted commands into it (`apply`) and compares the server with it (`checks`).
 
-use crate::{CURRENCIES, UNUSED_CURRENCIES};
+use crate::fuzz::{CURRENCIES, UNUSED_CURRENCIES};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use uuid::Uuid;

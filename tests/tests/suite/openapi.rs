@@ -170,7 +170,8 @@ async fn fallback(app: &TestApp, method: &str, path: &str) -> (bool, StatusCode)
     (no_route || status == StatusCode::METHOD_NOT_ALLOWED, status)
 }
 
-/// The (method, path) of every `.route("path", get(..).post(..))` in the API's source.
+/// The (method, path) of every `.route("path", get(..).post(..))` and every command route
+/// (`CommandRoute { path: "..", .. }`) in the API's source.
 fn routes_in_source() -> BTreeSet<(String, String)> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../api/src");
     let mut files = vec![dir.join("lib.rs")];
@@ -182,6 +183,12 @@ fn routes_in_source() -> BTreeSet<(String, String)> {
         let source = std::fs::read_to_string(&file).expect("source readable");
         for unsupported in [".nest(", ".route_service(", ".nest_service("] {
             assert!(!source.contains(unsupported), "{file:?} uses {unsupported}: teach routes_in_source about it");
+        }
+        // The command routes' table (`routes/commands.rs`): each entry is served as POST.
+        let mut rest = source.as_str();
+        while let Some(at) = rest.find("CommandRoute { path: \"") {
+            rest = &rest[at + "CommandRoute { path: \"".len()..];
+            routes.insert(("POST".to_owned(), rest[..rest.find('"').expect("closing quote")].to_owned()));
         }
         let mut rest = source.as_str();
         while let Some(at) = rest.find(".route(\"") {

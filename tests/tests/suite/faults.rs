@@ -1,4 +1,4 @@
-//! Faults and scale-out (run alone with `cargo test -p ledger-tests --test faults`):
+//! Faults and scale-out (run alone with `cargo test -p ledger-tests --test suite faults::`):
 //! a "bank" test under kill -9, NATS and Postgres restarts and provider failures, the
 //! pipelined writer losing a batch between its insert and its commit, and two API plus
 //! two worker processes on a three-node JetStream cluster.

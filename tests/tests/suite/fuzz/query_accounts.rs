@@ -1,10 +1,10 @@
 //! Account queries: by id (with the consistency parameters), by owner, and balances, current
 //! and historical (`at_position`, `as_of`).
 
-use crate::fuzzer::Fuzz;
-use crate::model::Account;
-use crate::wire::{Req, Resp, pct};
-use crate::{OWNERS, VALIDATION};
+use crate::fuzz::fuzzer::Fuzz;
+use crate::fuzz::model::Account;
+use crate::fuzz::wire::{Req, Resp, pct};
+use crate::fuzz::{OWNERS, VALIDATION};
 use rand::Rng;
 use rand::seq::IndexedRandom;
 use std::collections::BTreeSet;

@@ -31,7 +31,7 @@
 //! `LEDGER_FUZZ_TRACE=1` prints every step as it runs:
 //!
 //! ```text
-//! LEDGER_FUZZ_SEED=7 LEDGER_FUZZ_STEPS=2000 cargo test -p ledger-tests --test fuzz -- --nocapture
+//! LEDGER_FUZZ_SEED=7 LEDGER_FUZZ_STEPS=2000 cargo test -p ledger-tests --test suite fuzz:: -- --nocapture
 //! ```
 //!
 //! Withdrawals pay out through a provider URL nothing listens on: every payout runs out
@@ -77,7 +77,7 @@ mod races;
 mod run;
 mod wire;
 
-use crate::fuzzer::Fuzz;
+use crate::fuzz::fuzzer::Fuzz;
 use rand::Rng;
 use std::collections::HashSet;
 use std::time::Instant;

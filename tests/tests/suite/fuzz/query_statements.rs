@@ -1,9 +1,9 @@
 //! Statement queries: pages, limits and cursors, and paging that must join into the whole
 //! statement.
 
-use crate::VALIDATION;
-use crate::fuzzer::Fuzz;
-use crate::wire::{Req, Resp, pct};
+use crate::fuzz::VALIDATION;
+use crate::fuzz::fuzzer::Fuzz;
+use crate::fuzz::wire::{Req, Resp, pct};
 use rand::Rng;
 use rand::seq::IndexedRandom;
 use serde_json::Value;

@@ -2,12 +2,12 @@
 //! log's growth against what was accepted, and folding an accepted command into the model
 //! (checking the fields of its response as it goes).
 
-use crate::expect::{Effect, Expect, Planned};
-use crate::fuzzer::Fuzz;
-use crate::idempotency::Sent;
-use crate::model::{Account, TransferRec, WithdrawalRec};
-use crate::wire::{Req, Resp};
-use crate::{BUSINESS_CODES, CURRENCIES};
+use crate::fuzz::expect::{Effect, Expect, Planned};
+use crate::fuzz::fuzzer::Fuzz;
+use crate::fuzz::idempotency::Sent;
+use crate::fuzz::model::{Account, TransferRec, WithdrawalRec};
+use crate::fuzz::wire::{Req, Resp};
+use crate::fuzz::{BUSINESS_CODES, CURRENCIES};
 use rand::Rng;
 use serde_json::{Value, json};
 use uuid::Uuid;

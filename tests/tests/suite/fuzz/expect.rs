@@ -2,8 +2,8 @@
 //! it becomes once the body's validity is known, and the effect an accepted command has on the
 //! model.
 
-use crate::VALIDATION;
-use crate::wire::{Body, Req, Validity};
+use crate::fuzz::VALIDATION;
+use crate::fuzz::wire::{Body, Req, Validity};
 use serde_json::Value;
 use uuid::Uuid;
 

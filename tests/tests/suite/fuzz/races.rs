@@ -7,10 +7,10 @@
 //! Each folds only what the server says it executed into the model; the per-step sweep
 //! then compares every account with it, so money moved twice shows as a difference.
 
-use crate::expect::Decision;
-use crate::fuzzer::{Fuzz, transport};
-use crate::model::Account;
-use crate::wire::{Req, Resp};
+use crate::fuzz::expect::Decision;
+use crate::fuzz::fuzzer::{Fuzz, transport};
+use crate::fuzz::model::Account;
+use crate::fuzz::wire::{Req, Resp};
 use rand::Rng;
 use rand::seq::IndexedRandom;
 use reqwest::Method;

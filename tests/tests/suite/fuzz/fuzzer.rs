@@ -2,10 +2,10 @@
 //! steps, reporting a failure (at once, or once per key when keeping going), and the seeded
 //! choices of hostile parts and variants every generator goes through.
 
-use crate::LOG_MAX;
-use crate::idempotency::Sent;
-use crate::model::Model;
-use crate::wire::{Req, Resp};
+use crate::fuzz::LOG_MAX;
+use crate::fuzz::idempotency::Sent;
+use crate::fuzz::model::Model;
+use crate::fuzz::wire::{Req, Resp};
 use ledger_tests::{ADMIN_TOKEN, TestApp, test_config};
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
@@ -105,7 +105,7 @@ impl Fuzz {
     pub(crate) fn fail(&mut self, key: String, message: String) {
         let text = format!(
             "fuzz failure [{key}] at step {} (seed {}): {message}\nreproduce: LEDGER_FUZZ_SEED={} LEDGER_FUZZ_STEPS={} \
-             cargo test -p ledger-tests --test fuzz -- --nocapture\nlast steps:\n{}",
+             cargo test -p ledger-tests --test suite fuzz:: -- --nocapture\nlast steps:\n{}",
             self.step,
             self.seed,
             self.seed,

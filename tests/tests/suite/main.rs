@@ -1,0 +1,27 @@
+//! The integration tests, one binary (linked once): each module is one area, run
+//! against real Postgres and NATS, most on a database of its own. Run one area with
+//! `cargo test -p ledger-tests --test suite faults::`, one test by its name.
+
+mod attacks;
+mod audit_auth;
+mod breakers;
+mod bulk;
+mod client;
+mod console;
+mod faults;
+mod fuzz;
+mod hardening;
+mod history;
+mod hold_expiry;
+mod holds;
+mod openapi;
+mod operability;
+mod payouts;
+mod python_client;
+mod read_side;
+mod reconciliation;
+mod replica;
+mod transaction_properties;
+mod transactions;
+mod webhooks;
+mod write_side;
