@@ -71,8 +71,18 @@ struct Flight {
     /// How many commands it holds: the size the next batch gathers to before it is
     /// prepared early.
     commands: usize,
-    /// What the batch changes (`Prepared::changed`), for the batch decided meanwhile.
+    /// What the batch changes (`Prepared::changed`) and the keys it records: the
+    /// base of the batch decided meanwhile.
+    base: Base,
+}
+
+/// What a batch decided while another is in flight starts from: the states the one in
+/// flight leaves, and the idempotency keys it records (in flight until it lands, since
+/// no look-up can see their records before it commits).
+#[derive(Default)]
+struct Base {
     changed: Ledger,
+    keys: HashSet<(String, String)>,
 }
 
 /// Why a batch could not be prepared as a whole.
@@ -95,7 +105,7 @@ impl Writer {
         loop {
             let Some(mut current) = flight.take() else {
                 let Some(first) = rx.recv().await else { return };
-                flight = self.launch(self.fill(first, &mut rx), None).await;
+                flight = self.launch(self.fill(first, &mut rx)).await;
                 continue;
             };
             let (mut next, mut commands) = (Vec::new(), 0usize);
@@ -120,19 +130,25 @@ impl Writer {
                 // The batch in flight landed first: the next one is prepared now.
                 Some(done) => {
                     self.settle_landed(current.prepared, done).await;
-                    if next.is_empty() { None } else { self.launch(self.fill_more(next, &mut rx), None).await }
+                    if next.is_empty() { None } else { self.launch(self.fill_more(next, &mut rx)).await }
                 }
                 // Enough gathered (and whatever else is waiting, up to `batch_max`):
                 // decided while the batch in flight commits.
                 None => {
-                    let base = std::mem::take(&mut current.changed);
+                    let base = std::mem::take(&mut current.base);
                     let next = self.fill_more(next, &mut rx);
-                    let prepared = self.guarded_prepare(next, Some(base)).await;
+                    let prepared = self.catch_prepare(next, Some(base)).await;
                     let committed = self.land(current).await;
                     match prepared {
-                        Some(p) if committed => self.fly(p),
+                        Some(Ok(p)) if committed => self.fly(p),
                         // Decided on a state that did not commit: decided again.
-                        Some(p) => self.launch(p.pending, None).await,
+                        Some(Ok(p)) => self.launch(p.pending).await,
+                        // Answered only now: a batch run group by group appends, and
+                        // nothing of this one may be appended before the one in flight.
+                        Some(Err((pending, why))) => {
+                            self.unprepared(pending, why).await;
+                            None
+                        }
                         None => None,
                     }
                 }
@@ -164,8 +180,8 @@ impl Writer {
         batch
     }
 
-    async fn launch(&self, batch: Vec<Pending>, base: Option<Ledger>) -> Option<Flight> {
-        let prepared = self.guarded_prepare(batch, base).await?;
+    async fn launch(&self, batch: Vec<Pending>) -> Option<Flight> {
+        let prepared = self.guarded_prepare(batch, None).await?;
         self.fly(prepared)
     }
 
@@ -175,14 +191,19 @@ impl Writer {
             self.reply(prepared, Appended { results: Vec::new(), versions: Default::default() });
             return None;
         }
-        let changed = prepared.changed();
+        let keys = prepared
+            .commits
+            .iter()
+            .filter_map(|c| c.idempotency.as_ref())
+            .map(|k| (k.principal.clone(), k.key.clone()));
+        let base = Base { changed: prepared.changed(), keys: keys.collect() };
         let commands = prepared.pending.iter().map(|p| p.group.requests.len()).sum();
         let (store, commits) = (self.store.clone(), std::mem::take(&mut prepared.commits));
         let task = tokio::spawn(async move {
             let result = store.append_batch(&commits).await;
             (commits, result)
         });
-        Some(Flight { prepared, task, commands, changed })
+        Some(Flight { prepared, task, commands, base })
     }
 
     /// Waits for a batch's commit and answers it, or settles its failure. Returns
@@ -287,11 +308,26 @@ impl Writer {
     }
 
     /// [`Writer::prepare`], with its failures answered: `None` when nothing is left to append.
-    async fn guarded_prepare(&self, batch: Vec<Pending>, base: Option<Ledger>) -> Option<Prepared> {
+    async fn guarded_prepare(&self, batch: Vec<Pending>, base: Option<Base>) -> Option<Prepared> {
+        match self.catch_prepare(batch, base).await? {
+            Ok(prepared) => Some(prepared),
+            Err((pending, why)) => {
+                self.unprepared(pending, why).await;
+                None
+            }
+        }
+    }
+
+    /// [`Writer::prepare`] with a panic caught: `None` then (a bug, an invariant
+    /// assertion, must not take the writer down; the batch's callers see their reply
+    /// dropped: 503).
+    async fn catch_prepare(
+        &self,
+        batch: Vec<Pending>,
+        base: Option<Base>,
+    ) -> Option<Result<Prepared, (Vec<Pending>, Unprepared)>> {
         let started = std::time::Instant::now();
         let prepared = std::panic::AssertUnwindSafe(self.prepare(batch, base));
-        // A panic here is a bug (an invariant assertion); it must not take the writer
-        // down with it: the batch's callers see their reply dropped (503).
         let prepared = match futures::FutureExt::catch_unwind(prepared).await {
             Ok(prepared) => prepared,
             Err(_) => {
@@ -300,17 +336,18 @@ impl Writer {
             }
         };
         metrics::histogram!("ledger_writer_prepare_seconds").record(started.elapsed().as_secs_f64());
-        match prepared {
-            Ok(prepared) => Some(prepared),
-            Err((pending, Unprepared::Unavailable(e))) => {
+        Some(prepared)
+    }
+
+    /// Answers a batch that could not be prepared: failed as unavailable, or run group
+    /// by group.
+    async fn unprepared(&self, pending: Vec<Pending>, why: Unprepared) {
+        match why {
+            Unprepared::Unavailable(e) => {
                 tracing::error!(error = %e, "preparing a batch failed");
                 fail_all(pending, CommandError::Unavailable(Arc::new(e)));
-                None
             }
-            Err((pending, Unprepared::Split)) => {
-                Box::pin(self.split(pending)).await;
-                None
-            }
+            Unprepared::Split => Box::pin(self.split(pending)).await,
         }
     }
 
@@ -318,11 +355,12 @@ impl Writer {
     /// keys used twice in the batch refused, records looked up and streams loaded at
     /// once, replays answered, every other command decided in order. A panic while
     /// deciding (a bug an input reached) fails only its group; the rest is decided again.
-    async fn prepare(&self, batch: Vec<Pending>, base: Option<Ledger>) -> Result<Prepared, (Vec<Pending>, Unprepared)> {
+    async fn prepare(&self, batch: Vec<Pending>, base: Option<Base>) -> Result<Prepared, (Vec<Pending>, Unprepared)> {
         let phase = crate::phases::Phases::start("writer", batch.iter().map(|p| p.group.requests.len()).sum());
-        let mut before = repeated_keys(&batch);
-        let retry_base = base.clone();
-        let mut working = base.unwrap_or_default();
+        let Base { changed, keys: in_flight } = base.unwrap_or_default();
+        let mut before = repeated_keys(&batch, &in_flight);
+        let retry_base = changed.clone();
+        let mut working = changed;
         let (records, loaded) = tokio::join!(self.records(&batch, &before), self.start(&batch, &before, &mut working));
         let records = match records {
             Ok(records) => records,
@@ -353,7 +391,7 @@ impl Writer {
                     tracing::error!("deciding a command panicked; its group fails, the batch is decided again");
                     metrics::counter!("ledger_commands_isolated_total").increment(1);
                     before[group] = Before::Answered(Err(GroupError::Command { index, error: CommandError::Internal }));
-                    working = retry_base.clone().unwrap_or_default();
+                    working = retry_base.clone();
                     if let Err(e) = self.start(&batch, &before, &mut working).await {
                         return Err((batch, Unprepared::Unavailable(e)));
                     }
@@ -548,17 +586,23 @@ impl Writer {
                     }
                     self.loader.remember(*stream, Some(state));
                 }
-                None => self.loader.remember(*stream, Some(state)),
+                // Not appended by this batch: loaded from the log or the cache (and cached
+                // by the load), or inherited from the batch before it, whose own answer
+                // cached or dropped it. Caching it here could put back a state the log
+                // never had: a system account the batch before computed at its own
+                // figure while another process appended to it.
+                None => {}
             }
         }
         self.loader.snapshot_in_background(due);
     }
 }
 
-/// Groups that use a key an earlier group of the batch uses (a group of one: still in
-/// flight), or that use one key twice (an all-or-nothing group: reused): answered now.
-fn repeated_keys(batch: &[Pending]) -> Vec<Before> {
-    let mut seen: HashSet<(&str, &str)> = HashSet::new();
+/// Groups that use a key an earlier group of the batch, or the batch in flight, records
+/// (still in flight), or that use one key twice (an all-or-nothing group: reused):
+/// answered now.
+fn repeated_keys(batch: &[Pending], in_flight: &HashSet<(String, String)>) -> Vec<Before> {
+    let mut seen: HashSet<(&str, &str)> = in_flight.iter().map(|(p, k)| (p.as_str(), k.as_str())).collect();
     batch
         .iter()
         .map(|p| {

@@ -451,3 +451,75 @@ async fn idempotency_records_refer_to_outcomes_and_records_from_before_replay_as
     assert_eq!(legacy.header("idempotent-replayed"), Some("true"));
     assert_eq!(app.account(a).await["balance"], json!(25), "nothing ran twice");
 }
+
+/// A currency's system account is appended by every deposit without a version check,
+/// so another writer's deposits land between this writer's decision and its commit. A
+/// pipelined batch that did not append to it once put back into the writer's cache the
+/// state the batch before had computed, which the log never held: later loads folded
+/// on top of it, and strong reads (and snapshots) kept a wrong system balance. Two
+/// writers deposit at once while the first also posts transfers (so its batches often
+/// leave the system account alone); what each writer answers for the system account
+/// must be what the log folds to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_system_account_two_writers_append_to_is_cached_only_as_the_log_has_it() {
+    let config = test_config();
+    let first = Arc::new(TestApp::spawn_with(config.clone()).await);
+    let second = Arc::new(TestApp::spawn_mode(config, ledger_api::run::serve::Mode::Api).await);
+    let accounts: Arc<Vec<Uuid>> = Arc::new(join_all((0..8).map(|_| first.open_account("EUR", 0))).await);
+    for a in accounts.iter() {
+        assert_eq!(first.deposit(*a, 1_000_000, "EUR").await.status, StatusCode::CREATED);
+    }
+    let listed = first.get("/v1/system-accounts").await;
+    let system: Uuid =
+        serde_json::from_value(listed.body["accounts"][0]["id"].clone()).expect("the EUR system account");
+    for round in 0..3 {
+        let until = std::time::Instant::now() + std::time::Duration::from_millis(1500);
+        // On the first writer 32 clients transfer and one deposits (enough clients that
+        // a batch gathers while the one before commits); on the second 4 deposit.
+        let tasks = (0..69usize).map(|client| {
+            let (app, deposits) = match client {
+                0..64 => (first.clone(), false),
+                64 => (first.clone(), true),
+                _ => (second.clone(), true),
+            };
+            let accounts = accounts.clone();
+            tokio::spawn(async move {
+                let mut n = 0usize;
+                // The writers share only the system account: the first's customer accounts
+                // are 0..4, the second's 4..8 (shared ones would conflict, and be retried).
+                let own = if client > 64 { 4 } else { 0 };
+                while std::time::Instant::now() < until && n < 2_000 {
+                    let a = accounts[own + (client + n) % 4];
+                    // Amounts that tell the writers' deposits apart: a state counting
+                    // one of the first's twice and missing one of the second's is off.
+                    let r = if deposits {
+                        app.deposit(a, if own == 0 { 1 } else { 1_000 }, "EUR").await
+                    } else {
+                        app.transfer(a, accounts[own + (client + n + 1) % 4], 1, "EUR").await
+                    };
+                    assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+                    n += 1;
+                    if client == 64 {
+                        // The first writer's deposits come now and then, so batches
+                        // without one land between them.
+                        tokio::time::sleep(std::time::Duration::from_millis(1 + n as u64 % 7)).await;
+                    }
+                }
+            })
+        });
+        for t in join_all(tasks).await {
+            t.expect("client task");
+        }
+        let log = first.fold_log().await;
+        let expected = log.account(system).expect("the system account").balance;
+        for (name, app) in [("first", &first), ("second", &second)] {
+            let strong = app.get(&format!("/v1/accounts/{system}?consistency=strong")).await;
+            assert_eq!(strong.status, StatusCode::OK, "{strong:?}");
+            assert_eq!(
+                strong.body["balance"].to_string(),
+                expected.to_string(),
+                "round {round}: the {name} writer's system account is not the log's"
+            );
+        }
+    }
+}
