@@ -13,7 +13,7 @@ use std::collections::HashMap;
 pub struct Params(pub HashMap<String, String>);
 
 /// Why a text taken from a URL is refused, if it is.
-fn refused(text: &str) -> Option<&'static str> {
+pub fn refused(text: &str) -> Option<&'static str> {
     if text.len() > PARAM_BYTES_MAX {
         Some("is too long")
     } else if text.chars().any(char::is_control) {

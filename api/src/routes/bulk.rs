@@ -107,6 +107,8 @@ fn plan(state: &AppState, path: &str, json: &Value) -> Result<Planned, ApiError>
         ));
     }
     match crate::routes::commands::matching(path) {
+        // An id is held to what the router's path extractor accepts (`Segment`).
+        Some((_, id)) if crate::http::extract::refused(id).is_some() => Err(ApiError::not_found("no such resource")),
         Some((route, id)) => (route.plan)(state, id, json),
         None => Err(ApiError::validation(format!("`{path}` is not a command route"))),
     }

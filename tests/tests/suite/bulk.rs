@@ -215,3 +215,35 @@ async fn a_non_atomic_bulk_is_appended_as_one_batch_and_projected_whole() {
     assert_eq!(app.account(a).await["balance"], 1_000 - 297);
     app.assert_read_models_match_log().await;
 }
+
+/// An item's path is matched against the command routes' table segment by segment: no
+/// prefix, empty segment, query string, `..` or trailing slash names a route (the
+/// whole bulk is refused, nothing runs), and an id is held to what the router's own
+/// path extractor accepts (a long one names nothing: that item is 404).
+#[tokio::test]
+async fn item_paths_name_a_command_route_exactly() {
+    let app = TestApp::spawn().await;
+    let before = head(&app).await;
+    let open = || item("/v1/accounts", &Uuid::now_v7().to_string(), json!({ "currency": "EUR" }));
+    for (n, path) in [
+        "/v1/holds//void",
+        "/v1/ledgers/acme/transfers",
+        "/v1/transfers?dry_run=1",
+        "/v1/transfers/",
+        "/v1/holds/../transfers",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = bulk(&app, &format!("paths-{n}"), false, vec![open(), item(path, "k", json!({}))]).await;
+        assert_eq!((r.status, r.code()), (StatusCode::UNPROCESSABLE_ENTITY, "validation_error"), "{path}: {r:?}");
+    }
+    assert_eq!(head(&app).await, before, "no item of a refused bulk ran");
+    let long = format!("/v1/holds/{}/void", "a".repeat(5_000));
+    let r = bulk(&app, "paths-long", false, vec![item(&long, "long", json!({}))]).await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(
+        (r.body["results"][0]["status"].as_i64(), r.body["results"][0]["body"]["code"].as_str()),
+        (Some(404), Some("not_found"))
+    );
+}
