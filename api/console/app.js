@@ -87,7 +87,8 @@ function table(headers, rows) {
 }
 
 function render(title, ...sections) {
-  $("#main").replaceChildren(el("h1", { text: title }), ...sections);
+  // A section left out (null) draws nothing (not the text "null").
+  $("#main").replaceChildren(el("h1", { text: title }), ...sections.filter(s => s !== null && s !== undefined));
 }
 
 const isUuid = s => /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(s || "");

@@ -153,9 +153,30 @@ impl Browser {
     }
 
     async fn type_into(&self, css: &str, text: &str) {
-        let id = self.find(css).await;
-        self.call(reqwest::Method::POST, &format!("/element/{id}/clear"), Some(json!({}))).await;
-        self.call(reqwest::Method::POST, &format!("/element/{id}/value"), Some(json!({ "text": text }))).await;
+        self.fill(&[(css, text)]).await;
+    }
+
+    /// Types each text into its field, then checks every field holds its text, all
+    /// typed again if one does not (a page drawn again meanwhile replaces its fields).
+    async fn fill(&self, fields: &[(&str, &str)]) {
+        for _ in 0..3 {
+            for (css, text) in fields {
+                let id = self.find(css).await;
+                self.call(reqwest::Method::POST, &format!("/element/{id}/clear"), Some(json!({}))).await;
+                self.call(reqwest::Method::POST, &format!("/element/{id}/value"), Some(json!({ "text": text }))).await;
+            }
+            let mut held = true;
+            for (css, text) in fields {
+                let id = self.find(css).await;
+                let value = self.call(reqwest::Method::GET, &format!("/element/{id}/property/value"), None).await;
+                held &= value.as_str() == Some(*text);
+            }
+            if held {
+                return;
+            }
+        }
+        let shot = self.screenshot("fields-not-filled").await;
+        panic!("{fields:?} never held their text (screenshot {shot:?})");
     }
 
     async fn script(&self, script: &str) -> Value {
@@ -333,8 +354,7 @@ async fn an_operator_and_a_client_use_the_console_in_a_real_browser() {
 
     // Register and delete a webhook.
     browser.go(&format!("{}/console#/webhooks", app.base)).await;
-    browser.type_into("#webhook-url", "http://127.0.0.1:9/console-test").await;
-    browser.type_into("#webhook-types", "TransferPosted").await;
+    browser.fill(&[("#webhook-url", "http://127.0.0.1:9/console-test"), ("#webhook-types", "TransferPosted")]).await;
     browser.click("#webhook-form button").await;
     let secret = browser.text_until("#webhook-created .secret", |t| t.starts_with("whsec_")).await;
     assert!(secret.len() > 20);
