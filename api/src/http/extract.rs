@@ -40,7 +40,7 @@ pub fn parse_query(raw: &str) -> Result<HashMap<String, String>, ApiError> {
             return Err(ApiError::bad_request(format!("at most {PARAMS_MAX} query parameters are accepted")));
         }
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let (name, value) = (decode(name)?, decode(value)?);
+        let (name, value) = (decode(name, true)?, decode(value, true)?);
         if let Some(why) = refused(&name).or_else(|| refused(&value)) {
             return Err(ApiError::bad_request(format!("query parameter `{}` {why}", name.escape_debug())));
         }
@@ -52,15 +52,22 @@ pub fn parse_query(raw: &str) -> Result<HashMap<String, String>, ApiError> {
     Ok(params)
 }
 
-/// Percent-decodes one form-encoded component (`+` is a space).
-fn decode(component: &str) -> Result<String, ApiError> {
+/// Percent-decodes one path segment as the router does (`+` stays `+`): a bulk item's
+/// `{id}` means what it would in the URL of its route. `None` if the decoded bytes are
+/// not UTF-8 or an escape is malformed.
+pub fn decode_segment(segment: &str) -> Option<String> {
+    decode(segment, false).ok()
+}
+
+/// Percent-decodes one form-encoded component (`+` is a space when `plus_is_space`).
+fn decode(component: &str, plus_is_space: bool) -> Result<String, ApiError> {
     let malformed = || ApiError::bad_request("the query string is not valid UTF-8 form encoding");
     let bytes = component.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
-            b'+' => out.push(b' '),
+            b'+' if plus_is_space => out.push(b' '),
             b'%' => {
                 let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).ok_or_else(malformed)?;
                 out.push(u8::from_str_radix(hex, 16).map_err(|_| malformed())?);
@@ -102,6 +109,8 @@ mod tests {
             assert!(parse_query(bad).is_err(), "{bad}");
         }
         assert_eq!(parse_query("owner=%C3%A9").expect("valid")["owner"], "é");
+        assert_eq!(decode_segment("a%2Db+c").as_deref(), Some("a-b+c"), "a path segment keeps its '+'");
+        assert_eq!(decode_segment("%FF"), None);
         let many: Vec<String> = (0..=PARAMS_MAX).map(|i| format!("p{i}=1")).collect();
         assert!(parse_query(&many.join("&")).is_err());
     }

@@ -107,9 +107,12 @@ fn plan(state: &AppState, path: &str, json: &Value) -> Result<Planned, ApiError>
         ));
     }
     match crate::routes::commands::matching(path) {
-        // An id is held to what the router's path extractor accepts (`Segment`).
-        Some((_, id)) if crate::http::extract::refused(id).is_some() => Err(ApiError::not_found("no such resource")),
-        Some((route, id)) => (route.plan)(state, id, json),
+        // An id is decoded and held to what the router's path extractor accepts
+        // (`Segment`): it names what it would in the route's own URL.
+        Some((route, raw)) => match crate::http::extract::decode_segment(raw) {
+            Some(id) if crate::http::extract::refused(&id).is_none() => (route.plan)(state, &id, json),
+            _ => Err(ApiError::not_found("no such resource")),
+        },
         None => Err(ApiError::validation(format!("`{path}` is not a command route"))),
     }
 }

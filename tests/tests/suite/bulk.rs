@@ -246,4 +246,10 @@ async fn item_paths_name_a_command_route_exactly() {
         (r.body["results"][0]["status"].as_i64(), r.body["results"][0]["body"]["code"].as_str()),
         (Some(404), Some("not_found"))
     );
+    // A percent-encoded id names what it names in the route's own URL.
+    let account = app.open_account("EUR", 0).await;
+    let encoded = format!("/v1/accounts/{}/close", account.to_string().replace('-', "%2D"));
+    let r = bulk(&app, "paths-encoded", false, vec![item(&encoded, "close-in-bulk", json!({}))]).await;
+    assert_eq!(r.body["results"][0]["status"].as_u64(), Some(200), "{r:?}");
+    assert_eq!(r.body["results"][0]["body"]["id"], json!(account), "{r:?}");
 }
