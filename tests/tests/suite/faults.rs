@@ -346,14 +346,28 @@ async fn pipelined_writer_loses_a_batch_between_insert_and_commit() {
     for round in 0..6 {
         tokio::time::sleep(Duration::from_millis(1_500)).await;
         let how = [Interruption::ProcessDies, Interruption::CommitFails, Interruption::Both][round % 3];
-        let pid = sleeping_commit().await.expect("a batch is committing under load");
+        // The commit is cut first (a backend whose 150 ms commit ended between being
+        // seen and being cut is not there to cut: the next committing one is), then,
+        // at once, the process killed.
+        if !matches!(how, Interruption::ProcessDies) {
+            let mut cut = false;
+            for _ in 0..20 {
+                let pid = sleeping_commit().await.expect("a batch is committing under load");
+                cut = sqlx::query_scalar("select pg_terminate_backend($1)")
+                    .bind(pid)
+                    .fetch_one(&pool)
+                    .await
+                    .expect("cut");
+                if cut {
+                    break;
+                }
+            }
+            assert!(cut, "a committing backend is cut");
+        } else {
+            sleeping_commit().await.expect("a batch is committing under load");
+        }
         if !matches!(how, Interruption::CommitFails) {
             ledger.kill9().await;
-        }
-        if !matches!(how, Interruption::ProcessDies) {
-            let cut: bool =
-                sqlx::query_scalar("select pg_terminate_backend($1)").bind(pid).fetch_one(&pool).await.expect("cut");
-            assert!(cut, "the committing backend is cut");
         }
         if !matches!(how, Interruption::CommitFails) {
             ledger.restart().await;
