@@ -549,8 +549,23 @@ impl Writer {
     }
 
     /// Answers every group of a committed batch, and caches the states that are
-    /// exactly what the log now holds.
+    /// exactly what the log now holds. A panic here (a broken invariant) must not end
+    /// the writer, which would leave every later command unanswered: the batch is
+    /// committed, so a caller whose answer was lost with it (503) replays it on retry,
+    /// and the cache forgets the batch's streams.
     fn reply(&self, prepared: Prepared, appended: Appended) {
+        let streams: Vec<Uuid> = prepared.working.streams().map(|(id, _)| *id).collect();
+        let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.answer(prepared, appended)));
+        if answered.is_err() {
+            tracing::error!("answering a committed batch panicked; its callers retry and replay");
+            metrics::counter!("ledger_commands_isolated_total").increment(1);
+            for id in streams {
+                self.loader.forget(id);
+            }
+        }
+    }
+
+    fn answer(&self, prepared: Prepared, appended: Appended) {
         self.remember_appended(&prepared.working, &appended.versions);
         let mut results: Vec<Option<crate::store::CommitResult>> = appended.results.into_iter().map(Some).collect();
         for (p, plan) in prepared.pending.into_iter().zip(prepared.plans) {
