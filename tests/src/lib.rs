@@ -227,6 +227,15 @@ impl TestApp {
     }
 }
 
+/// How far the furthest-behind projection is from the head of the log (1 if
+/// Postgres does not answer, so a wait on it goes on).
+pub async fn projection_lag(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("select max(h.position - p.position) from projection_checkpoints p cross join log_head h")
+        .fetch_one(pool)
+        .await
+        .unwrap_or(1)
+}
+
 /// Waits (bounded) until `check` holds, polling every 20 ms: for conditions that no
 /// notification announces to a test.
 pub async fn eventually<F, Fut>(what: &str, timeout_s: u64, mut check: F)

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 pub struct Params(pub HashMap<String, String>);
 
 /// Why a text taken from a URL is refused, if it is.
-pub fn refused(text: &str) -> Option<&'static str> {
+fn refused(text: &str) -> Option<&'static str> {
     if text.len() > PARAM_BYTES_MAX {
         Some("is too long")
     } else if text.chars().any(char::is_control) {
@@ -52,11 +52,14 @@ pub fn parse_query(raw: &str) -> Result<HashMap<String, String>, ApiError> {
     Ok(params)
 }
 
-/// Percent-decodes one path segment as the router does (`+` stays `+`): a bulk item's
-/// `{id}` means what it would in the URL of its route. `None` if the decoded bytes are
-/// not UTF-8 or an escape is malformed.
-pub fn decode_segment(segment: &str) -> Option<String> {
-    decode(segment, false).ok()
+/// A path segment taken from raw text (a bulk item's `{id}`), as [`Segment`] takes it
+/// from the URL: percent-decoded as the router decodes (`+` stays `+`), then held to
+/// the same limits; one that is malformed or refused names nothing (404).
+pub fn raw_segment(raw: &str) -> Result<String, ApiError> {
+    match decode(raw, false) {
+        Ok(segment) if refused(&segment).is_none() => Ok(segment),
+        _ => Err(ApiError::not_found("no such resource")),
+    }
 }
 
 /// Percent-decodes one form-encoded component (`+` is a space when `plus_is_space`).
@@ -109,8 +112,8 @@ mod tests {
             assert!(parse_query(bad).is_err(), "{bad}");
         }
         assert_eq!(parse_query("owner=%C3%A9").expect("valid")["owner"], "é");
-        assert_eq!(decode_segment("a%2Db+c").as_deref(), Some("a-b+c"), "a path segment keeps its '+'");
-        assert_eq!(decode_segment("%FF"), None);
+        assert_eq!(raw_segment("a%2Db+c").ok().as_deref(), Some("a-b+c"), "a path segment keeps its '+'");
+        assert!(raw_segment("%FF").is_err() && raw_segment(&"a".repeat(PARAM_BYTES_MAX + 1)).is_err());
         let many: Vec<String> = (0..=PARAMS_MAX).map(|i| format!("p{i}=1")).collect();
         assert!(parse_query(&many.join("&")).is_err());
     }

@@ -107,12 +107,8 @@ fn plan(state: &AppState, path: &str, json: &Value) -> Result<Planned, ApiError>
         ));
     }
     match crate::routes::commands::matching(path) {
-        // An id is decoded and held to what the router's path extractor accepts
-        // (`Segment`): it names what it would in the route's own URL.
-        Some((route, raw)) => match crate::http::extract::decode_segment(raw) {
-            Some(id) if crate::http::extract::refused(&id).is_none() => (route.plan)(state, &id, json),
-            _ => Err(ApiError::not_found("no such resource")),
-        },
+        // An id names what it would in the route's own URL.
+        Some((route, raw)) => (route.plan)(state, &crate::http::extract::raw_segment(raw)?, json),
         None => Err(ApiError::validation(format!("`{path}` is not a command route"))),
     }
 }

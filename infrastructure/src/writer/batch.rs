@@ -552,16 +552,13 @@ impl Writer {
     /// exactly what the log now holds. A panic here (a broken invariant) must not end
     /// the writer, which would leave every later command unanswered: the batch is
     /// committed, so a caller whose answer was lost with it (503) replays it on retry,
-    /// and the cache forgets the batch's streams.
+    /// and the cache, which may hold part of the batch, is dropped whole.
     fn reply(&self, prepared: Prepared, appended: Appended) {
-        let streams: Vec<Uuid> = prepared.working.streams().map(|(id, _)| *id).collect();
         let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.answer(prepared, appended)));
         if answered.is_err() {
             tracing::error!("answering a committed batch panicked; its callers retry and replay");
             metrics::counter!("ledger_commands_isolated_total").increment(1);
-            for id in streams {
-                self.loader.forget(id);
-            }
+            self.loader.forget_all();
         }
     }
 

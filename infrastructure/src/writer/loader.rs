@@ -91,6 +91,11 @@ impl StateLoader {
         self.cache.invalidate(&id);
     }
 
+    /// Drops every cached state; each stream's next load folds it from the log.
+    pub(super) fn forget_all(&self) {
+        self.cache.invalidate_all();
+    }
+
     pub(super) fn remember(&self, id: Uuid, state: Option<&StreamState>) {
         if let Some(state) = state.filter(|s| s.version > 0) {
             let newer = self.cache.get(&id).is_none_or(|cached| cached.version < state.version);

@@ -6,7 +6,7 @@
 use futures::future::join_all;
 use ledger_provider_sim::{Faults, Simulator};
 use ledger_tests::procs::{LedgerProcess, NatsCluster, PgCluster, free_port};
-use ledger_tests::{ADMIN_TOKEN, NatsServer, eventually, test_config};
+use ledger_tests::{ADMIN_TOKEN, NatsServer, eventually, projection_lag, test_config};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use std::collections::{HashMap, HashSet};
@@ -238,10 +238,7 @@ async fn bank_under_crashes_restarts_and_provider_failures() {
         .fetch_one(&pool)
         .await
         .unwrap_or(1);
-        let lag: i64 = sqlx::query_scalar("select max(h.position - p.position) from projection_checkpoints p cross join log_head h")
-            .fetch_one(&pool)
-            .await
-            .unwrap_or(1);
+        let lag = projection_lag(&pool).await;
         pending == 0 && lag == 0
     })
     .await;
@@ -344,6 +341,7 @@ async fn pipelined_writer_loses_a_batch_between_insert_and_commit() {
     };
     let mut interrupted = Vec::new();
     for round in 0..6 {
+        // A deliberate pause: the clients run under the slowed commits between faults.
         tokio::time::sleep(Duration::from_millis(1_500)).await;
         let how = [Interruption::ProcessDies, Interruption::CommitFails, Interruption::Both][round % 3];
         // The commit is cut first (a backend whose 150 ms commit ended between being
@@ -381,12 +379,7 @@ async fn pipelined_writer_loses_a_batch_between_insert_and_commit() {
         .await
         .expect("commits at full speed again");
     eventually("projections catch up", 60, || async {
-        let lag: i64 = sqlx::query_scalar(
-            "select max(h.position - p.position) from projection_checkpoints p cross join log_head h",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap_or(1);
+        let lag = projection_lag(&pool).await;
         lag == 0
     })
     .await;
@@ -446,12 +439,7 @@ async fn two_apis_and_two_workers_on_a_three_node_nats_cluster() {
     };
     // A fresh cluster elects its JetStream leaders and the R3 stream is created first.
     eventually("the cluster carries the first events to the read models", 60, || async {
-        let lag: i64 = sqlx::query_scalar(
-            "select max(h.position - p.position) from projection_checkpoints p cross join log_head h",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap_or(1);
+        let lag = projection_lag(&pool).await;
         lag == 0
     })
     .await;
@@ -526,12 +514,7 @@ async fn two_apis_and_two_workers_on_a_three_node_nats_cluster() {
         relay_stall = relay_stall.max(waited.elapsed());
     }
     eventually("the relay and projections converge after the failovers", 60, || async {
-        let lag: i64 = sqlx::query_scalar(
-            "select max(h.position - p.position) from projection_checkpoints p cross join log_head h",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap_or(1);
+        let lag = projection_lag(&pool).await;
         let head: i64 = sqlx::query_scalar("select position from log_head").fetch_one(&pool).await.unwrap_or(0);
         lag == 0 && relayed(head).await
     })
