@@ -20,9 +20,11 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 pub use run::state::AppState;
 
-/// The whole HTTP application; testable without a socket.
-pub fn app(state: AppState) -> Router {
-    let v1 = Router::new()
+/// The HTTP application of one ledger: every `/v1` route of the contract, unprefixed,
+/// behind authentication and the Postgres guard of that ledger. The whole application
+/// ([`app`]) reaches it at `/v1/ledgers/{ledger}/…`, and `default`'s at `/v1/…`.
+pub fn ledger_router(state: AppState) -> Router {
+    Router::new()
         .merge(routes::accounts::router())
         .merge(routes::commands::router())
         .merge(routes::transfers::router())
@@ -32,30 +34,39 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::withdrawals::router())
         .merge(routes::events::router())
         .merge(routes::admin::router())
+        .merge(routes::ledgers::router())
         .merge(routes::audit::router())
         .merge(routes::reconciliations::router())
         .merge(routes::webhooks::router())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), http::auth::authenticate))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), http::guard::db_guard));
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), http::guard::db_guard))
+        .route_layer(axum::middleware::from_fn(http::metrics::track))
+        .fallback(|| async { http::error::ApiError::not_found("no such route").into_response() })
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn method_not_allowed() -> axum::response::Response {
+    http::error::ApiError::new(StatusCode::METHOD_NOT_ALLOWED, http::error::ErrorCode::NotFound, "method not allowed")
+        .into_response()
+}
+
+/// The whole HTTP application over the deployment's ledgers; testable without a socket.
+pub fn app(ledgers: std::sync::Arc<run::ledgers::Ledgers>) -> Router {
+    let home = ledgers.home().clone();
     Router::new()
-        .merge(v1)
         .merge(routes::health::router())
         .merge(routes::console::router())
         .merge(http::openapi::router())
         .route("/metrics", axum::routing::get(http::metrics::render))
-        .fallback(|| async { http::error::ApiError::not_found("no such route").into_response() })
-        .method_not_allowed_fallback(|| async {
-            http::error::ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                http::error::ErrorCode::NotFound,
-                "method not allowed",
-            )
-            .into_response()
-        })
-        .layer(axum::middleware::from_fn(http::context::request_context))
         .route_layer(axum::middleware::from_fn(http::metrics::track))
+        .route("/v1/ledgers/{ledger}", axum::routing::any(routes::ledgers::dispatch))
+        .route("/v1/ledgers/{ledger}/{*rest}", axum::routing::any(routes::ledgers::dispatch))
+        .fallback(routes::ledgers::dispatch_default)
+        .layer(axum::Extension(ledgers))
+        .layer(axum::middleware::from_fn(http::context::request_context))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             http::error::ApiError::internal(&"a handler panicked").into_response()
         }))
-        .with_state(state)
+        .with_state(home)
 }

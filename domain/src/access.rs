@@ -28,3 +28,16 @@ impl Role {
         Role::ALL.into_iter().find(|r| r.as_str() == role)
     }
 }
+
+/// The longest ledger name (API.md "Ledgers").
+pub const LEDGER_NAME_CHARS_MAX: usize = 63;
+
+/// The ledger every unprefixed route addresses; it always exists.
+pub const DEFAULT_LEDGER: &str = "default";
+
+/// Whether `name` is a ledger name: 1–63 characters of `[a-z0-9-]`, starting with a letter.
+pub fn valid_ledger_name(name: &str) -> bool {
+    (1..=LEDGER_NAME_CHARS_MAX).contains(&name.len())
+        && name.as_bytes()[0].is_ascii_lowercase()
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}

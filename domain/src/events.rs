@@ -206,6 +206,23 @@ pub struct TokenIssued {
     pub role: crate::access::Role,
     /// Hex sha256 of the token (the token itself is shown once and never stored).
     pub token_sha256: String,
+    /// The ledgers the token may use (API.md "Ledgers"); absent: all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledgers: Option<Vec<String>>,
+}
+
+/// A ledger was added to the deployment's directory. Recorded only in the log of the
+/// ledger `default` (on the first shard), which is the directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerCreated {
+    pub ledger_id: Uuid,
+    pub name: String,
+    /// The shard (Postgres primary) that holds it for its whole life.
+    pub shard: String,
+    /// The Postgres schema on that shard that holds its tables.
+    pub schema: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Value>,
 }
 
 /// Reconciliation corrected a withdrawal to the provider's record: money moves
@@ -275,6 +292,7 @@ pub enum Event {
     PayoutDeadLettered(PayoutDeadLettered),
     PayoutRedriven(PayoutRedriven),
     TokenIssued(TokenIssued),
+    LedgerCreated(LedgerCreated),
     WithdrawalReconciled(WithdrawalReconciled),
     ReconciliationStarted(ReconciliationStarted),
     ReconciliationMismatchFound(ReconciliationMismatchFound),
@@ -306,6 +324,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "PayoutDeadLettered",
     "PayoutRedriven",
     "TokenIssued",
+    "LedgerCreated",
     "WithdrawalReconciled",
     "ReconciliationStarted",
     "ReconciliationMismatchFound",
@@ -330,6 +349,7 @@ impl Event {
             Event::PayoutDeadLettered(_) => "PayoutDeadLettered",
             Event::PayoutRedriven(_) => "PayoutRedriven",
             Event::TokenIssued(_) => "TokenIssued",
+            Event::LedgerCreated(_) => "LedgerCreated",
             Event::WithdrawalReconciled(_) => "WithdrawalReconciled",
             Event::ReconciliationStarted(_) => "ReconciliationStarted",
             Event::ReconciliationMismatchFound(_) => "ReconciliationMismatchFound",
@@ -371,6 +391,7 @@ impl Event {
             Event::PayoutDeadLettered(e) => vec![(e.withdrawal_id, Exact)],
             Event::PayoutRedriven(e) => vec![(e.withdrawal_id, Exact)],
             Event::TokenIssued(e) => vec![(e.token_id, Exact)],
+            Event::LedgerCreated(e) => vec![(e.ledger_id, Exact)],
             Event::WithdrawalReconciled(e) => {
                 vec![(e.withdrawal_id, Exact), (e.account_id, Exact), (e.system_account_id, Any)]
             }
@@ -415,6 +436,7 @@ impl Event {
             | Event::PayoutDeadLettered(_)
             | Event::PayoutRedriven(_)
             | Event::TokenIssued(_)
+            | Event::LedgerCreated(_)
             | Event::ReconciliationStarted(_)
             | Event::ReconciliationMismatchFound(_)
             | Event::ReconciliationFinished(_) => Vec::new(),
@@ -439,6 +461,7 @@ impl Event {
             Event::PayoutDeadLettered(_)
             | Event::PayoutRedriven(_)
             | Event::TokenIssued(_)
+            | Event::LedgerCreated(_)
             | Event::ReconciliationStarted(_)
             | Event::ReconciliationMismatchFound(_)
             | Event::ReconciliationFinished(_) => Vec::new(),

@@ -136,6 +136,10 @@ pub enum Aggregate {
         name: String,
         role: crate::access::Role,
     },
+    /// A ledger of the directory (only in the log of `default`).
+    Ledger {
+        name: String,
+    },
     Reconciliation(Reconciliation),
 }
 
@@ -174,7 +178,7 @@ pub fn evolve(state: StreamState, stream_id: Uuid, version: i64, event: &Event) 
         Aggregate::Hold(h) => evolve_hold(h, event).map(Aggregate::Hold),
         Aggregate::Withdrawal(w) => evolve_withdrawal(w, event).map(Aggregate::Withdrawal),
         Aggregate::Reconciliation(r) => evolve_reconciliation(r, event).map(Aggregate::Reconciliation),
-        Aggregate::Token { .. } => None,
+        Aggregate::Token { .. } | Aggregate::Ledger { .. } => None,
     };
     let aggregate = aggregate.unwrap_or_else(|| {
         panic!("stream {stream_id}: event {} cannot apply at version {version}", event.event_type())
@@ -248,6 +252,7 @@ fn created(stream_id: Uuid, event: &Event) -> Option<Aggregate> {
             Aggregate::Reconciliation(Reconciliation { id: e.run_id, finished: false, matched: 0, mismatches: 0 })
         }
         Event::TokenIssued(e) => Aggregate::Token { name: e.name.clone(), role: e.role },
+        Event::LedgerCreated(e) => Aggregate::Ledger { name: e.name.clone() },
         _ => return None,
     })
 }

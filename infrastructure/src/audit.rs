@@ -132,10 +132,13 @@ pub async fn audit_events(store: &EventStore, f: &AuditFilter) -> Result<Vec<Rec
     Ok(rows.into_iter().map(RecordedEvent::from).collect())
 }
 
-/// The name and role of the token whose sha256 (hex) is given.
-pub async fn token_by_hash(store: &EventStore, sha256_hex: &str) -> Result<Option<(String, String)>, sqlx::Error> {
+/// The name, role and ledger list (if any) of the token whose sha256 (hex) is given.
+pub async fn token_by_hash(
+    store: &EventStore,
+    sha256_hex: &str,
+) -> Result<Option<(String, String, Option<serde_json::Value>)>, sqlx::Error> {
     sqlx::query_as(
-        "select data ->> 'name', data ->> 'role' from events
+        "select data ->> 'name', data ->> 'role', data -> 'ledgers' from events
          where type = 'TokenIssued' and data ->> 'token_sha256' = $1",
     )
     .bind(sha256_hex)

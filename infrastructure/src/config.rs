@@ -18,6 +18,15 @@ pub struct Config {
     /// `DATABASE_READ_URL` (unset by default): a streaming replica for eventual reads and
     /// queries; strong reads, commands and the workers use `DATABASE_URL` only.
     pub database_read_url: Option<String>,
+    /// `LEDGER_SHARDS` (`name=postgres://…,name2=postgres://…`; default: one shard
+    /// `main` at `DATABASE_URL`): the Postgres primaries ledgers are placed on. The
+    /// first is `DATABASE_URL` (it holds the directory and the tokens); each shard's
+    /// replica comes from `LEDGER_SHARD_READ_URLS` (same form; the first shard's
+    /// default is `DATABASE_READ_URL`).
+    pub shards: Vec<crate::ledgers::Shard>,
+    /// The ledger this configuration serves (`default` unless built by
+    /// [`crate::ledgers::LedgerRecord::config`]).
+    pub ledger: String,
     /// `LEDGER_HTTP_ADDR`.
     pub http_addr: String,
     /// `LEDGER_METRICS_ADDR` (unset by default): where `ledger worker`, which has no
@@ -167,6 +176,8 @@ impl Default for Config {
             nats_prefix: "ledger".to_owned(),
             nats_replicas: None,
             database_read_url: None,
+            shards: Vec::new(),
+            ledger: crate::ledgers::DEFAULT_LEDGER.to_owned(),
             http_addr: "127.0.0.1:8080".to_owned(),
             metrics_addr: None,
             admin_token: None,
@@ -239,7 +250,12 @@ impl Config {
     pub fn from_env() -> Result<Config, ConfigError> {
         let d = Config::default();
         let optional = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        Ok(Config {
+        let shards = crate::ledgers::Shard::parse_list(
+            optional("LEDGER_SHARDS").as_deref(),
+            optional("LEDGER_SHARD_READ_URLS").as_deref(),
+        )
+        .map_err(|value| ConfigError::Invalid { name: "LEDGER_SHARDS".into(), value })?;
+        let mut config = Config {
             database_url: env_or("DATABASE_URL", &d.database_url),
             nats_url: env_or("NATS_URL", &d.nats_url),
             nats_prefix: env_or("LEDGER_NATS_PREFIX", &d.nats_prefix),
@@ -306,7 +322,31 @@ impl Config {
             relay_election_interval: env_ms("LEDGER_RELAY_ELECTION_MS", d.relay_election_interval)?,
             relay_backoff_base: env_ms("LEDGER_RELAY_BACKOFF_BASE_MS", d.relay_backoff_base)?,
             relay_backoff_max: env_ms("LEDGER_RELAY_BACKOFF_MAX_MS", d.relay_backoff_max)?,
-        })
+            shards,
+            ledger: d.ledger,
+        };
+        config.settle_shards();
+        Ok(config)
+    }
+
+    /// Makes `shards` whole: without `LEDGER_SHARDS`, one shard `main` at
+    /// `DATABASE_URL`; with it, the first shard is `DATABASE_URL` (and its replica
+    /// `DATABASE_READ_URL` unless listed).
+    pub fn settle_shards(&mut self) {
+        match self.shards.first_mut() {
+            None => self.shards.push(crate::ledgers::Shard {
+                name: crate::ledgers::FIRST_SHARD.to_owned(),
+                url: self.database_url.clone(),
+                read_url: self.database_read_url.clone(),
+            }),
+            Some(first) => {
+                self.database_url = first.url.clone();
+                if first.read_url.is_none() {
+                    first.read_url = self.database_read_url.clone();
+                }
+                self.database_read_url = first.read_url.clone();
+            }
+        }
     }
 
     /// The provider's circuit breaker, as configured.

@@ -75,10 +75,23 @@ pub fn connect_lazy(url: &str, config: &Config, max_connections: u32) -> Result<
 /// migration may build an index on a large table for longer than any request may take,
 /// and the migrator waits on its advisory lock while another instance migrates.
 pub async fn migrate(database_url: &str) -> Result<(), sqlx::Error> {
-    let mut conn = PgConnectOptions::from_str(database_url)?.connect().await?;
-    let migrated = MIGRATOR.run(&mut conn).await;
-    let _ = conn.close().await;
+    // A pool of one rather than a connection: the migrator's future over `&mut
+    // PgConnection` is not `Send` for every lifetime, and ledgers are migrated from
+    // request handlers and spawned tasks.
+    let pool = PgPoolOptions::new().max_connections(1).connect_with(PgConnectOptions::from_str(database_url)?).await?;
+    let migrated = MIGRATOR.run(&pool).await;
+    pool.close().await;
     Ok(migrated?)
+}
+
+/// The name Postgres knows `base` by in this connection's ledger: notification channels
+/// and advisory-lock keys are shared by a whole database, so each ledger's schema gets
+/// its own (migration 0022's `ledger_scoped`; `public` keeps the names unchanged).
+pub async fn scoped_name<'e, E>(executor: E, base: &str) -> Result<String, sqlx::Error>
+where
+    E: sqlx::PgExecutor<'e>,
+{
+    sqlx::query_scalar("select ledger_scoped($1)").bind(base).fetch_one(executor).await
 }
 
 /// Creates the database if needed, connects and migrates.

@@ -21,6 +21,7 @@ pub mod config;
 pub mod db;
 pub mod hash;
 pub mod keys;
+pub mod ledgers;
 pub mod nats;
 pub mod outcome;
 pub mod payouts;

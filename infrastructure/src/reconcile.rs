@@ -69,7 +69,7 @@ impl Reconciler {
     /// Takes the lock that keeps runs one at a time.
     pub async fn lock(&self) -> Result<RunLock, ReconcileError> {
         let mut conn = PgConnection::connect(&self.database_url).await?;
-        let got: bool = sqlx::query_scalar("select pg_try_advisory_lock(hashtext('ledger-reconcile'))")
+        let got: bool = sqlx::query_scalar("select pg_try_advisory_lock(hashtext(ledger_scoped('ledger-reconcile')))")
             .fetch_one(&mut conn)
             .await?;
         if !got {

@@ -174,7 +174,7 @@ impl Relay {
             .execute(&mut conn)
             .await?;
         let lock_key = format!("ledger-relay:{}", self.names.prefix());
-        let leader: bool = sqlx::query_scalar("select pg_try_advisory_lock(hashtext($1))")
+        let leader: bool = sqlx::query_scalar("select pg_try_advisory_lock(hashtext(ledger_scoped($1)))")
             .bind(&lock_key)
             .fetch_one(&mut conn)
             .await?;
@@ -199,7 +199,8 @@ impl Relay {
         shutdown: &CancellationToken,
     ) -> Result<(), RelayError> {
         let mut listener = PgListener::connect(&self.database_url).await?;
-        listener.listen("ledger_events").await?;
+        let channel = crate::db::scoped_name(&mut *conn, "ledger_events").await?;
+        listener.listen(&channel).await?;
         sqlx::query("insert into relay_checkpoints (name, position) values ($1, 0) on conflict do nothing")
             .bind(self.names.prefix())
             .execute(&mut *conn)

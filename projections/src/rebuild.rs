@@ -36,7 +36,7 @@ impl RebuildLock {
     /// Takes the rebuild lock of `projection`, or says a rebuild is already running.
     pub async fn acquire(database_url: &str, projection: Projection) -> Result<RebuildLock, RebuildError> {
         let mut conn = PgConnection::connect(database_url).await?;
-        let got: bool = sqlx::query_scalar("select pg_try_advisory_lock(hashtext($1))")
+        let got: bool = sqlx::query_scalar("select pg_try_advisory_lock(hashtext(ledger_scoped($1)))")
             .bind(format!("ledger-rebuild:{}", projection.name()))
             .fetch_one(&mut conn)
             .await?;
@@ -179,7 +179,7 @@ async fn switch(pool: &PgPool, projection: Projection, mut done: i64) -> Result<
     .bind(done)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("select pg_notify('ledger_projection', $1)").bind(format!("{name}:{done}")).execute(&mut *tx).await?;
+    sqlx::query("select pg_notify(ledger_scoped('ledger_projection'), $1)").bind(format!("{name}:{done}")).execute(&mut *tx).await?;
     tx.commit().await?;
     for table in projection.tables() {
         sqlx::query(sqlx::AssertSqlSafe(format!("drop table if exists {table}_old"))).execute(pool).await?;

@@ -51,6 +51,7 @@ pub async fn apply(tx: &mut Transaction<'_, Postgres>, t: &Tables, events: &[Rec
             | Event::AccountClosed(_)
             | Event::DepositRecorded(_)
             | Event::TokenIssued(_)
+            | Event::LedgerCreated(_)
             | Event::ReconciliationStarted(_)
             | Event::ReconciliationMismatchFound(_)
             | Event::ReconciliationFinished(_) => {}

@@ -60,6 +60,12 @@ impl Checker {
     /// Why the response does not conform to the document, if it does not.
     fn refusal(&self, method: &str, path: &str, status: u16, content_type: &str, body: &[u8]) -> Option<String> {
         let path = path.split('?').next().unwrap_or(path);
+        // `/v1/ledgers/{ledger}/…` is the document's `/v1/…` for one ledger (API.md "Ledgers").
+        let unprefixed = path
+            .strip_prefix("/v1/ledgers/")
+            .and_then(|tail| tail.split_once('/'))
+            .map(|(_, rest)| format!("/v1/{rest}"));
+        let path = unprefixed.as_deref().unwrap_or(path);
         let paths = self.document["paths"].as_object().expect("the document has paths");
         let method_key = method.to_ascii_lowercase();
         let operation = template(paths, path).and_then(|t| paths[t].get(&method_key).map(|op| (t, op)));

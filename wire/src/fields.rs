@@ -226,6 +226,37 @@ impl Serialize for TokenName {
     }
 }
 
+pub use ledger_domain::access::{DEFAULT_LEDGER, LEDGER_NAME_CHARS_MAX, valid_ledger_name};
+
+/// A ledger's name, checked by [`valid_ledger_name`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, utoipa::ToSchema)]
+#[serde(try_from = "String")]
+#[schema(value_type = String, pattern = "^[a-z][a-z0-9-]{0,62}$")]
+pub struct LedgerName(pub String);
+
+impl TryFrom<String> for LedgerName {
+    type Error = String;
+    fn try_from(name: String) -> Result<LedgerName, String> {
+        if valid_ledger_name(&name) {
+            Ok(LedgerName(name))
+        } else {
+            Err(format!("must be 1 to {LEDGER_NAME_CHARS_MAX} characters of [a-z0-9-], starting with a letter"))
+        }
+    }
+}
+
+impl Serialize for LedgerName {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl std::fmt::Display for LedgerName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// Parses an RFC 3339 timestamp whose UTC form is still RFC 3339 (years 0000–9999:
 /// `0000-01-01T00:00:00+23:59` is refused, it would be year -1 in UTC), so every time
 /// the ledger stores, compares or sends on to the provider can be written back.

@@ -32,6 +32,7 @@ pub enum ErrorCode {
     HoldNotPending,
     HoldExpired,
     RateLimited,
+    LedgerNotFound,
 }
 
 impl ErrorCode {
@@ -60,6 +61,7 @@ impl ErrorCode {
             ErrorCode::HoldNotPending => "hold_not_pending",
             ErrorCode::HoldExpired => "hold_expired",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::LedgerNotFound => "ledger_not_found",
         }
     }
 }

@@ -4,7 +4,7 @@
 //! validate): a body that deserializes is valid, and whatever does not is one 422
 //! `validation_error` naming the field.
 
-use crate::fields::{Metadata, NewId, OverdraftLimit, Postings, Text, Timestamp, TokenName};
+use crate::fields::{LedgerName, Metadata, NewId, OverdraftLimit, Postings, Text, Timestamp, TokenName};
 use ledger_domain::{Amount, Currency, Role};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -130,6 +130,25 @@ pub struct TokenRequest {
     #[schema(value_type = String, pattern = "^[A-Za-z0-9_.-]{1,64}$", example = "checkout-service")]
     pub name: TokenName,
     pub role: Role,
+    /// The ledgers the token may use (each must exist); absent: every ledger.
+    #[schema(value_type = Option<Vec<String>>)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledgers: Option<Vec<LedgerName>>,
+}
+
+/// `POST /v1/admin/ledgers`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+pub struct LedgerRequest {
+    /// 1–63 characters of `[a-z0-9-]`, starting with a letter.
+    #[schema(value_type = String, pattern = "^[a-z][a-z0-9-]{0,62}$", example = "acme")]
+    pub name: LedgerName,
+    /// The shard (a name of `LEDGER_SHARDS`); default: the one with the fewest ledgers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
+    /// The client's metadata, returned as sent (the rules of `OpenAccountRequest.metadata`).
+    #[schema(value_type = Option<Object>)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Metadata>,
 }
 
 /// `POST /v1/admin/reconciliations`: the window to compare (default: the 24 hours
@@ -288,6 +307,7 @@ pub enum EventType {
     PayoutDeadLettered,
     PayoutRedriven,
     TokenIssued,
+    LedgerCreated,
     WithdrawalReconciled,
     ReconciliationStarted,
     ReconciliationMismatchFound,

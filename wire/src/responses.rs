@@ -516,6 +516,26 @@ pub struct TokenCreated {
     pub token: Option<String>,
 }
 
+/// A ledger of the directory (`POST /v1/admin/ledgers` answers it without `head`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LedgerView {
+    pub name: String,
+    pub shard: String,
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// The position of its last event; `null` while its shard does not answer. Only in
+    /// the list and in `GET /v1/admin/ledgers/{ledger}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<Option<i64>>,
+}
+
+/// `GET /v1/admin/ledgers`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Ledgers {
+    pub ledgers: Vec<LedgerView>,
+}
+
 /// `POST /v1/admin/reconciliations`: the run goes on in the background.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ReconciliationStarted {

@@ -64,11 +64,14 @@ pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// The principal of a token: tokens are issued in the log of `default` (the
+/// directory), so every ledger looks them up there, through one cache.
 async fn principal(state: &AppState, token: &str) -> Result<Option<Principal>, ApiError> {
+    let state = state.home();
     if let Some(admin) = state.config.admin_token.as_deref()
         && constant_time_eq(token, admin)
     {
-        return Ok(Some(Principal { name: BOOTSTRAP_PRINCIPAL.into(), role: Role::Admin }));
+        return Ok(Some(Principal { name: BOOTSTRAP_PRINCIPAL.into(), role: Role::Admin, ledgers: None }));
     }
     let hash = token_hash(token);
     if let Some(p) = state.tokens.known.get(&hash) {
@@ -90,9 +93,17 @@ async fn principal(state: &AppState, token: &str) -> Result<Option<Principal>, A
         },
     };
     match found {
-        Some((name, role)) => {
+        Some((name, role, ledgers)) => {
             let role = Role::parse(&role).ok_or_else(|| ApiError::internal(&"a stored token has an unknown role"))?;
-            let p = Principal { name: token_principal(&name), role };
+            let ledgers = match ledgers {
+                None => None,
+                Some(list) => Some(
+                    serde_json::from_value::<Vec<String>>(list)
+                        .map_err(|_| ApiError::internal(&"a stored token has a malformed ledger list"))?
+                        .into(),
+                ),
+            };
+            let p = Principal { name: token_principal(&name), role, ledgers };
             state.tokens.known.insert(hash, p.clone());
             Ok(Some(p))
         }
@@ -110,7 +121,10 @@ pub fn allowed(role: Role, method: &Method, path: &str) -> bool {
     let read = method == Method::GET || method == Method::HEAD;
     match role {
         Role::Admin => true,
-        Role::Operator => (admin_area && !path.starts_with("/v1/admin/tokens")) || read,
+        Role::Operator => {
+            (admin_area && !path.starts_with("/v1/admin/tokens") && !(path.starts_with("/v1/admin/ledgers") && !read))
+                || read
+        }
         Role::Client => !admin_area,
     }
 }
@@ -120,6 +134,7 @@ fn take(state: &AppState, name: &str) -> Result<(), u64> {
     let rate = f64::from(state.config.rate_limit_per_s.max(1));
     let burst = f64::from(state.config.rate_limit_burst.max(1));
     let bucket = state
+        .home()
         .tokens
         .buckets
         .get_with(name.to_owned(), || Arc::new(Mutex::new(Bucket { tokens: burst, at: Instant::now() })));
@@ -135,24 +150,38 @@ fn take(state: &AppState, name: &str) -> Result<(), u64> {
     }
 }
 
-/// Requires a valid bearer token with a role that allows the route, within its rate.
-pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let token = request
-        .headers()
+/// The principal of the request's bearer token, or the answer that refuses it (401).
+pub async fn bearer(state: &AppState, headers: &axum::http::HeaderMap) -> Result<Principal, ApiError> {
+    let token = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .filter(|t| !t.is_empty());
-    let principal = match token {
-        None => return ApiError::unauthorized().into_response(),
-        Some(t) => match principal(&state, t).await {
-            Ok(Some(p)) => p,
-            Ok(None) => return ApiError::unauthorized().into_response(),
-            Err(e) => return e.into_response(),
-        },
+    match token {
+        None => Err(ApiError::unauthorized()),
+        Some(t) => principal(state, t).await?.ok_or_else(ApiError::unauthorized),
+    }
+}
+
+/// Routes that are the deployment's, not a ledger's: only a token without a ledger
+/// list may use them (a token confined to some ledgers must not mint a wider one).
+fn deployment_wide(path: &str) -> bool {
+    path.starts_with("/v1/admin/tokens") || path.starts_with("/v1/admin/ledgers")
+}
+
+/// Requires a valid bearer token that may use this ledger, with a role that allows
+/// the route, within its rate.
+pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let principal = match bearer(&state, request.headers()).await {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
     };
-    if !allowed(principal.role, request.method(), request.uri().path()) {
+    let path = request.uri().path();
+    if !principal.may_use(&state.config.ledger) || (deployment_wide(path) && principal.ledgers.is_some()) {
+        return ApiError::forbidden().into_response();
+    }
+    if !allowed(principal.role, request.method(), path) {
         return ApiError::forbidden().into_response();
     }
     if let Err(retry_after_s) = take(&state, &principal.name) {

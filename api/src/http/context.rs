@@ -19,6 +19,15 @@ pub use ledger_domain::Role;
 pub struct Principal {
     pub name: String,
     pub role: Role,
+    /// The ledgers the token may use; `None`: every ledger (API.md "Ledgers").
+    pub ledgers: Option<std::sync::Arc<[String]>>,
+}
+
+impl Principal {
+    /// Whether the token may use the ledger named `ledger`.
+    pub fn may_use(&self, ledger: &str) -> bool {
+        self.ledgers.as_ref().is_none_or(|l| l.iter().any(|n| n == ledger))
+    }
 }
 
 /// Ids that tie a request to the events it records and to the log lines it writes.
@@ -55,6 +64,8 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
     let span =
         tracing::info_span!("request", request_id = %context.request_id, correlation_id = %context.correlation_id);
     let mut response = tracing::Instrument::instrument(next.run(request), span).await;
+    let answered_by = response.extensions().get::<crate::http::metrics::RouteTemplate>().map(|r| r.0.clone());
+    let route = route.or(answered_by);
     let route = route.as_deref().unwrap_or("unmatched");
     tracing::info!(
         target: "ledger::request",

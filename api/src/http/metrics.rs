@@ -27,13 +27,20 @@ pub fn handle() -> &'static PrometheusHandle {
     })
 }
 
+/// The route template a response was answered by, for the request log line of a
+/// request that reached its route through a ledger's router.
+#[derive(Clone, Debug)]
+pub struct RouteTemplate(pub String);
+
 /// Counts requests and times them per route, method and status.
+
 pub async fn track(request: Request, next: Next) -> Response {
     let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
     let method = request.method().to_string();
     let started = Instant::now();
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
     let status = response.status().as_u16().to_string();
+    response.extensions_mut().insert(RouteTemplate(route.clone()));
     let labels = [("route", route), ("method", method), ("status", status)];
     metrics::counter!("ledger_http_requests_total", &labels).increment(1);
     metrics::histogram!("ledger_http_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());

@@ -9,7 +9,7 @@
 //! particular to it. Depends on the routes' attributes only, never on their logic.
 
 use crate::routes::{
-    accounts, admin, audit, bulk, console, deposits, events, health, holds, reconciliations, transactions, transfers,
+    accounts, admin, audit, bulk, console, deposits, events, health, holds, ledgers, reconciliations, transactions, transfers,
     webhooks, withdrawals,
 };
 use axum::Router;
@@ -41,7 +41,12 @@ const PROBLEM_JSON: &str = "application/problem+json";
             Everything under `/v1` needs `Authorization: Bearer <token>`; `/health/*`, `/metrics`, \
             `/openapi.json` and `/docs` need no token. Every POST under `/v1` needs an \
             `Idempotency-Key`. Amounts are integers of minor units (cents). Errors are RFC 9457 \
-            problem documents whose `code` is stable."
+            problem documents whose `code` is stable.\n\n\
+            Ledgers (API.md v1.2): every route under `/v1` except `/v1/admin/ledgers…` and \
+            `/v1/admin/tokens` is also served at `/v1/ledgers/{ledger}/…` (the same path after the \
+            prefix) for the ledger named `{ledger}`; the unprefixed path addresses the ledger \
+            `default`. An unknown ledger is 404 `ledger_not_found`; a token whose ledger list does \
+            not name it is 403 `forbidden`."
     ),
     paths(
         accounts::plan_open,
@@ -77,6 +82,9 @@ const PROBLEM_JSON: &str = "application/problem+json";
         admin::redrive,
         admin::discard,
         admin::create_token,
+        ledgers::list,
+        ledgers::show,
+        ledgers::create,
         console::index,
         console::asset,
         webhooks::create,
@@ -106,6 +114,7 @@ const PROBLEM_JSON: &str = "application/problem+json";
         (name = "audit", description = "Who did what, and the tamper-evident hash chain."),
         (name = "operations", description = "Projections, circuit breakers, dead letters, reconciliation, tokens (operator or admin)."),
         (name = "webhooks", description = "Committed events pushed to clients' endpoints, signed (operator or admin)."),
+        (name = "ledgers", description = "Independent books in one deployment, placed on shards (admin, operator)."),
         (name = "infrastructure", description = "Health, metrics and these docs (no token)."),
     )
 )]
@@ -292,7 +301,8 @@ fn every_route(operation: &mut Operation) {
 fn authenticated(operation: &mut Operation) {
     operation.security = Some(vec![SecurityRequirement::new(BEARER, Vec::<String>::new())]);
     add_response(operation, 401, "`unauthorized`: the bearer token is missing or unknown.");
-    add_response(operation, 403, "`forbidden`: this token's role does not allow this request.");
+    add_response(operation, 403, "`forbidden`: this token's role, or its ledger list, does not allow this request.");
+    add_response(operation, 404, "`ledger_not_found`: under `/v1/ledgers/{ledger}/…`, no ledger has that name.");
     add_response(operation, 429, "`rate_limited`: this token exceeded its rate limit; see `Retry-After`.");
     add_response(operation, 503, "`unavailable`: a dependency (Postgres) is unavailable; retry later.");
 }

@@ -157,7 +157,8 @@ async fn follow_replica(state: AppState, shutdown: CancellationToken) {
 
 async fn follow_positions(state: &AppState, shutdown: &CancellationToken) -> Result<(), sqlx::Error> {
     let mut listener = sqlx::postgres::PgListener::connect_with(&state.pool).await?;
-    listener.listen("ledger_projection").await?;
+    let channel = ledger_infrastructure::db::scoped_name(&mut listener, "ledger_projection").await?;
+    listener.listen(&channel).await?;
     let mut refresh = tokio::time::interval(Duration::from_secs(1));
     // An accounts position this instance polled but was never told of.
     let mut unannounced: Option<i64> = None;

@@ -121,11 +121,28 @@ async fn create_token(
 ) -> Result<Response, ApiError> {
     let r: ledger_wire::TokenRequest = crate::http::requests::parse(&body.json)?;
     let (name, role) = (r.name.0, r.role);
+    let ledgers = match r.ledgers {
+        None => None,
+        Some(list) => {
+            let mut names: Vec<String> = Vec::with_capacity(list.len());
+            for ledger in list {
+                let known = ledger.0 == ledger_infrastructure::ledgers::DEFAULT_LEDGER
+                    || ledger_infrastructure::ledgers::find(&state.store, &ledger.0).await?.is_some();
+                if !known {
+                    return Err(ApiError::validation(format!("ledgers: no ledger is named {:?}", ledger.0)));
+                }
+                if !names.contains(&ledger.0) {
+                    names.push(ledger.0);
+                }
+            }
+            Some(names)
+        }
+    };
     let token = format!("ltk_{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
     let token_sha256 = crate::http::auth::token_hash(&token);
     let token_id = token_id(&name);
     let command =
-        Command::IssueToken(ledger_domain::decide::IssueToken { token_id, name: name.clone(), role, token_sha256 });
+        Command::IssueToken(ledger_domain::decide::IssueToken { token_id, name: name.clone(), role, token_sha256, ledgers });
     // The id, name and role come from the request, which a replay repeats exactly.
     let created = ledger_wire::TokenCreated { id: token_id, name, role, token: None };
     let stored_form = created.clone();

@@ -148,6 +148,12 @@ fn items(items: Vec<ledger_wire::BulkItem>, bulk_key: &str) -> Result<Vec<Item>,
         if item.method != "POST" {
             return Err(ApiError::validation(format!("`items[{i}].method` must be POST")));
         }
+        if item.path.starts_with("/v1/ledgers/") {
+            return Err(ApiError::validation(format!(
+                "`items[{i}].path` has a ledger prefix: a bulk runs in the ledger it is sent to, and its items name \
+                 the unprefixed route (`/v1/transfers`)"
+            )));
+        }
         if crate::routes::commands::matching(&item.path).is_none() {
             return Err(ApiError::validation(format!(
                 "`items[{i}].path` {:?} is not a command route of this contract (POST under /v1, outside /v1/admin \

@@ -10,6 +10,7 @@ pub mod deposits;
 pub mod events;
 pub mod health;
 pub mod holds;
+pub mod ledgers;
 pub mod reconciliations;
 pub mod transactions;
 pub mod transfers;

@@ -64,6 +64,7 @@ pub async fn create_token(config: &Config, name: &str, role: &str) -> Result<Str
         name: name.to_owned(),
         role,
         token_sha256: token_hash(&token),
+        ledgers: None,
     });
     let request = CommandRequest {
         command,

@@ -3,6 +3,7 @@
 //! ([`cli`], with terminal progress bars from [`progress`]).
 
 pub mod cli;
+pub mod ledgers;
 pub mod progress;
 pub mod serve;
 pub mod state;

@@ -16,7 +16,8 @@ use uuid::Uuid;
 
 /// Connects (creating and migrating the database if needed) and builds the process's
 /// core. NATS is connected in the background: the service starts without it.
-pub async fn build_core(config: Config) -> Result<Core, StartError> {
+pub async fn build_core(mut config: Config) -> Result<Core, StartError> {
+    config.settle_shards();
     let pool = ledger_infrastructure::connect_and_migrate(&config).await?;
     // A wrong or missing master key stops start-up here, before anything is served.
     let master_key = ledger_infrastructure::keys::MasterKey::load(&pool, config.master_key.as_deref()).await?;
@@ -103,6 +104,7 @@ pub fn spawn_workers(state: &Core, on_applied: OnApplied, shutdown: Cancellation
         key: state.master_key.clone(),
         limits: ledger_infrastructure::webhooks::WebhookLimits::from_config(config),
         owner: state.instance_id,
+        ledger: config.ledger.clone(),
     };
     let mut handles = vec![
         tokio::spawn(relay.run(shutdown.clone())),
@@ -155,16 +157,16 @@ fn spawn_scheduled_reconciliation(state: &Core, shutdown: CancellationToken) -> 
     })
 }
 
-/// Serves the API on `listener` until `shutdown` resolves, then lets in-flight
-/// requests finish.
+/// Serves the API of every ledger on `listener` until `shutdown` resolves, then lets
+/// in-flight requests finish.
 pub async fn serve(
-    state: AppState,
+    ledgers: std::sync::Arc<crate::run::ledgers::Ledgers>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let timeout = state.config.request_timeout;
+    let timeout = ledgers.home().config.request_timeout;
     // A request past its deadline gets a problem document, like every other error.
-    let app = crate::app(state).layer(
+    let app = crate::app(ledgers).layer(
         tower::ServiceBuilder::new()
             .layer(axum::error_handling::HandleErrorLayer::new(|_: tower::BoxError| async {
                 crate::http::error::ApiError::unavailable(&"the request timed out")
@@ -172,6 +174,22 @@ pub async fn serve(
             .layer(tower::timeout::TimeoutLayer::new(timeout)),
     );
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+/// Starts what a process of `mode` runs for one ledger: the workers (relay, payouts,
+/// projections, ...) unless it only serves the API, and the read side (cache
+/// followers, idempotency sweeper) unless it only runs workers.
+pub fn spawn_ledger_tasks(state: &AppState, mode: Mode, shutdown: CancellationToken) -> Vec<JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    if mode != Mode::Api {
+        let local = (mode == Mode::All).then(|| state.clone());
+        tasks.extend(spawn_workers(&state.core, crate::read::coherence::on_applied(&state.core, local), shutdown.clone()));
+    }
+    if mode != Mode::Worker {
+        tasks.push(spawn_idempotency_sweeper(state, shutdown.clone()));
+        tasks.extend(crate::read::coherence::spawn_read_side(state, shutdown));
+    }
+    tasks
 }
 
 /// Which parts of the service a process runs.
@@ -192,6 +210,8 @@ pub struct Running {
     pub state: AppState,
     /// Where the API listens (not for `Mode::Worker`).
     pub addr: Option<std::net::SocketAddr>,
+    /// Every ledger the process has met (`state` is `default`'s).
+    pub ledgers: std::sync::Arc<crate::run::ledgers::Ledgers>,
     pub shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     server: Option<JoinHandle<std::io::Result<()>>>,
@@ -216,10 +236,10 @@ pub async fn start(config: Config, mode: Mode) -> Result<Running, StartError> {
     let core = build_core(config).await?;
     let state = AppState::new(core.clone());
     let shutdown = CancellationToken::new();
-    let mut tasks = Vec::new();
+    let mut tasks = spawn_ledger_tasks(&state, mode, shutdown.clone());
+    let ledgers = crate::run::ledgers::Ledgers::new(state.clone(), mode, shutdown.clone()).await?;
     if mode != Mode::Api {
-        let local = (mode == Mode::All).then(|| state.clone());
-        tasks.extend(spawn_workers(&core, crate::read::coherence::on_applied(&core, local), shutdown.clone()));
+        tasks.push(ledgers.spawn_discovery());
     }
     let (mut bound, mut server) = (None, None);
     if mode == Mode::Worker
@@ -239,15 +259,13 @@ pub async fn start(config: Config, mode: Mode) -> Result<Running, StartError> {
         }));
     }
     if mode != Mode::Worker {
-        tasks.push(spawn_idempotency_sweeper(&state, shutdown.clone()));
-        tasks.extend(crate::read::coherence::spawn_read_side(&state, shutdown.clone()));
         let listener =
             TcpListener::bind(&addr).await.map_err(|source| StartError::Bind { addr: addr.clone(), source })?;
         bound = listener.local_addr().ok();
         let stop = shutdown.clone();
-        server = Some(tokio::spawn(serve(state.clone(), listener, async move { stop.cancelled().await })));
+        server = Some(tokio::spawn(serve(ledgers.clone(), listener, async move { stop.cancelled().await })));
     }
-    Ok(Running { state, addr: bound, shutdown, tasks, server })
+    Ok(Running { state, addr: bound, ledgers, shutdown, tasks, server })
 }
 
 impl Running {
@@ -259,7 +277,7 @@ impl Running {
             if let Some(server) = self.server {
                 let _ = server.await;
             }
-            for task in self.tasks {
+            for task in self.tasks.into_iter().chain(self.ledgers.take_tasks()) {
                 let _ = task.await;
             }
             let _ = self.state.nats.flush().await;
@@ -267,6 +285,7 @@ impl Running {
         if tokio::time::timeout(deadline, drain).await.is_err() {
             tracing::warn!(?deadline, "shutdown deadline passed; exiting with work in flight");
         }
+        self.ledgers.close().await;
         self.state.pool.close().await;
     }
 

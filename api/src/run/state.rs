@@ -100,6 +100,9 @@ pub struct Http {
     pub bulk_permits: Arc<tokio::sync::Semaphore>,
     /// Bulks in flight per principal (`routes::bulk`), bounded like the permits.
     pub bulk_principals: Mutex<std::collections::HashMap<String, usize>>,
+    /// The state of the ledger `default` when this is another ledger's: it holds the
+    /// directory and the tokens (and the token cache and rate buckets every ledger shares).
+    home: Option<AppState>,
 }
 
 impl std::ops::Deref for AppState {
@@ -117,7 +120,23 @@ impl std::ops::Deref for Http {
 }
 
 impl AppState {
+    /// The state of the ledger `default` (of its core's ledger).
     pub fn new(core: Core) -> AppState {
+        AppState::build(core, None)
+    }
+
+    /// The state of another ledger of the deployment whose `default` is `home`.
+    pub fn within(core: Core, home: AppState) -> AppState {
+        AppState::build(core, Some(home.home().clone()))
+    }
+
+    /// The state of the ledger `default`: the directory, the tokens and what every
+    /// ledger shares of them.
+    pub fn home(&self) -> &AppState {
+        self.0.home.as_ref().unwrap_or(self)
+    }
+
+    fn build(core: Core, home: Option<AppState>) -> AppState {
         let config = &core.config;
         let db_breaker = CircuitBreaker::new(
             "postgres",
@@ -136,6 +155,7 @@ impl AppState {
             replica: core.replica_pool.clone().map(Replica::new),
             bulk_permits: Arc::new(tokio::sync::Semaphore::new(config.bulk_concurrency_max.max(1))),
             bulk_principals: Mutex::default(),
+            home,
             core,
         }))
     }

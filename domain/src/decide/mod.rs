@@ -205,6 +205,19 @@ pub struct IssueToken {
     pub name: String,
     pub role: crate::access::Role,
     pub token_sha256: String,
+    /// The ledgers the token may use; `None`: all.
+    pub ledgers: Option<Vec<String>>,
+}
+
+/// Add a ledger to the directory. The caller derives `ledger_id` from the name, so a
+/// name is created once, and has prepared its schema on its shard.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateLedger {
+    pub ledger_id: Uuid,
+    pub name: String,
+    pub shard: String,
+    pub schema: String,
+    pub metadata: Option<serde_json::Value>,
 }
 
 /// What the provider's record says of one payout: one statement line, or a look-up.
@@ -279,6 +292,7 @@ pub enum Command {
     /// Give up: the withdrawal fails and its hold is released.
     DiscardPayout(ResolveDeadLetter),
     IssueToken(IssueToken),
+    CreateLedger(CreateLedger),
     StartReconciliation(StartReconciliation),
     ReconcilePayout(ReconcilePayout),
     FinishReconciliation(FinishReconciliation),
@@ -408,6 +422,7 @@ impl Command {
                 ids
             }
             Command::IssueToken(c) => vec![c.token_id],
+            Command::CreateLedger(c) => vec![c.ledger_id],
             Command::StartReconciliation(c) => vec![c.run_id],
             Command::FinishReconciliation(c) => vec![c.run_id],
             Command::ReconcilePayout(c) => {
@@ -473,6 +488,17 @@ pub fn decide(command: &Command, state: &Ledger) -> Result<Vec<Event>, DomainErr
                 name: c.name.clone(),
                 role: c.role,
                 token_sha256: c.token_sha256.clone(),
+                ledgers: c.ledgers.clone(),
+            })])
+        }
+        Command::CreateLedger(c) => {
+            ensure_new(state, c.ledger_id)?;
+            Ok(vec![Event::LedgerCreated(LedgerCreated {
+                ledger_id: c.ledger_id,
+                name: c.name.clone(),
+                shard: c.shard.clone(),
+                schema: c.schema.clone(),
+                metadata: c.metadata.clone(),
             })])
         }
     }

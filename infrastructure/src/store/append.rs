@@ -155,7 +155,7 @@ impl EventStore {
                                      $19::int8[], $20::int4[], $21::timestamptz[])
              )
              update log_head set position = $22, hash = $23, recorded_at = $24
-             returning pg_notify('ledger_events', $22::text)",
+             returning pg_notify(ledger_scoped('ledger_events'), $22::text)",
         )
         .bind(rows.positions)
         .bind(rows.event_ids)

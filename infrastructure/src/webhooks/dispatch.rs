@@ -41,6 +41,8 @@ pub struct Dispatcher {
     pub limits: WebhookLimits,
     /// This process, as a lease owner.
     pub owner: Uuid,
+    /// The ledger whose events it delivers (named in every payload).
+    pub ledger: String,
 }
 
 /// A delivery task the dispatcher runs.
@@ -345,7 +347,7 @@ impl Delivery {
             Ok(permit) => permit,
             Err(open) => return Attempt::BreakerOpen { retry_in: open.retry_in },
         };
-        let body = payload(event);
+        let body = payload(event, &self.d.ledger);
         let t = Utc::now().timestamp();
         let headers = [
             ("content-type", "application/json".to_owned()),
@@ -395,10 +397,12 @@ async fn listen(database_url: String, appended: Arc<Notify>, changed: mpsc::Send
     while !shutdown.is_cancelled() {
         let listener = async {
             let mut listener = sqlx::postgres::PgListener::connect(&database_url).await?;
-            listener.listen_all(["ledger_events", "ledger_webhooks"]).await?;
+            let events = crate::db::scoped_name(&mut listener, "ledger_events").await?;
+            let webhooks = crate::db::scoped_name(&mut listener, "ledger_webhooks").await?;
+            listener.listen_all([events.as_str(), webhooks.as_str()]).await?;
             loop {
                 let n = listener.recv().await?;
-                if n.channel() == "ledger_webhooks" {
+                if n.channel() == webhooks {
                     if let Ok(id) = Uuid::parse_str(n.payload()) {
                         let _ = changed.try_send(id);
                     }

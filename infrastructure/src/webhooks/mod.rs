@@ -170,7 +170,11 @@ pub fn signature(secret: &str, t: i64, body: &[u8]) -> String {
 }
 
 /// A delivery's body: the event exactly as `GET /v1/events` shows it (the fields of
-/// `RecordedEvent`, its stored metadata as it is).
-pub fn payload(event: &RecordedEvent) -> Vec<u8> {
-    serde_json::to_vec(event).expect("a recorded event serializes")
+/// `RecordedEvent`, its stored metadata as it is), and the name of its ledger.
+pub fn payload(event: &RecordedEvent, ledger: &str) -> Vec<u8> {
+    let mut body = serde_json::to_value(event).expect("a recorded event serializes");
+    if let Some(fields) = body.as_object_mut() {
+        fields.insert("ledger".into(), serde_json::Value::String(ledger.to_owned()));
+    }
+    serde_json::to_vec(&body).expect("a JSON value serializes")
 }

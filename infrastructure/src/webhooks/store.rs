@@ -53,7 +53,7 @@ pub enum Registered {
 
 /// Tells every dispatcher at commit that a webhook changed (registered, deleted, a dead
 /// letter redriven), so it leases, stops or wakes it at once.
-const NOTIFY: &str = "select pg_notify('ledger_webhooks', $1::text)";
+const NOTIFY: &str = "select pg_notify(ledger_scoped('ledger_webhooks'), $1::text)";
 
 /// Registers a webhook, its secret sealed under `key`, with the final answer of its
 /// registration (the claim `token` holds on the key), in one transaction.
@@ -68,7 +68,7 @@ pub async fn register(
 ) -> Result<Registered, sqlx::Error> {
     let mut tx = pool.begin().await?;
     // Registrations count one at a time, so the cap holds with any number of processes.
-    sqlx::query("select pg_advisory_xact_lock(hashtext('ledger-webhook-registration'))").execute(&mut *tx).await?;
+    sqlx::query("select pg_advisory_xact_lock(hashtext(ledger_scoped('ledger-webhook-registration')))").execute(&mut *tx).await?;
     let active: i64 =
         sqlx::query_scalar("select count(*) from webhooks where status = 'active'").fetch_one(&mut *tx).await?;
     if usize::try_from(active).unwrap_or(usize::MAX) >= count_max {

@@ -118,7 +118,7 @@ async fn every_route_through_the_typed_client() {
     assert_eq!(ledger.breakers().await.expect("breakers").breakers.len(), 2);
     assert!(ledger.dead_letters().await.expect("dead letters").dead_letters.is_empty());
     let name = wire::TokenName::try_from(format!("client-{}", Uuid::new_v4().simple())).expect("a token name");
-    let token = ledger.create_token(&wire::TokenRequest { name, role: wire::Role::Client }, None).await;
+    let token = ledger.create_token(&wire::TokenRequest { name, role: wire::Role::Client, ledgers: None }, None).await;
     let token = token.expect("a token").token.clone().expect("the secret, once");
     let client_role = typed_client(&app.base, &token);
     let forbidden = client_role.projections().await.expect_err("clients may not operate");

@@ -14,6 +14,7 @@ mod hardening;
 mod history;
 mod hold_expiry;
 mod holds;
+mod ledgers;
 mod openapi;
 mod operability;
 mod payouts;

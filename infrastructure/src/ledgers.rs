@@ -1,0 +1,229 @@
+//! Ledgers: independent books in one deployment (API.md "Ledgers").
+//!
+//! A ledger's tables live in a Postgres schema of its own on one shard (a Postgres
+//! primary of `LEDGER_SHARDS`); the ledger `default` keeps `public` on the first
+//! shard, so what was written before ledgers existed is its log, unchanged. Every
+//! connection a ledger's components open carries the schema as its `search_path` (in
+//! the URL, see [`scoped_url`]), so a query of one ledger cannot name another's rows:
+//! the isolation is in where a connection points, not in a predicate each query must
+//! remember. Channels and advisory locks, which Postgres shares per database, are
+//! scoped by `ledger_scoped` (migration 0022).
+//!
+//! The directory is the log of `default`: one `LedgerCreated` event per ledger, one
+//! stream per name (so a name is created once), read by [`find`] and [`list`].
+
+use crate::EventStore;
+use crate::config::Config;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+pub use ledger_domain::access::{DEFAULT_LEDGER, valid_ledger_name};
+
+/// The schema of the ledger `default`.
+pub const DEFAULT_SCHEMA: &str = "public";
+
+/// The name of the one shard a deployment without `LEDGER_SHARDS` has.
+pub const FIRST_SHARD: &str = "main";
+
+/// A Postgres primary ledgers are placed on, and its streaming replica if any.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub name: String,
+    pub url: String,
+    pub read_url: Option<String>,
+}
+
+impl Shard {
+    /// Parses `LEDGER_SHARDS` (`name=url,…`) and `LEDGER_SHARD_READ_URLS` (same form,
+    /// naming shards of the first list). Names follow the rules of ledger names.
+    pub fn parse_list(shards: Option<&str>, read_urls: Option<&str>) -> Result<Vec<Shard>, String> {
+        let pairs = |raw: &str| -> Result<Vec<(String, String)>, String> {
+            raw.split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(|p| match p.split_once('=') {
+                    Some((name, url)) if valid_ledger_name(name.trim()) && !url.trim().is_empty() => {
+                        Ok((name.trim().to_owned(), url.trim().to_owned()))
+                    }
+                    _ => Err(format!("{p:?} is not name=postgres://… with a name of [a-z0-9-]")),
+                })
+                .collect()
+        };
+        let listed = shards;
+        let mut shards: Vec<Shard> = Vec::new();
+        for (name, url) in pairs(listed.unwrap_or(""))? {
+            if shards.iter().any(|s| s.name == name) {
+                return Err(format!("shard {name} is listed twice"));
+            }
+            shards.push(Shard { name, url, read_url: None });
+        }
+        for (name, url) in pairs(read_urls.unwrap_or(""))? {
+            let shard = shards.iter_mut().find(|s| s.name == name).ok_or_else(|| format!("no shard {name}"))?;
+            shard.read_url = Some(url);
+        }
+        Ok(shards)
+    }
+}
+
+/// The schema a ledger's tables live in: readable, at most 40 bytes (so every scoped
+/// channel name stays within Postgres' 63), and distinct per name (the hash).
+pub fn schema_for(name: &str) -> String {
+    if name == DEFAULT_LEDGER {
+        return DEFAULT_SCHEMA.to_owned();
+    }
+    let readable: String = name.chars().take(24).map(|c| if c == '-' { '_' } else { c }).collect();
+    let digest = Sha256::digest(format!("ledger-schema:{name}").as_bytes());
+    format!("ledger_{readable}_{}", &hex::encode(digest)[..8])
+}
+
+/// `url` with every connection's `search_path` set to `schema`.
+pub fn scoped_url(url: &str, schema: &str) -> String {
+    if schema == DEFAULT_SCHEMA {
+        return url.to_owned();
+    }
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}options[search_path]={schema}")
+}
+
+/// A ledger's stream id in the directory, derived from its name so each name is
+/// created once.
+pub fn ledger_id(name: &str) -> Uuid {
+    let digest = Sha256::digest(format!("ledger-ledger:{name}").as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    Uuid::new_v8(bytes)
+}
+
+/// A ledger of the directory.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LedgerRecord {
+    pub name: String,
+    pub shard: String,
+    pub schema: String,
+    pub metadata: Option<serde_json::Value>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl LedgerRecord {
+    /// The configuration of this ledger's components: `base` pointed at its shard and
+    /// schema, with NATS names of its own. `None` if its shard is not configured.
+    pub fn config(&self, base: &Config) -> Option<Config> {
+        if self.name == DEFAULT_LEDGER {
+            return Some(base.clone());
+        }
+        let shard = base.shards.iter().find(|s| s.name == self.shard)?;
+        let mut config = base.clone();
+        config.database_url = scoped_url(&shard.url, &self.schema);
+        config.database_read_url = shard.read_url.as_deref().map(|u| scoped_url(u, &self.schema));
+        config.nats_prefix = format!("{}-{}", base.nats_prefix, self.name);
+        config.ledger = self.name.clone();
+        Some(config)
+    }
+}
+
+/// The ledger `default`: on the first shard, in `public`, created with the database.
+pub async fn default_record(home: &EventStore, config: &Config) -> Result<LedgerRecord, sqlx::Error> {
+    let created_at: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("select min(installed_on) from _sqlx_migrations").fetch_one(home.pool()).await?;
+    Ok(LedgerRecord {
+        name: DEFAULT_LEDGER.to_owned(),
+        shard: config.shards.first().map_or(FIRST_SHARD, |s| s.name.as_str()).to_owned(),
+        schema: DEFAULT_SCHEMA.to_owned(),
+        metadata: None,
+        created_at: created_at.unwrap_or_else(chrono::Utc::now),
+    })
+}
+
+fn record(data: serde_json::Value, created_at: chrono::DateTime<chrono::Utc>) -> Option<LedgerRecord> {
+    let text = |k: &str| data.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    Some(LedgerRecord {
+        name: text("name")?,
+        shard: text("shard")?,
+        schema: text("schema")?,
+        metadata: data.get("metadata").cloned().filter(|m| !m.is_null()),
+        created_at,
+    })
+}
+
+/// The ledger named `name` (not `default`), as the directory has it now.
+pub async fn find(home: &EventStore, name: &str) -> Result<Option<LedgerRecord>, sqlx::Error> {
+    let row: Option<(serde_json::Value, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "select data, recorded_at from events where type = 'LedgerCreated' and data ->> 'name' = $1",
+    )
+    .bind(name)
+    .fetch_optional(home.pool())
+    .await?;
+    Ok(row.and_then(|(data, at)| record(data, at)))
+}
+
+/// Every ledger of the directory but `default`, oldest first.
+pub async fn list(home: &EventStore) -> Result<Vec<LedgerRecord>, sqlx::Error> {
+    let rows: Vec<(serde_json::Value, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "select data, recorded_at from events where type = 'LedgerCreated' order by position",
+    )
+    .fetch_all(home.pool())
+    .await?;
+    Ok(rows.into_iter().filter_map(|(data, at)| record(data, at)).collect())
+}
+
+/// Creates a ledger's schema on its shard (the database too, if missing) and migrates
+/// it. Idempotent: a ledger whose creation was cut short, or a deployment upgraded to
+/// new migrations, is made whole by running it again.
+pub async fn prepare(shard_url: &str, schema: &str) -> Result<(), sqlx::Error> {
+    crate::db::ensure_database(shard_url).await?;
+    if schema != DEFAULT_SCHEMA {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(shard_url).await?;
+        // The schema name is ours ([a-z0-9_]), never a client's string.
+        debug_assert!(schema.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
+        let created = sqlx::query(sqlx::AssertSqlSafe(format!("create schema if not exists {schema}")))
+            .execute(&mut conn)
+            .await;
+        let _ = conn.close().await;
+        if let Err(e) = created {
+            // Two processes creating it at once: one wins, the other finds it.
+            let raced = e.as_database_error().and_then(|d| d.code()).is_some_and(|c| c == "23505" || c == "42P06");
+            if !raced {
+                return Err(e);
+            }
+        }
+    }
+    crate::db::migrate(&scoped_url(shard_url, schema)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schemas_are_short_distinct_and_plain() {
+        let long = "a".repeat(63);
+        for name in ["acme", "a-b", "a", long.as_str(), "x1-2-3"] {
+            let s = schema_for(name);
+            assert!(s.len() <= 40, "{s}");
+            assert!(s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
+        }
+        assert_ne!(schema_for(&"a".repeat(30)), schema_for(&"a".repeat(31)));
+        assert_eq!(schema_for("default"), "public");
+    }
+
+    #[test]
+    fn shard_lists_parse_or_say_why_not() {
+        let shards = Shard::parse_list(Some("main=postgres://a/x?sslmode=disable, two=postgres://b/y"), Some("two=postgres://r/y"))
+            .unwrap();
+        assert_eq!(shards.len(), 2);
+        assert_eq!(shards[0].url, "postgres://a/x?sslmode=disable");
+        assert_eq!(shards[1].read_url.as_deref(), Some("postgres://r/y"));
+        assert!(Shard::parse_list(Some("main=x,main=y"), None).is_err());
+        assert!(Shard::parse_list(Some("Main=x"), None).is_err());
+        assert!(Shard::parse_list(Some("main=x"), Some("other=y")).is_err());
+        assert!(Shard::parse_list(Some("nourl"), None).is_err());
+    }
+
+    #[test]
+    fn scoped_urls_keep_their_query() {
+        assert_eq!(scoped_url("postgres://h/db", "ledger_a_1"), "postgres://h/db?options[search_path]=ledger_a_1");
+        assert_eq!(scoped_url("postgres://h/db?x=1", "s"), "postgres://h/db?x=1&options[search_path]=s");
+        assert_eq!(scoped_url("postgres://h/db", "public"), "postgres://h/db");
+    }
+}
