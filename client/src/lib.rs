@@ -198,9 +198,10 @@ impl ClientBuilder {
                 token: self.token,
                 retry: self.retry,
                 read_your_writes: self.read_your_writes,
-                last_position: AtomicI64::new(0),
                 observer: self.observer,
             }),
+            ledger: None,
+            last_position: Arc::new(AtomicI64::new(0)),
         })
     }
 }
@@ -211,16 +212,21 @@ struct Inner {
     token: String,
     retry: RetryPolicy,
     read_your_writes: bool,
-    /// The highest position of a command this client saw recorded.
-    last_position: AtomicI64,
     observer: Option<Observer>,
 }
 
-/// A client of one ledger service, for one token. Cheap to clone (clones share the
-/// connection pool and the read-your-writes position).
+/// A client of one ledger service, for one token, addressing one ledger (`default`
+/// unless made by [`Client::ledger`]). Cheap to clone (clones share the connection
+/// pool and the read-your-writes position).
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
+    /// The addressed ledger's path prefix (`/v1/ledgers/{name}`), `None` for `default`'s
+    /// unprefixed routes.
+    ledger: Option<Arc<str>>,
+    /// The highest position of a command this client saw recorded: positions are a
+    /// ledger's own, so each ledger's client keeps its own.
+    last_position: Arc<AtomicI64>,
 }
 
 /// How a read may see the ledger: the read model (default), at least a position, or
@@ -249,9 +255,30 @@ impl Client {
         }
     }
 
+    /// A client of the ledger `name` (API.md "Ledgers"): the same connection pool,
+    /// token and policies, its routes under `/v1/ledgers/{name}/…`, and a
+    /// read-your-writes position of its own. The directory and token routes
+    /// (`/v1/admin/ledgers…`, `/v1/admin/tokens`) stay the deployment's.
+    pub fn ledger(&self, name: &str) -> Result<Client, Error> {
+        if !ledger_wire::fields::valid_ledger_name(name) {
+            return Err(Error::Config(format!("{name:?} is not a ledger name ([a-z][a-z0-9-]{{0,62}})")));
+        }
+        let ledger = (name != ledger_wire::fields::DEFAULT_LEDGER).then(|| Arc::from(format!("/v1/ledgers/{name}")));
+        Ok(Client { inner: self.inner.clone(), ledger, last_position: Arc::new(AtomicI64::new(0)) })
+    }
+
+    /// The path of `path` (a contract route under `/v1/`) for the addressed ledger.
+    fn route(&self, path: &str) -> String {
+        let deployment_wide = path.starts_with("/v1/admin/ledgers") || path.starts_with("/v1/admin/tokens");
+        match (&self.ledger, path.strip_prefix("/v1")) {
+            (Some(prefix), Some(rest)) if !deployment_wide => format!("{prefix}{rest}"),
+            _ => path.to_owned(),
+        }
+    }
+
     /// The position of the last command this client saw recorded (0 before any).
     pub fn last_position(&self) -> i64 {
-        self.inner.last_position.load(Ordering::Acquire)
+        self.last_position.load(Ordering::Acquire)
     }
 
     fn consistency(&self, read: Read) -> ConsistencyQuery {
@@ -274,7 +301,7 @@ impl Client {
         body: Option<&serde_json::Value>,
         key: Option<&str>,
     ) -> Result<Reply<T>, Error> {
-        let url = format!("{}{path}{query}", self.inner.base);
+        let url = format!("{}{}{query}", self.inner.base, self.route(path));
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -338,7 +365,7 @@ impl Client {
             position: Option<i64>,
         }
         if command && let Ok(Positioned { position: Some(p) }) = serde_json::from_slice(&bytes) {
-            self.inner.last_position.fetch_max(p, Ordering::AcqRel);
+            self.last_position.fetch_max(p, Ordering::AcqRel);
         }
         Ok(Reply { body, http_status: status.as_u16(), replayed, as_of_position: position, attempts })
     }
@@ -552,6 +579,21 @@ impl Client {
 
     pub async fn create_token(&self, r: &TokenRequest, key: Option<&str>) -> Result<Reply<TokenCreated>, Error> {
         self.command("/v1/admin/tokens", r, key).await
+    }
+
+    /// `POST /v1/admin/ledgers`: creates a ledger (admin).
+    pub async fn create_ledger(&self, r: &LedgerRequest, key: Option<&str>) -> Result<Reply<LedgerView>, Error> {
+        self.command("/v1/admin/ledgers", r, key).await
+    }
+
+    /// `GET /v1/admin/ledgers`: every ledger, with its head.
+    pub async fn ledgers(&self) -> Result<Reply<Ledgers>, Error> {
+        self.call(Method::GET, "/v1/admin/ledgers", "", None, None).await
+    }
+
+    /// `GET /v1/admin/ledgers/{name}`.
+    pub async fn ledger_view(&self, name: &str) -> Result<Reply<LedgerView>, Error> {
+        self.call(Method::GET, &format!("/v1/admin/ledgers/{name}"), "", None, None).await
     }
 
     pub async fn start_reconciliation(

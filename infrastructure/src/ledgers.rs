@@ -147,22 +147,20 @@ fn record(data: serde_json::Value, created_at: chrono::DateTime<chrono::Utc>) ->
 
 /// The ledger named `name` (not `default`), as the directory has it now.
 pub async fn find(home: &EventStore, name: &str) -> Result<Option<LedgerRecord>, sqlx::Error> {
-    let row: Option<(serde_json::Value, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
-        "select data, recorded_at from events where type = 'LedgerCreated' and data ->> 'name' = $1",
-    )
-    .bind(name)
-    .fetch_optional(home.pool())
-    .await?;
+    let row: Option<(serde_json::Value, chrono::DateTime<chrono::Utc>)> =
+        sqlx::query_as("select data, recorded_at from events where type = 'LedgerCreated' and data ->> 'name' = $1")
+            .bind(name)
+            .fetch_optional(home.pool())
+            .await?;
     Ok(row.and_then(|(data, at)| record(data, at)))
 }
 
 /// Every ledger of the directory but `default`, oldest first.
 pub async fn list(home: &EventStore) -> Result<Vec<LedgerRecord>, sqlx::Error> {
-    let rows: Vec<(serde_json::Value, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
-        "select data, recorded_at from events where type = 'LedgerCreated' order by position",
-    )
-    .fetch_all(home.pool())
-    .await?;
+    let rows: Vec<(serde_json::Value, chrono::DateTime<chrono::Utc>)> =
+        sqlx::query_as("select data, recorded_at from events where type = 'LedgerCreated' order by position")
+            .fetch_all(home.pool())
+            .await?;
     Ok(rows.into_iter().filter_map(|(data, at)| record(data, at)).collect())
 }
 
@@ -176,9 +174,8 @@ pub async fn prepare(shard_url: &str, schema: &str) -> Result<(), sqlx::Error> {
         let mut conn = sqlx::PgConnection::connect(shard_url).await?;
         // The schema name is ours ([a-z0-9_]), never a client's string.
         debug_assert!(schema.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
-        let created = sqlx::query(sqlx::AssertSqlSafe(format!("create schema if not exists {schema}")))
-            .execute(&mut conn)
-            .await;
+        let created =
+            sqlx::query(sqlx::AssertSqlSafe(format!("create schema if not exists {schema}"))).execute(&mut conn).await;
         let _ = conn.close().await;
         if let Err(e) = created {
             // Two processes creating it at once: one wins, the other finds it.
@@ -209,8 +206,11 @@ mod tests {
 
     #[test]
     fn shard_lists_parse_or_say_why_not() {
-        let shards = Shard::parse_list(Some("main=postgres://a/x?sslmode=disable, two=postgres://b/y"), Some("two=postgres://r/y"))
-            .unwrap();
+        let shards = Shard::parse_list(
+            Some("main=postgres://a/x?sslmode=disable, two=postgres://b/y"),
+            Some("two=postgres://r/y"),
+        )
+        .expect("two shards");
         assert_eq!(shards.len(), 2);
         assert_eq!(shards[0].url, "postgres://a/x?sslmode=disable");
         assert_eq!(shards[1].read_url.as_deref(), Some("postgres://r/y"));

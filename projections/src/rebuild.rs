@@ -179,7 +179,10 @@ async fn switch(pool: &PgPool, projection: Projection, mut done: i64) -> Result<
     .bind(done)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("select pg_notify(ledger_scoped('ledger_projection'), $1)").bind(format!("{name}:{done}")).execute(&mut *tx).await?;
+    sqlx::query("select pg_notify(ledger_scoped('ledger_projection'), $1)")
+        .bind(format!("{name}:{done}"))
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     for table in projection.tables() {
         sqlx::query(sqlx::AssertSqlSafe(format!("drop table if exists {table}_old"))).execute(pool).await?;

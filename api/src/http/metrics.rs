@@ -33,7 +33,6 @@ pub fn handle() -> &'static PrometheusHandle {
 pub struct RouteTemplate(pub String);
 
 /// Counts requests and times them per route, method and status.
-
 pub async fn track(request: Request, next: Next) -> Response {
     let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
     let method = request.method().to_string();

@@ -141,8 +141,13 @@ async fn create_token(
     let token = format!("ltk_{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
     let token_sha256 = crate::http::auth::token_hash(&token);
     let token_id = token_id(&name);
-    let command =
-        Command::IssueToken(ledger_domain::decide::IssueToken { token_id, name: name.clone(), role, token_sha256, ledgers });
+    let command = Command::IssueToken(ledger_domain::decide::IssueToken {
+        token_id,
+        name: name.clone(),
+        role,
+        token_sha256,
+        ledgers,
+    });
     // The id, name and role come from the request, which a replay repeats exactly.
     let created = ledger_wire::TokenCreated { id: token_id, name, role, token: None };
     let stored_form = created.clone();

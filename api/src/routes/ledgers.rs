@@ -20,9 +20,7 @@ use std::sync::Arc;
 use tower::ServiceExt;
 
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/admin/ledgers", get(list).post(create))
-        .route("/v1/admin/ledgers/{ledger}", get(show))
+    Router::new().route("/v1/admin/ledgers", get(list).post(create)).route("/v1/admin/ledgers/{ledger}", get(show))
 }
 
 /// Paths after a ledger prefix that are the deployment's, not a ledger's.
@@ -47,9 +45,10 @@ async fn route(ledgers: &Ledgers, request: Request) -> Result<Response, ApiError
     let path = request.uri().path().to_owned();
     let tail = path.strip_prefix("/v1/ledgers/").unwrap_or_default();
     let (name, rest) = tail.split_once('/').unwrap_or((tail, ""));
-    let runtime = ledgers.get(name).await?.ok_or_else(|| {
-        ApiError::new(StatusCode::NOT_FOUND, ErrorCode::LedgerNotFound, "no such ledger")
-    })?;
+    let runtime = ledgers
+        .get(name)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, ErrorCode::LedgerNotFound, "no such ledger"))?;
     if deployment_wide(rest) {
         return Err(ApiError::not_found("no such route"));
     }
@@ -183,7 +182,11 @@ async fn create(
         None => least_used(shards, &directory::list(&state.store).await?),
     };
     if name == DEFAULT_LEDGER {
-        return Err(ApiError::new(StatusCode::CONFLICT, ErrorCode::VersionConflict, "the ledger default always exists"));
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::VersionConflict,
+            "the ledger default always exists",
+        ));
     }
     let schema = directory::schema_for(&name);
     // A name in the directory is refused by the command (its stream exists), after a

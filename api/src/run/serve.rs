@@ -183,7 +183,11 @@ pub fn spawn_ledger_tasks(state: &AppState, mode: Mode, shutdown: CancellationTo
     let mut tasks = Vec::new();
     if mode != Mode::Api {
         let local = (mode == Mode::All).then(|| state.clone());
-        tasks.extend(spawn_workers(&state.core, crate::read::coherence::on_applied(&state.core, local), shutdown.clone()));
+        tasks.extend(spawn_workers(
+            &state.core,
+            crate::read::coherence::on_applied(&state.core, local),
+            shutdown.clone(),
+        ));
     }
     if mode != Mode::Worker {
         tasks.push(spawn_idempotency_sweeper(state, shutdown.clone()));

@@ -68,7 +68,9 @@ pub async fn register(
 ) -> Result<Registered, sqlx::Error> {
     let mut tx = pool.begin().await?;
     // Registrations count one at a time, so the cap holds with any number of processes.
-    sqlx::query("select pg_advisory_xact_lock(hashtext(ledger_scoped('ledger-webhook-registration')))").execute(&mut *tx).await?;
+    sqlx::query("select pg_advisory_xact_lock(hashtext(ledger_scoped('ledger-webhook-registration')))")
+        .execute(&mut *tx)
+        .await?;
     let active: i64 =
         sqlx::query_scalar("select count(*) from webhooks where status = 'active'").fetch_one(&mut *tx).await?;
     if usize::try_from(active).unwrap_or(usize::MAX) >= count_max {

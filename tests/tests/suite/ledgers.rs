@@ -35,12 +35,8 @@ async fn get_with(app: &TestApp, token: &str, path: &str) -> Reply {
 }
 
 async fn post_with(app: &TestApp, token: &str, path: &str, body: &Value) -> Reply {
-    let request = app
-        .client
-        .post(format!("{}{path}", app.base))
-        .bearer_auth(token)
-        .header("idempotency-key", key())
-        .json(body);
+    let request =
+        app.client.post(format!("{}{path}", app.base)).bearer_auth(token).header("idempotency-key", key()).json(body);
     TestApp::decode("POST", request.send().await.expect("request sent")).await
 }
 
@@ -81,7 +77,8 @@ async fn ledgers_are_independent_books_and_nothing_crosses() {
     assert_eq!(create_ledger(&app, "default").await.status, StatusCode::CONFLICT);
 
     // One account per ledger; the same Idempotency-Key in two ledgers is two commands.
-    let (d, a, z) = (app.open_account("EUR", 0).await, open(&app, "acme", "EUR").await, open(&app, "zeta", "EUR").await);
+    let (d, a, z) =
+        (app.open_account("EUR", 0).await, open(&app, "acme", "EUR").await, open(&app, "zeta", "EUR").await);
     let shared_key = key();
     for (ledger, account, amount) in [("default", d, 100), ("acme", a, 200), ("zeta", z, 300)] {
         let body = json!({ "account_id": account, "amount": amount, "currency": "EUR" });
@@ -128,7 +125,9 @@ async fn ledgers_are_independent_books_and_nothing_crosses() {
     system_ids.dedup();
     assert_eq!(system_ids.len(), 1, "a currency's system account has one id in every ledger");
     // Positions are the addressed ledger's.
-    let t = app.post(&under("zeta", "/v1/deposits"), &key(), &json!({ "account_id": z, "amount": 1, "currency": "EUR" })).await;
+    let t = app
+        .post(&under("zeta", "/v1/deposits"), &key(), &json!({ "account_id": z, "amount": 1, "currency": "EUR" }))
+        .await;
     assert_eq!(t.body["position"], json!(4), "{t:?}");
     let read = app.get(&under("acme", &format!("/v1/accounts/{a}?consistency=strong"))).await;
     assert_eq!(read.header("x-ledger-position"), Some("3"), "{read:?}");
@@ -140,7 +139,8 @@ async fn ledgers_are_independent_books_and_nothing_crosses() {
     }
     let anonymous = app.client.get(format!("{}/v1/ledgers/nope/events", app.base)).send().await.expect("sent");
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED, "authentication comes first");
-    for path in ["/v1/ledgers/acme/admin/tokens", "/v1/ledgers/acme/admin/ledgers", "/v1/ledgers/default/admin/tokens"] {
+    for path in ["/v1/ledgers/acme/admin/tokens", "/v1/ledgers/acme/admin/ledgers", "/v1/ledgers/default/admin/tokens"]
+    {
         let r = app.post(path, &key(), &json!({ "name": "x", "role": "client" })).await;
         assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}: {r:?}");
     }
@@ -161,7 +161,8 @@ async fn ledgers_are_independent_books_and_nothing_crosses() {
     // The directory lists every ledger with its head.
     let list = app.get("/v1/admin/ledgers").await;
     assert_eq!(list.status, StatusCode::OK, "{list:?}");
-    let names: Vec<&str> = list.body["ledgers"].as_array().expect("a list").iter().filter_map(|l| l["name"].as_str()).collect();
+    let names: Vec<&str> =
+        list.body["ledgers"].as_array().expect("a list").iter().filter_map(|l| l["name"].as_str()).collect();
     assert_eq!(names, ["default", "acme", "zeta"]);
     assert_eq!(list.body["ledgers"][2]["head"], json!(4));
     let one = app.get("/v1/admin/ledgers/acme").await;
@@ -196,14 +197,17 @@ async fn a_token_confined_to_ledgers_reaches_only_those() {
     for name in ["acme", "zeta"] {
         assert_eq!(create_ledger(&app, name).await.status, StatusCode::CREATED);
     }
-    let unknown = app.post("/v1/admin/tokens", &key(), &json!({ "name": "x", "role": "client", "ledgers": ["nope"] })).await;
+    let unknown =
+        app.post("/v1/admin/tokens", &key(), &json!({ "name": "x", "role": "client", "ledgers": ["nope"] })).await;
     assert_eq!((unknown.status, unknown.code()), (StatusCode::UNPROCESSABLE_ENTITY, "validation_error"), "{unknown:?}");
-    let bad = app.post("/v1/admin/tokens", &key(), &json!({ "name": "y", "role": "client", "ledgers": ["Bad!"] })).await;
+    let bad =
+        app.post("/v1/admin/tokens", &key(), &json!({ "name": "y", "role": "client", "ledgers": ["Bad!"] })).await;
     assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad:?}");
     let issued = |name: &'static str, role: &'static str, ledgers: Value| {
         let app = app.clone_handle();
         async move {
-            let r = app.post("/v1/admin/tokens", &key(), &json!({ "name": name, "role": role, "ledgers": ledgers })).await;
+            let r =
+                app.post("/v1/admin/tokens", &key(), &json!({ "name": name, "role": role, "ledgers": ledgers })).await;
             assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
             r.body["token"].as_str().expect("the secret").to_owned()
         }
@@ -315,7 +319,11 @@ async fn a_stopped_shard_takes_down_only_its_ledgers() {
     .await;
     acknowledged += 1;
     let balance = app.get(&under("remote", &format!("/v1/accounts/{remote}?consistency=strong"))).await;
-    assert_eq!(balance.body["balance"], json!(acknowledged), "every acknowledged deposit, and nothing else: {balance:?}");
+    assert_eq!(
+        balance.body["balance"],
+        json!(acknowledged),
+        "every acknowledged deposit, and nothing else: {balance:?}"
+    );
     let events = log_of(&app, "remote").await;
     assert_eq!(events.len() as i64, 2 + acknowledged, "two accounts opened, then one event per deposit");
     assert_eq!(app.account(home).await["balance"], json!(60));
