@@ -17,6 +17,10 @@ const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(15);
 #[derive(Parser)]
 #[command(name = "ledger", version, about = "Event-sourced double-entry ledger")]
 struct Cli {
+    /// The ledger a subcommand that reads or writes one ledger works on (replay,
+    /// reconcile, audit, projections).
+    #[arg(long, global = true, default_value = "default")]
+    ledger: String,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -29,7 +33,7 @@ enum Cmd {
     Api,
     /// Runs only the workers: outbox relay, projections, payouts, scheduled reconciliation.
     Worker,
-    /// Creates the database if missing and applies migrations.
+    /// Creates the database if missing and applies migrations (to every ledger's schema).
     Migrate,
     /// API tokens.
     Token {
@@ -72,6 +76,9 @@ enum TokenCmd {
         name: String,
         #[arg(long)]
         role: String,
+        /// The ledgers it may use, comma-separated (default: every ledger).
+        #[arg(long, value_delimiter = ',')]
+        ledgers: Option<Vec<String>>,
     },
 }
 
@@ -121,14 +128,21 @@ async fn main() -> anyhow::Result<()> {
     init_tracing();
     let cli = Cli::parse();
     let mut config = Config::from_env()?;
+    let ledger_specific =
+        matches!(cli.command, Cmd::Audit { .. } | Cmd::Projections { .. } | Cmd::Replay { .. } | Cmd::Reconcile { .. });
+    if ledger_specific {
+        config = ledger_api::run::cli::for_ledger(config, &cli.ledger).await?;
+    } else if cli.ledger != ledger_infrastructure::ledgers::DEFAULT_LEDGER {
+        anyhow::bail!("--ledger applies to audit, projections, replay and reconcile only");
+    }
     let mode = match cli.command {
         Cmd::Migrate => {
-            ledger_infrastructure::connect_and_migrate(&config).await.context("migrating the database")?;
-            println!("database migrated");
+            let ledgers = ledger_api::run::cli::migrate_all(config).await.context("migrating the database")?;
+            println!("database migrated ({ledgers} ledgers)");
             return Ok(());
         }
-        Cmd::Token { command: TokenCmd::Create { name, role } } => {
-            let token = ledger_api::run::cli::create_token(&config, &name, &role).await?;
+        Cmd::Token { command: TokenCmd::Create { name, role, ledgers } } => {
+            let token = ledger_api::run::cli::create_token(&config, &name, &role, ledgers).await?;
             println!("{token}");
             return Ok(());
         }

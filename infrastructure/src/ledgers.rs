@@ -164,6 +164,52 @@ pub async fn list(home: &EventStore) -> Result<Vec<LedgerRecord>, sqlx::Error> {
     Ok(rows.into_iter().filter_map(|(data, at)| record(data, at)).collect())
 }
 
+/// The ledgers other than `default`, as the runs of `default`'s reconciliation ask
+/// them whether a statement line is theirs: one small pool per shard, made on first use.
+pub struct Elsewhere {
+    home: EventStore,
+    config: Config,
+    pools: std::sync::Mutex<std::collections::HashMap<String, sqlx::PgPool>>,
+}
+
+impl Elsewhere {
+    /// Over the directory of `home` (the store of `default`), placed as `config` says.
+    pub fn new(home: EventStore, config: &Config) -> Elsewhere {
+        Elsewhere { home, config: config.clone(), pools: std::sync::Mutex::default() }
+    }
+
+    fn pool(&self, shard: &str) -> Result<Option<sqlx::PgPool>, sqlx::Error> {
+        if self.config.shards.first().is_none_or(|s| s.name == shard) {
+            return Ok(Some(self.home.pool().clone()));
+        }
+        let Some(url) = self.config.shards.iter().find(|s| s.name == shard).map(|s| s.url.clone()) else {
+            return Ok(None);
+        };
+        let mut pools = self.pools.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(p) = pools.get(shard) {
+            return Ok(Some(p.clone()));
+        }
+        let pool = crate::db::connect_lazy(&url, &self.config, 2)?;
+        pools.insert(shard.to_owned(), pool.clone());
+        Ok(Some(pool))
+    }
+
+    /// Whether `id` is a stream (a withdrawal, for a statement line) of another ledger.
+    /// A shard that does not answer is an error: the run cannot tell.
+    pub async fn has_withdrawal(&self, id: Uuid) -> Result<bool, sqlx::Error> {
+        for record in list(&self.home).await? {
+            let Some(pool) = self.pool(&record.shard)? else { continue };
+            // The schema name is ours ([a-z0-9_]), never a client's string.
+            let sql = format!("select exists (select 1 from {}.stream_entries where stream_id = $1)", record.schema);
+            let found: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(id).fetch_one(&pool).await?;
+            if found {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
 /// Creates a ledger's schema on its shard (the database too, if missing) and migrates
 /// it. Idempotent: a ledger whose creation was cut short, or a deployment upgraded to
 /// new migrations, is made whole by running it again.

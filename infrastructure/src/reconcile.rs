@@ -31,6 +31,13 @@ pub struct Reconciler {
     pub breaker: CircuitBreaker,
     /// Provider look-ups of one page or payout before the run fails.
     pub provider_attempts_max: u32,
+    /// Whether statement lines that name no withdrawal of this ledger are reported
+    /// (`unknown_reference`): by the runs of `default` only, and then only for lines
+    /// that name no withdrawal of any ledger (API.md "Ledgers"). Another ledger's runs
+    /// pass over lines that are not theirs.
+    pub reports_unknown: bool,
+    /// The other ledgers' withdrawals, which `default`'s runs do not report.
+    pub elsewhere: Option<std::sync::Arc<crate::ledgers::Elsewhere>>,
 }
 
 /// Why a run did not happen (a run that started and failed is recorded as finished
@@ -184,11 +191,34 @@ impl Reconciler {
         let total = groups.len() as i64;
         for (i, (reference, records)) in groups.into_iter().enumerate() {
             let command = group_command(run_id, reference, records);
-            listed.extend(command.withdrawal_id);
-            self.reconcile(run_id, actor, command, totals).await?;
+            if self.concerns_this_ledger(&command).await? {
+                listed.extend(command.withdrawal_id);
+                self.reconcile(run_id, actor, command, totals).await?;
+            }
             progress(i as i64 + 1, total);
         }
         Ok(listed)
+    }
+
+    /// Whether a group of lines is this ledger's to decide: it names a stream of this
+    /// ledger, or (for `default`) it names no withdrawal of any other ledger.
+    async fn concerns_this_ledger(&self, command: &ReconcilePayout) -> Result<bool, ReconcileError> {
+        if let Some(id) = command.withdrawal_id {
+            let here: bool = sqlx::query_scalar("select exists (select 1 from stream_entries where stream_id = $1)")
+                .bind(id)
+                .fetch_one(&self.pool)
+                .await?;
+            if here {
+                return Ok(true);
+            }
+        }
+        if !self.reports_unknown {
+            return Ok(false);
+        }
+        match (command.withdrawal_id, &self.elsewhere) {
+            (Some(id), Some(elsewhere)) => Ok(!elsewhere.has_withdrawal(id).await?),
+            _ => Ok(true),
+        }
     }
 
     /// Payouts the ledger settled in the window that the statement does not list: each

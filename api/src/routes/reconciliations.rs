@@ -33,6 +33,10 @@ pub fn reconciler(state: &crate::run::state::Core) -> Reconciler {
         provider: state.provider.clone(),
         breaker: state.provider_breaker.clone(),
         provider_attempts_max: state.config.reconcile_provider_attempts_max,
+        reports_unknown: state.config.ledger == ledger_infrastructure::ledgers::DEFAULT_LEDGER,
+        elsewhere: (state.config.ledger == ledger_infrastructure::ledgers::DEFAULT_LEDGER).then(|| {
+            std::sync::Arc::new(ledger_infrastructure::ledgers::Elsewhere::new(state.store.clone(), &state.config))
+        }),
     }
 }
 

@@ -6,6 +6,7 @@ use crate::routes::admin::token_id;
 use ledger_domain::Command;
 use ledger_domain::decide::IssueToken;
 use ledger_infrastructure::audit::verify_chain;
+use ledger_infrastructure::ledgers::DEFAULT_LEDGER;
 use ledger_infrastructure::{CommandBus, CommandRequest, Config, EventMetadata, EventStore, WriterLimits};
 
 /// Why a CLI command failed.
@@ -35,6 +36,46 @@ pub enum CliError {
     Decode(#[from] serde_json::Error),
     #[error("writing the output: {0}")]
     Io(#[from] std::io::Error),
+    #[error("no ledger is named {0:?}")]
+    UnknownLedger(String),
+    #[error("the ledger's shard {0:?} is not in LEDGER_SHARDS")]
+    UnknownShard(String),
+}
+
+/// The configuration of the ledger `name` (`--ledger`): `config` itself for
+/// `default`, else pointed at the ledger's shard and schema as the directory has them.
+pub async fn for_ledger(mut config: Config, name: &str) -> Result<Config, CliError> {
+    config.settle_shards();
+    if name == DEFAULT_LEDGER {
+        return Ok(config);
+    }
+    if !ledger_infrastructure::ledgers::valid_ledger_name(name) {
+        return Err(CliError::UnknownLedger(name.to_owned()));
+    }
+    let home = store(&config).await?;
+    let record = ledger_infrastructure::ledgers::find(&home, name)
+        .await?
+        .ok_or_else(|| CliError::UnknownLedger(name.to_owned()))?;
+    home.pool().close().await;
+    record.config(&config).ok_or(CliError::UnknownShard(record.shard))
+}
+
+/// `ledger migrate`: the first shard's database, then every ledger's schema on its
+/// shard (what start-up would do at each ledger's first use). Returns the ledgers.
+pub async fn migrate_all(mut config: Config) -> Result<usize, CliError> {
+    config.settle_shards();
+    let home = store(&config).await?;
+    let records = ledger_infrastructure::ledgers::list(&home).await?;
+    for record in &records {
+        let shard = config
+            .shards
+            .iter()
+            .find(|s| s.name == record.shard)
+            .ok_or_else(|| CliError::UnknownShard(record.shard.clone()))?;
+        ledger_infrastructure::ledgers::prepare(&shard.url, &record.schema).await?;
+    }
+    home.pool().close().await;
+    Ok(records.len() + 1)
 }
 
 async fn store(config: &Config) -> Result<EventStore, CliError> {
@@ -42,12 +83,25 @@ async fn store(config: &Config) -> Result<EventStore, CliError> {
 }
 
 /// `ledger token create --name N --role R`: prints the new token once.
-pub async fn create_token(config: &Config, name: &str, role: &str) -> Result<String, CliError> {
+pub async fn create_token(
+    config: &Config,
+    name: &str,
+    role: &str,
+    ledgers: Option<Vec<String>>,
+) -> Result<String, CliError> {
     let role = ledger_domain::Role::parse(role).ok_or_else(|| CliError::UnknownRole(role.to_owned()))?;
     if !crate::http::auth::valid_token_name(name) {
         return Err(CliError::InvalidTokenName(name.to_owned()));
     }
     let store = store(config).await?;
+    for ledger in ledgers.iter().flatten() {
+        let known = ledger == DEFAULT_LEDGER
+            || (ledger_infrastructure::ledgers::valid_ledger_name(ledger)
+                && ledger_infrastructure::ledgers::find(&store, ledger).await?.is_some());
+        if !known {
+            return Err(CliError::UnknownLedger(ledger.clone()));
+        }
+    }
     let bus = CommandBus::start(
         store,
         WriterLimits {
@@ -64,7 +118,7 @@ pub async fn create_token(config: &Config, name: &str, role: &str) -> Result<Str
         name: name.to_owned(),
         role,
         token_sha256: token_hash(&token),
-        ledgers: None,
+        ledgers,
     });
     let request = CommandRequest {
         command,
@@ -165,6 +219,9 @@ pub async fn reconcile(
         provider: ledger_infrastructure::provider::ProviderClient::new(&config.provider_url, config.provider_timeout),
         breaker: ledger_infrastructure::breaker::CircuitBreaker::new("payment-provider", config.provider_breaker()),
         provider_attempts_max: config.reconcile_provider_attempts_max,
+        reports_unknown: config.ledger == DEFAULT_LEDGER,
+        elsewhere: (config.ledger == DEFAULT_LEDGER)
+            .then(|| std::sync::Arc::new(ledger_infrastructure::ledgers::Elsewhere::new(store.clone(), config))),
     };
     let lock = reconciler.lock().await?;
     let run_id = uuid::Uuid::now_v7();

@@ -252,7 +252,8 @@ async fn tokens_from_the_cli_work_and_rate_limits_answer_429() {
     config.rate_limit_per_s = 1;
     config.rate_limit_burst = 3;
     let app = TestApp::spawn_with(config).await;
-    let token = ledger_api::run::cli::create_token(&app.state.config, "batch-job", "client").await.expect("token");
+    let token =
+        ledger_api::run::cli::create_token(&app.state.config, "batch-job", "client", None).await.expect("token");
     let mut statuses = Vec::new();
     for _ in 0..6 {
         let r = app.client.get(format!("{}/v1/events", app.base)).bearer_auth(&token).send().await.expect("sent");
