@@ -4,6 +4,7 @@
 
 const TOKEN_KEY = "ledger-console-token";
 const ROLE_KEY = "ledger-console-role";
+const LEDGER_KEY = "ledger-console-ledger";
 let refreshTimer = null;
 
 // ---------- small helpers ----------
@@ -25,6 +26,18 @@ function el(tag, attrs = {}, ...children) {
 const token = () => sessionStorage.getItem(TOKEN_KEY);
 const role = () => sessionStorage.getItem(ROLE_KEY);
 const isOperator = () => role() === "operator";
+// The ledger every view reads and writes (API.md "Ledgers"); `default` is the
+// unprefixed routes.
+const ledger = () => sessionStorage.getItem(LEDGER_KEY) || "default";
+const isLedgerName = s => /^[a-z][a-z0-9-]{0,62}$/.test(s || "");
+
+// A contract path for the chosen ledger: `/v1/…` becomes `/v1/ledgers/{ledger}/…`, but
+// for the deployment's own routes (the directory of ledgers, tokens).
+function addressed(path) {
+  const deploymentWide = path.startsWith("/v1/admin/ledgers") || path.startsWith("/v1/admin/tokens");
+  if (ledger() === "default" || deploymentWide || !path.startsWith("/v1/")) return path;
+  return `/v1/ledgers/${encodeURIComponent(ledger())}/${path.slice("/v1/".length)}`;
+}
 
 // Money: minor units shown as an amount in its currency, in the viewer's locale.
 function money(minor, currency) {
@@ -71,7 +84,7 @@ async function api(method, path, body, key) {
     headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body || {});
   }
-  const response = await fetch(path, init);
+  const response = await fetch(addressed(path), init);
   if (response.status === 204) return null;
   const text = await response.text();
   let json = null;
@@ -380,11 +393,36 @@ async function run(view) {
   }
 }
 
+// The ledger picker: the directory's ledgers when this token may list them (operator,
+// admin), else a name typed in; choosing one shows the same view in that ledger.
+async function fillLedgers() {
+  const picker = $("#ledger");
+  picker.value = ledger();
+  $("#ledger-now").textContent = ledger();
+  if (fillLedgers.done) return;
+  fillLedgers.done = true;
+  try {
+    const list = await api("GET", "/v1/admin/ledgers");
+    $("#ledger-names").replaceChildren(...list.ledgers.map(l => el("option", { value: l.name, text: `${l.name} (${l.shard})` })));
+  } catch (_) { /* a token that may not list them types the name */ }
+}
+
+function pickLedger(event) {
+  event.preventDefault();
+  const name = $("#ledger").value.trim();
+  if (!isLedgerName(name)) { showError("A ledger name is 1–63 characters of a–z, 0–9 and -, starting with a letter."); return; }
+  sessionStorage.setItem(LEDGER_KEY, name);
+  // Ids of one ledger mean nothing in another: back to the ledger's first page.
+  const first = isOperator() ? "#/overview" : "#/accounts";
+  if (location.hash === first) route(); else location.hash = first;
+}
+
 function route() {
   $("#error").hidden = true;
   if (!token()) { signIn(); return; }
   const nav = $("#nav");
   nav.hidden = false;
+  fillLedgers();
   for (const a of nav.querySelectorAll("a")) {
     a.hidden = a.dataset.role === "operator" && !isOperator();
     a.classList.toggle("active", location.hash.startsWith(a.getAttribute("href")));
@@ -414,6 +452,7 @@ function route() {
 
 window.addEventListener("hashchange", route);
 window.addEventListener("DOMContentLoaded", () => {
-  $("#sign-out").addEventListener("click", () => { sessionStorage.clear(); location.hash = ""; signIn(); });
+  $("#sign-out").addEventListener("click", () => { sessionStorage.clear(); fillLedgers.done = false; location.hash = ""; signIn(); });
+  $("#ledger-form").addEventListener("submit", pickLedger);
   route();
 });

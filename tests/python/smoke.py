@@ -2,6 +2,11 @@
 openapi-python-client: two accounts, a deposit, a transfer, an account, its statement
 and the log, all through the generated models. Run by tests/tests/suite/python_client.rs,
 which generates the package `ledger_http_client` and puts it on PYTHONPATH.
+
+With LEDGER_LEDGER=name, the ledger is created through the generated client first and
+every request of the run addresses it: an httpx request hook puts `/v1/ledgers/{name}`
+in front of each contract path (API.md "Ledgers"), which is how a generated client,
+whose paths are the unprefixed ones, reaches a named ledger.
 """
 
 import os
@@ -10,6 +15,7 @@ import uuid
 from ledger_http_client import AuthenticatedClient
 from ledger_http_client.api.accounts import account_transactions, get_account, open_account
 from ledger_http_client.api.deposits import deposit
+from ledger_http_client.api.ledgers import create_ledger, get_ledger
 from ledger_http_client.api.log import log_events
 from ledger_http_client.api.transfers import get_transfer, transfer
 from ledger_http_client.models import (
@@ -21,6 +27,8 @@ from ledger_http_client.models import (
     ErrorCode,
     EventsPage,
     GetAccountConsistency,
+    LedgerRequest,
+    LedgerView,
     OpenAccountRequest,
     Problem,
     TransactionsPage,
@@ -33,10 +41,29 @@ def key() -> str:
     return str(uuid.uuid4())
 
 
+def addressing(ledger: str):
+    """An httpx request hook that sends every contract route to `ledger`."""
+
+    def hook(request) -> None:
+        path = request.url.path
+        deployment_wide = path.startswith("/v1/admin/ledgers") or path.startswith("/v1/admin/tokens")
+        if path.startswith("/v1/") and not deployment_wide:
+            request.url = request.url.copy_with(path=f"/v1/ledgers/{ledger}/" + path[len("/v1/") :])
+
+    return hook
+
+
 def main() -> None:
-    client = AuthenticatedClient(
-        base_url=os.environ["LEDGER_URL"], token=os.environ["LEDGER_TOKEN"], raise_on_unexpected_status=True
-    )
+    base, token = os.environ["LEDGER_URL"], os.environ["LEDGER_TOKEN"]
+    ledger = os.environ.get("LEDGER_LEDGER")
+    if ledger:
+        admin = AuthenticatedClient(base_url=base, token=token, raise_on_unexpected_status=True)
+        made = create_ledger.sync(client=admin, body=LedgerRequest(name=ledger), idempotency_key=key())
+        assert isinstance(made, LedgerView) and made.name == ledger, made
+        shown = get_ledger.sync(ledger, client=admin)
+        assert isinstance(shown, LedgerView) and shown.head == 0, shown
+    hooks = {"event_hooks": {"request": [addressing(ledger)]}} if ledger else {}
+    client = AuthenticatedClient(base_url=base, token=token, raise_on_unexpected_status=True, httpx_args=hooks)
     alice = open_account.sync(client=client, body=OpenAccountRequest(currency="EUR", owner="py@example.com"), idempotency_key=key())
     bob = open_account.sync(client=client, body=OpenAccountRequest(currency="EUR"), idempotency_key=key())
     assert isinstance(alice, Account) and isinstance(bob, Account), (alice, bob)
@@ -73,7 +100,12 @@ def main() -> None:
     kinds = {e.type_ for e in log.events}
     assert {"AccountOpened", "DepositRecorded", "TransferPosted"} <= kinds, kinds
     assert log.next_after == log.events[-1].position
-    print("python client smoke test: ok")
+    if ledger:
+        # The ledger's own log: gapless from 1, its EUR system account, the two accounts,
+        # the deposit and the transfer, and nothing of any other ledger.
+        assert [e.position for e in log.events] == list(range(1, len(log.events) + 1)), log
+        assert len(log.events) == 5, [e.type_ for e in log.events]
+    print(f"python client smoke test ({ledger or 'default'}): ok")
 
 
 if __name__ == "__main__":

@@ -390,13 +390,41 @@ async fn an_operator_and_a_client_use_the_console_in_a_real_browser() {
     assert!(verified.contains("The chain verifies"), "{verified}");
     browser.screenshot("08-verify").await;
 
+    // Another ledger: picked by name, its accounts are found, default's are not.
+    let made = app.post("/v1/admin/ledgers", &Uuid::new_v4().to_string(), &json!({ "name": "console-books" })).await;
+    assert_eq!(made.status, StatusCode::CREATED, "{made:?}");
+    let other_owner = format!("bob-{}", Uuid::new_v4().simple());
+    let body = json!({ "currency": "EUR", "owner": other_owner });
+    let other = app.post("/v1/ledgers/console-books/accounts", &Uuid::new_v4().to_string(), &body).await;
+    assert_eq!(other.status, StatusCode::CREATED, "{other:?}");
+    let look_up = format!("/v1/ledgers/console-books/accounts?owner={other_owner}");
+    eventually("the other ledger's read model has the account", 30, || async {
+        app.get(&look_up).await.body["accounts"].as_array().is_some_and(|l| l.len() == 1)
+    })
+    .await;
+    browser.type_into("#ledger", "console-books").await;
+    browser.click("#ledger-go").await;
+    browser.text_until("#ledger-now", |t| t == "console-books").await;
+    browser.go(&format!("{}/console#/accounts", app.base)).await;
+    browser.type_into("#account-query", &owner).await;
+    browser.click("#account-search button").await;
+    browser.text_until("#account-results", |t| t.contains("None.")).await;
+    browser.type_into("#account-query", &other_owner).await;
+    browser.click("#account-search button").await;
+    let found = browser.text_until("#account-results", |t| t.contains(&other.id().to_string())).await;
+    assert!(!found.contains(&a.to_string()), "default's account is not in another ledger: {found}");
+    browser.screenshot("09-ledger-picked").await;
+    browser.type_into("#ledger", "default").await;
+    browser.click("#ledger-go").await;
+    browser.text_until("#ledger-now", |t| t == "default").await;
+
     // A phone-sized window.
     browser.size(390, 844).await;
     browser.go(&format!("{}/console#/overview", app.base)).await;
     browser.find("#log-head").await;
     let overflow = browser.script("return document.documentElement.scrollWidth <= window.innerWidth + 1").await;
     assert_eq!(overflow, json!(true), "no sideways scrolling of the page on a phone");
-    browser.screenshot("09-overview-phone").await;
+    browser.screenshot("10-overview-phone").await;
     browser.size(1280, 900).await;
 
     // Nothing was fetched from another origin.
@@ -430,7 +458,7 @@ async fn an_operator_and_a_client_use_the_console_in_a_real_browser() {
         "and asks nothing it may not"
     );
     assert_eq!(browser.count("button.redrive, button.discard, button.delete-webhook, #start-reconciliation").await, 0);
-    browser.screenshot("10-client").await;
+    browser.screenshot("11-client").await;
     let resources = browser.script("return performance.getEntriesByType('resource').map(e => e.name)").await;
     assert!(
         resources.as_array().into_iter().flatten().filter_map(Value::as_str).all(|u| u.starts_with(&origin)),

@@ -328,3 +328,76 @@ async fn a_stopped_shard_takes_down_only_its_ledgers() {
     assert_eq!(events.len() as i64, 2 + acknowledged, "two accounts opened, then one event per deposit");
     assert_eq!(app.account(home).await["balance"], json!(60));
 }
+
+/// Starts a reconciliation run in `ledger` over the last hour and waits for its report.
+async fn reconcile_in(app: &TestApp, ledger: &str) -> Value {
+    let to = (chrono::Utc::now() + chrono::Duration::seconds(5)).to_rfc3339();
+    let from = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    let started =
+        app.post(&under(ledger, "/v1/admin/reconciliations"), &key(), &json!({ "from": from, "to": to })).await;
+    assert_eq!(started.status, StatusCode::ACCEPTED, "{started:?}");
+    let path = under(ledger, &format!("/v1/admin/reconciliations/{}", started.id()));
+    eventually("the run ends", 30, || async { app.get(&path).await.body["status"] != "running" }).await;
+    let report = app.get(&path).await.body;
+    assert_eq!(report["status"], json!("finished"), "{report}");
+    report
+}
+
+/// The provider's statement is one for the whole deployment; each ledger's run compares
+/// its own withdrawals, and only `default`'s reports a line that is no ledger's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_ledger_reconciles_its_own_withdrawals() {
+    let (app, sim) = ledger_tests::with_simulator(ledger_provider_sim::Faults::default(), |_| {}).await;
+    assert_eq!(create_ledger(&app, "acme").await.status, StatusCode::CREATED);
+    let d = app.open_account("EUR", 0).await;
+    app.deposit(d, 1_000, "EUR").await;
+    let in_default = app.withdraw(d, 100).await;
+    let a = open(&app, "acme", "EUR").await;
+    let r = app
+        .post(&under("acme", "/v1/deposits"), &key(), &json!({ "account_id": a, "amount": 1_000, "currency": "EUR" }))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+    let body = json!({ "account_id": a, "amount": 300, "currency": "EUR", "destination": "NL00BANK0002" });
+    let w = app.post(&under("acme", "/v1/withdrawals"), &key(), &body).await;
+    assert_eq!(w.status, StatusCode::ACCEPTED, "{w:?}");
+    let in_acme = w.id();
+    app.wait_status(&[in_default], "settled", 30).await;
+    let acme_status = under("acme", &format!("/v1/withdrawals/{in_acme}?consistency=strong"));
+    eventually("acme's withdrawal is paid", 30, || async { app.get(&acme_status).await.body["status"] == "settled" })
+        .await;
+    sim.simulator.add_statement_entry(ledger_provider_sim::StatementEntry {
+        provider_ref: "prv_stranger".into(),
+        reference: "not-one-of-ours".into(),
+        amount: 999,
+        currency: "EUR".into(),
+        status: ledger_provider_sim::PayoutStatus::Settled,
+        settled_at: chrono::Utc::now(),
+    });
+    // A withdrawal-shaped reference that no ledger has: only default reports it.
+    let stray = Uuid::now_v7();
+    sim.simulator.add_statement_entry(ledger_provider_sim::StatementEntry {
+        provider_ref: "prv_stray".into(),
+        reference: stray.to_string(),
+        amount: 5,
+        currency: "EUR".into(),
+        status: ledger_provider_sim::PayoutStatus::Settled,
+        settled_at: chrono::Utc::now(),
+    });
+    let acme = reconcile_in(&app, "acme").await;
+    assert_eq!((acme["matched"].clone(), acme["mismatches"].clone()), (json!(1), json!([])), "{acme}");
+    let default = reconcile_in(&app, "default").await;
+    assert_eq!(default["matched"], json!(1), "{default}");
+    let mut flagged: Vec<String> = default["mismatches"]
+        .as_array()
+        .expect("mismatches")
+        .iter()
+        .map(|m| format!("{}:{}", m["kind"].as_str().unwrap_or_default(), m["reference"].as_str().unwrap_or_default()))
+        .collect();
+    flagged.sort();
+    let mut expected = vec!["unknown_reference:not-one-of-ours".to_owned(), format!("unknown_reference:{stray}")];
+    expected.sort();
+    assert_eq!(flagged, expected, "{default}");
+    // A run of one ledger is invisible from another.
+    let runs = app.get(&under("acme", "/v1/admin/reconciliations")).await;
+    assert_eq!(runs.body["reconciliations"].as_array().map(Vec::len), Some(1), "{runs:?}");
+}

@@ -55,13 +55,19 @@ async fn a_generated_python_client_opens_deposits_transfers_and_reads() {
     run(generate, "openapi-python-client generate", GENERATE_TIMEOUT).await;
 
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/smoke.py");
-    let mut smoke = Command::new("python3");
-    smoke
-        .arg(&script)
-        .env("PYTHONPATH", &dir.0)
-        .env("LEDGER_URL", &app.base)
-        .env("LEDGER_TOKEN", ADMIN_TOKEN)
-        .env("PYTHONDONTWRITEBYTECODE", "1");
-    run(smoke, "the Python smoke test", SMOKE_TIMEOUT).await;
+    // Once against `default` (unprefixed routes), once against a ledger it creates.
+    for ledger in [None, Some("py-ledger")] {
+        let mut smoke = Command::new("python3");
+        smoke
+            .arg(&script)
+            .env("PYTHONPATH", &dir.0)
+            .env("LEDGER_URL", &app.base)
+            .env("LEDGER_TOKEN", ADMIN_TOKEN)
+            .env("PYTHONDONTWRITEBYTECODE", "1");
+        if let Some(name) = ledger {
+            smoke.env("LEDGER_LEDGER", name);
+        }
+        run(smoke, &format!("the Python smoke test in {}", ledger.unwrap_or("default")), SMOKE_TIMEOUT).await;
+    }
     app.assert_read_models_match_log().await;
 }

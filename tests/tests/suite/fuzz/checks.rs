@@ -268,7 +268,7 @@ impl Fuzz {
         let mut ledger = ledger_domain::Ledger::new();
         let mut after = 0;
         loop {
-            let page = self.app.state.store.read_all(after, 1000).await.expect("log readable");
+            let page = self.store.read_all(after, 1000).await.expect("log readable");
             if page.is_empty() {
                 break;
             }

@@ -54,6 +54,13 @@ pub(crate) struct Fuzz {
     /// rules with many variants (metadata, reserved ids) are reached in a short run.
     pub(crate) force: Option<&'static str>,
     pub(crate) prefer: Vec<&'static str>,
+    /// The ledger every request addresses (`default`: unprefixed paths).
+    pub(crate) ledger: String,
+    /// Its log, read directly.
+    pub(crate) store: ledger_infrastructure::EventStore,
+    /// Ids of the other ledgers' streams (none in this ledger): what "unknown" ids are
+    /// often drawn from, and what no answer of this ledger may contain.
+    pub(crate) foreign: Vec<Uuid>,
 }
 
 /// A port nothing listens on (bound, then released): payouts to it never succeed.
@@ -64,11 +71,71 @@ pub(crate) fn closed_port() -> u16 {
 
 impl Fuzz {
     pub(crate) async fn start(seed: u64, steps: usize, keep_going: bool, skip: Vec<String>) -> Fuzz {
+        let (app, second) = Fuzz::apps().await;
+        Fuzz::over(app, second, ledger_infrastructure::ledgers::DEFAULT_LEDGER, seed, steps, keep_going, skip)
+    }
+
+    /// The service, and a second writer process (`ledger api`) on the same databases.
+    async fn apps() -> (TestApp, TestApp) {
         let mut config = test_config();
         config.provider_url = format!("http://127.0.0.1:{}", closed_port());
         let app = TestApp::spawn_with(config.clone()).await;
         let second = TestApp::spawn_mode(config, ledger_api::run::serve::Mode::Api).await;
+        (app, second)
+    }
+
+    /// One fuzzer per ledger of `names` (created first; `default` exists), on one
+    /// service and its second writer; each its own seeded choices (`seed + i`).
+    pub(crate) async fn start_ledgers(
+        seed: u64,
+        steps: usize,
+        keep_going: bool,
+        skip: Vec<String>,
+        names: &[&str],
+    ) -> Vec<Fuzz> {
+        let (app, second) = Fuzz::apps().await;
+        let mut fuzzers = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            if *name != ledger_infrastructure::ledgers::DEFAULT_LEDGER {
+                let r = app
+                    .post("/v1/admin/ledgers", &Uuid::new_v4().to_string(), &serde_json::json!({ "name": name }))
+                    .await;
+                assert_eq!(r.status, reqwest::StatusCode::CREATED, "{r:?}");
+            }
+            let (a, b) = (app.clone_handle(), second.clone_handle());
+            fuzzers.push(Fuzz::over(a, b, name, seed.wrapping_add(i as u64), steps, keep_going, skip.clone()));
+        }
+        // The directory's events (`LedgerCreated`) are in default's log before any step.
+        let head = app.state.store.head().await.expect("the log head");
+        for f in fuzzers.iter_mut().filter(|f| f.ledger == ledger_infrastructure::ledgers::DEFAULT_LEDGER) {
+            (f.log_seen, f.model.head) = (head, head);
+        }
+        // The first keeps the running processes (stopped when it is dropped).
+        fuzzers[0].app = app;
+        fuzzers[0].second = second;
+        fuzzers
+    }
+
+    fn over(
+        app: TestApp,
+        second: TestApp,
+        ledger: &str,
+        seed: u64,
+        steps: usize,
+        keep_going: bool,
+        skip: Vec<String>,
+    ) -> Fuzz {
+        let store = if ledger == ledger_infrastructure::ledgers::DEFAULT_LEDGER {
+            app.state.store.clone()
+        } else {
+            let schema = ledger_infrastructure::ledgers::schema_for(ledger);
+            let url = ledger_infrastructure::ledgers::scoped_url(&app.state.config.database_url, &schema);
+            ledger_infrastructure::EventStore::new(sqlx::PgPool::connect_lazy(&url).expect("a database URL"))
+        };
         Fuzz {
+            ledger: ledger.to_owned(),
+            store,
+            foreign: Vec::new(),
             app,
             second,
             rng: StdRng::seed_from_u64(seed),
@@ -162,10 +229,45 @@ impl Fuzz {
         uuid::Builder::from_random_bytes(self.rng.random()).into_uuid()
     }
 
+    /// An id no stream of this ledger has: half the time one of another ledger's.
+    pub(crate) fn unknown_id(&mut self) -> Uuid {
+        if !self.foreign.is_empty() && self.rng.random_bool(0.5) {
+            let candidate = *self.foreign.choose(&mut self.rng).expect("not empty");
+            if !self.model.ids().contains(&candidate) {
+                return candidate;
+            }
+        }
+        self.uuid()
+    }
+
+    /// Whether a successful answer shows a stream of another ledger (an id of theirs
+    /// that this ledger does not have and the request did not name).
+    pub(crate) fn leaked(&self, req: &Req, resp: &Resp) -> Option<Uuid> {
+        if !(200..300).contains(&resp.status) {
+            return None;
+        }
+        let own = self.model.ids();
+        let asked = req.describe();
+        self.foreign
+            .iter()
+            .copied()
+            .filter(|id| !own.contains(id))
+            .find(|id| resp.text.contains(&id.to_string()) && !asked.contains(&id.to_string()))
+    }
+
     pub(crate) async fn send(&mut self, req: &Req) -> Resp {
         self.requests += 1;
-        match transport(&self.app, req).await {
-            Ok(resp) => resp,
+        match transport(&self.app, &self.ledger, req).await {
+            Ok(resp) => {
+                if let Some(id) = self.leaked(req, &resp) {
+                    let label = self.label.clone();
+                    self.fail(
+                        format!("{label} :: another ledger's data"),
+                        format!("{} -> answered {id}, a stream of another ledger: {}", req.describe(), resp.short()),
+                    );
+                }
+                resp
+            }
             Err(e) => self.transport_failed(req, e),
         }
     }
@@ -180,10 +282,16 @@ impl Fuzz {
 
 /// Sends a request to `app` (the fuzzer's own, or the second writer process), without
 /// borrowing the fuzzer: requests that race are sent at once.
-pub(crate) async fn transport(app: &TestApp, req: &Req) -> Result<Resp, String> {
+pub(crate) async fn transport(app: &TestApp, ledger: &str, req: &Req) -> Result<Resp, String> {
+    let path = match req.path.strip_prefix("/v1/") {
+        Some(rest) if ledger != ledger_infrastructure::ledgers::DEFAULT_LEDGER => {
+            format!("/v1/ledgers/{ledger}/{rest}")
+        }
+        _ => req.path.clone(),
+    };
     let mut r = app
         .client
-        .request(req.method.clone(), format!("{}{}", app.base, req.path))
+        .request(req.method.clone(), format!("{}{path}", app.base))
         .bearer_auth(ADMIN_TOKEN)
         .timeout(Duration::from_secs(30));
     if let Some(b) = &req.body {

@@ -173,7 +173,7 @@ impl Fuzz {
             }
             (Some("nul"), _) => ("%00".into(), Decision::Refuse(vec![400, 404]), None),
             (Some("garbage"), _) => ("not-an-id".into(), Decision::Refuse(vec![400, 404]), None),
-            _ => (self.uuid().to_string(), Decision::Reject(vec![(404, "account_not_found")]), None),
+            _ => (self.unknown_id().to_string(), Decision::Reject(vec![(404, "account_not_found")]), None),
         };
         let decision = match (path_variant, decision) {
             (Some("upper"), Decision::Accept(_)) => Decision::Open,

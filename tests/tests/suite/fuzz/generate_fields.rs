@@ -166,7 +166,7 @@ impl Fuzz {
         let Some(v) = self.variant(name, &variants) else { return Field::valid(js(&want.to_string()), want) };
         let id = |u: Uuid| (Some(js(&u.to_string())), Validity::Valid, Some(u));
         let (raw, validity, value) = match v {
-            "unknown" => id(self.uuid()),
+            "unknown" => id(self.unknown_id()),
             "nil" => id(Uuid::nil()),
             "reserved" => {
                 let reserved: Vec<Uuid> = self.model.reserved().into_iter().collect();

@@ -97,7 +97,7 @@ impl Fuzz {
         };
         let (want_id, want_currency) = match &target {
             Some(a) => (a.id, a.currency),
-            None => (self.uuid(), "EUR"),
+            None => (self.unknown_id(), "EUR"),
         };
         let mut b = Body::default();
         let account = b.field("account_id", self.g_ref("account_id", hostile == Some("account"), want_id));
@@ -128,7 +128,7 @@ impl Fuzz {
         let from = self.pick_funded_account();
         let (from_id, currency, typical) = match &from {
             Some(a) => (a.id, a.currency, (a.available() + a.overdraft).clamp(1, 5000)),
-            None => (self.uuid(), "EUR", 100),
+            None => (self.unknown_id(), "EUR", 100),
         };
         let roll = self.rng.random_range(0..100);
         let to = match roll {
@@ -145,7 +145,10 @@ impl Fuzz {
                 others.choose(&mut self.rng).copied()
             }
         };
-        let to_id = to.unwrap_or_else(|| self.uuid());
+        let to_id = match to {
+            Some(id) => id,
+            None => self.unknown_id(),
+        };
         let typical = if self.rng.random_bool(0.1) { typical * 3 } else { typical };
         let mut b = Body::default();
         let from = b.field("from", self.g_ref("from", hostile == Some("from"), from_id));
@@ -222,7 +225,7 @@ impl Fuzz {
             (Some("nul"), _) => ("%00".into(), Decision::Refuse(vec![400, 404]), Effect::None),
             (Some("ff"), _) => ("%FF".into(), Decision::Refuse(vec![400, 404]), Effect::None),
             (Some("long"), _) => ("a".repeat(3000), Decision::Refuse(vec![400, 404, 414]), Effect::None),
-            _ => (self.uuid().to_string(), Decision::Reject(vec![(404, "not_found")]), Effect::None),
+            _ => (self.unknown_id().to_string(), Decision::Reject(vec![(404, "not_found")]), Effect::None),
         };
         let expect = path_expectation(path_variant, &b, decision);
         let (mut label, req, expect) = self.command("reverse", format!("/v1/transfers/{segment}/reverse"), &b, expect);
@@ -267,7 +270,7 @@ impl Fuzz {
         let target = self.pick_funded_account();
         let (want_id, want_currency, typical) = match &target {
             Some(a) => (a.id, a.currency, (a.available() + a.overdraft).clamp(1, 2000)),
-            None => (self.uuid(), "EUR", 100),
+            None => (self.unknown_id(), "EUR", 100),
         };
         let typical = if self.rng.random_bool(0.1) { typical * 3 } else { typical };
         let mut b = Body::default();

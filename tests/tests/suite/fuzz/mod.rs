@@ -144,3 +144,52 @@ async fn random_commands_and_queries_agree_with_a_reference_model() {
     eprintln!("fuzz: {} distinct request shapes", seen_labels.len());
     fuzz.report(started.elapsed());
 }
+
+/// The ledgers one multi-ledger run works in (`default` and two created ones).
+const LEDGERS: [&str; 3] = ["default", "acme", "zeta-2"];
+/// Steps of a CI run over the three ledgers together.
+const LEDGER_STEPS_DEFAULT: usize = 450;
+
+/// The same model-based run over three ledgers of one deployment at once (API.md
+/// "Ledgers"): each step picks a ledger and runs one step of that ledger's fuzzer, whose
+/// "unknown" ids are drawn half the time from the other ledgers' streams (so a foreign
+/// account, transfer or withdrawal must answer as absent), and no successful answer may
+/// carry another ledger's id. After every step, that ledger's accounts equal its model,
+/// its balances sum to 0 per currency, its log grew gaplessly by what was accepted, and
+/// its chain verifies; at the end every ledger's final checks run.
+/// `LEDGER_FUZZ_LEDGER_STEPS` sets the budget; `LEDGER_FUZZ_SEED` reproduces a run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_ledgers_stay_apart_under_random_commands_and_queries() {
+    use rand::SeedableRng;
+    let seed = env_parse::<u64>("LEDGER_FUZZ_SEED").unwrap_or_else(|| rand::rng().random());
+    let steps = env_parse::<usize>("LEDGER_FUZZ_LEDGER_STEPS").unwrap_or(LEDGER_STEPS_DEFAULT);
+    eprintln!(
+        "fuzz over {LEDGERS:?}: seed {seed}, {steps} steps (reproduce: LEDGER_FUZZ_SEED={seed} \
+         LEDGER_FUZZ_LEDGER_STEPS={steps})"
+    );
+    let mut fuzzers = Fuzz::start_ledgers(seed, steps, false, Vec::new(), &LEDGERS).await;
+    let mut pick = rand::rngs::StdRng::seed_from_u64(seed ^ 0x1ed9e5);
+    let started = Instant::now();
+    let others = |fuzzers: &[Fuzz], i: usize| -> Vec<uuid::Uuid> {
+        fuzzers.iter().enumerate().filter(|(j, _)| *j != i).flat_map(|(_, f)| f.model.ids()).collect()
+    };
+    for step in 1..=steps {
+        let i = pick.random_range(0..fuzzers.len());
+        let foreign = others(&fuzzers, i);
+        let fuzz = &mut fuzzers[i];
+        fuzz.foreign = foreign;
+        fuzz.step = step;
+        fuzz.one_step().await;
+        let after = format!("{} in ledger {}", fuzz.label, fuzz.ledger);
+        fuzz.sweep(&after).await;
+        fuzz.verify_chain().await;
+    }
+    for i in 0..fuzzers.len() {
+        let foreign = others(&fuzzers, i);
+        let fuzz = &mut fuzzers[i];
+        fuzz.foreign = foreign;
+        fuzz.finish().await;
+        eprintln!("ledger {}:", fuzz.ledger);
+        fuzz.report(started.elapsed());
+    }
+}

@@ -66,6 +66,17 @@ pub(crate) enum Class {
 }
 
 impl Model {
+    /// The ids of this ledger's streams the model knows (customer accounts, transfers,
+    /// withdrawals; system accounts are left out: their ids are the same in every ledger).
+    pub(crate) fn ids(&self) -> BTreeSet<Uuid> {
+        self.customers
+            .iter()
+            .copied()
+            .chain(self.transfers.iter().map(|t| t.id))
+            .chain(self.withdrawals.iter().map(|w| w.id))
+            .collect()
+    }
+
     /// Ids the service uses internally: the system accounts, and the ids it would derive
     /// for the system accounts of currencies not used yet.
     pub(crate) fn reserved(&self) -> BTreeSet<Uuid> {

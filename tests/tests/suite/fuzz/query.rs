@@ -65,7 +65,7 @@ impl Fuzz {
         let path = match v {
             "strong" => format!("/v1/transfers/{}?consistency=strong", t.id),
             "eventual" => format!("/v1/transfers/{}", t.id),
-            "unknown" => format!("/v1/transfers/{}", self.uuid()),
+            "unknown" => format!("/v1/transfers/{}", self.unknown_id()),
             _ => "/v1/transfers/%00".into(),
         };
         let label = format!("q.transfer/{v}");

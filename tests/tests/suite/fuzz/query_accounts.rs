@@ -43,7 +43,7 @@ impl Fuzz {
             ("nul", _) => "%00".into(),
             ("ff", _) => "%FF%FE".into(),
             ("long", _) => "b".repeat(5000),
-            _ => self.uuid().to_string(),
+            _ => self.unknown_id().to_string(),
         };
         let label = format!("q.account/{v}+{pname}");
         let (req, resp) = self.query(&label, format!("/v1/accounts/{segment}{query}")).await;
@@ -174,7 +174,7 @@ impl Fuzz {
             "as_of_nul" => (a.id, "as_of=%00".into()),
             "both" => (a.id, format!("at_position={head}&as_of=2999-01-01T00:00:00Z")),
             "neither" => (a.id, String::new()),
-            _ => (self.uuid(), format!("at_position={head}")),
+            _ => (self.unknown_id(), format!("at_position={head}")),
         };
         let label = format!("q.balance/{v}");
         let (req, resp) = self.query(&label, format!("/v1/accounts/{id}/balance?{query}")).await;

@@ -52,7 +52,7 @@ impl Fuzz {
             "cursor_ff" => (id, "cursor=%FF".into()),
             "cursor_huge" => (id, "cursor=99999999999999999999".into()),
             "cursor_long" => (id, format!("cursor={}", "c".repeat(5000))),
-            _ => (self.uuid(), format!("min_position={head}")),
+            _ => (self.unknown_id(), format!("min_position={head}")),
         };
         let label = format!("q.statement/{v}");
         let (req, resp) = self.query(&label, format!("/v1/accounts/{target}/transactions?{query}")).await;

@@ -54,9 +54,9 @@ impl Fuzz {
     async fn race(&mut self, first: (&Req, bool), second: (&Req, bool), delay: Duration) -> (Resp, Resp) {
         self.requests += 2;
         let app = |other: bool| if other { &self.second } else { &self.app };
-        let (a, b) = tokio::join!(transport(app(first.1), first.0), async {
+        let (a, b) = tokio::join!(transport(app(first.1), &self.ledger, first.0), async {
             tokio::time::sleep(delay).await;
-            transport(app(second.1), second.0).await
+            transport(app(second.1), &self.ledger, second.0).await
         });
         let a = a.unwrap_or_else(|e| self.transport_failed(first.0, e));
         let b = b.unwrap_or_else(|e| self.transport_failed(second.0, e));
