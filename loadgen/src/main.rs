@@ -27,7 +27,7 @@ enum Mode {
     Bulk,
 }
 
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(about = "Load generator for the ledger HTTP API")]
 struct Args {
     #[arg(long, value_enum, default_value = "transfers")]
@@ -57,6 +57,11 @@ struct Args {
     /// Measure commit → visible-in-read-model lag on every Nth transfer.
     #[arg(long, default_value_t = 20)]
     lag_sample_every: u64,
+    /// Ledgers to spread the load over, comma-separated (they must exist): the
+    /// accounts are divided among them and worker `w` works in ledger `w mod n`, so the
+    /// total load is the same as in one ledger. Default: the ledger `default`.
+    #[arg(long, value_delimiter = ',')]
+    ledgers: Vec<String>,
 }
 
 /// What the workers observed.
@@ -224,7 +229,10 @@ async fn measure_lag(ledger: Client, account: Uuid, position: i64, observed: Arc
     }
 }
 
-async fn run(ledger: Client, args: Arc<Args>, accounts: Arc<Vec<Uuid>>) -> (Observed, Duration) {
+/// One ledger of a run: its client and its accounts.
+type Target = (Client, Arc<Vec<Uuid>>);
+
+async fn run(targets: Vec<Target>, args: Arc<Args>) -> (Observed, Duration) {
     let observed = Arc::new(Mutex::new(Observed::default()));
     let counter = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -232,8 +240,8 @@ async fn run(ledger: Client, args: Arc<Args>, accounts: Arc<Vec<Uuid>>) -> (Obse
     let per_worker_interval =
         (args.rate > 0).then(|| Duration::from_secs_f64(args.concurrency as f64 / args.rate as f64));
     let workers = (0..args.concurrency).map(|worker| {
-        let (ledger, args, accounts, observed, counter) =
-            (ledger.clone(), args.clone(), accounts.clone(), observed.clone(), counter.clone());
+        let (ledger, accounts) = targets[worker % targets.len()].clone();
+        let (args, observed, counter) = (args.clone(), observed.clone(), counter.clone());
         tokio::spawn(async move {
             // Paced workers start staggered so arrivals are spread out, not in bursts.
             let stagger =
@@ -277,20 +285,27 @@ async fn main() -> anyhow::Result<()> {
     if args.duration_s > 600 {
         bail!("a run is at most 600 s");
     }
-    let ledger = client(&args, args.concurrency)?;
-    let accounts = Arc::new(setup_accounts(&ledger, &args).await?);
-    let args = Arc::new(args);
-    if args.mode != Mode::Transfers {
-        // Warm the read model and the cache before measuring.
-        for id in accounts.iter() {
-            let _ = ledger.account(*id).await;
+    let base = client(&args, args.concurrency)?;
+    let names = if args.ledgers.is_empty() { vec!["default".to_owned()] } else { args.ledgers.clone() };
+    let mut targets: Vec<Target> = Vec::new();
+    for name in &names {
+        let ledger = base.ledger(name)?;
+        let per_ledger = Args { accounts: (args.accounts / names.len()).max(2), ..args.clone() };
+        let accounts = Arc::new(setup_accounts(&ledger, &per_ledger).await?);
+        if args.mode != Mode::Transfers {
+            // Warm the read model and the cache before measuring.
+            for id in accounts.iter() {
+                let _ = ledger.account(*id).await;
+            }
         }
+        targets.push((ledger, accounts));
     }
+    let args = Arc::new(args);
     // A marker for measurements that sample processes' CPU over the measured run only
     // (`scripts/measure/transfers-cpu`), not over the set-up.
     eprintln!("ledger-load: measuring");
     let cpu_before = own_cpu_seconds();
-    let (mut o, elapsed) = run(ledger, args.clone(), accounts).await;
+    let (mut o, elapsed) = run(targets, args.clone()).await;
     let own_cpu_s = own_cpu_seconds() - cpu_before;
     eprintln!("ledger-load: done");
     o.latencies_us.sort_unstable();
@@ -300,6 +315,7 @@ async fn main() -> anyhow::Result<()> {
     let summary = json!({
         "mode": format!("{:?}", args.mode).to_lowercase(),
         "concurrency": args.concurrency,
+        "ledgers": names,
         "target_rate_per_s": args.rate,
         "duration_s": elapsed.as_secs_f64(),
         "requests": total,
