@@ -42,6 +42,10 @@ pub struct Config {
     pub consistency_wait: Duration,
     /// `LEDGER_DB_POOL_MAX` (default 16).
     pub db_pool_max: u32,
+    /// `LEDGER_LEDGER_DB_POOL_MAX` (2): the pool of each ledger other than `default`, in
+    /// each process (its connections close after 30 s idle). See docs/SCALING.md for the
+    /// connections each ledger takes.
+    pub ledger_db_pool_max: u32,
     /// `LEDGER_DB_ACQUIRE_TIMEOUT_MS` (default 3000): a command fails fast instead of hanging.
     pub db_acquire_timeout: Duration,
     /// `LEDGER_DB_STATEMENT_TIMEOUT_MS` (default 30000; 0 disables): Postgres cancels a
@@ -185,6 +189,7 @@ impl Default for Config {
             idempotency_ttl: Duration::from_secs(24 * 3600),
             consistency_wait: Duration::from_millis(2000),
             db_pool_max: 16,
+            ledger_db_pool_max: 2,
             db_acquire_timeout: Duration::from_millis(3000),
             db_statement_timeout: Duration::from_millis(30_000),
             db_lock_timeout: Duration::from_millis(10_000),
@@ -271,6 +276,7 @@ impl Config {
             idempotency_ttl: env_s("LEDGER_IDEMPOTENCY_TTL", d.idempotency_ttl)?,
             consistency_wait: env_ms("LEDGER_CONSISTENCY_WAIT_MS", d.consistency_wait)?,
             db_pool_max: env_num("LEDGER_DB_POOL_MAX", d.db_pool_max)?,
+            ledger_db_pool_max: env_num("LEDGER_LEDGER_DB_POOL_MAX", d.ledger_db_pool_max)?,
             db_acquire_timeout: env_ms("LEDGER_DB_ACQUIRE_TIMEOUT_MS", d.db_acquire_timeout)?,
             db_statement_timeout: env_ms("LEDGER_DB_STATEMENT_TIMEOUT_MS", d.db_statement_timeout)?,
             db_lock_timeout: env_ms("LEDGER_DB_LOCK_TIMEOUT_MS", d.db_lock_timeout)?,

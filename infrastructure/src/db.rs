@@ -68,6 +68,8 @@ pub fn connect_lazy(url: &str, config: &Config, max_connections: u32) -> Result<
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(config.db_acquire_timeout)
+        // Idle connections go: a ledger or a worker that is quiet holds none.
+        .idle_timeout(Some(Duration::from_secs(30)))
         .connect_lazy_with(options))
 }
 

@@ -65,15 +65,17 @@ impl Shard {
     }
 }
 
-/// The schema a ledger's tables live in: readable, at most 40 bytes (so every scoped
-/// channel name stays within Postgres' 63), and distinct per name (the hash).
+/// The schema a ledger's tables live in: `l_{up to 9 characters of the name}_{128 bits
+/// of sha256 of the name}`, at most 44 bytes (so every scoped channel name stays within
+/// Postgres' 63). The hash, not the readable part, keeps names apart; the directory
+/// also refuses a schema a ledger already has (`events_ledger_created_schema`).
 pub fn schema_for(name: &str) -> String {
     if name == DEFAULT_LEDGER {
         return DEFAULT_SCHEMA.to_owned();
     }
-    let readable: String = name.chars().take(24).map(|c| if c == '-' { '_' } else { c }).collect();
+    let readable: String = name.chars().take(9).map(|c| if c == '-' { '_' } else { c }).collect();
     let digest = Sha256::digest(format!("ledger-schema:{name}").as_bytes());
-    format!("ledger_{readable}_{}", &hex::encode(digest)[..8])
+    format!("l_{readable}_{}", &hex::encode(digest)[..32])
 }
 
 /// `url` with every connection's `search_path` set to `schema`.
@@ -117,6 +119,8 @@ impl LedgerRecord {
         config.database_read_url = shard.read_url.as_deref().map(|u| scoped_url(u, &self.schema));
         config.nats_prefix = format!("{}-{}", base.nats_prefix, self.name);
         config.ledger = self.name.clone();
+        config.db_pool_max = base.ledger_db_pool_max;
+        config.webhook_db_pool_max = base.webhook_db_pool_max.min(1);
         Some(config)
     }
 }
@@ -170,12 +174,25 @@ pub struct Elsewhere {
     home: EventStore,
     config: Config,
     pools: std::sync::Mutex<std::collections::HashMap<String, sqlx::PgPool>>,
+    /// The directory, read once per run.
+    others: tokio::sync::OnceCell<Vec<LedgerRecord>>,
+}
+
+/// Whether `id` is a withdrawal (its `WithdrawalRequested`) in the ledger of `pool`, or
+/// of the schema named (on a pool of its shard).
+pub async fn is_withdrawal(pool: &sqlx::PgPool, schema: Option<&str>, id: Uuid) -> Result<bool, sqlx::Error> {
+    // The schema name is ours ([a-z0-9_]), never a client's string.
+    let table = schema.map_or_else(|| "events".to_owned(), |s| format!("{s}.events"));
+    let sql = format!(
+        "select exists (select 1 from {table} where stream_id = $1 and version = 1 and type = 'WithdrawalRequested')"
+    );
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(id).fetch_one(pool).await
 }
 
 impl Elsewhere {
     /// Over the directory of `home` (the store of `default`), placed as `config` says.
     pub fn new(home: EventStore, config: &Config) -> Elsewhere {
-        Elsewhere { home, config: config.clone(), pools: std::sync::Mutex::default() }
+        Elsewhere { home, config: config.clone(), pools: std::sync::Mutex::default(), others: Default::default() }
     }
 
     fn pool(&self, shard: &str) -> Result<Option<sqlx::PgPool>, sqlx::Error> {
@@ -194,15 +211,13 @@ impl Elsewhere {
         Ok(Some(pool))
     }
 
-    /// Whether `id` is a stream (a withdrawal, for a statement line) of another ledger.
-    /// A shard that does not answer is an error: the run cannot tell.
+    /// Whether `id` is a withdrawal of another ledger. A shard that does not answer
+    /// (within the pool's acquire time-out) is an error: the caller cannot tell.
     pub async fn has_withdrawal(&self, id: Uuid) -> Result<bool, sqlx::Error> {
-        for record in list(&self.home).await? {
+        let others = self.others.get_or_try_init(|| list(&self.home)).await?;
+        for record in others {
             let Some(pool) = self.pool(&record.shard)? else { continue };
-            // The schema name is ours ([a-z0-9_]), never a client's string.
-            let sql = format!("select exists (select 1 from {}.stream_entries where stream_id = $1)", record.schema);
-            let found: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(id).fetch_one(&pool).await?;
-            if found {
+            if is_withdrawal(&pool, Some(&record.schema), id).await? {
                 return Ok(true);
             }
         }
@@ -210,10 +225,53 @@ impl Elsewhere {
     }
 }
 
+/// How long making a ledger's schema whole may take, connecting included (a shard that
+/// accepts connections and never answers must not hold a caller for ever).
+pub const PREPARE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Why a ledger's schema could not be made whole.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error("postgres: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("the shard did not answer within {0:?}")]
+    TimedOut(std::time::Duration),
+    #[error("the schema {0} of this ledger is missing on its shard (a dropped or misnamed database?)")]
+    Missing(String),
+}
+
+/// Migrates an existing ledger's schema (what each process does at the ledger's first
+/// use). Creates nothing: a shard whose database or schema is gone is an error, never a
+/// silently empty ledger.
+pub async fn prepare_existing(shard_url: &str, schema: &str) -> Result<(), PrepareError> {
+    let work = async {
+        if schema != DEFAULT_SCHEMA {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(shard_url).await?;
+            let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_namespace where nspname = $1)")
+                .bind(schema)
+                .fetch_one(&mut conn)
+                .await?;
+            let _ = conn.close().await;
+            if !exists {
+                return Err(PrepareError::Missing(schema.to_owned()));
+            }
+        }
+        Ok(crate::db::migrate(&scoped_url(shard_url, schema)).await?)
+    };
+    tokio::time::timeout(PREPARE_TIMEOUT, work).await.unwrap_or(Err(PrepareError::TimedOut(PREPARE_TIMEOUT)))
+}
+
 /// Creates a ledger's schema on its shard (the database too, if missing) and migrates
 /// it. Idempotent: a ledger whose creation was cut short, or a deployment upgraded to
 /// new migrations, is made whole by running it again.
-pub async fn prepare(shard_url: &str, schema: &str) -> Result<(), sqlx::Error> {
+pub async fn prepare(shard_url: &str, schema: &str) -> Result<(), PrepareError> {
+    tokio::time::timeout(PREPARE_TIMEOUT, create_and_migrate(shard_url, schema))
+        .await
+        .unwrap_or(Err(PrepareError::TimedOut(PREPARE_TIMEOUT)))
+}
+
+async fn create_and_migrate(shard_url: &str, schema: &str) -> Result<(), PrepareError> {
     crate::db::ensure_database(shard_url).await?;
     if schema != DEFAULT_SCHEMA {
         use sqlx::Connection;
@@ -227,11 +285,11 @@ pub async fn prepare(shard_url: &str, schema: &str) -> Result<(), sqlx::Error> {
             // Two processes creating it at once: one wins, the other finds it.
             let raced = e.as_database_error().and_then(|d| d.code()).is_some_and(|c| c == "23505" || c == "42P06");
             if !raced {
-                return Err(e);
+                return Err(e.into());
             }
         }
     }
-    crate::db::migrate(&scoped_url(shard_url, schema)).await
+    Ok(crate::db::migrate(&scoped_url(shard_url, schema)).await?)
 }
 
 #[cfg(test)]
@@ -243,10 +301,14 @@ mod tests {
         let long = "a".repeat(63);
         for name in ["acme", "a-b", "a", long.as_str(), "x1-2-3"] {
             let s = schema_for(name);
-            assert!(s.len() <= 40, "{s}");
+            assert!(s.len() <= 44 && "ledger_projection@".len() + s.len() <= 63, "{s}");
             assert!(s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
         }
         assert_ne!(schema_for(&"a".repeat(30)), schema_for(&"a".repeat(31)));
+        // 128 bits of hash: no two of many similar names share a schema.
+        let many: std::collections::HashSet<String> =
+            (0..200_000).map(|i| schema_for(&format!("collide-xxxxxxxxxxxxxxxx{i}"))).collect();
+        assert_eq!(many.len(), 200_000);
         assert_eq!(schema_for("default"), "public");
     }
 
@@ -268,7 +330,7 @@ mod tests {
 
     #[test]
     fn scoped_urls_keep_their_query() {
-        assert_eq!(scoped_url("postgres://h/db", "ledger_a_1"), "postgres://h/db?options[search_path]=ledger_a_1");
+        assert_eq!(scoped_url("postgres://h/db", "l_a_1"), "postgres://h/db?options[search_path]=l_a_1");
         assert_eq!(scoped_url("postgres://h/db?x=1", "s"), "postgres://h/db?x=1&options[search_path]=s");
         assert_eq!(scoped_url("postgres://h/db", "public"), "postgres://h/db");
     }

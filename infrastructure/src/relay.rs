@@ -174,7 +174,7 @@ impl Relay {
             .execute(&mut conn)
             .await?;
         let lock_key = format!("ledger-relay:{}", self.names.prefix());
-        let leader: bool = sqlx::query_scalar("select pg_try_advisory_lock(hashtext(ledger_scoped($1)))")
+        let leader: bool = sqlx::query_scalar("select pg_try_advisory_lock(hashtext($1), ledger_lock_key())")
             .bind(&lock_key)
             .fetch_one(&mut conn)
             .await?;

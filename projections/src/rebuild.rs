@@ -36,7 +36,7 @@ impl RebuildLock {
     /// Takes the rebuild lock of `projection`, or says a rebuild is already running.
     pub async fn acquire(database_url: &str, projection: Projection) -> Result<RebuildLock, RebuildError> {
         let mut conn = PgConnection::connect(database_url).await?;
-        let got: bool = sqlx::query_scalar("select pg_try_advisory_lock(hashtext(ledger_scoped($1)))")
+        let got: bool = sqlx::query_scalar("select pg_try_advisory_lock(hashtext($1), ledger_lock_key())")
             .bind(format!("ledger-rebuild:{}", projection.name()))
             .fetch_one(&mut conn)
             .await?;

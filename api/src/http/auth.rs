@@ -130,7 +130,7 @@ pub fn allowed(role: Role, method: &Method, path: &str) -> bool {
 }
 
 /// Takes one request from the principal's bucket, or says how long to wait.
-fn take(state: &AppState, name: &str) -> Result<(), u64> {
+pub fn take(state: &AppState, name: &str) -> Result<(), u64> {
     let rate = f64::from(state.config.rate_limit_per_s.max(1));
     let burst = f64::from(state.config.rate_limit_burst.max(1));
     let bucket = state
@@ -164,6 +164,18 @@ pub async fn bearer(state: &AppState, headers: &axum::http::HeaderMap) -> Result
     }
 }
 
+/// Takes one request from the principal's bucket, or the 429 that refuses it.
+pub fn within_rate(state: &AppState, principal: &Principal) -> Result<(), ApiError> {
+    take(state, &principal.name).map_err(|retry_after_s| {
+        let e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            "too many requests for this token; slow down",
+        );
+        ApiError { retry_after_s: Some(retry_after_s), ..e }
+    })
+}
+
 /// Routes that are the deployment's, not a ledger's: only a token without a ledger
 /// list may use them (a token confined to some ledgers must not mint a wider one).
 fn deployment_wide(path: &str) -> bool {
@@ -177,20 +189,16 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
+    // Refused requests count against the token's rate too.
+    if let Err(e) = within_rate(&state, &principal) {
+        return e.into_response();
+    }
     let path = request.uri().path();
     if !principal.may_use(&state.config.ledger) || (deployment_wide(path) && principal.ledgers.is_some()) {
         return ApiError::forbidden().into_response();
     }
     if !allowed(principal.role, request.method(), path) {
         return ApiError::forbidden().into_response();
-    }
-    if let Err(retry_after_s) = take(&state, &principal.name) {
-        let e = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::RateLimited,
-            "too many requests for this token; slow down",
-        );
-        return ApiError { retry_after_s: Some(retry_after_s), ..e }.into_response();
     }
     request.extensions_mut().insert(principal);
     next.run(request).await

@@ -123,6 +123,9 @@ async fn create_token(
     let (name, role) = (r.name.0, r.role);
     let ledgers = match r.ledgers {
         None => None,
+        Some(list) if list.is_empty() => {
+            return Err(ApiError::validation("ledgers: an empty list would make a token no ledger accepts"));
+        }
         Some(list) => {
             let mut names: Vec<String> = Vec::with_capacity(list.len());
             for ledger in list {

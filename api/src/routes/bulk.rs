@@ -39,6 +39,8 @@ struct InFlight {
 
 impl InFlight {
     fn enter(state: &AppState, principal: &Principal) -> Result<InFlight, ApiError> {
+        // Bounds of the process and of the token, whatever ledger the bulk runs in.
+        let state = state.home();
         let mut counts = state.bulk_principals.lock().map_err(|_| ApiError::internal(&"bulk counts poisoned"))?;
         let count = counts.entry(principal.name.clone()).or_default();
         if *count >= state.config.bulk_concurrency_max.max(1) {
@@ -69,7 +71,7 @@ impl Drop for InFlight {
 
 /// A turn to parse and run a bulk whose body has been read.
 async fn turn(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
-    let permits = state.bulk_permits.clone();
+    let permits = state.home().bulk_permits.clone();
     match tokio::time::timeout(state.config.bulk_wait, permits.acquire_owned()).await {
         Ok(Ok(permit)) => Ok(permit),
         _ => {

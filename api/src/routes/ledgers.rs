@@ -8,11 +8,11 @@ use crate::http::error::{ApiError, ErrorCode};
 use crate::http::extract::Segment;
 use crate::run::ledgers::{Ledgers, Runtime};
 use crate::run::state::AppState;
+use axum::Router;
 use axum::extract::{Extension, Request, State};
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
 use ledger_domain::Command;
 use ledger_infrastructure::Recorded;
 use ledger_infrastructure::ledgers::{self as directory, DEFAULT_LEDGER, LedgerRecord};
@@ -41,14 +41,22 @@ pub async fn dispatch(Extension(ledgers): Extension<Arc<Ledgers>>, request: Requ
 }
 
 async fn route(ledgers: &Ledgers, request: Request) -> Result<Response, ApiError> {
-    crate::http::auth::bearer(ledgers.home(), request.headers()).await?;
+    let principal = crate::http::auth::bearer(ledgers.home(), request.headers()).await?;
     let path = request.uri().path().to_owned();
     let tail = path.strip_prefix("/v1/ledgers/").unwrap_or_default();
     let (name, rest) = tail.split_once('/').unwrap_or((tail, ""));
-    let runtime = ledgers
-        .get(name)
-        .await?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, ErrorCode::LedgerNotFound, "no such ledger"))?;
+    if !principal.may_use(name) {
+        // A confined token learns nothing of ledgers it may not use, not even whether
+        // they exist, and readies none of them.
+        crate::http::auth::within_rate(ledgers.home(), &principal)?;
+        return Err(ApiError::forbidden());
+    }
+    let Some(runtime) = ledgers.get(name).await? else {
+        // A request the ledger's router never sees still costs its token a request, so
+        // names that are no ledger's cannot be tried faster than the token's rate.
+        crate::http::auth::within_rate(ledgers.home(), &principal)?;
+        return Err(ApiError::new(StatusCode::NOT_FOUND, ErrorCode::LedgerNotFound, "no such ledger"));
+    };
     if deployment_wide(rest) {
         return Err(ApiError::not_found("no such route"));
     }
@@ -92,12 +100,13 @@ fn view(record: &LedgerRecord, head: Option<Option<i64>>) -> ledger_wire::Ledger
     }
 }
 
-/// A ledger's view with its head: `null` while its shard does not answer.
-async fn with_head(ledgers: &Ledgers, runtime: &Runtime) -> ledger_wire::LedgerView {
-    let head = match ledgers.ready(runtime).await {
-        Ok(()) => runtime.state.store.head().await.ok(),
-        Err(_) => None,
-    };
+/// How long the directory waits for one ledger's head before showing it as `null`.
+const HEAD_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A ledger's view with its head: `null` while its shard does not answer. Reads the
+/// head only: listing ledgers starts none of their tasks in this process.
+async fn with_head(runtime: &Runtime) -> ledger_wire::LedgerView {
+    let head = tokio::time::timeout(HEAD_WAIT, runtime.state.store.head()).await.ok().and_then(Result::ok);
     view(&runtime.record, Some(head))
 }
 
@@ -112,15 +121,23 @@ async fn with_head(ledgers: &Ledgers, runtime: &Runtime) -> ledger_wire::LedgerV
     responses((status = 200, description = "Every ledger.", body = ledger_wire::Ledgers))
 )]
 async fn list(Extension(ledgers): Extension<Arc<Ledgers>>) -> Result<Response, ApiError> {
-    let mut views = vec![with_head(&ledgers, ledgers.default_runtime()).await];
-    for record in directory::list(&ledgers.home().store).await? {
-        match ledgers.get(&record.name).await {
-            Ok(Some(runtime)) => views.push(with_head(&ledgers, &runtime).await),
-            // Its shard is not configured in this process: listed, with no head.
-            _ => views.push(view(&record, Some(None))),
+    let directory_head = ledgers.home().store.head().await?;
+    let mut views = vec![with_head(ledgers.default_runtime()).await];
+    let records = directory::list(&ledgers.home().store).await?;
+    // The heads are read at once, each bounded: shards that do not answer cost the list
+    // one `HEAD_WAIT`, not one per ledger.
+    let heads = records.into_iter().map(|record| {
+        let ledgers = ledgers.clone();
+        async move {
+            match ledgers.get(&record.name).await {
+                Ok(Some(runtime)) => with_head(&runtime).await,
+                // Its shard is not configured in this process: listed, with no head.
+                _ => view(&record, Some(None)),
+            }
         }
-    }
-    Ok(Json(ledger_wire::Ledgers { ledgers: views }).into_response())
+    });
+    views.extend(futures::future::join_all(heads).await);
+    Ok(crate::read::views::read(&ledger_wire::Ledgers { ledgers: views }, directory_head))
 }
 
 #[utoipa::path(
@@ -137,11 +154,12 @@ async fn list(Extension(ledgers): Extension<Arc<Ledgers>>) -> Result<Response, A
     )
 )]
 async fn show(Extension(ledgers): Extension<Arc<Ledgers>>, Segment(name): Segment) -> Result<Response, ApiError> {
+    let directory_head = ledgers.home().store.head().await?;
     let runtime = ledgers
         .get(&name)
         .await?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, ErrorCode::LedgerNotFound, "no such ledger"))?;
-    Ok(Json(with_head(&ledgers, &runtime).await).into_response())
+    Ok(crate::read::views::read(&with_head(&runtime).await, directory_head))
 }
 
 #[utoipa::path(

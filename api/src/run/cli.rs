@@ -36,6 +36,8 @@ pub enum CliError {
     Decode(#[from] serde_json::Error),
     #[error("writing the output: {0}")]
     Io(#[from] std::io::Error),
+    #[error("ledger schema: {0}")]
+    Prepare(#[from] ledger_infrastructure::ledgers::PrepareError),
     #[error("no ledger is named {0:?}")]
     UnknownLedger(String),
     #[error("the ledger's shard {0:?} is not in LEDGER_SHARDS")]
@@ -72,7 +74,7 @@ pub async fn migrate_all(mut config: Config) -> Result<usize, CliError> {
             .iter()
             .find(|s| s.name == record.shard)
             .ok_or_else(|| CliError::UnknownShard(record.shard.clone()))?;
-        ledger_infrastructure::ledgers::prepare(&shard.url, &record.schema).await?;
+        ledger_infrastructure::ledgers::prepare_existing(&shard.url, &record.schema).await?;
     }
     home.pool().close().await;
     Ok(records.len() + 1)

@@ -140,7 +140,7 @@ impl Ledgers {
             .iter()
             .find(|s| s.name == record.shard)
             .ok_or_else(|| ApiError::unavailable(&"the shard of this ledger is not configured here"))?;
-        if let Err(e) = ledgers::prepare(&shard.url, &record.schema).await {
+        if let Err(e) = ledgers::prepare_existing(&shard.url, &record.schema).await {
             tracing::warn!(ledger = %record.name, shard = %shard.name, error = %e, "ledger not ready");
             return Err(ApiError::unavailable(&"the shard of this ledger does not answer"));
         }
@@ -169,10 +169,16 @@ impl Ledgers {
                     }
                 };
                 for record in records {
-                    if let Ok(Some(runtime)) = ledgers.get(&record.name).await {
-                        // A shard that does not answer is tried again at the next tick.
-                        let _ = ledgers.ready(&runtime).await;
+                    let Ok(Some(runtime)) = ledgers.get(&record.name).await else { continue };
+                    if runtime.ready.get().is_some() || runtime.readying.try_lock().is_err() {
+                        continue;
                     }
+                    // Each in its own task: a shard that hangs delays only its ledgers;
+                    // one that does not answer is tried again at the next tick.
+                    let ledgers = ledgers.clone();
+                    tokio::spawn(async move {
+                        let _ = ledgers.ready(&runtime).await;
+                    });
                 }
             }
         })

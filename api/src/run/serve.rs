@@ -136,11 +136,13 @@ pub fn spawn_workers(state: &Core, on_applied: OnApplied, shutdown: Cancellation
 /// Reconciles the last `reconcile_window` every `reconcile_interval`; a run already
 /// going in another instance makes this one skip its turn.
 fn spawn_scheduled_reconciliation(state: &Core, shutdown: CancellationToken) -> JoinHandle<()> {
-    let reconciler = crate::routes::reconciliations::reconciler(state);
+    let state = state.clone();
     let (interval, window) = (state.config.reconcile_interval, state.config.reconcile_window);
     tokio::spawn(async move {
         loop {
             tokio::select! { _ = shutdown.cancelled() => return, _ = tokio::time::sleep(interval) => {} }
+            // One per run: what a run knows of the other ledgers is read when it starts.
+            let reconciler = crate::routes::reconciliations::reconciler(&state);
             let Ok(lock) = reconciler.lock().await else { continue };
             let to = chrono::Utc::now();
             let from = to - chrono::Duration::from_std(window).unwrap_or(chrono::Duration::days(1));

@@ -22,7 +22,8 @@ pub fn db_fault(e: &sqlx::Error) -> DbFault {
             let code = d.code().map(|c| c.into_owned()).unwrap_or_default();
             match (code.get(..2).unwrap_or(""), code.as_str()) {
                 ("22" | "54", _) | (_, "23502" | "23514") => DbFault::Input,
-                ("08" | "25" | "40" | "53" | "57" | "58", _) | (_, "55P03") => DbFault::Unavailable,
+                // 3D000: the database does not exist (a shard dropped or misnamed).
+                ("08" | "25" | "40" | "53" | "57" | "58", _) | (_, "55P03" | "3D000") => DbFault::Unavailable,
                 _ => DbFault::Bug,
             }
         }

@@ -68,7 +68,7 @@ pub async fn register(
 ) -> Result<Registered, sqlx::Error> {
     let mut tx = pool.begin().await?;
     // Registrations count one at a time, so the cap holds with any number of processes.
-    sqlx::query("select pg_advisory_xact_lock(hashtext(ledger_scoped('ledger-webhook-registration')))")
+    sqlx::query("select pg_advisory_xact_lock(hashtext('ledger-webhook-registration'), ledger_lock_key())")
         .execute(&mut *tx)
         .await?;
     let active: i64 =

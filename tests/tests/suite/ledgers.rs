@@ -200,9 +200,11 @@ async fn a_token_confined_to_ledgers_reaches_only_those() {
     let unknown =
         app.post("/v1/admin/tokens", &key(), &json!({ "name": "x", "role": "client", "ledgers": ["nope"] })).await;
     assert_eq!((unknown.status, unknown.code()), (StatusCode::UNPROCESSABLE_ENTITY, "validation_error"), "{unknown:?}");
-    let bad =
-        app.post("/v1/admin/tokens", &key(), &json!({ "name": "y", "role": "client", "ledgers": ["Bad!"] })).await;
-    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad:?}");
+    for ledgers in [json!(["Bad!"]), json!([]), json!("acme"), json!([7])] {
+        let bad =
+            app.post("/v1/admin/tokens", &key(), &json!({ "name": "y", "role": "client", "ledgers": ledgers })).await;
+        assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY, "{ledgers}: {bad:?}");
+    }
     let issued = |name: &'static str, role: &'static str, ledgers: Value| {
         let app = app.clone_handle();
         async move {
@@ -224,6 +226,9 @@ async fn a_token_confined_to_ledgers_reaches_only_those() {
     }
     let r = post_with(&app, &client, "/v1/ledgers/zeta/accounts", &json!({ "currency": "EUR" })).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{r:?}");
+    // Ledgers it may not use look alike, existing or not: nothing to enumerate.
+    let r = get_with(&app, &client, "/v1/ledgers/no-such-ledger/events").await;
+    assert_eq!((r.status, r.code()), (StatusCode::FORBIDDEN, "forbidden"), "{r:?}");
     // A confined admin administers its ledgers, not the deployment.
     assert_eq!(get_with(&app, &admin, "/v1/ledgers/acme/admin/projections").await.status, StatusCode::OK);
     for (path, body) in [
@@ -361,6 +366,10 @@ async fn each_ledger_reconciles_its_own_withdrawals() {
     let w = app.post(&under("acme", "/v1/withdrawals"), &key(), &body).await;
     assert_eq!(w.status, StatusCode::ACCEPTED, "{w:?}");
     let in_acme = w.id();
+    // Another ledger may hold a stream with the id of a withdrawal (ids are per ledger):
+    // an account of acme named like default's withdrawal is not a withdrawal of acme.
+    let twin = app.post(&under("acme", "/v1/accounts"), &key(), &json!({ "currency": "EUR", "id": in_default })).await;
+    assert_eq!(twin.status, StatusCode::CREATED, "{twin:?}");
     app.wait_status(&[in_default], "settled", 30).await;
     let acme_status = under("acme", &format!("/v1/withdrawals/{in_acme}?consistency=strong"));
     eventually("acme's withdrawal is paid", 30, || async { app.get(&acme_status).await.body["status"] == "settled" })
@@ -400,4 +409,96 @@ async fn each_ledger_reconciles_its_own_withdrawals() {
     // A run of one ledger is invisible from another.
     let runs = app.get(&under("acme", "/v1/admin/reconciliations")).await;
     assert_eq!(runs.body["reconciliations"].as_array().map(Vec::len), Some(1), "{runs:?}");
+}
+
+/// A TCP listener that accepts connections and never answers: a shard that hangs.
+async fn hanging_shard() -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port");
+    let port = listener.local_addr().expect("an address").port();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    (port, task)
+}
+
+/// A shard that hangs, then one whose database is gone: only its ledger answers 503
+/// (within the request time-out), the directory lists it with a `null` head at once,
+/// the other ledgers' workers run, and a missing database is never silently recreated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shard_that_hangs_or_is_gone_takes_only_its_ledgers() {
+    let mut config = ledger_tests::test_config();
+    let far_url = format!("{}_far", config.database_url);
+    let shards = |far: &str| {
+        ledger_infrastructure::ledgers::Shard::parse_list(
+            Some(&format!("main={},far={far}", config.database_url)),
+            None,
+        )
+        .expect("two shards")
+    };
+    config.shards = shards(&far_url);
+    config.request_timeout = Duration::from_secs(4);
+    config.db_acquire_timeout = Duration::from_millis(500);
+    let mut app = TestApp::spawn_with(config.clone()).await;
+    let r = app.post("/v1/admin/ledgers", &key(), &json!({ "name": "remote", "shard": "far" })).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+    assert_eq!(create_ledger(&app, "near").await.status, StatusCode::CREATED);
+    let remote = open(&app, "remote", "EUR").await;
+    app.stop().await;
+
+    let (port, hang) = hanging_shard().await;
+    config.shards = shards(&format!("postgres://postgres@127.0.0.1:{port}/nowhere"));
+    let mut app = TestApp::spawn_with(config.clone()).await;
+    let started = std::time::Instant::now();
+    let list = app.get("/v1/admin/ledgers").await;
+    assert_eq!(list.status, StatusCode::OK, "{list:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the list waits one bounded head read: {:?}",
+        started.elapsed()
+    );
+    let heads: Vec<(Value, Value)> = list.body["ledgers"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|l| (l["name"].clone(), l["head"].clone()))
+        .collect();
+    assert!(heads.contains(&(json!("remote"), Value::Null)), "{heads:?}");
+    let r = app.get(&under("remote", &format!("/v1/accounts/{remote}?consistency=strong"))).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{r:?}");
+    // The other ledgers work, their workers included: an eventual read converges.
+    let a = open(&app, "near", "EUR").await;
+    let body = json!({ "account_id": a, "amount": 7, "currency": "EUR" });
+    assert_eq!(app.post(&under("near", "/v1/deposits"), &key(), &body).await.status, StatusCode::CREATED);
+    let eventual = under("near", &format!("/v1/accounts/{a}"));
+    eventually("near's projection applies while far hangs", 30, || async {
+        app.get(&eventual).await.body["balance"] == json!(7)
+    })
+    .await;
+    app.stop().await;
+    hang.abort();
+
+    // The far database is gone (dropped, or a typo in LEDGER_SHARDS): 503, and nothing
+    // is recreated in its place.
+    let gone = far_url.rsplit('/').next().expect("a name").to_owned();
+    let server = far_url.rsplit_once('/').expect("a URL with a database").0;
+    let admin = sqlx::PgPool::connect(&format!("{server}/postgres")).await.expect("the server");
+    sqlx::query(sqlx::AssertSqlSafe(format!("drop database \"{gone}\" with (force)")))
+        .execute(&admin)
+        .await
+        .expect("the far database dropped");
+    config.shards = shards(&far_url);
+    let app = TestApp::spawn_with(config).await;
+    let r = app.get(&under("remote", &format!("/v1/accounts/{remote}?consistency=strong"))).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{r:?}");
+    let r = app.post(&under("remote", "/v1/accounts"), &key(), &json!({ "currency": "EUR" })).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{r:?}");
+    let recreated: bool = sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
+        .bind(&gone)
+        .fetch_one(&admin)
+        .await
+        .expect("the catalog");
+    assert!(!recreated, "a missing shard database is never recreated empty");
 }
