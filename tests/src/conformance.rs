@@ -23,6 +23,15 @@ fn checker() -> &'static Checker {
     })
 }
 
+/// `path` without its query string, and with `/v1/ledgers/{ledger}/…` as the document's
+/// `/v1/…` (the same route for one ledger, API.md "Ledgers").
+fn unprefixed(path: &str) -> String {
+    let path = path.split('?').next().unwrap_or(path);
+    path.strip_prefix("/v1/ledgers/")
+        .and_then(|tail| tail.split_once('/'))
+        .map_or_else(|| path.to_owned(), |(_, rest)| format!("/v1/{rest}"))
+}
+
 /// The path template of the document that `path` (no query string) falls under.
 fn template<'a>(paths: &'a serde_json::Map<String, Value>, path: &str) -> Option<&'a str> {
     let segments: Vec<&str> = path.split('/').collect();
@@ -59,13 +68,8 @@ impl Checker {
 
     /// Why the response does not conform to the document, if it does not.
     fn refusal(&self, method: &str, path: &str, status: u16, content_type: &str, body: &[u8]) -> Option<String> {
-        let path = path.split('?').next().unwrap_or(path);
-        // `/v1/ledgers/{ledger}/…` is the document's `/v1/…` for one ledger (API.md "Ledgers").
-        let unprefixed = path
-            .strip_prefix("/v1/ledgers/")
-            .and_then(|tail| tail.split_once('/'))
-            .map(|(_, rest)| format!("/v1/{rest}"));
-        let path = unprefixed.as_deref().unwrap_or(path);
+        let path = unprefixed(path);
+        let path = path.as_str();
         let paths = self.document["paths"].as_object().expect("the document has paths");
         let method_key = method.to_ascii_lowercase();
         let operation = template(paths, path).and_then(|t| paths[t].get(&method_key).map(|op| (t, op)));
@@ -118,7 +122,7 @@ pub fn check(method: &str, path: &str, status: u16, content_type: &str, body: &[
     }
     if let Ok(dir) = std::env::var("LEDGER_CONFORMANCE_LOG") {
         let paths = checker().document["paths"].as_object().expect("the document has paths");
-        let route = template(paths, path.split('?').next().unwrap_or(path)).unwrap_or("(unknown route)");
+        let route = template(paths, &unprefixed(path)).unwrap_or("(unknown-route)");
         let file = std::path::Path::new(&dir).join(format!("checked-{}.txt", std::process::id()));
         let line = format!("{method} {route} {status}\n");
         let appended = std::fs::OpenOptions::new()
