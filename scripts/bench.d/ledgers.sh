@@ -50,10 +50,18 @@ create two-a main; create two-b main; create two-c far; create two-d far
 LEDGER_PID=$ledger_pid; LOAD_URL="http://127.0.0.1:$PORT"; LOAD_TOKEN=$LEDGER_ADMIN_TOKEN
 . scripts/bench.d/sample.sh
 declare -a results
+# Appends and their commands so far (the service's `ledger_append_batch_size`).
+batches() {
+  curl -fs "http://127.0.0.1:$PORT/metrics" | awk '/^ledger_append_batch_size_(sum|count)/ {printf "%s ", $2}'
+}
 run() {
   local label=$1; shift
-  local out
+  local out before after
+  before=$(batches)
   out=$(sampled_load --mode transfers --accounts 1000 --concurrency "$CLIENTS" --duration-s "$SECONDS_PER_RUN" "$@")
+  after=$(batches)
+  out=$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); b=[float(x) for x in sys.argv[2].split()]; a=[float(x) for x in sys.argv[3].split()]
+r["appends"]=round(a[1]-b[1]); r["commands_per_append"]=round((a[0]-b[0])/max(a[1]-b[1],1),1); print(json.dumps(r))' "$out" "$before" "$after")
   echo "  $label: $out" >&2
   results+=("$label|$out")
 }
@@ -79,7 +87,9 @@ for label, runs in rows.items():
     avg = lambda k: sum(c[k] for c in cpu) / len(cpu)
     errors = sum(r["requests"] - r["ok"] for r in runs)
     p99 = max(r["latency_ms"]["p99"] for r in runs)
+    per_append = sum(r["commands_per_append"] for r in runs) / len(runs)
+    appends_s = sum(r["appends"] / r["duration_s"] for r in runs) / len(runs)
     print(f"  {label:28} {' / '.join(f'{x:.0f}' for x in rates):15}/s  mean {mean:6.0f}/s  {mean / base:.2f}x"
           f"  cpu {avg('ledger'):.0f} / {avg('postgres'):.0f} / {avg('nats'):.0f} / {avg('loadgen'):.0f}"
-          f"  p99 {p99} ms  errors {errors}")
+          f"  {per_append:.1f} commands per append, {appends_s:.0f} appends/s  p99 {p99} ms  errors {errors}")
 PY
