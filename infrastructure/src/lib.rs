@@ -17,6 +17,7 @@
 
 pub mod audit;
 pub mod breaker;
+pub mod clock;
 pub mod config;
 pub mod db;
 pub mod hash;

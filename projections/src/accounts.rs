@@ -78,8 +78,8 @@ pub async fn apply(
     t: &Tables,
     events: &[RecordedEvent],
 ) -> Result<Vec<Uuid>, ApplyError> {
-    let decoded: Vec<(&RecordedEvent, Event)> =
-        events.iter().map(|r| Ok((r, r.event()?))).collect::<Result<_, serde_json::Error>>()?;
+    let decoded: Vec<(&RecordedEvent, &Event)> =
+        events.iter().map(|r| Ok((r, r.event_ref()?))).collect::<Result<_, serde_json::Error>>()?;
     let ids: BTreeSet<Uuid> = decoded.iter().flat_map(|(_, e)| e.accounts()).collect();
     let ids: Vec<Uuid> = ids.into_iter().collect();
     let mut states = load(tx, t, &ids).await?;

@@ -21,6 +21,9 @@ pub struct ExpiryWorker {
     pub pool: PgPool,
     pub bus: CommandBus,
     pub interval: Duration,
+    /// The ledger's time (the database's clock): a process whose clock runs ahead must
+    /// not expire holds early for everyone.
+    pub clock: ledger_infrastructure::clock::Clock,
 }
 
 impl ExpiryWorker {
@@ -36,7 +39,7 @@ impl ExpiryWorker {
     /// One pass over every hold due now, a page at a time: returns how many expiries it
     /// recorded.
     pub async fn pass(&self) -> Result<usize, sqlx::Error> {
-        let now = chrono::Utc::now();
+        let now = self.clock.now();
         let (mut after, mut recorded) = (None, 0);
         loop {
             let due = crate::queries::expired_holds(&self.pool, now, after, PAGE_MAX).await?;

@@ -16,16 +16,16 @@ pub async fn apply(tx: &mut Transaction<'_, Postgres>, t: &Tables, events: &[Rec
     let bulk = |e: &&RecordedEvent| matches!(e.event_type.as_str(), "TransferPosted" | "TransactionPosted");
     for recorded in events.iter().filter(|e| !bulk(e)) {
         let at = At { position: recorded.position, time: recorded.recorded_at };
-        match recorded.event()? {
+        match recorded.event_ref()? {
             // Written in bulk above.
             Event::TransferPosted(_) | Event::TransactionPosted(_) => {}
-            Event::HoldPlaced(h) => hold_placed(tx, t, &h, at).await?,
+            Event::HoldPlaced(h) => hold_placed(tx, t, h, at).await?,
             Event::HoldCaptured(h) => {
                 hold_ended(tx, t, h.hold_id, "captured", Some(h.amount.minor_units()), at).await?
             }
             Event::HoldVoided(h) => hold_ended(tx, t, h.hold_id, "voided", None, at).await?,
             Event::HoldExpired(h) => hold_ended(tx, t, h.hold_id, "expired", None, at).await?,
-            Event::WithdrawalRequested(w) => withdrawal_requested(tx, t, &w, at).await?,
+            Event::WithdrawalRequested(w) => withdrawal_requested(tx, t, w, at).await?,
             Event::WithdrawalSettled(w) => {
                 let end =
                     Ended { status: "settled", provider_ref: Set::To(w.provider_ref.as_deref()), failure_reason: None };
@@ -45,7 +45,7 @@ pub async fn apply(tx: &mut Transaction<'_, Postgres>, t: &Tables, events: &[Rec
                 let end = Ended { status, provider_ref, failure_reason: None };
                 withdrawal_ended(tx, t, w.withdrawal_id, end, at).await?;
             }
-            Event::PayoutDeadLettered(d) => dead_lettered(tx, t, &d, at).await?,
+            Event::PayoutDeadLettered(d) => dead_lettered(tx, t, d, at).await?,
             Event::PayoutRedriven(r) => redriven(tx, t, r.dead_letter_id, at).await?,
             Event::AccountOpened(_)
             | Event::AccountClosed(_)
@@ -97,15 +97,15 @@ async fn write_transactions(
     let mut positions: Vec<i64> = Vec::new();
     let mut reversals: (Vec<uuid::Uuid>, Vec<uuid::Uuid>) = Default::default();
     for recorded in events.iter().filter(|e| e.event_type == "TransactionPosted") {
-        let Event::TransactionPosted(p) = recorded.event()? else { continue };
+        let Event::TransactionPosted(p) = recorded.event_ref()? else { continue };
         if let Some(original) = p.reverses {
             reversals.0.push(original);
             reversals.1.push(p.transaction_id);
         }
         rows.0.push(p.transaction_id);
         rows.1.push(serde_json::to_value(&p.postings)?);
-        rows.2.push(p.reference);
-        rows.3.push(p.metadata);
+        rows.2.push(p.reference.clone());
+        rows.3.push(p.metadata.clone());
         more.0.push(p.effective_at.unwrap_or(recorded.recorded_at));
         more.1.push(recorded.recorded_at);
         more.2.push(p.reverses);
@@ -316,21 +316,21 @@ async fn write_transfers(
     let mut postings: Vec<serde_json::Value> = Vec::new();
     let mut reversals: (Vec<uuid::Uuid>, Vec<uuid::Uuid>) = Default::default();
     for recorded in events.iter().filter(|e| e.event_type == "TransferPosted") {
-        let Event::TransferPosted(e) = recorded.event()? else { continue };
+        let Event::TransferPosted(e) = recorded.event_ref()? else { continue };
         rows.0.push(e.transfer_id);
         rows.1.push(e.from);
         rows.2.push(e.to);
         rows.3.push(e.amount.minor_units());
         rows.4.push(e.currency.to_string());
-        rows.5.push(e.reference);
+        rows.5.push(e.reference.clone());
         more.0.push(e.reverses);
-        more.1.push(e.reason);
+        more.1.push(e.reason.clone());
         more.2.push(recorded.position);
         more.3.push(recorded.recorded_at);
         effective.push(e.effective_at.unwrap_or(recorded.recorded_at));
         let leg = ledger_domain::Leg { from: e.from, to: e.to, amount: e.amount, currency: e.currency };
         postings.push(serde_json::to_value([leg])?);
-        metadata.push(e.metadata);
+        metadata.push(e.metadata.clone());
         if let Some(original) = e.reverses {
             reversals.0.push(original);
             reversals.1.push(e.transfer_id);

@@ -100,7 +100,7 @@ pub fn claim(state: &AppState, principal: &Principal, body: &CommandBody) -> Ide
         principal: principal.name.clone(),
         key: body.key.clone(),
         fingerprint: body.fingerprint.clone(),
-        expires_at: chrono::Utc::now()
+        expires_at: state.clock.now()
             + chrono::Duration::from_std(state.config.idempotency_ttl).unwrap_or(chrono::Duration::hours(24)),
     }
 }

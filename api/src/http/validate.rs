@@ -103,7 +103,7 @@ pub fn effective_at(
     given: Option<ledger_wire::Timestamp>,
 ) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
     let Some(ledger_wire::Timestamp(t)) = given else { return Ok(None) };
-    let now = chrono::Utc::now();
+    let now = state.clock.now();
     let earliest = now - chrono::Duration::from_std(state.config.backdate_max).unwrap_or(chrono::Duration::zero());
     let latest = now + chrono::Duration::seconds(ledger_wire::limits::EFFECTIVE_AHEAD_S);
     if t < earliest || t > latest {

@@ -373,7 +373,7 @@ const STALL_S: i64 = 10;
 )]
 async fn projections(State(state): State<AppState>) -> Result<Response, ApiError> {
     let (head, rows) = ledger_projections::queries::statuses(&state.pool).await?;
-    let now = chrono::Utc::now();
+    let now = state.clock.now();
     let mut projections = Vec::with_capacity(rows.len());
     for row in rows {
         use ledger_wire::ProjectionState as S;

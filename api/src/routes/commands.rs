@@ -35,7 +35,7 @@ pub const ROUTES: [CommandRoute; 11] = [
     CommandRoute { path: "/v1/withdrawals", plan: |_, _, json| withdrawals::plan(json) },
     CommandRoute { path: "/v1/transactions", plan: |state, _, json| transactions::plan_create(state, json) },
     CommandRoute { path: "/v1/transactions/{id}/reverse", plan: |_, id, json| transactions::plan_reverse(id, json) },
-    CommandRoute { path: "/v1/holds", plan: |_, _, json| holds::plan_place(json) },
+    CommandRoute { path: "/v1/holds", plan: |state, _, json| holds::plan_place(state, json) },
     CommandRoute { path: "/v1/holds/{id}/capture", plan: |state, id, json| holds::plan_capture(state, id, json) },
     CommandRoute { path: "/v1/holds/{id}/void", plan: |_, id, json| holds::plan_void(id, json) },
 ];

@@ -66,10 +66,10 @@ fn not_found(raw: &str) -> ApiError {
             account."),
     )
 )]
-pub fn plan_place(json: &serde_json::Value) -> Result<crate::http::command::Planned, ApiError> {
+pub fn plan_place(state: &AppState, json: &serde_json::Value) -> Result<crate::http::command::Planned, ApiError> {
     let r: HoldRequest = parse(json)?;
     let expires_at = r.expires_at.map(|t| chrono::SubsecRound::trunc_subsecs(t.0, 6));
-    if expires_at.is_some_and(|t| t <= chrono::Utc::now()) {
+    if expires_at.is_some_and(|t| t <= state.clock.now()) {
         return Err(ApiError::validation("`expires_at` must be in the future"));
     }
     let (id, minted) = crate::http::command::given_or_minted(r.id.map(|id| id.0));
@@ -114,7 +114,7 @@ pub fn plan_capture(
         hold_id,
         amount: r.amount,
         effective_at: crate::http::validate::effective_at(state, r.effective_at)?,
-        now: chrono::Utc::now(),
+        now: state.clock.now(),
     });
     Ok(crate::http::command::Planned::new(command, Some(hold_id.to_string()), render_hold(200)))
 }

@@ -116,6 +116,7 @@ impl Ledgers {
         core.replica_pool = replica;
         core.master_key = home.master_key.clone();
         core.webhook_policy = home.webhook_policy.clone();
+        core.clock = home.clock.clone();
         let state = AppState::within(core, home.clone());
         let router = crate::ledger_router(state.clone());
         let (ready, readying) = (std::sync::OnceLock::new(), tokio::sync::Mutex::new(()));

@@ -37,6 +37,11 @@ pub async fn build_core(mut config: Config) -> Result<Core, StartError> {
         None => None,
     };
     let mut core = Core::new(config, pool, nats);
+    // Decisions take the database's time from the start; a database that does not
+    // answer yet leaves this process's wall clock until the first reading.
+    if let Err(e) = core.clock.sync(&core.pool).await {
+        tracing::warn!(error = %e, "reading the database's clock failed; using this process's until it answers");
+    }
     core.replica_pool = replica;
     core.master_key = std::sync::Arc::new(master_key);
     core.webhook_policy = std::sync::Arc::new(webhook_policy);
@@ -94,6 +99,7 @@ pub fn spawn_workers(state: &Core, on_applied: OnApplied, shutdown: Cancellation
         pool: state.pool.clone(),
         bus: state.bus.clone(),
         interval: Duration::from_secs(1),
+        clock: state.clock.clone(),
     };
     let webhooks = ledger_infrastructure::webhooks::Dispatcher {
         pool: ledger_infrastructure::db::connect_lazy(&config.database_url, config, config.webhook_db_pool_max)
@@ -144,7 +150,7 @@ fn spawn_scheduled_reconciliation(state: &Core, shutdown: CancellationToken) -> 
             // One per run: what a run knows of the other ledgers is read when it starts.
             let reconciler = crate::routes::reconciliations::reconciler(&state);
             let Ok(lock) = reconciler.lock().await else { continue };
-            let to = chrono::Utc::now();
+            let to = state.clock.now();
             let from = to - chrono::Duration::from_std(window).unwrap_or(chrono::Duration::days(1));
             let run_id = Uuid::now_v7();
             if reconciler.start(run_id, from, to, "scheduler").await.is_ok() {
@@ -243,6 +249,7 @@ pub async fn start(config: Config, mode: Mode) -> Result<Running, StartError> {
     let state = AppState::new(core.clone());
     let shutdown = CancellationToken::new();
     let mut tasks = spawn_ledger_tasks(&state, mode, shutdown.clone());
+    tasks.push(core.clock.spawn_sync(core.pool.clone(), shutdown.clone()));
     let ledgers = crate::run::ledgers::Ledgers::new(state.clone(), mode, shutdown.clone()).await?;
     if mode != Mode::Api {
         tasks.push(ledgers.spawn_discovery());

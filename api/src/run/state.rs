@@ -39,6 +39,9 @@ pub struct Core {
     pub master_key: Arc<ledger_infrastructure::keys::MasterKey>,
     /// Where webhooks may send (`LEDGER_WEBHOOK_ALLOW`, `LEDGER_WEBHOOK_DENY`).
     pub webhook_policy: Arc<ledger_infrastructure::webhooks::HostPolicy>,
+    /// The ledger's time: the first shard's clock (`clock.rs`), shared by every ledger
+    /// of the process.
+    pub clock: ledger_infrastructure::clock::Clock,
 }
 
 impl Core {
@@ -63,6 +66,7 @@ impl Core {
             // stand-in for a core built without start-up (it matches no stored value).
             master_key: Arc::new(ledger_infrastructure::keys::MasterKey::generate().0),
             webhook_policy: Arc::default(),
+            clock: ledger_infrastructure::clock::Clock::local(),
             pool,
             store,
             bus,

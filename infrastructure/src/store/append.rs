@@ -53,12 +53,16 @@ impl EventStore {
         let phase = phase.next("stage");
         let mut tx = self.pool.begin().await?;
         // The lock on the head row is what serializes appends; see migration 0001.
-        let head =
-            sqlx::query("select position, hash, recorded_at from log_head for update").fetch_one(&mut *tx).await?;
+        // `recorded_at` is this shard's clock, read under the lock: no process's clock,
+        // however wrong, stamps the log (and it never goes back: the head's time).
+        let head = sqlx::query("select position, hash, recorded_at, clock_timestamp() as now from log_head for update")
+            .fetch_one(&mut *tx)
+            .await?;
+        let now: chrono::DateTime<Utc> = head.try_get("now")?;
         let head = Head {
             position: head.try_get("position")?,
             hash: head.try_get("hash")?,
-            recorded_at: Utc::now().trunc_subsecs(6).max(head.try_get("recorded_at")?),
+            recorded_at: now.trunc_subsecs(6).max(head.try_get("recorded_at")?),
         };
         let phase = phase.next("lock");
         let versions = self.current_versions(&mut tx, commits).await?;
@@ -236,6 +240,7 @@ fn plan(commits: &[Commit], staged: Vec<Staged>, head: Head, mut versions: HashM
                 data,
                 metadata: metadata.clone(),
                 recorded_at,
+                decoded: Default::default(),
             };
             hash = chain_hash(&hash, &hashed_content(&event)).to_vec();
             rows.push_event(&event, hash.clone());

@@ -214,6 +214,7 @@ mod tests {
             data: serde_json::json!({}),
             metadata: serde_json::json!({}),
             recorded_at: chrono::Utc::now(),
+            decoded: Default::default(),
         };
         let result = |position| CommitResult {
             recorded: vec![recorded(position)],

@@ -81,7 +81,7 @@ impl Commit {
 }
 
 /// An event as it is in the log.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RecordedEvent {
     pub position: i64,
     pub event_id: Uuid,
@@ -92,11 +92,40 @@ pub struct RecordedEvent {
     pub data: Value,
     pub metadata: Value,
     pub recorded_at: DateTime<Utc>,
+    /// The typed event, decoded once (by [`RecordedEvent::event_ref`]) however many
+    /// projections read it. Not part of its identity (see `PartialEq`).
+    #[serde(skip)]
+    pub(crate) decoded: std::sync::OnceLock<Event>,
+}
+
+impl PartialEq for RecordedEvent {
+    fn eq(&self, other: &RecordedEvent) -> bool {
+        (self.position, self.event_id, self.stream_id, self.version, &self.event_type, &self.data, &self.metadata)
+            == (
+                other.position,
+                other.event_id,
+                other.stream_id,
+                other.version,
+                &other.event_type,
+                &other.data,
+                &other.metadata,
+            )
+            && self.recorded_at == other.recorded_at
+    }
 }
 
 impl RecordedEvent {
     pub fn event(&self) -> Result<Event, serde_json::Error> {
-        Event::from_parts(&self.event_type, self.data.clone())
+        self.event_ref().cloned()
+    }
+
+    /// The typed event, decoded from `data` at the first call only.
+    pub fn event_ref(&self) -> Result<&Event, serde_json::Error> {
+        if let Some(e) = self.decoded.get() {
+            return Ok(e);
+        }
+        let event = Event::from_parts(&self.event_type, self.data.clone())?;
+        Ok(self.decoded.get_or_init(|| event))
     }
 }
 
@@ -322,6 +351,7 @@ impl From<RecordedRow> for RecordedEvent {
             data: r.data,
             metadata: r.metadata,
             recorded_at: r.recorded_at,
+            decoded: Default::default(),
         }
     }
 }

@@ -7,6 +7,7 @@ mod audit_auth;
 mod breakers;
 mod bulk;
 mod client;
+mod clock;
 mod console;
 mod faults;
 mod fuzz;

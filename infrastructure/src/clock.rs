@@ -1,0 +1,103 @@
+//! The ledger's time (issue 31, "Clock"): the database's clock, read through this
+//! process's monotonic clock. Every time-based rule that a process decides (hold expiry
+//! and captures, the backdating window, idempotency expiry, reconciliation windows)
+//! takes "now" from here, so a process whose wall clock jumps, runs fast or runs slow
+//! decides exactly as the others do: the anchor is `clock_timestamp()` of the first
+//! shard, re-read every [`SYNC_EVERY`], and between readings time advances by
+//! `Instant` (monotonic, which wall-clock changes do not move). Appends stamp
+//! `recorded_at` with their own shard's clock inside the append's transaction
+//! (`store::append`), never with a process's.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// How often the anchor is read again (monotonic clocks drift by parts per million).
+pub const SYNC_EVERY: Duration = Duration::from_secs(5);
+
+/// The ledger's clock; cheap to clone (clones share the anchor).
+#[derive(Clone, Debug)]
+pub struct Clock {
+    anchor: Arc<Mutex<Anchor>>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Anchor {
+    /// When (on this process's monotonic clock) the database said `db`.
+    at: Instant,
+    db: DateTime<Utc>,
+    /// Whether `db` came from the database (else from this process's wall clock, until
+    /// the first reading).
+    synced: bool,
+}
+
+impl Default for Clock {
+    fn default() -> Clock {
+        Clock::local()
+    }
+}
+
+impl Clock {
+    /// A clock anchored at this process's wall clock, until [`Clock::sync`] succeeds.
+    pub fn local() -> Clock {
+        Clock { anchor: Arc::new(Mutex::new(Anchor { at: Instant::now(), db: Utc::now(), synced: false })) }
+    }
+
+    fn anchor(&self) -> Anchor {
+        *self.anchor.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The ledger's time now.
+    pub fn now(&self) -> DateTime<Utc> {
+        let a = self.anchor();
+        a.db + chrono::Duration::from_std(a.at.elapsed()).unwrap_or(chrono::Duration::zero())
+    }
+
+    /// Whether the clock follows the database yet.
+    pub fn synced(&self) -> bool {
+        self.anchor().synced
+    }
+
+    /// Reads the database's clock; the reading is placed halfway through the round trip.
+    pub async fn sync(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
+        let sent = Instant::now();
+        let db: DateTime<Utc> = sqlx::query_scalar("select clock_timestamp()").fetch_one(pool).await?;
+        let answered = Instant::now();
+        let at = sent + (answered - sent) / 2;
+        *self.anchor.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Anchor { at, db, synced: true };
+        Ok(())
+    }
+
+    /// Re-reads the database's clock every [`SYNC_EVERY`] until `shutdown`; a failed
+    /// reading keeps the last anchor (which goes on by the monotonic clock).
+    pub fn spawn_sync(&self, pool: PgPool, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let clock = self.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = clock.sync(&pool).await {
+                    tracing::debug!(error = %e, "reading the database's clock failed; keeping the last reading");
+                }
+                tokio::select! { _ = shutdown.cancelled() => return, _ = tokio::time::sleep(SYNC_EVERY) => {} }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_goes_on_by_the_monotonic_clock_from_the_anchor() {
+        let clock = Clock::local();
+        let anchor = DateTime::parse_from_rfc3339("2030-01-01T00:00:00Z").expect("a time").with_timezone(&Utc);
+        *clock.anchor.lock().expect("lock") = Anchor { at: Instant::now(), db: anchor, synced: true };
+        std::thread::sleep(Duration::from_millis(20));
+        let now = clock.now();
+        assert!(now >= anchor + chrono::Duration::milliseconds(20), "{now}");
+        assert!(now < anchor + chrono::Duration::seconds(5), "{now}");
+        assert!(clock.synced());
+    }
+}
