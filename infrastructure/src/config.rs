@@ -48,6 +48,11 @@ pub struct Config {
     pub ledger_db_pool_max: u32,
     /// `LEDGER_DB_ACQUIRE_TIMEOUT_MS` (default 3000): a command fails fast instead of hanging.
     pub db_acquire_timeout: Duration,
+    /// `LEDGER_DB_WAIT_MS` (default 8000, below the request time-out): how long a request
+    /// behind the Postgres breaker may take before it is answered 503 and counted as a
+    /// dependency failure, so a Postgres that hangs (sockets open, nothing answered)
+    /// opens the breaker and later requests fail at once.
+    pub db_wait: Duration,
     /// `LEDGER_DB_STATEMENT_TIMEOUT_MS` (default 30000; 0 disables): Postgres cancels a
     /// statement of a pool connection running longer, even if its client has gone (a
     /// request dropped by its time-out does not stop its query). Migrations run on a
@@ -189,6 +194,7 @@ impl Default for Config {
             idempotency_ttl: Duration::from_secs(24 * 3600),
             consistency_wait: Duration::from_millis(2000),
             db_pool_max: 16,
+            db_wait: Duration::from_millis(8_000),
             ledger_db_pool_max: 2,
             db_acquire_timeout: Duration::from_millis(3000),
             db_statement_timeout: Duration::from_millis(30_000),
@@ -278,6 +284,7 @@ impl Config {
             db_pool_max: env_num("LEDGER_DB_POOL_MAX", d.db_pool_max)?,
             ledger_db_pool_max: env_num("LEDGER_LEDGER_DB_POOL_MAX", d.ledger_db_pool_max)?,
             db_acquire_timeout: env_ms("LEDGER_DB_ACQUIRE_TIMEOUT_MS", d.db_acquire_timeout)?,
+            db_wait: env_ms("LEDGER_DB_WAIT_MS", d.db_wait)?,
             db_statement_timeout: env_ms("LEDGER_DB_STATEMENT_TIMEOUT_MS", d.db_statement_timeout)?,
             db_lock_timeout: env_ms("LEDGER_DB_LOCK_TIMEOUT_MS", d.db_lock_timeout)?,
             db_idle_in_transaction_timeout: env_ms(

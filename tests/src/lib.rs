@@ -2,6 +2,7 @@
 //! and its own NATS prefix, and the server listens on a free loopback port.
 
 pub mod conformance;
+pub mod faultproxy;
 pub mod procs;
 
 use ledger_api::AppState;

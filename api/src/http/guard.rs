@@ -73,8 +73,19 @@ pub async fn db_guard(State(state): State<AppState>, request: Request, next: Nex
                 .into_response();
         }
     };
-    // If this future is dropped here (time-out, client gone), so is the permit.
-    let response = next.run(request).await;
+    // If this future is dropped here (time-out, client gone), so is the permit. A
+    // request still waiting after `LEDGER_DB_WAIT_MS` is what a hung Postgres looks
+    // like: answered 503 now and counted, so the breaker opens and the next requests
+    // fail at once instead of each waiting out the request time-out.
+    let response = match tokio::time::timeout(state.config.db_wait, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            permit.failure();
+            metrics::counter!("ledger_db_waits_exceeded_total").increment(1);
+            return ApiError { retry_after_s: Some(1), ..ApiError::unavailable(&"postgres did not answer in time") }
+                .into_response();
+        }
+    };
     if response.extensions().get::<DependencyFailed>().is_some() {
         permit.failure();
     } else if answered_from_the_database(response.status()) {

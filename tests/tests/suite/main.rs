@@ -11,6 +11,7 @@ mod clock;
 mod console;
 mod faults;
 mod fuzz;
+mod hangs;
 mod hardening;
 mod history;
 mod hold_expiry;

@@ -1,0 +1,109 @@
+//! Hangs (issue 31): a dependency that keeps its sockets open and answers nothing, through
+//! the fault proxy (`ledger_tests::faultproxy`). Failures that announce themselves (a
+//! refused connection) are `faults.rs`'s.
+
+use ledger_tests::faultproxy::{FaultProxy, Mode};
+use ledger_tests::{TestApp, eventually, test_config};
+use reqwest::StatusCode;
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// Postgres hangs under a steady load of transfers: requests behind the hung batch
+/// answer 503 after `LEDGER_DB_WAIT_MS` (not after the request time-out), they open the
+/// breaker, and the next ones answer 503 at once. When Postgres answers again, the
+/// breaker's probe closes it; every command refused meanwhile, sent again with its key,
+/// is recorded exactly once (whether or not it had committed during the hang), and
+/// money is conserved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hanging_postgres_fails_fast_once_the_breaker_opens_and_loses_nothing() {
+    let proxy = FaultProxy::start("127.0.0.1:5432").await;
+    let mut config = test_config();
+    config.database_url = proxy.url_for(&config.database_url, 5432);
+    config.request_timeout = Duration::from_secs(10);
+    config.db_wait = Duration::from_millis(1_500);
+    config.db_acquire_timeout = Duration::from_millis(1_000);
+    config.db_breaker_cooldown = Duration::from_secs(2);
+    let app = TestApp::spawn_with(config).await;
+    let (a, b) = (app.open_account("EUR", 0).await, app.open_account("EUR", 0).await);
+    app.deposit(a, 1_000_000, "EUR").await;
+    // Eight clients sending transfers one after another, each noting its keys, the answer
+    // and how long it took, until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let hanging = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (app, stop, hanging) = (app.clone_handle(), stop.clone(), hanging.clone());
+            tokio::spawn(async move {
+                let mut sent = Vec::new();
+                while !stop.load(Ordering::SeqCst) && sent.len() < 10_000 {
+                    let key = Uuid::new_v4().to_string();
+                    let body = json!({ "from": a, "to": b, "amount": 1, "currency": "EUR" });
+                    let during = hanging.load(Ordering::SeqCst);
+                    let started = Instant::now();
+                    let status = app.post("/v1/transfers", &key, &body).await.status;
+                    sent.push((key, status, started.elapsed(), during));
+                    if status != StatusCode::CREATED {
+                        // A client backs off a little after a refusal.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+                sent
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    hanging.store(true, Ordering::SeqCst);
+    proxy.set(Mode::Hang);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    hanging.store(false, Ordering::SeqCst);
+    let recovering = Instant::now();
+    proxy.set(Mode::Pass);
+    let body = json!({ "from": a, "to": b, "amount": 1, "currency": "EUR" });
+    let probe_keys = std::sync::Mutex::new(Vec::new());
+    eventually("commands are answered again", 30, || async {
+        let key = Uuid::new_v4().to_string();
+        probe_keys.lock().expect("keys").push(key.clone());
+        app.post("/v1/transfers", &key, &body).await.status == StatusCode::CREATED
+    })
+    .await;
+    eprintln!("recovered {:?} after Postgres answered again", recovering.elapsed());
+    stop.store(true, Ordering::SeqCst);
+    let mut sent = Vec::new();
+    for c in clients {
+        sent.extend(c.await.expect("a client"));
+    }
+    // Before `LEDGER_DB_WAIT_MS`, the requests in flight when Postgres hung waited out
+    // the request time-out (10 s, longer than the hang) and no other was answered.
+    let slowest = sent.iter().map(|s| s.2).max().unwrap_or_default();
+    assert!(slowest < Duration::from_secs(4), "no request waits out the request time-out: {slowest:?}");
+    let during: Vec<&(String, StatusCode, Duration, bool)> = sent.iter().filter(|s| s.3).collect();
+    assert!(!during.is_empty(), "clients are answered while Postgres hangs");
+    let at_once = during.iter().filter(|s| s.1 == StatusCode::SERVICE_UNAVAILABLE && s.2 < Duration::from_millis(300));
+    assert!(at_once.count() > 0, "once the breaker is open, refusals are at once");
+    // Each refused command, sent again with its key: recorded once, whatever happened.
+    let refused: Vec<String> = sent
+        .iter()
+        .filter(|s| s.1 != StatusCode::CREATED)
+        .map(|s| s.0.clone())
+        .chain(probe_keys.into_inner().expect("keys"))
+        .collect();
+    for chunk in refused.chunks(16) {
+        let answers = futures::future::join_all(chunk.iter().map(|key| app.post("/v1/transfers", key, &body))).await;
+        for (key, r) in chunk.iter().zip(answers) {
+            assert_eq!(r.status, StatusCode::CREATED, "{key}: {r:?}");
+        }
+    }
+    let recorded: i64 = sqlx::query_scalar("select count(*) from events where type = 'TransferPosted'")
+        .fetch_one(&app.pool)
+        .await
+        .expect("the log");
+    assert_eq!(
+        recorded,
+        sent.len() as i64 + refused.len() as i64 - sent.iter().filter(|s| s.1 != StatusCode::CREATED).count() as i64
+    );
+    assert_eq!(app.account(b).await["balance"], json!(recorded), "one transfer of 1 per recorded event");
+    app.fold_log().await;
+}
