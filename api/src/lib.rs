@@ -64,6 +64,7 @@ pub fn app(ledgers: std::sync::Arc<run::ledgers::Ledgers>) -> Router {
         .route("/v1/ledgers/{ledger}/{*rest}", axum::routing::any(routes::ledgers::dispatch))
         .fallback(routes::ledgers::dispatch_default)
         .layer(axum::Extension(ledgers))
+        .layer(axum::middleware::from_fn_with_state(home.clone(), http::shed::shed))
         .layer(axum::middleware::from_fn(http::context::request_context))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             http::error::ApiError::internal(&"a handler panicked").into_response()

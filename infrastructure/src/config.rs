@@ -123,6 +123,14 @@ pub struct Config {
     /// `LEDGER_BULK_CONCURRENCY_MAX` (default 2): bulks read, parsed and run at once in
     /// one process; more wait up to `LEDGER_BULK_WAIT_MS` (default 1000), then 503.
     pub bulk_concurrency_max: usize,
+    /// `LEDGER_HTTP_IN_FLIGHT_MAX` (1024): requests this process works on at once; one
+    /// more is answered 503 `unavailable` with `Retry-After` at once (shed, never queued
+    /// to time out). `/health/*` and `/metrics` are not counted.
+    pub http_in_flight_max: usize,
+    /// `LEDGER_TOKEN_IN_FLIGHT_MAX` (256): requests one token has in flight in this
+    /// process; one more is 429 `rate_limited` at once, so one client cannot take every
+    /// turn of the process's bound.
+    pub token_in_flight_max: usize,
     pub bulk_wait: Duration,
     /// `LEDGER_PROVIDER_BREAKER_FAILURES` (default 5) within `LEDGER_PROVIDER_BREAKER_WINDOW_MS`
     /// (default 30000) open the provider's breaker for `LEDGER_PROVIDER_BREAKER_COOLDOWN_MS` (default 5000).
@@ -225,6 +233,8 @@ impl Default for Config {
             webhook_db_pool_max: 4,
             master_key: None,
             bulk_concurrency_max: 2,
+            http_in_flight_max: 1024,
+            token_in_flight_max: 256,
             bulk_wait: Duration::from_millis(1000),
             provider_breaker_failures: 5,
             provider_breaker_window: Duration::from_millis(30_000),
@@ -316,6 +326,8 @@ impl Config {
             webhook_db_pool_max: env_num("LEDGER_WEBHOOK_DB_POOL_MAX", d.webhook_db_pool_max)?,
             master_key: optional("LEDGER_MASTER_KEY"),
             bulk_concurrency_max: env_num("LEDGER_BULK_CONCURRENCY_MAX", d.bulk_concurrency_max)?,
+            http_in_flight_max: env_num("LEDGER_HTTP_IN_FLIGHT_MAX", d.http_in_flight_max)?,
+            token_in_flight_max: env_num("LEDGER_TOKEN_IN_FLIGHT_MAX", d.token_in_flight_max)?,
             bulk_wait: env_ms("LEDGER_BULK_WAIT_MS", d.bulk_wait)?,
             provider_breaker_failures: env_num("LEDGER_PROVIDER_BREAKER_FAILURES", d.provider_breaker_failures)?,
             provider_breaker_window: env_ms("LEDGER_PROVIDER_BREAKER_WINDOW_MS", d.provider_breaker_window)?,

@@ -200,6 +200,10 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
     if !allowed(principal.role, request.method(), path) {
         return ApiError::forbidden().into_response();
     }
+    let _turn = match crate::http::shed::TokenTurn::take(&state, &principal) {
+        Ok(turn) => turn,
+        Err(e) => return e.into_response(),
+    };
     request.extensions_mut().insert(principal);
     next.run(request).await
 }

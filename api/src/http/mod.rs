@@ -21,4 +21,5 @@ pub mod metrics;
 pub mod openapi;
 pub mod operation;
 pub mod requests;
+pub mod shed;
 pub mod validate;

@@ -104,6 +104,10 @@ pub struct Http {
     pub bulk_permits: Arc<tokio::sync::Semaphore>,
     /// Bulks in flight per principal (`routes::bulk`), bounded like the permits.
     pub bulk_principals: Mutex<std::collections::HashMap<String, usize>>,
+    /// Turns of `LEDGER_HTTP_IN_FLIGHT_MAX` (`http::shed`; `default`'s serve the process).
+    pub request_permits: Arc<tokio::sync::Semaphore>,
+    /// Requests in flight per principal, bounded by `LEDGER_TOKEN_IN_FLIGHT_MAX`.
+    pub token_in_flight: Mutex<std::collections::HashMap<String, usize>>,
     /// The state of the ledger `default` when this is another ledger's: it holds the
     /// directory and the tokens (and the token cache and rate buckets every ledger shares).
     home: Option<AppState>,
@@ -159,6 +163,8 @@ impl AppState {
             replica: core.replica_pool.clone().map(Replica::new),
             bulk_permits: Arc::new(tokio::sync::Semaphore::new(config.bulk_concurrency_max.max(1))),
             bulk_principals: Mutex::default(),
+            request_permits: Arc::new(tokio::sync::Semaphore::new(config.http_in_flight_max.max(1))),
+            token_in_flight: Mutex::default(),
             home,
             core,
         }))

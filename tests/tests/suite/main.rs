@@ -19,6 +19,7 @@ mod holds;
 mod ledgers;
 mod openapi;
 mod operability;
+mod overload;
 mod payouts;
 mod python_client;
 mod read_side;
