@@ -53,6 +53,10 @@ pub struct Config {
     /// dependency failure, so a Postgres that hangs (sockets open, nothing answered)
     /// opens the breaker and later requests fail at once.
     pub db_wait: Duration,
+    /// `LEDGER_APPEND_IDLE_TIMEOUT_MS` (default 5000): how long an append's transaction,
+    /// which holds its ledger's head lock, may sit idle (its process paused) before
+    /// Postgres ends it, so the other writers go on.
+    pub append_idle_timeout: Duration,
     /// `LEDGER_DB_STATEMENT_TIMEOUT_MS` (default 30000; 0 disables): Postgres cancels a
     /// statement of a pool connection running longer, even if its client has gone (a
     /// request dropped by its time-out does not stop its query). Migrations run on a
@@ -164,6 +168,11 @@ pub struct Config {
     /// (default 5000): the relay's backoff while JetStream fails.
     pub relay_backoff_base: Duration,
     pub relay_backoff_max: Duration,
+    /// `LEDGER_RELAY_LEASE_MS` (default 5000): how long the relay leader's session may
+    /// go unused before Postgres ends it (`idle_session_timeout`), releasing leadership;
+    /// the leader uses it at least every second, so only a leader that stopped (a paused
+    /// process, a host gone without closing its connection) loses it, and another takes over.
+    pub relay_lease: Duration,
 }
 
 fn env_or(name: &str, default: &str) -> String {
@@ -203,6 +212,7 @@ impl Default for Config {
             consistency_wait: Duration::from_millis(2000),
             db_pool_max: 16,
             db_wait: Duration::from_millis(8_000),
+            append_idle_timeout: crate::store::APPEND_IDLE_TIMEOUT,
             ledger_db_pool_max: 2,
             db_acquire_timeout: Duration::from_millis(3000),
             db_statement_timeout: Duration::from_millis(30_000),
@@ -251,6 +261,7 @@ impl Default for Config {
             relay_election_interval: Duration::from_millis(500),
             relay_backoff_base: Duration::from_millis(50),
             relay_backoff_max: Duration::from_millis(5000),
+            relay_lease: Duration::from_millis(5000),
         }
     }
 }
@@ -295,6 +306,7 @@ impl Config {
             ledger_db_pool_max: env_num("LEDGER_LEDGER_DB_POOL_MAX", d.ledger_db_pool_max)?,
             db_acquire_timeout: env_ms("LEDGER_DB_ACQUIRE_TIMEOUT_MS", d.db_acquire_timeout)?,
             db_wait: env_ms("LEDGER_DB_WAIT_MS", d.db_wait)?,
+            append_idle_timeout: env_ms("LEDGER_APPEND_IDLE_TIMEOUT_MS", d.append_idle_timeout)?,
             db_statement_timeout: env_ms("LEDGER_DB_STATEMENT_TIMEOUT_MS", d.db_statement_timeout)?,
             db_lock_timeout: env_ms("LEDGER_DB_LOCK_TIMEOUT_MS", d.db_lock_timeout)?,
             db_idle_in_transaction_timeout: env_ms(
@@ -347,6 +359,7 @@ impl Config {
             relay_election_interval: env_ms("LEDGER_RELAY_ELECTION_MS", d.relay_election_interval)?,
             relay_backoff_base: env_ms("LEDGER_RELAY_BACKOFF_BASE_MS", d.relay_backoff_base)?,
             relay_backoff_max: env_ms("LEDGER_RELAY_BACKOFF_MAX_MS", d.relay_backoff_max)?,
+            relay_lease: env_ms("LEDGER_RELAY_LEASE_MS", d.relay_lease)?,
             shards,
             ledger: d.ledger,
         };

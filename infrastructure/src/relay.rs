@@ -44,7 +44,12 @@ pub struct RelayLimits {
     /// connection, so it does not get the pool's; 0 disables one).
     pub statement_timeout: Duration,
     pub lock_timeout: Duration,
+    /// `LEDGER_RELAY_LEASE_MS`: the leader's session ends after this long unused.
+    pub lease: Duration,
 }
+
+/// How often a leader that is waiting uses its session (well inside any lease).
+const KEEP_ALIVE: Duration = Duration::from_millis(1_000);
 
 impl RelayLimits {
     /// The relay's settings (`LEDGER_RELAY_*`, and the pool's statement and lock limits).
@@ -57,6 +62,7 @@ impl RelayLimits {
             backoff_max: c.relay_backoff_max,
             statement_timeout: c.db_statement_timeout,
             lock_timeout: c.db_lock_timeout,
+            lease: c.relay_lease.max(KEEP_ALIVE * 3),
         }
     }
 }
@@ -168,11 +174,17 @@ impl Relay {
     async fn lead(&self, inbox: &mut Inbox, shutdown: &CancellationToken) -> Result<bool, RelayError> {
         let mut conn = PgConnection::connect(&self.database_url).await?;
         let ms = |d: Duration| format!("{}ms", d.as_millis());
-        sqlx::query("select set_config('statement_timeout', $1, false), set_config('lock_timeout', $2, false)")
-            .bind(ms(self.limits.statement_timeout))
-            .bind(ms(self.limits.lock_timeout))
-            .execute(&mut conn)
-            .await?;
+        // `idle_session_timeout` is the leadership's lease: a leader paused or gone loses
+        // its session, and so the lock, once it has not used it for `lease`.
+        sqlx::query(
+            "select set_config('statement_timeout', $1, false), set_config('lock_timeout', $2, false),
+                    set_config('idle_session_timeout', $3, false)",
+        )
+        .bind(ms(self.limits.statement_timeout))
+        .bind(ms(self.limits.lock_timeout))
+        .bind(ms(self.limits.lease))
+        .execute(&mut conn)
+        .await?;
         let lock_key = format!("ledger-relay:{}", self.names.prefix());
         let leader: bool = sqlx::query_scalar("select pg_try_advisory_lock(hashtext($1), ledger_lock_key())")
             .bind(&lock_key)
@@ -214,7 +226,7 @@ impl Relay {
                         _ = shutdown.cancelled() => {}
                         _ = inbox.recv() => {}
                         _ = listener.recv() => {}
-                        _ = tokio::time::sleep(self.limits.poll_interval) => {}
+                        _ = tokio::time::sleep(self.limits.poll_interval.min(KEEP_ALIVE)) => {}
                     }
                 }
                 Ok(_) => attempt = 0,
@@ -223,7 +235,13 @@ impl Relay {
                     metrics::counter!("ledger_relay_retries_total").increment(1);
                     let delay = backoff_delay(attempt, self.limits.backoff_base, self.limits.backoff_max);
                     tracing::warn!(error = %e, attempt, ?delay, "publishing to JetStream failed; backing off");
-                    tokio::select! { _ = shutdown.cancelled() => {}, _ = tokio::time::sleep(delay) => {} }
+                    // The back-off may outlast the lease: the session is used meanwhile.
+                    let until = tokio::time::Instant::now() + delay;
+                    while tokio::time::Instant::now() < until && !shutdown.is_cancelled() {
+                        let nap = KEEP_ALIVE.min(until - tokio::time::Instant::now());
+                        tokio::select! { _ = shutdown.cancelled() => {}, _ = tokio::time::sleep(nap) => {} }
+                        sqlx::query("select 1").execute(&mut *conn).await?;
+                    }
                 }
                 Err(e) => return Err(e),
             }

@@ -48,7 +48,7 @@ impl Core {
     /// Starts this process's command writer over `pool`.
     pub fn new(config: Config, pool: PgPool, nats: async_nats::Client) -> Core {
         crate::http::metrics::handle();
-        let store = EventStore::new(pool.clone());
+        let store = EventStore::new(pool.clone()).with_append_idle_timeout(config.append_idle_timeout);
         let bus = CommandBus::start(
             store.clone(),
             ledger_infrastructure::WriterLimits {

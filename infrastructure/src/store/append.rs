@@ -55,9 +55,17 @@ impl EventStore {
         // The lock on the head row is what serializes appends; see migration 0001.
         // `recorded_at` is this shard's clock, read under the lock: no process's clock,
         // however wrong, stamps the log (and it never goes back: the head's time).
-        let head = sqlx::query("select position, hash, recorded_at, clock_timestamp() as now from log_head for update")
-            .fetch_one(&mut *tx)
-            .await?;
+        // A writer paused while it holds the lock (SIGSTOP, a VM migration) loses it after
+        // `LEDGER_APPEND_IDLE_TIMEOUT_MS` idle in this transaction, not the pool's minute:
+        // Postgres ends the session and every other writer goes on.
+        let head = sqlx::query(
+            "select position, hash, recorded_at, clock_timestamp() as now,
+                    set_config('idle_in_transaction_session_timeout', $1, true)
+             from log_head for update",
+        )
+        .bind(&self.append_idle_timeout)
+        .fetch_one(&mut *tx)
+        .await?;
         let now: chrono::DateTime<Utc> = head.try_get("now")?;
         let head = Head {
             position: head.try_get("position")?,

@@ -172,7 +172,13 @@ pub struct EventStore {
     pool: PgPool,
     /// Where committed batches are handed in memory (this process's relay), if anywhere.
     handoff: Arc<OnceLock<handoff::Handoff>>,
+    /// `idle_in_transaction_session_timeout` of an append's transaction, as Postgres
+    /// reads it (`LEDGER_APPEND_IDLE_TIMEOUT_MS`).
+    append_idle_timeout: String,
 }
+
+/// The default of `LEDGER_APPEND_IDLE_TIMEOUT_MS`.
+pub const APPEND_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(5_000);
 
 mod append;
 mod faults;
@@ -185,7 +191,18 @@ pub use idempotency::KeyClaim;
 
 impl EventStore {
     pub fn new(pool: PgPool) -> EventStore {
-        EventStore { pool, handoff: Arc::default() }
+        EventStore {
+            pool,
+            handoff: Arc::default(),
+            append_idle_timeout: format!("{}ms", APPEND_IDLE_TIMEOUT.as_millis()),
+        }
+    }
+
+    /// How long an append's transaction may sit idle (its writer paused, or gone without
+    /// closing the connection) before Postgres ends it and frees the head lock.
+    pub fn with_append_idle_timeout(mut self, timeout: std::time::Duration) -> EventStore {
+        self.append_idle_timeout = format!("{}ms", timeout.as_millis().max(1));
+        self
     }
 
     /// Has every batch this store (and its clones) commits from now on handed to

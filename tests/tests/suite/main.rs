@@ -20,6 +20,7 @@ mod ledgers;
 mod openapi;
 mod operability;
 mod overload;
+mod pauses;
 mod payouts;
 mod python_client;
 mod read_side;
