@@ -73,6 +73,20 @@ struct Observed {
     sent_keys: Vec<(String, wire::TransferRequest)>,
     /// Transfers recorded (bulk items answered 201).
     items_ok: u64,
+    /// Latencies of the accepted requests, and of those refused for load (503, 429).
+    ok_latencies_us: Vec<u64>,
+    refused_latencies_us: Vec<u64>,
+    /// Refusals for load that said when to come back (`Retry-After`).
+    refused_with_retry_after: u64,
+}
+
+/// Whether an answer refused the request for load (the service's bounds: 503
+/// `unavailable`, 429 `rate_limited`), and whether it said when to come back.
+fn shed(e: &ledger_client::Error) -> Option<bool> {
+    match e {
+        ledger_client::Error::Api { status: 503 | 429, retry_after, .. } => Some(retry_after.is_some()),
+        _ => None,
+    }
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -171,7 +185,12 @@ async fn one_request(
                     }
                     ("ok".to_owned(), reply.position, Some(body.from))
                 }
-                Err(e) => (code(&e), None, None),
+                Err(e) => {
+                    if shed(&e) == Some(true) {
+                        observed.lock().await.refused_with_retry_after += 1;
+                    }
+                    (code(&e), None, None)
+                }
             }
         }
         Mode::Bulk => {
@@ -258,6 +277,11 @@ async fn run(targets: Vec<Target>, args: Arc<Args>) -> (Observed, Duration) {
                 let us = t.elapsed().as_micros() as u64;
                 let mut o = observed.lock().await;
                 o.latencies_us.push(us);
+                match code.as_str() {
+                    "ok" => o.ok_latencies_us.push(us),
+                    "unavailable" | "rate_limited" => o.refused_latencies_us.push(us),
+                    _ => {}
+                }
                 *o.codes.entry(code).or_default() += 1;
                 drop(o);
                 if let (Some(p), Some(a)) = (position, account)
@@ -310,6 +334,8 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("ledger-load: done");
     o.latencies_us.sort_unstable();
     o.lags_us.sort_unstable();
+    o.ok_latencies_us.sort_unstable();
+    o.refused_latencies_us.sort_unstable();
     let total: u64 = o.codes.values().sum();
     let ok = o.codes.get("ok").copied().unwrap_or(0);
     let summary = json!({
@@ -331,6 +357,16 @@ async fn main() -> anyhow::Result<()> {
             "max": o.latencies_us.last().copied().unwrap_or(0) as f64 / 1000.0,
         },
         "codes": o.codes,
+        "accepted_latency_ms": {
+            "p50": percentile(&o.ok_latencies_us, 0.50) as f64 / 1000.0,
+            "p99": percentile(&o.ok_latencies_us, 0.99) as f64 / 1000.0,
+        },
+        "refused": {
+            "count": o.refused_latencies_us.len(),
+            "with_retry_after": o.refused_with_retry_after,
+            "p99_ms": percentile(&o.refused_latencies_us, 0.99) as f64 / 1000.0,
+            "max_ms": o.refused_latencies_us.last().copied().unwrap_or(0) as f64 / 1000.0,
+        },
         "projection_lag_ms": {
             "samples": o.lags_us.len(),
             "p50": percentile(&o.lags_us, 0.50) as f64 / 1000.0,

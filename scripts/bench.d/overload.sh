@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Overload (issue 31): the ledger's transfer peak at 64 clients, then an open-loop load
+# at 3x that peak from 2,048 connections for OVERLOAD_SECONDS, then 64 clients again a
+# second after it ends. Reports accepted throughput against the peak, refusals (503/429)
+# with and without Retry-After and how fast they came, the accepted requests' p99
+# against the peak's, the service's peak RSS, and the throughput right after.
+# Run alone: scripts/bench.d/overload.sh (loopback only, every step bounded).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PORT="${BENCH_PORT:-18080}"
+PEAK_SECONDS="${BENCH_SECONDS:-15}"
+OVERLOAD_SECONDS="${OVERLOAD_SECONDS:-30}"
+scripts/services >/dev/null
+cargo build --release -q --bin ledger --bin ledger-load
+psql -h 127.0.0.1 -U postgres -d postgres -Atqc "drop database if exists ledger_bench_overload with (force)"
+export LEDGER_ADMIN_TOKEN="bench-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+DATABASE_URL="postgres://postgres@127.0.0.1:5432/ledger_bench_overload" LEDGER_HTTP_ADDR="127.0.0.1:$PORT" \
+  LEDGER_NATS_PREFIX="bench_overload_$(date +%s)" LEDGER_PROVIDER_URL="http://127.0.0.1:9" \
+  LEDGER_RECONCILE_INTERVAL_S=0 LEDGER_RATE_LIMIT_PER_S=1000000 LEDGER_RATE_LIMIT_BURST=1000000 \
+  LEDGER_TOKEN_IN_FLIGHT_MAX=100000 LEDGER_HTTP_IN_FLIGHT_MAX="${LEDGER_HTTP_IN_FLIGHT_MAX:-128}" RUST_LOG=warn \
+  target/release/ledger serve >/tmp/ledger-bench-overload.log 2>&1 &
+ledger_pid=$!
+trap 'kill $ledger_pid 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$PORT/health/ready" >/dev/null && break; sleep 0.2; done
+load() { target/release/ledger-load --url "http://127.0.0.1:$PORT" --token "$LEDGER_ADMIN_TOKEN" --accounts 1000 "$@" 2>/dev/null; }
+echo "== peak: 64 clients, ${PEAK_SECONDS}s =="
+peak=$(load --mode transfers --concurrency 64 --duration-s "$PEAK_SECONDS")
+echo "$peak"
+rate=$(python3 -c "import json,sys; print(round(3 * json.loads(sys.argv[1])['ok_per_s']))" "$peak")
+echo "== overload: open loop at 3x the peak ($rate/s) from 2,048 connections, ${OVERLOAD_SECONDS}s =="
+over=$(load --mode transfers --concurrency 2048 --rate "$rate" --duration-s "$OVERLOAD_SECONDS" --lag-sample-every 1000000)
+echo "$over"
+sleep 1
+echo "== one second after: 64 clients, 5s =="
+after=$(load --mode transfers --concurrency 64 --duration-s 5)
+echo "$after"
+rss_kb=$(awk '/VmHWM/{print $2}' "/proc/$ledger_pid/status")
+python3 - "$peak" "$over" "$after" "$rss_kb" <<'PY'
+import json, sys
+peak, over, after = (json.loads(x) for x in sys.argv[1:4])
+rss_mib = int(sys.argv[4]) / 1024
+refused = over["refused"]
+rows = [
+    ("accepted >= 80 % of the peak", f"{over['ok_per_s']:.0f}/s vs {peak['ok_per_s']:.0f}/s = {over['ok_per_s'] / peak['ok_per_s']:.2f}",
+     over["ok_per_s"] >= 0.8 * peak["ok_per_s"]),
+    ("every refusal with Retry-After", f"{refused['with_retry_after']} of {refused['count']}", refused["with_retry_after"] == refused["count"]),
+    ("refusals within 100 ms (p99)", f"p99 {refused['p99_ms']} ms, max {refused['max_ms']} ms", refused["p99_ms"] <= 100),
+    ("accepted p99 within 2x the peak's", f"{over['accepted_latency_ms']['p99']} ms vs {peak['latency_ms']['p99']} ms",
+     over["accepted_latency_ms"]["p99"] <= 2 * peak["latency_ms"]["p99"]),
+    ("other answers (reported)", json.dumps({k: v for k, v in over["codes"].items() if k not in ("ok", "unavailable", "rate_limited")}), None),
+    ("service peak RSS (reported)", f"{rss_mib:.0f} MiB", None),
+    ("1 s after: 64 clients (reported)", f"{after['ok_per_s']:.0f}/s, p99 {after['latency_ms']['p99']} ms", None),
+]
+print("== overload targets ==")
+for name, value, met in rows:
+    print(f"  {name:38} {value:52} {'' if met is None else ('met' if met else 'MISSED')}")
+PY
