@@ -17,6 +17,10 @@ use tokio_util::sync::CancellationToken;
 /// How often the anchor is read again (monotonic clocks drift by parts per million).
 pub const SYNC_EVERY: Duration = Duration::from_secs(5);
 
+/// A reading whose round trip took longer is not trusted (its midpoint could be off by
+/// half of it): the last anchor stays.
+pub const ROUND_TRIP_MAX: Duration = Duration::from_millis(200);
+
 /// The ledger's clock; cheap to clone (clones share the anchor).
 #[derive(Clone, Debug)]
 pub struct Clock {
@@ -25,6 +29,9 @@ pub struct Clock {
 
 #[derive(Clone, Copy, Debug)]
 struct Anchor {
+    /// The latest time `now` answered: once synced, the clock never goes back, even when
+    /// a new reading is behind the old one (it then stands still until it catches up).
+    last: DateTime<Utc>,
     /// When (on this process's monotonic clock) the database said `db`.
     at: Instant,
     db: DateTime<Utc>,
@@ -42,7 +49,8 @@ impl Default for Clock {
 impl Clock {
     /// A clock anchored at this process's wall clock, until [`Clock::sync`] succeeds.
     pub fn local() -> Clock {
-        Clock { anchor: Arc::new(Mutex::new(Anchor { at: Instant::now(), db: Utc::now(), synced: false })) }
+        let now = Utc::now();
+        Clock { anchor: Arc::new(Mutex::new(Anchor { last: now, at: Instant::now(), db: now, synced: false })) }
     }
 
     fn anchor(&self) -> Anchor {
@@ -51,8 +59,10 @@ impl Clock {
 
     /// The ledger's time now.
     pub fn now(&self) -> DateTime<Utc> {
-        let a = self.anchor();
-        a.db + chrono::Duration::from_std(a.at.elapsed()).unwrap_or(chrono::Duration::zero())
+        let mut a = self.anchor.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = a.db + chrono::Duration::from_std(a.at.elapsed()).unwrap_or(chrono::Duration::zero());
+        a.last = a.last.max(now);
+        a.last
     }
 
     /// Whether the clock follows the database yet.
@@ -62,11 +72,21 @@ impl Clock {
 
     /// Reads the database's clock; the reading is placed halfway through the round trip.
     pub async fn sync(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
+        // The connection first: waiting for one is not part of the round trip.
+        let mut conn = pool.acquire().await?;
         let sent = Instant::now();
-        let db: DateTime<Utc> = sqlx::query_scalar("select clock_timestamp()").fetch_one(pool).await?;
+        let db: DateTime<Utc> = sqlx::query_scalar("select clock_timestamp()").fetch_one(&mut *conn).await?;
         let answered = Instant::now();
+        if answered - sent > ROUND_TRIP_MAX {
+            tracing::debug!(round_trip = ?(answered - sent), "a reading of the database's clock too slow to trust");
+            return Ok(());
+        }
         let at = sent + (answered - sent) / 2;
-        *self.anchor.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Anchor { at, db, synced: true };
+        let mut a = self.anchor.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // The first reading replaces this process's own clock outright, however far off
+        // it was; later readings never take the clock back.
+        let last = if a.synced { a.last } else { db };
+        *a = Anchor { last, at, db, synced: true };
         Ok(())
     }
 
@@ -93,7 +113,7 @@ mod tests {
     fn time_goes_on_by_the_monotonic_clock_from_the_anchor() {
         let clock = Clock::local();
         let anchor = DateTime::parse_from_rfc3339("2030-01-01T00:00:00Z").expect("a time").with_timezone(&Utc);
-        *clock.anchor.lock().expect("lock") = Anchor { at: Instant::now(), db: anchor, synced: true };
+        *clock.anchor.lock().expect("lock") = Anchor { last: anchor, at: Instant::now(), db: anchor, synced: true };
         std::thread::sleep(Duration::from_millis(20));
         let now = clock.now();
         assert!(now >= anchor + chrono::Duration::milliseconds(20), "{now}");

@@ -170,7 +170,8 @@ pub struct Config {
     /// (default 5000): the relay's backoff while JetStream fails.
     pub relay_backoff_base: Duration,
     pub relay_backoff_max: Duration,
-    /// `LEDGER_RELAY_LEASE_MS` (default 5000): how long the relay leader's session may
+    /// `LEDGER_RELAY_LEASE_MS` (default 15000, three times NATS' request time-out, so a
+    /// slow publish does not cost the leader its lease): how long the relay leader's session may
     /// go unused before Postgres ends it (`idle_session_timeout`), releasing leadership;
     /// the leader uses it at least every second, so only a leader that stopped (a paused
     /// process, a host gone without closing its connection) loses it, and another takes over.
@@ -263,7 +264,7 @@ impl Default for Config {
             relay_election_interval: Duration::from_millis(500),
             relay_backoff_base: Duration::from_millis(50),
             relay_backoff_max: Duration::from_millis(5000),
-            relay_lease: Duration::from_millis(5000),
+            relay_lease: Duration::from_millis(15_000),
         }
     }
 }
@@ -366,6 +367,10 @@ impl Config {
             ledger: d.ledger,
         };
         config.settle_shards();
+        // The wait on Postgres must end before the request does, or it never counts.
+        if config.db_wait >= config.request_timeout {
+            config.db_wait = config.request_timeout * 4 / 5;
+        }
         Ok(config)
     }
 
@@ -414,6 +419,10 @@ impl Config {
             payout_backoff_max: Duration::from_millis(50),
             provider_breaker_cooldown: Duration::from_millis(500),
             reconcile_interval: Duration::ZERO,
+            // Tests of concurrency send hundreds of requests at once with one token; the
+            // tests of the bounds set them.
+            http_in_flight_max: 4096,
+            token_in_flight_max: 4096,
             ..Config::default()
         }
     }

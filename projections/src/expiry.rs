@@ -39,6 +39,13 @@ impl ExpiryWorker {
     /// One pass over every hold due now, a page at a time: returns how many expiries it
     /// recorded.
     pub async fn pass(&self) -> Result<usize, sqlx::Error> {
+        // Never on this process's own clock: until the database's has been read, no pass.
+        if !self.clock.synced() {
+            self.clock.sync(&self.pool).await?;
+            if !self.clock.synced() {
+                return Ok(0);
+            }
+        }
         let now = self.clock.now();
         let (mut after, mut recorded) = (None, 0);
         loop {

@@ -74,16 +74,40 @@ pub async fn db_guard(State(state): State<AppState>, request: Request, next: Nex
         }
     };
     // If this future is dropped here (time-out, client gone), so is the permit. A
-    // request still waiting after `LEDGER_DB_WAIT_MS` is what a hung Postgres looks
-    // like: answered 503 now and counted, so the breaker opens and the next requests
-    // fail at once instead of each waiting out the request time-out.
-    let response = match tokio::time::timeout(state.config.db_wait, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => {
-            permit.failure();
-            metrics::counter!("ledger_db_waits_exceeded_total").increment(1);
-            return ApiError { retry_after_s: Some(1), ..ApiError::unavailable(&"postgres did not answer in time") }
-                .into_response();
+    // request still waiting `LEDGER_DB_WAIT_MS` after its body was received is what a
+    // hung Postgres looks like: answered 503 now and counted, so the breaker opens and
+    // the next requests fail at once instead of each waiting out the request time-out.
+    // The wait starts once the body is in: a client that sends it slowly costs only its
+    // own request (the request time-out), never a failure of Postgres. Requests whose own
+    // work may take longer (see `untimed`) are left to the request time-out.
+    let timed = !state.config.db_wait.is_zero() && !untimed(&request);
+    let (parts, body) = request.into_parts();
+    let (received, body) = watch_body(body);
+    let run = next.run(Request::from_parts(parts, body));
+    tokio::pin!(run);
+    let response = if !timed {
+        run.await
+    } else {
+        let mut received = received;
+        let body_in = async move {
+            // Err: the body was dropped unread, which is as good as read here.
+            let _ = received.wait_for(|done| *done).await;
+        };
+        let early = tokio::select! {
+            response = &mut run => Some(response),
+            () = body_in => None,
+        };
+        match early {
+            Some(response) => response,
+            None => match tokio::time::timeout(state.config.db_wait, &mut run).await {
+                Ok(response) => response,
+                Err(_) => {
+                    permit.failure();
+                    metrics::counter!("ledger_db_waits_exceeded_total").increment(1);
+                    let e = ApiError::unavailable(&"postgres did not answer in time");
+                    return ApiError { retry_after_s: Some(1), ..e }.into_response();
+                }
+            },
         }
     };
     if response.extensions().get::<DependencyFailed>().is_some() {
@@ -95,6 +119,44 @@ pub async fn db_guard(State(state): State<AppState>, request: Request, next: Nex
     // large, rate-limited; or an internal error) says nothing of Postgres: the permit is
     // dropped with no verdict, so such a probe neither closes nor reopens the breaker.
     response
+}
+
+/// Requests whose own work may outlast `LEDGER_DB_WAIT_MS` with Postgres answering: a
+/// walk of the whole chain, a strong read catching the read models up after an outage,
+/// a ledger's creation (its migrations). The request time-out bounds them.
+fn untimed(request: &Request) -> bool {
+    let path = request.uri().path();
+    let strong = request.uri().query().is_some_and(|q| q.split('&').any(|p| p == "consistency=strong"));
+    strong
+        || path.ends_with("/audit/verify")
+        || (request.method() == axum::http::Method::POST && path == "/v1/admin/ledgers")
+        || path.contains("/admin/dead-letters/")
+}
+
+/// The body, and a flag that turns true once it has been read to its end (at once for
+/// a request without one).
+fn watch_body(body: axum::body::Body) -> (tokio::sync::watch::Receiver<bool>, axum::body::Body) {
+    use http_body::Body as _;
+    let (tx, rx) = tokio::sync::watch::channel(body.is_end_stream());
+    if body.is_end_stream() {
+        return (rx, body);
+    }
+    let stream = futures::stream::unfold((body.into_data_stream(), Some(tx)), |(mut data, tx)| async move {
+        use futures::StreamExt;
+        let tx = tx?;
+        match data.next().await {
+            Some(Ok(chunk)) => Some((Ok::<_, axum::Error>(chunk), (data, Some(tx)))),
+            Some(Err(e)) => {
+                let _ = tx.send(true);
+                Some((Err(e), (data, None)))
+            }
+            None => {
+                let _ = tx.send(true);
+                None
+            }
+        }
+    });
+    (rx, axum::body::Body::from_stream(stream))
 }
 
 /// Whether a response shows that Postgres answered: a success, or a business answer

@@ -64,7 +64,7 @@ async fn start(State(state): State<AppState>, principal: Principal, body: Comman
         Begun::Answered(replay) => return Ok(crate::http::command::respond(replay, true)),
         Begun::Run(key) => key,
     };
-    let window = match window(&body) {
+    let window = match window(&body, state.clock.now()) {
         Ok(window) => window,
         Err(e) => return Err(key.refuse(e).await),
     };
@@ -91,9 +91,12 @@ async fn start(State(state): State<AppState>, principal: Principal, body: Comman
 }
 
 /// The run's window from the request: `to` default now, `from` default a day before it.
-fn window(body: &CommandBody) -> Result<(chrono::DateTime<Utc>, chrono::DateTime<Utc>), ApiError> {
+fn window(
+    body: &CommandBody,
+    now: chrono::DateTime<Utc>,
+) -> Result<(chrono::DateTime<Utc>, chrono::DateTime<Utc>), ApiError> {
     let window: ledger_wire::ReconciliationRequest = crate::http::requests::parse(&body.json)?;
-    let to = window.to.map_or_else(Utc::now, |t| t.0);
+    let to = window.to.map_or(now, |t| t.0);
     let from = window.from.map_or(to - chrono::Duration::hours(DEFAULT_WINDOW_H), |t| t.0);
     if from >= to {
         return Err(ApiError::validation("`from` must be before `to`"));

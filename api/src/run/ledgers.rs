@@ -31,7 +31,13 @@ pub struct Runtime {
     ready: std::sync::OnceLock<()>,
     /// Held while it is made ready, so that happens once.
     readying: tokio::sync::Mutex<()>,
+    /// When making it ready last failed: for [`READY_RETRY`] after, requests are refused
+    /// at once rather than each waiting on a shard that does not answer.
+    failed_at: Mutex<Option<std::time::Instant>>,
 }
+
+/// How long a ledger whose shard did not answer is refused at once before it is tried again.
+pub const READY_RETRY: Duration = Duration::from_secs(2);
 
 /// Every ledger this process has met.
 pub struct Ledgers {
@@ -51,7 +57,14 @@ impl Ledgers {
         let record = ledgers::default_record(&home.store, &home.config).await?;
         let ready = std::sync::OnceLock::from(());
         let router = crate::ledger_router(home.clone());
-        let default = Arc::new(Runtime { record, router, state: home, ready, readying: tokio::sync::Mutex::new(()) });
+        let default = Arc::new(Runtime {
+            record,
+            router,
+            state: home,
+            ready,
+            readying: tokio::sync::Mutex::new(()),
+            failed_at: Mutex::default(),
+        });
         Ok(Arc::new(Ledgers {
             default,
             mode,
@@ -120,7 +133,7 @@ impl Ledgers {
         let state = AppState::within(core, home.clone());
         let router = crate::ledger_router(state.clone());
         let (ready, readying) = (std::sync::OnceLock::new(), tokio::sync::Mutex::new(()));
-        Ok(Arc::new(Runtime { record, state, router, ready, readying }))
+        Ok(Arc::new(Runtime { record, state, router, ready, readying, failed_at: Mutex::default() }))
     }
 
     /// Makes the ledger's schema whole on its shard (once per process) and starts its
@@ -129,9 +142,22 @@ impl Ledgers {
         if runtime.ready.get().is_some() {
             return Ok(());
         }
+        let recently_failed = || {
+            runtime
+                .failed_at
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .is_some_and(|t| t.elapsed() < READY_RETRY)
+        };
+        if recently_failed() {
+            return Err(ApiError::unavailable(&"the shard of this ledger does not answer"));
+        }
         let _readying = runtime.readying.lock().await;
         if runtime.ready.get().is_some() {
             return Ok(());
+        }
+        if recently_failed() {
+            return Err(ApiError::unavailable(&"the shard of this ledger does not answer"));
         }
         let record = &runtime.record;
         let shard = self
@@ -142,6 +168,8 @@ impl Ledgers {
             .find(|s| s.name == record.shard)
             .ok_or_else(|| ApiError::unavailable(&"the shard of this ledger is not configured here"))?;
         if let Err(e) = ledgers::prepare_existing(&shard.url, &record.schema).await {
+            *runtime.failed_at.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some(std::time::Instant::now());
             tracing::warn!(ledger = %record.name, shard = %shard.name, error = %e, "ledger not ready");
             return Err(ApiError::unavailable(&"the shard of this ledger does not answer"));
         }

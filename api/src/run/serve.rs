@@ -42,6 +42,20 @@ pub async fn build_core(mut config: Config) -> Result<Core, StartError> {
     if let Err(e) = core.clock.sync(&core.pool).await {
         tracing::warn!(error = %e, "reading the database's clock failed; using this process's until it answers");
     }
+    // A log stamped ahead of the database's clock (by a process of an earlier version
+    // whose clock ran fast) stamps every new event at its head's time until real time
+    // catches up: say so.
+    let ahead: Option<f64> =
+        sqlx::query_scalar("select extract(epoch from recorded_at - clock_timestamp())::float8 from log_head")
+            .fetch_one(&core.pool)
+            .await
+            .ok();
+    if let Some(s) = ahead.filter(|s| *s > 60.0) {
+        tracing::warn!(
+            seconds_ahead = s,
+            "the log's head is stamped ahead of the database's clock; new events keep its time until the clock passes it (docs/CAP.md, clock)"
+        );
+    }
     core.replica_pool = replica;
     core.master_key = std::sync::Arc::new(master_key);
     core.webhook_policy = std::sync::Arc::new(webhook_policy);

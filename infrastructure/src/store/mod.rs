@@ -201,7 +201,8 @@ impl EventStore {
     /// How long an append's transaction may sit idle (its writer paused, or gone without
     /// closing the connection) before Postgres ends it and frees the head lock.
     pub fn with_append_idle_timeout(mut self, timeout: std::time::Duration) -> EventStore {
-        self.append_idle_timeout = format!("{}ms", timeout.as_millis().max(1));
+        // 0 disables the limit, as Postgres reads it.
+        self.append_idle_timeout = format!("{}ms", timeout.as_millis());
         self
     }
 

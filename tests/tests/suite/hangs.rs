@@ -107,3 +107,52 @@ async fn a_hanging_postgres_fails_fast_once_the_breaker_opens_and_loses_nothing(
     assert_eq!(app.account(b).await["balance"], json!(recorded), "one transfer of 1 per recorded event");
     app.fold_log().await;
 }
+
+/// A client that sends its body slowly costs only its own request: the wait on
+/// Postgres starts once the body is in, so slow uploads never count as Postgres
+/// failures and cannot hold the breaker open for everyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_bodies_do_not_count_as_postgres_failures() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut config = test_config();
+    config.db_wait = Duration::from_millis(500);
+    config.db_breaker_failures = 3;
+    let app = TestApp::spawn_with(config).await;
+    let (a, b) = (app.open_account("EUR", 0).await, app.open_account("EUR", 0).await);
+    app.deposit(a, 1_000, "EUR").await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let slow = |i: usize| {
+        let addr = addr.clone();
+        async move {
+            let body = json!({ "from": a, "to": b, "amount": 1, "currency": "EUR" }).to_string();
+            let head = format!(
+                "POST /v1/transfers HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
+                 Idempotency-Key: slow-{i}-{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n",
+                ledger_tests::ADMIN_TOKEN,
+                Uuid::new_v4(),
+                body.len()
+            );
+            let mut socket = tokio::net::TcpStream::connect(&addr).await.expect("connected");
+            socket.write_all(head.as_bytes()).await.expect("head sent");
+            // The body in four pieces over 1.5 s: three times the wait on Postgres.
+            for piece in body.as_bytes().chunks(body.len().div_ceil(4)) {
+                tokio::time::sleep(Duration::from_millis(375)).await;
+                socket.write_all(piece).await.expect("piece sent");
+            }
+            let mut answer = String::new();
+            let _ = socket.read_to_string(&mut answer).await;
+            answer.lines().next().unwrap_or_default().to_owned()
+        }
+    };
+    let answers = futures::future::join_all((0..5).map(slow)).await;
+    for line in &answers {
+        assert!(line.contains("201"), "a slow upload is served: {answers:?}");
+    }
+    let postgres = app.state.db_breaker.snapshot();
+    assert_eq!(
+        (postgres.state, postgres.failures),
+        (ledger_infrastructure::breaker::BreakerState::Closed, 0),
+        "slow uploads are no failure of Postgres"
+    );
+}
