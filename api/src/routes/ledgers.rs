@@ -60,6 +60,12 @@ async fn route(ledgers: &Ledgers, request: Request) -> Result<Response, ApiError
     if deployment_wide(rest) {
         return Err(ApiError::not_found("no such route"));
     }
+    // A ledger takes at most three quarters of the process's turns: one whose shard
+    // hangs leaves the others theirs.
+    let Ok(_turn) = runtime.state.ledger_permits.clone().try_acquire_owned() else {
+        metrics::counter!("ledger_requests_shed_total", "bound" => "ledger").increment(1);
+        return Err(ApiError::overloaded("this ledger is at its bound of requests in flight; retry later"));
+    };
     ledgers.ready(&runtime).await?;
     let unprefixed = match request.uri().query() {
         Some(q) => format!("/v1/{rest}?{q}"),

@@ -106,6 +106,9 @@ pub struct Http {
     pub bulk_principals: Mutex<std::collections::HashMap<String, usize>>,
     /// Turns of `LEDGER_HTTP_IN_FLIGHT_MAX` (`http::shed`; `default`'s serve the process).
     pub request_permits: Arc<tokio::sync::Semaphore>,
+    /// Turns of this ledger (not `default`, whose requests have the process's): three
+    /// quarters of the process's, so a ledger whose shard hangs cannot take them all.
+    pub ledger_permits: Arc<tokio::sync::Semaphore>,
     /// Requests in flight per principal, bounded by `LEDGER_TOKEN_IN_FLIGHT_MAX`.
     pub token_in_flight: Mutex<std::collections::HashMap<String, usize>>,
     /// The state of the ledger `default` when this is another ledger's: it holds the
@@ -165,6 +168,7 @@ impl AppState {
             bulk_principals: Mutex::default(),
             request_permits: Arc::new(tokio::sync::Semaphore::new(config.http_in_flight_max.max(1))),
             token_in_flight: Mutex::default(),
+            ledger_permits: Arc::new(tokio::sync::Semaphore::new((config.http_in_flight_max * 3 / 4).max(1))),
             home,
             core,
         }))

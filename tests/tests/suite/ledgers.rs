@@ -441,6 +441,7 @@ async fn a_shard_that_hangs_or_is_gone_takes_only_its_ledgers() {
     config.shards = shards(&far_url);
     config.request_timeout = Duration::from_secs(4);
     config.db_acquire_timeout = Duration::from_millis(500);
+    config.http_in_flight_max = 8;
     let mut app = TestApp::spawn_with(config.clone()).await;
     let r = app.post("/v1/admin/ledgers", &key(), &json!({ "name": "remote", "shard": "far" })).await;
     assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
@@ -468,6 +469,20 @@ async fn a_shard_that_hangs_or_is_gone_takes_only_its_ledgers() {
     assert!(heads.contains(&(json!("remote"), Value::Null)), "{heads:?}");
     let r = app.get(&under("remote", &format!("/v1/accounts/{remote}?consistency=strong"))).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{r:?}");
+    // Many requests for the hanging ledger at once take at most its share of the
+    // process's turns (8 here): another ledger is answered meanwhile.
+    let flood: Vec<_> = (0..12)
+        .map(|_| {
+            let (app, path) = (app.clone_handle(), under("remote", "/v1/system-accounts"));
+            tokio::spawn(async move { app.get(&path).await.status })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = app.get(&under("near", "/v1/system-accounts")).await;
+    assert_eq!(r.status, StatusCode::OK, "another ledger is served while one hangs: {r:?}");
+    for f in flood {
+        assert_eq!(f.await.expect("a request"), StatusCode::SERVICE_UNAVAILABLE);
+    }
     // The other ledgers work, their workers included: an eventual read converges.
     let a = open(&app, "near", "EUR").await;
     let body = json!({ "account_id": a, "amount": 7, "currency": "EUR" });
