@@ -156,3 +156,47 @@ async fn slow_bodies_do_not_count_as_postgres_failures() {
         "slow uploads are no failure of Postgres"
     );
 }
+
+/// NATS hangs under commands (sockets open, nothing answered): commands go on, eventual
+/// reads follow the log, and when NATS answers again the relay publishes everything
+/// (its checkpoint reaches the head) and the read models equal the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hanging_nats_stops_no_command_and_the_stream_is_made_whole_after() {
+    let proxy = FaultProxy::start("127.0.0.1:4222").await;
+    let mut config = test_config();
+    config.nats_url = proxy.url_for(&config.nats_url, 4222);
+    let app = TestApp::spawn_with(config).await;
+    let (a, b) = (app.open_account("EUR", 0).await, app.open_account("EUR", 0).await);
+    app.deposit(a, 1_000, "EUR").await;
+    let relayed = || async {
+        sqlx::query_scalar::<_, i64>("select position from relay_checkpoints").fetch_one(&app.pool).await.unwrap_or(0)
+    };
+    let head = app.state.store.head().await.expect("the head");
+    eventually("the relay publishes", 30, || async { relayed().await >= head }).await;
+    proxy.set(Mode::Hang);
+    let hung = Instant::now();
+    for i in 0..20 {
+        let started = Instant::now();
+        let r = app.transfer(a, b, 1, "EUR").await;
+        assert_eq!(r.status, StatusCode::CREATED, "command {i} while NATS hangs: {r:?}");
+        assert!(started.elapsed() < Duration::from_secs(2), "commands never wait for NATS: {:?}", started.elapsed());
+    }
+    // Eventual reads follow the log meanwhile.
+    let view = format!("/v1/accounts/{b}");
+    eventually("the read model follows the log without NATS", 30, || async {
+        app.get(&view).await.body["balance"] == json!(20)
+    })
+    .await;
+    // Hung for at least 8 s in all, then NATS answers again.
+    tokio::time::sleep(Duration::from_secs(8).saturating_sub(hung.elapsed())).await;
+    proxy.set(Mode::Pass);
+    let resumed = Instant::now();
+    let head = app.state.store.head().await.expect("the head");
+    eventually("the relay publishes everything after NATS answers again", 60, || async { relayed().await >= head })
+        .await;
+    eprintln!("relay caught up {:?} after NATS answered again", resumed.elapsed());
+    app.transfer(a, b, 1, "EUR").await;
+    eventually("deliveries flow again", 30, || async { app.get(&view).await.body["balance"] == json!(21) }).await;
+    app.assert_read_models_match_log().await;
+    app.fold_log().await;
+}
