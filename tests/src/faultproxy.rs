@@ -30,7 +30,7 @@ pub struct FaultProxy {
 impl Drop for FaultProxy {
     fn drop(&mut self) {
         self.task.abort();
-        let _ = self.mode.send(Mode::Reset);
+        self.mode.send_replace(Mode::Reset);
     }
 }
 
@@ -62,7 +62,9 @@ impl FaultProxy {
     }
 
     pub fn set(&self, mode: Mode) {
-        let _ = self.mode.send(mode);
+        // `send` would keep the old mode while no connection listens: a connection made
+        // later must see this one.
+        self.mode.send_replace(mode);
     }
 
     /// `url` (a `postgres://…` or `nats://…` URL naming `127.0.0.1:PORT`) through this proxy.

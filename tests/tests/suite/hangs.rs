@@ -200,3 +200,43 @@ async fn a_hanging_nats_stops_no_command_and_the_stream_is_made_whole_after() {
     app.assert_read_models_match_log().await;
     app.fold_log().await;
 }
+
+/// The provider hangs while withdrawals are being paid: each call times out
+/// (`LEDGER_PROVIDER_TIMEOUT_MS`), the provider's breaker opens, commands go on; when
+/// it answers again every withdrawal settles, and none is paid twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hanging_provider_delays_payouts_and_pays_each_once() {
+    let sim = ledger_provider_sim::Simulator::new(ledger_provider_sim::Faults::default(), 7)
+        .start_local()
+        .await
+        .expect("the simulator starts");
+    let upstream = sim.url().trim_start_matches("http://").to_owned();
+    let proxy = FaultProxy::start(&upstream).await;
+    let mut config = test_config();
+    config.provider_url = format!("http://127.0.0.1:{}", proxy.port);
+    config.provider_breaker_failures = 3;
+    config.payout_attempts_max = 1_000;
+    let app = TestApp::spawn_with(config).await;
+    let a = app.open_account("EUR", 0).await;
+    app.deposit(a, 1_000, "EUR").await;
+    proxy.set(Mode::Hang);
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        ids.push(app.withdraw(a, 10).await);
+        assert!(started.elapsed() < Duration::from_secs(2), "a withdrawal is accepted without the provider");
+    }
+    let r = app.transfer(a, app.open_account("EUR", 0).await, 1, "EUR").await;
+    assert_eq!(r.status, StatusCode::CREATED, "commands go on: {r:?}");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(sim.simulator.stats().calls, 0, "no call reached the provider while it hung");
+    for id in &ids {
+        assert_eq!(app.withdrawal_status(*id).await, "pending", "nothing settles while the provider hangs");
+    }
+    proxy.set(Mode::Pass);
+    let resumed = Instant::now();
+    app.wait_status(&ids, "settled", 60).await;
+    eprintln!("every withdrawal settled {:?} after the provider answered again", resumed.elapsed());
+    assert!(sim.simulator.stats().double_paid().is_empty(), "none paid twice");
+    app.fold_log().await;
+}
