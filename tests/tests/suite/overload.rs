@@ -44,19 +44,29 @@ async fn beyond_its_bounds_the_service_sheds_at_once_and_serves_the_rest() {
     };
     let plain = format!("/v1/accounts/{a}");
     let mut waiting: Vec<_> = (0..3).map(|_| slow(ADMIN_TOKEN.to_owned())).collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let in_flight = |name: &str| {
+        let counts = app.state.token_in_flight.lock().expect("counts");
+        counts.get(name).copied().unwrap_or(0)
+    };
+    ledger_tests::eventually("the admin token's three turns are out", 10, || async {
+        in_flight(ledger_api::http::auth::BOOTSTRAP_PRINCIPAL) == 3
+    })
+    .await;
     // The admin token has its three turns out: a fourth is 429 at once.
     let (status, retry, took) = get(&app, ADMIN_TOKEN, &plain).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
-    assert!(retry.is_some() && took < Duration::from_millis(200), "{retry:?} {took:?}");
+    assert!(retry.is_some() && took < Duration::from_secs(1), "at once, not after a wait: {retry:?} {took:?}");
     // Another token is served meanwhile.
     assert_eq!(get(&app, &second, &plain).await.0, StatusCode::OK);
     // The process's six turns out (three of each token): anyone else is 503 at once.
     waiting.extend((0..3).map(|_| slow(second.clone())));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    ledger_tests::eventually("the process's six turns are out", 10, || async {
+        app.state.request_permits.available_permits() == 0
+    })
+    .await;
     let (status, retry, took) = get(&app, &third, &plain).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(retry.is_some() && took < Duration::from_millis(200), "{retry:?} {took:?}");
+    assert!(retry.is_some() && took < Duration::from_secs(1), "at once, not after a wait: {retry:?} {took:?}");
     // Health and metrics are not counted.
     let live = app.client.get(format!("{}/health/live", app.base)).send().await.expect("sent");
     assert_eq!(live.status(), StatusCode::OK);
