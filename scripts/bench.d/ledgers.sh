@@ -22,15 +22,11 @@ chown postgres:postgres "$far_dir"
 runuser -u postgres -- "$pg_bin/initdb" -A trust -U postgres -D "$far_dir/data" >/dev/null
 runuser -u postgres -- "$pg_bin/pg_ctl" -w -D "$far_dir/data" -l "$far_dir/log" \
   -o "-p $far_port -c listen_addresses=127.0.0.1 -k $far_dir -c shared_buffers=128MB -c max_connections=200" start >/dev/null
-psql -h 127.0.0.1 -U postgres -d postgres -Atqc "drop database if exists ledger_bench_shards with (force)"
-export LEDGER_ADMIN_TOKEN="bench-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-main_url="postgres://postgres@127.0.0.1:5432/ledger_bench_shards"
-far_url="postgres://postgres@127.0.0.1:$far_port/ledger_bench_shards"
-LEDGER_SHARDS="main=$main_url,far=$far_url" LEDGER_HTTP_ADDR="127.0.0.1:$PORT" \
-  LEDGER_NATS_PREFIX="bench_shards_$(date +%s)" LEDGER_PROVIDER_URL="http://127.0.0.1:9" \
-  LEDGER_RECONCILE_INTERVAL_S=0 LEDGER_RATE_LIMIT_PER_S=1000000 LEDGER_RATE_LIMIT_BURST=1000000 RUST_LOG=warn \
-  target/release/ledger serve >/tmp/ledger-bench-shards.log 2>&1 &
-ledger_pid=$!
+db="ledger_bench_shards_$(date +%s)"
+main_url="postgres://postgres@127.0.0.1:5432/$db"
+far_url="postgres://postgres@127.0.0.1:$far_port/$db"
+ledger_pid=$(scripts/measure/run-ledger "$PORT" "$db" LEDGER_SHARDS="main=$main_url,far=$far_url" \
+  LEDGER_PROVIDER_URL="http://127.0.0.1:9")
 cleanup() {
   kill "$ledger_pid" 2>/dev/null || true
   wait "$ledger_pid" 2>/dev/null || true
@@ -38,16 +34,15 @@ cleanup() {
   rm -rf "$far_dir"
 }
 trap cleanup EXIT
-for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$PORT/health/ready" >/dev/null && break; sleep 0.2; done
 
 create() {
-  curl -fs -X POST "http://127.0.0.1:$PORT/v1/admin/ledgers" -H "Authorization: Bearer $LEDGER_ADMIN_TOKEN" \
+  curl -fs -X POST "http://127.0.0.1:$PORT/v1/admin/ledgers" -H "Authorization: Bearer measure" \
     -H "Idempotency-Key: bench-ledger-$1" -H 'content-type: application/json' -d "{\"name\":\"$1\",\"shard\":\"$2\"}" >/dev/null
 }
 for n in one-a one-b one-c one-d; do create "$n" main; done
 create two-a main; create two-b main; create two-c far; create two-d far
 
-LEDGER_PID=$ledger_pid; LOAD_URL="http://127.0.0.1:$PORT"; LOAD_TOKEN=$LEDGER_ADMIN_TOKEN
+LEDGER_PID=$ledger_pid; LOAD_URL="http://127.0.0.1:$PORT"; LOAD_TOKEN=measure
 . scripts/bench.d/sample.sh
 declare -a results
 # Appends and their commands so far (the service's `ledger_append_batch_size`).

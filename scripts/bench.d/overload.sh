@@ -12,17 +12,11 @@ PEAK_SECONDS="${BENCH_SECONDS:-15}"
 OVERLOAD_SECONDS="${OVERLOAD_SECONDS:-30}"
 scripts/services >/dev/null
 cargo build --release -q --bin ledger --bin ledger-load
-psql -h 127.0.0.1 -U postgres -d postgres -Atqc "drop database if exists ledger_bench_overload with (force)"
-export LEDGER_ADMIN_TOKEN="bench-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-DATABASE_URL="postgres://postgres@127.0.0.1:5432/ledger_bench_overload" LEDGER_HTTP_ADDR="127.0.0.1:$PORT" \
-  LEDGER_NATS_PREFIX="bench_overload_$(date +%s)" LEDGER_PROVIDER_URL="http://127.0.0.1:9" \
-  LEDGER_RECONCILE_INTERVAL_S=0 LEDGER_RATE_LIMIT_PER_S=1000000 LEDGER_RATE_LIMIT_BURST=1000000 \
-  LEDGER_TOKEN_IN_FLIGHT_MAX=100000 LEDGER_HTTP_IN_FLIGHT_MAX="${LEDGER_HTTP_IN_FLIGHT_MAX:-128}" RUST_LOG=warn \
-  target/release/ledger serve >/tmp/ledger-bench-overload.log 2>&1 &
-ledger_pid=$!
+ledger_pid=$(scripts/measure/run-ledger "$PORT" "ledger_bench_overload_$(date +%s)" \
+  LEDGER_PROVIDER_URL="http://127.0.0.1:9" LEDGER_TOKEN_IN_FLIGHT_MAX=100000 \
+  LEDGER_HTTP_IN_FLIGHT_MAX="${LEDGER_HTTP_IN_FLIGHT_MAX:-128}")
 trap 'kill $ledger_pid 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$PORT/health/ready" >/dev/null && break; sleep 0.2; done
-load() { target/release/ledger-load --url "http://127.0.0.1:$PORT" --token "$LEDGER_ADMIN_TOKEN" --accounts 1000 "$@" 2>/dev/null; }
+load() { target/release/ledger-load --url "http://127.0.0.1:$PORT" --token measure --accounts 1000 "$@" 2>/dev/null; }
 echo "== peak: 64 clients, ${PEAK_SECONDS}s =="
 peak=$(load --mode transfers --concurrency 64 --duration-s "$PEAK_SECONDS")
 echo "$peak"

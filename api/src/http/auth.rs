@@ -74,10 +74,10 @@ async fn principal(state: &AppState, token: &str) -> Result<Option<Principal>, A
         return Ok(Some(Principal { name: BOOTSTRAP_PRINCIPAL.into(), role: Role::Admin, ledgers: None }));
     }
     let hash = token_hash(token);
-    if let Some(p) = state.tokens.known.get(&hash) {
+    if let Some(p) = state.shared.tokens.known.get(&hash) {
         return Ok(Some(p));
     }
-    if state.tokens.unknown.contains_key(&hash) {
+    if state.shared.tokens.unknown.contains_key(&hash) {
         return Ok(None);
     }
     let found = match ledger_infrastructure::audit::token_by_hash(&state.store, &hash).await {
@@ -104,11 +104,11 @@ async fn principal(state: &AppState, token: &str) -> Result<Option<Principal>, A
                 ),
             };
             let p = Principal { name: token_principal(&name), role, ledgers };
-            state.tokens.known.insert(hash, p.clone());
+            state.shared.tokens.known.insert(hash, p.clone());
             Ok(Some(p))
         }
         None => {
-            state.tokens.unknown.insert(hash, ());
+            state.shared.tokens.unknown.insert(hash, ());
             Ok(None)
         }
     }
@@ -134,7 +134,7 @@ pub fn take(state: &AppState, name: &str) -> Result<(), u64> {
     let rate = f64::from(state.config.rate_limit_per_s.max(1));
     let burst = f64::from(state.config.rate_limit_burst.max(1));
     let bucket = state
-        .home()
+        .shared
         .tokens
         .buckets
         .get_with(name.to_owned(), || Arc::new(Mutex::new(Bucket { tokens: burst, at: Instant::now() })));
@@ -178,7 +178,7 @@ pub fn within_rate(state: &AppState, principal: &Principal) -> Result<(), ApiErr
 
 /// Routes that are the deployment's, not a ledger's: only a token without a ledger
 /// list may use them (a token confined to some ledgers must not mint a wider one).
-fn deployment_wide(path: &str) -> bool {
+pub fn deployment_wide(path: &str) -> bool {
     path.starts_with("/v1/admin/tokens") || path.starts_with("/v1/admin/ledgers")
 }
 
@@ -200,7 +200,7 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
     if !allowed(principal.role, request.method(), path) {
         return ApiError::forbidden().into_response();
     }
-    let _turn = match crate::http::shed::TokenTurn::take(&state, &principal) {
+    let _turn = match crate::http::shed::token_turn(&state, &principal) {
         Ok(turn) => turn,
         Err(e) => return e.into_response(),
     };

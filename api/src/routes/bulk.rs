@@ -32,46 +32,22 @@ pub fn router() -> Router<AppState> {
 /// hold only its own turns and the raw bodies held are bounded per principal. Per
 /// process, at most that many bulks are parsed and run at once, the memory-hungry part
 /// (another waits `LEDGER_BULK_WAIT_MS` for a turn, then 503 `unavailable`).
-struct InFlight {
-    state: AppState,
-    principal: String,
-}
-
-impl InFlight {
-    fn enter(state: &AppState, principal: &Principal) -> Result<InFlight, ApiError> {
-        // Bounds of the process and of the token, whatever ledger the bulk runs in.
-        let state = state.home();
-        let mut counts = state.bulk_principals.lock().map_err(|_| ApiError::internal(&"bulk counts poisoned"))?;
-        let count = counts.entry(principal.name.clone()).or_default();
-        if *count >= state.config.bulk_concurrency_max.max(1) {
-            metrics::counter!("ledger_bulks_shed_total", "bound" => "principal").increment(1);
-            let detail = "this token has as many bulks in flight as it may; retry later";
-            return Err(ApiError {
-                retry_after_s: Some(1),
-                ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited, detail)
-            });
+/// One of the principal's bulk turns, or the 429 that refuses it.
+fn enter(state: &AppState, principal: &Principal) -> Result<crate::http::shed::Turn, ApiError> {
+    // Bounds of the process and of the token, whatever ledger the bulk runs in.
+    state.shared.bulk_principals.take(&principal.name, state.config.bulk_concurrency_max).ok_or_else(|| {
+        metrics::counter!("ledger_bulks_shed_total", "bound" => "principal").increment(1);
+        let detail = "this token has as many bulks in flight as it may; retry later";
+        ApiError {
+            retry_after_s: Some(1),
+            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited, detail)
         }
-        *count += 1;
-        Ok(InFlight { state: state.clone(), principal: principal.name.clone() })
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        if let Ok(mut counts) = self.state.bulk_principals.lock()
-            && let Some(count) = counts.get_mut(&self.principal)
-        {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                counts.remove(&self.principal);
-            }
-        }
-    }
+    })
 }
 
 /// A turn to parse and run a bulk whose body has been read.
 async fn turn(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
-    let permits = state.home().bulk_permits.clone();
+    let permits = state.shared.bulk_permits.clone();
     match tokio::time::timeout(state.config.bulk_wait, permits.acquire_owned()).await {
         Ok(Ok(permit)) => Ok(permit),
         _ => {
@@ -229,7 +205,7 @@ async fn bulk(
     context: RequestContext,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let _in_flight = match InFlight::enter(&state, &principal) {
+    let _in_flight = match enter(&state, &principal) {
         Ok(in_flight) => in_flight,
         Err(e) => {
             drain(&state, request).await;

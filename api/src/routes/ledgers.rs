@@ -23,12 +23,6 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/v1/admin/ledgers", get(list).post(create)).route("/v1/admin/ledgers/{ledger}", get(show))
 }
 
-/// Paths after a ledger prefix that are the deployment's, not a ledger's.
-fn deployment_wide(rest: &str) -> bool {
-    let first_two: Vec<&str> = rest.splitn(3, '/').take(2).collect();
-    matches!(first_two.as_slice(), ["admin", "ledgers" | "tokens"])
-}
-
 /// `/v1/ledgers/{ledger}/…`: authenticates (401 first, as on every route), finds the
 /// ledger (404 `ledger_not_found`), readies it (503 while its shard does not answer),
 /// and hands the request to its router as the unprefixed path, which authorizes the
@@ -57,7 +51,8 @@ async fn route(ledgers: &Ledgers, request: Request) -> Result<Response, ApiError
         crate::http::auth::within_rate(ledgers.home(), &principal)?;
         return Err(ApiError::new(StatusCode::NOT_FOUND, ErrorCode::LedgerNotFound, "no such ledger"));
     };
-    if deployment_wide(rest) {
+    // The deployment's routes are not a ledger's.
+    if crate::http::auth::deployment_wide(&format!("/v1/{rest}")) {
         return Err(ApiError::not_found("no such route"));
     }
     // A ledger takes at most three quarters of the process's turns: one whose shard

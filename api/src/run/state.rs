@@ -94,26 +94,46 @@ pub struct Http {
     pub in_flight: Mutex<HashSet<(String, String)>>,
     pub cache: AccountCache,
     pub positions: ProjectionPositions,
-    pub tokens: crate::http::auth::TokenCache,
+    /// What every ledger of the process shares (one, made with `default`'s state).
+    pub shared: Arc<Shared>,
     /// The breaker in front of Postgres (see `guard`).
     pub db_breaker: CircuitBreaker,
     /// Where eventual reads go when `DATABASE_READ_URL` is set.
     pub replica: Option<Replica>,
+    /// Turns of this ledger (not `default`, whose requests have the process's): three
+    /// quarters of the process's, so a ledger whose shard hangs cannot take them all.
+    pub ledger_permits: Arc<tokio::sync::Semaphore>,
+    /// The state of the ledger `default` when this is another ledger's: it holds the
+    /// directory and the tokens.
+    home: Option<AppState>,
+}
+
+/// What every ledger of a process shares: the token cache and rate buckets, and the
+/// bounds of the work in flight, which are the process's and each principal's whatever
+/// ledger a request addresses.
+pub struct Shared {
+    pub tokens: crate::http::auth::TokenCache,
     /// Bulks read, parsed and run at once (`LEDGER_BULK_CONCURRENCY_MAX`): what bounds
     /// the memory bulks take, whatever clients send.
     pub bulk_permits: Arc<tokio::sync::Semaphore>,
     /// Bulks in flight per principal (`routes::bulk`), bounded like the permits.
-    pub bulk_principals: Mutex<std::collections::HashMap<String, usize>>,
-    /// Turns of `LEDGER_HTTP_IN_FLIGHT_MAX` (`http::shed`; `default`'s serve the process).
+    pub bulk_principals: crate::http::shed::Turns,
+    /// Turns of `LEDGER_HTTP_IN_FLIGHT_MAX` (`http::shed`).
     pub request_permits: Arc<tokio::sync::Semaphore>,
-    /// Turns of this ledger (not `default`, whose requests have the process's): three
-    /// quarters of the process's, so a ledger whose shard hangs cannot take them all.
-    pub ledger_permits: Arc<tokio::sync::Semaphore>,
     /// Requests in flight per principal, bounded by `LEDGER_TOKEN_IN_FLIGHT_MAX`.
-    pub token_in_flight: Mutex<std::collections::HashMap<String, usize>>,
-    /// The state of the ledger `default` when this is another ledger's: it holds the
-    /// directory and the tokens (and the token cache and rate buckets every ledger shares).
-    home: Option<AppState>,
+    pub token_in_flight: crate::http::shed::Turns,
+}
+
+impl Shared {
+    fn new(config: &ledger_infrastructure::Config) -> Shared {
+        Shared {
+            tokens: crate::http::auth::TokenCache::default(),
+            bulk_permits: Arc::new(tokio::sync::Semaphore::new(config.bulk_concurrency_max.max(1))),
+            bulk_principals: crate::http::shed::Turns::default(),
+            request_permits: Arc::new(tokio::sync::Semaphore::new(config.http_in_flight_max.max(1))),
+            token_in_flight: crate::http::shed::Turns::default(),
+        }
+    }
 }
 
 impl std::ops::Deref for AppState {
@@ -161,13 +181,9 @@ impl AppState {
             in_flight: Mutex::default(),
             cache: AccountCache::new(ACCOUNT_CACHE_ENTRIES_MAX, ACCOUNT_CACHE_TTL),
             positions: ProjectionPositions::default(),
-            tokens: crate::http::auth::TokenCache::default(),
+            shared: home.as_ref().map_or_else(|| Arc::new(Shared::new(config)), |h| h.shared.clone()),
             db_breaker,
             replica: core.replica_pool.clone().map(Replica::new),
-            bulk_permits: Arc::new(tokio::sync::Semaphore::new(config.bulk_concurrency_max.max(1))),
-            bulk_principals: Mutex::default(),
-            request_permits: Arc::new(tokio::sync::Semaphore::new(config.http_in_flight_max.max(1))),
-            token_in_flight: Mutex::default(),
             ledger_permits: Arc::new(tokio::sync::Semaphore::new((config.http_in_flight_max * 3 / 4).max(1))),
             home,
             core,

@@ -462,7 +462,7 @@ async fn bulks_are_bounded_per_client_and_per_process() {
     assert_eq!(TestApp::decode("POST", by_other).await.status, StatusCode::OK, "another client's bulk runs");
     drop(slow);
     // With every turn to run taken, a bulk is refused 503 after the wait, never run.
-    let turns = app.state.bulk_permits.clone().acquire_many_owned(1).await.expect("the turn");
+    let turns = app.state.shared.bulk_permits.clone().acquire_many_owned(1).await.expect("the turn");
     for _ in 0..4 {
         let r = app.post("/v1/bulk", &key(), &body).await;
         assert_eq!(

@@ -56,6 +56,7 @@ async fn processes_whose_clocks_are_wrong_decide_with_the_databases_time() {
     let (status, captured) = post(&ahead.base, &format!("/v1/holds/{h1}/capture"), json!({})).await;
     assert_eq!(status, StatusCode::OK, "a hold due in 40 s is capturable through a fast clock too: {captured}");
     // The fast process's expiry worker runs every second: several passes, no expiry.
+    // Deliberate: a window in which nothing may happen (no condition to poll for).
     tokio::time::sleep(Duration::from_secs(4)).await;
     let status_of = |id: String| {
         let app = app.clone_handle();

@@ -54,6 +54,7 @@ async fn a_hanging_postgres_fails_fast_once_the_breaker_opens_and_loses_nothing(
             })
         })
         .collect();
+    // Deliberate: the load runs a second before the fault, then the fault lasts 6 s.
     tokio::time::sleep(Duration::from_secs(1)).await;
     hanging.store(true, Ordering::SeqCst);
     proxy.set(Mode::Hang);
@@ -187,7 +188,7 @@ async fn a_hanging_nats_stops_no_command_and_the_stream_is_made_whole_after() {
         app.get(&view).await.body["balance"] == json!(20)
     })
     .await;
-    // Hung for at least 8 s in all, then NATS answers again.
+    // Deliberate: the fault's duration, at least 8 s in all, then NATS answers again.
     tokio::time::sleep(Duration::from_secs(8).saturating_sub(hung.elapsed())).await;
     proxy.set(Mode::Pass);
     let resumed = Instant::now();
@@ -228,6 +229,7 @@ async fn a_hanging_provider_delays_payouts_and_pays_each_once() {
     }
     let r = app.transfer(a, app.open_account("EUR", 0).await, 1, "EUR").await;
     assert_eq!(r.status, StatusCode::CREATED, "commands go on: {r:?}");
+    // Deliberate: the fault's duration, in which nothing may reach the provider.
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(sim.simulator.stats().calls, 0, "no call reached the provider while it hung");
     for id in &ids {

@@ -44,12 +44,8 @@ async fn beyond_its_bounds_the_service_sheds_at_once_and_serves_the_rest() {
     };
     let plain = format!("/v1/accounts/{a}");
     let mut waiting: Vec<_> = (0..3).map(|_| slow(ADMIN_TOKEN.to_owned())).collect();
-    let in_flight = |name: &str| {
-        let counts = app.state.token_in_flight.lock().expect("counts");
-        counts.get(name).copied().unwrap_or(0)
-    };
     ledger_tests::eventually("the admin token's three turns are out", 10, || async {
-        in_flight(ledger_api::http::auth::BOOTSTRAP_PRINCIPAL) == 3
+        app.state.shared.token_in_flight.held(ledger_api::http::auth::BOOTSTRAP_PRINCIPAL) == 3
     })
     .await;
     // The admin token has its three turns out: a fourth is 429 at once.
@@ -61,7 +57,7 @@ async fn beyond_its_bounds_the_service_sheds_at_once_and_serves_the_rest() {
     // The process's six turns out (three of each token): anyone else is 503 at once.
     waiting.extend((0..3).map(|_| slow(second.clone())));
     ledger_tests::eventually("the process's six turns are out", 10, || async {
-        app.state.request_permits.available_permits() == 0
+        app.state.shared.request_permits.available_permits() == 0
     })
     .await;
     let (status, retry, took) = get(&app, &third, &plain).await;

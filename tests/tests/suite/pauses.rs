@@ -40,6 +40,7 @@ async fn a_paused_relay_leader_is_replaced_within_its_lease() {
     workers[0].signal("STOP");
     app.deposit(a, 1, "EUR").await;
     let target = head(&app).await;
+    // Deliberate: long enough for a running leader to publish, shorter than the lease.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let leader = if relayed(&app).await >= target {
         workers[0].signal("CONT");
@@ -109,6 +110,8 @@ async fn a_writer_paused_mid_append_stalls_the_others_only_for_its_lease() {
     let holding = "select count(*) from pg_locks l join pg_stat_activity s on s.pid = l.pid
                    where l.relation = 'log_head'::regclass and s.state = 'idle in transaction'";
     let mut caught = false;
+    // Deliberate pauses: the load runs between tries, and a stopped process is given a
+    // moment before the catalog is read.
     for _ in 0..200 {
         tokio::time::sleep(Duration::from_millis(20)).await;
         other.signal("STOP");
