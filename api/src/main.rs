@@ -130,6 +130,12 @@ async fn main() -> anyhow::Result<()> {
     let mut config = Config::from_env()?;
     let ledger_specific =
         matches!(cli.command, Cmd::Audit { .. } | Cmd::Projections { .. } | Cmd::Replay { .. } | Cmd::Reconcile { .. });
+    // The master key is the deployment's: checked against (or, in dev mode, kept in)
+    // the database of `default`, whatever ledger a command reads.
+    let master_key = match cli.command {
+        Cmd::Replay { .. } => Some(ledger_api::run::cli::master_key(&config).await?),
+        _ => None,
+    };
     if ledger_specific {
         config = ledger_api::run::cli::for_ledger(config, &cli.ledger).await?;
     } else if cli.ledger != ledger_infrastructure::ledgers::DEFAULT_LEDGER {
@@ -176,7 +182,9 @@ async fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Cmd::Replay { stream, to_position } => {
-            ledger_api::run::cli::replay(&config, stream, to_position, &mut std::io::stdout().lock()).await?;
+            let master_key = master_key.context("the master key is loaded for replay")?;
+            let mut out = std::io::stdout().lock();
+            ledger_api::run::cli::replay(&config, master_key, stream, to_position, &mut out).await?;
             return Ok(());
         }
         Cmd::Reconcile { from, to } => {

@@ -6,6 +6,17 @@ use crate::money::{Amount, Currency, Money};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+/// The stream of a subject (API.md v1.2 "Personal data"): the accounts it has and its
+/// erasures. Derived from the subject in the reserved space (UUID version 8), so no
+/// client can name it and no look-up is needed to find it.
+pub fn subject_stream_id(subject: &str) -> Uuid {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest([b"ledger-subject\0".as_slice(), subject.as_bytes()].concat());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    Uuid::new_v8(bytes)
+}
+
 /// How the store must check a stream's version when appending an event to it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Concurrency {
@@ -25,6 +36,20 @@ pub struct AccountOpened {
     pub system: bool,
     #[serde(default)]
     pub metadata: Option<serde_json::Value>,
+    /// The person or company the account belongs to (API.md v1.2 "Personal data"),
+    /// under whose key `owner` and the `pii.` metadata are sealed. Absent in events
+    /// written before subjects existed and for system accounts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+}
+
+/// A subject's key was destroyed: the personal values of `accounts` (sealed under it)
+/// can no longer be read anywhere. Carries no personal value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubjectErased {
+    pub subject: String,
+    pub accounts: Vec<Uuid>,
+    pub reason: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -297,6 +322,7 @@ pub enum Event {
     ReconciliationStarted(ReconciliationStarted),
     ReconciliationMismatchFound(ReconciliationMismatchFound),
     ReconciliationFinished(ReconciliationFinished),
+    SubjectErased(SubjectErased),
 }
 
 /// One balance change of one account caused by an event.
@@ -329,6 +355,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "ReconciliationStarted",
     "ReconciliationMismatchFound",
     "ReconciliationFinished",
+    "SubjectErased",
 ];
 
 impl Event {
@@ -354,6 +381,7 @@ impl Event {
             Event::ReconciliationStarted(_) => "ReconciliationStarted",
             Event::ReconciliationMismatchFound(_) => "ReconciliationMismatchFound",
             Event::ReconciliationFinished(_) => "ReconciliationFinished",
+            Event::SubjectErased(_) => "SubjectErased",
         }
     }
 
@@ -362,7 +390,15 @@ impl Event {
     pub fn streams(&self) -> Vec<(Uuid, Concurrency)> {
         use Concurrency::{Any, Exact};
         match self {
-            Event::AccountOpened(e) => vec![(e.account_id, Exact)],
+            Event::AccountOpened(e) => match &e.subject {
+                Some(subject) => vec![(e.account_id, Exact), (subject_stream_id(subject), Exact)],
+                None => vec![(e.account_id, Exact)],
+            },
+            Event::SubjectErased(e) => {
+                let mut streams = vec![(subject_stream_id(&e.subject), Exact)];
+                streams.extend(e.accounts.iter().map(|id| (*id, Any)));
+                streams
+            }
             Event::AccountClosed(e) => vec![(e.account_id, Exact)],
             Event::DepositRecorded(e) => vec![(e.account_id, Exact), (e.system_account_id, Any)],
             Event::TransferPosted(e) => {
@@ -439,11 +475,13 @@ impl Event {
             | Event::LedgerCreated(_)
             | Event::ReconciliationStarted(_)
             | Event::ReconciliationMismatchFound(_)
-            | Event::ReconciliationFinished(_) => Vec::new(),
+            | Event::ReconciliationFinished(_)
+            | Event::SubjectErased(_) => Vec::new(),
         }
     }
 
-    /// The accounts whose state this event changes (balances, holds or status).
+    /// The accounts whose state this event changes (balances, holds, status, or their
+    /// personal values erased).
     pub fn accounts(&self) -> Vec<Uuid> {
         match self {
             Event::AccountOpened(e) => vec![e.account_id],
@@ -458,6 +496,7 @@ impl Event {
             Event::WithdrawalSettled(e) => vec![e.account_id, e.system_account_id],
             Event::WithdrawalFailed(e) => vec![e.account_id],
             Event::WithdrawalReconciled(e) => vec![e.account_id, e.system_account_id],
+            Event::SubjectErased(e) => e.accounts.clone(),
             Event::PayoutDeadLettered(_)
             | Event::PayoutRedriven(_)
             | Event::TokenIssued(_)

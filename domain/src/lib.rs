@@ -18,10 +18,10 @@ mod tests;
 
 pub use access::Role;
 pub use decide::{Command, DomainError, decide, system_account_id};
-pub use events::{Concurrency, EVENT_TYPES, Event, Leg, Posting};
+pub use events::{Concurrency, EVENT_TYPES, Event, Leg, Posting, subject_stream_id};
 pub use money::{AMOUNT_MAX, Amount, AmountError, Currency, CurrencyError, Money};
 pub use reconcile::{MismatchKind, Resolution};
 pub use state::{
     Account, AccountStatus, Aggregate, EVOLVE_VERSION, Hold, HoldStatus, Ledger, StreamState, Transaction, Transfer,
-    Withdrawal, WithdrawalStatus, evolve,
+    Subject, Withdrawal, WithdrawalStatus, evolve, is_personal_key, without_personal_keys,
 };

@@ -26,9 +26,41 @@ pub struct Account {
     pub balance: Money,
     pub pending_holds: Money,
     pub metadata: Option<serde_json::Value>,
+    /// Whose personal values `owner` and the `pii.` metadata are (sealed under that
+    /// subject's key); `None` for system accounts and accounts opened before subjects
+    /// existed, whose subject is their own id.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// The subject was erased: `owner` and the `pii.` metadata are gone.
+    #[serde(default)]
+    pub erased: bool,
+}
+
+/// The metadata keys that hold personal values (API.md v1.2 "Personal data").
+pub const PERSONAL_METADATA_PREFIX: &str = "pii.";
+
+/// Whether a metadata key holds a personal value.
+pub fn is_personal_key(key: &str) -> bool {
+    key.starts_with(PERSONAL_METADATA_PREFIX)
+}
+
+/// The person or company accounts belong to: the accounts opened for it since its last
+/// erasure, and what that erasure covered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subject {
+    pub subject: String,
+    /// Accounts whose personal values are readable (opened since the last erasure).
+    pub accounts: Vec<Uuid>,
+    /// The accounts the last erasure covered (empty if never erased).
+    pub erased: Vec<Uuid>,
 }
 
 impl Account {
+    /// The account's subject as the API shows it: its own id when none was given.
+    pub fn subject_or_id(&self) -> String {
+        self.subject.clone().unwrap_or_else(|| self.id.to_string())
+    }
+
     /// Balance less the funds held for pending withdrawals.
     pub fn available(&self) -> Money {
         self.balance.checked_sub(self.pending_holds).expect("holds are bounded by amounts that passed the funds check")
@@ -119,7 +151,7 @@ pub struct Withdrawal {
 
 /// The version of `evolve` and of the state it folds into. Bump it whenever either
 /// changes: snapshots taken under another version are then ignored and rebuilt.
-pub const EVOLVE_VERSION: i32 = 3;
+pub const EVOLVE_VERSION: i32 = 4;
 
 /// What a stream is, once its first event has been seen.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,6 +173,8 @@ pub enum Aggregate {
         name: String,
     },
     Reconciliation(Reconciliation),
+    /// A subject of personal data (its own stream, `subject_stream_id`).
+    Subject(Subject),
 }
 
 /// A reconciliation run.
@@ -178,6 +212,7 @@ pub fn evolve(state: StreamState, stream_id: Uuid, version: i64, event: &Event) 
         Aggregate::Hold(h) => evolve_hold(h, event).map(Aggregate::Hold),
         Aggregate::Withdrawal(w) => evolve_withdrawal(w, event).map(Aggregate::Withdrawal),
         Aggregate::Reconciliation(r) => evolve_reconciliation(r, event).map(Aggregate::Reconciliation),
+        Aggregate::Subject(s) => evolve_subject(s, event).map(Aggregate::Subject),
         Aggregate::Token { .. } | Aggregate::Ledger { .. } => None,
     };
     let aggregate = aggregate.unwrap_or_else(|| {
@@ -189,6 +224,11 @@ pub fn evolve(state: StreamState, stream_id: Uuid, version: i64, event: &Event) 
 /// The aggregate a stream's first event creates (`None`: that event creates nothing).
 fn created(stream_id: Uuid, event: &Event) -> Option<Aggregate> {
     Some(match event {
+        Event::AccountOpened(e) if e.account_id != stream_id => Aggregate::Subject(Subject {
+            subject: e.subject.clone()?,
+            accounts: vec![e.account_id],
+            erased: Vec::new(),
+        }),
         Event::AccountOpened(e) => Aggregate::Account(Account {
             id: e.account_id,
             currency: e.currency,
@@ -199,6 +239,8 @@ fn created(stream_id: Uuid, event: &Event) -> Option<Aggregate> {
             balance: Money::ZERO,
             pending_holds: Money::ZERO,
             metadata: e.metadata.clone(),
+            subject: e.subject.clone(),
+            erased: false,
         }),
         Event::TransferPosted(e) if e.transfer_id == stream_id => Aggregate::Transfer(Transfer {
             id: e.transfer_id,
@@ -358,6 +400,12 @@ fn evolve_account(mut a: Account, event: &Event) -> Account {
     if let Event::AccountClosed(_) = event {
         a.status = AccountStatus::Closed;
     }
+    if let Event::SubjectErased(e) = event {
+        assert!(e.accounts.contains(&a.id), "account {}: erased by another subject's event", a.id);
+        a.erased = true;
+        a.owner = None;
+        a.metadata = a.metadata.take().map(without_personal_keys);
+    }
     match event.hold_change(a.id) {
         Some(HoldChange::Placed { amount, .. }) => a.pending_holds = add(a.pending_holds, amount),
         Some(HoldChange::Released { amount, .. }) => a.pending_holds = sub(a.pending_holds, amount),
@@ -365,6 +413,26 @@ fn evolve_account(mut a: Account, event: &Event) -> Account {
     }
     assert!(a.pending_holds >= Money::ZERO, "account {}: negative holds", a.id);
     a
+}
+
+/// `metadata` without its personal keys.
+pub fn without_personal_keys(mut metadata: serde_json::Value) -> serde_json::Value {
+    if let serde_json::Value::Object(map) = &mut metadata {
+        map.retain(|k, _| !is_personal_key(k));
+    }
+    metadata
+}
+
+fn evolve_subject(mut s: Subject, event: &Event) -> Option<Subject> {
+    match event {
+        Event::AccountOpened(e) if e.subject.as_deref() == Some(s.subject.as_str()) => s.accounts.push(e.account_id),
+        Event::SubjectErased(e) if e.subject == s.subject => {
+            assert_eq!(e.accounts, s.accounts, "subject erasure must cover exactly its readable accounts");
+            s.erased = std::mem::take(&mut s.accounts);
+        }
+        _ => return None,
+    }
+    Some(s)
 }
 
 /// A set of folded streams: the state a decision needs (loaded for one command) or,
@@ -399,6 +467,13 @@ impl Ledger {
     pub fn account(&self, id: Uuid) -> Option<&Account> {
         match self.streams.get(&id).map(|s| &s.aggregate) {
             Some(Aggregate::Account(a)) => Some(a),
+            _ => None,
+        }
+    }
+
+    pub fn subject(&self, subject: &str) -> Option<&Subject> {
+        match self.streams.get(&crate::events::subject_stream_id(subject)).map(|s| &s.aggregate) {
+            Some(Aggregate::Subject(s)) if s.subject == subject => Some(s),
             _ => None,
         }
     }

@@ -66,6 +66,10 @@ pub enum Unstorable {
     /// `jsonb` refuses U+0000 in strings and keys.
     #[error("a string holding U+0000")]
     Nul,
+    /// A customer account's personal values must be sealed under its subject's key
+    /// before they are stored (`privacy`): never in clear, never without a subject.
+    #[error("a personal value not sealed under its subject's key")]
+    PersonalInClear,
 }
 
 /// Checks that `value` round-trips through `jsonb` unchanged: integers only, and no

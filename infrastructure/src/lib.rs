@@ -27,6 +27,7 @@ pub mod nats;
 pub mod outcome;
 pub mod payouts;
 pub mod phases;
+pub mod privacy;
 pub mod provider;
 pub mod reconcile;
 pub mod relay;

@@ -38,7 +38,21 @@ fn kind(event: &Event) -> &'static str {
     }
 }
 
-type Row = (Uuid, String, Option<String>, String, String, String, i64, bool, Option<serde_json::Value>, i64, i64);
+type Row = (
+    Uuid,
+    String,
+    Option<String>,
+    String,
+    String,
+    String,
+    i64,
+    bool,
+    Option<serde_json::Value>,
+    i64,
+    i64,
+    Option<String>,
+    bool,
+);
 
 async fn load(
     tx: &mut Transaction<'_, Postgres>,
@@ -49,13 +63,14 @@ async fn load(
         // One primary-key probe per id (`offset 0` keeps the planner from turning the
         // probes into a scan that compares every row with every id).
         "select v.id, v.currency, v.owner, v.status, v.balance::text, v.pending_holds::text, v.overdraft_limit, v.system,
-                v.metadata, v.version, v.position
+                v.metadata, v.version, v.position, v.subject, v.erased
          from unnest($1::uuid[]) as k(id) join lateral (select * from {} x where x.id = k.id offset 0) v on true",
         t.name("accounts_view")
     );
     let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(ids).fetch_all(&mut **tx).await?;
     let mut states = HashMap::with_capacity(rows.len());
-    for (id, currency, owner, status, balance, holds, limit, system, metadata, version, position) in rows {
+    for (id, currency, owner, status, balance, holds, limit, system, metadata, version, position, subject, erased) in rows
+    {
         let account = Account {
             id,
             currency: Currency::parse(&currency).expect("the view stores valid currencies"),
@@ -66,6 +81,8 @@ async fn load(
             balance: crate::queries::wide_money(&balance)?,
             pending_holds: crate::queries::wide_money(&holds)?,
             metadata,
+            subject,
+            erased,
         };
         states.insert(id, (StreamState { version, aggregate: Aggregate::Account(account) }, position));
     }
@@ -121,6 +138,7 @@ async fn write_accounts(
     let mut cols: (Vec<Uuid>, Vec<String>, Vec<Option<String>>, Vec<&str>, Vec<String>, Vec<String>) =
         Default::default();
     let mut more: (Vec<i64>, Vec<bool>, Vec<Option<serde_json::Value>>, Vec<i64>, Vec<i64>) = Default::default();
+    let mut personal: (Vec<Option<String>>, Vec<bool>) = Default::default();
     for id in ids {
         let Some((StreamState { version, aggregate: Aggregate::Account(a) }, position)) = states.get(id) else {
             continue;
@@ -136,15 +154,21 @@ async fn write_accounts(
         more.2.push(a.metadata.clone());
         more.3.push(*version);
         more.4.push(*position);
+        personal.0.push(a.subject.clone());
+        personal.1.push(a.erased);
     }
     let sql = format!(
         "insert into {} (id, currency, owner, status, balance, pending_holds, overdraft_limit, system,
-                                    metadata, version, position, updated_at)
+                                    metadata, version, position, subject, erased, updated_at)
          select *, now() from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::numeric[], $6::numeric[],
-                                     $7::int8[], $8::bool[], $9::jsonb[], $10::int8[], $11::int8[])
+                                     $7::int8[], $8::bool[], $9::jsonb[], $10::int8[], $11::int8[], $12::text[],
+                                     $13::bool[])
          on conflict (id) do update set status = excluded.status, balance = excluded.balance,
              pending_holds = excluded.pending_holds, version = excluded.version,
-             position = excluded.position, updated_at = excluded.updated_at",
+             position = excluded.position, updated_at = excluded.updated_at,
+             erased = excluded.erased,
+             owner = case when excluded.erased then excluded.owner else {0}.owner end,
+             metadata = case when excluded.erased then excluded.metadata else {0}.metadata end",
         t.name("accounts_view")
     );
     sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -159,6 +183,8 @@ async fn write_accounts(
         .bind(more.2)
         .bind(more.3)
         .bind(more.4)
+        .bind(personal.0)
+        .bind(personal.1)
         .execute(&mut **tx)
         .await?;
     Ok(())

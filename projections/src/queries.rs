@@ -14,7 +14,11 @@ use uuid::Uuid;
 pub struct AccountRow {
     pub id: Uuid,
     pub currency: String,
+    /// Sealed (revealed by the API on the way out).
     pub owner: Option<String>,
+    /// `None` for accounts opened before subjects existed (their subject is their id).
+    pub subject: Option<String>,
+    pub erased: bool,
     pub status: AccountStatus,
     pub balance: i128,
     pub pending_holds: i128,
@@ -132,6 +136,8 @@ impl<'r> sqlx::FromRow<'r, PgRow> for AccountRow {
             id: row.try_get("id")?,
             currency: row.try_get("currency")?,
             owner: row.try_get("owner")?,
+            subject: row.try_get("subject")?,
+            erased: row.try_get("erased")?,
             status: status(row, "status")?,
             balance: wide(row, "balance")?,
             pending_holds: wide(row, "pending_holds")?,
@@ -223,7 +229,7 @@ fn with_checkpoint(projection: &str, columns: &str, rows: &str, order: &str) -> 
     )
 }
 
-const ACCOUNT_COLUMNS: &str = "v.id, v.currency, v.owner, v.status, v.balance::text as balance, v.pending_holds::text as pending_holds, v.overdraft_limit, \
+const ACCOUNT_COLUMNS: &str = "v.id, v.currency, v.owner, v.subject, v.erased, v.status, v.balance::text as balance, v.pending_holds::text as pending_holds, v.overdraft_limit, \
      v.system, v.metadata, v.version, v.position";
 
 /// The statement of [`account`] (`$1`: the id), for benchmarks to explain.
@@ -231,9 +237,12 @@ pub fn account_sql() -> String {
     with_checkpoint("accounts", ACCOUNT_COLUMNS, "select * from accounts_view where id = $1", "")
 }
 
-/// The statement of [`accounts_by_owner`] (`$1`: the owner, `$2`: the limit).
+/// The statement of [`accounts_by_owner`] (`$1`: the owner's look-up hash, `$2`: the
+/// limit): the sealed owners the hash was made for (`owner_index`), then the views
+/// that hold them.
 pub fn accounts_by_owner_sql() -> String {
-    let rows = "select * from accounts_view where owner = $1 order by id limit $2";
+    let rows = "select a.* from owner_index o join accounts_view a on a.owner = o.owner_sealed
+                where o.owner_hash = $1 order by a.id limit $2";
     with_checkpoint("accounts", ACCOUNT_COLUMNS, rows, "order by v.id")
 }
 
@@ -244,10 +253,15 @@ pub async fn account(pool: &PgPool, id: Uuid) -> Result<(Option<AccountRow>, i64
     Ok((row.row, row.checkpoint))
 }
 
-/// Accounts with the given owner (indexed), at most `limit`, ordered by id.
-pub async fn accounts_by_owner(pool: &PgPool, owner: &str, limit: i64) -> Result<(Vec<AccountRow>, i64), sqlx::Error> {
+/// Accounts whose owner has the given look-up hash (`privacy::Privacy::owner_hash`;
+/// indexed), at most `limit`, ordered by id.
+pub async fn accounts_by_owner(
+    pool: &PgPool,
+    owner_hash: &[u8],
+    limit: i64,
+) -> Result<(Vec<AccountRow>, i64), sqlx::Error> {
     let sql = accounts_by_owner_sql();
-    unchecked(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(owner).bind(limit).fetch_all(pool).await?)
+    unchecked(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(owner_hash).bind(limit).fetch_all(pool).await?)
 }
 
 /// The rows of the given accounts (those the read model has), in no order.

@@ -54,7 +54,8 @@ pub async fn apply(tx: &mut Transaction<'_, Postgres>, t: &Tables, events: &[Rec
             | Event::LedgerCreated(_)
             | Event::ReconciliationStarted(_)
             | Event::ReconciliationMismatchFound(_)
-            | Event::ReconciliationFinished(_) => {}
+            | Event::ReconciliationFinished(_)
+            | Event::SubjectErased(_) => {}
         }
     }
     Ok(())

@@ -43,6 +43,8 @@ impl Serialize for Text {
 }
 
 /// Metadata by the rules of API.md ("Metadata", "Numbers"); see [`metadata_refusal`].
+/// Personal (`pii.`) keys are an account's only (API.md v1.2 "Personal data"):
+/// refused here, allowed in [`AccountMetadata`].
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "Value")]
 pub struct Metadata(pub Value);
@@ -50,6 +52,9 @@ pub struct Metadata(pub Value);
 impl TryFrom<Value> for Metadata {
     type Error = String;
     fn try_from(v: Value) -> Result<Metadata, String> {
+        if v.as_object().is_some_and(|m| m.keys().any(|k| ledger_domain::is_personal_key(k))) {
+            return Err("`pii.` keys hold personal data and are allowed in an account's metadata only".into());
+        }
         match metadata_refusal(&v) {
             Some(why) => Err(why),
             None => Ok(Metadata(v)),
@@ -58,6 +63,60 @@ impl TryFrom<Value> for Metadata {
 }
 
 impl Serialize for Metadata {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+/// An account's metadata: [`Metadata`]'s rules, and `pii.` keys allowed (their values
+/// are personal data: sealed under the account's subject's key).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "Value")]
+pub struct AccountMetadata(pub Value);
+
+impl TryFrom<Value> for AccountMetadata {
+    type Error = String;
+    fn try_from(v: Value) -> Result<AccountMetadata, String> {
+        match metadata_refusal(&v) {
+            Some(why) => Err(why),
+            None => Ok(AccountMetadata(v)),
+        }
+    }
+}
+
+impl Serialize for AccountMetadata {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+/// The most characters of a subject.
+pub const SUBJECT_CHARS_MAX: usize = 128;
+
+/// Whether `s` is a subject: 1–128 characters of `[A-Za-z0-9_.:@-]`.
+pub fn valid_subject(s: &str) -> bool {
+    (1..=SUBJECT_CHARS_MAX).contains(&s.len())
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'@' | b'-'))
+}
+
+/// A subject (API.md v1.2 "Personal data"): a pseudonymous id of the person or
+/// company an account belongs to, 1–128 characters of `[A-Za-z0-9_.:@-]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct SubjectId(pub String);
+
+impl TryFrom<String> for SubjectId {
+    type Error = String;
+    fn try_from(s: String) -> Result<SubjectId, String> {
+        if valid_subject(&s) {
+            Ok(SubjectId(s))
+        } else {
+            Err(format!("must be 1 to {SUBJECT_CHARS_MAX} characters of [A-Za-z0-9_.:@-]"))
+        }
+    }
+}
+
+impl Serialize for SubjectId {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         self.0.serialize(s)
     }

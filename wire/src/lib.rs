@@ -22,7 +22,10 @@ pub mod queries;
 pub mod requests;
 pub mod responses;
 
-pub use fields::{LedgerName, Metadata, NewId, OverdraftLimit, Postings, Text, Timestamp, TokenName};
+pub use fields::{
+    AccountMetadata, LedgerName, Metadata, NewId, OverdraftLimit, Postings, SubjectId, Text, Timestamp, TokenName,
+    valid_subject,
+};
 pub use ledger_domain::{Amount, Currency, HoldStatus, MismatchKind, Resolution, Role};
 pub use problem::{ErrorCode, Problem};
 pub use queries::*;

@@ -4,7 +4,9 @@
 //! validate): a body that deserializes is valid, and whatever does not is one 422
 //! `validation_error` naming the field.
 
-use crate::fields::{LedgerName, Metadata, NewId, OverdraftLimit, Postings, Text, Timestamp, TokenName};
+use crate::fields::{
+    AccountMetadata, LedgerName, Metadata, NewId, OverdraftLimit, Postings, SubjectId, Text, Timestamp, TokenName,
+};
 use ledger_domain::{Amount, Currency, Role};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -17,6 +19,7 @@ pub struct OpenAccountRequest {
     #[schema(value_type = String, pattern = "^[A-Z]{3}$", example = "EUR")]
     pub currency: Currency,
     /// Free text (e.g. an e-mail, 1–1024 bytes, no NUL) for the indexed look-up `GET /v1/accounts?owner=`.
+    /// Personal data: sealed under the subject's key, `null` once the subject is erased.
     #[schema(value_type = Option<String>, example = "alice@example.com")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub owner: Option<Text>,
@@ -33,10 +36,18 @@ pub struct OpenAccountRequest {
     /// Kept with the account and returned as sent: an object of at most 64 keys, each
     /// 1–64 characters of `[A-Za-z0-9_.-]`; each value a string (≤ 1,024 characters, no
     /// U+0000), a signed 64-bit integer (no fraction, no exponent), `true`, `false` or
-    /// `null`; at most 8 KiB compact. Anything else is 422 `validation_error`.
+    /// `null`; at most 8 KiB compact. Anything else is 422 `validation_error`. Values of
+    /// keys beginning with `pii.` are personal data (only accounts may have them).
     #[schema(value_type = Option<Object>)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub metadata: Option<Metadata>,
+    pub metadata: Option<AccountMetadata>,
+    /// The person or company the account belongs to: a pseudonymous id (a customer
+    /// number, not a name or e-mail), 1–128 characters of `[A-Za-z0-9_.:@-]`; default:
+    /// the account's id. Erasing it (`POST /v1/admin/subjects/{subject}/erase`) erases
+    /// the personal data of all its accounts.
+    #[schema(value_type = Option<String>, example = "customer-4711")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<SubjectId>,
 }
 
 /// A command that takes no fields: an empty object (or no body at all).
@@ -351,4 +362,14 @@ mod event_type_tests {
         assert_eq!(all, ledger_domain::EVENT_TYPES);
         assert!(serde_json::from_str::<EventType>("\"NoSuchEvent\"").is_err());
     }
+}
+
+/// `POST /v1/admin/subjects/{subject}/erase`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EraseSubjectRequest {
+    /// Why (kept in the `SubjectErased` event, which the chain covers: it must not
+    /// hold personal data itself), 1–1024 bytes, no NUL.
+    #[schema(value_type = String, example = "erasure request 2026-12-05")]
+    pub reason: Text,
 }

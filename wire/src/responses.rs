@@ -17,8 +17,13 @@ pub struct Account {
     pub id: Uuid,
     #[schema(example = "EUR")]
     pub currency: String,
+    /// Personal data: `null` once the subject is erased.
     #[schema(required = true)]
     pub owner: Option<String>,
+    /// The person or company the account belongs to (its id if none was given).
+    pub subject: String,
+    /// The subject was erased: `owner` and the `pii.` metadata are gone.
+    pub erased: bool,
     pub status: AccountStatus,
     /// A customer account's balance fits in 64 bits; a system account's (the negative
     /// sum of its currency's customers) may not: read it as an arbitrary-size integer.
@@ -44,6 +49,17 @@ pub struct Account {
 pub enum AccountStatus {
     Open,
     Closed,
+}
+
+/// A subject's erasure (`POST /v1/admin/subjects/{subject}/erase`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SubjectErasure {
+    pub subject: String,
+    /// The accounts whose personal data it erased.
+    pub accounts: Vec<Uuid>,
+    pub erased_at: chrono::DateTime<chrono::Utc>,
+    /// The log position of its `SubjectErased` event.
+    pub position: i64,
 }
 
 /// `GET /v1/accounts?owner=`: at most 1000 accounts, ordered by id.

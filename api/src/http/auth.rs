@@ -121,9 +121,12 @@ pub fn allowed(role: Role, method: &Method, path: &str) -> bool {
     let read = method == Method::GET || method == Method::HEAD;
     match role {
         Role::Admin => true,
-        // Issuing tokens and creating ledgers stay the admin's.
+        // Issuing tokens, creating ledgers and erasing subjects stay the admin's.
         Role::Operator => {
-            read || (admin_area && !path.starts_with("/v1/admin/tokens") && !path.starts_with("/v1/admin/ledgers"))
+            read || (admin_area
+                && !path.starts_with("/v1/admin/tokens")
+                && !path.starts_with("/v1/admin/ledgers")
+                && !path.starts_with("/v1/admin/subjects"))
         }
         Role::Client => !admin_area,
     }

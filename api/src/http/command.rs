@@ -163,6 +163,16 @@ impl Planned {
         Planned { fresh_stream: id, ..self }
     }
 
+    /// Seals the command's personal values (an account's `owner` and `pii.` metadata)
+    /// under its subject's key: what every route and bulk item does before the writer
+    /// sees a command, which refuses anything personal in clear.
+    pub async fn sealed(mut self, state: &AppState) -> Result<Planned, ApiError> {
+        if let Command::OpenAccount(c) = &mut self.command {
+            state.privacy.seal_opening(c).await.map_err(crate::http::privacy::key_error)?;
+        }
+        Ok(self)
+    }
+
     /// Runs the command once per idempotency key and answers with its (possibly
     /// stored) response.
     pub async fn run(

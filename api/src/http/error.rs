@@ -114,7 +114,9 @@ impl From<&DomainError> for ApiError {
             }
             D::AlreadyExists { .. } | D::UnexpectedVersion { .. } => (StatusCode::CONFLICT, ErrorCode::VersionConflict),
             D::ConditionFailed { .. } => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::ConditionFailed),
-            D::HoldNotFound { .. } => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+            D::HoldNotFound { .. } | D::SubjectNotFound => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+            // The erase route answers a repeated erasure with the first one's answer.
+            D::SubjectAlreadyErased { .. } => (StatusCode::CONFLICT, ErrorCode::VersionConflict),
             D::HoldNotPending { .. } => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::HoldNotPending),
             D::HoldExpired { .. } => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::HoldExpired),
             D::InsufficientFunds { .. } => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InsufficientFunds),
@@ -169,6 +171,14 @@ impl From<CommandError> for ApiError {
             CommandError::Unavailable(cause) => ApiError::unavailable(&cause),
             CommandError::ShuttingDown => ApiError::unavailable(&"the command writer is shutting down"),
             CommandError::Internal => ApiError::internal(&"the command met an internal error and was not recorded"),
+            CommandError::SubjectKeyDestroyed => ApiError {
+                retry_after_s: Some(1),
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::Unavailable,
+                    "the account's subject was erased while this request was in flight; nothing was recorded: retry",
+                )
+            },
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod limits;
 pub mod metrics;
 pub mod openapi;
 pub mod operation;
+pub mod privacy;
 pub mod requests;
 pub mod shed;
 pub mod validate;

@@ -9,7 +9,8 @@
 //! particular to it. Depends on the routes' attributes only, never on their logic.
 
 use crate::routes::{
-    accounts, admin, audit, bulk, console, deposits, events, health, holds, ledgers, reconciliations, transactions,
+    accounts, admin, audit, bulk, console, deposits, events, health, holds, ledgers, reconciliations, subjects,
+    transactions,
     transfers, webhooks, withdrawals,
 };
 use axum::Router;
@@ -82,6 +83,7 @@ const PROBLEM_JSON: &str = "application/problem+json";
         admin::redrive,
         admin::discard,
         admin::create_token,
+        subjects::erase,
         ledgers::list,
         ledgers::show,
         ledgers::create,

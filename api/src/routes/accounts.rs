@@ -76,6 +76,7 @@ pub fn plan_open(json: &serde_json::Value) -> Result<crate::http::command::Plann
         owner: r.owner.map(|t| t.0),
         overdraft_limit: r.overdraft_limit.map_or(ledger_domain::Money::ZERO, |l| l.0),
         metadata: r.metadata.map(|m| m.0),
+        subject: Some(r.subject.map_or_else(|| id.to_string(), |s| s.0)),
     });
     Ok(crate::http::command::Planned::new(command, None, render_account(201)).minted(minted))
 }
@@ -163,8 +164,10 @@ async fn read(State(state): State<AppState>, Segment(raw): Segment, Params(q): P
 async fn by_owner(State(state): State<AppState>, Params(q): Params) -> Result<Response, ApiError> {
     let owner = q.get("owner").filter(|o| !o.is_empty()).ok_or_else(|| ApiError::bad_request("`owner` is required"))?;
     let ready = read_model_ready(&state, Projection::Accounts, Consistency::from_query(&q)?).await?;
+    // The look-up compares a keyed hash, never the value (API.md v1.2 "Personal data").
+    let hash = state.privacy.owner_hash(owner).await.map_err(crate::http::privacy::key_error)?;
     let (rows, position) =
-        ledger_projections::queries::accounts_by_owner(ready.pool, owner, ledger_wire::limits::OWNER_ACCOUNTS_MAX)
+        ledger_projections::queries::accounts_by_owner(ready.pool, &hash, ledger_wire::limits::OWNER_ACCOUNTS_MAX)
             .await?;
     let accounts = rows.into_iter().map(views::account_row).collect();
     Ok(views::read(&ledger_wire::AccountList { accounts }, position))

@@ -248,8 +248,10 @@ async fn separate(state: &AppState, principal: &Principal, context: &RequestCont
     let mut renders = Vec::with_capacity(items.len());
     // By value: an item's body is not needed once its command is planned.
     for item in items {
-        let ready =
-            plan(state, &item.path, &item.body.json).and_then(|p| p.prepare(state, principal, context, &item.body));
+        let ready = match plan(state, &item.path, &item.body.json) {
+            Ok(p) => p.sealed(state).await.and_then(|p| p.prepare(state, principal, context, &item.body)),
+            Err(e) => Err(e),
+        };
         match ready {
             Ok((ready, render)) => {
                 results.push(None);
@@ -297,6 +299,9 @@ async fn atomic(
             Ok(p) => p,
             Err(e) => return Ok((failed(index, e), true)),
         };
+        // Sealing fails only for a dependency (or a key that does not open): not the
+        // bulk's answer, an error retried with the same key.
+        let planned = planned.sealed(state).await?;
         let (request, render) = planned.request(state, principal, context, &item.body);
         requests.push(request);
         renders.push(render);

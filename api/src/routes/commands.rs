@@ -97,7 +97,7 @@ async fn run(
     id: &str,
     body: CommandBody,
 ) -> Result<Response, ApiError> {
-    plan(state, id, &body.json)?.run(state, principal, context, body).await
+    plan(state, id, &body.json)?.sealed(state).await?.run(state, principal, context, body).await
 }
 
 #[cfg(test)]

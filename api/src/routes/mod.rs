@@ -12,6 +12,7 @@ pub mod health;
 pub mod holds;
 pub mod ledgers;
 pub mod reconciliations;
+pub mod subjects;
 pub mod transactions;
 pub mod transfers;
 pub mod webhooks;

@@ -192,6 +192,10 @@ fn filter(q: &HashMap<String, String>) -> Result<TransactionFilter, ApiError> {
     if metadata.len() > max {
         return Err(ApiError::bad_request(format!("at most {max} `metadata.KEY` filters are accepted")));
     }
+    // Personal values are sealed and are an account's only (API.md v1.2 "Personal data").
+    if let Some((key, _)) = metadata.iter().find(|(k, _)| ledger_domain::is_personal_key(k)) {
+        return Err(ApiError::validation(format!("`metadata.{key}`: `pii.` keys cannot be filtered on")));
+    }
     if let Some((key, _)) =
         metadata.iter().find(|(k, _)| ledger_wire::fields::metadata_refusal(&serde_json::json!({ k: 0 })).is_some())
     {

@@ -42,6 +42,16 @@ pub enum CliError {
     UnknownLedger(String),
     #[error("the ledger's shard {0:?} is not in LEDGER_SHARDS")]
     UnknownShard(String),
+    #[error("keys: {0}")]
+    Key(#[from] ledger_infrastructure::keys::KeyError),
+}
+
+/// The deployment's master key, checked against the database of `default` (a wrong
+/// or missing one is refused, as at start-up).
+pub async fn master_key(config: &Config) -> Result<std::sync::Arc<ledger_infrastructure::keys::MasterKey>, CliError> {
+    let pool = ledger_infrastructure::connect_and_migrate(config).await?;
+    let key = ledger_infrastructure::keys::MasterKey::load(&pool, config.master_key.as_deref()).await?;
+    Ok(std::sync::Arc::new(key))
 }
 
 /// The configuration of the ledger `name` (`--ledger`): `config` itself for
@@ -167,13 +177,17 @@ pub async fn verify_projections(config: &Config) -> Result<Vec<String>, CliError
 
 /// `ledger replay --stream ID [--to-position N]`: each event of the stream with the
 /// stream's state after it, as JSON lines on `out`.
+/// Personal values are shown as the API shows them: in clear while their subject's
+/// key exists, erased after.
 pub async fn replay(
     config: &Config,
+    master_key: std::sync::Arc<ledger_infrastructure::keys::MasterKey>,
     stream: uuid::Uuid,
     to_position: Option<i64>,
     out: &mut impl std::io::Write,
 ) -> Result<usize, CliError> {
     let store = store(config).await?;
+    let privacy = ledger_infrastructure::privacy::Privacy::new(store.pool().clone(), master_key);
     let mut state = ledger_domain::StreamState::default();
     let mut printed = 0;
     loop {
@@ -187,7 +201,8 @@ pub async fn replay(
             }
             let event = e.event()?;
             state = ledger_domain::evolve(state, stream, e.version, &event);
-            let line = serde_json::json!({ "event": e, "state_after": state });
+            let mut line = serde_json::json!({ "event": e, "state_after": state });
+            privacy.reveal(&mut line).await?;
             writeln!(out, "{line}")?;
             printed += 1;
         }

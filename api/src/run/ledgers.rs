@@ -127,7 +127,7 @@ impl Ledgers {
         };
         let mut core = Core::new(config, pool, home.nats.clone());
         core.replica_pool = replica;
-        core.master_key = home.master_key.clone();
+        let mut core = core.keyed(home.master_key.clone());
         core.webhook_policy = home.webhook_policy.clone();
         core.clock = home.clock.clone();
         let state = AppState::within(core, home.clone());

@@ -57,7 +57,7 @@ pub async fn build_core(mut config: Config) -> Result<Core, StartError> {
         );
     }
     core.replica_pool = replica;
-    core.master_key = std::sync::Arc::new(master_key);
+    let mut core = core.keyed(std::sync::Arc::new(master_key));
     core.webhook_policy = std::sync::Arc::new(webhook_policy);
     Ok(core)
 }
@@ -122,6 +122,7 @@ pub fn spawn_workers(state: &Core, on_applied: OnApplied, shutdown: Cancellation
         tls: ledger_infrastructure::webhooks::Dispatcher::tls(config.webhook_ca_file.as_deref()),
         policy: state.webhook_policy.clone(),
         key: state.master_key.clone(),
+        privacy: state.privacy.clone(),
         limits: ledger_infrastructure::webhooks::WebhookLimits::from_config(config),
         owner: state.instance_id,
         ledger: config.ledger.clone(),

@@ -35,8 +35,11 @@ pub struct Core {
     pub instance_id: uuid::Uuid,
     /// The streaming replica for eventual reads (`DATABASE_READ_URL`), if any.
     pub replica_pool: Option<PgPool>,
-    /// Seals and opens secrets at rest (`LEDGER_MASTER_KEY`).
+    /// Seals and opens secrets at rest (`LEDGER_MASTER_KEY`); set with [`Core::keyed`].
     pub master_key: Arc<ledger_infrastructure::keys::MasterKey>,
+    /// Seals and reveals this ledger's personal data (its subjects' keys, under the
+    /// master key); set with [`Core::keyed`].
+    pub privacy: ledger_infrastructure::privacy::Privacy,
     /// Where webhooks may send (`LEDGER_WEBHOOK_ALLOW`, `LEDGER_WEBHOOK_DENY`).
     pub webhook_policy: Arc<ledger_infrastructure::webhooks::HostPolicy>,
     /// The ledger's time: the first shard's clock (`clock.rs`), shared by every ledger
@@ -65,6 +68,10 @@ impl Core {
             // `build_core` puts the key the database was sealed with here; this one is a
             // stand-in for a core built without start-up (it matches no stored value).
             master_key: Arc::new(ledger_infrastructure::keys::MasterKey::generate().0),
+            privacy: ledger_infrastructure::privacy::Privacy::new(
+                pool.clone(),
+                Arc::new(ledger_infrastructure::keys::MasterKey::generate().0),
+            ),
             webhook_policy: Arc::default(),
             clock: ledger_infrastructure::clock::Clock::local(),
             pool,
@@ -77,6 +84,16 @@ impl Core {
             config: Arc::new(config),
             instance_id: uuid::Uuid::now_v7(),
         }
+    }
+}
+
+impl Core {
+    /// This core with the master key the database was sealed with (and so the
+    /// personal data of its ledger sealed and revealed under it).
+    pub fn keyed(mut self, key: Arc<ledger_infrastructure::keys::MasterKey>) -> Core {
+        self.privacy = ledger_infrastructure::privacy::Privacy::new(self.pool.clone(), key.clone());
+        self.master_key = key;
+        self
     }
 }
 

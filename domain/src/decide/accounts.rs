@@ -11,6 +11,15 @@ pub(super) fn open_account(c: &OpenAccount, state: &Ledger) -> Result<Vec<Event>
         return Err(DomainError::ReservedId { id: c.account_id });
     }
     ensure_new(state, c.account_id)?;
+    if let Some(subject) = &c.subject {
+        // A stream in the reserved space holds the subject, or nothing yet.
+        let stream = subject_stream_id(subject);
+        match state.stream(stream).map(|s| &s.aggregate) {
+            None | Some(Aggregate::Empty) => {}
+            Some(Aggregate::Subject(s)) if s.subject == *subject => {}
+            Some(_) => return Err(DomainError::ReservedId { id: stream }),
+        }
+    }
     let mut events = Vec::with_capacity(2);
     let system_id = system_account_id(c.currency);
     if let Some(existing) = state.account(system_id) {
@@ -29,6 +38,7 @@ pub(super) fn open_account(c: &OpenAccount, state: &Ledger) -> Result<Vec<Event>
             overdraft_limit: Money::ZERO,
             system: true,
             metadata: None,
+            subject: None,
         }));
     }
     events.push(Event::AccountOpened(AccountOpened {
@@ -38,6 +48,7 @@ pub(super) fn open_account(c: &OpenAccount, state: &Ledger) -> Result<Vec<Event>
         overdraft_limit: c.overdraft_limit,
         system: false,
         metadata: c.metadata.clone(),
+        subject: c.subject.clone(),
     }));
     Ok(events)
 }

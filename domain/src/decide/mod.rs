@@ -52,9 +52,22 @@ pub fn system_account_id(currency: Currency) -> Uuid {
 pub struct OpenAccount {
     pub account_id: Uuid,
     pub currency: Currency,
+    /// Sealed (`pii:v1:…`) by the API before the command reaches the writer.
     pub owner: Option<String>,
     pub overdraft_limit: Money,
+    /// Its `pii.` values sealed like `owner`.
     pub metadata: Option<serde_json::Value>,
+    /// The subject (API.md v1.2 "Personal data"); the API defaults it to the account's id.
+    #[serde(default)]
+    pub subject: Option<String>,
+}
+
+/// Erase a subject: its key is destroyed, and its readable accounts' personal values
+/// with it (API.md v1.2 "Personal data").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EraseSubject {
+    pub subject: String,
+    pub reason: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -296,6 +309,7 @@ pub enum Command {
     StartReconciliation(StartReconciliation),
     ReconcilePayout(ReconcilePayout),
     FinishReconciliation(FinishReconciliation),
+    EraseSubject(EraseSubject),
 }
 
 /// A business rule a command would break. Each maps to one stable API error code.
@@ -361,6 +375,12 @@ pub enum DomainError {
     ReconciliationNotStarted { run_id: Uuid },
     #[error("id {id} is in the space the ledger reserves for its own streams")]
     ReservedId { id: Uuid },
+    /// No account was ever opened for the subject.
+    #[error("no account has this subject")]
+    SubjectNotFound,
+    /// The subject has no readable account left: its last erasure covered `accounts`.
+    #[error("the subject was erased already")]
+    SubjectAlreadyErased { accounts: Vec<Uuid> },
 }
 
 impl Command {
@@ -383,7 +403,18 @@ impl Command {
     /// the decision: the writer carries its version as an expectation, checked at commit.
     pub fn read_streams(&self, state: &Ledger) -> Vec<Uuid> {
         match self {
-            Command::OpenAccount(c) => vec![c.account_id, system_account_id(c.currency)],
+            Command::OpenAccount(c) => {
+                let mut ids = vec![c.account_id, system_account_id(c.currency)];
+                ids.extend(c.subject.as_deref().map(subject_stream_id));
+                ids
+            }
+            Command::EraseSubject(c) => {
+                let mut ids = vec![subject_stream_id(&c.subject)];
+                if let Some(s) = state.subject(&c.subject) {
+                    ids.extend(s.accounts.iter().copied());
+                }
+                ids
+            }
             Command::CloseAccount { account_id } => vec![*account_id],
             Command::MakeDeposit(c) => vec![c.account_id, system_account_id(c.currency)],
             Command::PostTransfer(c) => vec![c.transfer_id, c.from, c.to],
@@ -491,6 +522,7 @@ pub fn decide(command: &Command, state: &Ledger) -> Result<Vec<Event>, DomainErr
                 ledgers: c.ledgers.clone(),
             })])
         }
+        Command::EraseSubject(c) => erase_subject(c, state),
         Command::CreateLedger(c) => {
             ensure_new(state, c.ledger_id)?;
             Ok(vec![Event::LedgerCreated(LedgerCreated {
@@ -502,6 +534,18 @@ pub fn decide(command: &Command, state: &Ledger) -> Result<Vec<Event>, DomainErr
             })])
         }
     }
+}
+
+fn erase_subject(c: &EraseSubject, state: &Ledger) -> Result<Vec<Event>, DomainError> {
+    let subject = state.subject(&c.subject).ok_or(DomainError::SubjectNotFound)?;
+    if subject.accounts.is_empty() {
+        return Err(DomainError::SubjectAlreadyErased { accounts: subject.erased.clone() });
+    }
+    Ok(vec![Event::SubjectErased(SubjectErased {
+        subject: c.subject.clone(),
+        accounts: subject.accounts.clone(),
+        reason: c.reason.clone(),
+    })])
 }
 
 pub(crate) fn ensure_new(state: &Ledger, id: Uuid) -> Result<(), DomainError> {

@@ -50,6 +50,7 @@ impl EventStore {
         // the relay, woken by the commit, waits for it instead of reading it back.
         let _appending = self.handoff.get().map(|h| h.begin());
         let staged = stage(commits)?;
+        let personal = personal_changes(commits)?;
         let phase = phase.next("stage");
         let mut tx = self.pool.begin().await?;
         // The lock on the head row is what serializes appends; see migration 0001.
@@ -73,6 +74,9 @@ impl EventStore {
             recorded_at: now.trunc_subsecs(6).max(head.try_get("recorded_at")?),
         };
         let phase = phase.next("lock");
+        if !personal.is_empty() {
+            self.personal_keys(&mut tx, &personal).await?;
+        }
         let versions = self.current_versions(&mut tx, commits).await?;
         let phase = phase.next("versions");
         let conflicts = check_expectations(commits, &mut versions.clone());
@@ -106,6 +110,56 @@ impl EventStore {
             handoff.hand(&plan.results);
         }
         Ok(Appended { results: plan.results, versions: plan.versions })
+    }
+
+    /// Under the head lock, so in log order with every other append: refuses the batch
+    /// if a commit sealed personal values under a key destroyed since (an erasure
+    /// appended meanwhile, here or by another process), then destroys the keys of the
+    /// subjects this batch erases, in the transaction that records their erasure.
+    async fn personal_keys(&self, tx: &mut sqlx::PgConnection, personal: &Personal) -> Result<(), AppendError> {
+        if !personal.sealed.is_empty() {
+            let ids: Vec<Uuid> = personal.sealed.iter().flat_map(|(_, _, ids)| ids.iter().copied()).collect();
+            let gone: Vec<Uuid> = sqlx::query_scalar(
+                "select k from unnest($1::uuid[]) as k
+                 where not exists (select 1 from subject_keys s where s.id = k and s.wrapped is not null)",
+            )
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut failed: Vec<(usize, String)> = personal
+                .sealed
+                .iter()
+                .filter(|(_, _, ids)| ids.iter().any(|id| gone.contains(id)))
+                .map(|(commit, subject, _)| (*commit, subject.clone()))
+                .collect();
+            // A commit sealed under a key this same batch destroys before it.
+            failed.extend(personal.sealed.iter().filter_map(|(commit, subject, _)| {
+                personal
+                    .erased
+                    .iter()
+                    .any(|(eraser, erased)| eraser < commit && erased == subject)
+                    .then(|| (*commit, subject.clone()))
+            }));
+            if !failed.is_empty() {
+                failed.sort();
+                failed.dedup();
+                let (commits, subjects) = failed.into_iter().unzip();
+                return Err(AppendError::SubjectKeyDestroyed { commits, subjects });
+            }
+        }
+        if !personal.erased.is_empty() {
+            let subjects: Vec<&str> = personal.erased.iter().map(|(_, s)| s.as_str()).collect();
+            sqlx::query(
+                "with doomed as (select id from subject_keys where subject = any($1) and wrapped is not null),
+                      unindexed as (delete from owner_index where key_id in (select id from doomed))
+                 update subject_keys set wrapped = null, erased_at = clock_timestamp()
+                 where id in (select id from doomed)",
+            )
+            .bind(&subjects)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Ok(())
     }
 
     /// The version each stream of the batch is at before it. For streams a decision
@@ -285,6 +339,48 @@ fn stage(commits: &[Commit]) -> Result<Vec<Staged>, AppendError> {
             Ok((metadata, parts))
         })
         .collect()
+}
+
+/// What a batch does to personal data: the keys each commit sealed values under (with
+/// its subject), and the subjects it erases (with the commit that does).
+#[derive(Default)]
+struct Personal {
+    sealed: Vec<(usize, String, Vec<Uuid>)>,
+    erased: Vec<(usize, String)>,
+}
+
+impl Personal {
+    fn is_empty(&self) -> bool {
+        self.sealed.is_empty() && self.erased.is_empty()
+    }
+}
+
+/// Checks that every customer account opened has a subject and its personal values
+/// sealed (the first commit that breaks this is named; nothing is written), and
+/// gathers what [`EventStore::personal_keys`] checks and destroys.
+fn personal_changes(commits: &[Commit]) -> Result<Personal, AppendError> {
+    let mut personal = Personal::default();
+    for (index, commit) in commits.iter().enumerate() {
+        for event in &commit.events {
+            match event {
+                Event::AccountOpened(e) if !e.system => {
+                    let (ids, sealed) = crate::privacy::opening_keys(e.owner.as_deref(), e.metadata.as_ref());
+                    let Some(subject) = e.subject.as_ref().filter(|_| sealed) else {
+                        return Err(AppendError::Unstorable {
+                            commit: index,
+                            reason: crate::hash::Unstorable::PersonalInClear,
+                        });
+                    };
+                    if !ids.is_empty() {
+                        personal.sealed.push((index, subject.clone(), ids));
+                    }
+                }
+                Event::SubjectErased(e) => personal.erased.push((index, e.subject.clone())),
+                _ => {}
+            }
+        }
+    }
+    Ok(personal)
 }
 
 /// Checks every commit's expected versions (of the streams it appends to and of those

@@ -154,6 +154,11 @@ pub enum AppendError {
     /// others are sound.
     #[error("commit {commit} cannot be stored: {reason}")]
     Unstorable { commit: usize, reason: crate::hash::Unstorable },
+    /// These commits sealed personal values under a subject key that was destroyed
+    /// before they could be appended (the subject was erased meanwhile); the others
+    /// are sound.
+    #[error("commits {commits:?} sealed personal values under a destroyed subject key")]
+    SubjectKeyDestroyed { commits: Vec<usize>, subjects: Vec<String> },
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
 }

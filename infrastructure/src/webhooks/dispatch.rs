@@ -38,6 +38,9 @@ pub struct Dispatcher {
     pub policy: Arc<HostPolicy>,
     /// Opens the webhooks' secrets.
     pub key: Arc<MasterKey>,
+    /// Reveals the personal values of each payload when it is sent (the erased form
+    /// once the subject is erased, whenever the event was recorded).
+    pub privacy: crate::privacy::Privacy,
     pub limits: WebhookLimits,
     /// This process, as a lease owner.
     pub owner: Uuid,
@@ -343,11 +346,18 @@ impl Delivery {
 
     /// One request behind the breaker, its outcome recorded in the breaker and its row.
     async fn attempt(&self, event: &RecordedEvent) -> Attempt {
+        let body = match payload(event, &self.d.ledger, &self.d.privacy).await {
+            Ok(body) => body,
+            Err(e) => {
+                // Not the endpoint's failure: tried again later, no attempt counted.
+                tracing::warn!(webhook = %self.id, error = %e, "revealing a payload failed");
+                return Attempt::BreakerOpen { retry_in: std::time::Duration::from_secs(1) };
+            }
+        };
         let permit = match self.breaker.acquire() {
             Ok(permit) => permit,
             Err(open) => return Attempt::BreakerOpen { retry_in: open.retry_in },
         };
-        let body = payload(event, &self.d.ledger);
         let t = Utc::now().timestamp();
         let headers = [
             ("content-type", "application/json".to_owned()),

@@ -171,10 +171,15 @@ pub fn signature(secret: &str, t: i64, body: &[u8]) -> String {
 
 /// A delivery's body: the event exactly as `GET /v1/events` shows it (the fields of
 /// `RecordedEvent`, its stored metadata as it is), and the name of its ledger.
-pub fn payload(event: &RecordedEvent, ledger: &str) -> Vec<u8> {
+pub async fn payload(
+    event: &RecordedEvent,
+    ledger: &str,
+    privacy: &crate::privacy::Privacy,
+) -> Result<Vec<u8>, crate::keys::KeyError> {
     let mut body = serde_json::to_value(event).expect("a recorded event serializes");
     if let Some(fields) = body.as_object_mut() {
         fields.insert("ledger".into(), serde_json::Value::String(ledger.to_owned()));
     }
-    serde_json::to_vec(&body).expect("a JSON value serializes")
+    privacy.reveal(&mut body).await?;
+    Ok(serde_json::to_vec(&body).expect("a JSON value serializes"))
 }

@@ -273,6 +273,16 @@ impl Writer {
                 let bad = pending.remove(group);
                 let _ = bad.reply.send(Err(GroupError::Command { index, error: CommandError::Internal }));
             }
+            AppendError::SubjectKeyDestroyed { commits, .. } => {
+                tracing::info!(commands = commits.len(), "a subject was erased under commands that sealed its values");
+                let mut groups: Vec<(usize, usize)> = commits.iter().map(|c| owners[*c]).collect();
+                groups.sort_unstable();
+                groups.dedup_by_key(|(group, _)| *group);
+                for (group, index) in groups.into_iter().rev() {
+                    let bad = pending.remove(group);
+                    let _ = bad.reply.send(Err(GroupError::Command { index, error: CommandError::SubjectKeyDestroyed }));
+                }
+            }
             AppendError::Database(e) if crate::store::db_fault(&e) == DbFault::Unavailable => {
                 tracing::error!(error = %e, "append failed");
                 return fail_all(pending, CommandError::Unavailable(Arc::new(StoreError::Database(e))));

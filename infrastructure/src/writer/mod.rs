@@ -105,6 +105,11 @@ pub enum CommandError {
     /// The command met a bug and was not recorded; nothing of it was stored.
     #[error("the command could not be recorded (an internal error; nothing was stored)")]
     Internal,
+    /// The command sealed personal values under its subject's key, and the subject was
+    /// erased before it could be recorded; nothing was stored, and a retry seals them
+    /// under a new key.
+    #[error("the subject was erased while the command was in flight; nothing was recorded")]
+    SubjectKeyDestroyed,
 }
 
 /// Why a group recorded nothing.

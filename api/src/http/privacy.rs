@@ -1,0 +1,60 @@
+//! Personal data on the way out (API.md v1.2 "Personal data"; docs/PRIVACY.md): every
+//! JSON answer of a ledger's routes passes through [`reveal`], which gives sealed
+//! personal values their plaintext while their subject's key exists and the erased
+//! form once it is destroyed. Routes, stored answers, replays and bulk answers hold
+//! the sealed form only; this is the one place it is opened.
+
+use crate::http::error::ApiError;
+use crate::run::state::AppState;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use ledger_infrastructure::keys::KeyError;
+use ledger_infrastructure::privacy::SEALED_PREFIX;
+
+/// The error a failed seal or reveal answers: the database's unavailability is 503;
+/// a value that does not open under its own live key was changed (a tampered log or
+/// key table, which `/v1/audit/verify` names), a loud 500, never garbage.
+pub fn key_error(e: KeyError) -> ApiError {
+    match e {
+        KeyError::Database(e) => ApiError::from(ledger_infrastructure::store::StoreError::Database(e)),
+        other => ApiError::internal(&format!("personal data could not be opened: {other}")),
+    }
+}
+
+/// Reveals the personal values of a JSON answer (see the module's notes).
+pub async fn reveal(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json") || t.starts_with("application/problem+json"));
+    if !json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    // Answers are built in memory; this takes what is already there.
+    let bytes = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(b) => b,
+        Err(e) => return ApiError::internal(&format!("reading an answer: {e}")).into_response(),
+    };
+    if !contains(&bytes, SEALED_PREFIX.as_bytes()) {
+        return Response::from_parts(parts, Body::from(bytes));
+    }
+    let mut value: serde_json::Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(_) => return Response::from_parts(parts, Body::from(bytes)),
+    };
+    if let Err(e) = state.privacy.reveal(&mut value).await {
+        return key_error(e).into_response();
+    }
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(value.to_string()))
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}

@@ -1,0 +1,433 @@
+//! Personal data (API.md v1.2 "Personal data"; docs/PRIVACY.md): an account's `owner`
+//! and its `pii.` metadata, sealed under a key of their subject before they are stored
+//! anywhere, revealed on the way out while that key exists.
+//!
+//! - A subject's data key is 32 random bytes, kept in `subject_keys` sealed under the
+//!   master key ([`MasterKey`]); it is destroyed (the sealed form cleared) in the
+//!   transaction that appends the subject's `SubjectErased` event (`store::append`).
+//! - A sealed value is the text `pii:v1:` and base64url (no padding) of: the key's id
+//!   (16 bytes), a random 96-bit nonce, and the AES-256-GCM ciphertext and tag of the
+//!   value's JSON text (so `pii.` values keep their type), with `pii:v1` and the key's
+//!   id authenticated with it. It carries no subject and no hint of the value but its
+//!   length.
+//! - Revealing ([`Privacy::reveal`]) looks only at members named `owner` or `pii.…`
+//!   holding a sealed value: a member whose key exists is given its value; one whose
+//!   key was destroyed becomes `null` (`owner`) or goes (`pii.` keys). The keys' state
+//!   is read from the primary at every reveal (never a cache, never a replica): once an
+//!   erasure has answered, no process reveals the subject again. A value that names a
+//!   live key but does not open was changed: an error, never garbage.
+//! - The owner look-up compares HMAC-SHA-256 of the owner under a key of the ledger's
+//!   (`owner-lookup-key` in `key_material`, sealed under the master key), kept in
+//!   `owner_index` beside the sealed form it was made for, never in the log; the rows
+//!   of a subject go when its key is destroyed.
+
+use crate::keys::{KeyError, MasterKey};
+use base64::Engine;
+use hmac::{KeyInit, Mac};
+use ledger_domain::decide::OpenAccount;
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde_json::Value;
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::sync::Arc;
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+/// What every sealed personal value begins with.
+pub const SEALED_PREFIX: &str = "pii:v1:";
+/// What is authenticated with every sealed value, before its key's id.
+const AAD_TAG: &[u8] = b"pii:v1";
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// Whether `key` (a JSON member's name) holds a personal value.
+pub fn is_personal_member(key: &str) -> bool {
+    key == "owner" || ledger_domain::is_personal_key(key)
+}
+
+/// The id of the key a sealed value names (`None`: not a sealed value).
+pub fn sealed_key_id(text: &str) -> Option<Uuid> {
+    let body = B64.decode(text.strip_prefix(SEALED_PREFIX)?).ok()?;
+    (body.len() >= 16 + NONCE_LEN + 16).then(|| Uuid::from_slice(&body[..16]).ok()).flatten()
+}
+
+/// The ids of the keys an account's opening is sealed under (its `owner` and `pii.`
+/// metadata), and whether every personal value in it is sealed.
+pub fn opening_keys(owner: Option<&str>, metadata: Option<&Value>) -> (Vec<Uuid>, bool) {
+    let personal = owner.into_iter().chain(
+        metadata
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| ledger_domain::is_personal_key(k))
+            .map(|(_, v)| v.as_str().unwrap_or_default()),
+    );
+    let mut ids = Vec::new();
+    let mut sealed = true;
+    for text in personal {
+        match sealed_key_id(text) {
+            Some(id) => ids.push(id),
+            None => sealed = false,
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    (ids, sealed)
+}
+
+/// One subject's data key, usable.
+struct SubjectKey {
+    id: Uuid,
+    key: LessSafeKey,
+}
+
+impl SubjectKey {
+    fn from_bytes(id: Uuid, bytes: &[u8]) -> Result<SubjectKey, KeyError> {
+        let unbound = UnboundKey::new(&AES_256_GCM, bytes).map_err(|_| KeyError::Unopenable)?;
+        Ok(SubjectKey { id, key: LessSafeKey::new(unbound) })
+    }
+
+    fn aad(id: Uuid) -> [u8; AAD_TAG.len() + 16] {
+        let mut aad = [0u8; AAD_TAG.len() + 16];
+        aad[..AAD_TAG.len()].copy_from_slice(AAD_TAG);
+        aad[AAD_TAG.len()..].copy_from_slice(id.as_bytes());
+        aad
+    }
+
+    fn seal(&self, value: &Value) -> String {
+        let mut nonce = [0u8; NONCE_LEN];
+        SystemRandom::new().fill(&mut nonce).expect("the system's random source works");
+        let mut body = Zeroizing::new(value.to_string().into_bytes());
+        let mut out = Vec::with_capacity(16 + NONCE_LEN + body.len() + 16);
+        out.extend_from_slice(self.id.as_bytes());
+        out.extend_from_slice(&nonce);
+        let body: &mut Vec<u8> = &mut body;
+        self.key
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(Self::aad(self.id)), body)
+            .expect("a value of any length seals");
+        out.extend_from_slice(body);
+        format!("{SEALED_PREFIX}{}", B64.encode(out))
+    }
+
+    fn open(&self, text: &str) -> Result<Value, KeyError> {
+        let body = text.strip_prefix(SEALED_PREFIX).and_then(|b| B64.decode(b).ok()).ok_or(KeyError::Unopenable)?;
+        if body.len() < 16 + NONCE_LEN + 16 || body[..16] != *self.id.as_bytes() {
+            return Err(KeyError::Unopenable);
+        }
+        let nonce: [u8; NONCE_LEN] = body[16..16 + NONCE_LEN].try_into().map_err(|_| KeyError::Unopenable)?;
+        let mut sealed = Zeroizing::new(body[16 + NONCE_LEN..].to_vec());
+        let plain = self
+            .key
+            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(Self::aad(self.id)), sealed.as_mut_slice())
+            .map_err(|_| KeyError::Unopenable)?;
+        serde_json::from_slice(plain).map_err(|_| KeyError::Unopenable)
+    }
+}
+
+/// The context a data key is sealed for under the master key: its own id.
+fn wrap_context(id: Uuid) -> Vec<u8> {
+    [b"subject-key:".as_slice(), id.as_bytes()].concat()
+}
+
+/// Seals and reveals the personal values of one ledger (its schema's `subject_keys`).
+#[derive(Clone)]
+pub struct Privacy {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// The primary of the ledger's shard: keys are never read from a replica.
+    pool: PgPool,
+    master: Arc<MasterKey>,
+    lookup: tokio::sync::OnceCell<Zeroizing<[u8; 32]>>,
+}
+
+impl std::fmt::Debug for Privacy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Privacy")
+    }
+}
+
+impl Privacy {
+    pub fn new(pool: PgPool, master: Arc<MasterKey>) -> Privacy {
+        Privacy {
+            inner: Arc::new(Inner {
+                pool,
+                master,
+                lookup: tokio::sync::OnceCell::new(),
+            }),
+        }
+    }
+
+    /// Seals an account's personal values (its `owner` and `pii.` metadata) under its
+    /// subject's key, created if the subject has no live key. Values already sealed are
+    /// left alone.
+    pub async fn seal_opening(&self, c: &mut OpenAccount) -> Result<(), KeyError> {
+        let Some(subject) = c.subject.clone() else { return Ok(()) };
+        let personal_metadata =
+            c.metadata.as_ref().and_then(Value::as_object).is_some_and(|m| m.keys().any(|k| ledger_domain::is_personal_key(k)));
+        if c.owner.is_none() && !personal_metadata {
+            return Ok(());
+        }
+        let key = self.key_for(&subject).await?;
+        if let Some(owner) = c.owner.as_mut().filter(|o| !o.starts_with(SEALED_PREFIX)) {
+            let hash = self.owner_hash(owner).await?;
+            *owner = key.seal(&Value::String(std::mem::take(owner)));
+            // Before the command is recorded: a row whose command never is names a
+            // sealed form no view holds (see migration 0023).
+            sqlx::query("insert into owner_index (owner_hash, owner_sealed, key_id) values ($1, $2, $3)")
+                .bind(hash)
+                .bind(owner.as_str())
+                .bind(key.id)
+                .execute(&self.inner.pool)
+                .await?;
+        }
+        if let Some(map) = c.metadata.as_mut().and_then(Value::as_object_mut) {
+            for (k, v) in map.iter_mut() {
+                if ledger_domain::is_personal_key(k) && !v.as_str().is_some_and(|s| s.starts_with(SEALED_PREFIX)) {
+                    *v = Value::String(key.seal(v));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The subject's live key: a new one, or the one another command made before. Read
+    /// from the primary every time (never cached): a key another process destroyed
+    /// must not seal anything more. One destroyed between this and the append is
+    /// caught there, under the head lock (`store::append`).
+    async fn key_for(&self, subject: &str) -> Result<SubjectKey, KeyError> {
+        for _ in 0..3 {
+            let id = Uuid::now_v7();
+            let mut bytes = Zeroizing::new([0u8; 32]);
+            SystemRandom::new().fill(bytes.as_mut()).expect("the system's random source works");
+            let wrapped = self.inner.master.seal(bytes.as_ref(), &wrap_context(id));
+            // Two commands may make one at once: the live index keeps one, and the
+            // other reads it.
+            let inserted = sqlx::query(
+                "insert into subject_keys (id, subject, wrapped) values ($1, $2, $3)
+                 on conflict (subject) where wrapped is not null do nothing",
+            )
+            .bind(id)
+            .bind(subject)
+            .bind(&wrapped)
+            .execute(&self.inner.pool)
+            .await?
+            .rows_affected();
+            if inserted == 1 {
+                return SubjectKey::from_bytes(id, bytes.as_ref());
+            }
+            let found: Option<(Uuid, Vec<u8>)> =
+                sqlx::query_as("select id, wrapped from subject_keys where subject = $1 and wrapped is not null")
+                    .bind(subject)
+                    .fetch_optional(&self.inner.pool)
+                    .await?;
+            if let Some((id, wrapped)) = found {
+                let bytes = self.inner.master.open(&wrapped, &wrap_context(id))?;
+                return SubjectKey::from_bytes(id, &bytes);
+            }
+        }
+        Err(KeyError::Unopenable)
+    }
+
+    /// Reveals the personal values in `value` (see the module's notes): the value
+    /// where its key exists, the erased form where it was destroyed.
+    pub async fn reveal(&self, value: &mut Value) -> Result<(), KeyError> {
+        let mut ids = Vec::new();
+        collect(value, false, &mut ids);
+        if ids.is_empty() {
+            return Ok(());
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        let keys = self.keys(&ids).await?;
+        replace(value, &keys)
+    }
+
+    /// Reveals every value of `values` with one look-up of their keys.
+    pub async fn reveal_all(&self, values: &mut [Value]) -> Result<(), KeyError> {
+        let mut ids = Vec::new();
+        for v in values.iter() {
+            collect(v, false, &mut ids);
+        }
+        if ids.is_empty() {
+            return Ok(());
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        let keys = self.keys(&ids).await?;
+        values.iter_mut().try_for_each(|v| replace(v, &keys))
+    }
+
+    /// The keys named, as they are now: `Some` if live, `None` if destroyed. A key
+    /// the database has never held is left out (the value is not one of ours).
+    async fn keys(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, Option<SubjectKey>>, KeyError> {
+        let rows: Vec<(Uuid, Option<Vec<u8>>)> =
+            sqlx::query_as("select id, wrapped from subject_keys where id = any($1)")
+                .bind(ids)
+                .fetch_all(&self.inner.pool)
+                .await?;
+        let mut keys = HashMap::with_capacity(rows.len());
+        for (id, wrapped) in rows {
+            let key = match wrapped {
+                Some(w) => {
+                    let bytes = self.inner.master.open(&w, &wrap_context(id))?;
+                    Some(SubjectKey::from_bytes(id, &bytes)?)
+                }
+                None => None,
+            };
+            keys.insert(id, key);
+        }
+        Ok(keys)
+    }
+
+    /// The owner look-up's hash of `owner` (HMAC-SHA-256 under the ledger's look-up key).
+    pub async fn owner_hash(&self, owner: &str) -> Result<Vec<u8>, KeyError> {
+        let key = self.inner.lookup.get_or_try_init(|| self.lookup_key()).await?;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.as_ref()).expect("HMAC takes any key length");
+        mac.update(owner.as_bytes());
+        Ok(mac.finalize().into_bytes().to_vec())
+    }
+
+    /// The ledger's look-up key: kept sealed in `key_material`, made at first use.
+    async fn lookup_key(&self) -> Result<Zeroizing<[u8; 32]>, KeyError> {
+        const NAME: &str = "owner-lookup-key";
+        let stored = || async {
+            sqlx::query_scalar::<_, Vec<u8>>("select value from key_material where name = $1")
+                .bind(NAME)
+                .fetch_optional(&self.inner.pool)
+                .await
+        };
+        if stored().await?.is_none() {
+            let mut fresh = Zeroizing::new([0u8; 32]);
+            SystemRandom::new().fill(fresh.as_mut()).expect("the system's random source works");
+            sqlx::query("insert into key_material (name, value) values ($1, $2) on conflict do nothing")
+                .bind(NAME)
+                .bind(self.inner.master.seal(fresh.as_ref(), NAME.as_bytes()))
+                .execute(&self.inner.pool)
+                .await?;
+        }
+        let sealed = stored().await?.ok_or(KeyError::Missing)?;
+        let opened = self.inner.master.open(&sealed, NAME.as_bytes())?;
+        let key: [u8; 32] = opened.as_slice().try_into().map_err(|_| KeyError::Unopenable)?;
+        Ok(Zeroizing::new(key))
+    }
+}
+
+/// The key ids of the sealed values in personal members of `value`.
+fn collect(value: &Value, personal: bool, ids: &mut Vec<Uuid>) {
+    match value {
+        Value::String(s) if personal => ids.extend(sealed_key_id(s)),
+        Value::Object(map) => map.iter().for_each(|(k, v)| collect(v, is_personal_member(k), ids)),
+        Value::Array(items) => items.iter().for_each(|v| collect(v, false, ids)),
+        _ => {}
+    }
+}
+
+/// What a personal member's sealed value becomes.
+enum Revealed {
+    Value(Value),
+    Erased,
+    Unchanged,
+}
+
+fn open_member(text: &str, keys: &HashMap<Uuid, Option<SubjectKey>>) -> Result<Revealed, KeyError> {
+    let Some(id) = sealed_key_id(text) else { return Ok(Revealed::Unchanged) };
+    match keys.get(&id) {
+        None => Ok(Revealed::Unchanged),
+        Some(None) => Ok(Revealed::Erased),
+        Some(Some(key)) => key.open(text).map(Revealed::Value),
+    }
+}
+
+fn replace(value: &mut Value, keys: &HashMap<Uuid, Option<SubjectKey>>) -> Result<(), KeyError> {
+    match value {
+        Value::Object(map) => {
+            let mut erased = Vec::new();
+            for (k, v) in map.iter_mut() {
+                match v {
+                    Value::String(s) if is_personal_member(k) => match open_member(s, keys)? {
+                        Revealed::Value(clear) => *v = clear,
+                        Revealed::Erased if k == "owner" => *v = Value::Null,
+                        Revealed::Erased => erased.push(k.clone()),
+                        Revealed::Unchanged => {}
+                    },
+                    other => replace(other, keys)?,
+                }
+            }
+            for k in erased {
+                map.remove(&k);
+            }
+            Ok(())
+        }
+        Value::Array(items) => items.iter_mut().try_for_each(|v| replace(v, keys)),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> SubjectKey {
+        SubjectKey::from_bytes(Uuid::now_v7(), &[7u8; 32]).expect("a key")
+    }
+
+    #[test]
+    fn sealed_values_open_with_their_key_only_and_keep_their_type() {
+        let k = key();
+        for v in [Value::String("alice@example.com".into()), serde_json::json!(42), serde_json::json!(true)] {
+            let sealed = k.seal(&v);
+            assert!(sealed.starts_with(SEALED_PREFIX));
+            assert!(!sealed.contains("alice"), "no plaintext in the sealed form");
+            assert_eq!(sealed_key_id(&sealed), Some(k.id));
+            assert_eq!(k.open(&sealed).expect("opens"), v);
+            let other = SubjectKey::from_bytes(k.id, &[8u8; 32]).expect("a key");
+            assert!(other.open(&sealed).is_err(), "another key");
+            let mut bytes = B64.decode(sealed.strip_prefix(SEALED_PREFIX).expect("prefix")).expect("b64");
+            let last = bytes.len() - 1;
+            bytes[last] ^= 1;
+            assert!(k.open(&format!("{SEALED_PREFIX}{}", B64.encode(bytes))).is_err(), "a changed byte");
+        }
+        assert_ne!(k.seal(&serde_json::json!("x")), k.seal(&serde_json::json!("x")), "a fresh nonce each time");
+        for junk in ["", "pii:v1:", "pii:v1:!!!", "pii:v1:AAAA", "owner@example.com"] {
+            assert_eq!(sealed_key_id(junk), None, "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn reveal_replaces_personal_members_only_and_erases_by_kind() {
+        let (live, gone) = (key(), key());
+        let (gone_id, live_id) = (gone.id, live.id);
+        let mut value = serde_json::json!({
+            "owner": live.seal(&serde_json::json!("alice")),
+            "reference": live.seal(&serde_json::json!("not personal: left alone")),
+            "events": [{ "data": { "owner": gone.seal(&serde_json::json!("bob")),
+                                   "metadata": { "pii.email": gone.seal(&serde_json::json!("b@x")), "tier": 1 } } }],
+            "metadata": { "pii.age": live.seal(&serde_json::json!(40)) },
+        });
+        let mut ids = Vec::new();
+        collect(&value, false, &mut ids);
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 2);
+        let keys = HashMap::from([(live_id, Some(live)), (gone_id, None)]);
+        replace(&mut value, &keys).expect("reveals");
+        assert_eq!(value["owner"], "alice");
+        assert_eq!(value["metadata"]["pii.age"], 40);
+        assert!(value["reference"].as_str().is_some_and(|s| s.starts_with(SEALED_PREFIX)));
+        assert_eq!(value["events"][0]["data"]["owner"], Value::Null);
+        assert_eq!(value["events"][0]["data"]["metadata"], serde_json::json!({ "tier": 1 }));
+    }
+
+    #[test]
+    fn openings_name_their_keys_and_say_whether_all_is_sealed() {
+        let k = key();
+        let meta = serde_json::json!({ "pii.a": k.seal(&serde_json::json!("x")), "tier": "gold" });
+        assert_eq!(opening_keys(Some(&k.seal(&serde_json::json!("o"))), Some(&meta)), (vec![k.id], true));
+        assert_eq!(opening_keys(Some("clear@example.com"), None), (vec![], false));
+        assert_eq!(opening_keys(None, Some(&serde_json::json!({ "pii.a": 5 }))), (vec![], false));
+        assert_eq!(opening_keys(None, None), (vec![], true));
+    }
+}
