@@ -26,6 +26,7 @@
 //!     overdraft_limit: None,
 //!     id: None,
 //!     metadata: None,
+//!     subject: None,
 //! };
 //! let alice = ledger.open_account(&open("alice@example.com"), None).await?;
 //! let bob = ledger.open_account(&open("bob@example.com"), None).await?;

@@ -101,6 +101,7 @@ mod tests {
             overdraft_limit: Money::new(10_000),
             system: false,
             metadata: None,
+            subject: None,
         });
         match evolve(StreamState::default(), id, 1, &event).aggregate {
             Aggregate::Account(a) => a,

@@ -17,6 +17,11 @@ pub fn subject_stream_id(subject: &str) -> Uuid {
     Uuid::new_v8(bytes)
 }
 
+/// The stream of the chain's own records ([`ChainReanchored`]), in the reserved space.
+pub fn chain_stream_id() -> Uuid {
+    Uuid::new_v8(*b"ledger-chain\0\0\0\0")
+}
+
 /// How the store must check a stream's version when appending an event to it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Concurrency {
@@ -50,6 +55,22 @@ pub struct SubjectErased {
     pub subject: String,
     pub accounts: Vec<Uuid>,
     pub reason: String,
+}
+
+/// The hash chain was recomputed from `first_position` on, once, because events written
+/// by an earlier version held personal values in clear and were sealed in place
+/// (docs/PRIVACY.md, "Data written before personal data was sealed"). Names the head
+/// before (`before_position`, `before_hash`) and the hash at that same position after
+/// (`after_hash`), so whoever kept the old head sees where and why the chain changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainReanchored {
+    pub reason: String,
+    pub first_position: i64,
+    pub before_position: i64,
+    pub before_hash: String,
+    pub after_hash: String,
+    /// How many events were sealed in place.
+    pub rewritten: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -323,6 +344,7 @@ pub enum Event {
     ReconciliationMismatchFound(ReconciliationMismatchFound),
     ReconciliationFinished(ReconciliationFinished),
     SubjectErased(SubjectErased),
+    ChainReanchored(ChainReanchored),
 }
 
 /// One balance change of one account caused by an event.
@@ -356,6 +378,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "ReconciliationMismatchFound",
     "ReconciliationFinished",
     "SubjectErased",
+    "ChainReanchored",
 ];
 
 impl Event {
@@ -382,6 +405,7 @@ impl Event {
             Event::ReconciliationMismatchFound(_) => "ReconciliationMismatchFound",
             Event::ReconciliationFinished(_) => "ReconciliationFinished",
             Event::SubjectErased(_) => "SubjectErased",
+            Event::ChainReanchored(_) => "ChainReanchored",
         }
     }
 
@@ -399,6 +423,7 @@ impl Event {
                 streams.extend(e.accounts.iter().map(|id| (*id, Any)));
                 streams
             }
+            Event::ChainReanchored(_) => vec![(chain_stream_id(), Any)],
             Event::AccountClosed(e) => vec![(e.account_id, Exact)],
             Event::DepositRecorded(e) => vec![(e.account_id, Exact), (e.system_account_id, Any)],
             Event::TransferPosted(e) => {
@@ -476,7 +501,8 @@ impl Event {
             | Event::ReconciliationStarted(_)
             | Event::ReconciliationMismatchFound(_)
             | Event::ReconciliationFinished(_)
-            | Event::SubjectErased(_) => Vec::new(),
+            | Event::SubjectErased(_)
+            | Event::ChainReanchored(_) => Vec::new(),
         }
     }
 
@@ -497,6 +523,7 @@ impl Event {
             Event::WithdrawalFailed(e) => vec![e.account_id],
             Event::WithdrawalReconciled(e) => vec![e.account_id, e.system_account_id],
             Event::SubjectErased(e) => e.accounts.clone(),
+            Event::ChainReanchored(_) => Vec::new(),
             Event::PayoutDeadLettered(_)
             | Event::PayoutRedriven(_)
             | Event::TokenIssued(_)

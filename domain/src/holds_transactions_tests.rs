@@ -37,6 +37,7 @@ fn given(limits: &[i64], funded: i64) -> Ledger {
             owner: None,
             overdraft_limit: Money::new(*limit),
             metadata: None,
+            subject: None,
         };
         run(&mut ledger, Command::OpenAccount(open)).expect("opens");
         if funded > 0 {

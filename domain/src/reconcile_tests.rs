@@ -80,6 +80,7 @@ fn given(status: WithdrawalStatus) -> Ledger {
         owner: None,
         overdraft_limit: Money::ZERO,
         metadata: None,
+        subject: None,
     };
     run(&mut ledger, Command::OpenAccount(c)).expect("open");
     deposit(&mut ledger, 1, 1_000);

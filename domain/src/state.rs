@@ -175,6 +175,10 @@ pub enum Aggregate {
     Reconciliation(Reconciliation),
     /// A subject of personal data (its own stream, `subject_stream_id`).
     Subject(Subject),
+    /// The chain's own records (`chain_stream_id`): how often it was re-anchored.
+    Chain {
+        reanchored: u64,
+    },
 }
 
 /// A reconciliation run.
@@ -213,6 +217,10 @@ pub fn evolve(state: StreamState, stream_id: Uuid, version: i64, event: &Event) 
         Aggregate::Withdrawal(w) => evolve_withdrawal(w, event).map(Aggregate::Withdrawal),
         Aggregate::Reconciliation(r) => evolve_reconciliation(r, event).map(Aggregate::Reconciliation),
         Aggregate::Subject(s) => evolve_subject(s, event).map(Aggregate::Subject),
+        Aggregate::Chain { reanchored } => match event {
+            Event::ChainReanchored(_) => Some(Aggregate::Chain { reanchored: reanchored + 1 }),
+            _ => None,
+        },
         Aggregate::Token { .. } | Aggregate::Ledger { .. } => None,
     };
     let aggregate = aggregate.unwrap_or_else(|| {
@@ -293,6 +301,7 @@ fn created(stream_id: Uuid, event: &Event) -> Option<Aggregate> {
         Event::ReconciliationStarted(e) => {
             Aggregate::Reconciliation(Reconciliation { id: e.run_id, finished: false, matched: 0, mismatches: 0 })
         }
+        Event::ChainReanchored(_) => Aggregate::Chain { reanchored: 1 },
         Event::TokenIssued(e) => Aggregate::Token { name: e.name.clone(), role: e.role },
         Event::LedgerCreated(e) => Aggregate::Ledger { name: e.name.clone() },
         _ => return None,

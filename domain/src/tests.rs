@@ -40,6 +40,7 @@ fn open(ledger: &mut Ledger, n: u128, overdraft: i64) {
             owner: Some(format!("owner{n}")),
             overdraft_limit: Money::new(overdraft),
             metadata: None,
+            subject: None,
         }),
     )
     .expect("open succeeds");
@@ -395,6 +396,7 @@ fn reserved_ids_cannot_be_claimed() {
                 owner: None,
                 overdraft_limit: Money::ZERO,
                 metadata: None,
+                subject: None,
             }),
         );
         assert_eq!(opened, Err(DomainError::ReservedId { id: reserved }));

@@ -245,6 +245,16 @@ impl Privacy {
         replace(value, &keys)
     }
 
+    /// Withholds the personal values in `value`: each sealed one as if erased, without
+    /// asking the database (for answers given while it cannot be asked: a value must
+    /// never be shown under a key whose destruction cannot be ruled out).
+    pub fn withhold(value: &mut Value) {
+        let mut ids = Vec::new();
+        collect(value, false, &mut ids);
+        let keys: HashMap<Uuid, Option<SubjectKey>> = ids.into_iter().map(|id| (id, None)).collect();
+        replace(value, &keys).expect("nothing is opened");
+    }
+
     /// Reveals every value of `values` with one look-up of their keys.
     pub async fn reveal_all(&self, values: &mut [Value]) -> Result<(), KeyError> {
         let mut ids = Vec::new();

@@ -134,6 +134,7 @@ async fn setup_accounts(ledger: &Client, args: &Args) -> anyhow::Result<Vec<Uuid
             overdraft_limit: None,
             id: None,
             metadata: None,
+            subject: None,
         };
         let account = ledger.open_account(&open, None).await?;
         let deposit = wire::DepositRequest {

@@ -55,7 +55,8 @@ pub async fn apply(tx: &mut Transaction<'_, Postgres>, t: &Tables, events: &[Rec
             | Event::ReconciliationStarted(_)
             | Event::ReconciliationMismatchFound(_)
             | Event::ReconciliationFinished(_)
-            | Event::SubjectErased(_) => {}
+            | Event::SubjectErased(_)
+            | Event::ChainReanchored(_) => {}
         }
     }
     Ok(())

@@ -184,6 +184,7 @@ impl TestApp {
             overdraft_limit: Some(overdraft_limit.try_into().expect("an overdraft limit")),
             id: None,
             metadata: None,
+            subject: None,
         };
         let reply = self.ledger.open_account(&request, None).await.expect("the account opens");
         assert_eq!(reply.http_status, 201);

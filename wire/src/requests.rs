@@ -323,6 +323,8 @@ pub enum EventType {
     ReconciliationStarted,
     ReconciliationMismatchFound,
     ReconciliationFinished,
+    SubjectErased,
+    ChainReanchored,
 }
 
 impl EventType {

@@ -48,11 +48,33 @@ pub async fn reveal(State(state): State<AppState>, request: Request, next: Next)
         Ok(v) => v,
         Err(_) => return Response::from_parts(parts, Body::from(bytes)),
     };
-    if let Err(e) = state.privacy.reveal(&mut value).await {
-        return key_error(e).into_response();
+    // Keys are read from the primary: while it cannot answer (down, or slower than a
+    // read may wait), personal values are withheld, never shown from a memory of
+    // their key that an erasure may have made wrong. The rest of the answer stands.
+    let wait = state.config.db_wait.min(REVEAL_WAIT_MAX);
+    match tokio::time::timeout(wait, state.privacy.reveal(&mut value)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(KeyError::Database(e))) => {
+            tracing::warn!(error = %e, "personal values withheld: their keys could not be read");
+            withhold(&mut value, &mut parts);
+        }
+        Err(_) => {
+            tracing::warn!("personal values withheld: their keys were not read in time");
+            withhold(&mut value, &mut parts);
+        }
+        Ok(Err(e)) => return key_error(e).into_response(),
     }
     parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(parts, Body::from(value.to_string()))
+}
+
+/// The longest a reveal waits for the keys before it withholds.
+const REVEAL_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Says so in `X-Ledger-Personal-Withheld: true`.
+fn withhold(value: &mut serde_json::Value, parts: &mut axum::http::response::Parts) {
+    ledger_infrastructure::privacy::Privacy::withhold(value);
+    parts.headers.insert("x-ledger-personal-withheld", axum::http::HeaderValue::from_static("true"));
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

@@ -93,11 +93,13 @@ impl LogGen {
             overdraft_limit: Money::ZERO,
             system: true,
             metadata: None,
+            subject: None,
         }))
     }
 
-    /// A customer account; it gets the next index.
-    pub fn open_account(&mut self, owner: Option<String>) -> Commit {
+    /// A customer account; it gets the next index. Without an owner: personal values
+    /// are sealed by the API (`privacy`), which a generated log bypasses.
+    pub fn open_account(&mut self) -> Commit {
         let id = Uuid::now_v7();
         self.accounts.push(id);
         self.balances.push(0);
@@ -106,10 +108,11 @@ impl LogGen {
         self.commit(Event::AccountOpened(AccountOpened {
             account_id: id,
             currency: self.currency,
-            owner,
+            owner: None,
             overdraft_limit: Money::ZERO,
             system: false,
             metadata: None,
+            subject: Some(id.to_string()),
         }))
     }
 

@@ -28,10 +28,10 @@ pub async fn run(db: &BenchDb, p: &Params) -> anyhow::Result<Value> {
     let mut g = LogGen::new(p.seed)?;
     let mut app = Appender::new(db.store.clone(), p.batch_commits);
     app.push(g.open_system()).await?;
-    app.push(g.open_account(Some("hot@example.com".to_owned()))).await?;
+    app.push(g.open_account()).await?;
     let hot_id = g.accounts[0];
     for i in 0..COUNTERPARTIES {
-        app.push(g.open_account(Some(format!("counterparty-{i}@example.com")))).await?;
+        app.push(g.open_account()).await?;
         app.push(g.deposit(i + 1, 1_000_000_000)?).await?;
     }
     const HOT: usize = 0;

@@ -26,6 +26,7 @@ fn open(owner: &str) -> wire::OpenAccountRequest {
         overdraft_limit: None,
         id: None,
         metadata: None,
+        subject: None,
     }
 }
 

@@ -110,15 +110,17 @@ fn account_opening(n: usize) -> Commit {
     let event = ledger_domain::Event::AccountOpened(ledger_domain::events::AccountOpened {
         account_id: Uuid::now_v7(),
         currency: ledger_domain::Currency::parse("EUR").expect("valid"),
-        owner: Some(format!("appender-{n}")),
+        owner: None,
         overdraft_limit: ledger_domain::Money::ZERO,
         system: false,
         metadata: None,
+        subject: Some(format!("appender-{n}")),
     });
-    let (id, _) = event.streams()[0];
+    // The account's stream and its subject's, both new.
+    let expected = event.streams().into_iter().map(|(id, _)| (id, 0)).collect();
     Commit {
         events: vec![event],
-        expected: vec![(id, 0)],
+        expected,
         read: Vec::new(),
         metadata: EventMetadata { actor: "test".into(), ..EventMetadata::default() },
         idempotency: None,
