@@ -36,3 +36,18 @@ grant select, insert, delete on owner_index to ledger_app;
 -- The view remembers the account's subject and whether it was erased.
 alter table accounts_view add column subject text;
 alter table accounts_view add column erased boolean not null default false;
+
+-- Data written before personal data was sealed (docs/PRIVACY.md): the first start of
+-- this version seals it in place and re-anchors the chain (`privacy::legacy`). This
+-- index holds exactly the openings it has to seal, so every later start finds none at
+-- once. Snapshots of an earlier `evolve` (with owners in clear) are never read again.
+create index events_unsealed_openings on events (position)
+    where type = 'AccountOpened' and data ->> 'subject' is null and not coalesce((data ->> 'system')::boolean, false);
+delete from snapshots where evolve_version < 4;
+
+-- Each re-anchoring purges the clear `AccountOpened` messages from JetStream, once.
+create table jetstream_purges (
+    reanchored_position bigint primary key,
+    purged_at timestamptz not null default now()
+);
+grant select, insert on jetstream_purges to ledger_app;

@@ -22,6 +22,6 @@ pub use events::{Concurrency, EVENT_TYPES, Event, Leg, Posting, chain_stream_id,
 pub use money::{AMOUNT_MAX, Amount, AmountError, Currency, CurrencyError, Money};
 pub use reconcile::{MismatchKind, Resolution};
 pub use state::{
-    Account, AccountStatus, Aggregate, EVOLVE_VERSION, Hold, HoldStatus, Ledger, StreamState, Transaction, Transfer,
-    Subject, Withdrawal, WithdrawalStatus, evolve, is_personal_key, without_personal_keys,
+    Account, AccountStatus, Aggregate, EVOLVE_VERSION, Hold, HoldStatus, Ledger, StreamState, Subject, Transaction,
+    Transfer, Withdrawal, WithdrawalStatus, evolve, is_personal_key, without_personal_keys,
 };

@@ -69,7 +69,8 @@ async fn load(
     );
     let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(ids).fetch_all(&mut **tx).await?;
     let mut states = HashMap::with_capacity(rows.len());
-    for (id, currency, owner, status, balance, holds, limit, system, metadata, version, position, subject, erased) in rows
+    for (id, currency, owner, status, balance, holds, limit, system, metadata, version, position, subject, erased) in
+        rows
     {
         let account = Account {
             id,

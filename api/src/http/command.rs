@@ -44,7 +44,7 @@ impl FromRequest<AppState> for CommandBody {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        CommandBody::read(request, state.config.body_bytes_max).await
+        CommandBody::read(request, state.config.body_bytes_max).await?.keyed(state).await
     }
 }
 
@@ -68,6 +68,18 @@ impl CommandBody {
             crate::http::validate::parse_json(&bytes).map_err(crate::http::validate::body_rejection)?
         };
         Ok(CommandBody::new(method.as_str(), &path, json, key))
+    }
+
+    /// The body with its fingerprint keyed when it holds personal values (an `owner`
+    /// or `pii.` member anywhere): HMAC-SHA-256 of the plain fingerprint under the
+    /// ledger's look-up key, so the idempotency record keeps no unkeyed digest a
+    /// guessed value could be checked against (docs/PRIVACY.md).
+    pub async fn keyed(mut self, state: &AppState) -> Result<CommandBody, ApiError> {
+        if ledger_infrastructure::privacy::has_personal_members(&self.json) {
+            self.fingerprint =
+                state.privacy.keyed_fingerprint(&self.fingerprint).await.map_err(crate::http::privacy::key_error)?;
+        }
+        Ok(self)
     }
 
     /// A command's body and key, fingerprinted: sha256 of `"{method} {path}\n"` and the

@@ -10,8 +10,7 @@
 
 use crate::routes::{
     accounts, admin, audit, bulk, console, deposits, events, health, holds, ledgers, reconciliations, subjects,
-    transactions,
-    transfers, webhooks, withdrawals,
+    transactions, transfers, webhooks, withdrawals,
 };
 use axum::Router;
 use ledger_wire as schemas;

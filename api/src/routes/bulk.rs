@@ -213,17 +213,22 @@ async fn bulk(
         }
     };
     // A bulk carries up to 1,000 commands: its body may be larger than one command's.
-    let mut body = CommandBody::read(request, ledger_wire::limits::BULK_BYTES_MAX).await?;
+    let mut body = CommandBody::read(request, ledger_wire::limits::BULK_BYTES_MAX).await?.keyed(&state).await?;
     let _turn = turn(&state).await?;
     let key = match operation::begin(&state, &principal, &body).await? {
         Begun::Answered(replay) => return Ok(crate::http::command::respond(replay, true)),
         Begun::Run(key) => key,
     };
     let json = std::mem::take(&mut body.json);
-    let items = match parse_owned(json).and_then(|r: BulkRequest| Ok((items(r.items, &body.key)?, r.atomic))) {
+    let mut items = match parse_owned(json).and_then(|r: BulkRequest| Ok((items(r.items, &body.key)?, r.atomic))) {
         Ok(items) => items,
         Err(e) => return Err(key.refuse(e).await),
     };
+    for item in &mut items.0 {
+        item.body = std::mem::replace(&mut item.body, CommandBody::new("POST", "", Value::Null, String::new()))
+            .keyed(&state)
+            .await?;
+    }
     let (answer, settled) = match items {
         (items, true) => atomic(&state, &principal, &context, items).await?,
         (items, false) => {

@@ -22,7 +22,12 @@ fn subject_not_found() -> ApiError {
 }
 
 /// The answer of an erasure recorded at `position`.
-fn erasure(subject: &str, accounts: Vec<uuid::Uuid>, at: chrono::DateTime<chrono::Utc>, position: i64) -> StoredResponse {
+fn erasure(
+    subject: &str,
+    accounts: Vec<uuid::Uuid>,
+    at: chrono::DateTime<chrono::Utc>,
+    position: i64,
+) -> StoredResponse {
     let body = ledger_wire::SubjectErasure { subject: subject.to_owned(), accounts, erased_at: at, position };
     crate::http::command::stored(200, &body)
 }

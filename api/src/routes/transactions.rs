@@ -229,6 +229,8 @@ fn filter(q: &HashMap<String, String>) -> Result<TransactionFilter, ApiError> {
         (status = 200, description = "One page of transactions.", body = ledger_wire::TransactionList),
         (status = 400, description = "`validation_error`: a filter, `limit`, `cursor`, `consistency` or \
             `min_position` is malformed, or more than 5 metadata filters."),
+        (status = 422, description = "`validation_error`: a `metadata.pii.…` filter (personal values are sealed \
+            and cannot be searched)."),
         (status = 503, description = "`consistency_timeout`: the read model did not reach `min_position` (or the \
             head) in time."),
     )

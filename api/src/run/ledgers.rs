@@ -173,6 +173,12 @@ impl Ledgers {
             tracing::warn!(ledger = %record.name, shard = %shard.name, error = %e, "ledger not ready");
             return Err(ApiError::unavailable(&"the shard of this ledger does not answer"));
         }
+        if let Err(e) = crate::run::serve::seal_legacy(&runtime.state).await {
+            *runtime.failed_at.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some(std::time::Instant::now());
+            tracing::warn!(ledger = %record.name, error = %e, "ledger not ready: sealing data of an earlier version");
+            return Err(ApiError::unavailable(&"the shard of this ledger does not answer"));
+        }
         let tasks = crate::run::serve::spawn_ledger_tasks(&runtime.state, self.mode, self.shutdown.clone());
         self.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(tasks);
         let _ = runtime.ready.set(());

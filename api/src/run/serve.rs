@@ -59,7 +59,43 @@ pub async fn build_core(mut config: Config) -> Result<Core, StartError> {
     core.replica_pool = replica;
     let mut core = core.keyed(std::sync::Arc::new(master_key));
     core.webhook_policy = std::sync::Arc::new(webhook_policy);
+    seal_legacy(&core).await?;
     Ok(core)
+}
+
+/// Seals in place the personal values an earlier version kept in clear, once, before
+/// anything is served (`privacy::legacy`; docs/PRIVACY.md).
+pub async fn seal_legacy(core: &Core) -> Result<(), StartError> {
+    if let Some(r) = core.privacy.seal_legacy().await? {
+        tracing::warn!(
+            ledger = %core.config.ledger,
+            accounts = r.rewritten,
+            first_position = r.first_position,
+            position = r.position,
+            "personal values kept in clear by an earlier version were sealed in place; the chain was re-anchored"
+        );
+    }
+    Ok(())
+}
+
+/// After a re-anchoring, purges the clear `AccountOpened` messages from JetStream
+/// (retried while NATS does not answer, for at most an hour; a later start tries again).
+fn spawn_legacy_purge(state: &Core, shutdown: CancellationToken) -> JoinHandle<()> {
+    let state = state.clone();
+    tokio::spawn(async move {
+        let js = async_nats::jetstream::new(state.nats.clone());
+        for _ in 0..360 {
+            match ledger_infrastructure::privacy::purge_legacy_messages(&state.pool, &js, &state.names).await {
+                Ok(0) => return,
+                Ok(n) => {
+                    tracing::info!(ledger = %state.config.ledger, messages = n, "purged messages published in clear");
+                    return;
+                }
+                Err(e) => tracing::debug!(error = %e, "purging messages published in clear failed; trying again"),
+            }
+            tokio::select! { _ = shutdown.cancelled() => return, _ = tokio::time::sleep(Duration::from_secs(10)) => {} }
+        }
+    })
 }
 
 /// How many expired idempotency records one sweep deletes at most.
@@ -133,6 +169,7 @@ pub fn spawn_workers(state: &Core, on_applied: OnApplied, shutdown: Cancellation
         tokio::spawn(payouts.run(shutdown.clone())),
         tokio::spawn(expiry.run(shutdown.clone())),
     ];
+    handles.push(spawn_legacy_purge(state, shutdown.clone()));
     let (pool, url) = (state.pool.clone(), state.config.database_url.clone());
     handles.push(tokio::spawn(async move {
         if let Err(e) = ledger_projections::rebuild::recover_interrupted(&pool, &url).await {

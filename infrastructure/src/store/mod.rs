@@ -185,7 +185,7 @@ pub struct EventStore {
 /// The default of `LEDGER_APPEND_IDLE_TIMEOUT_MS`.
 pub const APPEND_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(5_000);
 
-mod append;
+pub(crate) mod append;
 mod faults;
 pub mod handoff;
 mod idempotency;

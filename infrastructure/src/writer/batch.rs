@@ -280,7 +280,8 @@ impl Writer {
                 groups.dedup_by_key(|(group, _)| *group);
                 for (group, index) in groups.into_iter().rev() {
                     let bad = pending.remove(group);
-                    let _ = bad.reply.send(Err(GroupError::Command { index, error: CommandError::SubjectKeyDestroyed }));
+                    let _ =
+                        bad.reply.send(Err(GroupError::Command { index, error: CommandError::SubjectKeyDestroyed }));
                 }
             }
             AppendError::Database(e) if crate::store::db_fault(&e) == DbFault::Unavailable => {

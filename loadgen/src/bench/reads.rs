@@ -130,7 +130,8 @@ pub async fn run(db: &BenchDb, p: &Params) -> anyhow::Result<Value> {
     };
     let mut rows_returned = 0usize;
     for n in 0..100 {
-        rows_returned += queries::accounts_by_owner(&db.pool, &owner_hash(&owner(n * owners / 100)), 1000).await?.0.len();
+        rows_returned +=
+            queries::accounts_by_owner(&db.pool, &owner_hash(&owner(n * owners / 100)), 1000).await?.0.len();
     }
     run_closed_loop(p.concurrency, WARMUP, p.seed + 5, owner_op.clone()).await?;
     let by_owner = run_closed_loop(p.concurrency, p.duration, p.seed + 6, owner_op.clone()).await?;

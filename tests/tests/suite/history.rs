@@ -99,7 +99,9 @@ async fn temporal_queries_match_a_fold_of_the_log() {
     assert_eq!((bad.status, bad.code()), (StatusCode::UNPROCESSABLE_ENTITY, "validation_error"));
 
     let mut out = Vec::new();
-    let lines = ledger_api::run::cli::replay(&app.state.config, app.state.master_key.clone(), a, None, &mut out).await.expect("replay");
+    let lines = ledger_api::run::cli::replay(&app.state.config, app.state.master_key.clone(), a, None, &mut out)
+        .await
+        .expect("replay");
     let version: i64 = sqlx::query_scalar("select max(version) from stream_entries where stream_id = $1")
         .bind(a)
         .fetch_one(&app.pool)

@@ -21,6 +21,10 @@
 //!   `owner_index` beside the sealed form it was made for, never in the log; the rows
 //!   of a subject go when its key is destroyed.
 
+mod legacy;
+
+pub use legacy::{Reanchored, purge_legacy_messages};
+
 use crate::keys::{KeyError, MasterKey};
 use base64::Engine;
 use hmac::{KeyInit, Mac};
@@ -50,6 +54,15 @@ pub fn is_personal_member(key: &str) -> bool {
 pub fn sealed_key_id(text: &str) -> Option<Uuid> {
     let body = B64.decode(text.strip_prefix(SEALED_PREFIX)?).ok()?;
     (body.len() >= 16 + NONCE_LEN + 16).then(|| Uuid::from_slice(&body[..16]).ok()).flatten()
+}
+
+/// Whether `value` has a personal member (`owner`, or a `pii.` key) anywhere.
+pub fn has_personal_members(value: &Value) -> bool {
+    match value {
+        Value::Object(map) => map.iter().any(|(k, v)| is_personal_member(k) || has_personal_members(v)),
+        Value::Array(items) => items.iter().any(has_personal_members),
+        _ => false,
+    }
 }
 
 /// The ids of the keys an account's opening is sealed under (its `owner` and `pii.`
@@ -151,13 +164,7 @@ impl std::fmt::Debug for Privacy {
 
 impl Privacy {
     pub fn new(pool: PgPool, master: Arc<MasterKey>) -> Privacy {
-        Privacy {
-            inner: Arc::new(Inner {
-                pool,
-                master,
-                lookup: tokio::sync::OnceCell::new(),
-            }),
-        }
+        Privacy { inner: Arc::new(Inner { pool, master, lookup: tokio::sync::OnceCell::new() }) }
     }
 
     /// Seals an account's personal values (its `owner` and `pii.` metadata) under its
@@ -165,8 +172,11 @@ impl Privacy {
     /// left alone.
     pub async fn seal_opening(&self, c: &mut OpenAccount) -> Result<(), KeyError> {
         let Some(subject) = c.subject.clone() else { return Ok(()) };
-        let personal_metadata =
-            c.metadata.as_ref().and_then(Value::as_object).is_some_and(|m| m.keys().any(|k| ledger_domain::is_personal_key(k)));
+        let personal_metadata = c
+            .metadata
+            .as_ref()
+            .and_then(Value::as_object)
+            .is_some_and(|m| m.keys().any(|k| ledger_domain::is_personal_key(k)));
         if c.owner.is_none() && !personal_metadata {
             return Ok(());
         }
@@ -297,6 +307,16 @@ impl Privacy {
         let key = self.inner.lookup.get_or_try_init(|| self.lookup_key()).await?;
         let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.as_ref()).expect("HMAC takes any key length");
         mac.update(owner.as_bytes());
+        Ok(mac.finalize().into_bytes().to_vec())
+    }
+
+    /// A request's fingerprint keyed under the ledger's look-up key (for requests that
+    /// hold personal values: see `CommandBody::keyed` in the API).
+    pub async fn keyed_fingerprint(&self, plain: &[u8]) -> Result<Vec<u8>, KeyError> {
+        let key = self.inner.lookup.get_or_try_init(|| self.lookup_key()).await?;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.as_ref()).expect("HMAC takes any key length");
+        mac.update(b"request-fingerprint\0");
+        mac.update(plain);
         Ok(mac.finalize().into_bytes().to_vec())
     }
 
