@@ -25,7 +25,9 @@ function el(tag, attrs = {}, ...children) {
 }
 const token = () => sessionStorage.getItem(TOKEN_KEY);
 const role = () => sessionStorage.getItem(ROLE_KEY);
-const isOperator = () => role() === "operator";
+const isOperator = () => role() === "operator" || role() === "admin";
+// Erasing personal data is the admin's alone (API.md v1.2 "Personal data").
+const isAdmin = () => role() === "admin";
 // The ledger every view reads and writes (API.md "Ledgers"); `default` is the
 // unprefixed routes.
 const ledger = () => sessionStorage.getItem(LEDGER_KEY) || "default";
@@ -127,6 +129,11 @@ function signIn() {
           // Operators and admins may read the admin area; clients may not.
           await api("GET", "/v1/admin/projections");
           sessionStorage.setItem(ROLE_KEY, "operator");
+          // An admin-only route, sent without the body it needs: 403 for an operator,
+          // 422 for an admin, and nothing runs either way.
+          await api("POST", "/v1/admin/subjects/-/erase", {}, "console-role-probe").catch(err => {
+            if (err.status === 422) sessionStorage.setItem(ROLE_KEY, "admin");
+          });
         } catch (err) {
           if (err.status === 403) sessionStorage.setItem(ROLE_KEY, "client");
           else {
@@ -196,8 +203,9 @@ function accounts(ctx) {
   input.focus();
 }
 
-async function account(ctx, id, cursor) {
-  const a = await api("GET", `/v1/accounts/${encodeURIComponent(id)}`);
+async function account(ctx, id, cursor, minPosition) {
+  // After an action here, the view is read at least as new as its answer.
+  const a = await api("GET", `/v1/accounts/${encodeURIComponent(id)}${minPosition ? `?min_position=${minPosition}` : ""}`);
   const statementPath = `/v1/accounts/${encodeURIComponent(id)}/transactions?limit=10${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`;
   const [statement, events] = await Promise.all([api("GET", statementPath), api("GET", `/v1/accounts/${encodeURIComponent(id)}/events?limit=20`)]);
   const entries = statement.entries.map(e => el("tr", {},
@@ -207,12 +215,15 @@ async function account(ctx, id, cursor) {
   ctx.page(`Account ${a.owner ? `of ${a.owner}` : ""}`,
     el("section", {}, el("dl", { class: "kv", id: "account-summary" },
       el("dt", { text: "Id" }), el("dd", { text: a.id }),
-      el("dt", { text: "Owner" }), el("dd", { text: a.owner || "—" }),
+      el("dt", { text: "Owner" }), el("dd", { id: "owner", text: a.owner || "—" }),
+      el("dt", { text: "Subject" }), el("dd", { id: "subject", text: a.subject }),
+      el("dt", { text: "Personal data" }), el("dd", { id: "erased", class: a.erased ? "bad" : null, text: a.erased ? "erased" : "kept" }),
       el("dt", { text: "Status" }), el("dd", { text: a.status }),
       el("dt", { text: "Balance" }), el("dd", { id: "balance", text: money(a.balance, a.currency) }),
       el("dt", { text: "Available" }), el("dd", { id: "available", text: money(a.available, a.currency) }),
       el("dt", { text: "Holds" }), el("dd", { text: money(a.pending_holds, a.currency) }),
       el("dt", { text: "Overdraft limit" }), el("dd", { text: money(a.overdraft_limit, a.currency) }))),
+    isAdmin() && !a.erased && !a.system ? eraseSection(ctx, a) : null,
     el("section", { id: "statement" }, el("h2", { text: "Statement" }),
       table(["When", "Kind", { label: "Amount", num: true }, { label: "Balance after", num: true }, ""], entries),
       el("p", {},
@@ -222,6 +233,28 @@ async function account(ctx, id, cursor) {
       table([{ label: "Version", num: true }, { label: "Position", num: true }, "Type", "Recorded"],
         events.events.map(e => el("tr", {}, el("td", { class: "num", text: e.version }), el("td", { class: "num", text: e.position }),
           el("td", {}, el("a", { href: `#/stream/${e.stream_id}`, text: e.type })), el("td", {}, time(e.recorded_at)))))));
+}
+
+// Erasing the account's subject: the admin types the subject's name to confirm, as it
+// erases the personal data of every account of that subject, for good.
+function eraseSection(ctx, a) {
+  const confirmInput = el("input", { id: "erase-confirm", autocomplete: "off", placeholder: a.subject, required: true });
+  const reason = el("input", { id: "erase-reason", placeholder: "Reason (no personal data)", required: true });
+  const button = el("button", { id: "erase", class: "danger", type: "submit", disabled: true, text: `Erase subject ${a.subject}` });
+  confirmInput.addEventListener("input", () => { button.disabled = confirmInput.value !== a.subject; });
+  const key = crypto.randomUUID();
+  return el("section", { id: "erase-section" }, el("h2", { text: "Erase personal data" }),
+    el("p", { class: "muted", text: `This erases the owner and pii. metadata of every account of subject "${a.subject}", for good. Balances and history stay. Type the subject to confirm.` }),
+    el("form", { id: "erase-form", onsubmit: (e) => {
+      e.preventDefault();
+      if (confirmInput.value !== a.subject) return;
+      busy(button, async () => {
+        try {
+          const erased = await api("POST", `/v1/admin/subjects/${encodeURIComponent(a.subject)}/erase`, { reason: reason.value.trim() }, key);
+          if (ctx.live()) run(c => account(c, a.id, null, erased.position));
+        } catch (err) { showError(err.message); }
+      });
+    } }, confirmInput, reason, button));
 }
 
 // ---------- a transaction, or any stream's events, with audit metadata ----------

@@ -64,8 +64,21 @@ enum Cmd {
         #[command(subcommand)]
         command: AuditCmd,
     },
+    /// The master key (docs/PRIVACY.md).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCmd,
+    },
     /// Prints the OpenAPI 3.1 document of the HTTP API (as served at /openapi.json).
     Openapi,
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Re-seals everything sealed under LEDGER_MASTER_KEY (or dev mode's key) under
+    /// LEDGER_NEW_MASTER_KEY, in every ledger; no event changes. Start the service with
+    /// the new key afterwards.
+    Rotate,
 }
 
 #[derive(Subcommand)]
@@ -145,6 +158,17 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Migrate => {
             let ledgers = ledger_api::run::cli::migrate_all(config).await.context("migrating the database")?;
             println!("database migrated ({ledgers} ledgers)");
+            return Ok(());
+        }
+        Cmd::Keys { command: KeysCmd::Rotate } => {
+            let new =
+                std::env::var("LEDGER_NEW_MASTER_KEY").context("LEDGER_NEW_MASTER_KEY is the key to rotate to")?;
+            for (ledger, r) in ledger_api::run::cli::rotate_master_key(config, &new).await? {
+                println!(
+                    "{ledger}: {} subject keys, {} webhook secrets, {} look-up keys re-sealed",
+                    r.subject_keys, r.webhook_secrets, r.lookup_keys
+                );
+            }
             return Ok(());
         }
         Cmd::Token { command: TokenCmd::Create { name, role, ledgers } } => {

@@ -174,6 +174,84 @@ impl MasterKey {
     }
 }
 
+/// What [`rotate`] re-sealed in one schema.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rotated {
+    pub subject_keys: u64,
+    pub webhook_secrets: u64,
+    pub lookup_keys: u64,
+}
+
+/// Re-seals everything the master key seals in the schema `pool` addresses, from `old`
+/// to `new`, in one transaction (docs/PRIVACY.md, "Rotating the master key"): the
+/// subjects' keys, the owner look-up key, the webhooks' secrets, and the check value
+/// start-up compares the key with. No event changes: events hold values sealed under
+/// the subjects' keys, which stay. A dev-mode key kept in the database goes (the new
+/// key is configured). Refuses (changing nothing) if `old` is not the schema's key.
+pub async fn rotate(pool: &PgPool, old: &MasterKey, new: &MasterKey) -> Result<Rotated, KeyError> {
+    let mut tx = pool.begin().await?;
+    let check: Option<Vec<u8>> =
+        sqlx::query_scalar("select value from key_material where name = 'master-key-check' for update")
+            .fetch_optional(&mut *tx)
+            .await?;
+    if let Some(sealed) = &check {
+        old.open(sealed, CHECK)
+            .map_err(|_| KeyError::WrongKey { configured: old.id(), stored: MasterKey::sealed_id(sealed) })?;
+    }
+    let mut rotated = Rotated::default();
+    let keys: Vec<(uuid::Uuid, Vec<u8>)> =
+        sqlx::query_as("select id, wrapped from subject_keys where wrapped is not null for update")
+            .fetch_all(&mut *tx)
+            .await?;
+    for (id, wrapped) in keys {
+        let context = crate::privacy::wrap_context(id);
+        let bytes = old.open(&wrapped, &context)?;
+        sqlx::query("update subject_keys set wrapped = $2 where id = $1 and wrapped is not null")
+            .bind(id)
+            .bind(new.seal(&bytes, &context))
+            .execute(&mut *tx)
+            .await?;
+        rotated.subject_keys += 1;
+    }
+    let secrets: Vec<(uuid::Uuid, Vec<u8>)> =
+        sqlx::query_as("select id, secret_sealed from webhooks where secret_sealed is not null for update")
+            .fetch_all(&mut *tx)
+            .await?;
+    for (id, sealed) in secrets {
+        let context = crate::webhooks::secret_context(id);
+        let secret = old.open(&sealed, &context)?;
+        sqlx::query("update webhooks set secret_sealed = $2 where id = $1")
+            .bind(id)
+            .bind(new.seal(&secret, &context))
+            .execute(&mut *tx)
+            .await?;
+        rotated.webhook_secrets += 1;
+    }
+    const LOOKUP: &str = "owner-lookup-key";
+    let lookup: Option<Vec<u8>> = sqlx::query_scalar("select value from key_material where name = $1 for update")
+        .bind(LOOKUP)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if let Some(sealed) = lookup {
+        let bytes = old.open(&sealed, LOOKUP.as_bytes())?;
+        sqlx::query("update key_material set value = $2 where name = $1")
+            .bind(LOOKUP)
+            .bind(new.seal(&bytes, LOOKUP.as_bytes()))
+            .execute(&mut *tx)
+            .await?;
+        rotated.lookup_keys += 1;
+    }
+    if check.is_some() {
+        sqlx::query("update key_material set value = $1 where name = 'master-key-check'")
+            .bind(new.seal(CHECK, CHECK))
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query("delete from key_material where name = 'dev-master-key'").execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(rotated)
+}
+
 async fn stored(pool: &PgPool, name: &str) -> Result<Option<Vec<u8>>, sqlx::Error> {
     sqlx::query_scalar("select value from key_material where name = $1").bind(name).fetch_optional(pool).await
 }

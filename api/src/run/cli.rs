@@ -90,6 +90,35 @@ pub async fn migrate_all(mut config: Config) -> Result<usize, CliError> {
     Ok(records.len() + 1)
 }
 
+/// `ledger keys rotate`: every ledger's sealed secrets re-sealed from the configured
+/// master key to `new` (base64), `default` last (its check value is what start-up
+/// compares the key with, so a rotation cut short is finished by running it again
+/// with the same keys: a ledger already rotated is refused by the old key and skipped).
+pub async fn rotate_master_key(
+    mut config: Config,
+    new: &str,
+) -> Result<Vec<(String, ledger_infrastructure::keys::Rotated)>, CliError> {
+    use ledger_infrastructure::keys::{KeyError, MasterKey, rotate};
+    config.settle_shards();
+    let new = MasterKey::from_base64(new)?;
+    let home = store(&config).await?;
+    let old = MasterKey::load(home.pool(), config.master_key.as_deref()).await?;
+    let mut done = Vec::new();
+    for record in ledger_infrastructure::ledgers::list(&home).await? {
+        let scoped = for_ledger(config.clone(), &record.name).await?;
+        let pool = ledger_infrastructure::connect_and_migrate(&scoped).await?;
+        match rotate(&pool, &old, &new).await {
+            Ok(r) => done.push((record.name.clone(), r)),
+            // Rotated by an earlier run that was cut short: under the new key already.
+            Err(KeyError::Unopenable) if rotate(&pool, &new, &new).await.is_ok() => {}
+            Err(e) => return Err(e.into()),
+        }
+        pool.close().await;
+    }
+    done.push((ledger_infrastructure::ledgers::DEFAULT_LEDGER.to_owned(), rotate(home.pool(), &old, &new).await?));
+    Ok(done)
+}
+
 async fn store(config: &Config) -> Result<EventStore, CliError> {
     Ok(EventStore::new(ledger_infrastructure::connect_and_migrate(config).await?))
 }

@@ -139,7 +139,7 @@ impl SubjectKey {
 }
 
 /// The context a data key is sealed for under the master key: its own id.
-fn wrap_context(id: Uuid) -> Vec<u8> {
+pub(crate) fn wrap_context(id: Uuid) -> Vec<u8> {
     [b"subject-key:".as_slice(), id.as_bytes()].concat()
 }
 

@@ -390,6 +390,19 @@ async fn an_operator_and_a_client_use_the_console_in_a_real_browser() {
     assert!(verified.contains("The chain verifies"), "{verified}");
     browser.screenshot("08-verify").await;
 
+    // Erase the subject of the owner's account (its own id): offered to the admin, and
+    // only once the subject is typed to confirm it.
+    browser.go(&format!("{}/console#/account/{a}", app.base)).await;
+    browser.find("#erase-form").await;
+    assert_eq!(browser.script("return document.getElementById('erase').disabled").await, json!(true));
+    browser.type_into("#erase-confirm", &a.to_string()).await;
+    browser.type_into("#erase-reason", "console test").await;
+    browser.click("#erase").await;
+    browser.text_until("#erased", |t| t == "erased").await;
+    assert_eq!(browser.text("#owner").await, "—", "the owner is gone");
+    assert_eq!(browser.count("#erase-form").await, 0, "nothing more to erase");
+    browser.screenshot("08b-erased").await;
+
     // Another ledger: picked by name, its accounts are found, default's are not.
     let made = app.post("/v1/admin/ledgers", &Uuid::new_v4().to_string(), &json!({ "name": "console-books" })).await;
     assert_eq!(made.status, StatusCode::CREATED, "{made:?}");
@@ -458,6 +471,9 @@ async fn an_operator_and_a_client_use_the_console_in_a_real_browser() {
         "and asks nothing it may not"
     );
     assert_eq!(browser.count("button.redrive, button.discard, button.delete-webhook, #start-reconciliation").await, 0);
+    browser.go(&format!("{}/console#/account/{b}", app.base)).await;
+    browser.find("#erased").await;
+    assert_eq!(browser.count("#erase-form").await, 0, "erasure is not offered to a client");
     browser.screenshot("11-client").await;
     let resources = browser.script("return performance.getEntriesByType('resource').map(e => e.name)").await;
     assert!(

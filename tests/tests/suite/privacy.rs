@@ -480,3 +480,33 @@ async fn a_legacy_database_is_sealed_in_place_and_its_chain_reanchored() {
     assert_eq!(app.get("/v1/audit/verify").await.body["ok"], json!(true));
     app.assert_read_models_match_log().await;
 }
+
+/// Rotating the master key re-seals the subjects' keys (and the rest it seals) and
+/// changes no event: values stay readable under the new key, the old one is refused
+/// at start-up, and the chain is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_the_master_key_reseals_keys_and_leaves_the_log_alone() {
+    let app = TestApp::spawn().await;
+    let mut config = (*app.state.config).clone();
+    let owner = format!("rotate-{}@example.com", Uuid::new_v4().simple());
+    let opened = app.post("/v1/accounts", &key(), &json!({ "currency": "EUR", "owner": owner })).await;
+    let id = opened.id();
+    let head = app.state.store.head().await.expect("head");
+    let hash: Vec<u8> = sqlx::query_scalar("select hash from log_head").fetch_one(&app.pool).await.expect("hash");
+    drop(app);
+    let (_, new) = ledger_infrastructure::keys::MasterKey::generate();
+    let rotated = ledger_api::run::cli::rotate_master_key(config.clone(), &new).await.expect("rotated");
+    assert_eq!(
+        rotated.last().map(|(l, r)| (l.as_str(), r.subject_keys, r.lookup_keys)),
+        Some(("default", 1, 1)),
+        "{rotated:?}"
+    );
+    // The dev-mode key is gone from the database: only the new key opens it now.
+    assert!(ledger_api::run::serve::build_core(config.clone()).await.is_err(), "the old key is refused");
+    config.master_key = Some(new.to_string());
+    let app = TestApp::spawn_with(config).await;
+    assert_eq!(app.account(id).await["owner"], json!(owner));
+    let same: Vec<u8> = sqlx::query_scalar("select hash from log_head").fetch_one(&app.pool).await.expect("hash");
+    assert_eq!((app.state.store.head().await.expect("head"), same), (head, hash), "no event changed");
+    assert_eq!(app.get("/v1/audit/verify").await.body["ok"], json!(true));
+}
