@@ -168,8 +168,7 @@ impl Privacy {
     }
 
     /// Seals an account's personal values (its `owner` and `pii.` metadata) under its
-    /// subject's key, created if the subject has no live key. Values already sealed are
-    /// left alone.
+    /// subject's key, created if the subject has no live key.
     pub async fn seal_opening(&self, c: &mut OpenAccount) -> Result<(), KeyError> {
         let Some(subject) = c.subject.clone() else { return Ok(()) };
         let personal_metadata = c
@@ -181,7 +180,9 @@ impl Privacy {
             return Ok(());
         }
         let key = self.key_for(&subject).await?;
-        if let Some(owner) = c.owner.as_mut().filter(|o| !o.starts_with(SEALED_PREFIX)) {
+        // Whatever a client sent is sealed, a text that looks sealed included: only
+        // this code makes sealed values.
+        if let Some(owner) = c.owner.as_mut() {
             let hash = self.owner_hash(owner).await?;
             *owner = key.seal(&Value::String(std::mem::take(owner)));
             // Before the command is recorded: a row whose command never is names a
@@ -195,7 +196,7 @@ impl Privacy {
         }
         if let Some(map) = c.metadata.as_mut().and_then(Value::as_object_mut) {
             for (k, v) in map.iter_mut() {
-                if ledger_domain::is_personal_key(k) && !v.as_str().is_some_and(|s| s.starts_with(SEALED_PREFIX)) {
+                if ledger_domain::is_personal_key(k) {
                     *v = Value::String(key.seal(v));
                 }
             }

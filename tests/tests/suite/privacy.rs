@@ -282,6 +282,20 @@ async fn personal_data_edges_refuse_hostile_input_without_echoing_it() {
     }
     let r = app.post(&format!("/v1/admin/subjects/{a}/erase"), &key(), &json!({})).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "a reason is required: {r:?}");
+    // Texts that look sealed are a client's values like any other: sealed when personal,
+    // shown as sent elsewhere, and nobody's reads fail on them.
+    let forged = format!("pii:v1:{}", "A".repeat(60));
+    let r = app.post("/v1/accounts", &key(), &json!({ "currency": "EUR", "owner": forged, "metadata": { "pii.x": forged } })).await;
+    assert_eq!((r.status, &r.body["owner"], &r.body["metadata"]["pii.x"]), (StatusCode::CREATED, &json!(forged), &json!(forged)), "{r:?}");
+    let r = app.post("/v1/deposits", &key(), &json!({ "account_id": a, "amount": 5, "currency": "EUR", "reference": forged, "metadata": { "owner": forged } })).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+    let all = app.get("/v1/events?limit=1000").await;
+    assert_eq!(all.status, StatusCode::OK, "{all:?}");
+    let stored: Vec<String> = sqlx::query_scalar("select data ->> 'owner' from events where type = 'AccountOpened' and data ->> 'owner' is not null")
+        .fetch_all(&app.pool)
+        .await
+        .expect("owners");
+    assert!(stored.iter().all(|o| o.starts_with("pii:v1:") && *o != forged), "every stored owner is one this code sealed: {stored:?}");
     // A client cannot name the stream of a subject as an account id (reserved space).
     let stream = ledger_domain::subject_stream_id(&a.to_string());
     let r = app.post("/v1/accounts", &key(), &json!({ "currency": "EUR", "id": stream })).await;
