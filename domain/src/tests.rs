@@ -432,3 +432,60 @@ fn transfer_checks_run_in_the_contracts_order() {
     assert!(matches!(run(&mut ledger, transfer(1, 2, usd)), Err(DomainError::CurrencyMismatch { .. })));
     assert!(matches!(run(&mut ledger, transfer(1, 2, eur())), Err(DomainError::InsufficientFunds { .. })));
 }
+
+fn open_for(ledger: &mut Ledger, n: u128, subject: &str) -> Result<Vec<Event>, DomainError> {
+    let command = Command::OpenAccount(OpenAccount {
+        account_id: id(n),
+        currency: eur(),
+        owner: None,
+        overdraft_limit: Money::ZERO,
+        metadata: None,
+        subject: Some(subject.to_owned()),
+    });
+    let events = decide(&command, ledger)?;
+    for e in &events {
+        ledger.apply(e);
+    }
+    Ok(events)
+}
+
+#[test]
+fn a_subject_is_erased_once_per_opening_and_holds_a_bounded_number_of_accounts() {
+    let mut ledger = Ledger::new();
+    let erase = |ledger: &Ledger| {
+        decide(&Command::EraseSubject(EraseSubject { subject: "s".into(), reason: "r".into() }), ledger)
+    };
+    assert_eq!(erase(&ledger), Err(DomainError::SubjectNotFound));
+    open_for(&mut ledger, 1, "s").expect("opens");
+    open_for(&mut ledger, 2, "s").expect("opens");
+    open_for(&mut ledger, 3, "other").expect("opens");
+    let events = erase(&ledger).expect("erases");
+    assert_eq!(
+        events,
+        vec![Event::SubjectErased(events::SubjectErased {
+            subject: "s".into(),
+            accounts: vec![id(1), id(2)],
+            reason: "r".into()
+        })]
+    );
+    for e in &events {
+        ledger.apply(e);
+    }
+    let a = ledger.account(id(1)).expect("account");
+    assert!(a.erased && a.owner.is_none(), "{a:?}");
+    assert!(!ledger.account(id(3)).expect("account").erased, "another subject's account is not");
+    assert_eq!(erase(&ledger), Err(DomainError::SubjectAlreadyErased { accounts: vec![id(1), id(2)] }));
+    // A new account after the erasure is readable until the next one.
+    open_for(&mut ledger, 4, "s").expect("opens");
+    assert_eq!(ledger.subject("s").map(|s| s.accounts.clone()), Some(vec![id(4)]));
+    for n in 5..(4 + SUBJECT_ACCOUNTS_MAX as u128) {
+        open_for(&mut ledger, n, "s").expect("within the bound");
+    }
+    assert_eq!(
+        open_for(&mut ledger, 10_000, "s"),
+        Err(DomainError::SubjectAccountsLimit { max: SUBJECT_ACCOUNTS_MAX })
+    );
+    // No client can name a subject's stream as an account.
+    let stream = subject_stream_id("s");
+    assert!(crate::decide::is_reserved_id(stream));
+}

@@ -279,6 +279,7 @@ impl PayoutWorker {
             metadata: EventMetadata { actor: "payout-worker".into(), ..EventMetadata::default() },
             idempotency: None,
             fresh_stream: None,
+            owner_index: None,
         };
         self.bus.execute(request).await.map(|_| ()).map_err(PayoutStepError::from)
     }

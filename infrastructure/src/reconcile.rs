@@ -121,6 +121,7 @@ impl Reconciler {
             },
             idempotency: None,
             fresh_stream: None,
+            owner_index: None,
         };
         let reply = self.bus.execute(request).await?;
         if let Some(Outcome::Rejected(e)) = reply.outcome() {

@@ -25,6 +25,11 @@ enum Mode {
     StrongReads,
     /// POST /v1/bulk of --bulk-size one-posting transactions (non-atomic) per request.
     Bulk,
+    /// POST /v1/accounts without personal data (nothing to seal).
+    Opens,
+    /// POST /v1/accounts with an `owner` and two `pii.` metadata values (sealed under
+    /// the subject's key from issue 29 on).
+    OpensPersonal,
 }
 
 #[derive(Parser, Debug, Clone)]
@@ -216,6 +221,25 @@ async fn one_request(
                     observed.lock().await.items_ok += ok;
                     ("ok".to_owned(), last, Some(accounts[0]))
                 }
+                Err(e) => (code(&e), None, None),
+            }
+        }
+        Mode::Opens | Mode::OpensPersonal => {
+            let personal = args.mode == Mode::OpensPersonal;
+            let open = wire::OpenAccountRequest {
+                currency: eur(),
+                owner: personal.then(|| format!("load-{n}@example.com").try_into().expect("an owner")),
+                overdraft_limit: None,
+                id: None,
+                metadata: Some(wire::AccountMetadata(if personal {
+                    json!({ "pii.phone": format!("+49-{n}"), "pii.birth_year": 1980 + (n % 40) as i64, "tier": "gold" })
+                } else {
+                    json!({ "tier": "gold" })
+                })),
+                subject: None,
+            };
+            match ledger.open_account(&open, Some(&Uuid::new_v4().to_string())).await {
+                Ok(reply) => ("ok".to_owned(), Some(reply.position), None),
                 Err(e) => (code(&e), None, None),
             }
         }

@@ -70,6 +70,7 @@ impl ExpiryWorker {
                 metadata: EventMetadata { actor: "hold-expiry".into(), ..EventMetadata::default() },
                 idempotency: None,
                 fresh_stream: None,
+                owner_index: None,
             };
             self.bus.execute(request)
         });

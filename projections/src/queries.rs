@@ -237,12 +237,9 @@ pub fn account_sql() -> String {
     with_checkpoint("accounts", ACCOUNT_COLUMNS, "select * from accounts_view where id = $1", "")
 }
 
-/// The statement of [`accounts_by_owner`] (`$1`: the owner's look-up hash, `$2`: the
-/// limit): the sealed owners the hash was made for (`owner_index`), then the views
-/// that hold them.
+/// The statement of [`accounts_by_owner`] (`$1`: the sealed owners, `$2`: the limit).
 pub fn accounts_by_owner_sql() -> String {
-    let rows = "select a.* from owner_index o join accounts_view a on a.owner = o.owner_sealed
-                where o.owner_hash = $1 order by a.id limit $2";
+    let rows = "select * from accounts_view where owner = any($1) order by id limit $2";
     with_checkpoint("accounts", ACCOUNT_COLUMNS, rows, "order by v.id")
 }
 
@@ -253,15 +250,15 @@ pub async fn account(pool: &PgPool, id: Uuid) -> Result<(Option<AccountRow>, i64
     Ok((row.row, row.checkpoint))
 }
 
-/// Accounts whose owner has the given look-up hash (`privacy::Privacy::owner_hash`;
-/// indexed), at most `limit`, ordered by id.
+/// Accounts whose owner is one of `sealed` (the sealed forms the owner look-up found
+/// for an owner, `privacy::Privacy::sealed_owners`; indexed), at most `limit`, by id.
 pub async fn accounts_by_owner(
     pool: &PgPool,
-    owner_hash: &[u8],
+    sealed: &[String],
     limit: i64,
 ) -> Result<(Vec<AccountRow>, i64), sqlx::Error> {
     let sql = accounts_by_owner_sql();
-    unchecked(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(owner_hash).bind(limit).fetch_all(pool).await?)
+    unchecked(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(sealed).bind(limit).fetch_all(pool).await?)
 }
 
 /// The rows of the given accounts (those the read model has), in no order.

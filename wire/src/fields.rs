@@ -13,9 +13,21 @@ use uuid::Uuid;
 
 /// Free text (`owner`, `reference`, `destination`, `reason`): 1 to [`TEXT_BYTES_MAX`]
 /// bytes, no U+0000.
+// From any JSON value: a value of another type is refused without being echoed (serde's
+// own message would quote it, and an owner is personal data).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
+#[serde(try_from = "Value")]
 pub struct Text(pub String);
+
+impl TryFrom<Value> for Text {
+    type Error = String;
+    fn try_from(v: Value) -> Result<Text, String> {
+        match v {
+            Value::String(s) => Text::try_from(s),
+            _ => Err("must be a string".into()),
+        }
+    }
+}
 
 impl TryFrom<String> for Text {
     type Error = String;

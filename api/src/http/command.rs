@@ -159,6 +159,8 @@ pub struct Planned {
     /// The id of the stream the command creates, when the route minted it (not when the
     /// client chose it): the writer need not look for it in the log.
     pub fresh_stream: Option<uuid::Uuid>,
+    /// The owner look-up's row of the account the command opens, once sealed.
+    pub owner_index: Option<ledger_infrastructure::privacy::OwnerIndexRow>,
 }
 
 impl Planned {
@@ -167,7 +169,7 @@ impl Planned {
         causation: Option<String>,
         render: impl Fn(&Recorded) -> StoredResponse + Send + Sync + 'static,
     ) -> Planned {
-        Planned { command, causation, render: Box::new(render), fresh_stream: None }
+        Planned { command, causation, render: Box::new(render), fresh_stream: None, owner_index: None }
     }
 
     /// Marks the stream id this route has just minted, if it did (see `fresh_stream`).
@@ -180,7 +182,7 @@ impl Planned {
     /// sees a command, which refuses anything personal in clear.
     pub async fn sealed(mut self, state: &AppState) -> Result<Planned, ApiError> {
         if let Command::OpenAccount(c) = &mut self.command {
-            state.privacy.seal_opening(c).await.map_err(crate::http::privacy::key_error)?;
+            self.owner_index = state.privacy.seal_opening(c).await.map_err(crate::http::privacy::key_error)?;
         }
         Ok(self)
     }
@@ -247,6 +249,7 @@ impl Planned {
             },
             idempotency: Some(claim(state, principal, body)),
             fresh_stream: self.fresh_stream,
+            owner_index: self.owner_index,
         };
         (request, self.render)
     }

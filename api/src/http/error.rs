@@ -134,7 +134,8 @@ impl From<&DomainError> for ApiError {
             | D::ReservedId { .. }
             | D::PostingsCount { .. }
             | D::CaptureExceedsHold { .. }
-            | D::HoldNotDue { .. } => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::ValidationError),
+            | D::HoldNotDue { .. }
+            | D::SubjectAccountsLimit { .. } => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::ValidationError),
         };
         let account_id = match e {
             D::InsufficientFunds { account_id, .. } => *account_id,

@@ -74,9 +74,24 @@ pub async fn for_ledger(mut config: Config, name: &str) -> Result<Config, CliErr
 
 /// `ledger migrate`: the first shard's database, then every ledger's schema on its
 /// shard (what start-up would do at each ledger's first use). Returns the ledgers.
+/// Also seals, in every ledger, the personal values an earlier version kept in clear
+/// (`privacy::legacy`: it changes recorded events, which only the schema's owner, who
+/// runs migrations, may do; a service that runs as a less privileged role finds it done).
 pub async fn migrate_all(mut config: Config) -> Result<usize, CliError> {
     config.settle_shards();
     let home = store(&config).await?;
+    let master_key = std::sync::Arc::new(
+        ledger_infrastructure::keys::MasterKey::load(home.pool(), config.master_key.as_deref()).await?,
+    );
+    let seal = |pool: sqlx::PgPool| {
+        let key = master_key.clone();
+        async move {
+            if let Some(r) = ledger_infrastructure::privacy::Privacy::new(pool, key).seal_legacy().await? {
+                tracing::warn!(accounts = r.rewritten, position = r.position, "sealed personal values kept in clear");
+            }
+            Ok::<(), CliError>(())
+        }
+    };
     let records = ledger_infrastructure::ledgers::list(&home).await?;
     for record in &records {
         let shard = config
@@ -85,7 +100,12 @@ pub async fn migrate_all(mut config: Config) -> Result<usize, CliError> {
             .find(|s| s.name == record.shard)
             .ok_or_else(|| CliError::UnknownShard(record.shard.clone()))?;
         ledger_infrastructure::ledgers::prepare_existing(&shard.url, &record.schema).await?;
+        let scoped = for_ledger(config.clone(), &record.name).await?;
+        let pool = ledger_infrastructure::connect_and_migrate(&scoped).await?;
+        seal(pool.clone()).await?;
+        pool.close().await;
     }
+    seal(home.pool().clone()).await?;
     home.pool().close().await;
     Ok(records.len() + 1)
 }
@@ -166,6 +186,7 @@ pub async fn create_token(
         metadata: EventMetadata { actor: "cli".into(), ..EventMetadata::default() },
         idempotency: None,
         fresh_stream: None,
+        owner_index: None,
     };
     let reply = bus.execute(request).await?;
     if let Some(ledger_infrastructure::Outcome::Rejected(e)) = reply.outcome() {

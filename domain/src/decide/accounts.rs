@@ -16,7 +16,11 @@ pub(super) fn open_account(c: &OpenAccount, state: &Ledger) -> Result<Vec<Event>
         let stream = subject_stream_id(subject);
         match state.stream(stream).map(|s| &s.aggregate) {
             None | Some(Aggregate::Empty) => {}
-            Some(Aggregate::Subject(s)) if s.subject == *subject => {}
+            Some(Aggregate::Subject(s)) if s.subject == *subject => {
+                if s.accounts.len() >= SUBJECT_ACCOUNTS_MAX {
+                    return Err(DomainError::SubjectAccountsLimit { max: SUBJECT_ACCOUNTS_MAX });
+                }
+            }
             Some(_) => return Err(DomainError::ReservedId { id: stream }),
         }
     }

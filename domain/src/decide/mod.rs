@@ -97,6 +97,10 @@ pub struct PostTransfer {
     pub effective_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// The most readable accounts one subject may have: what bounds the subject's state,
+/// its snapshots and the one event that erases them all.
+pub const SUBJECT_ACCOUNTS_MAX: usize = 1_000;
+
 /// The most postings one transaction may hold (API.md "Transactions").
 pub const POSTINGS_MAX: usize = 100;
 
@@ -375,6 +379,9 @@ pub enum DomainError {
     ReconciliationNotStarted { run_id: Uuid },
     #[error("id {id} is in the space the ledger reserves for its own streams")]
     ReservedId { id: Uuid },
+    /// The subject has as many readable accounts as one subject may have.
+    #[error("a subject has at most {max} accounts")]
+    SubjectAccountsLimit { max: usize },
     /// No account was ever opened for the subject.
     #[error("no account has this subject")]
     SubjectNotFound,

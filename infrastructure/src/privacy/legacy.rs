@@ -123,6 +123,13 @@ impl Privacy {
                 .await?;
         }
 
+        // Snapshots of an earlier `evolve` (with owners in clear), written by a process of
+        // an earlier version after the migration deleted the others.
+        sqlx::query("delete from snapshots where evolve_version < $1")
+            .bind(ledger_domain::EVOLVE_VERSION)
+            .execute(&mut *tx)
+            .await?;
+
         // 2. Idempotency records that kept a copy of what was recorded.
         let records: Vec<(String, String, Option<Value>, Option<Value>)> = sqlx::query_as(
             "select principal, key, outcome, body from idempotency_keys where outcome is not null or body is not null",

@@ -89,6 +89,15 @@ pub fn opening_keys(owner: Option<&str>, metadata: Option<&Value>) -> (Vec<Uuid>
     (ids, sealed)
 }
 
+/// The owner look-up's row for a sealed owner (table `owner_index`): written by the
+/// append that records the opening, in its transaction, under the head lock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnerIndexRow {
+    pub owner_hash: Vec<u8>,
+    pub owner_sealed: String,
+    pub key_id: Uuid,
+}
+
 /// One subject's data key, usable.
 struct SubjectKey {
     id: Uuid,
@@ -169,30 +178,24 @@ impl Privacy {
 
     /// Seals an account's personal values (its `owner` and `pii.` metadata) under its
     /// subject's key, created if the subject has no live key.
-    pub async fn seal_opening(&self, c: &mut OpenAccount) -> Result<(), KeyError> {
-        let Some(subject) = c.subject.clone() else { return Ok(()) };
+    pub async fn seal_opening(&self, c: &mut OpenAccount) -> Result<Option<OwnerIndexRow>, KeyError> {
+        let Some(subject) = c.subject.clone() else { return Ok(None) };
         let personal_metadata = c
             .metadata
             .as_ref()
             .and_then(Value::as_object)
             .is_some_and(|m| m.keys().any(|k| ledger_domain::is_personal_key(k)));
         if c.owner.is_none() && !personal_metadata {
-            return Ok(());
+            return Ok(None);
         }
+        let mut row = None;
         let key = self.key_for(&subject).await?;
         // Whatever a client sent is sealed, a text that looks sealed included: only
         // this code makes sealed values.
         if let Some(owner) = c.owner.as_mut() {
             let hash = self.owner_hash(owner).await?;
             *owner = key.seal(&Value::String(std::mem::take(owner)));
-            // Before the command is recorded: a row whose command never is names a
-            // sealed form no view holds (see migration 0023).
-            sqlx::query("insert into owner_index (owner_hash, owner_sealed, key_id) values ($1, $2, $3)")
-                .bind(hash)
-                .bind(owner.as_str())
-                .bind(key.id)
-                .execute(&self.inner.pool)
-                .await?;
+            row = Some(OwnerIndexRow { owner_hash: hash, owner_sealed: owner.clone(), key_id: key.id });
         }
         if let Some(map) = c.metadata.as_mut().and_then(Value::as_object_mut) {
             for (k, v) in map.iter_mut() {
@@ -201,7 +204,7 @@ impl Privacy {
                 }
             }
         }
-        Ok(())
+        Ok(row)
     }
 
     /// The subject's live key: a new one, or the one another command made before. Read
@@ -246,7 +249,7 @@ impl Privacy {
     /// where its key exists, the erased form where it was destroyed.
     pub async fn reveal(&self, value: &mut Value) -> Result<(), KeyError> {
         let mut ids = Vec::new();
-        collect(value, false, &mut ids);
+        collect(value, &mut ids);
         if ids.is_empty() {
             return Ok(());
         }
@@ -261,7 +264,7 @@ impl Privacy {
     /// never be shown under a key whose destruction cannot be ruled out).
     pub fn withhold(value: &mut Value) {
         let mut ids = Vec::new();
-        collect(value, false, &mut ids);
+        collect(value, &mut ids);
         let keys: HashMap<Uuid, Option<SubjectKey>> = ids.into_iter().map(|id| (id, None)).collect();
         replace(value, &keys).expect("nothing is opened");
     }
@@ -270,7 +273,7 @@ impl Privacy {
     pub async fn reveal_all(&self, values: &mut [Value]) -> Result<(), KeyError> {
         let mut ids = Vec::new();
         for v in values.iter() {
-            collect(v, false, &mut ids);
+            collect(v, &mut ids);
         }
         if ids.is_empty() {
             return Ok(());
@@ -311,6 +314,18 @@ impl Privacy {
         Ok(mac.finalize().into_bytes().to_vec())
     }
 
+    /// The sealed forms of `owner` that accounts were opened with (the owner look-up's
+    /// first half, on the primary: an erased subject's rows are gone from it as soon as
+    /// the erasure answered, whatever a replica's read model still holds), at most `limit`.
+    pub async fn sealed_owners(&self, owner: &str, limit: i64) -> Result<Vec<String>, KeyError> {
+        let hash = self.owner_hash(owner).await?;
+        Ok(sqlx::query_scalar("select owner_sealed from owner_index where owner_hash = $1 limit $2")
+            .bind(hash)
+            .bind(limit)
+            .fetch_all(&self.inner.pool)
+            .await?)
+    }
+
     /// A request's fingerprint keyed under the ledger's look-up key (for requests that
     /// hold personal values: see `CommandBody::keyed` in the API).
     pub async fn keyed_fingerprint(&self, plain: &[u8]) -> Result<Vec<u8>, KeyError> {
@@ -346,12 +361,28 @@ impl Privacy {
     }
 }
 
-/// The key ids of the sealed values in personal members of `value`.
-fn collect(value: &Value, personal: bool, ids: &mut Vec<Uuid>) {
+/// Whether an object is an account (a view, a state, an opening's data): the only
+/// objects whose `owner` and `metadata.pii.…` are personal values. A field named
+/// `owner` elsewhere (a deposit's metadata) is a client's value like any other, never
+/// opened: no client can have the service open a sealed value it copied there.
+fn is_account(map: &serde_json::Map<String, Value>) -> bool {
+    map.get("system").is_some_and(Value::is_boolean) && map.contains_key("currency")
+}
+
+/// The key ids of the sealed personal values of the accounts in `value`.
+fn collect(value: &Value, ids: &mut Vec<Uuid>) {
     match value {
-        Value::String(s) if personal => ids.extend(sealed_key_id(s)),
-        Value::Object(map) => map.iter().for_each(|(k, v)| collect(v, is_personal_member(k), ids)),
-        Value::Array(items) => items.iter().for_each(|v| collect(v, false, ids)),
+        Value::Object(map) => {
+            if is_account(map) {
+                ids.extend(map.get("owner").and_then(Value::as_str).and_then(sealed_key_id));
+                if let Some(meta) = map.get("metadata").and_then(Value::as_object) {
+                    let personal = meta.iter().filter(|(k, _)| ledger_domain::is_personal_key(k));
+                    ids.extend(personal.filter_map(|(_, v)| v.as_str().and_then(sealed_key_id)));
+                }
+            }
+            map.values().for_each(|v| collect(v, ids));
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect(v, ids)),
         _ => {}
     }
 }
@@ -375,22 +406,32 @@ fn open_member(text: &str, keys: &HashMap<Uuid, Option<SubjectKey>>) -> Result<R
 fn replace(value: &mut Value, keys: &HashMap<Uuid, Option<SubjectKey>>) -> Result<(), KeyError> {
     match value {
         Value::Object(map) => {
-            let mut erased = Vec::new();
-            for (k, v) in map.iter_mut() {
-                match v {
-                    Value::String(s) if is_personal_member(k) => match open_member(s, keys)? {
-                        Revealed::Value(clear) => *v = clear,
-                        Revealed::Erased if k == "owner" => *v = Value::Null,
-                        Revealed::Erased => erased.push(k.clone()),
+            if is_account(map) {
+                if let Some(owner) = map.get_mut("owner")
+                    && let Some(text) = owner.as_str()
+                {
+                    match open_member(text, keys)? {
+                        Revealed::Value(clear) => *owner = clear,
+                        Revealed::Erased => *owner = Value::Null,
                         Revealed::Unchanged => {}
-                    },
-                    other => replace(other, keys)?,
+                    }
+                }
+                if let Some(meta) = map.get_mut("metadata").and_then(Value::as_object_mut) {
+                    let mut erased = Vec::new();
+                    for (k, v) in meta.iter_mut().filter(|(k, _)| ledger_domain::is_personal_key(k)) {
+                        let Some(text) = v.as_str() else { continue };
+                        match open_member(text, keys)? {
+                            Revealed::Value(clear) => *v = clear,
+                            Revealed::Erased => erased.push(k.clone()),
+                            Revealed::Unchanged => {}
+                        }
+                    }
+                    for k in erased {
+                        meta.remove(&k);
+                    }
                 }
             }
-            for k in erased {
-                map.remove(&k);
-            }
-            Ok(())
+            map.values_mut().try_for_each(|v| replace(v, keys))
         }
         Value::Array(items) => items.iter_mut().try_for_each(|v| replace(v, keys)),
         _ => Ok(()),
@@ -428,26 +469,29 @@ mod tests {
     }
 
     #[test]
-    fn reveal_replaces_personal_members_only_and_erases_by_kind() {
+    fn reveal_replaces_personal_members_of_accounts_only_and_erases_by_kind() {
         let (live, gone) = (key(), key());
         let (gone_id, live_id) = (gone.id, live.id);
         let mut value = serde_json::json!({
-            "owner": live.seal(&serde_json::json!("alice")),
-            "reference": live.seal(&serde_json::json!("not personal: left alone")),
-            "events": [{ "data": { "owner": gone.seal(&serde_json::json!("bob")),
+            "account": { "currency": "EUR", "system": false, "owner": live.seal(&serde_json::json!("alice")),
+                         "metadata": { "pii.age": live.seal(&serde_json::json!(40)) } },
+            "deposit": { "currency": "EUR", "metadata": { "owner": live.seal(&serde_json::json!("copied")) } },
+            "events": [{ "data": { "currency": "EUR", "system": false, "owner": gone.seal(&serde_json::json!("bob")),
                                    "metadata": { "pii.email": gone.seal(&serde_json::json!("b@x")), "tier": 1 } } }],
-            "metadata": { "pii.age": live.seal(&serde_json::json!(40)) },
         });
         let mut ids = Vec::new();
-        collect(&value, false, &mut ids);
+        collect(&value, &mut ids);
         ids.sort_unstable();
         ids.dedup();
         assert_eq!(ids.len(), 2);
         let keys = HashMap::from([(live_id, Some(live)), (gone_id, None)]);
         replace(&mut value, &keys).expect("reveals");
-        assert_eq!(value["owner"], "alice");
-        assert_eq!(value["metadata"]["pii.age"], 40);
-        assert!(value["reference"].as_str().is_some_and(|s| s.starts_with(SEALED_PREFIX)));
+        assert_eq!(value["account"]["owner"], "alice");
+        assert_eq!(value["account"]["metadata"]["pii.age"], 40);
+        assert!(
+            value["deposit"]["metadata"]["owner"].as_str().is_some_and(|s| s.starts_with(SEALED_PREFIX)),
+            "a field named owner outside an account is never opened"
+        );
         assert_eq!(value["events"][0]["data"]["owner"], Value::Null);
         assert_eq!(value["events"][0]["data"]["metadata"], serde_json::json!({ "tier": 1 }));
     }

@@ -114,8 +114,9 @@ impl EventStore {
 
     /// Under the head lock, so in log order with every other append: refuses the batch
     /// if a commit sealed personal values under a key destroyed since (an erasure
-    /// appended meanwhile, here or by another process), then destroys the keys of the
-    /// subjects this batch erases, in the transaction that records their erasure.
+    /// appended meanwhile, here or by another process), writes the owner look-up's rows
+    /// of the accounts it opens, then destroys the keys of the subjects it erases (and
+    /// their look-up rows), in the transaction that records the events.
     async fn personal_keys(&self, tx: &mut sqlx::PgConnection, personal: &Personal) -> Result<(), AppendError> {
         if !personal.sealed.is_empty() {
             let ids: Vec<Uuid> = personal.sealed.iter().flat_map(|(_, _, ids)| ids.iter().copied()).collect();
@@ -146,6 +147,18 @@ impl EventStore {
                 let (commits, subjects) = failed.into_iter().unzip();
                 return Err(AppendError::SubjectKeyDestroyed { commits, subjects });
             }
+        }
+        if !personal.owner_rows.is_empty() {
+            let rows = &personal.owner_rows;
+            sqlx::query(
+                "insert into owner_index (owner_hash, owner_sealed, key_id)
+                 select * from unnest($1::bytea[], $2::text[], $3::uuid[])",
+            )
+            .bind(rows.iter().map(|r| r.owner_hash.clone()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.owner_sealed.clone()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.key_id).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
         }
         if !personal.erased.is_empty() {
             let subjects: Vec<&str> = personal.erased.iter().map(|(_, s)| s.as_str()).collect();
@@ -347,11 +360,13 @@ fn stage(commits: &[Commit]) -> Result<Vec<Staged>, AppendError> {
 struct Personal {
     sealed: Vec<(usize, String, Vec<Uuid>)>,
     erased: Vec<(usize, String)>,
+    /// The owner look-up's rows of the accounts the batch opens.
+    owner_rows: Vec<crate::privacy::OwnerIndexRow>,
 }
 
 impl Personal {
     fn is_empty(&self) -> bool {
-        self.sealed.is_empty() && self.erased.is_empty()
+        self.sealed.is_empty() && self.erased.is_empty() && self.owner_rows.is_empty()
     }
 }
 
@@ -379,6 +394,7 @@ fn personal_changes(commits: &[Commit]) -> Result<Personal, AppendError> {
                 _ => {}
             }
         }
+        personal.owner_rows.extend(commit.owner_index.clone());
     }
     Ok(personal)
 }

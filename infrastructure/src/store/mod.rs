@@ -63,6 +63,8 @@ pub struct Commit {
     pub streams: Vec<(Uuid, ledger_domain::StreamState)>,
     /// The rule the command broke (then `events` is empty).
     pub rejection: Option<ledger_domain::DomainError>,
+    /// The owner look-up's row of the account it opens (written with its events).
+    pub owner_index: Option<crate::privacy::OwnerIndexRow>,
 }
 
 impl Commit {

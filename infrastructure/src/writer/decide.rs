@@ -60,6 +60,7 @@ pub(super) fn decide_one(request: &CommandRequest, working: &mut Ledger) -> (Com
         idempotency: request.idempotency.clone(),
         streams,
         rejection,
+        owner_index: request.owner_index.clone().filter(|_| has_events),
     };
     (commit, has_events)
 }

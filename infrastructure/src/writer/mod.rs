@@ -44,6 +44,9 @@ pub struct CommandRequest {
     /// without asking Postgres. Were it there after all, the unique `(stream_id,
     /// version)` of the append would refuse the batch.
     pub fresh_stream: Option<Uuid>,
+    /// The owner look-up's row for the sealed owner of an account this command opens
+    /// (`privacy`): written in the transaction that records the opening, and only then.
+    pub owner_index: Option<crate::privacy::OwnerIndexRow>,
 }
 
 /// The writer's unit: one command, or commands recorded all together or not at all.

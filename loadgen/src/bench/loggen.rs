@@ -79,6 +79,7 @@ impl LogGen {
             idempotency: None,
             streams: Vec::new(),
             rejection: None,
+            owner_index: None,
         }
     }
 

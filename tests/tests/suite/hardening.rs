@@ -412,6 +412,7 @@ fn opening(owner: &str, principal: &str) -> ledger_infrastructure::CommandReques
             expires_at: chrono::Utc::now() + chrono::Duration::hours(1),
         }),
         fresh_stream: None,
+        owner_index: None,
     }
 }
 

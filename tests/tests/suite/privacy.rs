@@ -213,6 +213,16 @@ async fn personal_values_are_sealed_everywhere_and_an_erasure_leaves_the_books_w
         (&Value::Null, Some(&json!({ "tier": "gold" }))),
         "{replay}"
     );
+    // The replay sealed its body again (under a new key of the subject) but recorded
+    // nothing: no look-up row, nothing readable under a live key.
+    let rows: i64 = sqlx::query_scalar(
+        "select count(*) from owner_index o join subject_keys k on k.id = o.key_id where k.subject = $1",
+    )
+    .bind(&subject)
+    .fetch_one(&app.pool)
+    .await
+    .expect("rows");
+    assert_eq!(rows, 0, "nothing of the erased subject is indexed");
     for (id, before) in [&a_id, &a2_id, &b_id].into_iter().zip(&balances_before) {
         assert_eq!(&get(&base, &format!("/v1/accounts/{id}?consistency=strong")).await.1["balance"], before);
     }
@@ -274,6 +284,9 @@ async fn personal_data_edges_refuse_hostile_input_without_echoing_it() {
         );
         assert!(!r.body.to_string().contains(&secret), "the refusal echoes a personal value: {}", r.body);
     }
+    let r = app.post("/v1/accounts", &key(), &json!({ "currency": "EUR", "owner": 4915112345678_i64 })).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(!r.body.to_string().contains("4915112345678"), "a value of the wrong type is not echoed: {}", r.body);
     let r = app.get("/v1/transactions?metadata.pii.email=x").await;
     assert_eq!((r.status, r.code()), (StatusCode::UNPROCESSABLE_ENTITY, "validation_error"), "{r:?}");
     for subject in ["%20", "a%2Fb", &"z".repeat(200), "never-opened"] {
@@ -285,17 +298,28 @@ async fn personal_data_edges_refuse_hostile_input_without_echoing_it() {
     // Texts that look sealed are a client's values like any other: sealed when personal,
     // shown as sent elsewhere, and nobody's reads fail on them.
     let forged = format!("pii:v1:{}", "A".repeat(60));
-    let r = app.post("/v1/accounts", &key(), &json!({ "currency": "EUR", "owner": forged, "metadata": { "pii.x": forged } })).await;
-    assert_eq!((r.status, &r.body["owner"], &r.body["metadata"]["pii.x"]), (StatusCode::CREATED, &json!(forged), &json!(forged)), "{r:?}");
+    let r = app
+        .post("/v1/accounts", &key(), &json!({ "currency": "EUR", "owner": forged, "metadata": { "pii.x": forged } }))
+        .await;
+    assert_eq!(
+        (r.status, &r.body["owner"], &r.body["metadata"]["pii.x"]),
+        (StatusCode::CREATED, &json!(forged), &json!(forged)),
+        "{r:?}"
+    );
     let r = app.post("/v1/deposits", &key(), &json!({ "account_id": a, "amount": 5, "currency": "EUR", "reference": forged, "metadata": { "owner": forged } })).await;
     assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
     let all = app.get("/v1/events?limit=1000").await;
     assert_eq!(all.status, StatusCode::OK, "{all:?}");
-    let stored: Vec<String> = sqlx::query_scalar("select data ->> 'owner' from events where type = 'AccountOpened' and data ->> 'owner' is not null")
-        .fetch_all(&app.pool)
-        .await
-        .expect("owners");
-    assert!(stored.iter().all(|o| o.starts_with("pii:v1:") && *o != forged), "every stored owner is one this code sealed: {stored:?}");
+    let stored: Vec<String> = sqlx::query_scalar(
+        "select data ->> 'owner' from events where type = 'AccountOpened' and data ->> 'owner' is not null",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .expect("owners");
+    assert!(
+        stored.iter().all(|o| o.starts_with("pii:v1:") && *o != forged),
+        "every stored owner is one this code sealed: {stored:?}"
+    );
     // A client cannot name the stream of a subject as an account id (reserved space).
     let stream = ledger_domain::subject_stream_id(&a.to_string());
     let r = app.post("/v1/accounts", &key(), &json!({ "currency": "EUR", "id": stream })).await;

@@ -126,6 +126,7 @@ fn account_opening(n: usize) -> Commit {
         idempotency: None,
         streams: Vec::new(),
         rejection: None,
+        owner_index: None,
     }
 }
 
