@@ -24,9 +24,8 @@ grant select, insert, update on subject_keys to ledger_app;
 -- The owner look-up (`GET /v1/accounts?owner=`) compares a keyed hash (HMAC-SHA-256
 -- under a key sealed in `key_material`), never the value. `accounts_view.owner` holds
 -- the sealed form (unique: a fresh nonce each time), and this index maps the hash of
--- each sealed owner to that sealed form, written when the owner is sealed. A row whose
--- command was never recorded names a sealed form no view holds, and finds nothing; the
--- rows of a subject's keys go in the transaction that destroys them.
+-- each sealed owner to that sealed form; a row is written by the append that records
+-- the opening, and the rows of a subject's keys go in the transaction that destroys them.
 create table owner_index (
     owner_hash bytea not null,
     owner_sealed text not null,

@@ -137,10 +137,11 @@ impl Privacy {
         .fetch_all(&mut *tx)
         .await?;
         for (principal, key, mut outcome, mut body) in records {
-            let changed = [outcome.as_mut(), body.as_mut()]
-                .into_iter()
-                .flatten()
-                .fold(false, |changed, v| seal_copies(v, &keys) || changed);
+            let mut changed = false;
+            for v in [outcome.as_mut(), body.as_mut()].into_iter().flatten() {
+                // Every copy, not only up to the first that changed.
+                changed |= seal_copies(v, &keys);
+            }
             if changed {
                 sqlx::query("update idempotency_keys set outcome = $3, body = $4 where principal = $1 and key = $2")
                     .bind(principal)
@@ -295,7 +296,13 @@ fn seal_copies(value: &mut Value, keys: &HashMap<String, SubjectKey>) -> bool {
             }
             changed
         }
-        Value::Array(items) => items.iter_mut().fold(false, |changed, v| seal_copies(v, keys) || changed),
+        Value::Array(items) => {
+            let mut changed = false;
+            for v in items {
+                changed |= seal_copies(v, keys);
+            }
+            changed
+        }
         _ => false,
     }
 }

@@ -10,8 +10,9 @@
 //!   value's JSON text (so `pii.` values keep their type), with `pii:v1` and the key's
 //!   id authenticated with it. It carries no subject and no hint of the value but its
 //!   length.
-//! - Revealing ([`Privacy::reveal`]) looks only at members named `owner` or `pii.…`
-//!   holding a sealed value: a member whose key exists is given its value; one whose
+//! - Revealing ([`Privacy::reveal`]) looks only at accounts (objects with `currency`
+//!   and a boolean `system`: views, states, openings' data), at their `owner` and the
+//!   `pii.` keys of their `metadata`: a value whose key exists is given back; one whose
 //!   key was destroyed becomes `null` (`owner`) or goes (`pii.` keys). The keys' state
 //!   is read from the primary at every reveal (never a cache, never a replica): once an
 //!   erasure has answered, no process reveals the subject again. A value that names a

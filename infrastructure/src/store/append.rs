@@ -134,13 +134,15 @@ impl EventStore {
                 .map(|(commit, subject, _)| (*commit, subject.clone()))
                 .collect();
             // A commit sealed under a key this same batch destroys before it.
-            failed.extend(personal.sealed.iter().filter_map(|(commit, subject, _)| {
+            failed.extend(
                 personal
-                    .erased
+                    .sealed
                     .iter()
-                    .any(|(eraser, erased)| eraser < commit && erased == subject)
-                    .then(|| (*commit, subject.clone()))
-            }));
+                    .filter(|(commit, subject, _)| {
+                        personal.erased.iter().any(|(eraser, erased)| eraser < commit && erased == subject)
+                    })
+                    .map(|(commit, subject, _)| (*commit, subject.clone())),
+            );
             if !failed.is_empty() {
                 failed.sort();
                 failed.dedup();
