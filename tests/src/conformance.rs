@@ -151,7 +151,8 @@ mod tests {
         assert!(c.refusal("GET", "/v1/transfers/x", 404, ct, &bytes(&wrong)).is_some());
         assert!(c.refusal("GET", "/v1/transfers/x", 418, ct, &bytes(&problem)).is_some(), "undocumented status");
         assert!(c.refusal("GET", "/v1/transfers/x", 404, "text/plain", b"x").is_some(), "content type");
-        let account = json!({ "id": uuid::Uuid::now_v7(), "currency": "EUR", "owner": null, "status": "open",
+        let account = json!({ "id": uuid::Uuid::now_v7(), "currency": "EUR", "owner": null, "subject": "c-1",
+            "erased": false, "status": "open",
             "balance": 0, "available": 0, "pending_holds": 0, "overdraft_limit": 0, "system": false,
             "metadata": null, "version": 1, "position": 3 });
         let path = format!("/v1/accounts/{}", uuid::Uuid::now_v7());

@@ -167,7 +167,8 @@ async fn by_owner(State(state): State<AppState>, Params(q): Params) -> Result<Re
     // The look-up compares a keyed hash, never the value (API.md v1.2 "Personal data"),
     // on the primary; the views it names are read where eventual reads go.
     let limit = ledger_wire::limits::OWNER_ACCOUNTS_MAX;
-    let sealed = state.privacy.sealed_owners(owner, limit).await.map_err(crate::http::privacy::key_error)?;
+    let sealed =
+        state.privacy.sealed_owners(owner, limit, Some(ready.pool)).await.map_err(crate::http::privacy::key_error)?;
     let (rows, position) = ledger_projections::queries::accounts_by_owner(ready.pool, &sealed, limit).await?;
     let accounts = rows.into_iter().map(views::account_row).collect();
     Ok(views::read(&ledger_wire::AccountList { accounts }, position))

@@ -316,15 +316,33 @@ impl Privacy {
     }
 
     /// The sealed forms of `owner` that accounts were opened with (the owner look-up's
-    /// first half, on the primary: an erased subject's rows are gone from it as soon as
-    /// the erasure answered, whatever a replica's read model still holds), at most `limit`.
-    pub async fn sealed_owners(&self, owner: &str, limit: i64) -> Result<Vec<String>, KeyError> {
+    /// first half), at most `limit`. Read on the primary: an erased subject's rows are
+    /// gone from it as soon as the erasure answered, whatever a replica still holds.
+    /// While the primary does not answer, read on `fallback` (the replica eventual reads
+    /// use, whose answers are then marked stale and whose values are withheld): it may
+    /// still find an account erased just before the outage, never its values.
+    pub async fn sealed_owners(
+        &self,
+        owner: &str,
+        limit: i64,
+        fallback: Option<&PgPool>,
+    ) -> Result<Vec<String>, KeyError> {
         let hash = self.owner_hash(owner).await?;
-        Ok(sqlx::query_scalar("select owner_sealed from owner_index where owner_hash = $1 limit $2")
-            .bind(hash)
-            .bind(limit)
-            .fetch_all(&self.inner.pool)
-            .await?)
+        let query = |pool| {
+            sqlx::query_scalar("select owner_sealed from owner_index where owner_hash = $1 limit $2")
+                .bind(hash.clone())
+                .bind(limit)
+                .fetch_all(pool)
+        };
+        match query(&self.inner.pool).await {
+            Ok(rows) => Ok(rows),
+            Err(e) => match fallback {
+                Some(pool) if crate::store::db_fault(&e) == crate::store::DbFault::Unavailable => {
+                    Ok(query(pool).await?)
+                }
+                _ => Err(e.into()),
+            },
+        }
     }
 
     /// A request's fingerprint keyed under the ledger's look-up key (for requests that

@@ -336,7 +336,16 @@ async fn erasures_racing_each_other_and_openings_leave_nothing_half_done() {
     let subject = format!("race-{}", &Uuid::new_v4().simple().to_string()[..8]);
     let mut opened: Vec<String> = Vec::new();
     let mut erased: std::collections::HashSet<String> = std::collections::HashSet::new();
+    // Some history for a rebuild to replay while the rounds run.
+    for _ in 0..40 {
+        app.open_account("EUR", 0).await;
+    }
     for round in 0..6 {
+        if round == 2 {
+            // The read model rebuilt from the log while erasures go on.
+            let started = app.post("/v1/admin/projections/accounts/rebuild", &key(), &json!({})).await;
+            assert_eq!(started.status, StatusCode::ACCEPTED, "{started:?}");
+        }
         let open = |app: &TestApp, n: usize| {
             let (app, subject) = (app.clone_handle(), subject.clone());
             async move {
@@ -378,6 +387,17 @@ async fn erasures_racing_each_other_and_openings_leave_nothing_half_done() {
         }
     }
     assert!(!opened.is_empty());
+    eventually("the rebuild switched over", 60, || async {
+        let s = app.get("/v1/admin/projections").await;
+        s.body["projections"][0]["status"] == "running" && s.body["projections"][0]["rebuild"].is_null()
+    })
+    .await;
+    app.catch_up().await;
+    for id in &opened {
+        // The rebuilt read model agrees with the log.
+        let v = app.get(&format!("/v1/accounts/{id}?consistency=eventual")).await;
+        assert_eq!(v.body["erased"], json!(erased.contains(id)), "{id} after the rebuild: {v:?}");
+    }
     for id in &opened {
         let v = app.account(id.parse().expect("uuid")).await;
         let is_erased = v["erased"] == json!(true);
