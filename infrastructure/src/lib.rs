@@ -23,6 +23,7 @@ pub mod db;
 pub mod hash;
 pub mod keys;
 pub mod ledgers;
+pub mod merkle;
 pub mod nats;
 pub mod outcome;
 pub mod payouts;

@@ -21,8 +21,11 @@ pub struct Account {
     #[schema(required = true)]
     pub owner: Option<String>,
     /// The person or company the account belongs to (its id if none was given).
+    /// (Absent from servers before v1.2: a client reads it as empty.)
+    #[serde(default)]
     pub subject: String,
     /// The subject was erased: `owner` and the `pii.` metadata are gone.
+    #[serde(default)]
     pub erased: bool,
     pub status: AccountStatus,
     /// A customer account's balance fits in 64 bits; a system account's (the negative

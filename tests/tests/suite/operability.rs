@@ -76,6 +76,8 @@ async fn with_postgres_down_commands_fail_fast_and_cached_reads_answer_stale() {
     assert_eq!(stale.status, StatusCode::OK, "a cached read still answers: {stale:?}");
     assert_eq!(stale.header("x-ledger-stale"), Some("true"));
     assert_eq!(stale.body["balance"], json!(100));
+    // Whether its owner's key still exists cannot be asked: the owner is withheld.
+    assert_eq!((&stale.body["owner"], stale.header("x-ledger-personal-withheld")), (&Value::Null, Some("true")));
     let strong = app.get(&format!("/v1/accounts/{a}?consistency=strong")).await;
     assert_eq!(strong.status, StatusCode::SERVICE_UNAVAILABLE);
 
