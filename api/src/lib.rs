@@ -61,6 +61,7 @@ pub fn app(ledgers: std::sync::Arc<run::ledgers::Ledgers>) -> Router {
         .merge(routes::console::router())
         .merge(http::openapi::router())
         .route("/metrics", axum::routing::get(http::metrics::render))
+        .route("/v1/audit/keys", axum::routing::get(routes::audit::keys))
         .route_layer(axum::middleware::from_fn(http::metrics::track))
         .route("/v1/ledgers/{ledger}", axum::routing::any(routes::ledgers::dispatch))
         .route("/v1/ledgers/{ledger}/{*rest}", axum::routing::any(routes::ledgers::dispatch))

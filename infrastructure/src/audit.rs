@@ -103,12 +103,12 @@ pub async fn audit_events(store: &EventStore, f: &AuditFilter) -> Result<Vec<Rec
     // and the event's version in it (not the event's primary stream).
     let mut q = sqlx::QueryBuilder::new(match f.stream_id {
         Some(_) => {
-            "select e.position, e.event_id, s.stream_id, s.version, e.type, e.data, e.metadata, e.recorded_at \
-             from events e"
+            "select e.position, e.event_id, s.stream_id, s.version, e.type, e.data, e.metadata, e.recorded_at, \
+             e.hash from events e"
         }
         None => {
-            "select e.position, e.event_id, e.stream_id, e.version, e.type, e.data, e.metadata, e.recorded_at \
-                 from events e"
+            "select e.position, e.event_id, e.stream_id, e.version, e.type, e.data, e.metadata, e.recorded_at, \
+                 e.hash from events e"
         }
     });
     if let Some(stream) = f.stream_id {

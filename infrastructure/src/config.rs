@@ -123,6 +123,9 @@ pub struct Config {
     pub webhook_db_pool_max: u32,
     /// `LEDGER_MASTER_KEY` (unset: dev mode keeps a generated key in the database):
     /// base64 of 32 bytes; seals secrets at rest (`keys`).
+    /// `LEDGER_SIGNING_KEY`: base64 Ed25519 seeds, comma-separated, the first signing
+    /// tree heads (unset: dev mode keeps a generated one in the database).
+    pub signing_key: Option<String>,
     pub master_key: Option<String>,
     /// `LEDGER_BULK_CONCURRENCY_MAX` (default 2): bulks read, parsed and run at once in
     /// one process; more wait up to `LEDGER_BULK_WAIT_MS` (default 1000), then 503.
@@ -245,6 +248,7 @@ impl Default for Config {
             webhooks_max: 100,
             webhook_db_pool_max: 4,
             master_key: None,
+            signing_key: None,
             bulk_concurrency_max: 2,
             http_in_flight_max: 128,
             token_in_flight_max: 96,
@@ -340,6 +344,7 @@ impl Config {
             webhooks_max: env_num("LEDGER_WEBHOOKS_MAX", d.webhooks_max)?,
             webhook_db_pool_max: env_num("LEDGER_WEBHOOK_DB_POOL_MAX", d.webhook_db_pool_max)?,
             master_key: optional("LEDGER_MASTER_KEY"),
+            signing_key: optional("LEDGER_SIGNING_KEY"),
             bulk_concurrency_max: env_num("LEDGER_BULK_CONCURRENCY_MAX", d.bulk_concurrency_max)?,
             http_in_flight_max: env_num("LEDGER_HTTP_IN_FLIGHT_MAX", d.http_in_flight_max)?,
             token_in_flight_max: env_num("LEDGER_TOKEN_IN_FLIGHT_MAX", d.token_in_flight_max)?,

@@ -32,8 +32,10 @@ pub mod privacy;
 pub mod provider;
 pub mod reconcile;
 pub mod relay;
+pub mod signing;
 pub mod snapshots;
 pub mod store;
+pub mod tree;
 pub mod webhooks;
 pub mod writer;
 

@@ -235,14 +235,13 @@ pub fn frontier(size: u64) -> Vec<NodeId> {
     out
 }
 
+/// Perfect subtrees with their hashes.
+pub type Subtrees = Vec<(NodeId, Hash)>;
+
 /// Appends leaves to a tree whose frontier is `frontier` (as [`frontier`] lists it,
 /// with hashes); returns every perfect subtree the new leaves complete (the leaves
 /// included) and the new frontier.
-pub fn grow(
-    mut frontier: Vec<(NodeId, Hash)>,
-    first_leaf: u64,
-    leaves: &[Hash],
-) -> (Vec<(NodeId, Hash)>, Vec<(NodeId, Hash)>) {
+pub fn grow(mut frontier: Subtrees, first_leaf: u64, leaves: &[Hash]) -> (Subtrees, Subtrees) {
     let mut made = Vec::with_capacity(leaves.len() * 2);
     for (i, leaf) in leaves.iter().enumerate() {
         let mut node = ((0u32, first_leaf + i as u64), *leaf);
@@ -377,7 +376,8 @@ mod tests {
                 }
                 let old = m + 1;
                 let proof = consistency_proof(old, n, &mut known);
-                let expected = if old == n { Vec::new() } else { reference.subproof(old as usize, 0, n as usize, true) };
+                let expected =
+                    if old == n { Vec::new() } else { reference.subproof(old as usize, 0, n as usize, true) };
                 assert_eq!(proof, expected, "PROOF({old}, {n})");
                 let old_root = root(old, &mut known);
                 assert!(verify_consistency(old, n, &old_root, &root_n, &proof), "consistency {old} -> {n}");

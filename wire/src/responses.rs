@@ -290,6 +290,10 @@ pub struct RecordedEvent {
     pub data: Value,
     pub metadata: EventMetadata,
     pub recorded_at: DateTime<Utc>,
+    /// Its hash-chain value, 64 hex characters: leaf `position − 1` of the ledger's
+    /// Merkle tree is SHA-256(0x00 ‖ these 32 bytes) (API.md v1.2 "Verifiable log").
+    #[serde(default)]
+    pub hash: String,
 }
 
 /// Who caused an event, and why.
@@ -364,6 +368,9 @@ pub struct AuditEvent {
     #[schema(value_type = Object)]
     pub data: Value,
     pub recorded_at: DateTime<Utc>,
+    /// Its hash-chain value, 64 hex characters (see `RecordedEvent.hash`).
+    #[serde(default)]
+    pub hash: String,
     #[schema(required = true)]
     pub actor: Option<String>,
     #[schema(required = true)]
@@ -754,4 +761,54 @@ pub struct Webhooks {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ReconciliationList {
     pub reconciliations: Vec<ReconciliationReport>,
+}
+
+/// `GET /v1/audit/tree-head`: a signed head of the ledger's Merkle tree (API.md v1.2
+/// "Verifiable log"). `signature` is base64 of the Ed25519 signature over the UTF-8
+/// bytes of `ledger-tree-head:v1\n{ledger}\n{tree_size}\n{root_hash}\n{timestamp}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TreeHead {
+    pub ledger: String,
+    pub tree_size: i64,
+    /// Lowercase hex, 64 characters.
+    pub root_hash: String,
+    /// When the event at `tree_size` was recorded (RFC 3339, microseconds, UTC).
+    pub timestamp: String,
+    pub key_id: String,
+    pub signature: String,
+}
+
+/// `GET /v1/audit/proofs/inclusion`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct InclusionProof {
+    pub position: i64,
+    pub tree_size: i64,
+    /// SHA-256(0x00 ‖ the event's `hash`), hex.
+    pub leaf_hash: String,
+    pub audit_path: Vec<String>,
+}
+
+/// `GET /v1/audit/proofs/consistency`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ConsistencyProof {
+    pub from_size: i64,
+    pub to_size: i64,
+    pub proof: Vec<String>,
+}
+
+/// A key tree heads are signed with.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SigningKeyView {
+    /// The first 16 hex characters of SHA-256 of the public key.
+    pub key_id: String,
+    #[schema(example = "ed25519")]
+    pub algorithm: String,
+    /// Base64 of the 32-byte public key.
+    pub public_key: String,
+}
+
+/// `GET /v1/audit/keys`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SigningKeys {
+    pub keys: Vec<SigningKeyView>,
 }

@@ -298,6 +298,7 @@ pub fn recorded_event(e: RecordedEvent) -> Result<wire::RecordedEvent, ApiError>
         data: e.data,
         metadata: written("an event's metadata", e.metadata)?,
         recorded_at: e.recorded_at,
+        hash: e.hash.as_deref().map(hex::encode).unwrap_or_default(),
     })
 }
 
@@ -315,6 +316,7 @@ pub fn audit_event(e: RecordedEvent) -> Result<wire::AuditEvent, ApiError> {
         event_type: e.event_type,
         data: e.data,
         recorded_at: e.recorded_at,
+        hash: e.hash.as_deref().map(hex::encode).unwrap_or_default(),
         actor: Some(m.actor),
         request_id: m.request_id,
         correlation_id: m.correlation_id,

@@ -129,6 +129,7 @@ impl Ledgers {
         core.replica_pool = replica;
         let mut core = core.keyed(home.master_key.clone());
         core.webhook_policy = home.webhook_policy.clone();
+        core.signer = home.signer.clone();
         core.clock = home.clock.clone();
         let state = AppState::within(core, home.clone());
         let router = crate::ledger_router(state.clone());

@@ -59,6 +59,9 @@ pub async fn build_core(mut config: Config) -> Result<Core, StartError> {
     core.replica_pool = replica;
     let mut core = core.keyed(std::sync::Arc::new(master_key));
     core.webhook_policy = std::sync::Arc::new(webhook_policy);
+    core.signer = std::sync::Arc::new(
+        ledger_infrastructure::signing::Signer::load(&core.pool, core.config.signing_key.as_deref()).await?,
+    );
     seal_legacy(&core).await?;
     Ok(core)
 }
@@ -170,6 +173,7 @@ pub fn spawn_workers(state: &Core, on_applied: OnApplied, shutdown: Cancellation
         tokio::spawn(expiry.run(shutdown.clone())),
     ];
     handles.push(spawn_legacy_purge(state, shutdown.clone()));
+    handles.push(tokio::spawn(ledger_infrastructure::tree::run(state.pool.clone(), shutdown.clone())));
     let (pool, url) = (state.pool.clone(), state.config.database_url.clone());
     handles.push(tokio::spawn(async move {
         if let Err(e) = ledger_projections::rebuild::recover_interrupted(&pool, &url).await {

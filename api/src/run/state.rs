@@ -37,6 +37,8 @@ pub struct Core {
     pub replica_pool: Option<PgPool>,
     /// Seals and opens secrets at rest (`LEDGER_MASTER_KEY`); set with [`Core::keyed`].
     pub master_key: Arc<ledger_infrastructure::keys::MasterKey>,
+    /// Signs tree heads (`LEDGER_SIGNING_KEY`; the deployment's, shared by its ledgers).
+    pub signer: Arc<ledger_infrastructure::signing::Signer>,
     /// Seals and reveals this ledger's personal data (its subjects' keys, under the
     /// master key); set with [`Core::keyed`].
     pub privacy: ledger_infrastructure::privacy::Privacy,
@@ -68,6 +70,7 @@ impl Core {
             // `build_core` puts the key the database was sealed with here; this one is a
             // stand-in for a core built without start-up (it matches no stored value).
             master_key: Arc::new(ledger_infrastructure::keys::MasterKey::generate().0),
+            signer: Arc::new(ledger_infrastructure::signing::Signer::generate()),
             privacy: ledger_infrastructure::privacy::Privacy::new(
                 pool.clone(),
                 Arc::new(ledger_infrastructure::keys::MasterKey::generate().0),

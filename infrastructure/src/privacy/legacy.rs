@@ -206,6 +206,7 @@ impl Privacy {
             metadata: serde_json::to_value(&metadata).expect("metadata serializes"),
             recorded_at: now.trunc_subsecs(6).max(head_time),
             decoded: Default::default(),
+            hash: None,
         };
         let hash = recompute_hash(&previous, &recorded).to_vec();
         sqlx::query(

@@ -220,8 +220,12 @@ impl Privacy {
             let wrapped = self.inner.master.seal(bytes.as_ref(), &wrap_context(id));
             // Two commands may make one at once: the live index keeps one, and the
             // other reads it.
+            // Committed without waiting for its flush: an opening sealed under it commits
+            // later, and its own flush carries this row's WAL with it; a key lost in a
+            // crash sealed nothing that was recorded.
             let inserted = sqlx::query(
-                "insert into subject_keys (id, subject, wrapped) values ($1, $2, $3)
+                "with quick as (select set_config('synchronous_commit', 'off', true))
+                 insert into subject_keys (id, subject, wrapped) select $1, $2, $3 from quick
                  on conflict (subject) where wrapped is not null do nothing",
             )
             .bind(id)

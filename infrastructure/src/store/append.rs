@@ -118,13 +118,23 @@ impl EventStore {
     /// of the accounts it opens, then destroys the keys of the subjects it erases (and
     /// their look-up rows), in the transaction that records the events.
     async fn personal_keys(&self, tx: &mut sqlx::PgConnection, personal: &Personal) -> Result<(), AppendError> {
-        if !personal.sealed.is_empty() {
+        if !personal.sealed.is_empty() || !personal.owner_rows.is_empty() {
+            // One statement: the keys sealed under that are gone, and (written only if
+            // none is, else the batch is refused and rolled back) the look-up rows.
             let ids: Vec<Uuid> = personal.sealed.iter().flat_map(|(_, _, ids)| ids.iter().copied()).collect();
+            let rows = &personal.owner_rows;
             let gone: Vec<Uuid> = sqlx::query_scalar(
-                "select k from unnest($1::uuid[]) as k
-                 where not exists (select 1 from subject_keys s where s.id = k and s.wrapped is not null)",
+                "with gone as (select k from unnest($1::uuid[]) as k
+                               where not exists (select 1 from subject_keys s where s.id = k and s.wrapped is not null)),
+                      indexed as (insert into owner_index (owner_hash, owner_sealed, key_id)
+                                  select * from unnest($2::bytea[], $3::text[], $4::uuid[])
+                                  where not exists (select 1 from gone))
+                 select k from gone",
             )
             .bind(&ids)
+            .bind(rows.iter().map(|r| r.owner_hash.clone()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.owner_sealed.clone()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.key_id).collect::<Vec<_>>())
             .fetch_all(&mut *tx)
             .await?;
             let mut failed: Vec<(usize, String)> = personal
@@ -149,18 +159,6 @@ impl EventStore {
                 let (commits, subjects) = failed.into_iter().unzip();
                 return Err(AppendError::SubjectKeyDestroyed { commits, subjects });
             }
-        }
-        if !personal.owner_rows.is_empty() {
-            let rows = &personal.owner_rows;
-            sqlx::query(
-                "insert into owner_index (owner_hash, owner_sealed, key_id)
-                 select * from unnest($1::bytea[], $2::text[], $3::uuid[])",
-            )
-            .bind(rows.iter().map(|r| r.owner_hash.clone()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.owner_sealed.clone()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.key_id).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await?;
         }
         if !personal.erased.is_empty() {
             let subjects: Vec<&str> = personal.erased.iter().map(|(_, s)| s.as_str()).collect();
@@ -318,9 +316,11 @@ fn plan(commits: &[Commit], staged: Vec<Staged>, head: Head, mut versions: HashM
                 metadata: metadata.clone(),
                 recorded_at,
                 decoded: Default::default(),
+                hash: None,
             };
             hash = chain_hash(&hash, &hashed_content(&event)).to_vec();
             rows.push_event(&event, hash.clone());
+            let event = RecordedEvent { hash: Some(hash.clone()), ..event };
             recorded.push(event);
         }
         let outcome = commit.outcome(recorded.last().map(|e| e.position), recorded_at);

@@ -215,6 +215,7 @@ mod tests {
             metadata: serde_json::json!({}),
             recorded_at: chrono::Utc::now(),
             decoded: Default::default(),
+            hash: None,
         };
         let result = |position| CommitResult {
             recorded: vec![recorded(position)],

@@ -98,6 +98,10 @@ pub struct RecordedEvent {
     /// projections read it. Not part of its identity (see `PartialEq`).
     #[serde(skip)]
     pub(crate) decoded: std::sync::OnceLock<Event>,
+    /// Its chain hash, where it was read with it (the API's reads of the log show it,
+    /// API.md v1.2 "Verifiable log"). Not part of what is published or hashed.
+    #[serde(skip)]
+    pub hash: Option<Vec<u8>>,
 }
 
 impl PartialEq for RecordedEvent {
@@ -276,7 +280,7 @@ impl EventStore {
         limit: i64,
     ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
         sqlx::query_as::<_, RecordedRow>(
-            "select e.position, e.event_id, s.stream_id, s.version, e.type, e.data, e.metadata, e.recorded_at
+            "select e.position, e.event_id, s.stream_id, s.version, e.type, e.data, e.metadata, e.recorded_at, e.hash
              from stream_entries s join events e on e.position = s.position
              where s.stream_id = $1 and s.version >= $2
              order by s.version limit $3",
@@ -331,7 +335,7 @@ impl EventStore {
     /// The global log after `after`, in position order.
     pub async fn read_all(&self, after: i64, limit: i64) -> Result<Vec<RecordedEvent>, sqlx::Error> {
         sqlx::query_as::<_, RecordedRow>(
-            "select position, event_id, stream_id, version, type, data, metadata, recorded_at
+            "select position, event_id, stream_id, version, type, data, metadata, recorded_at, hash
              from events where position > $1 order by position limit $2",
         )
         .bind(after)
@@ -363,6 +367,8 @@ pub(crate) struct RecordedRow {
     data: Value,
     metadata: Value,
     recorded_at: DateTime<Utc>,
+    #[sqlx(default)]
+    hash: Option<Vec<u8>>,
 }
 
 impl From<RecordedRow> for RecordedEvent {
@@ -377,6 +383,7 @@ impl From<RecordedRow> for RecordedEvent {
             metadata: r.metadata,
             recorded_at: r.recorded_at,
             decoded: Default::default(),
+            hash: r.hash,
         }
     }
 }

@@ -29,5 +29,6 @@ mod reconciliation;
 mod replica;
 mod transaction_properties;
 mod transactions;
+mod verifiable;
 mod webhooks;
 mod write_side;

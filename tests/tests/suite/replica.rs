@@ -89,7 +89,11 @@ async fn eventual_reads_come_from_the_replica_and_outlive_the_primary() {
     let stale = app.get(&format!("/v1/accounts?owner={owner}")).await;
     assert_eq!((stale.status, stale.body["accounts"][0]["balance"].clone()), (StatusCode::OK, json!(150)), "{stale:?}");
     assert_eq!(stale.header("x-ledger-stale"), Some("true"));
-    assert_eq!(stale.body["accounts"][0]["owner"], Value::Null, "found through the replica's index, its owner withheld");
+    assert_eq!(
+        stale.body["accounts"][0]["owner"],
+        Value::Null,
+        "found through the replica's index, its owner withheld"
+    );
     assert_eq!(stale.header("x-ledger-personal-withheld"), Some("true"));
     let ready = app.get("/health/ready").await;
     assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);

@@ -1,0 +1,148 @@
+//! Signing tree heads with Ed25519 (`ring`; API.md v1.2 "Verifiable log").
+//!
+//! Keys come from `LEDGER_SIGNING_KEY`: base64 of 32-byte Ed25519 seeds, comma-separated;
+//! the first signs, every one is listed (`GET /v1/audit/keys`) so heads signed before a
+//! rotation still verify. Unset: dev mode generates one at first start, keeps it in the
+//! database of `default` (`key_material`, `dev-signing-key`) and warns at every start.
+//! A key's id is the first 16 hex characters of SHA-256 of its public key.
+
+use crate::keys::KeyError;
+use base64::Engine;
+use ring::rand::{SecureRandom, SystemRandom};
+use ring::signature::{Ed25519KeyPair, KeyPair};
+use sha2::Digest;
+use sqlx::PgPool;
+use zeroize::Zeroizing;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// One signing key.
+pub struct SigningKey {
+    pair: Ed25519KeyPair,
+    pub id: String,
+    /// Base64 of the 32-byte public key.
+    pub public: String,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SigningKey({})", self.id)
+    }
+}
+
+impl SigningKey {
+    fn from_seed(seed: &[u8]) -> Result<SigningKey, KeyError> {
+        let pair = Ed25519KeyPair::from_seed_unchecked(seed).map_err(|_| KeyError::Malformed)?;
+        let public_bytes = pair.public_key().as_ref().to_vec();
+        let id = hex::encode(sha2::Sha256::digest(&public_bytes))[..16].to_owned();
+        Ok(SigningKey { pair, id, public: B64.encode(&public_bytes) })
+    }
+}
+
+/// The keys tree heads are signed with.
+#[derive(Debug)]
+pub struct Signer {
+    keys: Vec<SigningKey>,
+}
+
+/// What a tree head's signature covers (API.md v1.2).
+pub fn tree_head_message(ledger: &str, size: i64, root_hex: &str, timestamp: &str) -> String {
+    format!("ledger-tree-head:v1\n{ledger}\n{size}\n{root_hex}\n{timestamp}")
+}
+
+impl Signer {
+    /// Keys from their base64 seeds, comma-separated (the first signs).
+    pub fn from_config(text: &str) -> Result<Signer, KeyError> {
+        let mut keys = Vec::new();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let seed = Zeroizing::new(B64.decode(part).map_err(|_| KeyError::Malformed)?);
+            if seed.len() != 32 {
+                return Err(KeyError::Malformed);
+            }
+            keys.push(SigningKey::from_seed(&seed)?);
+        }
+        if keys.is_empty() {
+            return Err(KeyError::Malformed);
+        }
+        Ok(Signer { keys })
+    }
+
+    /// The configured keys, or dev mode's (kept in the database of `default`).
+    pub async fn load(pool: &PgPool, configured: Option<&str>) -> Result<Signer, KeyError> {
+        if let Some(text) = configured {
+            return Signer::from_config(text);
+        }
+        let mut seed = Zeroizing::new([0u8; 32]);
+        SystemRandom::new().fill(seed.as_mut()).expect("the system's random source works");
+        sqlx::query("insert into key_material (name, value) values ('dev-signing-key', $1) on conflict do nothing")
+            .bind(seed.as_slice())
+            .execute(pool)
+            .await?;
+        let kept: Vec<u8> =
+            sqlx::query_scalar("select value from key_material where name = 'dev-signing-key'").fetch_one(pool).await?;
+        let kept = Zeroizing::new(kept);
+        let signer = Signer { keys: vec![SigningKey::from_seed(&kept)?] };
+        tracing::warn!(
+            key_id = %signer.keys[0].id,
+            "no LEDGER_SIGNING_KEY: dev mode signs tree heads with a generated key kept in the database; set \
+             LEDGER_SIGNING_KEY in production (docs/AUDIT.md)"
+        );
+        Ok(signer)
+    }
+
+    /// A fresh signer with one random key (tests, and cores built without start-up).
+    pub fn generate() -> Signer {
+        let mut seed = Zeroizing::new([0u8; 32]);
+        SystemRandom::new().fill(seed.as_mut()).expect("the system's random source works");
+        Signer { keys: vec![SigningKey::from_seed(seed.as_ref()).expect("32 bytes are a seed")] }
+    }
+
+    /// Signs a tree head with the first key: `(key_id, base64 signature)`.
+    pub fn sign_head(&self, ledger: &str, size: i64, root_hex: &str, timestamp: &str) -> (String, String) {
+        let key = &self.keys[0];
+        let message = tree_head_message(ledger, size, root_hex, timestamp);
+        (key.id.clone(), B64.encode(key.pair.sign(message.as_bytes()).as_ref()))
+    }
+
+    /// Every key: `(key_id, base64 public key)`.
+    pub fn keys(&self) -> Vec<(String, String)> {
+        self.keys.iter().map(|k| (k.id.clone(), k.public.clone())).collect()
+    }
+}
+
+/// Verifies a tree head's signature with a public key (base64) alone.
+pub fn verify_head(
+    public_b64: &str,
+    ledger: &str,
+    size: i64,
+    root_hex: &str,
+    timestamp: &str,
+    signature_b64: &str,
+) -> bool {
+    let (Ok(public), Ok(signature)) = (B64.decode(public_b64), B64.decode(signature_b64)) else { return false };
+    let message = tree_head_message(ledger, size, root_hex, timestamp);
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public)
+        .verify(message.as_bytes(), &signature)
+        .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heads_verify_with_the_public_key_only_and_name_their_key() {
+        let seed = B64.encode([9u8; 32]);
+        let other = B64.encode([7u8; 32]);
+        let signer = Signer::from_config(&format!("{seed}, {other}")).expect("keys");
+        let (id, sig) = signer.sign_head("default", 5, &"ab".repeat(32), "2026-12-05T00:00:00.000000Z");
+        let keys = signer.keys();
+        assert_eq!((keys.len(), id.len(), &keys[0].0), (2, 16, &id));
+        assert!(verify_head(&keys[0].1, "default", 5, &"ab".repeat(32), "2026-12-05T00:00:00.000000Z", &sig));
+        assert!(!verify_head(&keys[0].1, "default", 6, &"ab".repeat(32), "2026-12-05T00:00:00.000000Z", &sig));
+        assert!(!verify_head(&keys[1].1, "default", 5, &"ab".repeat(32), "2026-12-05T00:00:00.000000Z", &sig));
+        for bad in ["", "AAAA", "not base64!"] {
+            assert!(Signer::from_config(bad).is_err(), "{bad:?}");
+        }
+    }
+}

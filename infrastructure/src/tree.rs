@@ -1,0 +1,283 @@
+//! The log's Merkle tree in Postgres (`merkle_nodes`, `merkle_state`; migration 0024)
+//! and the worker that grows it (API.md v1.2 "Verifiable log"; docs/AUDIT.md).
+//!
+//! The tree is grown by a worker that follows the log, not by the append: the write
+//! path stays as lean as issue 27 left it, and the worker is at most one poll (50 ms)
+//! and one batch behind the head. Tree heads and proofs are given only for sizes the
+//! tree has reached; a request for a size it has not reached yet waits for it, bounded.
+//!
+//! Each event's chain hash is recomputed from its stored content and its predecessor's
+//! when it enters the tree; the tree never grows over an event that does not recompute
+//! (its position is reported and the worker stops there), and a stored hash changed
+//! after its event entered the tree no longer matches the leaf, nor the tree heads
+//! signed over it.
+
+use crate::hash::GENESIS_HASH;
+use crate::merkle::{self, Hash, Known, Needed, NodeId};
+use crate::store::RecordedEvent;
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Why the tree did not grow, or a proof was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum TreeError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The event at `position` does not recompute from its content and predecessor
+    /// (or is missing): the tree stops before it.
+    #[error("the event at position {position} does not match its chain hash: the tree stops before it")]
+    Tampered { position: i64 },
+    #[error("a stored node of the tree is missing: {0:?}")]
+    MissingNode(NodeId),
+}
+
+/// How far the tree has grown: its size (leaves 0..size are positions 1..=size).
+pub async fn size(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("select size from merkle_state").fetch_one(pool).await
+}
+
+/// Fetches what an algorithm listed as needed, in one query.
+async fn fetch(pool: &PgPool, needed: Needed) -> Result<Known, sqlx::Error> {
+    let mut ids = needed.0;
+    ids.sort_unstable();
+    ids.dedup();
+    let levels: Vec<i16> = ids.iter().map(|(l, _)| *l as i16).collect();
+    let indexes: Vec<i64> = ids.iter().map(|(_, i)| *i as i64).collect();
+    let rows: Vec<(i16, i64, Vec<u8>)> = sqlx::query_as(
+        "select n.level, n.index, n.hash from unnest($1::int2[], $2::int8[]) as k(level, index)
+         join merkle_nodes n on n.level = k.level and n.index = k.index",
+    )
+    .bind(&levels)
+    .bind(&indexes)
+    .fetch_all(pool)
+    .await?;
+    let mut nodes = HashMap::with_capacity(rows.len());
+    for (level, index, hash) in rows {
+        if let Ok(h) = <Hash>::try_from(hash.as_slice()) {
+            nodes.insert((level as u32, index as u64), h);
+        }
+    }
+    Ok(Known { nodes, missing: None })
+}
+
+/// Runs `algorithm` twice: listing the perfect subtrees it reads, then over them.
+async fn computed<T>(pool: &PgPool, algorithm: impl Fn(&mut dyn FnMut(NodeId) -> Hash) -> T) -> Result<T, TreeError> {
+    let mut needed = Needed::default();
+    algorithm(&mut |id| merkle::Nodes::node(&mut needed, id));
+    let mut known = fetch(pool, needed).await?;
+    let out = algorithm(&mut |id| merkle::Nodes::node(&mut known, id));
+    match known.missing {
+        Some(id) => Err(TreeError::MissingNode(id)),
+        None => Ok(out),
+    }
+}
+
+/// Adapts a closure to [`merkle::Nodes`].
+struct Closure<'a>(&'a mut dyn FnMut(NodeId) -> Hash);
+
+impl merkle::Nodes for Closure<'_> {
+    fn node(&mut self, id: NodeId) -> Hash {
+        (self.0)(id)
+    }
+}
+
+/// A tree head: the root of the first `size` leaves, and the time of its last event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TreeHead {
+    pub size: i64,
+    pub root: Hash,
+    pub timestamp: DateTime<Utc>,
+}
+
+/// The head of the tree at `size` (which the tree has reached).
+pub async fn head(pool: &PgPool, size: i64) -> Result<TreeHead, TreeError> {
+    let n = size as u64;
+    let root = computed(pool, |get| merkle::root(n, &mut Closure(get))).await?;
+    let timestamp: Option<DateTime<Utc>> = sqlx::query_scalar("select recorded_at from events where position = $1")
+        .bind(size)
+        .fetch_optional(pool)
+        .await?;
+    Ok(TreeHead { size, root, timestamp: timestamp.unwrap_or(DateTime::<Utc>::UNIX_EPOCH) })
+}
+
+/// The leaf hash of `position` and its audit path in the tree of `size` (1 ≤ position ≤ size).
+pub async fn inclusion(pool: &PgPool, position: i64, size: i64) -> Result<(Hash, Vec<Hash>), TreeError> {
+    let (m, n) = (position as u64 - 1, size as u64);
+    computed(pool, |get| {
+        let mut nodes = Closure(get);
+        let leaf = merkle::Nodes::node(&mut nodes, (0, m));
+        (leaf, merkle::inclusion_proof(m, n, &mut nodes))
+    })
+    .await
+}
+
+/// The consistency proof from the tree of `from` leaves to that of `to` (1 ≤ from ≤ to).
+pub async fn consistency(pool: &PgPool, from: i64, to: i64) -> Result<Vec<Hash>, TreeError> {
+    computed(pool, |get| merkle::consistency_proof(from as u64, to as u64, &mut Closure(get))).await
+}
+
+/// A row of the log with its stored chain hash.
+#[derive(sqlx::FromRow)]
+struct HashedRow {
+    position: i64,
+    event_id: Uuid,
+    stream_id: Uuid,
+    version: i64,
+    #[sqlx(rename = "type")]
+    event_type: String,
+    data: serde_json::Value,
+    metadata: serde_json::Value,
+    recorded_at: DateTime<Utc>,
+    hash: Vec<u8>,
+}
+
+/// What one step of the worker did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Grown {
+    /// The tree is at the head.
+    AtHead(i64),
+    /// The tree grew to this size.
+    To(i64),
+}
+
+/// Grows the tree by up to `batch` events, in one transaction (the state row's lock
+/// makes one builder at a time, whatever the processes).
+pub async fn grow(pool: &PgPool, batch: i64) -> Result<Grown, TreeError> {
+    let mut tx = pool.begin().await?;
+    let (size, last): (i64, Option<Vec<u8>>) =
+        sqlx::query_as("select size, last_hash from merkle_state for update").fetch_one(&mut *tx).await?;
+    let head: i64 = sqlx::query_scalar("select position from log_head").fetch_one(&mut *tx).await?;
+    if head <= size {
+        return Ok(Grown::AtHead(size));
+    }
+    let up_to = head.min(size + batch);
+    let rows: Vec<HashedRow> = sqlx::query_as(
+        "select position, event_id, stream_id, version, type, data, metadata, recorded_at, hash
+         from events where position > $1 and position <= $2 order by position",
+    )
+    .bind(size)
+    .bind(up_to)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut previous = last.unwrap_or_else(|| GENESIS_HASH.to_vec());
+    let mut leaves = Vec::with_capacity(rows.len());
+    for (i, row) in rows.into_iter().enumerate() {
+        let expected = size + 1 + i as i64;
+        if row.position != expected {
+            return Err(TreeError::Tampered { position: expected });
+        }
+        let event = RecordedEvent {
+            position: row.position,
+            event_id: row.event_id,
+            stream_id: row.stream_id,
+            version: row.version,
+            event_type: row.event_type,
+            data: row.data,
+            metadata: row.metadata,
+            recorded_at: row.recorded_at,
+            decoded: Default::default(),
+            hash: None,
+        };
+        let recomputed = crate::store::recompute_hash(&previous, &event);
+        if recomputed.as_slice() != row.hash.as_slice() {
+            return Err(TreeError::Tampered { position: row.position });
+        }
+        leaves.push(merkle::leaf_hash(&recomputed));
+        previous = recomputed.to_vec();
+    }
+    if (leaves.len() as i64) < up_to - size {
+        return Err(TreeError::Tampered { position: size + 1 + leaves.len() as i64 });
+    }
+    let frontier_ids = merkle::frontier(size as u64);
+    let mut needed = Needed::default();
+    needed.0.extend(frontier_ids.iter().copied());
+    let known = fetch_in(&mut tx, needed).await?;
+    let mut frontier = Vec::with_capacity(frontier_ids.len());
+    for id in frontier_ids {
+        frontier.push((id, *known.get(&id).ok_or(TreeError::MissingNode(id))?));
+    }
+    let (made, _) = merkle::grow(frontier, size as u64, &leaves);
+    sqlx::query(
+        "insert into merkle_nodes (level, index, hash) select * from unnest($1::int2[], $2::int8[], $3::bytea[])",
+    )
+    .bind(made.iter().map(|((l, _), _)| *l as i16).collect::<Vec<_>>())
+    .bind(made.iter().map(|((_, i), _)| *i as i64).collect::<Vec<_>>())
+    .bind(made.iter().map(|(_, h)| h.to_vec()).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("update merkle_state set size = $1, last_hash = $2")
+        .bind(up_to)
+        .bind(&previous)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Grown::To(up_to))
+}
+
+async fn fetch_in(tx: &mut sqlx::PgConnection, needed: Needed) -> Result<HashMap<NodeId, Hash>, sqlx::Error> {
+    let levels: Vec<i16> = needed.0.iter().map(|(l, _)| *l as i16).collect();
+    let indexes: Vec<i64> = needed.0.iter().map(|(_, i)| *i as i64).collect();
+    let rows: Vec<(i16, i64, Vec<u8>)> = sqlx::query_as(
+        "select n.level, n.index, n.hash from unnest($1::int2[], $2::int8[]) as k(level, index)
+         join merkle_nodes n on n.level = k.level and n.index = k.index",
+    )
+    .bind(&levels)
+    .bind(&indexes)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(l, i, h)| <Hash>::try_from(h.as_slice()).ok().map(|h| ((l as u32, i as u64), h)))
+        .collect())
+}
+
+/// Waits (bounded by `wait`) until the tree has reached `size`.
+pub async fn reached(pool: &PgPool, size: i64, wait: Duration) -> Result<bool, sqlx::Error> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        if self::size(pool).await? >= size {
+            return Ok(true);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Events per step of the worker.
+pub const BATCH: i64 = 5_000;
+
+/// The worker: grows the tree until `shutdown`, polling the head every 50 ms when at
+/// it; an event that does not recompute stops it there (reported every 10 s).
+pub async fn run(pool: PgPool, shutdown: CancellationToken) {
+    loop {
+        let pause = match grow(&pool, BATCH).await {
+            Ok(Grown::To(size)) => {
+                metrics::gauge!("ledger_tree_size").set(size as f64);
+                Duration::ZERO
+            }
+            Ok(Grown::AtHead(_)) => Duration::from_millis(50),
+            Err(TreeError::Tampered { position }) => {
+                tracing::error!(position, "the log does not verify at this position: the Merkle tree stops before it");
+                metrics::counter!("ledger_tree_tampered_total").increment(1);
+                Duration::from_secs(10)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "growing the Merkle tree failed; trying again");
+                Duration::from_secs(1)
+            }
+        };
+        if pause.is_zero() {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            continue;
+        }
+        tokio::select! { _ = shutdown.cancelled() => return, _ = tokio::time::sleep(pause) => {} }
+    }
+}

@@ -1,0 +1,200 @@
+//! The verifiable log (issue 30; API.md v1.2 "Verifiable log"): signed tree heads,
+//! inclusion and consistency proofs from the service, checked with the RFC 9162
+//! verification algorithms and the public key alone; hostile parameters; tampering.
+
+use ledger_infrastructure::merkle::{self, Hash};
+use ledger_tests::{TestApp, test_config};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+fn hash(hex_text: &Value) -> Hash {
+    let bytes = hex::decode(hex_text.as_str().expect("hex")).expect("hex");
+    bytes.as_slice().try_into().expect("32 bytes")
+}
+
+fn hashes(list: &Value) -> Vec<Hash> {
+    list.as_array().expect("a list").iter().map(hash).collect()
+}
+
+/// Every event of the log, as `/v1/events` shows it.
+async fn events(app: &TestApp) -> Vec<Value> {
+    let page = app.get("/v1/events?limit=1000").await;
+    assert_eq!(page.status, StatusCode::OK);
+    page.body["events"].as_array().expect("events").clone()
+}
+
+/// Some history: accounts, deposits, transfers.
+async fn history(app: &TestApp, transfers: usize) {
+    let a = app.open_account("EUR", 0).await;
+    let b = app.open_account("EUR", 0).await;
+    app.deposit(a, 10_000, "EUR").await;
+    for i in 0..transfers {
+        let (from, to) = if i % 2 == 0 { (a, b) } else { (b, a) };
+        assert_eq!(app.transfer(from, to, 1, "EUR").await.status, StatusCode::CREATED);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tree_heads_and_proofs_verify_with_the_public_key_alone() {
+    let app = TestApp::spawn().await;
+    history(&app, 30).await;
+    let log = events(&app).await;
+    let n = log.len() as i64;
+    // The keys need no token.
+    let keys: Value =
+        reqwest::get(format!("{}/v1/audit/keys", app.base)).await.expect("keys").json().await.expect("json");
+    let key = &keys["keys"][0];
+    assert_eq!(
+        (key["algorithm"].as_str(), key["key_id"].as_str().map(str::len)),
+        (Some("ed25519"), Some(16)),
+        "{keys}"
+    );
+    let public = key["public_key"].as_str().expect("public key").to_owned();
+    // The leaves, from the events' hashes alone.
+    let leaves: Vec<Hash> = log
+        .iter()
+        .map(|e| {
+            let h = hash(&e["hash"]);
+            merkle::leaf_hash(&h)
+        })
+        .collect();
+    let (nodes, _) = merkle::grow(Vec::new(), 0, &leaves);
+    let mut known = merkle::Known { nodes: nodes.into_iter().collect(), missing: None };
+    let mut roots = vec![merkle::empty_root()];
+    for size in 1..=n {
+        let head = app.get(&format!("/v1/audit/tree-head?tree_size={size}")).await;
+        assert_eq!(head.status, StatusCode::OK, "{head:?}");
+        let b = &head.body;
+        let root = hash(&b["root_hash"]);
+        assert_eq!(root, merkle::root(size as u64, &mut known), "the root of {size} from the events' hashes");
+        assert_eq!(
+            (b["ledger"].as_str(), b["tree_size"].as_i64(), b["key_id"].clone()),
+            (Some("default"), Some(size), key["key_id"].clone())
+        );
+        let ok = ledger_infrastructure::signing::verify_head(
+            &public,
+            "default",
+            size,
+            b["root_hash"].as_str().expect("root"),
+            b["timestamp"].as_str().expect("timestamp"),
+            b["signature"].as_str().expect("signature"),
+        );
+        assert!(ok, "the signature of the head at {size} verifies with the public key");
+        roots.push(root);
+    }
+    let default_head = app.get("/v1/audit/tree-head").await;
+    assert_eq!(default_head.body["tree_size"], json!(n), "the default size is the head");
+    for size in [1, 2, 3, 7, 8, 9, n / 2, n - 1, n] {
+        for position in 1..=size {
+            let p = app.get(&format!("/v1/audit/proofs/inclusion?position={position}&tree_size={size}")).await;
+            assert_eq!(p.status, StatusCode::OK, "{p:?}");
+            let leaf = hash(&p.body["leaf_hash"]);
+            assert_eq!(leaf, leaves[position as usize - 1], "the leaf of {position}");
+            let path = hashes(&p.body["audit_path"]);
+            assert!(merkle::verify_inclusion(position as u64 - 1, size as u64, &leaf, &path, &roots[size as usize]));
+        }
+    }
+    for from in 1..=n {
+        for to in [from, from + 1, (from + n) / 2, n].into_iter().filter(|t| *t >= from && *t <= n) {
+            let p = app.get(&format!("/v1/audit/proofs/consistency?from_size={from}&to_size={to}")).await;
+            assert_eq!(p.status, StatusCode::OK, "{p:?}");
+            let proof = hashes(&p.body["proof"]);
+            assert!(
+                merkle::verify_consistency(from as u64, to as u64, &roots[from as usize], &roots[to as usize], &proof),
+                "consistency {from} -> {to}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proof_parameters_out_of_range_are_refused_without_a_walk() {
+    let app = TestApp::spawn().await;
+    history(&app, 3).await;
+    let head = app.state.store.head().await.expect("head");
+    let beyond = head + 1;
+    for path in [
+        "/v1/audit/tree-head?tree_size=-1".to_owned(),
+        "/v1/audit/tree-head?tree_size=abc".to_owned(),
+        "/v1/audit/tree-head?tree_size=1e3".to_owned(),
+        "/v1/audit/tree-head?tree_size=99999999999999999999999".to_owned(),
+        format!("/v1/audit/tree-head?tree_size={beyond}"),
+        "/v1/audit/proofs/inclusion".to_owned(),
+        "/v1/audit/proofs/inclusion?position=0".to_owned(),
+        format!("/v1/audit/proofs/inclusion?position={beyond}"),
+        "/v1/audit/proofs/inclusion?position=3&tree_size=2".to_owned(),
+        "/v1/audit/proofs/inclusion?position=+1".to_owned(),
+        "/v1/audit/proofs/consistency?from_size=0&to_size=2".to_owned(),
+        "/v1/audit/proofs/consistency?from_size=3&to_size=2".to_owned(),
+        format!("/v1/audit/proofs/consistency?from_size=1&to_size={beyond}"),
+        "/v1/audit/proofs/consistency?from_size=1".to_owned(),
+        "/v1/audit/proofs/consistency?from_size=9223372036854775807&to_size=9223372036854775807".to_owned(),
+    ] {
+        let r = app.get(&path).await;
+        assert_eq!((r.status, r.code()), (StatusCode::UNPROCESSABLE_ENTITY, "validation_error"), "{path}: {r:?}");
+    }
+    let r = app.get("/v1/audit/tree-head?tree_size=0").await;
+    assert_eq!(
+        (r.status, r.body["root_hash"].clone()),
+        (StatusCode::OK, json!(hex::encode(merkle::empty_root()))),
+        "{r:?}"
+    );
+    // A token is needed for everything but the keys.
+    let anonymous = reqwest::get(format!("{}/v1/audit/tree-head", app.base)).await.expect("sent");
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+}
+
+/// A superuser edits stored events. `/v1/audit/verify` names the position; the tree
+/// never grows over an event that does not recompute; and an event whose stored hash
+/// was changed after it entered the tree no longer proves its inclusion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampering_stops_the_tree_and_breaks_proofs_naming_the_position() {
+    use ledger_infrastructure::tree::{self, Grown, TreeError};
+    // The API only: the test grows the tree itself.
+    let app = TestApp::spawn_mode(test_config(), ledger_api::run::serve::Mode::Api).await;
+    history(&app, 6).await;
+    let grown = tree::grow(&app.pool, tree::BATCH).await.expect("grows");
+    let size = app.state.store.head().await.expect("head");
+    assert_eq!(grown, Grown::To(size));
+    let signed = app.get(&format!("/v1/audit/tree-head?tree_size={size}")).await.body;
+    // More events, then one of them edited before the tree reached it.
+    history(&app, 4).await;
+    let bad: i64 = size + 3;
+    let mut tx = app.pool.begin().await.expect("tx");
+    sqlx::query("alter table events disable trigger events_append_only").execute(&mut *tx).await.expect("disable");
+    sqlx::query("update events set data = jsonb_set(data, '{amount}', '999') where position = $1")
+        .bind(bad)
+        .execute(&mut *tx)
+        .await
+        .expect("tamper");
+    // And the stored hash of one already in the tree, as if recomputed for a forgery.
+    sqlx::query("update events set hash = sha256(hash) where position = 2").execute(&mut *tx).await.expect("rehash");
+    sqlx::query("alter table events enable trigger events_append_only").execute(&mut *tx).await.expect("enable");
+    tx.commit().await.expect("commit");
+    let verify = app.get("/v1/audit/verify").await;
+    assert_eq!(
+        (verify.body["ok"].clone(), verify.body["first_bad_position"].clone()),
+        (json!(false), json!(2)),
+        "{verify:?}"
+    );
+    match tree::grow(&app.pool, tree::BATCH).await {
+        Err(TreeError::Tampered { position }) => assert_eq!(position, bad),
+        other => panic!("the tree grew over a tampered event: {other:?}"),
+    }
+    assert_eq!(tree::size(&app.pool).await.expect("size"), size, "the tree stops before it");
+    let r = app.get(&format!("/v1/audit/tree-head?tree_size={}", size + 4)).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "no head over it: {r:?}");
+    // The head signed earlier still stands for what was in the tree …
+    let again = app.get(&format!("/v1/audit/tree-head?tree_size={size}")).await.body;
+    assert_eq!(again["root_hash"], signed["root_hash"]);
+    // … and the event whose stored hash changed no longer proves its inclusion.
+    let shown = events(&app).await.into_iter().find(|e| e["position"] == json!(2)).expect("event 2");
+    let proof = app.get(&format!("/v1/audit/proofs/inclusion?position=2&tree_size={size}")).await.body;
+    let root = hash(&signed["root_hash"]);
+    let path = hashes(&proof["audit_path"]);
+    assert!(!merkle::verify_inclusion(1, size as u64, &merkle::leaf_hash(&hash(&shown["hash"])), &path, &root));
+    assert!(
+        merkle::verify_inclusion(1, size as u64, &hash(&proof["leaf_hash"]), &path, &root),
+        "the tree kept the original"
+    );
+}
