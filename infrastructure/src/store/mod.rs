@@ -301,7 +301,7 @@ impl EventStore {
         up_to: i64,
     ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
         sqlx::query_as::<_, RecordedRow>(
-            "select position, event_id, stream_id, version, type, data, metadata, recorded_at
+            "select position, event_id, stream_id, version, type, data, metadata, recorded_at, hash
              from events where position > $1 and position <= $2 order by position",
         )
         .bind(after)
@@ -320,7 +320,7 @@ impl EventStore {
         types: Option<&[String]>,
     ) -> Result<Option<RecordedEvent>, sqlx::Error> {
         sqlx::query_as::<_, RecordedRow>(
-            "select position, event_id, stream_id, version, type, data, metadata, recorded_at
+            "select position, event_id, stream_id, version, type, data, metadata, recorded_at, hash
              from events where position > $1 and position <= $2 and ($3::text[] is null or type = any($3))
              order by position limit 1",
         )

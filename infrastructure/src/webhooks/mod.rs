@@ -170,7 +170,8 @@ pub fn signature(secret: &str, t: i64, body: &[u8]) -> String {
 }
 
 /// A delivery's body: the event exactly as `GET /v1/events` shows it (the fields of
-/// `RecordedEvent`, its stored metadata as it is), and the name of its ledger.
+/// `RecordedEvent`, its stored metadata as it is, its chain `hash`), and the name of
+/// its ledger.
 pub async fn payload(
     event: &RecordedEvent,
     ledger: &str,
@@ -179,6 +180,9 @@ pub async fn payload(
     let mut body = serde_json::to_value(event).expect("a recorded event serializes");
     if let Some(fields) = body.as_object_mut() {
         fields.insert("ledger".into(), serde_json::Value::String(ledger.to_owned()));
+        if let Some(hash) = &event.hash {
+            fields.insert("hash".into(), serde_json::Value::String(hex::encode(hash)));
+        }
     }
     privacy.reveal(&mut body).await?;
     Ok(serde_json::to_vec(&body).expect("a JSON value serializes"))
