@@ -40,11 +40,8 @@ pub async fn size(pool: &PgPool) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("select size from merkle_state").fetch_one(pool).await
 }
 
-/// Fetches what an algorithm listed as needed, in one query.
-async fn fetch(pool: &PgPool, needed: Needed) -> Result<Known, sqlx::Error> {
-    let mut ids = needed.0;
-    ids.sort_unstable();
-    ids.dedup();
+/// Fetches the perfect subtrees named, in one query, on any executor.
+async fn fetch<'e, E: sqlx::PgExecutor<'e>>(executor: E, ids: &[NodeId]) -> Result<HashMap<NodeId, Hash>, sqlx::Error> {
     let levels: Vec<i16> = ids.iter().map(|(l, _)| *l as i16).collect();
     let indexes: Vec<i64> = ids.iter().map(|(_, i)| *i as i64).collect();
     let rows: Vec<(i16, i64, Vec<u8>)> = sqlx::query_as(
@@ -53,22 +50,21 @@ async fn fetch(pool: &PgPool, needed: Needed) -> Result<Known, sqlx::Error> {
     )
     .bind(&levels)
     .bind(&indexes)
-    .fetch_all(pool)
+    .fetch_all(executor)
     .await?;
-    let mut nodes = HashMap::with_capacity(rows.len());
-    for (level, index, hash) in rows {
-        if let Ok(h) = <Hash>::try_from(hash.as_slice()) {
-            nodes.insert((level as u32, index as u64), h);
-        }
-    }
-    Ok(Known { nodes, missing: None })
+    Ok(rows
+        .into_iter()
+        .filter_map(|(l, i, h)| <Hash>::try_from(h.as_slice()).ok().map(|h| ((l as u32, i as u64), h)))
+        .collect())
 }
 
 /// Runs `algorithm` twice: listing the perfect subtrees it reads, then over them.
 async fn computed<T>(pool: &PgPool, algorithm: impl Fn(&mut dyn FnMut(NodeId) -> Hash) -> T) -> Result<T, TreeError> {
     let mut needed = Needed::default();
     algorithm(&mut |id| merkle::Nodes::node(&mut needed, id));
-    let mut known = fetch(pool, needed).await?;
+    needed.0.sort_unstable();
+    needed.0.dedup();
+    let mut known = Known { nodes: fetch(pool, &needed.0).await?, missing: None };
     let out = algorithm(&mut |id| merkle::Nodes::node(&mut known, id));
     match known.missing {
         Some(id) => Err(TreeError::MissingNode(id)),
@@ -193,9 +189,7 @@ pub async fn grow(pool: &PgPool, batch: i64) -> Result<Grown, TreeError> {
         return Err(TreeError::Tampered { position: size + 1 + leaves.len() as i64 });
     }
     let frontier_ids = merkle::frontier(size as u64);
-    let mut needed = Needed::default();
-    needed.0.extend(frontier_ids.iter().copied());
-    let known = fetch_in(&mut tx, needed).await?;
+    let known = fetch(&mut *tx, &frontier_ids).await?;
     let mut frontier = Vec::with_capacity(frontier_ids.len());
     for id in frontier_ids {
         frontier.push((id, *known.get(&id).ok_or(TreeError::MissingNode(id))?));
@@ -216,23 +210,6 @@ pub async fn grow(pool: &PgPool, batch: i64) -> Result<Grown, TreeError> {
         .await?;
     tx.commit().await?;
     Ok(Grown::To(up_to))
-}
-
-async fn fetch_in(tx: &mut sqlx::PgConnection, needed: Needed) -> Result<HashMap<NodeId, Hash>, sqlx::Error> {
-    let levels: Vec<i16> = needed.0.iter().map(|(l, _)| *l as i16).collect();
-    let indexes: Vec<i64> = needed.0.iter().map(|(_, i)| *i as i64).collect();
-    let rows: Vec<(i16, i64, Vec<u8>)> = sqlx::query_as(
-        "select n.level, n.index, n.hash from unnest($1::int2[], $2::int8[]) as k(level, index)
-         join merkle_nodes n on n.level = k.level and n.index = k.index",
-    )
-    .bind(&levels)
-    .bind(&indexes)
-    .fetch_all(&mut *tx)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|(l, i, h)| <Hash>::try_from(h.as_slice()).ok().map(|h| ((l as u32, i as u64), h)))
-        .collect())
 }
 
 /// Waits (bounded by `wait`) until the tree has reached `size`.

@@ -274,21 +274,6 @@ impl Privacy {
         replace(value, &keys).expect("nothing is opened");
     }
 
-    /// Reveals every value of `values` with one look-up of their keys.
-    pub async fn reveal_all(&self, values: &mut [Value]) -> Result<(), KeyError> {
-        let mut ids = Vec::new();
-        for v in values.iter() {
-            collect(v, &mut ids);
-        }
-        if ids.is_empty() {
-            return Ok(());
-        }
-        ids.sort_unstable();
-        ids.dedup();
-        let keys = self.keys(&ids).await?;
-        values.iter_mut().try_for_each(|v| replace(v, &keys))
-    }
-
     /// The keys named, as they are now: `Some` if live, `None` if destroyed. A key
     /// the database has never held is left out (the value is not one of ours).
     async fn keys(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, Option<SubjectKey>>, KeyError> {

@@ -394,10 +394,24 @@ async fn an_operator_and_a_client_use_the_console_in_a_real_browser() {
     // only once the subject is typed to confirm it.
     browser.go(&format!("{}/console#/account/{a}", app.base)).await;
     browser.find("#erase-form").await;
-    assert_eq!(browser.script("return document.getElementById('erase').disabled").await, json!(true));
-    browser.type_into("#erase-confirm", &a.to_string()).await;
-    browser.type_into("#erase-reason", "console test").await;
-    browser.click("#erase").await;
+    let disabled = "const b = document.getElementById('erase'); return b === null ? null : b.disabled";
+    eventually("the erase button waits for the subject to be typed", 10, || async {
+        browser.script(disabled).await == json!(true)
+    })
+    .await;
+    // Typed and sent again if the page was drawn again meanwhile (its fields replaced).
+    for _ in 0..3 {
+        browser.fill(&[("#erase-confirm", &a.to_string()), ("#erase-reason", "console test")]).await;
+        browser.click("#erase").await;
+        let erased = "const e = document.getElementById('erased'); return e === null ? null : e.textContent";
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline && browser.script(erased).await != json!("erased") {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if browser.script(erased).await == json!("erased") {
+            break;
+        }
+    }
     browser.text_until("#erased", |t| t == "erased").await;
     assert_eq!(browser.text("#owner").await, "—", "the owner is gone");
     assert_eq!(browser.count("#erase-form").await, 0, "nothing more to erase");
