@@ -304,3 +304,83 @@ pub async fn reconcile(
         .map(crate::read::views::reconciliation)
         .ok_or(CliError::RunNotRecorded(run_id))
 }
+
+/// Offline checks of what an auditor saved (docs/AUDIT.md): no database, no network,
+/// only the saved JSON answers and the saved keys (`GET /v1/audit/keys`).
+pub mod offline {
+    use ledger_infrastructure::merkle::{self, Hash};
+    use serde_json::Value;
+
+    fn hash_of(v: &Value, what: &str) -> Result<Hash, String> {
+        let text = v.as_str().ok_or_else(|| format!("{what}: not a string"))?;
+        let bytes = hex::decode(text).map_err(|_| format!("{what}: not hex"))?;
+        bytes.as_slice().try_into().map_err(|_| format!("{what}: not 32 bytes"))
+    }
+
+    fn int_of(v: &Value, what: &str) -> Result<i64, String> {
+        v.as_i64().filter(|n| *n >= 0).ok_or_else(|| format!("{what}: not a non-negative integer"))
+    }
+
+    fn hashes_of(v: &Value, what: &str) -> Result<Vec<Hash>, String> {
+        v.as_array().ok_or_else(|| format!("{what}: not a list"))?.iter().map(|h| hash_of(h, what)).collect()
+    }
+
+    /// A saved tree head, its signature checked with the saved key it names: its
+    /// ledger, size and root.
+    pub fn check_head(keys: &Value, head: &Value) -> Result<(String, i64, Hash), String> {
+        let key_id = head["key_id"].as_str().ok_or("tree head: no key_id")?;
+        let key = keys["keys"]
+            .as_array()
+            .and_then(|k| k.iter().find(|k| k["key_id"].as_str() == Some(key_id)))
+            .ok_or_else(|| format!("tree head: signed by key {key_id}, which the saved keys do not hold"))?;
+        let public = key["public_key"].as_str().ok_or("keys: no public_key")?;
+        let ledger = head["ledger"].as_str().ok_or("tree head: no ledger")?;
+        let size = int_of(&head["tree_size"], "tree head: tree_size")?;
+        let root = head["root_hash"].as_str().ok_or("tree head: no root_hash")?;
+        let timestamp = head["timestamp"].as_str().ok_or("tree head: no timestamp")?;
+        let signature = head["signature"].as_str().ok_or("tree head: no signature")?;
+        if !ledger_infrastructure::signing::verify_head(public, ledger, size, root, timestamp, signature) {
+            return Err(format!("tree head of size {size}: the signature does not verify with key {key_id}"));
+        }
+        Ok((ledger.to_owned(), size, hash_of(&head["root_hash"], "tree head: root_hash")?))
+    }
+
+    /// An event (as `/v1/events` shows it) is in the tree of a signed head.
+    pub fn check_inclusion(keys: &Value, head: &Value, proof: &Value, event: &Value) -> Result<String, String> {
+        let (ledger, size, root) = check_head(keys, head)?;
+        let position = int_of(&event["position"], "event: position")?;
+        if int_of(&proof["position"], "proof: position")? != position
+            || int_of(&proof["tree_size"], "proof: tree_size")? != size
+        {
+            return Err("the proof is not for this event at this head's size".into());
+        }
+        let leaf = merkle::leaf_hash(&hash_of(&event["hash"], "event: hash")?);
+        if hash_of(&proof["leaf_hash"], "proof: leaf_hash")? != leaf {
+            return Err(format!("the proof's leaf is not the event's hash (position {position})"));
+        }
+        let path = hashes_of(&proof["audit_path"], "proof: audit_path")?;
+        if position < 1 || !merkle::verify_inclusion(position as u64 - 1, size as u64, &leaf, &path, &root) {
+            return Err(format!("the event at position {position} is not in the tree of size {size}"));
+        }
+        Ok(format!("the event at position {position} is in the log of {ledger} at size {size}"))
+    }
+
+    /// The log of one signed head is a prefix of the log of another.
+    pub fn check_consistency(keys: &Value, from: &Value, to: &Value, proof: &Value) -> Result<String, String> {
+        let (ledger, old, old_root) = check_head(keys, from)?;
+        let (other, new, new_root) = check_head(keys, to)?;
+        if ledger != other {
+            return Err(format!("the heads are of two ledgers: {ledger} and {other}"));
+        }
+        if int_of(&proof["from_size"], "proof: from_size")? != old
+            || int_of(&proof["to_size"], "proof: to_size")? != new
+        {
+            return Err("the proof is not between these two heads' sizes".into());
+        }
+        let path = hashes_of(&proof["proof"], "proof: proof")?;
+        if old < 1 || !merkle::verify_consistency(old as u64, new as u64, &old_root, &new_root, &path) {
+            return Err(format!("the log of size {old} is not a prefix of the log of size {new}: it was rewritten"));
+        }
+        Ok(format!("the log of {ledger} at size {old} is a prefix of its log at size {new}"))
+    }
+}

@@ -107,6 +107,84 @@ async fn tree_heads_and_proofs_verify_with_the_public_key_alone() {
     }
 }
 
+/// What an auditor saved is checked offline by the binary alone: no configuration, no
+/// database, no network; a forged head or a head of a rewritten log is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saved_heads_and_proofs_are_checked_offline_by_the_binary() {
+    let app = TestApp::spawn().await;
+    history(&app, 5).await;
+    let dir = std::env::temp_dir().join(format!("ledger-audit-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let save = |name: &str, v: &Value| {
+        let path = dir.join(name);
+        std::fs::write(&path, v.to_string()).expect("saved");
+        path
+    };
+    let keys: Value =
+        reqwest::get(format!("{}/v1/audit/keys", app.base)).await.expect("keys").json().await.expect("json");
+    let first = app.get("/v1/audit/tree-head").await.body;
+    let old = first["tree_size"].as_i64().expect("size");
+    history(&app, 5).await;
+    let second = app.get("/v1/audit/tree-head").await.body;
+    let new = second["tree_size"].as_i64().expect("size");
+    let consistency = app.get(&format!("/v1/audit/proofs/consistency?from_size={old}&to_size={new}")).await.body;
+    let event = events(&app).await.into_iter().find(|e| e["position"] == json!(3)).expect("event 3");
+    let inclusion = app.get(&format!("/v1/audit/proofs/inclusion?position=3&tree_size={new}")).await.body;
+    let files = [
+        save("keys.json", &keys),
+        save("head-1.json", &first),
+        save("head-2.json", &second),
+        save("consistency.json", &consistency),
+        save("event.json", &event),
+        save("inclusion.json", &inclusion),
+    ];
+    let arg = |i: usize| files[i].to_string_lossy().into_owned();
+    let run = |args: Vec<String>| {
+        let out = std::process::Command::new(ledger_tests::procs::ledger_bin())
+            .args(args)
+            .env_clear()
+            .output()
+            .expect("the binary runs");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let consistent = ["audit", "check-consistency", "--keys"].map(String::from).to_vec();
+    let (ok, said) = run([
+        consistent.clone(),
+        vec![arg(0), "--from".into(), arg(1), "--to".into(), arg(2), "--proof".into(), arg(3)],
+    ]
+    .concat());
+    assert!(ok, "{said}");
+    let inclusion_args = ["audit", "check-inclusion", "--keys"].map(String::from).to_vec();
+    let (ok, said) = run([
+        inclusion_args,
+        vec![arg(0), "--head".into(), arg(2), "--proof".into(), arg(5), "--event".into(), arg(4)],
+    ]
+    .concat());
+    assert!(ok, "{said}");
+    // A head whose root was changed (a rewritten log, or a forgery) is refused.
+    let mut forged = second.clone();
+    forged["root_hash"] = json!(hex::encode([7u8; 32]));
+    let forged_path = save("forged.json", &forged);
+    let (ok, said) = run([
+        consistent,
+        vec![
+            arg(0),
+            "--from".into(),
+            arg(1),
+            "--to".into(),
+            forged_path.to_string_lossy().into_owned(),
+            "--proof".into(),
+            arg(3),
+        ],
+    ]
+    .concat());
+    assert!(!ok && said.contains("signature"), "{said}");
+    let mut other_event = event.clone();
+    other_event["hash"] = json!(hex::encode([1u8; 32]));
+    assert!(ledger_api::run::cli::offline::check_inclusion(&keys, &second, &inclusion, &other_event).is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proof_parameters_out_of_range_are_refused_without_a_walk() {
     let app = TestApp::spawn().await;
