@@ -227,19 +227,24 @@ pub async fn rotate(pool: &PgPool, old: &MasterKey, new: &MasterKey) -> Result<R
             .await?;
         rotated.webhook_secrets += 1;
     }
-    const LOOKUP: &str = "owner-lookup-key";
-    let lookup: Option<Vec<u8>> = sqlx::query_scalar("select value from key_material where name = $1 for update")
-        .bind(LOOKUP)
-        .fetch_optional(&mut *tx)
-        .await?;
-    if let Some(sealed) = lookup {
-        let bytes = old.open(&sealed, LOOKUP.as_bytes())?;
-        sqlx::query("update key_material set value = $2 where name = $1")
-            .bind(LOOKUP)
-            .bind(new.seal(&bytes, LOOKUP.as_bytes()))
-            .execute(&mut *tx)
+    // Keys kept in `key_material` sealed for their own name: the owner look-up key, and
+    // dev mode's tree-head signing key.
+    for name in ["owner-lookup-key", "dev-signing-key"] {
+        let sealed: Option<Vec<u8>> = sqlx::query_scalar("select value from key_material where name = $1 for update")
+            .bind(name)
+            .fetch_optional(&mut *tx)
             .await?;
-        rotated.lookup_keys += 1;
+        if let Some(sealed) = sealed {
+            let bytes = old.open(&sealed, name.as_bytes())?;
+            sqlx::query("update key_material set value = $2 where name = $1")
+                .bind(name)
+                .bind(new.seal(&bytes, name.as_bytes()))
+                .execute(&mut *tx)
+                .await?;
+            if name == "owner-lookup-key" {
+                rotated.lookup_keys += 1;
+            }
+        }
     }
     if check.is_some() {
         sqlx::query("update key_material set value = $1 where name = 'master-key-check'")

@@ -3,7 +3,8 @@
 //! Keys come from `LEDGER_SIGNING_KEY`: base64 of 32-byte Ed25519 seeds, comma-separated;
 //! the first signs, every one is listed (`GET /v1/audit/keys`) so heads signed before a
 //! rotation still verify. Unset: dev mode generates one at first start, keeps it in the
-//! database of `default` (`key_material`, `dev-signing-key`) and warns at every start.
+//! database of `default` (`key_material`, `dev-signing-key`, sealed under the master
+//! key) and warns at every start.
 //! A key's id is the first 16 hex characters of SHA-256 of its public key.
 
 use crate::keys::KeyError;
@@ -67,25 +68,33 @@ impl Signer {
         Ok(Signer { keys })
     }
 
-    /// The configured keys, or dev mode's (kept in the database of `default`).
-    pub async fn load(pool: &PgPool, configured: Option<&str>) -> Result<Signer, KeyError> {
+    /// The configured keys, or dev mode's: generated at first start and kept in the
+    /// database of `default`, sealed under the master key (so a dump of the database
+    /// alone cannot sign heads).
+    pub async fn load(
+        pool: &PgPool,
+        configured: Option<&str>,
+        master: &crate::keys::MasterKey,
+    ) -> Result<Signer, KeyError> {
         if let Some(text) = configured {
             return Signer::from_config(text);
         }
+        const NAME: &str = "dev-signing-key";
         let mut seed = Zeroizing::new([0u8; 32]);
         SystemRandom::new().fill(seed.as_mut()).expect("the system's random source works");
-        sqlx::query("insert into key_material (name, value) values ('dev-signing-key', $1) on conflict do nothing")
-            .bind(seed.as_slice())
+        sqlx::query("insert into key_material (name, value) values ($1, $2) on conflict do nothing")
+            .bind(NAME)
+            .bind(master.seal(seed.as_ref(), NAME.as_bytes()))
             .execute(pool)
             .await?;
         let kept: Vec<u8> =
-            sqlx::query_scalar("select value from key_material where name = 'dev-signing-key'").fetch_one(pool).await?;
-        let kept = Zeroizing::new(kept);
-        let signer = Signer { keys: vec![SigningKey::from_seed(&kept)?] };
+            sqlx::query_scalar("select value from key_material where name = $1").bind(NAME).fetch_one(pool).await?;
+        let seed = master.open(&kept, NAME.as_bytes())?;
+        let signer = Signer { keys: vec![SigningKey::from_seed(&seed)?] };
         tracing::warn!(
             key_id = %signer.keys[0].id,
-            "no LEDGER_SIGNING_KEY: dev mode signs tree heads with a generated key kept in the database; set \
-             LEDGER_SIGNING_KEY in production (docs/AUDIT.md)"
+            "no LEDGER_SIGNING_KEY: dev mode signs tree heads with a generated key kept in the database (sealed under \
+             the master key); set LEDGER_SIGNING_KEY in production (docs/AUDIT.md)"
         );
         Ok(signer)
     }

@@ -60,7 +60,8 @@ pub async fn build_core(mut config: Config) -> Result<Core, StartError> {
     let mut core = core.keyed(std::sync::Arc::new(master_key));
     core.webhook_policy = std::sync::Arc::new(webhook_policy);
     core.signer = std::sync::Arc::new(
-        ledger_infrastructure::signing::Signer::load(&core.pool, core.config.signing_key.as_deref()).await?,
+        ledger_infrastructure::signing::Signer::load(&core.pool, core.config.signing_key.as_deref(), &core.master_key)
+            .await?,
     );
     seal_legacy(&core).await?;
     Ok(core)

@@ -181,6 +181,23 @@ impl Privacy {
             .await?;
             after = page.last().map_or(head_position, |e| e.position);
         }
+        // The Merkle tree (issue 30) over the rewritten positions no longer matches them:
+        // it is cut back to the last position before them, and grows again over the
+        // new hashes (heads signed over the old ones stay as evidence of the old chain,
+        // which `ChainReanchored` names).
+        let keep = first_position - 1;
+        let (tree_size,): (i64,) =
+            sqlx::query_as("select size from merkle_state for update").fetch_one(&mut *tx).await?;
+        if tree_size > keep {
+            sqlx::query("delete from merkle_nodes where (index + 1) * (1::int8 << level) > $1")
+                .bind(keep)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("update merkle_state set size = $1, last_hash = (select hash from events where position = $1)")
+                .bind(keep)
+                .execute(&mut *tx)
+                .await?;
+        }
         let chain_version: i64 =
             sqlx::query_scalar("select coalesce(max(version), 0) + 1 from stream_entries where stream_id = $1")
                 .bind(chain_stream_id())

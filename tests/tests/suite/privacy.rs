@@ -508,6 +508,10 @@ async fn a_legacy_database_is_sealed_in_place_and_its_chain_reanchored() {
     assert!(!dump.contains(&owner) && !dump.contains(&format!("Legacy {mark}")), "sealed in place");
     let verify = app.get("/v1/audit/verify").await;
     assert_eq!(verify.body["ok"], json!(true), "{verify:?}");
+    // The Merkle tree, grown over the old hashes before, grows over the new ones.
+    let head = app.state.store.head().await.expect("head");
+    let tree_head = app.get("/v1/audit/tree-head").await;
+    assert_eq!((tree_head.status, &tree_head.body["tree_size"]), (StatusCode::OK, &json!(head)), "{tree_head:?}");
     let (_, log) = get(&app.base, "/v1/events?limit=1000").await;
     let reanchored: Vec<&Value> =
         log["events"].as_array().expect("events").iter().filter(|e| e["type"] == "ChainReanchored").collect();
