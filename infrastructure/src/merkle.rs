@@ -86,7 +86,7 @@ fn split(n: u64) -> u64 {
 
 /// MTH of leaves `[start, end)` (a range of the RFC's recursion: `start` is aligned to
 /// the largest power of two not above `end - start`).
-pub fn range_hash(start: u64, end: u64, nodes: &mut impl Nodes) -> Hash {
+pub fn range_hash(start: u64, end: u64, nodes: &mut (impl Nodes + ?Sized)) -> Hash {
     let n = end - start;
     if n.is_power_of_two() && start.is_multiple_of(n) {
         return nodes.node((n.trailing_zeros(), start / n));
@@ -98,19 +98,19 @@ pub fn range_hash(start: u64, end: u64, nodes: &mut impl Nodes) -> Hash {
 }
 
 /// The root of the tree of the first `size` leaves.
-pub fn root(size: u64, nodes: &mut impl Nodes) -> Hash {
+pub fn root(size: u64, nodes: &mut (impl Nodes + ?Sized)) -> Hash {
     if size == 0 { empty_root() } else { range_hash(0, size, nodes) }
 }
 
 /// The audit path of leaf `index` in the tree of `size` leaves (RFC 9162 PATH), leaf
 /// side first. Needs `index < size`.
-pub fn inclusion_proof(index: u64, size: u64, nodes: &mut impl Nodes) -> Vec<Hash> {
+pub fn inclusion_proof(index: u64, size: u64, nodes: &mut (impl Nodes + ?Sized)) -> Vec<Hash> {
     let mut out = Vec::new();
     path(index, 0, size, nodes, &mut out);
     out
 }
 
-fn path(m: u64, start: u64, end: u64, nodes: &mut impl Nodes, out: &mut Vec<Hash>) {
+fn path(m: u64, start: u64, end: u64, nodes: &mut (impl Nodes + ?Sized), out: &mut Vec<Hash>) {
     if end - start <= 1 {
         return;
     }
@@ -126,7 +126,7 @@ fn path(m: u64, start: u64, end: u64, nodes: &mut impl Nodes, out: &mut Vec<Hash
 
 /// The consistency proof from the tree of `old` leaves to the tree of `new` (RFC 9162
 /// PROOF). Needs `0 < old <= new`.
-pub fn consistency_proof(old: u64, new: u64, nodes: &mut impl Nodes) -> Vec<Hash> {
+pub fn consistency_proof(old: u64, new: u64, nodes: &mut (impl Nodes + ?Sized)) -> Vec<Hash> {
     let mut out = Vec::new();
     if old < new {
         subproof(old, 0, new, true, nodes, &mut out);
@@ -134,7 +134,7 @@ pub fn consistency_proof(old: u64, new: u64, nodes: &mut impl Nodes) -> Vec<Hash
     out
 }
 
-fn subproof(m: u64, start: u64, end: u64, complete: bool, nodes: &mut impl Nodes, out: &mut Vec<Hash>) {
+fn subproof(m: u64, start: u64, end: u64, complete: bool, nodes: &mut (impl Nodes + ?Sized), out: &mut Vec<Hash>) {
     let n = end - start;
     if m == n {
         if !complete {

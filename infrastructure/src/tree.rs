@@ -13,14 +13,12 @@
 //! signed over it.
 
 use crate::hash::GENESIS_HASH;
-use crate::merkle::{self, Hash, Known, Needed, NodeId};
-use crate::store::RecordedEvent;
+use crate::merkle::{self, Hash, Known, Needed, NodeId, Nodes};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 /// Why the tree did not grow, or a proof was not made.
 #[derive(Debug, thiserror::Error)]
@@ -59,25 +57,16 @@ async fn fetch<'e, E: sqlx::PgExecutor<'e>>(executor: E, ids: &[NodeId]) -> Resu
 }
 
 /// Runs `algorithm` twice: listing the perfect subtrees it reads, then over them.
-async fn computed<T>(pool: &PgPool, algorithm: impl Fn(&mut dyn FnMut(NodeId) -> Hash) -> T) -> Result<T, TreeError> {
+async fn computed<T>(pool: &PgPool, algorithm: impl Fn(&mut dyn Nodes) -> T) -> Result<T, TreeError> {
     let mut needed = Needed::default();
-    algorithm(&mut |id| merkle::Nodes::node(&mut needed, id));
+    algorithm(&mut needed);
     needed.0.sort_unstable();
     needed.0.dedup();
     let mut known = Known { nodes: fetch(pool, &needed.0).await?, missing: None };
-    let out = algorithm(&mut |id| merkle::Nodes::node(&mut known, id));
+    let out = algorithm(&mut known);
     match known.missing {
         Some(id) => Err(TreeError::MissingNode(id)),
         None => Ok(out),
-    }
-}
-
-/// Adapts a closure to [`merkle::Nodes`].
-struct Closure<'a>(&'a mut dyn FnMut(NodeId) -> Hash);
-
-impl merkle::Nodes for Closure<'_> {
-    fn node(&mut self, id: NodeId) -> Hash {
-        (self.0)(id)
     }
 }
 
@@ -92,7 +81,7 @@ pub struct TreeHead {
 /// The head of the tree at `size` (which the tree has reached).
 pub async fn head(pool: &PgPool, size: i64) -> Result<TreeHead, TreeError> {
     let n = size as u64;
-    let root = computed(pool, |get| merkle::root(n, &mut Closure(get))).await?;
+    let root = computed(pool, |nodes| merkle::root(n, nodes)).await?;
     let timestamp: Option<DateTime<Utc>> = sqlx::query_scalar("select recorded_at from events where position = $1")
         .bind(size)
         .fetch_optional(pool)
@@ -103,32 +92,12 @@ pub async fn head(pool: &PgPool, size: i64) -> Result<TreeHead, TreeError> {
 /// The leaf hash of `position` and its audit path in the tree of `size` (1 ≤ position ≤ size).
 pub async fn inclusion(pool: &PgPool, position: i64, size: i64) -> Result<(Hash, Vec<Hash>), TreeError> {
     let (m, n) = (position as u64 - 1, size as u64);
-    computed(pool, |get| {
-        let mut nodes = Closure(get);
-        let leaf = merkle::Nodes::node(&mut nodes, (0, m));
-        (leaf, merkle::inclusion_proof(m, n, &mut nodes))
-    })
-    .await
+    computed(pool, |nodes| (nodes.node((0, m)), merkle::inclusion_proof(m, n, nodes))).await
 }
 
 /// The consistency proof from the tree of `from` leaves to that of `to` (1 ≤ from ≤ to).
 pub async fn consistency(pool: &PgPool, from: i64, to: i64) -> Result<Vec<Hash>, TreeError> {
-    computed(pool, |get| merkle::consistency_proof(from as u64, to as u64, &mut Closure(get))).await
-}
-
-/// A row of the log with its stored chain hash.
-#[derive(sqlx::FromRow)]
-struct HashedRow {
-    position: i64,
-    event_id: Uuid,
-    stream_id: Uuid,
-    version: i64,
-    #[sqlx(rename = "type")]
-    event_type: String,
-    data: serde_json::Value,
-    metadata: serde_json::Value,
-    recorded_at: DateTime<Utc>,
-    hash: Vec<u8>,
+    computed(pool, |nodes| merkle::consistency_proof(from as u64, to as u64, nodes)).await
 }
 
 /// What one step of the worker did.
@@ -151,36 +120,17 @@ pub async fn grow(pool: &PgPool, batch: i64) -> Result<Grown, TreeError> {
         return Ok(Grown::AtHead(size));
     }
     let up_to = head.min(size + batch);
-    let rows: Vec<HashedRow> = sqlx::query_as(
-        "select position, event_id, stream_id, version, type, data, metadata, recorded_at, hash
-         from events where position > $1 and position <= $2 order by position",
-    )
-    .bind(size)
-    .bind(up_to)
-    .fetch_all(&mut *tx)
-    .await?;
+    let events = crate::store::EventStore::read_range(&mut *tx, size, up_to).await?;
     let mut previous = last.unwrap_or_else(|| GENESIS_HASH.to_vec());
-    let mut leaves = Vec::with_capacity(rows.len());
-    for (i, row) in rows.into_iter().enumerate() {
+    let mut leaves = Vec::with_capacity(events.len());
+    for (i, event) in events.iter().enumerate() {
         let expected = size + 1 + i as i64;
-        if row.position != expected {
+        if event.position != expected {
             return Err(TreeError::Tampered { position: expected });
         }
-        let event = RecordedEvent {
-            position: row.position,
-            event_id: row.event_id,
-            stream_id: row.stream_id,
-            version: row.version,
-            event_type: row.event_type,
-            data: row.data,
-            metadata: row.metadata,
-            recorded_at: row.recorded_at,
-            decoded: Default::default(),
-            hash: None,
-        };
-        let recomputed = crate::store::recompute_hash(&previous, &event);
-        if recomputed.as_slice() != row.hash.as_slice() {
-            return Err(TreeError::Tampered { position: row.position });
+        let recomputed = crate::store::recompute_hash(&previous, event);
+        if event.hash.as_deref() != Some(recomputed.as_slice()) {
+            return Err(TreeError::Tampered { position: event.position });
         }
         leaves.push(merkle::leaf_hash(&recomputed));
         previous = recomputed.to_vec();

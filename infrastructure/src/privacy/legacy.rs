@@ -254,23 +254,24 @@ impl Privacy {
 
     /// A new key for a subject that has none, made inside `tx`.
     async fn new_key(&self, tx: &mut sqlx::PgConnection, subject: &str) -> Result<SubjectKey, KeyError> {
-        use ring::rand::SecureRandom;
-        let id = Uuid::now_v7();
-        let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
-        ring::rand::SystemRandom::new().fill(bytes.as_mut()).expect("the system's random source works");
+        let (id, bytes, wrapped) = self.fresh_key();
         sqlx::query("insert into subject_keys (id, subject, wrapped) values ($1, $2, $3)")
             .bind(id)
             .bind(subject)
-            .bind(self.inner.master.seal(bytes.as_ref(), &super::wrap_context(id)))
+            .bind(wrapped)
             .execute(&mut *tx)
             .await?;
         SubjectKey::from_bytes(id, bytes.as_ref())
     }
 }
 
+/// Whether a personal value is in clear (not null, not sealed).
+fn clear(v: &Value) -> bool {
+    !v.is_null() && !v.as_str().is_some_and(|s| s.starts_with(super::SEALED_PREFIX))
+}
+
 /// Whether an opening's data holds a personal value in clear.
 fn has_personal(data: &Value) -> bool {
-    let clear = |v: &Value| !v.is_null() && !v.as_str().is_some_and(|s| s.starts_with(super::SEALED_PREFIX));
     data.get("owner").is_some_and(clear)
         || data
             .get("metadata")
@@ -282,7 +283,6 @@ fn has_personal(data: &Value) -> bool {
 /// account's state or view) under `key`; returns whether anything changed.
 fn seal_object(object: &mut Value, key: &SubjectKey) -> bool {
     let mut changed = false;
-    let clear = |v: &Value| !v.is_null() && !v.as_str().is_some_and(|s| s.starts_with(super::SEALED_PREFIX));
     if let Some(owner) = object.get_mut("owner").filter(|v| clear(v)) {
         *owner = Value::String(key.seal(owner));
         changed = true;

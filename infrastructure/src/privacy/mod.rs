@@ -208,16 +208,22 @@ impl Privacy {
         Ok(row)
     }
 
+    /// A new data key: its id, its bytes, and its bytes sealed under the master key.
+    fn fresh_key(&self) -> (Uuid, Zeroizing<[u8; 32]>, Vec<u8>) {
+        let id = Uuid::now_v7();
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        SystemRandom::new().fill(bytes.as_mut()).expect("the system's random source works");
+        let wrapped = self.inner.master.seal(bytes.as_ref(), &wrap_context(id));
+        (id, bytes, wrapped)
+    }
+
     /// The subject's live key: a new one, or the one another command made before. Read
     /// from the primary every time (never cached): a key another process destroyed
     /// must not seal anything more. One destroyed between this and the append is
     /// caught there, under the head lock (`store::append`).
     async fn key_for(&self, subject: &str) -> Result<SubjectKey, KeyError> {
         for _ in 0..3 {
-            let id = Uuid::now_v7();
-            let mut bytes = Zeroizing::new([0u8; 32]);
-            SystemRandom::new().fill(bytes.as_mut()).expect("the system's random source works");
-            let wrapped = self.inner.master.seal(bytes.as_ref(), &wrap_context(id));
+            let (id, bytes, wrapped) = self.fresh_key();
             // Two commands may make one at once: the live index keeps one, and the
             // other reads it.
             // Committed without waiting for its flush: an opening sealed under it commits
@@ -298,9 +304,14 @@ impl Privacy {
 
     /// The owner look-up's hash of `owner` (HMAC-SHA-256 under the ledger's look-up key).
     pub async fn owner_hash(&self, owner: &str) -> Result<Vec<u8>, KeyError> {
+        self.mac(&[owner.as_bytes()]).await
+    }
+
+    /// HMAC-SHA-256 of `parts` under the ledger's look-up key.
+    async fn mac(&self, parts: &[&[u8]]) -> Result<Vec<u8>, KeyError> {
         let key = self.inner.lookup.get_or_try_init(|| self.lookup_key()).await?;
         let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.as_ref()).expect("HMAC takes any key length");
-        mac.update(owner.as_bytes());
+        parts.iter().for_each(|p| mac.update(p));
         Ok(mac.finalize().into_bytes().to_vec())
     }
 
@@ -337,11 +348,7 @@ impl Privacy {
     /// A request's fingerprint keyed under the ledger's look-up key (for requests that
     /// hold personal values: see `CommandBody::keyed` in the API).
     pub async fn keyed_fingerprint(&self, plain: &[u8]) -> Result<Vec<u8>, KeyError> {
-        let key = self.inner.lookup.get_or_try_init(|| self.lookup_key()).await?;
-        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.as_ref()).expect("HMAC takes any key length");
-        mac.update(b"request-fingerprint\0");
-        mac.update(plain);
-        Ok(mac.finalize().into_bytes().to_vec())
+        self.mac(&[b"request-fingerprint\0", plain]).await
     }
 
     /// The ledger's look-up key: kept sealed in `key_material`, made at first use.

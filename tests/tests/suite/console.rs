@@ -404,6 +404,7 @@ async fn an_operator_and_a_client_use_the_console_in_a_real_browser() {
         browser.fill(&[("#erase-confirm", &a.to_string()), ("#erase-reason", "console test")]).await;
         browser.click("#erase").await;
         let erased = "const e = document.getElementById('erased'); return e === null ? null : e.textContent";
+        // A bounded poll on the page's text (not a fixed pause).
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while std::time::Instant::now() < deadline && browser.script(erased).await != json!("erased") {
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -415,7 +415,7 @@ async fn erasures_racing_each_other_and_openings_leave_nothing_half_done() {
 /// the values stay readable, findable and erasable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_legacy_database_is_sealed_in_place_and_its_chain_reanchored() {
-    use ledger_infrastructure::hash::{GENESIS_HASH, HashedContent, chain_hash};
+    use ledger_infrastructure::hash::GENESIS_HASH;
     let mut app = TestApp::spawn().await;
     let config = (*app.state.config).clone();
     let mark = Uuid::new_v4().simple().to_string();
@@ -474,17 +474,7 @@ async fn a_legacy_database_is_sealed_in_place_and_its_chain_reanchored() {
     let events = ledger_infrastructure::EventStore::new(pool.clone()).read_all(0, i64::MAX).await.expect("log");
     let mut previous = GENESIS_HASH.to_vec();
     for e in &events {
-        let content = HashedContent {
-            position: e.position,
-            event_id: e.event_id,
-            stream_id: e.stream_id,
-            version: e.version,
-            event_type: &e.event_type,
-            data: &e.data,
-            metadata: &e.metadata,
-            recorded_at_us: e.recorded_at.timestamp_micros(),
-        };
-        previous = chain_hash(&previous, &content).to_vec();
+        previous = ledger_infrastructure::store::recompute_hash(&previous, e).to_vec();
         sqlx::query("update events set hash = $2 where position = $1")
             .bind(e.position)
             .bind(&previous)
