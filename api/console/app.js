@@ -287,11 +287,22 @@ function accountCell(id) {
 
 function auditSection(audit) {
   return el("section", { id: "audit" }, el("h2", { text: "Events and their audit metadata" }),
-    table([{ label: "Position", num: true }, "Type", "Actor", "Request", "Correlation", "Causation", "Idempotency key", "Recorded"],
+    table([{ label: "Position", num: true }, "Type", "Actor", "Request", "Correlation", "Causation", "Idempotency key", "Recorded",
+      "In the signed tree"],
       audit.events.map(e => el("tr", {}, el("td", { class: "num", text: e.position }), el("td", { text: e.type || e.event_type }),
         el("td", { text: e.actor || "" }), el("td", { class: "wrap", text: e.request_id || "" }),
         el("td", { class: "wrap", text: e.correlation_id || "" }), el("td", { class: "wrap", text: e.causation_id || "" }),
-        el("td", { class: "wrap", text: e.idempotency_key || "" }), el("td", {}, time(e.recorded_at))))));
+        el("td", { class: "wrap", text: e.idempotency_key || "" }), el("td", {}, time(e.recorded_at)),
+        inclusionCell(e)))));
+}
+
+// A button that checks the event's inclusion in the latest signed tree head, and where
+// the answer goes.
+function inclusionCell(event) {
+  const out = el("span", { id: `inclusion-${event.position}`, class: "inclusion" });
+  return el("td", { class: "wrap" },
+    el("button", { class: "check-inclusion secondary", type: "button", "data-position": event.position, text: "Check inclusion",
+      onclick: (e) => busy(e.currentTarget, () => checkInclusion(event, out)) }), " ", out);
 }
 
 // ---------- dead letters ----------
@@ -410,6 +421,238 @@ function verify(ctx) {
       }, text: "Verify" }), out));
 }
 
+// ---------- the verifiable log: bytes, hashes, proofs, signatures ----------
+// The log is also a Merkle tree (RFC 9162) whose heads the service signs (API.md
+// "Verifiable log"). The console checks what it shows here, in the browser: the server
+// sends heads and proofs, but the hashing and the signature check are done here.
+
+// Hex as the API writes hashes: lowercase, two characters a byte; `length` in bytes,
+// when given, is checked too.
+function hexToBytes(hex, length) {
+  if (typeof hex !== "string" || !/^(?:[0-9a-f]{2})*$/.test(hex) || (length !== undefined && hex.length !== 2 * length)) {
+    throw new Error(`not ${length === undefined ? "" : `${length} bytes of `}lowercase hex: ${String(hex).slice(0, 20)}`);
+  }
+  const out = new Uint8Array(hex.length / 2);
+  for (let i = 0; i < out.length; i++) out[i] = parseInt(hex.slice(2 * i, 2 * i + 2), 16);
+  return out;
+}
+const bytesToHex = bytes => Array.from(bytes, b => b.toString(16).padStart(2, "0")).join("");
+// Standard base64 (keys, signatures); `atob` throws on anything else.
+const base64ToBytes = b64 => Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+
+// SHA-256 of the parts, one after the other.
+async function sha256(...parts) {
+  const all = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) { all.set(p, at); at += p.length; }
+  return new Uint8Array(await crypto.subtle.digest("SHA-256", all));
+}
+// Leaves and nodes hash under different prefixes, so neither can pass for the other.
+const leafHash = data => sha256(Uint8Array.of(0), data);
+const nodeHash = (left, right) => sha256(Uint8Array.of(1), left, right);
+
+// Whether `path` proves that `leaf` belongs to the event at `position` (1-based; its
+// leaf index is position - 1) in the tree of `treeSize` whose root is `root` (hashes
+// as bytes): RFC 9162 §2.1.3.2, `{ok}` or `{ok: false, why}`.
+// Positions stay below 2^53 but may pass 2^31, where JavaScript's bitwise operators
+// wrap: the bits are read with arithmetic.
+async function verifyInclusion(position, treeSize, leaf, path, root) {
+  const no = why => ({ ok: false, why });
+  if (!Number.isSafeInteger(position) || !Number.isSafeInteger(treeSize) || position < 1 || position > treeSize) {
+    return no(`position ${position} is not in a tree of size ${treeSize}`);
+  }
+  const odd = n => n % 2 === 1;
+  const half = n => Math.floor(n / 2);
+  let fn = position - 1, sn = treeSize - 1, r = leaf;
+  for (const p of path) {
+    if (sn === 0) return no("the audit path is longer than the tree is deep");
+    if (odd(fn) || fn === sn) {
+      r = await nodeHash(p, r);
+      // A right-most node with no sibling at these levels: climb past them.
+      while (!odd(fn) && fn !== 0) { fn = half(fn); sn = half(sn); }
+    } else {
+      r = await nodeHash(r, p);
+    }
+    fn = half(fn);
+    sn = half(sn);
+  }
+  if (sn !== 0) return no("the audit path is shorter than the tree is deep");
+  if (bytesToHex(r) !== bytesToHex(root)) return no("the audit path leads to another root than the signed tree head's");
+  return { ok: true };
+}
+
+// What a tree head's signature covers (API.md "Verifiable log"), `timestamp` exactly
+// as it was answered.
+const treeHeadMessage = h => new TextEncoder().encode(`ledger-tree-head:v1\n${h.ledger}\n${h.tree_size}\n${h.root_hash}\n${h.timestamp}`);
+
+// The signing keys: a deployment-wide route that needs no token, so a plain fetch of
+// the unprefixed path (api() would send it to the chosen ledger's routes).
+async function signingKeys() {
+  const response = await fetch("/v1/audit/keys");
+  if (!response.ok) throw new ApiError(response.status, await response.json().catch(() => null));
+  return (await response.json()).keys || [];
+}
+
+// The head's signature checked with WebCrypto against the published key it names:
+// `{cls, text}` to show, never a throw. It proves that key signed the head; an auditor
+// who does not trust this server compares the key with one obtained another way.
+async function checkTreeHeadSignature(head) {
+  const unchecked = why => ({ cls: "bad", text: `Signature could not be checked: ${why}` });
+  let keys;
+  try { keys = await signingKeys(); } catch (err) { return unchecked(err.message); }
+  const key = keys.find(k => k.key_id === head.key_id);
+  if (!key || key.algorithm !== "ed25519") return { cls: "bad", text: `Signature does NOT verify: no published Ed25519 key ${head.key_id}.` };
+  let publicKey;
+  try {
+    publicKey = await crypto.subtle.importKey("raw", base64ToBytes(key.public_key), { name: "Ed25519" }, false, ["verify"]);
+  } catch (err) {
+    // Ed25519 came late to WebCrypto: a browser without it says so, not "bad".
+    if (err.name === "NotSupportedError") return { cls: "muted", text: "This browser cannot check Ed25519 signatures; the head is shown unchecked." };
+    return unchecked(`key ${head.key_id} is unusable (${err.message})`);
+  }
+  let ok = false;
+  try {
+    ok = await crypto.subtle.verify({ name: "Ed25519" }, publicKey, base64ToBytes(head.signature), treeHeadMessage(head));
+  } catch (_) { /* a signature that is not even base64: not verified */ }
+  return ok
+    ? { cls: "ok", text: `Signature verifies (Ed25519, key ${head.key_id}).` }
+    : { cls: "bad", text: `Signature does NOT verify (key ${head.key_id}).` };
+}
+
+// The tree follows the log closely but not in step: a size it has not reached yet is
+// 503 consistency_timeout for a moment, so the call is made again, a few times.
+async function patiently(call) {
+  for (let attempt = 1; ; attempt++) {
+    try { return await call(); } catch (err) {
+      const behind = err.status === 503 && err.problem && err.problem.code === "consistency_timeout";
+      if (!behind || attempt >= 4) throw err;
+      await new Promise(resolve => setTimeout(resolve, 500 * attempt));
+    }
+  }
+}
+
+const latestTreeHead = () => patiently(() => api("GET", "/v1/audit/tree-head"));
+
+// Whether the proof puts `event` in the tree of `head`: the leaf is hashed here from
+// the event's own chain hash (not taken from the proof), then folded up to the root.
+async function eventIncluded(event, head, proof) {
+  const no = why => ({ ok: false, why });
+  if (!event.hash) return no("the event carries no chain hash");
+  if (proof.position !== event.position || proof.tree_size !== head.tree_size) return no("the proof is for another position or tree size");
+  let data, path, root;
+  try {
+    data = hexToBytes(event.hash, 32);
+    path = proof.audit_path.map(h => hexToBytes(h, 32));
+    root = hexToBytes(head.root_hash, 32);
+  } catch (err) { return no(`a malformed hash (${err.message})`); }
+  const leaf = await leafHash(data);
+  if (bytesToHex(leaf) !== proof.leaf_hash) return no("the proof's leaf is not this event's hash");
+  return verifyInclusion(event.position, head.tree_size, leaf, path, root);
+}
+
+// The inclusion check of one event, written into `out`.
+async function checkInclusion(event, out) {
+  const say = (cls, text) => { out.className = `inclusion ${cls}`; out.textContent = text; };
+  say("muted", "Checking…");
+  try {
+    const head = await latestTreeHead();
+    const [proof, signature] = await Promise.all([
+      patiently(() => api("GET", `/v1/audit/proofs/inclusion?position=${event.position}&tree_size=${head.tree_size}`)),
+      checkTreeHeadSignature(head),
+    ]);
+    const result = await eventIncluded(event, head, proof);
+    if (!result.ok) { say("bad", `NOT included: ${result.why}.`); return; }
+    // Included in a head whose signature fails proves nothing: shown, but as bad.
+    say(signature.cls === "bad" ? "bad" : "ok", `Included in the tree of size ${head.tree_size} (root ${head.root_hash.slice(0, 16)}…). ${signature.text}`);
+  } catch (err) { say("bad", `NOT checked: ${err.message}`); }
+}
+
+// ---------- audit: the signed tree head, the periods ----------
+async function auditView(ctx) {
+  const [head, periods] = await Promise.all([latestTreeHead(), api("GET", "/v1/admin/periods")]);
+  const signature = await checkTreeHeadSignature(head);
+  ctx.page("Audit", treeHeadSection(head, signature), periodsSection(ctx, periods.periods));
+}
+
+function treeHeadSection(head, signature) {
+  return el("section", { id: "tree-head" }, el("h2", { text: "Latest signed tree head" }),
+    el("p", { class: "muted", text: "The root of the log's Merkle tree, signed by the service. An event's inclusion is checked from its transaction's page." }),
+    el("dl", { class: "kv" },
+      el("dt", { text: "Tree size" }), el("dd", { id: "tree-size", text: head.tree_size }),
+      el("dt", { text: "Root hash" }), el("dd", { id: "root-hash", class: "hash", text: head.root_hash }),
+      el("dt", { text: "Timestamp" }), el("dd", {}, time(head.timestamp)),
+      el("dt", { text: "Key id" }), el("dd", { id: "key-id", class: "hash", text: head.key_id })),
+    el("p", { id: "tree-head-signature", class: signature.cls, text: signature.text }));
+}
+
+// `closes_at` as typed: an RFC 3339 time goes as it is (its precision, its offset); one
+// without an offset is read in this browser's zone, like the reconciliation window.
+function closesAtValue(text) {
+  const s = text.trim();
+  if (/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$/.test(s)) return s;
+  if (/^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,3})?)?$/.test(s)) {
+    const d = new Date(s.replace(" ", "T"));
+    if (!Number.isNaN(d.getTime())) return d.toISOString();
+  }
+  return null;
+}
+
+function periodsSection(ctx, periods) {
+  const closesAt = el("input", { id: "period-closes-at", autocomplete: "off", spellcheck: "false", required: true,
+    placeholder: "Closes at (RFC 3339)", title: "An RFC 3339 time such as 2025-01-31T23:59:59Z; without an offset, your time zone" });
+  const button = el("button", { id: "close-period", type: "submit", text: "Close the period" });
+  // One key per `closes_at`, kept until the close succeeds (the view is then drawn
+  // anew): a retry or a second click is the same close, never a second one.
+  let key = null, keyFor = null;
+  return el("section", { id: "periods" }, el("h2", { text: "Periods" }),
+    el("p", { class: "muted", text: "Closing a period fixes every balance as of its time, for good: a posting effective at or before it is refused afterwards." }),
+    el("form", { id: "close-period-form", onsubmit: (e) => {
+      e.preventDefault();
+      const at = closesAtValue(closesAt.value);
+      if (!at) { showError("Closes at: an RFC 3339 time such as 2025-01-31T23:59:59Z (without an offset: your time zone)."); return; }
+      if (at !== keyFor) { key = crypto.randomUUID(); keyFor = at; }
+      return busy(button, async () => {
+        try {
+          await api("POST", "/v1/admin/periods", { closes_at: at }, key);
+          if (ctx.live()) run(auditView);
+        } catch (err) { showError(err.message); }
+      });
+    } }, closesAt, button),
+    table(["Id", "Closes at", "Closed at", { label: "Position", num: true }, { label: "Tree size", num: true }, "Root hash"],
+      periods.map(p => {
+        const head = p.tree_head || {};
+        return el("tr", { "data-id": p.id },
+          el("td", { class: "wrap" }, el("a", { href: `#/period/${p.id}`, class: "period-link", text: p.id })),
+          el("td", {}, time(p.closes_at)), el("td", {}, time(p.closed_at)), el("td", { class: "num", text: p.position }),
+          el("td", { class: "num", text: head.tree_size }), el("td", { class: "wrap hash", text: head.root_hash }));
+      })));
+}
+
+// ---------- a closed period's balances ----------
+async function period(ctx, id) {
+  const page = cursor => api("GET", `/v1/admin/periods/${encodeURIComponent(id)}/balances?limit=50${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`);
+  const rows = answer => answer.balances.map(b => el("tr", { "data-account": b.account_id }, accountCell(b.account_id),
+    el("td", { text: b.currency }), el("td", { class: "num", text: money(b.balance, b.currency) })));
+  const first = await page(null);
+  const list = table(["Account", "Currency", { label: "Balance", num: true }], rows(first));
+  // "More" adds the next page under this one (a closed period's balances never change).
+  let cursor = first.next_cursor;
+  const more = el("button", { id: "period-more", class: "secondary", type: "button", hidden: !cursor, text: "More",
+    onclick: () => busy(more, async () => {
+      try {
+        const next = await page(cursor);
+        $("tbody", list).append(...rows(next));
+        cursor = next.next_cursor;
+        more.hidden = !cursor;
+      } catch (err) { showError(err.message); }
+    }) });
+  ctx.page("Period",
+    el("section", { id: "period-balances" }, el("h2", { text: "Balances at the close" }),
+      el("p", { class: "muted" }, "Every account of the ledger (system accounts included), with its balance effective at the period's close. ",
+        el("a", { href: "#/audit", text: "All periods" })),
+      list, el("p", {}, more)));
+}
+
 // ---------- routing ----------
 // A view renders only while its route is still the one shown: an answer that arrives
 // after the operator moved on is dropped, never drawn over the new page.
@@ -462,13 +705,13 @@ function route() {
   }
   const parts = location.hash.replace(/^#\/?/, "").split("/").map(p => { try { return decodeURIComponent(p); } catch (_) { return ""; } });
   // Ids and cursors in a link are checked before they go into an API path.
-  const idRoutes = ["account", "transaction", "stream"];
+  const idRoutes = ["account", "transaction", "stream", "period"];
   if ((idRoutes.includes(parts[0]) && !isUuid(parts[1])) || (parts[0] === "reconciliations" && parts[1] && !isUuid(parts[1]))
       || (parts[2] === "before" && !/^[0-9]+$/.test(parts[3] || ""))) {
     location.hash = isOperator() ? "#/overview" : "#/accounts";
     return;
   }
-  const operatorOnly = ["overview", "dead-letters", "reconciliations", "webhooks"];
+  const operatorOnly = ["overview", "dead-letters", "reconciliations", "webhooks", "audit", "period"];
   if (operatorOnly.includes(parts[0]) && !isOperator()) { location.hash = "#/accounts"; return; }
   switch (parts[0]) {
     case "overview": return run(overview);
@@ -478,6 +721,8 @@ function route() {
     case "reconciliations": return run(c => reconciliations(c, parts[1]));
     case "webhooks": return run(c => webhooks(c, null));
     case "verify": return run(verify);
+    case "audit": return run(auditView);
+    case "period": return run(c => period(c, parts[1]));
     case "accounts": return run(accounts);
     default: location.hash = isOperator() ? "#/overview" : "#/accounts";
   }

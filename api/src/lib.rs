@@ -35,6 +35,7 @@ pub fn ledger_router(state: AppState) -> Router {
         .merge(routes::events::router())
         .merge(routes::admin::router())
         .merge(routes::subjects::router())
+        .merge(routes::periods::router())
         .merge(routes::ledgers::router())
         .merge(routes::audit::router())
         .merge(routes::reconciliations::router())

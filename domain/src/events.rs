@@ -22,6 +22,13 @@ pub fn chain_stream_id() -> Uuid {
     Uuid::new_v8(*b"ledger-chain\0\0\0\0")
 }
 
+/// The stream of the ledger's closed periods ([`PeriodClosed`], API.md v1.2
+/// "Verifiable log"), in the reserved space: every command with a stated business time
+/// reads it, so none is decided into a closed period.
+pub fn periods_stream_id() -> Uuid {
+    Uuid::new_v8(*b"ledger-periods\0\0")
+}
+
 /// How the store must check a stream's version when appending an event to it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Concurrency {
@@ -55,6 +62,14 @@ pub struct SubjectErased {
     pub subject: String,
     pub accounts: Vec<Uuid>,
     pub reason: String,
+}
+
+/// The books are closed up to the business time `closes_at`: no event effective at or
+/// before it is recorded after this one (the append checks it under the head lock).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeriodClosed {
+    pub period_id: Uuid,
+    pub closes_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// The hash chain was recomputed from `first_position` on, once, because events written
@@ -345,6 +360,7 @@ pub enum Event {
     ReconciliationFinished(ReconciliationFinished),
     SubjectErased(SubjectErased),
     ChainReanchored(ChainReanchored),
+    PeriodClosed(PeriodClosed),
 }
 
 /// One balance change of one account caused by an event.
@@ -379,6 +395,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "ReconciliationFinished",
     "SubjectErased",
     "ChainReanchored",
+    "PeriodClosed",
 ];
 
 impl Event {
@@ -406,6 +423,7 @@ impl Event {
             Event::ReconciliationFinished(_) => "ReconciliationFinished",
             Event::SubjectErased(_) => "SubjectErased",
             Event::ChainReanchored(_) => "ChainReanchored",
+            Event::PeriodClosed(_) => "PeriodClosed",
         }
     }
 
@@ -424,6 +442,7 @@ impl Event {
                 streams
             }
             Event::ChainReanchored(_) => vec![(chain_stream_id(), Any)],
+            Event::PeriodClosed(_) => vec![(periods_stream_id(), Exact)],
             Event::AccountClosed(e) => vec![(e.account_id, Exact)],
             Event::DepositRecorded(e) => vec![(e.account_id, Exact), (e.system_account_id, Any)],
             Event::TransferPosted(e) => {
@@ -502,7 +521,8 @@ impl Event {
             | Event::ReconciliationMismatchFound(_)
             | Event::ReconciliationFinished(_)
             | Event::SubjectErased(_)
-            | Event::ChainReanchored(_) => Vec::new(),
+            | Event::ChainReanchored(_)
+            | Event::PeriodClosed(_) => Vec::new(),
         }
     }
 
@@ -523,7 +543,7 @@ impl Event {
             Event::WithdrawalFailed(e) => vec![e.account_id],
             Event::WithdrawalReconciled(e) => vec![e.account_id, e.system_account_id],
             Event::SubjectErased(e) => e.accounts.clone(),
-            Event::ChainReanchored(_) => Vec::new(),
+            Event::ChainReanchored(_) | Event::PeriodClosed(_) => Vec::new(),
             Event::PayoutDeadLettered(_)
             | Event::PayoutRedriven(_)
             | Event::TokenIssued(_)

@@ -179,6 +179,12 @@ pub enum Aggregate {
     Chain {
         reanchored: u64,
     },
+    /// The ledger's closed periods (`periods_stream_id`): the books are closed up to
+    /// `closed_through` (the last period's `closes_at`).
+    Periods {
+        closed_through: chrono::DateTime<chrono::Utc>,
+        count: u64,
+    },
 }
 
 /// A reconciliation run.
@@ -219,6 +225,13 @@ pub fn evolve(state: StreamState, stream_id: Uuid, version: i64, event: &Event) 
         Aggregate::Subject(s) => evolve_subject(s, event).map(Aggregate::Subject),
         Aggregate::Chain { reanchored } => match event {
             Event::ChainReanchored(_) => Some(Aggregate::Chain { reanchored: reanchored + 1 }),
+            _ => None,
+        },
+        Aggregate::Periods { closed_through, count } => match event {
+            Event::PeriodClosed(e) => {
+                assert!(e.closes_at > closed_through, "periods close in order");
+                Some(Aggregate::Periods { closed_through: e.closes_at, count: count + 1 })
+            }
             _ => None,
         },
         Aggregate::Token { .. } | Aggregate::Ledger { .. } => None,
@@ -302,6 +315,7 @@ fn created(stream_id: Uuid, event: &Event) -> Option<Aggregate> {
             Aggregate::Reconciliation(Reconciliation { id: e.run_id, finished: false, matched: 0, mismatches: 0 })
         }
         Event::ChainReanchored(_) => Aggregate::Chain { reanchored: 1 },
+        Event::PeriodClosed(e) => Aggregate::Periods { closed_through: e.closes_at, count: 1 },
         Event::TokenIssued(e) => Aggregate::Token { name: e.name.clone(), role: e.role },
         Event::LedgerCreated(e) => Aggregate::Ledger { name: e.name.clone() },
         _ => return None,
@@ -483,6 +497,15 @@ impl Ledger {
     pub fn subject(&self, subject: &str) -> Option<&Subject> {
         match self.streams.get(&crate::events::subject_stream_id(subject)).map(|s| &s.aggregate) {
             Some(Aggregate::Subject(s)) if s.subject == subject => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The business time the books are closed up to, if a period was closed (the
+    /// periods stream must be loaded: commands with a stated business time read it).
+    pub fn closed_through(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        match self.streams.get(&crate::events::periods_stream_id()).map(|s| &s.aggregate) {
+            Some(Aggregate::Periods { closed_through, .. }) => Some(*closed_through),
             _ => None,
         }
     }

@@ -78,15 +78,29 @@ pub struct TreeHead {
     pub timestamp: DateTime<Utc>,
 }
 
-/// The head of the tree at `size` (which the tree has reached).
+/// The head of the tree at `size` (which the tree has reached). Its timestamp is the
+/// recorded time of the event at `size`, which is part of that event's chain hash: the
+/// event is recomputed from its content and its predecessor's hash and must give the
+/// leaf the tree holds, so a `recorded_at` changed after the tree grew over it is
+/// refused, never signed.
 pub async fn head(pool: &PgPool, size: i64) -> Result<TreeHead, TreeError> {
     let n = size as u64;
     let root = computed(pool, |nodes| merkle::root(n, nodes)).await?;
-    let timestamp: Option<DateTime<Utc>> = sqlx::query_scalar("select recorded_at from events where position = $1")
-        .bind(size)
-        .fetch_optional(pool)
-        .await?;
-    Ok(TreeHead { size, root, timestamp: timestamp.unwrap_or(DateTime::<Utc>::UNIX_EPOCH) })
+    if size == 0 {
+        return Ok(TreeHead { size, root, timestamp: DateTime::<Utc>::UNIX_EPOCH });
+    }
+    let events = crate::store::EventStore::read_range(pool, (size - 2).max(0), size).await?;
+    let (previous, last) = match events.as_slice() {
+        [last] if size == 1 => (GENESIS_HASH.to_vec(), last),
+        [before, last] => (before.hash.clone().unwrap_or_default(), last),
+        _ => return Err(TreeError::Tampered { position: size }),
+    };
+    let leaf = merkle::leaf_hash(&crate::store::recompute_hash(&previous, last));
+    let stored = fetch(pool, &[(0, n - 1)]).await?;
+    if stored.get(&(0, n - 1)) != Some(&leaf) {
+        return Err(TreeError::Tampered { position: size });
+    }
+    Ok(TreeHead { size, root, timestamp: last.recorded_at })
 }
 
 /// The leaf hash of `position` and its audit path in the tree of `size` (1 ≤ position ≤ size).
@@ -153,7 +167,7 @@ pub async fn grow(pool: &PgPool, batch: i64) -> Result<Grown, TreeError> {
     .bind(made.iter().map(|(_, h)| h.to_vec()).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
-    sqlx::query("update merkle_state set size = $1, last_hash = $2")
+    sqlx::query("update merkle_state set size = $1, last_hash = $2, stopped_at = null")
         .bind(up_to)
         .bind(&previous)
         .execute(&mut *tx)
@@ -162,17 +176,78 @@ pub async fn grow(pool: &PgPool, batch: i64) -> Result<Grown, TreeError> {
     Ok(Grown::To(up_to))
 }
 
-/// Waits (bounded by `wait`) until the tree has reached `size`.
-pub async fn reached(pool: &PgPool, size: i64, wait: Duration) -> Result<bool, sqlx::Error> {
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        if self::size(pool).await? >= size {
-            return Ok(true);
+/// How far the tree has grown, as this process last read it, and the position the
+/// worker stopped at (an event that does not recompute), if it did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reading {
+    pub size: i64,
+    pub stopped_at: Option<i64>,
+}
+
+/// Whether the tree reached a size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reach {
+    Reached,
+    /// Not within the wait.
+    TimedOut,
+    /// Never will: the log does not verify at this position, at or before the size.
+    Stopped(i64),
+}
+
+/// This process's view of how far the tree has grown, shared by every request: a size
+/// reached once is known without a query (the tree only grows while the service runs),
+/// and while requests wait for a larger one a single one of them reads the state row
+/// every 20 ms for all (a stopped or lagging tree costs one query per 20 ms, not one
+/// per waiting request).
+#[derive(Debug)]
+pub struct Follower {
+    seen: tokio::sync::watch::Sender<Reading>,
+    poll: tokio::sync::Mutex<()>,
+}
+
+impl Default for Follower {
+    fn default() -> Follower {
+        Follower { seen: tokio::sync::watch::Sender::new(Reading::default()), poll: tokio::sync::Mutex::new(()) }
+    }
+}
+
+impl Follower {
+    /// Waits (bounded by `wait`) until the tree has reached `size`.
+    pub async fn reached(&self, pool: &PgPool, size: i64, wait: Duration) -> Result<Reach, sqlx::Error> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut seen = self.seen.subscribe();
+        // A stop is believed only as read during this call: the tree grows again once
+        // the log is repaired, and a reading from before would keep refusing.
+        let mut fresh = false;
+        loop {
+            let reading = *seen.borrow_and_update();
+            if reading.size >= size {
+                return Ok(Reach::Reached);
+            }
+            if let Some(position) = reading.stopped_at.filter(|p| fresh && *p <= size) {
+                return Ok(Reach::Stopped(position));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(Reach::TimedOut);
+            }
+            match self.poll.try_lock() {
+                Ok(_polling) => {
+                    let (grown, stopped_at): (i64, Option<i64>) =
+                        sqlx::query_as("select size, stopped_at from merkle_state").fetch_one(pool).await?;
+                    self.seen.send_replace(Reading { size: grown, stopped_at });
+                    fresh = true;
+                    if grown < size && stopped_at.is_none_or(|p| p > size) {
+                        // Pausing with the lock held: the others wait for this reading
+                        // (and the next) instead of reading too.
+                        let pause = tokio::time::sleep(Duration::from_millis(20));
+                        let _ = tokio::time::timeout_at(deadline, pause).await;
+                    }
+                }
+                Err(_) => {
+                    fresh |= matches!(tokio::time::timeout_at(deadline, seen.changed()).await, Ok(Ok(())));
+                }
+            }
         }
-        if tokio::time::Instant::now() >= deadline {
-            return Ok(false);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -192,6 +267,14 @@ pub async fn run(pool: PgPool, shutdown: CancellationToken) {
             Err(TreeError::Tampered { position }) => {
                 tracing::error!(position, "the log does not verify at this position: the Merkle tree stops before it");
                 metrics::counter!("ledger_tree_tampered_total").increment(1);
+                // Every process answers heads over it at once, with the position.
+                if let Err(e) = sqlx::query("update merkle_state set stopped_at = $1 where size < $1")
+                    .bind(position)
+                    .execute(&pool)
+                    .await
+                {
+                    tracing::warn!(error = %e, "recording where the tree stopped failed");
+                }
                 Duration::from_secs(10)
             }
             Err(e) => {

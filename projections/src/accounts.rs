@@ -90,8 +90,74 @@ async fn load(
     Ok(states)
 }
 
-/// Applies events (in position order, above the checkpoint) to the accounts view.
+/// Applies events (in position order, above the checkpoint) to the accounts view. A
+/// closed period's balances are taken as its `PeriodClosed` event is applied: the
+/// events up to it are applied first, so the view holds exactly the accounts and
+/// entries of the log up to it.
 pub async fn apply(
+    tx: &mut Transaction<'_, Postgres>,
+    t: &Tables,
+    events: &[RecordedEvent],
+) -> Result<Vec<Uuid>, ApplyError> {
+    let mut ids = Vec::new();
+    let mut rest = events;
+    while !rest.is_empty() {
+        let mut closes = None;
+        let mut end = rest.len();
+        for (i, r) in rest.iter().enumerate() {
+            if let Event::PeriodClosed(e) = r.event_ref()? {
+                closes = Some(e.clone());
+                end = i + 1;
+                break;
+            }
+        }
+        let (segment, later) = rest.split_at(end);
+        ids.extend(apply_segment(tx, t, segment).await?);
+        if let Some(period) = closes {
+            close_period(tx, t, &period).await?;
+        }
+        rest = later;
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
+/// Keeps a closed period's balances: every account in the view (those opened up to
+/// the close) with the sum of its entries effective at or before `closes_at`. Balances
+/// per currency sum to zero (every event's postings do); a period whose do not is
+/// reported, loudly.
+async fn close_period(
+    tx: &mut Transaction<'_, Postgres>,
+    t: &Tables,
+    period: &ledger_domain::events::PeriodClosed,
+) -> Result<(), ApplyError> {
+    let sql = format!(
+        "insert into {balances} (period_id, account_id, currency, balance)
+         select $1, v.id, v.currency, coalesce(s.total, 0)
+         from {accounts} v
+         left join (select account_id, sum(amount) as total from {entries} where effective_at <= $2
+                    group by account_id) s on s.account_id = v.id
+         on conflict do nothing",
+        balances = t.name("period_balances"),
+        accounts = t.name("accounts_view"),
+        entries = t.name("account_entries"),
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql)).bind(period.period_id).bind(period.closes_at).execute(&mut **tx).await?;
+    let sql = format!(
+        "select currency from {} where period_id = $1 group by currency having sum(balance) <> 0",
+        t.name("period_balances")
+    );
+    let unbalanced: Vec<String> =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(period.period_id).fetch_all(&mut **tx).await?;
+    if !unbalanced.is_empty() {
+        tracing::error!(period = %period.period_id, ?unbalanced, "a closed period's balances do not sum to zero");
+        metrics::counter!("ledger_period_unbalanced_total").increment(1);
+    }
+    Ok(())
+}
+
+async fn apply_segment(
     tx: &mut Transaction<'_, Postgres>,
     t: &Tables,
     events: &[RecordedEvent],

@@ -7,7 +7,8 @@ use uuid::Uuid;
 /// The read models, each with its own checkpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Projection {
-    /// `accounts_view` and `account_entries` (balances, holds, statements).
+    /// `accounts_view` and `account_entries` (balances, holds, statements), and closed
+    /// periods' balances (`period_balances`).
     Accounts,
     /// `transfers_view` and `withdrawals_view`.
     Transfers,
@@ -30,7 +31,7 @@ impl Projection {
     /// The tables this projection writes.
     pub fn tables(self) -> &'static [&'static str] {
         match self {
-            Projection::Accounts => &["accounts_view", "account_entries"],
+            Projection::Accounts => &["accounts_view", "account_entries", "period_balances"],
             Projection::Transfers => {
                 &["transfers_view", "withdrawals_view", "dead_letters", "transactions_view", "holds_view"]
             }

@@ -56,7 +56,8 @@ pub async fn apply(tx: &mut Transaction<'_, Postgres>, t: &Tables, events: &[Rec
             | Event::ReconciliationMismatchFound(_)
             | Event::ReconciliationFinished(_)
             | Event::SubjectErased(_)
-            | Event::ChainReanchored(_) => {}
+            | Event::ChainReanchored(_)
+            | Event::PeriodClosed(_) => {}
         }
     }
     Ok(())

@@ -33,6 +33,7 @@ pub enum ErrorCode {
     HoldExpired,
     RateLimited,
     LedgerNotFound,
+    PeriodClosed,
 }
 
 impl ErrorCode {
@@ -62,6 +63,7 @@ impl ErrorCode {
             ErrorCode::HoldExpired => "hold_expired",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::LedgerNotFound => "ledger_not_found",
+            ErrorCode::PeriodClosed => "period_closed",
         }
     }
 }

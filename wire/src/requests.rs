@@ -366,6 +366,16 @@ mod event_type_tests {
     }
 }
 
+/// `POST /v1/admin/periods` (API.md v1.2 "Verifiable log").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PeriodRequest {
+    /// The business time the books close up to: not in the future, and later than the
+    /// previous period's.
+    #[schema(value_type = chrono::DateTime<chrono::Utc>)]
+    pub closes_at: Timestamp,
+}
+
 /// `POST /v1/admin/subjects/{subject}/erase`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

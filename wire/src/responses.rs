@@ -778,6 +778,40 @@ pub struct TreeHead {
     pub signature: String,
 }
 
+/// A closed period (API.md v1.2 "Verifiable log"): `position` is its `PeriodClosed`
+/// event's, and `tree_head` is signed over the log up to and including it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PeriodView {
+    pub id: Uuid,
+    pub closes_at: DateTime<Utc>,
+    /// When the close was recorded.
+    pub closed_at: DateTime<Utc>,
+    pub position: i64,
+    pub tree_head: TreeHead,
+}
+
+/// `GET /v1/admin/periods`: newest first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PeriodList {
+    pub periods: Vec<PeriodView>,
+}
+
+/// An account's balance effective at a period's close.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PeriodBalance {
+    pub account_id: Uuid,
+    pub currency: String,
+    #[schema(value_type = i128)]
+    pub balance: i128,
+}
+
+/// `GET /v1/admin/periods/{id}/balances`: by account id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PeriodBalances {
+    pub balances: Vec<PeriodBalance>,
+    pub next_cursor: Option<String>,
+}
+
 /// `GET /v1/audit/proofs/inclusion`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct InclusionProof {

@@ -114,6 +114,7 @@ impl From<&DomainError> for ApiError {
             }
             D::AlreadyExists { .. } | D::UnexpectedVersion { .. } => (StatusCode::CONFLICT, ErrorCode::VersionConflict),
             D::ConditionFailed { .. } => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::ConditionFailed),
+            D::PeriodClosed { .. } => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::PeriodClosed),
             D::HoldNotFound { .. } | D::SubjectNotFound => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
             // The erase route answers a repeated erasure with the first one's answer.
             D::SubjectAlreadyErased { .. } => (StatusCode::CONFLICT, ErrorCode::VersionConflict),
@@ -135,7 +136,8 @@ impl From<&DomainError> for ApiError {
             | D::PostingsCount { .. }
             | D::CaptureExceedsHold { .. }
             | D::HoldNotDue { .. }
-            | D::SubjectAccountsLimit { .. } => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::ValidationError),
+            | D::SubjectAccountsLimit { .. }
+            | D::PeriodNotAfter { .. } => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::ValidationError),
         };
         let account_id = match e {
             D::InsufficientFunds { account_id, .. } => *account_id,
@@ -172,6 +174,10 @@ impl From<CommandError> for ApiError {
             CommandError::Unavailable(cause) => ApiError::unavailable(&cause),
             CommandError::ShuttingDown => ApiError::unavailable(&"the command writer is shutting down"),
             CommandError::Internal => ApiError::internal(&"the command met an internal error and was not recorded"),
+            CommandError::PeriodNotPast(now) => ApiError::validation(format!(
+                "`closes_at` must be before the ledger's time now ({}); nothing was recorded",
+                now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+            )),
             CommandError::SubjectKeyDestroyed => ApiError {
                 retry_after_s: Some(1),
                 ..ApiError::new(

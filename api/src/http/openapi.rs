@@ -9,7 +9,7 @@
 //! particular to it. Depends on the routes' attributes only, never on their logic.
 
 use crate::routes::{
-    accounts, admin, audit, bulk, console, deposits, events, health, holds, ledgers, reconciliations, subjects,
+    accounts, admin, audit, bulk, console, deposits, events, health, holds, ledgers, periods, reconciliations, subjects,
     transactions, transfers, webhooks, withdrawals,
 };
 use axum::Router;
@@ -87,6 +87,10 @@ const PROBLEM_JSON: &str = "application/problem+json";
         admin::discard,
         admin::create_token,
         subjects::erase,
+        periods::close,
+        periods::list,
+        periods::one,
+        periods::balances,
         ledgers::list,
         ledgers::show,
         ledgers::create,

@@ -107,24 +107,38 @@ fn tree_error(e: ledger_infrastructure::tree::TreeError) -> ApiError {
     use ledger_infrastructure::tree::TreeError;
     match e {
         TreeError::Database(e) => ApiError::from(e),
+        TreeError::Tampered { position } => ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            crate::http::error::ErrorCode::Internal,
+            format!("the log does not verify at position {position} (GET /v1/audit/verify): no head covers it"),
+        ),
         other => ApiError::internal(&other),
     }
 }
 
 /// Sizes up to the log's head are answered once the tree has reached them (it follows
-/// the log closely); one it has not reached within the consistency wait is 503.
+/// the log closely); one it has not reached within the consistency wait is 503, and one
+/// it never will (the log does not verify at or before it) is 500, naming the position.
 async fn reached(state: &AppState, size: i64) -> Result<(), ApiError> {
-    if ledger_infrastructure::tree::reached(&state.pool, size, state.config.consistency_wait).await? {
-        Ok(())
-    } else {
-        Err(ApiError {
+    use ledger_infrastructure::tree::Reach;
+    match state.tree.reached(&state.pool, size, state.config.consistency_wait).await? {
+        Reach::Reached => Ok(()),
+        Reach::TimedOut => Err(ApiError {
             retry_after_s: Some(1),
             ..ApiError::new(
                 axum::http::StatusCode::SERVICE_UNAVAILABLE,
                 crate::http::error::ErrorCode::ConsistencyTimeout,
                 format!("the Merkle tree has not reached size {size} yet"),
             )
-        })
+        }),
+        Reach::Stopped(position) => Err(ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            crate::http::error::ErrorCode::Internal,
+            format!(
+                "the log does not verify at position {position} (GET /v1/audit/verify): the tree stops before it, \
+                 and no head covers it"
+            ),
+        )),
     }
 }
 
@@ -165,9 +179,15 @@ pub fn signed_head(state: &AppState, head: &ledger_infrastructure::tree::TreeHea
 )]
 async fn tree_head(State(state): State<AppState>, Params(q): Params) -> Result<Response, ApiError> {
     let (size, head) = within_head(&state, "tree_size", count_param("tree_size", q.get("tree_size"))?).await?;
-    reached(&state, size).await?;
+    Ok(views::read(&tree_head_at(&state, size).await?, head))
+}
+
+/// The signed head of the tree at `size` (at most the log's head), once the tree has
+/// reached it.
+pub async fn tree_head_at(state: &AppState, size: i64) -> Result<ledger_wire::TreeHead, ApiError> {
+    reached(state, size).await?;
     let tree_head = ledger_infrastructure::tree::head(&state.pool, size).await.map_err(tree_error)?;
-    Ok(views::read(&signed_head(&state, &tree_head), head))
+    Ok(signed_head(state, &tree_head))
 }
 
 #[utoipa::path(

@@ -11,6 +11,7 @@ pub mod events;
 pub mod health;
 pub mod holds;
 pub mod ledgers;
+pub mod periods;
 pub mod reconciliations;
 pub mod subjects;
 pub mod transactions;

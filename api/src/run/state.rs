@@ -39,6 +39,8 @@ pub struct Core {
     pub master_key: Arc<ledger_infrastructure::keys::MasterKey>,
     /// Signs tree heads (`LEDGER_SIGNING_KEY`; the deployment's, shared by its ledgers).
     pub signer: Arc<ledger_infrastructure::signing::Signer>,
+    /// How far this ledger's Merkle tree has grown, as this process follows it.
+    pub tree: Arc<ledger_infrastructure::tree::Follower>,
     /// Seals and reveals this ledger's personal data (its subjects' keys, under the
     /// master key); set with [`Core::keyed`].
     pub privacy: ledger_infrastructure::privacy::Privacy,
@@ -71,6 +73,7 @@ impl Core {
             // stand-in for a core built without start-up (it matches no stored value).
             master_key: Arc::new(ledger_infrastructure::keys::MasterKey::generate().0),
             signer: Arc::new(ledger_infrastructure::signing::Signer::generate()),
+            tree: Arc::default(),
             privacy: ledger_infrastructure::privacy::Privacy::new(
                 pool.clone(),
                 Arc::new(ledger_infrastructure::keys::MasterKey::generate().0),

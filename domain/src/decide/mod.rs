@@ -284,6 +284,15 @@ pub struct FinishReconciliation {
     pub error: Option<String>,
 }
 
+/// Close the books up to the business time `closes_at` (API.md v1.2 "Verifiable
+/// log"): from then on no command may state a business time at or before it. That
+/// `closes_at` is not in the future is the append's to check, with the log's clock.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClosePeriod {
+    pub period_id: Uuid,
+    pub closes_at: chrono::DateTime<chrono::Utc>,
+}
+
 /// Everything the ledger can be asked to do.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
@@ -314,6 +323,7 @@ pub enum Command {
     ReconcilePayout(ReconcilePayout),
     FinishReconciliation(FinishReconciliation),
     EraseSubject(EraseSubject),
+    ClosePeriod(ClosePeriod),
 }
 
 /// A business rule a command would break. Each maps to one stable API error code.
@@ -388,6 +398,12 @@ pub enum DomainError {
     /// The subject has no readable account left: its last erasure covered `accounts`.
     #[error("the subject was erased already")]
     SubjectAlreadyErased { accounts: Vec<Uuid> },
+    /// The command's business time falls in a closed period.
+    #[error("the books are closed up to {closed_through}; effective_at {effective_at} is at or before it")]
+    PeriodClosed { closed_through: chrono::DateTime<chrono::Utc>, effective_at: chrono::DateTime<chrono::Utc> },
+    /// A period must close later than the one before it.
+    #[error("closes_at must be later than the previous period's, {previous}")]
+    PeriodNotAfter { previous: chrono::DateTime<chrono::Utc> },
 }
 
 impl Command {
@@ -409,7 +425,28 @@ impl Command {
     /// possibly with repeats. A stream it reads but does not append to is still part of
     /// the decision: the writer carries its version as an expectation, checked at commit.
     pub fn read_streams(&self, state: &Ledger) -> Vec<Uuid> {
+        let mut ids = self.own_read_streams(state);
+        if self.effective_at().is_some() {
+            ids.push(periods_stream_id());
+        }
+        ids
+    }
+
+    /// The business time the command states, if any: whatever states one must not be
+    /// decided into a closed period.
+    pub fn effective_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
         match self {
+            Command::MakeDeposit(c) => c.effective_at,
+            Command::PostTransfer(c) => c.effective_at,
+            Command::PostTransaction(c) => c.effective_at,
+            Command::CaptureHold(c) => c.effective_at,
+            _ => None,
+        }
+    }
+
+    fn own_read_streams(&self, state: &Ledger) -> Vec<Uuid> {
+        match self {
+            Command::ClosePeriod(_) => vec![periods_stream_id()],
             Command::OpenAccount(c) => {
                 let mut ids = vec![c.account_id, system_account_id(c.currency)];
                 ids.extend(c.subject.as_deref().map(subject_stream_id));
@@ -490,7 +527,16 @@ impl Command {
 
 /// Decides what a command records, or which rule it breaks.
 pub fn decide(command: &Command, state: &Ledger) -> Result<Vec<Event>, DomainError> {
+    if let (Some(effective_at), Some(closed_through)) = (command.effective_at(), state.closed_through())
+        && effective_at <= closed_through
+    {
+        return Err(DomainError::PeriodClosed { closed_through, effective_at });
+    }
     match command {
+        Command::ClosePeriod(c) => match state.closed_through() {
+            Some(previous) if c.closes_at <= previous => Err(DomainError::PeriodNotAfter { previous }),
+            _ => Ok(vec![Event::PeriodClosed(PeriodClosed { period_id: c.period_id, closes_at: c.closes_at })]),
+        },
         Command::OpenAccount(c) => open_account(c, state),
         Command::CloseAccount { account_id } => close_account(*account_id, state),
         Command::MakeDeposit(c) => deposit(c, state),

@@ -60,7 +60,7 @@ impl EventStore {
         // `LEDGER_APPEND_IDLE_TIMEOUT_MS` idle in this transaction, not the pool's minute:
         // Postgres ends the session and every other writer goes on.
         let head = sqlx::query(
-            "select position, hash, recorded_at, clock_timestamp() as now,
+            "select position, hash, recorded_at, closed_through, clock_timestamp() as now,
                     set_config('idle_in_transaction_session_timeout', $1, true)
              from log_head for update",
         )
@@ -68,11 +68,13 @@ impl EventStore {
         .fetch_one(&mut *tx)
         .await?;
         let now: chrono::DateTime<Utc> = head.try_get("now")?;
+        let closed_through: Option<DateTime<Utc>> = head.try_get("closed_through")?;
         let head = Head {
             position: head.try_get("position")?,
             hash: head.try_get("hash")?,
             recorded_at: now.trunc_subsecs(6).max(head.try_get("recorded_at")?),
         };
+        let closed_through = closed_periods(commits, closed_through, head.recorded_at)?;
         let phase = phase.next("lock");
         if !personal.is_empty() {
             self.personal_keys(&mut tx, &personal).await?;
@@ -89,7 +91,7 @@ impl EventStore {
             .iter()
             .filter_map(|c| c.idempotency.as_ref().map(|k| (k.principal.clone(), k.key.clone())))
             .collect();
-        if let Err(e) = self.insert_rows(&mut tx, plan.rows, &plan.head).await {
+        if let Err(e) = self.insert_rows(&mut tx, plan.rows, &plan.head, closed_through).await {
             // The writer checked keys and versions before deciding; another process that
             // took a key or a stream version since trips a unique constraint, and the
             // batch is decided again.
@@ -216,7 +218,13 @@ impl EventStore {
         Ok(versions)
     }
 
-    async fn insert_rows(&self, tx: &mut sqlx::PgConnection, rows: Rows, head: &Head) -> Result<(), sqlx::Error> {
+    async fn insert_rows(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        rows: Rows,
+        head: &Head,
+        closed_through: Option<DateTime<Utc>>,
+    ) -> Result<(), sqlx::Error> {
         // One statement: the events, their stream entries, the idempotency records and
         // the new head (with a notification for listeners, delivered at commit).
         sqlx::query(
@@ -233,7 +241,7 @@ impl EventStore {
                 select * from unnest($13::text[], $14::text[], $15::bytea[], $16::int2[], $17::jsonb[], $18::jsonb[],
                                      $19::int8[], $20::int4[], $21::timestamptz[])
              )
-             update log_head set position = $22, hash = $23, recorded_at = $24
+             update log_head set position = $22, hash = $23, recorded_at = $24, closed_through = $25
              returning pg_notify(ledger_scoped('ledger_events'), $22::text)",
         )
         .bind(rows.positions)
@@ -260,6 +268,7 @@ impl EventStore {
         .bind(head.position)
         .bind(&head.hash)
         .bind(head.recorded_at)
+        .bind(closed_through)
         .execute(&mut *tx)
         .await?;
         Ok(())
@@ -399,6 +408,42 @@ fn personal_changes(commits: &[Commit]) -> Result<Personal, AppendError> {
         personal.owner_rows.extend(commit.owner_index.clone());
     }
     Ok(personal)
+}
+
+/// The closed periods, checked under the head lock in log order with every other
+/// append (API.md v1.2 "Verifiable log"), so no writer, whatever it cached, records an
+/// event into a period closed before it: an event whose business time is at or before
+/// the books' close is a conflict on the periods stream (the batch is decided again on
+/// the log, and the command refused with `period_closed`); a period that closes at or
+/// after the log's time now is refused ([`AppendError::PeriodNotPast`]), so every
+/// event recorded after it, effective when recorded, falls after it. Returns the close
+/// after the batch.
+fn closed_periods(
+    commits: &[Commit],
+    mut closed_through: Option<DateTime<Utc>>,
+    recorded_at: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, AppendError> {
+    let conflict = || AppendError::Conflict { streams: vec![ledger_domain::periods_stream_id()], keys: Vec::new() };
+    for (index, commit) in commits.iter().enumerate() {
+        for event in &commit.events {
+            if let Event::PeriodClosed(e) = event {
+                if e.closes_at >= recorded_at {
+                    return Err(AppendError::PeriodNotPast { commit: index, now: recorded_at });
+                }
+                if closed_through.is_some_and(|c| e.closes_at <= c) {
+                    return Err(conflict());
+                }
+                closed_through = Some(e.closes_at);
+                continue;
+            }
+            let counts = event.effective_at().is_some() || !event.postings().is_empty();
+            let effective = event.effective_at().unwrap_or(recorded_at);
+            if counts && closed_through.is_some_and(|c| effective <= c) {
+                return Err(conflict());
+            }
+        }
+    }
+    Ok(closed_through)
 }
 
 /// Checks every commit's expected versions (of the streams it appends to and of those

@@ -165,6 +165,10 @@ pub enum AppendError {
     /// are sound.
     #[error("commits {commits:?} sealed personal values under a destroyed subject key")]
     SubjectKeyDestroyed { commits: Vec<usize>, subjects: Vec<String> },
+    /// Commit `commit` closes a period at or after the log's time `now` (a process
+    /// whose clock runs ahead let it through); the others are sound.
+    #[error("commit {commit} closes a period that has not ended by the log's time {now}")]
+    PeriodNotPast { commit: usize, now: DateTime<Utc> },
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
 }

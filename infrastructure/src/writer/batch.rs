@@ -273,6 +273,12 @@ impl Writer {
                 let bad = pending.remove(group);
                 let _ = bad.reply.send(Err(GroupError::Command { index, error: CommandError::Internal }));
             }
+            AppendError::PeriodNotPast { commit, now } => {
+                tracing::info!(%now, "a period that has not ended yet by the log's clock was not closed");
+                let (group, index) = owners[commit];
+                let bad = pending.remove(group);
+                let _ = bad.reply.send(Err(GroupError::Command { index, error: CommandError::PeriodNotPast(now) }));
+            }
             AppendError::SubjectKeyDestroyed { commits, .. } => {
                 tracing::info!(commands = commits.len(), "a subject was erased under commands that sealed its values");
                 let mut groups: Vec<(usize, usize)> = commits.iter().map(|c| owners[*c]).collect();

@@ -2,8 +2,10 @@
 //! chromedriver's WebDriver API, the way a person would: sign in, find an account by
 //! owner and read its balance and statement, open a transaction, redrive a dead letter,
 //! start a reconciliation and read its result, register and delete a webhook, verify
-//! the chain; then a client-role token, which is offered no admin action. Screenshots
-//! of every page go to `target/console-screenshots/`. No request leaves the origin.
+//! the chain, check the signed tree head, close a period and read its balances, check
+//! an event's inclusion; then a client-role token, which is offered no admin action.
+//! Screenshots of every page go to `target/console-screenshots/`. No request leaves the
+//! origin.
 
 use ledger_tests::procs::free_port;
 use ledger_tests::{ADMIN_TOKEN, TestApp, eventually, with_simulator};
@@ -259,6 +261,8 @@ async fn an_operator_and_a_client_use_the_console_in_a_real_browser() {
         .await;
     assert_eq!(r.status, StatusCode::CREATED);
     app.deposit(a, 1, "EUR").await;
+    // The last posting is recorded before this: the period closed below closes after it.
+    let posted = std::time::Instant::now();
     eventually("a webhook dead letter exists", 30, || async {
         app.get("/v1/admin/dead-letters").await.body["dead_letters"].as_array().is_some_and(|d| !d.is_empty())
     })
@@ -390,6 +394,76 @@ async fn an_operator_and_a_client_use_the_console_in_a_real_browser() {
     assert!(verified.contains("The chain verifies"), "{verified}");
     browser.screenshot("08-verify").await;
 
+    // The verifiable log: the latest tree head, its signature checked in the browser
+    // (WebCrypto Ed25519; a Chromium without it says so, and that is accepted).
+    browser.go(&format!("{}/console#/audit", app.base)).await;
+    let signature = browser
+        .text_until("#tree-head-signature", |t| t.starts_with("Signature") || t.starts_with("This browser"))
+        .await;
+    assert!(
+        !signature.contains("NOT")
+            && (signature.starts_with("Signature verifies") || signature.starts_with("This browser cannot check")),
+        "the tree head's signature: {signature}"
+    );
+    // Close a period a second ago: after the last posting (at least 2 s before now) and,
+    // this test's only period, later than any previous one; not in the future.
+    if let Some(rest) = Duration::from_secs(2).checked_sub(posted.elapsed()) {
+        tokio::time::sleep(rest).await;
+    }
+    let closes_at =
+        (chrono::Utc::now() - chrono::Duration::seconds(1)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    // Typed and sent again if the page was drawn again meanwhile (its fields replaced);
+    // a close that went through shows its row, and is not sent again.
+    for _ in 0..3 {
+        browser.fill(&[("#period-closes-at", closes_at.as_str())]).await;
+        browser.click("#close-period").await;
+        // A bounded poll on the page (not a fixed pause).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline && browser.count("#periods a.period-link").await == 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if browser.count("#periods a.period-link").await > 0 {
+            break;
+        }
+    }
+    browser.find("#periods a.period-link").await;
+    assert_eq!(browser.count("#periods a.period-link").await, 1, "one period closed");
+    browser.screenshot("08a-audit").await;
+    // The period's balances: the account's, effective at the close.
+    browser.follow("#periods a.period-link", "#/period/").await;
+    let row = format!("#period-balances tr[data-account='{a}']");
+    let closed = browser.text_until(&row, |t| t.contains("100.01")).await;
+    assert!(closed.contains("EUR"), "the balance at the close, with its currency: {closed}");
+    browser.screenshot("08a-period").await;
+    // An event of the transaction checked in the browser: its leaf hashed from its chain
+    // hash, its audit path folded up to the signed head's root.
+    browser.go(&format!("{}/console#/transaction/{}", app.base, transfer.id())).await;
+    browser.find("#audit .check-inclusion").await;
+    let position = browser
+        .script("return document.querySelector('#audit .check-inclusion').getAttribute('data-position')")
+        .await
+        .as_str()
+        .expect("the event's position")
+        .to_owned();
+    let result = format!("inclusion-{position}");
+    let shown = format!("const e = document.getElementById('{result}'); return e === null ? '' : e.textContent");
+    // Clicked again if the page was drawn again meanwhile (the click then went nowhere).
+    for _ in 0..3 {
+        browser.click("#audit .check-inclusion").await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline && browser.script(&shown).await == json!("") {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if browser.script(&shown).await != json!("") {
+            break;
+        }
+    }
+    let included =
+        browser.text_until(&format!("#{result}"), |t| t.starts_with("Included") || t.starts_with("NOT")).await;
+    assert!(included.starts_with("Included in the tree of size"), "the event's inclusion: {included}");
+    assert!(!included.contains("does NOT verify"), "in a head whose signature verifies: {included}");
+    browser.screenshot("08a-inclusion").await;
+
     // Erase the subject of the owner's account (its own id): offered to the admin, and
     // only once the subject is typed to confirm it.
     browser.go(&format!("{}/console#/account/{a}", app.base)).await;
@@ -472,7 +546,7 @@ async fn an_operator_and_a_client_use_the_console_in_a_real_browser() {
     browser.type_into("#token", &client_token).await;
     browser.click("#sign-in-button").await;
     browser.find("#account-query").await;
-    for link in ["#/overview", "#/dead-letters", "#/reconciliations", "#/webhooks"] {
+    for link in ["#/overview", "#/dead-letters", "#/reconciliations", "#/webhooks", "#/audit"] {
         assert!(!browser.displayed(&format!("nav a[href='{link}']")).await, "{link} is not offered to a client");
     }
     browser.go(&format!("{}/console#/dead-letters", app.base)).await;
@@ -485,7 +559,8 @@ async fn an_operator_and_a_client_use_the_console_in_a_real_browser() {
         json!(true),
         "and asks nothing it may not"
     );
-    assert_eq!(browser.count("button.redrive, button.discard, button.delete-webhook, #start-reconciliation").await, 0);
+    let actions = "button.redrive, button.discard, button.delete-webhook, #start-reconciliation, #close-period";
+    assert_eq!(browser.count(actions).await, 0);
     browser.go(&format!("{}/console#/account/{b}", app.base)).await;
     browser.find("#erased").await;
     assert_eq!(browser.count("#erase-form").await, 0, "erasure is not offered to a client");

@@ -22,6 +22,7 @@ mod operability;
 mod overload;
 mod pauses;
 mod payouts;
+mod periods;
 mod privacy;
 mod python_client;
 mod read_side;
