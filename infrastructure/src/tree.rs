@@ -124,7 +124,10 @@ pub enum Grown {
 }
 
 /// Grows the tree by up to `batch` events, in one transaction (the state row's lock
-/// makes one builder at a time, whatever the processes).
+/// makes one builder at a time, whatever the processes). An event that does not
+/// recompute stops it: the events before it enter the tree, the position is recorded
+/// (`merkle_state.stopped_at`, so every process answers heads over it at once) and
+/// returned as [`TreeError::Tampered`].
 pub async fn grow(pool: &PgPool, batch: i64) -> Result<Grown, TreeError> {
     let mut tx = pool.begin().await?;
     let (size, last): (i64, Option<Vec<u8>>) =
@@ -137,43 +140,49 @@ pub async fn grow(pool: &PgPool, batch: i64) -> Result<Grown, TreeError> {
     let events = crate::store::EventStore::read_range(&mut *tx, size, up_to).await?;
     let mut previous = last.unwrap_or_else(|| GENESIS_HASH.to_vec());
     let mut leaves = Vec::with_capacity(events.len());
+    let mut stopped = None;
     for (i, event) in events.iter().enumerate() {
         let expected = size + 1 + i as i64;
-        if event.position != expected {
-            return Err(TreeError::Tampered { position: expected });
-        }
         let recomputed = crate::store::recompute_hash(&previous, event);
-        if event.hash.as_deref() != Some(recomputed.as_slice()) {
-            return Err(TreeError::Tampered { position: event.position });
+        if event.position != expected || event.hash.as_deref() != Some(recomputed.as_slice()) {
+            stopped = Some(expected);
+            break;
         }
         leaves.push(merkle::leaf_hash(&recomputed));
         previous = recomputed.to_vec();
     }
-    if (leaves.len() as i64) < up_to - size {
-        return Err(TreeError::Tampered { position: size + 1 + leaves.len() as i64 });
+    if stopped.is_none() && (leaves.len() as i64) < up_to - size {
+        stopped = Some(size + 1 + leaves.len() as i64);
     }
-    let frontier_ids = merkle::frontier(size as u64);
-    let known = fetch(&mut *tx, &frontier_ids).await?;
-    let mut frontier = Vec::with_capacity(frontier_ids.len());
-    for id in frontier_ids {
-        frontier.push((id, *known.get(&id).ok_or(TreeError::MissingNode(id))?));
+    let grown = size + leaves.len() as i64;
+    if !leaves.is_empty() {
+        let frontier_ids = merkle::frontier(size as u64);
+        let known = fetch(&mut *tx, &frontier_ids).await?;
+        let mut frontier = Vec::with_capacity(frontier_ids.len());
+        for id in frontier_ids {
+            frontier.push((id, *known.get(&id).ok_or(TreeError::MissingNode(id))?));
+        }
+        let (made, _) = merkle::grow(frontier, size as u64, &leaves);
+        sqlx::query(
+            "insert into merkle_nodes (level, index, hash) select * from unnest($1::int2[], $2::int8[], $3::bytea[])",
+        )
+        .bind(made.iter().map(|((l, _), _)| *l as i16).collect::<Vec<_>>())
+        .bind(made.iter().map(|((_, i), _)| *i as i64).collect::<Vec<_>>())
+        .bind(made.iter().map(|(_, h)| h.to_vec()).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
     }
-    let (made, _) = merkle::grow(frontier, size as u64, &leaves);
-    sqlx::query(
-        "insert into merkle_nodes (level, index, hash) select * from unnest($1::int2[], $2::int8[], $3::bytea[])",
-    )
-    .bind(made.iter().map(|((l, _), _)| *l as i16).collect::<Vec<_>>())
-    .bind(made.iter().map(|((_, i), _)| *i as i64).collect::<Vec<_>>())
-    .bind(made.iter().map(|(_, h)| h.to_vec()).collect::<Vec<_>>())
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query("update merkle_state set size = $1, last_hash = $2, stopped_at = null")
-        .bind(up_to)
+    sqlx::query("update merkle_state set size = $1, last_hash = $2, stopped_at = $3")
+        .bind(grown)
         .bind(&previous)
+        .bind(stopped)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(Grown::To(up_to))
+    match stopped {
+        Some(position) => Err(TreeError::Tampered { position }),
+        None => Ok(Grown::To(grown)),
+    }
 }
 
 /// How far the tree has grown, as this process last read it, and the position the
@@ -267,14 +276,6 @@ pub async fn run(pool: PgPool, shutdown: CancellationToken) {
             Err(TreeError::Tampered { position }) => {
                 tracing::error!(position, "the log does not verify at this position: the Merkle tree stops before it");
                 metrics::counter!("ledger_tree_tampered_total").increment(1);
-                // Every process answers heads over it at once, with the position.
-                if let Err(e) = sqlx::query("update merkle_state set stopped_at = $1 where size < $1")
-                    .bind(position)
-                    .execute(&pool)
-                    .await
-                {
-                    tracing::warn!(error = %e, "recording where the tree stopped failed");
-                }
                 Duration::from_secs(10)
             }
             Err(e) => {

@@ -437,7 +437,8 @@ fn closed_periods(
                 continue;
             }
             let counts = event.effective_at().is_some() || !event.postings().is_empty();
-            let effective = event.effective_at().unwrap_or(recorded_at);
+            // To the microsecond, as the log keeps times (the API truncates them so).
+            let effective = event.effective_at().map_or(recorded_at, |t| t.trunc_subsecs(6));
             if counts && closed_through.is_some_and(|c| effective <= c) {
                 return Err(conflict());
             }

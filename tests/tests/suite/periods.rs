@@ -4,7 +4,7 @@
 //! postings), the signed tree head over the close, hostile input, and the check under
 //! the head lock that holds whatever a second writer process decided.
 
-use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use chrono::{DateTime, Duration, SecondsFormat, SubsecRound, Utc};
 use ledger_tests::{TestApp, eventually, test_config};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -75,7 +75,8 @@ fn verify_head(keys: &Value, head: &Value) {
 async fn a_closed_period_refuses_backdated_commands_and_keeps_its_balances() {
     let app = TestApp::spawn().await;
     let now = Utc::now();
-    let closes_at = now - Duration::minutes(10);
+    // Microseconds, as the ledger keeps every time.
+    let closes_at = (now - Duration::minutes(10)).trunc_subsecs(6);
     let (a, b) = (app.open_account("EUR", 0).await, app.open_account("EUR", 0).await);
     let c = app.open_account("USD", 0).await;
     let deposit = |account: Uuid, amount: i64, currency: &str, at: DateTime<Utc>| {
@@ -228,8 +229,10 @@ async fn no_writer_records_into_a_period_another_process_closed() {
     let closer = TestApp::spawn_with(config.clone()).await;
     let poster = TestApp::spawn_with(config).await;
     let (a, b) = (poster.open_account("EUR", 0).await, poster.open_account("EUR", 0).await);
-    assert_eq!(poster.deposit(a, 1_000_000, "EUR").await.status, StatusCode::CREATED);
-    let closes_at = Utc::now() - Duration::seconds(30);
+    let closes_at = (Utc::now() - Duration::seconds(30)).trunc_subsecs(6);
+    let deposit = json!({ "account_id": a, "amount": 1_000_000, "currency": "EUR",
+                          "effective_at": rfc(closes_at - Duration::minutes(1)) });
+    assert_eq!(poster.post("/v1/deposits", &key(), &deposit).await.status, StatusCode::CREATED);
     // The poster's writer has the periods stream loaded (no period yet) before the race.
     assert_eq!(transfer_at(&poster, a, b, 1, Some(closes_at - Duration::seconds(1))).await.status, StatusCode::CREATED);
     let posts = (0..40).map(|i| {
@@ -266,7 +269,7 @@ async fn the_append_refuses_what_a_stale_writer_decided() {
     use ledger_domain::{Amount, Currency, Event, events::DepositRecorded, events::PeriodClosed};
     use ledger_infrastructure::store::{AppendError, Commit, EventMetadata};
     let app = TestApp::spawn().await;
-    let closes_at = Utc::now() - Duration::minutes(1);
+    let closes_at = (Utc::now() - Duration::minutes(1)).trunc_subsecs(6);
     let r = app.post("/v1/admin/periods", &key(), &json!({ "closes_at": rfc(closes_at) })).await;
     assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
     let head = app.state.store.head().await.expect("head");

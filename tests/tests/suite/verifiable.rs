@@ -259,9 +259,25 @@ async fn tampering_stops_the_tree_and_breaks_proofs_naming_the_position() {
         Err(TreeError::Tampered { position }) => assert_eq!(position, bad),
         other => panic!("the tree grew over a tampered event: {other:?}"),
     }
-    assert_eq!(tree::size(&app.pool).await.expect("size"), size, "the tree stops before it");
+    assert_eq!(tree::size(&app.pool).await.expect("size"), bad - 1, "the tree stops just before it");
+    // A head over it is refused at once, naming the position, in every process; one
+    // before it is signed.
     let r = app.get(&format!("/v1/audit/tree-head?tree_size={}", size + 4)).await;
-    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "no head over it: {r:?}");
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "no head over it: {r:?}");
+    assert!(r.body["detail"].as_str().is_some_and(|d| d.contains(&format!("position {bad}"))), "{r:?}");
+    let r = app.get(&format!("/v1/audit/tree-head?tree_size={}", bad - 1)).await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    // Nodes that do not hash their event or children are refused, whoever inserts them:
+    // made-up roots cannot be put in the tree to be signed.
+    let level0 = bad - 1;
+    for (level, index) in [(0i16, level0), (1, (bad - 1) / 2 + 8), (0, 1_000_000)] {
+        let forged = sqlx::query("insert into merkle_nodes (level, index, hash) values ($1, $2, sha256('forged'))")
+            .bind(level)
+            .bind(index)
+            .execute(&app.pool)
+            .await;
+        assert!(forged.is_err(), "a forged node at ({level}, {index}) was stored");
+    }
     // The head signed earlier still stands for what was in the tree …
     let again = app.get(&format!("/v1/audit/tree-head?tree_size={size}")).await.body;
     assert_eq!(again["root_hash"], signed["root_hash"]);
