@@ -120,6 +120,18 @@ enum AuditCmd {
         #[arg(long)]
         event: std::path::PathBuf,
     },
+    /// Writes an event's inclusion proof, a signed tree head over it, the event and the
+    /// public keys (as the API shows them) to `--out`, for `check-inclusion` offline,
+    /// and checks them. Exits non-zero if they do not verify.
+    Prove {
+        #[arg(long)]
+        position: i64,
+        /// Default: as far as the tree has grown.
+        #[arg(long)]
+        tree_size: Option<i64>,
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
     /// Offline: the log of one saved signed head is a prefix of another's, by their
     /// consistency proof; needs only the saved keys. Exits non-zero if not.
     CheckConsistency {
@@ -213,6 +225,10 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Replay { .. } => Some(ledger_api::run::cli::master_key(&config).await?),
         _ => None,
     };
+    let signer = match cli.command {
+        Cmd::Audit { command: AuditCmd::Prove { .. } } => Some(ledger_api::run::cli::signer(&config).await?),
+        _ => None,
+    };
     if ledger_specific {
         config = ledger_api::run::cli::for_ledger(config, &cli.ledger).await?;
     } else if cli.ledger != ledger_infrastructure::ledgers::DEFAULT_LEDGER {
@@ -246,6 +262,14 @@ async fn main() -> anyhow::Result<()> {
         }
         Cmd::Audit { command: AuditCmd::CheckInclusion { .. } | AuditCmd::CheckConsistency { .. } } => {
             unreachable!("the offline checks returned before the configuration was read")
+        }
+        Cmd::Audit { command: AuditCmd::Prove { position, tree_size, out } } => {
+            let signer = signer.expect("read above for `prove`");
+            let (written, outcome) = ledger_api::run::cli::prove(&config, &signer, position, tree_size, &out).await?;
+            for file in written {
+                eprintln!("wrote {}", file.display());
+            }
+            return report_check(outcome);
         }
         Cmd::Audit { command: AuditCmd::Verify } => {
             let report = ledger_api::run::cli::audit_verify(&config).await?;

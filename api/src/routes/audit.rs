@@ -154,11 +154,29 @@ async fn within_head(state: &AppState, name: &str, size: Option<i64>) -> Result<
 
 /// A tree head signed with this deployment's first signing key.
 pub fn signed_head(state: &AppState, head: &ledger_infrastructure::tree::TreeHead) -> ledger_wire::TreeHead {
+    sign_head(&state.signer, &state.config.ledger, head)
+}
+
+/// A tree head of `ledger`, signed with the first key of `signer`, as the API shows it.
+pub fn sign_head(
+    signer: &ledger_infrastructure::signing::Signer,
+    ledger: &str,
+    head: &ledger_infrastructure::tree::TreeHead,
+) -> ledger_wire::TreeHead {
     let root_hash = hex::encode(head.root);
     let timestamp = head.timestamp.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    let ledger = state.config.ledger.clone();
-    let (key_id, signature) = state.signer.sign_head(&ledger, head.size, &root_hash, &timestamp);
-    ledger_wire::TreeHead { ledger, tree_size: head.size, root_hash, timestamp, key_id, signature }
+    let (key_id, signature) = signer.sign_head(ledger, head.size, &root_hash, &timestamp);
+    ledger_wire::TreeHead { ledger: ledger.to_owned(), tree_size: head.size, root_hash, timestamp, key_id, signature }
+}
+
+/// The public keys, as `GET /v1/audit/keys` shows them.
+pub fn signing_keys(signer: &ledger_infrastructure::signing::Signer) -> ledger_wire::SigningKeys {
+    let keys = signer
+        .keys()
+        .into_iter()
+        .map(|(key_id, public_key)| ledger_wire::SigningKeyView { key_id, algorithm: "ed25519".into(), public_key })
+        .collect();
+    ledger_wire::SigningKeys { keys }
 }
 
 #[utoipa::path(
@@ -269,11 +287,5 @@ async fn consistency(State(state): State<AppState>, Params(q): Params) -> Result
     responses((status = 200, description = "The public keys.", body = ledger_wire::SigningKeys))
 )]
 pub async fn keys(State(state): State<AppState>) -> Response {
-    let keys = state
-        .signer
-        .keys()
-        .into_iter()
-        .map(|(key_id, public_key)| ledger_wire::SigningKeyView { key_id, algorithm: "ed25519".into(), public_key })
-        .collect();
-    axum::Json(ledger_wire::SigningKeys { keys }).into_response()
+    axum::Json(signing_keys(&state.signer)).into_response()
 }

@@ -14,6 +14,8 @@ use ledger_infrastructure::{CommandBus, CommandRequest, Config, EventMetadata, E
 pub enum CliError {
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("{0}")]
+    Invalid(String),
     #[error("role must be admin, operator or client, not {0:?}")]
     UnknownRole(String),
     #[error("a token name must be 1 to 64 characters of [A-Za-z0-9_.-], not {0:?}")]
@@ -303,6 +305,74 @@ pub async fn reconcile(
     ledger_infrastructure::reconcile::report(run_id, &events)
         .map(crate::read::views::reconciliation)
         .ok_or(CliError::RunNotRecorded(run_id))
+}
+
+/// The signer of tree heads, as the service has it: `LEDGER_SIGNING_KEY`, or dev
+/// mode's key kept in the database of `default` (read before `--ledger` points the
+/// configuration elsewhere).
+pub async fn signer(config: &Config) -> Result<ledger_infrastructure::signing::Signer, CliError> {
+    let pool = ledger_infrastructure::connect_and_migrate(config).await?;
+    let master = ledger_infrastructure::keys::MasterKey::load(&pool, config.master_key.as_deref()).await?;
+    Ok(ledger_infrastructure::signing::Signer::load(&pool, config.signing_key.as_deref(), &master).await?)
+}
+
+/// `ledger audit prove --position P --out DIR`: writes what an auditor needs to check
+/// offline that the event at `P` is in the log (`keys.json`, `head.json` signed at
+/// `tree_size`, default the tree's size, `proof.json`, `event.json`, each as the API
+/// shows it), then checks them as `audit check-inclusion` does. Returns the paths
+/// written and the check's outcome.
+pub async fn prove(
+    config: &Config,
+    signer: &ledger_infrastructure::signing::Signer,
+    position: i64,
+    tree_size: Option<i64>,
+    out: &std::path::Path,
+) -> Result<(Vec<std::path::PathBuf>, Result<String, String>), CliError> {
+    use ledger_infrastructure::tree;
+    let store = store(config).await?;
+    let pool = store.pool().clone();
+    let grown = tree::size(&pool).await?;
+    let size = tree_size.unwrap_or(grown);
+    if position < 1 || size < position || size > grown {
+        return Err(CliError::Invalid(format!(
+            "the position must be from 1 to the tree size, and the tree size at most the tree's ({grown}): \
+             got position {position}, tree size {size}"
+        )));
+    }
+    let tree_error = |e: tree::TreeError| CliError::Invalid(e.to_string());
+    let head = crate::routes::audit::sign_head(signer, &config.ledger, &tree::head(&pool, size).await.map_err(tree_error)?);
+    let (leaf, path) = tree::inclusion(&pool, position, size).await.map_err(tree_error)?;
+    let proof = ledger_wire::InclusionProof {
+        position,
+        tree_size: size,
+        leaf_hash: hex::encode(leaf),
+        audit_path: path.iter().map(hex::encode).collect(),
+    };
+    let event = EventStore::read_range(&pool, position - 1, position)
+        .await?
+        .pop()
+        .ok_or_else(|| CliError::Invalid(format!("no event at position {position}")))?;
+    let event = crate::read::views::recorded_event(event).map_err(|e| CliError::Invalid(format!("{e:?}")))?;
+    let keys = crate::routes::audit::signing_keys(signer);
+    std::fs::create_dir_all(out).map_err(|e| CliError::Invalid(format!("{}: {e}", out.display())))?;
+    let mut written = Vec::with_capacity(4);
+    let values = [
+        ("keys.json", serde_json::to_value(&keys)),
+        ("head.json", serde_json::to_value(&head)),
+        ("proof.json", serde_json::to_value(&proof)),
+        ("event.json", serde_json::to_value(&event)),
+    ];
+    let mut saved = Vec::new();
+    for (name, value) in values {
+        let value = value.expect("wire types serialize");
+        let file = out.join(name);
+        let text = serde_json::to_string_pretty(&value).expect("JSON values print");
+        std::fs::write(&file, text).map_err(|e| CliError::Invalid(format!("{}: {e}", file.display())))?;
+        written.push(file);
+        saved.push(value);
+    }
+    let outcome = offline::check_inclusion(&saved[0], &saved[1], &saved[2], &saved[3]);
+    Ok((written, outcome))
 }
 
 /// Offline checks of what an auditor saved (docs/AUDIT.md): no database, no network,

@@ -182,6 +182,50 @@ async fn saved_heads_and_proofs_are_checked_offline_by_the_binary() {
     let mut other_event = event.clone();
     other_event["hash"] = json!(hex::encode([1u8; 32]));
     assert!(ledger_api::run::cli::offline::check_inclusion(&keys, &second, &inclusion, &other_event).is_err());
+    // `ledger audit prove` writes the same files from the database, signed with the
+    // deployment's key, and checks them; the offline check accepts what it wrote.
+    let proved = dir.join("proved");
+    let out = std::process::Command::new(ledger_tests::procs::ledger_bin())
+        .args(["audit", "prove", "--position", "3", "--tree-size", &new.to_string(), "--out"])
+        .arg(&proved)
+        .env_clear()
+        .envs(ledger_tests::procs::base_env(&app.state.config))
+        .output()
+        .expect("the binary runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let read = |name: &str| -> Value {
+        serde_json::from_slice(&std::fs::read(proved.join(name)).expect("written")).expect("json")
+    };
+    assert_eq!(read("head.json"), second, "the head the API signed at that size");
+    assert_eq!(read("proof.json"), inclusion);
+    assert_eq!(read("event.json")["hash"], event["hash"]);
+    assert_eq!(read("keys.json"), keys);
+    let (ok, said) = run([
+        ["audit", "check-inclusion", "--keys"].map(String::from).to_vec(),
+        vec![
+            proved.join("keys.json").to_string_lossy().into_owned(),
+            "--head".into(),
+            proved.join("head.json").to_string_lossy().into_owned(),
+            "--proof".into(),
+            proved.join("proof.json").to_string_lossy().into_owned(),
+            "--event".into(),
+            proved.join("event.json").to_string_lossy().into_owned(),
+        ],
+    ]
+    .concat());
+    assert!(ok, "{said}");
+    for bad in [["--position", "0"], ["--position", "999999"]] {
+        let out = std::process::Command::new(ledger_tests::procs::ledger_bin())
+            .args(["audit", "prove"])
+            .args(bad)
+            .arg("--out")
+            .arg(&proved)
+            .env_clear()
+            .envs(ledger_tests::procs::base_env(&app.state.config))
+            .output()
+            .expect("the binary runs");
+        assert!(!out.status.success(), "{bad:?} was proved");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
