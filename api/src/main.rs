@@ -18,7 +18,7 @@ const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(15);
 #[command(name = "ledger", version, about = "Event-sourced double-entry ledger")]
 struct Cli {
     /// The ledger a subcommand that reads or writes one ledger works on (replay,
-    /// reconcile, audit, projections).
+    /// reconcile, audit, projections); the offline audit checks refuse heads of another.
     #[arg(long, global = true, default_value = "default")]
     ledger: String,
     #[command(subcommand)]
@@ -202,6 +202,7 @@ async fn main() -> anyhow::Result<()> {
                 &read(head)?,
                 &read(proof)?,
                 &read(event)?,
+                Some(&cli.ledger),
             );
             return report_check(outcome);
         }
@@ -210,7 +211,13 @@ async fn main() -> anyhow::Result<()> {
                 Ok(serde_json::from_slice(&std::fs::read(p).with_context(|| format!("reading {}", p.display()))?)?)
             };
             let outcome =
-                ledger_api::run::cli::offline::check_consistency(&read(keys)?, &read(from)?, &read(to)?, &read(proof)?);
+                ledger_api::run::cli::offline::check_consistency(
+                &read(keys)?,
+                &read(from)?,
+                &read(to)?,
+                &read(proof)?,
+                Some(&cli.ledger),
+            );
             return report_check(outcome);
         }
         _ => {}

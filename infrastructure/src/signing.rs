@@ -35,7 +35,7 @@ impl SigningKey {
     fn from_seed(seed: &[u8]) -> Result<SigningKey, KeyError> {
         let pair = Ed25519KeyPair::from_seed_unchecked(seed).map_err(|_| KeyError::Malformed)?;
         let public_bytes = pair.public_key().as_ref().to_vec();
-        let id = hex::encode(sha2::Sha256::digest(&public_bytes))[..16].to_owned();
+        let id = key_id(&public_bytes);
         Ok(SigningKey { pair, id, public: B64.encode(&public_bytes) })
     }
 }
@@ -44,6 +44,16 @@ impl SigningKey {
 #[derive(Debug)]
 pub struct Signer {
     keys: Vec<SigningKey>,
+}
+
+/// A key's id: the first 16 hex characters of SHA-256 of its public key (API.md v1.2).
+pub fn key_id(public: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(public))[..16].to_owned()
+}
+
+/// The id of a public key given in base64, if it is 32 bytes.
+pub fn key_id_of(public_b64: &str) -> Option<String> {
+    B64.decode(public_b64).ok().filter(|k| k.len() == 32).map(|k| key_id(&k))
 }
 
 /// What a tree head's signature covers (API.md v1.2).

@@ -371,7 +371,7 @@ pub async fn prove(
         written.push(file);
         saved.push(value);
     }
-    let outcome = offline::check_inclusion(&saved[0], &saved[1], &saved[2], &saved[3]);
+    let outcome = offline::check_inclusion(&saved[0], &saved[1], &saved[2], &saved[3], Some(&config.ledger));
     Ok((written, outcome))
 }
 
@@ -395,16 +395,22 @@ pub mod offline {
         v.as_array().ok_or_else(|| format!("{what}: not a list"))?.iter().map(|h| hash_of(h, what)).collect()
     }
 
-    /// A saved tree head, its signature checked with the saved key it names: its
-    /// ledger, size and root.
-    pub fn check_head(keys: &Value, head: &Value) -> Result<(String, i64, Hash), String> {
+    /// A saved tree head, its signature checked with the saved key it names (whose id
+    /// is derived again from the key itself), and of the `expected` ledger if one is
+    /// given: its ledger, size and root.
+    pub fn check_head(keys: &Value, head: &Value, expected: Option<&str>) -> Result<(String, i64, Hash), String> {
         let key_id = head["key_id"].as_str().ok_or("tree head: no key_id")?;
-        let key = keys["keys"]
+        let public = keys["keys"]
             .as_array()
-            .and_then(|k| k.iter().find(|k| k["key_id"].as_str() == Some(key_id)))
-            .ok_or_else(|| format!("tree head: signed by key {key_id}, which the saved keys do not hold"))?;
-        let public = key["public_key"].as_str().ok_or("keys: no public_key")?;
+            .into_iter()
+            .flatten()
+            .filter_map(|k| k["public_key"].as_str())
+            .find(|public| ledger_infrastructure::signing::key_id_of(public).as_deref() == Some(key_id))
+            .ok_or_else(|| format!("tree head: signed by key {key_id}, which no saved public key has as its id"))?;
         let ledger = head["ledger"].as_str().ok_or("tree head: no ledger")?;
+        if let Some(expected) = expected.filter(|e| *e != ledger) {
+            return Err(format!("tree head: of the ledger {ledger}, not {expected}"));
+        }
         let size = int_of(&head["tree_size"], "tree head: tree_size")?;
         let root = head["root_hash"].as_str().ok_or("tree head: no root_hash")?;
         let timestamp = head["timestamp"].as_str().ok_or("tree head: no timestamp")?;
@@ -416,8 +422,14 @@ pub mod offline {
     }
 
     /// An event (as `/v1/events` shows it) is in the tree of a signed head.
-    pub fn check_inclusion(keys: &Value, head: &Value, proof: &Value, event: &Value) -> Result<String, String> {
-        let (ledger, size, root) = check_head(keys, head)?;
+    pub fn check_inclusion(
+        keys: &Value,
+        head: &Value,
+        proof: &Value,
+        event: &Value,
+        ledger: Option<&str>,
+    ) -> Result<String, String> {
+        let (ledger, size, root) = check_head(keys, head, ledger)?;
         let position = int_of(&event["position"], "event: position")?;
         if int_of(&proof["position"], "proof: position")? != position
             || int_of(&proof["tree_size"], "proof: tree_size")? != size
@@ -436,11 +448,20 @@ pub mod offline {
     }
 
     /// The log of one signed head is a prefix of the log of another.
-    pub fn check_consistency(keys: &Value, from: &Value, to: &Value, proof: &Value) -> Result<String, String> {
-        let (ledger, old, old_root) = check_head(keys, from)?;
-        let (other, new, new_root) = check_head(keys, to)?;
+    pub fn check_consistency(
+        keys: &Value,
+        from: &Value,
+        to: &Value,
+        proof: &Value,
+        ledger: Option<&str>,
+    ) -> Result<String, String> {
+        let (ledger, old, old_root) = check_head(keys, from, ledger)?;
+        let (other, new, new_root) = check_head(keys, to, Some(&ledger))?;
         if ledger != other {
             return Err(format!("the heads are of two ledgers: {ledger} and {other}"));
+        }
+        if old > new {
+            return Err(format!("the first head ({old}) is larger than the second ({new}): give them oldest first"));
         }
         if int_of(&proof["from_size"], "proof: from_size")? != old
             || int_of(&proof["to_size"], "proof: to_size")? != new

@@ -181,7 +181,17 @@ async fn saved_heads_and_proofs_are_checked_offline_by_the_binary() {
     assert!(!ok && said.contains("signature"), "{said}");
     let mut other_event = event.clone();
     other_event["hash"] = json!(hex::encode([1u8; 32]));
-    assert!(ledger_api::run::cli::offline::check_inclusion(&keys, &second, &inclusion, &other_event).is_err());
+    let check = ledger_api::run::cli::offline::check_inclusion;
+    assert!(check(&keys, &second, &inclusion, &other_event, None).is_err());
+    assert!(check(&keys, &second, &inclusion, &event, Some("default")).is_ok());
+    // A head of another ledger signed with the same key, or naming a key whose id is
+    // not its own, is refused.
+    assert!(check(&keys, &second, &inclusion, &event, Some("books")).is_err());
+    let mut renamed = keys.clone();
+    renamed["keys"][0]["key_id"] = json!("0000000000000000");
+    let mut misnamed = second.clone();
+    misnamed["key_id"] = json!("0000000000000000");
+    assert!(check(&renamed, &misnamed, &inclusion, &event, None).is_err());
     // `ledger audit prove` writes the same files from the database, signed with the
     // deployment's key, and checks them; the offline check accepts what it wrote.
     let proved = dir.join("proved");
