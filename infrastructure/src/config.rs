@@ -179,6 +179,10 @@ pub struct Config {
     /// the leader uses it at least every second, so only a leader that stopped (a paused
     /// process, a host gone without closing its connection) loses it, and another takes over.
     pub relay_lease: Duration,
+    /// `LEDGER_TREE_POLL_MS` (default 50; 0: this process does not grow the Merkle
+    /// tree): how often the tree worker looks for new events when it is at the head
+    /// (tree heads and proofs wait for it; `tree.rs`).
+    pub tree_poll: Duration,
 }
 
 fn env_or(name: &str, default: &str) -> String {
@@ -268,6 +272,7 @@ impl Default for Config {
             relay_election_interval: Duration::from_millis(500),
             relay_backoff_base: Duration::from_millis(50),
             relay_backoff_max: Duration::from_millis(5000),
+            tree_poll: Duration::from_millis(50),
             relay_lease: Duration::from_millis(15_000),
         }
     }
@@ -368,6 +373,7 @@ impl Config {
             relay_backoff_base: env_ms("LEDGER_RELAY_BACKOFF_BASE_MS", d.relay_backoff_base)?,
             relay_backoff_max: env_ms("LEDGER_RELAY_BACKOFF_MAX_MS", d.relay_backoff_max)?,
             relay_lease: env_ms("LEDGER_RELAY_LEASE_MS", d.relay_lease)?,
+            tree_poll: env_ms("LEDGER_TREE_POLL_MS", d.tree_poll)?,
             shards,
             ledger: d.ledger,
         };

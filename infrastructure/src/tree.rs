@@ -263,16 +263,16 @@ impl Follower {
 /// Events per step of the worker.
 pub const BATCH: i64 = 5_000;
 
-/// The worker: grows the tree until `shutdown`, polling the head every 50 ms when at
+/// The worker: grows the tree until `shutdown`, polling the head every `poll` when at
 /// it; an event that does not recompute stops it there (reported every 10 s).
-pub async fn run(pool: PgPool, shutdown: CancellationToken) {
+pub async fn run(pool: PgPool, poll: Duration, shutdown: CancellationToken) {
     loop {
         let pause = match grow(&pool, BATCH).await {
             Ok(Grown::To(size)) => {
                 metrics::gauge!("ledger_tree_size").set(size as f64);
                 Duration::ZERO
             }
-            Ok(Grown::AtHead(_)) => Duration::from_millis(50),
+            Ok(Grown::AtHead(_)) => poll,
             Err(TreeError::Tampered { position }) => {
                 tracing::error!(position, "the log does not verify at this position: the Merkle tree stops before it");
                 metrics::counter!("ledger_tree_tampered_total").increment(1);

@@ -174,7 +174,10 @@ pub fn spawn_workers(state: &Core, on_applied: OnApplied, shutdown: Cancellation
         tokio::spawn(expiry.run(shutdown.clone())),
     ];
     handles.push(spawn_legacy_purge(state, shutdown.clone()));
-    handles.push(tokio::spawn(ledger_infrastructure::tree::run(state.pool.clone(), shutdown.clone())));
+    if !state.config.tree_poll.is_zero() {
+        let tree = ledger_infrastructure::tree::run(state.pool.clone(), state.config.tree_poll, shutdown.clone());
+        handles.push(tokio::spawn(tree));
+    }
     let (pool, url) = (state.pool.clone(), state.config.database_url.clone());
     handles.push(tokio::spawn(async move {
         if let Err(e) = ledger_projections::rebuild::recover_interrupted(&pool, &url).await {

@@ -7,6 +7,7 @@ pub mod reads;
 pub mod rebuild;
 pub mod stats;
 pub mod temporal;
+pub mod tree;
 
 use anyhow::{Context, bail};
 use ledger_infrastructure::{Config, EventStore, connect_and_migrate};

@@ -14,12 +14,30 @@ use std::time::Instant;
 use uuid::Uuid;
 
 pub async fn run(db: &BenchDb, p: &Params) -> anyhow::Result<Value> {
+    let (g, generation) = generate(db, p, "rebuild").await?;
+    let head = generation["events"].as_i64().expect("the generation reports its events");
+    eprintln!("rebuild: rebuilding");
+    let mut rebuilds = serde_json::Map::new();
+    for projection in [Projection::Accounts, Projection::Transfers] {
+        rebuilds.insert(projection.name().to_owned(), time_rebuild(db, projection, head).await?);
+    }
+    let verification = verify(db, &g).await?;
+    Ok(json!({
+        "generation": generation,
+        "rebuild": rebuilds,
+        "verification": verification,
+    }))
+}
+
+/// A log of `p.events` events (accounts, deposits, transfers between `p.log_accounts`
+/// accounts) appended in large batches; what was generated, and how fast.
+pub async fn generate(db: &BenchDb, p: &Params, mode: &str) -> anyhow::Result<(LogGen, Value)> {
     if p.events < 10 {
         bail!("--events must be at least 10");
     }
     let accounts = p.log_accounts.min((p.events - 1) / 3).max(2) as usize;
 
-    eprintln!("rebuild: generating {} events over {accounts} accounts", p.events);
+    eprintln!("{mode}: generating {} events over {accounts} accounts", p.events);
     let started = Instant::now();
     let cpu = Cpu::now();
     let mut g = LogGen::new(p.seed)?;
@@ -73,18 +91,8 @@ pub async fn run(db: &BenchDb, p: &Params) -> anyhow::Result<Value> {
         "events_table_mb": db.relation_mb("events").await?,
         "stream_entries_mb": db.relation_mb("stream_entries").await?,
     });
-    eprintln!("rebuild: generated in {generation_s:.1} s; rebuilding");
-
-    let mut rebuilds = serde_json::Map::new();
-    for projection in [Projection::Accounts, Projection::Transfers] {
-        rebuilds.insert(projection.name().to_owned(), time_rebuild(db, projection, head).await?);
-    }
-    let verification = verify(db, &g).await?;
-    Ok(json!({
-        "generation": generation,
-        "rebuild": rebuilds,
-        "verification": verification,
-    }))
+    eprintln!("{mode}: generated in {generation_s:.1} s");
+    Ok((g, generation))
 }
 
 /// A random customer account with money to send (None if none is found quickly).

@@ -3,8 +3,9 @@
 //! `rebuild` (projection rebuild rate over a large log), `temporal` (strong and as-of
 //! reads of a long stream, with and without snapshots) and `reads` (cached and
 //! uncached account reads, owner look-ups) and `queries` (each filter of
-//! `GET /v1/transactions` over a large read model). Loopback servers only; each mode is
-//! bounded in time.
+//! `GET /v1/transactions` over a large read model) and `tree` (the Merkle tree over a
+//! large log: growth, tree heads, inclusion and consistency proofs). Loopback servers
+//! only; each mode is bounded in time.
 
 #[path = "../bench/mod.rs"]
 mod bench;
@@ -26,6 +27,8 @@ enum Mode {
     Reads,
     /// Each filter of `GET /v1/transactions` over --transactions transactions.
     Queries,
+    /// The Merkle tree over a log of --events events: growth, heads and proofs.
+    Tree,
     /// All of them, one after another, each in its own database.
     All,
 }
@@ -37,6 +40,7 @@ impl Mode {
             Mode::Temporal => "temporal",
             Mode::Reads => "reads",
             Mode::Queries => "queries",
+            Mode::Tree => "tree",
             Mode::All => "all",
         }
     }
@@ -114,7 +118,7 @@ async fn main() -> anyhow::Result<()> {
         seed: args.seed,
     };
     let modes = match args.mode {
-        Mode::All => vec![Mode::Rebuild, Mode::Temporal, Mode::Reads, Mode::Queries],
+        Mode::All => vec![Mode::Rebuild, Mode::Temporal, Mode::Reads, Mode::Queries, Mode::Tree],
         mode => vec![mode],
     };
     let environment = bench::environment(&base).await?;
@@ -166,6 +170,7 @@ async fn run_mode(base: &str, mode: Mode, params: &Params, timeout: Duration) ->
             Mode::Temporal => bench::temporal::run(&db, params).await,
             Mode::Reads => bench::reads::run(&db, params).await,
             Mode::Queries => bench::queries::run(&db, params).await,
+            Mode::Tree => bench::tree::run(&db, params).await,
             Mode::All => Err(anyhow!("`all` is not a single mode")),
         };
         db.close().await;
