@@ -20,10 +20,40 @@ create table period_balances (
 );
 alter table period_balances owner to ledger_app;
 
--- The tree's nodes are what the log says, whoever inserts them: a node at level 0 is the
--- leaf hash of its event's chain hash, a node above is the hash of its two children
--- (RFC 9162: 0x00 ‖ leaf, 0x01 ‖ left ‖ right). Checked once per statement over the
--- rows it inserted, so the worker's one insert per step pays one join; a role that may
+-- The tree keeps only its perfect subtrees of 16 leaves and up (`tree::STORED_LEVEL`):
+-- the smaller ones are folded from the events' chain hashes when a head or proof needs
+-- them (one block of 16 events), so the tree writes about one row per 8 events.
+delete from merkle_nodes where level < 4;
+
+-- The root of the 16 leaves after position `first` (the events first+1 ..= first+16),
+-- null while they are not all in the log.
+create function merkle_block_root(first bigint) returns bytea
+language plpgsql stable
+as $$
+declare
+    level bytea[];
+    next bytea[];
+begin
+    select array_agg(sha256('\x00'::bytea || hash) order by position) into level
+    from events where position > first and position <= first + 16;
+    if coalesce(array_length(level, 1), 0) <> 16 then
+        return null;
+    end if;
+    while array_length(level, 1) > 1 loop
+        next := '{}';
+        for i in 1 .. array_length(level, 1) by 2 loop
+            next := next || sha256('\x01'::bytea || level[i] || level[i + 1]);
+        end loop;
+        level := next;
+    end loop;
+    return level[1];
+end
+$$;
+
+-- The tree's nodes are what the log says, whoever inserts them: a node at level 4 is the
+-- root of its 16 events' leaves, a node above is the hash of its two children
+-- (RFC 9162: leaf = 0x00 ‖ chain hash, node = 0x01 ‖ left ‖ right); no smaller node is
+-- stored. Checked once per statement over the rows it inserted, so a role that may
 -- insert nodes (the service's) cannot insert made-up ones and get their roots signed.
 -- Nodes are never updated or deleted by the service (it has no such grant); events are
 -- append-only (0004), so a node, once checked, stays true.
@@ -31,15 +61,19 @@ create function merkle_nodes_verified() returns trigger
 language plpgsql
 as $$
 begin
+    -- Correlated look-ups, primary-key probes each: the planner knows nothing of the
+    -- transition table's size and would otherwise scan the log to join it.
     if exists (
         select 1 from inserted n
-        left join events e on n.level = 0 and e.position = n.index + 1
-        left join merkle_nodes l on n.level > 0 and l.level = n.level - 1 and l.index = 2 * n.index
-        left join merkle_nodes r on n.level > 0 and r.level = n.level - 1 and r.index = 2 * n.index + 1
-        where n.hash is distinct from case when n.level = 0 then sha256('\x00'::bytea || e.hash)
-                                           else sha256('\x01'::bytea || l.hash || r.hash) end
+        where n.hash is distinct from (
+            case when n.level = 4 then merkle_block_root(n.index * 16)
+                 when n.level > 4 then
+                (select sha256('\x01'::bytea || l.hash || r.hash) from merkle_nodes l, merkle_nodes r
+                 where l.level = n.level - 1 and l.index = 2 * n.index
+                   and r.level = n.level - 1 and r.index = 2 * n.index + 1)
+            end)
     ) then
-        raise exception 'a Merkle tree node does not hash its event or its children'
+        raise exception 'a Merkle tree node does not hash its events or its children'
             using errcode = 'integrity_constraint_violation';
     end if;
     return null;

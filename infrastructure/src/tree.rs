@@ -31,6 +31,10 @@ pub enum TreeError {
     Tampered { position: i64 },
     #[error("a stored node of the tree is missing: {0:?}")]
     MissingNode(NodeId),
+    /// The stored chain hashes of the events at `from..=to` no longer fold to the
+    /// subtree the tree stored over them: one was changed after it entered the tree.
+    #[error("the events at positions {from} to {to} no longer match the tree grown over them")]
+    BlockChanged { from: i64, to: i64 },
 }
 
 /// How far the tree has grown: its size (leaves 0..size are positions 1..=size).
@@ -38,22 +42,84 @@ pub async fn size(pool: &PgPool) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("select size from merkle_state").fetch_one(pool).await
 }
 
-/// Fetches the perfect subtrees named, in one query, on any executor.
-async fn fetch<'e, E: sqlx::PgExecutor<'e>>(executor: E, ids: &[NodeId]) -> Result<HashMap<NodeId, Hash>, sqlx::Error> {
-    let levels: Vec<i16> = ids.iter().map(|(l, _)| *l as i16).collect();
-    let indexes: Vec<i64> = ids.iter().map(|(_, i)| *i as i64).collect();
-    let rows: Vec<(i16, i64, Vec<u8>)> = sqlx::query_as(
-        "select n.level, n.index, n.hash from unnest($1::int2[], $2::int8[]) as k(level, index)
-         join merkle_nodes n on n.level = k.level and n.index = k.index",
-    )
-    .bind(&levels)
-    .bind(&indexes)
-    .fetch_all(executor)
-    .await?;
-    Ok(rows
+/// Perfect subtrees of `2^STORED_LEVEL` leaves and up are stored; the smaller ones are
+/// folded from the events' chain hashes when needed (one block of 16 leaves read per
+/// node), which the tree checked when they entered it. So the tree stores about one
+/// node per 8 events instead of two per event (its rows and WAL an eighth-and-a-bit),
+/// and a head or proof still reads `O(log n)` rows.
+pub const STORED_LEVEL: u32 = 4;
+const BLOCK: u64 = 1 << STORED_LEVEL;
+
+/// Fetches the perfect subtrees named: the stored ones in one query, the smaller ones
+/// folded from their blocks' events in another.
+async fn fetch(conn: &mut sqlx::PgConnection, ids: &[NodeId]) -> Result<HashMap<NodeId, Hash>, TreeError> {
+    let (mut stored, small): (Vec<NodeId>, Vec<NodeId>) =
+        ids.iter().partition(|(level, _)| *level >= STORED_LEVEL);
+    let mut blocks: Vec<u64> = small.iter().map(|(l, i)| (i << l) / BLOCK).collect();
+    blocks.sort_unstable();
+    blocks.dedup();
+    // A complete block's events are checked against the subtree stored over them.
+    stored.extend(blocks.iter().map(|b| (STORED_LEVEL, *b)));
+    stored.sort_unstable();
+    stored.dedup();
+    let levels: Vec<i16> = stored.iter().map(|(l, _)| *l as i16).collect();
+    let indexes: Vec<i64> = stored.iter().map(|(_, i)| *i as i64).collect();
+    let rows: Vec<(i16, i64, Vec<u8>)> = if stored.is_empty() {
+        Vec::new()
+    } else {
+        sqlx::query_as(
+            "select n.level, n.index, n.hash from unnest($1::int2[], $2::int8[]) as k(level, index)
+             join merkle_nodes n on n.level = k.level and n.index = k.index",
+        )
+        .bind(&levels)
+        .bind(&indexes)
+        .fetch_all(&mut *conn)
+        .await?
+    };
+    let mut nodes: HashMap<NodeId, Hash> = rows
         .into_iter()
         .filter_map(|(l, i, h)| <Hash>::try_from(h.as_slice()).ok().map(|h| ((l as u32, i as u64), h)))
-        .collect())
+        .collect();
+    if small.is_empty() {
+        return Ok(nodes);
+    }
+    let block_ids: Vec<i64> = blocks.iter().map(|b| *b as i64).collect();
+    let leaves: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+        "select e.position, e.hash from unnest($1::int8[]) as b(block)
+         join events e on e.position > b.block * 16 and e.position <= b.block * 16 + 16",
+    )
+    .bind(&block_ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let leaves: HashMap<u64, Hash> =
+        leaves.into_iter().map(|(position, hash)| (position as u64 - 1, merkle::leaf_hash(&hash))).collect();
+    for block in blocks {
+        let Some(kept) = nodes.get(&(STORED_LEVEL, block)) else { continue };
+        let span: Option<Vec<Hash>> = (block * BLOCK..(block + 1) * BLOCK).map(|l| leaves.get(&l).copied()).collect();
+        if span.is_none_or(|span| perfect_root(&span) != *kept) {
+            let from = (block * BLOCK) as i64 + 1;
+            return Err(TreeError::BlockChanged { from, to: from + BLOCK as i64 - 1 });
+        }
+    }
+    for (level, index) in small {
+        let first = index << level;
+        let span: Option<Vec<Hash>> = (first..first + (1 << level)).map(|leaf| leaves.get(&leaf).copied()).collect();
+        if let Some(span) = span {
+            nodes.insert((level, index), perfect_root(&span));
+        }
+    }
+    Ok(nodes)
+}
+
+/// The root of a perfect subtree (a power of two of leaf hashes).
+fn perfect_root(leaves: &[Hash]) -> Hash {
+    match leaves {
+        [leaf] => *leaf,
+        _ => {
+            let (left, right) = leaves.split_at(leaves.len() / 2);
+            merkle::node_hash(&perfect_root(left), &perfect_root(right))
+        }
+    }
 }
 
 /// Runs `algorithm` twice: listing the perfect subtrees it reads, then over them.
@@ -62,7 +128,8 @@ async fn computed<T>(pool: &PgPool, algorithm: impl Fn(&mut dyn Nodes) -> T) -> 
     algorithm(&mut needed);
     needed.0.sort_unstable();
     needed.0.dedup();
-    let mut known = Known { nodes: fetch(pool, &needed.0).await?, missing: None };
+    let mut conn = pool.acquire().await?;
+    let mut known = Known { nodes: fetch(&mut conn, &needed.0).await?, missing: None };
     let out = algorithm(&mut known);
     match known.missing {
         Some(id) => Err(TreeError::MissingNode(id)),
@@ -81,8 +148,9 @@ pub struct TreeHead {
 /// The head of the tree at `size` (which the tree has reached). Its timestamp is the
 /// recorded time of the event at `size`, which is part of that event's chain hash: the
 /// event is recomputed from its content and its predecessor's hash and must give the
-/// leaf the tree holds, so a `recorded_at` changed after the tree grew over it is
-/// refused, never signed.
+/// leaf the tree is folded from, so a `recorded_at` changed after the tree grew over it
+/// is refused, never signed (and one changed with its hash changes the root, which then
+/// no longer matches heads signed before).
 pub async fn head(pool: &PgPool, size: i64) -> Result<TreeHead, TreeError> {
     let n = size as u64;
     let root = computed(pool, |nodes| merkle::root(n, nodes)).await?;
@@ -96,7 +164,7 @@ pub async fn head(pool: &PgPool, size: i64) -> Result<TreeHead, TreeError> {
         _ => return Err(TreeError::Tampered { position: size }),
     };
     let leaf = merkle::leaf_hash(&crate::store::recompute_hash(&previous, last));
-    let stored = fetch(pool, &[(0, n - 1)]).await?;
+    let stored = fetch(&mut *pool.acquire().await?, &[(0, n - 1)]).await?;
     if stored.get(&(0, n - 1)) != Some(&leaf) {
         return Err(TreeError::Tampered { position: size });
     }
@@ -163,6 +231,7 @@ pub async fn grow(pool: &PgPool, batch: i64) -> Result<Grown, TreeError> {
             frontier.push((id, *known.get(&id).ok_or(TreeError::MissingNode(id))?));
         }
         let (made, _) = merkle::grow(frontier, size as u64, &leaves);
+        let made: Vec<_> = made.into_iter().filter(|((level, _), _)| *level >= STORED_LEVEL).collect();
         sqlx::query(
             "insert into merkle_nodes (level, index, hash) select * from unnest($1::int2[], $2::int8[], $3::bytea[])",
         )

@@ -112,6 +112,14 @@ fn tree_error(e: ledger_infrastructure::tree::TreeError) -> ApiError {
             crate::http::error::ErrorCode::Internal,
             format!("the log does not verify at position {position} (GET /v1/audit/verify): no head covers it"),
         ),
+        TreeError::BlockChanged { from, to } => ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            crate::http::error::ErrorCode::Internal,
+            format!(
+                "the stored hashes of the events at positions {from} to {to} were changed after they entered the tree \
+                 (GET /v1/audit/verify)"
+            ),
+        ),
         other => ApiError::internal(&other),
     }
 }
