@@ -210,8 +210,7 @@ async fn main() -> anyhow::Result<()> {
             let read = |p: &std::path::Path| -> anyhow::Result<serde_json::Value> {
                 Ok(serde_json::from_slice(&std::fs::read(p).with_context(|| format!("reading {}", p.display()))?)?)
             };
-            let outcome =
-                ledger_api::run::cli::offline::check_consistency(
+            let outcome = ledger_api::run::cli::offline::check_consistency(
                 &read(keys)?,
                 &read(from)?,
                 &read(to)?,
@@ -272,6 +271,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Cmd::Audit { command: AuditCmd::Prove { position, tree_size, out } } => {
             let signer = signer.expect("read above for `prove`");
+            eprintln!("signing with key {}", signer.keys()[0].0);
             let (written, outcome) = ledger_api::run::cli::prove(&config, &signer, position, tree_size, &out).await?;
             for file in written {
                 eprintln!("wrote {}", file.display());

@@ -18,7 +18,9 @@ mod tests;
 
 pub use access::Role;
 pub use decide::{Command, DomainError, decide, system_account_id};
-pub use events::{Concurrency, EVENT_TYPES, Event, Leg, Posting, chain_stream_id, periods_stream_id, subject_stream_id};
+pub use events::{
+    Concurrency, EVENT_TYPES, Event, Leg, Posting, chain_stream_id, periods_stream_id, subject_stream_id,
+};
 pub use money::{AMOUNT_MAX, Amount, AmountError, Currency, CurrencyError, Money};
 pub use reconcile::{MismatchKind, Resolution};
 pub use state::{

@@ -109,6 +109,27 @@ impl Signer {
         Ok(signer)
     }
 
+    /// The keys the service signs with, for a tool beside it (`ledger audit prove`):
+    /// the configured ones, or dev mode's key as the service keeps it. Never makes one:
+    /// a head signed with a key the service does not publish would verify with nothing.
+    pub async fn existing(
+        pool: &PgPool,
+        configured: Option<&str>,
+        master: &crate::keys::MasterKey,
+    ) -> Result<Option<Signer>, KeyError> {
+        if let Some(text) = configured {
+            return Signer::from_config(text).map(Some);
+        }
+        const NAME: &str = "dev-signing-key";
+        let kept: Option<Vec<u8>> = sqlx::query_scalar("select value from key_material where name = $1")
+            .bind(NAME)
+            .fetch_optional(pool)
+            .await?;
+        let Some(kept) = kept else { return Ok(None) };
+        let seed = master.open(&kept, NAME.as_bytes())?;
+        Ok(Some(Signer { keys: vec![SigningKey::from_seed(&seed)?] }))
+    }
+
     /// A fresh signer with one random key (tests, and cores built without start-up).
     pub fn generate() -> Signer {
         let mut seed = Zeroizing::new([0u8; 32]);

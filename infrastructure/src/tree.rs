@@ -50,15 +50,24 @@ pub async fn size(pool: &PgPool) -> Result<i64, sqlx::Error> {
 pub const STORED_LEVEL: u32 = 4;
 const BLOCK: u64 = 1 << STORED_LEVEL;
 
-/// Fetches the perfect subtrees named: the stored ones in one query, the smaller ones
-/// folded from their blocks' events in another.
+/// Fetches the perfect subtrees named. The stored ones come in one query. The smaller
+/// ones are folded from leaves: a complete block's from its 16 events' `hash`, checked
+/// against the subtree stored over them (a stored hash changed since is
+/// [`TreeError::BlockChanged`]); the open block's (the last, not yet 16 leaves) from the
+/// leaves the tree recomputed when they entered it (`merkle_state.tail`), never from
+/// stored hashes nothing has checked against the tree.
 async fn fetch(conn: &mut sqlx::PgConnection, ids: &[NodeId]) -> Result<HashMap<NodeId, Hash>, TreeError> {
-    let (mut stored, small): (Vec<NodeId>, Vec<NodeId>) =
-        ids.iter().partition(|(level, _)| *level >= STORED_LEVEL);
+    let (mut stored, small): (Vec<NodeId>, Vec<NodeId>) = ids.iter().partition(|(level, _)| *level >= STORED_LEVEL);
     let mut blocks: Vec<u64> = small.iter().map(|(l, i)| (i << l) / BLOCK).collect();
     blocks.sort_unstable();
     blocks.dedup();
-    // A complete block's events are checked against the subtree stored over them.
+    // Read before the stored nodes: a block that completes in between is then read as
+    // a complete one, its subtree stored.
+    let (size, tail): (i64, Vec<Vec<u8>>) = if blocks.is_empty() {
+        (0, Vec::new())
+    } else {
+        sqlx::query_as("select size, tail from merkle_state").fetch_one(&mut *conn).await?
+    };
     stored.extend(blocks.iter().map(|b| (STORED_LEVEL, *b)));
     stored.sort_unstable();
     stored.dedup();
@@ -83,22 +92,33 @@ async fn fetch(conn: &mut sqlx::PgConnection, ids: &[NodeId]) -> Result<HashMap<
     if small.is_empty() {
         return Ok(nodes);
     }
-    let block_ids: Vec<i64> = blocks.iter().map(|b| *b as i64).collect();
-    let leaves: Vec<(i64, Vec<u8>)> = sqlx::query_as(
-        "select e.position, e.hash from unnest($1::int8[]) as b(block)
-         join events e on e.position > b.block * 16 and e.position <= b.block * 16 + 16",
-    )
-    .bind(&block_ids)
-    .fetch_all(&mut *conn)
-    .await?;
-    let leaves: HashMap<u64, Hash> =
-        leaves.into_iter().map(|(position, hash)| (position as u64 - 1, merkle::leaf_hash(&hash))).collect();
-    for block in blocks {
-        let Some(kept) = nodes.get(&(STORED_LEVEL, block)) else { continue };
-        let span: Option<Vec<Hash>> = (block * BLOCK..(block + 1) * BLOCK).map(|l| leaves.get(&l).copied()).collect();
-        if span.is_none_or(|span| perfect_root(&span) != *kept) {
-            let from = (block * BLOCK) as i64 + 1;
-            return Err(TreeError::BlockChanged { from, to: from + BLOCK as i64 - 1 });
+    let complete: Vec<i64> =
+        blocks.iter().filter(|b| nodes.contains_key(&(STORED_LEVEL, **b))).map(|b| *b as i64).collect();
+    let mut leaves: HashMap<u64, Hash> = HashMap::new();
+    if !complete.is_empty() {
+        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+            "select e.position, e.hash from unnest($1::int8[]) as b(block)
+             join events e on e.position > b.block * 16 and e.position <= b.block * 16 + 16",
+        )
+        .bind(&complete)
+        .fetch_all(&mut *conn)
+        .await?;
+        leaves.extend(rows.into_iter().map(|(position, hash)| (position as u64 - 1, merkle::leaf_hash(&hash))));
+        for block in complete.iter().map(|b| *b as u64) {
+            let kept = nodes[&(STORED_LEVEL, block)];
+            let span: Option<Vec<Hash>> =
+                (block * BLOCK..(block + 1) * BLOCK).map(|l| leaves.get(&l).copied()).collect();
+            if span.is_none_or(|span| perfect_root(&span) != kept) {
+                let from = (block * BLOCK) as i64 + 1;
+                return Err(TreeError::BlockChanged { from, to: from + BLOCK as i64 - 1 });
+            }
+        }
+    }
+    let open = size as u64 / BLOCK;
+    if blocks.contains(&open) && !complete.contains(&(open as i64)) {
+        for (i, leaf) in tail.iter().enumerate() {
+            let leaf = <Hash>::try_from(leaf.as_slice()).map_err(|_| TreeError::MissingNode((0, open * BLOCK)))?;
+            leaves.insert(open * BLOCK + i as u64, leaf);
         }
     }
     for (level, index) in small {
@@ -198,8 +218,8 @@ pub enum Grown {
 /// returned as [`TreeError::Tampered`].
 pub async fn grow(pool: &PgPool, batch: i64) -> Result<Grown, TreeError> {
     let mut tx = pool.begin().await?;
-    let (size, last): (i64, Option<Vec<u8>>) =
-        sqlx::query_as("select size, last_hash from merkle_state for update").fetch_one(&mut *tx).await?;
+    let (size, last, tail): (i64, Option<Vec<u8>>, Vec<Vec<u8>>) =
+        sqlx::query_as("select size, last_hash, tail from merkle_state for update").fetch_one(&mut *tx).await?;
     let head: i64 = sqlx::query_scalar("select position from log_head").fetch_one(&mut *tx).await?;
     if head <= size {
         return Ok(Grown::AtHead(size));
@@ -225,7 +245,7 @@ pub async fn grow(pool: &PgPool, batch: i64) -> Result<Grown, TreeError> {
     let grown = size + leaves.len() as i64;
     if !leaves.is_empty() {
         let frontier_ids = merkle::frontier(size as u64);
-        let known = fetch(&mut *tx, &frontier_ids).await?;
+        let known = fetch(&mut tx, &frontier_ids).await?;
         let mut frontier = Vec::with_capacity(frontier_ids.len());
         for id in frontier_ids {
             frontier.push((id, *known.get(&id).ok_or(TreeError::MissingNode(id))?));
@@ -241,10 +261,19 @@ pub async fn grow(pool: &PgPool, batch: i64) -> Result<Grown, TreeError> {
         .execute(&mut *tx)
         .await?;
     }
-    sqlx::query("update merkle_state set size = $1, last_hash = $2, stopped_at = $3")
+    // The open block's leaves as recomputed: the tail the next heads and steps fold from.
+    let mut tail = tail;
+    for leaf in &leaves {
+        tail.push(leaf.to_vec());
+        if tail.len() as u64 == BLOCK {
+            tail.clear();
+        }
+    }
+    sqlx::query("update merkle_state set size = $1, last_hash = $2, stopped_at = $3, tail = $4")
         .bind(grown)
         .bind(&previous)
         .bind(stopped)
+        .bind(&tail)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
@@ -322,7 +351,10 @@ impl Follower {
                     }
                 }
                 Err(_) => {
-                    fresh |= matches!(tokio::time::timeout_at(deadline, seen.changed()).await, Ok(Ok(())));
+                    // In slices: if the one reading is dropped (its client gone), another
+                    // waiter takes the lock within one slice.
+                    let slice = (tokio::time::Instant::now() + Duration::from_millis(25)).min(deadline);
+                    fresh |= matches!(tokio::time::timeout_at(slice, seen.changed()).await, Ok(Ok(())));
                 }
             }
         }

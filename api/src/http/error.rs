@@ -174,8 +174,9 @@ impl From<CommandError> for ApiError {
             CommandError::Unavailable(cause) => ApiError::unavailable(&cause),
             CommandError::ShuttingDown => ApiError::unavailable(&"the command writer is shutting down"),
             CommandError::Internal => ApiError::internal(&"the command met an internal error and was not recorded"),
-            CommandError::PeriodNotPast(now) => ApiError::validation(format!(
-                "`closes_at` must be before the ledger's time now ({}); nothing was recorded",
+            CommandError::AheadOfLog(now) => ApiError::validation(format!(
+                "a time in the request (`closes_at` must be past, `effective_at` at most 60 s ahead) is ahead of the \
+                 ledger's time {}; nothing was recorded",
                 now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
             )),
             CommandError::SubjectKeyDestroyed => ApiError {

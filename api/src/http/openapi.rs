@@ -9,8 +9,8 @@
 //! particular to it. Depends on the routes' attributes only, never on their logic.
 
 use crate::routes::{
-    accounts, admin, audit, bulk, console, deposits, events, health, holds, ledgers, periods, reconciliations, subjects,
-    transactions, transfers, webhooks, withdrawals,
+    accounts, admin, audit, bulk, console, deposits, events, health, holds, ledgers, periods, reconciliations,
+    subjects, transactions, transfers, webhooks, withdrawals,
 };
 use axum::Router;
 use ledger_wire as schemas;

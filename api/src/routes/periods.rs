@@ -111,9 +111,7 @@ async fn close(
     }
     let command = Command::ClosePeriod(ClosePeriod { period_id: Uuid::now_v7(), closes_at });
     let render = |recorded: &Recorded| {
-        let Some(Event::PeriodClosed(e)) = recorded.events.first() else {
-            unreachable!("a close records its event")
-        };
+        let Some(Event::PeriodClosed(e)) = recorded.events.first() else { unreachable!("a close records its event") };
         // Without its tree head, which is added to every answer (a replay's too).
         let body = serde_json::json!({
             "id": e.period_id,
@@ -208,12 +206,18 @@ async fn one(State(state): State<AppState>, Segment(raw): Segment) -> Result<Res
         (status = 503, description = "`consistency_timeout`: the read model has not reached the period in time."),
     )
 )]
-async fn balances(State(state): State<AppState>, Segment(raw): Segment, Params(q): Params) -> Result<Response, ApiError> {
+async fn balances(
+    State(state): State<AppState>,
+    Segment(raw): Segment,
+    Params(q): Params,
+) -> Result<Response, ApiError> {
     let id = path_uuid(&raw, period_not_found)?;
     let limit = limit_param(q.get("limit").map(String::as_str), 100, ledger_wire::limits::PAGE_MAX)?;
     let cursor = match q.get("cursor") {
         None => None,
-        Some(c) => Some(Uuid::parse_str(c).map_err(|_| ApiError::bad_request("`cursor` is not a cursor from this API"))?),
+        Some(c) => {
+            Some(Uuid::parse_str(c).map_err(|_| ApiError::bad_request("`cursor` is not a cursor from this API"))?)
+        }
     };
     let period = periods(&state, Some(id)).await?.into_iter().next().ok_or_else(period_not_found)?;
     // The balances are written as the accounts projection applies the period's event.

@@ -309,11 +309,18 @@ pub async fn reconcile(
 
 /// The signer of tree heads, as the service has it: `LEDGER_SIGNING_KEY`, or dev
 /// mode's key kept in the database of `default` (read before `--ledger` points the
-/// configuration elsewhere).
+/// configuration elsewhere); none is made here.
 pub async fn signer(config: &Config) -> Result<ledger_infrastructure::signing::Signer, CliError> {
     let pool = ledger_infrastructure::connect_and_migrate(config).await?;
     let master = ledger_infrastructure::keys::MasterKey::load(&pool, config.master_key.as_deref()).await?;
-    Ok(ledger_infrastructure::signing::Signer::load(&pool, config.signing_key.as_deref(), &master).await?)
+    ledger_infrastructure::signing::Signer::existing(&pool, config.signing_key.as_deref(), &master).await?.ok_or_else(
+        || {
+            CliError::Invalid(
+                "no LEDGER_SIGNING_KEY, and the database keeps no dev-mode key: give the service's LEDGER_SIGNING_KEY"
+                    .into(),
+            )
+        },
+    )
 }
 
 /// `ledger audit prove --position P --out DIR`: writes what an auditor needs to check
@@ -340,7 +347,8 @@ pub async fn prove(
         )));
     }
     let tree_error = |e: tree::TreeError| CliError::Invalid(e.to_string());
-    let head = crate::routes::audit::sign_head(signer, &config.ledger, &tree::head(&pool, size).await.map_err(tree_error)?);
+    let head =
+        crate::routes::audit::sign_head(signer, &config.ledger, &tree::head(&pool, size).await.map_err(tree_error)?);
     let (leaf, path) = tree::inclusion(&pool, position, size).await.map_err(tree_error)?;
     let proof = ledger_wire::InclusionProof {
         position,

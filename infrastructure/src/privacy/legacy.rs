@@ -193,10 +193,15 @@ impl Privacy {
                 .bind(keep)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query("update merkle_state set size = $1, last_hash = (select hash from events where position = $1)")
-                .bind(keep)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "update merkle_state set size = $1, last_hash = (select hash from events where position = $1),
+                        stopped_at = null,
+                        tail = coalesce((select array_agg(sha256('\\x00'::bytea || hash) order by position) from events
+                                         where position > $1 - $1 % 16 and position <= $1), '{}')",
+            )
+            .bind(keep)
+            .execute(&mut *tx)
+            .await?;
         }
         let chain_version: i64 =
             sqlx::query_scalar("select coalesce(max(version), 0) + 1 from stream_entries where stream_id = $1")

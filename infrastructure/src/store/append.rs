@@ -74,7 +74,7 @@ impl EventStore {
             hash: head.try_get("hash")?,
             recorded_at: now.trunc_subsecs(6).max(head.try_get("recorded_at")?),
         };
-        let closed_through = closed_periods(commits, closed_through, head.recorded_at)?;
+        let closed_through = business_times(commits, closed_through, head.recorded_at)?;
         let phase = phase.next("lock");
         if !personal.is_empty() {
             self.personal_keys(&mut tx, &personal).await?;
@@ -415,10 +415,10 @@ fn personal_changes(commits: &[Commit]) -> Result<Personal, AppendError> {
 /// event into a period closed before it: an event whose business time is at or before
 /// the books' close is a conflict on the periods stream (the batch is decided again on
 /// the log, and the command refused with `period_closed`); a period that closes at or
-/// after the log's time now is refused ([`AppendError::PeriodNotPast`]), so every
-/// event recorded after it, effective when recorded, falls after it. Returns the close
-/// after the batch.
-fn closed_periods(
+/// after the log's time now is refused ([`AppendError::AheadOfLog`]), so every
+/// event recorded after it, effective when recorded, falls after it, and so is an
+/// `effective_at` more than a minute ahead of it. Returns the close after the batch.
+fn business_times(
     commits: &[Commit],
     mut closed_through: Option<DateTime<Utc>>,
     recorded_at: DateTime<Utc>,
@@ -428,13 +428,18 @@ fn closed_periods(
         for event in &commit.events {
             if let Event::PeriodClosed(e) = event {
                 if e.closes_at >= recorded_at {
-                    return Err(AppendError::PeriodNotPast { commit: index, now: recorded_at });
+                    return Err(AppendError::AheadOfLog { commit: index, now: recorded_at });
                 }
                 if closed_through.is_some_and(|c| e.closes_at <= c) {
                     return Err(conflict());
                 }
                 closed_through = Some(e.closes_at);
                 continue;
+            }
+            // What effective-dated reads rely on (`snapshots::EFFECTIVE_AHEAD`): nothing is
+            // effective more than a minute after it is recorded.
+            if event.effective_at().is_some_and(|t| t > recorded_at + crate::snapshots::EFFECTIVE_AHEAD) {
+                return Err(AppendError::AheadOfLog { commit: index, now: recorded_at });
             }
             let counts = event.effective_at().is_some() || !event.postings().is_empty();
             // To the microsecond, as the log keeps times (the API truncates them so).

@@ -165,10 +165,11 @@ pub enum AppendError {
     /// are sound.
     #[error("commits {commits:?} sealed personal values under a destroyed subject key")]
     SubjectKeyDestroyed { commits: Vec<usize>, subjects: Vec<String> },
-    /// Commit `commit` closes a period at or after the log's time `now` (a process
-    /// whose clock runs ahead let it through); the others are sound.
-    #[error("commit {commit} closes a period that has not ended by the log's time {now}")]
-    PeriodNotPast { commit: usize, now: DateTime<Utc> },
+    /// Commit `commit` states a time ahead of the log's time `now`: a period that has
+    /// not ended, or an `effective_at` more than a minute ahead (a process whose clock
+    /// runs ahead, or a shard's that runs behind, let it through); the others are sound.
+    #[error("commit {commit} states a time ahead of the log's time {now}")]
+    AheadOfLog { commit: usize, now: DateTime<Utc> },
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
 }

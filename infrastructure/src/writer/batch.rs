@@ -273,11 +273,11 @@ impl Writer {
                 let bad = pending.remove(group);
                 let _ = bad.reply.send(Err(GroupError::Command { index, error: CommandError::Internal }));
             }
-            AppendError::PeriodNotPast { commit, now } => {
-                tracing::info!(%now, "a period that has not ended yet by the log's clock was not closed");
+            AppendError::AheadOfLog { commit, now } => {
+                tracing::info!(%now, "a command stating a time ahead of the log's clock was not recorded");
                 let (group, index) = owners[commit];
                 let bad = pending.remove(group);
-                let _ = bad.reply.send(Err(GroupError::Command { index, error: CommandError::PeriodNotPast(now) }));
+                let _ = bad.reply.send(Err(GroupError::Command { index, error: CommandError::AheadOfLog(now) }));
             }
             AppendError::SubjectKeyDestroyed { commits, .. } => {
                 tracing::info!(commands = commits.len(), "a subject was erased under commands that sealed its values");

@@ -113,10 +113,10 @@ pub enum CommandError {
     /// under a new key.
     #[error("the subject was erased while the command was in flight; nothing was recorded")]
     SubjectKeyDestroyed,
-    /// A period's `closes_at` was not before the log's time when it was to be
-    /// recorded; nothing was stored.
-    #[error("closes_at is not in the past by the ledger's clock ({0})")]
-    PeriodNotPast(chrono::DateTime<chrono::Utc>),
+    /// A time the command states (a period's `closes_at`, an `effective_at`) was ahead
+    /// of the log's time when it was to be recorded; nothing was stored.
+    #[error("a time the command states is ahead of the ledger's time ({0})")]
+    AheadOfLog(chrono::DateTime<chrono::Utc>),
 }
 
 /// Why a group recorded nothing.

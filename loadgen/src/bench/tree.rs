@@ -26,7 +26,7 @@ pub async fn run(db: &BenchDb, p: &Params) -> anyhow::Result<Value> {
         match tree::grow(&db.pool, tree::BATCH).await? {
             Grown::To(size) => {
                 steps += 1;
-                if steps % 40 == 0 {
+                if steps.is_multiple_of(40) {
                     eprintln!("  tree: {size}/{head}");
                 }
             }

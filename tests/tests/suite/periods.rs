@@ -19,7 +19,13 @@ fn key() -> String {
     Uuid::new_v4().to_string()
 }
 
-async fn transfer_at(app: &TestApp, from: Uuid, to: Uuid, amount: i64, at: Option<DateTime<Utc>>) -> ledger_tests::Reply {
+async fn transfer_at(
+    app: &TestApp,
+    from: Uuid,
+    to: Uuid,
+    amount: i64,
+    at: Option<DateTime<Utc>>,
+) -> ledger_tests::Reply {
     let mut body = json!({ "from": from, "to": to, "amount": amount, "currency": "EUR" });
     if let Some(at) = at {
         body["effective_at"] = json!(rfc(at));
@@ -79,9 +85,7 @@ async fn a_closed_period_refuses_backdated_commands_and_keeps_its_balances() {
     let closes_at = (now - Duration::minutes(10)).trunc_subsecs(6);
     let (a, b) = (app.open_account("EUR", 0).await, app.open_account("EUR", 0).await);
     let c = app.open_account("USD", 0).await;
-    let deposit = |account: Uuid, amount: i64, currency: &str, at: DateTime<Utc>| {
-        json!({ "account_id": account, "amount": amount, "currency": currency, "effective_at": rfc(at) })
-    };
+    let deposit = |account: Uuid, amount: i64, currency: &str, at: DateTime<Utc>| json!({ "account_id": account, "amount": amount, "currency": currency, "effective_at": rfc(at) });
     for (account, amount, currency, at) in
         [(a, 1_000, "EUR", now - Duration::minutes(20)), (c, 70, "USD", now - Duration::minutes(12))]
     {
@@ -92,7 +96,8 @@ async fn a_closed_period_refuses_backdated_commands_and_keeps_its_balances() {
     // Recorded before the close, effective after it: not in the period's balances.
     assert_eq!(transfer_at(&app, a, b, 50, Some(now - Duration::minutes(5))).await.status, StatusCode::CREATED);
     // A hold placed before the close, to be captured into the period after it.
-    let hold = app.post("/v1/holds", &key(), &json!({ "account_id": a, "to": b, "amount": 10, "currency": "EUR" })).await;
+    let hold =
+        app.post("/v1/holds", &key(), &json!({ "account_id": a, "to": b, "amount": 10, "currency": "EUR" })).await;
     assert_eq!(hold.status, StatusCode::CREATED, "{hold:?}");
     let hold = hold.id();
 
@@ -117,14 +122,19 @@ async fn a_closed_period_refuses_backdated_commands_and_keeps_its_balances() {
     let period = closed.body.clone();
     let id = period["id"].as_str().expect("id").to_owned();
     let position = period["position"].as_i64().expect("position");
-    assert_eq!(period["closes_at"].as_str().map(|t| DateTime::parse_from_rfc3339(t).expect("rfc 3339")), Some(closes_at.into()));
+    assert_eq!(
+        period["closes_at"].as_str().map(|t| DateTime::parse_from_rfc3339(t).expect("rfc 3339")),
+        Some(closes_at.into())
+    );
     assert_eq!(period["tree_head"]["tree_size"].as_i64(), Some(position), "signed over the log up to the close");
-    let keys: Value = reqwest::get(format!("{}/v1/audit/keys", app.base)).await.expect("keys").json().await.expect("json");
+    let keys: Value =
+        reqwest::get(format!("{}/v1/audit/keys", app.base)).await.expect("keys").json().await.expect("json");
     verify_head(&keys, &period["tree_head"]);
     // The same request again is the same period; another body with its key is refused.
     let again = app.post("/v1/admin/periods", &close_key, &json!({ "closes_at": rfc(closes_at) })).await;
     assert_eq!((again.status, &again.body), (StatusCode::CREATED, &period), "{again:?}");
-    let other = app.post("/v1/admin/periods", &close_key, &json!({ "closes_at": rfc(closes_at - Duration::seconds(1)) })).await;
+    let other =
+        app.post("/v1/admin/periods", &close_key, &json!({ "closes_at": rfc(closes_at - Duration::seconds(1)) })).await;
     assert_eq!(other.code(), "idempotency_key_reused", "{other:?}");
 
     // Every command with a business time at or before the close: 422 period_closed.
@@ -299,11 +309,27 @@ async fn the_append_refuses_what_a_stale_writer_decided() {
         Err(AppendError::Conflict { streams, .. }) => assert_eq!(streams, vec![ledger_domain::periods_stream_id()]),
         other => panic!("a posting into the closed period was not refused: {other:?}"),
     }
-    let future = Event::PeriodClosed(PeriodClosed { period_id: Uuid::new_v4(), closes_at: Utc::now() + Duration::hours(1) });
+    let future =
+        Event::PeriodClosed(PeriodClosed { period_id: Uuid::new_v4(), closes_at: Utc::now() + Duration::hours(1) });
     let periods = ledger_domain::periods_stream_id();
     match app.state.store.append_batch(&[commit(future, vec![(periods, 1)])]).await {
-        Err(AppendError::PeriodNotPast { commit: 0, .. }) => {}
+        Err(AppendError::AheadOfLog { commit: 0, .. }) => {}
         other => panic!("a period closing in the future was not refused: {other:?}"),
+    }
+    // Nothing is effective more than a minute after it is recorded, whoever decided it.
+    let ahead = Event::DepositRecorded(DepositRecorded {
+        deposit_id: Uuid::new_v4(),
+        account_id: account,
+        system_account_id: ledger_domain::decide::system_account_id(eur),
+        amount: Amount::new(5).expect("amount"),
+        currency: eur,
+        reference: None,
+        metadata: None,
+        effective_at: Some(Utc::now() + Duration::minutes(3)),
+    });
+    match app.state.store.append_batch(&[commit(ahead, vec![(account, 0)])]).await {
+        Err(AppendError::AheadOfLog { commit: 0, .. }) => {}
+        other => panic!("an effective_at minutes ahead was not refused: {other:?}"),
     }
     assert_eq!(app.state.store.head().await.expect("head"), head, "nothing was stored");
 }

@@ -30,7 +30,8 @@ async fn history(app: &TestApp, transfers: usize) {
     app.deposit(a, 10_000, "EUR").await;
     for i in 0..transfers {
         let (from, to) = if i % 2 == 0 { (a, b) } else { (b, a) };
-        assert_eq!(app.transfer(from, to, 1, "EUR").await.status, StatusCode::CREATED);
+        let r = app.transfer(from, to, 1, "EUR").await;
+        assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
     }
 }
 
@@ -340,4 +341,71 @@ async fn tampering_stops_the_tree_and_breaks_proofs_naming_the_position() {
     let proof = app.get(&format!("/v1/audit/proofs/inclusion?position=2&tree_size={size}")).await;
     assert_eq!(proof.status, StatusCode::INTERNAL_SERVER_ERROR, "{proof:?}");
     assert!(proof.body["detail"].as_str().is_some_and(|d| d.contains("positions 1 to 16")), "{proof:?}");
+}
+
+/// The service's own role, or any session, tries to make the tree say what the log does
+/// not: nodes checked against tables a session shadows with temporary ones, a state row
+/// moved by hand, and the open block's stored hashes changed after they entered the tree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tree_cannot_be_forged_through_its_tables_or_its_state() {
+    use ledger_infrastructure::tree::{self, Grown};
+    let app = TestApp::spawn_mode(test_config(), ledger_api::run::serve::Mode::Api).await;
+    history(&app, 20).await;
+    if app.state.store.head().await.expect("head") % 16 == 0 {
+        assert_eq!(app.deposit(app.open_account("EUR", 0).await, 1, "EUR").await.status, StatusCode::CREATED);
+    }
+    let size = app.state.store.head().await.expect("head");
+    assert_eq!(tree::grow(&app.pool, tree::BATCH).await.expect("grows"), Grown::To(size));
+    assert_ne!(size % 16, 0, "the last block is open");
+    let signed = app.get(&format!("/v1/audit/tree-head?tree_size={size}")).await.body;
+
+    // Temporary tables named like the log's are not what the checks read.
+    // A session of its own (not the pool's: its temporary tables would outlive the test).
+    let mut session: sqlx::PgConnection =
+        <sqlx::PgConnection as sqlx::Connection>::connect(&app.state.config.database_url).await.expect("connection");
+    for statement in [
+        "create temp table merkle_nodes (level int2, index int8, hash bytea)",
+        "insert into merkle_nodes values (4, 100, sha256('a')), (4, 101, sha256('b'))",
+        "create temp table events (position int8, hash bytea)",
+        "insert into events select 16000 + g, sha256(g::text::bytea) from generate_series(1, 16) g",
+    ] {
+        sqlx::query(statement).execute(&mut session).await.expect(statement);
+    }
+    for forged in [
+        "insert into public.merkle_nodes values (5, 50, sha256('\\x01'::bytea || sha256('a') || sha256('b')))",
+        "insert into public.merkle_nodes select 4, 1000, (select hash from public.merkle_nodes limit 0)",
+    ] {
+        assert!(sqlx::query(forged).execute(&mut session).await.is_err(), "{forged} was stored");
+    }
+    sqlx::Connection::close(session).await.expect("closed");
+
+    // The state row, as the service's role: no shrinking, no made-up size, tail or stop.
+    for forged in [
+        "update merkle_state set size = 0, last_hash = null, tail = '{}'",
+        "update merkle_state set size = size + 1",
+        "update merkle_state set tail = '{}'",
+        "update merkle_state set stopped_at = 1",
+    ] {
+        let mut tx = app.pool.begin().await.expect("tx");
+        sqlx::query("set local role ledger_app").execute(&mut *tx).await.expect("role");
+        assert!(sqlx::query(forged).execute(&mut *tx).await.is_err(), "{forged} was accepted");
+    }
+
+    // A superuser changes the stored hash of an event of the open block: the head at that
+    // size is still the one signed (the tree folds the open block from the leaves it
+    // recomputed), and the tree does not grow over the block it no longer matches.
+    let mut tx = app.pool.begin().await.expect("tx");
+    sqlx::query("alter table events disable trigger events_append_only").execute(&mut *tx).await.expect("disable");
+    sqlx::query("update events set hash = sha256(hash) where position = $1")
+        .bind(size)
+        .execute(&mut *tx)
+        .await
+        .expect("tamper");
+    sqlx::query("alter table events enable trigger events_append_only").execute(&mut *tx).await.expect("enable");
+    tx.commit().await.expect("commit");
+    let again = app.get(&format!("/v1/audit/tree-head?tree_size={size}")).await.body;
+    assert_eq!(again["root_hash"], signed["root_hash"], "{again}");
+    history(&app, 16).await;
+    assert!(tree::grow(&app.pool, tree::BATCH).await.is_err(), "the tree grew over a changed hash");
+    assert_eq!(tree::size(&app.pool).await.expect("size"), size);
 }
