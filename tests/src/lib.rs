@@ -17,7 +17,7 @@ use uuid::Uuid;
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
 /// The stable error codes of API.md (v1, then the v1.1 and v1.2 additions), in its
-/// order; `period_closed` (v1.2, "Verifiable log") is not served yet.
+/// order.
 pub const API_MD_ERROR_CODES: &[&str] = &[
     "validation_error",
     "unauthorized",
@@ -43,6 +43,7 @@ pub const API_MD_ERROR_CODES: &[&str] = &[
     "hold_expired",
     "rate_limited",
     "ledger_not_found",
+    "period_closed",
 ];
 
 /// The typed client of a test: retries as in production, every answer checked against
