@@ -325,6 +325,7 @@ pub enum EventType {
     ReconciliationFinished,
     SubjectErased,
     ChainReanchored,
+    PeriodClosed,
 }
 
 impl EventType {
