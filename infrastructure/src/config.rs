@@ -48,6 +48,12 @@ pub struct Config {
     pub ledger_db_pool_max: u32,
     /// `LEDGER_DB_ACQUIRE_TIMEOUT_MS` (default 3000): a command fails fast instead of hanging.
     pub db_acquire_timeout: Duration,
+    /// `LEDGER_DB_CONNECT_TIMEOUT_MS` (default 5000): how long making a session outside
+    /// the pools may take (the relay leader's, the listeners', the lock sessions of
+    /// reconciliation and rebuilds, migrations, creating a database or a ledger's
+    /// schema), so a Postgres that accepts the socket and answers nothing holds none
+    /// of them for ever.
+    pub db_connect_timeout: Duration,
     /// `LEDGER_DB_WAIT_MS` (default 8000, below the request time-out): how long a request
     /// behind the Postgres breaker may take before it is answered 503 and counted as a
     /// dependency failure, so a Postgres that hangs (sockets open, nothing answered)
@@ -225,6 +231,7 @@ impl Default for Config {
             append_idle_timeout: crate::store::APPEND_IDLE_TIMEOUT,
             ledger_db_pool_max: 2,
             db_acquire_timeout: Duration::from_millis(3000),
+            db_connect_timeout: Duration::from_millis(5000),
             db_statement_timeout: Duration::from_millis(30_000),
             db_lock_timeout: Duration::from_millis(10_000),
             db_idle_in_transaction_timeout: Duration::from_millis(60_000),
@@ -317,6 +324,7 @@ impl Config {
             db_pool_max: env_num("LEDGER_DB_POOL_MAX", d.db_pool_max)?,
             ledger_db_pool_max: env_num("LEDGER_LEDGER_DB_POOL_MAX", d.ledger_db_pool_max)?,
             db_acquire_timeout: env_ms("LEDGER_DB_ACQUIRE_TIMEOUT_MS", d.db_acquire_timeout)?,
+            db_connect_timeout: env_ms("LEDGER_DB_CONNECT_TIMEOUT_MS", d.db_connect_timeout)?,
             db_wait: env_ms("LEDGER_DB_WAIT_MS", d.db_wait)?,
             append_idle_timeout: env_ms("LEDGER_APPEND_IDLE_TIMEOUT_MS", d.append_idle_timeout)?,
             db_statement_timeout: env_ms("LEDGER_DB_STATEMENT_TIMEOUT_MS", d.db_statement_timeout)?,

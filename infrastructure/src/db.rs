@@ -6,13 +6,47 @@
 //! statement, a lock wait or an abandoned transaction past its limit, even when the
 //! client that started it has gone. Connections made outside the pool (migrations
 //! here; the advisory-lock sessions of the relay, reconciliation and rebuilds) do not
-//! get them.
+//! get them, but their making is bounded by `LEDGER_DB_CONNECT_TIMEOUT_MS`
+//! ([`session`], [`listener`]).
 
 use crate::config::Config;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+/// `LEDGER_DB_CONNECT_TIMEOUT_MS` of this process, in ms (set by [`connect`], which
+/// every process calls with its configuration before it makes any other session).
+static CONNECT_TIMEOUT_MS: AtomicU64 = AtomicU64::new(5000);
+
+/// How long making a session outside the pools may take.
+pub fn connect_timeout() -> Duration {
+    Duration::from_millis(CONNECT_TIMEOUT_MS.load(Ordering::Relaxed))
+}
+
+/// Bounds the making of a session by [`connect_timeout`]: a Postgres that hangs (the
+/// socket open, nothing answered) is then an I/O time-out, which callers already treat
+/// as Postgres unavailable, never a wait without end.
+async fn bounded<T>(connecting: impl std::future::Future<Output = Result<T, sqlx::Error>>) -> Result<T, sqlx::Error> {
+    let limit = connect_timeout();
+    tokio::time::timeout(limit, connecting).await.unwrap_or_else(|_| {
+        Err(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("connecting to Postgres took longer than LEDGER_DB_CONNECT_TIMEOUT_MS ({} ms)", limit.as_millis()),
+        )))
+    })
+}
+
+/// A session of its own (an advisory lock's, the relay leader's), bounded in the making.
+pub async fn session(url: &str) -> Result<sqlx::PgConnection, sqlx::Error> {
+    bounded(sqlx::PgConnection::connect(url)).await
+}
+
+/// A `LISTEN` session, bounded in the making.
+pub async fn listener(url: &str) -> Result<sqlx::postgres::PgListener, sqlx::Error> {
+    bounded(sqlx::postgres::PgListener::connect(url)).await
+}
 
 /// The migrations in `migrations/`, embedded at compile time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
@@ -22,7 +56,7 @@ pub async fn ensure_database(url: &str) -> Result<(), sqlx::Error> {
     let options = PgConnectOptions::from_str(url)?;
     let name = options.get_database().unwrap_or("postgres").to_owned();
     let admin = options.clone().database("postgres");
-    let mut conn = admin.connect().await?;
+    let mut conn = bounded(admin.connect()).await?;
     let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
         .bind(&name)
         .fetch_one(&mut conn)
@@ -53,6 +87,7 @@ fn session_limits(config: &Config) -> [(&'static str, String); 3] {
 /// Connects a bounded pool (size and acquire timeout from the config) whose
 /// connections carry the config's statement, lock-wait and idle-transaction limits.
 pub async fn connect(config: &Config) -> Result<PgPool, sqlx::Error> {
+    CONNECT_TIMEOUT_MS.store(config.db_connect_timeout.as_millis() as u64, Ordering::Relaxed);
     let options = PgConnectOptions::from_str(&config.database_url)?.options(session_limits(config));
     PgPoolOptions::new()
         .max_connections(config.db_pool_max)
@@ -80,7 +115,11 @@ pub async fn migrate(database_url: &str) -> Result<(), sqlx::Error> {
     // A pool of one rather than a connection: the migrator's future over `&mut
     // PgConnection` is not `Send` for every lifetime, and ledgers are migrated from
     // request handlers and spawned tasks.
-    let pool = PgPoolOptions::new().max_connections(1).connect_with(PgConnectOptions::from_str(database_url)?).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(connect_timeout())
+        .connect_with(PgConnectOptions::from_str(database_url)?)
+        .await?;
     let migrated = MIGRATOR.run(&pool).await;
     pool.close().await;
     Ok(migrated?)

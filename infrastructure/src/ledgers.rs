@@ -247,7 +247,7 @@ pub async fn prepare_existing(shard_url: &str, schema: &str) -> Result<(), Prepa
     let work = async {
         if schema != DEFAULT_SCHEMA {
             use sqlx::Connection;
-            let mut conn = sqlx::PgConnection::connect(shard_url).await?;
+            let mut conn = crate::db::session(shard_url).await?;
             let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_namespace where nspname = $1)")
                 .bind(schema)
                 .fetch_one(&mut conn)
@@ -275,7 +275,7 @@ async fn create_and_migrate(shard_url: &str, schema: &str) -> Result<(), Prepare
     crate::db::ensure_database(shard_url).await?;
     if schema != DEFAULT_SCHEMA {
         use sqlx::Connection;
-        let mut conn = sqlx::PgConnection::connect(shard_url).await?;
+        let mut conn = crate::db::session(shard_url).await?;
         // The schema name is ours ([a-z0-9_]), never a client's string.
         debug_assert!(schema.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
         let created =

@@ -75,7 +75,7 @@ pub struct RunLock(PgConnection);
 impl Reconciler {
     /// Takes the lock that keeps runs one at a time.
     pub async fn lock(&self) -> Result<RunLock, ReconcileError> {
-        let mut conn = PgConnection::connect(&self.database_url).await?;
+        let mut conn = crate::db::session(&self.database_url).await?;
         let got: bool =
             sqlx::query_scalar("select pg_try_advisory_lock(hashtext('ledger-reconcile'), ledger_lock_key())")
                 .fetch_one(&mut conn)

@@ -25,7 +25,7 @@ use crate::store::EventStore;
 use crate::store::handoff::{Handoff, Inbox, Outgoing};
 use async_nats::jetstream::{self, message::PublishMessage};
 use sqlx::Connection;
-use sqlx::postgres::{PgConnection, PgListener};
+use sqlx::postgres::PgConnection;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -172,7 +172,7 @@ impl Relay {
     /// Takes the lock if free and relays until shutdown or an error. Returns whether
     /// this instance led.
     async fn lead(&self, inbox: &mut Inbox, shutdown: &CancellationToken) -> Result<bool, RelayError> {
-        let mut conn = PgConnection::connect(&self.database_url).await?;
+        let mut conn = crate::db::session(&self.database_url).await?;
         let ms = |d: Duration| format!("{}ms", d.as_millis());
         // `idle_session_timeout` is the leadership's lease: a leader paused or gone loses
         // its session, and so the lock, once it has not used it for `lease`.
@@ -210,7 +210,7 @@ impl Relay {
         inbox: &mut Inbox,
         shutdown: &CancellationToken,
     ) -> Result<(), RelayError> {
-        let mut listener = PgListener::connect(&self.database_url).await?;
+        let mut listener = crate::db::listener(&self.database_url).await?;
         let channel = crate::db::scoped_name(&mut *conn, "ledger_events").await?;
         listener.listen(&channel).await?;
         sqlx::query("insert into relay_checkpoints (name, position) values ($1, 0) on conflict do nothing")

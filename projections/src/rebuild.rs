@@ -35,7 +35,7 @@ pub struct RebuildLock {
 impl RebuildLock {
     /// Takes the rebuild lock of `projection`, or says a rebuild is already running.
     pub async fn acquire(database_url: &str, projection: Projection) -> Result<RebuildLock, RebuildError> {
-        let mut conn = PgConnection::connect(database_url).await?;
+        let mut conn = ledger_infrastructure::db::session(database_url).await?;
         let got: bool = sqlx::query_scalar("select pg_try_advisory_lock(hashtext($1), ledger_lock_key())")
             .bind(format!("ledger-rebuild:{}", projection.name()))
             .fetch_one(&mut conn)

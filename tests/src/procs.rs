@@ -27,25 +27,109 @@ fn as_postgres(tool: &str) -> std::process::Command {
 pub struct PgCluster {
     pub port: u16,
     dir: PathBuf,
+    /// The small tmpfs its WAL lives on, if it was started with one.
+    wal_mount: Option<PathBuf>,
+    /// Extra server settings (`-c name=value`).
+    settings: String,
 }
 
 impl PgCluster {
     pub fn start() -> PgCluster {
+        PgCluster::init(None)
+    }
+
+    /// A cluster whose WAL (1 MB segments, no checkpoint by size or time) is on a tmpfs of
+    /// `megabytes` of its own, which [`PgCluster::fill_wal_disk`] fills and
+    /// [`PgCluster::free_wal_disk`] frees: Postgres out of disk space for its WAL.
+    pub fn start_with_wal_disk(megabytes: u32) -> PgCluster {
+        PgCluster::init(Some(megabytes))
+    }
+
+    fn init(wal_megabytes: Option<u32>) -> PgCluster {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("ledger-pg-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("temp dir");
+        let wal_mount = wal_megabytes.map(|mb| {
+            let mount = dir.join("wal-disk");
+            std::fs::create_dir_all(&mount).expect("mount point");
+            let mounted = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={mb}m"), "tmpfs"])
+                .arg(&mount)
+                .status();
+            assert!(mounted.is_ok_and(|s| s.success()), "mount a tmpfs for the WAL (the tests run as root)");
+            mount
+        });
         let chown = std::process::Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status();
         assert!(chown.is_ok_and(|s| s.success()), "chown the cluster directory");
-        let init = as_postgres("initdb")
-            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
-            .arg(dir.join("data"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        let mut init = as_postgres("initdb");
+        init.args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"]).arg(dir.join("data"));
+        if let Some(mount) = &wal_mount {
+            init.arg("--waldir").arg(mount.join("pg_wal")).arg("--wal-segsize=1");
+        }
+        let init = init.stdout(Stdio::null()).stderr(Stdio::null()).status();
         assert!(init.is_ok_and(|s| s.success()), "initdb");
-        let cluster = PgCluster { port, dir };
+        // No checkpoint while the test runs: the WAL grows into new segments (a
+        // checkpoint would recycle old ones in place, needing no more room).
+        let settings = if wal_mount.is_some() {
+            " -c max_wal_size=1GB -c min_wal_size=2MB -c checkpoint_timeout=1h".to_owned()
+        } else {
+            String::new()
+        };
+        let cluster = PgCluster { port, dir, wal_mount, settings };
         cluster.resume();
         cluster
+    }
+
+    /// Fills the WAL's disk to the last byte (a file of zeros, written until the disk
+    /// refuses); returns the bytes written.
+    pub fn fill_wal_disk(&self) -> u64 {
+        use std::io::Write;
+        let mount = self.wal_mount.as_ref().expect("a cluster started with a WAL disk");
+        let mut file = std::fs::File::create(mount.join("filler")).expect("filler");
+        let chunk = vec![0u8; 64 * 1024];
+        let mut written = 0u64;
+        // Bounded: the disk is a few megabytes.
+        for _ in 0..100_000 {
+            match file.write(&chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => written += n as u64,
+            }
+        }
+        let _ = file.flush();
+        written
+    }
+
+    /// Frees what [`PgCluster::fill_wal_disk`] took.
+    pub fn free_wal_disk(&self) {
+        let mount = self.wal_mount.as_ref().expect("a cluster started with a WAL disk");
+        std::fs::remove_file(mount.join("filler")).expect("filler removed");
+    }
+
+    /// Starts the server if its postmaster is gone (as a supervisor would after it gave
+    /// up: a startup that could not write its WAL aborts); leaves a running one alone.
+    /// Returns whether it had to start it.
+    pub fn ensure_running(&self) -> bool {
+        let running = as_postgres("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("status")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !running {
+            self.resume();
+        }
+        !running
+    }
+
+    /// Whether the server accepts connections now.
+    pub fn is_up(&self) -> bool {
+        std::process::Command::new(pg_bin("pg_isready"))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-t", "2"])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
     }
 
     /// A streaming replica of `primary`: `pg_basebackup -R` of the running primary into
@@ -63,7 +147,7 @@ impl PgCluster {
             .stderr(Stdio::null())
             .status();
         assert!(backup.is_ok_and(|s| s.success()), "pg_basebackup of the primary");
-        let replica = PgCluster { port, dir };
+        let replica = PgCluster { port, dir, wal_mount: None, settings: String::new() };
         replica.resume();
         replica
     }
@@ -74,7 +158,12 @@ impl PgCluster {
 
     /// Starts (or restarts) the server and waits until it accepts connections.
     pub fn resume(&self) {
-        let options = format!("-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off", self.port, self.dir.display());
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off{}",
+            self.port,
+            self.dir.display(),
+            self.settings
+        );
         let ok = as_postgres("pg_ctl")
             .args(["-w", "-t", "60", "-o", &options, "-l"])
             .arg(self.dir.join("log"))
@@ -101,6 +190,9 @@ impl PgCluster {
 impl Drop for PgCluster {
     fn drop(&mut self) {
         self.crash();
+        if let Some(mount) = &self.wal_mount {
+            let _ = std::process::Command::new("umount").arg(mount).status();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

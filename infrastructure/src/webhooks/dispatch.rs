@@ -406,7 +406,7 @@ impl Delivery {
 async fn listen(database_url: String, appended: Arc<Notify>, changed: mpsc::Sender<Uuid>, shutdown: CancellationToken) {
     while !shutdown.is_cancelled() {
         let listener = async {
-            let mut listener = sqlx::postgres::PgListener::connect(&database_url).await?;
+            let mut listener = crate::db::listener(&database_url).await?;
             let events = crate::db::scoped_name(&mut listener, "ledger_events").await?;
             let webhooks = crate::db::scoped_name(&mut listener, "ledger_webhooks").await?;
             listener.listen_all([events.as_str(), webhooks.as_str()]).await?;

@@ -545,3 +545,96 @@ async fn two_apis_and_two_workers_on_a_three_node_nats_cluster() {
     assert!(violations.is_empty(), "{violations:#?}");
     drop((api1, api2, worker1, worker2));
 }
+
+/// Postgres out of disk space for its WAL: a private cluster whose WAL is on a small
+/// tmpfs, filled to the last byte under load (Postgres cannot write its WAL: it panics,
+/// and its restart cannot write either), held full, then freed (and the server started
+/// again if it gave up, as a supervisor would). Clients keep re-sending their keys.
+/// The same checker as the bank test: every acknowledged command exactly once, no key
+/// twice, money conserved, read models equal to the log, the chain valid. Prints how
+/// long the ledger took to answer commands again once the disk had room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bank_with_the_wal_disk_full_then_freed() {
+    let pg = PgCluster::start_with_wal_disk(40);
+    let nats = NatsServer::start().await;
+    let port = free_port();
+    let env = [
+        ("DATABASE_URL", pg.url("ledger")),
+        ("NATS_URL", nats.url()),
+        ("LEDGER_NATS_PREFIX", format!("wal{}", Uuid::new_v4().simple())),
+        ("LEDGER_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
+        ("LEDGER_PROVIDER_URL", "http://127.0.0.1:9".to_owned()),
+        ("LEDGER_DB_ACQUIRE_TIMEOUT_MS", "1000".to_owned()),
+        ("LEDGER_RECONCILE_INTERVAL_S", "0".to_owned()),
+    ];
+    let _ledger = LedgerProcess::start(&env, port).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let setup_deadline = Instant::now() + Duration::from_secs(60);
+    let mut accounts = Vec::new();
+    for _ in 0..4 {
+        accounts.push(open_funded(&client, &base, setup_deadline).await);
+    }
+    let accounts = Arc::new(accounts);
+    let stop_at = Instant::now() + Duration::from_secs(16);
+    let acknowledged_at = Arc::new(std::sync::Mutex::new(Vec::<Instant>::new()));
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let (client, base, accounts) = (client.clone(), base.clone(), accounts.clone());
+            let acknowledged_at = acknowledged_at.clone();
+            tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                let mut i = c;
+                while Instant::now() < stop_at {
+                    i += 1;
+                    let key = Uuid::new_v4().to_string();
+                    let body = json!({ "from": accounts[i % 4], "to": accounts[(i * 3 + 1) % 4], "amount": 1 + (i % 9) as i64, "currency": "EUR" });
+                    if let Some((status, _)) =
+                        send(&client, &base, "/v1/transfers", &key, &body, stop_at + Duration::from_secs(60)).await
+                    {
+                        if status == 201 {
+                            acknowledged_at.lock().expect("times").push(Instant::now());
+                        }
+                        outcomes.push(Outcome { kind: "transfer", key, status });
+                    }
+                }
+                outcomes
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let filled = pg.fill_wal_disk();
+    let full_at = Instant::now();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    pg.free_wal_disk();
+    let freed_at = Instant::now();
+    // A supervisor's restart of a server that gave up (bounded: 30 s).
+    let mut restarted = false;
+    for _ in 0..60 {
+        if pg.is_up() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        restarted |= pg.ensure_running();
+    }
+    let outcomes: Vec<Outcome> =
+        join_all(clients).await.into_iter().flat_map(|r| r.expect("client finished")).collect();
+    let times = acknowledged_at.lock().expect("times").clone();
+    let during = times.iter().filter(|t| **t > full_at + Duration::from_secs(1) && **t < freed_at).count();
+    let recovered = times.iter().filter(|t| **t > freed_at).min().map(|t| t.duration_since(freed_at));
+    let pool = PgPool::connect(&pg.url("ledger")).await.expect("pool");
+    eventually("projections catch up", 120, || async { projection_lag(&pool).await == 0 }).await;
+    let violations = check_invariants(&pool, &outcomes).await;
+    let acknowledged = outcomes.iter().filter(|o| (200..300).contains(&o.status)).count();
+    println!(
+        "wal disk full: {filled} bytes filled for 5 s; {acknowledged} of {} acknowledged, {during} while full; \
+         server restarted by the test: {restarted}; commands answered again {recovered:?} after the disk was freed; \
+         {} violations",
+        outcomes.len(),
+        violations.len()
+    );
+    assert!(violations.is_empty(), "{violations:#?}");
+    assert_eq!(during, 0, "acknowledged while Postgres could not write its WAL");
+    assert!(recovered.is_some(), "no command was acknowledged after the disk was freed");
+    assert!(acknowledged > 20, "the ledger made progress around the fault");
+}

@@ -242,3 +242,29 @@ async fn a_hanging_provider_delays_payouts_and_pays_each_once() {
     assert!(sim.simulator.stats().double_paid().is_empty(), "none paid twice");
     app.fold_log().await;
 }
+
+/// Sessions made outside the pools (the relay leader's, the listeners', the lock
+/// sessions of reconciliation and rebuilds, migrations) against a Postgres that accepts
+/// the socket and answers nothing: each gives up after `LEDGER_DB_CONNECT_TIMEOUT_MS`
+/// with a time-out, which callers treat as Postgres unavailable, instead of waiting for
+/// ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_outside_the_pools_give_up_on_a_hanging_postgres() {
+    let proxy = FaultProxy::start("127.0.0.1:5432").await;
+    proxy.set(Mode::Hang);
+    let url = proxy.url_for(&test_config().database_url, 5432);
+    let limit = ledger_infrastructure::db::connect_timeout() * 4;
+    let timed_out = |e: &sqlx::Error| matches!(e, sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut);
+    let session = tokio::time::timeout(limit, ledger_infrastructure::db::session(&url)).await;
+    assert!(session.as_ref().is_ok_and(|r| r.as_ref().is_err_and(timed_out)), "a session: {:?}", session.err());
+    let listener = tokio::time::timeout(limit, ledger_infrastructure::db::listener(&url)).await;
+    assert!(listener.as_ref().is_ok_and(|r| r.as_ref().is_err_and(timed_out)), "a listener");
+    let migrated = tokio::time::timeout(limit, ledger_infrastructure::db::migrate(&url)).await;
+    assert!(migrated.is_ok_and(|r| r.is_err()), "the migrator");
+    let rebuild = tokio::time::timeout(
+        limit,
+        ledger_projections::rebuild::RebuildLock::acquire(&url, ledger_projections::Projection::Accounts),
+    )
+    .await;
+    assert!(rebuild.is_ok_and(|r| r.is_err()), "a rebuild's lock session");
+}
