@@ -17,15 +17,15 @@ use uuid::Uuid;
 
 /// One operation as the client saw it in the end.
 #[derive(Debug, Clone)]
-struct Outcome {
-    kind: &'static str,
-    key: String,
-    status: u16,
+pub(crate) struct Outcome {
+    pub(crate) kind: &'static str,
+    pub(crate) key: String,
+    pub(crate) status: u16,
 }
 
 /// A client that re-sends the same Idempotency-Key after timeouts, connection errors,
 /// 5xx and 409 in-flight, until it gets a final answer or `give_up_at` passes.
-async fn send(
+pub(crate) async fn send(
     client: &reqwest::Client,
     base: &str,
     path: &str,
@@ -59,7 +59,7 @@ async fn send(
     None
 }
 
-async fn open_funded(client: &reqwest::Client, base: &str, deadline: Instant) -> String {
+pub(crate) async fn open_funded(client: &reqwest::Client, base: &str, deadline: Instant) -> String {
     let (status, account) =
         send(client, base, "/v1/accounts", &Uuid::new_v4().to_string(), &json!({ "currency": "EUR" }), deadline)
             .await
@@ -75,7 +75,7 @@ async fn open_funded(client: &reqwest::Client, base: &str, deadline: Instant) ->
 
 /// Every acknowledged command is in the log exactly once; no key applied twice;
 /// money conserved; read models equal the log; the chain verifies. Returns violations.
-async fn check_invariants(pool: &PgPool, outcomes: &[Outcome]) -> Vec<String> {
+pub(crate) async fn check_invariants(pool: &PgPool, outcomes: &[Outcome]) -> Vec<String> {
     let mut violations = Vec::new();
     let (ledger, head) = ledger_projections::verify::fold_log(pool, |_, _| {}).await.expect("log folds");
     for (currency, sum) in ledger.balance_sums() {

@@ -25,6 +25,7 @@ mod payouts;
 mod periods;
 mod privacy;
 mod python_client;
+mod quiet_faults;
 mod read_side;
 mod reconciliation;
 mod replica;

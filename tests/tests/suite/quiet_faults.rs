@@ -1,0 +1,240 @@
+//! The bank test under the faults that do not announce themselves (issue 31): three
+//! `ledger serve` processes of one deployment, one honest, one with its wall clock
+//! 2 hours ahead and one 10 minutes behind (libfaketime), behind fault proxies to
+//! Postgres, NATS and the provider; clients spread transfers and withdrawals over the
+//! three, moving to the next process when one does not answer, re-sending their keys.
+//! One fault at a time, each healed before the next: Postgres hung for 15 s, NATS hung
+//! for 15 s, the provider hung, the relay leader paused (SIGSTOP) past its lease,
+//! another process paused mid-batch past its append lease, Postgres out of disk space
+//! for its WAL. The same checker as the bank test after: 0 violations. Prints how long
+//! commands took to be acknowledged again after each fault was healed.
+
+use crate::faults::{Outcome, check_invariants, open_funded, send};
+use futures::future::join_all;
+use ledger_provider_sim::{Faults, Simulator};
+use ledger_tests::faultproxy::{FaultProxy, Mode};
+use ledger_tests::procs::{LedgerProcess, PgCluster, free_port};
+use ledger_tests::{ADMIN_TOKEN, NatsServer, eventually, projection_lag};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+/// Sends one keyed command to the processes in turn, from `first`, until one gives a
+/// final answer (each try bounded as in `send`).
+async fn send_anywhere(
+    client: &reqwest::Client,
+    bases: &[String],
+    first: usize,
+    path: &str,
+    key: &str,
+    body: &Value,
+    give_up_at: Instant,
+) -> Option<(u16, Value)> {
+    for turn in 0.. {
+        if Instant::now() >= give_up_at {
+            return None;
+        }
+        let base = &bases[(first + turn) % bases.len()];
+        let slice = (Instant::now() + Duration::from_secs(3)).min(give_up_at);
+        if let Some(answer) = send(client, base, path, key, body, slice).await {
+            return Some(answer);
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bank_under_hangs_pauses_a_full_disk_and_wrong_clocks() {
+    assert!(std::path::Path::new(FAKETIME).exists(), "{FAKETIME} is missing: scripts/test installs faketime");
+    let pg = PgCluster::start_with_wal_disk(64);
+    let nats = NatsServer::start().await;
+    let sim = Simulator::new(Faults::default(), 5).start_local().await.expect("simulator");
+    let pg_proxy = FaultProxy::start(&format!("127.0.0.1:{}", pg.port)).await;
+    let nats_proxy = FaultProxy::start(&format!("127.0.0.1:{}", nats.port)).await;
+    let provider_proxy = FaultProxy::start(sim.url().trim_start_matches("http://")).await;
+    let prefix = format!("quiet{}", Uuid::new_v4().simple());
+    let env = |clock: Option<&str>| {
+        let mut env = vec![
+            ("DATABASE_URL", pg_proxy.url_for(&pg.url("ledger"), pg.port)),
+            ("NATS_URL", nats_proxy.url_for(&nats.url(), nats.port)),
+            ("LEDGER_NATS_PREFIX", prefix.clone()),
+            ("LEDGER_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
+            ("LEDGER_PROVIDER_URL", format!("http://127.0.0.1:{}", provider_proxy.port)),
+            ("LEDGER_PROVIDER_TIMEOUT_MS", "500".to_owned()),
+            ("LEDGER_PAYOUT_ATTEMPTS_MAX", "1000".to_owned()),
+            ("LEDGER_PAYOUT_BACKOFF_BASE_MS", "20".to_owned()),
+            ("LEDGER_PAYOUT_BACKOFF_MAX_MS", "500".to_owned()),
+            ("LEDGER_PROVIDER_BREAKER_COOLDOWN_MS", "500".to_owned()),
+            ("LEDGER_DB_ACQUIRE_TIMEOUT_MS", "1000".to_owned()),
+            ("LEDGER_DB_WAIT_MS", "2000".to_owned()),
+            ("LEDGER_DB_BREAKER_COOLDOWN_MS", "1000".to_owned()),
+            ("LEDGER_RELAY_LEASE_MS", "3000".to_owned()),
+            ("LEDGER_APPEND_IDLE_TIMEOUT_MS", "2000".to_owned()),
+            ("LEDGER_RECONCILE_INTERVAL_S", "0".to_owned()),
+        ];
+        if let Some(offset) = clock {
+            env.push(("LD_PRELOAD", FAKETIME.to_owned()));
+            env.push(("FAKETIME", offset.to_owned()));
+            env.push(("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_owned()));
+        }
+        env
+    };
+    // The honest process first: it leads the relay, and is the leader paused below.
+    let honest = LedgerProcess::start(&env(None), free_port()).await;
+    let client = reqwest::Client::new();
+    let setup = Instant::now() + Duration::from_secs(60);
+    let mut accounts = Vec::new();
+    for _ in 0..6 {
+        accounts.push(open_funded(&client, &honest.base, setup).await);
+    }
+    let ahead = LedgerProcess::start(&env(Some("+2h")), free_port()).await;
+    let behind = LedgerProcess::start(&env(Some("-10m")), free_port()).await;
+    let bases = Arc::new(vec![honest.base.clone(), ahead.base.clone(), behind.base.clone()]);
+    let accounts = Arc::new(accounts);
+    let acknowledged_at = Arc::new(Mutex::new(Vec::<Instant>::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..6)
+        .map(|c| {
+            let (client, bases, accounts) = (client.clone(), bases.clone(), accounts.clone());
+            let (acknowledged_at, stop) = (acknowledged_at.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                let mut replays = Vec::new();
+                let mut i = c;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    i += 1;
+                    let key = Uuid::new_v4().to_string();
+                    let (kind, path, body) = if i % 7 == 0 {
+                        let body = json!({ "account_id": accounts[i % 6], "amount": 3, "currency": "EUR", "destination": "NL00" });
+                        ("withdrawal", "/v1/withdrawals", body)
+                    } else {
+                        let body = json!({ "from": accounts[i % 6], "to": accounts[(i * 5 + 1) % 6], "amount": 1 + (i % 40) as i64, "currency": "EUR" });
+                        ("transfer", "/v1/transfers", body)
+                    };
+                    let give_up = Instant::now() + Duration::from_secs(120);
+                    if let Some((status, answer)) = send_anywhere(&client, &bases, i, path, &key, &body, give_up).await {
+                        if (200..300).contains(&status) {
+                            acknowledged_at.lock().expect("times").push(Instant::now());
+                            if replays.len() < 5 {
+                                replays.push((path, key.clone(), body.clone(), answer));
+                            }
+                        }
+                        outcomes.push(Outcome { kind, key, status });
+                    }
+                }
+                (outcomes, replays)
+            })
+        })
+        .collect();
+
+    // The fault schedule; each fault's heal time, to measure recovery from.
+    let mut healed: Vec<(&str, Instant)> = Vec::new();
+    let settle = || tokio::time::sleep(Duration::from_secs(3));
+    settle().await;
+    pg_proxy.set(Mode::Hang);
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    pg_proxy.set(Mode::Pass);
+    healed.push(("Postgres hung 15 s", Instant::now()));
+    settle().await;
+    nats_proxy.set(Mode::Hang);
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    nats_proxy.set(Mode::Pass);
+    healed.push(("NATS hung 15 s", Instant::now()));
+    settle().await;
+    provider_proxy.set(Mode::Hang);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    provider_proxy.set(Mode::Pass);
+    healed.push(("provider hung 6 s", Instant::now()));
+    settle().await;
+    honest.signal("STOP");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    honest.signal("CONT");
+    healed.push(("relay leader paused 6 s (lease 3 s)", Instant::now()));
+    settle().await;
+    ahead.signal("STOP");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    ahead.signal("CONT");
+    healed.push(("a process paused 5 s under load (append lease 2 s)", Instant::now()));
+    settle().await;
+    pg.fill_wal_disk();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    pg.free_wal_disk();
+    for _ in 0..60 {
+        if pg.is_up() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        pg.ensure_running();
+    }
+    healed.push(("Postgres' WAL disk full 5 s", Instant::now()));
+    settle().await;
+    settle().await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+
+    let mut outcomes = Vec::new();
+    let mut replays = Vec::new();
+    for r in join_all(clients).await {
+        let (o, p) = r.expect("client finished");
+        outcomes.extend(o);
+        replays.extend(p);
+    }
+    let times = acknowledged_at.lock().expect("times").clone();
+    for (fault, at) in &healed {
+        let recovered = times.iter().filter(|t| *t > at).min().map(|t| t.duration_since(*at));
+        println!("quiet faults: {fault}: acknowledged again {recovered:?} after it was healed");
+        assert!(recovered.is_some(), "nothing acknowledged after: {fault}");
+    }
+    // Replays are the first answers, whichever process answers them.
+    for (n, (path, key, body, first)) in replays.iter().enumerate() {
+        let again = send(&client, &bases[n % bases.len()], path, key, body, Instant::now() + Duration::from_secs(30))
+            .await
+            .expect("a replay");
+        assert_eq!(&again.1, first, "the replay of {key} differs");
+    }
+    let pool = PgPool::connect(&pg.url("ledger")).await.expect("pool");
+    eventually("payouts end and projections catch up", 120, || async {
+        let pending: i64 = sqlx::query_scalar(
+            "select count(*) from events w where w.type = 'WithdrawalRequested' and not exists (
+                select 1 from stream_entries s join events e on e.position = s.position
+                where s.stream_id = w.stream_id and e.type in ('WithdrawalSettled', 'WithdrawalFailed', 'PayoutDeadLettered'))",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap_or(1);
+        pending == 0 && projection_lag(&pool).await == 0
+    })
+    .await;
+    // Eventual reads equal strong ones: an account as the read model has it, and folded.
+    for account in accounts.iter() {
+        let read = |consistency: &str| {
+            let url = format!("{}/v1/accounts/{account}?consistency={consistency}", bases[0]);
+            let client = client.clone();
+            async move {
+                let r = client.get(url).bearer_auth(ADMIN_TOKEN).send().await.expect("read");
+                r.json::<Value>().await.expect("json")["balance"].clone()
+            }
+        };
+        assert_eq!(read("eventual").await, read("strong").await, "account {account}");
+    }
+    // No event is recorded in the future of the database's clock, whichever process wrote it.
+    let ahead_of_db: i64 =
+        sqlx::query_scalar("select count(*) from events where recorded_at > clock_timestamp() + interval '5 seconds'")
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+    let violations = check_invariants(&pool, &outcomes).await;
+    let acknowledged = outcomes.iter().filter(|o| (200..300).contains(&o.status)).count();
+    println!(
+        "quiet faults: {acknowledged} of {} answered commands acknowledged, {} violations",
+        outcomes.len(),
+        violations.len()
+    );
+    assert_eq!(ahead_of_db, 0, "events stamped ahead of the database's clock");
+    assert!(sim.simulator.stats().double_paid().is_empty(), "paid twice: {:?}", sim.simulator.stats().double_paid());
+    assert!(violations.is_empty(), "{violations:#?}");
+    assert!(acknowledged > 100, "the ledger made progress under the faults");
+}
