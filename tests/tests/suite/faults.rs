@@ -75,6 +75,23 @@ pub(crate) async fn open_funded(client: &reqwest::Client, base: &str, deadline: 
 
 /// Every acknowledged command is in the log exactly once; no key applied twice;
 /// money conserved; read models equal the log; the chain verifies. Returns violations.
+/// Waits (bounded) until every withdrawal has an outcome and the projections have
+/// caught up with the log.
+pub(crate) async fn settled(pool: &PgPool) {
+    eventually("payouts end and projections catch up", 120, || async {
+        let pending: i64 = sqlx::query_scalar(
+            "select count(*) from events w where w.type = 'WithdrawalRequested' and not exists (
+                select 1 from stream_entries s join events e on e.position = s.position
+                where s.stream_id = w.stream_id and e.type in ('WithdrawalSettled', 'WithdrawalFailed', 'PayoutDeadLettered'))",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap_or(1);
+        pending == 0 && projection_lag(pool).await == 0
+    })
+    .await;
+}
+
 pub(crate) async fn check_invariants(pool: &PgPool, outcomes: &[Outcome]) -> Vec<String> {
     let mut violations = Vec::new();
     let (ledger, head) = ledger_projections::verify::fold_log(pool, |_, _| {}).await.expect("log folds");
@@ -229,19 +246,7 @@ async fn bank_under_crashes_restarts_and_provider_failures() {
         join_all(clients).await.into_iter().flat_map(|r| r.expect("client finished")).collect();
     sim.simulator.set_faults(Faults::default());
     let pool = PgPool::connect(&pg.url("ledger")).await.expect("pool");
-    eventually("payouts end and projections catch up", 120, || async {
-        let pending: i64 = sqlx::query_scalar(
-            "select count(*) from events w where w.type = 'WithdrawalRequested' and not exists (
-                select 1 from stream_entries s join events e on e.position = s.position
-                where s.stream_id = w.stream_id and e.type in ('WithdrawalSettled', 'WithdrawalFailed', 'PayoutDeadLettered'))",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap_or(1);
-        let lag = projection_lag(&pool).await;
-        pending == 0 && lag == 0
-    })
-    .await;
+    settled(&pool).await;
     let violations = check_invariants(&pool, &outcomes).await;
     let acknowledged = outcomes.iter().filter(|o| (200..300).contains(&o.status)).count();
     println!(

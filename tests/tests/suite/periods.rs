@@ -295,17 +295,20 @@ async fn the_append_refuses_what_a_stale_writer_decided() {
     };
     let eur = Currency::parse("EUR").expect("EUR");
     let account = Uuid::new_v4();
-    let deposit = Event::DepositRecorded(DepositRecorded {
-        deposit_id: Uuid::new_v4(),
-        account_id: account,
-        system_account_id: ledger_domain::decide::system_account_id(eur),
-        amount: Amount::new(5).expect("amount"),
-        currency: eur,
-        reference: None,
-        metadata: None,
-        effective_at: Some(closes_at),
-    });
-    match app.state.store.append_batch(&[commit(deposit, vec![(account, 0)])]).await {
+    // A deposit as a writer would have decided it, effective at `at`.
+    let deposit = |at: DateTime<Utc>| {
+        Event::DepositRecorded(DepositRecorded {
+            deposit_id: Uuid::new_v4(),
+            account_id: account,
+            system_account_id: ledger_domain::decide::system_account_id(eur),
+            amount: Amount::new(5).expect("amount"),
+            currency: eur,
+            reference: None,
+            metadata: None,
+            effective_at: Some(at),
+        })
+    };
+    match app.state.store.append_batch(&[commit(deposit(closes_at), vec![(account, 0)])]).await {
         Err(AppendError::Conflict { streams, .. }) => assert_eq!(streams, vec![ledger_domain::periods_stream_id()]),
         other => panic!("a posting into the closed period was not refused: {other:?}"),
     }
@@ -317,16 +320,7 @@ async fn the_append_refuses_what_a_stale_writer_decided() {
         other => panic!("a period closing in the future was not refused: {other:?}"),
     }
     // Nothing is effective more than a minute after it is recorded, whoever decided it.
-    let ahead = Event::DepositRecorded(DepositRecorded {
-        deposit_id: Uuid::new_v4(),
-        account_id: account,
-        system_account_id: ledger_domain::decide::system_account_id(eur),
-        amount: Amount::new(5).expect("amount"),
-        currency: eur,
-        reference: None,
-        metadata: None,
-        effective_at: Some(Utc::now() + Duration::minutes(3)),
-    });
+    let ahead = deposit(Utc::now() + Duration::minutes(3));
     match app.state.store.append_batch(&[commit(ahead, vec![(account, 0)])]).await {
         Err(AppendError::AheadOfLog { commit: 0, .. }) => {}
         other => panic!("an effective_at minutes ahead was not refused: {other:?}"),

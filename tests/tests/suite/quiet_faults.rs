@@ -9,12 +9,12 @@
 //! for its WAL. The same checker as the bank test after: 0 violations. Prints how long
 //! commands took to be acknowledged again after each fault was healed.
 
-use crate::faults::{Outcome, check_invariants, open_funded, send};
+use crate::faults::{Outcome, check_invariants, open_funded, send, settled};
 use futures::future::join_all;
 use ledger_provider_sim::{Faults, Simulator};
 use ledger_tests::faultproxy::{FaultProxy, Mode};
 use ledger_tests::procs::{LedgerProcess, PgCluster, free_port};
-use ledger_tests::{ADMIN_TOKEN, NatsServer, eventually, projection_lag};
+use ledger_tests::{ADMIN_TOKEN, NatsServer};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use std::sync::{Arc, Mutex};
@@ -196,18 +196,7 @@ async fn bank_under_hangs_pauses_a_full_disk_and_wrong_clocks() {
         assert_eq!(&again.1, first, "the replay of {key} differs");
     }
     let pool = PgPool::connect(&pg.url("ledger")).await.expect("pool");
-    eventually("payouts end and projections catch up", 120, || async {
-        let pending: i64 = sqlx::query_scalar(
-            "select count(*) from events w where w.type = 'WithdrawalRequested' and not exists (
-                select 1 from stream_entries s join events e on e.position = s.position
-                where s.stream_id = w.stream_id and e.type in ('WithdrawalSettled', 'WithdrawalFailed', 'PayoutDeadLettered'))",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap_or(1);
-        pending == 0 && projection_lag(&pool).await == 0
-    })
-    .await;
+    settled(&pool).await;
     // Eventual reads equal strong ones: an account as the read model has it, and folded.
     for account in accounts.iter() {
         let read = |consistency: &str| {
