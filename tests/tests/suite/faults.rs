@@ -554,7 +554,9 @@ async fn two_apis_and_two_workers_on_a_three_node_nats_cluster() {
 /// Postgres out of disk space for its WAL: a private cluster whose WAL is on a small
 /// tmpfs, filled to the last byte under load (Postgres cannot write its WAL: it panics,
 /// and its restart cannot write either), held full, then freed (and the server started
-/// again if it gave up, as a supervisor would). Clients keep re-sending their keys.
+/// again if it gave up, as a supervisor would). Clients keep re-sending their keys. A
+/// server that restarts may still commit into the room left in its current WAL segment:
+/// what it acknowledges then is durable like the rest (the checker counts it).
 /// The same checker as the bank test: every acknowledged command exactly once, no key
 /// twice, money conserved, read models equal to the log, the chain valid. Prints how
 /// long the ledger took to answer commands again once the disk had room.
@@ -639,7 +641,6 @@ async fn bank_with_the_wal_disk_full_then_freed() {
         violations.len()
     );
     assert!(violations.is_empty(), "{violations:#?}");
-    assert_eq!(during, 0, "acknowledged while Postgres could not write its WAL");
     assert!(recovered.is_some(), "no command was acknowledged after the disk was freed");
     assert!(acknowledged > 20, "the ledger made progress around the fault");
 }
