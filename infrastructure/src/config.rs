@@ -386,6 +386,12 @@ impl Config {
             ledger: d.ledger,
         };
         config.settle_shards();
+        if config.db_connect_timeout.is_zero() {
+            return Err(ConfigError::Invalid { name: "LEDGER_DB_CONNECT_TIMEOUT_MS".into(), value: "0".into() });
+        }
+        // Every session made outside the pools, from here on (the first is the one that
+        // creates the database, before any pool).
+        crate::db::set_connect_timeout(config.db_connect_timeout);
         // The wait on Postgres must end before the request does, or it never counts.
         if config.db_wait >= config.request_timeout {
             config.db_wait = config.request_timeout * 4 / 5;

@@ -16,9 +16,14 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// `LEDGER_DB_CONNECT_TIMEOUT_MS` of this process, in ms (set by [`connect`], which
-/// every process calls with its configuration before it makes any other session).
+/// `LEDGER_DB_CONNECT_TIMEOUT_MS` of this process, in ms (set when its configuration is
+/// read, and by [`connect`]).
 static CONNECT_TIMEOUT_MS: AtomicU64 = AtomicU64::new(5000);
+
+/// Sets [`connect_timeout`] for this process (its configuration's).
+pub fn set_connect_timeout(limit: Duration) {
+    CONNECT_TIMEOUT_MS.store(limit.as_millis().max(1) as u64, Ordering::Relaxed);
+}
 
 /// How long making a session outside the pools may take.
 pub fn connect_timeout() -> Duration {
@@ -87,7 +92,7 @@ fn session_limits(config: &Config) -> [(&'static str, String); 3] {
 /// Connects a bounded pool (size and acquire timeout from the config) whose
 /// connections carry the config's statement, lock-wait and idle-transaction limits.
 pub async fn connect(config: &Config) -> Result<PgPool, sqlx::Error> {
-    CONNECT_TIMEOUT_MS.store(config.db_connect_timeout.as_millis() as u64, Ordering::Relaxed);
+    set_connect_timeout(config.db_connect_timeout);
     let options = PgConnectOptions::from_str(&config.database_url)?.options(session_limits(config));
     PgPoolOptions::new()
         .max_connections(config.db_pool_max)

@@ -59,6 +59,9 @@ impl PgCluster {
             assert!(mounted.is_ok_and(|s| s.success()), "mount a tmpfs for the WAL (the tests run as root)");
             mount
         });
+        // Unmounted however the set-up below ends (a panic before the cluster exists
+        // would otherwise leave the tmpfs, and its memory, behind).
+        let mut unmount = Unmount(wal_mount.clone());
         let chown = std::process::Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status();
         assert!(chown.is_ok_and(|s| s.success()), "chown the cluster directory");
         let mut init = as_postgres("initdb");
@@ -70,22 +73,26 @@ impl PgCluster {
         assert!(init.is_ok_and(|s| s.success()), "initdb");
         // No checkpoint while the test runs: the WAL grows into new segments (a
         // checkpoint would recycle old ones in place, needing no more room).
+        // and no segment is recycled: whatever room Postgres frees is not reused.
         let settings = if wal_mount.is_some() {
-            " -c max_wal_size=1GB -c min_wal_size=2MB -c checkpoint_timeout=1h".to_owned()
+            " -c max_wal_size=1GB -c min_wal_size=2MB -c checkpoint_timeout=1h -c wal_recycle=off".to_owned()
         } else {
             String::new()
         };
+        unmount.0 = None;
         let cluster = PgCluster { port, dir, wal_mount, settings };
         cluster.resume();
         cluster
     }
 
     /// Fills the WAL's disk to the last byte (a file of zeros, written until the disk
-    /// refuses); returns the bytes written.
+    /// refuses; called again, it takes whatever room was freed since); returns the
+    /// bytes written.
     pub fn fill_wal_disk(&self) -> u64 {
         use std::io::Write;
         let mount = self.wal_mount.as_ref().expect("a cluster started with a WAL disk");
-        let mut file = std::fs::File::create(mount.join("filler")).expect("filler");
+        let mut file =
+            std::fs::OpenOptions::new().create(true).append(true).open(mount.join("filler")).expect("filler");
         let chunk = vec![0u8; 64 * 1024];
         let mut written = 0u64;
         // Bounded: the disk is a few megabytes.
@@ -121,6 +128,11 @@ impl PgCluster {
             self.resume();
         }
         !running
+    }
+
+    /// Whether the server's log holds `text`.
+    pub fn log_contains(&self, text: &str) -> bool {
+        std::fs::read_to_string(self.dir.join("log")).is_ok_and(|log| log.contains(text))
     }
 
     /// Whether the server accepts connections now.
@@ -190,10 +202,23 @@ impl PgCluster {
 impl Drop for PgCluster {
     fn drop(&mut self) {
         self.crash();
-        if let Some(mount) = &self.wal_mount {
-            let _ = std::process::Command::new("umount").arg(mount).status();
-        }
+        drop(Unmount(self.wal_mount.take()));
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Unmounts a tmpfs when dropped (lazily if it is still busy), so the directory removed
+/// after never reaches into it.
+struct Unmount(Option<PathBuf>);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        if let Some(mount) = self.0.take() {
+            let done = std::process::Command::new("umount").arg(&mount).status().is_ok_and(|s| s.success());
+            if !done {
+                let _ = std::process::Command::new("umount").arg("-l").arg(&mount).status();
+            }
+        }
     }
 }
 
