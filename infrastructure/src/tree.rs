@@ -173,19 +173,19 @@ pub struct TreeHead {
 /// no longer matches heads signed before).
 pub async fn head(pool: &PgPool, size: i64) -> Result<TreeHead, TreeError> {
     let n = size as u64;
-    let root = computed(pool, |nodes| merkle::root(n, nodes)).await?;
-    if size == 0 {
+    // The root and the last leaf, in one pass over the subtrees they read.
+    let (root, kept) =
+        computed(pool, |nodes| (merkle::root(n, nodes), (n > 0).then(|| nodes.node((0, n - 1))))).await?;
+    let Some(kept) = kept else {
         return Ok(TreeHead { size, root, timestamp: DateTime::<Utc>::UNIX_EPOCH });
-    }
+    };
     let events = crate::store::EventStore::read_range(pool, (size - 2).max(0), size).await?;
     let (previous, last) = match events.as_slice() {
         [last] if size == 1 => (GENESIS_HASH.to_vec(), last),
         [before, last] => (before.hash.clone().unwrap_or_default(), last),
         _ => return Err(TreeError::Tampered { position: size }),
     };
-    let leaf = merkle::leaf_hash(&crate::store::recompute_hash(&previous, last));
-    let stored = fetch(&mut *pool.acquire().await?, &[(0, n - 1)]).await?;
-    if stored.get(&(0, n - 1)) != Some(&leaf) {
+    if merkle::leaf_hash(&crate::store::recompute_hash(&previous, last)) != kept {
         return Err(TreeError::Tampered { position: size });
     }
     Ok(TreeHead { size, root, timestamp: last.recorded_at })

@@ -106,6 +106,34 @@ impl PgCluster {
         written
     }
 
+    /// Postgres out of room for its WAL for `held` (a fault's duration): the disk filled,
+    /// filled again every 100 ms (whatever room Postgres frees is taken), then freed.
+    /// Returns the bytes written.
+    pub async fn hold_wal_disk_full(&self, held: std::time::Duration) -> u64 {
+        let started = std::time::Instant::now();
+        let mut filled = self.fill_wal_disk();
+        while started.elapsed() < held {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            filled += self.fill_wal_disk();
+        }
+        self.free_wal_disk();
+        filled
+    }
+
+    /// A supervisor: starts the server again if it gave up, until it accepts
+    /// connections (bounded: 30 s of 500 ms looks). Returns whether it had to.
+    pub async fn supervise(&self) -> bool {
+        let mut restarted = false;
+        for _ in 0..60 {
+            if self.is_up() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            restarted |= self.ensure_running();
+        }
+        restarted
+    }
+
     /// Frees what [`PgCluster::fill_wal_disk`] took.
     pub fn free_wal_disk(&self) {
         let mount = self.wal_mount.as_ref().expect("a cluster started with a WAL disk");

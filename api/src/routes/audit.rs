@@ -103,23 +103,24 @@ fn required(name: &str, value: Option<i64>) -> Result<i64, ApiError> {
     value.ok_or_else(|| ApiError::validation(format!("`{name}` is required")))
 }
 
+/// The log no longer matches its tree: a 500 that says where (the positions are the
+/// log's, not a secret).
+fn broken(detail: String) -> ApiError {
+    ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, crate::http::error::ErrorCode::Internal, detail)
+}
+
 fn tree_error(e: ledger_infrastructure::tree::TreeError) -> ApiError {
     use ledger_infrastructure::tree::TreeError;
     match e {
         TreeError::Database(e) => ApiError::from(e),
-        TreeError::Tampered { position } => ApiError::new(
-            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-            crate::http::error::ErrorCode::Internal,
-            format!("the log does not verify at position {position} (GET /v1/audit/verify): no head covers it"),
-        ),
-        TreeError::BlockChanged { from, to } => ApiError::new(
-            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-            crate::http::error::ErrorCode::Internal,
-            format!(
-                "the stored hashes of the events at positions {from} to {to} were changed after they entered the tree \
-                 (GET /v1/audit/verify)"
-            ),
-        ),
+        TreeError::Tampered { position } => broken(format!(
+            "the log does not verify at position {position} (GET /v1/audit/verify): the tree stops before it, and \
+             no head covers it"
+        )),
+        TreeError::BlockChanged { from, to } => broken(format!(
+            "the stored hashes of the events at positions {from} to {to} were changed after they entered the tree \
+             (GET /v1/audit/verify)"
+        )),
         other => ApiError::internal(&other),
     }
 }
@@ -139,14 +140,7 @@ async fn reached(state: &AppState, size: i64) -> Result<(), ApiError> {
                 format!("the Merkle tree has not reached size {size} yet"),
             )
         }),
-        Reach::Stopped(position) => Err(ApiError::new(
-            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-            crate::http::error::ErrorCode::Internal,
-            format!(
-                "the log does not verify at position {position} (GET /v1/audit/verify): the tree stops before it, \
-                 and no head covers it"
-            ),
-        )),
+        Reach::Stopped(position) => Err(tree_error(ledger_infrastructure::tree::TreeError::Tampered { position })),
     }
 }
 
@@ -175,6 +169,21 @@ pub fn sign_head(
     let timestamp = head.timestamp.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let (key_id, signature) = signer.sign_head(ledger, head.size, &root_hash, &timestamp);
     ledger_wire::TreeHead { ledger: ledger.to_owned(), tree_size: head.size, root_hash, timestamp, key_id, signature }
+}
+
+/// An inclusion proof as the API shows it.
+pub fn inclusion_view(
+    position: i64,
+    size: i64,
+    leaf: &ledger_infrastructure::merkle::Hash,
+    path: &[ledger_infrastructure::merkle::Hash],
+) -> ledger_wire::InclusionProof {
+    ledger_wire::InclusionProof {
+        position,
+        tree_size: size,
+        leaf_hash: hex::encode(leaf),
+        audit_path: path.iter().map(hex::encode).collect(),
+    }
 }
 
 /// The public keys, as `GET /v1/audit/keys` shows them.
@@ -243,13 +252,7 @@ async fn inclusion(State(state): State<AppState>, Params(q): Params) -> Result<R
     }
     reached(&state, size).await?;
     let (leaf, path) = ledger_infrastructure::tree::inclusion(&state.pool, position, size).await.map_err(tree_error)?;
-    let proof = ledger_wire::InclusionProof {
-        position,
-        tree_size: size,
-        leaf_hash: hex::encode(leaf),
-        audit_path: path.iter().map(hex::encode).collect(),
-    };
-    Ok(views::read(&proof, head))
+    Ok(views::read(&inclusion_view(position, size, &leaf, &path), head))
 }
 
 #[utoipa::path(

@@ -27,8 +27,9 @@ pub fn router() -> Router<AppState> {
         .route("/v1/admin/periods/{id}/balances", get(balances))
 }
 
-/// A period as the log has it: its `PeriodClosed` event.
-#[derive(Clone, Copy, Debug)]
+/// A period as the log has it: its `PeriodClosed` event. Also the stored answer of a
+/// close (the tree head is added to every answer, a replay's too).
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 struct Period {
     id: Uuid,
     closes_at: DateTime<Utc>,
@@ -40,24 +41,21 @@ fn period_not_found() -> ApiError {
     ApiError::not_found("no period has this id")
 }
 
-/// The periods of the log, newest first (all of them, or the one with `id`).
+/// The periods of the log, newest first (all of them, or the one with `id`): the
+/// periods stream's events.
 async fn periods(state: &AppState, id: Option<Uuid>) -> Result<Vec<Period>, ApiError> {
-    let rows: Vec<(i64, DateTime<Utc>, serde_json::Value)> = sqlx::query_as(
-        "select e.position, e.recorded_at, e.data from stream_entries s join events e on e.position = s.position
-         where s.stream_id = $1 and ($2::uuid is null or e.data ->> 'period_id' = $2::text)
-         order by s.version desc",
-    )
-    .bind(periods_stream_id())
-    .bind(id)
-    .fetch_all(&state.pool)
-    .await?;
-    rows.into_iter()
-        .map(|(position, closed_at, data)| match Event::from_parts("PeriodClosed", data) {
-            Ok(Event::PeriodClosed(e)) => Ok(Period { id: e.period_id, closes_at: e.closes_at, closed_at, position }),
-            Ok(_) => unreachable!("decoded as PeriodClosed"),
-            Err(e) => Err(ApiError::internal(&e)),
-        })
-        .collect()
+    let events = state.store.read_stream(periods_stream_id(), 1, i64::MAX).await?;
+    let mut periods = Vec::with_capacity(events.len());
+    for recorded in events.iter().rev() {
+        let Event::PeriodClosed(e) = recorded.event_ref().map_err(|e| ApiError::internal(&e))? else {
+            return Err(ApiError::internal(&"the periods stream holds another event"));
+        };
+        if id.is_none_or(|id| id == e.period_id) {
+            let closed_at = recorded.recorded_at;
+            periods.push(Period { id: e.period_id, closes_at: e.closes_at, closed_at, position: recorded.position });
+        }
+    }
+    Ok(periods)
 }
 
 /// The period view: with the tree head signed over the log up to its event (the tree
@@ -112,32 +110,15 @@ async fn close(
     let command = Command::ClosePeriod(ClosePeriod { period_id: Uuid::now_v7(), closes_at });
     let render = |recorded: &Recorded| {
         let Some(Event::PeriodClosed(e)) = recorded.events.first() else { unreachable!("a close records its event") };
-        // Without its tree head, which is added to every answer (a replay's too).
-        let body = serde_json::json!({
-            "id": e.period_id,
-            "closes_at": e.closes_at,
-            "closed_at": recorded.recorded_at.unwrap_or_default(),
-            "position": recorded.position,
-        });
-        crate::http::command::stored(201, &body)
+        let closed_at = recorded.recorded_at.unwrap_or_default();
+        let period = Period { id: e.period_id, closes_at: e.closes_at, closed_at, position: recorded.position };
+        crate::http::command::stored(201, &period)
     };
     let (stored, replayed) = Planned::new(command, None, render).answer(&state, &principal, &context, body).await?;
     if stored.status != 201 {
         return Ok(crate::http::command::respond(stored, replayed));
     }
-    let period: Period = {
-        let b = &stored.body;
-        let field = |name: &str| b.get(name).cloned().unwrap_or_default();
-        let parsed = (|| {
-            Some(Period {
-                id: serde_json::from_value(field("id")).ok()?,
-                closes_at: serde_json::from_value(field("closes_at")).ok()?,
-                closed_at: serde_json::from_value(field("closed_at")).ok()?,
-                position: field("position").as_i64()?,
-            })
-        })();
-        parsed.ok_or_else(|| ApiError::internal(&"a period's stored answer does not read back"))?
-    };
+    let period: Period = serde_json::from_value(stored.body).map_err(|e| ApiError::internal(&e))?;
     let view = view(&state, period).await?;
     let stored = crate::http::command::stored(201, &view);
     Ok(crate::http::command::respond(stored, replayed))

@@ -350,12 +350,7 @@ pub async fn prove(
     let head =
         crate::routes::audit::sign_head(signer, &config.ledger, &tree::head(&pool, size).await.map_err(tree_error)?);
     let (leaf, path) = tree::inclusion(&pool, position, size).await.map_err(tree_error)?;
-    let proof = ledger_wire::InclusionProof {
-        position,
-        tree_size: size,
-        leaf_hash: hex::encode(leaf),
-        audit_path: path.iter().map(hex::encode).collect(),
-    };
+    let proof = crate::routes::audit::inclusion_view(position, size, &leaf, &path);
     let event = EventStore::read_range(&pool, position - 1, position)
         .await?
         .pop()

@@ -436,15 +436,17 @@ fn business_times(
                 closed_through = Some(e.closes_at);
                 continue;
             }
+            // An event without a stated business time is effective when recorded, which
+            // is after every close (each closes before its own batch's time, and the
+            // log's time never goes back): only stated ones are checked.
+            let Some(effective) = event.effective_at() else { continue };
             // What effective-dated reads rely on (`snapshots::EFFECTIVE_AHEAD`): nothing is
             // effective more than a minute after it is recorded.
-            if event.effective_at().is_some_and(|t| t > recorded_at + crate::snapshots::EFFECTIVE_AHEAD) {
+            if effective > recorded_at + crate::snapshots::EFFECTIVE_AHEAD {
                 return Err(AppendError::AheadOfLog { commit: index, now: recorded_at });
             }
-            let counts = event.effective_at().is_some() || !event.postings().is_empty();
             // To the microsecond, as the log keeps times (the API truncates them so).
-            let effective = event.effective_at().map_or(recorded_at, |t| t.trunc_subsecs(6));
-            if counts && closed_through.is_some_and(|c| effective <= c) {
+            if closed_through.is_some_and(|c| effective.trunc_subsecs(6) <= c) {
                 return Err(conflict());
             }
         }

@@ -609,25 +609,12 @@ async fn bank_with_the_wal_disk_full_then_freed() {
             })
         })
         .collect();
+    // Deliberate: the load runs 3 s before the fault, which lasts 5 s.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let mut filled = pg.fill_wal_disk();
     let full_at = Instant::now();
-    // Held full: whatever room Postgres frees (a segment it removes) is taken again.
-    while full_at.elapsed() < Duration::from_secs(5) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        filled += pg.fill_wal_disk();
-    }
-    pg.free_wal_disk();
+    let filled = pg.hold_wal_disk_full(Duration::from_secs(5)).await;
     let freed_at = Instant::now();
-    // A supervisor's restart of a server that gave up (bounded: 30 s).
-    let mut restarted = false;
-    for _ in 0..60 {
-        if pg.is_up() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        restarted |= pg.ensure_running();
-    }
+    let restarted = pg.supervise().await;
     let outcomes: Vec<Outcome> =
         join_all(clients).await.into_iter().flat_map(|r| r.expect("client finished")).collect();
     let times = acknowledged_at.lock().expect("times").clone();

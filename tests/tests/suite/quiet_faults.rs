@@ -151,7 +151,8 @@ async fn bank_under_hangs_pauses_a_full_disk_and_wrong_clocks() {
         })
         .collect();
 
-    // The fault schedule: each fault's window (start, heal), to measure from.
+    // The fault schedule: each fault's window (start, heal), to measure from. Every
+    // sleep below is deliberate: a fault's duration, or the load running between faults.
     let monitor = PgPool::connect(&pg.url("ledger")).await.expect("a pool beside the proxy");
     let lock_key = format!("ledger-relay:{prefix}");
     let processes = [("honest", &honest), ("ahead", &ahead), ("behind", &behind)];
@@ -213,20 +214,9 @@ async fn bank_under_hangs_pauses_a_full_disk_and_wrong_clocks() {
     println!("quiet faults: paused {other} under load");
     settle().await;
     let start = Instant::now();
-    let mut filled = pg.fill_wal_disk();
-    while start.elapsed() < Duration::from_secs(5) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        filled += pg.fill_wal_disk();
-    }
-    pg.free_wal_disk();
+    let filled = pg.hold_wal_disk_full(Duration::from_secs(5)).await;
     let freed = Instant::now();
-    for _ in 0..60 {
-        if pg.is_up() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        pg.ensure_running();
-    }
+    pg.supervise().await;
     windows.push(("Postgres' WAL disk full 5 s", start, freed));
     assert!(filled > 0 && pg.log_contains("No space left on device"), "Postgres never ran out of room for its WAL");
     settle().await;
