@@ -150,7 +150,9 @@ impl Fuzz {
         self.label = "race/condition".into();
         let Some(accounts) = self.same_currency(4) else { return self.step_query().await };
         let (x, y) = (&accounts[0], &accounts[1]);
-        let Some(c) = accounts[2..].iter().find(|a| a.available() >= 1).cloned() else {
+        // Drained in one transfer: its available must be an amount one command may move.
+        let drainable = |a: &&Account| (1..=crate::fuzz::AMOUNT_MAX).contains(&a.available());
+        let Some(c) = accounts[2..].iter().find(drainable).cloned() else {
             return self.step_query().await;
         };
         let z = accounts.iter().find(|a| ![x.id, y.id, c.id].contains(&a.id)).cloned().expect("four accounts");
