@@ -54,6 +54,11 @@ pub struct Config {
     /// schema), so a Postgres that accepts the socket and answers nothing holds none
     /// of them for ever.
     pub db_connect_timeout: Duration,
+    /// `LEDGER_DB_MIGRATION_LOCK_TIMEOUT_MS` (default 120000): how long the migrator may
+    /// wait for a lock, its advisory lock (held by another instance that migrates)
+    /// included, so a peer paused mid-migration makes a start fail with a time-out
+    /// instead of waiting for ever, and a migration never queues behind traffic for long.
+    pub db_migration_lock_timeout: Duration,
     /// `LEDGER_DB_WAIT_MS` (default 8000, below the request time-out): how long a request
     /// behind the Postgres breaker may take before it is answered 503 and counted as a
     /// dependency failure, so a Postgres that hangs (sockets open, nothing answered)
@@ -232,6 +237,7 @@ impl Default for Config {
             ledger_db_pool_max: 2,
             db_acquire_timeout: Duration::from_millis(3000),
             db_connect_timeout: Duration::from_millis(5000),
+            db_migration_lock_timeout: Duration::from_millis(120_000),
             db_statement_timeout: Duration::from_millis(30_000),
             db_lock_timeout: Duration::from_millis(10_000),
             db_idle_in_transaction_timeout: Duration::from_millis(60_000),
@@ -325,6 +331,7 @@ impl Config {
             ledger_db_pool_max: env_num("LEDGER_LEDGER_DB_POOL_MAX", d.ledger_db_pool_max)?,
             db_acquire_timeout: env_ms("LEDGER_DB_ACQUIRE_TIMEOUT_MS", d.db_acquire_timeout)?,
             db_connect_timeout: env_ms("LEDGER_DB_CONNECT_TIMEOUT_MS", d.db_connect_timeout)?,
+            db_migration_lock_timeout: env_ms("LEDGER_DB_MIGRATION_LOCK_TIMEOUT_MS", d.db_migration_lock_timeout)?,
             db_wait: env_ms("LEDGER_DB_WAIT_MS", d.db_wait)?,
             append_idle_timeout: env_ms("LEDGER_APPEND_IDLE_TIMEOUT_MS", d.append_idle_timeout)?,
             db_statement_timeout: env_ms("LEDGER_DB_STATEMENT_TIMEOUT_MS", d.db_statement_timeout)?,
@@ -386,12 +393,17 @@ impl Config {
             ledger: d.ledger,
         };
         config.settle_shards();
-        if config.db_connect_timeout.is_zero() {
-            return Err(ConfigError::Invalid { name: "LEDGER_DB_CONNECT_TIMEOUT_MS".into(), value: "0".into() });
+        for (name, limit) in [
+            ("LEDGER_DB_CONNECT_TIMEOUT_MS", config.db_connect_timeout),
+            ("LEDGER_DB_MIGRATION_LOCK_TIMEOUT_MS", config.db_migration_lock_timeout),
+        ] {
+            if limit.is_zero() {
+                return Err(ConfigError::Invalid { name: name.into(), value: "0".into() });
+            }
         }
         // Every session made outside the pools, from here on (the first is the one that
         // creates the database, before any pool).
-        crate::db::set_connect_timeout(config.db_connect_timeout);
+        crate::db::set_session_limits(config.db_connect_timeout, config.db_migration_lock_timeout);
         // The wait on Postgres must end before the request does, or it never counts.
         if config.db_wait >= config.request_timeout {
             config.db_wait = config.request_timeout * 4 / 5;

@@ -20,9 +20,14 @@ use std::time::Duration;
 /// read, and by [`connect`]).
 static CONNECT_TIMEOUT_MS: AtomicU64 = AtomicU64::new(5000);
 
-/// Sets [`connect_timeout`] for this process (its configuration's).
-pub fn set_connect_timeout(limit: Duration) {
-    CONNECT_TIMEOUT_MS.store(limit.as_millis().max(1) as u64, Ordering::Relaxed);
+/// `LEDGER_DB_MIGRATION_LOCK_TIMEOUT_MS` of this process, in ms (set as above).
+static MIGRATION_LOCK_TIMEOUT_MS: AtomicU64 = AtomicU64::new(120_000);
+
+/// Sets [`connect_timeout`] and the migrator's lock wait for this process (its
+/// configuration's).
+pub fn set_session_limits(connect: Duration, migration_lock: Duration) {
+    CONNECT_TIMEOUT_MS.store(connect.as_millis().max(1) as u64, Ordering::Relaxed);
+    MIGRATION_LOCK_TIMEOUT_MS.store(migration_lock.as_millis().max(1) as u64, Ordering::Relaxed);
 }
 
 /// How long making a session outside the pools may take.
@@ -34,13 +39,31 @@ pub fn connect_timeout() -> Duration {
 /// socket open, nothing answered) is then an I/O time-out, which callers already treat
 /// as Postgres unavailable, never a wait without end.
 async fn bounded<T>(connecting: impl std::future::Future<Output = Result<T, sqlx::Error>>) -> Result<T, sqlx::Error> {
-    let limit = connect_timeout();
-    tokio::time::timeout(limit, connecting).await.unwrap_or_else(|_| {
+    within(connect_timeout(), "connecting to Postgres (LEDGER_DB_CONNECT_TIMEOUT_MS)", connecting).await
+}
+
+/// Bounds one round trip on a session of its own by `limit`. Such a session gets no
+/// TCP keepalive (sqlx sets none), so when the network between it and Postgres goes
+/// silent (nothing answered, nothing closed) only the client can notice: past `limit`
+/// the round trip is an I/O time-out (`TimedOut`), and the caller must drop the
+/// session, whose protocol state is then unknown.
+pub async fn within<T>(
+    limit: Duration,
+    what: &str,
+    round_trip: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, sqlx::Error> {
+    tokio::time::timeout(limit, round_trip).await.unwrap_or_else(|_| {
         Err(sqlx::Error::Io(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
-            format!("connecting to Postgres took longer than LEDGER_DB_CONNECT_TIMEOUT_MS ({} ms)", limit.as_millis()),
+            format!("{what} took longer than {} ms", limit.as_millis()),
         )))
     })
+}
+
+/// Closes a session of its own, waiting at most a second: a session whose network went
+/// silent is dropped instead (its server ends it by its own limits).
+pub async fn close_within(conn: sqlx::PgConnection) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), conn.close()).await;
 }
 
 /// A session of its own (an advisory lock's, the relay leader's), bounded in the making.
@@ -51,6 +74,26 @@ pub async fn session(url: &str) -> Result<sqlx::PgConnection, sqlx::Error> {
 /// A `LISTEN` session, bounded in the making.
 pub async fn listener(url: &str) -> Result<sqlx::postgres::PgListener, sqlx::Error> {
     bounded(sqlx::postgres::PgListener::connect(url)).await
+}
+
+/// How long a `LISTEN` session may stay silent before [`next_notification`] asks it
+/// whether it still answers.
+pub const LISTEN_QUIET: Duration = Duration::from_secs(10);
+
+/// The next notification on `listener`. A listener only receives, so a network gone
+/// silent would leave it waiting for ever: after [`LISTEN_QUIET`] without one, the
+/// session must answer a `select 1` within [`connect_timeout`], or this is an I/O
+/// time-out and the caller makes a new listener.
+pub async fn next_notification(
+    listener: &mut sqlx::postgres::PgListener,
+) -> Result<sqlx::postgres::PgNotification, sqlx::Error> {
+    loop {
+        if let Ok(n) = tokio::time::timeout(LISTEN_QUIET, listener.recv()).await {
+            return n;
+        }
+        let ping = sqlx::query("select 1").execute(&mut *listener);
+        within(connect_timeout(), "a quiet LISTEN session's answer", ping).await?;
+    }
 }
 
 /// The migrations in `migrations/`, embedded at compile time.
@@ -92,7 +135,7 @@ fn session_limits(config: &Config) -> [(&'static str, String); 3] {
 /// Connects a bounded pool (size and acquire timeout from the config) whose
 /// connections carry the config's statement, lock-wait and idle-transaction limits.
 pub async fn connect(config: &Config) -> Result<PgPool, sqlx::Error> {
-    set_connect_timeout(config.db_connect_timeout);
+    set_session_limits(config.db_connect_timeout, config.db_migration_lock_timeout);
     let options = PgConnectOptions::from_str(&config.database_url)?.options(session_limits(config));
     PgPoolOptions::new()
         .max_connections(config.db_pool_max)
@@ -113,17 +156,19 @@ pub fn connect_lazy(url: &str, config: &Config, max_connections: u32) -> Result<
         .connect_lazy_with(options))
 }
 
-/// Runs the migrations on a connection of their own, without the pool's limits: a
-/// migration may build an index on a large table for longer than any request may take,
-/// and the migrator waits on its advisory lock while another instance migrates.
+/// Runs the migrations on a connection of their own, without the pool's statement
+/// limit: a migration may build an index on a large table for longer than any request
+/// may take. The migrator waits on its advisory lock while another instance migrates,
+/// at most `LEDGER_DB_MIGRATION_LOCK_TIMEOUT_MS` (so does every lock a migration takes).
 pub async fn migrate(database_url: &str) -> Result<(), sqlx::Error> {
+    let lock_wait = format!("{}ms", MIGRATION_LOCK_TIMEOUT_MS.load(Ordering::Relaxed));
     // A pool of one rather than a connection: the migrator's future over `&mut
     // PgConnection` is not `Send` for every lifetime, and ledgers are migrated from
     // request handlers and spawned tasks.
     let pool = PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(connect_timeout())
-        .connect_with(PgConnectOptions::from_str(database_url)?)
+        .connect_with(PgConnectOptions::from_str(database_url)?.options([("lock_timeout", lock_wait.as_str())]))
         .await?;
     let migrated = MIGRATOR.run(&pool).await;
     pool.close().await;

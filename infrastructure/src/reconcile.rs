@@ -76,10 +76,11 @@ impl Reconciler {
     /// Takes the lock that keeps runs one at a time.
     pub async fn lock(&self) -> Result<RunLock, ReconcileError> {
         let mut conn = crate::db::session(&self.database_url).await?;
+        let try_lock =
+            sqlx::query_scalar("select pg_try_advisory_lock(hashtext('ledger-reconcile'), ledger_lock_key())");
+        let limit = crate::db::connect_timeout();
         let got: bool =
-            sqlx::query_scalar("select pg_try_advisory_lock(hashtext('ledger-reconcile'), ledger_lock_key())")
-                .fetch_one(&mut conn)
-                .await?;
+            crate::db::within(limit, "taking the reconciliation lock", try_lock.fetch_one(&mut conn)).await?;
         if !got {
             return Err(ReconcileError::AlreadyRunning);
         }

@@ -24,7 +24,6 @@ use crate::nats::{Names, ensure_events_stream};
 use crate::store::EventStore;
 use crate::store::handoff::{Handoff, Inbox, Outgoing};
 use async_nats::jetstream::{self, message::PublishMessage};
-use sqlx::Connection;
 use sqlx::postgres::PgConnection;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -176,21 +175,20 @@ impl Relay {
         let ms = |d: Duration| format!("{}ms", d.as_millis());
         // `idle_session_timeout` is the leadership's lease: a leader paused or gone loses
         // its session, and so the lock, once it has not used it for `lease`.
-        sqlx::query(
+        let setup = sqlx::query(
             "select set_config('statement_timeout', $1, false), set_config('lock_timeout', $2, false),
                     set_config('idle_session_timeout', $3, false)",
         )
         .bind(ms(self.limits.statement_timeout))
         .bind(ms(self.limits.lock_timeout))
-        .bind(ms(self.limits.lease))
-        .execute(&mut conn)
-        .await?;
+        .bind(ms(self.limits.lease));
+        self.bounded(setup.execute(&mut conn)).await?;
         let lock_key = format!("ledger-relay:{}", self.names.prefix());
-        let leader: bool = sqlx::query_scalar("select pg_try_advisory_lock(hashtext($1), ledger_lock_key())")
-            .bind(&lock_key)
-            .fetch_one(&mut conn)
-            .await?;
+        let campaign =
+            sqlx::query_scalar("select pg_try_advisory_lock(hashtext($1), ledger_lock_key())").bind(&lock_key);
+        let leader: bool = self.bounded(campaign.fetch_one(&mut conn)).await?;
         if !leader {
+            crate::db::close_within(conn).await;
             return Ok(false);
         }
         tracing::info!("relay leadership acquired");
@@ -199,9 +197,20 @@ impl Relay {
         let result = self.relay_while_leader(&mut conn, inbox, shutdown).await;
         self.leader.store(false, std::sync::atomic::Ordering::SeqCst);
         inbox.clear();
-        // Closing the connection releases the advisory lock.
-        let _ = conn.close().await;
+        // Closing the connection releases the advisory lock (a session whose network went
+        // silent is dropped; Postgres ends it, and the lock, within the lease).
+        crate::db::close_within(conn).await;
         result.map(|()| true)
+    }
+
+    /// One round trip on the leader's session, bounded by the lease: an answer that has
+    /// not come within it is not waited for, as the session (and with it the leadership)
+    /// may already be gone, and the caller drops the session and campaigns again.
+    async fn bounded<T>(
+        &self,
+        round_trip: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, sqlx::Error> {
+        crate::db::within(self.limits.lease, "a round trip on the relay leader's session", round_trip).await
     }
 
     async fn relay_while_leader(
@@ -211,12 +220,11 @@ impl Relay {
         shutdown: &CancellationToken,
     ) -> Result<(), RelayError> {
         let mut listener = crate::db::listener(&self.database_url).await?;
-        let channel = crate::db::scoped_name(&mut *conn, "ledger_events").await?;
-        listener.listen(&channel).await?;
-        sqlx::query("insert into relay_checkpoints (name, position) values ($1, 0) on conflict do nothing")
-            .bind(self.names.prefix())
-            .execute(&mut *conn)
-            .await?;
+        let channel = self.bounded(crate::db::scoped_name(&mut *conn, "ledger_events")).await?;
+        self.bounded(listener.listen(&channel)).await?;
+        let start = sqlx::query("insert into relay_checkpoints (name, position) values ($1, 0) on conflict do nothing")
+            .bind(self.names.prefix());
+        self.bounded(start.execute(&mut *conn)).await?;
         let mut attempt = 0u32;
         while !shutdown.is_cancelled() {
             match self.relay_batch(conn, inbox).await {
@@ -240,7 +248,7 @@ impl Relay {
                     while tokio::time::Instant::now() < until && !shutdown.is_cancelled() {
                         let nap = KEEP_ALIVE.min(until - tokio::time::Instant::now());
                         tokio::select! { _ = shutdown.cancelled() => {}, _ = tokio::time::sleep(nap) => {} }
-                        sqlx::query("select 1").execute(&mut *conn).await?;
+                        self.bounded(sqlx::query("select 1").execute(&mut *conn)).await?;
                     }
                 }
                 Err(e) => return Err(e),
@@ -251,11 +259,9 @@ impl Relay {
 
     /// Publishes the next batch after the checkpoint; returns how many were relayed.
     async fn relay_batch(&self, conn: &mut PgConnection, inbox: &mut Inbox) -> Result<usize, RelayError> {
-        let (checkpoint, sequence): (i64, i64) =
-            sqlx::query_as("select position, stream_sequence from relay_checkpoints where name = $1")
-                .bind(self.names.prefix())
-                .fetch_one(&mut *conn)
-                .await?;
+        let at = sqlx::query_as("select position, stream_sequence from relay_checkpoints where name = $1")
+            .bind(self.names.prefix());
+        let (checkpoint, sequence): (i64, i64) = self.bounded(at.fetch_one(&mut *conn)).await?;
         let known = u64::try_from(sequence).unwrap_or(0);
         if self.stream_check_due() {
             let permit = self.breaker.acquire().map_err(PublishError::from)?;
@@ -277,7 +283,8 @@ impl Relay {
         let max = usize::try_from(self.limits.batch_max).unwrap_or(1).max(1);
         let mut events = inbox.next_after_commit(checkpoint, max).await;
         if events.is_empty() {
-            events = EventStore::read_range(&mut *conn, checkpoint, checkpoint + self.limits.batch_max)
+            events = self
+                .bounded(EventStore::read_range(&mut *conn, checkpoint, checkpoint + self.limits.batch_max))
                 .await?
                 .iter()
                 .map(Outgoing::of)
@@ -305,15 +312,14 @@ impl Relay {
             };
         }
         if let Some(position) = published.last {
-            sqlx::query(
+            let advance = sqlx::query(
                 "update relay_checkpoints set position = $2, stream_sequence = greatest(stream_sequence, $3),
                  updated_at = now() where name = $1",
             )
             .bind(self.names.prefix())
             .bind(position)
-            .bind(i64::try_from(published.sequence).unwrap_or(i64::MAX))
-            .execute(&mut *conn)
-            .await?;
+            .bind(i64::try_from(published.sequence).unwrap_or(i64::MAX));
+            self.bounded(advance.execute(&mut *conn)).await?;
         }
         match published.error {
             None => {
@@ -333,12 +339,11 @@ impl Relay {
     async fn restart(&self, conn: &mut PgConnection, checkpoint: i64, sequence: i64) -> Result<(), sqlx::Error> {
         tracing::warn!(checkpoint, sequence, "the events stream lost messages; relaying the log again from the start");
         metrics::counter!("ledger_relay_stream_restarts_total").increment(1);
-        sqlx::query(
+        let again = sqlx::query(
             "update relay_checkpoints set position = 0, stream_sequence = 0, updated_at = now() where name = $1",
         )
-        .bind(self.names.prefix())
-        .execute(&mut *conn)
-        .await?;
+        .bind(self.names.prefix());
+        self.bounded(again.execute(&mut *conn)).await?;
         Ok(())
     }
 

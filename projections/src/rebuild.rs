@@ -36,10 +36,11 @@ impl RebuildLock {
     /// Takes the rebuild lock of `projection`, or says a rebuild is already running.
     pub async fn acquire(database_url: &str, projection: Projection) -> Result<RebuildLock, RebuildError> {
         let mut conn = ledger_infrastructure::db::session(database_url).await?;
-        let got: bool = sqlx::query_scalar("select pg_try_advisory_lock(hashtext($1), ledger_lock_key())")
-            .bind(format!("ledger-rebuild:{}", projection.name()))
-            .fetch_one(&mut conn)
-            .await?;
+        let try_lock = sqlx::query_scalar("select pg_try_advisory_lock(hashtext($1), ledger_lock_key())")
+            .bind(format!("ledger-rebuild:{}", projection.name()));
+        let limit = ledger_infrastructure::db::connect_timeout();
+        let got: bool =
+            ledger_infrastructure::db::within(limit, "taking a rebuild's lock", try_lock.fetch_one(&mut conn)).await?;
         if !got {
             return Err(RebuildError::AlreadyRunning(projection.name()));
         }
@@ -58,7 +59,7 @@ impl RebuildLock {
             .execute(pool)
             .await;
         }
-        let _ = self.conn.close().await;
+        ledger_infrastructure::db::close_within(self.conn).await;
         result
     }
 }

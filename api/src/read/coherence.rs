@@ -156,10 +156,17 @@ async fn follow_replica(state: AppState, shutdown: CancellationToken) {
 }
 
 async fn follow_positions(state: &AppState, shutdown: &CancellationToken) -> Result<(), sqlx::Error> {
-    let mut listener = sqlx::postgres::PgListener::connect_with(&state.pool).await?;
-    let channel = ledger_infrastructure::db::scoped_name(&mut listener, "ledger_projection").await?;
-    listener.listen(&channel).await?;
+    use ledger_infrastructure::db::{LISTEN_QUIET, connect_timeout, within};
+    let limit = connect_timeout();
+    let mut listener = within(limit, "a LISTEN session", sqlx::postgres::PgListener::connect_with(&state.pool)).await?;
+    let channel =
+        within(limit, "naming a channel", ledger_infrastructure::db::scoped_name(&mut listener, "ledger_projection"))
+            .await?;
+    within(limit, "LISTEN", listener.listen(&channel)).await?;
     let mut refresh = tokio::time::interval(Duration::from_secs(1));
+    // When the listener last answered: one quiet for long must still answer a ping, or
+    // it is made anew (a network gone silent would leave it waiting for ever).
+    let mut heard = tokio::time::Instant::now();
     // An accounts position this instance polled but was never told of.
     let mut unannounced: Option<i64> = None;
     loop {
@@ -167,8 +174,12 @@ async fn follow_positions(state: &AppState, shutdown: &CancellationToken) -> Res
             _ = shutdown.cancelled() => return Ok(()),
             _ = refresh.tick() => {
                 let covered = state.cache.covered();
-                let rows: Vec<(String, i64)> =
-                    sqlx::query_as("select name, position from projection_checkpoints").fetch_all(&state.pool).await?;
+                if heard.elapsed() >= LISTEN_QUIET {
+                    within(limit, "a quiet LISTEN session's answer", sqlx::query("select 1").execute(&mut listener)).await?;
+                    heard = tokio::time::Instant::now();
+                }
+                let polled = sqlx::query_as("select name, position from projection_checkpoints").fetch_all(&state.pool);
+                let rows: Vec<(String, i64)> = within(limit, "reading the projections' checkpoints", polled).await?;
                 for (name, position) in rows {
                     let Some(p) = Projection::from_name(&name) else { continue };
                     state.positions.advance(p, position);
@@ -191,6 +202,7 @@ async fn follow_positions(state: &AppState, shutdown: &CancellationToken) -> Res
             }
             n = listener.recv() => {
                 let n = n?;
+                heard = tokio::time::Instant::now();
                 if let Some((name, pos)) = n.payload().split_once(':')
                     && let (Some(p), Ok(pos)) = (Projection::from_name(name), pos.parse())
                 {

@@ -268,3 +268,56 @@ async fn sessions_outside_the_pools_give_up_on_a_hanging_postgres() {
     .await;
     assert!(rebuild.is_ok_and(|r| r.is_err()), "a rebuild's lock session");
 }
+
+/// A relay leader whose sessions the network loses for good (nothing answered, nothing
+/// closed: `FaultProxy::cut`): Postgres ends the leader's session within the lease and
+/// the other process leads; the cut-off one gives up on its dead session by itself
+/// within the lease (no TCP keepalive would tell it), campaigns again through the
+/// network that works again, and leads when the other goes. Before, it waited on its
+/// dead session for ever and never led again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_leader_cut_off_gives_up_its_dead_session_and_leads_again_later() {
+    use ledger_api::run::serve::Mode as Serve;
+    use ledger_tests::procs::{LedgerProcess, base_env};
+    let config = test_config();
+    let app = TestApp::spawn_mode(config.clone(), Serve::Api).await;
+    let relayed = || async {
+        sqlx::query_scalar::<_, i64>("select position from relay_checkpoints").fetch_one(&app.pool).await.unwrap_or(0)
+    };
+    let a = app.open_account("EUR", 0).await;
+    let deposit = || async {
+        app.deposit(a, 1, "EUR").await;
+        app.state.store.head().await.expect("the head")
+    };
+    let proxy = FaultProxy::start("127.0.0.1:5432").await;
+    let mut env = base_env(&config);
+    env.push(("LEDGER_RELAY_LEASE_MS", "3000".to_owned()));
+    let mut through_proxy = env.clone();
+    for (name, value) in &mut through_proxy {
+        if *name == "DATABASE_URL" {
+            *value = proxy.url_for(value, 5432);
+        }
+    }
+    // The process behind the proxy starts alone, so it leads.
+    let cut_off = LedgerProcess::start_mode("worker", &through_proxy, None).await;
+    let target = deposit().await;
+    eventually("the first process relays", 30, || async { relayed().await >= target }).await;
+    let mut other = LedgerProcess::start_mode("worker", &env, None).await;
+    proxy.cut();
+    let target = deposit().await;
+    let cut = Instant::now();
+    eventually("the other process leads", 30, || async { relayed().await >= target }).await;
+    eprintln!("relayed by the other process {:?} after the leader's sessions were cut", cut.elapsed());
+    // Long enough for the cut-off leader to have given up its dead session (its lease).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    other.kill9().await;
+    let target = deposit().await;
+    let gone = Instant::now();
+    eventually("the cut-off process leads again", 30, || async { relayed().await >= target }).await;
+    let took = gone.elapsed();
+    eprintln!("the cut-off process relayed again {took:?} after the other was killed");
+    assert!(took < Duration::from_secs(15), "within a lease and a few elections: {took:?}");
+    // Its pool's sessions cut at the same moment stay lost (docs/CAP.md): only the
+    // relay's sessions of its own are bounded, so read models are not checked here.
+    drop(cut_off);
+}
