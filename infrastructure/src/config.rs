@@ -141,13 +141,14 @@ pub struct Config {
     /// `LEDGER_BULK_CONCURRENCY_MAX` (default 2): bulks read, parsed and run at once in
     /// one process; more wait up to `LEDGER_BULK_WAIT_MS` (default 1000), then 503.
     pub bulk_concurrency_max: usize,
-    /// `LEDGER_HTTP_IN_FLIGHT_MAX` (128): requests this process works on at once; one
+    /// `LEDGER_HTTP_IN_FLIGHT_MAX` (96): requests this process works on at once; one
     /// more is answered 503 `unavailable` with `Retry-After` at once (shed, never queued
-    /// to time out). `/health/*` and `/metrics` are not counted. Size it at 2–4 times
-    /// the concurrency at which the process reaches its peak: every request above that
-    /// only waits (docs/PERFORMANCE.md, "Overload").
+    /// to time out). `/health/*` and `/metrics` are not counted. Size it at about 1.5
+    /// times the concurrency at which the process reaches its peak: every request above
+    /// that only waits, and an accepted request waits about bound ÷ throughput
+    /// (docs/PERFORMANCE.md, "Overload").
     pub http_in_flight_max: usize,
-    /// `LEDGER_TOKEN_IN_FLIGHT_MAX` (96): requests one token has in flight in this
+    /// `LEDGER_TOKEN_IN_FLIGHT_MAX` (72): requests one token has in flight in this
     /// process; one more is 429 `rate_limited` at once, so one client cannot take every
     /// turn of the process's bound.
     pub token_in_flight_max: usize,
@@ -267,8 +268,8 @@ impl Default for Config {
             master_key: None,
             signing_key: None,
             bulk_concurrency_max: 2,
-            http_in_flight_max: 128,
-            token_in_flight_max: 96,
+            http_in_flight_max: 96,
+            token_in_flight_max: 72,
             bulk_wait: Duration::from_millis(1000),
             provider_breaker_failures: 5,
             provider_breaker_window: Duration::from_millis(30_000),

@@ -46,17 +46,56 @@ async fn bounded<T>(connecting: impl std::future::Future<Output = Result<T, sqlx
 /// TCP keepalive (sqlx sets none), so when the network between it and Postgres goes
 /// silent (nothing answered, nothing closed) only the client can notice: past `limit`
 /// the round trip is an I/O time-out (`TimedOut`), and the caller must drop the
-/// session, whose protocol state is then unknown.
-pub async fn within<T>(
+/// session, whose protocol state is then unknown. A `limit` of 0 is no limit.
+pub async fn within<T, E: From<sqlx::Error>>(
     limit: Duration,
     what: &str,
-    round_trip: impl std::future::Future<Output = Result<T, sqlx::Error>>,
-) -> Result<T, sqlx::Error> {
+    round_trip: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    if limit.is_zero() {
+        // A limit of 0 is none, as Postgres reads its own.
+        return round_trip.await;
+    }
     tokio::time::timeout(limit, round_trip).await.unwrap_or_else(|_| {
-        Err(sqlx::Error::Io(std::io::Error::new(
+        gave_up();
+        Err(E::from(sqlx::Error::Io(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             format!("{what} took longer than {} ms", limit.as_millis()),
-        )))
+        ))))
+    })
+}
+
+/// When this process last gave up waiting on Postgres (ms since [`EPOCH`]; 0: never).
+static GAVE_UP_AT_MS: AtomicU64 = AtomicU64::new(0);
+static EPOCH: std::sync::LazyLock<std::time::Instant> = std::sync::LazyLock::new(std::time::Instant::now);
+
+/// For a minute after this, every connection given back to a pool must answer within
+/// [`connect_timeout`] or is closed (see [`connect`]). Called whenever a wait on
+/// Postgres is given up: the connection it was on may be dead.
+pub fn gave_up() {
+    GAVE_UP_AT_MS.store(EPOCH.elapsed().as_millis().max(1) as u64, Ordering::Relaxed);
+}
+
+fn gave_up_lately() -> bool {
+    let at = GAVE_UP_AT_MS.load(Ordering::Relaxed);
+    at != 0 && EPOCH.elapsed().as_millis() as u64 <= at + 60_000
+}
+
+/// The pools' `after_release`: sqlx tests every connection given back with a ping that
+/// has no bound, so a connection cut off by a silent network (a query on it given up)
+/// would hold its pool slot until the kernel gives up on it (`tcp_retries2`, about 15
+/// minutes), and enough of them would leave the pool empty. While waits have been given
+/// up lately, a connection given back must answer a ping within [`connect_timeout`]
+/// first, or is closed. Otherwise this costs nothing.
+fn released(
+    conn: &mut sqlx::PgConnection,
+    _: sqlx::pool::PoolConnectionMetadata,
+) -> futures::future::BoxFuture<'_, Result<bool, sqlx::Error>> {
+    Box::pin(async move {
+        if gave_up_lately() {
+            within(connect_timeout(), "a connection given back to its pool", conn.ping()).await?;
+        }
+        Ok(true)
     })
 }
 
@@ -140,6 +179,7 @@ pub async fn connect(config: &Config) -> Result<PgPool, sqlx::Error> {
     PgPoolOptions::new()
         .max_connections(config.db_pool_max)
         .acquire_timeout(config.db_acquire_timeout)
+        .after_release(released)
         .connect_with(options)
         .await
 }
@@ -151,6 +191,7 @@ pub fn connect_lazy(url: &str, config: &Config, max_connections: u32) -> Result<
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(config.db_acquire_timeout)
+        .after_release(released)
         // Idle connections go: a ledger or a worker that is quiet holds none.
         .idle_timeout(Some(Duration::from_secs(30)))
         .connect_lazy_with(options))

@@ -67,6 +67,10 @@ struct Args {
     /// total load is the same as in one ledger. Default: the ledger `default`.
     #[arg(long, value_delimiter = ',')]
     ledgers: Vec<String>,
+    /// Open every connection (one `GET /health/live` per worker, at once) before the
+    /// measured run, so the run measures requests, not a storm of new connections.
+    #[arg(long)]
+    connect_first: bool,
 }
 
 /// What the workers observed.
@@ -80,6 +84,8 @@ struct Observed {
     items_ok: u64,
     /// Latencies of the accepted requests, and of those refused for load (503, 429).
     ok_latencies_us: Vec<u64>,
+    /// The accepted requests' latencies by the second of the run they started in.
+    ok_by_second: BTreeMap<u64, Vec<u64>>,
     refused_latencies_us: Vec<u64>,
     /// Refusals for load that said when to come back (`Retry-After`).
     refused_with_retry_after: u64,
@@ -115,9 +121,21 @@ fn eur() -> Currency {
 }
 
 /// The client of a run: one connection pool of `pool` idle connections, no retries.
-fn client(args: &Args, pool: usize) -> anyhow::Result<Client> {
+fn client(args: &Args, pool: usize) -> anyhow::Result<(Client, reqwest::Client)> {
     let http = reqwest::Client::builder().pool_max_idle_per_host(pool).build()?;
-    Ok(Client::builder(&args.url, &args.token).http(http).retry(RetryPolicy::none()).build()?)
+    Ok((Client::builder(&args.url, &args.token).http(http.clone()).retry(RetryPolicy::none()).build()?, http))
+}
+
+/// Opens `n` connections of `http`'s pool at once (`--connect-first`); they stay idle
+/// in the pool for the run.
+async fn connect_first(http: &reqwest::Client, url: &str, n: usize) -> anyhow::Result<()> {
+    let live = format!("{}/health/live", url.trim_end_matches('/'));
+    let opened = futures::future::join_all((0..n).map(|_| http.get(&live).send())).await;
+    let failed = opened.iter().filter(|r| !r.as_ref().is_ok_and(|r| r.status().is_success())).count();
+    if failed > 0 {
+        bail!("{failed} of {n} connections could not be opened first");
+    }
+    Ok(())
 }
 
 /// The stable code of a failure, for the report.
@@ -303,7 +321,10 @@ async fn run(targets: Vec<Target>, args: Arc<Args>) -> (Observed, Duration) {
                 let mut o = observed.lock().await;
                 o.latencies_us.push(us);
                 match code.as_str() {
-                    "ok" => o.ok_latencies_us.push(us),
+                    "ok" => {
+                        o.ok_latencies_us.push(us);
+                        o.ok_by_second.entry(t.duration_since(started).as_secs()).or_default().push(us);
+                    }
                     "unavailable" | "rate_limited" => o.refused_latencies_us.push(us),
                     _ => {}
                 }
@@ -334,7 +355,7 @@ async fn main() -> anyhow::Result<()> {
     if args.duration_s > 600 {
         bail!("a run is at most 600 s");
     }
-    let base = client(&args, args.concurrency)?;
+    let (base, http) = client(&args, args.concurrency)?;
     let names = if args.ledgers.is_empty() { vec!["default".to_owned()] } else { args.ledgers.clone() };
     let mut targets: Vec<Target> = Vec::new();
     for name in &names {
@@ -348,6 +369,9 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         targets.push((ledger, accounts));
+    }
+    if args.connect_first {
+        connect_first(&http, &args.url, args.concurrency).await?;
     }
     let args = Arc::new(args);
     // A marker for measurements that sample processes' CPU over the measured run only
@@ -386,6 +410,10 @@ async fn main() -> anyhow::Result<()> {
             "p50": percentile(&o.ok_latencies_us, 0.50) as f64 / 1000.0,
             "p99": percentile(&o.ok_latencies_us, 0.99) as f64 / 1000.0,
         },
+        "accepted_p99_ms_by_second": o.ok_by_second.values_mut().map(|l| {
+            l.sort_unstable();
+            percentile(l, 0.99) as f64 / 1000.0
+        }).collect::<Vec<_>>(),
         "refused": {
             "count": o.refused_latencies_us.len(),
             "with_retry_after": o.refused_with_retry_after,

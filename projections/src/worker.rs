@@ -46,6 +46,10 @@ pub struct WorkerLimits {
     /// How long the projection may stay behind the head without progress before the
     /// worker applies the log itself.
     pub log_stall_after: Duration,
+    /// How long one step on Postgres (a batch applied, a look at the log) may take
+    /// before it is given up and run again (`LEDGER_DB_STATEMENT_TIMEOUT_MS`: what one
+    /// statement may take).
+    pub step_time_limit: Duration,
 }
 
 impl Default for WorkerLimits {
@@ -58,6 +62,7 @@ impl Default for WorkerLimits {
             fetch_expires: Duration::from_millis(500),
             log_poll_interval: Duration::from_millis(250),
             log_stall_after: Duration::from_secs(1),
+            step_time_limit: Duration::from_secs(30),
         }
     }
 }
@@ -128,13 +133,12 @@ impl ProjectionWorker {
         shutdown: &CancellationToken,
     ) -> Result<(), crate::apply::ApplyError> {
         let names: Vec<&str> = self.projections.iter().map(|p| p.name()).collect();
-        let (checkpoint, head): (i64, i64) = sqlx::query_as(
+        let look = sqlx::query_as(
             "select min(p.position), min(h.position) from projection_checkpoints p cross join log_head h
              where p.name = any($1)",
         )
-        .bind(&names)
-        .fetch_one(&self.pool)
-        .await?;
+        .bind(&names);
+        let (checkpoint, head): (i64, i64) = self.bounded(look.fetch_one(&self.pool)).await?;
         if checkpoint >= head || checkpoint > progress.0 {
             *progress = (checkpoint, Instant::now());
             return Ok(());
@@ -146,9 +150,9 @@ impl ProjectionWorker {
         let store = ledger_infrastructure::EventStore::new(self.pool.clone());
         let mut at = checkpoint;
         while at < head && !shutdown.is_cancelled() {
-            let page = store.read_all(at, (self.limits.batch_max as i64).min(head - at)).await?;
+            let page = self.bounded(store.read_all(at, (self.limits.batch_max as i64).min(head - at))).await?;
             let Some(last) = page.last().map(|e| e.position) else { break };
-            for (projection, applied) in apply_delivered_all(&self.pool, &self.projections, &page).await? {
+            for (projection, applied) in self.bounded(apply_delivered_all(&self.pool, &self.projections, &page)).await? {
                 metrics::counter!("ledger_projection_log_events_applied_total", "projection" => projection.name())
                     .increment(applied.applied as u64);
                 (self.on_applied)(projection, &applied);
@@ -183,6 +187,13 @@ impl ProjectionWorker {
         Ok(consumer)
     }
 
+    /// One step on Postgres, bounded by `step_time_limit`: a session cut off by a silent
+    /// network fails the step (its transaction never commits) instead of stalling the
+    /// projection for ever, and the step runs again.
+    async fn bounded<T, E: From<sqlx::Error>>(&self, step: impl std::future::Future<Output = Result<T, E>>) -> Result<T, E> {
+        ledger_infrastructure::db::within(self.limits.step_time_limit, "a projection step", step).await
+    }
+
     async fn consume(&self, shutdown: &CancellationToken) -> Result<(), WorkerError> {
         let mut consumer = self.consumer().await?;
         let mut checked = Instant::now();
@@ -215,7 +226,7 @@ impl ProjectionWorker {
                     Err(e) => tracing::error!(error = %e, "undecodable event message"),
                 }
             }
-            match apply_delivered_all(&self.pool, &self.projections, &events).await {
+            match self.bounded(apply_delivered_all(&self.pool, &self.projections, &events)).await {
                 Ok(batches) => {
                     if let Some(last) = messages.last() {
                         let _ = last.ack().await;

@@ -192,7 +192,7 @@ pub fn spawn_workers(state: &Core, on_applied: OnApplied, shutdown: Cancellation
         js: async_nats::jetstream::new(state.nats.clone()),
         names: state.names.clone(),
         projections: Projection::ALL.to_vec(),
-        limits: WorkerLimits::default(),
+        limits: WorkerLimits { step_time_limit: state.config.db_statement_timeout, ..WorkerLimits::default() },
         on_applied: on_applied.clone(),
     };
     handles.push(tokio::spawn(projector.run(shutdown.clone())));

@@ -55,7 +55,9 @@ impl Core {
     /// Starts this process's command writer over `pool`.
     pub fn new(config: Config, pool: PgPool, nats: async_nats::Client) -> Core {
         crate::http::metrics::handle();
-        let store = EventStore::new(pool.clone()).with_append_idle_timeout(config.append_idle_timeout);
+        let store = EventStore::new(pool.clone())
+            .with_append_idle_timeout(config.append_idle_timeout)
+            .with_append_time_limit(config.db_wait);
         let bus = CommandBus::start(
             store.clone(),
             ledger_infrastructure::WriterLimits {

@@ -44,6 +44,14 @@ impl EventStore {
     /// of `idempotency_keys` catches it) rejects the whole batch with
     /// [`AppendError::Conflict`] so the caller can decide again.
     pub async fn append_batch(&self, commits: &[Commit]) -> Result<Appended, AppendError> {
+        // A time-out is an unknown outcome, as a lost connection is: callers answer 503
+        // and a retry with the key finds what committed. Postgres ends the transaction
+        // (and frees the head lock) by `LEDGER_APPEND_IDLE_TIMEOUT_MS` if it never heard
+        // the rest.
+        crate::db::within(self.append_time_limit, "an append", self.append_batch_unbounded(commits)).await
+    }
+
+    async fn append_batch_unbounded(&self, commits: &[Commit]) -> Result<Appended, AppendError> {
         let phase = crate::phases::Phases::start("append", commits.len());
         metrics::histogram!("ledger_append_batch_size").record(commits.len() as f64);
         // Marked from before the head lock until the batch is handed (or fails), so that

@@ -191,6 +191,10 @@ pub struct EventStore {
     /// `idle_in_transaction_session_timeout` of an append's transaction, as Postgres
     /// reads it (`LEDGER_APPEND_IDLE_TIMEOUT_MS`).
     append_idle_timeout: String,
+    /// How long a whole append may take before it is given up as unavailable (its
+    /// outcome unknown, as after a lost connection): a session cut off by a silent
+    /// network would otherwise stall this process's writer for ever. Zero: no limit.
+    append_time_limit: std::time::Duration,
 }
 
 /// The default of `LEDGER_APPEND_IDLE_TIMEOUT_MS`.
@@ -211,7 +215,15 @@ impl EventStore {
             pool,
             handoff: Arc::default(),
             append_idle_timeout: format!("{}ms", APPEND_IDLE_TIMEOUT.as_millis()),
+            append_time_limit: std::time::Duration::ZERO,
         }
+    }
+
+    /// How long a whole append may take (`LEDGER_DB_WAIT_MS`: its callers are answered
+    /// 503 by then) before the writer gives it up as unavailable and goes on.
+    pub fn with_append_time_limit(mut self, limit: std::time::Duration) -> EventStore {
+        self.append_time_limit = limit;
+        self
     }
 
     /// How long an append's transaction may sit idle (its writer paused, or gone without
