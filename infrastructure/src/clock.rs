@@ -75,7 +75,10 @@ impl Clock {
         // The connection first: waiting for one is not part of the round trip.
         let mut conn = pool.acquire().await?;
         let sent = Instant::now();
-        let db: DateTime<Utc> = sqlx::query_scalar("select clock_timestamp()").fetch_one(&mut *conn).await?;
+        // Bounded: a connection cut off by a silent network would stop the syncs for ever.
+        let reading = sqlx::query_scalar("select clock_timestamp()").fetch_one(&mut *conn);
+        let db: DateTime<Utc> =
+            crate::db::within(crate::db::connect_timeout(), "reading the database's clock", reading).await?;
         let answered = Instant::now();
         if answered - sent > ROUND_TRIP_MAX {
             tracing::debug!(round_trip = ?(answered - sent), "a reading of the database's clock too slow to trust");

@@ -128,9 +128,20 @@ impl PayoutWorker {
                             tokio::pin!(handling);
                             let mut progress = tokio::time::interval(self.limits.ack_wait / 3);
                             progress.tick().await;
+                            // Progress acks keep the message ours while it is handled, so a
+                            // handling stuck for good (a connection cut off by a silent
+                            // network) would keep it for ever: past four ack waits it is
+                            // given up, as a crash between its steps would be, and NAKed.
+                            let deadline = tokio::time::sleep(self.limits.ack_wait * 4);
+                            tokio::pin!(deadline);
                             loop {
                                 tokio::select! {
                                     disposition = &mut handling => break disposition,
+                                    () = &mut deadline => {
+                                        crate::db::gave_up();
+                                        tracing::warn!("a payout step took four ack waits; given up, it runs again");
+                                        break Disposition::Retry(Duration::from_secs(1));
+                                    }
                                     _ = progress.tick() => {
                                         let _ = message.ack_with(AckKind::Progress).await;
                                     }

@@ -365,10 +365,12 @@ impl Follower {
 pub const BATCH: i64 = 5_000;
 
 /// The worker: grows the tree until `shutdown`, polling the head every `poll` when at
-/// it; an event that does not recompute stops it there (reported every 10 s).
-pub async fn run(pool: PgPool, poll: Duration, shutdown: CancellationToken) {
+/// it; an event that does not recompute stops it there (reported every 10 s). One
+/// growth may take `step_time_limit` (a connection cut off by a silent network would
+/// otherwise stop the tree for ever; a growth given up never commits).
+pub async fn run(pool: PgPool, poll: Duration, step_time_limit: Duration, shutdown: CancellationToken) {
     loop {
-        let pause = match grow(&pool, BATCH).await {
+        let pause = match crate::db::within(step_time_limit, "growing the Merkle tree", grow(&pool, BATCH)).await {
             Ok(Grown::To(size)) => {
                 metrics::gauge!("ledger_tree_size").set(size as f64);
                 Duration::ZERO

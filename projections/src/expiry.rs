@@ -24,6 +24,8 @@ pub struct ExpiryWorker {
     /// The ledger's time (the database's clock): a process whose clock runs ahead must
     /// not expire holds early for everyone.
     pub clock: ledger_infrastructure::clock::Clock,
+    /// How long reading a page of due holds may take (`LEDGER_DB_STATEMENT_TIMEOUT_MS`).
+    pub step_time_limit: std::time::Duration,
 }
 
 impl ExpiryWorker {
@@ -49,7 +51,10 @@ impl ExpiryWorker {
         let now = self.clock.now();
         let (mut after, mut recorded) = (None, 0);
         loop {
-            let due = crate::queries::expired_holds(&self.pool, now, after, PAGE_MAX).await?;
+            // Bounded: a connection cut off by a silent network would stop expiry for ever
+            // (each expiry is a command, bounded by the writer's own limit).
+            let page = crate::queries::expired_holds(&self.pool, now, after, PAGE_MAX);
+            let due = ledger_infrastructure::db::within(self.step_time_limit, "reading the holds due", page).await?;
             recorded += self.expire(&due, now).await;
             if due.len() < PAGE_MAX as usize {
                 return Ok(recorded);

@@ -152,7 +152,8 @@ impl ProjectionWorker {
         while at < head && !shutdown.is_cancelled() {
             let page = self.bounded(store.read_all(at, (self.limits.batch_max as i64).min(head - at))).await?;
             let Some(last) = page.last().map(|e| e.position) else { break };
-            for (projection, applied) in self.bounded(apply_delivered_all(&self.pool, &self.projections, &page)).await? {
+            for (projection, applied) in self.bounded(apply_delivered_all(&self.pool, &self.projections, &page)).await?
+            {
                 metrics::counter!("ledger_projection_log_events_applied_total", "projection" => projection.name())
                     .increment(applied.applied as u64);
                 (self.on_applied)(projection, &applied);
@@ -190,7 +191,10 @@ impl ProjectionWorker {
     /// One step on Postgres, bounded by `step_time_limit`: a session cut off by a silent
     /// network fails the step (its transaction never commits) instead of stalling the
     /// projection for ever, and the step runs again.
-    async fn bounded<T, E: From<sqlx::Error>>(&self, step: impl std::future::Future<Output = Result<T, E>>) -> Result<T, E> {
+    async fn bounded<T, E: From<sqlx::Error>>(
+        &self,
+        step: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
         ledger_infrastructure::db::within(self.limits.step_time_limit, "a projection step", step).await
     }
 

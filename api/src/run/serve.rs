@@ -154,6 +154,7 @@ pub fn spawn_workers(state: &Core, on_applied: OnApplied, shutdown: Cancellation
         bus: state.bus.clone(),
         interval: Duration::from_secs(1),
         clock: state.clock.clone(),
+        step_time_limit: state.config.db_statement_timeout,
     };
     let webhooks = ledger_infrastructure::webhooks::Dispatcher {
         pool: ledger_infrastructure::db::connect_lazy(&config.database_url, config, config.webhook_db_pool_max)
@@ -175,7 +176,12 @@ pub fn spawn_workers(state: &Core, on_applied: OnApplied, shutdown: Cancellation
     ];
     handles.push(spawn_legacy_purge(state, shutdown.clone()));
     if !state.config.tree_poll.is_zero() {
-        let tree = ledger_infrastructure::tree::run(state.pool.clone(), state.config.tree_poll, shutdown.clone());
+        let tree = ledger_infrastructure::tree::run(
+            state.pool.clone(),
+            state.config.tree_poll,
+            state.config.db_statement_timeout,
+            shutdown.clone(),
+        );
         handles.push(tokio::spawn(tree));
     }
     let (pool, url) = (state.pool.clone(), state.config.database_url.clone());

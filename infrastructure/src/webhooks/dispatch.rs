@@ -104,12 +104,17 @@ impl Dispatcher {
         let mut renew_at = tokio::time::Instant::now();
         while !shutdown.is_cancelled() {
             if tokio::time::Instant::now() >= renew_at {
-                if let Err(e) = self.renew(&mut running, &scanned, &shutdown).await {
+                // Each look is bounded by the lease: a connection cut off by a silent
+                // network must not stop this process's deliveries for good.
+                let renewing = self.renew(&mut running, &scanned, &shutdown);
+                if let Err(e) = crate::db::within(self.limits.lease, "renewing webhook leases", renewing).await {
                     tracing::warn!(error = %e, "renewing webhook leases failed");
                 }
                 renew_at = tokio::time::Instant::now() + self.limits.lease / 3;
             }
-            if let Err(e) = self.scan(&running, &scanned).await {
+            if let Err(e) =
+                crate::db::within(self.limits.lease, "scanning for webhooks", self.scan(&running, &scanned)).await
+            {
                 tracing::warn!(error = %e, "reading newly committed events for webhooks failed");
             }
             // Appends under load come every few milliseconds: one look per interval
@@ -255,7 +260,10 @@ impl Delivery {
             if !wait.is_zero() {
                 tokio::select! { _ = shutdown.cancelled() => return, _ = tokio::time::sleep(wait) => {} }
             }
-            match self.step().await {
+            // Bounded by the lease (past it, another process may hold the webhook): a step
+            // given up is sent again, as after a crash between its steps.
+            let lease = self.d.limits.lease;
+            match crate::db::within(lease, "a webhook delivery step", self.step()).await {
                 Ok(Step::Again(next)) => wait = next,
                 Ok(Step::Idle) => {
                     wait = Duration::ZERO;
