@@ -59,6 +59,11 @@ pub struct Config {
     /// included, so a peer paused mid-migration makes a start fail with a time-out
     /// instead of waiting for ever, and a migration never queues behind traffic for long.
     pub db_migration_lock_timeout: Duration,
+    /// `LEDGER_DB_KEEPALIVE_MS` (default 30000; 0: the server's own): the server's TCP
+    /// keepalive idle time and `tcp_user_timeout` on every session of this process, so
+    /// Postgres ends a session whose client went silent (a partition, a cut flow) after
+    /// about twice this, releasing its locks, instead of after hours.
+    pub db_keepalive: Duration,
     /// `LEDGER_DB_WAIT_MS` (default 8000, below the request time-out): how long a request
     /// behind the Postgres breaker may take before it is answered 503 and counted as a
     /// dependency failure, so a Postgres that hangs (sockets open, nothing answered)
@@ -239,6 +244,7 @@ impl Default for Config {
             db_acquire_timeout: Duration::from_millis(3000),
             db_connect_timeout: Duration::from_millis(5000),
             db_migration_lock_timeout: Duration::from_millis(120_000),
+            db_keepalive: Duration::from_millis(30_000),
             db_statement_timeout: Duration::from_millis(30_000),
             db_lock_timeout: Duration::from_millis(10_000),
             db_idle_in_transaction_timeout: Duration::from_millis(60_000),
@@ -333,6 +339,7 @@ impl Config {
             db_acquire_timeout: env_ms("LEDGER_DB_ACQUIRE_TIMEOUT_MS", d.db_acquire_timeout)?,
             db_connect_timeout: env_ms("LEDGER_DB_CONNECT_TIMEOUT_MS", d.db_connect_timeout)?,
             db_migration_lock_timeout: env_ms("LEDGER_DB_MIGRATION_LOCK_TIMEOUT_MS", d.db_migration_lock_timeout)?,
+            db_keepalive: env_ms("LEDGER_DB_KEEPALIVE_MS", d.db_keepalive)?,
             db_wait: env_ms("LEDGER_DB_WAIT_MS", d.db_wait)?,
             append_idle_timeout: env_ms("LEDGER_APPEND_IDLE_TIMEOUT_MS", d.append_idle_timeout)?,
             db_statement_timeout: env_ms("LEDGER_DB_STATEMENT_TIMEOUT_MS", d.db_statement_timeout)?,
@@ -404,7 +411,7 @@ impl Config {
         }
         // Every session made outside the pools, from here on (the first is the one that
         // creates the database, before any pool).
-        crate::db::set_session_limits(config.db_connect_timeout, config.db_migration_lock_timeout);
+        crate::db::set_session_limits(config.db_connect_timeout, config.db_migration_lock_timeout, config.db_keepalive);
         // The wait on Postgres must end before the request does, or it never counts.
         if config.db_wait >= config.request_timeout {
             config.db_wait = config.request_timeout * 4 / 5;

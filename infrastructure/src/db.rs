@@ -23,11 +23,35 @@ static CONNECT_TIMEOUT_MS: AtomicU64 = AtomicU64::new(5000);
 /// `LEDGER_DB_MIGRATION_LOCK_TIMEOUT_MS` of this process, in ms (set as above).
 static MIGRATION_LOCK_TIMEOUT_MS: AtomicU64 = AtomicU64::new(120_000);
 
-/// Sets [`connect_timeout`] and the migrator's lock wait for this process (its
-/// configuration's).
-pub fn set_session_limits(connect: Duration, migration_lock: Duration) {
+/// `LEDGER_DB_KEEPALIVE_MS` of this process, in ms (set as above; 0: the server's own).
+static KEEPALIVE_MS: AtomicU64 = AtomicU64::new(30_000);
+
+/// Sets [`connect_timeout`], the migrator's lock wait and the server's keepalive for
+/// this process's sessions (its configuration's).
+pub fn set_session_limits(connect: Duration, migration_lock: Duration, keepalive: Duration) {
     CONNECT_TIMEOUT_MS.store(connect.as_millis().max(1) as u64, Ordering::Relaxed);
     MIGRATION_LOCK_TIMEOUT_MS.store(migration_lock.as_millis().max(1) as u64, Ordering::Relaxed);
+    KEEPALIVE_MS.store(keepalive.as_millis() as u64, Ordering::Relaxed);
+}
+
+/// What makes Postgres notice a client that is gone, for every session of this process:
+/// `client_connection_check_interval` ends a running query whose client closed its
+/// socket (a query given up and its connection closed stops costing the server), and
+/// the TCP keepalive and `tcp_user_timeout` of `LEDGER_DB_KEEPALIVE_MS` end a session
+/// whose client went silent, releasing its locks (the advisory ones included).
+fn gone_client_limits() -> Vec<(&'static str, String)> {
+    let mut limits = vec![("client_connection_check_interval", "1000ms".to_owned())];
+    let keepalive = KEEPALIVE_MS.load(Ordering::Relaxed);
+    if keepalive > 0 {
+        let seconds = keepalive.div_ceil(1000);
+        limits.extend([
+            ("tcp_keepalives_idle", format!("{seconds}s")),
+            ("tcp_keepalives_interval", format!("{}s", seconds.div_ceil(3))),
+            ("tcp_keepalives_count", "3".to_owned()),
+            ("tcp_user_timeout", format!("{keepalive}ms")),
+        ]);
+    }
+    limits
 }
 
 /// How long making a session outside the pools may take.
@@ -56,13 +80,17 @@ pub async fn within<T, E: From<sqlx::Error>>(
         // A limit of 0 is none, as Postgres reads its own.
         return round_trip.await;
     }
-    tokio::time::timeout(limit, round_trip).await.unwrap_or_else(|_| {
-        gave_up();
-        Err(E::from(sqlx::Error::Io(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("{what} took longer than {} ms", limit.as_millis()),
-        ))))
-    })
+    let mut round_trip = std::pin::pin!(round_trip);
+    if let Ok(done) = tokio::time::timeout(limit, &mut round_trip).await {
+        return done;
+    }
+    // Noted before the round trip (and the connection it holds) is dropped, so the
+    // connection's return to its pool is already checked.
+    gave_up();
+    Err(E::from(sqlx::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("{what} took longer than {} ms", limit.as_millis()),
+    ))))
 }
 
 /// When this process last gave up waiting on Postgres (ms since [`EPOCH`]; 0: never).
@@ -107,7 +135,8 @@ pub async fn close_within(conn: sqlx::PgConnection) {
 
 /// A session of its own (an advisory lock's, the relay leader's), bounded in the making.
 pub async fn session(url: &str) -> Result<sqlx::PgConnection, sqlx::Error> {
-    bounded(sqlx::PgConnection::connect(url)).await
+    let options = PgConnectOptions::from_str(url)?.options(gone_client_limits());
+    bounded(options.connect()).await
 }
 
 /// A `LISTEN` session, bounded in the making.
@@ -162,19 +191,21 @@ pub async fn ensure_database(url: &str) -> Result<(), sqlx::Error> {
 }
 
 /// The session limits of a pool connection, as Postgres settings (0 disables one).
-fn session_limits(config: &Config) -> [(&'static str, String); 3] {
+fn session_limits(config: &Config) -> Vec<(&'static str, String)> {
     let ms = |d: Duration| format!("{}ms", d.as_millis());
-    [
+    let mut limits = vec![
         ("statement_timeout", ms(config.db_statement_timeout)),
         ("lock_timeout", ms(config.db_lock_timeout)),
         ("idle_in_transaction_session_timeout", ms(config.db_idle_in_transaction_timeout)),
-    ]
+    ];
+    limits.extend(gone_client_limits());
+    limits
 }
 
 /// Connects a bounded pool (size and acquire timeout from the config) whose
 /// connections carry the config's statement, lock-wait and idle-transaction limits.
 pub async fn connect(config: &Config) -> Result<PgPool, sqlx::Error> {
-    set_session_limits(config.db_connect_timeout, config.db_migration_lock_timeout);
+    set_session_limits(config.db_connect_timeout, config.db_migration_lock_timeout, config.db_keepalive);
     let options = PgConnectOptions::from_str(&config.database_url)?.options(session_limits(config));
     PgPoolOptions::new()
         .max_connections(config.db_pool_max)
@@ -209,7 +240,11 @@ pub async fn migrate(database_url: &str) -> Result<(), sqlx::Error> {
     let pool = PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(connect_timeout())
-        .connect_with(PgConnectOptions::from_str(database_url)?.options([("lock_timeout", lock_wait.as_str())]))
+        .connect_with(
+            PgConnectOptions::from_str(database_url)?
+                .options([("lock_timeout", lock_wait)])
+                .options(gone_client_limits()),
+        )
         .await?;
     let migrated = MIGRATOR.run(&pool).await;
     pool.close().await;

@@ -47,8 +47,8 @@ pub struct WorkerLimits {
     /// worker applies the log itself.
     pub log_stall_after: Duration,
     /// How long one step on Postgres (a batch applied, a look at the log) may take
-    /// before it is given up and run again (`LEDGER_DB_STATEMENT_TIMEOUT_MS`: what one
-    /// statement may take).
+    /// before it is given up and run again (four times `LEDGER_DB_STATEMENT_TIMEOUT_MS`:
+    /// a step is a transaction of several statements per projection).
     pub step_time_limit: Duration,
 }
 
@@ -62,7 +62,7 @@ impl Default for WorkerLimits {
             fetch_expires: Duration::from_millis(500),
             log_poll_interval: Duration::from_millis(250),
             log_stall_after: Duration::from_secs(1),
-            step_time_limit: Duration::from_secs(30),
+            step_time_limit: Duration::from_secs(120),
         }
     }
 }

@@ -198,7 +198,9 @@ pub fn spawn_workers(state: &Core, on_applied: OnApplied, shutdown: Cancellation
         js: async_nats::jetstream::new(state.nats.clone()),
         names: state.names.clone(),
         projections: Projection::ALL.to_vec(),
-        limits: WorkerLimits { step_time_limit: state.config.db_statement_timeout, ..WorkerLimits::default() },
+        // A step is one transaction of several statements per projection: four statement
+        // time-outs, so a slow but sound batch is never given up again and again.
+        limits: WorkerLimits { step_time_limit: state.config.db_statement_timeout * 4, ..WorkerLimits::default() },
         on_applied: on_applied.clone(),
     };
     handles.push(tokio::spawn(projector.run(shutdown.clone())));
