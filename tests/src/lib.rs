@@ -232,6 +232,29 @@ impl TestApp {
     }
 }
 
+/// Makes every commit that moves the log's head take `seconds` longer (a deferred
+/// trigger on `log_head`), so a fault finds the writer in the middle of an append;
+/// [`fast_commits`] undoes it.
+pub async fn slow_commits(pool: &PgPool, seconds: f64) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "create function test_slow_commit() returns trigger language plpgsql as
+           $$ begin perform pg_sleep({seconds}); return null; end $$;
+         create constraint trigger test_slow_commit after update on log_head
+           deferrable initially deferred for each row execute function test_slow_commit();"
+    )))
+    .execute(pool)
+    .await
+    .expect("slow commits");
+}
+
+/// Undoes [`slow_commits`].
+pub async fn fast_commits(pool: &PgPool) {
+    sqlx::raw_sql("drop trigger test_slow_commit on log_head; drop function test_slow_commit();")
+        .execute(pool)
+        .await
+        .expect("fast commits");
+}
+
 /// How far the furthest-behind projection is from the head of the log (1 if
 /// Postgres does not answer, so a wait on it goes on).
 pub async fn projection_lag(pool: &PgPool) -> i64 {

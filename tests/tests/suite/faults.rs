@@ -294,15 +294,7 @@ async fn pipelined_writer_loses_a_batch_between_insert_and_commit() {
     for _ in 0..8 {
         accounts.push(open_funded(&client, &base, setup_deadline).await);
     }
-    sqlx::raw_sql(
-        "create function test_slow_commit() returns trigger language plpgsql as
-           $$ begin perform pg_sleep(0.15); return null; end $$;
-         create constraint trigger test_slow_commit after update on log_head
-           deferrable initially deferred for each row execute function test_slow_commit();",
-    )
-    .execute(&pool)
-    .await
-    .expect("slow commits");
+    ledger_tests::slow_commits(&pool, 0.15).await;
     let accounts = Arc::new(accounts);
     let stop_at = Instant::now() + Duration::from_secs(30);
     let clients: Vec<_> = (0..24)
@@ -379,10 +371,7 @@ async fn pipelined_writer_loses_a_batch_between_insert_and_commit() {
     }
     let outcomes: Vec<Outcome> =
         join_all(clients).await.into_iter().flat_map(|r| r.expect("client finished")).collect();
-    sqlx::raw_sql("drop trigger test_slow_commit on log_head; drop function test_slow_commit();")
-        .execute(&pool)
-        .await
-        .expect("commits at full speed again");
+    ledger_tests::fast_commits(&pool).await;
     eventually("projections catch up", 60, || async {
         let lag = projection_lag(&pool).await;
         lag == 0

@@ -84,19 +84,8 @@ async fn a_hanging_postgres_fails_fast_once_the_breaker_opens_and_loses_nothing(
     assert!(!during.is_empty(), "clients are answered while Postgres hangs");
     let at_once = during.iter().filter(|s| s.1 == StatusCode::SERVICE_UNAVAILABLE && s.2 < Duration::from_secs(1));
     assert!(at_once.count() > 0, "once the breaker is open, refusals are at once");
-    // Each refused command, sent again with its key: recorded once, whatever happened.
-    let refused: Vec<String> = sent
-        .iter()
-        .filter(|s| s.1 != StatusCode::CREATED)
-        .map(|s| s.0.clone())
-        .chain(probe_keys.into_inner().expect("keys"))
-        .collect();
-    for chunk in refused.chunks(16) {
-        let answers = futures::future::join_all(chunk.iter().map(|key| app.post("/v1/transfers", key, &body))).await;
-        for (key, r) in chunk.iter().zip(answers) {
-            assert_eq!(r.status, StatusCode::CREATED, "{key}: {r:?}");
-        }
-    }
+    let refused = sent.iter().filter(|s| s.1 != StatusCode::CREATED).map(|s| s.0.clone());
+    let refused = send_again(&app, refused.chain(probe_keys.into_inner().expect("keys")), &body).await;
     let recorded: i64 = sqlx::query_scalar("select count(*) from events where type = 'TransferPosted'")
         .fetch_one(&app.pool)
         .await
@@ -107,6 +96,23 @@ async fn a_hanging_postgres_fails_fast_once_the_breaker_opens_and_loses_nothing(
     );
     assert_eq!(app.account(b).await["balance"], json!(recorded), "one transfer of 1 per recorded event");
     app.fold_log().await;
+}
+
+/// Each command not acknowledged (its key), sent again with its key, sixteen at a
+/// time, each until it is answered 201 (a 503 on a loaded machine is sent again, as a
+/// client would): whatever happened to it the first time, it is then recorded once.
+/// Returns the keys.
+async fn send_again(app: &TestApp, keys: impl Iterator<Item = String>, body: &serde_json::Value) -> Vec<String> {
+    let keys: Vec<String> = keys.collect();
+    for chunk in keys.chunks(16) {
+        futures::future::join_all(chunk.iter().map(|key| {
+            eventually("a command not acknowledged, sent again, is recorded", 30, || async {
+                app.post("/v1/transfers", key, body).await.status == StatusCode::CREATED
+            })
+        }))
+        .await;
+    }
+    keys
 }
 
 /// A client that sends its body slowly costs only its own request: the wait on
@@ -352,15 +358,7 @@ async fn a_process_whose_postgres_sessions_are_all_cut_off_recovers_by_itself() 
     let (a, b) = (app.open_account("EUR", 0).await, app.open_account("EUR", 0).await);
     app.deposit(a, 1_000_000, "EUR").await;
     // Every commit takes 150 ms, so the cut finds the writer in the middle of an append.
-    sqlx::raw_sql(
-        "create function test_slow_commit() returns trigger language plpgsql as
-           $$ begin perform pg_sleep(0.15); return null; end $$;
-         create constraint trigger test_slow_commit after update on log_head
-           deferrable initially deferred for each row execute function test_slow_commit();",
-    )
-    .execute(&direct)
-    .await
-    .expect("slow commits");
+    ledger_tests::slow_commits(&direct, 0.15).await;
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..8)
         .map(|_| {
@@ -396,30 +394,15 @@ async fn a_process_whose_postgres_sessions_are_all_cut_off_recovers_by_itself() 
     .await;
     let recovered = cut.elapsed();
     eprintln!("commands answered again {recovered:?} after every session was cut");
-    sqlx::raw_sql("drop trigger test_slow_commit on log_head").execute(&direct).await.expect("commits fast again");
+    ledger_tests::fast_commits(&direct).await;
     stop.store(true, Ordering::SeqCst);
     let mut sent = Vec::new();
     for c in clients {
         sent.extend(c.await.expect("a client"));
     }
     assert!(sent.iter().any(|s| s.1 == StatusCode::CREATED), "commands were acknowledged before the cut");
-    // Each refused command, sent again with its key: recorded once, whatever happened.
-    let refused: Vec<String> = sent
-        .iter()
-        .filter(|s| s.1 != StatusCode::CREATED)
-        .map(|s| s.0.clone())
-        .chain(probe_keys.into_inner().expect("keys"))
-        .collect();
-    // Sixteen at a time, each until it is answered 201 (a 503 on a loaded machine is
-    // sent again with its key, as a client would).
-    for chunk in refused.chunks(16) {
-        futures::future::join_all(chunk.iter().map(|key| {
-            eventually("a refused command, sent again, is recorded", 30, || async {
-                app.post("/v1/transfers", key, &body).await.status == StatusCode::CREATED
-            })
-        }))
-        .await;
-    }
+    let refused = sent.iter().filter(|s| s.1 != StatusCode::CREATED).map(|s| s.0.clone());
+    let refused = send_again(&app, refused.chain(probe_keys.into_inner().expect("keys")), &body).await;
     let recorded: i64 = sqlx::query_scalar("select count(*) from events where type = 'TransferPosted'")
         .fetch_one(&direct)
         .await
