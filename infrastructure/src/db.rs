@@ -84,45 +84,26 @@ pub async fn within<T, E: From<sqlx::Error>>(
     if let Ok(done) = tokio::time::timeout(limit, &mut round_trip).await {
         return done;
     }
-    // Noted before the round trip (and the connection it holds) is dropped, so the
-    // connection's return to its pool is already checked.
-    gave_up();
     Err(E::from(sqlx::Error::Io(std::io::Error::new(
         std::io::ErrorKind::TimedOut,
         format!("{what} took longer than {} ms", limit.as_millis()),
     ))))
 }
 
-/// When this process last gave up waiting on Postgres (ms since [`EPOCH`]; 0: never).
-static GAVE_UP_AT_MS: AtomicU64 = AtomicU64::new(0);
-static EPOCH: std::sync::LazyLock<std::time::Instant> = std::sync::LazyLock::new(std::time::Instant::now);
-
-/// For a minute after this, every connection given back to a pool must answer within
-/// [`connect_timeout`] or is closed (see [`connect`]). Called whenever a wait on
-/// Postgres is given up: the connection it was on may be dead.
-pub fn gave_up() {
-    GAVE_UP_AT_MS.store(EPOCH.elapsed().as_millis().max(1) as u64, Ordering::Relaxed);
-}
-
-fn gave_up_lately() -> bool {
-    let at = GAVE_UP_AT_MS.load(Ordering::Relaxed);
-    at != 0 && EPOCH.elapsed().as_millis() as u64 <= at + 60_000
-}
-
 /// The pools' `after_release`: sqlx tests every connection given back with a ping that
-/// has no bound, so a connection cut off by a silent network (a query on it given up)
-/// would hold its pool slot until the kernel gives up on it (`tcp_retries2`, about 15
-/// minutes), and enough of them would leave the pool empty. While waits have been given
-/// up lately, a connection given back must answer a ping within [`connect_timeout`]
-/// first, or is closed. Otherwise this costs nothing.
+/// has no bound, so a connection cut off by a silent network (a query on it given up,
+/// or one given back just as the network went silent) would hold its pool slot until
+/// the kernel gives up on it (`tcp_retries2`, about 15 minutes), and enough of them
+/// would leave the pool empty. So a connection given back must first answer a ping
+/// within [`connect_timeout`], or is closed. That costs a round trip per release (sqlx's
+/// own ping then answers at once); only checking after a wait was given up missed the
+/// connections given back at the moment of the cut (docs/PERFORMANCE.md).
 fn released(
     conn: &mut sqlx::PgConnection,
     _: sqlx::pool::PoolConnectionMetadata,
 ) -> futures::future::BoxFuture<'_, Result<bool, sqlx::Error>> {
     Box::pin(async move {
-        if gave_up_lately() {
-            within(connect_timeout(), "a connection given back to its pool", conn.ping()).await?;
-        }
+        within(connect_timeout(), "a connection given back to its pool", conn.ping()).await?;
         Ok(true)
     })
 }

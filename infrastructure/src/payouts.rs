@@ -138,7 +138,6 @@ impl PayoutWorker {
                                 tokio::select! {
                                     disposition = &mut handling => break disposition,
                                     () = &mut deadline => {
-                                        crate::db::gave_up();
                                         tracing::warn!("a payout step took four ack waits; given up, it runs again");
                                         break Disposition::Retry(Duration::from_secs(1));
                                     }

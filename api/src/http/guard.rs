@@ -103,9 +103,6 @@ pub async fn db_guard(State(state): State<AppState>, request: Request, next: Nex
                 Ok(response) => response,
                 Err(_) => {
                     permit.failure();
-                    // The connection the request waited on may be dead: check what is
-                    // given back to the pools for a while.
-                    ledger_infrastructure::db::gave_up();
                     metrics::counter!("ledger_db_waits_exceeded_total").increment(1);
                     let e = ApiError::unavailable(&"postgres did not answer in time");
                     return ApiError { retry_after_s: Some(1), ..e }.into_response();
