@@ -240,6 +240,12 @@ impl EventStore {
         self.handoff.set(handoff).is_ok()
     }
 
+    /// How long a round trip of the writer may take (`with_append_time_limit`; 0: no
+    /// limit): its appends, and the reads it decides on.
+    pub fn writer_time_limit(&self) -> std::time::Duration {
+        self.append_time_limit
+    }
+
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }

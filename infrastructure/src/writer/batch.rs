@@ -449,7 +449,11 @@ impl Writer {
             .flat_map(|(p, _)| p.group.requests.iter())
             .filter_map(|r| r.idempotency.as_ref().map(|k| (k.principal.clone(), k.key.clone())))
             .collect();
-        if keys.is_empty() { Ok(HashMap::new()) } else { self.store.idempotency_records(&keys).await }
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let limit = self.store.writer_time_limit();
+        crate::db::within(limit, "reading idempotency records", self.store.idempotency_records(&keys)).await
     }
 
     /// Decides every group that is not answered yet, in order, on `working`.

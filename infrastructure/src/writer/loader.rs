@@ -23,8 +23,14 @@ impl StateLoader {
         StateLoader { store, cache: Cache::new(cache_max), snapshot_every }
     }
 
-    /// Loads the given streams into `ledger`, exactly as the log has them now.
+    /// Loads the given streams into `ledger`, exactly as the log has them now; bounded by
+    /// the writer's time limit, as its appends are (a connection cut off by a silent
+    /// network would otherwise stall the writer for ever).
     pub async fn load(&self, ledger: &mut Ledger, ids: &[Uuid]) -> Result<(), StoreError> {
+        crate::db::within(self.store.writer_time_limit(), "loading streams", self.load_unbounded(ledger, ids)).await
+    }
+
+    async fn load_unbounded(&self, ledger: &mut Ledger, ids: &[Uuid]) -> Result<(), StoreError> {
         let mut missing = Vec::new();
         for id in ids {
             match self.cache.get(id) {
@@ -77,9 +83,11 @@ impl StateLoader {
             return;
         }
         let pool = self.store.pool().clone();
+        let limit = self.store.writer_time_limit();
         tokio::spawn(async move {
             for (id, state) in states {
-                if let Err(e) = crate::snapshots::save(&pool, id, &state).await {
+                let saving = crate::snapshots::save(&pool, id, &state);
+                if let Err(e) = crate::db::within(limit, "saving a snapshot", saving).await {
                     tracing::warn!(error = %e, stream = %id, "saving a snapshot failed");
                 }
             }
