@@ -169,9 +169,13 @@ async fn an_expired_hold_cannot_be_captured_and_its_expiry_is_recorded_once() {
     )
     .await;
     assert_eq!(h.status, StatusCode::CREATED, "{h:?}");
-    // Deliberate: the hold must reach `expires_at` (a time, not a condition to poll).
-    tokio::time::sleep((expires_at - chrono::Utc::now()).to_std().unwrap_or_default()).await;
-    // At or after expires_at: refused, whether or not the expiry is recorded yet.
+    // Deliberate: the hold must reach `expires_at` (a time, not a condition to poll) by
+    // the ledger's clock, which is the database's read over a round trip of at most
+    // 200 ms (`clock::ROUND_TRIP_MAX`): it may be up to half of that behind this
+    // process's clock, so the capture goes 200 ms after.
+    let after = expires_at + chrono::Duration::milliseconds(200);
+    tokio::time::sleep((after - chrono::Utc::now()).to_std().unwrap_or_default()).await;
+    // After expires_at: refused, whether or not the expiry is recorded yet.
     let late = app.post(&format!("/v1/holds/{}/capture", h.id()), &key(), &json!({})).await;
     assert!(matches!(late.code(), "hold_expired" | "hold_not_pending"), "{late:?}");
     eventually("the expiry is recorded", 10, || async {
