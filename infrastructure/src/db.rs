@@ -140,9 +140,27 @@ pub async fn next_notification(
         if let Ok(n) = tokio::time::timeout(LISTEN_QUIET, listener.recv()).await {
             return n;
         }
-        let ping = sqlx::query("select 1").execute(&mut *listener);
-        within(connect_timeout(), "a quiet LISTEN session's answer", ping).await?;
+        still_answers(listener).await?;
     }
+}
+
+/// Whether a quiet `LISTEN` session still answers: a `select 1` within
+/// [`connect_timeout`], or an I/O time-out.
+pub async fn still_answers(listener: &mut sqlx::postgres::PgListener) -> Result<(), sqlx::Error> {
+    let ping = sqlx::query("select 1").execute(&mut *listener);
+    within(connect_timeout(), "a quiet LISTEN session's answer", ping).await.map(drop)
+}
+
+/// Has `listener` listen to this ledger's channels named `bases` (see [`scoped_name`]),
+/// each step within [`connect_timeout`]; returns their names, in order.
+pub async fn listen_to(listener: &mut sqlx::postgres::PgListener, bases: &[&str]) -> Result<Vec<String>, sqlx::Error> {
+    let limit = connect_timeout();
+    let mut channels = Vec::with_capacity(bases.len());
+    for base in bases {
+        channels.push(within(limit, "naming a channel", scoped_name(&mut *listener, base)).await?);
+    }
+    within(limit, "LISTEN", listener.listen_all(channels.iter().map(String::as_str))).await?;
+    Ok(channels)
 }
 
 /// The migrations in `migrations/`, embedded at compile time.

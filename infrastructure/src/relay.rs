@@ -220,8 +220,7 @@ impl Relay {
         shutdown: &CancellationToken,
     ) -> Result<(), RelayError> {
         let mut listener = crate::db::listener(&self.database_url).await?;
-        let channel = self.bounded(crate::db::scoped_name(&mut *conn, "ledger_events")).await?;
-        self.bounded(listener.listen(&channel)).await?;
+        crate::db::listen_to(&mut listener, &["ledger_events"]).await?;
         let start = sqlx::query("insert into relay_checkpoints (name, position) values ($1, 0) on conflict do nothing")
             .bind(self.names.prefix());
         self.bounded(start.execute(&mut *conn)).await?;

@@ -76,6 +76,14 @@ impl FaultProxy {
         self.mode.send_replace(mode);
     }
 
+    /// Hangs every connection for `fault` (a fault's duration, deliberately slept), then
+    /// passes again.
+    pub async fn hang_for(&self, fault: std::time::Duration) {
+        self.set(Mode::Hang);
+        tokio::time::sleep(fault).await;
+        self.set(Mode::Pass);
+    }
+
     /// Loses every connection open now, for good: from here on they forward nothing
     /// either way and are never closed (until the proxy is dropped), as when the network
     /// between a client and its server stays broken longer than the session. Connections

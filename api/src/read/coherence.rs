@@ -156,13 +156,10 @@ async fn follow_replica(state: AppState, shutdown: CancellationToken) {
 }
 
 async fn follow_positions(state: &AppState, shutdown: &CancellationToken) -> Result<(), sqlx::Error> {
-    use ledger_infrastructure::db::{LISTEN_QUIET, connect_timeout, within};
+    use ledger_infrastructure::db::{LISTEN_QUIET, connect_timeout, listen_to, still_answers, within};
     let limit = connect_timeout();
     let mut listener = within(limit, "a LISTEN session", sqlx::postgres::PgListener::connect_with(&state.pool)).await?;
-    let channel =
-        within(limit, "naming a channel", ledger_infrastructure::db::scoped_name(&mut listener, "ledger_projection"))
-            .await?;
-    within(limit, "LISTEN", listener.listen(&channel)).await?;
+    listen_to(&mut listener, &["ledger_projection"]).await?;
     let mut refresh = tokio::time::interval(Duration::from_secs(1));
     // When the listener last answered: one quiet for long must still answer a ping, or
     // it is made anew (a network gone silent would leave it waiting for ever).
@@ -175,7 +172,7 @@ async fn follow_positions(state: &AppState, shutdown: &CancellationToken) -> Res
             _ = refresh.tick() => {
                 let covered = state.cache.covered();
                 if heard.elapsed() >= LISTEN_QUIET {
-                    within(limit, "a quiet LISTEN session's answer", sqlx::query("select 1").execute(&mut listener)).await?;
+                    still_answers(&mut listener).await?;
                     heard = tokio::time::Instant::now();
                 }
                 let polled = sqlx::query_as("select name, position from projection_checkpoints").fetch_all(&state.pool);

@@ -108,20 +108,14 @@ const SWEEP_BATCH_MAX: i64 = 10_000;
 /// Deletes expired idempotency records every minute.
 pub fn spawn_idempotency_sweeper(state: &AppState, shutdown: CancellationToken) -> JoinHandle<()> {
     let store = state.store.clone();
-    let state_limit = state.config.db_statement_timeout;
+    let limit = state.config.db_statement_timeout;
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {
             tokio::select! { _ = shutdown.cancelled() => return, _ = tick.tick() => {} }
             // Bounded: a connection cut off by a silent network must not stop the sweeps.
-            let limit = state_limit;
-            match ledger_infrastructure::db::within(
-                limit,
-                "sweeping idempotency keys",
-                store.sweep_expired_keys(SWEEP_BATCH_MAX),
-            )
-            .await
-            {
+            let sweeping = store.sweep_expired_keys(SWEEP_BATCH_MAX);
+            match ledger_infrastructure::db::within(limit, "sweeping idempotency keys", sweeping).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(deleted = n, "swept expired idempotency keys"),
                 Err(e) => tracing::warn!(error = %e, "idempotency sweep failed"),

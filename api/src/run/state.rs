@@ -57,7 +57,7 @@ impl Core {
         crate::http::metrics::handle();
         let store = EventStore::new(pool.clone())
             .with_append_idle_timeout(config.append_idle_timeout)
-            .with_append_time_limit(config.db_wait);
+            .with_writer_time_limit(config.db_wait);
         let bus = CommandBus::start(
             store.clone(),
             ledger_infrastructure::WriterLimits {

@@ -48,7 +48,7 @@ impl EventStore {
         // and a retry with the key finds what committed. Postgres ends the transaction
         // (and frees the head lock) by `LEDGER_APPEND_IDLE_TIMEOUT_MS` if it never heard
         // the rest.
-        crate::db::within(self.append_time_limit, "an append", self.append_batch_unbounded(commits)).await
+        crate::db::within(self.writer_time_limit, "an append", self.append_batch_unbounded(commits)).await
     }
 
     async fn append_batch_unbounded(&self, commits: &[Commit]) -> Result<Appended, AppendError> {

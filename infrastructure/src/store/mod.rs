@@ -191,10 +191,11 @@ pub struct EventStore {
     /// `idle_in_transaction_session_timeout` of an append's transaction, as Postgres
     /// reads it (`LEDGER_APPEND_IDLE_TIMEOUT_MS`).
     append_idle_timeout: String,
-    /// How long a whole append may take before it is given up as unavailable (its
-    /// outcome unknown, as after a lost connection): a session cut off by a silent
-    /// network would otherwise stall this process's writer for ever. Zero: no limit.
-    append_time_limit: std::time::Duration,
+    /// How long a whole append, or a read the writer decides on, may take before it is
+    /// given up as unavailable (an append's outcome then unknown, as after a lost
+    /// connection): a session cut off by a silent network would otherwise stall this
+    /// process's writer for ever. Zero: no limit.
+    writer_time_limit: std::time::Duration,
 }
 
 /// The default of `LEDGER_APPEND_IDLE_TIMEOUT_MS`.
@@ -215,14 +216,15 @@ impl EventStore {
             pool,
             handoff: Arc::default(),
             append_idle_timeout: format!("{}ms", APPEND_IDLE_TIMEOUT.as_millis()),
-            append_time_limit: std::time::Duration::ZERO,
+            writer_time_limit: std::time::Duration::ZERO,
         }
     }
 
-    /// How long a whole append may take (`LEDGER_DB_WAIT_MS`: its callers are answered
-    /// 503 by then) before the writer gives it up as unavailable and goes on.
-    pub fn with_append_time_limit(mut self, limit: std::time::Duration) -> EventStore {
-        self.append_time_limit = limit;
+    /// How long a whole append, or a read the writer decides on, may take
+    /// (`LEDGER_DB_WAIT_MS`: its callers are answered 503 by then) before the writer gives
+    /// it up as unavailable and goes on.
+    pub fn with_writer_time_limit(mut self, limit: std::time::Duration) -> EventStore {
+        self.writer_time_limit = limit;
         self
     }
 
@@ -240,10 +242,9 @@ impl EventStore {
         self.handoff.set(handoff).is_ok()
     }
 
-    /// How long a round trip of the writer may take (`with_append_time_limit`; 0: no
-    /// limit): its appends, and the reads it decides on.
+    /// [`EventStore::with_writer_time_limit`]'s limit (0: none).
     pub fn writer_time_limit(&self) -> std::time::Duration {
-        self.append_time_limit
+        self.writer_time_limit
     }
 
     pub fn pool(&self) -> &PgPool {

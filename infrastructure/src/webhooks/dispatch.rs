@@ -415,17 +415,11 @@ async fn listen(database_url: String, appended: Arc<Notify>, changed: mpsc::Send
     while !shutdown.is_cancelled() {
         let listener = async {
             let mut listener = crate::db::listener(&database_url).await?;
-            let limit = crate::db::connect_timeout();
-            let events =
-                crate::db::within(limit, "naming a channel", crate::db::scoped_name(&mut listener, "ledger_events"))
-                    .await?;
-            let webhooks =
-                crate::db::within(limit, "naming a channel", crate::db::scoped_name(&mut listener, "ledger_webhooks"))
-                    .await?;
-            crate::db::within(limit, "LISTEN", listener.listen_all([events.as_str(), webhooks.as_str()])).await?;
+            let channels = crate::db::listen_to(&mut listener, &["ledger_events", "ledger_webhooks"]).await?;
+            let webhooks = &channels[1];
             loop {
                 let n = crate::db::next_notification(&mut listener).await?;
-                if n.channel() == webhooks {
+                if n.channel() == webhooks.as_str() {
                     if let Ok(id) = Uuid::parse_str(n.payload()) {
                         let _ = changed.try_send(id);
                     }

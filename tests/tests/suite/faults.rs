@@ -73,6 +73,16 @@ pub(crate) async fn open_funded(client: &reqwest::Client, base: &str, deadline: 
     id
 }
 
+/// `n` funded accounts (see [`open_funded`]), opened within a minute.
+pub(crate) async fn open_funded_accounts(client: &reqwest::Client, base: &str, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut accounts = Vec::with_capacity(n);
+    for _ in 0..n {
+        accounts.push(open_funded(client, base, deadline).await);
+    }
+    accounts
+}
+
 /// Every acknowledged command is in the log exactly once; no key applied twice;
 /// money conserved; read models equal the log; the chain verifies. Returns violations.
 /// Waits (bounded) until every withdrawal has an outcome and the projections have
@@ -179,11 +189,7 @@ async fn bank_under_crashes_restarts_and_provider_failures() {
     let mut ledger = LedgerProcess::start(&env, port).await;
     let base = ledger.base.clone();
     let client = reqwest::Client::new();
-    let setup_deadline = Instant::now() + Duration::from_secs(60);
-    let mut accounts = Vec::new();
-    for _ in 0..6 {
-        accounts.push(open_funded(&client, &base, setup_deadline).await);
-    }
+    let accounts = open_funded_accounts(&client, &base, 6).await;
     let accounts = Arc::new(accounts);
     let run_for = Duration::from_secs(35);
     let stop_at = Instant::now() + run_for;
@@ -289,11 +295,7 @@ async fn pipelined_writer_loses_a_batch_between_insert_and_commit() {
     let mut ledger = LedgerProcess::start(&env, free_port()).await;
     let base = ledger.base.clone();
     let client = reqwest::Client::new();
-    let setup_deadline = Instant::now() + Duration::from_secs(60);
-    let mut accounts = Vec::new();
-    for _ in 0..8 {
-        accounts.push(open_funded(&client, &base, setup_deadline).await);
-    }
+    let accounts = open_funded_accounts(&client, &base, 8).await;
     ledger_tests::slow_commits(&pool, 0.15).await;
     let accounts = Arc::new(accounts);
     let stop_at = Instant::now() + Duration::from_secs(30);
@@ -566,11 +568,7 @@ async fn bank_with_the_wal_disk_full_then_freed() {
     let _ledger = LedgerProcess::start(&env, port).await;
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
-    let setup_deadline = Instant::now() + Duration::from_secs(60);
-    let mut accounts = Vec::new();
-    for _ in 0..4 {
-        accounts.push(open_funded(&client, &base, setup_deadline).await);
-    }
+    let accounts = open_funded_accounts(&client, &base, 4).await;
     let accounts = Arc::new(accounts);
     let stop_at = Instant::now() + Duration::from_secs(16);
     let acknowledged_at = Arc::new(std::sync::Mutex::new(Vec::<Instant>::new()));

@@ -314,7 +314,8 @@ async fn a_relay_leader_cut_off_gives_up_its_dead_session_and_leads_again_later(
     let cut = Instant::now();
     eventually("the other process leads", 30, || async { relayed().await >= target }).await;
     eprintln!("relayed by the other process {:?} after the leader's sessions were cut", cut.elapsed());
-    // Long enough for the cut-off leader to have given up its dead session (its lease).
+    // Deliberate: long enough for the cut-off leader to have given up its dead session
+    // (its lease), which nothing outside the process shows.
     tokio::time::sleep(Duration::from_secs(4)).await;
     other.kill9().await;
     let target = deposit().await;

@@ -10,10 +10,10 @@
 //! fault, the longest stretch without an acknowledgement and how long after the heal
 //! commands were acknowledged again.
 
-use crate::faults::{Outcome, check_invariants, open_funded, send, settled};
+use crate::faults::{Outcome, check_invariants, open_funded_accounts, send, settled};
 use futures::future::join_all;
 use ledger_provider_sim::{Faults, Simulator};
-use ledger_tests::faultproxy::{FaultProxy, Mode};
+use ledger_tests::faultproxy::FaultProxy;
 use ledger_tests::procs::{LedgerProcess, PgCluster, free_port};
 use ledger_tests::{ADMIN_TOKEN, NatsServer, eventually};
 use serde_json::{Value, json};
@@ -105,11 +105,7 @@ async fn bank_under_hangs_pauses_a_full_disk_and_wrong_clocks() {
     // The honest process first: it leads the relay, and is the leader paused below.
     let honest = LedgerProcess::start(&env("honest", None), free_port()).await;
     let client = reqwest::Client::new();
-    let setup = Instant::now() + Duration::from_secs(60);
-    let mut accounts = Vec::new();
-    for _ in 0..6 {
-        accounts.push(open_funded(&client, &honest.base, setup).await);
-    }
+    let accounts = open_funded_accounts(&client, &honest.base, 6).await;
     let ahead = LedgerProcess::start(&env("ahead", Some("+2h")), free_port()).await;
     let behind = LedgerProcess::start(&env("behind", Some("-10m")), free_port()).await;
     let bases = Arc::new(vec![honest.base.clone(), ahead.base.clone(), behind.base.clone()]);
@@ -160,21 +156,15 @@ async fn bank_under_hangs_pauses_a_full_disk_and_wrong_clocks() {
     let settle = || tokio::time::sleep(Duration::from_secs(3));
     settle().await;
     let start = Instant::now();
-    pg_proxy.set(Mode::Hang);
-    tokio::time::sleep(Duration::from_secs(15)).await;
-    pg_proxy.set(Mode::Pass);
+    pg_proxy.hang_for(Duration::from_secs(15)).await;
     windows.push(("Postgres hung 15 s", start, Instant::now()));
     settle().await;
     let start = Instant::now();
-    nats_proxy.set(Mode::Hang);
-    tokio::time::sleep(Duration::from_secs(15)).await;
-    nats_proxy.set(Mode::Pass);
+    nats_proxy.hang_for(Duration::from_secs(15)).await;
     windows.push(("NATS hung 15 s", start, Instant::now()));
     settle().await;
     let start = Instant::now();
-    provider_proxy.set(Mode::Hang);
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    provider_proxy.set(Mode::Pass);
+    provider_proxy.hang_for(Duration::from_secs(6)).await;
     windows.push(("provider hung 6 s", start, Instant::now()));
     settle().await;
     // The relay's leader, whichever it is now, paused past its lease: another takes over.
