@@ -14,7 +14,9 @@ pub const GENESIS_HASH: [u8; 32] = [0; 32];
 /// read back from `jsonb` hashes exactly like the content that was written.
 pub fn canonical_json(value: &Value, out: &mut String) {
     match value {
-        Value::Null | Value::Bool(_) | Value::String(_) => out.push_str(&value.to_string()),
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::String(s) => push_json_str(s, out),
         Value::Number(n) => {
             if let Some(i) = n.as_i64() {
                 let _ = write!(out, "{i}");
@@ -40,20 +42,60 @@ pub fn canonical_json(value: &Value, out: &mut String) {
             out.push(']');
         }
         Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
             out.push('{');
-            for (i, k) in keys.into_iter().enumerate() {
+            let mut member = |i: usize, k: &String, v: &Value| {
                 if i > 0 {
                     out.push(',');
                 }
-                out.push_str(&Value::String(k.clone()).to_string());
+                push_json_str(k, out);
                 out.push(':');
-                canonical_json(&map[k], out);
+                canonical_json(v, out);
+            };
+            // serde_json's map is a BTreeMap unless a crate turns on `preserve_order`:
+            // its keys then come sorted already, and no copy of them is made.
+            if map.keys().is_sorted() {
+                map.iter().enumerate().for_each(|(i, (k, v))| member(i, k, v));
+            } else {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                keys.into_iter().enumerate().for_each(|(i, k)| member(i, k, &map[k]));
             }
             out.push('}');
         }
     }
+}
+
+/// Writes `s` as a JSON string exactly as serde_json's compact serializer does
+/// (`"` and `\` escaped, the short escapes `\b \t \n \f \r`, other control
+/// characters as `\u00xx`, everything else as is), without an allocation.
+fn push_json_str(s: &str, out: &mut String) {
+    out.push('"');
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let escape = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            0x08 => "\\b",
+            0x09 => "\\t",
+            0x0A => "\\n",
+            0x0C => "\\f",
+            0x0D => "\\r",
+            0x00..=0x1F => "",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        if escape.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.push_str("\\u00");
+            out.push(HEX[(b >> 4) as usize] as char);
+            out.push(HEX[(b & 0xF) as usize] as char);
+        } else {
+            out.push_str(escape);
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
 }
 
 /// Why a JSON value would not read back from Postgres `jsonb` exactly as written.
@@ -141,6 +183,60 @@ mod tests {
         ] {
             let v: Value = serde_json::from_str(text).expect("json");
             assert_eq!(check_storable(&v).is_ok(), ok, "{text}");
+        }
+    }
+
+    /// The canonical form as it was first written (every string through serde_json's
+    /// own serializer, keys sorted by a copy): hashes stored since must not change.
+    fn canonical_oracle(value: &Value, out: &mut String) {
+        match value {
+            Value::Null | Value::Bool(_) | Value::String(_) => out.push_str(&value.to_string()),
+            Value::Number(_) => canonical_json(value, out),
+            Value::Array(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    canonical_oracle(item, out);
+                }
+                out.push(']');
+            }
+            Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                out.push('{');
+                for (i, k) in keys.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&Value::String(k.clone()).to_string());
+                    out.push(':');
+                    canonical_oracle(&map[k], out);
+                }
+                out.push('}');
+            }
+        }
+    }
+
+    #[test]
+    fn the_canonical_form_is_byte_for_byte_the_one_chains_were_hashed_with() {
+        // Every character up to U+00FF, some beyond, as strings and as keys, nested.
+        let mut texts: Vec<String> = (0u32..0x100).filter_map(char::from_u32).map(String::from).collect();
+        texts.extend(
+            ["", "plain", "a\"b\\c", "\u{2028}\u{2029}", "é😀\u{7f}", "tab\tnl\ncr\r\u{1}\u{1f}"].map(String::from),
+        );
+        let mut cases = Vec::new();
+        for (i, t) in texts.iter().enumerate() {
+            cases.push(Value::String(t.clone()));
+            cases.push(serde_json::json!({ t.clone(): i, "z": [t.clone(), { t.clone(): null }], "a": true }));
+        }
+        cases.push(serde_json::from_str(r#"{"b":1.0,"a":[1e2,0.5,"x"],"c":{"y":false,"x":-3}}"#).expect("json"));
+        for case in &cases {
+            let (mut new, mut old) = (String::new(), String::new());
+            canonical_json(case, &mut new);
+            canonical_oracle(case, &mut old);
+            assert_eq!(new, old, "{case:?}");
         }
     }
 

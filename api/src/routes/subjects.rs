@@ -90,12 +90,17 @@ pub(crate) async fn erase(
             .expect("an erasure records its event");
         erasure(&named, accounts, recorded.recorded_at.unwrap_or_default(), recorded.position)
     };
-    let (stored, replayed) = Planned::new(command, None, render).answer(&state, &principal, &context, body).await?;
+    let (mut stored, replayed) = Planned::new(command, None, render).answer(&state, &principal, &context, body).await?;
     // The one conflict an erasure's decision has: the subject was erased already (by an
     // erasure before this one, or one decided just before it): its answer is that one's.
     if stored.status == 409 {
-        let earlier = last_erasure(&state, &subject).await?.ok_or_else(subject_not_found)?;
-        return Ok(crate::http::command::respond(earlier, replayed));
+        stored = last_erasure(&state, &subject).await?.ok_or_else(subject_not_found)?;
+    }
+    if stored.status == 200 {
+        // Processes may still reveal the subject under a key they read before it was
+        // destroyed, for at most `KEY_LEASE`: the erasure answers once none can. A
+        // replay waits too (it may come while the first answer is still waiting).
+        tokio::time::sleep(ledger_infrastructure::privacy::ERASURE_SETTLE).await;
     }
     Ok(crate::http::command::respond(stored, replayed))
 }

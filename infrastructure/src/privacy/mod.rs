@@ -14,9 +14,12 @@
 //!   and a boolean `system`: views, states, openings' data), at their `owner` and the
 //!   `pii.` keys of their `metadata`: a value whose key exists is given back; one whose
 //!   key was destroyed becomes `null` (`owner`) or goes (`pii.` keys). The keys' state
-//!   is read from the primary at every reveal (never a cache, never a replica): once an
-//!   erasure has answered, no process reveals the subject again. A value that names a
-//!   live key but does not open was changed: an error, never garbage.
+//!   is read from the primary (never a replica), and a live key read is used for at
+//!   most [`KEY_LEASE`] after the read began; an erasure answers only
+//!   [`ERASURE_SETTLE`] after its key was destroyed. So once an erasure has answered,
+//!   no process reveals the subject again, yet a hot account's reads do not ask the
+//!   primary each time. A destroyed key never comes back and is remembered as such. A
+//!   value that names a live key but does not open was changed: an error, never garbage.
 //! - The owner look-up compares HMAC-SHA-256 of the owner under a key of the ledger's
 //!   (`owner-lookup-key` in `key_material`, sealed under the master key), kept in
 //!   `owner_index` beside the sealed form it was made for, never in the log; the rows
@@ -36,8 +39,30 @@ use serde_json::Value;
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use uuid::Uuid;
 use zeroize::Zeroizing;
+
+/// How long a live key read from the primary may be used to reveal, counted from
+/// before the read was sent (so from before the primary's snapshot that found it live).
+pub const KEY_LEASE: Duration = Duration::from_millis(1_000);
+
+/// How long an erasure waits after its key was destroyed before it answers: every
+/// lease on that key taken before the destruction has ended by then (a fifth more for
+/// clocks that run at slightly different rates on different machines).
+pub const ERASURE_SETTLE: Duration = Duration::from_millis(1_200);
+
+/// The most keys a process remembers (live ones for their lease, destroyed ones until
+/// evicted).
+const KEY_CACHE_MAX: u64 = 100_000;
+
+/// What a process remembers of a key: live (with when the read that found it began),
+/// or destroyed (for good).
+#[derive(Clone)]
+enum Remembered {
+    Live(Arc<SubjectKey>, Instant),
+    Destroyed,
+}
 
 /// What every sealed personal value begins with.
 pub const SEALED_PREFIX: &str = "pii:v1:";
@@ -164,6 +189,8 @@ struct Inner {
     pool: PgPool,
     master: Arc<MasterKey>,
     lookup: tokio::sync::OnceCell<Zeroizing<[u8; 32]>>,
+    /// Keys as last read, within their lease (see the module's notes).
+    known: moka::sync::Cache<Uuid, Remembered>,
 }
 
 impl std::fmt::Debug for Privacy {
@@ -174,7 +201,8 @@ impl std::fmt::Debug for Privacy {
 
 impl Privacy {
     pub fn new(pool: PgPool, master: Arc<MasterKey>) -> Privacy {
-        Privacy { inner: Arc::new(Inner { pool, master, lookup: tokio::sync::OnceCell::new() }) }
+        let known = moka::sync::Cache::builder().max_capacity(KEY_CACHE_MAX).time_to_live(KEY_LEASE).build();
+        Privacy { inner: Arc::new(Inner { pool, master, lookup: tokio::sync::OnceCell::new(), known }) }
     }
 
     /// Seals an account's personal values (its `owner` and `pii.` metadata) under its
@@ -276,26 +304,50 @@ impl Privacy {
     pub fn withhold(value: &mut Value) {
         let mut ids = Vec::new();
         collect(value, &mut ids);
-        let keys: HashMap<Uuid, Option<SubjectKey>> = ids.into_iter().map(|id| (id, None)).collect();
+        let keys: HashMap<Uuid, Option<Arc<SubjectKey>>> = ids.into_iter().map(|id| (id, None)).collect();
         replace(value, &keys).expect("nothing is opened");
     }
 
     /// The keys named, as they are now: `Some` if live, `None` if destroyed. A key
-    /// the database has never held is left out (the value is not one of ours).
-    async fn keys(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, Option<SubjectKey>>, KeyError> {
+    /// the database has never held is left out (the value is not one of ours). Keys
+    /// remembered within their lease (or as destroyed) are not read again.
+    async fn keys(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, Option<Arc<SubjectKey>>>, KeyError> {
+        let mut keys = HashMap::with_capacity(ids.len());
+        let mut unknown = Vec::new();
+        for id in ids {
+            match self.inner.known.get(id) {
+                Some(Remembered::Live(key, read_at)) if read_at.elapsed() < KEY_LEASE => {
+                    keys.insert(*id, Some(key));
+                }
+                Some(Remembered::Destroyed) => {
+                    keys.insert(*id, None);
+                }
+                _ => unknown.push(*id),
+            }
+        }
+        if unknown.is_empty() {
+            return Ok(keys);
+        }
+        // Taken before the read is sent: the lease ends no later than KEY_LEASE after
+        // a snapshot that could still find the key live.
+        let read_at = Instant::now();
         let rows: Vec<(Uuid, Option<Vec<u8>>)> =
             sqlx::query_as("select id, wrapped from subject_keys where id = any($1)")
-                .bind(ids)
+                .bind(&unknown)
                 .fetch_all(&self.inner.pool)
                 .await?;
-        let mut keys = HashMap::with_capacity(rows.len());
         for (id, wrapped) in rows {
             let key = match wrapped {
                 Some(w) => {
                     let bytes = self.inner.master.open(&w, &wrap_context(id))?;
-                    Some(SubjectKey::from_bytes(id, &bytes)?)
+                    let key = Arc::new(SubjectKey::from_bytes(id, &bytes)?);
+                    self.inner.known.insert(id, Remembered::Live(key.clone(), read_at));
+                    Some(key)
                 }
-                None => None,
+                None => {
+                    self.inner.known.insert(id, Remembered::Destroyed);
+                    None
+                }
             };
             keys.insert(id, key);
         }
@@ -409,7 +461,7 @@ enum Revealed {
     Unchanged,
 }
 
-fn open_member(text: &str, keys: &HashMap<Uuid, Option<SubjectKey>>) -> Result<Revealed, KeyError> {
+fn open_member(text: &str, keys: &HashMap<Uuid, Option<Arc<SubjectKey>>>) -> Result<Revealed, KeyError> {
     let Some(id) = sealed_key_id(text) else { return Ok(Revealed::Unchanged) };
     match keys.get(&id) {
         None => Ok(Revealed::Unchanged),
@@ -418,7 +470,7 @@ fn open_member(text: &str, keys: &HashMap<Uuid, Option<SubjectKey>>) -> Result<R
     }
 }
 
-fn replace(value: &mut Value, keys: &HashMap<Uuid, Option<SubjectKey>>) -> Result<(), KeyError> {
+fn replace(value: &mut Value, keys: &HashMap<Uuid, Option<Arc<SubjectKey>>>) -> Result<(), KeyError> {
     match value {
         Value::Object(map) => {
             if is_account(map) {
@@ -499,7 +551,7 @@ mod tests {
         ids.sort_unstable();
         ids.dedup();
         assert_eq!(ids.len(), 2);
-        let keys = HashMap::from([(live_id, Some(live)), (gone_id, None)]);
+        let keys = HashMap::from([(live_id, Some(Arc::new(live))), (gone_id, None)]);
         replace(&mut value, &keys).expect("reveals");
         assert_eq!(value["account"]["owner"], "alice");
         assert_eq!(value["account"]["metadata"]["pii.age"], 40);

@@ -271,6 +271,17 @@ impl EventStore {
         rows.into_iter().map(|(stream, version, t, data)| Ok((stream, version, Event::from_parts(&t, data)?))).collect()
     }
 
+    /// The events after position `after` through `up_to`, decoded (for the streams they touch).
+    pub async fn events_between(&self, after: i64, up_to: i64) -> Result<Vec<Event>, StoreError> {
+        let rows: Vec<(String, Value)> =
+            sqlx::query_as("select type, data from events where position > $1 and position <= $2 order by position")
+                .bind(after)
+                .bind(up_to)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter().map(|(t, data)| Ok(Event::from_parts(&t, data)?)).collect()
+    }
+
     /// The last position recorded at or before `at` (0 before the first event).
     /// `recorded_at` never decreases along the log, so this is a cut of history.
     pub async fn position_at(&self, at: DateTime<Utc>) -> Result<i64, sqlx::Error> {

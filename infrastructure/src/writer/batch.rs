@@ -259,7 +259,12 @@ impl Writer {
     /// `conflict_retries_max`), the group of an unstorable command answered alone,
     /// split group by group after a fault that is not a dependency's, or failed.
     async fn settle(&self, prepared: Prepared, error: AppendError, conflicts: u32) {
-        let Prepared { mut pending, owners, .. } = prepared;
+        let Prepared { mut pending, owners, working, .. } = prepared;
+        if matches!(error, AppendError::Conflict { .. }) {
+            // The catch-up should have made every cached state the log's; should one
+            // not have been, the streams this batch decided on are folded again.
+            working.streams().for_each(|(id, _)| self.loader.forget(*id));
+        }
         match error {
             AppendError::Conflict { .. } if conflicts < self.limits.conflict_retries_max => {
                 metrics::counter!("ledger_append_conflicts_total").increment(1);
@@ -433,6 +438,7 @@ impl Writer {
                 working.insert(*id, state.clone());
             }
         }
+        self.loader.catch_up().await?;
         self.load_missing(working, requests().map(|r| &r.command).collect()).await
     }
 
@@ -564,7 +570,7 @@ impl Writer {
             if missing.is_empty() {
                 break;
             }
-            self.loader.load(working, &missing).await?;
+            self.loader.load_caught_up(working, &missing).await?;
         }
         Ok(())
     }
@@ -585,6 +591,10 @@ impl Writer {
 
     fn answer(&self, prepared: Prepared, appended: Appended) {
         self.remember_appended(&prepared.working, &appended.versions);
+        let positions = appended.results.iter().flat_map(|r| r.recorded.iter().map(|e| e.position));
+        if let (Some(first), Some(last)) = (positions.clone().min(), positions.max()) {
+            self.loader.committed(first - 1, last);
+        }
         let mut results: Vec<Option<crate::store::CommitResult>> = appended.results.into_iter().map(Some).collect();
         for (p, plan) in prepared.pending.into_iter().zip(prepared.plans) {
             let result = match plan {

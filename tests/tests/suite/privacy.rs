@@ -409,6 +409,70 @@ async fn erasures_racing_each_other_and_openings_leave_nothing_half_done() {
     app.assert_read_models_match_log().await;
 }
 
+/// Keys are leased, not read at every answer (issue 27: cached reads had fallen to a
+/// Postgres round trip each): a second process that has just revealed an account (so
+/// holds its subject's key) reads it and its events over and over while the first
+/// erases the subject. Every read that began after the erasure answered shows the
+/// erased form, through either process; reads before it show the value or the erased
+/// form, never the sealed text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_another_process_holds_is_never_used_after_the_erasure_answered() {
+    let app = TestApp::spawn().await;
+    let other = TestApp::spawn_with((*app.state.config).clone()).await;
+    let subject = format!("lease-{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let owner = format!("leased.{subject}@example.com");
+    let opened =
+        app.post("/v1/accounts", &key(), &json!({ "currency": "EUR", "owner": owner, "subject": subject })).await;
+    assert_eq!(opened.status, StatusCode::CREATED, "{opened:?}");
+    let id = opened.body["id"].as_str().expect("id").to_owned();
+    for reader in [&app, &other] {
+        let v = reader.get(&format!("/v1/accounts/{id}?consistency=strong")).await;
+        assert_eq!(v.body["owner"], json!(owner), "readable before the erasure: {v:?}");
+    }
+    let erased_at = std::sync::Arc::new(std::sync::Mutex::new(None::<std::time::Instant>));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let readers: Vec<_> = [app.clone_handle(), other.clone_handle(), other.clone_handle()]
+        .into_iter()
+        .map(|reader| {
+            let (id, owner, erased_at, stop) = (id.clone(), owner.clone(), erased_at.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut after, mut before) = (0, 0);
+                // Bounded: 20 s at most, and stopped 1.5 s after the erasure answered.
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+                while !stop.is_cancelled() && std::time::Instant::now() < deadline {
+                    let began = std::time::Instant::now();
+                    let answered_before = erased_at.lock().expect("not poisoned").is_some_and(|t| t <= began);
+                    // The account's events keep the sealed owner for ever (its opening):
+                    // only the key decides what they show.
+                    for path in ["", "?consistency=strong", "/events"] {
+                        let v = reader.get(&format!("/v1/accounts/{id}{path}")).await;
+                        assert_eq!(v.status, StatusCode::OK, "{v:?}");
+                        let text = v.body.to_string();
+                        if answered_before {
+                            assert!(!text.contains(&owner), "a read begun after the erasure answered: {v:?}");
+                            after += 1;
+                        } else {
+                            assert!(!text.contains("pii:v1:"), "revealed or erased, never sealed: {v:?}");
+                            before += 1;
+                        }
+                    }
+                }
+                (before, after)
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let erased = app.post(&format!("/v1/admin/subjects/{subject}/erase"), &key(), &json!({ "reason": "lease" })).await;
+    assert_eq!(erased.status, StatusCode::OK, "{erased:?}");
+    *erased_at.lock().expect("not poisoned") = Some(std::time::Instant::now());
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    stop.cancel();
+    for reader in readers {
+        let (before, after) = reader.await.expect("the reader's assertions held");
+        assert!(before > 0 && after > 0, "reads on both sides of the erasure's answer: {before} / {after}");
+    }
+}
+
 /// A database written before personal data was sealed (owners and `pii.` metadata in
 /// clear in the log, the read model and an idempotency record, a consistent chain over
 /// them): the next start seals them in place, re-anchors the chain with one event, and
