@@ -416,6 +416,19 @@ impl Config {
         if config.db_wait >= config.request_timeout {
             config.db_wait = config.request_timeout * 4 / 5;
         }
+        // An erasure answers `ERASURE_SETTLE` after its commit (docs/PRIVACY.md): a
+        // shorter request time-out would answer every erasure, and every retry, 503.
+        let erasure = crate::privacy::ERASURE_SETTLE + Duration::from_secs(1);
+        if config.request_timeout < erasure {
+            return Err(ConfigError::Invalid {
+                name: "LEDGER_REQUEST_TIMEOUT_MS".into(),
+                value: format!(
+                    "{} (an erasure needs at least {})",
+                    config.request_timeout.as_millis(),
+                    erasure.as_millis()
+                ),
+            });
+        }
         Ok(config)
     }
 

@@ -41,6 +41,10 @@ pub enum KeyError {
     Unopenable,
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+    /// Postgres answered slower than a key's lease (`privacy::KEY_LEASE`): the values
+    /// are withheld rather than revealed under a key an erasure may have destroyed since.
+    #[error("the keys' lease ended before they could be used (Postgres answered too slowly)")]
+    LeaseEnded,
 }
 
 /// The master key, in memory only as ring's key (its raw bytes are zeroized after use).

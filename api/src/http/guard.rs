@@ -123,7 +123,8 @@ pub async fn db_guard(State(state): State<AppState>, request: Request, next: Nex
 
 /// Requests whose own work may outlast `LEDGER_DB_WAIT_MS` with Postgres answering: a
 /// walk of the whole chain, a strong read catching the read models up after an outage,
-/// a ledger's creation (its migrations). The request time-out bounds them.
+/// a ledger's creation (its migrations), an erasure (it waits out the keys' leases).
+/// The request time-out bounds them.
 fn untimed(request: &Request) -> bool {
     let path = request.uri().path();
     let strong = request.uri().query().is_some_and(|q| q.split('&').any(|p| p == "consistency=strong"));
@@ -131,6 +132,8 @@ fn untimed(request: &Request) -> bool {
         || path.ends_with("/audit/verify")
         || (request.method() == axum::http::Method::POST && path == "/v1/admin/ledgers")
         || path.contains("/admin/dead-letters/")
+        // An erasure answers `privacy::ERASURE_SETTLE` after its commit, by design.
+        || (path.contains("/admin/subjects/") && path.ends_with("/erase"))
 }
 
 /// The body, and a flag that turns true once it has been read to its end (at once for

@@ -58,7 +58,7 @@ pub async fn reveal(State(state): State<AppState>, request: Request, next: Next)
             tracing::warn!(error = %e, "personal values withheld: their keys could not be read");
             withhold(&mut value, &mut parts);
         }
-        Err(_) => {
+        Err(_) | Ok(Err(KeyError::LeaseEnded)) => {
             tracing::warn!("personal values withheld: their keys were not read in time");
             withhold(&mut value, &mut parts);
         }

@@ -131,7 +131,7 @@ async fn read(State(state): State<AppState>, Segment(raw): Segment, Params(q): P
     }
     let ready = read_model_ready(&state, Projection::Accounts, consistency).await?;
     if let Some((view, position)) = state.cache.get(id, ready.min).await {
-        return Ok(views::read(&view, position));
+        return Ok(views::read(&*view, position));
     }
     let (view, position) = ledger_projections::queries::account(ready.pool, id).await?;
     let Some(view) = view else {

@@ -287,15 +287,30 @@ impl Privacy {
     /// Reveals the personal values in `value` (see the module's notes): the value
     /// where its key exists, the erased form where it was destroyed.
     pub async fn reveal(&self, value: &mut Value) -> Result<(), KeyError> {
+        self.reveal_until(value).await.map(|_| ())
+    }
+
+    /// [`Privacy::reveal`], and when the earliest lease of the live keys it used ends:
+    /// what carries the values must be sent by then (a webhook's request). Every lease
+    /// is checked after the last wait, just before the values are opened: a key whose
+    /// lease ended meanwhile (a slow pool, a slow primary) is read again once, and the
+    /// values are withheld ([`KeyError::LeaseEnded`]) if it ended again.
+    pub async fn reveal_until(&self, value: &mut Value) -> Result<Option<Instant>, KeyError> {
         let mut ids = Vec::new();
         collect(value, &mut ids);
         if ids.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         ids.sort_unstable();
         ids.dedup();
-        let keys = self.keys(&ids).await?;
-        replace(value, &keys)
+        for _ in 0..2 {
+            let (keys, lease_end) = self.keys(&ids).await?;
+            if lease_end.is_none_or(|end| Instant::now() < end) {
+                replace(value, &keys)?;
+                return Ok(lease_end);
+            }
+        }
+        Err(KeyError::LeaseEnded)
     }
 
     /// Withholds the personal values in `value`: each sealed one as if erased, without
@@ -311,12 +326,19 @@ impl Privacy {
     /// The keys named, as they are now: `Some` if live, `None` if destroyed. A key
     /// the database has never held is left out (the value is not one of ours). Keys
     /// remembered within their lease (or as destroyed) are not read again.
-    async fn keys(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, Option<Arc<SubjectKey>>>, KeyError> {
+    /// Also returns when the earliest lease of the live keys ends.
+    async fn keys(&self, ids: &[Uuid]) -> Result<(HashMap<Uuid, Option<Arc<SubjectKey>>>, Option<Instant>), KeyError> {
         let mut keys = HashMap::with_capacity(ids.len());
+        let mut lease_end: Option<Instant> = None;
+        let mut leased = |read_at: Instant| {
+            let end = read_at + KEY_LEASE;
+            lease_end = Some(lease_end.map_or(end, |e| e.min(end)));
+        };
         let mut unknown = Vec::new();
         for id in ids {
             match self.inner.known.get(id) {
                 Some(Remembered::Live(key, read_at)) if read_at.elapsed() < KEY_LEASE => {
+                    leased(read_at);
                     keys.insert(*id, Some(key));
                 }
                 Some(Remembered::Destroyed) => {
@@ -326,7 +348,7 @@ impl Privacy {
             }
         }
         if unknown.is_empty() {
-            return Ok(keys);
+            return Ok((keys, lease_end));
         }
         // Taken before the read is sent: the lease ends no later than KEY_LEASE after
         // a snapshot that could still find the key live.
@@ -342,6 +364,7 @@ impl Privacy {
                     let bytes = self.inner.master.open(&w, &wrap_context(id))?;
                     let key = Arc::new(SubjectKey::from_bytes(id, &bytes)?);
                     self.inner.known.insert(id, Remembered::Live(key.clone(), read_at));
+                    leased(read_at);
                     Some(key)
                 }
                 None => {
@@ -351,7 +374,7 @@ impl Privacy {
             };
             keys.insert(id, key);
         }
-        Ok(keys)
+        Ok((keys, lease_end))
     }
 
     /// The owner look-up's hash of `owner` (HMAC-SHA-256 under the ledger's look-up key).

@@ -271,15 +271,16 @@ impl EventStore {
         rows.into_iter().map(|(stream, version, t, data)| Ok((stream, version, Event::from_parts(&t, data)?))).collect()
     }
 
-    /// The events after position `after` through `up_to`, decoded (for the streams they touch).
-    pub async fn events_between(&self, after: i64, up_to: i64) -> Result<Vec<Event>, StoreError> {
+    /// The events after position `after` through `up_to`, decoded (for the streams they
+    /// touch); `None` for one this build cannot decode.
+    pub async fn events_between(&self, after: i64, up_to: i64) -> Result<Vec<Option<Event>>, StoreError> {
         let rows: Vec<(String, Value)> =
             sqlx::query_as("select type, data from events where position > $1 and position <= $2 order by position")
                 .bind(after)
                 .bind(up_to)
                 .fetch_all(&self.pool)
                 .await?;
-        rows.into_iter().map(|(t, data)| Ok(Event::from_parts(&t, data)?)).collect()
+        Ok(rows.into_iter().map(|(t, data)| Event::from_parts(&t, data).ok()).collect())
     }
 
     /// The last position recorded at or before `at` (0 before the first event).

@@ -354,7 +354,7 @@ impl Delivery {
 
     /// One request behind the breaker, its outcome recorded in the breaker and its row.
     async fn attempt(&self, event: &RecordedEvent) -> Attempt {
-        let body = match payload(event, &self.d.ledger, &self.d.privacy).await {
+        let (body, send_by) = match payload(event, &self.d.ledger, &self.d.privacy).await {
             Ok(body) => body,
             Err(e) => {
                 // Not the endpoint's failure: tried again later, no attempt counted.
@@ -380,6 +380,7 @@ impl Delivery {
             &headers,
             body,
             limits.timeout,
+            send_by,
             limits.response_bytes_max,
         );
         let outcome = match sent.await {

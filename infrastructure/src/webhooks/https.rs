@@ -61,6 +61,7 @@ pub async fn post(
     headers: &[(&str, String)],
     body: Vec<u8>,
     timeout: Duration,
+    send_by: Option<std::time::Instant>,
     read_max: usize,
 ) -> Result<Answer, Unanswered> {
     let unreachable = |why: &str| Unanswered::Unreachable(why.to_owned());
@@ -83,16 +84,35 @@ pub async fn post(
         request = request.header(*name, value);
     }
     let request = request.body(Full::new(Bytes::from(body))).map_err(|e| Unanswered::Unreachable(e.to_string()))?;
+    // A body revealing personal values is sent only while their keys' lease lasts: the
+    // look-up, the connection and TLS must be done by `send_by`, or the attempt fails
+    // (and the next one reveals again), so no value goes out after its erasure answered.
+    let ready_by = |send_by: Option<std::time::Instant>| async move {
+        match send_by {
+            Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+            None => std::future::pending().await,
+        }
+    };
     let exchange = async {
-        let address = allowed_address(policy, &host, port).await?;
-        let tcp = tokio::net::TcpStream::connect(address)
-            .await
-            .map_err(|e| Unanswered::Unreachable(format!("connect: {e}")))?;
-        let _ = tcp.set_nodelay(true);
+        let connect = async {
+            let address = allowed_address(policy, &host, port).await?;
+            let tcp = tokio::net::TcpStream::connect(address)
+                .await
+                .map_err(|e| Unanswered::Unreachable(format!("connect: {e}")))?;
+            let _ = tcp.set_nodelay(true);
+            Ok::<_, Unanswered>(tcp)
+        };
+        let tcp = tokio::select! {
+            tcp = connect => tcp?,
+            () = ready_by(send_by) => return Err(unreachable("the personal values' lease ended before sending")),
+        };
         if https {
             let name =
                 ServerName::try_from(host.clone()).map_err(|e| Unanswered::Unreachable(format!("server name: {e}")))?;
-            let stream = tls.connect(name, tcp).await.map_err(|e| Unanswered::Unreachable(format!("TLS: {e}")))?;
+            let stream = tokio::select! {
+                stream = tls.connect(name, tcp) => stream.map_err(|e| Unanswered::Unreachable(format!("TLS: {e}")))?,
+                () = ready_by(send_by) => return Err(unreachable("the personal values' lease ended before sending")),
+            };
             exchange(TokioIo::new(stream), request, read_max).await.map_err(Unanswered::Unreachable)
         } else {
             exchange(TokioIo::new(tcp), request, read_max).await.map_err(Unanswered::Unreachable)

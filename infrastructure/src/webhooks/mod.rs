@@ -171,12 +171,13 @@ pub fn signature(secret: &str, t: i64, body: &[u8]) -> String {
 
 /// A delivery's body: the event exactly as `GET /v1/events` shows it (the fields of
 /// `RecordedEvent`, its stored metadata as it is, its chain `hash`), and the name of
-/// its ledger.
+/// its ledger; and, when it reveals personal values, the moment it must be sent by
+/// (the end of their keys' lease: `privacy::KEY_LEASE`).
 pub async fn payload(
     event: &RecordedEvent,
     ledger: &str,
     privacy: &crate::privacy::Privacy,
-) -> Result<Vec<u8>, crate::keys::KeyError> {
+) -> Result<(Vec<u8>, Option<std::time::Instant>), crate::keys::KeyError> {
     let mut body = serde_json::to_value(event).expect("a recorded event serializes");
     if let Some(fields) = body.as_object_mut() {
         fields.insert("ledger".into(), serde_json::Value::String(ledger.to_owned()));
@@ -184,6 +185,6 @@ pub async fn payload(
             fields.insert("hash".into(), serde_json::Value::String(hex::encode(hash)));
         }
     }
-    privacy.reveal(&mut body).await?;
-    Ok(serde_json::to_vec(&body).expect("a JSON value serializes"))
+    let send_by = privacy.reveal_until(&mut body).await?;
+    Ok((serde_json::to_vec(&body).expect("a JSON value serializes"), send_by))
 }

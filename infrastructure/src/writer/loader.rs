@@ -55,6 +55,12 @@ impl StateLoader {
             Some(from) if head - from <= CATCH_UP_MAX => {
                 let mut touched = 0usize;
                 for event in self.store.events_between(from, head).await? {
+                    // One this build cannot read (a newer writer's type): its streams
+                    // are unknown, so nothing cached is vouched for.
+                    let Some(event) = event else {
+                        self.cache.invalidate_all();
+                        break;
+                    };
                     for (stream, _) in event.streams() {
                         self.cache.invalidate(&stream);
                         touched += 1;
