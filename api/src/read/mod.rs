@@ -331,7 +331,7 @@ mod tests {
                         x ^= x << 17;
                         let id = ids[(x % 4) as usize];
                         let position = ((x >> 8) % 500) as i64;
-                        if (x >> 20) % 3 == 0 {
+                        if (x >> 20).is_multiple_of(3) {
                             cache.invalidate(&[id], None, position).await;
                             done.push((id, position, true));
                         } else {

@@ -379,9 +379,7 @@ impl Delivery {
             &self.url,
             &headers,
             body,
-            limits.timeout,
-            send_by,
-            limits.response_bytes_max,
+            https::Bounds { timeout: limits.timeout, send_by, read_max: limits.response_bytes_max },
         );
         let outcome = match sent.await {
             Ok(answer) if (200..300).contains(&answer.status) => Attempt::Delivered,

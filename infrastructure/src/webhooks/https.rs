@@ -51,6 +51,16 @@ pub enum Unanswered {
     Unreachable(String),
 }
 
+/// The limits of one delivery: the whole exchange within `timeout`, the connection (and
+/// TLS) up by `send_by` when the body reveals personal values (their keys' lease), and
+/// at most `read_max` bytes of the answer read.
+#[derive(Clone, Copy, Debug)]
+pub struct Bounds {
+    pub timeout: Duration,
+    pub send_by: Option<std::time::Instant>,
+    pub read_max: usize,
+}
+
 /// POSTs `body` to `url` with `headers`; the whole exchange (resolution, connect, TLS,
 /// request, status and at most `read_max` bytes of the body) within `timeout`. The
 /// connection goes to an address of the host that `policy` allows, as resolved here.
@@ -60,10 +70,9 @@ pub async fn post(
     url: &str,
     headers: &[(&str, String)],
     body: Vec<u8>,
-    timeout: Duration,
-    send_by: Option<std::time::Instant>,
-    read_max: usize,
+    bounds: Bounds,
 ) -> Result<Answer, Unanswered> {
+    let Bounds { timeout, send_by, read_max } = bounds;
     let unreachable = |why: &str| Unanswered::Unreachable(why.to_owned());
     if policy.check_url(url).is_err() {
         return Err(Unanswered::Denied);
