@@ -365,15 +365,22 @@ impl Follower {
 pub const BATCH: i64 = 5_000;
 
 /// The worker: grows the tree until `shutdown`, polling the head every `poll` when at
-/// it; an event that does not recompute stops it there (reported every 10 s). One
-/// growth may take `step_time_limit` (a connection cut off by a silent network would
-/// otherwise stop the tree for ever; a growth given up never commits).
+/// it or when its last step was not a full one (a step is a transaction of five
+/// statements whatever its size: growing back to back by the few events a busy log
+/// adds between two steps cost Postgres about 50 µs per transfer at half this machine's
+/// peak, and the commands' p50 2.5 ms; docs/PERFORMANCE.md); an event that does not
+/// recompute stops it there (reported every 10 s). One growth may take
+/// `step_time_limit` (a connection cut off by a silent network would otherwise stop
+/// the tree for ever; a growth given up never commits).
 pub async fn run(pool: PgPool, poll: Duration, step_time_limit: Duration, shutdown: CancellationToken) {
+    let mut size_before: Option<i64> = None;
     loop {
         let pause = match crate::db::within(step_time_limit, "growing the Merkle tree", grow(&pool, BATCH)).await {
             Ok(Grown::To(size)) => {
                 metrics::gauge!("ledger_tree_size").set(size as f64);
-                Duration::ZERO
+                let full = size_before.is_none_or(|before| size - before >= BATCH);
+                size_before = Some(size);
+                if full { Duration::ZERO } else { poll }
             }
             Ok(Grown::AtHead(_)) => poll,
             Err(TreeError::Tampered { position }) => {
