@@ -52,8 +52,8 @@ pub const KEY_LEASE: Duration = Duration::from_millis(1_000);
 /// clocks that run at slightly different rates on different machines).
 pub const ERASURE_SETTLE: Duration = Duration::from_millis(1_200);
 
-/// The most keys a process remembers (live ones for their lease, destroyed ones until
-/// evicted).
+/// The most keys a process remembers (live ones are used within their lease only,
+/// destroyed ones for as long as they stay).
 const KEY_CACHE_MAX: u64 = 100_000;
 
 /// What a process remembers of a key: live (with when the read that found it began),
@@ -201,7 +201,9 @@ impl std::fmt::Debug for Privacy {
 
 impl Privacy {
     pub fn new(pool: PgPool, master: Arc<MasterKey>) -> Privacy {
-        let known = moka::sync::Cache::builder().max_capacity(KEY_CACHE_MAX).time_to_live(KEY_LEASE).build();
+        // No time-to-live: a live key's lease is checked on every use, and a destroyed
+        // key stays destroyed.
+        let known = moka::sync::Cache::new(KEY_CACHE_MAX);
         Privacy { inner: Arc::new(Inner { pool, master, lookup: tokio::sync::OnceCell::new(), known }) }
     }
 

@@ -431,14 +431,18 @@ async fn a_key_another_process_holds_is_never_used_after_the_erasure_answered() 
     }
     let erased_at = std::sync::Arc::new(std::sync::Mutex::new(None::<std::time::Instant>));
     let stop = tokio_util::sync::CancellationToken::new();
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // Per reader: reads begun before the erasure answered, and after.
+    let counts: Vec<std::sync::Arc<[AtomicUsize; 2]>> = (0..3).map(|_| std::sync::Arc::default()).collect();
     let readers: Vec<_> = [app.clone_handle(), other.clone_handle(), other.clone_handle()]
         .into_iter()
-        .map(|reader| {
+        .zip(counts.clone())
+        .map(|(reader, count)| {
             let (id, owner, erased_at, stop) = (id.clone(), owner.clone(), erased_at.clone(), stop.clone());
             tokio::spawn(async move {
-                let (mut after, mut before) = (0, 0);
-                // Bounded: 20 s at most, and stopped 1.5 s after the erasure answered.
-                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+                // Bounded: 30 s at most, and stopped once every reader has read after
+                // the erasure answered.
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
                 while !stop.is_cancelled() && std::time::Instant::now() < deadline {
                     let began = std::time::Instant::now();
                     let answered_before = erased_at.lock().expect("not poisoned").is_some_and(|t| t <= began);
@@ -450,22 +454,30 @@ async fn a_key_another_process_holds_is_never_used_after_the_erasure_answered() 
                         let text = v.body.to_string();
                         if answered_before {
                             assert!(!text.contains(&owner), "a read begun after the erasure answered: {v:?}");
-                            after += 1;
+                            count[1].fetch_add(1, Ordering::Relaxed);
                         } else {
                             assert!(!text.contains("pii:v1:"), "revealed or erased, never sealed: {v:?}");
-                            before += 1;
+                            count[0].fetch_add(1, Ordering::Relaxed);
                         }
                     }
                 }
-                (before, after)
+                (count[0].load(Ordering::Relaxed), count[1].load(Ordering::Relaxed))
             })
         })
         .collect();
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let each_read = |side: usize, reads: usize| {
+        let counts = counts.clone();
+        move || {
+            let done = counts.iter().all(|c| c[side].load(Ordering::Relaxed) >= reads);
+            async move { done }
+        }
+    };
+    eventually("every reader revealed the account (so holds its key)", 20, each_read(0, 3)).await;
     let erased = app.post(&format!("/v1/admin/subjects/{subject}/erase"), &key(), &json!({ "reason": "lease" })).await;
     assert_eq!(erased.status, StatusCode::OK, "{erased:?}");
     *erased_at.lock().expect("not poisoned") = Some(std::time::Instant::now());
-    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    // Three rounds of reads each after the answer, the first inside any lease still held.
+    eventually("every reader read after the erasure answered", 20, each_read(1, 9)).await;
     stop.cancel();
     for reader in readers {
         let (before, after) = reader.await.expect("the reader's assertions held");
