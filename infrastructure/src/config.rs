@@ -200,6 +200,11 @@ pub struct Config {
     /// tree): how often the tree worker looks for new events when it is at the head
     /// (tree heads and proofs wait for it; `tree.rs`).
     pub tree_poll: Duration,
+    /// `LEDGER_PROJECTION_LINGER_MS` (default 5; 0: none): how long the projector waits
+    /// after a delivery that was not a full batch before it fetches the next, so that at
+    /// moderate rates it applies fewer, larger batches (each is one transaction of
+    /// several statements); read models lag by up to this much more.
+    pub projection_linger: Duration,
 }
 
 fn env_or(name: &str, default: &str) -> String {
@@ -293,6 +298,7 @@ impl Default for Config {
             relay_backoff_base: Duration::from_millis(50),
             relay_backoff_max: Duration::from_millis(5000),
             tree_poll: Duration::from_millis(50),
+            projection_linger: Duration::from_millis(5),
             relay_lease: Duration::from_millis(15_000),
         }
     }
@@ -397,6 +403,7 @@ impl Config {
             relay_backoff_max: env_ms("LEDGER_RELAY_BACKOFF_MAX_MS", d.relay_backoff_max)?,
             relay_lease: env_ms("LEDGER_RELAY_LEASE_MS", d.relay_lease)?,
             tree_poll: env_ms("LEDGER_TREE_POLL_MS", d.tree_poll)?,
+            projection_linger: env_ms("LEDGER_PROJECTION_LINGER_MS", d.projection_linger)?,
             shards,
             ledger: d.ledger,
         };

@@ -227,6 +227,24 @@ pub fn connect_lazy(url: &str, config: &Config, max_connections: u32) -> Result<
         .connect_lazy_with(options))
 }
 
+/// A pool of `max_connections` on the server and session settings of `pool`, whose
+/// sessions always use a statement's generic plan (`plan_cache_mode`), connecting on
+/// first use: only for statements whose plan cannot depend on their parameters (a
+/// probe per key: `join lateral (… offset 0)`). Postgres plans such a statement over
+/// `unnest($1)` again on every execution, as the custom plan over a few keys looks
+/// cheaper than the generic one; the writer's idempotency look-up cost more to plan
+/// than to run (docs/PERFORMANCE.md). Not for joins: a generic plan of one, made while
+/// a table was small, read a whole table on every execution (snapshots, 20 ms a call).
+pub fn generic_plans(pool: &PgPool, config: &Config, max_connections: u32) -> PgPool {
+    let options = (*pool.connect_options()).clone().options([("plan_cache_mode", "force_generic_plan")]);
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(config.db_acquire_timeout)
+        .after_release(released)
+        .idle_timeout(Some(Duration::from_secs(30)))
+        .connect_lazy_with(options)
+}
+
 /// Runs the migrations on a connection of their own, without the pool's statement
 /// limit: a migration may build an index on a large table for longer than any request
 /// may take. The migrator waits on its advisory lock while another instance migrates,

@@ -107,6 +107,36 @@ enum PublishError {
     AckTimeout,
 }
 
+/// Where the leader is. Its checkpoint and stream sequence as it last wrote them: it
+/// alone writes them while it holds the lock, so it reads them once per leadership.
+/// And how far it knows the log to reach, so that it reads the log only when there
+/// may be something to read.
+struct Cursor {
+    checkpoint: i64,
+    sequence: i64,
+    /// The highest position known to be in the log; `None`: unknown (read the log).
+    announced: Option<i64>,
+    /// When the log was last read.
+    log_read: std::time::Instant,
+}
+
+impl Cursor {
+    /// An append announced (or handed) the log's head at `head`; `None`: something
+    /// may have been announced that was not heard.
+    fn announce(&mut self, head: Option<i64>) {
+        self.announced = match (self.announced, head) {
+            (Some(known), Some(head)) => Some(known.max(head)),
+            _ => None,
+        };
+    }
+
+    /// Whether the log may hold events past the checkpoint that the relay has not seen:
+    /// one was announced past it, or what was announced is unknown, or the poll is `due`.
+    fn may_read_more(&self, due: bool) -> bool {
+        due || self.announced.is_none_or(|head| head > self.checkpoint)
+    }
+}
+
 /// What a publish of a batch achieved.
 struct Published {
     /// The last position acknowledged without a gap before it.
@@ -175,9 +205,13 @@ impl Relay {
         let ms = |d: Duration| format!("{}ms", d.as_millis());
         // `idle_session_timeout` is the leadership's lease: a leader paused or gone loses
         // its session, and so the lock, once it has not used it for `lease`.
+        // The checkpoint is a recovery point, not a record: its updates do not wait for
+        // the flush (a crash of Postgres may take back its last moves, and what they
+        // covered is published again: JetStream's duplicate window drops it, and every
+        // consumer ignores positions at or below its own checkpoint).
         let setup = sqlx::query(
             "select set_config('statement_timeout', $1, false), set_config('lock_timeout', $2, false),
-                    set_config('idle_session_timeout', $3, false)",
+                    set_config('idle_session_timeout', $3, false), set_config('synchronous_commit', 'off', false)",
         )
         .bind(ms(self.limits.statement_timeout))
         .bind(ms(self.limits.lock_timeout))
@@ -224,15 +258,29 @@ impl Relay {
         let start = sqlx::query("insert into relay_checkpoints (name, position) values ($1, 0) on conflict do nothing")
             .bind(self.names.prefix());
         self.bounded(start.execute(&mut *conn)).await?;
+        let at = sqlx::query_as("select position, stream_sequence from relay_checkpoints where name = $1")
+            .bind(self.names.prefix());
+        let (checkpoint, sequence): (i64, i64) = self.bounded(at.fetch_one(&mut *conn)).await?;
+        let mut cursor = Cursor { checkpoint, sequence, announced: None, log_read: std::time::Instant::now() };
         let mut attempt = 0u32;
         while !shutdown.is_cancelled() {
-            match self.relay_batch(conn, inbox).await {
+            match self.relay_batch(conn, inbox, &mut cursor).await {
                 Ok(0) => {
                     attempt = 0;
                     tokio::select! {
                         _ = shutdown.cancelled() => {}
                         _ = inbox.recv() => {}
-                        _ = listener.recv() => {}
+                        // A notification's payload is the head its append left. A session
+                        // lost and made again (what was announced meanwhile is unknown), or
+                        // a payload that does not read, has the log read.
+                        n = listener.try_recv() => match n {
+                            Ok(n) => cursor.announce(n.and_then(|n| n.payload().parse().ok())),
+                            Err(e) => {
+                                cursor.announce(None);
+                                tracing::warn!(error = %e, "the relay's LISTEN session failed; polling meanwhile");
+                                tokio::time::sleep(self.limits.poll_interval.min(KEEP_ALIVE) / 4).await;
+                            }
+                        },
                         _ = tokio::time::sleep(self.limits.poll_interval.min(KEEP_ALIVE)) => {}
                     }
                 }
@@ -257,10 +305,13 @@ impl Relay {
     }
 
     /// Publishes the next batch after the checkpoint; returns how many were relayed.
-    async fn relay_batch(&self, conn: &mut PgConnection, inbox: &mut Inbox) -> Result<usize, RelayError> {
-        let at = sqlx::query_as("select position, stream_sequence from relay_checkpoints where name = $1")
-            .bind(self.names.prefix());
-        let (checkpoint, sequence): (i64, i64) = self.bounded(at.fetch_one(&mut *conn)).await?;
+    async fn relay_batch(
+        &self,
+        conn: &mut PgConnection,
+        inbox: &mut Inbox,
+        cursor: &mut Cursor,
+    ) -> Result<usize, RelayError> {
+        let (checkpoint, sequence) = (cursor.checkpoint, cursor.sequence);
         let known = u64::try_from(sequence).unwrap_or(0);
         if self.stream_check_due() {
             let permit = self.breaker.acquire().map_err(PublishError::from)?;
@@ -268,7 +319,7 @@ impl Relay {
                 Ok(stream) => {
                     permit.success();
                     if stream.cached_info().state.last_sequence < known {
-                        self.restart(conn, checkpoint, sequence).await?;
+                        self.restart(conn, cursor).await?;
                         return Ok(1);
                     }
                     *self.stream_ready.lock().expect("not poisoned") = Some(std::time::Instant::now());
@@ -282,13 +333,26 @@ impl Relay {
         let max = usize::try_from(self.limits.batch_max).unwrap_or(1).max(1);
         let mut events = inbox.next_after_commit(checkpoint, max).await;
         if events.is_empty() {
-            events = self
+            // The log is read only if it may hold more than the relay has: something was
+            // announced past the checkpoint (or is unknown), or the poll is due (a
+            // notification lost with its session; and the leader's session is used at
+            // least every KEEP_ALIVE). Each batch this process hands is not followed by
+            // reading the log back, empty, twice (after the batch, after its notification).
+            if !cursor.may_read_more(cursor.log_read.elapsed() >= self.limits.poll_interval.min(KEEP_ALIVE)) {
+                return Ok(0);
+            }
+            let read = self
                 .bounded(EventStore::read_range(&mut *conn, checkpoint, checkpoint + self.limits.batch_max))
-                .await?
-                .iter()
-                .map(Outgoing::of)
-                .collect();
+                .await?;
+            cursor.log_read = std::time::Instant::now();
+            // A read short of a whole batch saw the log's head (appends commit in
+            // position order); a whole one may have stopped short of it.
+            cursor.announced = ((read.len() as i64) < self.limits.batch_max)
+                .then(|| read.last().map_or(checkpoint, |e| e.position).max(cursor.announced.unwrap_or(0)));
+            events = read.iter().map(Outgoing::of).collect();
             metrics::counter!("ledger_relay_read_back_total").increment(events.len() as u64);
+        } else if let Some(last) = events.last() {
+            cursor.announce(Some(last.position));
         }
         if events.is_empty() {
             return Ok(0);
@@ -304,7 +368,7 @@ impl Relay {
             permit.failure();
         }
         if published.restarted {
-            self.restart(conn, checkpoint, sequence).await?;
+            self.restart(conn, cursor).await?;
             return match published.error {
                 None => Ok(events.len()),
                 Some(e) => Err(RelayError::Nats(e)),
@@ -319,6 +383,8 @@ impl Relay {
             .bind(position)
             .bind(i64::try_from(published.sequence).unwrap_or(i64::MAX));
             self.bounded(advance.execute(&mut *conn)).await?;
+            cursor.checkpoint = position;
+            cursor.sequence = cursor.sequence.max(i64::try_from(published.sequence).unwrap_or(i64::MAX));
         }
         match published.error {
             None => {
@@ -335,7 +401,8 @@ impl Relay {
     }
 
     /// The stream lost messages: relay the whole log again.
-    async fn restart(&self, conn: &mut PgConnection, checkpoint: i64, sequence: i64) -> Result<(), sqlx::Error> {
+    async fn restart(&self, conn: &mut PgConnection, cursor: &mut Cursor) -> Result<(), sqlx::Error> {
+        let (checkpoint, sequence) = (cursor.checkpoint, cursor.sequence);
         tracing::warn!(checkpoint, sequence, "the events stream lost messages; relaying the log again from the start");
         metrics::counter!("ledger_relay_stream_restarts_total").increment(1);
         let again = sqlx::query(
@@ -343,6 +410,7 @@ impl Relay {
         )
         .bind(self.names.prefix());
         self.bounded(again.execute(&mut *conn)).await?;
+        (cursor.checkpoint, cursor.sequence) = (0, 0);
         Ok(())
     }
 
@@ -389,5 +457,42 @@ impl Relay {
         }
         published.error = send_error;
         published
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cursor;
+
+    fn cursor(checkpoint: i64, announced: Option<i64>) -> Cursor {
+        Cursor { checkpoint, sequence: 0, announced, log_read: std::time::Instant::now() }
+    }
+
+    #[test]
+    fn the_log_is_read_only_when_it_may_hold_more_than_the_checkpoint() {
+        // A leader that has not read the log knows nothing of it.
+        assert!(cursor(0, None).may_read_more(false));
+        // Everything announced is relayed: nothing to read until the poll.
+        assert!(!cursor(7, Some(7)).may_read_more(false));
+        assert!(cursor(7, Some(7)).may_read_more(true));
+        // Announced past the checkpoint (another process's append, or handed events
+        // that did not all reach JetStream).
+        assert!(cursor(7, Some(9)).may_read_more(false));
+    }
+
+    #[test]
+    fn an_announcement_only_raises_what_is_known_and_an_unheard_one_forgets_it() {
+        let mut c = cursor(7, Some(7));
+        c.announce(Some(5));
+        assert_eq!(c.announced, Some(7), "an older head never lowers it");
+        c.announce(Some(12));
+        assert_eq!(c.announced, Some(12));
+        // A session lost and made again: what was announced meanwhile is unknown.
+        c.announce(None);
+        assert_eq!(c.announced, None);
+        assert!(c.may_read_more(false));
+        // Unknown stays unknown until the log is read.
+        c.announce(Some(20));
+        assert_eq!(c.announced, None);
     }
 }

@@ -95,14 +95,14 @@ pub async fn apply_delivered(
     projection: Projection,
     delivered: &[RecordedEvent],
 ) -> Result<Applied, ApplyError> {
-    let mut tx = pool.begin().await?;
-    let applied = apply_in(&mut tx, projection, delivered).await?;
-    tx.commit().await?;
-    Ok(applied)
+    let mut applied = apply_delivered_all(pool, &[projection], delivered).await?;
+    Ok(applied.pop().expect("one projection, one answer").1)
 }
 
 /// Applies `delivered` to every projection of `projections` in one transaction (one
-/// commit for all of them: what the projector does with each JetStream batch).
+/// commit for all of them: what the projector does with each JetStream batch). Their
+/// checkpoints are locked one by one, in the order of `projections`, and moved in one
+/// statement.
 pub async fn apply_delivered_all(
     pool: &PgPool,
     projections: &[Projection],
@@ -111,25 +111,45 @@ pub async fn apply_delivered_all(
     let mut tx = pool.begin().await?;
     let mut applied = Vec::with_capacity(projections.len());
     for &projection in projections {
-        applied.push((projection, apply_in(&mut tx, projection, delivered).await?));
+        // One statement per name, not `name = any($1)`: that one was planned again on
+        // every batch (a custom plan over the array looks cheaper than the generic one).
+        let checkpoint: i64 =
+            sqlx::query_scalar("select position from projection_checkpoints where name = $1 for update")
+                .bind(projection.name())
+                .fetch_one(&mut *tx)
+                .await?;
+        applied.push((projection, apply_in(&mut tx, projection, checkpoint, delivered).await?));
+    }
+    let moved: Vec<(&str, i64)> = applied
+        .iter()
+        .filter(|(_, a)| a.position > a.from)
+        .map(|(projection, a)| (projection.name(), a.position))
+        .collect();
+    if !moved.is_empty() {
+        sqlx::query(
+            "update projection_checkpoints c set position = m.position, updated_at = now()
+             from unnest($1::text[], $2::int8[]) as m(name, position) where c.name = m.name",
+        )
+        .bind(moved.iter().map(|(name, _)| *name).collect::<Vec<_>>())
+        .bind(moved.iter().map(|(_, position)| *position).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
     }
     tx.commit().await?;
     Ok(applied)
 }
 
 /// Applies `delivered` to one projection inside `tx`, exactly once: events at or below
-/// its checkpoint (locked `for update`) are ignored; if the delivered positions above it
-/// are not exactly checkpoint+1 ..= max, that range is read from the Postgres log
-/// instead, so nothing is skipped; the checkpoint moves to the last applied position.
+/// its `checkpoint` (locked `for update` by the caller) are ignored; if the delivered
+/// positions above it are not exactly checkpoint+1 ..= max, that range is read from the
+/// Postgres log instead, so nothing is skipped. The caller moves the checkpoint to the
+/// last applied position ([`Applied::position`]).
 async fn apply_in(
     tx: &mut Transaction<'_, Postgres>,
     projection: Projection,
+    checkpoint: i64,
     delivered: &[RecordedEvent],
 ) -> Result<Applied, ApplyError> {
-    let checkpoint: i64 = sqlx::query_scalar("select position from projection_checkpoints where name = $1 for update")
-        .bind(projection.name())
-        .fetch_one(&mut **tx)
-        .await?;
     let mut fresh: Vec<&RecordedEvent> = delivered.iter().filter(|e| e.position > checkpoint).collect();
     fresh.sort_by_key(|e| e.position);
     fresh.dedup_by_key(|e| e.position);
@@ -157,11 +177,6 @@ async fn apply_in(
         std::borrow::Cow::Owned(ledger_infrastructure::EventStore::read_range(&mut **tx, checkpoint, max).await?)
     };
     let accounts = projection.apply(tx, &Tables::LIVE, &events).await?;
-    sqlx::query("update projection_checkpoints set position = $2, updated_at = now() where name = $1;")
-        .bind(projection.name())
-        .bind(max)
-        .execute(&mut **tx)
-        .await?;
     // No NOTIFY here: it serializes commits on the notification queue. Readers learn of
     // new positions from the worker's NATS announcement (and a slow poll).
     Ok(Applied { from: checkpoint, position: max, applied: events.len(), accounts })

@@ -50,6 +50,9 @@ pub struct WorkerLimits {
     /// before it is given up and run again (four times `LEDGER_DB_STATEMENT_TIMEOUT_MS`:
     /// a step is a transaction of several statements per projection).
     pub step_time_limit: Duration,
+    /// How long to wait after a delivery that was not a full batch before the next
+    /// fetch (`LEDGER_PROJECTION_LINGER_MS`).
+    pub linger: Duration,
 }
 
 impl Default for WorkerLimits {
@@ -63,6 +66,7 @@ impl Default for WorkerLimits {
             log_poll_interval: Duration::from_millis(250),
             log_stall_after: Duration::from_secs(1),
             step_time_limit: Duration::from_secs(120),
+            linger: Duration::ZERO,
         }
     }
 }
@@ -222,6 +226,8 @@ impl ProjectionWorker {
             if messages.is_empty() {
                 continue;
             }
+            let linger = (messages.len() < self.limits.batch_max && !self.limits.linger.is_zero())
+                .then_some(self.limits.linger);
             let mut events = Vec::with_capacity(messages.len());
             for m in &messages {
                 match serde_json::from_slice::<RecordedEvent>(&m.payload) {
@@ -250,6 +256,9 @@ impl ProjectionWorker {
                     }
                     return Err(e.into());
                 }
+            }
+            if let Some(linger) = linger {
+                tokio::select! { _ = shutdown.cancelled() => {}, _ = tokio::time::sleep(linger) => {} }
             }
         }
         Ok(())

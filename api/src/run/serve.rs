@@ -203,7 +203,11 @@ pub fn spawn_workers(state: &Core, on_applied: OnApplied, shutdown: Cancellation
         projections: Projection::ALL.to_vec(),
         // A step is one transaction of several statements per projection: four statement
         // time-outs, so a slow but sound batch is never given up again and again.
-        limits: WorkerLimits { step_time_limit: state.config.db_statement_timeout * 4, ..WorkerLimits::default() },
+        limits: WorkerLimits {
+            step_time_limit: state.config.db_statement_timeout * 4,
+            linger: state.config.projection_linger,
+            ..WorkerLimits::default()
+        },
         on_applied: on_applied.clone(),
     };
     handles.push(tokio::spawn(projector.run(shutdown.clone())));

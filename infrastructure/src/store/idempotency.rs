@@ -75,7 +75,7 @@ impl EventStore {
         )
         .bind(&principals)
         .bind(&names)
-        .fetch_all(&self.pool)
+        .fetch_all(self.key_lookups.as_ref().unwrap_or(&self.pool))
         .await?;
         rows.into_iter().map(record).collect()
     }

@@ -196,6 +196,8 @@ pub struct EventStore {
     /// connection): a session cut off by a silent network would otherwise stall this
     /// process's writer for ever. Zero: no limit.
     writer_time_limit: std::time::Duration,
+    /// Where idempotency records are looked up, if not on `pool`.
+    key_lookups: Option<PgPool>,
 }
 
 /// The default of `LEDGER_APPEND_IDLE_TIMEOUT_MS`.
@@ -217,7 +219,15 @@ impl EventStore {
             handoff: Arc::default(),
             append_idle_timeout: format!("{}ms", APPEND_IDLE_TIMEOUT.as_millis()),
             writer_time_limit: std::time::Duration::ZERO,
+            key_lookups: None,
         }
+    }
+
+    /// Looks idempotency records up on `pool`, whose sessions plan generically
+    /// (`db::generic_plans`; the look-up is a probe per key).
+    pub fn with_key_lookups(mut self, pool: PgPool) -> EventStore {
+        self.key_lookups = Some(pool);
+        self
     }
 
     /// How long a whole append, or a read the writer decides on, may take

@@ -526,3 +526,35 @@ async fn a_system_account_two_writers_append_to_is_cached_only_as_the_log_has_it
         }
     }
 }
+
+/// The writer's idempotency look-up runs on sessions that always plan generically
+/// (`db::generic_plans`): it is a probe per key, planned once per session instead of on
+/// every batch. Every other session keeps Postgres' own choice (the read routes filter
+/// optionally, where only a custom plan uses an index). A retried command still finds
+/// its record through the look-up, and moves money once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_look_ups_plan_generically_and_still_find_every_key() {
+    let app = TestApp::spawn().await;
+    let generic = ledger_infrastructure::db::generic_plans(&app.pool, &app.state.config, 1);
+    let mode = |pool: sqlx::PgPool| async move {
+        sqlx::query_scalar::<_, String>("select current_setting('plan_cache_mode')")
+            .fetch_one(&pool)
+            .await
+            .expect("the setting")
+    };
+    assert_eq!(mode(generic.clone()).await, "force_generic_plan");
+    assert_eq!(mode(app.pool.clone()).await, "auto", "the other sessions keep Postgres' choice");
+    let (a, b) = (app.open_account("EUR", 0).await, app.open_account("EUR", 0).await);
+    app.deposit(a, 100, "EUR").await;
+    // More look-ups than Postgres makes custom plans before it may switch (five).
+    for i in 0..8 {
+        let key = format!("generic-{i}");
+        let body = json!({"from": a, "to": b, "amount": 1, "currency": "EUR"});
+        let first = app.post("/v1/transfers", &key, &body).await;
+        assert_eq!(first.status, StatusCode::CREATED, "{:?}", first.body);
+        let again = app.post("/v1/transfers", &key, &body).await;
+        assert_eq!(again.status, StatusCode::CREATED);
+        assert_eq!(again.body["id"], first.body["id"], "the retry replays the first");
+    }
+    assert_eq!(app.account(a).await["balance"], json!(92), "eight transfers, each once");
+}
