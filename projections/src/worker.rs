@@ -226,8 +226,8 @@ impl ProjectionWorker {
             if messages.is_empty() {
                 continue;
             }
-            let linger = (messages.len() < self.limits.batch_max && !self.limits.linger.is_zero())
-                .then_some(self.limits.linger);
+            let linger =
+                (messages.len() < self.limits.batch_max && !self.limits.linger.is_zero()).then_some(self.limits.linger);
             let mut events = Vec::with_capacity(messages.len());
             for m in &messages {
                 match serde_json::from_slice::<RecordedEvent>(&m.payload) {
