@@ -419,6 +419,14 @@ impl Config {
         // Every session made outside the pools, from here on (the first is the one that
         // creates the database, before any pool).
         crate::db::set_session_limits(config.db_connect_timeout, config.db_migration_lock_timeout, config.db_keepalive);
+        // A projector lingering a second would leave it to the stall detector, which
+        // applies the log itself after a second without progress.
+        if config.projection_linger > Duration::from_millis(1000) {
+            return Err(ConfigError::Invalid {
+                name: "LEDGER_PROJECTION_LINGER_MS".into(),
+                value: format!("{} (at most 1000)", config.projection_linger.as_millis()),
+            });
+        }
         // The wait on Postgres must end before the request does, or it never counts.
         if config.db_wait >= config.request_timeout {
             config.db_wait = config.request_timeout * 4 / 5;

@@ -233,10 +233,15 @@ pub fn connect_lazy(url: &str, config: &Config, max_connections: u32) -> Result<
 /// probe per key: `join lateral (… offset 0)`). Postgres plans such a statement over
 /// `unnest($1)` again on every execution, as the custom plan over a few keys looks
 /// cheaper than the generic one; the writer's idempotency look-up cost more to plan
-/// than to run (docs/PERFORMANCE.md). Not for joins: a generic plan of one, made while
+/// than to run (docs/PERFORMANCE.md). Its sessions never scan a table sequentially. Not for joins: a generic plan of one, made while
 /// a table was small, read a whole table on every execution (snapshots, 20 ms a call).
 pub fn generic_plans(pool: &PgPool, config: &Config, max_connections: u32) -> PgPool {
-    let options = (*pool.connect_options()).clone().options([("plan_cache_mode", "force_generic_plan")]);
+    // And never a sequential scan: a generic plan made while the table was a few pages
+    // (a new ledger, or one whose keys were all swept) would scan it for every key
+    // until the next analyze, however large it had grown meanwhile.
+    let options = (*pool.connect_options())
+        .clone()
+        .options([("plan_cache_mode", "force_generic_plan"), ("enable_seqscan", "off")]);
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(config.db_acquire_timeout)

@@ -108,12 +108,14 @@ enum PublishError {
 }
 
 /// Where the leader is. Its checkpoint and stream sequence as it last wrote them: it
-/// alone writes them while it holds the lock, so it reads them once per leadership.
+/// alone writes them while it holds the lock, so it reads them back only once a second.
 /// And how far it knows the log to reach, so that it reads the log only when there
 /// may be something to read.
 struct Cursor {
     checkpoint: i64,
     sequence: i64,
+    /// When the checkpoint was last read from its row (`None`: not yet).
+    read_back: Option<std::time::Instant>,
     /// The highest position known to be in the log; `None`: unknown (read the log).
     announced: Option<i64>,
     /// When the log was last read.
@@ -205,13 +207,9 @@ impl Relay {
         let ms = |d: Duration| format!("{}ms", d.as_millis());
         // `idle_session_timeout` is the leadership's lease: a leader paused or gone loses
         // its session, and so the lock, once it has not used it for `lease`.
-        // The checkpoint is a recovery point, not a record: its updates do not wait for
-        // the flush (a crash of Postgres may take back its last moves, and what they
-        // covered is published again: JetStream's duplicate window drops it, and every
-        // consumer ignores positions at or below its own checkpoint).
         let setup = sqlx::query(
             "select set_config('statement_timeout', $1, false), set_config('lock_timeout', $2, false),
-                    set_config('idle_session_timeout', $3, false), set_config('synchronous_commit', 'off', false)",
+                    set_config('idle_session_timeout', $3, false)",
         )
         .bind(ms(self.limits.statement_timeout))
         .bind(ms(self.limits.lock_timeout))
@@ -258,10 +256,8 @@ impl Relay {
         let start = sqlx::query("insert into relay_checkpoints (name, position) values ($1, 0) on conflict do nothing")
             .bind(self.names.prefix());
         self.bounded(start.execute(&mut *conn)).await?;
-        let at = sqlx::query_as("select position, stream_sequence from relay_checkpoints where name = $1")
-            .bind(self.names.prefix());
-        let (checkpoint, sequence): (i64, i64) = self.bounded(at.fetch_one(&mut *conn)).await?;
-        let mut cursor = Cursor { checkpoint, sequence, announced: None, log_read: std::time::Instant::now() };
+        let now = std::time::Instant::now();
+        let mut cursor = Cursor { checkpoint: 0, sequence: 0, announced: None, log_read: now, read_back: None };
         let mut attempt = 0u32;
         while !shutdown.is_cancelled() {
             match self.relay_batch(conn, inbox, &mut cursor).await {
@@ -311,6 +307,20 @@ impl Relay {
         inbox: &mut Inbox,
         cursor: &mut Cursor,
     ) -> Result<usize, RelayError> {
+        // The checkpoint is read back at least every second (and before anything is
+        // published after a longer wait): a checkpoint moved by hand (an operator's
+        // rewind) is followed within a second, and a leader whose session was ended
+        // while it was paused finds out before it publishes, not after.
+        if cursor.read_back.is_none_or(|at| at.elapsed() >= self.limits.poll_interval.min(KEEP_ALIVE)) {
+            let at = sqlx::query_as("select position, stream_sequence from relay_checkpoints where name = $1")
+                .bind(self.names.prefix());
+            let (checkpoint, sequence): (i64, i64) = self.bounded(at.fetch_one(&mut *conn)).await?;
+            if checkpoint != cursor.checkpoint {
+                cursor.announced = None;
+            }
+            (cursor.checkpoint, cursor.sequence) = (checkpoint, sequence);
+            cursor.read_back = Some(std::time::Instant::now());
+        }
         let (checkpoint, sequence) = (cursor.checkpoint, cursor.sequence);
         let known = u64::try_from(sequence).unwrap_or(0);
         if self.stream_check_due() {
@@ -465,7 +475,7 @@ mod tests {
     use super::Cursor;
 
     fn cursor(checkpoint: i64, announced: Option<i64>) -> Cursor {
-        Cursor { checkpoint, sequence: 0, announced, log_read: std::time::Instant::now() }
+        Cursor { checkpoint, sequence: 0, announced, log_read: std::time::Instant::now(), read_back: None }
     }
 
     #[test]

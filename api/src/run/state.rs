@@ -56,7 +56,8 @@ impl Core {
     pub fn new(config: Config, pool: PgPool, nats: async_nats::Client) -> Core {
         crate::http::metrics::handle();
         let store = EventStore::new(pool.clone())
-            .with_key_lookups(ledger_infrastructure::db::generic_plans(&pool, &config, 2))
+            // One session: the writer looks keys up one batch at a time.
+            .with_key_lookups(ledger_infrastructure::db::generic_plans(&pool, &config, 1))
             .with_append_idle_timeout(config.append_idle_timeout)
             .with_writer_time_limit(config.db_wait);
         let bus = CommandBus::start(

@@ -65,6 +65,23 @@ impl EventStore {
         &self,
         keys: &[(String, String)],
     ) -> Result<HashMap<(String, String), IdempotencyRecord>, sqlx::Error> {
+        Self::records_on(&self.pool, keys).await
+    }
+
+    /// [`EventStore::idempotency_records`] for the writer, on its own session that plans
+    /// the look-up generically, if it has one ([`EventStore::with_key_lookups`]): no
+    /// other caller waits for it, nor it for them.
+    pub async fn writer_key_records(
+        &self,
+        keys: &[(String, String)],
+    ) -> Result<HashMap<(String, String), IdempotencyRecord>, sqlx::Error> {
+        Self::records_on(self.key_lookups.as_ref().unwrap_or(&self.pool), keys).await
+    }
+
+    async fn records_on(
+        pool: &sqlx::PgPool,
+        keys: &[(String, String)],
+    ) -> Result<HashMap<(String, String), IdempotencyRecord>, sqlx::Error> {
         let (principals, names): (Vec<String>, Vec<String>) = keys.iter().cloned().unzip();
         let rows: Vec<RecordRow> = sqlx::query_as(
             // LATERAL: one primary-key probe per key, never a scan of the whole table.
@@ -75,7 +92,7 @@ impl EventStore {
         )
         .bind(&principals)
         .bind(&names)
-        .fetch_all(self.key_lookups.as_ref().unwrap_or(&self.pool))
+        .fetch_all(pool)
         .await?;
         rows.into_iter().map(record).collect()
     }

@@ -196,7 +196,7 @@ pub struct EventStore {
     /// connection): a session cut off by a silent network would otherwise stall this
     /// process's writer for ever. Zero: no limit.
     writer_time_limit: std::time::Duration,
-    /// Where idempotency records are looked up, if not on `pool`.
+    /// Where the writer looks idempotency records up, if not on `pool`.
     key_lookups: Option<PgPool>,
 }
 
@@ -223,8 +223,8 @@ impl EventStore {
         }
     }
 
-    /// Looks idempotency records up on `pool`, whose sessions plan generically
-    /// (`db::generic_plans`; the look-up is a probe per key).
+    /// Has the writer look idempotency records up on `pool`, whose sessions plan
+    /// generically (`db::generic_plans`; the look-up is a probe per key).
     pub fn with_key_lookups(mut self, pool: PgPool) -> EventStore {
         self.key_lookups = Some(pool);
         self

@@ -459,7 +459,7 @@ impl Writer {
             return Ok(HashMap::new());
         }
         let limit = self.store.writer_time_limit();
-        crate::db::within(limit, "reading idempotency records", self.store.idempotency_records(&keys)).await
+        crate::db::within(limit, "reading idempotency records", self.store.writer_key_records(&keys)).await
     }
 
     /// Decides every group that is not answered yet, in order, on `working`.
