@@ -355,11 +355,23 @@ impl Privacy {
         // Taken before the read is sent: the lease ends no later than KEY_LEASE after
         // a snapshot that could still find the key live.
         let read_at = Instant::now();
-        let rows: Vec<(Uuid, Option<Vec<u8>>)> =
-            sqlx::query_as("select id, wrapped from subject_keys where id = any($1)")
-                .bind(&unknown)
-                .fetch_all(&self.inner.pool)
-                .await?;
+        // One key (an account's answer, the usual case) by `id = $1`: Postgres plans that
+        // once per session, where `id = any($1)` was planned again on every read (its
+        // custom plan over a short array always looks cheaper than the generic one).
+        let rows: Vec<(Uuid, Option<Vec<u8>>)> = match unknown.as_slice() {
+            [one] => {
+                sqlx::query_as("select id, wrapped from subject_keys where id = $1")
+                    .bind(one)
+                    .fetch_all(&self.inner.pool)
+                    .await?
+            }
+            _ => {
+                sqlx::query_as("select id, wrapped from subject_keys where id = any($1)")
+                    .bind(&unknown)
+                    .fetch_all(&self.inner.pool)
+                    .await?
+            }
+        };
         for (id, wrapped) in rows {
             let key = match wrapped {
                 Some(w) => {
