@@ -233,7 +233,7 @@ pub fn connect_lazy(url: &str, config: &Config, max_connections: u32) -> Result<
 /// probe per key: `join lateral (… offset 0)`). Postgres plans such a statement over
 /// `unnest($1)` again on every execution, as the custom plan over a few keys looks
 /// cheaper than the generic one; the writer's idempotency look-up cost more to plan
-/// than to run (docs/PERFORMANCE.md). Its sessions never scan a table sequentially. Not for joins: a generic plan of one, made while
+/// than to run (docs/PERFORMANCE.md). Not for joins: a generic plan of one, made while
 /// a table was small, read a whole table on every execution (snapshots, 20 ms a call).
 pub fn generic_plans(pool: &PgPool, config: &Config, max_connections: u32) -> PgPool {
     // And never a sequential scan: a generic plan made while the table was a few pages

@@ -256,8 +256,13 @@ impl Relay {
         let start = sqlx::query("insert into relay_checkpoints (name, position) values ($1, 0) on conflict do nothing")
             .bind(self.names.prefix());
         self.bounded(start.execute(&mut *conn)).await?;
-        let now = std::time::Instant::now();
-        let mut cursor = Cursor { checkpoint: 0, sequence: 0, announced: None, log_read: now, read_back: None };
+        let mut cursor = Cursor {
+            checkpoint: 0,
+            sequence: 0,
+            announced: None,
+            log_read: std::time::Instant::now(),
+            read_back: None,
+        };
         let mut attempt = 0u32;
         while !shutdown.is_cancelled() {
             match self.relay_batch(conn, inbox, &mut cursor).await {
@@ -274,10 +279,10 @@ impl Relay {
                             Err(e) => {
                                 cursor.announce(None);
                                 tracing::warn!(error = %e, "the relay's LISTEN session failed; polling meanwhile");
-                                tokio::time::sleep(self.limits.poll_interval.min(KEEP_ALIVE) / 4).await;
+                                tokio::time::sleep(self.wake_every() / 4).await;
                             }
                         },
-                        _ = tokio::time::sleep(self.limits.poll_interval.min(KEEP_ALIVE)) => {}
+                        _ = tokio::time::sleep(self.wake_every()) => {}
                     }
                 }
                 Ok(_) => attempt = 0,
@@ -311,7 +316,7 @@ impl Relay {
         // published after a longer wait): a checkpoint moved by hand (an operator's
         // rewind) is followed within a second, and a leader whose session was ended
         // while it was paused finds out before it publishes, not after.
-        if cursor.read_back.is_none_or(|at| at.elapsed() >= self.limits.poll_interval.min(KEEP_ALIVE)) {
+        if cursor.read_back.is_none_or(|at| at.elapsed() >= self.wake_every()) {
             let at = sqlx::query_as("select position, stream_sequence from relay_checkpoints where name = $1")
                 .bind(self.names.prefix());
             let (checkpoint, sequence): (i64, i64) = self.bounded(at.fetch_one(&mut *conn)).await?;
@@ -348,7 +353,7 @@ impl Relay {
             // notification lost with its session; and the leader's session is used at
             // least every KEEP_ALIVE). Each batch this process hands is not followed by
             // reading the log back, empty, twice (after the batch, after its notification).
-            if !cursor.may_read_more(cursor.log_read.elapsed() >= self.limits.poll_interval.min(KEEP_ALIVE)) {
+            if !cursor.may_read_more(cursor.log_read.elapsed() >= self.wake_every()) {
                 return Ok(0);
             }
             let read = self
@@ -403,6 +408,12 @@ impl Relay {
             }
             Some(e) => Err(RelayError::Nats(e)),
         }
+    }
+
+    /// How often a waiting leader wakes, reads the log and reads its checkpoint back:
+    /// the poll, and at least every `KEEP_ALIVE` (the session must be used within its lease).
+    fn wake_every(&self) -> Duration {
+        self.limits.poll_interval.min(KEEP_ALIVE)
     }
 
     /// Whether the events stream is to be ensured before the next publish.

@@ -120,18 +120,18 @@ pub async fn apply_delivered_all(
                 .await?;
         applied.push((projection, apply_in(&mut tx, projection, checkpoint, delivered).await?));
     }
-    let moved: Vec<(&str, i64)> = applied
+    let (names, positions): (Vec<&str>, Vec<i64>) = applied
         .iter()
         .filter(|(_, a)| a.position > a.from)
         .map(|(projection, a)| (projection.name(), a.position))
-        .collect();
-    if !moved.is_empty() {
+        .unzip();
+    if !names.is_empty() {
         sqlx::query(
             "update projection_checkpoints c set position = m.position, updated_at = now()
              from unnest($1::text[], $2::int8[]) as m(name, position) where c.name = m.name",
         )
-        .bind(moved.iter().map(|(name, _)| *name).collect::<Vec<_>>())
-        .bind(moved.iter().map(|(_, position)| *position).collect::<Vec<_>>())
+        .bind(names)
+        .bind(positions)
         .execute(&mut *tx)
         .await?;
     }
