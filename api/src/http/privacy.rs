@@ -44,26 +44,28 @@ pub async fn reveal(State(state): State<AppState>, request: Request, next: Next)
     if !contains(&bytes, SEALED_PREFIX.as_bytes()) {
         return Response::from_parts(parts, Body::from(bytes));
     }
-    let mut value: serde_json::Value = match serde_json::from_slice(&bytes) {
-        Ok(v) => v,
-        Err(_) => return Response::from_parts(parts, Body::from(bytes)),
-    };
     // Keys are read from the primary: while it cannot answer (down, or slower than a
     // read may wait), personal values are withheld, never shown from a memory of
     // their key that an erasure may have made wrong. The rest of the answer stands.
     let wait = state.config.db_wait.min(REVEAL_WAIT_MAX);
-    match tokio::time::timeout(wait, state.privacy.reveal(&mut value)).await {
-        Ok(Ok(())) => {}
+    match tokio::time::timeout(wait, state.privacy.reveal_body(&bytes)).await {
+        Ok(Ok(Some(revealed))) => {
+            parts.headers.remove(header::CONTENT_LENGTH);
+            return Response::from_parts(parts, Body::from(revealed));
+        }
+        Ok(Ok(None)) => return Response::from_parts(parts, Body::from(bytes)),
         Ok(Err(KeyError::Database(e))) => {
             tracing::warn!(error = %e, "personal values withheld: their keys could not be read");
-            withhold(&mut value, &mut parts);
         }
         Err(_) | Ok(Err(KeyError::LeaseEnded)) => {
             tracing::warn!("personal values withheld: their keys were not read in time");
-            withhold(&mut value, &mut parts);
         }
         Ok(Err(e)) => return key_error(e).into_response(),
     }
+    let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return Response::from_parts(parts, Body::from(bytes));
+    };
+    withhold(&mut value, &mut parts);
     parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(parts, Body::from(value.to_string()))
 }

@@ -37,8 +37,9 @@ use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde_json::Value;
 use sqlx::PgPool;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 use zeroize::Zeroizing;
@@ -55,6 +56,21 @@ pub const ERASURE_SETTLE: Duration = Duration::from_millis(1_200);
 /// The most keys a process remembers (live ones are used within their lease only,
 /// destroyed ones for as long as they stay).
 const KEY_CACHE_MAX: u64 = 100_000;
+
+/// A live key used in the second half of its lease is read again before the lease
+/// ends, with the others that came due meanwhile ([`Privacy::renew`]): a hot account's
+/// reads then never wait for its key. Renewals gather for this long, so a process
+/// renews at most about 20 times a second, in one statement each.
+const RENEW_GATHER: Duration = Duration::from_millis(50);
+/// The most keys one renewal statement reads.
+const RENEW_CHUNK: usize = 1_000;
+
+/// The revealed answers a process keeps ([`Privacy::reveal_body`]), in bytes of the
+/// sealed and the revealed forms together; an answer over [`REVEALED_ENTRY_MAX`] is
+/// revealed each time. Each is kept at most one lease: plaintext does not outlive by
+/// much the keys that opened it.
+const REVEALED_MAX_BYTES: u64 = 32 << 20;
+const REVEALED_ENTRY_MAX: usize = 64 << 10;
 
 /// What a process remembers of a key: live (with when the read that found it began),
 /// or destroyed (for good).
@@ -191,6 +207,22 @@ struct Inner {
     lookup: tokio::sync::OnceCell<Zeroizing<[u8; 32]>>,
     /// Keys as last read, within their lease (see the module's notes).
     known: moka::sync::Cache<Uuid, Remembered>,
+    /// Answers revealed before, by their sealed bytes ([`Privacy::reveal_body`]).
+    revealed: moka::sync::Cache<bytes::Bytes, Arc<RevealedBody>>,
+    /// Live keys used in the second half of their lease, to be read again
+    /// ([`Privacy::renew`]), and whether a renewal is under way.
+    due: std::sync::Mutex<HashSet<Uuid>>,
+    renewing: AtomicBool,
+    /// Keys read for a reveal that found none within its lease, and keys renewed.
+    read_for_reveal: AtomicU64,
+    renewed: AtomicU64,
+}
+
+/// A revealed answer: its bytes, and each key it used with whether that key was live
+/// (else destroyed). It is served again only while every key is still so.
+struct RevealedBody {
+    body: bytes::Bytes,
+    keys: Vec<(Uuid, bool)>,
 }
 
 impl std::fmt::Debug for Privacy {
@@ -204,7 +236,26 @@ impl Privacy {
         // No time-to-live: a live key's lease is checked on every use, and a destroyed
         // key stays destroyed.
         let known = moka::sync::Cache::new(KEY_CACHE_MAX);
-        Privacy { inner: Arc::new(Inner { pool, master, lookup: tokio::sync::OnceCell::new(), known }) }
+        let revealed = moka::sync::Cache::builder()
+            .max_capacity(REVEALED_MAX_BYTES)
+            .weigher(|sealed: &bytes::Bytes, r: &Arc<RevealedBody>| {
+                u32::try_from(sealed.len() + r.body.len()).unwrap_or(u32::MAX)
+            })
+            .time_to_live(KEY_LEASE)
+            .build();
+        Privacy {
+            inner: Arc::new(Inner {
+                pool,
+                master,
+                lookup: tokio::sync::OnceCell::new(),
+                known,
+                revealed,
+                due: std::sync::Mutex::new(HashSet::new()),
+                renewing: AtomicBool::new(false),
+                read_for_reveal: AtomicU64::new(0),
+                renewed: AtomicU64::new(0),
+            }),
+        }
     }
 
     /// Seals an account's personal values (its `owner` and `pii.` metadata) under its
@@ -298,10 +349,16 @@ impl Privacy {
     /// lease ended meanwhile (a slow pool, a slow primary) is read again once, and the
     /// values are withheld ([`KeyError::LeaseEnded`]) if it ended again.
     pub async fn reveal_until(&self, value: &mut Value) -> Result<Option<Instant>, KeyError> {
+        self.reveal_in(value).await.map(|(lease_end, _)| lease_end)
+    }
+
+    /// [`Privacy::reveal_until`], and the keys it used with whether each was live (else
+    /// destroyed); `None` when a value names a key the database does not hold.
+    async fn reveal_in(&self, value: &mut Value) -> Result<(Option<Instant>, Option<Vec<(Uuid, bool)>>), KeyError> {
         let mut ids = Vec::new();
         collect(value, &mut ids);
         if ids.is_empty() {
-            return Ok(None);
+            return Ok((None, Some(Vec::new())));
         }
         ids.sort_unstable();
         ids.dedup();
@@ -309,10 +366,124 @@ impl Privacy {
             let (keys, lease_end) = self.keys(&ids).await?;
             if lease_end.is_none_or(|end| Instant::now() < end) {
                 replace(value, &keys)?;
-                return Ok(lease_end);
+                let used = ids.iter().map(|id| keys.get(id).map(|k| (*id, k.is_some()))).collect();
+                return Ok((lease_end, used));
             }
         }
         Err(KeyError::LeaseEnded)
+    }
+
+    /// Reveals a JSON answer given as bytes ([`Privacy::reveal`]); `None` if it is not
+    /// JSON. An answer revealed before is served again from memory, without parsing,
+    /// while every key it used is as it was then: each live one still within its lease
+    /// (checked here, right before the bytes are handed back, as a reveal checks its
+    /// keys right before it opens), each destroyed one destroyed. Its bytes are the
+    /// same as a reveal of the same answer would give now: the same sealed values and
+    /// the same keys.
+    pub async fn reveal_body(&self, sealed: &bytes::Bytes) -> Result<Option<bytes::Bytes>, KeyError> {
+        if let Some(hit) = self.inner.revealed.get(sealed)
+            && self.unchanged(&hit.keys)
+        {
+            return Ok(Some(hit.body.clone()));
+        }
+        let Ok(mut value) = serde_json::from_slice::<Value>(sealed) else { return Ok(None) };
+        let (_, used) = self.reveal_in(&mut value).await?;
+        let body = bytes::Bytes::from(serde_json::to_vec(&value).map_err(|_| KeyError::Unopenable)?);
+        if let Some(keys) = used
+            && sealed.len() <= REVEALED_ENTRY_MAX
+        {
+            self.inner.revealed.insert(sealed.clone(), Arc::new(RevealedBody { body: body.clone(), keys }));
+        }
+        Ok(Some(body))
+    }
+
+    /// How many keys this process read because a reveal found them unknown or out of
+    /// their lease, and how many it renewed before their lease ended.
+    pub fn key_reads(&self) -> (u64, u64) {
+        (self.inner.read_for_reveal.load(Ordering::Relaxed), self.inner.renewed.load(Ordering::Relaxed))
+    }
+
+    /// Whether each key is as it was: live within its lease, or destroyed.
+    fn unchanged(&self, keys: &[(Uuid, bool)]) -> bool {
+        keys.iter().all(|(id, live)| match (self.inner.known.get(id), live) {
+            (Some(Remembered::Live(_, read_at)), true) => self.in_lease(*id, read_at),
+            (Some(Remembered::Destroyed), false) => true,
+            _ => false,
+        })
+    }
+
+    /// Whether a live key read at `read_at` is within its lease; one in the second
+    /// half of it comes due for renewal.
+    fn in_lease(&self, id: Uuid, read_at: Instant) -> bool {
+        let age = read_at.elapsed();
+        if age >= KEY_LEASE / 2 && age < KEY_LEASE {
+            self.due(id);
+        }
+        age < KEY_LEASE
+    }
+
+    /// Marks a live key for renewal, and starts one unless it is under way.
+    fn due(&self, id: Uuid) {
+        self.inner.due.lock().expect("the due set is never poisoned").insert(id);
+        if !self.inner.renewing.swap(true, Ordering::AcqRel) {
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                self.inner.renewing.store(false, Ordering::Release);
+                return;
+            };
+            let this = self.clone();
+            runtime.spawn(async move { this.renew().await });
+        }
+    }
+
+    /// Reads again the keys that came due, gathered for [`RENEW_GATHER`], until none
+    /// are left. A live one's lease starts again from before that read was sent (the
+    /// same rule as any read); a destroyed one is remembered as destroyed. Nothing here
+    /// is needed for correctness: every use checks its key's lease, and a key whose
+    /// renewal failed or came late is read by the reveal that needs it.
+    async fn renew(&self) {
+        loop {
+            tokio::time::sleep(RENEW_GATHER).await;
+            let ids: Vec<Uuid> =
+                std::mem::take(&mut *self.inner.due.lock().expect("never poisoned")).into_iter().collect();
+            if ids.is_empty() {
+                self.inner.renewing.store(false, Ordering::Release);
+                // A key that came due between the take and the store started nothing.
+                if self.inner.due.lock().expect("never poisoned").is_empty()
+                    || self.inner.renewing.swap(true, Ordering::AcqRel)
+                {
+                    return;
+                }
+                continue;
+            }
+            for chunk in ids.chunks(RENEW_CHUNK) {
+                match tokio::time::timeout(KEY_LEASE, self.renew_chunk(chunk)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!(error = %e, "keys not renewed"),
+                    Err(_) => tracing::debug!("keys not renewed in time"),
+                }
+            }
+        }
+    }
+
+    async fn renew_chunk(&self, ids: &[Uuid]) -> Result<(), sqlx::Error> {
+        let read_at = Instant::now();
+        let rows: Vec<(Uuid, bool)> =
+            sqlx::query_as("select id, wrapped is not null from subject_keys where id = any($1)")
+                .bind(ids)
+                .fetch_all(&self.inner.pool)
+                .await?;
+        self.inner.renewed.fetch_add(rows.len() as u64, Ordering::Relaxed);
+        for (id, live) in rows {
+            match (live, self.inner.known.get(&id)) {
+                // A key's bytes never change while it lives: only its lease moves on.
+                (true, Some(Remembered::Live(key, at))) if at < read_at => {
+                    self.inner.known.insert(id, Remembered::Live(key, read_at));
+                }
+                (false, _) => self.inner.known.insert(id, Remembered::Destroyed),
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// Withholds the personal values in `value`: each sealed one as if erased, without
@@ -339,7 +510,7 @@ impl Privacy {
         let mut unknown = Vec::new();
         for id in ids {
             match self.inner.known.get(id) {
-                Some(Remembered::Live(key, read_at)) if read_at.elapsed() < KEY_LEASE => {
+                Some(Remembered::Live(key, read_at)) if self.in_lease(*id, read_at) => {
                     leased(read_at);
                     keys.insert(*id, Some(key));
                 }
@@ -355,6 +526,7 @@ impl Privacy {
         // Taken before the read is sent: the lease ends no later than KEY_LEASE after
         // a snapshot that could still find the key live.
         let read_at = Instant::now();
+        self.inner.read_for_reveal.fetch_add(unknown.len() as u64, Ordering::Relaxed);
         // One key (an account's answer, the usual case) by `id = $1`: Postgres plans that
         // once per session, where `id = any($1)` was planned again on every read (its
         // custom plan over a short array always looks cheaper than the generic one).

@@ -485,6 +485,60 @@ async fn a_key_another_process_holds_is_never_used_after_the_erasure_answered() 
     }
 }
 
+/// A hot account's key is read again before its lease ends (one statement for every
+/// key that came due), so reading the account for 3 s asks the primary for its key
+/// once on the read path; the answer revealed once is served again while its key is
+/// leased, and an erasure still shows at once after it answered, through the same
+/// process's remembered answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_accounts_key_is_renewed_before_its_lease_ends_and_erasure_still_shows() {
+    let app = TestApp::spawn().await;
+    let subject = format!("hot-{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let owner = format!("hot.{subject}@example.com");
+    let opened = app
+        .post(
+            "/v1/accounts",
+            &key(),
+            &json!({ "currency": "EUR", "owner": owner, "subject": subject, "metadata": { "pii.age": 41, "tier": 1 } }),
+        )
+        .await;
+    assert_eq!(opened.status, StatusCode::CREATED, "{opened:?}");
+    let id = opened.body["id"].as_str().expect("id").to_owned();
+    let first = app.get(&format!("/v1/accounts/{id}")).await;
+    assert_eq!(first.body["owner"], json!(owner), "{first:?}");
+    let (read_before, renewed_before) = app.state.privacy.key_reads();
+    // 3 s of reads, one every 10 ms: three leases' worth.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let mut reads = 0;
+    while std::time::Instant::now() < until {
+        let v = app.get(&format!("/v1/accounts/{id}")).await;
+        assert_eq!(v.status, StatusCode::OK, "{v:?}");
+        assert_eq!(
+            (&v.body["owner"], &v.body["metadata"]),
+            (&json!(owner), &json!({ "pii.age": 41, "tier": 1 })),
+            "{v:?}"
+        );
+        reads += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let (read_after, renewed_after) = app.state.privacy.key_reads();
+    assert!(reads >= 50, "the loop read the account: {reads}");
+    // Without renewal the key's lease ends every second: 3 reads or more.
+    assert!(read_after - read_before <= 1, "the read path asked for the key {} times", read_after - read_before);
+    assert!(renewed_after - renewed_before >= 2, "renewed {} times in 3 s", renewed_after - renewed_before);
+
+    let erased = app.post(&format!("/v1/admin/subjects/{subject}/erase"), &key(), &json!({ "reason": "hot" })).await;
+    assert_eq!(erased.status, StatusCode::OK, "{erased:?}");
+    for path in ["", "?consistency=strong", "/events"] {
+        let v = app.get(&format!("/v1/accounts/{id}{path}")).await;
+        assert_eq!(v.status, StatusCode::OK, "{v:?}");
+        let text = v.body.to_string();
+        assert!(!text.contains(&owner) && !text.contains("pii:v1:"), "after the erasure answered: {v:?}");
+    }
+    let v = app.get(&format!("/v1/accounts/{id}")).await;
+    assert_eq!((&v.body["owner"], &v.body["metadata"]), (&Value::Null, &json!({ "tier": 1 })), "{v:?}");
+}
+
 /// A database written before personal data was sealed (owners and `pii.` metadata in
 /// clear in the log, the read model and an idempotency record, a consistent chain over
 /// them): the next start seals them in place, re-anchors the chain with one event, and
