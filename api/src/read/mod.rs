@@ -154,7 +154,8 @@ impl ProjectionPositions {
 #[derive(Clone)]
 pub struct AccountCache {
     /// `(Some(view), position)`, or `(None, position)`: invalidated at that position.
-    cache: moka::sync::Cache<Uuid, (Option<Arc<ledger_wire::Account>>, i64)>,
+    /// A view is kept as its JSON, written once when it is cached, not on every read.
+    cache: moka::sync::Cache<Uuid, (Option<bytes::Bytes>, i64)>,
     /// Serializes compare-then-put per entry (an entry's stripe: its id's low bits).
     stripes: Arc<[std::sync::Mutex<()>]>,
     /// Views read before this position are not cached (set when everything is invalidated).
@@ -187,8 +188,8 @@ impl AccountCache {
         self.stripes[i].lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A cached view reflecting at least `min_position`.
-    pub async fn get(&self, id: Uuid, min_position: i64) -> Option<(Arc<ledger_wire::Account>, i64)> {
+    /// A cached view (its JSON) reflecting at least `min_position`.
+    pub async fn get(&self, id: Uuid, min_position: i64) -> Option<(bytes::Bytes, i64)> {
         let found = match self.cache.get(&id) {
             Some((Some(view), p)) if p >= min_position => Some((view, p)),
             _ => None,
@@ -200,10 +201,11 @@ impl AccountCache {
 
     /// Caches a view read at `position`, unless the entry already reflects a later
     /// one (a newer view, or an invalidation after `position`).
-    pub async fn insert(&self, id: Uuid, view: ledger_wire::Account, position: i64) {
+    pub async fn insert(&self, id: Uuid, view: &ledger_wire::Account, position: i64) {
         if position < self.floor.load(Ordering::Acquire) {
             return;
         }
+        let Ok(json) = serde_json::to_vec(view) else { return };
         let _held = self.stripe(&id);
         let newer = match self.cache.get(&id) {
             Some((Some(_), p)) => p >= position,
@@ -211,7 +213,7 @@ impl AccountCache {
             None => false,
         };
         if !newer {
-            self.cache.insert(id, (Some(Arc::new(view)), position));
+            self.cache.insert(id, (Some(json.into()), position));
         }
     }
 
@@ -335,10 +337,11 @@ mod tests {
                             cache.invalidate(&[id], None, position).await;
                             done.push((id, position, true));
                         } else {
-                            cache.insert(id, view(id, position), position).await;
+                            cache.insert(id, &view(id, position), position).await;
                             done.push((id, position, false));
                         }
                         if let Some((v, p)) = cache.get(id, 0).await {
+                            let v: ledger_wire::Account = serde_json::from_slice(&v).expect("a view's JSON");
                             assert_eq!(v.position, p, "a view is cached at its own position");
                             let last = seen.entry(id).or_insert(p);
                             assert!(p >= *last, "a read went back from {last} to {p}");

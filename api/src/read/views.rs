@@ -372,6 +372,14 @@ pub fn webhook_dead_letter(r: ledger_infrastructure::webhooks::WebhookDeadLetter
     }
 }
 
+/// [`read`] of a body already written as JSON.
+pub fn read_json(json: bytes::Bytes, position: i64) -> Response {
+    let mut response = (StatusCode::OK, [(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], json)
+        .into_response();
+    response.headers_mut().insert(LEDGER_POSITION, HeaderValue::from(position));
+    response
+}
+
 /// A read response: 200, the JSON body and the position the data reflects.
 pub fn read(body: &impl Serialize, position: i64) -> Response {
     let mut response = (StatusCode::OK, axum::Json(body)).into_response();

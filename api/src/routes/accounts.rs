@@ -130,8 +130,8 @@ async fn read(State(state): State<AppState>, Segment(raw): Segment, Params(q): P
         return Ok(views::read(&views::account(account, ledger.version(id), head), head));
     }
     let ready = read_model_ready(&state, Projection::Accounts, consistency).await?;
-    if let Some((view, position)) = state.cache.get(id, ready.min).await {
-        return Ok(views::read(&*view, position));
+    if let Some((json, position)) = state.cache.get(id, ready.min).await {
+        return Ok(views::read_json(json, position));
     }
     let (view, position) = ledger_projections::queries::account(ready.pool, id).await?;
     let Some(view) = view else {
@@ -142,7 +142,7 @@ async fn read(State(state): State<AppState>, Segment(raw): Segment, Params(q): P
         return Ok(views::read(&views::account(account, ledger.version(id), head), head));
     };
     let view = views::account_row(view);
-    state.cache.insert(id, view.clone(), position).await;
+    state.cache.insert(id, &view, position).await;
     Ok(views::read(&view, position))
 }
 
