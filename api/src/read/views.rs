@@ -374,8 +374,9 @@ pub fn webhook_dead_letter(r: ledger_infrastructure::webhooks::WebhookDeadLetter
 
 /// [`read`] of a body already written as JSON.
 pub fn read_json(json: bytes::Bytes, position: i64) -> Response {
-    let mut response = (StatusCode::OK, [(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], json)
-        .into_response();
+    let mut response =
+        (StatusCode::OK, [(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], json)
+            .into_response();
     response.headers_mut().insert(LEDGER_POSITION, HeaderValue::from(position));
     response
 }

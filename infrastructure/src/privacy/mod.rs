@@ -33,6 +33,7 @@ use crate::keys::{KeyError, MasterKey};
 use base64::Engine;
 use hmac::{KeyInit, Mac};
 use ledger_domain::decide::OpenAccount;
+use moka::ops::compute::Op;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde_json::Value;
@@ -71,13 +72,22 @@ const RENEW_CHUNK: usize = 1_000;
 /// much the keys that opened it.
 const REVEALED_MAX_BYTES: u64 = 32 << 20;
 const REVEALED_ENTRY_MAX: usize = 64 << 10;
+/// What an entry is counted for besides its two bodies (the cache's own bookkeeping
+/// and the list of keys).
+const REVEALED_ENTRY_OVERHEAD: usize = 256;
 
-/// What a process remembers of a key: live (with when the read that found it began),
-/// or destroyed (for good).
+/// What a process remembers of a key: live (with when the read that found it began,
+/// and whether it came due for renewal), or destroyed (for good).
 #[derive(Clone)]
 enum Remembered {
-    Live(Arc<SubjectKey>, Instant),
+    Live(Arc<SubjectKey>, Instant, Arc<AtomicBool>),
     Destroyed,
+}
+
+impl Remembered {
+    fn live(key: Arc<SubjectKey>, read_at: Instant) -> Remembered {
+        Remembered::Live(key, read_at, Arc::default())
+    }
 }
 
 /// What every sealed personal value begins with.
@@ -218,6 +228,17 @@ struct Inner {
     renewed: AtomicU64,
 }
 
+/// Clears a flag when dropped, unless disarmed.
+struct ResetOnDrop<'a>(Option<&'a AtomicBool>);
+
+impl Drop for ResetOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(flag) = self.0 {
+            flag.store(false, Ordering::Release);
+        }
+    }
+}
+
 /// A revealed answer: its bytes, and each key it used with whether that key was live
 /// (else destroyed). It is served again only while every key is still so.
 struct RevealedBody {
@@ -239,7 +260,8 @@ impl Privacy {
         let revealed = moka::sync::Cache::builder()
             .max_capacity(REVEALED_MAX_BYTES)
             .weigher(|sealed: &bytes::Bytes, r: &Arc<RevealedBody>| {
-                u32::try_from(sealed.len() + r.body.len()).unwrap_or(u32::MAX)
+                let keys = r.keys.len() * std::mem::size_of::<(Uuid, bool)>();
+                u32::try_from(sealed.len() + r.body.len() + keys + REVEALED_ENTRY_OVERHEAD).unwrap_or(u32::MAX)
             })
             .time_to_live(KEY_LEASE)
             .build();
@@ -381,18 +403,26 @@ impl Privacy {
     /// same as a reveal of the same answer would give now: the same sealed values and
     /// the same keys.
     pub async fn reveal_body(&self, sealed: &bytes::Bytes) -> Result<Option<bytes::Bytes>, KeyError> {
-        if let Some(hit) = self.inner.revealed.get(sealed)
+        let keepable = sealed.len() <= REVEALED_ENTRY_MAX;
+        if keepable
+            && let Some(hit) = self.inner.revealed.get(sealed)
             && self.unchanged(&hit.keys)
         {
             return Ok(Some(hit.body.clone()));
         }
         let Ok(mut value) = serde_json::from_slice::<Value>(sealed) else { return Ok(None) };
         let (_, used) = self.reveal_in(&mut value).await?;
-        let body = bytes::Bytes::from(serde_json::to_vec(&value).map_err(|_| KeyError::Unopenable)?);
+        let body = serde_json::to_vec(&value).map_err(|_| KeyError::Unopenable)?;
+        let body = bytes::Bytes::from(body.into_boxed_slice());
+        // Only answers that opened or erased something: one that merely holds the
+        // prefix (a client's text) is not worth a place.
         if let Some(keys) = used
-            && sealed.len() <= REVEALED_ENTRY_MAX
+            && keepable
+            && !keys.is_empty()
         {
-            self.inner.revealed.insert(sealed.clone(), Arc::new(RevealedBody { body: body.clone(), keys }));
+            // Copied: the answer's bytes may share a larger buffer.
+            let sealed = bytes::Bytes::copy_from_slice(sealed);
+            self.inner.revealed.insert(sealed, Arc::new(RevealedBody { body: body.clone(), keys }));
         }
         Ok(Some(body))
     }
@@ -406,7 +436,7 @@ impl Privacy {
     /// Whether each key is as it was: live within its lease, or destroyed.
     fn unchanged(&self, keys: &[(Uuid, bool)]) -> bool {
         keys.iter().all(|(id, live)| match (self.inner.known.get(id), live) {
-            (Some(Remembered::Live(_, read_at)), true) => self.in_lease(*id, read_at),
+            (Some(Remembered::Live(_, read_at, due)), true) => self.in_lease(*id, read_at, &due),
             (Some(Remembered::Destroyed), false) => true,
             _ => false,
         })
@@ -414,15 +444,16 @@ impl Privacy {
 
     /// Whether a live key read at `read_at` is within its lease; one in the second
     /// half of it comes due for renewal.
-    fn in_lease(&self, id: Uuid, read_at: Instant) -> bool {
+    fn in_lease(&self, id: Uuid, read_at: Instant, due: &AtomicBool) -> bool {
         let age = read_at.elapsed();
-        if age >= KEY_LEASE / 2 && age < KEY_LEASE {
+        if age >= KEY_LEASE / 2 && age < KEY_LEASE && !due.swap(true, Ordering::AcqRel) {
             self.due(id);
         }
         age < KEY_LEASE
     }
 
-    /// Marks a live key for renewal, and starts one unless it is under way.
+    /// Marks a live key for renewal (once per lease), and starts a renewal unless one
+    /// is under way.
     fn due(&self, id: Uuid) {
         self.inner.due.lock().expect("the due set is never poisoned").insert(id);
         if !self.inner.renewing.swap(true, Ordering::AcqRel) {
@@ -441,6 +472,9 @@ impl Privacy {
     /// is needed for correctness: every use checks its key's lease, and a key whose
     /// renewal failed or came late is read by the reveal that needs it.
     async fn renew(&self) {
+        // Should this task end other than below (a panic, a runtime shutting down),
+        // the next key that comes due starts another.
+        let mut reset = ResetOnDrop(Some(&self.inner.renewing));
         loop {
             tokio::time::sleep(RENEW_GATHER).await;
             let ids: Vec<Uuid> =
@@ -451,6 +485,7 @@ impl Privacy {
                 if self.inner.due.lock().expect("never poisoned").is_empty()
                     || self.inner.renewing.swap(true, Ordering::AcqRel)
                 {
+                    reset.0 = None;
                     return;
                 }
                 continue;
@@ -474,16 +509,43 @@ impl Privacy {
                 .await?;
         self.inner.renewed.fetch_add(rows.len() as u64, Ordering::Relaxed);
         for (id, live) in rows {
-            match (live, self.inner.known.get(&id)) {
-                // A key's bytes never change while it lives: only its lease moves on.
-                (true, Some(Remembered::Live(key, at))) if at < read_at => {
-                    self.inner.known.insert(id, Remembered::Live(key, read_at));
-                }
-                (false, _) => self.inner.known.insert(id, Remembered::Destroyed),
-                _ => {}
+            if live {
+                self.renewed(id, read_at);
+            } else {
+                self.remember(id, None, read_at);
             }
         }
         Ok(())
+    }
+
+    /// A live key's lease starts again at `read_at` (a key's bytes never change while
+    /// it lives: only its lease moves on), unless it is remembered as destroyed or
+    /// from a later read, or forgotten.
+    fn renewed(&self, id: Uuid, read_at: Instant) {
+        self.inner.known.entry(id).and_compute_with(|current| match current.map(moka::Entry::into_value) {
+            Some(Remembered::Live(key, at, _)) if at < read_at => Op::Put(Remembered::live(key, read_at)),
+            _ => Op::Nop,
+        });
+    }
+
+    /// Remembers what a read begun at `read_at` found of a key: live (`Some`), or
+    /// destroyed. One step per key, so a key once remembered as destroyed never comes
+    /// back, and a lease never moves back to an earlier read. A key seen destroyed
+    /// drops every revealed answer (none would be served, yet none lingers either).
+    fn remember(&self, id: Uuid, key: Option<Arc<SubjectKey>>, read_at: Instant) {
+        let mut destroyed_now = false;
+        self.inner.known.entry(id).and_compute_with(|current| match (current.map(moka::Entry::into_value), key) {
+            (Some(Remembered::Destroyed), _) => Op::Nop,
+            (Some(Remembered::Live(_, at, _)), Some(_)) if at >= read_at => Op::Nop,
+            (_, Some(key)) => Op::Put(Remembered::live(key, read_at)),
+            (current, None) => {
+                destroyed_now = current.is_some();
+                Op::Put(Remembered::Destroyed)
+            }
+        });
+        if destroyed_now {
+            self.inner.revealed.invalidate_all();
+        }
     }
 
     /// Withholds the personal values in `value`: each sealed one as if erased, without
@@ -510,7 +572,7 @@ impl Privacy {
         let mut unknown = Vec::new();
         for id in ids {
             match self.inner.known.get(id) {
-                Some(Remembered::Live(key, read_at)) if self.in_lease(*id, read_at) => {
+                Some(Remembered::Live(key, read_at, due)) if self.in_lease(*id, read_at, &due) => {
                     leased(read_at);
                     keys.insert(*id, Some(key));
                 }
@@ -549,12 +611,12 @@ impl Privacy {
                 Some(w) => {
                     let bytes = self.inner.master.open(&w, &wrap_context(id))?;
                     let key = Arc::new(SubjectKey::from_bytes(id, &bytes)?);
-                    self.inner.known.insert(id, Remembered::Live(key.clone(), read_at));
+                    self.remember(id, Some(key.clone()), read_at);
                     leased(read_at);
                     Some(key)
                 }
                 None => {
-                    self.inner.known.insert(id, Remembered::Destroyed);
+                    self.remember(id, None, read_at);
                     None
                 }
             };
@@ -770,6 +832,46 @@ mod tests {
         );
         assert_eq!(value["events"][0]["data"]["owner"], Value::Null);
         assert_eq!(value["events"][0]["data"]["metadata"], serde_json::json!({ "tier": 1 }));
+    }
+
+    /// What a process remembers of a key only moves forward: a key seen destroyed
+    /// never comes back (neither by a read begun earlier nor by a renewal), a lease
+    /// never moves back to an earlier read, and seeing a live key destroyed drops the
+    /// revealed answers.
+    #[tokio::test]
+    async fn a_destroyed_key_never_comes_back_and_a_lease_never_moves_back() {
+        let pool =
+            sqlx::postgres::PgPoolOptions::new().connect_lazy("postgres://nobody@127.0.0.1:1/none").expect("lazy");
+        let privacy = Privacy::new(pool, Arc::new(MasterKey::from_bytes(&[1u8; 32])));
+        let k = Arc::new(key());
+        let t0 = Instant::now();
+        let (t1, t2) = (t0 + Duration::from_millis(10), t0 + Duration::from_millis(20));
+        let lease = |p: &Privacy| match p.inner.known.get(&k.id) {
+            Some(Remembered::Live(_, at, _)) => Some(at),
+            Some(Remembered::Destroyed) => None,
+            None => panic!("remembered"),
+        };
+        privacy.remember(k.id, Some(k.clone()), t1);
+        privacy.remember(k.id, Some(k.clone()), t0);
+        assert_eq!(lease(&privacy), Some(t1), "an earlier read does not move the lease back");
+        privacy.renewed(k.id, t0);
+        assert_eq!(lease(&privacy), Some(t1), "nor does an earlier renewal");
+        privacy.renewed(k.id, t2);
+        assert_eq!(lease(&privacy), Some(t2), "a later renewal moves it on");
+        privacy.inner.revealed.insert(
+            bytes::Bytes::from_static(b"sealed"),
+            Arc::new(RevealedBody { body: bytes::Bytes::from_static(b"open"), keys: vec![(k.id, true)] }),
+        );
+        privacy.remember(k.id, None, t0);
+        assert_eq!(lease(&privacy), None, "destroyed, whenever the read that found it began");
+        privacy.inner.revealed.run_pending_tasks();
+        assert_eq!(privacy.inner.revealed.entry_count(), 0, "revealed answers dropped");
+        privacy.remember(k.id, Some(k.clone()), t2 + Duration::from_millis(10));
+        privacy.renewed(k.id, t2 + Duration::from_millis(20));
+        assert_eq!(lease(&privacy), None, "a destroyed key never comes back");
+        let fresh = Uuid::now_v7();
+        privacy.renewed(fresh, t2);
+        assert!(privacy.inner.known.get(&fresh).is_none(), "a renewal remembers nothing new");
     }
 
     #[test]
