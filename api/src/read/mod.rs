@@ -201,11 +201,12 @@ impl AccountCache {
 
     /// Caches a view read at `position`, unless the entry already reflects a later
     /// one (a newer view, or an invalidation after `position`).
-    pub async fn insert(&self, id: Uuid, view: &ledger_wire::Account, position: i64) {
+    /// The view is given as its JSON (`views::account_json`), the bytes the read that
+    /// filled the entry answers with.
+    pub async fn insert(&self, id: Uuid, json: bytes::Bytes, position: i64) {
         if position < self.floor.load(Ordering::Acquire) {
             return;
         }
-        let Ok(json) = serde_json::to_vec(view) else { return };
         let _held = self.stripe(&id);
         let newer = match self.cache.get(&id) {
             Some((Some(_), p)) => p >= position,
@@ -213,7 +214,7 @@ impl AccountCache {
             None => false,
         };
         if !newer {
-            self.cache.insert(id, (Some(json.into()), position));
+            self.cache.insert(id, (Some(json), position));
         }
     }
 
@@ -337,7 +338,8 @@ mod tests {
                             cache.invalidate(&[id], None, position).await;
                             done.push((id, position, true));
                         } else {
-                            cache.insert(id, &view(id, position), position).await;
+                            let json = serde_json::to_vec(&view(id, position)).expect("a view's JSON");
+                            cache.insert(id, json.into(), position).await;
                             done.push((id, position, false));
                         }
                         if let Some((v, p)) = cache.get(id, 0).await {

@@ -372,6 +372,11 @@ pub fn webhook_dead_letter(r: ledger_infrastructure::webhooks::WebhookDeadLetter
     }
 }
 
+/// An account view as the JSON a read answers with (what the account cache keeps).
+pub fn account_json(view: &wire::Account) -> Result<bytes::Bytes, ApiError> {
+    serde_json::to_vec(view).map(Into::into).map_err(|e| ApiError::internal(&format!("writing an account: {e}")))
+}
+
 /// [`read`] of a body already written as JSON.
 pub fn read_json(json: bytes::Bytes, position: i64) -> Response {
     let mut response =

@@ -141,9 +141,10 @@ async fn read(State(state): State<AppState>, Segment(raw): Segment, Params(q): P
         let account = ledger.account(id).ok_or_else(|| account_not_found(&raw))?;
         return Ok(views::read(&views::account(account, ledger.version(id), head), head));
     };
-    let view = views::account_row(view);
-    state.cache.insert(id, &view, position).await;
-    Ok(views::read(&view, position))
+    // Written once, for the cache and for this answer.
+    let json = views::account_json(&views::account_row(view))?;
+    state.cache.insert(id, json.clone(), position).await;
+    Ok(views::read_json(json, position))
 }
 
 #[utoipa::path(

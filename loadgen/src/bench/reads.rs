@@ -108,7 +108,9 @@ pub async fn run(db: &BenchDb, p: &Params) -> anyhow::Result<Value> {
     let t = Instant::now();
     for chunk in cached_ids.chunks(10_000) {
         for row in queries::accounts(&db.pool, chunk).await.context("cache fill")? {
-            cache.insert(row.id, &ledger_api::read::views::account_row(row), 0).await;
+            let id = row.id;
+            let json = serde_json::to_vec(&ledger_api::read::views::account_row(row))?;
+            cache.insert(id, json.into(), 0).await;
         }
     }
     let fill_s = t.elapsed().as_secs_f64();

@@ -519,6 +519,7 @@ async fn a_hot_accounts_key_is_renewed_before_its_lease_ends_and_erasure_still_s
             "{v:?}"
         );
         reads += 1;
+        // A deliberate pace: a steady reader across three leases, not a wait for a state.
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     let (read_after, renewed_after) = app.state.privacy.key_reads();
