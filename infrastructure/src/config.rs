@@ -196,9 +196,10 @@ pub struct Config {
     /// the leader uses it at least every second, so only a leader that stopped (a paused
     /// process, a host gone without closing its connection) loses it, and another takes over.
     pub relay_lease: Duration,
-    /// `LEDGER_TREE_POLL_MS` (default 50; 0: this process does not grow the Merkle
-    /// tree): how often the tree worker looks for new events when it is at the head
-    /// (tree heads and proofs wait for it; `tree.rs`).
+    /// `LEDGER_TREE_POLL_MS` (default 250; 0: this process does not grow the Merkle
+    /// tree): how often the tree worker looks for new events when it is at the head.
+    /// A tree head or proof of this process waiting for a size wakes it at once; one of
+    /// a process without the worker waits for another process's poll (`tree.rs`).
     pub tree_poll: Duration,
     /// `LEDGER_PROJECTION_LINGER_MS` (default 5; 0: none): how long the projector waits
     /// after a delivery that was not a full batch before it fetches the next, so that at
@@ -297,7 +298,7 @@ impl Default for Config {
             relay_election_interval: Duration::from_millis(500),
             relay_backoff_base: Duration::from_millis(50),
             relay_backoff_max: Duration::from_millis(5000),
-            tree_poll: Duration::from_millis(50),
+            tree_poll: Duration::from_millis(250),
             projection_linger: Duration::from_millis(5),
             relay_lease: Duration::from_millis(15_000),
         }

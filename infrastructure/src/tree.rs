@@ -2,9 +2,10 @@
 //! and the worker that grows it (API.md v1.2 "Verifiable log"; docs/AUDIT.md).
 //!
 //! The tree is grown by a worker that follows the log, not by the append: the write
-//! path stays as lean as issue 27 left it, and the worker is at most one poll (50 ms)
+//! path stays as lean as issue 27 left it, and the worker is at most one poll (250 ms)
 //! and one batch behind the head. Tree heads and proofs are given only for sizes the
-//! tree has reached; a request for a size it has not reached yet waits for it, bounded.
+//! tree has reached; a request for a size it has not reached yet waits for it, bounded,
+//! and wakes its process's worker, which grows the tree to the head at once.
 //!
 //! Each event's chain hash is recomputed from its stored content and its predecessor's
 //! when it enters the tree; the tree never grows over an event that does not recompute
@@ -310,15 +311,31 @@ pub enum Reach {
 pub struct Follower {
     seen: tokio::sync::watch::Sender<Reading>,
     poll: tokio::sync::Mutex<()>,
+    /// Wakes this process's worker: a request waits for a size the tree has not reached.
+    wanted: tokio::sync::Notify,
 }
 
 impl Default for Follower {
     fn default() -> Follower {
-        Follower { seen: tokio::sync::watch::Sender::new(Reading::default()), poll: tokio::sync::Mutex::new(()) }
+        Follower {
+            seen: tokio::sync::watch::Sender::new(Reading::default()),
+            poll: tokio::sync::Mutex::new(()),
+            wanted: tokio::sync::Notify::new(),
+        }
     }
 }
 
 impl Follower {
+    /// What this process's worker grew the tree to: requests waiting for it see it at
+    /// once, without reading the state row.
+    fn grown(&self, size: i64) {
+        self.seen.send_if_modified(|r| {
+            let grew = size > r.size;
+            r.size = r.size.max(size);
+            grew
+        });
+    }
+
     /// Waits (bounded by `wait`) until the tree has reached `size`.
     pub async fn reached(&self, pool: &PgPool, size: i64, wait: Duration) -> Result<Reach, sqlx::Error> {
         let deadline = tokio::time::Instant::now() + wait;
@@ -326,6 +343,7 @@ impl Follower {
         // A stop is believed only as read during this call: the tree grows again once
         // the log is repaired, and a reading from before would keep refusing.
         let mut fresh = false;
+        let mut asked = false;
         loop {
             let reading = *seen.borrow_and_update();
             if reading.size >= size {
@@ -337,16 +355,30 @@ impl Follower {
             if tokio::time::Instant::now() >= deadline {
                 return Ok(Reach::TimedOut);
             }
+            if !asked {
+                // The worker of this process (if it runs one) grows the tree now rather
+                // than at its next poll; another process's worker is not woken.
+                self.wanted.notify_one();
+                asked = true;
+            }
             match self.poll.try_lock() {
                 Ok(_polling) => {
                     let (grown, stopped_at): (i64, Option<i64>) =
                         sqlx::query_as("select size, stopped_at from merkle_state").fetch_one(pool).await?;
-                    self.seen.send_replace(Reading { size: grown, stopped_at });
+                    // Never below what this process's worker reported meanwhile.
+                    self.seen.send_modify(|r| *r = Reading { size: r.size.max(grown), stopped_at });
+                    seen.borrow_and_update();
                     fresh = true;
                     if grown < size && stopped_at.is_none_or(|p| p > size) {
                         // Pausing with the lock held: the others wait for this reading
-                        // (and the next) instead of reading too.
-                        let pause = tokio::time::sleep(Duration::from_millis(20));
+                        // (and the next) instead of reading too; what the worker grows
+                        // meanwhile ends the pause.
+                        let pause = async {
+                            tokio::select! {
+                                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                                _ = seen.changed() => {}
+                            }
+                        };
                         let _ = tokio::time::timeout_at(deadline, pause).await;
                     }
                 }
@@ -364,20 +396,31 @@ impl Follower {
 /// Events per step of the worker.
 pub const BATCH: i64 = 5_000;
 
-/// The worker: grows the tree until `shutdown`, polling the head every `poll` when at
-/// it or when its last step was not a full one (a step is a transaction of five
-/// statements whatever its size: growing back to back by the few events a busy log
-/// adds between two steps cost Postgres about 50 µs per transfer at half this machine's
-/// peak, and the commands' p50 2.5 ms; docs/PERFORMANCE.md); an event that does not
-/// recompute stops it there (reported every 10 s). One growth may take
+/// The worker: grows the tree until `shutdown`. When at the head, or when its last step
+/// was not a full one, it pauses `poll`, unless a request of this process waits for a
+/// size the tree has not reached (`follower`), which it then grows to at once. A step is
+/// a transaction of five statements and two checking triggers whatever its size:
+/// growing back to back by the few events a busy log adds between two steps cost
+/// Postgres about 50 µs per transfer at half this machine's peak, and the commands' p50
+/// 2.5 ms; steps every 50 ms still cost it about 4 % (docs/PERFORMANCE.md). An event
+/// that does not recompute stops it there (reported every 10 s). One growth may take
 /// `step_time_limit` (a connection cut off by a silent network would otherwise stop
 /// the tree for ever; a growth given up never commits).
-pub async fn run(pool: PgPool, poll: Duration, step_time_limit: Duration, shutdown: CancellationToken) {
+pub async fn run(
+    pool: PgPool,
+    poll: Duration,
+    step_time_limit: Duration,
+    follower: std::sync::Arc<Follower>,
+    shutdown: CancellationToken,
+) {
     let mut size_before: Option<i64> = None;
     loop {
-        let pause = match crate::db::within(step_time_limit, "growing the Merkle tree", grow(&pool, BATCH)).await {
+        let step = crate::db::within(step_time_limit, "growing the Merkle tree", grow(&pool, BATCH)).await;
+        let wakeable = step.is_ok();
+        let pause = match step {
             Ok(Grown::To(size)) => {
                 metrics::gauge!("ledger_tree_size").set(size as f64);
+                follower.grown(size);
                 let full = size_before.is_none_or(|before| size - before >= BATCH);
                 size_before = Some(size);
                 if full { Duration::ZERO } else { poll }
@@ -399,6 +442,10 @@ pub async fn run(pool: PgPool, poll: Duration, step_time_limit: Duration, shutdo
             }
             continue;
         }
-        tokio::select! { _ = shutdown.cancelled() => return, _ = tokio::time::sleep(pause) => {} }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+            _ = follower.wanted.notified(), if wakeable => {}
+        }
     }
 }

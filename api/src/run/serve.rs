@@ -183,6 +183,7 @@ pub fn spawn_workers(state: &Core, on_applied: OnApplied, shutdown: Cancellation
             state.pool.clone(),
             state.config.tree_poll,
             state.config.db_statement_timeout,
+            state.tree.clone(),
             shutdown.clone(),
         );
         handles.push(tokio::spawn(tree));

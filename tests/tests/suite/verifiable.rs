@@ -277,6 +277,44 @@ async fn proof_parameters_out_of_range_are_refused_without_a_walk() {
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
 }
 
+/// A request for a size the tree has not reached wakes the process's worker: with a
+/// poll of a minute, a head and a proof at the log's head are answered within the
+/// consistency wait (2 s), where the poll alone would leave both 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_for_the_head_grows_the_tree_at_once() {
+    use ledger_infrastructure::tree;
+    let mut config = test_config();
+    config.tree_poll = std::time::Duration::from_secs(60);
+    let app = TestApp::spawn_with(config).await;
+    // The worker's first steps (at start) take the tree to the head; then it sleeps for
+    // its poll.
+    let mut caught_up = false;
+    for _ in 0..100 {
+        let head = app.state.store.head().await.expect("head");
+        if tree::size(&app.pool).await.expect("size") == head {
+            caught_up = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(caught_up, "the worker's first step grows the tree to the head");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // Events the sleeping worker has not grown the tree over.
+    let mut head = 0;
+    for _ in 0..5 {
+        history(&app, 2).await;
+        head = app.state.store.head().await.expect("head");
+        if tree::size(&app.pool).await.expect("size") < head {
+            break;
+        }
+    }
+    assert!(tree::size(&app.pool).await.expect("size") < head, "the worker sleeps for its poll");
+    let r = app.get("/v1/audit/tree-head").await;
+    assert_eq!((r.status, r.body["tree_size"].as_i64()), (StatusCode::OK, Some(head)), "{r:?}");
+    let r = app.get(&format!("/v1/audit/proofs/inclusion?position={head}")).await;
+    assert_eq!((r.status, r.body["tree_size"].as_i64()), (StatusCode::OK, Some(head)), "{r:?}");
+}
+
 /// A superuser edits stored events. `/v1/audit/verify` names the position; the tree
 /// never grows over an event that does not recompute; and an event whose stored hash
 /// was changed after it entered the tree no longer proves its inclusion.
