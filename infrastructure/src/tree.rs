@@ -5,7 +5,7 @@
 //! path stays as lean as issue 27 left it, and the worker is at most one poll (250 ms)
 //! and one batch behind the head. Tree heads and proofs are given only for sizes the
 //! tree has reached; a request for a size it has not reached yet waits for it, bounded,
-//! and wakes its process's worker, which grows the tree to the head at once.
+//! and wakes its process's worker, which then steps at once (at most once per 50 ms).
 //!
 //! Each event's chain hash is recomputed from its stored content and its predecessor's
 //! when it enters the tree; the tree never grows over an event that does not recompute
@@ -326,12 +326,15 @@ impl Default for Follower {
 }
 
 impl Follower {
-    /// What this process's worker grew the tree to: requests waiting for it see it at
-    /// once, without reading the state row.
+    /// What this process's worker grew the tree to (or found it at): requests waiting
+    /// for it see it at once, without reading the state row. A step that ended so
+    /// committed no stop (`stopped_at` null), so none is kept from an earlier reading.
     fn grown(&self, size: i64) {
         self.seen.send_if_modified(|r| {
             let grew = size > r.size;
-            r.size = r.size.max(size);
+            if grew {
+                *r = Reading { size, stopped_at: None };
+            }
             grew
         });
     }
@@ -349,7 +352,7 @@ impl Follower {
             if reading.size >= size {
                 return Ok(Reach::Reached);
             }
-            if let Some(position) = reading.stopped_at.filter(|p| fresh && *p <= size) {
+            if let Some(position) = reading.stopped_at.filter(|p| fresh && *p <= size && *p > reading.size) {
                 return Ok(Reach::Stopped(position));
             }
             if tokio::time::Instant::now() >= deadline {
@@ -365,8 +368,7 @@ impl Follower {
                 Ok(_polling) => {
                     let (grown, stopped_at): (i64, Option<i64>) =
                         sqlx::query_as("select size, stopped_at from merkle_state").fetch_one(pool).await?;
-                    // Never below what this process's worker reported meanwhile.
-                    self.seen.send_modify(|r| *r = Reading { size: r.size.max(grown), stopped_at });
+                    self.seen.send_replace(Reading { size: grown, stopped_at });
                     seen.borrow_and_update();
                     fresh = true;
                     if grown < size && stopped_at.is_none_or(|p| p > size) {
@@ -396,14 +398,22 @@ impl Follower {
 /// Events per step of the worker.
 pub const BATCH: i64 = 5_000;
 
+/// The least time between the end of a step and a step that requests woke: however
+/// many requests wait, the worker steps no more often than the 50 ms poll it had before
+/// it could be woken.
+const WOKEN_GAP: Duration = Duration::from_millis(50);
+
 /// The worker: grows the tree until `shutdown`. When at the head, or when its last step
 /// was not a full one, it pauses `poll`, unless a request of this process waits for a
-/// size the tree has not reached (`follower`), which it then grows to at once. A step is
-/// a transaction of five statements and two checking triggers whatever its size:
-/// growing back to back by the few events a busy log adds between two steps cost
-/// Postgres about 50 µs per transfer at half this machine's peak, and the commands' p50
-/// 2.5 ms; steps every 50 ms still cost it about 4 % (docs/PERFORMANCE.md). An event
-/// that does not recompute stops it there (reported every 10 s). One growth may take
+/// size the tree has not reached (`follower`): then it steps at once, but no sooner
+/// than [`WOKEN_GAP`] after its last step, however many requests wait. A step is a
+/// transaction of five statements and two checking triggers whatever its size: growing
+/// back to back by the few events a busy log adds between two steps cost Postgres about
+/// 50 µs per transfer at half this machine's peak, and the commands' p50 2.5 ms; a step
+/// every 50 ms still cost it about 19.5 µs per transfer at 1,400 transfers/s
+/// (docs/PERFORMANCE.md, "Issue 27, fifth stop"). After a failed step, or an event that
+/// does not recompute, requests do not wake it. An event that does not recompute stops
+/// it there (reported every 10 s). One growth may take
 /// `step_time_limit` (a connection cut off by a silent network would otherwise stop
 /// the tree for ever; a growth given up never commits).
 pub async fn run(
@@ -425,7 +435,10 @@ pub async fn run(
                 size_before = Some(size);
                 if full { Duration::ZERO } else { poll }
             }
-            Ok(Grown::AtHead(_)) => poll,
+            Ok(Grown::AtHead(size)) => {
+                follower.grown(size);
+                poll
+            }
             Err(TreeError::Tampered { position }) => {
                 tracing::error!(position, "the log does not verify at this position: the Merkle tree stops before it");
                 metrics::counter!("ledger_tree_tampered_total").increment(1);
@@ -442,10 +455,18 @@ pub async fn run(
             }
             continue;
         }
-        tokio::select! {
+        let stepped = tokio::time::Instant::now();
+        let woken = tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(pause) => {}
-            _ = follower.wanted.notified(), if wakeable => {}
+            _ = tokio::time::sleep(pause) => false,
+            _ = follower.wanted.notified(), if wakeable => true,
+        };
+        if woken {
+            let gap = WOKEN_GAP.min(pause);
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep_until(stepped + gap) => {}
+            }
         }
     }
 }

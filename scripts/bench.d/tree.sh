@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The verifiable log (issue 30): what maintaining the Merkle tree costs the write path.
-# One build, the service with its tree worker (LEDGER_TREE_POLL_MS default, 50) and
+# One build, the service with its tree worker (LEDGER_TREE_POLL_MS default, 250) and
 # without (LEDGER_TREE_POLL_MS=0), alternated (on off on off), each on a fresh
 # database, with the same transfers at BENCH_CLIENTS connections. Reports transfers/s,
 # the CPU per transfer of the service and Postgres (scripts/bench.d/sample.sh), and the

@@ -283,13 +283,16 @@ async fn proof_parameters_out_of_range_are_refused_without_a_walk() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_for_the_head_grows_the_tree_at_once() {
     use ledger_infrastructure::tree;
-    let mut config = test_config();
-    config.tree_poll = std::time::Duration::from_secs(60);
-    let app = TestApp::spawn_with(config).await;
-    // The worker's first steps (at start) take the tree to the head; then it sleeps for
-    // its poll.
+    // The API alone, and this process's worker started by the test once the log has
+    // events: its first step then grows the tree to them, which shows it ran.
+    let app = TestApp::spawn_mode(test_config(), ledger_api::run::serve::Mode::Api).await;
+    history(&app, 1).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let poll = std::time::Duration::from_secs(60);
+    let limit = app.state.config.db_statement_timeout;
+    let worker = tokio::spawn(tree::run(app.pool.clone(), poll, limit, app.state.tree.clone(), stop.clone()));
     let mut caught_up = false;
-    for _ in 0..100 {
+    for _ in 0..200 {
         let head = app.state.store.head().await.expect("head");
         if tree::size(&app.pool).await.expect("size") == head {
             caught_up = true;
@@ -298,8 +301,8 @@ async fn a_request_for_the_head_grows_the_tree_at_once() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert!(caught_up, "the worker's first step grows the tree to the head");
+    // Its next step finds the head and it sleeps for its poll.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    // Events the sleeping worker has not grown the tree over.
     let mut head = 0;
     for _ in 0..5 {
         history(&app, 2).await;
@@ -313,6 +316,8 @@ async fn a_request_for_the_head_grows_the_tree_at_once() {
     assert_eq!((r.status, r.body["tree_size"].as_i64()), (StatusCode::OK, Some(head)), "{r:?}");
     let r = app.get(&format!("/v1/audit/proofs/inclusion?position={head}")).await;
     assert_eq!((r.status, r.body["tree_size"].as_i64()), (StatusCode::OK, Some(head)), "{r:?}");
+    stop.cancel();
+    worker.await.expect("the worker stops");
 }
 
 /// A superuser edits stored events. `/v1/audit/verify` names the position; the tree
