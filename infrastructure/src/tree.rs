@@ -326,6 +326,12 @@ impl Default for Follower {
 }
 
 impl Follower {
+    /// How far the tree has grown as this process last learned it: a reading of the
+    /// state row, or its worker's report.
+    pub fn last_known(&self) -> Reading {
+        *self.seen.borrow()
+    }
+
     /// What this process's worker grew the tree to (or found it at): requests waiting
     /// for it see it at once, without reading the state row. A step that ended so
     /// committed no stop (`stopped_at` null), so none is kept from an earlier reading.
