@@ -295,15 +295,10 @@ async fn a_request_for_the_head_grows_the_tree_at_once() {
     let poll = std::time::Duration::from_secs(60);
     let limit = app.state.config.db_statement_timeout;
     let worker = tokio::spawn(tree::run(app.pool.clone(), poll, limit, app.state.tree.clone(), stop.clone()));
-    let mut reported = false;
-    for _ in 0..200 {
-        if app.state.tree.last_known().size == grown {
-            reported = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert!(reported, "the worker's first step reports the head it found");
+    ledger_tests::eventually("the worker's first step reports the head it found", 10, || async {
+        app.state.tree.last_known().size == grown
+    })
+    .await;
     // Events the sleeping worker has not grown the tree over.
     history(&app, 2).await;
     let head = app.state.store.head().await.expect("head");
