@@ -32,7 +32,7 @@ sampled_load() {
   fi
   for _ in $(seq 1 $((seconds * 40 + 1200))); do grep -q "ledger-load: done" "$marks" && break; sleep 0.05; done
   l1=$(sample_ticks "$LEDGER_PID"); p1=$(sample_ticks $(pgrep -x postgres)); n1=$(sample_ticks $(pgrep -x nats-server)); w1=$(sample_wal)
-  if [ -n "$perf_pid" ]; then kill -INT "$perf_pid"; wait "$perf_pid" || true; fi
+  if [ -n "$perf_pid" ]; then kill -INT "$perf_pid" 2>/dev/null || true; wait "$perf_pid" || true; fi
   wait $lp || true
   python3 - "$(cat "$marks.out")" "$l0" "$l1" "$p0" "$p1" "$n0" "$n1" "$w0" "$w1" "$counts" <<'PY'
 import json, os, sys
