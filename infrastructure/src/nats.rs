@@ -41,11 +41,20 @@ impl Names {
     /// where the category lets a side-effect worker filter what it needs (NATS 2.9 has
     /// one filter subject per consumer).
     pub fn event_subject(&self, event_type: &str) -> String {
-        let category = match event_type {
+        format!("{}.events.{}.{event_type}", self.prefix, Names::category(event_type))
+    }
+
+    /// The category of an event type's subject.
+    pub fn category(event_type: &str) -> &'static str {
+        match event_type {
             "WithdrawalRequested" | "PayoutRedriven" => "payouts",
             _ => "ledger",
-        };
-        format!("{}.events.{category}.{event_type}", self.prefix)
+        }
+    }
+
+    /// The subject of a message that carries a run of events (a JSON array).
+    pub fn events_batch_subject(&self) -> String {
+        format!("{}.events.ledger.batch", self.prefix)
     }
 
     /// The events the payout worker acts on.

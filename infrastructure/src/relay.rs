@@ -443,13 +443,29 @@ impl Relay {
         let mut published = Published { last: None, sequence: 0, restarted: false, error: None };
         let mut acks = Vec::with_capacity(events.len());
         let mut send_error = None;
-        for e in events {
-            let publish = PublishMessage::build()
-                .payload(e.payload.clone())
-                .message_id(e.event_id.to_string())
-                .header("Ledger-Position", e.position.to_string().as_str());
-            match js.send_publish(self.names.event_subject(&e.event_type), publish).await {
-                Ok(ack) => acks.push((e.position, ack)),
+        // A run never comes near what the server accepts in one message.
+        let bytes_max = GROUP_BYTES_MAX.min(js.client().server_info().max_payload / 2);
+        for group in message_groups(events, GROUP_EVENTS_MAX, bytes_max) {
+            let (subject, publish) = match group {
+                [e] => (
+                    self.names.event_subject(&e.event_type),
+                    PublishMessage::build()
+                        .payload(e.payload.clone())
+                        .message_id(e.event_id.to_string())
+                        .header("Ledger-Position", e.position.to_string().as_str()),
+                ),
+                [first, .., last] => (
+                    self.names.events_batch_subject(),
+                    PublishMessage::build()
+                        .payload(run_payload(group).into())
+                        .message_id(format!("{}-{}", first.position, last.position))
+                        .header("Ledger-Position", last.position.to_string().as_str()),
+                ),
+                [] => continue,
+            };
+            let position = group.last().map_or(0, |e| e.position);
+            match js.send_publish(subject, publish).await {
+                Ok(ack) => acks.push((position, ack)),
                 Err(err) => {
                     send_error = Some(PublishError::Send(err));
                     break;
@@ -481,9 +497,119 @@ impl Relay {
     }
 }
 
+/// Most events count nothing but position to a consumer beyond the projector: runs of
+/// them go out as one message (at most `GROUP_EVENTS_MAX` events, `GROUP_BYTES_MAX`
+/// bytes). Events a consumer filters by subject (payouts) or that a purge selects by
+/// subject (`AccountOpened`) go out alone, under their own subject.
+pub const GROUP_EVENTS_MAX: usize = 256;
+pub const GROUP_BYTES_MAX: usize = 256 * 1024;
+
+fn groupable(e: &Outgoing) -> bool {
+    crate::nats::Names::category(&e.event_type) == "ledger" && e.event_type != "AccountOpened"
+}
+
+/// The payload of a run's message: the JSON array of its events' rows, each byte for
+/// byte as it would be published alone.
+pub fn run_payload(run: &[Outgoing]) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(run.iter().map(|e| e.payload.len() + 1).sum::<usize>() + 1);
+    payload.push(b'[');
+    for (i, e) in run.iter().enumerate() {
+        if i > 0 {
+            payload.push(b',');
+        }
+        payload.extend_from_slice(&e.payload);
+    }
+    payload.push(b']');
+    payload
+}
+
+/// `events` cut, in order, into the runs published one message each: a groupable event
+/// joins the run before it while the run stays within `events_max` and `bytes_max`
+/// (payloads and their separators); every other event is a run of its own.
+fn message_groups(events: &[Outgoing], events_max: usize, bytes_max: usize) -> Vec<&[Outgoing]> {
+    let mut groups = Vec::new();
+    let mut start = 0;
+    while start < events.len() {
+        let mut end = start + 1;
+        if groupable(&events[start]) {
+            let mut bytes = events[start].payload.len();
+            // Each event after the first adds its payload and a separating comma.
+            while end < events.len()
+                && end - start < events_max
+                && groupable(&events[end])
+                && bytes + (events[end].payload.len() + 1) <= bytes_max
+            {
+                bytes += events[end].payload.len() + 1;
+                end += 1;
+            }
+        }
+        groups.push(&events[start..end]);
+        start = end;
+    }
+    groups
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Cursor;
+    use super::{Cursor, Outgoing, groupable, message_groups};
+
+    /// Random logs (a fixed generator: the same cases every run), each cut with random
+    /// limits: the runs are the log in order, none past a limit unless it is one event,
+    /// a run of several holds only groupable events, and no two neighbouring runs could
+    /// have been one.
+    #[test]
+    fn message_groups_cut_the_log_into_bounded_runs_of_groupable_events() {
+        let types = ["TransferCompleted", "AccountOpened", "WithdrawalRequested", "HoldPlaced", "PayoutRedriven"];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for _ in 0..2_000 {
+            let len = next(40) as usize;
+            let events: Vec<Outgoing> = (0..len)
+                .map(|i| Outgoing {
+                    position: i as i64 + 1,
+                    event_id: uuid::Uuid::new_v4(),
+                    event_type: types[if next(4) == 0 { next(5) as usize } else { 0 }].to_owned(),
+                    payload: vec![b'x'; 1 + next(300) as usize].into(),
+                })
+                .collect();
+            let (events_max, bytes_max) = (1 + next(8) as usize, 1 + next(1_200) as usize);
+            let groups = message_groups(&events, events_max, bytes_max);
+            let flat: Vec<i64> = groups.iter().flat_map(|g| g.iter().map(|e| e.position)).collect();
+            assert_eq!(flat, (1..=len as i64).collect::<Vec<_>>(), "every event once, in order");
+            let bytes = |g: &[Outgoing]| g.iter().map(|e| e.payload.len()).sum::<usize>() + g.len() - 1;
+            for g in &groups {
+                assert!(!g.is_empty());
+                if g.len() > 1 {
+                    assert!(g.iter().all(groupable), "a run of several holds groupable events only");
+                    assert!(g.len() <= events_max && bytes(g) <= bytes_max, "a run within its limits");
+                }
+            }
+            for pair in groups.windows(2) {
+                let joined: Vec<&Outgoing> = pair[0].iter().chain(pair[1].iter()).collect();
+                let fits = joined.len() <= events_max
+                    && joined.iter().map(|e| e.payload.len()).sum::<usize>() + joined.len() - 1 <= bytes_max;
+                assert!(!(joined.iter().all(|e| groupable(e)) && fits), "two runs that could be one");
+            }
+        }
+        // What a consumer filters or purges by subject always goes alone.
+        assert!(!groupable(&Outgoing {
+            position: 1,
+            event_id: uuid::Uuid::nil(),
+            event_type: "AccountOpened".into(),
+            payload: Default::default()
+        }));
+        assert!(!groupable(&Outgoing {
+            position: 1,
+            event_id: uuid::Uuid::nil(),
+            event_type: "WithdrawalRequested".into(),
+            payload: Default::default()
+        }));
+    }
 
     fn cursor(checkpoint: i64, announced: Option<i64>) -> Cursor {
         Cursor { checkpoint, sequence: 0, announced, log_read: std::time::Instant::now(), read_back: None }

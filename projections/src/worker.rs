@@ -81,6 +81,15 @@ pub struct ProjectionWorker {
     pub on_applied: OnApplied,
 }
 
+/// The events of a message: a run (`{prefix}.events.ledger.batch`, the JSON array the
+/// relay's `run_payload` writes) or one event.
+pub fn decode_message(run: bool, payload: &[u8]) -> serde_json::Result<Vec<RecordedEvent>> {
+    if run { serde_json::from_slice(payload) } else { serde_json::from_slice(payload).map(|e| vec![e]) }
+}
+
+/// The bytes one fetch may deliver: about a thousand events of a typical size.
+pub const FETCH_BYTES_MAX: usize = 1024 * 1024;
+
 /// The projector's durable consumer (`{prefix}_projection_all`).
 pub const CONSUMER: &str = "all";
 
@@ -202,8 +211,63 @@ impl ProjectionWorker {
         ledger_infrastructure::db::within(self.limits.step_time_limit, "a projection step", step).await
     }
 
+    /// One delivery: at most `batch_max` messages and `fetch_bytes`. The server may end
+    /// a fetch with a status after some messages (409 when the next one would pass the
+    /// byte bound, or a leadership change): those are applied, and the rest comes with
+    /// the next fetch. A fetch that ends so before any message is tried again for one
+    /// message without the byte bound, so that a message larger than the bound (a
+    /// server whose `max_payload` was lowered after storing it) cannot stall the consumer.
+    async fn fetch(
+        &self,
+        consumer: &jetstream::consumer::Consumer<pull::Config>,
+        fetch_bytes: usize,
+    ) -> Result<Vec<jetstream::Message>, WorkerError> {
+        let nats = |e: &dyn std::fmt::Display| WorkerError::Nats(e.to_string());
+        let mut batch = consumer
+            .fetch()
+            .max_messages(self.limits.batch_max)
+            .max_bytes(fetch_bytes)
+            .expires(self.limits.fetch_expires)
+            .messages()
+            .await
+            .map_err(|e| nats(&e))?;
+        let mut messages = Vec::new();
+        while let Some(message) = batch.next().await {
+            match message {
+                Ok(m) => messages.push(m),
+                Err(e) if !messages.is_empty() => {
+                    tracing::debug!(error = %e, delivered = messages.len(), "fetch ended by the server");
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "fetch ended before any message; fetching one alone");
+                    let mut one = consumer
+                        .fetch()
+                        .max_messages(1)
+                        .expires(self.limits.fetch_expires)
+                        .messages()
+                        .await
+                        .map_err(|e| nats(&e))?;
+                    while let Some(m) = one.next().await {
+                        messages.push(m.map_err(|e| nats(&e))?);
+                    }
+                    if messages.is_empty() {
+                        return Err(nats(&e));
+                    }
+                    break;
+                }
+            }
+        }
+        Ok(messages)
+    }
+
     async fn consume(&self, shutdown: &CancellationToken) -> Result<(), WorkerError> {
         let mut consumer = self.consumer().await?;
+        // A message may carry a run of events (up to the relay's `GROUP_BYTES_MAX`):
+        // bytes bound a delivery, and so the transaction it is applied in, as well as
+        // messages. The bound admits any message the server accepts.
+        let fetch_bytes = FETCH_BYTES_MAX.max(self.js.client().server_info().max_payload + 64 * 1024);
+        let batch_subject = self.names.events_batch_subject();
         let mut checked = Instant::now();
         while !shutdown.is_cancelled() {
             // A fetch from a consumer that no longer exists (its stream was deleted or
@@ -212,30 +276,22 @@ impl ProjectionWorker {
                 consumer.info().await.map_err(|e| WorkerError::Nats(format!("the consumer is gone: {e}")))?;
                 checked = Instant::now();
             }
-            let mut batch = consumer
-                .fetch()
-                .max_messages(self.limits.batch_max)
-                .expires(self.limits.fetch_expires)
-                .messages()
-                .await
-                .map_err(|e| WorkerError::Nats(e.to_string()))?;
-            let mut messages = Vec::new();
-            while let Some(message) = batch.next().await {
-                messages.push(message.map_err(|e| WorkerError::Nats(e.to_string()))?);
-            }
+            let messages = self.fetch(&consumer, fetch_bytes).await?;
             if messages.is_empty() {
                 continue;
             }
-            let linger =
-                (messages.len() < self.limits.batch_max && !self.limits.linger.is_zero()).then_some(self.limits.linger);
             let mut events = Vec::with_capacity(messages.len());
             for m in &messages {
-                match serde_json::from_slice::<RecordedEvent>(&m.payload) {
-                    Ok(e) => events.push(e),
+                match decode_message(m.subject.as_str() == batch_subject, &m.payload) {
+                    Ok(e) => events.extend(e),
                     // The gap this leaves is filled from the Postgres log.
                     Err(e) => tracing::error!(error = %e, "undecodable event message"),
                 }
             }
+            // A delivery smaller than a batch (counted in events: a message may be a run)
+            // is followed by a pause, so that at moderate rates batches grow.
+            let linger =
+                (events.len() < self.limits.batch_max && !self.limits.linger.is_zero()).then_some(self.limits.linger);
             match self.bounded(apply_delivered_all(&self.pool, &self.projections, &events)).await {
                 Ok(batches) => {
                     if let Some(last) = messages.last() {
@@ -262,5 +318,39 @@ impl ProjectionWorker {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_message;
+    use ledger_infrastructure::RecordedEvent;
+    use ledger_infrastructure::relay::run_payload;
+    use ledger_infrastructure::store::handoff::Outgoing;
+
+    fn event(position: i64, event_type: &str) -> RecordedEvent {
+        serde_json::from_value(serde_json::json!({
+            "position": position, "event_id": uuid::Uuid::new_v4(), "stream_id": uuid::Uuid::new_v4(),
+            "version": position, "type": event_type, "data": { "amount": position, "note": "a \"quoted\", [bracketed] text" },
+            "metadata": { "k": [1, 2] }, "recorded_at": "2026-12-06T16:00:00.123456Z",
+        }))
+        .expect("an event")
+    }
+
+    /// What the relay frames, the projector reads back: a run's events in order, each
+    /// equal to the event published alone; one event alone as itself.
+    #[test]
+    fn a_run_framed_by_the_relay_decodes_to_its_events_in_order() {
+        let events: Vec<RecordedEvent> = (1..=5).map(|p| event(p, "TransferCompleted")).collect();
+        let outgoing: Vec<Outgoing> = events.iter().map(Outgoing::of).collect();
+        let decoded = decode_message(true, &run_payload(&outgoing)).expect("a run decodes");
+        assert_eq!(decoded, events);
+        assert_eq!(decoded.iter().map(|e| e.position).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+        let alone = decode_message(false, &outgoing[2].payload).expect("an event decodes");
+        assert_eq!(alone, vec![events[2].clone()]);
+        // A run read as an event, or an event as a run, is refused (its gap is then
+        // filled from the log), never half-read.
+        assert!(decode_message(false, &run_payload(&outgoing)).is_err());
+        assert!(decode_message(true, &outgoing[0].payload).is_err());
     }
 }

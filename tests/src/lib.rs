@@ -347,6 +347,30 @@ impl TestApp {
         .await;
     }
 
+    /// The position of every event the ledger's JetStream stream holds, in stream order:
+    /// a message is one event, or a run of events (`{prefix}.events.ledger.batch`, a JSON
+    /// array). Dead letters are left out. `None` while the stream is missing.
+    pub async fn stream_positions(&self) -> Option<Vec<i64>> {
+        let js = async_nats::jetstream::new(self.state.nats.clone());
+        let mut stream = js.get_stream(self.state.names.events_stream()).await.ok()?;
+        let info = stream.info().await.ok()?.state.clone();
+        let (batch, events) =
+            (self.state.names.events_batch_subject(), format!("{}.events.", self.state.names.prefix()));
+        let position = |e: &serde_json::Value| e["position"].as_i64().expect("an event's position");
+        let mut positions = Vec::new();
+        for sequence in info.first_sequence..=info.last_sequence {
+            let Ok(m) = stream.get_raw_message(sequence).await else { continue };
+            if m.subject.as_str() == batch {
+                let run: Vec<serde_json::Value> = serde_json::from_slice(&m.payload).expect("a run of events");
+                assert!(run.len() > 1, "message {sequence}: a run holds several events");
+                positions.extend(run.iter().map(position));
+            } else if m.subject.as_str().starts_with(&events) {
+                positions.push(position(&serde_json::from_slice::<serde_json::Value>(&m.payload).expect("an event")));
+            }
+        }
+        Some(positions)
+    }
+
     pub async fn checkpoint(&self, name: &str) -> i64 {
         sqlx::query_scalar("select position from projection_checkpoints where name = $1")
             .bind(name)
