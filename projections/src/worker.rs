@@ -53,6 +53,9 @@ pub struct WorkerLimits {
     /// How long to wait after a delivery that was not a full batch before the next
     /// fetch (`LEDGER_PROJECTION_LINGER_MS`).
     pub linger: Duration,
+    /// The bytes one fetch may deliver; `None`: [`FETCH_BYTES_MAX`], or the server's
+    /// `max_payload` and 64 KiB if that is larger.
+    pub fetch_bytes_max: Option<usize>,
 }
 
 impl Default for WorkerLimits {
@@ -67,6 +70,7 @@ impl Default for WorkerLimits {
             log_stall_after: Duration::from_secs(1),
             step_time_limit: Duration::from_secs(120),
             linger: Duration::ZERO,
+            fetch_bytes_max: None,
         }
     }
 }
@@ -266,7 +270,10 @@ impl ProjectionWorker {
         // A message may carry a run of events (up to the relay's `GROUP_BYTES_MAX`):
         // bytes bound a delivery, and so the transaction it is applied in, as well as
         // messages. The bound admits any message the server accepts.
-        let fetch_bytes = FETCH_BYTES_MAX.max(self.js.client().server_info().max_payload + 64 * 1024);
+        let fetch_bytes = self
+            .limits
+            .fetch_bytes_max
+            .unwrap_or_else(|| FETCH_BYTES_MAX.max(self.js.client().server_info().max_payload + 64 * 1024));
         let batch_subject = self.names.events_batch_subject();
         let mut checked = Instant::now();
         while !shutdown.is_cancelled() {

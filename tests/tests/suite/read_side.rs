@@ -9,6 +9,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 use uuid::Uuid;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -333,6 +334,79 @@ async fn one_relay_leads_and_another_takes_over() {
     eventually("the follower takes over", 10, || async { follower.load(Ordering::SeqCst) }).await;
     let p = api.deposit(a, 10, "EUR").await.body["position"].as_i64().expect("position");
     eventually("the new leader relays", 10, || relayed(p)).await;
+}
+
+/// A fetch is bounded in bytes, and a message may be a run of events larger than the
+/// bound: a fetch that the server ends at the bound after some messages applies those,
+/// and one whose first message is larger than the bound takes it alone. The
+/// projections reach the head through JetStream alone (following the log is off).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deliveries_cut_by_a_fetchs_byte_bound_reach_the_read_models() {
+    use ledger_infrastructure::relay::{Relay, RelayLimits};
+    use ledger_projections::worker::{ProjectionWorker, WorkerLimits};
+    const BOUND: usize = 16 * 1024;
+    let api = TestApp::spawn_mode(test_config(), Mode::Api).await;
+    // Small messages first (an opening goes alone, and breaks the run before it), then
+    // transfers sent at once, relayed from the log as one large run.
+    let mut accounts = Vec::new();
+    for _ in 0..30 {
+        let a = api.open_account("EUR", 0).await;
+        api.deposit(a, 1_000_000, "EUR").await;
+        accounts.push(a);
+    }
+    let replies =
+        join_all((0..150).map(|i| api.transfer(accounts[i % 30], accounts[(i + 7) % 30], 1 + i as i64, "EUR"))).await;
+    assert!(replies.iter().all(|r| r.status == StatusCode::CREATED), "transfers made");
+    let head: i64 = sqlx::query_scalar("select position from log_head").fetch_one(&api.pool).await.expect("head");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let js = async_nats::jetstream::new(api.state.nats.clone());
+    let relay = Relay::new(
+        api.state.config.database_url.clone(),
+        js.clone(),
+        api.state.names.clone(),
+        api.state.relay_breaker.clone(),
+        RelayLimits::from_config(&ledger_infrastructure::Config::default()),
+    );
+    tokio::spawn(relay.run(shutdown.clone()));
+    eventually("relayed", 20, || async {
+        sqlx::query_scalar::<_, i64>("select position from relay_checkpoints")
+            .fetch_one(&api.pool)
+            .await
+            .is_ok_and(|p| p >= head)
+    })
+    .await;
+    // The stream is as the test needs it: more bytes than one fetch, and a message
+    // larger than the bound.
+    let mut stream = js.get_stream(api.state.names.events_stream()).await.expect("stream");
+    let info = stream.info().await.expect("info").state.clone();
+    let mut sizes = Vec::new();
+    for sequence in info.first_sequence..=info.last_sequence {
+        sizes.push(stream.get_raw_message(sequence).await.expect("message").payload.len());
+    }
+    assert!(sizes.iter().sum::<usize>() > 2 * BOUND, "more than one fetch: {sizes:?}");
+    assert!(sizes.iter().any(|s| *s > BOUND), "a message larger than a fetch: {sizes:?}");
+    assert!(sizes.iter().filter(|s| **s < BOUND / 8).count() > 8, "several messages to a fetch: {sizes:?}");
+    let worker = ProjectionWorker {
+        pool: api.pool.clone(),
+        js,
+        names: api.state.names.clone(),
+        projections: ledger_projections::Projection::ALL.to_vec(),
+        limits: WorkerLimits {
+            fetch_bytes_max: Some(BOUND),
+            log_stall_after: Duration::from_secs(3_600),
+            ..WorkerLimits::default()
+        },
+        on_applied: Arc::new(|_, _| {}),
+    };
+    tokio::spawn(worker.run(shutdown.clone()));
+    // Well inside the consumer's 30 s ack wait: nothing delivered is left unacked to
+    // come again later.
+    eventually("the projections reach the head through JetStream", 20, || async {
+        api.checkpoint("accounts").await >= head && api.checkpoint("transfers").await >= head
+    })
+    .await;
+    shutdown.cancel();
+    api.assert_read_models_match_log().await;
 }
 
 #[tokio::test]
