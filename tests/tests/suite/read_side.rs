@@ -219,6 +219,51 @@ async fn a_lost_stream_is_filled_again_from_the_log() {
     app.assert_read_models_match_log().await;
 }
 
+/// A stream lost and made again is noticed by its creation time as well as by its
+/// sequences: dead letters stored in the new stream before the relay publishes again
+/// can carry its sequences past the relay's last one (a message may carry a run of
+/// events, so the relay's sequence grows more slowly than the log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_stream_given_dead_letters_first_is_still_filled_again_from_the_log() {
+    let app = TestApp::spawn().await;
+    let a = app.open_account("EUR", 0).await;
+    let b = app.open_account("EUR", 0).await;
+    app.deposit(a, 1_000, "EUR").await;
+    let before = app.transfer(a, b, 100, "EUR").await.body["position"].as_i64().expect("position");
+    let relayed = || async {
+        sqlx::query_scalar::<_, i64>("select position from relay_checkpoints").fetch_one(&app.pool).await.unwrap_or(0)
+    };
+    eventually("relayed", 20, || async { relayed().await >= before }).await;
+    let known: i64 = sqlx::query_scalar("select stream_sequence from relay_checkpoints")
+        .fetch_one(&app.pool)
+        .await
+        .expect("the relay's sequence");
+    assert!(known > 0, "the relay stored messages");
+    let js = async_nats::jetstream::new(app.state.nats.clone());
+    assert!(js.delete_stream(app.state.names.events_stream()).await.expect("delete").success);
+    // Made again at once (as any process's worker would), and given more dead letters
+    // than the relay had stored messages.
+    ledger_infrastructure::nats::ensure_events_stream(&js, &app.state.names).await.expect("made again");
+    for _ in 0..known + 3 {
+        let ack = js
+            .publish(format!("{}.dead_letters.test", app.state.names.prefix()), "a dead letter".into())
+            .await
+            .expect("published");
+        ack.await.expect("stored");
+    }
+    let last = app.transfer(b, a, 30, "EUR").await.body["position"].as_i64().expect("position");
+    eventually("the stream holds the whole log again", 40, || async {
+        let held = app.stream_positions().await.map(|p| p.into_iter().collect::<std::collections::BTreeSet<_>>());
+        held.is_some_and(|p| p == (1..=last).collect()) && relayed().await >= last
+    })
+    .await;
+    eventually("projections applied the new transfer", 20, || async {
+        app.checkpoint("accounts").await >= last && app.checkpoint("transfers").await >= last
+    })
+    .await;
+    app.assert_read_models_match_log().await;
+}
+
 /// What the relay's own process commits is handed to it in memory; what another
 /// process commits in between is read from the log. Either way JetStream gets every
 /// event once, in log order, byte for byte the JSON of the log's row, alone or in a
