@@ -1,7 +1,9 @@
 //! The outbox relay: the events table is the outbox. The relay publishes events in
-//! position order to JetStream with `Nats-Msg-Id` = event id (a re-publish after a
-//! crash is dropped by JetStream's duplicate window) and advances its checkpoint only
-//! after JetStream acknowledged every event up to it.
+//! position order to JetStream, an event alone (`Nats-Msg-Id` = event id) or a run of
+//! them in one message (`Nats-Msg-Id` = first and last position; `message_groups`), so
+//! that a re-publish after a crash cut the same way is dropped by JetStream's duplicate
+//! window, and advances its checkpoint only after JetStream acknowledged every event up
+//! to it.
 //!
 //! Exactly one relay runs at a time: leadership is a Postgres session advisory lock
 //! held on the relay's own connection. If the process or its connection dies, the lock
@@ -508,10 +510,10 @@ impl Relay {
     }
 }
 
-/// Most events count nothing but position to a consumer beyond the projector: runs of
-/// them go out as one message (at most `GROUP_EVENTS_MAX` events, `GROUP_BYTES_MAX`
-/// bytes). Events a consumer filters by subject (payouts) or that a purge selects by
-/// subject (`AccountOpened`) go out alone, under their own subject.
+/// Runs of consecutive ledger events go out as one message each (at most
+/// `GROUP_EVENTS_MAX` events and `GROUP_BYTES_MAX` bytes): JetStream's work is mostly
+/// per message. Events a consumer filters by subject (payouts) or that a purge selects
+/// by subject (`AccountOpened`) go out alone, under their own subject.
 pub const GROUP_EVENTS_MAX: usize = 256;
 pub const GROUP_BYTES_MAX: usize = 256 * 1024;
 
