@@ -17,9 +17,8 @@
 //!
 //! A lost stream is filled again from the log: the relay keeps the stream sequence of
 //! its last acknowledged publish, and a stream whose sequences start again below it
-//! (deleted and created anew, or a server that came back without its storage), or
-//! whose creation time is not the one the leader saw last, makes the relay start over
-//! from position 0. JetStream drops what its duplicate window
+//! (deleted and created anew, or a server that came back without its storage) makes
+//! the relay start over from position 0. JetStream drops what its duplicate window
 //! still holds; consumers ignore what is at or below their checkpoints.
 
 use crate::breaker::{CircuitBreaker, backoff_delay};
@@ -123,9 +122,6 @@ struct Cursor {
     announced: Option<i64>,
     /// When the log was last read.
     log_read: std::time::Instant,
-    /// When the events stream this leader last ensured was created (`None`: not yet
-    /// ensured in this leadership).
-    stream_created: Option<i128>,
 }
 
 impl Cursor {
@@ -268,7 +264,6 @@ impl Relay {
             announced: None,
             log_read: std::time::Instant::now(),
             read_back: None,
-            stream_created: None,
         };
         let mut attempt = 0u32;
         while !shutdown.is_cancelled() {
@@ -340,13 +335,7 @@ impl Relay {
             match ensure_events_stream(&self.js, &self.names).await {
                 Ok(stream) => {
                     permit.success();
-                    // A stream made anew since this leader last looked has lost what the
-                    // old one held, even if its sequences have passed the relay's (dead
-                    // letters stored in it meanwhile: a message carries a run of events,
-                    // so the relay's sequence grows more slowly than the log).
-                    let created = stream.cached_info().created.unix_timestamp_nanos();
-                    let recreated = cursor.stream_created.replace(created).is_some_and(|was| was != created);
-                    if stream.cached_info().state.last_sequence < known || (recreated && known > 0) {
+                    if stream.cached_info().state.last_sequence < known {
                         self.restart(conn, cursor).await?;
                         return Ok(1);
                     }
@@ -625,14 +614,7 @@ mod tests {
     }
 
     fn cursor(checkpoint: i64, announced: Option<i64>) -> Cursor {
-        Cursor {
-            checkpoint,
-            sequence: 0,
-            announced,
-            log_read: std::time::Instant::now(),
-            read_back: None,
-            stream_created: None,
-        }
+        Cursor { checkpoint, sequence: 0, announced, log_read: std::time::Instant::now(), read_back: None }
     }
 
     #[test]
