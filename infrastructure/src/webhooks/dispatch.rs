@@ -286,6 +286,9 @@ impl Delivery {
             let Some(event) = EventStore::read_range(&pool, position - 1, position).await?.into_iter().next() else {
                 return Ok(Step::Idle);
             };
+            if !store::holds(&pool, self.id, self.d.owner).await? {
+                return Ok(Step::Lost);
+            }
             return Ok(match self.attempt(&event).await {
                 Attempt::BreakerOpen { retry_in } => Step::Again(retry_in.max(Duration::from_millis(10))),
                 Attempt::Delivered => {
@@ -311,6 +314,11 @@ impl Delivery {
                 Step::Idle
             });
         };
+        // Deleted (or taken over) since the dispatcher last looked: its answer may have
+        // come before this event was appended, and nothing after it is sent.
+        if !store::holds(&pool, self.id, self.d.owner).await? {
+            return Ok(Step::Lost);
+        }
         match self.attempt(&event).await {
             Attempt::Delivered => {
                 if !store::advance(&pool, self.id, self.d.owner, event.position).await? {

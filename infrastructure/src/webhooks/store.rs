@@ -398,6 +398,19 @@ pub(super) async fn redriven(
     Ok(())
 }
 
+/// Whether `owner` still leases the webhook (it was not deleted, nor taken over). Asked
+/// after the event to send was read: a delete answered before that event committed is
+/// seen, so nothing appended after a delete's answer is sent.
+pub(super) async fn holds(pool: &PgPool, id: Uuid, owner: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "select exists (select 1 from webhooks where id = $1 and lease_owner = $2 and status = 'active')",
+    )
+    .bind(id)
+    .bind(owner)
+    .fetch_one(pool)
+    .await
+}
+
 /// Moves the cursor past `position` (delivered); `false` if the lease is lost.
 pub(super) async fn advance(pool: &PgPool, id: Uuid, owner: Uuid, position: i64) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
