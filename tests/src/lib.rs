@@ -347,6 +347,16 @@ impl TestApp {
         .await;
     }
 
+    /// The relay's checkpoint: the last position it has published (0 while it has none).
+    pub async fn relayed(&self) -> i64 {
+        sqlx::query_scalar("select position from relay_checkpoints").fetch_one(&self.pool).await.unwrap_or(0)
+    }
+
+    /// Waits until the relay has published up to `position`.
+    pub async fn wait_relayed(&self, position: i64, seconds: u64) {
+        eventually("relayed", seconds, || async { self.relayed().await >= position }).await;
+    }
+
     /// The position of every event the ledger's JetStream stream holds, in stream order:
     /// a message is one event, or a run of events (`{prefix}.events.ledger.batch`, a JSON
     /// array). Dead letters are left out. `None` while the stream is missing.

@@ -137,13 +137,7 @@ async fn personal_values_are_sealed_everywhere_and_an_erasure_leaves_the_books_w
 
     // …and nowhere else.
     let relayed = app.state.store.head().await.expect("head");
-    eventually("relayed", 30, || async {
-        sqlx::query_scalar::<_, i64>("select position from relay_checkpoints")
-            .fetch_one(&app.pool)
-            .await
-            .is_ok_and(|p| p >= relayed)
-    })
-    .await;
+    app.wait_relayed(relayed, 30).await;
     let url = app.state.config.database_url.clone();
     assert_eq!(leaked(&pg_dump(&url), &secrets), None, "a personal value in the database dump");
     let stream = jetstream_dump(&app).await;

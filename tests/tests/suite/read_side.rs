@@ -121,10 +121,7 @@ async fn with_nats_gone_read_models_follow_the_log_and_the_stream_is_made_whole_
     .await;
 
     nats.resume().await;
-    let relayed = || async {
-        sqlx::query_scalar::<_, i64>("select position from relay_checkpoints").fetch_one(&app.pool).await.unwrap_or(0)
-    };
-    eventually("the relay publishes what the stream was missing", 30, || async { relayed().await >= last }).await;
+    eventually("the relay publishes what the stream was missing", 30, || async { app.relayed().await >= last }).await;
     // Every event, first stored in log order. A publish sent as NATS went and stored
     // when it came back, its ack lost, is sent again from the log in a run cut
     // otherwise (a run's message id is its first and last position): only events of
@@ -161,19 +158,16 @@ async fn a_relay_restarting_before_its_checkpoint_applies_nothing_twice() {
     .await;
     let entries_before: i64 =
         sqlx::query_scalar("select count(*) from account_entries").fetch_one(&app.pool).await.expect("count");
-    let relayed = || async {
-        sqlx::query_scalar::<_, i64>("select position from relay_checkpoints").fetch_one(&app.pool).await.expect("cp")
-    };
-    eventually("the relay caught up", 20, || async { relayed().await >= last }).await;
+    app.wait_relayed(last, 20).await;
     // As if the relay died after publishing but before advancing its checkpoint.
     sqlx::query("update relay_checkpoints set position = 0").execute(&app.pool).await.expect("rewind");
     // The leader reads its checkpoint back within a second (it keeps it in memory
     // between), and publishes everything after it again with nothing new appended.
-    eventually("the leader follows the rewind", 20, || async { relayed().await >= last }).await;
+    eventually("the leader follows the rewind", 20, || async { app.relayed().await >= last }).await;
     let last = app.transfer(b, a, 50, "EUR").await.body["position"].as_i64().expect("position");
     eventually("projections apply the new event", 20, || async { app.checkpoint("accounts").await >= last }).await;
-    eventually("the relay caught up again", 20, || async { relayed().await >= last }).await;
-    assert_eq!(relayed().await, last, "the relay re-published everything and caught up");
+    eventually("the relay caught up again", 20, || async { app.relayed().await >= last }).await;
+    assert_eq!(app.relayed().await, last, "the relay re-published everything and caught up");
     let entries_after: i64 =
         sqlx::query_scalar("select count(*) from account_entries").fetch_one(&app.pool).await.expect("count");
     assert_eq!(entries_after, entries_before + 2, "only the new transfer's two entries were added");
@@ -198,10 +192,7 @@ async fn a_lost_stream_is_filled_again_from_the_log() {
     let b = app.open_account("EUR", 0).await;
     app.deposit(a, 1_000, "EUR").await;
     let before = app.transfer(a, b, 100, "EUR").await.body["position"].as_i64().expect("position");
-    let relayed = || async {
-        sqlx::query_scalar::<_, i64>("select position from relay_checkpoints").fetch_one(&app.pool).await.unwrap_or(0)
-    };
-    eventually("relayed", 20, || async { relayed().await >= before }).await;
+    app.wait_relayed(before, 20).await;
     // The stream is lost (deleted by an operator, or its only replica's disk is gone).
     let js = async_nats::jetstream::new(app.state.nats.clone());
     assert!(js.delete_stream(app.state.names.events_stream()).await.expect("delete").success);
@@ -210,7 +201,7 @@ async fn a_lost_stream_is_filled_again_from_the_log() {
         // (The first event after the loss may be stored twice: alone, before the relay
         // noticed the loss, and again in a run when the whole log is published anew.)
         let held = app.stream_positions().await.map(|p| p.into_iter().collect::<std::collections::BTreeSet<_>>());
-        held.is_some_and(|p| p == (1..=last).collect()) && relayed().await >= last
+        held.is_some_and(|p| p == (1..=last).collect()) && app.relayed().await >= last
     })
     .await;
     eventually("projections applied the new transfer", 20, || async {
@@ -252,13 +243,7 @@ async fn handed_and_read_back_events_reach_the_stream_once_in_order_as_the_log_h
     });
     join_all(transfers).await;
     let last: i64 = sqlx::query_scalar("select position from log_head").fetch_one(&app.pool).await.expect("head");
-    eventually("relayed", 30, || async {
-        sqlx::query_scalar::<_, i64>("select position from relay_checkpoints")
-            .fetch_one(&app.pool)
-            .await
-            .is_ok_and(|p| p >= last)
-    })
-    .await;
+    app.wait_relayed(last, 30).await;
     let js = async_nats::jetstream::new(app.state.nats.clone());
     let stream = js.get_stream(app.state.names.events_stream()).await.expect("stream");
     let log = app.state.store.read_all(0, last).await.expect("log");
@@ -324,22 +309,11 @@ async fn one_relay_leads_and_another_takes_over() {
     assert!(!(lead_a.load(Ordering::SeqCst) && lead_b.load(Ordering::SeqCst)), "never two leaders");
     let (stop_leader, follower) = if lead_a.load(Ordering::SeqCst) { (stop_a, lead_b) } else { (stop_b, lead_a) };
     let a = api.open_account("EUR", 0).await;
-    let relayed = |at_least: i64| {
-        let pool = api.pool.clone();
-        async move {
-            sqlx::query_scalar::<_, i64>("select position from relay_checkpoints")
-                .fetch_optional(&pool)
-                .await
-                .ok()
-                .flatten()
-                .is_some_and(|p| p >= at_least)
-        }
-    };
-    eventually("the leader relays", 10, || relayed(2)).await;
+    eventually("the leader relays", 10, || async { api.relayed().await >= 2 }).await;
     stop_leader.cancel();
     eventually("the follower takes over", 10, || async { follower.load(Ordering::SeqCst) }).await;
     let p = api.deposit(a, 10, "EUR").await.body["position"].as_i64().expect("position");
-    eventually("the new leader relays", 10, || relayed(p)).await;
+    eventually("the new leader relays", 10, || async { api.relayed().await >= p }).await;
 }
 
 /// A fetch is bounded in bytes, and a message may be a run of events larger than the
@@ -374,13 +348,7 @@ async fn deliveries_cut_by_a_fetchs_byte_bound_reach_the_read_models() {
         RelayLimits::from_config(&ledger_infrastructure::Config::default()),
     );
     tokio::spawn(relay.run(shutdown.clone()));
-    eventually("relayed", 20, || async {
-        sqlx::query_scalar::<_, i64>("select position from relay_checkpoints")
-            .fetch_one(&api.pool)
-            .await
-            .is_ok_and(|p| p >= head)
-    })
-    .await;
+    api.wait_relayed(head, 20).await;
     // The stream is as the test needs it: more bytes than one fetch, and a message
     // larger than the bound.
     let mut stream = js.get_stream(api.state.names.events_stream()).await.expect("stream");
