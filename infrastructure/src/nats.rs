@@ -66,9 +66,18 @@ impl Names {
         format!("{}.events.>", self.prefix)
     }
 
-    /// Dead-lettered work, kept in the same file-backed stream for inspection.
+    /// The JetStream stream of dead-lettered work, kept for inspection.
+    pub fn dead_letter_stream(&self) -> String {
+        format!("{}_dead_letters", self.prefix)
+    }
+
     pub fn dead_letter_subjects(&self) -> String {
         format!("{}.dead_letters.>", self.prefix)
+    }
+
+    /// The subject of a payout dead-lettered by the payout worker.
+    pub fn payout_dead_letter_subject(&self) -> String {
+        format!("{}.dead_letters.payouts", self.prefix)
     }
 
     /// The durable consumer of a projection.
@@ -106,15 +115,51 @@ pub fn replicas_for(server: &async_nats::ServerInfo) -> usize {
 }
 
 /// Creates (or finds) the events stream: file storage, deduplication window, and the
-/// configured replicas or those of the cluster. An existing stream with another
-/// configured replica count, or with fewer than the cluster's, is updated to it (its consumers, created without a count of their
-/// own, follow the stream); if the cluster cannot place the replicas now, the stream
-/// is used as it is and the update is tried again at the next call.
+/// configured replicas or those of the cluster. Only the relay publishes to it, so a
+/// stream whose sequences restart below the relay's last stored message has lost
+/// messages (`relay.rs`). A stream made by a version that kept dead letters in it too
+/// is updated to the events' subjects alone (its old dead letters stay in it).
 pub async fn ensure_events_stream(js: &jetstream::Context, names: &Names) -> Result<stream::Stream, async_nats::Error> {
+    let mut stream = ensure_stream(js, names, names.events_stream(), names.events_subjects()).await?;
+    let subjects = &stream.cached_info().config.subjects;
+    if subjects.iter().any(|s| *s != names.events_subjects()) {
+        let mut updated = stream.cached_info().config.clone();
+        updated.subjects = vec![names.events_subjects()];
+        js.update_stream(updated).await?;
+        tracing::info!(stream = %names.events_stream(), "dead letters moved out of the events stream");
+        stream = js.get_stream(names.events_stream()).await?;
+    }
+    Ok(stream)
+}
+
+/// Creates (or finds) the stream of dead-lettered work, kept for inspection: a stream
+/// of its own, so that nothing but the relay publishes to the events stream. The
+/// events stream is ensured first: one made by an older version still claims the
+/// dead letters' subjects, and two streams cannot share a subject.
+pub async fn ensure_dead_letter_stream(
+    js: &jetstream::Context,
+    names: &Names,
+) -> Result<stream::Stream, async_nats::Error> {
+    ensure_events_stream(js, names).await?;
+    ensure_stream(js, names, names.dead_letter_stream(), names.dead_letter_subjects()).await
+}
+
+/// Creates (or finds) a stream of this instance: file storage, deduplication window,
+/// and the configured replicas or those of the cluster. An existing stream with
+/// another configured replica count, or with fewer than the cluster's, is updated to
+/// it (its consumers, created without a count of their own, follow the stream); if
+/// the cluster cannot place the replicas now, the stream is used as it is and the
+/// update is tried again at the next call.
+async fn ensure_stream(
+    js: &jetstream::Context,
+    names: &Names,
+    name: String,
+    subjects: String,
+) -> Result<stream::Stream, async_nats::Error> {
     let replicas = names.replicas.unwrap_or_else(|| replicas_for(&js.client().server_info()));
     let config = stream::Config {
-        name: names.events_stream(),
-        subjects: vec![names.events_subjects(), names.dead_letter_subjects()],
+        name: name.clone(),
+        subjects: vec![subjects],
         storage: stream::StorageType::File,
         duplicate_window: DUPLICATE_WINDOW,
         num_replicas: replicas,
@@ -132,11 +177,11 @@ pub async fn ensure_events_stream(js: &jetstream::Context, names: &Names) -> Res
     updated.num_replicas = replicas;
     match js.update_stream(updated).await {
         Ok(_) => {
-            tracing::info!(stream = %names.events_stream(), from = current, to = replicas, "stream replicas updated");
-            Ok(js.get_stream(names.events_stream()).await?)
+            tracing::info!(stream = %name, from = current, to = replicas, "stream replicas updated");
+            Ok(js.get_stream(name).await?)
         }
         Err(e) => {
-            tracing::warn!(stream = %names.events_stream(), from = current, to = replicas, error = %e,
+            tracing::warn!(stream = %name, from = current, to = replicas, error = %e,
                 "cannot change the stream's replicas now; using it as it is");
             Ok(stream)
         }

@@ -11,7 +11,7 @@
 //! the withdrawal stays pending with its hold until an operator redrives or discards it.
 
 use crate::breaker::{CircuitBreaker, backoff_delay};
-use crate::nats::{Names, ensure_events_stream};
+use crate::nats::{Names, ensure_dead_letter_stream, ensure_events_stream};
 use crate::provider::{PayoutStatus, ProviderClient, ProviderError};
 use crate::store::{EventMetadata, RecordedEvent};
 use crate::writer::{CommandBus, CommandRequest};
@@ -273,10 +273,24 @@ impl PayoutWorker {
             .map_err(PayoutStepError::from)
     }
 
+    /// Keeps the dead letter in JetStream for inspection, in a stream of its own (made
+    /// at the first dead letter, and again if it was lost). The event records it
+    /// either way, so a failure here is logged, not retried for ever.
     async fn publish_dead_letter(&self, dead: &DeadLetterPayout) {
-        let subject = format!("{}.dead_letters.payouts", self.names.prefix());
-        let payload = serde_json::to_vec(dead).expect("dead letters serialize");
-        if let Err(e) = self.js.publish(subject, payload.into()).await {
+        let payload: bytes::Bytes = serde_json::to_vec(dead).expect("dead letters serialize").into();
+        let publish = || async {
+            let ack = self.js.publish(self.names.payout_dead_letter_subject(), payload.clone()).await?;
+            tokio::time::timeout(Duration::from_secs(10), ack).await.map_err(|_| "no ack within 10 s")??;
+            Ok::<(), async_nats::Error>(())
+        };
+        if publish().await.is_ok() {
+            return;
+        }
+        let again = match ensure_dead_letter_stream(&self.js, &self.names).await {
+            Ok(_) => publish().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = again {
             tracing::warn!(error = %e, "publishing the dead letter to JetStream failed (the event still records it)");
         }
     }

@@ -359,7 +359,7 @@ impl TestApp {
 
     /// The position of every event the ledger's JetStream stream holds, in stream order:
     /// a message is one event, or a run of events (`{prefix}.events.ledger.batch`, a JSON
-    /// array). Dead letters are left out. `None` while the stream is missing.
+    /// array); nothing else is in it. `None` while the stream is missing.
     pub async fn stream_positions(&self) -> Option<Vec<i64>> {
         let js = async_nats::jetstream::new(self.state.nats.clone());
         let mut stream = js.get_stream(self.state.names.events_stream()).await.ok()?;
@@ -374,7 +374,8 @@ impl TestApp {
                 let run: Vec<serde_json::Value> = serde_json::from_slice(&m.payload).expect("a run of events");
                 assert!(run.len() > 1, "message {sequence}: a run holds several events");
                 positions.extend(run.iter().map(position));
-            } else if m.subject.as_str().starts_with(&events) {
+            } else {
+                assert!(m.subject.as_str().starts_with(&events), "message {sequence} is an event: {}", m.subject);
                 positions.push(position(&serde_json::from_slice::<serde_json::Value>(&m.payload).expect("an event")));
             }
         }

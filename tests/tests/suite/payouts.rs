@@ -142,6 +142,15 @@ async fn exhausted_retries_dead_letter_then_redrive_settles_and_discard_fails() 
         assert_eq!(letter["source"], json!("payouts"));
         assert!(letter["last_error"].as_str().expect("error").contains("503"));
     }
+    // Each is kept in JetStream too, in the dead letters' own stream; the events
+    // stream holds events only (`stream_positions` checks every message).
+    eventually("both dead letters kept in their stream", 20, || async { kept_dead_letters(&app).await.len() == 2 })
+        .await;
+    let (mut kept, mut withdrawals) = (kept_dead_letters(&app).await, vec![first, second]);
+    kept.sort();
+    withdrawals.sort();
+    assert_eq!(kept, withdrawals);
+    assert!(app.stream_positions().await.is_some_and(|p| !p.is_empty()));
     assert_eq!(app.withdrawal_status(first).await, "pending", "a dead-lettered withdrawal keeps its hold");
     assert_eq!(app.account(a).await["pending_holds"], json!(300));
     let letter_of = |w: Uuid| {
@@ -196,4 +205,20 @@ async fn paid_but_response_lost_settles_once_with_the_original_payout() {
     let provider_ref = app.get(&format!("/v1/withdrawals/{w}?consistency=strong")).await.body["provider_ref"].clone();
     assert_eq!(provider_ref, json!(payouts[0].provider_ref), "the retry returned the original payout");
     assert_eq!(app.account(a).await["balance"], json!(750));
+}
+
+/// The withdrawals of the dead letters JetStream keeps, in their own stream.
+async fn kept_dead_letters(app: &TestApp) -> Vec<Uuid> {
+    let js = async_nats::jetstream::new(app.state.nats.clone());
+    let Ok(mut stream) = js.get_stream(app.state.names.dead_letter_stream()).await else { return Vec::new() };
+    let Ok(info) = stream.info().await.map(|i| i.state.clone()) else { return Vec::new() };
+    let mut kept = Vec::new();
+    for sequence in info.first_sequence..=info.last_sequence {
+        if let Ok(m) = stream.get_raw_message(sequence).await {
+            assert_eq!(m.subject.as_str(), app.state.names.payout_dead_letter_subject());
+            let letter: Value = serde_json::from_slice(&m.payload).expect("a dead letter");
+            kept.push(letter["withdrawal_id"].as_str().expect("its withdrawal").parse().expect("uuid"));
+        }
+    }
+    kept
 }

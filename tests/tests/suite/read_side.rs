@@ -216,6 +216,83 @@ async fn a_lost_stream_is_filled_again_from_the_log() {
     app.assert_read_models_match_log().await;
 }
 
+/// Nothing but the relay publishes to the events stream, so a stream lost and made
+/// anew is noticed by its sequences however much other work reaches NATS first: here,
+/// more dead letters than the relay had stored messages, published into the new
+/// stream's neighbour before the relay publishes again (when dead letters shared the
+/// events stream, they carried its sequences past the relay's and the loss went
+/// unnoticed for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_stream_is_noticed_though_dead_letters_reach_nats_before_the_relay() {
+    let app = TestApp::spawn().await;
+    let a = app.open_account("EUR", 0).await;
+    let b = app.open_account("EUR", 0).await;
+    app.deposit(a, 1_000, "EUR").await;
+    let before = app.transfer(a, b, 100, "EUR").await.body["position"].as_i64().expect("position");
+    app.wait_relayed(before, 20).await;
+    let names = &app.state.names;
+    let stored: i64 = sqlx::query_scalar("select stream_sequence from relay_checkpoints where name = $1")
+        .bind(names.prefix())
+        .fetch_one(&app.pool)
+        .await
+        .expect("the relay's stream sequence");
+    assert!(stored >= 1, "the relay stored messages");
+    let js = async_nats::jetstream::new(app.state.nats.clone());
+    assert!(js.delete_stream(names.events_stream()).await.expect("delete").success);
+    // A payout worker makes the streams anew and dead-letters more payouts than the
+    // relay had stored messages, all before the relay's next publish.
+    ledger_infrastructure::nats::ensure_dead_letter_stream(&js, names).await.expect("streams");
+    let letters = stored + 3;
+    for i in 0..letters {
+        let ack = js.publish(names.payout_dead_letter_subject(), format!("{{\"letter\":{i}}}").into()).await;
+        ack.expect("publish").await.expect("stored");
+    }
+    let last = app.transfer(b, a, 30, "EUR").await.body["position"].as_i64().expect("position");
+    eventually("the stream holds the whole log again", 30, || async {
+        let held = app.stream_positions().await.map(|p| p.into_iter().collect::<std::collections::BTreeSet<_>>());
+        held.is_some_and(|p| p == (1..=last).collect()) && app.relayed().await >= last
+    })
+    .await;
+    let mut dead = js.get_stream(names.dead_letter_stream()).await.expect("the dead letters' stream");
+    assert_eq!(dead.info().await.expect("info").state.messages, letters as u64, "every dead letter kept, apart");
+    let mut events = js.get_stream(names.events_stream()).await.expect("the events stream");
+    assert_eq!(events.info().await.expect("info").config.subjects, vec![names.events_subjects()]);
+    app.wait_consumers_drained().await;
+    app.assert_read_models_match_log().await;
+}
+
+/// A stream made by a version that kept dead letters in the events stream gives their
+/// subjects up to a stream of their own; what it already holds stays.
+#[tokio::test]
+async fn an_events_stream_that_held_dead_letters_hands_them_to_their_own_stream() {
+    let nats = async_nats::connect("127.0.0.1:4222").await.expect("nats");
+    let js = async_nats::jetstream::new(nats);
+    let names = ledger_infrastructure::nats::Names::new(&format!("ledger_test_{}", uuid::Uuid::new_v4().simple()))
+        .with_replicas(Some(1));
+    let old = async_nats::jetstream::stream::Config {
+        name: names.events_stream(),
+        subjects: vec![names.events_subjects(), names.dead_letter_subjects()],
+        storage: async_nats::jetstream::stream::StorageType::File,
+        ..Default::default()
+    };
+    js.create_stream(old).await.expect("a stream as the version before made it");
+    js.publish(names.payout_dead_letter_subject(), "{}".into()).await.expect("publish").await.expect("stored");
+    ledger_infrastructure::nats::ensure_dead_letter_stream(&js, &names).await.expect("streams");
+    js.publish(names.payout_dead_letter_subject(), "{}".into()).await.expect("publish").await.expect("stored");
+    let mut events = js.get_stream(names.events_stream()).await.expect("events stream");
+    let info = events.info().await.expect("info").clone();
+    assert_eq!(info.config.subjects, vec![names.events_subjects()]);
+    assert_eq!(info.state.messages, 1, "the old dead letter stays where it was");
+    let mut dead = js.get_stream(names.dead_letter_stream()).await.expect("dead letters' stream");
+    assert_eq!(dead.info().await.expect("info").state.messages, 1, "the new one is kept apart");
+    // Ensured again (every worker does at start): nothing changes.
+    ledger_infrastructure::nats::ensure_dead_letter_stream(&js, &names).await.expect("streams again");
+    assert_eq!(events.info().await.expect("info").config.subjects, vec![names.events_subjects()]);
+    for stream in [names.events_stream(), names.dead_letter_stream()] {
+        js.delete_stream(stream).await.expect("clean up");
+    }
+}
+
 /// What the relay's own process commits is handed to it in memory; what another
 /// process commits in between is read from the log. Either way JetStream gets every
 /// event once, in log order, byte for byte the JSON of the log's row, alone or in a
