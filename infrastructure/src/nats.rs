@@ -118,18 +118,33 @@ pub fn replicas_for(server: &async_nats::ServerInfo) -> usize {
 /// configured replicas or those of the cluster. Only the relay publishes to it, so a
 /// stream whose sequences restart below the relay's last stored message has lost
 /// messages (`relay.rs`). A stream made by a version that kept dead letters in it too
-/// is updated to the events' subjects alone (its old dead letters stay in it).
+/// is updated to the events' subjects alone (its old dead letters stay in it); if the
+/// update is refused, the stream is used as it is (the dead letters then still go
+/// into it) and the update is tried again at the next call.
 pub async fn ensure_events_stream(js: &jetstream::Context, names: &Names) -> Result<stream::Stream, async_nats::Error> {
-    let mut stream = ensure_stream(js, names, names.events_stream(), names.events_subjects()).await?;
-    let subjects = &stream.cached_info().config.subjects;
-    if subjects.iter().any(|s| *s != names.events_subjects()) {
-        let mut updated = stream.cached_info().config.clone();
+    let stream = ensure_stream(js, names, names.events_stream(), names.events_subjects()).await?;
+    if stream.cached_info().config.subjects == [names.events_subjects()] {
+        return Ok(stream);
+    }
+    let moved = async {
+        // The configuration as it is now, not as it was read: another process may have
+        // changed it (its replicas) since.
+        let mut updated = js.get_stream(names.events_stream()).await?.cached_info().config.clone();
         updated.subjects = vec![names.events_subjects()];
         js.update_stream(updated).await?;
-        tracing::info!(stream = %names.events_stream(), "dead letters moved out of the events stream");
-        stream = js.get_stream(names.events_stream()).await?;
+        Ok::<_, async_nats::Error>(js.get_stream(names.events_stream()).await?)
+    };
+    match moved.await {
+        Ok(updated) => {
+            tracing::info!(stream = %names.events_stream(), "dead letters moved out of the events stream");
+            Ok(updated)
+        }
+        Err(e) => {
+            tracing::warn!(stream = %names.events_stream(), error = %e,
+                "cannot give the dead letters' subjects up now; using the stream as it is");
+            Ok(stream)
+        }
     }
-    Ok(stream)
 }
 
 /// Creates (or finds) the stream of dead-lettered work, kept for inspection: a stream
@@ -173,10 +188,14 @@ async fn ensure_stream(
     if current == replicas || (names.replicas.is_none() && replicas < current) {
         return Ok(stream);
     }
-    let mut updated = stream.cached_info().config.clone();
-    updated.num_replicas = replicas;
-    match js.update_stream(updated).await {
-        Ok(_) => {
+    let update = async {
+        let mut updated = js.get_stream(&name).await?.cached_info().config.clone();
+        updated.num_replicas = replicas;
+        js.update_stream(updated).await?;
+        Ok::<_, async_nats::Error>(())
+    };
+    match update.await {
+        Ok(()) => {
             tracing::info!(stream = %name, from = current, to = replicas, "stream replicas updated");
             Ok(js.get_stream(name).await?)
         }

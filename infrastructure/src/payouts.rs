@@ -240,9 +240,11 @@ impl PayoutWorker {
                     last_error: detail,
                     source_position,
                 };
-                self.publish_dead_letter(&dead).await;
+                // Recorded first: only a dead letter the log holds is kept in JetStream.
+                self.record(Command::DeadLetterPayout(dead.clone())).await?;
                 metrics::counter!("ledger_payouts_dead_lettered_total").increment(1);
-                Command::DeadLetterPayout(dead)
+                self.publish_dead_letter(&dead).await;
+                return Ok(Disposition::Ack);
             }
         };
         self.record(command).await?;
@@ -273,26 +275,34 @@ impl PayoutWorker {
             .map_err(PayoutStepError::from)
     }
 
-    /// Keeps the dead letter in JetStream for inspection, in a stream of its own (made
-    /// at the first dead letter, and again if it was lost). The event records it
-    /// either way, so a failure here is logged, not retried for ever.
+    /// Keeps a recorded dead letter in JetStream for inspection, in a stream of its own
+    /// (made at the first dead letter, and again if it was lost), its id the message's
+    /// (a redelivered step publishes it once). The event records it either way, so a
+    /// failure here is logged, and the whole is bounded by `DEAD_LETTER_PUBLISH_MAX`.
     async fn publish_dead_letter(&self, dead: &DeadLetterPayout) {
         let payload: bytes::Bytes = serde_json::to_vec(dead).expect("dead letters serialize").into();
         let publish = || async {
-            let ack = self.js.publish(self.names.payout_dead_letter_subject(), payload.clone()).await?;
-            tokio::time::timeout(Duration::from_secs(10), ack).await.map_err(|_| "no ack within 10 s")??;
+            let message = jetstream::message::PublishMessage::build()
+                .payload(payload.clone())
+                .message_id(dead.dead_letter_id.to_string());
+            self.js.send_publish(self.names.payout_dead_letter_subject(), message).await?.await?;
             Ok::<(), async_nats::Error>(())
         };
-        if publish().await.is_ok() {
-            return;
-        }
-        let again = match ensure_dead_letter_stream(&self.js, &self.names).await {
-            Ok(_) => publish().await,
-            Err(e) => Err(e),
+        let kept = tokio::time::timeout(DEAD_LETTER_PUBLISH_MAX, async {
+            if publish().await.is_ok() {
+                return Ok(());
+            }
+            ensure_dead_letter_stream(&self.js, &self.names).await?;
+            publish().await
+        })
+        .await;
+        let error = match kept {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("not done within {DEAD_LETTER_PUBLISH_MAX:?}"),
         };
-        if let Err(e) = again {
-            tracing::warn!(error = %e, "publishing the dead letter to JetStream failed (the event still records it)");
-        }
+        tracing::warn!(%error, dead_letter_id = %dead.dead_letter_id,
+            "keeping the dead letter in JetStream failed (the event records it)");
     }
 
     /// Records the outcome; a rejection (already settled, failed or dead-lettered by
@@ -308,6 +318,9 @@ impl PayoutWorker {
         self.bus.execute(request).await.map(|_| ()).map_err(PayoutStepError::from)
     }
 }
+
+/// How long keeping a dead letter in JetStream may take, its stream made included.
+const DEAD_LETTER_PUBLISH_MAX: Duration = Duration::from_secs(10);
 
 /// Why a payout step could not finish (it is retried later).
 #[derive(Debug, thiserror::Error)]

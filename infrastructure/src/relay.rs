@@ -116,6 +116,9 @@ enum PublishError {
 struct Cursor {
     checkpoint: i64,
     sequence: i64,
+    /// The `Ledger-Position` of the message stored at `sequence` (`None`: not known,
+    /// from a version before it was kept, or none stored since the last restart).
+    at_sequence: Option<i64>,
     /// When the checkpoint was last read from its row (`None`: not yet).
     read_back: Option<std::time::Instant>,
     /// The highest position known to be in the log; `None`: unknown (read the log).
@@ -147,6 +150,10 @@ struct Published {
     last: Option<i64>,
     /// The highest stream sequence of a message stored by this publish (not a duplicate).
     sequence: u64,
+    /// The `Ledger-Position` of the message stored at `sequence`.
+    at_sequence: Option<i64>,
+    /// The lowest stream sequence of a message stored by this publish.
+    first: Option<u64>,
     /// The stream's sequences started again below the relay's: it lost messages.
     restarted: bool,
     error: Option<PublishError>,
@@ -261,6 +268,7 @@ impl Relay {
         let mut cursor = Cursor {
             checkpoint: 0,
             sequence: 0,
+            at_sequence: None,
             announced: None,
             log_read: std::time::Instant::now(),
             read_back: None,
@@ -319,13 +327,16 @@ impl Relay {
         // rewind) is followed within a second, and a leader whose session was ended
         // while it was paused finds out before it publishes, not after.
         if cursor.read_back.is_none_or(|at| at.elapsed() >= self.wake_every()) {
-            let at = sqlx::query_as("select position, stream_sequence from relay_checkpoints where name = $1")
-                .bind(self.names.prefix());
-            let (checkpoint, sequence): (i64, i64) = self.bounded(at.fetch_one(&mut *conn)).await?;
+            let at = sqlx::query_as(
+                "select position, stream_sequence, stream_position from relay_checkpoints where name = $1",
+            )
+            .bind(self.names.prefix());
+            let (checkpoint, sequence, at_sequence): (i64, i64, Option<i64>) =
+                self.bounded(at.fetch_one(&mut *conn)).await?;
             if checkpoint != cursor.checkpoint {
                 cursor.announced = None;
             }
-            (cursor.checkpoint, cursor.sequence) = (checkpoint, sequence);
+            (cursor.checkpoint, cursor.sequence, cursor.at_sequence) = (checkpoint, sequence, at_sequence);
             cursor.read_back = Some(std::time::Instant::now());
         }
         let (checkpoint, sequence) = (cursor.checkpoint, cursor.sequence);
@@ -335,7 +346,9 @@ impl Relay {
             match ensure_events_stream(&self.js, &self.names).await {
                 Ok(stream) => {
                     permit.success();
-                    if stream.cached_info().state.last_sequence < known {
+                    if stream.cached_info().state.last_sequence < known
+                        || !self.holds_the_relays_message(&stream, known, cursor.at_sequence).await
+                    {
                         self.restart(conn, cursor).await?;
                         return Ok(1);
                     }
@@ -377,12 +390,24 @@ impl Relay {
         // Any exit before JetStream answered drops the permit, which frees the probe
         // slot with no verdict.
         let permit = self.breaker.acquire().map_err(PublishError::from)?;
-        let published = self.publish(&events, known).await;
+        let mut published = self.publish(&events, known).await;
         // The verdict is JetStream's answer, given before the checkpoint update can fail.
         if published.error.is_none() {
             permit.success();
         } else {
             permit.failure();
+        }
+        // Only the relay publishes to the stream, so its messages follow its last one.
+        // Sequences that skipped past it (a publish whose ack was lost, a deposed leader
+        // still publishing, or a stream lost and made anew that grew past it) are
+        // checked by the message at its last sequence, before the checkpoint moves.
+        if !published.restarted
+            && known > 0
+            && published.first.is_some_and(|first| first > known + 1)
+            && let Ok(Ok(stream)) =
+                tokio::time::timeout(Duration::from_secs(5), self.js.get_stream(self.names.events_stream())).await
+        {
+            published.restarted = !self.holds_the_relays_message(&stream, known, cursor.at_sequence).await;
         }
         if published.restarted {
             self.restart(conn, cursor).await?;
@@ -394,14 +419,19 @@ impl Relay {
         if let Some(position) = published.last {
             let advance = sqlx::query(
                 "update relay_checkpoints set position = $2, stream_sequence = greatest(stream_sequence, $3),
+                 stream_position = case when $3 > stream_sequence then $4 else stream_position end,
                  updated_at = now() where name = $1",
             )
             .bind(self.names.prefix())
             .bind(position)
-            .bind(i64::try_from(published.sequence).unwrap_or(i64::MAX));
+            .bind(i64::try_from(published.sequence).unwrap_or(i64::MAX))
+            .bind(published.at_sequence);
             self.bounded(advance.execute(&mut *conn)).await?;
             cursor.checkpoint = position;
-            cursor.sequence = cursor.sequence.max(i64::try_from(published.sequence).unwrap_or(i64::MAX));
+            let sequence = i64::try_from(published.sequence).unwrap_or(i64::MAX);
+            if sequence > cursor.sequence {
+                (cursor.sequence, cursor.at_sequence) = (sequence, published.at_sequence);
+            }
         }
         match published.error {
             None => {
@@ -429,12 +459,41 @@ impl Relay {
         tracing::warn!(checkpoint, sequence, "the events stream lost messages; relaying the log again from the start");
         metrics::counter!("ledger_relay_stream_restarts_total").increment(1);
         let again = sqlx::query(
-            "update relay_checkpoints set position = 0, stream_sequence = 0, updated_at = now() where name = $1",
+            "update relay_checkpoints set position = 0, stream_sequence = 0, stream_position = null, updated_at = now()
+             where name = $1",
         )
         .bind(self.names.prefix());
         self.bounded(again.execute(&mut *conn)).await?;
-        (cursor.checkpoint, cursor.sequence) = (0, 0);
+        (cursor.checkpoint, cursor.sequence, cursor.at_sequence) = (0, 0, None);
         Ok(())
+    }
+
+    /// Whether the message at `sequence`, the relay's last stored one, is still the
+    /// one it stored there (its `Ledger-Position` is `position`). A stream lost and made
+    /// anew whose sequences have grown past the relay's again (messages stored whose
+    /// acks never came back, or any other publisher) holds another message there. A
+    /// message not found (deleted by a purge) or not read gives no verdict: the
+    /// sequence check stands alone then.
+    async fn holds_the_relays_message(
+        &self,
+        stream: &jetstream::stream::Stream,
+        sequence: u64,
+        position: Option<i64>,
+    ) -> bool {
+        let Some(position) = position.filter(|_| sequence > 0) else { return true };
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.get_raw_message(sequence)).await;
+        let Ok(Ok(message)) = read else { return true };
+        let held = message.headers.get("Ledger-Position").and_then(|v| v.as_str().parse::<i64>().ok());
+        if held != Some(position) {
+            tracing::warn!(
+                sequence,
+                position,
+                ?held,
+                "the events stream holds another message at the relay's last sequence"
+            );
+            return false;
+        }
+        true
     }
 
     /// Publishes in order, awaiting the acks after sending the whole batch. `known` is
@@ -442,7 +501,8 @@ impl Relay {
     /// message of this batch at or below it has lost messages.
     async fn publish(&self, events: &[Outgoing], known: u64) -> Published {
         let js = &self.js;
-        let mut published = Published { last: None, sequence: 0, restarted: false, error: None };
+        let mut published =
+            Published { last: None, sequence: 0, at_sequence: None, first: None, restarted: false, error: None };
         let mut acks = Vec::with_capacity(events.len());
         let mut send_error = None;
         // A run never comes near what the server accepts in one message.
@@ -480,7 +540,10 @@ impl Relay {
                     published.last = Some(position);
                     if !ack.duplicate {
                         published.restarted |= ack.sequence <= known;
-                        published.sequence = published.sequence.max(ack.sequence);
+                        if ack.sequence > published.sequence {
+                            (published.sequence, published.at_sequence) = (ack.sequence, Some(position));
+                        }
+                        published.first = Some(published.first.map_or(ack.sequence, |f| f.min(ack.sequence)));
                     }
                     continue;
                 }
@@ -614,7 +677,14 @@ mod tests {
     }
 
     fn cursor(checkpoint: i64, announced: Option<i64>) -> Cursor {
-        Cursor { checkpoint, sequence: 0, announced, log_read: std::time::Instant::now(), read_back: None }
+        Cursor {
+            checkpoint,
+            sequence: 0,
+            at_sequence: None,
+            announced,
+            log_read: std::time::Instant::now(),
+            read_back: None,
+        }
     }
 
     #[test]

@@ -261,6 +261,49 @@ async fn a_lost_stream_is_noticed_though_dead_letters_reach_nats_before_the_rela
     app.assert_read_models_match_log().await;
 }
 
+/// A stream lost and made anew that has grown past the relay's last sequence before
+/// the relay looked (here: copies of the first event, as a batch whose first publishes
+/// failed while another process made the stream again would leave its later messages)
+/// holds another message at that sequence: the relay notices and publishes the whole
+/// log again. By its sequences alone the loss would go unnoticed for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_stream_grown_past_the_relays_sequence_is_noticed_by_the_message_there() {
+    let app = TestApp::spawn().await;
+    let a = app.open_account("EUR", 0).await;
+    let b = app.open_account("EUR", 0).await;
+    app.deposit(a, 1_000, "EUR").await;
+    let before = app.transfer(a, b, 100, "EUR").await.body["position"].as_i64().expect("position");
+    app.wait_relayed(before, 20).await;
+    let names = &app.state.names;
+    let (stored, at): (i64, Option<i64>) =
+        sqlx::query_as("select stream_sequence, stream_position from relay_checkpoints where name = $1")
+            .bind(names.prefix())
+            .fetch_one(&app.pool)
+            .await
+            .expect("the relay's stream sequence");
+    assert!(stored >= 1 && at.is_some_and(|p| p > 1), "the relay stored messages: {stored} {at:?}");
+    let js = async_nats::jetstream::new(app.state.nats.clone());
+    assert!(js.delete_stream(names.events_stream()).await.expect("delete").success);
+    ledger_infrastructure::nats::ensure_events_stream(&js, names).await.expect("made anew");
+    let first = app.state.store.read_all(0, 1).await.expect("log").remove(0);
+    for i in 0..stored + 3 {
+        let message = async_nats::jetstream::message::PublishMessage::build()
+            .payload(serde_json::to_vec(&first).expect("json").into())
+            .message_id(format!("copy-{i}"))
+            .header("Ledger-Position", "1");
+        let ack = js.send_publish(names.event_subject(&first.event_type), message).await.expect("publish");
+        ack.await.expect("stored");
+    }
+    let last = app.transfer(b, a, 30, "EUR").await.body["position"].as_i64().expect("position");
+    eventually("the stream holds the whole log again", 40, || async {
+        let held = app.stream_positions().await.map(|p| p.into_iter().collect::<std::collections::BTreeSet<_>>());
+        held.is_some_and(|p| p == (1..=last).collect()) && app.relayed().await >= last
+    })
+    .await;
+    app.wait_consumers_drained().await;
+    app.assert_read_models_match_log().await;
+}
+
 /// A stream made by a version that kept dead letters in the events stream gives their
 /// subjects up to a stream of their own; what it already holds stays.
 #[tokio::test]

@@ -1,0 +1,5 @@
+-- The `Ledger-Position` of the message at the relay's `stream_sequence`: a stream lost
+-- and made anew whose sequences have grown past the relay's again holds another
+-- message there, and the relay publishes the log again. Null until the relay next
+-- stores a message (and after it starts the log again).
+alter table relay_checkpoints add column stream_position bigint;
