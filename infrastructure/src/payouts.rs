@@ -277,8 +277,9 @@ impl PayoutWorker {
 
     /// Keeps a recorded dead letter in JetStream for inspection, in a stream of its own
     /// (made at the first dead letter, and again if it was lost), its id the message's
-    /// (a redelivered step publishes it once). The event records it either way, so a
-    /// failure here is logged, and the whole is bounded by `DEAD_LETTER_PUBLISH_MAX`.
+    /// (the retry below stores it once). The event records it either way, so a failure
+    /// here (or a crash before it) is logged or lost, not retried for ever, and the
+    /// whole is bounded by `DEAD_LETTER_PUBLISH_MAX`.
     async fn publish_dead_letter(&self, dead: &DeadLetterPayout) {
         let payload: bytes::Bytes = serde_json::to_vec(dead).expect("dead letters serialize").into();
         let publish = || async {

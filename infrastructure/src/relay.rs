@@ -16,10 +16,12 @@
 //! process's appends, a handed batch that found no room, a restart) is read from the log.
 //!
 //! A lost stream is filled again from the log: the relay keeps the stream sequence of
-//! its last acknowledged publish, and a stream whose sequences start again below it
+//! its last acknowledged publish and that message's `Ledger-Position`, and a stream
+//! whose sequences start again below it, or that holds another message there
 //! (deleted and created anew, or a server that came back without its storage) makes
-//! the relay start over from position 0. JetStream drops what its duplicate window
-//! still holds; consumers ignore what is at or below their checkpoints.
+//! the relay start over from position 0. Only the relay publishes to the stream (dead
+//! letters have their own). JetStream drops what its duplicate window still holds;
+//! consumers ignore what is at or below their checkpoints.
 
 use crate::breaker::{CircuitBreaker, backoff_delay};
 use crate::nats::{Names, ensure_events_stream};
@@ -143,6 +145,20 @@ impl Cursor {
         due || self.announced.is_none_or(|head| head > self.checkpoint)
     }
 }
+
+/// What the events stream holds at the relay's last stored sequence.
+enum AtSequence {
+    /// The relay's message, or nothing to compare it with.
+    Ours,
+    /// Another message: the stream was lost and made anew.
+    Another,
+    /// Not read.
+    Unknown(async_nats::Error),
+}
+
+/// How long reading the stream to check the message at the relay's last sequence may
+/// take (the leader's session must be used within its lease meanwhile).
+const SEQUENCE_CHECK_MAX: Duration = Duration::from_secs(2);
 
 /// What a publish of a batch achieved.
 struct Published {
@@ -328,7 +344,9 @@ impl Relay {
         // while it was paused finds out before it publishes, not after.
         if cursor.read_back.is_none_or(|at| at.elapsed() >= self.wake_every()) {
             let at = sqlx::query_as(
-                "select position, stream_sequence, stream_position from relay_checkpoints where name = $1",
+                "select position, stream_sequence,
+                        case when stream_position_at = stream_sequence then stream_position end
+                 from relay_checkpoints where name = $1",
             )
             .bind(self.names.prefix());
             let (checkpoint, sequence, at_sequence): (i64, i64, Option<i64>) =
@@ -346,13 +364,22 @@ impl Relay {
             match ensure_events_stream(&self.js, &self.names).await {
                 Ok(stream) => {
                     permit.success();
-                    if stream.cached_info().state.last_sequence < known
-                        || !self.holds_the_relays_message(&stream, known, cursor.at_sequence).await
-                    {
-                        self.restart(conn, cursor).await?;
-                        return Ok(1);
+                    let at = if stream.cached_info().state.last_sequence < known {
+                        AtSequence::Another
+                    } else {
+                        self.message_at(&stream, known, cursor.at_sequence).await
+                    };
+                    match at {
+                        AtSequence::Another => {
+                            self.restart(conn, cursor).await?;
+                            return Ok(1);
+                        }
+                        // Not known to be whole: nothing is published until it is.
+                        AtSequence::Unknown(e) => return Err(RelayError::Nats(PublishError::Stream(e))),
+                        AtSequence::Ours => {
+                            *self.stream_ready.lock().expect("not poisoned") = Some(std::time::Instant::now());
+                        }
                     }
-                    *self.stream_ready.lock().expect("not poisoned") = Some(std::time::Instant::now());
                 }
                 Err(e) => {
                     permit.failure();
@@ -400,14 +427,28 @@ impl Relay {
         // Only the relay publishes to the stream, so its messages follow its last one.
         // Sequences that skipped past it (a publish whose ack was lost, a deposed leader
         // still publishing, or a stream lost and made anew that grew past it) are
-        // checked by the message at its last sequence, before the checkpoint moves.
+        // checked by the message at its last sequence, before the checkpoint moves. Not
+        // read (NATS slow, a leader being elected): the checkpoint moves, but the stream
+        // sequence and its message stay as they were, and the stream is checked by them
+        // before anything more is published.
         if !published.restarted
             && known > 0
+            && cursor.at_sequence.is_some()
             && published.first.is_some_and(|first| first > known + 1)
-            && let Ok(Ok(stream)) =
-                tokio::time::timeout(Duration::from_secs(5), self.js.get_stream(self.names.events_stream())).await
         {
-            published.restarted = !self.holds_the_relays_message(&stream, known, cursor.at_sequence).await;
+            let at = tokio::time::timeout(SEQUENCE_CHECK_MAX, async {
+                let stream = self.js.get_stream(self.names.events_stream()).await?;
+                Ok::<_, async_nats::Error>(self.message_at(&stream, known, cursor.at_sequence).await)
+            })
+            .await;
+            match at {
+                Ok(Ok(AtSequence::Ours)) => {}
+                Ok(Ok(AtSequence::Another)) => published.restarted = true,
+                _ => {
+                    (published.sequence, published.at_sequence) = (0, None);
+                    *self.stream_ready.lock().expect("not poisoned") = None;
+                }
+            }
         }
         if published.restarted {
             self.restart(conn, cursor).await?;
@@ -420,6 +461,7 @@ impl Relay {
             let advance = sqlx::query(
                 "update relay_checkpoints set position = $2, stream_sequence = greatest(stream_sequence, $3),
                  stream_position = case when $3 > stream_sequence then $4 else stream_position end,
+                 stream_position_at = case when $3 > stream_sequence then $3 else stream_position_at end,
                  updated_at = now() where name = $1",
             )
             .bind(self.names.prefix())
@@ -459,8 +501,8 @@ impl Relay {
         tracing::warn!(checkpoint, sequence, "the events stream lost messages; relaying the log again from the start");
         metrics::counter!("ledger_relay_stream_restarts_total").increment(1);
         let again = sqlx::query(
-            "update relay_checkpoints set position = 0, stream_sequence = 0, stream_position = null, updated_at = now()
-             where name = $1",
+            "update relay_checkpoints set position = 0, stream_sequence = 0, stream_position = null,
+             stream_position_at = null, updated_at = now() where name = $1",
         )
         .bind(self.names.prefix());
         self.bounded(again.execute(&mut *conn)).await?;
@@ -470,30 +512,31 @@ impl Relay {
 
     /// Whether the message at `sequence`, the relay's last stored one, is still the
     /// one it stored there (its `Ledger-Position` is `position`). A stream lost and made
-    /// anew whose sequences have grown past the relay's again (messages stored whose
-    /// acks never came back, or any other publisher) holds another message there. A
-    /// message not found (deleted by a purge) or not read gives no verdict: the
-    /// sequence check stands alone then.
-    async fn holds_the_relays_message(
-        &self,
-        stream: &jetstream::stream::Stream,
-        sequence: u64,
-        position: Option<i64>,
-    ) -> bool {
-        let Some(position) = position.filter(|_| sequence > 0) else { return true };
-        let read = tokio::time::timeout(Duration::from_secs(5), stream.get_raw_message(sequence)).await;
-        let Ok(Ok(message)) = read else { return true };
+    /// anew whose sequences have grown past the relay's again holds another message
+    /// there. No position to compare, or no message there (deleted by a purge), gives
+    /// no verdict: the sequence check stands alone then. A read that failed or took
+    /// longer than `SEQUENCE_CHECK_MAX` is `Unknown`.
+    async fn message_at(&self, stream: &jetstream::stream::Stream, sequence: u64, position: Option<i64>) -> AtSequence {
+        let Some(position) = position.filter(|_| sequence > 0) else { return AtSequence::Ours };
+        let message = match tokio::time::timeout(SEQUENCE_CHECK_MAX, stream.get_raw_message(sequence)).await {
+            Ok(Ok(message)) => message,
+            Ok(Err(e)) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {
+                return AtSequence::Ours;
+            }
+            Ok(Err(e)) => return AtSequence::Unknown(e.into()),
+            Err(_) => return AtSequence::Unknown("reading the message at the relay's sequence timed out".into()),
+        };
         let held = message.headers.get("Ledger-Position").and_then(|v| v.as_str().parse::<i64>().ok());
-        if held != Some(position) {
-            tracing::warn!(
-                sequence,
-                position,
-                ?held,
-                "the events stream holds another message at the relay's last sequence"
-            );
-            return false;
+        if held == Some(position) {
+            return AtSequence::Ours;
         }
-        true
+        tracing::warn!(
+            sequence,
+            position,
+            ?held,
+            "the events stream holds another message at the relay's last sequence"
+        );
+        AtSequence::Another
     }
 
     /// Publishes in order, awaiting the acks after sending the whole batch. `known` is

@@ -261,27 +261,22 @@ async fn a_lost_stream_is_noticed_though_dead_letters_reach_nats_before_the_rela
     app.assert_read_models_match_log().await;
 }
 
-/// A stream lost and made anew that has grown past the relay's last sequence before
-/// the relay looked (here: copies of the first event, as a batch whose first publishes
-/// failed while another process made the stream again would leave its later messages)
-/// holds another message at that sequence: the relay notices and publishes the whole
-/// log again. By its sequences alone the loss would go unnoticed for good.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_lost_stream_grown_past_the_relays_sequence_is_noticed_by_the_message_there() {
-    let app = TestApp::spawn().await;
-    let a = app.open_account("EUR", 0).await;
-    let b = app.open_account("EUR", 0).await;
-    app.deposit(a, 1_000, "EUR").await;
-    let before = app.transfer(a, b, 100, "EUR").await.body["position"].as_i64().expect("position");
-    app.wait_relayed(before, 20).await;
+/// The relay's last stored sequence and the `Ledger-Position` of its message there,
+/// once it has relayed `position`.
+async fn relays_last_message(app: &TestApp, position: i64) -> (i64, Option<i64>) {
+    app.wait_relayed(position, 20).await;
+    sqlx::query_as("select stream_sequence, stream_position from relay_checkpoints where name = $1")
+        .bind(app.state.names.prefix())
+        .fetch_one(&app.pool)
+        .await
+        .expect("the relay's stream sequence")
+}
+
+/// Deletes the events stream and makes it anew with more messages than the relay had
+/// stored (copies of the first event, as a batch whose first publishes failed while
+/// another process made the stream again would leave its later messages).
+async fn lose_the_stream_and_grow_a_new_one_past(app: &TestApp, stored: i64) {
     let names = &app.state.names;
-    let (stored, at): (i64, Option<i64>) =
-        sqlx::query_as("select stream_sequence, stream_position from relay_checkpoints where name = $1")
-            .bind(names.prefix())
-            .fetch_one(&app.pool)
-            .await
-            .expect("the relay's stream sequence");
-    assert!(stored >= 1 && at.is_some_and(|p| p > 1), "the relay stored messages: {stored} {at:?}");
     let js = async_nats::jetstream::new(app.state.nats.clone());
     assert!(js.delete_stream(names.events_stream()).await.expect("delete").success);
     ledger_infrastructure::nats::ensure_events_stream(&js, names).await.expect("made anew");
@@ -294,14 +289,84 @@ async fn a_lost_stream_grown_past_the_relays_sequence_is_noticed_by_the_message_
         let ack = js.send_publish(names.event_subject(&first.event_type), message).await.expect("publish");
         ack.await.expect("stored");
     }
-    let last = app.transfer(b, a, 30, "EUR").await.body["position"].as_i64().expect("position");
+}
+
+async fn wait_stream_holds_the_log(app: &TestApp, last: i64) {
     eventually("the stream holds the whole log again", 40, || async {
         let held = app.stream_positions().await.map(|p| p.into_iter().collect::<std::collections::BTreeSet<_>>());
         held.is_some_and(|p| p == (1..=last).collect()) && app.relayed().await >= last
     })
     .await;
+}
+
+/// A stream lost and made anew that has grown past the relay's last sequence before
+/// the relay published again holds another message at that sequence: the relay's next
+/// publish skips past its sequence, the message there is read, and the whole log is
+/// published again. By its sequences alone the loss would go unnoticed for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_stream_grown_past_the_relays_sequence_is_noticed_by_the_message_there() {
+    let app = TestApp::spawn().await;
+    let a = app.open_account("EUR", 0).await;
+    let b = app.open_account("EUR", 0).await;
+    app.deposit(a, 1_000, "EUR").await;
+    let before = app.transfer(a, b, 100, "EUR").await.body["position"].as_i64().expect("position");
+    let (stored, at) = relays_last_message(&app, before).await;
+    assert!(stored >= 1 && at.is_some_and(|p| p > 1), "the relay stored messages: {stored} {at:?}");
+    lose_the_stream_and_grow_a_new_one_past(&app, stored).await;
+    let last = app.transfer(b, a, 30, "EUR").await.body["position"].as_i64().expect("position");
+    wait_stream_holds_the_log(&app, last).await;
     app.wait_consumers_drained().await;
     app.assert_read_models_match_log().await;
+}
+
+/// The same loss with nothing appended after it: the relay's periodic stream check
+/// (every 10 s) reads the message at its sequence and publishes the log again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_stream_grown_past_the_relays_sequence_is_noticed_while_nothing_is_appended() {
+    let app = TestApp::spawn().await;
+    let a = app.open_account("EUR", 0).await;
+    app.deposit(a, 1_000, "EUR").await;
+    let last: i64 = sqlx::query_scalar("select position from log_head").fetch_one(&app.pool).await.expect("head");
+    let (stored, _) = relays_last_message(&app, last).await;
+    lose_the_stream_and_grow_a_new_one_past(&app, stored).await;
+    wait_stream_holds_the_log(&app, last).await;
+}
+
+/// A relay of the version before moves the stream sequence alone, leaving the message
+/// position of an earlier sequence beside it: the pair is not used then, and nothing
+/// is published again (a false restart would re-publish the whole log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_position_of_another_sequence_is_not_compared() {
+    let app = TestApp::spawn().await;
+    let a = app.open_account("EUR", 0).await;
+    let b = app.open_account("EUR", 0).await;
+    app.deposit(a, 1_000, "EUR").await;
+    let before = app.transfer(a, b, 100, "EUR").await.body["position"].as_i64().expect("position");
+    let (stored, _) = relays_last_message(&app, before).await;
+    // As the version before leaves it: the position belongs to an earlier sequence, and
+    // is not the message's at the current one.
+    sqlx::query("update relay_checkpoints set stream_position = 1, stream_position_at = stream_sequence - 1")
+        .execute(&app.pool)
+        .await
+        .expect("an old relay's checkpoint");
+    // Past the relay's periodic stream check: a restart would have set the sequence
+    // to 0 and the pair to null (re-publishing only duplicates, it stores nothing).
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let row: (i64, Option<i64>, Option<i64>) = sqlx::query_as(
+        "select stream_sequence, stream_position, stream_position_at from relay_checkpoints where name = $1",
+    )
+    .bind(app.state.names.prefix())
+    .fetch_one(&app.pool)
+    .await
+    .expect("checkpoint");
+    assert_eq!(row, (stored, Some(1), Some(stored - 1)), "the relay did not start the log again");
+    // And through one more publish.
+    let last = app.transfer(b, a, 30, "EUR").await.body["position"].as_i64().expect("position");
+    let (now, at) = relays_last_message(&app, last).await;
+    assert!(now > stored, "the stream sequence went on from {stored} to {now}: nothing started again");
+    assert_eq!(at, Some(last), "the pair is the relay's own again");
+    let held = app.stream_positions().await.expect("stream");
+    assert_eq!(held, (1..=last).collect::<Vec<_>>(), "every event once, in order");
 }
 
 /// A stream made by a version that kept dead letters in the events stream gives their
