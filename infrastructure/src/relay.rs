@@ -121,6 +121,11 @@ struct Cursor {
     /// The `Ledger-Position` of the message stored at `sequence` (`None`: not known,
     /// from a version before it was kept, or none stored since the last restart).
     at_sequence: Option<i64>,
+    /// The relay's message the last stream check found where it was stored (sequence,
+    /// `Ledger-Position`), read again at the next check: a stream lost since then and
+    /// filled by others exactly up to the relay's sequence before the relay published
+    /// into it has another message there too.
+    confirmed: Option<(u64, i64)>,
     /// When the checkpoint was last read from its row (`None`: not yet).
     read_back: Option<std::time::Instant>,
     /// The highest position known to be in the log; `None`: unknown (read the log).
@@ -159,6 +164,9 @@ enum AtSequence {
 /// How long reading the stream to check the message at the relay's last sequence may
 /// take (the leader's session must be used within its lease meanwhile).
 const SEQUENCE_CHECK_MAX: Duration = Duration::from_secs(2);
+
+/// How long ensuring the events stream at a stream check may take.
+const STREAM_CHECK_MAX: Duration = Duration::from_secs(8);
 
 /// What a publish of a batch achieved.
 struct Published {
@@ -285,6 +293,7 @@ impl Relay {
             checkpoint: 0,
             sequence: 0,
             at_sequence: None,
+            confirmed: None,
             announced: None,
             log_read: std::time::Instant::now(),
             read_back: None,
@@ -361,14 +370,23 @@ impl Relay {
         let known = u64::try_from(sequence).unwrap_or(0);
         if self.stream_check_due() {
             let permit = self.breaker.acquire().map_err(PublishError::from)?;
-            match ensure_events_stream(&self.js, &self.names).await {
+            // Bounded as a whole: the leader's session must be used within its lease.
+            let ensured = tokio::time::timeout(STREAM_CHECK_MAX, ensure_events_stream(&self.js, &self.names))
+                .await
+                .unwrap_or_else(|_| Err("ensuring the events stream timed out".into()));
+            match ensured {
                 Ok(stream) => {
                     permit.success();
-                    let at = if stream.cached_info().state.last_sequence < known {
+                    let mut at = if stream.cached_info().state.last_sequence < known {
                         AtSequence::Another
                     } else {
                         self.message_at(&stream, known, cursor.at_sequence).await
                     };
+                    if let (AtSequence::Ours, Some((sequence, position))) = (&at, cursor.confirmed)
+                        && sequence != known
+                    {
+                        at = self.message_at(&stream, sequence, Some(position)).await;
+                    }
                     match at {
                         AtSequence::Another => {
                             self.restart(conn, cursor).await?;
@@ -377,6 +395,7 @@ impl Relay {
                         // Not known to be whole: nothing is published until it is.
                         AtSequence::Unknown(e) => return Err(RelayError::Nats(PublishError::Stream(e))),
                         AtSequence::Ours => {
+                            cursor.confirmed = cursor.at_sequence.map(|position| (known, position));
                             *self.stream_ready.lock().expect("not poisoned") = Some(std::time::Instant::now());
                         }
                     }
@@ -506,7 +525,7 @@ impl Relay {
         )
         .bind(self.names.prefix());
         self.bounded(again.execute(&mut *conn)).await?;
-        (cursor.checkpoint, cursor.sequence, cursor.at_sequence) = (0, 0, None);
+        (cursor.checkpoint, cursor.sequence, cursor.at_sequence, cursor.confirmed) = (0, 0, None, None);
         Ok(())
     }
 
@@ -523,8 +542,18 @@ impl Relay {
             Ok(Err(e)) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {
                 return AtSequence::Ours;
             }
-            Ok(Err(e)) => return AtSequence::Unknown(e.into()),
-            Err(_) => return AtSequence::Unknown("reading the message at the relay's sequence timed out".into()),
+            Ok(Err(e)) => {
+                // Also what a NATS user without `$JS.API.STREAM.MSG.GET.<stream>` gets
+                // (as a time-out): the relay then stops publishing, loudly.
+                metrics::counter!("ledger_relay_stream_check_unread_total").increment(1);
+                tracing::error!(sequence, error = %e, "cannot read the events stream's message at the relay's sequence");
+                return AtSequence::Unknown(e.into());
+            }
+            Err(_) => {
+                metrics::counter!("ledger_relay_stream_check_unread_total").increment(1);
+                tracing::error!(sequence, "reading the events stream's message at the relay's sequence timed out");
+                return AtSequence::Unknown("reading the message at the relay's sequence timed out".into());
+            }
         };
         let held = message.headers.get("Ledger-Position").and_then(|v| v.as_str().parse::<i64>().ok());
         if held == Some(position) {
@@ -724,6 +753,7 @@ mod tests {
             checkpoint,
             sequence: 0,
             at_sequence: None,
+            confirmed: None,
             announced,
             log_read: std::time::Instant::now(),
             read_back: None,

@@ -276,12 +276,16 @@ async fn relays_last_message(app: &TestApp, position: i64) -> (i64, Option<i64>)
 /// stored (copies of the first event, as a batch whose first publishes failed while
 /// another process made the stream again would leave its later messages).
 async fn lose_the_stream_and_grow_a_new_one_past(app: &TestApp, stored: i64) {
+    lose_the_stream_and_fill_a_new_one(app, stored + 3).await;
+}
+
+async fn lose_the_stream_and_fill_a_new_one(app: &TestApp, copies: i64) {
     let names = &app.state.names;
     let js = async_nats::jetstream::new(app.state.nats.clone());
     assert!(js.delete_stream(names.events_stream()).await.expect("delete").success);
     ledger_infrastructure::nats::ensure_events_stream(&js, names).await.expect("made anew");
     let first = app.state.store.read_all(0, 1).await.expect("log").remove(0);
-    for i in 0..stored + 3 {
+    for i in 0..copies {
         let message = async_nats::jetstream::message::PublishMessage::build()
             .payload(serde_json::to_vec(&first).expect("json").into())
             .message_id(format!("copy-{i}"))
@@ -332,6 +336,25 @@ async fn a_lost_stream_grown_past_the_relays_sequence_is_noticed_while_nothing_i
     wait_stream_holds_the_log(&app, last).await;
 }
 
+/// A new stream filled by others exactly up to the relay's sequence: the relay's next
+/// message lands right after it, so neither the sequences nor that publish show the
+/// loss. The next stream check reads again the message the check before found at the
+/// relay's sequence, and finds a copy there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_stream_filled_exactly_to_the_relays_sequence_is_noticed_at_the_next_check() {
+    let app = TestApp::spawn().await;
+    let a = app.open_account("EUR", 0).await;
+    let b = app.open_account("EUR", 0).await;
+    app.deposit(a, 1_000, "EUR").await;
+    let before = app.transfer(a, b, 100, "EUR").await.body["position"].as_i64().expect("position");
+    let (stored, _) = relays_last_message(&app, before).await;
+    // A stream check (every 10 s) finds the relay's message where it was stored.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    lose_the_stream_and_fill_a_new_one(&app, stored).await;
+    let last = app.transfer(b, a, 30, "EUR").await.body["position"].as_i64().expect("position");
+    wait_stream_holds_the_log(&app, last).await;
+}
+
 /// A relay of the version before moves the stream sequence alone, leaving the message
 /// position of an earlier sequence beside it: the pair is not used then, and nothing
 /// is published again (a false restart would re-publish the whole log).
@@ -349,9 +372,10 @@ async fn a_message_position_of_another_sequence_is_not_compared() {
         .execute(&app.pool)
         .await
         .expect("an old relay's checkpoint");
-    // Past the relay's periodic stream check: a restart would have set the sequence
-    // to 0 and the pair to null (re-publishing only duplicates, it stores nothing).
-    tokio::time::sleep(Duration::from_secs(12)).await;
+    // Past two of the relay's periodic stream checks: a restart would have set the
+    // sequence to 0 and the pair to null (re-publishing only duplicates, it stores
+    // nothing).
+    tokio::time::sleep(Duration::from_secs(21)).await;
     let row: (i64, Option<i64>, Option<i64>) = sqlx::query_as(
         "select stream_sequence, stream_position, stream_position_at from relay_checkpoints where name = $1",
     )
@@ -367,6 +391,17 @@ async fn a_message_position_of_another_sequence_is_not_compared() {
     assert_eq!(at, Some(last), "the pair is the relay's own again");
     let held = app.stream_positions().await.expect("stream");
     assert_eq!(held, (1..=last).collect::<Vec<_>>(), "every event once, in order");
+    // And a sequence moved alone, as that version moves it, drops the pair at once.
+    let mut tx = app.pool.begin().await.expect("begin");
+    let pair: (Option<i64>, Option<i64>) = sqlx::query_as(
+        "update relay_checkpoints set stream_sequence = stream_sequence + 1
+         returning stream_position, stream_position_at",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .expect("an old relay's update");
+    assert_eq!(pair, (None, None));
+    tx.rollback().await.expect("rollback");
 }
 
 /// A stream made by a version that kept dead letters in the events stream gives their
