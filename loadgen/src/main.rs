@@ -89,7 +89,14 @@ struct Observed {
     refused_latencies_us: Vec<u64>,
     /// Refusals for load that said when to come back (`Retry-After`).
     refused_with_retry_after: u64,
+    /// Lag probes not sent because `LAG_PROBES_MAX` were in flight.
+    lags_skipped: u64,
 }
+
+/// The most lag probes in flight at once. A probe runs beside its worker's next
+/// request and waits for the read model, so without a bound a slow start would pile
+/// them up past the service's in-flight bound and have it refuse the measured load.
+const LAG_PROBES_MAX: usize = 16;
 
 /// Whether an answer refused the request for load (the service's bounds: 503
 /// `unavailable`, 429 `rate_limited`), and whether it said when to come back.
@@ -297,13 +304,14 @@ type Target = (Client, Arc<Vec<Uuid>>);
 async fn run(targets: Vec<Target>, args: Arc<Args>) -> (Observed, Duration) {
     let observed = Arc::new(Mutex::new(Observed::default()));
     let counter = Arc::new(AtomicU64::new(0));
+    let probes = Arc::new(tokio::sync::Semaphore::new(LAG_PROBES_MAX));
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.duration_s);
     let per_worker_interval =
         (args.rate > 0).then(|| Duration::from_secs_f64(args.concurrency as f64 / args.rate as f64));
     let workers = (0..args.concurrency).map(|worker| {
         let (ledger, accounts) = targets[worker % targets.len()].clone();
-        let (args, observed, counter) = (args.clone(), observed.clone(), counter.clone());
+        let (args, observed, counter, probes) = (args.clone(), observed.clone(), counter.clone(), probes.clone());
         tokio::spawn(async move {
             // Paced workers start staggered so arrivals are spread out, not in bursts.
             let stagger =
@@ -329,12 +337,21 @@ async fn run(targets: Vec<Target>, args: Arc<Args>) -> (Observed, Duration) {
                     _ => {}
                 }
                 *o.codes.entry(code).or_default() += 1;
-                drop(o);
                 if let (Some(p), Some(a)) = (position, account)
                     && n.is_multiple_of(args.lag_sample_every)
                 {
-                    tokio::spawn(measure_lag(ledger.clone(), a, p, observed.clone()));
+                    match probes.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            let (ledger, observed) = (ledger.clone(), observed.clone());
+                            tokio::spawn(async move {
+                                measure_lag(ledger, a, p, observed).await;
+                                drop(permit);
+                            });
+                        }
+                        Err(_) => o.lags_skipped += 1,
+                    }
                 }
+                drop(o);
             }
         })
     });
@@ -422,6 +439,7 @@ async fn main() -> anyhow::Result<()> {
         },
         "projection_lag_ms": {
             "samples": o.lags_us.len(),
+            "skipped": o.lags_skipped,
             "p50": percentile(&o.lags_us, 0.50) as f64 / 1000.0,
             "p99": percentile(&o.lags_us, 0.99) as f64 / 1000.0,
         },
