@@ -126,15 +126,7 @@ pub async fn ensure_events_stream(js: &jetstream::Context, names: &Names) -> Res
     if stream.cached_info().config.subjects == [names.events_subjects()] {
         return Ok(stream);
     }
-    let moved = async {
-        // The configuration as it is now, not as it was read: another process may have
-        // changed it (its replicas) since.
-        let mut updated = js.get_stream(names.events_stream()).await?.cached_info().config.clone();
-        updated.subjects = vec![names.events_subjects()];
-        js.update_stream(updated).await?;
-        Ok::<_, async_nats::Error>(js.get_stream(names.events_stream()).await?)
-    };
-    match moved.await {
+    match update_stream(js, &names.events_stream(), |c| c.subjects = vec![names.events_subjects()]).await {
         Ok(updated) => {
             tracing::info!(stream = %names.events_stream(), "dead letters moved out of the events stream");
             Ok(updated)
@@ -188,16 +180,10 @@ async fn ensure_stream(
     if current == replicas || (names.replicas.is_none() && replicas < current) {
         return Ok(stream);
     }
-    let update = async {
-        let mut updated = js.get_stream(&name).await?.cached_info().config.clone();
-        updated.num_replicas = replicas;
-        js.update_stream(updated).await?;
-        Ok::<_, async_nats::Error>(())
-    };
-    match update.await {
-        Ok(()) => {
+    match update_stream(js, &name, |c| c.num_replicas = replicas).await {
+        Ok(updated) => {
             tracing::info!(stream = %name, from = current, to = replicas, "stream replicas updated");
-            Ok(js.get_stream(name).await?)
+            Ok(updated)
         }
         Err(e) => {
             tracing::warn!(stream = %name, from = current, to = replicas, error = %e,
@@ -205,4 +191,17 @@ async fn ensure_stream(
             Ok(stream)
         }
     }
+}
+
+/// Changes a stream's configuration as it is now, not as it was read earlier (another
+/// process may have changed it since), and returns the stream as updated.
+async fn update_stream(
+    js: &jetstream::Context,
+    name: &str,
+    change: impl FnOnce(&mut stream::Config),
+) -> Result<stream::Stream, async_nats::Error> {
+    let mut config = js.get_stream(name).await?.cached_info().config.clone();
+    change(&mut config);
+    js.update_stream(config).await?;
+    Ok(js.get_stream(name).await?)
 }

@@ -537,35 +537,32 @@ impl Relay {
     /// longer than `SEQUENCE_CHECK_MAX` is `Unknown`.
     async fn message_at(&self, stream: &jetstream::stream::Stream, sequence: u64, position: Option<i64>) -> AtSequence {
         let Some(position) = position.filter(|_| sequence > 0) else { return AtSequence::Ours };
-        let message = match tokio::time::timeout(SEQUENCE_CHECK_MAX, stream.get_raw_message(sequence)).await {
-            Ok(Ok(message)) => message,
-            Ok(Err(e)) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {
-                return AtSequence::Ours;
-            }
-            Ok(Err(e)) => {
-                // Also what a NATS user without `$JS.API.STREAM.MSG.GET.<stream>` gets
-                // (as a time-out): the relay then stops publishing, loudly.
-                metrics::counter!("ledger_relay_stream_check_unread_total").increment(1);
-                tracing::error!(sequence, error = %e, "cannot read the events stream's message at the relay's sequence");
-                return AtSequence::Unknown(e.into());
-            }
-            Err(_) => {
-                metrics::counter!("ledger_relay_stream_check_unread_total").increment(1);
-                tracing::error!(sequence, "reading the events stream's message at the relay's sequence timed out");
-                return AtSequence::Unknown("reading the message at the relay's sequence timed out".into());
-            }
-        };
-        let held = message.headers.get("Ledger-Position").and_then(|v| v.as_str().parse::<i64>().ok());
-        if held == Some(position) {
-            return AtSequence::Ours;
-        }
-        tracing::warn!(
-            sequence,
-            position,
-            ?held,
-            "the events stream holds another message at the relay's last sequence"
-        );
-        AtSequence::Another
+        let error: async_nats::Error =
+            match tokio::time::timeout(SEQUENCE_CHECK_MAX, stream.get_raw_message(sequence)).await {
+                Ok(Ok(message)) => {
+                    let held = message.headers.get("Ledger-Position").and_then(|v| v.as_str().parse::<i64>().ok());
+                    if held == Some(position) {
+                        return AtSequence::Ours;
+                    }
+                    tracing::warn!(
+                        sequence,
+                        position,
+                        ?held,
+                        "the events stream holds another message at the relay's last sequence"
+                    );
+                    return AtSequence::Another;
+                }
+                Ok(Err(e)) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {
+                    return AtSequence::Ours;
+                }
+                Ok(Err(e)) => e.into(),
+                Err(_) => "reading the message at the relay's sequence timed out".into(),
+            };
+        // Also what a NATS user without `$JS.API.STREAM.MSG.GET.<stream>` gets (as a
+        // time-out): the relay then stops publishing, loudly.
+        metrics::counter!("ledger_relay_stream_check_unread_total").increment(1);
+        tracing::error!(sequence, %error, "cannot read the events stream's message at the relay's sequence");
+        AtSequence::Unknown(error)
     }
 
     /// Publishes in order, awaiting the acks after sending the whole batch. `known` is

@@ -187,23 +187,14 @@ async fn a_relay_restarting_before_its_checkpoint_applies_nothing_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lost_stream_is_filled_again_from_the_log() {
-    let app = TestApp::spawn().await;
-    let a = app.open_account("EUR", 0).await;
-    let b = app.open_account("EUR", 0).await;
-    app.deposit(a, 1_000, "EUR").await;
-    let before = app.transfer(a, b, 100, "EUR").await.body["position"].as_i64().expect("position");
-    app.wait_relayed(before, 20).await;
+    let (app, a, b, _, _) = relayed_transfer().await;
     // The stream is lost (deleted by an operator, or its only replica's disk is gone).
     let js = async_nats::jetstream::new(app.state.nats.clone());
     assert!(js.delete_stream(app.state.names.events_stream()).await.expect("delete").success);
     let last = app.transfer(b, a, 30, "EUR").await.body["position"].as_i64().expect("position");
-    eventually("the stream holds the whole log again", 30, || async {
-        // (The first event after the loss may be stored twice: alone, before the relay
-        // noticed the loss, and again in a run when the whole log is published anew.)
-        let held = app.stream_positions().await.map(|p| p.into_iter().collect::<std::collections::BTreeSet<_>>());
-        held.is_some_and(|p| p == (1..=last).collect()) && app.relayed().await >= last
-    })
-    .await;
+    // (The first event after the loss may be stored twice: alone, before the relay
+    // noticed the loss, and again in a run when the whole log is published anew.)
+    wait_stream_holds_the_log(&app, last, 30).await;
     eventually("projections applied the new transfer", 20, || async {
         app.checkpoint("accounts").await >= last && app.checkpoint("transfers").await >= last
     })
@@ -224,18 +215,8 @@ async fn a_lost_stream_is_filled_again_from_the_log() {
 /// unnoticed for good).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lost_stream_is_noticed_though_dead_letters_reach_nats_before_the_relay() {
-    let app = TestApp::spawn().await;
-    let a = app.open_account("EUR", 0).await;
-    let b = app.open_account("EUR", 0).await;
-    app.deposit(a, 1_000, "EUR").await;
-    let before = app.transfer(a, b, 100, "EUR").await.body["position"].as_i64().expect("position");
-    app.wait_relayed(before, 20).await;
+    let (app, a, b, stored, _) = relayed_transfer().await;
     let names = &app.state.names;
-    let stored: i64 = sqlx::query_scalar("select stream_sequence from relay_checkpoints where name = $1")
-        .bind(names.prefix())
-        .fetch_one(&app.pool)
-        .await
-        .expect("the relay's stream sequence");
     assert!(stored >= 1, "the relay stored messages");
     let js = async_nats::jetstream::new(app.state.nats.clone());
     assert!(js.delete_stream(names.events_stream()).await.expect("delete").success);
@@ -248,17 +229,26 @@ async fn a_lost_stream_is_noticed_though_dead_letters_reach_nats_before_the_rela
         ack.expect("publish").await.expect("stored");
     }
     let last = app.transfer(b, a, 30, "EUR").await.body["position"].as_i64().expect("position");
-    eventually("the stream holds the whole log again", 30, || async {
-        let held = app.stream_positions().await.map(|p| p.into_iter().collect::<std::collections::BTreeSet<_>>());
-        held.is_some_and(|p| p == (1..=last).collect()) && app.relayed().await >= last
-    })
-    .await;
+    wait_stream_holds_the_log(&app, last, 30).await;
     let mut dead = js.get_stream(names.dead_letter_stream()).await.expect("the dead letters' stream");
     assert_eq!(dead.info().await.expect("info").state.messages, letters as u64, "every dead letter kept, apart");
     let mut events = js.get_stream(names.events_stream()).await.expect("the events stream");
     assert_eq!(events.info().await.expect("info").config.subjects, vec![names.events_subjects()]);
     app.wait_consumers_drained().await;
     app.assert_read_models_match_log().await;
+}
+
+/// A ledger with two accounts (`a` funded) and a transfer from `a` to `b`, once the
+/// relay has published it: the app, the accounts, and the relay's last stored
+/// sequence with the `Ledger-Position` of its message there.
+async fn relayed_transfer() -> (TestApp, Uuid, Uuid, i64, Option<i64>) {
+    let app = TestApp::spawn().await;
+    let a = app.open_account("EUR", 0).await;
+    let b = app.open_account("EUR", 0).await;
+    app.deposit(a, 1_000, "EUR").await;
+    let before = app.transfer(a, b, 100, "EUR").await.body["position"].as_i64().expect("position");
+    let (stored, at) = relays_last_message(&app, before).await;
+    (app, a, b, stored, at)
 }
 
 /// The relay's last stored sequence and the `Ledger-Position` of its message there,
@@ -295,8 +285,10 @@ async fn lose_the_stream_and_fill_a_new_one(app: &TestApp, copies: i64) {
     }
 }
 
-async fn wait_stream_holds_the_log(app: &TestApp, last: i64) {
-    eventually("the stream holds the whole log again", 40, || async {
+/// Waits until the stream holds every event of the log through `last` (some maybe
+/// twice) and the relay's checkpoint has reached it.
+async fn wait_stream_holds_the_log(app: &TestApp, last: i64, seconds: u64) {
+    eventually("the stream holds the whole log again", seconds, || async {
         let held = app.stream_positions().await.map(|p| p.into_iter().collect::<std::collections::BTreeSet<_>>());
         held.is_some_and(|p| p == (1..=last).collect()) && app.relayed().await >= last
     })
@@ -309,16 +301,11 @@ async fn wait_stream_holds_the_log(app: &TestApp, last: i64) {
 /// published again. By its sequences alone the loss would go unnoticed for good.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lost_stream_grown_past_the_relays_sequence_is_noticed_by_the_message_there() {
-    let app = TestApp::spawn().await;
-    let a = app.open_account("EUR", 0).await;
-    let b = app.open_account("EUR", 0).await;
-    app.deposit(a, 1_000, "EUR").await;
-    let before = app.transfer(a, b, 100, "EUR").await.body["position"].as_i64().expect("position");
-    let (stored, at) = relays_last_message(&app, before).await;
+    let (app, a, b, stored, at) = relayed_transfer().await;
     assert!(stored >= 1 && at.is_some_and(|p| p > 1), "the relay stored messages: {stored} {at:?}");
     lose_the_stream_and_grow_a_new_one_past(&app, stored).await;
     let last = app.transfer(b, a, 30, "EUR").await.body["position"].as_i64().expect("position");
-    wait_stream_holds_the_log(&app, last).await;
+    wait_stream_holds_the_log(&app, last, 40).await;
     app.wait_consumers_drained().await;
     app.assert_read_models_match_log().await;
 }
@@ -333,7 +320,7 @@ async fn a_lost_stream_grown_past_the_relays_sequence_is_noticed_while_nothing_i
     let last: i64 = sqlx::query_scalar("select position from log_head").fetch_one(&app.pool).await.expect("head");
     let (stored, _) = relays_last_message(&app, last).await;
     lose_the_stream_and_grow_a_new_one_past(&app, stored).await;
-    wait_stream_holds_the_log(&app, last).await;
+    wait_stream_holds_the_log(&app, last, 40).await;
 }
 
 /// A new stream filled by others exactly up to the relay's sequence: the relay's next
@@ -342,17 +329,13 @@ async fn a_lost_stream_grown_past_the_relays_sequence_is_noticed_while_nothing_i
 /// relay's sequence, and finds a copy there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lost_stream_filled_exactly_to_the_relays_sequence_is_noticed_at_the_next_check() {
-    let app = TestApp::spawn().await;
-    let a = app.open_account("EUR", 0).await;
-    let b = app.open_account("EUR", 0).await;
-    app.deposit(a, 1_000, "EUR").await;
-    let before = app.transfer(a, b, 100, "EUR").await.body["position"].as_i64().expect("position");
-    let (stored, _) = relays_last_message(&app, before).await;
-    // A stream check (every 10 s) finds the relay's message where it was stored.
+    let (app, a, b, stored, _) = relayed_transfer().await;
+    // A deliberate pause past the relay's stream check period (10 s, not observable
+    // from outside): a check finds the relay's message where it was stored.
     tokio::time::sleep(Duration::from_secs(11)).await;
     lose_the_stream_and_fill_a_new_one(&app, stored).await;
     let last = app.transfer(b, a, 30, "EUR").await.body["position"].as_i64().expect("position");
-    wait_stream_holds_the_log(&app, last).await;
+    wait_stream_holds_the_log(&app, last, 40).await;
 }
 
 /// A relay of the version before moves the stream sequence alone, leaving the message
@@ -360,21 +343,16 @@ async fn a_lost_stream_filled_exactly_to_the_relays_sequence_is_noticed_at_the_n
 /// is published again (a false restart would re-publish the whole log).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_message_position_of_another_sequence_is_not_compared() {
-    let app = TestApp::spawn().await;
-    let a = app.open_account("EUR", 0).await;
-    let b = app.open_account("EUR", 0).await;
-    app.deposit(a, 1_000, "EUR").await;
-    let before = app.transfer(a, b, 100, "EUR").await.body["position"].as_i64().expect("position");
-    let (stored, _) = relays_last_message(&app, before).await;
+    let (app, a, b, stored, _) = relayed_transfer().await;
     // As the version before leaves it: the position belongs to an earlier sequence, and
     // is not the message's at the current one.
     sqlx::query("update relay_checkpoints set stream_position = 1, stream_position_at = stream_sequence - 1")
         .execute(&app.pool)
         .await
         .expect("an old relay's checkpoint");
-    // Past two of the relay's periodic stream checks: a restart would have set the
-    // sequence to 0 and the pair to null (re-publishing only duplicates, it stores
-    // nothing).
+    // A deliberate pause past two of the relay's periodic stream checks (every 10 s,
+    // not observable from outside): a restart would have set the sequence to 0 and the
+    // pair to null (re-publishing only duplicates, it stores nothing).
     tokio::time::sleep(Duration::from_secs(21)).await;
     let row: (i64, Option<i64>, Option<i64>) = sqlx::query_as(
         "select stream_sequence, stream_position, stream_position_at from relay_checkpoints where name = $1",
