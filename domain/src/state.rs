@@ -487,6 +487,11 @@ impl Ledger {
         self.streams.iter()
     }
 
+    /// The streams, by value (a committed batch's states handed to a cache uncopied).
+    pub fn into_streams(self) -> impl Iterator<Item = (Uuid, StreamState)> {
+        self.streams.into_iter()
+    }
+
     pub fn account(&self, id: Uuid) -> Option<&Account> {
         match self.streams.get(&id).map(|s| &s.aggregate) {
             Some(Aggregate::Account(a)) => Some(a),

@@ -590,13 +590,14 @@ impl Writer {
     }
 
     fn answer(&self, prepared: Prepared, appended: Appended) {
-        self.remember_appended(&prepared.working, &appended.versions);
+        let Prepared { pending, plans, working, .. } = prepared;
+        self.remember_appended(working, &appended.versions);
         let positions = appended.results.iter().flat_map(|r| r.recorded.iter().map(|e| e.position));
         if let (Some(first), Some(last)) = (positions.clone().min(), positions.max()) {
             self.loader.committed(first - 1, last);
         }
         let mut results: Vec<Option<crate::store::CommitResult>> = appended.results.into_iter().map(Some).collect();
-        for (p, plan) in prepared.pending.into_iter().zip(prepared.plans) {
+        for (p, plan) in pending.into_iter().zip(plans) {
             let result = match plan {
                 Plan::Answered(result) => result,
                 Plan::Append(items) => Ok(items
@@ -618,17 +619,12 @@ impl Writer {
     /// appended at a version other than the one the writer computed (a system account
     /// another process appended to meanwhile) is dropped from the cache instead, so its
     /// next load folds it from the log: the cache never holds a state the log does not.
-    fn remember_appended(&self, working: &Ledger, versions: &HashMap<Uuid, i64>) {
+    fn remember_appended(&self, working: Ledger, versions: &HashMap<Uuid, i64>) {
         let mut due = Vec::new();
-        for (stream, state) in working.streams() {
-            match versions.get(stream) {
-                Some(logged) if *logged != state.version => self.loader.forget(*stream),
-                Some(_) => {
-                    if self.loader.snapshot_due(*stream, state.version) {
-                        due.push((*stream, state.clone()));
-                    }
-                    self.loader.remember(*stream, Some(state));
-                }
+        for (stream, state) in working.into_streams() {
+            match versions.get(&stream) {
+                Some(logged) if *logged != state.version => self.loader.forget(stream),
+                Some(_) => due.extend(self.loader.remember_committed(stream, state).map(|s| (stream, s))),
                 // Not appended by this batch: loaded from the log or the cache (and cached
                 // by the load), or inherited from the batch before it, whose own answer
                 // cached or dropped it. Caching it here could put back a state the log

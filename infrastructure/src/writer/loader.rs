@@ -1,4 +1,4 @@
-//! The state loader: folded stream states, cached (moka), always caught up with the log
+//! The state loader: folded stream states, cached (`state_cache`), always caught up with the log
 //! before use; snapshots of streams that needed many events folded, and of busy streams
 //! as their appends cross a multiple of `snapshot_every`.
 //!
@@ -10,9 +10,9 @@
 //! `synced` moves it on ([`StateLoader::committed`]). A stream not in the cache is
 //! folded from its snapshot and the log.
 
+use super::state_cache::StateCache;
 use crate::store::{EventStore, StoreError};
 use ledger_domain::{Ledger, StreamState};
-use moka::sync::Cache;
 use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
@@ -26,7 +26,9 @@ const CATCH_UP_MAX: i64 = 20_000;
 #[derive(Clone)]
 pub struct StateLoader {
     store: EventStore,
-    cache: Cache<Uuid, StreamState>,
+    /// Shared, not copied: a look-up that only compares versions copies nothing, and a
+    /// committed batch's states move in whole.
+    cache: Arc<StateCache>,
     /// 0 disables snapshots.
     snapshot_every: usize,
     /// Every cached state reflects every event of the log at or before this position
@@ -36,7 +38,7 @@ pub struct StateLoader {
 
 impl StateLoader {
     pub fn new(store: EventStore, cache_max: u64, snapshot_every: usize) -> StateLoader {
-        StateLoader { store, cache: Cache::new(cache_max), snapshot_every, synced: Arc::default() }
+        StateLoader { store, cache: Arc::new(StateCache::new(cache_max)), snapshot_every, synced: Arc::default() }
     }
 
     /// Brings the cache up to the log's head (see the module's notes): a stream another
@@ -108,7 +110,7 @@ impl StateLoader {
         let mut missing = Vec::new();
         for id in ids {
             match self.cache.get(id) {
-                Some(state) => ledger.insert(*id, state),
+                Some(state) => ledger.insert(*id, StreamState::clone(&state)),
                 None => {
                     missing.push(*id);
                     ledger.insert(*id, StreamState::default());
@@ -135,7 +137,9 @@ impl StateLoader {
         // catch-up has just dropped it for (and `synced` would vouch for it).
         if caught_up {
             for id in ids {
-                self.remember(*id, ledger.stream(*id));
+                if let Some(state) = ledger.stream(*id) {
+                    self.remember(*id, state.clone());
+                }
             }
         }
         if self.snapshot_every > 0 {
@@ -151,25 +155,30 @@ impl StateLoader {
         Ok(())
     }
 
-    /// Whether a stream appended up to `version` crossed a multiple of `snapshot_every`
-    /// since its cached (pre-batch) state: a stream that stays in the cache is never
-    /// loaded from the log again, so this is where busy streams get their snapshots
-    /// (and historical reads of them a near starting point).
-    pub(super) fn snapshot_due(&self, id: Uuid, version: i64) -> bool {
+    /// Caches a state a batch of this writer committed (unless a newer one is cached),
+    /// and returns it when the append crossed a multiple of `snapshot_every` since the
+    /// cached (pre-batch) state: a stream that stays in the cache is never loaded from
+    /// the log again, so this is where busy streams get their snapshots (and historical
+    /// reads of them a near starting point).
+    pub(super) fn remember_committed(&self, id: Uuid, state: StreamState) -> Option<Arc<StreamState>> {
+        if state.version == 0 {
+            return None;
+        }
+        let (version, state) = (state.version, Arc::new(state));
+        let before = self.cache.insert_if_newer(id, || state.clone(), version);
         let every = i64::try_from(self.snapshot_every).unwrap_or(i64::MAX);
-        let before = self.cache.get(&id).map_or(0, |s| s.version);
-        every > 0 && before / every < version / every
+        (version > before && every > 0 && before / every < version / every).then_some(state)
     }
 
     /// Saves states that are exactly what the log holds, off the writer's path.
-    pub(super) fn snapshot_in_background(&self, states: Vec<(Uuid, StreamState)>) {
+    pub(super) fn snapshot_in_background(&self, states: Vec<(Uuid, Arc<StreamState>)>) {
         if states.is_empty() {
             return;
         }
         let pool = self.store.pool().clone();
         let limit = self.store.writer_time_limit();
         tokio::spawn(async move {
-            let states: Vec<(Uuid, &StreamState)> = states.iter().map(|(id, state)| (*id, state)).collect();
+            let states: Vec<(Uuid, &StreamState)> = states.iter().map(|(id, state)| (*id, &**state)).collect();
             let saving = crate::snapshots::save_all(&pool, &states);
             if let Err(e) = crate::db::within(limit, "saving snapshots", saving).await {
                 tracing::warn!(error = %e, streams = states.len(), "saving snapshots failed");
@@ -187,12 +196,11 @@ impl StateLoader {
         self.cache.invalidate_all();
     }
 
-    pub(super) fn remember(&self, id: Uuid, state: Option<&StreamState>) {
-        if let Some(state) = state.filter(|s| s.version > 0) {
-            let newer = self.cache.get(&id).is_none_or(|cached| cached.version < state.version);
-            if newer {
-                self.cache.insert(id, state.clone());
-            }
+    /// Caches a state folded from the log, unless a newer one is cached.
+    fn remember(&self, id: Uuid, state: StreamState) {
+        if state.version > 0 {
+            let version = state.version;
+            self.cache.insert_if_newer(id, || Arc::new(state), version);
         }
     }
 }

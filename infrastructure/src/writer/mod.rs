@@ -17,7 +17,7 @@
 //!
 //! # Layout
 //! - this module: the requests and answers, the bus, the pipelined loop;
-//! - [`loader`]: folded stream states, cached and caught up with the log;
+//! - [`loader`]: folded stream states, cached (`state_cache`) and caught up with the log;
 //! - `batch`: preparing a batch (records, streams, replays, decisions), landing it, and
 //!   settling one that failed (decided again, split, or failed);
 //! - `decide`: deciding one command into its commit.
@@ -25,6 +25,7 @@
 mod batch;
 mod decide;
 pub mod loader;
+mod state_cache;
 
 use crate::outcome::{Outcome, Stored};
 use crate::store::{EventMetadata, EventStore, IdempotencyClaim, RecordedEvent, StoreError};
