@@ -1,11 +1,13 @@
 //! The writer's folded stream states, bounded, in two generations of a hash map.
 //!
 //! A state goes into the young generation. A look-up that finds it in the old one
-//! moves it to the young one. When the young generation holds half the bound it
-//! becomes the old one, and the old one before it is dropped (off the caller's path).
-//! So at most `max` states are held, and a stream used within the last `max / 2`
-//! insertions of new streams is kept: the accounts a load keeps using stay, the one
-//! transfer streams that are never loaded again age out.
+//! moves it to the young one while that has room. When an insertion finds the young
+//! generation holding half the bound, it becomes the old one, and the old one before
+//! it is dropped (off the caller's path). So at most `max` states are held (none below
+//! 2), and a stream used within the last `max / 2` insertions of new streams is kept:
+//! the accounts the writer keeps using stay, the transfer streams that are never
+//! loaded again age out. Only insertions (the writer's) retire a generation: strong
+//! reads, which share the cache, never evict the writer's states.
 //!
 //! It replaced a moka cache here. Every command of a batch looks up and caches the
 //! streams it appends to, and moka's bookkeeping (its concurrent table, frequency
@@ -34,7 +36,7 @@ struct Generations {
 
 impl StateCache {
     pub(super) fn new(max: u64) -> StateCache {
-        let generation_max = usize::try_from(max / 2).unwrap_or(usize::MAX).max(1);
+        let generation_max = usize::try_from(max / 2).unwrap_or(usize::MAX);
         StateCache { generation_max, generations: Mutex::default() }
     }
 
@@ -49,8 +51,11 @@ impl StateCache {
         if let Some(state) = g.young.get(id) {
             return Some(state.clone());
         }
-        let state = g.old.remove(id)?;
-        self.put_young(&mut g, *id, state.clone());
+        let state = g.old.get(id)?.clone();
+        if g.young.len() < self.generation_max {
+            g.old.remove(id);
+            g.young.insert(*id, state.clone());
+        }
         Some(state)
     }
 
@@ -59,9 +64,19 @@ impl StateCache {
     pub(super) fn insert_if_newer(&self, id: Uuid, state: impl FnOnce() -> Arc<StreamState>, version: i64) -> i64 {
         let mut g = self.lock();
         let before = g.young.get(&id).or_else(|| g.old.get(&id)).map_or(0, |s| s.version);
-        if version > before {
-            g.old.remove(&id);
-            self.put_young(&mut g, id, state());
+        if version <= before || self.generation_max == 0 {
+            return before;
+        }
+        g.old.remove(&id);
+        let mut retired = None;
+        if g.young.len() >= self.generation_max && !g.young.contains_key(&id) {
+            let young = std::mem::replace(&mut g.young, HashMap::with_capacity(self.generation_max));
+            retired = Some(std::mem::replace(&mut g.old, young));
+        }
+        g.young.insert(id, state());
+        drop(g);
+        if let Some(retired) = retired {
+            drop_aside(retired);
         }
         before
     }
@@ -77,14 +92,6 @@ impl StateCache {
         drop_aside(retired);
     }
 
-    fn put_young(&self, g: &mut Generations, id: Uuid, state: Arc<StreamState>) {
-        if g.young.len() >= self.generation_max && !g.young.contains_key(&id) {
-            let young = std::mem::replace(&mut g.young, HashMap::with_capacity(self.generation_max));
-            drop_aside(std::mem::replace(&mut g.old, young));
-        }
-        g.young.insert(id, state);
-    }
-
     #[cfg(test)]
     fn len(&self) -> usize {
         let g = self.lock();
@@ -92,13 +99,12 @@ impl StateCache {
     }
 }
 
-/// Drops a retired generation off the caller's path (tens of thousands of states take
-/// milliseconds to free), or here when there is no runtime to do it.
+/// Drops a retired generation on a thread of its own (tens of thousands of states take
+/// milliseconds to free), or here if no thread can be started: never a panic, since
+/// the writer calls this (`forget_all` runs outside the writer's own unwind guard).
 fn drop_aside<T: Send + 'static>(retired: T) {
-    match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => drop(runtime.spawn_blocking(move || drop(retired))),
-        Err(_) => drop(retired),
-    }
+    // On failure the closure, and with it the generation, is dropped right here.
+    let _ = std::thread::Builder::new().name("ledger-cache-drop".into()).spawn(move || drop(retired));
 }
 
 #[cfg(test)]
@@ -122,6 +128,31 @@ mod tests {
         }
         // One inserted long ago and never used again has aged out.
         assert!(cache.get(&Uuid::from_u128(0)).is_none());
+    }
+
+    #[test]
+    fn a_bound_below_two_keeps_nothing() {
+        for max in [0, 1] {
+            let cache = StateCache::new(max);
+            cache.insert_if_newer(Uuid::from_u128(1), || state(1), 1);
+            cache.insert_if_newer(Uuid::from_u128(2), || state(1), 1);
+            assert_eq!(cache.len(), 0, "bound {max}");
+        }
+    }
+
+    #[test]
+    fn look_ups_never_evict() {
+        let cache = StateCache::new(4);
+        for i in 0..4u128 {
+            cache.insert_if_newer(Uuid::from_u128(i), || state(1), 1);
+        }
+        // 0 and 1 are old, 2 and 3 young (full): look-ups find all four, and keep all four.
+        for _ in 0..3 {
+            for i in 0..4u128 {
+                assert!(cache.get(&Uuid::from_u128(i)).is_some(), "state {i}");
+            }
+        }
+        assert_eq!(cache.len(), 4);
     }
 
     #[test]
