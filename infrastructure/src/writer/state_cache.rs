@@ -70,7 +70,7 @@ impl StateCache {
         g.old.remove(&id);
         let mut retired = None;
         if g.young.len() >= self.generation_max && !g.young.contains_key(&id) {
-            let young = std::mem::replace(&mut g.young, HashMap::with_capacity(self.generation_max));
+            let young = std::mem::take(&mut g.young);
             retired = Some(std::mem::replace(&mut g.old, young));
         }
         g.young.insert(id, state());
@@ -89,7 +89,9 @@ impl StateCache {
 
     pub(super) fn invalidate_all(&self) {
         let retired = std::mem::take(&mut *self.lock());
-        drop_aside(retired);
+        if !retired.young.is_empty() || !retired.old.is_empty() {
+            drop_aside(retired);
+        }
     }
 
     #[cfg(test)]
