@@ -240,10 +240,12 @@ impl PayoutWorker {
                     last_error: detail,
                     source_position,
                 };
-                // Recorded first: only a dead letter the log holds is kept in JetStream.
-                self.record(Command::DeadLetterPayout(dead.clone())).await?;
-                metrics::counter!("ledger_payouts_dead_lettered_total").increment(1);
-                self.publish_dead_letter(&dead).await;
+                // Recorded first: only a dead letter the log holds is kept in JetStream
+                // (not one refused because another worker settled or dead-lettered it).
+                if self.record(Command::DeadLetterPayout(dead.clone())).await? {
+                    metrics::counter!("ledger_payouts_dead_lettered_total").increment(1);
+                    self.publish_dead_letter(&dead).await;
+                }
                 return Ok(Disposition::Ack);
             }
         };
@@ -306,9 +308,9 @@ impl PayoutWorker {
             "keeping the dead letter in JetStream failed (the event records it)");
     }
 
-    /// Records the outcome; a rejection (already settled, failed or dead-lettered by
-    /// another worker) means there is nothing left to do.
-    async fn record(&self, command: Command) -> Result<(), PayoutStepError> {
+    /// Records the outcome; whether it was recorded. A rejection (already settled,
+    /// failed or dead-lettered by another worker) means there is nothing left to do.
+    async fn record(&self, command: Command) -> Result<bool, PayoutStepError> {
         let request = CommandRequest {
             command,
             metadata: EventMetadata { actor: "payout-worker".into(), ..EventMetadata::default() },
@@ -316,7 +318,7 @@ impl PayoutWorker {
             fresh_stream: None,
             owner_index: None,
         };
-        self.bus.execute(request).await.map(|_| ()).map_err(PayoutStepError::from)
+        self.bus.execute(request).await.map(|reply| !reply.recorded.is_empty()).map_err(PayoutStepError::from)
     }
 }
 
