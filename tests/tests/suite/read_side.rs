@@ -4,6 +4,7 @@
 use futures::StreamExt;
 use futures::future::join_all;
 use ledger_api::run::serve::Mode;
+use ledger_infrastructure::relay::STREAM_RECHECK;
 use ledger_tests::{NatsServer, TestApp, eventually, test_config};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -330,9 +331,10 @@ async fn a_lost_stream_grown_past_the_relays_sequence_is_noticed_while_nothing_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lost_stream_filled_exactly_to_the_relays_sequence_is_noticed_at_the_next_check() {
     let (app, a, b, stored, _) = relayed_transfer().await;
-    // A deliberate pause past the relay's stream check period (10 s, not observable
-    // from outside): a check finds the relay's message where it was stored.
-    tokio::time::sleep(Duration::from_secs(11)).await;
+    // A deliberate pause past the relay's stream check period (not observable from
+    // outside), with a margin for a loaded machine: a check finds the relay's message
+    // where it was stored.
+    tokio::time::sleep(STREAM_RECHECK + Duration::from_secs(3)).await;
     lose_the_stream_and_fill_a_new_one(&app, stored).await;
     let last = app.transfer(b, a, 30, "EUR").await.body["position"].as_i64().expect("position");
     wait_stream_holds_the_log(&app, last, 40).await;
@@ -350,10 +352,10 @@ async fn a_message_position_of_another_sequence_is_not_compared() {
         .execute(&app.pool)
         .await
         .expect("an old relay's checkpoint");
-    // A deliberate pause past two of the relay's periodic stream checks (every 10 s,
-    // not observable from outside): a restart would have set the sequence to 0 and the
-    // pair to null (re-publishing only duplicates, it stores nothing).
-    tokio::time::sleep(Duration::from_secs(21)).await;
+    // A deliberate pause past two of the relay's periodic stream checks (not observable
+    // from outside), with a margin for a loaded machine: a restart would have set the
+    // sequence to 0 and the pair to null (re-publishing only duplicates, it stores nothing).
+    tokio::time::sleep(2 * STREAM_RECHECK + Duration::from_secs(3)).await;
     let row: (i64, Option<i64>, Option<i64>) = sqlx::query_as(
         "select stream_sequence, stream_position, stream_position_at from relay_checkpoints where name = $1",
     )
