@@ -206,6 +206,14 @@ pub struct Config {
     /// moderate rates it applies fewer, larger batches (each is one transaction of
     /// several statements); read models lag by up to this much more.
     pub projection_linger: Duration,
+    /// `LEDGER_RELAY_LINGER_MS` (default 25; 0: none; at most 1000 with the projector's
+    /// linger): how long the relay leader waits after publishing less than a batch
+    /// before it publishes again, so that several writer batches travel as one
+    /// JetStream message (a message costs JetStream, the relay's checkpoint and the
+    /// projector's delivery much the same whatever it holds); read models and
+    /// side-effect workers lag by up to this much more. The first batch after a quiet
+    /// spell is published at once.
+    pub relay_linger: Duration,
 }
 
 fn env_or(name: &str, default: &str) -> String {
@@ -300,6 +308,7 @@ impl Default for Config {
             relay_backoff_max: Duration::from_millis(5000),
             tree_poll: Duration::from_millis(250),
             projection_linger: Duration::from_millis(5),
+            relay_linger: Duration::from_millis(25),
             relay_lease: Duration::from_millis(15_000),
         }
     }
@@ -405,6 +414,7 @@ impl Config {
             relay_lease: env_ms("LEDGER_RELAY_LEASE_MS", d.relay_lease)?,
             tree_poll: env_ms("LEDGER_TREE_POLL_MS", d.tree_poll)?,
             projection_linger: env_ms("LEDGER_PROJECTION_LINGER_MS", d.projection_linger)?,
+            relay_linger: env_ms("LEDGER_RELAY_LINGER_MS", d.relay_linger)?,
             shards,
             ledger: d.ledger,
         };
@@ -421,11 +431,22 @@ impl Config {
         // creates the database, before any pool).
         crate::db::set_session_limits(config.db_connect_timeout, config.db_migration_lock_timeout, config.db_keepalive);
         // A projector lingering a second would leave it to the stall detector, which
-        // applies the log itself after a second without progress.
+        // applies the log itself after a second without progress; so would the two
+        // lingers together (the relay's, then the projector's).
         if config.projection_linger > Duration::from_millis(1000) {
             return Err(ConfigError::Invalid {
                 name: "LEDGER_PROJECTION_LINGER_MS".into(),
                 value: format!("{} (at most 1000)", config.projection_linger.as_millis()),
+            });
+        }
+        if config.relay_linger + config.projection_linger > Duration::from_millis(1000) {
+            return Err(ConfigError::Invalid {
+                name: "LEDGER_RELAY_LINGER_MS".into(),
+                value: format!(
+                    "{} (at most 1000 with LEDGER_PROJECTION_LINGER_MS, {})",
+                    config.relay_linger.as_millis(),
+                    config.projection_linger.as_millis()
+                ),
             });
         }
         // The wait on Postgres must end before the request does, or it never counts.

@@ -49,6 +49,8 @@ pub struct RelayLimits {
     pub lock_timeout: Duration,
     /// `LEDGER_RELAY_LEASE_MS`: the leader's session ends after this long unused.
     pub lease: Duration,
+    /// `LEDGER_RELAY_LINGER_MS`: the pause after publishing less than a batch.
+    pub linger: Duration,
 }
 
 /// How often a leader that is waiting uses its session (well inside any lease).
@@ -66,6 +68,7 @@ impl RelayLimits {
             statement_timeout: c.db_statement_timeout,
             lock_timeout: c.db_lock_timeout,
             lease: c.relay_lease.max(KEEP_ALIVE * 3),
+            linger: c.relay_linger,
         }
     }
 }
@@ -320,7 +323,23 @@ impl Relay {
                         _ = tokio::time::sleep(self.wake_every()) => {}
                     }
                 }
-                Ok(_) => attempt = 0,
+                Ok(relayed) => {
+                    attempt = 0;
+                    // Less than a batch: the writer's next batches gather meanwhile and
+                    // go out together, as one message where they fit.
+                    // What is handed meanwhile is taken in, so that the handoff's
+                    // channel keeps its room.
+                    if (relayed as i64) < self.limits.batch_max && !self.limits.linger.is_zero() {
+                        let until = tokio::time::Instant::now() + self.limits.linger;
+                        loop {
+                            tokio::select! {
+                                _ = shutdown.cancelled() => break,
+                                _ = tokio::time::sleep_until(until) => break,
+                                _ = inbox.recv() => {}
+                            }
+                        }
+                    }
+                }
                 Err(RelayError::Nats(e)) => {
                     attempt += 1;
                     metrics::counter!("ledger_relay_retries_total").increment(1);
