@@ -357,6 +357,13 @@ impl TestApp {
         eventually("relayed", seconds, || async { self.relayed().await >= position }).await;
     }
 
+    /// How many messages the ledger's JetStream events stream holds (0 while it is missing).
+    pub async fn stream_message_count(&self) -> u64 {
+        let js = async_nats::jetstream::new(self.state.nats.clone());
+        let Ok(mut stream) = js.get_stream(self.state.names.events_stream()).await else { return 0 };
+        stream.info().await.map_or(0, |info| info.state.messages)
+    }
+
     /// The position of every event the ledger's JetStream stream holds, in stream order:
     /// a message is one event, or a run of events (`{prefix}.events.ledger.batch`, a JSON
     /// array); nothing else is in it. `None` while the stream is missing.

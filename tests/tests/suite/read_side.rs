@@ -485,6 +485,40 @@ async fn handed_and_read_back_events_reach_the_stream_once_in_order_as_the_log_h
     app.assert_read_models_match_log().await;
 }
 
+/// A relay leader that lingers after a publish smaller than a batch gathers what the
+/// writer commits meanwhile: transfers sent one after another, each its own append,
+/// reach JetStream in fewer messages than appends, every event once and in log order,
+/// and the read models equal the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lingering_relay_sends_several_appends_as_one_message_and_loses_none() {
+    let mut config = test_config();
+    config.relay_linger = Duration::from_millis(400);
+    let app = TestApp::spawn_with(config).await;
+    let a = app.open_account("EUR", 0).await;
+    let b = app.open_account("EUR", 0).await;
+    app.deposit(a, 100_000, "EUR").await;
+    let before: i64 = sqlx::query_scalar("select position from log_head").fetch_one(&app.pool).await.expect("head");
+    app.wait_relayed(before, 30).await;
+    let messages_before = app.stream_message_count().await;
+    // One at a time: each transfer is answered, so appended, before the next is sent.
+    let transfers = 12;
+    for i in 0..transfers {
+        let reply = app.transfer(a, b, 1 + i, "EUR").await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    }
+    let last: i64 = sqlx::query_scalar("select position from log_head").fetch_one(&app.pool).await.expect("head");
+    assert_eq!(last - before, transfers, "one event per transfer");
+    wait_stream_holds_the_log(&app, last, 30).await;
+    let positions = app.stream_positions().await.expect("the stream");
+    assert_eq!(positions, (1..=last).collect::<Vec<_>>(), "every event once, in log order");
+    let messages = app.stream_message_count().await - messages_before;
+    assert!(
+        messages < transfers as u64,
+        "{transfers} appends, one after another, took {messages} messages: the relay did not gather them"
+    );
+    app.assert_read_models_match_log().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_relay_leads_and_another_takes_over() {
     use ledger_infrastructure::relay::{Relay, RelayLimits};
