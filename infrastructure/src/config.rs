@@ -206,8 +206,8 @@ pub struct Config {
     /// moderate rates it applies fewer, larger batches (each is one transaction of
     /// several statements); read models lag by up to this much more.
     pub projection_linger: Duration,
-    /// `LEDGER_RELAY_LINGER_MS` (default 25; 0: none; at most 1000 with the projector's
-    /// linger): how long the relay leader waits after publishing less than a batch
+    /// `LEDGER_RELAY_LINGER_MS` (default 25; 0: none; at most 250, and 1000 with the
+    /// projector's linger): how long the relay leader waits after publishing less than a batch
     /// before it publishes again, so that several writer batches travel as one
     /// JetStream message (a message costs JetStream, the relay's checkpoint and the
     /// projector's delivery much the same whatever it holds); read models and
@@ -439,11 +439,13 @@ impl Config {
                 value: format!("{} (at most 1000)", config.projection_linger.as_millis()),
             });
         }
-        if config.relay_linger + config.projection_linger > Duration::from_millis(1000) {
+        if config.relay_linger > Duration::from_millis(250)
+            || config.relay_linger + config.projection_linger > Duration::from_millis(1000)
+        {
             return Err(ConfigError::Invalid {
                 name: "LEDGER_RELAY_LINGER_MS".into(),
                 value: format!(
-                    "{} (at most 1000 with LEDGER_PROJECTION_LINGER_MS, {})",
+                    "{} (at most 250, and 1000 with LEDGER_PROJECTION_LINGER_MS, {})",
                     config.relay_linger.as_millis(),
                     config.projection_linger.as_millis()
                 ),

@@ -328,7 +328,10 @@ impl Relay {
                     // Less than a batch: the writer's next batches gather meanwhile and
                     // go out together, as one message where they fit.
                     // What is handed meanwhile is taken in, so that the handoff's
-                    // channel keeps its room.
+                    // channel keeps its room, and so are the appends' notifications:
+                    // under steady load the relay may never come to wait above, and
+                    // notifications nobody reads fill Postgres' queue of them, which
+                    // every append of the cluster needs room in.
                     if (relayed as i64) < self.limits.batch_max && !self.limits.linger.is_zero() {
                         let until = tokio::time::Instant::now() + self.limits.linger;
                         loop {
@@ -336,6 +339,14 @@ impl Relay {
                                 _ = shutdown.cancelled() => break,
                                 _ = tokio::time::sleep_until(until) => break,
                                 _ = inbox.recv() => {}
+                                n = listener.try_recv() => match n {
+                                    Ok(n) => cursor.announce(n.and_then(|n| n.payload().parse().ok())),
+                                    // Handled where the relay waits for work.
+                                    Err(_) => {
+                                        cursor.announce(None);
+                                        break;
+                                    }
+                                },
                             }
                         }
                     }
