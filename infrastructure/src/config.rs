@@ -180,7 +180,7 @@ pub struct Config {
     /// `LEDGER_BACKDATE_MAX_S` (default 2592000 = 30 days): how far in the past an
     /// `effective_at` may be.
     pub backdate_max: Duration,
-    /// `LEDGER_RELAY_BATCH_MAX` (default 1000): events per JetStream publish batch.
+    /// `LEDGER_RELAY_BATCH_MAX` (default 1000; 1 to 100000): events per JetStream publish batch.
     pub relay_batch_max: i64,
     /// `LEDGER_RELAY_POLL_MS` (default 1000): the relay's poll when no notification came.
     pub relay_poll_interval: Duration,
@@ -449,6 +449,14 @@ impl Config {
                     config.relay_linger.as_millis(),
                     config.projection_linger.as_millis()
                 ),
+            });
+        }
+        // A relay that may read no event stalls at the first gap for good; one that may
+        // read billions overflows the position it reads to.
+        if !(1..=100_000).contains(&config.relay_batch_max) {
+            return Err(ConfigError::Invalid {
+                name: "LEDGER_RELAY_BATCH_MAX".into(),
+                value: format!("{} (1 to 100000)", config.relay_batch_max),
             });
         }
         // The wait on Postgres must end before the request does, or it never counts.
