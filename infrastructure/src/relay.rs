@@ -326,12 +326,12 @@ impl Relay {
                 Ok(relayed) => {
                     attempt = 0;
                     // Less than a batch: the writer's next batches gather meanwhile and
-                    // go out together, as one message where they fit.
-                    // What is handed meanwhile is taken in, so that the handoff's
-                    // channel keeps its room, and so are the appends' notifications:
-                    // under steady load the relay may never come to wait above, and
-                    // notifications nobody reads fill Postgres' queue of them, which
-                    // every append of the cluster needs room in.
+                    // go out together, as one message where they fit. What is handed
+                    // meanwhile is taken in, so that the hand-off's channel keeps its
+                    // room, and so are the appends' notifications: under steady load the
+                    // relay may never come to wait above, and notifications nobody reads
+                    // fill Postgres' queue of them, which every append of the cluster
+                    // needs room in.
                     if (relayed as i64) < self.limits.batch_max && !self.limits.linger.is_zero() {
                         let until = tokio::time::Instant::now() + self.limits.linger;
                         loop {
