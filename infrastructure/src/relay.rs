@@ -147,6 +147,13 @@ impl Cursor {
         };
     }
 
+    /// A notification heard on the `LISTEN` session: its payload is the head its append
+    /// left. `None` (the session was lost and made again: what was announced meanwhile
+    /// is unknown), or a payload that does not read, has the log read.
+    fn notified(&mut self, n: Option<sqlx::postgres::PgNotification>) {
+        self.announce(n.and_then(|n| n.payload().parse().ok()));
+    }
+
     /// Whether the log may hold events past the checkpoint that the relay has not seen:
     /// one was announced past it, or what was announced is unknown, or the poll is `due`.
     fn may_read_more(&self, due: bool) -> bool {
@@ -309,11 +316,8 @@ impl Relay {
                     tokio::select! {
                         _ = shutdown.cancelled() => {}
                         _ = inbox.recv() => {}
-                        // A notification's payload is the head its append left. A session
-                        // lost and made again (what was announced meanwhile is unknown), or
-                        // a payload that does not read, has the log read.
                         n = listener.try_recv() => match n {
-                            Ok(n) => cursor.announce(n.and_then(|n| n.payload().parse().ok())),
+                            Ok(n) => cursor.notified(n),
                             Err(e) => {
                                 cursor.announce(None);
                                 tracing::warn!(error = %e, "the relay's LISTEN session failed; polling meanwhile");
@@ -340,7 +344,7 @@ impl Relay {
                                 _ = tokio::time::sleep_until(until) => break,
                                 _ = inbox.recv() => {}
                                 n = listener.try_recv() => match n {
-                                    Ok(n) => cursor.announce(n.and_then(|n| n.payload().parse().ok())),
+                                    Ok(n) => cursor.notified(n),
                                     // Handled where the relay waits for work.
                                     Err(_) => {
                                         cursor.announce(None);
