@@ -182,9 +182,10 @@ pub struct Elsewhere {
 /// of the schema named (on a pool of its shard).
 pub async fn is_withdrawal(pool: &sqlx::PgPool, schema: Option<&str>, id: Uuid) -> Result<bool, sqlx::Error> {
     // The schema name is ours ([a-z0-9_]), never a client's string.
-    let table = schema.map_or_else(|| "events".to_owned(), |s| format!("{s}.events"));
+    let prefix = schema.map_or_else(String::new, |s| format!("{s}."));
     let sql = format!(
-        "select exists (select 1 from {table} where stream_id = $1 and version = 1 and type = 'WithdrawalRequested')"
+        "select exists (select 1 from {prefix}stream_entries s join {prefix}events e on e.position = s.position
+                        where s.stream_id = $1 and s.version = 1 and e.type = 'WithdrawalRequested')"
     );
     sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(id).fetch_one(pool).await
 }

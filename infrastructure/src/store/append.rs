@@ -107,7 +107,7 @@ impl EventStore {
                 e.as_database_error().filter(|d| d.code().as_deref() == Some("23505")).and_then(|d| d.constraint());
             return Err(match violated {
                 Some("idempotency_keys_pkey") => AppendError::Conflict { streams: Vec::new(), keys },
-                Some("stream_entries_pkey" | "events_stream_id_version_key") => {
+                Some("stream_entries_pkey") => {
                     AppendError::Conflict { streams: Vec::new(), keys: Vec::new() }
                 }
                 _ => e.into(),
@@ -187,8 +187,8 @@ impl EventStore {
 
     /// The version each stream of the batch is at before it. For streams a decision
     /// appends to (`Concurrency::Exact`) that is the version the writer decided
-    /// against, taken on trust: if another process appended meanwhile, the unique
-    /// `(stream_id, version)` constraints reject the batch. The others are looked up
+    /// against, taken on trust: if another process appended meanwhile, the primary key
+    /// of `stream_entries (stream_id, version)` rejects the batch. The others are looked up
     /// under the head lock: streams appended with `Concurrency::Any` (system accounts)
     /// and streams a decision only read, whose version nothing else would check.
     async fn current_versions(

@@ -185,6 +185,44 @@ async fn positions_are_gapless_and_commit_ordered_under_concurrent_appends() {
     assert_eq!(positions, (1..=total as i64).collect::<Vec<_>>());
 }
 
+/// An event's primary stream and version are its first stream entry, so the primary key
+/// of `stream_entries` alone refuses a version taken twice, whichever stream of the
+/// event it is (`events` keeps no second index of them since migration 0028).
+#[tokio::test]
+async fn a_version_taken_twice_is_refused_for_an_events_primary_stream_too() {
+    let app = TestApp::spawn().await;
+    let store = app.state.store.clone();
+    let opening = account_opening(1);
+    let account = opening.events[0].streams()[0].0;
+    store.append_batch(&[opening]).await.expect("the opening");
+    let head = store.head().await.expect("head");
+    // Decided against a stale version (0): its one stream, the account, is its primary.
+    let stale = Commit {
+        events: vec![ledger_domain::Event::AccountClosed(ledger_domain::events::AccountClosed { account_id: account })],
+        expected: vec![(account, 0)],
+        ..account_opening(2)
+    };
+    match store.append_batch(&[stale]).await {
+        Err(ledger_infrastructure::store::AppendError::Conflict { .. }) => {}
+        other => panic!("a second version 1 of the account was not refused as a conflict: {other:?}"),
+    }
+    assert_eq!(store.head().await.expect("head"), head, "nothing was written");
+    // Nor can one be slipped in beside the append: the key is the stream entries'.
+    let err = sqlx::query("insert into stream_entries (stream_id, version, position) values ($1, 1, $2)")
+        .bind(account)
+        .bind(head)
+        .execute(&app.pool)
+        .await
+        .expect_err("a second entry at version 1");
+    assert_eq!(err.as_database_error().and_then(|d| d.constraint()), Some("stream_entries_pkey"));
+    let versions: Vec<(Uuid, i64)> = sqlx::query_as("select stream_id, version from events where stream_id = $1")
+        .bind(account)
+        .fetch_all(&app.pool)
+        .await
+        .expect("the account's events");
+    assert_eq!(versions, vec![(account, 1)]);
+}
+
 #[tokio::test]
 async fn the_log_refuses_update_delete_and_truncate() {
     let app = TestApp::spawn().await;
