@@ -107,9 +107,7 @@ impl EventStore {
                 e.as_database_error().filter(|d| d.code().as_deref() == Some("23505")).and_then(|d| d.constraint());
             return Err(match violated {
                 Some("idempotency_keys_pkey") => AppendError::Conflict { streams: Vec::new(), keys },
-                Some("stream_entries_pkey") => {
-                    AppendError::Conflict { streams: Vec::new(), keys: Vec::new() }
-                }
+                Some("stream_entries_pkey") => AppendError::Conflict { streams: Vec::new(), keys: Vec::new() },
                 _ => e.into(),
             });
         }
