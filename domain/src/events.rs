@@ -588,6 +588,22 @@ impl Event {
 
     /// Rebuilds an event from the store's (type, data) pair.
     pub fn from_parts(event_type: &str, data: serde_json::Value) -> Result<Event, serde_json::Error> {
-        serde_json::from_value(serde_json::json!({ "type": event_type, "data": data }))
+        Event::tagged(serde_json::Value::String(event_type.to_owned()), data)
+    }
+
+    /// [`Event::from_parts`] reading `data` where it is, without a copy of it.
+    pub fn from_data(event_type: &str, data: &serde_json::Value) -> Result<Event, serde_json::Error> {
+        let tag = serde_json::Value::String(event_type.to_owned());
+        Event::tagged(&tag, data)
+    }
+
+    /// The adjacently tagged form, its tag first: so the payload is read straight into
+    /// its variant. A `json!` map would give `data` first (its keys are sorted), which
+    /// serde must buffer whole, as a copy, until it has read the tag.
+    fn tagged<'de, V>(tag: V, data: V) -> Result<Event, serde_json::Error>
+    where
+        V: serde::de::IntoDeserializer<'de, serde_json::Error>,
+    {
+        Event::deserialize(serde::de::value::MapDeserializer::new([("type", tag), ("data", data)].into_iter()))
     }
 }

@@ -266,6 +266,11 @@ fn events_round_trip_through_store_parts() {
     open(&mut ledger, 1, 0);
     for e in deposit(&mut ledger, 1, 7).expect("deposit") {
         let (t, data) = e.to_parts();
+        assert_eq!(Event::from_data(t, &data).expect("parses in place"), e);
+        // A type it is not, or none at all, is refused, never read as another event.
+        assert!(Event::from_data("NoSuchEvent", &data).is_err());
+        assert!(Event::from_data("TransferPosted", &data).is_err());
+        assert!(Event::from_parts(t, serde_json::json!({})).is_err());
         assert_eq!(Event::from_parts(t, data).expect("parses"), e);
     }
 }
@@ -374,6 +379,13 @@ proptest! {
         }
         for e in &log {
             replayed.apply(e);
+            // Every event reads back from the store's parts, in place or owned, as the
+            // tagged document serde itself writes reads back.
+            let (t, data) = e.to_parts();
+            let document = serde_json::to_value(e).expect("serializes");
+            prop_assert_eq!(&serde_json::from_value::<Event>(document).expect("the tagged document"), e);
+            prop_assert_eq!(&Event::from_data(t, &data).expect("in place"), e);
+            prop_assert_eq!(&Event::from_parts(t, data).expect("owned"), e);
         }
         let non_empty = |l: &Ledger| -> Vec<(Uuid, StreamState)> {
             l.streams().filter(|(_, s)| s.version > 0).map(|(k, s)| (*k, s.clone())).collect()

@@ -130,7 +130,7 @@ impl RecordedEvent {
         if let Some(e) = self.decoded.get() {
             return Ok(e);
         }
-        let event = Event::from_parts(&self.event_type, self.data.clone())?;
+        let event = Event::from_data(&self.event_type, &self.data)?;
         Ok(self.decoded.get_or_init(|| event))
     }
 }
