@@ -12,18 +12,16 @@ use sqlx::Row;
 use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
-/// Column arrays for the batch insert (one statement for all rows).
+/// Column arrays for the batch insert (one statement for all rows), but for the events'
+/// types, contents and hashes, which are bound from the planned events themselves (no
+/// copy of them is made: [`EventStore::insert_rows`]).
 #[derive(Default)]
 struct Rows {
     positions: Vec<i64>,
     event_ids: Vec<Uuid>,
     stream_ids: Vec<Uuid>,
     versions: Vec<i64>,
-    types: Vec<String>,
-    data: Vec<Value>,
-    metadata: Vec<Value>,
     recorded_at: Vec<DateTime<Utc>>,
-    hashes: Vec<Vec<u8>>,
     entry_streams: Vec<Uuid>,
     entry_versions: Vec<i64>,
     entry_positions: Vec<i64>,
@@ -99,7 +97,7 @@ impl EventStore {
             .iter()
             .filter_map(|c| c.idempotency.as_ref().map(|k| (k.principal.clone(), k.key.clone())))
             .collect();
-        if let Err(e) = self.insert_rows(&mut tx, plan.rows, &plan.head, closed_through).await {
+        if let Err(e) = self.insert_rows(&mut tx, plan.rows, &plan.results, &plan.head, closed_through).await {
             // The writer checked keys and versions before deciding; another process that
             // took a key or a stream version since trips a unique constraint, and the
             // batch is decided again.
@@ -228,9 +226,15 @@ impl EventStore {
         &self,
         tx: &mut sqlx::PgConnection,
         rows: Rows,
+        results: &[CommitResult],
         head: &Head,
         closed_through: Option<DateTime<Utc>>,
     ) -> Result<(), sqlx::Error> {
+        let events = || results.iter().flat_map(|r| &r.recorded);
+        let types: Vec<&str> = events().map(|e| e.event_type.as_str()).collect();
+        let data: Vec<&Value> = events().map(|e| &e.data).collect();
+        let metadata: Vec<&Value> = events().map(|e| &e.metadata).collect();
+        let hashes: Vec<&[u8]> = events().map(|e| e.hash.as_deref().expect("a planned event has its hash")).collect();
         // One statement: the events, their stream entries, the idempotency records and
         // the new head (with a notification for listeners, delivered at commit).
         sqlx::query(
@@ -254,11 +258,11 @@ impl EventStore {
         .bind(rows.event_ids)
         .bind(rows.stream_ids)
         .bind(rows.versions)
-        .bind(rows.types)
-        .bind(rows.data)
-        .bind(rows.metadata)
+        .bind(types)
+        .bind(data)
+        .bind(metadata)
         .bind(rows.recorded_at)
-        .bind(rows.hashes)
+        .bind(hashes)
         .bind(rows.entry_streams)
         .bind(rows.entry_versions)
         .bind(rows.entry_positions)
@@ -307,9 +311,10 @@ fn plan(commits: &[Commit], staged: Vec<Staged>, head: Head, mut versions: HashM
     let first = position + 1;
     let mut rows = Rows::default();
     let mut results = Vec::with_capacity(commits.len());
-    for (commit, (metadata, parts)) in commits.iter().zip(staged) {
+    for (commit, (mut metadata, parts)) in commits.iter().zip(staged) {
         let mut recorded = Vec::with_capacity(commit.events.len());
-        for (event, (event_type, data)) in commit.events.iter().zip(parts) {
+        let count = parts.len();
+        for (index, (event, (event_type, data))) in commit.events.iter().zip(parts).enumerate() {
             position += 1;
             let mut primary = None;
             for (stream_id, _) in event.streams() {
@@ -328,15 +333,15 @@ fn plan(commits: &[Commit], staged: Vec<Staged>, head: Head, mut versions: HashM
                 version,
                 event_type: event_type.to_owned(),
                 data,
-                metadata: metadata.clone(),
+                // The commit's metadata, shared by its events: the last one takes it.
+                metadata: if index + 1 == count { std::mem::take(&mut metadata) } else { metadata.clone() },
                 recorded_at,
                 decoded: Default::default(),
                 hash: None,
             };
             hash = chain_hash(&hash, &hashed_content(&event)).to_vec();
-            rows.push_event(&event, hash.clone());
-            let event = RecordedEvent { hash: Some(hash.clone()), ..event };
-            recorded.push(event);
+            rows.push_event(&event);
+            recorded.push(RecordedEvent { hash: Some(hash.clone()), ..event });
         }
         let outcome = commit.outcome(recorded.last().map(|e| e.position), recorded_at);
         if let Some(claim) = &commit.idempotency {
@@ -495,16 +500,12 @@ fn hashed_content(e: &RecordedEvent) -> HashedContent<'_> {
 }
 
 impl Rows {
-    fn push_event(&mut self, e: &RecordedEvent, hash: Vec<u8>) {
+    fn push_event(&mut self, e: &RecordedEvent) {
         self.positions.push(e.position);
         self.event_ids.push(e.event_id);
         self.stream_ids.push(e.stream_id);
         self.versions.push(e.version);
-        self.types.push(e.event_type.clone());
-        self.data.push(e.data.clone());
-        self.metadata.push(e.metadata.clone());
         self.recorded_at.push(e.recorded_at);
-        self.hashes.push(hash);
     }
 
     /// A command's record: a reference to the events it recorded (a replay reads them
