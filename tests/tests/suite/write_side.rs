@@ -223,6 +223,75 @@ async fn a_version_taken_twice_is_refused_for_an_events_primary_stream_too() {
     assert_eq!(versions, vec![(account, 1)]);
 }
 
+/// The writer's pipeline queues batch N+1's append behind N's (`append_batch_in_line`).
+/// An append in line takes no connection and no lock before the one ahead holds the
+/// head lock (so it can never keep that one from it), writes only after that one has
+/// committed, and writes nothing over one that failed, or whose task ended unheard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_append_in_line_waits_for_the_one_ahead_and_writes_nothing_over_its_failure() {
+    use ledger_infrastructure::store::{AppendError, Turn};
+    let app = TestApp::spawn().await;
+    let store = app.state.store.clone();
+    let head_lock_free = || async {
+        let mut tx = app.pool.begin().await.expect("begin");
+        let free = sqlx::query("select 1 from log_head for update nowait").execute(&mut *tx).await.is_ok();
+        tx.rollback().await.expect("rollback");
+        free
+    };
+    let start = store.head().await.expect("head");
+
+    // Ahead commits: the one behind, started first, waits without the lock, then follows.
+    let (ahead, progress) = Turn::after(None);
+    let (behind, _) = Turn::after(Some(progress));
+    let (first, second) = (account_opening(101), account_opening(102));
+    let second_account = second.events[0].streams()[0].0;
+    let waiting = {
+        let store = store.clone();
+        tokio::spawn(async move { store.append_batch_in_line(&[second], behind).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the append behind waits for the one ahead");
+    assert!(head_lock_free().await, "and holds no lock while it waits");
+    assert_eq!(store.head().await.expect("head"), start, "nor has it written anything");
+    let appended = store.append_batch_in_line(&[first], ahead).await.expect("the one ahead commits");
+    let behind_appended = waiting.await.expect("task").expect("the one behind commits after it");
+    let (p1, p2) = (appended.results[0].recorded[0].position, behind_appended.results[0].recorded[0].position);
+    assert_eq!((p1, p2), (start + 1, start + 2), "in line, in the log's order too");
+
+    // Ahead fails (decided on a stale version): the one behind writes nothing.
+    let (ahead, progress) = Turn::after(None);
+    let (behind, _) = Turn::after(Some(progress));
+    let stale = Commit {
+        events: vec![ledger_domain::Event::AccountClosed(ledger_domain::events::AccountClosed {
+            account_id: second_account,
+        })],
+        expected: vec![(second_account, 0)],
+        ..account_opening(103)
+    };
+    let waiting = {
+        let store = store.clone();
+        tokio::spawn(async move { store.append_batch_in_line(&[account_opening(104)], behind).await })
+    };
+    match store.append_batch_in_line(&[stale], ahead).await {
+        Err(AppendError::Conflict { .. }) => {}
+        other => panic!("the stale append ahead was not refused: {other:?}"),
+    }
+    match waiting.await.expect("task") {
+        Err(AppendError::Superseded) => {}
+        other => panic!("the append behind a failed one went on: {other:?}"),
+    }
+    // Ahead's task ends without a word (a panic): the one behind writes nothing either.
+    let (ahead, progress) = Turn::after(None);
+    let (behind, _) = Turn::after(Some(progress));
+    drop(ahead);
+    match store.append_batch_in_line(&[account_opening(105)], behind).await {
+        Err(AppendError::Superseded) => {}
+        other => panic!("the append behind a silent one went on: {other:?}"),
+    }
+    assert_eq!(store.head().await.expect("head"), start + 2, "nothing written after the failures");
+    assert!(head_lock_free().await, "and no lock left held");
+}
+
 #[tokio::test]
 async fn the_log_refuses_update_delete_and_truncate() {
     let app = TestApp::spawn().await;
