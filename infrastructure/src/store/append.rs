@@ -9,7 +9,6 @@ use chrono::{DateTime, SubsecRound, Utc};
 use ledger_domain::{Concurrency, Event};
 use serde_json::Value;
 use sqlx::Row;
-use sqlx::postgres::PgRow;
 use std::collections::{HashMap, HashSet};
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -95,26 +94,19 @@ impl EventStore {
 
     /// [`EventStore::append_batch`] in line behind another append of this process (the
     /// writer's pipeline: batch N+1 queues for the head lock while N inserts and
-    /// commits, so that its connection, `BEGIN` and lock request are out of the cycle).
-    /// It takes a connection and asks for the lock only once the append ahead holds
-    /// the lock (so nothing it holds can keep that one waiting), and goes past the lock
-    /// only once that one has committed. If that one fails, this one stops at once,
-    /// having written nothing, with [`AppendError::Superseded`]. Its own time limit
-    /// starts when the one ahead has committed (before that, the one ahead's bounds
-    /// the wait). Its progress is reported in `turn`.
+    /// commits, so that its connection, `BEGIN` and lock are no longer in the cycle).
+    /// It takes a connection and asks for the lock only once the append before it
+    /// holds the lock (so nothing it holds can keep that one waiting), and goes past
+    /// the lock only if that one committed: else it rolls back, having written nothing,
+    /// with [`AppendError::Superseded`]. Its own progress is reported in `turn`.
     pub async fn append_batch_in_line(&self, commits: &[Commit], turn: Turn) -> Result<Appended, AppendError> {
         let Turn { before, progress } = turn;
-        let appended = match before {
-            None => {
-                crate::db::within(
-                    self.writer_time_limit,
-                    "an append",
-                    self.append_batch_unbounded(commits, Some(&progress)),
-                )
-                .await
-            }
-            Some(ahead) => self.append_behind(commits, ahead, &progress).await,
-        };
+        let appended = crate::db::within(
+            self.writer_time_limit,
+            "an append",
+            self.append_batch_unbounded(commits, Some((before, &progress))),
+        )
+        .await;
         progress.send_replace(if appended.is_ok() { Progress::Committed } else { Progress::Failed });
         appended
     }
@@ -122,68 +114,26 @@ impl EventStore {
     async fn append_batch_unbounded(
         &self,
         commits: &[Commit],
-        progress: Option<&watch::Sender<Progress>>,
+        line: Option<(Option<watch::Receiver<Progress>>, &watch::Sender<Progress>)>,
     ) -> Result<Appended, AppendError> {
-        let ready = Ready::of(commits)?;
-        let (tx, head) = self.lock_head().await?;
-        self.append_locked(commits, ready, tx, head, progress).await
-    }
-
-    /// [`EventStore::append_batch_in_line`] behind `ahead`.
-    async fn append_behind(
-        &self,
-        commits: &[Commit],
-        mut ahead: watch::Receiver<Progress>,
-        progress: &watch::Sender<Progress>,
-    ) -> Result<Appended, AppendError> {
-        let ready = Ready::of(commits)?;
-        if !reached(&mut ahead, Progress::Locked).await {
+        let phase = crate::phases::Phases::start("append", commits.len());
+        metrics::histogram!("ledger_append_batch_size").record(commits.len() as f64);
+        let staged = stage(commits)?;
+        let personal = personal_changes(commits)?;
+        let phase = phase.next("stage");
+        let (mut before, progress) = match line {
+            Some((before, progress)) => (before, Some(progress)),
+            None => (None, None),
+        };
+        if let Some(before) = before.as_mut()
+            && !reached(before, Progress::Locked).await
+        {
             return Err(AppendError::Superseded);
         }
-        // The connection, `BEGIN` and the lock request go out while the append ahead
-        // inserts and commits; Postgres grants the lock when that one's transaction ends.
-        let mut locking = std::pin::pin!(self.lock_head());
-        let locked = tokio::select! {
-            locked = &mut locking => Some(locked),
-            committed = reached(&mut ahead, Progress::Committed) => {
-                if !committed {
-                    // Dropped with the lock request still waiting: the connection goes
-                    // back to the pool, whose release check waits for it (a rollback).
-                    return Err(AppendError::Superseded);
-                }
-                None
-            }
-        };
-        let locked = match locked {
-            // Granted (or failed) as the transaction ahead ended; its task says how at
-            // about the same time. Nothing is written over a batch that did not commit.
-            Some(locked) => {
-                if !reached(&mut ahead, Progress::Committed).await {
-                    // Dropped: the rollback goes with the connection back to the pool.
-                    return Err(AppendError::Superseded);
-                }
-                Some(locked?)
-            }
-            None => None,
-        };
-        crate::db::within(self.writer_time_limit, "an append", async move {
-            let (tx, head) = match locked {
-                Some(locked) => locked,
-                None => locking.await?,
-            };
-            self.append_locked(commits, ready, tx, head, Some(progress)).await
-        })
-        .await
-    }
-
-    /// A transaction holding the head lock, and the head's row as read under it.
-    async fn lock_head(&self) -> Result<(sqlx::Transaction<'static, sqlx::Postgres>, PgRow), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         // The lock on the head row is what serializes appends; see migration 0001.
         // `recorded_at` is this shard's clock, read under the lock: no process's clock,
-        // however wrong, stamps the log (and it never goes back: the head's time). After
-        // a wait for a commit that moved the head, Postgres reads the row (and the
-        // clock) again.
+        // however wrong, stamps the log (and it never goes back: the head's time).
         // A writer paused while it holds the lock (SIGSTOP, a VM migration) loses it after
         // `LEDGER_APPEND_IDLE_TIMEOUT_MS` idle in this transaction, not the pool's minute:
         // Postgres ends the session and every other writer goes on.
@@ -195,20 +145,12 @@ impl EventStore {
         .bind(&self.append_idle_timeout)
         .fetch_one(&mut *tx)
         .await?;
-        Ok((tx, head))
-    }
-
-    /// The append under the head lock: the versions, one insert of everything, the
-    /// commit, and the committed batch handed to the relay.
-    async fn append_locked(
-        &self,
-        commits: &[Commit],
-        ready: Ready,
-        mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
-        head: PgRow,
-        progress: Option<&watch::Sender<Progress>>,
-    ) -> Result<Appended, AppendError> {
-        let Ready { staged, personal, phase } = ready;
+        if let Some(before) = before.as_mut()
+            && !reached(before, Progress::Committed).await
+        {
+            tx.rollback().await?;
+            return Err(AppendError::Superseded);
+        }
         if let Some(progress) = progress {
             progress.send_replace(Progress::Locked);
         }
@@ -424,24 +366,6 @@ impl EventStore {
         .execute(&mut *tx)
         .await?;
         Ok(())
-    }
-}
-
-/// A batch staged (every event serialized and checked) and its personal-data changes,
-/// before any I/O.
-struct Ready {
-    staged: Vec<Staged>,
-    personal: Personal,
-    phase: crate::phases::Phases,
-}
-
-impl Ready {
-    fn of(commits: &[Commit]) -> Result<Ready, AppendError> {
-        let phase = crate::phases::Phases::start("append", commits.len());
-        metrics::histogram!("ledger_append_batch_size").record(commits.len() as f64);
-        let staged = stage(commits)?;
-        let personal = personal_changes(commits)?;
-        Ok(Ready { staged, personal, phase: phase.next("stage") })
     }
 }
 
