@@ -10,50 +10,7 @@ use ledger_domain::{Concurrency, Event};
 use serde_json::Value;
 use sqlx::Row;
 use std::collections::{HashMap, HashSet};
-use tokio::sync::watch;
 use uuid::Uuid;
-
-/// How far an append of this process has gone, as the append in line behind it sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Progress {
-    Started,
-    /// It holds the head lock.
-    Locked,
-    Committed,
-    /// It ended without committing (or its task ended without saying).
-    Failed,
-}
-
-/// An append's place in this process's line of appends: the one before it (if that had
-/// not ended when this one was started) and where this one reports its own progress.
-pub struct Turn {
-    before: Option<watch::Receiver<Progress>>,
-    progress: watch::Sender<Progress>,
-}
-
-impl Turn {
-    /// A place behind `before` (none: the first in line), and what the append after it waits on.
-    pub fn after(before: Option<watch::Receiver<Progress>>) -> (Turn, watch::Receiver<Progress>) {
-        let (progress, next) = watch::channel(Progress::Started);
-        (Turn { before, progress }, next)
-    }
-}
-
-/// Waits until the append before has gone as far as `stage`; false if it failed (or
-/// its task ended without saying), so that nothing is appended over what it decided.
-async fn reached(before: &mut watch::Receiver<Progress>, stage: Progress) -> bool {
-    let at = |p: &Progress| match stage {
-        Progress::Locked => matches!(p, Progress::Locked | Progress::Committed | Progress::Failed),
-        _ => matches!(p, Progress::Committed | Progress::Failed),
-    };
-    let waited = before.wait_for(at).await.map(|p| *p);
-    // The sender is gone: what it last said stands, if it said enough.
-    let seen = waited.unwrap_or_else(|_| *before.borrow());
-    match stage {
-        Progress::Locked => matches!(seen, Progress::Locked | Progress::Committed),
-        _ => seen == Progress::Committed,
-    }
-}
 
 /// Column arrays for the batch insert (one statement for all rows), but for the events'
 /// types, contents and hashes, which are bound from the planned events themselves (no
@@ -89,47 +46,18 @@ impl EventStore {
         // and a retry with the key finds what committed. Postgres ends the transaction
         // (and frees the head lock) by `LEDGER_APPEND_IDLE_TIMEOUT_MS` if it never heard
         // the rest.
-        crate::db::within(self.writer_time_limit, "an append", self.append_batch_unbounded(commits, None)).await
+        crate::db::within(self.writer_time_limit, "an append", self.append_batch_unbounded(commits)).await
     }
 
-    /// [`EventStore::append_batch`] in line behind another append of this process (the
-    /// writer's pipeline: batch N+1 queues for the head lock while N inserts and
-    /// commits, so that its connection, `BEGIN` and lock are no longer in the cycle).
-    /// It takes a connection and asks for the lock only once the append before it
-    /// holds the lock (so nothing it holds can keep that one waiting), and goes past
-    /// the lock only if that one committed: else it rolls back, having written nothing,
-    /// with [`AppendError::Superseded`]. Its own progress is reported in `turn`.
-    pub async fn append_batch_in_line(&self, commits: &[Commit], turn: Turn) -> Result<Appended, AppendError> {
-        let Turn { before, progress } = turn;
-        let appended = crate::db::within(
-            self.writer_time_limit,
-            "an append",
-            self.append_batch_unbounded(commits, Some((before, &progress))),
-        )
-        .await;
-        progress.send_replace(if appended.is_ok() { Progress::Committed } else { Progress::Failed });
-        appended
-    }
-
-    async fn append_batch_unbounded(
-        &self,
-        commits: &[Commit],
-        line: Option<(Option<watch::Receiver<Progress>>, &watch::Sender<Progress>)>,
-    ) -> Result<Appended, AppendError> {
+    async fn append_batch_unbounded(&self, commits: &[Commit]) -> Result<Appended, AppendError> {
         let phase = crate::phases::Phases::start("append", commits.len());
         metrics::histogram!("ledger_append_batch_size").record(commits.len() as f64);
+        // Marked from before the head lock until the batch is handed (or fails), so that
+        // the relay, woken by the commit, waits for it instead of reading it back.
+        let _appending = self.handoff.get().map(|h| h.begin());
         let staged = stage(commits)?;
         let personal = personal_changes(commits)?;
         let phase = phase.next("stage");
-        let (mut before, progress) = match line {
-            Some((before, progress)) => (before, Some(progress)),
-            None => (None, None),
-        };
-        if let Some(before) = before.as_mut()
-            && !reached(before, Progress::Locked).await
-        {
-            return Err(AppendError::Superseded);
-        }
         let mut tx = self.pool.begin().await?;
         // The lock on the head row is what serializes appends; see migration 0001.
         // `recorded_at` is this shard's clock, read under the lock: no process's clock,
@@ -145,18 +73,6 @@ impl EventStore {
         .bind(&self.append_idle_timeout)
         .fetch_one(&mut *tx)
         .await?;
-        if let Some(before) = before.as_mut()
-            && !reached(before, Progress::Committed).await
-        {
-            tx.rollback().await?;
-            return Err(AppendError::Superseded);
-        }
-        if let Some(progress) = progress {
-            progress.send_replace(Progress::Locked);
-        }
-        // Marked from the head lock until the batch is handed (or fails), so that the
-        // relay, woken by the commit, waits for it instead of reading it back.
-        let _appending = self.handoff.get().map(|h| h.begin());
         let now: chrono::DateTime<Utc> = head.try_get("now")?;
         let closed_through: Option<DateTime<Utc>> = head.try_get("closed_through")?;
         let head = Head {

@@ -170,11 +170,6 @@ pub enum AppendError {
     /// runs ahead, or a shard's that runs behind, let it through); the others are sound.
     #[error("commit {commit} states a time ahead of the log's time {now}")]
     AheadOfLog { commit: usize, now: DateTime<Utc> },
-    /// Queued behind an append of this process that did not commit (the writer's
-    /// pipeline): nothing was written, and the batch, decided on what that one would
-    /// have left, is decided again.
-    #[error("the append before this one did not commit")]
-    Superseded,
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
 }
@@ -213,7 +208,7 @@ mod faults;
 pub mod handoff;
 mod idempotency;
 
-pub use append::{Progress, Turn, recompute_hash};
+pub use append::recompute_hash;
 pub use faults::{DbFault, db_fault};
 pub use idempotency::KeyClaim;
 

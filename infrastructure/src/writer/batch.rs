@@ -7,11 +7,11 @@
 use super::decide::{decide_one, fresh_streams};
 use super::{CommandError, CommandReply, GroupError, GroupResult, Pending, StateLoader, WriterLimits};
 use crate::outcome::{Outcome, Stored};
-use crate::store::{AppendError, Appended, Commit, DbFault, EventStore, IdempotencyRecord, Progress, StoreError, Turn};
+use crate::store::{AppendError, Appended, Commit, DbFault, EventStore, IdempotencyRecord, StoreError};
 use ledger_domain::{Command, Ledger};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
@@ -68,8 +68,6 @@ impl Prepared {
 struct Flight {
     prepared: Prepared,
     task: JoinHandle<(Vec<Commit>, Result<Appended, AppendError>)>,
-    /// How far its append has gone: what the batch queued behind it waits on.
-    progress: watch::Receiver<Progress>,
     /// How many commands it holds: the size the next batch gathers to before it is
     /// prepared early.
     commands: usize,
@@ -99,9 +97,8 @@ impl Writer {
     /// The writer's loop. While a batch is appended and committed, the commands that
     /// arrive gather into the next one; as soon as it holds as many as the batch in
     /// flight (so batches stay as large as the load makes them), it is prepared on top
-    /// of the one in flight and queued behind it: it asks for the head lock once that
-    /// one holds it, and writes only once that one has committed (else it is prepared
-    /// again). If the batch in flight lands first, the next is prepared then.
+    /// of the one in flight, and appended once that one has committed (prepared again
+    /// if it did not). If the batch in flight lands first, the next is prepared then.
     pub(super) async fn run(self, mut rx: mpsc::Receiver<Vec<Pending>>) {
         let mut flight: Option<Flight> = None;
         let mut open = true;
@@ -141,44 +138,18 @@ impl Writer {
                     let base = std::mem::take(&mut current.base);
                     let next = self.fill_more(next, &mut rx);
                     let prepared = self.catch_prepare(next, Some(base)).await;
+                    let committed = self.land(current).await;
                     match prepared {
-                        // Queued behind the batch in flight, so that its connection,
-                        // `BEGIN` and head lock wait while that one inserts and commits.
-                        Some(Ok(p)) if !p.commits.is_empty() => {
-                            let queued = self.fly(p, Some(current.progress.clone()));
-                            let committed = self.land(current).await;
-                            match queued {
-                                Some(queued) if committed => Some(queued),
-                                // Decided on a state that did not commit: it wrote
-                                // nothing (`AppendError::Superseded`) and is decided again.
-                                Some(queued) => {
-                                    let done = queued.task.await;
-                                    self.settle_landed(queued.prepared, done).await;
-                                    None
-                                }
-                                None => None,
-                            }
-                        }
-                        // Nothing to append: answered once the batch in flight has
-                        // committed (its answers may rest on that batch's keys).
-                        Some(Ok(p)) => {
-                            if self.land(current).await {
-                                self.fly(p, None)
-                            } else {
-                                self.launch(p.pending).await
-                            }
-                        }
+                        Some(Ok(p)) if committed => self.fly(p),
+                        // Decided on a state that did not commit: decided again.
+                        Some(Ok(p)) => self.launch(p.pending).await,
                         // Answered only now: a batch run group by group appends, and
                         // nothing of this one may be appended before the one in flight.
                         Some(Err((pending, why))) => {
-                            self.land(current).await;
                             self.unprepared(pending, why).await;
                             None
                         }
-                        None => {
-                            self.land(current).await;
-                            None
-                        }
+                        None => None,
                     }
                 }
             };
@@ -211,12 +182,11 @@ impl Writer {
 
     async fn launch(&self, batch: Vec<Pending>) -> Option<Flight> {
         let prepared = self.guarded_prepare(batch, None).await?;
-        self.fly(prepared, None)
+        self.fly(prepared)
     }
 
-    /// Starts appending a prepared batch, in line behind the append `before` (if that
-    /// one's progress is given); a batch with nothing to append is answered at once.
-    fn fly(&self, mut prepared: Prepared, before: Option<watch::Receiver<Progress>>) -> Option<Flight> {
+    /// Starts appending a prepared batch; a batch with nothing to append is answered at once.
+    fn fly(&self, mut prepared: Prepared) -> Option<Flight> {
         if prepared.commits.is_empty() {
             self.reply(prepared, Appended { results: Vec::new(), versions: Default::default() });
             return None;
@@ -229,12 +199,11 @@ impl Writer {
         let base = Base { changed: prepared.changed(), keys: keys.collect() };
         let commands = prepared.pending.iter().map(|p| p.group.requests.len()).sum();
         let (store, commits) = (self.store.clone(), std::mem::take(&mut prepared.commits));
-        let (turn, progress) = Turn::after(before);
         let task = tokio::spawn(async move {
-            let result = store.append_batch_in_line(&commits, turn).await;
+            let result = store.append_batch(&commits).await;
             (commits, result)
         });
-        Some(Flight { prepared, task, progress, commands, base })
+        Some(Flight { prepared, task, commands, base })
     }
 
     /// Waits for a batch's commit and answers it, or settles its failure. Returns
@@ -291,7 +260,6 @@ impl Writer {
     /// split group by group after a fault that is not a dependency's, or failed.
     async fn settle(&self, prepared: Prepared, error: AppendError, conflicts: u32) {
         let Prepared { mut pending, owners, working, .. } = prepared;
-        let superseded = matches!(error, AppendError::Superseded);
         if matches!(error, AppendError::Conflict { .. }) {
             // The catch-up should have made every cached state the log's; should one
             // not have been, the streams this batch decided on are folded again.
@@ -303,11 +271,6 @@ impl Writer {
                 tracing::debug!(conflicts = conflicts + 1, "append conflicted; deciding the batch again");
             }
             AppendError::Conflict { .. } => return fail_all(pending, CommandError::VersionConflict(conflicts + 1)),
-            // Queued behind a batch that did not commit: decided again from the log (not
-            // a conflict of its own).
-            AppendError::Superseded => {
-                metrics::counter!("ledger_append_superseded_total").increment(1);
-            }
             AppendError::Unstorable { commit, reason } => {
                 tracing::error!(%reason, "a command's events cannot be stored; its group fails, the others go on");
                 metrics::counter!("ledger_commands_isolated_total").increment(1);
@@ -341,7 +304,7 @@ impl Writer {
                 return self.split(pending).await;
             }
         }
-        let conflicts = if superseded { conflicts } else { conflicts + 1 };
+        let conflicts = conflicts + 1;
         let Some(mut again) = self.guarded_prepare(pending, None).await else { return };
         let commits = std::mem::take(&mut again.commits);
         if commits.is_empty() {
