@@ -7,9 +7,14 @@ use ledger_infrastructure::Config;
 use std::time::Duration;
 
 /// glibc's malloc took about a fifth of the service's CPU under load (perf, bulk
-/// requests); mimalloc's thread-local free lists cost a fraction of that.
+/// requests). mimalloc took about a sixth at the single-transfer peak, most of it one
+/// cache miss per allocation: it hands out a freed block only once its page's free list
+/// runs dry, by when the block has gone cold (docs/PERFORMANCE.md, issue 27's
+/// fourteenth stop). jemalloc's thread caches hand back the block freed last, still
+/// warm: its allocation and free took about a twentieth, and the service's CPU per
+/// transfer fell by about a tenth.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// How long shutdown may take before the process exits anyway.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(15);
