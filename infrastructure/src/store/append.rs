@@ -1,6 +1,9 @@
 //! Appending a batch: pure staging (serialize and check every event) and planning
-//! (positions, versions, hashes, outcomes) around the I/O of one transaction (the head
-//! lock, the versions of unchecked streams, one insert of everything).
+//! (positions, versions, hashes, outcomes) around the I/O of one transaction. Under the
+//! head lock: the lock, the versions of unchecked streams, one insert of everything and
+//! the head. Behind another append of this process (the pipelined writer's): the batch
+//! is planned on that append's tail before it commits, its rows are inserted meanwhile,
+//! and only the update of the head waits for it (`EventStore::append_behind`).
 
 use super::{AppendError, Appended, Commit, CommitResult, EventStore, IdempotencyClaim, RecordedEvent};
 use crate::hash::{HashedContent, chain_hash};
@@ -10,7 +13,23 @@ use ledger_domain::{Concurrency, Event};
 use serde_json::Value;
 use sqlx::Row;
 use std::collections::{HashMap, HashSet};
+use tokio::sync::oneshot;
 use uuid::Uuid;
+
+/// A failed insert as the append's error: a unique constraint another process's
+/// append tripped (a key or a stream version taken, positions written) is a conflict
+/// (the batch is decided again).
+fn conflict_or(e: sqlx::Error, keys: Vec<(String, String)>) -> AppendError {
+    let Some(d) = e.as_database_error() else { return e.into() };
+    match (d.code().as_deref(), d.constraint()) {
+        (Some("23505"), Some("idempotency_keys_pkey")) => AppendError::Conflict { streams: Vec::new(), keys },
+        (Some("23505"), Some("stream_entries_pkey" | "events_pkey")) => {
+            tracing::debug!(error = %e, "an append met another's rows");
+            moved()
+        }
+        _ => e.into(),
+    }
+}
 
 /// Column arrays for the batch insert (one statement for all rows), but for the events'
 /// types, contents and hashes, which are bound from the planned events themselves (no
@@ -36,20 +55,102 @@ struct Rows {
     key_expiry: Vec<DateTime<Utc>>,
 }
 
+/// Where a batch leaves the log, known once it is planned (before it commits): what the
+/// batch appended right behind it plans on.
+#[derive(Clone)]
+pub struct Tail {
+    head: Head,
+    closed_through: Option<DateTime<Utc>>,
+    /// Every stream the batch touched or looked up, at its version after the batch.
+    versions: HashMap<Uuid, i64>,
+}
+
+/// What an append waits for from the append of this process before it, still under
+/// way: where that one leaves the log; that it holds the head row (so this one's update
+/// of the head queues behind it, and cannot overtake it); and that it has landed
+/// (committed and handed its batch to the relay). Each is dropped unsent if that
+/// append fails before it.
+pub struct Predecessor {
+    tail: oneshot::Receiver<Tail>,
+    holds_head: oneshot::Receiver<()>,
+    landed: oneshot::Receiver<()>,
+}
+
+/// What an append tells the append behind it ([`Predecessor`]'s other end).
+pub struct Successor {
+    tail: oneshot::Sender<Tail>,
+    holds_head: oneshot::Sender<()>,
+    landed: oneshot::Sender<()>,
+}
+
+/// A link between an append and the one behind it.
+pub fn chain() -> (Successor, Predecessor) {
+    let (tail, tail_rx) = oneshot::channel();
+    let (holds_head, holds_head_rx) = oneshot::channel();
+    let (landed, landed_rx) = oneshot::channel();
+    (
+        Successor { tail, holds_head, landed },
+        Predecessor { tail: tail_rx, holds_head: holds_head_rx, landed: landed_rx },
+    )
+}
+
+/// The batch was decided on a state that has not committed, or on a head that moved:
+/// it is decided again.
+fn moved() -> AppendError {
+    AppendError::Conflict { streams: Vec::new(), keys: Vec::new() }
+}
+
 impl EventStore {
     /// Appends a batch of commits atomically: all of them or none. A version conflict or
     /// an idempotency key that was used meanwhile (by another process; the primary key
     /// of `idempotency_keys` catches it) rejects the whole batch with
     /// [`AppendError::Conflict`] so the caller can decide again.
     pub async fn append_batch(&self, commits: &[Commit]) -> Result<Appended, AppendError> {
+        self.append_behind(commits, None, None).await
+    }
+
+    /// [`EventStore::append_batch`] of a batch decided on the state `after` (an append
+    /// of this process still under way) leaves, telling `next` where this one leaves
+    /// the log. Behind an append, the batch is planned on that append's tail and its
+    /// rows are written while that one commits; only the head's update waits for it
+    /// (the update of the head row blocks on that append's lock, and then finds the
+    /// head where this batch was planned, or the batch is a conflict: that append
+    /// failed, or another process appended). So the log stays gapless and in commit
+    /// order, and only the head's update and the commit are serialized.
+    ///
+    /// A batch that seals or erases personal data is appended under the head lock once
+    /// the append before it landed: its check of the subject keys must see the log as
+    /// it is.
+    pub async fn append_behind(
+        &self,
+        commits: &[Commit],
+        after: Option<Predecessor>,
+        next: Option<Successor>,
+    ) -> Result<Appended, AppendError> {
         // A time-out is an unknown outcome, as a lost connection is: callers answer 503
         // and a retry with the key finds what committed. Postgres ends the transaction
         // (and frees the head lock) by `LEDGER_APPEND_IDLE_TIMEOUT_MS` if it never heard
         // the rest.
-        crate::db::within(self.writer_time_limit, "an append", self.append_batch_unbounded(commits)).await
+        let appended =
+            crate::db::within(self.writer_time_limit, "an append", self.append_unbounded(commits, after, next)).await;
+        match appended {
+            // Whichever statement met it: the batch is decided again.
+            Err(AppendError::Database(e))
+                if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("40P01") =>
+            {
+                tracing::debug!(error = %e, "an append met another in a deadlock");
+                Err(moved())
+            }
+            other => other,
+        }
     }
 
-    async fn append_batch_unbounded(&self, commits: &[Commit]) -> Result<Appended, AppendError> {
+    async fn append_unbounded(
+        &self,
+        commits: &[Commit],
+        after: Option<Predecessor>,
+        next: Option<Successor>,
+    ) -> Result<Appended, AppendError> {
         let phase = crate::phases::Phases::start("append", commits.len());
         metrics::histogram!("ledger_append_batch_size").record(commits.len() as f64);
         // Marked from before the head lock until the batch is handed (or fails), so that
@@ -57,16 +158,146 @@ impl EventStore {
         let _appending = self.handoff.get().map(|h| h.begin());
         let staged = stage(commits)?;
         let personal = personal_changes(commits)?;
+        let (tail, held, mut landed) = match after {
+            Some(a) => (Some(a.tail), Some(a.holds_head), Some(a.landed)),
+            None => (None, None, None),
+        };
+        let (next_tail, mut next_holds_head, next_landed) = match next {
+            Some(n) => (Some(n.tail), Some(n.holds_head), Some(n.landed)),
+            None => (None, None, None),
+        };
         let phase = phase.next("stage");
-        let mut tx = self.pool.begin().await?;
+        let (mut tx, plan, closed_through, expected, phase) = match tail {
+            Some(tail) if personal.is_empty() => {
+                // The append before fails before it is planned: so does this one.
+                let tail = tail.await.map_err(|_| {
+                    tracing::debug!("the append before failed before it was planned");
+                    moved()
+                })?;
+                let phase = phase.next("wait");
+                let expected = (tail.head.position, tail.head.hash.clone());
+                let mut tx = self.pool.begin().await?;
+                let (plan, closed_through) = self.plan_behind(&mut tx, commits, staged, tail).await?;
+                (tx, plan, closed_through, Some(expected), phase.next("plan"))
+            }
+            _ => {
+                if let Some(landed) = landed.take() {
+                    landed.await.map_err(|_| {
+                        tracing::debug!("the append before did not commit");
+                        moved()
+                    })?;
+                }
+                let phase = phase.next("wait");
+                let mut tx = self.pool.begin().await?;
+                let (plan, closed_through) = self.plan_locked(&mut tx, commits, staged, &personal).await?;
+                (tx, plan, closed_through, None, phase.next("plan"))
+            }
+        };
+        if let Some(next) = next_tail {
+            let _ = next.send(Tail { head: plan.head.clone(), closed_through, versions: plan.versions.clone() });
+        }
+        if expected.is_none() {
+            // Under the head lock already.
+            next_holds_head.take().map(|next| next.send(()));
+        }
+        let keys: Vec<(String, String)> = commits
+            .iter()
+            .filter_map(|c| c.idempotency.as_ref().map(|k| (k.principal.clone(), k.key.clone())))
+            .collect();
+        let inserted = self
+            .insert_rows(&mut tx, plan.rows, &plan.results, expected.is_none().then_some((&plan.head, closed_through)))
+            .await;
+        if let Err(e) = inserted {
+            // The writer checked keys and versions before deciding; another process that
+            // took a key or a stream version since trips a unique constraint (or, behind
+            // an append, wrote the positions this batch was planned at), and the batch is
+            // decided again.
+            return Err(conflict_or(e, keys));
+        }
+        let phase = phase.next("insert");
+        let phase = match &expected {
+            Some((position, hash)) => {
+                // Once the append before holds the head row: this update then waits for
+                // its commit, and finds the head where it leaves it.
+                if let Some(held) = held {
+                    held.await.map_err(|_| {
+                        tracing::debug!("the append before did not reach the head");
+                        moved()
+                    })?;
+                }
+                let phase = phase.next("held");
+                // Every row matches (`where id`), so the update waits for the append
+                // before and then works on the head it left: a condition on the head in
+                // `where` would be read from this statement's snapshot, before that
+                // append, and skip the row without waiting. The head moves only if it is
+                // where this batch was planned; else it is left as it is, and the batch is
+                // refused (and rolled back).
+                let moved_on: bool = sqlx::query(
+                    "update log_head
+                     set position = case when (position, hash) = ($5, $6) then $1 else position end,
+                         hash = case when (position, hash) = ($5, $6) then $2 else hash end,
+                         recorded_at = $3, closed_through = $4
+                     where id
+                     returning (position, hash) = ($1, $2), pg_notify(ledger_scoped('ledger_events'), $1::text)",
+                )
+                .bind(plan.head.position)
+                .bind(&plan.head.hash)
+                .bind(plan.head.recorded_at)
+                .bind(closed_through)
+                .bind(position)
+                .bind(hash)
+                .fetch_one(&mut *tx)
+                .await
+                .and_then(|row| row.try_get(0))
+                .map_err(|e| conflict_or(e, Vec::new()))?;
+                if !moved_on {
+                    tracing::debug!(position, "the head moved from where the batch was planned");
+                    return Err(moved());
+                }
+                next_holds_head.take().map(|next| next.send(()));
+                phase.next("head")
+            }
+            None => phase,
+        };
+        tx.commit().await?;
+        let phase = phase.next("commit");
+        // Handed in commit order: after the append before (which committed first).
+        if let Some(landed) = landed {
+            let _ = landed.await;
+        }
+        if let Some(handoff) = self.handoff.get() {
+            handoff.hand(&plan.results);
+        }
+        if let Some(next) = next_landed {
+            let _ = next.send(());
+        }
+        phase.next("hand");
+        Ok(Appended { results: plan.results, versions: plan.versions })
+    }
+
+    /// Plans a batch on the head of the log, read under its lock (held to the commit).
+    async fn plan_locked(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        commits: &[Commit],
+        staged: Vec<Staged>,
+        personal: &Personal,
+    ) -> Result<(Plan, Option<DateTime<Utc>>), AppendError> {
         // The lock on the head row is what serializes appends; see migration 0001.
         // `recorded_at` is this shard's clock, read under the lock: no process's clock,
         // however wrong, stamps the log (and it never goes back: the head's time).
         // A writer paused while it holds the lock (SIGSTOP, a VM migration) loses it after
         // `LEDGER_APPEND_IDLE_TIMEOUT_MS` idle in this transaction, not the pool's minute:
         // Postgres ends the session and every other writer goes on.
+        //
+        // First, before the head row (Postgres computes the select list before it locks
+        // the row), the append lock exclusively: appends written behind another (which
+        // hold it shared from before their insert to their commit) are then done, so
+        // this batch's rows never wait for theirs while they wait for this head: no
+        // deadlock between two processes' appends.
         let head = sqlx::query(
-            "select position, hash, recorded_at, closed_through, clock_timestamp() as now,
+            "select pg_advisory_xact_lock(hashtext('ledger-append'), ledger_lock_key())::text as appending,
+                    position, hash, recorded_at, closed_through, clock_timestamp() as now,
                     set_config('idle_in_transaction_session_timeout', $1, true)
              from log_head for update",
         )
@@ -81,41 +312,45 @@ impl EventStore {
             recorded_at: now.trunc_subsecs(6).max(head.try_get("recorded_at")?),
         };
         let closed_through = business_times(commits, closed_through, head.recorded_at)?;
-        let phase = phase.next("lock");
         if !personal.is_empty() {
-            self.personal_keys(&mut tx, &personal).await?;
+            self.personal_keys(&mut *tx, personal).await?;
         }
-        let versions = self.current_versions(&mut tx, commits).await?;
-        let phase = phase.next("versions");
+        let versions = self.current_versions(&mut *tx, commits, &HashMap::new()).await?;
         let conflicts = check_expectations(commits, &mut versions.clone());
         if !conflicts.is_empty() {
             return Err(AppendError::Conflict { streams: conflicts, keys: Vec::new() });
         }
-        let plan = plan(commits, staged, head, versions);
-        let phase = phase.next("plan");
-        let keys: Vec<(String, String)> = commits
-            .iter()
-            .filter_map(|c| c.idempotency.as_ref().map(|k| (k.principal.clone(), k.key.clone())))
-            .collect();
-        if let Err(e) = self.insert_rows(&mut tx, plan.rows, &plan.results, &plan.head, closed_through).await {
-            // The writer checked keys and versions before deciding; another process that
-            // took a key or a stream version since trips a unique constraint, and the
-            // batch is decided again.
-            let violated =
-                e.as_database_error().filter(|d| d.code().as_deref() == Some("23505")).and_then(|d| d.constraint());
-            return Err(match violated {
-                Some("idempotency_keys_pkey") => AppendError::Conflict { streams: Vec::new(), keys },
-                Some("stream_entries_pkey") => AppendError::Conflict { streams: Vec::new(), keys: Vec::new() },
-                _ => e.into(),
-            });
+        Ok((plan(commits, staged, head, versions), closed_through))
+    }
+
+    /// Plans a batch on the tail of the append before it, without the head lock: what
+    /// it checks there (versions, closed periods) holds if the head is still that
+    /// append's tail when this batch updates it, which the update checks.
+    async fn plan_behind(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        commits: &[Commit],
+        staged: Vec<Staged>,
+        tail: Tail,
+    ) -> Result<(Plan, Option<DateTime<Utc>>), AppendError> {
+        // The append lock shared, before any row is written (see `plan_locked`); and this
+        // shard's clock, as under the head lock, never before the tail's time.
+        let (_, now, _): (String, DateTime<Utc>, String) = sqlx::query_as(
+            "select pg_advisory_xact_lock_shared(hashtext('ledger-append'), ledger_lock_key())::text,
+                    clock_timestamp(), set_config('idle_in_transaction_session_timeout', $1, true)",
+        )
+        .bind(&self.append_idle_timeout)
+        .fetch_one(&mut *tx)
+        .await?;
+        let Tail { head, closed_through, versions: known } = tail;
+        let head = Head { recorded_at: now.trunc_subsecs(6).max(head.recorded_at), ..head };
+        let closed_through = business_times(commits, closed_through, head.recorded_at)?;
+        let versions = self.current_versions(&mut *tx, commits, &known).await?;
+        let conflicts = check_expectations(commits, &mut versions.clone());
+        if !conflicts.is_empty() {
+            return Err(AppendError::Conflict { streams: conflicts, keys: Vec::new() });
         }
-        let phase = phase.next("insert");
-        tx.commit().await?;
-        phase.next("commit");
-        if let Some(handoff) = self.handoff.get() {
-            handoff.hand(&plan.results);
-        }
-        Ok(Appended { results: plan.results, versions: plan.versions })
+        Ok((plan(commits, staged, head, versions), closed_through))
     }
 
     /// Under the head lock, so in log order with every other append: refuses the batch
@@ -184,13 +419,16 @@ impl EventStore {
     /// The version each stream of the batch is at before it. For streams a decision
     /// appends to (`Concurrency::Exact`) that is the version the writer decided
     /// against, taken on trust: if another process appended meanwhile, the primary key
-    /// of `stream_entries (stream_id, version)` rejects the batch. The others are looked up
-    /// under the head lock: streams appended with `Concurrency::Any` (system accounts)
-    /// and streams a decision only read, whose version nothing else would check.
+    /// of `stream_entries (stream_id, version)` rejects the batch (and, behind another
+    /// append, so does the head's check). The others are streams appended with
+    /// `Concurrency::Any` (system accounts) and streams a decision only read, whose
+    /// version nothing else would check: as `known` has them (the tail of the append
+    /// before, not committed yet), or else looked up in the log.
     async fn current_versions(
         &self,
         tx: &mut sqlx::PgConnection,
         commits: &[Commit],
+        known: &HashMap<Uuid, i64>,
     ) -> Result<HashMap<Uuid, i64>, sqlx::Error> {
         let mut versions: HashMap<Uuid, i64> = HashMap::new();
         for c in commits {
@@ -205,6 +443,13 @@ impl EventStore {
                 look_up.extend(e.streams().into_iter().map(|(id, _)| id).filter(|id| !versions.contains_key(id)));
             }
         }
+        look_up.retain(|id| match known.get(id) {
+            Some(version) => {
+                versions.insert(*id, *version);
+                false
+            }
+            None => true,
+        });
         if look_up.is_empty() {
             return Ok(versions);
         }
@@ -227,17 +472,24 @@ impl EventStore {
         tx: &mut sqlx::PgConnection,
         rows: Rows,
         results: &[CommitResult],
-        head: &Head,
-        closed_through: Option<DateTime<Utc>>,
+        head: Option<(&Head, Option<DateTime<Utc>>)>,
     ) -> Result<(), sqlx::Error> {
         let events = || results.iter().flat_map(|r| &r.recorded);
         let types: Vec<&str> = events().map(|e| e.event_type.as_str()).collect();
         let data: Vec<&Value> = events().map(|e| &e.data).collect();
         let metadata: Vec<&Value> = events().map(|e| &e.metadata).collect();
         let hashes: Vec<&[u8]> = events().map(|e| e.hash.as_deref().expect("a planned event has its hash")).collect();
-        // One statement: the events, their stream entries, the idempotency records and
-        // the new head (with a notification for listeners, delivered at commit).
-        sqlx::query(
+        // One statement: the events, their stream entries, the idempotency records and,
+        // under the head lock, the new head (with a notification for listeners, delivered
+        // at commit). Behind another append the head is updated by a statement of its own.
+        let head_update = match head {
+            Some(_) => {
+                "update log_head set position = $22, hash = $23, recorded_at = $24, closed_through = $25
+             returning pg_notify(ledger_scoped('ledger_events'), $22::text)"
+            }
+            None => "select",
+        };
+        let statement = format!(
             "with ev as (
                 insert into events (position, event_id, stream_id, version, type, data, metadata, recorded_at, hash)
                 select * from unnest($1::bigint[], $2::uuid[], $3::uuid[], $4::bigint[], $5::text[],
@@ -251,42 +503,44 @@ impl EventStore {
                 select * from unnest($13::text[], $14::text[], $15::bytea[], $16::int2[], $17::jsonb[], $18::jsonb[],
                                      $19::int8[], $20::int4[], $21::timestamptz[])
              )
-             update log_head set position = $22, hash = $23, recorded_at = $24, closed_through = $25
-             returning pg_notify(ledger_scoped('ledger_events'), $22::text)",
-        )
-        .bind(rows.positions)
-        .bind(rows.event_ids)
-        .bind(rows.stream_ids)
-        .bind(rows.versions)
-        .bind(types)
-        .bind(data)
-        .bind(metadata)
-        .bind(rows.recorded_at)
-        .bind(hashes)
-        .bind(rows.entry_streams)
-        .bind(rows.entry_versions)
-        .bind(rows.entry_positions)
-        .bind(rows.key_principals)
-        .bind(rows.key_keys)
-        .bind(rows.key_fingerprints)
-        .bind(rows.key_statuses)
-        .bind(rows.key_bodies)
-        .bind(rows.key_outcomes)
-        .bind(rows.key_positions)
-        .bind(rows.key_event_counts)
-        .bind(rows.key_expiry)
-        .bind(head.position)
-        .bind(&head.hash)
-        .bind(head.recorded_at)
-        .bind(closed_through)
-        .execute(&mut *tx)
-        .await?;
+             {head_update}"
+        );
+        let query = sqlx::query(sqlx::AssertSqlSafe(statement))
+            .bind(rows.positions)
+            .bind(rows.event_ids)
+            .bind(rows.stream_ids)
+            .bind(rows.versions)
+            .bind(types)
+            .bind(data)
+            .bind(metadata)
+            .bind(rows.recorded_at)
+            .bind(hashes)
+            .bind(rows.entry_streams)
+            .bind(rows.entry_versions)
+            .bind(rows.entry_positions)
+            .bind(rows.key_principals)
+            .bind(rows.key_keys)
+            .bind(rows.key_fingerprints)
+            .bind(rows.key_statuses)
+            .bind(rows.key_bodies)
+            .bind(rows.key_outcomes)
+            .bind(rows.key_positions)
+            .bind(rows.key_event_counts)
+            .bind(rows.key_expiry);
+        let query = match head {
+            Some((head, closed_through)) => {
+                query.bind(head.position).bind(&head.hash).bind(head.recorded_at).bind(closed_through)
+            }
+            None => query,
+        };
+        query.execute(&mut *tx).await?;
         Ok(())
     }
 }
 
 /// The log's head: its position, the hash of its last event, and the time the next
 /// events are recorded at (never before the head's, so `recorded_at` never decreases).
+#[derive(Clone)]
 struct Head {
     position: i64,
     hash: Vec<u8>,

@@ -208,7 +208,7 @@ mod faults;
 pub mod handoff;
 mod idempotency;
 
-pub use append::recompute_hash;
+pub use append::{Predecessor, Successor, chain, recompute_hash};
 pub use faults::{DbFault, db_fault};
 pub use idempotency::KeyClaim;
 

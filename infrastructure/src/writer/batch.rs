@@ -7,7 +7,9 @@
 use super::decide::{decide_one, fresh_streams};
 use super::{CommandError, CommandReply, GroupError, GroupResult, Pending, StateLoader, WriterLimits};
 use crate::outcome::{Outcome, Stored};
-use crate::store::{AppendError, Appended, Commit, DbFault, EventStore, IdempotencyRecord, StoreError};
+use crate::store::{
+    AppendError, Appended, Commit, DbFault, EventStore, IdempotencyRecord, Predecessor, StoreError, chain,
+};
 use ledger_domain::{Command, Ledger};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -74,6 +76,9 @@ struct Flight {
     /// What the batch changes (`Prepared::changed`) and the keys it records: the
     /// base of the batch decided meanwhile.
     base: Base,
+    /// Where it leaves the log, and when it has landed: what the batch appended
+    /// right behind it waits for.
+    behind: Option<Predecessor>,
 }
 
 /// What a batch decided while another is in flight starts from: the states the one in
@@ -133,23 +138,28 @@ impl Writer {
                     if next.is_empty() { None } else { self.launch(self.fill_more(next, &mut rx)).await }
                 }
                 // Enough gathered (and whatever else is waiting, up to `batch_max`):
-                // decided while the batch in flight commits.
+                // decided while the batch in flight commits, and appended right behind it.
                 None => {
                     let base = std::mem::take(&mut current.base);
                     let next = self.fill_more(next, &mut rx);
-                    let prepared = self.catch_prepare(next, Some(base)).await;
-                    let committed = self.land(current).await;
-                    match prepared {
-                        Some(Ok(p)) if committed => self.fly(p),
-                        // Decided on a state that did not commit: decided again.
-                        Some(Ok(p)) => self.launch(p.pending).await,
-                        // Answered only now: a batch run group by group appends, and
-                        // nothing of this one may be appended before the one in flight.
-                        Some(Err((pending, why))) => {
-                            self.unprepared(pending, why).await;
-                            None
+                    match self.catch_prepare(next, Some(base)).await {
+                        Some(Ok(p)) if !p.commits.is_empty() => self.follow(current, p).await,
+                        prepared => {
+                            let committed = self.land(current).await;
+                            match prepared {
+                                Some(Ok(p)) if committed => self.fly(p, None),
+                                // Decided on a state that did not commit: decided again.
+                                Some(Ok(p)) => self.launch(p.pending).await,
+                                // Answered only now: a batch run group by group appends,
+                                // and nothing of this one may be appended before the one
+                                // in flight.
+                                Some(Err((pending, why))) => {
+                                    self.unprepared(pending, why).await;
+                                    None
+                                }
+                                None => None,
+                            }
                         }
-                        None => None,
                     }
                 }
             };
@@ -182,11 +192,41 @@ impl Writer {
 
     async fn launch(&self, batch: Vec<Pending>) -> Option<Flight> {
         let prepared = self.guarded_prepare(batch, None).await?;
-        self.fly(prepared)
+        self.fly(prepared, None)
     }
 
-    /// Starts appending a prepared batch; a batch with nothing to append is answered at once.
-    fn fly(&self, mut prepared: Prepared) -> Option<Flight> {
+    /// Appends `prepared`, decided on the state the batch in flight leaves, right
+    /// behind it: its rows are written while that one commits. Once the batch in
+    /// flight has landed, the one behind it flies on. If it did not commit, the one
+    /// behind cannot commit on it either (its update of the head finds the head
+    /// elsewhere); it is awaited, so that nothing decided again is written while its
+    /// rows are, and decided again itself.
+    async fn follow(&self, mut current: Flight, prepared: Prepared) -> Option<Flight> {
+        let mut behind = self.fly(prepared, current.behind.take()).expect("a batch with commits flies");
+        let started = std::time::Instant::now();
+        let done = (&mut current.task).await;
+        metrics::histogram!("ledger_writer_land_seconds").record(started.elapsed().as_secs_f64());
+        let committed = matches!(done, Ok((_, Ok(_))));
+        if committed {
+            self.settle_landed(current.prepared, done).await;
+            return Some(behind);
+        }
+        let behind_done = (&mut behind.task).await;
+        self.settle_landed(current.prepared, done).await;
+        match behind_done {
+            // Its predecessor's commit failed as sent, yet it committed: so did that one.
+            Ok((commits, Ok(appended))) => {
+                behind.prepared.commits = commits;
+                self.reply(behind.prepared, appended);
+                None
+            }
+            _ => self.launch(behind.prepared.pending).await,
+        }
+    }
+
+    /// Starts appending a prepared batch (right behind the append `after` is the end
+    /// of, if any); a batch with nothing to append is answered at once.
+    fn fly(&self, mut prepared: Prepared, after: Option<Predecessor>) -> Option<Flight> {
         if prepared.commits.is_empty() {
             self.reply(prepared, Appended { results: Vec::new(), versions: Default::default() });
             return None;
@@ -199,11 +239,12 @@ impl Writer {
         let base = Base { changed: prepared.changed(), keys: keys.collect() };
         let commands = prepared.pending.iter().map(|p| p.group.requests.len()).sum();
         let (store, commits) = (self.store.clone(), std::mem::take(&mut prepared.commits));
+        let (next, behind) = chain();
         let task = tokio::spawn(async move {
-            let result = store.append_batch(&commits).await;
+            let result = store.append_behind(&commits, after, Some(next)).await;
             (commits, result)
         });
-        Some(Flight { prepared, task, commands, base })
+        Some(Flight { prepared, task, commands, base, behind: Some(behind) })
     }
 
     /// Waits for a batch's commit and answers it, or settles its failure. Returns
@@ -268,7 +309,7 @@ impl Writer {
         match error {
             AppendError::Conflict { .. } if conflicts < self.limits.conflict_retries_max => {
                 metrics::counter!("ledger_append_conflicts_total").increment(1);
-                tracing::debug!(conflicts = conflicts + 1, "append conflicted; deciding the batch again");
+                tracing::debug!(conflicts = conflicts + 1, %error, "append conflicted; deciding the batch again");
             }
             AppendError::Conflict { .. } => return fail_all(pending, CommandError::VersionConflict(conflicts + 1)),
             AppendError::Unstorable { commit, reason } => {

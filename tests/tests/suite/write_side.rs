@@ -596,3 +596,158 @@ async fn key_look_ups_plan_generically_and_still_find_every_key() {
     }
     assert_eq!(app.account(a).await["balance"], json!(92), "eight transfers, each once");
 }
+
+/// Appends behind one another, as the pipelined writer makes them (each batch planned
+/// on the tail of the append before it and written while that one commits, only its
+/// update of the head waiting for it), raced by a second process's appends under the
+/// head lock, with some batches failing after they were planned (at their insert: a
+/// NUL Postgres refuses). A batch behind one that did not commit never commits; every
+/// batch commits whole or not at all; a reader sees the log gapless and in commit
+/// order; the chain verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn appends_behind_one_another_commit_in_order_or_not_at_all() {
+    use ledger_infrastructure::store::{AppendError, Appended, chain};
+    let app = TestApp::spawn().await;
+    let store = app.state.store.clone();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let chains_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut foreign: Vec<_> = (0..2usize)
+        .map(|f| {
+            let (store, chains_done) = (store.clone(), chains_done.clone());
+            tokio::spawn(async move {
+                let mut conflicts = 0;
+                for b in 0..500 {
+                    if chains_done.load(std::sync::atomic::Ordering::SeqCst) {
+                        break;
+                    }
+                    // A conflict (a deadlock with a batch written behind another) is the
+                    // other process's to decide again; anything else is a failure.
+                    match store.append_batch(&[account_opening(900_000 + f * 1_000 + b)]).await {
+                        Ok(_) => {}
+                        Err(AppendError::Conflict { .. }) => conflicts += 1,
+                        Err(e) => panic!("the other process's append failed: {e}"),
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(15)).await;
+                }
+                conflicts
+            })
+        })
+        .collect();
+    let tailer = {
+        let (store, done) = (store.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut after = 0i64;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+            loop {
+                let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                for e in store.read_all(after, 50).await.expect("read") {
+                    assert_eq!(e.position, after + 1, "a reader never sees a hole or a late arrival behind it");
+                    after = e.position;
+                }
+                if finished || std::time::Instant::now() > deadline {
+                    return after;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    type Flight = tokio::task::JoinHandle<Result<Appended, AppendError>>;
+    let bad = |n: usize| {
+        let mut bad = account_opening(n);
+        bad.idempotency = Some(ledger_infrastructure::IdempotencyClaim {
+            principal: "nul\u{0}".into(),
+            key: format!("k{n}"),
+            fingerprint: vec![0; 32],
+            expires_at: chrono::Utc::now(),
+        });
+        bad
+    };
+    // (batch, its accounts, whether it was to fail, its append)
+    type Landed = (usize, Vec<Uuid>, bool, Result<Appended, AppendError>);
+    let mut results: Vec<Landed> = Vec::new();
+    let mut in_flight: Option<(usize, Vec<Uuid>, bool, Flight)> = None;
+    let mut behind = None;
+    let mut foreign_conflicts = 0;
+    for b in 0..60usize {
+        if b == 30 {
+            // An append of the other process between two of a chain's breaks the chain
+            // (the batches behind it are decided again): from here on, none.
+            chains_done.store(true, std::sync::atomic::Ordering::SeqCst);
+            for f in join_all(std::mem::take(&mut foreign)).await {
+                foreign_conflicts += f.expect("the other process finished");
+            }
+        }
+        let mut batch = vec![account_opening(b * 2), account_opening(b * 2 + 1)];
+        // A chain starts afresh every ten batches (under the head lock). The last of
+        // each chain fails, and so does the first of every other chain (under the head
+        // lock), which leaves every batch of its chain behind a failed one.
+        let failing = b % 10 == 9 || b % 20 == 10;
+        if failing {
+            batch.push(bad(b));
+        }
+        let accounts: Vec<Uuid> = batch.iter().map(|c| c.events[0].streams()[0].0).collect();
+        let after = if b % 10 == 0 { None } else { behind.take() };
+        let (next, next_behind) = chain();
+        behind = Some(next_behind);
+        let store = store.clone();
+        let flight: Flight = tokio::spawn(async move { store.append_behind(&batch, after, Some(next)).await });
+        // At most two under way, as in the writer: the one before lands now.
+        if let Some((pb, pa, pf, previous)) = in_flight.replace((b, accounts, failing, flight)) {
+            results.push((pb, pa, pf, previous.await.expect("append ran")));
+        }
+    }
+    let (lb, la, lf, last) = in_flight.take().expect("the last batch");
+    results.push((lb, la, lf, last.await.expect("append ran")));
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let head = store.head().await.expect("head");
+    assert_eq!(tailer.await.expect("tailer finished"), head, "the reader read the whole log");
+
+    let mut committed = 0;
+    for (i, (b, accounts, failing, result)) in results.iter().enumerate() {
+        let stored: Vec<(Uuid, i64)> =
+            sqlx::query_as("select stream_id, position from events where stream_id = any($1)")
+                .bind(accounts)
+                .fetch_all(&app.pool)
+                .await
+                .expect("the batch's events");
+        match result {
+            Ok(appended) => {
+                assert!(!failing, "batch {b} was to fail and committed");
+                let positions: Vec<(Uuid, i64)> = appended
+                    .results
+                    .iter()
+                    .flat_map(|r| r.recorded.iter().map(|e| (e.stream_id, e.position)))
+                    .collect();
+                let mut stored = stored.clone();
+                stored.sort_by_key(|(_, p)| *p);
+                assert_eq!(stored, positions, "batch {b} is in the log where its append said, whole");
+                let first = positions[0].1;
+                assert!(
+                    positions.iter().enumerate().all(|(k, (_, p))| *p == first + k as i64),
+                    "batch {b} is contiguous"
+                );
+                committed += 1;
+            }
+            Err(_) => assert!(stored.is_empty(), "batch {b} failed, yet left {stored:?}"),
+        }
+        // Behind a batch that did not commit, none commits.
+        if b % 10 != 0 && i > 0 && results[i - 1].3.is_err() {
+            assert!(result.is_err(), "batch {b} committed behind a batch that did not");
+        }
+    }
+    println!(
+        "{committed} of 60 batches behind one another committed; the other process met {foreign_conflicts} conflicts"
+    );
+    // Of the last three chains, run alone, the first and the last fail whole (their
+    // first batch fails), the middle one commits but for its last batch.
+    let alone: Vec<usize> = results.iter().filter(|(b, .., r)| *b >= 30 && r.is_ok()).map(|(b, ..)| *b).collect();
+    assert_eq!(alone, (40..=48).collect::<Vec<_>>(), "the chain run alone committed, but for the batch that failed");
+    assert_eq!(foreign_conflicts, 0, "the other process's appends never deadlocked with these");
+    let positions: Vec<i64> = sqlx::query_scalar("select position from events order by position")
+        .fetch_all(&app.pool)
+        .await
+        .expect("positions");
+    assert_eq!(positions, (1..=head).collect::<Vec<_>>(), "gapless");
+    let report = ledger_infrastructure::audit::verify_chain(&store, 500, |_, _| {}).await.expect("verify");
+    assert!(report.ok, "the chain verifies: {:?}", report.first_bad_position);
+}
