@@ -66,7 +66,8 @@ pub struct Tail {
 }
 
 /// What an append waits for from the append of this process before it, still under
-/// way: where that one leaves the log; that it holds the head row (so this one's update
+/// way: where that one leaves the log (told once its rows are written); that it holds
+/// the head row (so this one's update
 /// of the head queues behind it, and cannot overtake it); and that it has landed
 /// (committed and handed its batch to the relay). Each is dropped unsent if that
 /// append fails before it.
@@ -81,6 +82,15 @@ pub struct Successor {
     tail: oneshot::Sender<Tail>,
     holds_head: oneshot::Sender<()>,
     landed: oneshot::Sender<()>,
+}
+
+/// What an append's transaction waits for from the append before it and tells the
+/// one behind it (the rest of [`Predecessor`] and [`Successor`] is waited for and told
+/// outside it).
+struct Links {
+    held: Option<oneshot::Receiver<()>>,
+    next_tail: Option<oneshot::Sender<Tail>>,
+    next_holds_head: Option<oneshot::Sender<()>>,
 }
 
 /// A link between an append and the one behind it.
@@ -127,30 +137,6 @@ impl EventStore {
         after: Option<Predecessor>,
         next: Option<Successor>,
     ) -> Result<Appended, AppendError> {
-        // A time-out is an unknown outcome, as a lost connection is: callers answer 503
-        // and a retry with the key finds what committed. Postgres ends the transaction
-        // (and frees the head lock) by `LEDGER_APPEND_IDLE_TIMEOUT_MS` if it never heard
-        // the rest.
-        let appended =
-            crate::db::within(self.writer_time_limit, "an append", self.append_unbounded(commits, after, next)).await;
-        match appended {
-            // Whichever statement met it: the batch is decided again.
-            Err(AppendError::Database(e))
-                if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("40P01") =>
-            {
-                tracing::debug!(error = %e, "an append met another in a deadlock");
-                Err(moved())
-            }
-            other => other,
-        }
-    }
-
-    async fn append_unbounded(
-        &self,
-        commits: &[Commit],
-        after: Option<Predecessor>,
-        next: Option<Successor>,
-    ) -> Result<Appended, AppendError> {
         let phase = crate::phases::Phases::start("append", commits.len());
         metrics::histogram!("ledger_append_batch_size").record(commits.len() as f64);
         // Marked from before the head lock until the batch is handed (or fails), so that
@@ -162,24 +148,19 @@ impl EventStore {
             Some(a) => (Some(a.tail), Some(a.holds_head), Some(a.landed)),
             None => (None, None, None),
         };
-        let (next_tail, mut next_holds_head, next_landed) = match next {
-            Some(n) => (Some(n.tail), Some(n.holds_head), Some(n.landed)),
-            None => (None, None, None),
+        let (links, next_landed) = match next {
+            Some(n) => (Links { held, next_tail: Some(n.tail), next_holds_head: Some(n.holds_head) }, Some(n.landed)),
+            None => (Links { held, next_tail: None, next_holds_head: None }, None),
         };
         let phase = phase.next("stage");
-        let (mut tx, plan, closed_through, expected, phase) = match tail {
-            Some(tail) if personal.is_empty() => {
-                // The append before fails before it is planned: so does this one.
-                let tail = tail.await.map_err(|_| {
-                    tracing::debug!("the append before failed before it was planned");
-                    moved()
-                })?;
-                let phase = phase.next("wait");
-                let expected = (tail.head.position, tail.head.hash.clone());
-                let mut tx = self.pool.begin().await?;
-                let (plan, closed_through) = self.plan_behind(&mut tx, commits, staged, tail).await?;
-                (tx, plan, closed_through, Some(expected), phase.next("plan"))
-            }
+        // What this append waits for from the one before counts toward that one's time
+        // limit, not this one's: that one ends (dropping what it did not send) when its
+        // own limit does.
+        let tail = match tail {
+            Some(tail) if personal.is_empty() => Some(tail.await.map_err(|_| {
+                tracing::debug!("the append before failed before it wrote its rows");
+                moved()
+            })?),
             _ => {
                 if let Some(landed) = landed.take() {
                     landed.await.map_err(|_| {
@@ -187,26 +168,69 @@ impl EventStore {
                         moved()
                     })?;
                 }
-                let phase = phase.next("wait");
-                let mut tx = self.pool.begin().await?;
-                let (plan, closed_through) = self.plan_locked(&mut tx, commits, staged, &personal).await?;
-                (tx, plan, closed_through, None, phase.next("plan"))
+                None
             }
         };
-        if let Some(next) = next_tail {
-            let _ = next.send(Tail { head: plan.head.clone(), closed_through, versions: plan.versions.clone() });
+        let phase = phase.next("wait");
+        // A time-out is an unknown outcome, as a lost connection is: callers answer 503
+        // and a retry with the key finds what committed. Postgres ends the transaction
+        // (and frees the head lock) by `LEDGER_APPEND_IDLE_TIMEOUT_MS` if it never heard
+        // the rest.
+        let committed = crate::db::within(
+            self.writer_time_limit,
+            "an append",
+            self.append_on(commits, staged, &personal, tail, links, phase),
+        )
+        .await;
+        let (appended, phase) = match committed {
+            Ok(committed) => committed,
+            // Whichever statement met it: the batch is decided again.
+            Err(AppendError::Database(e))
+                if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("40P01") =>
+            {
+                tracing::debug!(error = %e, "an append met another in a deadlock");
+                return Err(moved());
+            }
+            Err(e) => return Err(e),
+        };
+        // Handed in commit order: after the append before (which committed first).
+        if let Some(landed) = landed {
+            let _ = landed.await;
         }
-        if expected.is_none() {
-            // Under the head lock already.
-            next_holds_head.take().map(|next| next.send(()));
+        if let Some(handoff) = self.handoff.get() {
+            handoff.hand(&appended.results);
         }
+        if let Some(next) = next_landed {
+            let _ = next.send(());
+        }
+        phase.next("hand");
+        Ok(appended)
+    }
+
+    /// The transaction of an append: planned under the head lock (`tail` none) or on
+    /// the tail of the append before it, its rows inserted, the head moved, committed.
+    async fn append_on(
+        &self,
+        commits: &[Commit],
+        staged: Vec<Staged>,
+        personal: &Personal,
+        tail: Option<Tail>,
+        mut links: Links,
+        phase: crate::phases::Phases,
+    ) -> Result<(Appended, crate::phases::Phases), AppendError> {
+        let mut tx = self.pool.begin().await?;
+        let expected = tail.as_ref().map(|t| (t.head.position, t.head.hash.clone()));
+        let (Plan { rows, results, head, versions }, closed_through) = match tail {
+            Some(tail) => self.plan_behind(&mut tx, commits, staged, tail).await?,
+            None => self.plan_locked(&mut tx, commits, staged, personal).await?,
+        };
+        let phase = phase.next("plan");
         let keys: Vec<(String, String)> = commits
             .iter()
             .filter_map(|c| c.idempotency.as_ref().map(|k| (k.principal.clone(), k.key.clone())))
             .collect();
-        let inserted = self
-            .insert_rows(&mut tx, plan.rows, &plan.results, expected.is_none().then_some((&plan.head, closed_through)))
-            .await;
+        let inserted =
+            self.insert_rows(&mut tx, rows, &results, expected.is_none().then_some((&head, closed_through))).await;
         if let Err(e) = inserted {
             // The writer checked keys and versions before deciding; another process that
             // took a key or a stream version since trips a unique constraint (or, behind
@@ -214,12 +238,23 @@ impl EventStore {
             // decided again.
             return Err(conflict_or(e, keys));
         }
+        // Only once its rows are written does the batch behind learn where this one
+        // leaves the log: so its rows never wait for another process's append while
+        // that one waits for this one's (a cycle Postgres would not see, the batch
+        // behind waiting in this process, not in Postgres).
+        if let Some(next) = links.next_tail.take() {
+            let _ = next.send(Tail { head: head.clone(), closed_through, versions: versions.clone() });
+        }
+        if expected.is_none() {
+            // Under the head lock already.
+            links.next_holds_head.take().map(|next| next.send(()));
+        }
         let phase = phase.next("insert");
         let phase = match &expected {
             Some((position, hash)) => {
                 // Once the append before holds the head row: this update then waits for
                 // its commit, and finds the head where it leaves it.
-                if let Some(held) = held {
+                if let Some(held) = links.held.take() {
                     held.await.map_err(|_| {
                         tracing::debug!("the append before did not reach the head");
                         moved()
@@ -240,9 +275,9 @@ impl EventStore {
                      where id
                      returning (position, hash) = ($1, $2), pg_notify(ledger_scoped('ledger_events'), $1::text)",
                 )
-                .bind(plan.head.position)
-                .bind(&plan.head.hash)
-                .bind(plan.head.recorded_at)
+                .bind(head.position)
+                .bind(&head.hash)
+                .bind(head.recorded_at)
                 .bind(closed_through)
                 .bind(position)
                 .bind(hash)
@@ -254,25 +289,13 @@ impl EventStore {
                     tracing::debug!(position, "the head moved from where the batch was planned");
                     return Err(moved());
                 }
-                next_holds_head.take().map(|next| next.send(()));
+                links.next_holds_head.take().map(|next| next.send(()));
                 phase.next("head")
             }
             None => phase,
         };
         tx.commit().await?;
-        let phase = phase.next("commit");
-        // Handed in commit order: after the append before (which committed first).
-        if let Some(landed) = landed {
-            let _ = landed.await;
-        }
-        if let Some(handoff) = self.handoff.get() {
-            handoff.hand(&plan.results);
-        }
-        if let Some(next) = next_landed {
-            let _ = next.send(());
-        }
-        phase.next("hand");
-        Ok(Appended { results: plan.results, versions: plan.versions })
+        Ok((Appended { results, versions }, phase.next("commit")))
     }
 
     /// Plans a batch on the head of the log, read under its lock (held to the commit).

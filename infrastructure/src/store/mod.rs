@@ -261,6 +261,14 @@ impl EventStore {
         &self.pool
     }
 
+    /// Whether a second append can run beside one under way (the pipelined writer's
+    /// batch behind it) without taking the pool's last connection from its other users
+    /// (a ledger's pollers and reads share a pool of two by default).
+    pub fn has_room_for_a_second_append(&self) -> bool {
+        let max = self.pool.options().get_max_connections();
+        max >= 3 && (self.pool.num_idle() > 0 || self.pool.size() < max)
+    }
+
     /// The events of the given streams after the given versions, in version order per
     /// stream: how a cached state catches up with the log.
     pub async fn events_after(&self, known: &[(Uuid, i64)]) -> Result<Vec<(Uuid, i64, Event)>, StoreError> {

@@ -143,7 +143,9 @@ impl Writer {
                     let base = std::mem::take(&mut current.base);
                     let next = self.fill_more(next, &mut rx);
                     match self.catch_prepare(next, Some(base)).await {
-                        Some(Ok(p)) if !p.commits.is_empty() => self.follow(current, p).await,
+                        Some(Ok(p)) if !p.commits.is_empty() && self.store.has_room_for_a_second_append() => {
+                            self.follow(current, p).await
+                        }
                         prepared => {
                             let committed = self.land(current).await;
                             match prepared {
@@ -212,15 +214,31 @@ impl Writer {
             return Some(behind);
         }
         let behind_done = (&mut behind.task).await;
-        self.settle_landed(current.prepared, done).await;
         match behind_done {
-            // Its predecessor's commit failed as sent, yet it committed: so did that one.
             Ok((commits, Ok(appended))) => {
+                // The batch behind moved the head only from where the one in flight left
+                // it: that one committed too, though its append answered an error (its
+                // commit's reply lost, a panic after it), unless it recorded no events
+                // (then it left the head as it found it). Committed or not, its outcome is
+                // unknown to its callers (503; a retry with its key replays it): running
+                // it again could record a command without a key twice.
+                match done {
+                    Ok((c, failed)) if c.iter().all(|c| c.events.is_empty()) => {
+                        self.settle_landed(current.prepared, Ok((c, failed))).await;
+                    }
+                    _ => {
+                        let unknown = sqlx::Error::Protocol("the append's outcome is unknown".into());
+                        fail_all(current.prepared.pending, CommandError::Unavailable(Arc::new(unknown.into())));
+                    }
+                }
                 behind.prepared.commits = commits;
                 self.reply(behind.prepared, appended);
                 None
             }
-            _ => self.launch(behind.prepared.pending).await,
+            _ => {
+                self.settle_landed(current.prepared, done).await;
+                self.launch(behind.prepared.pending).await
+            }
         }
     }
 
