@@ -173,6 +173,7 @@ pub async fn create_token(
             conflict_retries_max: config.conflict_retries_max,
             cache_max: 16,
             snapshot_every: 0,
+            append_behind: false,
         },
     );
     let token = format!("ltk_{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
@@ -279,6 +280,7 @@ pub async fn reconcile(
             conflict_retries_max: config.conflict_retries_max,
             cache_max: 10_000,
             snapshot_every: 0,
+            append_behind: false,
         },
     );
     let reconciler = ledger_infrastructure::reconcile::Reconciler {

@@ -68,6 +68,7 @@ impl Core {
                 conflict_retries_max: config.conflict_retries_max,
                 cache_max: config.state_cache_max,
                 snapshot_every: config.snapshot_every,
+                append_behind: config.append_behind,
             },
         );
         Core {

@@ -143,7 +143,11 @@ impl Writer {
                     let base = std::mem::take(&mut current.base);
                     let next = self.fill_more(next, &mut rx);
                     match self.catch_prepare(next, Some(base)).await {
-                        Some(Ok(p)) if !p.commits.is_empty() && self.store.has_room_for_a_second_append() => {
+                        Some(Ok(p))
+                            if self.limits.append_behind
+                                && !p.commits.is_empty()
+                                && self.store.has_room_for_a_second_append() =>
+                        {
                             self.follow(current, p).await
                         }
                         prepared => {

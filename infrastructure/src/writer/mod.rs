@@ -152,6 +152,8 @@ pub struct WriterLimits {
     pub cache_max: u64,
     /// Snapshot a stream whenever this many events had to be folded (0: never).
     pub snapshot_every: usize,
+    /// Append a batch behind the one in flight (`LEDGER_APPEND_BEHIND`).
+    pub append_behind: bool,
 }
 
 /// Handle to the writer task; cheap to clone.

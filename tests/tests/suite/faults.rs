@@ -288,10 +288,23 @@ enum Interruption {
 /// its overdraft limit, money conserved, read models equal to the log, the chain valid.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pipelined_writer_loses_a_batch_between_insert_and_commit() {
+    pipelined_writer_loses_a_batch(false).await;
+}
+
+/// The same, with each batch appended right behind the one in flight
+/// (`LEDGER_APPEND_BEHIND`): when N is cut or killed, N+1 has written its rows and waits
+/// for the head; it must fail with N and be decided again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_appended_behind_one_that_is_lost_is_lost_with_it() {
+    pipelined_writer_loses_a_batch(true).await;
+}
+
+async fn pipelined_writer_loses_a_batch(behind: bool) {
     let config = test_config();
     ledger_infrastructure::connect_and_migrate(&config).await.expect("database");
     let pool = PgPool::connect(&config.database_url).await.expect("pool");
-    let env = ledger_tests::procs::base_env(&config);
+    let mut env = ledger_tests::procs::base_env(&config);
+    env.push(("LEDGER_APPEND_BEHIND", behind.to_string()));
     let mut ledger = LedgerProcess::start(&env, free_port()).await;
     let base = ledger.base.clone();
     let client = reqwest::Client::new();
@@ -383,7 +396,7 @@ async fn pipelined_writer_loses_a_batch_between_insert_and_commit() {
     let acknowledged = outcomes.iter().filter(|o| (200..300).contains(&o.status)).count();
     let refused = outcomes.iter().filter(|o| o.status == 422).count();
     println!(
-        "pipelined writer: {} answered, {acknowledged} acknowledged, {refused} refused for funds, interruptions {interrupted:?}, {} violations",
+        "pipelined writer (behind: {behind}): {} answered, {acknowledged} acknowledged, {refused} refused for funds, interruptions {interrupted:?}, {} violations",
         outcomes.len(),
         violations.len()
     );
