@@ -16,6 +16,30 @@ use std::collections::{HashMap, HashSet};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+/// The statement that inserts a batch's events, stream entries and idempotency records
+/// (bound as arrays, `$1`–`$21`), ending in `$tail`: under the head lock the head's
+/// update, behind another append nothing more.
+macro_rules! insert_rows_sql {
+    ($tail:literal) => {
+        concat!(
+            "with ev as (
+                insert into events (position, event_id, stream_id, version, type, data, metadata, recorded_at, hash)
+                select * from unnest($1::bigint[], $2::uuid[], $3::uuid[], $4::bigint[], $5::text[],
+                                     $6::jsonb[], $7::jsonb[], $8::timestamptz[], $9::bytea[])
+             ), se as (
+                insert into stream_entries (stream_id, version, position)
+                select * from unnest($10::uuid[], $11::bigint[], $12::bigint[])
+             ), ik as (
+                insert into idempotency_keys (principal, key, fingerprint, status_code, body, outcome,
+                                              outcome_position, outcome_events, expires_at)
+                select * from unnest($13::text[], $14::text[], $15::bytea[], $16::int2[], $17::jsonb[], $18::jsonb[],
+                                     $19::int8[], $20::int4[], $21::timestamptz[])
+             ) ",
+            $tail
+        )
+    };
+}
+
 /// A failed insert as the append's error: a unique constraint another process's
 /// append tripped (a key or a stream version taken, positions written) is a conflict
 /// (the batch is decided again).
@@ -338,12 +362,7 @@ impl EventStore {
         if !personal.is_empty() {
             self.personal_keys(&mut *tx, personal).await?;
         }
-        let versions = self.current_versions(&mut *tx, commits, &HashMap::new()).await?;
-        let conflicts = check_expectations(commits, &mut versions.clone());
-        if !conflicts.is_empty() {
-            return Err(AppendError::Conflict { streams: conflicts, keys: Vec::new() });
-        }
-        Ok((plan(commits, staged, head, versions), closed_through))
+        Ok((self.plan_after(&mut *tx, commits, staged, head, &HashMap::new()).await?, closed_through))
     }
 
     /// Plans a batch on the tail of the append before it, without the head lock: what
@@ -368,12 +387,25 @@ impl EventStore {
         let Tail { head, closed_through, versions: known } = tail;
         let head = Head { recorded_at: now.trunc_subsecs(6).max(head.recorded_at), ..head };
         let closed_through = business_times(commits, closed_through, head.recorded_at)?;
-        let versions = self.current_versions(&mut *tx, commits, &known).await?;
+        Ok((self.plan_after(&mut *tx, commits, staged, head, &known).await?, closed_through))
+    }
+
+    /// The batch's expectations checked against the versions before it (`known`, else
+    /// the log's), and the batch laid out after `head`.
+    async fn plan_after(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        commits: &[Commit],
+        staged: Vec<Staged>,
+        head: Head,
+        known: &HashMap<Uuid, i64>,
+    ) -> Result<Plan, AppendError> {
+        let versions = self.current_versions(&mut *tx, commits, known).await?;
         let conflicts = check_expectations(commits, &mut versions.clone());
         if !conflicts.is_empty() {
             return Err(AppendError::Conflict { streams: conflicts, keys: Vec::new() });
         }
-        Ok((plan(commits, staged, head, versions), closed_through))
+        Ok(plan(commits, staged, head, versions))
     }
 
     /// Under the head lock, so in log order with every other append: refuses the batch
@@ -505,30 +537,14 @@ impl EventStore {
         // One statement: the events, their stream entries, the idempotency records and,
         // under the head lock, the new head (with a notification for listeners, delivered
         // at commit). Behind another append the head is updated by a statement of its own.
-        let head_update = match head {
-            Some(_) => {
+        let statement = match head {
+            Some(_) => insert_rows_sql!(
                 "update log_head set position = $22, hash = $23, recorded_at = $24, closed_through = $25
-             returning pg_notify(ledger_scoped('ledger_events'), $22::text)"
-            }
-            None => "select",
+                 returning pg_notify(ledger_scoped('ledger_events'), $22::text)"
+            ),
+            None => insert_rows_sql!("select"),
         };
-        let statement = format!(
-            "with ev as (
-                insert into events (position, event_id, stream_id, version, type, data, metadata, recorded_at, hash)
-                select * from unnest($1::bigint[], $2::uuid[], $3::uuid[], $4::bigint[], $5::text[],
-                                     $6::jsonb[], $7::jsonb[], $8::timestamptz[], $9::bytea[])
-             ), se as (
-                insert into stream_entries (stream_id, version, position)
-                select * from unnest($10::uuid[], $11::bigint[], $12::bigint[])
-             ), ik as (
-                insert into idempotency_keys (principal, key, fingerprint, status_code, body, outcome,
-                                              outcome_position, outcome_events, expires_at)
-                select * from unnest($13::text[], $14::text[], $15::bytea[], $16::int2[], $17::jsonb[], $18::jsonb[],
-                                     $19::int8[], $20::int4[], $21::timestamptz[])
-             )
-             {head_update}"
-        );
-        let query = sqlx::query(sqlx::AssertSqlSafe(statement))
+        let query = sqlx::query(statement)
             .bind(rows.positions)
             .bind(rows.event_ids)
             .bind(rows.stream_ids)

@@ -261,12 +261,13 @@ impl Writer {
         let base = Base { changed: prepared.changed(), keys: keys.collect() };
         let commands = prepared.pending.iter().map(|p| p.group.requests.len()).sum();
         let (store, commits) = (self.store.clone(), std::mem::take(&mut prepared.commits));
-        let (next, behind) = chain();
+        // A link for a batch behind this one, only if one may be appended so.
+        let (next, behind) = self.limits.append_behind.then(chain).unzip();
         let task = tokio::spawn(async move {
-            let result = store.append_behind(&commits, after, Some(next)).await;
+            let result = store.append_behind(&commits, after, next).await;
             (commits, result)
         });
-        Some(Flight { prepared, task, commands, base, behind: Some(behind) })
+        Some(Flight { prepared, task, commands, base, behind })
     }
 
     /// Waits for a batch's commit and answers it, or settles its failure. Returns

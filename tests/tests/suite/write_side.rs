@@ -130,6 +130,45 @@ fn account_opening(n: usize) -> Commit {
     }
 }
 
+/// An opening whose append fails after it has taken positions: Postgres refuses NUL in
+/// text, so its transaction rolls back.
+fn failing_opening(n: usize, key: String) -> Commit {
+    Commit {
+        idempotency: Some(ledger_infrastructure::IdempotencyClaim {
+            principal: "nul\u{0}".into(),
+            key,
+            fingerprint: vec![0; 32],
+            expires_at: chrono::Utc::now(),
+        }),
+        ..account_opening(n)
+    }
+}
+
+/// A reader following the log by position, which asserts that it never sees a hole or a
+/// late arrival behind it, until `stop` holds before a read (that read is its last) or
+/// `seconds` have passed; it returns the last position it read.
+fn spawn_tailer(
+    store: ledger_infrastructure::EventStore,
+    seconds: u64,
+    stop: impl Fn(i64) -> bool + Send + 'static,
+) -> tokio::task::JoinHandle<i64> {
+    tokio::spawn(async move {
+        let mut after = 0i64;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+        loop {
+            let stopping = stop(after);
+            for e in store.read_all(after, 50).await.expect("read") {
+                assert_eq!(e.position, after + 1, "a reader never sees a hole or a late arrival behind it");
+                after = e.position;
+            }
+            if stopping || std::time::Instant::now() > deadline {
+                return after;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn positions_are_gapless_and_commit_ordered_under_concurrent_appends() {
     let app = TestApp::spawn().await;
@@ -144,35 +183,13 @@ async fn positions_are_gapless_and_commit_ordered_under_concurrent_appends() {
                 let batch = vec![account_opening(a * 1000 + b), account_opening(a * 1000 + b + 500)];
                 store.append_batch(&batch).await.expect("append");
                 if b % 5 == 0 {
-                    // A transaction that fails after taking positions must leave no hole:
-                    // Postgres refuses NUL in text, so this one rolls back.
-                    let mut bad = account_opening(a);
-                    bad.idempotency = Some(ledger_infrastructure::IdempotencyClaim {
-                        principal: "nul\u{0}".into(),
-                        key: format!("k{a}-{b}"),
-                        fingerprint: vec![0; 32],
-                        expires_at: chrono::Utc::now(),
-                    });
-                    assert!(store.append_batch(&[bad]).await.is_err());
+                    // A transaction that fails after taking positions must leave no hole.
+                    assert!(store.append_batch(&[failing_opening(a, format!("k{a}-{b}"))]).await.is_err());
                 }
             }
         })
     });
-    let tailer = {
-        let store = store.clone();
-        tokio::spawn(async move {
-            let mut after = 0i64;
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-            while after < total as i64 && std::time::Instant::now() < deadline {
-                for e in store.read_all(after, 50).await.expect("read") {
-                    assert_eq!(e.position, after + 1, "a reader never sees a hole or a late arrival behind it");
-                    after = e.position;
-                }
-                tokio::task::yield_now().await;
-            }
-            after
-        })
-    };
+    let tailer = spawn_tailer(store.clone(), 60, move |after| after >= total as i64);
     for a in join_all(appenders).await {
         a.expect("appender finished");
     }
@@ -620,13 +637,15 @@ async fn appends_behind_one_another_commit_in_order_or_not_at_all() {
                     if chains_done.load(std::sync::atomic::Ordering::SeqCst) {
                         break;
                     }
-                    // A conflict (a deadlock with a batch written behind another) is the
-                    // other process's to decide again; anything else is a failure.
+                    // Fresh accounts: nothing to conflict on but a deadlock with a batch
+                    // written behind another (a conflict): counted, and there must be none.
                     match store.append_batch(&[account_opening(900_000 + f * 1_000 + b)]).await {
                         Ok(_) => {}
                         Err(AppendError::Conflict { .. }) => conflicts += 1,
                         Err(e) => panic!("the other process's append failed: {e}"),
                     }
+                    // A deliberate pause: the other process's pace, so that chains both
+                    // meet its appends and commit between them.
                     tokio::time::sleep(std::time::Duration::from_millis(15)).await;
                 }
                 conflicts
@@ -634,34 +653,10 @@ async fn appends_behind_one_another_commit_in_order_or_not_at_all() {
         })
         .collect();
     let tailer = {
-        let (store, done) = (store.clone(), done.clone());
-        tokio::spawn(async move {
-            let mut after = 0i64;
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-            loop {
-                let finished = done.load(std::sync::atomic::Ordering::SeqCst);
-                for e in store.read_all(after, 50).await.expect("read") {
-                    assert_eq!(e.position, after + 1, "a reader never sees a hole or a late arrival behind it");
-                    after = e.position;
-                }
-                if finished || std::time::Instant::now() > deadline {
-                    return after;
-                }
-                tokio::task::yield_now().await;
-            }
-        })
+        let done = done.clone();
+        spawn_tailer(store.clone(), 120, move |_| done.load(std::sync::atomic::Ordering::SeqCst))
     };
     type Flight = tokio::task::JoinHandle<Result<Appended, AppendError>>;
-    let bad = |n: usize| {
-        let mut bad = account_opening(n);
-        bad.idempotency = Some(ledger_infrastructure::IdempotencyClaim {
-            principal: "nul\u{0}".into(),
-            key: format!("k{n}"),
-            fingerprint: vec![0; 32],
-            expires_at: chrono::Utc::now(),
-        });
-        bad
-    };
     // (batch, its accounts, whether it was to fail, its append)
     type Landed = (usize, Vec<Uuid>, bool, Result<Appended, AppendError>);
     let mut results: Vec<Landed> = Vec::new();
@@ -683,7 +678,7 @@ async fn appends_behind_one_another_commit_in_order_or_not_at_all() {
         // lock), which leaves every batch of its chain behind a failed one.
         let failing = b % 10 == 9 || b % 20 == 10;
         if failing {
-            batch.push(bad(b));
+            batch.push(failing_opening(b, format!("k{b}")));
         }
         let accounts: Vec<Uuid> = batch.iter().map(|c| c.events[0].streams()[0].0).collect();
         let after = if b % 10 == 0 { None } else { behind.take() };
