@@ -6,7 +6,7 @@
 //! and only the update of the head waits for it (`EventStore::append_behind`).
 
 use super::{AppendError, Appended, Commit, CommitResult, EventStore, IdempotencyClaim, RecordedEvent};
-use crate::hash::{HashedContent, chain_hash};
+use crate::hash::{HashedContent, HashedHeader, chain_hash};
 use crate::outcome::Outcome;
 use chrono::{DateTime, SubsecRound, Utc};
 use ledger_domain::{Concurrency, Event};
@@ -781,14 +781,16 @@ fn check_expectations(commits: &[Commit], versions: &mut HashMap<Uuid, i64>) -> 
 
 fn hashed_content(e: &RecordedEvent) -> HashedContent<'_> {
     HashedContent {
-        position: e.position,
-        event_id: e.event_id,
-        stream_id: e.stream_id,
-        version: e.version,
-        event_type: &e.event_type,
+        header: HashedHeader {
+            position: e.position,
+            event_id: e.event_id,
+            stream_id: e.stream_id,
+            version: e.version,
+            event_type: &e.event_type,
+            recorded_at_us: e.recorded_at.timestamp_micros(),
+        },
         data: &e.data,
         metadata: &e.metadata,
-        recorded_at_us: e.recorded_at.timestamp_micros(),
     }
 }
 
