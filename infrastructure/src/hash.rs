@@ -70,15 +70,19 @@ fn push_number(n: &serde_json::Number, out: &mut String) {
 
 /// Writes the JSON `text` as canonical JSON: exactly what [`canonical_json`] writes
 /// for `serde_json::from_str(text)` (numbers parsed alike, a repeated key's last
-/// value kept), without building a [`Value`]: strings without escapes stay borrowed
-/// from the text and objects are member lists, sorted once. Content read back from the
-/// log as text (the tree and the audit recompute every event's hash) hashes with a
-/// fraction of the allocations a `Value` takes.
+/// value kept; a text with a member named as serde_json's raw-value marker, which
+/// `Value` reads as something else, is refused), without building a [`Value`]:
+/// strings without escapes stay borrowed from the text and objects are member lists,
+/// sorted once. The tree worker recomputes every event's hash from the log's text with
+/// a fraction of the allocations a `Value` takes.
 pub fn canonical_json_text(text: &str, out: &mut String) -> Result<(), serde_json::Error> {
     let value: Canon<'_> = serde_json::from_str(text)?;
     value.write(out);
     Ok(())
 }
+
+/// The member name serde_json's `raw_value` feature reads as a raw value.
+const RAW_VALUE_MARKER: &str = "$serde_json::private::RawValue";
 
 /// A JSON value parsed only to be written canonically (see [`canonical_json_text`]).
 enum Canon<'a> {
@@ -203,6 +207,12 @@ impl<'de> serde::Deserialize<'de> for Canon<'de> {
             fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Canon<'de>, A::Error> {
                 let mut members = Vec::with_capacity(map.size_hint().unwrap_or(0));
                 while let Some(key) = map.next_key::<Text<'de>>()? {
+                    // `Value` reads a member of this name as a raw value, not as a
+                    // member (serde_json's `raw_value`), so no text holding it hashes
+                    // alike both ways; the log's own events never hold it.
+                    if key.0 == RAW_VALUE_MARKER {
+                        return Err(serde::de::Error::custom("a member named as serde_json's raw value"));
+                    }
                     members.push((key, map.next_value()?));
                 }
                 Ok(Canon::Object(members))
@@ -435,6 +445,9 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(a, r#"{"aa":[2,{"c":"é","d":null}],"b":1}"#);
         assert!(canonical_json_text("{\"a\":", &mut String::new()).is_err());
+        // `Value` would read this object as the number 1; the text is refused instead.
+        let marked = r#"{"x":{"$serde_json::private::RawValue":"1"}}"#;
+        assert!(canonical_json_text(marked, &mut String::new()).is_err());
     }
 
     #[test]
