@@ -2,7 +2,7 @@
 //! the metadata that says who did what, when and why.
 
 use crate::hash::GENESIS_HASH;
-use crate::store::{EventStore, RecordedEvent, recompute_hash};
+use crate::store::{ChainRow, EventStore, RecordedEvent};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
@@ -33,22 +33,14 @@ pub async fn verify_chain(
     let mut previous = GENESIS_HASH.to_vec();
     let mut position = 0i64;
     while position < head {
-        let rows: Vec<HashedRow> = sqlx::query_as(
-            "select position, event_id, stream_id, version, type, data, metadata, recorded_at, hash
-             from events where position > $1 and position <= $2 order by position",
-        )
-        .bind(position)
-        .bind((position + batch_max).min(head))
-        .fetch_all(pool)
-        .await?;
+        let rows = ChainRow::read(pool, position, (position + batch_max).min(head)).await?;
         let empty = rows.is_empty();
         for row in rows {
-            let event = RecordedEvent::from(row.event);
-            if event.position != position + 1 || recompute_hash(&previous, &event).as_slice() != row.hash.as_slice() {
+            if !row.verifies(position + 1, &previous) {
                 return Ok(bad(position, position + 1));
             }
             previous = row.hash;
-            position = event.position;
+            position = row.position;
         }
         if empty {
             return Ok(bad(position, position + 1));
@@ -70,14 +62,6 @@ pub async fn verify_chain(
         return Ok(bad(head, at));
     }
     Ok(ChainReport { ok: true, checked: head, head: Some(hex::encode(previous)), first_bad_position: None })
-}
-
-/// An event as stored, with its chain hash.
-#[derive(sqlx::FromRow)]
-struct HashedRow {
-    #[sqlx(flatten)]
-    event: crate::store::RecordedRow,
-    hash: Vec<u8>,
 }
 
 fn bad(checked: i64, at: i64) -> ChainReport {

@@ -180,13 +180,13 @@ pub async fn head(pool: &PgPool, size: i64) -> Result<TreeHead, TreeError> {
     let Some(kept) = kept else {
         return Ok(TreeHead { size, root, timestamp: DateTime::<Utc>::UNIX_EPOCH });
     };
-    let events = crate::store::EventStore::read_range(pool, (size - 2).max(0), size).await?;
+    let events = crate::store::ChainRow::read(pool, (size - 2).max(0), size).await?;
     let (previous, last) = match events.as_slice() {
-        [last] if size == 1 => (GENESIS_HASH.to_vec(), last),
-        [before, last] => (before.hash.clone().unwrap_or_default(), last),
+        [last] if size == 1 => (GENESIS_HASH.as_slice(), last),
+        [before, last] => (before.hash.as_slice(), last),
         _ => return Err(TreeError::Tampered { position: size }),
     };
-    if merkle::leaf_hash(&crate::store::recompute_hash(&previous, last)) != kept {
+    if last.recompute(previous).map(|h| merkle::leaf_hash(&h)) != Some(kept) {
         return Err(TreeError::Tampered { position: size });
     }
     Ok(TreeHead { size, root, timestamp: last.recorded_at })
@@ -201,37 +201,6 @@ pub async fn inclusion(pool: &PgPool, position: i64, size: i64) -> Result<(Hash,
 /// The consistency proof from the tree of `from` leaves to that of `to` (1 ≤ from ≤ to).
 pub async fn consistency(pool: &PgPool, from: i64, to: i64) -> Result<Vec<Hash>, TreeError> {
     computed(pool, |nodes| merkle::consistency_proof(from as u64, to as u64, nodes)).await
-}
-
-/// An event as the tree reads it: what its hash covers, its JSON as text.
-#[derive(sqlx::FromRow)]
-struct HashedRow {
-    position: i64,
-    event_id: uuid::Uuid,
-    stream_id: uuid::Uuid,
-    version: i64,
-    #[sqlx(rename = "type")]
-    event_type: String,
-    data: String,
-    metadata: String,
-    recorded_at: chrono::DateTime<chrono::Utc>,
-    hash: Vec<u8>,
-}
-
-impl HashedRow {
-    /// The event's hash after `previous`, as the writer computed it (a JSON text that
-    /// does not parse, which the log's `jsonb` cannot hold, does not recompute).
-    fn recompute(&self, previous: &[u8]) -> Result<[u8; 32], serde_json::Error> {
-        let header = crate::hash::HashedHeader {
-            position: self.position,
-            event_id: self.event_id,
-            stream_id: self.stream_id,
-            version: self.version,
-            event_type: &self.event_type,
-            recorded_at_us: self.recorded_at.timestamp_micros(),
-        };
-        crate::hash::chain_hash_text(previous, header, &self.data, &self.metadata)
-    }
 }
 
 /// What one step of the worker did.
@@ -257,29 +226,18 @@ pub async fn grow(pool: &PgPool, batch: i64) -> Result<Grown, TreeError> {
         return Ok(Grown::AtHead(size));
     }
     let up_to = head.min(size + batch);
-    // Data and metadata as text: hashed without being built into `Value`s.
-    let events: Vec<HashedRow> = sqlx::query_as(
-        "select position, event_id, stream_id, version, type, data::text, metadata::text, recorded_at, hash
-         from events where position > $1 and position <= $2 order by position",
-    )
-    .bind(size)
-    .bind(up_to)
-    .fetch_all(&mut *tx)
-    .await?;
+    let events = crate::store::ChainRow::read(&mut *tx, size, up_to).await?;
     let mut previous = last.unwrap_or_else(|| GENESIS_HASH.to_vec());
     let mut leaves = Vec::with_capacity(events.len());
     let mut stopped = None;
-    for (i, event) in events.iter().enumerate() {
+    for (i, event) in events.into_iter().enumerate() {
         let expected = size + 1 + i as i64;
-        let recomputed = match event.recompute(&previous) {
-            Ok(hash) if event.position == expected && event.hash.as_slice() == hash.as_slice() => hash,
-            _ => {
-                stopped = Some(expected);
-                break;
-            }
-        };
-        leaves.push(merkle::leaf_hash(&recomputed));
-        previous = recomputed.to_vec();
+        if !event.verifies(expected, &previous) {
+            stopped = Some(expected);
+            break;
+        }
+        leaves.push(merkle::leaf_hash(&event.hash));
+        previous = event.hash;
     }
     if stopped.is_none() && (leaves.len() as i64) < up_to - size {
         stopped = Some(size + 1 + leaves.len() as i64);

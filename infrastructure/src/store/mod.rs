@@ -410,6 +410,62 @@ impl EventStore {
     }
 }
 
+/// An event as the chain covers it, with its stored hash, its data and metadata as the
+/// log's JSON text: what the tree worker, tree heads and the chain walk recompute
+/// hashes from, without building a `Value` of either.
+#[derive(sqlx::FromRow)]
+pub struct ChainRow {
+    pub position: i64,
+    event_id: Uuid,
+    stream_id: Uuid,
+    version: i64,
+    #[sqlx(rename = "type")]
+    event_type: String,
+    data: String,
+    metadata: String,
+    pub recorded_at: DateTime<Utc>,
+    pub hash: Vec<u8>,
+}
+
+impl ChainRow {
+    /// The events in (`after`, `up_to`], in position order.
+    pub async fn read<'e, E: sqlx::PgExecutor<'e>>(
+        executor: E,
+        after: i64,
+        up_to: i64,
+    ) -> Result<Vec<ChainRow>, sqlx::Error> {
+        sqlx::query_as(
+            "select position, event_id, stream_id, version, type, data::text, metadata::text, recorded_at, hash
+             from events where position > $1 and position <= $2 order by position",
+        )
+        .bind(after)
+        .bind(up_to)
+        .fetch_all(executor)
+        .await
+    }
+
+    /// The event's hash after `previous`, as the writer computed it; `None` for a text
+    /// that does not parse as the writer's JSON could have (see
+    /// `hash::canonical_json_text`), which no honest row holds.
+    pub fn recompute(&self, previous: &[u8]) -> Option<[u8; 32]> {
+        let header = crate::hash::HashedHeader {
+            position: self.position,
+            event_id: self.event_id,
+            stream_id: self.stream_id,
+            version: self.version,
+            event_type: &self.event_type,
+            recorded_at_us: self.recorded_at.timestamp_micros(),
+        };
+        crate::hash::chain_hash_text(previous, header, &self.data, &self.metadata).ok()
+    }
+
+    /// Whether this is the event at `position` and its stored hash is what its content
+    /// hashes to after `previous`.
+    pub fn verifies(&self, position: i64, previous: &[u8]) -> bool {
+        self.position == position && self.recompute(previous).is_some_and(|h| h.as_slice() == self.hash.as_slice())
+    }
+}
+
 #[derive(sqlx::FromRow)]
 pub(crate) struct RecordedRow {
     position: i64,
