@@ -70,7 +70,7 @@ fn push_number(n: &serde_json::Number, out: &mut String) {
 
 /// Writes the JSON `text` as canonical JSON: exactly what [`canonical_json`] writes
 /// for `serde_json::from_str(text)` (numbers parsed alike, a repeated key's last
-/// value kept; a text with a member named as serde_json's raw-value marker, which
+/// value kept; a text with an object led by serde_json's raw-value marker, which
 /// `Value` reads as something else, is refused), without building a [`Value`]:
 /// strings without escapes stay borrowed from the text and objects are member lists,
 /// sorted once. The tree worker recomputes every event's hash from the log's text with
@@ -81,7 +81,8 @@ pub fn canonical_json_text(text: &str, out: &mut String) -> Result<(), serde_jso
     Ok(())
 }
 
-/// The member name serde_json's `raw_value` feature reads as a raw value.
+/// The member name serde_json's `raw_value` feature reads, first in an object, as a
+/// raw value.
 const RAW_VALUE_MARKER: &str = "$serde_json::private::RawValue";
 
 /// A JSON value parsed only to be written canonically (see [`canonical_json_text`]).
@@ -207,11 +208,11 @@ impl<'de> serde::Deserialize<'de> for Canon<'de> {
             fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Canon<'de>, A::Error> {
                 let mut members = Vec::with_capacity(map.size_hint().unwrap_or(0));
                 while let Some(key) = map.next_key::<Text<'de>>()? {
-                    // `Value` reads a member of this name as a raw value, not as a
-                    // member (serde_json's `raw_value`), so no text holding it hashes
-                    // alike both ways; the log's own events never hold it.
-                    if key.0 == RAW_VALUE_MARKER {
-                        return Err(serde::de::Error::custom("a member named as serde_json's raw value"));
+                    // `Value` reads an object whose first member has this name as a raw
+                    // value, not as an object (serde_json's `raw_value`; later members
+                    // of the name are members), so such a text is refused here.
+                    if members.is_empty() && key.0 == RAW_VALUE_MARKER {
+                        return Err(serde::de::Error::custom("an object led by serde_json's raw-value marker"));
                     }
                     members.push((key, map.next_value()?));
                 }
@@ -448,6 +449,12 @@ mod tests {
         // `Value` would read this object as the number 1; the text is refused instead.
         let marked = r#"{"x":{"$serde_json::private::RawValue":"1"}}"#;
         assert!(canonical_json_text(marked, &mut String::new()).is_err());
+        // Not first, the name is a member like any other, to `Value` as here.
+        let member = r#"{"a":{"b":2,"$serde_json::private::RawValue":"1"}}"#;
+        let (mut text, mut value) = (String::new(), String::new());
+        canonical_json_text(member, &mut text).expect("JSON");
+        canonical_json(&serde_json::from_str(member).expect("JSON"), &mut value);
+        assert_eq!(text, value);
     }
 
     #[test]
