@@ -140,25 +140,28 @@ impl Canon<'_> {
     }
 }
 
+/// Reads a [`Text`], borrowing it when the parser can.
+struct TextVisitor;
+
+impl<'de> serde::de::Visitor<'de> for TextVisitor {
+    type Value = Text<'de>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Text<'de>, E> {
+        Ok(Text(std::borrow::Cow::Borrowed(s)))
+    }
+    fn visit_str<E>(self, s: &str) -> Result<Text<'de>, E> {
+        Ok(Text(std::borrow::Cow::Owned(s.to_owned())))
+    }
+    fn visit_string<E>(self, s: String) -> Result<Text<'de>, E> {
+        Ok(Text(std::borrow::Cow::Owned(s)))
+    }
+}
+
 impl<'de> serde::Deserialize<'de> for Text<'de> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = Text<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Text<'de>, E> {
-                Ok(Text(std::borrow::Cow::Borrowed(s)))
-            }
-            fn visit_str<E>(self, s: &str) -> Result<Text<'de>, E> {
-                Ok(Text(std::borrow::Cow::Owned(s.to_owned())))
-            }
-            fn visit_string<E>(self, s: String) -> Result<Text<'de>, E> {
-                Ok(Text(std::borrow::Cow::Owned(s)))
-            }
-        }
-        d.deserialize_str(Visitor)
+        d.deserialize_str(TextVisitor)
     }
 }
 
@@ -183,14 +186,14 @@ impl<'de> serde::Deserialize<'de> for Canon<'de> {
                 // As `Value` does: a float JSON cannot hold is null.
                 Ok(serde_json::Number::from_f64(f).map_or(Canon::Null, Canon::Number))
             }
-            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Canon<'de>, E> {
-                Ok(Canon::Str(Text(std::borrow::Cow::Borrowed(s))))
+            fn visit_borrowed_str<E: serde::de::Error>(self, s: &'de str) -> Result<Canon<'de>, E> {
+                TextVisitor.visit_borrowed_str(s).map(Canon::Str)
             }
-            fn visit_str<E>(self, s: &str) -> Result<Canon<'de>, E> {
-                Ok(Canon::Str(Text(std::borrow::Cow::Owned(s.to_owned()))))
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Canon<'de>, E> {
+                TextVisitor.visit_str(s).map(Canon::Str)
             }
-            fn visit_string<E>(self, s: String) -> Result<Canon<'de>, E> {
-                Ok(Canon::Str(Text(std::borrow::Cow::Owned(s))))
+            fn visit_string<E: serde::de::Error>(self, s: String) -> Result<Canon<'de>, E> {
+                TextVisitor.visit_string(s).map(Canon::Str)
             }
             fn visit_unit<E>(self) -> Result<Canon<'de>, E> {
                 Ok(Canon::Null)
