@@ -24,6 +24,54 @@ struct Entry {
     effective_at: chrono::DateTime<chrono::Utc>,
 }
 
+/// Accounts as the view holds them: each one's state and the position it was last
+/// written at.
+pub type Known = HashMap<Uuid, (StreamState, i64)>;
+
+/// The accounts this process's projector last committed to the live view, and the
+/// accounts checkpoint that commit moved the view to, so that the next batch neither
+/// reads them back nor folds them again.
+///
+/// It holds only while nobody else moved the view: a batch takes it for the checkpoint
+/// it read under the checkpoint's row lock, and gets it only when that is exactly where
+/// the last commit through this memo left the view (another process's projector, a
+/// rebuild or a reset all move the checkpoint elsewhere, or to where a rebuild leaves
+/// the same state). A batch that fails leaves it empty; one that commits puts back what
+/// it wrote. Every update is still conditioned on the version the state came from
+/// (`write_accounts`), so a state remembered wrongly fails the batch rather than being
+/// written. At most [`AccountsMemo::ACCOUNTS_MAX`] accounts are kept.
+#[derive(Default)]
+pub struct AccountsMemo {
+    inner: std::sync::Mutex<(Option<i64>, Known)>,
+}
+
+impl AccountsMemo {
+    /// About 200 bytes each.
+    pub const ACCOUNTS_MAX: usize = 20_000;
+
+    /// The accounts as of `checkpoint`, taken out (none unless the last commit through
+    /// this memo moved the view exactly there).
+    pub(crate) fn take(&self, checkpoint: i64) -> Known {
+        let (at, known) = std::mem::take(&mut *self.inner.lock().unwrap_or_else(|e| e.into_inner()));
+        if at == Some(checkpoint) { known } else { Known::new() }
+    }
+
+    /// After a commit that moved the view to `checkpoint`: `known` as it now holds,
+    /// `touched` the accounts that batch wrote (kept first when there are too many).
+    pub(crate) fn put(&self, checkpoint: i64, mut known: Known, touched: &[Uuid]) {
+        if known.len() > Self::ACCOUNTS_MAX {
+            let mut kept = Known::with_capacity(touched.len());
+            for id in touched.iter().take(Self::ACCOUNTS_MAX) {
+                if let Some(state) = known.remove(id) {
+                    kept.insert(*id, state);
+                }
+            }
+            known = kept;
+        }
+        *self.inner.lock().unwrap_or_else(|e| e.into_inner()) = (Some(checkpoint), known);
+    }
+}
+
 fn kind(event: &Event) -> &'static str {
     match event {
         Event::DepositRecorded(_) => "deposit",
@@ -54,11 +102,7 @@ type Row = (
     bool,
 );
 
-async fn load(
-    tx: &mut Transaction<'_, Postgres>,
-    t: &Tables,
-    ids: &[Uuid],
-) -> Result<HashMap<Uuid, (StreamState, i64)>, ApplyError> {
+async fn load(tx: &mut Transaction<'_, Postgres>, t: &Tables, ids: &[Uuid]) -> Result<Known, ApplyError> {
     let sql = format!(
         // One primary-key probe per id (`offset 0` keeps the planner from turning the
         // probes into a scan that compares every row with every id).
@@ -94,10 +138,14 @@ async fn load(
 /// closed period's balances are taken as its `PeriodClosed` event is applied: the
 /// events up to it are applied first, so the view holds exactly the accounts and
 /// entries of the log up to it.
+///
+/// `known` holds accounts as the view has them (see [`AccountsMemo`]): those are not
+/// read again, and every account the events touch is in it afterwards, as written.
 pub async fn apply(
     tx: &mut Transaction<'_, Postgres>,
     t: &Tables,
     events: &[RecordedEvent],
+    known: &mut Known,
 ) -> Result<Vec<Uuid>, ApplyError> {
     let mut ids = Vec::new();
     let mut rest = events;
@@ -112,7 +160,7 @@ pub async fn apply(
             }
         }
         let (segment, later) = rest.split_at(end);
-        ids.extend(apply_segment(tx, t, segment).await?);
+        ids.extend(apply_segment(tx, t, segment, known).await?);
         if let Some(period) = closes {
             close_period(tx, t, &period).await?;
         }
@@ -161,12 +209,29 @@ async fn apply_segment(
     tx: &mut Transaction<'_, Postgres>,
     t: &Tables,
     events: &[RecordedEvent],
+    states: &mut Known,
 ) -> Result<Vec<Uuid>, ApplyError> {
     let decoded: Vec<(&RecordedEvent, &Event)> =
         events.iter().map(|r| Ok((r, r.event_ref()?))).collect::<Result<_, serde_json::Error>>()?;
     let ids: BTreeSet<Uuid> = decoded.iter().flat_map(|(_, e)| e.accounts()).collect();
     let ids: Vec<Uuid> = ids.into_iter().collect();
-    let mut states = load(tx, t, &ids).await?;
+    // An erasure writes the view's owner and metadata from the state it evolves: that
+    // state is read from the view itself, never remembered (the view's are the truth
+    // for those two, e.g. after `privacy::legacy` sealed them in place).
+    for (_, event) in &decoded {
+        if let Event::SubjectErased(e) = event {
+            for id in &e.accounts {
+                states.remove(id);
+            }
+        }
+    }
+    let missing: Vec<Uuid> = ids.iter().filter(|id| !states.contains_key(id)).copied().collect();
+    if !missing.is_empty() {
+        states.extend(load(tx, t, &missing).await?);
+    }
+    // Each account's version in the view before this segment (0: not in the view).
+    let was: HashMap<Uuid, i64> =
+        ids.iter().map(|id| (*id, states.get(id).map_or(0, |(state, _)| state.version))).collect();
     let mut entries = Vec::new();
     for (recorded, event) in &decoded {
         for id in event.accounts() {
@@ -191,7 +256,7 @@ async fn apply_segment(
             });
         }
     }
-    write_accounts(tx, t, &ids, &states).await?;
+    write_accounts(tx, t, &ids, &was, states).await?;
     write_entries(tx, t, entries).await?;
     Ok(ids)
 }
@@ -200,42 +265,97 @@ async fn write_accounts(
     tx: &mut Transaction<'_, Postgres>,
     t: &Tables,
     ids: &[Uuid],
-    states: &HashMap<Uuid, (StreamState, i64)>,
+    was: &HashMap<Uuid, i64>,
+    states: &Known,
 ) -> Result<(), ApplyError> {
     let mut cols: (Vec<Uuid>, Vec<String>, Vec<Option<String>>, Vec<&str>, Vec<String>, Vec<String>) =
         Default::default();
     let mut more: (Vec<i64>, Vec<bool>, Vec<Option<serde_json::Value>>, Vec<i64>, Vec<i64>) = Default::default();
     let mut personal: (Vec<Option<String>>, Vec<bool>) = Default::default();
+    let mut updates: (Vec<Uuid>, Vec<&str>, Vec<String>, Vec<String>, Vec<i64>, Vec<i64>, Vec<i64>) =
+        Default::default();
+    let mut erasures: (Vec<bool>, Vec<Option<String>>, Vec<Option<serde_json::Value>>) = Default::default();
     for id in ids {
         let Some((StreamState { version, aggregate: Aggregate::Account(a) }, position)) = states.get(id) else {
             continue;
         };
-        cols.0.push(a.id);
-        cols.1.push(a.currency.to_string());
-        cols.2.push(a.owner.clone());
-        cols.3.push(if a.status == AccountStatus::Closed { "closed" } else { "open" });
-        cols.4.push(a.balance.minor_units().to_string());
-        cols.5.push(a.pending_holds.minor_units().to_string());
-        more.0.push(customer_units(a.overdraft_limit));
-        more.1.push(a.system);
-        more.2.push(a.metadata.clone());
-        more.3.push(*version);
-        more.4.push(*position);
-        personal.0.push(a.subject.clone());
-        personal.1.push(a.erased);
+        let status = if a.status == AccountStatus::Closed { "closed" } else { "open" };
+        match was.get(id).copied().unwrap_or(0) {
+            0 => {
+                cols.0.push(a.id);
+                cols.1.push(a.currency.to_string());
+                cols.2.push(a.owner.clone());
+                cols.3.push(status);
+                cols.4.push(a.balance.minor_units().to_string());
+                cols.5.push(a.pending_holds.minor_units().to_string());
+                more.0.push(customer_units(a.overdraft_limit));
+                more.1.push(a.system);
+                more.2.push(a.metadata.clone());
+                more.3.push(*version);
+                more.4.push(*position);
+                personal.0.push(a.subject.clone());
+                personal.1.push(a.erased);
+            }
+            before => {
+                updates.0.push(a.id);
+                updates.1.push(status);
+                updates.2.push(a.balance.minor_units().to_string());
+                updates.3.push(a.pending_holds.minor_units().to_string());
+                updates.4.push(*version);
+                updates.5.push(*position);
+                updates.6.push(before);
+                erasures.0.push(a.erased);
+                // Owner and metadata are written only by an erasure (the view's own are
+                // kept otherwise): sent only then.
+                erasures.1.push(a.owner.clone().filter(|_| a.erased));
+                erasures.2.push(a.metadata.clone().filter(|_| a.erased));
+            }
+        }
     }
+    if !updates.0.is_empty() {
+        let expected = updates.0.len() as u64;
+        // Each row only from the version this projector last saw it at: a view moved on
+        // by anyone else (or a state remembered wrongly) fails the batch, which is then
+        // applied again from what the view holds. Accounts are the view's only by id, and
+        // no index covers the columns written, so each update stays on its page (HOT).
+        let sql = format!(
+            "update {0} v set status = r.status, balance = r.balance, pending_holds = r.pending_holds,
+                 version = r.version, position = r.position, updated_at = now(), erased = r.erased,
+                 owner = case when r.erased then r.owner else v.owner end,
+                 metadata = case when r.erased then r.metadata else v.metadata end
+             from unnest($1::uuid[], $2::text[], $3::numeric[], $4::numeric[], $5::int8[], $6::int8[], $7::int8[],
+                         $8::bool[], $9::text[], $10::jsonb[])
+                 as r(id, status, balance, pending_holds, version, position, was, erased, owner, metadata)
+             where v.id = r.id and v.version = r.was",
+            t.name("accounts_view")
+        );
+        let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(updates.0)
+            .bind(updates.1)
+            .bind(updates.2)
+            .bind(updates.3)
+            .bind(updates.4)
+            .bind(updates.5)
+            .bind(updates.6)
+            .bind(erasures.0)
+            .bind(erasures.1)
+            .bind(erasures.2)
+            .execute(&mut **tx)
+            .await?;
+        if done.rows_affected() != expected {
+            return Err(ApplyError::Moved { expected, updated: done.rows_affected() });
+        }
+    }
+    if cols.0.is_empty() {
+        return Ok(());
+    }
+    // New accounts: a row already there (another writer's, unseen) fails the batch.
     let sql = format!(
         "insert into {} (id, currency, owner, status, balance, pending_holds, overdraft_limit, system,
                                     metadata, version, position, subject, erased, updated_at)
          select *, now() from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::numeric[], $6::numeric[],
                                      $7::int8[], $8::bool[], $9::jsonb[], $10::int8[], $11::int8[], $12::text[],
-                                     $13::bool[])
-         on conflict (id) do update set status = excluded.status, balance = excluded.balance,
-             pending_holds = excluded.pending_holds, version = excluded.version,
-             position = excluded.position, updated_at = excluded.updated_at,
-             erased = excluded.erased,
-             owner = case when excluded.erased then excluded.owner else {0}.owner end,
-             metadata = case when excluded.erased then excluded.metadata else {0}.metadata end",
+                                     $13::bool[])",
         t.name("accounts_view")
     );
     sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -333,4 +453,37 @@ async fn write_entries(tx: &mut Transaction<'_, Postgres>, t: &Tables, entries: 
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{AccountsMemo, Known};
+    use ledger_domain::StreamState;
+    use uuid::Uuid;
+
+    fn known(n: usize) -> (Known, Vec<Uuid>) {
+        let ids: Vec<Uuid> = (0..n).map(|_| Uuid::new_v4()).collect();
+        (ids.iter().map(|id| (*id, (StreamState::default(), 1))).collect(), ids)
+    }
+
+    /// Taken only for the checkpoint it was put at, and only once; more than the bound
+    /// keeps the last batch's accounts alone.
+    #[test]
+    fn a_memo_is_taken_once_and_only_where_it_was_left() {
+        let memo = AccountsMemo::default();
+        assert!(memo.take(0).is_empty(), "nothing before any commit");
+        let (states, ids) = known(3);
+        memo.put(9, states, &ids[..1]);
+        assert!(memo.take(8).is_empty(), "another checkpoint: not used");
+        assert!(memo.take(9).is_empty(), "and gone once looked at for another");
+        let (states, ids) = known(3);
+        memo.put(9, states, &ids[..1]);
+        assert_eq!(memo.take(9).len(), 3);
+        assert!(memo.take(9).is_empty(), "taken: a second batch meanwhile reads the view");
+        let (states, ids) = known(AccountsMemo::ACCOUNTS_MAX + 1);
+        memo.put(10, states, &ids[5..7]);
+        let kept = memo.take(10);
+        assert_eq!(kept.len(), 2);
+        assert!(kept.contains_key(&ids[5]) && kept.contains_key(&ids[6]));
+    }
 }

@@ -1,5 +1,6 @@
 //! Applying a batch of events to a projection, exactly once, with its checkpoint.
 
+use crate::accounts::{AccountsMemo, Known};
 use ledger_infrastructure::RecordedEvent;
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
@@ -38,14 +39,17 @@ impl Projection {
         }
     }
 
+    /// `known`: the accounts projection's accounts as the view holds them
+    /// ([`crate::accounts::apply`]); other projections leave it alone.
     pub(crate) async fn apply(
         self,
         tx: &mut Transaction<'_, Postgres>,
         tables: &Tables,
         events: &[RecordedEvent],
+        known: &mut Known,
     ) -> Result<Vec<Uuid>, ApplyError> {
         match self {
-            Projection::Accounts => crate::accounts::apply(tx, tables, events).await,
+            Projection::Accounts => crate::accounts::apply(tx, tables, events, known).await,
             Projection::Transfers => crate::transfers::apply(tx, tables, events).await.map(|()| Vec::new()),
         }
     }
@@ -73,6 +77,10 @@ pub enum ApplyError {
     Database(#[from] sqlx::Error),
     #[error("an event does not decode: {0}")]
     Decode(#[from] serde_json::Error),
+    /// Accounts were not where the projector's memo had them (`accounts::AccountsMemo`):
+    /// the batch is applied again from the view.
+    #[error("the accounts view moved under the projector: {updated} of {expected} accounts were at their versions")]
+    Moved { expected: u64, updated: u64 },
 }
 
 /// What a batch did.
@@ -95,21 +103,24 @@ pub async fn apply_delivered(
     projection: Projection,
     delivered: &[RecordedEvent],
 ) -> Result<Applied, ApplyError> {
-    let mut applied = apply_delivered_all(pool, &[projection], delivered).await?;
+    let mut applied = apply_delivered_all(pool, &AccountsMemo::default(), &[projection], delivered).await?;
     Ok(applied.pop().expect("one projection, one answer").1)
 }
 
 /// Applies `delivered` to every projection of `projections` in one transaction (one
 /// commit for all of them: what the projector does with each JetStream batch). Their
 /// checkpoints are locked one by one, in the order of `projections`, and moved in one
-/// statement.
+/// statement. `memo` is what the last batch through it left of the accounts, taken for
+/// this batch and put back once it committed ([`AccountsMemo`]).
 pub async fn apply_delivered_all(
     pool: &PgPool,
+    memo: &AccountsMemo,
     projections: &[Projection],
     delivered: &[RecordedEvent],
 ) -> Result<Vec<(Projection, Applied)>, ApplyError> {
     let mut tx = pool.begin().await?;
     let mut applied = Vec::with_capacity(projections.len());
+    let mut known = Known::new();
     for &projection in projections {
         // One statement per name, not `name = any($1)`: that one was planned again on
         // every batch (a custom plan over the array looks cheaper than the generic one).
@@ -118,7 +129,10 @@ pub async fn apply_delivered_all(
                 .bind(projection.name())
                 .fetch_one(&mut *tx)
                 .await?;
-        applied.push((projection, apply_in(&mut tx, projection, checkpoint, delivered).await?));
+        if projection == Projection::Accounts {
+            known = memo.take(checkpoint);
+        }
+        applied.push((projection, apply_in(&mut tx, projection, checkpoint, delivered, &mut known).await?));
     }
     let (names, positions): (Vec<&str>, Vec<i64>) = applied
         .iter()
@@ -136,6 +150,9 @@ pub async fn apply_delivered_all(
         .await?;
     }
     tx.commit().await?;
+    if let Some((_, a)) = applied.iter().find(|(p, _)| *p == Projection::Accounts) {
+        memo.put(a.position, known, &a.accounts);
+    }
     Ok(applied)
 }
 
@@ -149,6 +166,7 @@ async fn apply_in(
     projection: Projection,
     checkpoint: i64,
     delivered: &[RecordedEvent],
+    known: &mut Known,
 ) -> Result<Applied, ApplyError> {
     let mut fresh: Vec<&RecordedEvent> = delivered.iter().filter(|e| e.position > checkpoint).collect();
     fresh.sort_by_key(|e| e.position);
@@ -176,7 +194,7 @@ async fn apply_in(
         tracing::info!(projection = projection.name(), checkpoint, max, "gap in delivery; reading the log");
         std::borrow::Cow::Owned(ledger_infrastructure::EventStore::read_range(&mut **tx, checkpoint, max).await?)
     };
-    let accounts = projection.apply(tx, &Tables::LIVE, &events).await?;
+    let accounts = projection.apply(tx, &Tables::LIVE, &events, known).await?;
     // No NOTIFY here: it serializes commits on the notification queue. Readers learn of
     // new positions from the worker's NATS announcement (and a slow poll).
     Ok(Applied { from: checkpoint, position: max, applied: events.len(), accounts })
@@ -210,6 +228,7 @@ pub async fn catch_up_applied(
     };
     let names: Vec<&str> = projections.iter().map(|p| p.name()).collect();
     let mut batches = Vec::new();
+    let memo = AccountsMemo::default();
     loop {
         let lowest: Option<i64> =
             sqlx::query_scalar("select min(position) from projection_checkpoints where name = any($1)")
@@ -227,6 +246,6 @@ pub async fn catch_up_applied(
         }
         let store = ledger_infrastructure::EventStore::new(pool.clone());
         let page = store.read_all(lowest, batch_max.min(target - lowest)).await?;
-        batches.extend(apply_delivered_all(pool, projections, &page).await?);
+        batches.extend(apply_delivered_all(pool, &memo, projections, &page).await?);
     }
 }

@@ -4,6 +4,7 @@
 //! projection's checkpoint (pausing its live worker), applies the last events, renames
 //! the new tables into place and moves the checkpoint; then the old tables are dropped.
 
+use crate::accounts::Known;
 use crate::apply::{ApplyError, Projection, Tables};
 use ledger_infrastructure::EventStore;
 use sqlx::{Connection, PgConnection, PgPool};
@@ -93,7 +94,7 @@ async fn rebuild(
         let up_to = (done + REBUILD_BATCH_MAX).min(head);
         let mut tx = pool.begin().await?;
         let events = EventStore::read_range(&mut *tx, done, up_to).await?;
-        projection.apply(&mut tx, &Tables::REBUILD, &events).await?;
+        projection.apply(&mut tx, &Tables::REBUILD, &events, &mut Known::new()).await?;
         sqlx::query("update projection_checkpoints set rebuild_position = $2, rebuild_target = $3 where name = $1")
             .bind(name)
             .bind(up_to)
@@ -163,7 +164,7 @@ async fn switch(pool: &PgPool, projection: Projection, mut done: i64) -> Result<
     while done < head {
         let up_to = (done + REBUILD_BATCH_MAX).min(head);
         let events = EventStore::read_range(&mut *tx, done, up_to).await?;
-        projection.apply(&mut tx, &Tables::REBUILD, &events).await?;
+        projection.apply(&mut tx, &Tables::REBUILD, &events, &mut Known::new()).await?;
         done = up_to;
     }
     for table in projection.tables() {

@@ -14,6 +14,7 @@
 //! delivers again. Deliveries of what the log already applied are at or below the
 //! checkpoints and are acked without effect.
 
+use crate::accounts::AccountsMemo;
 use crate::apply::{Projection, apply_delivered_all};
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use futures::StreamExt;
@@ -83,6 +84,8 @@ pub struct ProjectionWorker {
     pub projections: Vec<Projection>,
     pub limits: WorkerLimits,
     pub on_applied: OnApplied,
+    /// The accounts its last batch left in the view ([`AccountsMemo`]).
+    pub memo: AccountsMemo,
 }
 
 /// The events of a message: a run (`{prefix}.events.ledger.batch`, the JSON array the
@@ -169,7 +172,8 @@ impl ProjectionWorker {
         while at < head && !shutdown.is_cancelled() {
             let page = self.bounded(store.read_all(at, (self.limits.batch_max as i64).min(head - at))).await?;
             let Some(last) = page.last().map(|e| e.position) else { break };
-            for (projection, applied) in self.bounded(apply_delivered_all(&self.pool, &self.projections, &page)).await?
+            for (projection, applied) in
+                self.bounded(apply_delivered_all(&self.pool, &self.memo, &self.projections, &page)).await?
             {
                 metrics::counter!("ledger_projection_log_events_applied_total", "projection" => projection.name())
                     .increment(applied.applied as u64);
@@ -299,7 +303,7 @@ impl ProjectionWorker {
             // is followed by a pause, so that at moderate rates batches grow.
             let linger =
                 (events.len() < self.limits.batch_max && !self.limits.linger.is_zero()).then_some(self.limits.linger);
-            match self.bounded(apply_delivered_all(&self.pool, &self.projections, &events)).await {
+            match self.bounded(apply_delivered_all(&self.pool, &self.memo, &self.projections, &events)).await {
                 Ok(batches) => {
                     if let Some(last) = messages.last() {
                         let _ = last.ack().await;

@@ -210,6 +210,7 @@ pub fn spawn_workers(state: &Core, on_applied: OnApplied, shutdown: Cancellation
             ..WorkerLimits::default()
         },
         on_applied: on_applied.clone(),
+        memo: Default::default(),
     };
     handles.push(tokio::spawn(projector.run(shutdown.clone())));
     handles
