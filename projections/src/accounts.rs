@@ -28,39 +28,47 @@ struct Entry {
 /// written at.
 pub type Known = HashMap<Uuid, (StreamState, i64)>;
 
-/// The accounts this process's projector last committed to the live view, and the
-/// accounts checkpoint that commit moved the view to, so that the next batch neither
-/// reads them back nor folds them again.
+/// The accounts this process's projector last committed to the live view, with the
+/// accounts checkpoint's position and stamp that commit left, so that the next batch
+/// neither reads them back nor folds them again.
 ///
-/// It holds only while nobody else moved the view: a batch takes it for the checkpoint
-/// it read under the checkpoint's row lock, and gets it only when that is exactly where
-/// the last commit through this memo left the view (another process's projector, a
-/// rebuild or a reset all move the checkpoint elsewhere, or to where a rebuild leaves
-/// the same state). A batch that fails leaves it empty; one that commits puts back what
-/// it wrote. Every update is still conditioned on the version the state came from
-/// (`write_accounts`), so a state remembered wrongly fails the batch rather than being
-/// written. At most [`AccountsMemo::ACCOUNTS_MAX`] accounts are kept.
+/// It holds only while nobody else wrote the view: a batch takes it for the position
+/// and stamp it read under the checkpoint's row lock, and gets it only when both are
+/// exactly what the last commit through this memo left. Every write of the checkpoint
+/// row draws a new stamp (migration 0029), so another process's projector, a rebuild's
+/// switch (even one that ends where the view was), a reset, or a history replayed to
+/// the same position after a failover all make it unused. A batch that fails leaves it
+/// empty; one that commits puts back what it wrote. Every update is still conditioned
+/// on the version its state came from (`write_accounts`), so a state remembered wrongly
+/// fails the batch rather than being written. The read models are repaired by a
+/// rebuild, never by hand while projectors run (docs/ARCHITECTURE.md, step 4).
+///
+/// At most [`AccountsMemo::ACCOUNTS_MAX`] accounts are kept, without their owner and
+/// metadata (written only by an erasure, whose accounts are always read from the view):
+/// a few hundred bytes each, whatever a client puts in them.
 #[derive(Default)]
 pub struct AccountsMemo {
-    inner: std::sync::Mutex<(Option<i64>, Known)>,
+    inner: std::sync::Mutex<Option<(i64, Uuid, Known)>>,
 }
 
 impl AccountsMemo {
-    /// About 200 bytes each.
-    pub const ACCOUNTS_MAX: usize = 20_000;
+    pub const ACCOUNTS_MAX: usize = 10_000;
 
-    /// The accounts as of `checkpoint`, taken out (none unless the last commit through
-    /// this memo moved the view exactly there).
-    pub(crate) fn take(&self, checkpoint: i64) -> Known {
-        let (at, known) = std::mem::take(&mut *self.inner.lock().unwrap_or_else(|e| e.into_inner()));
-        if at == Some(checkpoint) { known } else { Known::new() }
+    /// The accounts as of the checkpoint at `position` with `stamp`, taken out (none
+    /// unless the last commit through this memo left exactly that).
+    pub(crate) fn take(&self, position: i64, stamp: Uuid) -> Known {
+        match self.inner.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            Some((at, stamped, known)) if at == position && stamped == stamp => known,
+            _ => Known::new(),
+        }
     }
 
-    /// After a commit that moved the view to `checkpoint`: `known` as it now holds,
-    /// `touched` the accounts that batch wrote (kept first when there are too many).
-    pub(crate) fn put(&self, checkpoint: i64, mut known: Known, touched: &[Uuid]) {
+    /// After a commit that left the checkpoint at `position` with `stamp`: `known` as
+    /// the view now holds it, `touched` the accounts that batch wrote (kept first when
+    /// there are too many).
+    pub(crate) fn put(&self, position: i64, stamp: Uuid, mut known: Known, touched: &[Uuid]) {
         if known.len() > Self::ACCOUNTS_MAX {
-            let mut kept = Known::with_capacity(touched.len());
+            let mut kept = Known::with_capacity(touched.len().min(Self::ACCOUNTS_MAX));
             for id in touched.iter().take(Self::ACCOUNTS_MAX) {
                 if let Some(state) = known.remove(id) {
                     kept.insert(*id, state);
@@ -68,7 +76,15 @@ impl AccountsMemo {
             }
             known = kept;
         }
-        *self.inner.lock().unwrap_or_else(|e| e.into_inner()) = (Some(checkpoint), known);
+        for (state, _) in known.values_mut() {
+            if let Aggregate::Account(a) = &mut state.aggregate
+                && !a.erased
+            {
+                a.owner = None;
+                a.metadata = None;
+            }
+        }
+        *self.inner.lock().unwrap_or_else(|e| e.into_inner()) = Some((position, stamp, known));
     }
 }
 
@@ -466,23 +482,27 @@ mod tests {
         (ids.iter().map(|id| (*id, (StreamState::default(), 1))).collect(), ids)
     }
 
-    /// Taken only for the checkpoint it was put at, and only once; more than the bound
-    /// keeps the last batch's accounts alone.
+    /// Taken only for the position and stamp it was put at, and only once; more than
+    /// the bound keeps the last batch's accounts alone.
     #[test]
     fn a_memo_is_taken_once_and_only_where_it_was_left() {
         let memo = AccountsMemo::default();
-        assert!(memo.take(0).is_empty(), "nothing before any commit");
+        let (s, other) = (Uuid::new_v4(), Uuid::new_v4());
+        assert!(memo.take(0, s).is_empty(), "nothing before any commit");
         let (states, ids) = known(3);
-        memo.put(9, states, &ids[..1]);
-        assert!(memo.take(8).is_empty(), "another checkpoint: not used");
-        assert!(memo.take(9).is_empty(), "and gone once looked at for another");
+        memo.put(9, s, states, &ids[..1]);
+        assert!(memo.take(8, s).is_empty(), "another position: not used");
+        assert!(memo.take(9, s).is_empty(), "and gone once looked at for another");
         let (states, ids) = known(3);
-        memo.put(9, states, &ids[..1]);
-        assert_eq!(memo.take(9).len(), 3);
-        assert!(memo.take(9).is_empty(), "taken: a second batch meanwhile reads the view");
+        memo.put(9, s, states, &ids[..1]);
+        assert!(memo.take(9, other).is_empty(), "the same position written by another: not used");
+        let (states, ids) = known(3);
+        memo.put(9, s, states, &ids[..1]);
+        assert_eq!(memo.take(9, s).len(), 3);
+        assert!(memo.take(9, s).is_empty(), "taken: a second batch meanwhile reads the view");
         let (states, ids) = known(AccountsMemo::ACCOUNTS_MAX + 1);
-        memo.put(10, states, &ids[5..7]);
-        let kept = memo.take(10);
+        memo.put(10, s, states, &ids[5..7]);
+        let kept = memo.take(10, s);
         assert_eq!(kept.len(), 2);
         assert!(kept.contains_key(&ids[5]) && kept.contains_key(&ids[6]));
     }

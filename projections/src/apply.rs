@@ -120,17 +120,18 @@ pub async fn apply_delivered_all(
 ) -> Result<Vec<(Projection, Applied)>, ApplyError> {
     let mut tx = pool.begin().await?;
     let mut applied = Vec::with_capacity(projections.len());
-    let mut known = Known::new();
+    let (mut known, mut accounts_stamp) = (Known::new(), None);
     for &projection in projections {
         // One statement per name, not `name = any($1)`: that one was planned again on
         // every batch (a custom plan over the array looks cheaper than the generic one).
-        let checkpoint: i64 =
-            sqlx::query_scalar("select position from projection_checkpoints where name = $1 for update")
+        let (checkpoint, stamp): (i64, Uuid) =
+            sqlx::query_as("select position, stamp from projection_checkpoints where name = $1 for update")
                 .bind(projection.name())
                 .fetch_one(&mut *tx)
                 .await?;
         if projection == Projection::Accounts {
-            known = memo.take(checkpoint);
+            known = memo.take(checkpoint, stamp);
+            accounts_stamp = Some(stamp);
         }
         applied.push((projection, apply_in(&mut tx, projection, checkpoint, delivered, &mut known).await?));
     }
@@ -140,18 +141,23 @@ pub async fn apply_delivered_all(
         .map(|(projection, a)| (projection.name(), a.position))
         .unzip();
     if !names.is_empty() {
-        sqlx::query(
+        // Each row written draws a new stamp (migration 0029): the accounts' is kept.
+        let stamps: Vec<(String, Uuid)> = sqlx::query_as(
             "update projection_checkpoints c set position = m.position, updated_at = now()
-             from unnest($1::text[], $2::int8[]) as m(name, position) where c.name = m.name",
+             from unnest($1::text[], $2::int8[]) as m(name, position) where c.name = m.name
+             returning c.name, c.stamp",
         )
         .bind(names)
         .bind(positions)
-        .execute(&mut *tx)
+        .fetch_all(&mut *tx)
         .await?;
+        if let Some((_, stamp)) = stamps.into_iter().find(|(name, _)| name == Projection::Accounts.name()) {
+            accounts_stamp = Some(stamp);
+        }
     }
     tx.commit().await?;
-    if let Some((_, a)) = applied.iter().find(|(p, _)| *p == Projection::Accounts) {
-        memo.put(a.position, known, &a.accounts);
+    if let (Some((_, a)), Some(stamp)) = (applied.iter().find(|(p, _)| *p == Projection::Accounts), accounts_stamp) {
+        memo.put(a.position, stamp, known, &a.accounts);
     }
     Ok(applied)
 }

@@ -866,3 +866,42 @@ async fn an_account_moved_under_the_memo_fails_the_batch_whole() {
     assert!(applied.iter().any(|(p, x)| *p == Projection::Accounts && x.position > at));
     app.assert_read_models_match_log().await;
 }
+
+/// A rebuild repairs a view that drifted from the log, and stays repaired: the memo of
+/// a projector that wrote the drifted rows is not used after the rebuild's switch, even
+/// when the switch leaves the checkpoint at the very position the memo was taken at
+/// (the switch draws a new stamp; a memo keyed by position alone would write the
+/// drifted balance back with the next event).
+#[tokio::test]
+async fn a_rebuild_that_ends_where_the_memo_was_is_not_undone_by_it() {
+    use ledger_projections::Projection;
+    use ledger_projections::accounts::AccountsMemo;
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let app = TestApp::spawn_mode(test_config(), Mode::Api).await;
+    let (a, b) = (app.open_account("EUR", 0).await, app.open_account("EUR", 0).await);
+    assert_eq!(app.deposit(a, 100, "EUR").await.status, StatusCode::CREATED);
+    deliver_through(&app, &AccountsMemo::default(), 0, 0, &mut rng).await.expect("a batch");
+    // Drifted: a balance the log does not have, at the version it does.
+    sqlx::query("update accounts_view set balance = balance + 899 where id = $1")
+        .bind(a)
+        .execute(&app.pool)
+        .await
+        .expect("drifted");
+    // A projector that reads `a` from the drifted view and so remembers it drifted.
+    let memo = AccountsMemo::default();
+    assert_eq!(app.deposit(a, 5, "EUR").await.status, StatusCode::CREATED);
+    let at = app.checkpoint("accounts").await;
+    deliver_through(&app, &memo, at, 0, &mut rng).await.expect("a batch");
+    let head = app.state.store.head().await.expect("head");
+    ledger_projections::rebuild::RebuildLock::acquire(&app.state.config.database_url, Projection::Accounts)
+        .await
+        .expect("the rebuild lock")
+        .rebuild(&app.pool, |_, _| {})
+        .await
+        .expect("rebuilt");
+    assert_eq!(app.checkpoint("accounts").await, head, "the switch ends where the memo was taken");
+    assert_eq!(app.transfer(a, b, 10, "EUR").await.status, StatusCode::CREATED);
+    deliver_through(&app, &memo, head, 0, &mut rng).await.expect("a batch after the rebuild");
+    app.assert_read_models_match_log().await;
+}
