@@ -34,29 +34,33 @@ pub type Known = HashMap<Uuid, (StreamState, i64)>;
 ///
 /// It holds only while nobody else wrote the view: a batch takes it for the position
 /// and stamp it read under the checkpoint's row lock, and gets it only when both are
-/// exactly what the last commit through this memo left. Every write of the checkpoint
-/// row draws a new stamp (migration 0029), so another process's projector, a rebuild's
-/// switch (even one that ends where the view was), a reset, or a history replayed to
-/// the same position after a failover all make it unused. A batch that fails leaves it
-/// empty; one that commits puts back what it wrote. Every update is still conditioned
-/// on the version its state came from (`write_accounts`), so a state remembered wrongly
-/// fails the batch rather than being written. The read models are repaired by a
-/// rebuild, never by hand while projectors run (docs/ARCHITECTURE.md, step 4).
+/// exactly what the last commit through this memo left. The stamp is the row's `xmin`
+/// (the transaction that wrote it last, whoever that was) and its `updated_at`: another
+/// process's projector, a rebuild's switch (even one that ends where the view was), a
+/// reset, or a history replayed to the same position after a failover all leave
+/// another. A batch that fails leaves the memo empty; one that commits puts back what it
+/// wrote. Every update is still conditioned on the version its state came from
+/// (`write_accounts`), so a state remembered wrongly fails the batch rather than being
+/// written. The read models are repaired by a rebuild, never by hand while projectors
+/// run (docs/ARCHITECTURE.md, step 4).
 ///
 /// At most [`AccountsMemo::ACCOUNTS_MAX`] accounts are kept, without their owner and
 /// metadata (written only by an erasure, whose accounts are always read from the view):
 /// a few hundred bytes each, whatever a client puts in them.
 #[derive(Default)]
 pub struct AccountsMemo {
-    inner: std::sync::Mutex<Option<(i64, Uuid, Known)>>,
+    inner: std::sync::Mutex<Option<(i64, String, Known)>>,
 }
+
+/// The stamp of a `projection_checkpoints` row `c`, as SQL (see [`AccountsMemo`]).
+pub const CHECKPOINT_STAMP: &str = "c.xmin::text || '/' || (extract(epoch from c.updated_at) * 1000000)::bigint::text";
 
 impl AccountsMemo {
     pub const ACCOUNTS_MAX: usize = 10_000;
 
     /// The accounts as of the checkpoint at `position` with `stamp`, taken out (none
     /// unless the last commit through this memo left exactly that).
-    pub(crate) fn take(&self, position: i64, stamp: Uuid) -> Known {
+    pub(crate) fn take(&self, position: i64, stamp: &str) -> Known {
         match self.inner.lock().unwrap_or_else(|e| e.into_inner()).take() {
             Some((at, stamped, known)) if at == position && stamped == stamp => known,
             _ => Known::new(),
@@ -66,7 +70,7 @@ impl AccountsMemo {
     /// After a commit that left the checkpoint at `position` with `stamp`: `known` as
     /// the view now holds it, `touched` the accounts that batch wrote (kept first when
     /// there are too many).
-    pub(crate) fn put(&self, position: i64, stamp: Uuid, mut known: Known, touched: &[Uuid]) {
+    pub(crate) fn put(&self, position: i64, stamp: String, mut known: Known, touched: &[Uuid]) {
         if known.len() > Self::ACCOUNTS_MAX {
             let mut kept = Known::with_capacity(touched.len().min(Self::ACCOUNTS_MAX));
             for id in touched.iter().take(Self::ACCOUNTS_MAX) {
@@ -288,93 +292,57 @@ async fn write_accounts(
         Default::default();
     let mut more: (Vec<i64>, Vec<bool>, Vec<Option<serde_json::Value>>, Vec<i64>, Vec<i64>) = Default::default();
     let mut personal: (Vec<Option<String>>, Vec<bool>) = Default::default();
-    let mut updates: (Vec<Uuid>, Vec<&str>, Vec<String>, Vec<String>, Vec<i64>, Vec<i64>, Vec<i64>) =
-        Default::default();
-    let mut erasures: (Vec<bool>, Vec<Option<String>>, Vec<Option<serde_json::Value>>) = Default::default();
+    let mut before: Vec<i64> = Vec::new();
     for id in ids {
         let Some((StreamState { version, aggregate: Aggregate::Account(a) }, position)) = states.get(id) else {
             continue;
         };
-        let status = if a.status == AccountStatus::Closed { "closed" } else { "open" };
-        match was.get(id).copied().unwrap_or(0) {
-            0 => {
-                cols.0.push(a.id);
-                cols.1.push(a.currency.to_string());
-                cols.2.push(a.owner.clone());
-                cols.3.push(status);
-                cols.4.push(a.balance.minor_units().to_string());
-                cols.5.push(a.pending_holds.minor_units().to_string());
-                more.0.push(customer_units(a.overdraft_limit));
-                more.1.push(a.system);
-                more.2.push(a.metadata.clone());
-                more.3.push(*version);
-                more.4.push(*position);
-                personal.0.push(a.subject.clone());
-                personal.1.push(a.erased);
-            }
-            before => {
-                updates.0.push(a.id);
-                updates.1.push(status);
-                updates.2.push(a.balance.minor_units().to_string());
-                updates.3.push(a.pending_holds.minor_units().to_string());
-                updates.4.push(*version);
-                updates.5.push(*position);
-                updates.6.push(before);
-                erasures.0.push(a.erased);
-                // Owner and metadata are written only by an erasure (the view's own are
-                // kept otherwise): sent only then.
-                erasures.1.push(a.owner.clone().filter(|_| a.erased));
-                erasures.2.push(a.metadata.clone().filter(|_| a.erased));
-            }
-        }
-    }
-    if !updates.0.is_empty() {
-        let expected = updates.0.len() as u64;
-        // Each row only from the version this projector last saw it at: a view moved on
-        // by anyone else (or a state remembered wrongly) fails the batch, which is then
-        // applied again from what the view holds. Accounts are the view's only by id, and
-        // no index covers the columns written, so each update stays on its page (HOT).
-        let sql = format!(
-            "update {0} v set status = r.status, balance = r.balance, pending_holds = r.pending_holds,
-                 version = r.version, position = r.position, updated_at = now(), erased = r.erased,
-                 owner = case when r.erased then r.owner else v.owner end,
-                 metadata = case when r.erased then r.metadata else v.metadata end
-             from unnest($1::uuid[], $2::text[], $3::numeric[], $4::numeric[], $5::int8[], $6::int8[], $7::int8[],
-                         $8::bool[], $9::text[], $10::jsonb[])
-                 as r(id, status, balance, pending_holds, version, position, was, erased, owner, metadata)
-             where v.id = r.id and v.version = r.was",
-            t.name("accounts_view")
-        );
-        let done = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(updates.0)
-            .bind(updates.1)
-            .bind(updates.2)
-            .bind(updates.3)
-            .bind(updates.4)
-            .bind(updates.5)
-            .bind(updates.6)
-            .bind(erasures.0)
-            .bind(erasures.1)
-            .bind(erasures.2)
-            .execute(&mut **tx)
-            .await?;
-        if done.rows_affected() != expected {
-            return Err(ApplyError::Moved { expected, updated: done.rows_affected() });
-        }
+        cols.0.push(a.id);
+        cols.1.push(a.currency.to_string());
+        cols.2.push(a.owner.clone());
+        cols.3.push(if a.status == AccountStatus::Closed { "closed" } else { "open" });
+        cols.4.push(a.balance.minor_units().to_string());
+        cols.5.push(a.pending_holds.minor_units().to_string());
+        more.0.push(customer_units(a.overdraft_limit));
+        more.1.push(a.system);
+        more.2.push(a.metadata.clone());
+        more.3.push(*version);
+        more.4.push(*position);
+        personal.0.push(a.subject.clone());
+        personal.1.push(a.erased);
+        before.push(was.get(id).copied().unwrap_or(0));
     }
     if cols.0.is_empty() {
         return Ok(());
     }
-    // New accounts: a row already there (another writer's, unseen) fails the batch.
+    let expected_new = before.iter().filter(|w| **w == 0).count() as i64;
+    let expected_moved = before.len() as i64 - expected_new;
+    // Each account is inserted when it was in no view (version 0), and otherwise moved
+    // on only from the version its state was folded from (`$14`, by the account's place
+    // in `$1`): an account anyone else moved (or a state remembered wrongly) is left as
+    // it is and not counted, and an account that should have been there is counted as
+    // inserted; either fails the batch, which is then applied again from the view.
+    // Owner and metadata change only with an erasure.
     let sql = format!(
-        "insert into {} (id, currency, owner, status, balance, pending_holds, overdraft_limit, system,
-                                    metadata, version, position, subject, erased, updated_at)
-         select *, now() from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::numeric[], $6::numeric[],
-                                     $7::int8[], $8::bool[], $9::jsonb[], $10::int8[], $11::int8[], $12::text[],
-                                     $13::bool[])",
+        "with written as (
+             insert into {0} (id, currency, owner, status, balance, pending_holds, overdraft_limit, system,
+                              metadata, version, position, subject, erased, updated_at)
+             select *, now() from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::numeric[], $6::numeric[],
+                                         $7::int8[], $8::bool[], $9::jsonb[], $10::int8[], $11::int8[], $12::text[],
+                                         $13::bool[])
+             on conflict (id) do update set status = excluded.status, balance = excluded.balance,
+                 pending_holds = excluded.pending_holds, version = excluded.version,
+                 position = excluded.position, updated_at = excluded.updated_at,
+                 erased = excluded.erased,
+                 owner = case when excluded.erased then excluded.owner else {0}.owner end,
+                 metadata = case when excluded.erased then excluded.metadata else {0}.metadata end
+             where {0}.version = ($14::int8[])[array_position($1::uuid[], excluded.id)]
+             returning xmax = 0 as inserted
+         )
+         select count(*) filter (where inserted), count(*) filter (where not inserted) from written",
         t.name("accounts_view")
     );
-    sqlx::query(sqlx::AssertSqlSafe(sql))
+    let (inserted, moved): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(cols.0)
         .bind(cols.1)
         .bind(cols.2)
@@ -388,8 +356,12 @@ async fn write_accounts(
         .bind(more.4)
         .bind(personal.0)
         .bind(personal.1)
-        .execute(&mut **tx)
+        .bind(before)
+        .fetch_one(&mut **tx)
         .await?;
+    if (inserted, moved) != (expected_new, expected_moved) {
+        return Err(ApplyError::Moved { expected: (expected_new, expected_moved), found: (inserted, moved) });
+    }
     Ok(())
 }
 
@@ -487,21 +459,21 @@ mod tests {
     #[test]
     fn a_memo_is_taken_once_and_only_where_it_was_left() {
         let memo = AccountsMemo::default();
-        let (s, other) = (Uuid::new_v4(), Uuid::new_v4());
+        let (s, other) = ("17/1", "18/1");
         assert!(memo.take(0, s).is_empty(), "nothing before any commit");
         let (states, ids) = known(3);
-        memo.put(9, s, states, &ids[..1]);
+        memo.put(9, s.to_owned(), states, &ids[..1]);
         assert!(memo.take(8, s).is_empty(), "another position: not used");
         assert!(memo.take(9, s).is_empty(), "and gone once looked at for another");
         let (states, ids) = known(3);
-        memo.put(9, s, states, &ids[..1]);
+        memo.put(9, s.to_owned(), states, &ids[..1]);
         assert!(memo.take(9, other).is_empty(), "the same position written by another: not used");
         let (states, ids) = known(3);
-        memo.put(9, s, states, &ids[..1]);
+        memo.put(9, s.to_owned(), states, &ids[..1]);
         assert_eq!(memo.take(9, s).len(), 3);
         assert!(memo.take(9, s).is_empty(), "taken: a second batch meanwhile reads the view");
         let (states, ids) = known(AccountsMemo::ACCOUNTS_MAX + 1);
-        memo.put(10, s, states, &ids[5..7]);
+        memo.put(10, s.to_owned(), states, &ids[5..7]);
         let kept = memo.take(10, s);
         assert_eq!(kept.len(), 2);
         assert!(kept.contains_key(&ids[5]) && kept.contains_key(&ids[6]));

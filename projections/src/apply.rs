@@ -1,6 +1,6 @@
 //! Applying a batch of events to a projection, exactly once, with its checkpoint.
 
-use crate::accounts::{AccountsMemo, Known};
+use crate::accounts::{AccountsMemo, CHECKPOINT_STAMP, Known};
 use ledger_infrastructure::RecordedEvent;
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
@@ -11,7 +11,8 @@ pub enum Projection {
     /// `accounts_view` and `account_entries` (balances, holds, statements), and closed
     /// periods' balances (`period_balances`).
     Accounts,
-    /// `transfers_view` and `withdrawals_view`.
+    /// `transactions_view` (transfers included), `withdrawals_view`, `dead_letters` and
+    /// `holds_view`.
     Transfers,
 }
 
@@ -33,9 +34,7 @@ impl Projection {
     pub fn tables(self) -> &'static [&'static str] {
         match self {
             Projection::Accounts => &["accounts_view", "account_entries", "period_balances"],
-            Projection::Transfers => {
-                &["transfers_view", "withdrawals_view", "dead_letters", "transactions_view", "holds_view"]
-            }
+            Projection::Transfers => &["withdrawals_view", "dead_letters", "transactions_view", "holds_view"],
         }
     }
 
@@ -79,8 +78,10 @@ pub enum ApplyError {
     Decode(#[from] serde_json::Error),
     /// Accounts were not where the projector's memo had them (`accounts::AccountsMemo`):
     /// the batch is applied again from the view.
-    #[error("the accounts view moved under the projector: {updated} of {expected} accounts were at their versions")]
-    Moved { expected: u64, updated: u64 },
+    #[error(
+        "the accounts view moved under the projector: accounts inserted and moved on {found:?}, expected {expected:?}"
+    )]
+    Moved { expected: (i64, i64), found: (i64, i64) },
 }
 
 /// What a batch did.
@@ -124,13 +125,14 @@ pub async fn apply_delivered_all(
     for &projection in projections {
         // One statement per name, not `name = any($1)`: that one was planned again on
         // every batch (a custom plan over the array looks cheaper than the generic one).
-        let (checkpoint, stamp): (i64, Uuid) =
-            sqlx::query_as("select position, stamp from projection_checkpoints where name = $1 for update")
-                .bind(projection.name())
-                .fetch_one(&mut *tx)
-                .await?;
+        let (checkpoint, stamp): (i64, String) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "select c.position, {CHECKPOINT_STAMP} from projection_checkpoints c where c.name = $1 for update"
+        )))
+        .bind(projection.name())
+        .fetch_one(&mut *tx)
+        .await?;
         if projection == Projection::Accounts {
-            known = memo.take(checkpoint, stamp);
+            known = memo.take(checkpoint, &stamp);
             accounts_stamp = Some(stamp);
         }
         applied.push((projection, apply_in(&mut tx, projection, checkpoint, delivered, &mut known).await?));
@@ -141,12 +143,12 @@ pub async fn apply_delivered_all(
         .map(|(projection, a)| (projection.name(), a.position))
         .unzip();
     if !names.is_empty() {
-        // Each row written draws a new stamp (migration 0029): the accounts' is kept.
-        let stamps: Vec<(String, Uuid)> = sqlx::query_as(
+        // The accounts' new stamp is kept for the memo.
+        let stamps: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "update projection_checkpoints c set position = m.position, updated_at = now()
              from unnest($1::text[], $2::int8[]) as m(name, position) where c.name = m.name
-             returning c.name, c.stamp",
-        )
+             returning c.name, {CHECKPOINT_STAMP}"
+        )))
         .bind(names)
         .bind(positions)
         .fetch_all(&mut *tx)

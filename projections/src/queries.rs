@@ -29,7 +29,7 @@ pub struct AccountRow {
     pub position: i64,
 }
 
-/// A row of `transfers_view`.
+/// A transfer: its row of `transactions_view`, with its one posting's sides.
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct TransferRow {
     pub id: Uuid,
@@ -290,9 +290,10 @@ pub async fn entries(
 
 /// A transfer row and the position it reflects.
 pub async fn transfer(pool: &PgPool, id: Uuid) -> Result<(Option<TransferRow>, i64), sqlx::Error> {
-    let columns = "v.id, v.from_account, v.to_account, v.amount, v.currency, v.reference, v.reverses, v.reason, \
-                   v.reversed_by, v.metadata, v.created_at, v.effective_at";
-    let sql = with_checkpoint("transfers", columns, "select * from transfers_view where id = $1", "");
+    let columns = "v.id, (v.postings -> 0 ->> 'from')::uuid as from_account, (v.postings -> 0 ->> 'to')::uuid as to_account, \
+                   (v.postings -> 0 ->> 'amount')::int8 as amount, v.postings -> 0 ->> 'currency' as currency, v.reference, \
+                   v.reverses, v.reason, v.reversed_by, v.metadata, v.recorded_at as created_at, v.effective_at";
+    let sql = with_checkpoint("transfers", columns, "select * from transactions_view where id = $1 and transfer", "");
     let row: Checked<TransferRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_one(pool).await?;
     Ok((row.row, row.checkpoint))
 }

@@ -115,7 +115,7 @@ async fn rebuild(
 }
 
 /// Tables written only by inserts during a rebuild: indexed after the load.
-const INDEXED_LATER: [&str; 3] = ["account_entries", "transfers_view", "transactions_view"];
+const INDEXED_LATER: [&str; 2] = ["account_entries", "transactions_view"];
 
 /// Gives `{table}_rebuild` the indexes (and primary key) of `table`. Index names
 /// alternate between `name` and `name_rb` from one rebuild to the next, so they never

@@ -1,6 +1,6 @@
-//! The transfers projection: `transfers_view`, `withdrawals_view`, `dead_letters`, and
-//! `transactions_view` (every transaction, transfers
-//! included: a transfer is a one-posting transaction).
+//! The transfers projection: `transactions_view` (every transaction, transfers included:
+//! a transfer is a one-posting transaction, marked `transfer`), `withdrawals_view`,
+//! `dead_letters` and `holds_view`.
 
 use crate::apply::{ApplyError, Tables};
 use ledger_domain::Event;
@@ -303,37 +303,37 @@ async fn resolve_dead_letters(
     Ok(())
 }
 
-/// All transfers of the batch in one insert, then all reversal links in one update
-/// (transfers are the bulk of the log; one statement per row made rebuilds slow).
+/// All transfers of the batch in one insert into `transactions_view` (a transfer is a
+/// one-posting transaction, marked `transfer`, with its reversal's `reason`), then all
+/// reversal links in one update (transfers are the bulk of the log; one statement per
+/// row made rebuilds slow).
 async fn write_transfers(
     tx: &mut Transaction<'_, Postgres>,
     t: &Tables,
     events: &[RecordedEvent],
 ) -> Result<(), ApplyError> {
-    let mut rows: (Vec<uuid::Uuid>, Vec<uuid::Uuid>, Vec<uuid::Uuid>, Vec<i64>, Vec<String>, Vec<Option<String>>) =
+    let mut rows: (Vec<uuid::Uuid>, Vec<serde_json::Value>, Vec<Option<String>>, Vec<Option<serde_json::Value>>) =
         Default::default();
-    let mut more: (Vec<Option<uuid::Uuid>>, Vec<Option<String>>, Vec<i64>, Vec<chrono::DateTime<chrono::Utc>>) =
-        Default::default();
-    let mut metadata: Vec<Option<serde_json::Value>> = Vec::new();
-    let mut effective: Vec<chrono::DateTime<chrono::Utc>> = Vec::new();
-    let mut postings: Vec<serde_json::Value> = Vec::new();
+    let mut more: (
+        Vec<chrono::DateTime<chrono::Utc>>,
+        Vec<chrono::DateTime<chrono::Utc>>,
+        Vec<Option<uuid::Uuid>>,
+        Vec<i64>,
+        Vec<Option<String>>,
+    ) = Default::default();
     let mut reversals: (Vec<uuid::Uuid>, Vec<uuid::Uuid>) = Default::default();
     for recorded in events.iter().filter(|e| e.event_type == "TransferPosted") {
         let Event::TransferPosted(e) = recorded.event_ref()? else { continue };
-        rows.0.push(e.transfer_id);
-        rows.1.push(e.from);
-        rows.2.push(e.to);
-        rows.3.push(e.amount.minor_units());
-        rows.4.push(e.currency.to_string());
-        rows.5.push(e.reference.clone());
-        more.0.push(e.reverses);
-        more.1.push(e.reason.clone());
-        more.2.push(recorded.position);
-        more.3.push(recorded.recorded_at);
-        effective.push(e.effective_at.unwrap_or(recorded.recorded_at));
         let leg = ledger_domain::Leg { from: e.from, to: e.to, amount: e.amount, currency: e.currency };
-        postings.push(serde_json::to_value([leg])?);
-        metadata.push(e.metadata.clone());
+        rows.0.push(e.transfer_id);
+        rows.1.push(serde_json::to_value([leg])?);
+        rows.2.push(e.reference.clone());
+        rows.3.push(e.metadata.clone());
+        more.0.push(e.effective_at.unwrap_or(recorded.recorded_at));
+        more.1.push(recorded.recorded_at);
+        more.2.push(e.reverses);
+        more.3.push(recorded.position);
+        more.4.push(e.reason.clone());
         if let Some(original) = e.reverses {
             reversals.0.push(original);
             reversals.1.push(e.transfer_id);
@@ -342,44 +342,28 @@ async fn write_transfers(
     if rows.0.is_empty() {
         return Ok(());
     }
-    let (transfers, transactions) = (t.name("transfers_view"), t.name("transactions_view"));
-    // The transfers, and the same transfers as one-posting transactions, in one statement.
+    let transactions = t.name("transactions_view");
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "with rows as (
-            select * from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::int8[], $5::text[], $6::text[], $7::uuid[],
-                                 $8::text[], $9::int8[], $10::timestamptz[], $11::jsonb[], $12::timestamptz[],
-                                 $13::jsonb[])
-                as r(id, from_account, to_account, amount, currency, reference, reverses, reason, position,
-                     created_at, metadata, effective_at, postings)
-         ), tv as (
-            insert into {transfers} (id, from_account, to_account, amount, currency, reference, reverses, reason,
-                                     position, created_at, metadata, effective_at)
-            select id, from_account, to_account, amount, currency, reference, reverses, reason, position, created_at,
-                   metadata, effective_at from rows
-         )
-         insert into {transactions} (id, postings, reference, metadata, effective_at, recorded_at, reverses, position)
-         select id, postings, reference, metadata, effective_at, created_at, reverses, position from rows"
+        "insert into {transactions} (id, postings, reference, metadata, effective_at, recorded_at, reverses, position,
+                                     reason, transfer)
+         select *, true from unnest($1::uuid[], $2::jsonb[], $3::text[], $4::jsonb[], $5::timestamptz[],
+                                    $6::timestamptz[], $7::uuid[], $8::int8[], $9::text[])"
     )))
     .bind(rows.0)
     .bind(rows.1)
     .bind(rows.2)
     .bind(rows.3)
-    .bind(rows.4)
-    .bind(rows.5)
     .bind(more.0)
     .bind(more.1)
     .bind(more.2)
     .bind(more.3)
-    .bind(metadata)
-    .bind(effective)
-    .bind(postings)
+    .bind(more.4)
     .execute(&mut **tx)
     .await?;
     if !reversals.0.is_empty() {
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "with r as (select * from unnest($1::uuid[], $2::uuid[]) as r(id, by)),
-                  tv as (update {transfers} v set reversed_by = r.by from r where v.id = r.id)
-             update {transactions} v set reversed_by = r.by from r where v.id = r.id"
+            "update {transactions} v set reversed_by = r.by from unnest($1::uuid[], $2::uuid[]) as r(id, by)
+             where v.id = r.id"
         )))
         .bind(reversals.0)
         .bind(reversals.1)

@@ -89,10 +89,11 @@ pub async fn verify(pool: &PgPool, progress: impl FnMut(i64, i64)) -> Result<Vec
     for id in seen.keys() {
         diffs.push(format!("account {id}: in accounts_view but not in the log"));
     }
-    let transfers: i64 = sqlx::query_scalar("select count(*) from transfers_view").fetch_one(pool).await?;
+    let transfers: i64 =
+        sqlx::query_scalar("select count(*) from transactions_view where transfer").fetch_one(pool).await?;
     let want = ledger.streams().filter(|(_, s)| matches!(s.aggregate, Aggregate::Transfer(_))).count() as i64;
     if transfers != want {
-        diffs.push(format!("transfers_view has {transfers} transfers, the log {want}"));
+        diffs.push(format!("transactions_view has {transfers} transfers, the log {want}"));
     }
     // Every transfer is also a transaction.
     let transactions: i64 = sqlx::query_scalar("select count(*) from transactions_view").fetch_one(pool).await?;

@@ -145,7 +145,8 @@ async fn verify(db: &BenchDb, g: &LogGen) -> anyhow::Result<Value> {
     }
     let sum: i64 = rows.iter().map(|(_, b, _)| *b).sum();
     let min_customer = rows.iter().filter(|(_, _, s)| !s).map(|(_, b, _)| *b).min().unwrap_or(0);
-    let transfers: i64 = sqlx::query_scalar("select count(*) from transfers_view").fetch_one(&db.pool).await?;
+    let transfers: i64 =
+        sqlx::query_scalar("select count(*) from transactions_view where transfer").fetch_one(&db.pool).await?;
     let entries: i64 = sqlx::query_scalar("select count(*) from account_entries").fetch_one(&db.pool).await?;
     let checkpoints: Vec<(String, i64, String)> =
         sqlx::query_as("select name, position, status from projection_checkpoints order by name")
@@ -166,7 +167,7 @@ async fn verify(db: &BenchDb, g: &LogGen) -> anyhow::Result<Value> {
         "accounts_view_rows": rows.len(),
         "balance_sum": sum,
         "min_customer_balance": min_customer,
-        "transfers_view_rows": transfers,
+        "transfer_rows": transfers,
         "account_entries_rows": entries,
         "checkpoints": checkpoints,
     }))

@@ -137,7 +137,7 @@ async fn a_corrupted_read_model_is_reported_and_repaired_by_a_rebuild() {
     for name in ["accounts", "transfers", "accounts"] {
         ledger_api::run::cli::rebuild_projection(&app.state.config, name).await.expect("rebuild");
     }
-    for table in ["account_entries", "transfers_view", "accounts_view"] {
+    for table in ["account_entries", "transactions_view", "accounts_view"] {
         let (indexes, primary): (i64, bool) = sqlx::query_as(
             "select count(*), bool_or(x.indisprimary) from pg_index x join pg_class t on t.oid = x.indrelid where t.relname = $1",
         )

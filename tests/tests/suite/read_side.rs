@@ -847,7 +847,7 @@ async fn an_account_moved_under_the_memo_fails_the_batch_whole() {
     assert_eq!(app.transfer(a, b, 10, "EUR").await.status, StatusCode::CREATED);
     let failed = deliver_through(&app, &memo, at, 0, &mut rng).await;
     assert!(
-        matches!(failed, Err(ledger_projections::ApplyError::Moved { expected: 2, updated: 1 })),
+        matches!(failed, Err(ledger_projections::ApplyError::Moved { expected: (0, 2), found: (0, 1) })),
         "the batch fails: {failed:?}"
     );
     assert_eq!(app.checkpoint("accounts").await, at, "nothing of the batch committed");
@@ -865,12 +865,35 @@ async fn an_account_moved_under_the_memo_fails_the_batch_whole() {
     let applied = deliver_through(&app, &memo, at, 0, &mut rng).await.expect("applied from the view");
     assert!(applied.iter().any(|(p, x)| *p == Projection::Accounts && x.position > at));
     app.assert_read_models_match_log().await;
+    // An account that should be in the view and is not: not inserted from the memo
+    // (which keeps no owner), the batch fails whole; a rebuild repairs the view.
+    let at = app.checkpoint("accounts").await;
+    sqlx::query("delete from accounts_view where id = $1").bind(a).execute(&app.pool).await.expect("deleted");
+    assert_eq!(app.transfer(b, a, 1, "EUR").await.status, StatusCode::CREATED);
+    let failed = deliver_through(&app, &memo, at, 0, &mut rng).await;
+    assert!(
+        matches!(failed, Err(ledger_projections::ApplyError::Moved { expected: (0, 2), found: (1, 1) })),
+        "the batch fails: {failed:?}"
+    );
+    let rows: i64 = sqlx::query_scalar("select count(*) from accounts_view where id = $1")
+        .bind(a)
+        .fetch_one(&app.pool)
+        .await
+        .expect("count");
+    assert_eq!((rows, app.checkpoint("accounts").await), (0, at), "nothing of the batch committed");
+    ledger_projections::rebuild::RebuildLock::acquire(&app.state.config.database_url, Projection::Accounts)
+        .await
+        .expect("the rebuild lock")
+        .rebuild(&app.pool, |_, _| {})
+        .await
+        .expect("rebuilt");
+    app.assert_read_models_match_log().await;
 }
 
 /// A rebuild repairs a view that drifted from the log, and stays repaired: the memo of
 /// a projector that wrote the drifted rows is not used after the rebuild's switch, even
 /// when the switch leaves the checkpoint at the very position the memo was taken at
-/// (the switch draws a new stamp; a memo keyed by position alone would write the
+/// (the switch writes the row, another `xmin`; a memo keyed by position alone would write the
 /// drifted balance back with the next event).
 #[tokio::test]
 async fn a_rebuild_that_ends_where_the_memo_was_is_not_undone_by_it() {

@@ -216,6 +216,17 @@ async fn reversal_swaps_every_posting_once_and_transfers_are_transactions() {
     assert_eq!((back.status, back.body["reverses"].clone()), (StatusCode::CREATED, json!(transfer.id())));
     let transfer_view = app.get(&format!("/v1/transfers/{}?consistency=strong", transfer.id())).await;
     assert_eq!(transfer_view.body["reversed_by"], json!(back.id()));
+    // The read model's transfers (rows of `transactions_view` marked `transfer`) say what
+    // the log says, a reversal's reason included; a transaction is not a transfer there.
+    let position = &back.body["position"];
+    for id in [transfer.id(), back.id()] {
+        let viewed = app.get(&format!("/v1/transfers/{id}?min_position={position}")).await;
+        let strong = app.get(&format!("/v1/transfers/{id}?consistency=strong")).await;
+        assert_eq!((viewed.status, &viewed.body), (StatusCode::OK, &strong.body), "transfer {id}");
+    }
+    assert_eq!(app.get(&format!("/v1/transfers/{}?min_position={position}", back.id())).await.body["reason"], "x");
+    let r = app.get(&format!("/v1/transfers/{}?min_position={position}", t.id())).await;
+    assert_refused(&r, StatusCode::NOT_FOUND, "not_found");
     app.assert_read_models_match_log().await;
 }
 
