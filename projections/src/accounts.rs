@@ -318,25 +318,25 @@ async fn write_accounts(
     let expected_new = before.iter().filter(|w| **w == 0).count() as i64;
     let expected_moved = before.len() as i64 - expected_new;
     // Each account is inserted when it was in no view (version 0), and otherwise moved
-    // on only from the version its state was folded from (`$14`, by the account's place
-    // in `$1`): an account anyone else moved (or a state remembered wrongly) is left as
-    // it is and not counted, and an account that should have been there is counted as
+    // on only from the version its state was folded from (`folded_from`, migration
+    // 0030): an account anyone else moved (or a state remembered wrongly) is left as it
+    // is and not counted, and an account that should have been there is counted as
     // inserted; either fails the batch, which is then applied again from the view.
     // Owner and metadata change only with an erasure.
     let sql = format!(
         "with written as (
              insert into {0} (id, currency, owner, status, balance, pending_holds, overdraft_limit, system,
-                              metadata, version, position, subject, erased, updated_at)
+                              metadata, version, position, subject, erased, folded_from, updated_at)
              select *, now() from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::numeric[], $6::numeric[],
                                          $7::int8[], $8::bool[], $9::jsonb[], $10::int8[], $11::int8[], $12::text[],
-                                         $13::bool[])
+                                         $13::bool[], $14::int8[])
              on conflict (id) do update set status = excluded.status, balance = excluded.balance,
                  pending_holds = excluded.pending_holds, version = excluded.version,
                  position = excluded.position, updated_at = excluded.updated_at,
-                 erased = excluded.erased,
+                 erased = excluded.erased, folded_from = excluded.folded_from,
                  owner = case when excluded.erased then excluded.owner else {0}.owner end,
                  metadata = case when excluded.erased then excluded.metadata else {0}.metadata end
-             where {0}.version = ($14::int8[])[array_position($1::uuid[], excluded.id)]
+             where {0}.version = excluded.folded_from
              returning xmax = 0 as inserted
          )
          select count(*) filter (where inserted), count(*) filter (where not inserted) from written",

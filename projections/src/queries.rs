@@ -293,7 +293,15 @@ pub async fn transfer(pool: &PgPool, id: Uuid) -> Result<(Option<TransferRow>, i
     let columns = "v.id, (v.postings -> 0 ->> 'from')::uuid as from_account, (v.postings -> 0 ->> 'to')::uuid as to_account, \
                    (v.postings -> 0 ->> 'amount')::int8 as amount, v.postings -> 0 ->> 'currency' as currency, v.reference, \
                    v.reverses, v.reason, v.reversed_by, v.metadata, v.recorded_at as created_at, v.effective_at";
-    let sql = with_checkpoint("transfers", columns, "select * from transactions_view where id = $1 and transfer", "");
+    // A row projected before migration 0029 (or by an older process) is a transfer
+    // when `transfers_view`, no longer written, has it; everything else is read from
+    // `transactions_view`, where reversals still mark it.
+    let rows =
+        "select t.id, t.postings, t.reference, coalesce(t.reason, l.reason) as reason, t.reverses, t.reversed_by,
+                       t.metadata, t.recorded_at, t.effective_at
+                from transactions_view t left join transfers_view l on l.id = t.id
+                where t.id = $1 and (t.transfer or l.id is not null)";
+    let sql = with_checkpoint("transfers", columns, rows, "");
     let row: Checked<TransferRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_one(pool).await?;
     Ok((row.row, row.checkpoint))
 }

@@ -145,8 +145,7 @@ async fn verify(db: &BenchDb, g: &LogGen) -> anyhow::Result<Value> {
     }
     let sum: i64 = rows.iter().map(|(_, b, _)| *b).sum();
     let min_customer = rows.iter().filter(|(_, _, s)| !s).map(|(_, b, _)| *b).min().unwrap_or(0);
-    let transfers: i64 =
-        sqlx::query_scalar("select count(*) from transactions_view where transfer").fetch_one(&db.pool).await?;
+    let transfers: i64 = sqlx::query_scalar(ledger_projections::verify::TRANSFER_ROWS).fetch_one(&db.pool).await?;
     let entries: i64 = sqlx::query_scalar("select count(*) from account_entries").fetch_one(&db.pool).await?;
     let checkpoints: Vec<(String, i64, String)> =
         sqlx::query_as("select name, position, status from projection_checkpoints order by name")

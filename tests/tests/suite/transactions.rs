@@ -227,6 +227,30 @@ async fn reversal_swaps_every_posting_once_and_transfers_are_transactions() {
     assert_eq!(app.get(&format!("/v1/transfers/{}?min_position={position}", back.id())).await.body["reason"], "x");
     let r = app.get(&format!("/v1/transfers/{}?min_position={position}", t.id())).await;
     assert_refused(&r, StatusCode::NOT_FOUND, "not_found");
+    // A reversal projected as before migration 0029 (its row unmarked, the transfer and
+    // its reason in `transfers_view`) reads the same.
+    let strong = app.get(&format!("/v1/transfers/{}?consistency=strong", back.id())).await;
+    sqlx::query(
+        "insert into transfers_view (id, from_account, to_account, amount, currency, reference, reverses, reason,
+                                     position, created_at, metadata, effective_at)
+         select id, (postings -> 0 ->> 'from')::uuid, (postings -> 0 ->> 'to')::uuid,
+                (postings -> 0 ->> 'amount')::int8, postings -> 0 ->> 'currency', reference, reverses, reason,
+                position, recorded_at, metadata, effective_at
+         from transactions_view where id = $1",
+    )
+    .bind(back.id())
+    .execute(&app.pool)
+    .await
+    .expect("as projected before");
+    sqlx::query("update transactions_view set transfer = false, reason = null where id = $1")
+        .bind(back.id())
+        .execute(&app.pool)
+        .await
+        .expect("unmarked");
+    let viewed = app.get(&format!("/v1/transfers/{}?min_position={position}", back.id())).await;
+    assert_eq!((viewed.status, &viewed.body), (StatusCode::OK, &strong.body));
+    let diffs = ledger_projections::verify::verify(&app.pool, |_, _| {}).await.expect("verified");
+    assert!(diffs.is_empty(), "{diffs:?}");
     app.assert_read_models_match_log().await;
 }
 
