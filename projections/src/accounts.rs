@@ -477,5 +477,9 @@ mod tests {
         let kept = memo.take(10, s);
         assert_eq!(kept.len(), 2);
         assert!(kept.contains_key(&ids[5]) && kept.contains_key(&ids[6]));
+        // What "a few hundred bytes" an account rests on: the entry itself (an
+        // account's subject, its one other allocation, is at most 128 characters).
+        let entry = std::mem::size_of::<(Uuid, (StreamState, i64))>();
+        assert!(entry <= 320, "a memo entry is {entry} bytes");
     }
 }
