@@ -122,19 +122,29 @@ const INDEXED_LATER: [&str; 2] = ["account_entries", "transactions_view"];
 /// collide with the live table's.
 async fn copy_indexes(pool: &PgPool, table: &str) -> Result<(), RebuildError> {
     let fresh = Tables::REBUILD.name(table);
-    let indexes: Vec<(String, String, bool)> = sqlx::query_as(
-        "select i.relname::text, pg_get_indexdef(i.oid), x.indisprimary from pg_index x
+    // The ledger's own schema (its sessions' `search_path`: `public` for `default`), as
+    // `pg_get_indexdef` names the table, qualified.
+    let indexes: Vec<(String, String, bool, String, String)> = sqlx::query_as(
+        "select i.relname::text, pg_get_indexdef(i.oid), x.indisprimary,
+                quote_ident(current_schema()) || '.' || quote_ident($1),
+                quote_ident(current_schema()) || '.' || quote_ident($2)
+         from pg_index x
          join pg_class i on i.oid = x.indexrelid join pg_class t on t.oid = x.indrelid
-         where t.relname = $1 and t.relnamespace = 'public'::regnamespace",
+         where t.relname = $1 and t.relnamespace = current_schema()::regnamespace",
     )
     .bind(table)
+    .bind(&fresh)
     .fetch_all(pool)
     .await?;
-    for (name, definition, primary) in indexes {
+    for (name, definition, primary, live, rebuilt) in indexes {
         let renamed = name.strip_suffix("_rb").map_or_else(|| format!("{name}_rb"), str::to_owned);
+        let on_live = format!(" ON {live} ");
+        if !definition.contains(&on_live) {
+            return Err(sqlx::Error::Protocol(format!("an index of {live} not defined on it: {definition}")).into());
+        }
         let sql = definition.replacen(&format!("INDEX {name} ON"), &format!("INDEX {renamed} ON"), 1).replacen(
-            &format!(" ON public.{table} "),
-            &format!(" ON public.{fresh} "),
+            &on_live,
+            &format!(" ON {rebuilt} "),
             1,
         );
         // Building an index over a long log may take longer than the pool's statement

@@ -520,3 +520,81 @@ async fn a_shard_that_hangs_or_is_gone_takes_only_its_ledgers() {
         .expect("the catalog");
     assert!(!recreated, "a missing shard database is never recreated empty");
 }
+
+/// A ledger's read models rebuild in its own schema: the rebuilt tables get their
+/// indexes and keys there (never the default ledger's), and the ledger's reads answer
+/// from them after the switch, as the log says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_ledgers_projections_rebuild_in_its_own_schema() {
+    let app = TestApp::spawn().await;
+    assert_eq!(create_ledger(&app, "books").await.status, StatusCode::CREATED);
+    let (a, b) = (open(&app, "books", "EUR").await, open(&app, "books", "EUR").await);
+    let r = app
+        .post(&under("books", "/v1/deposits"), &key(), &json!({ "account_id": a, "amount": 500, "currency": "EUR" }))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+    let t = app
+        .post(
+            &under("books", "/v1/transfers"),
+            &key(),
+            &json!({ "from": a, "to": b, "amount": 200, "currency": "EUR" }),
+        )
+        .await;
+    assert_eq!(t.status, StatusCode::CREATED, "{t:?}");
+    let schema = ledger_infrastructure::ledgers::schema_for("books");
+    let indexes = |table: &'static str| {
+        let (pool, schema) = (app.pool.clone(), schema.clone());
+        async move {
+            sqlx::query_as::<_, (i64, bool)>(
+                "select count(*), coalesce(bool_or(x.indisprimary), false) from pg_index x
+                 join pg_class t on t.oid = x.indrelid where t.relname = $1 and t.relnamespace = $2::regnamespace",
+            )
+            .bind(table)
+            .bind(schema)
+            .fetch_one(&pool)
+            .await
+            .expect("indexes")
+        }
+    };
+    let before = (indexes("account_entries").await, indexes("transactions_view").await);
+    // The switch renames the rebuilt tables in: their oids change, in this schema.
+    let oid = |table: &'static str| {
+        let (pool, schema) = (app.pool.clone(), schema.clone());
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "select t.oid::int8 from pg_class t where t.relname = $1 and t.relnamespace = $2::regnamespace",
+            )
+            .bind(table)
+            .bind(schema)
+            .fetch_one(&pool)
+            .await
+            .expect("a table of the ledger")
+        }
+    };
+    let tables = (oid("account_entries").await, oid("transactions_view").await);
+    for (i, (name, table, was)) in
+        [("accounts", "account_entries", tables.0), ("transfers", "transactions_view", tables.1)]
+            .into_iter()
+            .enumerate()
+    {
+        let r = app.post(&under("books", &format!("/v1/admin/projections/{name}/rebuild")), &key(), &json!({})).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{r:?}");
+        eventually("the ledger's own tables are rebuilt and switched in", 60, || async {
+            let s = app.get(&under("books", "/v1/admin/projections")).await;
+            oid(table).await != was
+                && s.body["projections"][i]["status"] == "running"
+                && s.body["projections"][i]["rebuild"].is_null()
+        })
+        .await;
+    }
+    assert_eq!((indexes("account_entries").await, indexes("transactions_view").await), before);
+    assert!(before.0.1 && before.1.1, "both keep their primary keys: {before:?}");
+    let position = &t.body["position"];
+    let viewed = app.get(&under("books", &format!("/v1/transfers/{}?min_position={position}", t.id()))).await;
+    let strong = app.get(&under("books", &format!("/v1/transfers/{}?consistency=strong", t.id()))).await;
+    assert_eq!((viewed.status, &viewed.body), (StatusCode::OK, &strong.body));
+    let account = app.get(&under("books", &format!("/v1/accounts/{a}?min_position={position}"))).await;
+    assert_eq!(account.body["balance"], json!(300), "{account:?}");
+    let statement = app.get(&under("books", &format!("/v1/accounts/{b}/transactions?min_position={position}"))).await;
+    assert_eq!(statement.body["entries"].as_array().map(Vec::len), Some(1), "{statement:?}");
+}
