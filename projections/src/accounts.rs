@@ -52,8 +52,14 @@ pub struct AccountsMemo {
     inner: std::sync::Mutex<Option<(i64, String, Known)>>,
 }
 
-/// The stamp of a `projection_checkpoints` row `c`, as SQL (see [`AccountsMemo`]).
-pub const CHECKPOINT_STAMP: &str = "c.xmin::text || '/' || (extract(epoch from c.updated_at) * 1000000)::bigint::text";
+/// The stamp of a `projection_checkpoints` row `c`, as SQL (see [`AccountsMemo`]): a
+/// literal, so that the statements naming it are too.
+macro_rules! checkpoint_stamp {
+    () => {
+        "c.xmin::text || '/' || (extract(epoch from c.updated_at) * 1000000)::bigint::text"
+    };
+}
+pub(crate) use checkpoint_stamp;
 
 impl AccountsMemo {
     pub const ACCOUNTS_MAX: usize = 10_000;

@@ -1,6 +1,6 @@
 //! Applying a batch of events to a projection, exactly once, with its checkpoint.
 
-use crate::accounts::{AccountsMemo, CHECKPOINT_STAMP, Known};
+use crate::accounts::{AccountsMemo, Known, checkpoint_stamp};
 use ledger_infrastructure::RecordedEvent;
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
@@ -125,9 +125,11 @@ pub async fn apply_delivered_all(
     for &projection in projections {
         // One statement per name, not `name = any($1)`: that one was planned again on
         // every batch (a custom plan over the array looks cheaper than the generic one).
-        let (checkpoint, stamp): (i64, String) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "select c.position, {CHECKPOINT_STAMP} from projection_checkpoints c where c.name = $1 for update"
-        )))
+        let (checkpoint, stamp): (i64, String) = sqlx::query_as(concat!(
+            "select c.position, ",
+            checkpoint_stamp!(),
+            " from projection_checkpoints c where c.name = $1 for update"
+        ))
         .bind(projection.name())
         .fetch_one(&mut *tx)
         .await?;
@@ -144,11 +146,12 @@ pub async fn apply_delivered_all(
         .unzip();
     if !names.is_empty() {
         // The accounts' new stamp is kept for the memo.
-        let stamps: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        let stamps: Vec<(String, String)> = sqlx::query_as(concat!(
             "update projection_checkpoints c set position = m.position, updated_at = now()
              from unnest($1::text[], $2::int8[]) as m(name, position) where c.name = m.name
-             returning c.name, {CHECKPOINT_STAMP}"
-        )))
+             returning c.name, ",
+            checkpoint_stamp!()
+        ))
         .bind(names)
         .bind(positions)
         .fetch_all(&mut *tx)

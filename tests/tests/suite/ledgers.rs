@@ -542,36 +542,28 @@ async fn a_ledgers_projections_rebuild_in_its_own_schema() {
         .await;
     assert_eq!(t.status, StatusCode::CREATED, "{t:?}");
     let schema = ledger_infrastructure::ledgers::schema_for("books");
-    let indexes = |table: &'static str| {
+    // A table of the ledger's schema: its oid (a switch renames the rebuilt table in, so
+    // it changes) and its indexes (how many, and whether one is the primary key).
+    let described = |table: &'static str| {
         let (pool, schema) = (app.pool.clone(), schema.clone());
         async move {
-            sqlx::query_as::<_, (i64, bool)>(
-                "select count(*), coalesce(bool_or(x.indisprimary), false) from pg_index x
-                 join pg_class t on t.oid = x.indrelid where t.relname = $1 and t.relnamespace = $2::regnamespace",
+            let (oid, indexes, primary) = sqlx::query_as::<_, (i64, i64, bool)>(
+                "select t.oid::int8, count(x.indexrelid), coalesce(bool_or(x.indisprimary), false)
+                 from pg_class t left join pg_index x on x.indrelid = t.oid
+                 where t.relname = $1 and t.relnamespace = $2::regnamespace group by t.oid",
             )
             .bind(table)
             .bind(schema)
             .fetch_one(&pool)
             .await
-            .expect("indexes")
+            .expect("a table of the ledger");
+            (oid, (indexes, primary))
         }
     };
-    let before = (indexes("account_entries").await, indexes("transactions_view").await);
-    // The switch renames the rebuilt tables in: their oids change, in this schema.
-    let oid = |table: &'static str| {
-        let (pool, schema) = (app.pool.clone(), schema.clone());
-        async move {
-            sqlx::query_scalar::<_, i64>(
-                "select t.oid::int8 from pg_class t where t.relname = $1 and t.relnamespace = $2::regnamespace",
-            )
-            .bind(table)
-            .bind(schema)
-            .fetch_one(&pool)
-            .await
-            .expect("a table of the ledger")
-        }
+    let (tables, before) = {
+        let (entries, transactions) = (described("account_entries").await, described("transactions_view").await);
+        ((entries.0, transactions.0), (entries.1, transactions.1))
     };
-    let tables = (oid("account_entries").await, oid("transactions_view").await);
     for (i, (name, table, was)) in
         [("accounts", "account_entries", tables.0), ("transfers", "transactions_view", tables.1)]
             .into_iter()
@@ -581,13 +573,13 @@ async fn a_ledgers_projections_rebuild_in_its_own_schema() {
         assert_eq!(r.status, StatusCode::ACCEPTED, "{r:?}");
         eventually("the ledger's own tables are rebuilt and switched in", 60, || async {
             let s = app.get(&under("books", "/v1/admin/projections")).await;
-            oid(table).await != was
+            described(table).await.0 != was
                 && s.body["projections"][i]["status"] == "running"
                 && s.body["projections"][i]["rebuild"].is_null()
         })
         .await;
     }
-    assert_eq!((indexes("account_entries").await, indexes("transactions_view").await), before);
+    assert_eq!((described("account_entries").await.1, described("transactions_view").await.1), before);
     assert!(before.0.1 && before.1.1, "both keep their primary keys: {before:?}");
     let position = &t.body["position"];
     let viewed = app.get(&under("books", &format!("/v1/transfers/{}?min_position={position}", t.id()))).await;

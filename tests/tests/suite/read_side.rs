@@ -747,6 +747,28 @@ async fn deliver_through(
     ledger_projections::apply::apply_delivered_all(&app.pool, memo, &ledger_projections::Projection::ALL, &events).await
 }
 
+/// Rebuilds the accounts projection, as `POST /v1/admin/projections/accounts/rebuild`
+/// does, and waits for its switch.
+async fn rebuild_accounts(app: &TestApp) -> Result<i64, ledger_projections::rebuild::RebuildError> {
+    ledger_projections::rebuild::RebuildLock::acquire(
+        &app.state.config.database_url,
+        ledger_projections::Projection::Accounts,
+    )
+    .await?
+    .rebuild(&app.pool, |_, _| {})
+    .await
+}
+
+/// The API alone (only the test applies events), accounts `a` and `b`, `a` funded with
+/// 100, and a generator seeded with `seed`.
+async fn two_accounts(seed: u64) -> (TestApp, Uuid, Uuid, rand::rngs::StdRng) {
+    use rand::SeedableRng;
+    let app = TestApp::spawn_mode(test_config(), Mode::Api).await;
+    let (a, b) = (app.open_account("EUR", 0).await, app.open_account("EUR", 0).await);
+    assert_eq!(app.deposit(a, 100, "EUR").await.status, StatusCode::CREATED);
+    (app, a, b, rand::rngs::StdRng::seed_from_u64(seed))
+}
+
 /// The projector's memo of accounts (`accounts::AccountsMemo`) against the log's fold:
 /// random deposits, transfers and holds, each batch applied through one of two memos
 /// (two processes' projectors), a memo-less catch-up or a rebuild of the accounts view,
@@ -812,12 +834,7 @@ async fn account_memos_of_two_projectors_and_rebuilds_keep_the_view_the_logs_fol
                     .unwrap_or_else(|e| panic!("step {step}: catch-up: {e}"));
             }
             _ => {
-                ledger_projections::rebuild::RebuildLock::acquire(&app.state.config.database_url, Projection::Accounts)
-                    .await
-                    .expect("the rebuild lock")
-                    .rebuild(&app.pool, |_, _| {})
-                    .await
-                    .unwrap_or_else(|e| panic!("step {step}: rebuild: {e}"));
+                rebuild_accounts(&app).await.unwrap_or_else(|e| panic!("step {step}: rebuild: {e}"));
             }
         }
         app.assert_read_models_match_log().await;
@@ -833,11 +850,7 @@ async fn account_memos_of_two_projectors_and_rebuilds_keep_the_view_the_logs_fol
 async fn an_account_moved_under_the_memo_fails_the_batch_whole() {
     use ledger_projections::Projection;
     use ledger_projections::accounts::AccountsMemo;
-    use rand::SeedableRng;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let app = TestApp::spawn_mode(test_config(), Mode::Api).await;
-    let (a, b) = (app.open_account("EUR", 0).await, app.open_account("EUR", 0).await);
-    assert_eq!(app.deposit(a, 100, "EUR").await.status, StatusCode::CREATED);
+    let (app, a, b, mut rng) = two_accounts(7).await;
     let memo = AccountsMemo::default();
     deliver_through(&app, &memo, 0, 0, &mut rng).await.expect("the first batch");
     let at = app.checkpoint("accounts").await;
@@ -881,12 +894,7 @@ async fn an_account_moved_under_the_memo_fails_the_batch_whole() {
         .await
         .expect("count");
     assert_eq!((rows, app.checkpoint("accounts").await), (0, at), "nothing of the batch committed");
-    ledger_projections::rebuild::RebuildLock::acquire(&app.state.config.database_url, Projection::Accounts)
-        .await
-        .expect("the rebuild lock")
-        .rebuild(&app.pool, |_, _| {})
-        .await
-        .expect("rebuilt");
+    rebuild_accounts(&app).await.expect("rebuilt");
     app.assert_read_models_match_log().await;
 }
 
@@ -897,13 +905,8 @@ async fn an_account_moved_under_the_memo_fails_the_batch_whole() {
 /// drifted balance back with the next event).
 #[tokio::test]
 async fn a_rebuild_that_ends_where_the_memo_was_is_not_undone_by_it() {
-    use ledger_projections::Projection;
     use ledger_projections::accounts::AccountsMemo;
-    use rand::SeedableRng;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-    let app = TestApp::spawn_mode(test_config(), Mode::Api).await;
-    let (a, b) = (app.open_account("EUR", 0).await, app.open_account("EUR", 0).await);
-    assert_eq!(app.deposit(a, 100, "EUR").await.status, StatusCode::CREATED);
+    let (app, a, b, mut rng) = two_accounts(11).await;
     deliver_through(&app, &AccountsMemo::default(), 0, 0, &mut rng).await.expect("a batch");
     // Drifted: a balance the log does not have, at the version it does.
     sqlx::query("update accounts_view set balance = balance + 899 where id = $1")
@@ -917,12 +920,7 @@ async fn a_rebuild_that_ends_where_the_memo_was_is_not_undone_by_it() {
     let at = app.checkpoint("accounts").await;
     deliver_through(&app, &memo, at, 0, &mut rng).await.expect("a batch");
     let head = app.state.store.head().await.expect("head");
-    ledger_projections::rebuild::RebuildLock::acquire(&app.state.config.database_url, Projection::Accounts)
-        .await
-        .expect("the rebuild lock")
-        .rebuild(&app.pool, |_, _| {})
-        .await
-        .expect("rebuilt");
+    rebuild_accounts(&app).await.expect("rebuilt");
     assert_eq!(app.checkpoint("accounts").await, head, "the switch ends where the memo was taken");
     assert_eq!(app.transfer(a, b, 10, "EUR").await.status, StatusCode::CREATED);
     deliver_through(&app, &memo, head, 0, &mut rng).await.expect("a batch after the rebuild");
