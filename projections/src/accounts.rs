@@ -86,8 +86,10 @@ impl AccountsMemo {
             }
             known = kept;
         }
-        for (state, _) in known.values_mut() {
-            if let Aggregate::Account(a) = &mut state.aggregate
+        // Only this batch's accounts can be whole: those before it were stripped when
+        // their own batch put them.
+        for id in touched {
+            if let Some((StreamState { aggregate: Aggregate::Account(a), .. }, _)) = known.get_mut(id)
                 && !a.erased
             {
                 a.owner = None;
