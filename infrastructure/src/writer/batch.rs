@@ -21,6 +21,39 @@ pub(super) struct Writer {
     pub(super) store: EventStore,
     pub(super) loader: StateLoader,
     pub(super) limits: WriterLimits,
+    pub(super) key_lookups: KeyLookups,
+}
+
+/// Whether the writer looks its commands' idempotency keys up before deciding them.
+///
+/// Not for a command alone (a group of one), as a rule: the primary key of
+/// `idempotency_keys`, which every batch's append inserts its keys into, is the final
+/// word on a key used before, in any process. A batch one of whose keys was recorded
+/// fails its append whole; it is then decided again with look-ups, and so is any batch
+/// decided without them that fails for any other reason, before a single group of it is
+/// answered with a failure (a command done before may now be refused, or its subject
+/// erased: its retry must still get the first answer). A key met in the log turns
+/// look-ups on for every batch for a while, so clients retrying cost one failed append
+/// a while, not one a batch. All-or-nothing groups are always looked up: a command done
+/// before counts as done there, and a refused group records nothing a key could trip.
+/// The look-up saved is a statement and a pool use per batch (11 µs of Postgres per
+/// transfer at the peak, docs/PERFORMANCE.md).
+#[derive(Default)]
+pub(super) struct KeyLookups {
+    until: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+/// How long a key met in the log keeps look-ups on.
+const KEY_LOOKUPS_AFTER_A_KEY_MET: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl KeyLookups {
+    fn on(&self) -> bool {
+        self.until.lock().expect("not poisoned").is_some_and(|until| std::time::Instant::now() < until)
+    }
+
+    fn turn_on(&self) {
+        *self.until.lock().expect("not poisoned") = Some(std::time::Instant::now() + KEY_LOOKUPS_AFTER_A_KEY_MET);
+    }
 }
 
 /// What the writer decided for one group.
@@ -47,6 +80,8 @@ struct Prepared {
     owners: Vec<(usize, usize)>,
     /// The state the batch leaves, if it commits (the next batch is decided on it).
     working: Ledger,
+    /// Whether every key of the batch was looked up before deciding (`KeyLookups`).
+    looked_up: bool,
 }
 
 impl Prepared {
@@ -142,7 +177,7 @@ impl Writer {
                 None => {
                     let base = std::mem::take(&mut current.base);
                     let next = self.fill_more(next, &mut rx);
-                    match self.catch_prepare(next, Some(base)).await {
+                    match self.catch_prepare(next, Some(base), false).await {
                         Some(Ok(p))
                             if self.limits.append_behind
                                 && !p.commits.is_empty()
@@ -197,7 +232,7 @@ impl Writer {
     }
 
     async fn launch(&self, batch: Vec<Pending>) -> Option<Flight> {
-        let prepared = self.guarded_prepare(batch, None).await?;
+        let prepared = self.guarded_prepare(batch, None, false).await?;
         self.fly(prepared, None)
     }
 
@@ -306,7 +341,7 @@ impl Writer {
 
     /// Prepares, appends and answers a batch without the pipeline (after a failure).
     async fn process(&self, batch: Vec<Pending>) {
-        let Some(mut prepared) = self.guarded_prepare(batch, None).await else { return };
+        let Some(mut prepared) = self.guarded_prepare(batch, None, true).await else { return };
         let commits = std::mem::take(&mut prepared.commits);
         if commits.is_empty() {
             return self.reply(prepared, Appended { results: Vec::new(), versions: Default::default() });
@@ -323,14 +358,33 @@ impl Writer {
     /// `conflict_retries_max`), the group of an unstorable command answered alone,
     /// split group by group after a fault that is not a dependency's, or failed.
     async fn settle(&self, prepared: Prepared, error: AppendError, conflicts: u32) {
-        let Prepared { mut pending, owners, working, .. } = prepared;
+        let Prepared { mut pending, owners, working, looked_up, .. } = prepared;
+        if let AppendError::Conflict { keys, .. } = &error
+            && !keys.is_empty()
+        {
+            // A key of the batch was recorded meanwhile, or before.
+            self.key_lookups.turn_on();
+        }
+        // Decided without look-ups: no group is answered with a failure before the batch
+        // is decided again with them (a command done before gets its first answer), and
+        // that is not counted as a conflict.
+        let unavailable =
+            matches!(&error, AppendError::Database(e) if crate::store::db_fault(e) == DbFault::Unavailable);
+        let without_lookups = !looked_up && !unavailable;
+        let error = if without_lookups {
+            tracing::debug!(%error, "a batch decided without key look-ups failed; deciding it again with them");
+            self.key_lookups.turn_on();
+            AppendError::Conflict { streams: Vec::new(), keys: Vec::new() }
+        } else {
+            error
+        };
         if matches!(error, AppendError::Conflict { .. }) {
             // The catch-up should have made every cached state the log's; should one
             // not have been, the streams this batch decided on are folded again.
             working.streams().for_each(|(id, _)| self.loader.forget(*id));
         }
         match error {
-            AppendError::Conflict { .. } if conflicts < self.limits.conflict_retries_max => {
+            AppendError::Conflict { .. } if without_lookups || conflicts < self.limits.conflict_retries_max => {
                 metrics::counter!("ledger_append_conflicts_total").increment(1);
                 tracing::debug!(conflicts = conflicts + 1, %error, "append conflicted; deciding the batch again");
             }
@@ -368,8 +422,8 @@ impl Writer {
                 return self.split(pending).await;
             }
         }
-        let conflicts = conflicts + 1;
-        let Some(mut again) = self.guarded_prepare(pending, None).await else { return };
+        let conflicts = if without_lookups { conflicts } else { conflicts + 1 };
+        let Some(mut again) = self.guarded_prepare(pending, None, true).await else { return };
         let commits = std::mem::take(&mut again.commits);
         if commits.is_empty() {
             return self.reply(again, Appended { results: Vec::new(), versions: Default::default() });
@@ -394,8 +448,8 @@ impl Writer {
     }
 
     /// [`Writer::prepare`], with its failures answered: `None` when nothing is left to append.
-    async fn guarded_prepare(&self, batch: Vec<Pending>, base: Option<Base>) -> Option<Prepared> {
-        match self.catch_prepare(batch, base).await? {
+    async fn guarded_prepare(&self, batch: Vec<Pending>, base: Option<Base>, lookups: bool) -> Option<Prepared> {
+        match self.catch_prepare(batch, base, lookups).await? {
             Ok(prepared) => Some(prepared),
             Err((pending, why)) => {
                 self.unprepared(pending, why).await;
@@ -411,9 +465,10 @@ impl Writer {
         &self,
         batch: Vec<Pending>,
         base: Option<Base>,
+        lookups: bool,
     ) -> Option<Result<Prepared, (Vec<Pending>, Unprepared)>> {
         let started = std::time::Instant::now();
-        let prepared = std::panic::AssertUnwindSafe(self.prepare(batch, base));
+        let prepared = std::panic::AssertUnwindSafe(self.prepare(batch, base, lookups));
         let prepared = match futures::FutureExt::catch_unwind(prepared).await {
             Ok(prepared) => prepared,
             Err(_) => {
@@ -441,13 +496,20 @@ impl Writer {
     /// keys used twice in the batch refused, records looked up and streams loaded at
     /// once, replays answered, every other command decided in order. A panic while
     /// deciding (a bug an input reached) fails only its group; the rest is decided again.
-    async fn prepare(&self, batch: Vec<Pending>, base: Option<Base>) -> Result<Prepared, (Vec<Pending>, Unprepared)> {
+    async fn prepare(
+        &self,
+        batch: Vec<Pending>,
+        base: Option<Base>,
+        lookups: bool,
+    ) -> Result<Prepared, (Vec<Pending>, Unprepared)> {
         let phase = crate::phases::Phases::start("writer", batch.iter().map(|p| p.group.requests.len()).sum());
         let Base { changed, keys: in_flight } = base.unwrap_or_default();
         let mut before = repeated_keys(&batch, &in_flight);
         let retry_base = changed.clone();
         let mut working = changed;
-        let (records, loaded) = tokio::join!(self.records(&batch, &before), self.start(&batch, &before, &mut working));
+        let mut looked_up = lookups || self.key_lookups.on();
+        let (records, loaded) =
+            tokio::join!(self.records(&batch, &before, looked_up), self.start(&batch, &before, &mut working));
         let records = match records {
             Ok(records) => records,
             Err(e) if crate::store::db_fault(&e) == DbFault::Unavailable => {
@@ -462,16 +524,26 @@ impl Writer {
             return Err((batch, Unprepared::Unavailable(e)));
         }
         let phase = phase.next("keys_and_streams");
-        for (b, p) in before.iter_mut().zip(&batch) {
-            if matches!(b, Before::Decide(_)) {
-                *b = replays(&p.group, &records);
-            }
-        }
+        replay_all(&batch, &mut before, &records);
         loop {
             match self.decide(&batch, &before, working).await {
                 Ok(Decided::All { plans, commits, owners, working }) => {
                     phase.next("decide");
-                    return Ok(Prepared { pending: batch, plans, commits, owners, working });
+                    return Ok(Prepared { pending: batch, plans, commits, owners, working, looked_up });
+                }
+                Ok(Decided::Panicked { .. }) if !looked_up => {
+                    // A command done before is answered, never decided: look its key up first.
+                    looked_up = true;
+                    self.key_lookups.turn_on();
+                    let records = match self.records(&batch, &before, true).await {
+                        Ok(records) => records,
+                        Err(e) => return Err((batch, Unprepared::Unavailable(StoreError::Database(e)))),
+                    };
+                    replay_all(&batch, &mut before, &records);
+                    working = retry_base.clone();
+                    if let Err(e) = self.start(&batch, &before, &mut working).await {
+                        return Err((batch, Unprepared::Unavailable(e)));
+                    }
                 }
                 Ok(Decided::Panicked { group, index }) => {
                     tracing::error!("deciding a command panicked; its group fails, the batch is decided again");
@@ -506,16 +578,18 @@ impl Writer {
         self.load_missing(working, requests().map(|r| &r.command).collect()).await
     }
 
-    /// The records of every key the batch's undecided groups name (one look-up).
+    /// The records of every key the batch's undecided groups name (one look-up); with
+    /// `all` false, only those of all-or-nothing groups (`KeyLookups`).
     async fn records(
         &self,
         batch: &[Pending],
         before: &[Before],
+        all: bool,
     ) -> Result<HashMap<(String, String), IdempotencyRecord>, sqlx::Error> {
         let keys: Vec<(String, String)> = batch
             .iter()
             .zip(before)
-            .filter(|(_, b)| matches!(b, Before::Decide(_)))
+            .filter(|(p, b)| matches!(b, Before::Decide(_)) && (all || p.group.all_or_nothing))
             .flat_map(|(p, _)| p.group.requests.iter())
             .filter_map(|r| r.idempotency.as_ref().map(|k| (k.principal.clone(), k.key.clone())))
             .collect();
@@ -760,6 +834,16 @@ fn replays(group: &super::Group, records: &HashMap<(String, String), Idempotency
         return Before::Answered(Ok(done.into_iter().flatten().collect()));
     }
     Before::Decide(done)
+}
+
+/// Every group still to decide, with the records looked up: replayed, refused, or
+/// decided with its commands done before counted as done.
+fn replay_all(batch: &[Pending], before: &mut [Before], records: &HashMap<(String, String), IdempotencyRecord>) {
+    for (b, p) in before.iter_mut().zip(batch) {
+        if matches!(b, Before::Decide(_)) {
+            *b = replays(&p.group, records);
+        }
+    }
 }
 
 fn fail_all(pending: Vec<Pending>, error: CommandError) {

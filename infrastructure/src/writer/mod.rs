@@ -169,7 +169,7 @@ impl CommandBus {
     pub fn start(store: EventStore, limits: WriterLimits) -> CommandBus {
         let (tx, rx) = mpsc::channel(limits.queue_max);
         let loader = StateLoader::new(store.clone(), limits.cache_max, limits.snapshot_every);
-        let writer = batch::Writer { store, loader: loader.clone(), limits };
+        let writer = batch::Writer { store, loader: loader.clone(), limits, key_lookups: Default::default() };
         tokio::spawn(writer.run(rx));
         CommandBus { tx, loader }
     }

@@ -746,3 +746,70 @@ async fn appends_behind_one_another_commit_in_order_or_not_at_all() {
     let report = ledger_infrastructure::audit::verify_chain(&store, 500, |_, _| {}).await.expect("verify");
     assert!(report.ok, "the chain verifies: {:?}", report.first_bad_position);
 }
+
+/// The writer decides a command alone without looking its key up first: the append's
+/// insert of the key is the final word, and a batch one of whose keys was recorded
+/// before is decided again with look-ups. So a retry must still get its first answer
+/// where deciding the command again would answer otherwise (the payer drained since),
+/// through the process that answered first and through another that has never seen the
+/// key, sent beside new commands that share its batch; a key reused with another body is
+/// refused; an all-or-nothing bulk counts an item done before under its key as done.
+/// Money moves once for each key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_gets_its_first_answer_though_keys_are_not_looked_up_before_deciding() {
+    let config = test_config();
+    let first = TestApp::spawn_with(config.clone()).await;
+    let second = TestApp::spawn_mode(config, ledger_api::run::serve::Mode::Api).await;
+    let (a, b) = (first.open_account("EUR", 0).await, first.open_account("EUR", 0).await);
+    first.deposit(a, 1_000, "EUR").await;
+    let drain = json!({ "from": a, "to": b, "amount": 1_000, "currency": "EUR" });
+    let original = first.post("/v1/transfers", "drain-key", &drain).await;
+    assert_eq!(original.status, StatusCode::CREATED, "{:?}", original.body);
+    let mut deposits = 0;
+    for (round, app) in [&first, &second, &second, &first].into_iter().enumerate() {
+        // The retry beside eight new deposits, so that most rounds share a batch.
+        let news = (0..8).map(|i| {
+            let body = json!({ "account_id": b, "amount": 1, "currency": "EUR" });
+            async move { app.post("/v1/deposits", &format!("deposit-{round}-{i}"), &body).await }
+        });
+        let (retry, news) = tokio::join!(app.post("/v1/transfers", "drain-key", &drain), join_all(news));
+        assert_eq!(retry.status, StatusCode::CREATED, "round {round}: {:?}", retry.body);
+        assert_eq!(retry.header("idempotent-replayed"), Some("true"), "round {round}");
+        assert_eq!(retry.body, original.body, "round {round}: the first answer");
+        for n in &news {
+            assert_eq!(n.status, StatusCode::CREATED, "round {round}: a new command beside it: {:?}", n.body);
+            assert_eq!(n.header("idempotent-replayed"), None);
+        }
+        deposits += news.len() as i64;
+    }
+    let reused =
+        second.post("/v1/transfers", "drain-key", &json!({ "from": a, "to": b, "amount": 1, "currency": "EUR" })).await;
+    assert_eq!((reused.status, reused.code()), (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"));
+
+    // An item done before under its key, in an all-or-nothing bulk through a process
+    // that never saw it: b has been drained since, so deciding it again would refuse
+    // the whole bulk.
+    let back = json!({ "from": b, "to": a, "amount": 600, "currency": "EUR" });
+    let done = first.post("/v1/transfers", "back-key", &back).await;
+    assert_eq!(done.status, StatusCode::CREATED, "{:?}", done.body);
+    let rest = json!({ "from": b, "to": a, "amount": 400 + deposits, "currency": "EUR" });
+    assert_eq!(first.post("/v1/transfers", "rest-key", &rest).await.status, StatusCode::CREATED);
+    let bulk = json!({ "atomic": true, "items": [
+        { "method": "POST", "path": "/v1/transfers", "idempotency_key": "back-key", "body": back },
+        { "method": "POST", "path": "/v1/deposits", "idempotency_key": "bulk-deposit",
+          "body": { "account_id": b, "amount": 5, "currency": "EUR" } },
+    ] });
+    let answered = second.post("/v1/bulk", "atomic-bulk-key", &bulk).await;
+    assert_eq!(answered.status, StatusCode::OK, "{:?}", answered.body);
+    let results = answered.body["results"].as_array().expect("results");
+    assert_eq!(results[0]["status"], json!(201), "the item done before counts as done: {results:?}");
+    assert_eq!(results[0]["body"], done.body, "with its first answer");
+    assert_eq!(results[1]["status"], json!(201), "{results:?}");
+    assert_eq!(first.account(a).await["balance"], json!(1_000 + deposits), "every key moved money once");
+    assert_eq!(first.account(b).await["balance"], json!(5));
+    let transfers: i64 = sqlx::query_scalar("select count(*) from events where type = 'TransferPosted'")
+        .fetch_one(&first.pool)
+        .await
+        .expect("count");
+    assert_eq!(transfers, 3, "three transfer keys, three transfers");
+}
