@@ -1,7 +1,8 @@
 //! `ledger-load`: drives the ledger's HTTP API through the typed client
-//! (`ledger-client`, retries off so every failure is counted) and reports throughput,
-//! latency percentiles, errors by code and projection lag. Loopback targets only; every
-//! run is bounded in time.
+//! (`ledger-client`, retries off so every failure is counted), transfers through a lean
+//! HTTP/1.1 client of its own (`raw.rs`; `--typed-client` for the typed one), and
+//! reports throughput, latency percentiles, errors by code and projection lag. Loopback
+//! targets only; every run is bounded in time.
 
 use anyhow::bail;
 use clap::{Parser, ValueEnum};

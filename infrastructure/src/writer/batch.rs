@@ -323,7 +323,8 @@ impl Writer {
     ) -> bool {
         let Ok((commits, result)) = done else {
             tracing::error!("appending a batch panicked; its groups run one by one");
-            self.split(prepared.pending).await;
+            let pending = if prepared.looked_up { prepared.pending } else { self.replayed(prepared.pending).await };
+            self.split(pending).await;
             return false;
         };
         prepared.commits = commits;
@@ -373,7 +374,6 @@ impl Writer {
         let without_lookups = !looked_up && !unavailable;
         let error = if without_lookups {
             tracing::debug!(%error, "a batch decided without key look-ups failed; deciding it again with them");
-            self.key_lookups.turn_on();
             AppendError::Conflict { streams: Vec::new(), keys: Vec::new() }
         } else {
             error
@@ -384,7 +384,8 @@ impl Writer {
             working.streams().for_each(|(id, _)| self.loader.forget(*id));
         }
         match error {
-            AppendError::Conflict { .. } if without_lookups || conflicts < self.limits.conflict_retries_max => {
+            AppendError::Conflict { .. } if without_lookups => {}
+            AppendError::Conflict { .. } if conflicts < self.limits.conflict_retries_max => {
                 metrics::counter!("ledger_append_conflicts_total").increment(1);
                 tracing::debug!(conflicts = conflicts + 1, %error, "append conflicted; deciding the batch again");
             }
@@ -434,6 +435,26 @@ impl Writer {
             Ok(appended) => self.reply(again, appended),
             Err(e) => Box::pin(self.settle(again, e, conflicts)).await,
         }
+    }
+
+    /// The groups of a batch decided without look-ups that its keys' records do not
+    /// answer: a replay (or a key reused, or in flight) is answered now, never run again.
+    /// On a failed look-up, all of them.
+    async fn replayed(&self, pending: Vec<Pending>) -> Vec<Pending> {
+        self.key_lookups.turn_on();
+        let mut before = repeated_keys(&pending, &HashSet::new());
+        let Ok(records) = self.records(&pending, &before, true).await else { return pending };
+        replay_all(&pending, &mut before, &records);
+        let mut rest = Vec::with_capacity(pending.len());
+        for (p, b) in pending.into_iter().zip(before) {
+            match b {
+                Before::Answered(result) => {
+                    let _ = p.reply.send(result);
+                }
+                Before::Decide(_) => rest.push(p),
+            }
+        }
+        rest
     }
 
     /// A batch that failed for a reason that may be one command's: each group alone, so
@@ -507,7 +528,12 @@ impl Writer {
         let mut before = repeated_keys(&batch, &in_flight);
         let retry_base = changed.clone();
         let mut working = changed;
-        let mut looked_up = lookups || self.key_lookups.on();
+        let keyed_alone = batch.iter().zip(&before).any(|(p, b)| {
+            matches!(b, Before::Decide(_))
+                && !p.group.all_or_nothing
+                && p.group.requests.iter().any(|r| r.idempotency.is_some())
+        });
+        let mut looked_up = lookups || !keyed_alone || self.key_lookups.on();
         let (records, loaded) =
             tokio::join!(self.records(&batch, &before, looked_up), self.start(&batch, &before, &mut working));
         let records = match records {

@@ -750,9 +750,11 @@ async fn appends_behind_one_another_commit_in_order_or_not_at_all() {
 /// The writer decides a command alone without looking its key up first: the append's
 /// insert of the key is the final word, and a batch one of whose keys was recorded
 /// before is decided again with look-ups. So a retry must still get its first answer
-/// where deciding the command again would answer otherwise (the payer drained since),
-/// through the process that answered first and through another that has never seen the
-/// key, sent beside new commands that share its batch; a key reused with another body is
+/// where deciding the command again would answer otherwise: with the payer refunded
+/// since (deciding again would pay twice) and drained again (it would refuse), through
+/// the process that answered first and through another that has never seen the key,
+/// each before either has met a key (look-ups still off), then beside new commands that
+/// share its batch; a key reused with another body, which would now succeed, is
 /// refused; an all-or-nothing bulk counts an item done before under its key as done.
 /// Money moves once for each key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -765,8 +767,20 @@ async fn a_retry_gets_its_first_answer_though_keys_are_not_looked_up_before_deci
     let drain = json!({ "from": a, "to": b, "amount": 1_000, "currency": "EUR" });
     let original = first.post("/v1/transfers", "drain-key", &drain).await;
     assert_eq!(original.status, StatusCode::CREATED, "{:?}", original.body);
+    // Refunded: deciding the transfer again would now pay it again.
+    first.deposit(a, 1_000, "EUR").await;
+    let reused = json!({ "from": a, "to": b, "amount": 1, "currency": "EUR" });
+    let reused = second.post("/v1/transfers", "drain-key", &reused).await;
+    assert_eq!((reused.status, reused.code()), (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"));
+    let retry = first.post("/v1/transfers", "drain-key", &drain).await;
+    assert_eq!((retry.status, retry.header("idempotent-replayed")), (StatusCode::CREATED, Some("true")));
+    assert_eq!(retry.body, original.body, "the first answer");
+    assert_eq!(first.account(a).await["balance"], json!(1_000), "paid once");
+    // Drained again: deciding it again would now refuse it.
+    let again = json!({ "from": a, "to": b, "amount": 1_000, "currency": "EUR" });
+    assert_eq!(first.post("/v1/transfers", "again-key", &again).await.status, StatusCode::CREATED);
     let mut deposits = 0;
-    for (round, app) in [&first, &second, &second, &first].into_iter().enumerate() {
+    for (round, app) in [&second, &first, &second, &first].into_iter().enumerate() {
         // The retry beside eight new deposits, so that most rounds share a batch.
         let news = (0..8).map(|i| {
             let body = json!({ "account_id": b, "amount": 1, "currency": "EUR" });
@@ -782,9 +796,6 @@ async fn a_retry_gets_its_first_answer_though_keys_are_not_looked_up_before_deci
         }
         deposits += news.len() as i64;
     }
-    let reused =
-        second.post("/v1/transfers", "drain-key", &json!({ "from": a, "to": b, "amount": 1, "currency": "EUR" })).await;
-    assert_eq!((reused.status, reused.code()), (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"));
 
     // An item done before under its key, in an all-or-nothing bulk through a process
     // that never saw it: b has been drained since, so deciding it again would refuse
@@ -792,7 +803,7 @@ async fn a_retry_gets_its_first_answer_though_keys_are_not_looked_up_before_deci
     let back = json!({ "from": b, "to": a, "amount": 600, "currency": "EUR" });
     let done = first.post("/v1/transfers", "back-key", &back).await;
     assert_eq!(done.status, StatusCode::CREATED, "{:?}", done.body);
-    let rest = json!({ "from": b, "to": a, "amount": 400 + deposits, "currency": "EUR" });
+    let rest = json!({ "from": b, "to": a, "amount": 1_400 + deposits, "currency": "EUR" });
     assert_eq!(first.post("/v1/transfers", "rest-key", &rest).await.status, StatusCode::CREATED);
     let bulk = json!({ "atomic": true, "items": [
         { "method": "POST", "path": "/v1/transfers", "idempotency_key": "back-key", "body": back },
@@ -805,11 +816,11 @@ async fn a_retry_gets_its_first_answer_though_keys_are_not_looked_up_before_deci
     assert_eq!(results[0]["status"], json!(201), "the item done before counts as done: {results:?}");
     assert_eq!(results[0]["body"], done.body, "with its first answer");
     assert_eq!(results[1]["status"], json!(201), "{results:?}");
-    assert_eq!(first.account(a).await["balance"], json!(1_000 + deposits), "every key moved money once");
+    assert_eq!(first.account(a).await["balance"], json!(2_000 + deposits), "every key moved money once");
     assert_eq!(first.account(b).await["balance"], json!(5));
     let transfers: i64 = sqlx::query_scalar("select count(*) from events where type = 'TransferPosted'")
         .fetch_one(&first.pool)
         .await
         .expect("count");
-    assert_eq!(transfers, 3, "three transfer keys, three transfers");
+    assert_eq!(transfers, 4, "four transfer keys, four transfers");
 }
