@@ -372,55 +372,56 @@ impl Writer {
         let unavailable =
             matches!(&error, AppendError::Database(e) if crate::store::db_fault(e) == DbFault::Unavailable);
         let without_lookups = !looked_up && !unavailable;
-        let error = if without_lookups {
-            tracing::debug!(%error, "a batch decided without key look-ups failed; deciding it again with them");
-            AppendError::Conflict { streams: Vec::new(), keys: Vec::new() }
-        } else {
-            error
-        };
-        if matches!(error, AppendError::Conflict { .. }) {
+        if without_lookups || matches!(error, AppendError::Conflict { .. }) {
             // The catch-up should have made every cached state the log's; should one
             // not have been, the streams this batch decided on are folded again.
             working.streams().for_each(|(id, _)| self.loader.forget(*id));
         }
-        match error {
-            AppendError::Conflict { .. } if without_lookups => {}
-            AppendError::Conflict { .. } if conflicts < self.limits.conflict_retries_max => {
-                metrics::counter!("ledger_append_conflicts_total").increment(1);
-                tracing::debug!(conflicts = conflicts + 1, %error, "append conflicted; deciding the batch again");
-            }
-            AppendError::Conflict { .. } => return fail_all(pending, CommandError::VersionConflict(conflicts + 1)),
-            AppendError::Unstorable { commit, reason } => {
-                tracing::error!(%reason, "a command's events cannot be stored; its group fails, the others go on");
-                metrics::counter!("ledger_commands_isolated_total").increment(1);
-                let (group, index) = owners[commit];
-                let bad = pending.remove(group);
-                let _ = bad.reply.send(Err(GroupError::Command { index, error: CommandError::Internal }));
-            }
-            AppendError::AheadOfLog { commit, now } => {
-                tracing::info!(%now, "a command stating a time ahead of the log's clock was not recorded");
-                let (group, index) = owners[commit];
-                let bad = pending.remove(group);
-                let _ = bad.reply.send(Err(GroupError::Command { index, error: CommandError::AheadOfLog(now) }));
-            }
-            AppendError::SubjectKeyDestroyed { commits, .. } => {
-                tracing::info!(commands = commits.len(), "a subject was erased under commands that sealed its values");
-                let mut groups: Vec<(usize, usize)> = commits.iter().map(|c| owners[*c]).collect();
-                groups.sort_unstable();
-                groups.dedup_by_key(|(group, _)| *group);
-                for (group, index) in groups.into_iter().rev() {
-                    let bad = pending.remove(group);
-                    let _ =
-                        bad.reply.send(Err(GroupError::Command { index, error: CommandError::SubjectKeyDestroyed }));
+        if without_lookups {
+            tracing::debug!(%error, "a batch decided without key look-ups failed; deciding it again with them");
+        } else {
+            match error {
+                AppendError::Conflict { .. } if conflicts < self.limits.conflict_retries_max => {
+                    metrics::counter!("ledger_append_conflicts_total").increment(1);
+                    tracing::debug!(conflicts = conflicts + 1, %error, "append conflicted; deciding the batch again");
                 }
-            }
-            AppendError::Database(e) if crate::store::db_fault(&e) == DbFault::Unavailable => {
-                tracing::error!(error = %e, "append failed");
-                return fail_all(pending, CommandError::Unavailable(Arc::new(StoreError::Database(e))));
-            }
-            AppendError::Database(e) => {
-                tracing::error!(error = %e, groups = pending.len(), "a batch failed; its groups run one by one");
-                return self.split(pending).await;
+                AppendError::Conflict { .. } => return fail_all(pending, CommandError::VersionConflict(conflicts + 1)),
+                AppendError::Unstorable { commit, reason } => {
+                    tracing::error!(%reason, "a command's events cannot be stored; its group fails, the others go on");
+                    metrics::counter!("ledger_commands_isolated_total").increment(1);
+                    let (group, index) = owners[commit];
+                    let bad = pending.remove(group);
+                    let _ = bad.reply.send(Err(GroupError::Command { index, error: CommandError::Internal }));
+                }
+                AppendError::AheadOfLog { commit, now } => {
+                    tracing::info!(%now, "a command stating a time ahead of the log's clock was not recorded");
+                    let (group, index) = owners[commit];
+                    let bad = pending.remove(group);
+                    let _ = bad.reply.send(Err(GroupError::Command { index, error: CommandError::AheadOfLog(now) }));
+                }
+                AppendError::SubjectKeyDestroyed { commits, .. } => {
+                    tracing::info!(
+                        commands = commits.len(),
+                        "a subject was erased under commands that sealed its values"
+                    );
+                    let mut groups: Vec<(usize, usize)> = commits.iter().map(|c| owners[*c]).collect();
+                    groups.sort_unstable();
+                    groups.dedup_by_key(|(group, _)| *group);
+                    for (group, index) in groups.into_iter().rev() {
+                        let bad = pending.remove(group);
+                        let _ = bad
+                            .reply
+                            .send(Err(GroupError::Command { index, error: CommandError::SubjectKeyDestroyed }));
+                    }
+                }
+                AppendError::Database(e) if crate::store::db_fault(&e) == DbFault::Unavailable => {
+                    tracing::error!(error = %e, "append failed");
+                    return fail_all(pending, CommandError::Unavailable(Arc::new(StoreError::Database(e))));
+                }
+                AppendError::Database(e) => {
+                    tracing::error!(error = %e, groups = pending.len(), "a batch failed; its groups run one by one");
+                    return self.split(pending).await;
+                }
             }
         }
         let conflicts = if without_lookups { conflicts } else { conflicts + 1 };
